@@ -1,0 +1,25 @@
+//! Wire and domain types of cloudbuild, and the validation of every user-given value.
+//!
+//! This crate does no I/O and depends on nothing internal: the server, the worker and the CLI
+//! all speak through these types, so a value that passed `validate` here is safe everywhere.
+//!
+//! - [`validate`]: repo URLs, git refs, project names, versions, command lines.
+//! - [`task`]: tasks, states, stages, the REST request and response bodies.
+//! - [`event`]: the per-task event log and its exact wire form (SSE / WebSocket).
+//! - [`worker`]: the worker protocol (one WebSocket per worker).
+//! - [`time`]: microsecond timestamps rendered as RFC 3339.
+
+pub mod event;
+pub mod task;
+pub mod time;
+pub mod validate;
+pub mod worker;
+
+/// The JSON body of every API error: a stable machine code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiErrorBody {
+    /// Stable, snake_case code a script can match on (`invalid_input`, `not_found`, ...).
+    pub code: String,
+    /// A sentence for humans; says what was wrong and, where possible, what to do.
+    pub message: String,
+}

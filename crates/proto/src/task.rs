@@ -1,0 +1,278 @@
+//! Tasks (builds): their states, stages, and the REST request and response bodies.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// A task id: a positive integer assigned by the store, easy to type in `cloudbuild logs 42`.
+pub type TaskId = i64;
+
+/// Where a task publishes, like the original's test and production buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Test,
+    Prod,
+}
+
+impl Environment {
+    /// `test` or `prod`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Test => "test",
+            Environment::Prod => "prod",
+        }
+    }
+
+    /// Parses `test` or `prod`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "test" => Some(Environment::Test),
+            "prod" => Some(Environment::Prod),
+            _ => None,
+        }
+    }
+}
+
+/// What created a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Cli,
+    SocketIo,
+    Webhook,
+    #[default]
+    Api,
+    Retry,
+}
+
+impl Trigger {
+    /// The snake_case name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cli => "cli",
+            Trigger::SocketIo => "socket_io",
+            Trigger::Webhook => "webhook",
+            Trigger::Api => "api",
+            Trigger::Retry => "retry",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cli" => Trigger::Cli,
+            "socket_io" => Trigger::SocketIo,
+            "webhook" => Trigger::Webhook,
+            "api" => Trigger::Api,
+            "retry" => Trigger::Retry,
+            _ => return None,
+        })
+    }
+}
+
+/// The lifecycle state of a task. `queued → running → succeeded | failed | cancelled | timed_out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::TimedOut,
+    ];
+
+    /// Whether no further change can happen.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::Queued | TaskState::Running)
+    }
+
+    /// The snake_case name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::TimedOut => "timed_out",
+        }
+    }
+
+    /// Parses a stored or user-given name.
+    pub fn parse(s: &str) -> Option<Self> {
+        TaskState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A pipeline stage, named as the original protocol names its actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Stage {
+    #[serde(rename = "prepare")]
+    Prepare,
+    #[serde(rename = "download repo")]
+    DownloadRepo,
+    #[serde(rename = "install")]
+    Install,
+    #[serde(rename = "check")]
+    Check,
+    #[serde(rename = "build")]
+    Build,
+    #[serde(rename = "pre-publish")]
+    PrePublish,
+    #[serde(rename = "publish")]
+    Publish,
+}
+
+impl Stage {
+    /// Every stage, in pipeline order (`check` runs only when checks are configured).
+    pub const ALL: [Stage; 7] = [
+        Stage::Prepare,
+        Stage::DownloadRepo,
+        Stage::Install,
+        Stage::Check,
+        Stage::Build,
+        Stage::PrePublish,
+        Stage::Publish,
+    ];
+
+    /// The action name of the original protocol (`download repo`, `pre-publish`, ...).
+    pub fn action(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::DownloadRepo => "download repo",
+            Stage::Install => "install",
+            Stage::Check => "check",
+            Stage::Build => "build",
+            Stage::PrePublish => "pre-publish",
+            Stage::Publish => "publish",
+        }
+    }
+
+    /// The failure action of the original protocol (note `download failed`, not `download repo failed`).
+    pub fn failed_action(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare failed",
+            Stage::DownloadRepo => "download failed",
+            Stage::Install => "install failed",
+            Stage::Check => "check failed",
+            Stage::Build => "build failed",
+            Stage::PrePublish => "pre-publish failed",
+            Stage::Publish => "publish failed",
+        }
+    }
+
+    /// The stage an action (start or success message) belongs to.
+    pub fn from_action(action: &str) -> Option<Self> {
+        Stage::ALL.into_iter().find(|s| s.action() == action)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.action())
+    }
+}
+
+/// Actions that are not stages: task creation and the terminal outcomes.
+pub mod actions {
+    /// The first event of every task.
+    pub const CREATE_TASK: &str = "create task";
+    /// The last stage event of a successful task; the message carries the URL.
+    pub const BUILD_SUCCESS: &str = "build success";
+    /// A task cancelled by a user.
+    pub const CANCELLED: &str = "cancelled";
+    /// A task that ran past its task timeout.
+    pub const TIMED_OUT: &str = "timed out";
+    /// An unexpected error (worker lost after the last attempt, internal fault).
+    pub const ERROR: &str = "error";
+    /// The task is back in the queue after its worker was lost.
+    pub const REQUEUED: &str = "requeued";
+}
+
+/// `POST /api/v1/tasks`: what to build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    /// Git remote URL (https or ssh by default).
+    pub repo: String,
+    /// Branch or tag to build.
+    pub branch: String,
+    /// Project name (npm package name).
+    pub name: String,
+    /// Project version (semver).
+    pub version: String,
+    /// Build command overriding the repository's settings (must pass the command policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_cmd: Option<String>,
+    /// `test` (default) or `prod`.
+    #[serde(default)]
+    pub env: Environment,
+    /// What created the task; `api` when absent. `retry` is reserved for the retry endpoint.
+    #[serde(default)]
+    pub trigger: Trigger,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub name: String,
+    pub version: String,
+    pub repo: String,
+    pub branch: String,
+    /// The commit the branch resolved to, once `download repo` is done.
+    pub commit: Option<String>,
+    pub build_cmd: Option<String>,
+    pub env: Environment,
+    pub trigger: Trigger,
+    pub requested_by: String,
+    pub state: TaskState,
+    /// The current stage while running; the failing stage once failed.
+    pub stage: Option<Stage>,
+    /// Why it failed, timed out or was cancelled.
+    pub reason: Option<String>,
+    /// 1 for the first run; incremented when a lost worker's task is requeued.
+    pub attempt: u32,
+    pub worker: Option<String>,
+    /// The task this one retries.
+    pub retry_of: Option<TaskId>,
+    /// The published site, once succeeded.
+    pub url: Option<String>,
+    pub cancel_requested: bool,
+    pub created_at: Timestamp,
+    /// When the worker started `prepare`.
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// Sequence number of the last event in the task's log.
+    pub last_seq: u64,
+}
+
+/// `GET /api/v1/tasks`: a page of tasks, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Pass as `before=` to get the next page; absent on the last page.
+    pub next_before: Option<TaskId>,
+}

@@ -1,0 +1,156 @@
+//! The worker protocol: one WebSocket per worker, JSON text messages tagged by `type`.
+//!
+//! Lifecycle: the worker connects to `/api/v1/workers/connect` with `Authorization: Bearer
+//! <token>`, sends [`WorkerMessage::Hello`], gets [`ServerMessage::Welcome`]. The server pushes
+//! [`ServerMessage::Assign`] when a slot is free and [`ServerMessage::Cancel`] when a user
+//! cancels. The worker sends heartbeats, events and one `Finished` per assignment. Every message
+//! about a task carries `(task_id, attempt)`; the server refuses those of a stale attempt
+//! (fencing), so a worker that lost its lease can never change a task again.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::OutputStream;
+use crate::task::{Environment, Stage, TaskId};
+
+/// The version of this protocol; the server refuses workers that speak another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Worker → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// First message: who the worker is and how much it can run at once.
+    Hello { protocol: u32, name: String, slots: u32, labels: Vec<String> },
+    /// Keeps the leases of the listed tasks alive.
+    Heartbeat { running: Vec<TaskAttempt> },
+    /// Something happened in a running task.
+    Event { task: TaskAttempt, event: WorkerEvent },
+    /// The task's pipeline ended; exactly one per assignment.
+    Finished { task: TaskAttempt, outcome: Outcome },
+}
+
+/// Server → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The worker is registered under `worker_id`; heartbeat every `heartbeat_secs`.
+    Welcome { worker_id: String, heartbeat_secs: u64 },
+    /// Run this task.
+    Assign { assignment: Box<Assignment> },
+    /// Stop this task (a user cancelled it, or it timed out on the server's clock).
+    Cancel { task: TaskAttempt },
+    /// A message about a stale or finished attempt was refused; stop working on it.
+    Refused { task: TaskAttempt, reason: String },
+}
+
+/// Fencing token: a task and the attempt a worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskAttempt {
+    pub task_id: TaskId,
+    pub attempt: u32,
+}
+
+/// What a worker reports while running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// A stage started or succeeded; the message is shown to users.
+    Stage { stage: Stage, phase: StagePhase, message: String },
+    /// A chunk of command output.
+    Output { stream: OutputStream, text: String },
+    /// `download repo` resolved the branch to this commit.
+    Commit { sha: String },
+}
+
+/// Start or success of a stage; failure is reported through [`Outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagePhase {
+    Started,
+    Succeeded,
+}
+
+/// How a task's pipeline ended on the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded { url: String },
+    Failed { stage: Stage, reason: String },
+    Cancelled { stage: Option<Stage> },
+    TimedOut { stage: Stage, reason: String },
+}
+
+/// Everything a worker needs to run a task; values were validated by the server and are
+/// validated again by the worker (a worker does not trust the network).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: TaskAttempt,
+    pub name: String,
+    pub version: String,
+    pub repo: String,
+    pub branch: String,
+    pub build_cmd: Option<String>,
+    pub env: Environment,
+    /// Protocols git may use (`GIT_ALLOW_PROTOCOL`).
+    pub allowed_protocols: Vec<String>,
+    /// Whether the repo host may be on a local network.
+    pub allow_local_hosts: bool,
+    /// Programs commands may start with.
+    pub runners: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Time limits of one task, in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub prepare_secs: u64,
+    pub download_secs: u64,
+    pub install_secs: u64,
+    pub check_secs: u64,
+    pub build_secs: u64,
+    pub pre_publish_secs: u64,
+    pub publish_secs: u64,
+    /// The whole task, all stages included.
+    pub task_secs: u64,
+    /// After SIGTERM, how long a process group has before SIGKILL.
+    pub kill_grace_secs: u64,
+}
+
+impl Limits {
+    /// The time limit of one stage.
+    pub fn stage_secs(&self, stage: Stage) -> u64 {
+        match stage {
+            Stage::Prepare => self.prepare_secs,
+            Stage::DownloadRepo => self.download_secs,
+            Stage::Install => self.install_secs,
+            Stage::Check => self.check_secs,
+            Stage::Build => self.build_secs,
+            Stage::PrePublish => self.pre_publish_secs,
+            Stage::Publish => self.publish_secs,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            prepare_secs: 60,
+            download_secs: 600,
+            install_secs: 1200,
+            check_secs: 900,
+            build_secs: 1200,
+            pre_publish_secs: 60,
+            publish_secs: 600,
+            task_secs: 3600,
+            kill_grace_secs: 10,
+        }
+    }
+}
+
+/// `POST /api/v1/tasks/{id}/attempts/{attempt}/release` answer: the site is live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub url: String,
+    pub files: u64,
+    pub bytes: u64,
+}

@@ -1,1 +1,181 @@
-//! placeholder
+//! The `Store` trait: tasks, the dispatch queue, leases and per-task event logs; and its backends.
+//!
+//! The server reaches persistent state only through [`Store`]. Every method that changes a task
+//! is atomic and, where a worker is involved, fenced by the task's attempt: a result from a
+//! stale attempt is refused with [`StoreError::Stale`]. Terminal transitions append the final
+//! events in the same transaction as the state change, so a log that ends with `end` always
+//! belongs to a terminal task and vice versa.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use cloudbuild_proto::event::{EventBody, WireEvent};
+use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
+use cloudbuild_proto::time::Timestamp;
+
+pub use sqlite::SqliteStore;
+
+/// Errors of a store. `Database` hides backend details from API clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {task} is at attempt {current}; attempt {given} is stale")]
+    Stale { task: TaskId, current: u32, given: u32 },
+    #[error("task {0} has already finished")]
+    Terminal(TaskId),
+    #[error("storage error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A validated request to create a task.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub name: String,
+    pub version: String,
+    pub repo: String,
+    pub branch: String,
+    pub build_cmd: Option<String>,
+    pub env: Environment,
+    pub trigger: Trigger,
+    pub requested_by: String,
+    pub retry_of: Option<TaskId>,
+    /// Bytes of output kept for this task before a `truncated` event.
+    pub output_limit: u64,
+}
+
+/// Filters of `list_tasks`; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub name: Option<String>,
+    pub state: Option<TaskState>,
+    /// Only tasks with an id lower than this (pagination cursor).
+    pub before: Option<TaskId>,
+    pub limit: u32,
+}
+
+/// Who is changing a task: the server itself, or a worker holding an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The server (cancel, timeout); no attempt check.
+    Server,
+    /// A worker; refused unless the task is running at this attempt.
+    Attempt(u32),
+}
+
+/// How a task ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Succeeded { url: String },
+    Failed { stage: Stage, reason: String },
+    Cancelled { stage: Option<Stage>, reason: String },
+    TimedOut { stage: Option<Stage>, reason: String },
+    /// Unexpected failure outside any stage (e.g. worker lost after the last attempt).
+    Error { reason: String },
+}
+
+/// The result of appending one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored; the events written (output past the cap adds a `truncated` event).
+    Events(Vec<WireEvent>),
+    /// Output after the cap was reached; nothing stored.
+    Dropped,
+}
+
+/// The result of a cancel request.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The task was queued and is now cancelled; it will never run.
+    CancelledQueued(Task, Vec<WireEvent>),
+    /// The task is running; its worker must stop it (the flag is set; repeated calls are fine).
+    Requested(Task),
+    /// It was cancelled before.
+    AlreadyCancelled(Task),
+    /// It ended otherwise (succeeded, failed, timed out) and cannot be cancelled.
+    AlreadyFinished(Task),
+}
+
+/// The result of returning a lost worker's task to the queue.
+#[derive(Debug, Clone)]
+pub enum RequeueOutcome {
+    /// Back in the queue at `attempt`.
+    Requeued { attempt: u32, events: Vec<WireEvent> },
+    /// Out of attempts: failed.
+    Failed { events: Vec<WireEvent> },
+    /// Nothing to do (already finished, or already at another attempt).
+    Unchanged,
+}
+
+/// Persistent state of the service. Implementations must be safe to share between tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a queued task and its first event (`create task`); returns the task.
+    async fn create_task(&self, new: NewTask) -> Result<(Task, WireEvent)>;
+    /// One task.
+    async fn get_task(&self, id: TaskId) -> Result<Task>;
+    /// A page of tasks, newest first.
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>>;
+    /// Takes the oldest queued task for a worker, marking it running with a lease until `lease_until`.
+    async fn claim_next(&self, worker: &str, lease_until: Timestamp) -> Result<Option<Task>>;
+    /// Extends the lease of a running task held by `worker` at `attempt`; false if it is not held.
+    async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool>;
+    /// Running tasks whose lease ended before `now`.
+    async fn expired_leases(&self, now: Timestamp) -> Result<Vec<Task>>;
+    /// Running tasks (for the server's own timeout watchdog).
+    async fn running_tasks(&self) -> Result<Vec<Task>>;
+    /// Appends an event. Stage events also move the task's current stage; the first `prepare`
+    /// sets `started_at`. Output beyond the task's cap is cut with one `truncated` event.
+    async fn append_event(&self, id: TaskId, fence: Fence, body: EventBody) -> Result<Appended>;
+    /// Records the commit a task's branch resolved to.
+    async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()>;
+    /// Ends a task: sets the terminal state and appends the final events atomically.
+    /// Returns `Ok(None)` if it had already ended (the first ending wins).
+    async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
+    /// Cancels a queued task at once, or flags a running one; idempotent.
+    async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome>;
+    /// Returns a running task whose worker was lost to the queue with attempt + 1, or fails it
+    /// when `max_attempts` is reached.
+    async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>>;
+}
+
+/// The final stage events of a task ending this way, before the `end` event.
+pub fn final_stage_event(finish: &Finish) -> EventBody {
+    use cloudbuild_proto::task::actions;
+    let (action, message) = match finish {
+        Finish::Succeeded { url } => (actions::BUILD_SUCCESS.to_owned(), format!("published: {url}")),
+        Finish::Failed { stage, reason } => (stage.failed_action().to_owned(), reason.clone()),
+        Finish::Cancelled { reason, .. } => (actions::CANCELLED.to_owned(), reason.clone()),
+        Finish::TimedOut { reason, .. } => (actions::TIMED_OUT.to_owned(), reason.clone()),
+        Finish::Error { reason } => (actions::ERROR.to_owned(), reason.clone()),
+    };
+    EventBody::Stage { action, message }
+}
+
+impl Finish {
+    /// The terminal state this ending leads to.
+    pub fn state(&self) -> TaskState {
+        match self {
+            Finish::Succeeded { .. } => TaskState::Succeeded,
+            Finish::Failed { .. } | Finish::Error { .. } => TaskState::Failed,
+            Finish::Cancelled { .. } => TaskState::Cancelled,
+            Finish::TimedOut { .. } => TaskState::TimedOut,
+        }
+    }
+}

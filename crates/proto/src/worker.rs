@@ -100,8 +100,9 @@ pub struct Assignment {
     pub limits: Limits,
 }
 
-/// Time limits of one task, in seconds.
+/// Time limits of one task, in seconds. Also the `[timeouts]` table of the server's config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub prepare_secs: u64,
     pub download_secs: u64,

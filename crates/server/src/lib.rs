@@ -1,1 +1,83 @@
-//! placeholder
+//! The cloudbuild server: REST API, event streams, the worker endpoint, the scheduler, and the
+//! local site store.
+//!
+//! # Layout
+//! - [`config`]: `ServerConfig` (file / environment form) and validated `Settings`.
+//! - [`api`]: `router(state)`: tasks, events (SSE / WebSocket / JSON), worker protocol, sites.
+//! - [`scheduler`]: push dispatch to connected workers; leases, timeouts, forced cancels.
+//! - [`hub`]: wakes event followers when a log grows.
+//! - [`state`]: `AppState`, shared by all handlers.
+//!
+//! The server never runs builds itself: workers (one embedded by the `cloudbuild` binary)
+//! connect over the worker protocol.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod scheduler;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use api::router;
+use cloudbuild_store::{SqliteStore, Store};
+pub use config::{ServerConfig, Settings};
+use state::AppState;
+use tokio::net::TcpListener;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot prepare the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] cloudbuild_store::StoreError),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the SQLite store in the data directory, creating the directory layout.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServerError> {
+    let dir = &settings.data_dir;
+    for sub in ["", "releases", "sites", "staging"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|source| ServerError::DataDir { path: dir.join(sub).display().to_string(), source })?;
+    }
+    Ok(Arc::new(SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?))
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops streams and returns.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        store,
+        hub: hub::EventHub::default(),
+        scheduler: scheduler::Scheduler::default(),
+        settings,
+        public_url,
+        shutdown: stop_rx.clone(),
+    });
+    let sched = tokio::spawn(scheduler::run(state.clone()));
+    let app = router(state);
+    tracing::info!("listening on http://{addr}");
+    let mut stop_rx_serve = stop_rx;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx_serve.wait_for(|stopped| *stopped).await;
+        })
+        .await?;
+    sched.abort();
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `GET /api/v1/tasks/{id}/events?after=N`: the task's event log as SSE, WebSocket or JSON.
+//!
+//! All three send what the store holds, in order, from `after + 1`; live following just waits
+//! for the hub to say the log grew and reads the store again. So a follower that connects
+//! late, or reconnects with `after=<last seq seen>`, receives exactly the bytes a follower
+//! from the start received. The stream ends after the `end` event. No keep-alive comments are
+//! interleaved, since they would make streams differ; WebSocket pings keep sockets alive instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cloudbuild_proto::event::{EventKind, WireEvent};
+use cloudbuild_proto::task::TaskId;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::tasks::parse_id;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    /// Send events with a sequence number above this (0: from the start).
+    #[serde(default)]
+    after: u64,
+    /// Keep the stream open until the task ends (default); `false` stops at the current end.
+    follow: Option<bool>,
+}
+
+const PAGE: u32 = 500;
+
+/// Streams stored events into `tx` from `after`, following the live log when `follow`.
+/// Returns when the `end` event was sent, when not following and the log is exhausted, when the
+/// receiver is gone, or at server shutdown.
+pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bool, tx: mpsc::Sender<WireEvent>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        // Subscribe before reading, so growth between the read and the wait is not missed.
+        let mut signal = state.hub.subscribe(task);
+        let events = match state.store.events_after(task, after, PAGE).await {
+            Ok(ev) => ev,
+            Err(e) => return tracing::error!(task, "event follower: {e}"),
+        };
+        let n = events.len();
+        for ev in events {
+            after = ev.seq;
+            let is_end = ev.kind == EventKind::End;
+            if tx.send(ev).await.is_err() || is_end {
+                return;
+            }
+        }
+        if n == PAGE as usize {
+            continue;
+        }
+        if !follow {
+            return;
+        }
+        tokio::select! {
+            _ = async {
+                match signal.as_mut() {
+                    Some(rx) => { let _ = rx.changed().await; }
+                    // No live signal: the task ended or has not announced yet; re-read soon.
+                    None => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            } => {}
+            _ = shutdown.changed() => return,
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// `GET /api/v1/tasks/{id}/events`
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state.store.get_task(id).await?; // 404 before any upgrade or stream
+    let follow = p.follow.unwrap_or(true);
+
+    if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        let (mut parts, _) = req.into_parts();
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        return Ok(ws.on_upgrade(move |socket| ws_follow(state, id, p.after, follow, socket)));
+    }
+
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
+    if wants_json {
+        let events = state.store.events_after(id, p.after, 100_000).await?;
+        let body: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
+                serde_json::json!({ "seq": e.seq, "event": e.kind, "data": data })
+            })
+            .collect();
+        return Ok(Json(body).into_response());
+    }
+
+    let (tx, rx) = mpsc::channel::<WireEvent>(64);
+    tokio::spawn(pump(state, id, p.after, follow, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(ev.to_sse()), rx))
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::channel::<WireEvent>(64);
+    tokio::spawn(pump(state, id, after, follow, tx));
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => if socket.send(Message::Text(ev.to_ws_text().into())).await.is_err() { return },
+                None => break,
+            },
+            _ = ping.tick() => if socket.send(Message::Ping(Default::default())).await.is_err() { return },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}

@@ -1,0 +1,178 @@
+//! Task endpoints: create, get, list, cancel, retry.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cloudbuild_proto::task::{CreateTask, Task, TaskId, TaskPage, TaskState, Trigger};
+use cloudbuild_proto::validate::{CommandLine, GitRef, ProjectName, RepoUrl, Version};
+use cloudbuild_proto::worker::TaskAttempt;
+use cloudbuild_store::{CancelOutcome, NewTask, TaskQuery};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+/// `Json<T>` whose rejections are `ApiError`s (JSON bodies, stable codes).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(ApiError::new(rej.status(), "invalid_json", rej.body_text())),
+        }
+    }
+}
+
+/// Parses a task id from the path, with a JSON error on garbage.
+pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+    raw.parse::<TaskId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("`{raw}` is not a task id (a positive integer)")))
+}
+
+/// Validates a request into a store row. Every field is checked before anything is stored.
+fn validate(state: &AppState, req: &CreateTask, trigger: Trigger, retry_of: Option<TaskId>) -> Result<NewTask, ApiError> {
+    let s = &state.settings;
+    let repo = RepoUrl::parse(req.repo.trim(), &s.repo_policy)?;
+    let branch = GitRef::parse(&req.branch)?;
+    let name = ProjectName::parse(&req.name)?;
+    let version = Version::parse(&req.version)?;
+    let build_cmd = match req.build_cmd.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => Some(CommandLine::parse(c, "build command", &s.command_policy)?.to_string()),
+        None => None,
+    };
+    Ok(NewTask {
+        name: name.to_string(),
+        version: version.to_string(),
+        repo: repo.to_string(),
+        branch: branch.to_string(),
+        build_cmd,
+        env: req.env,
+        trigger,
+        requested_by: "anonymous".into(),
+        retry_of,
+        output_limit: s.output_bytes,
+    })
+}
+
+/// Stores a validated task, announces its first event and wakes the scheduler.
+pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
+    let (task, event) = state.store.create_task(new).await?;
+    state.hub.published(task.id, std::slice::from_ref(&event));
+    state.scheduler.task_queued();
+    tracing::info!(task = task.id, name = %task.name, version = %task.version, "task queued");
+    Ok(task)
+}
+
+fn created(task: Task) -> Response {
+    let location = format!("/api/v1/tasks/{}", task.id);
+    (StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response()
+}
+
+/// `POST /api/v1/tasks`
+pub async fn create(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<CreateTask>) -> Result<Response, ApiError> {
+    if req.trigger == Trigger::Retry {
+        return Err(ApiError::bad_request("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only"));
+    }
+    let new = validate(&state, &req, req.trigger, None)?;
+    Ok(created(submit(&state, new).await?))
+}
+
+/// `GET /api/v1/tasks/{id}`
+pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+    Ok(Json(state.store.get_task(parse_id(&id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    name: Option<String>,
+    state: Option<String>,
+    before: Option<TaskId>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/tasks?name=&state=&before=&limit=`
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let task_state = match p.state.as_deref() {
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(format!("unknown state `{s}` (one of {})", names.join(", ")))
+        })?),
+        None => None,
+    };
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 200"));
+    }
+    let query = TaskQuery { name: p.name, state: task_state, before: p.before, limit: limit + 1 };
+    let mut tasks = state.store.list_tasks(&query).await?;
+    let next_before = if tasks.len() > limit as usize {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| t.id)
+    } else {
+        None
+    };
+    Ok(Json(TaskPage { tasks, next_before }))
+}
+
+/// `POST /api/v1/tasks/{id}/cancel`: 200 when it is (or was already) cancelled, 202 while the
+/// worker stops it, 409 when it already ended otherwise.
+pub async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(match state.store.request_cancel(id).await? {
+        CancelOutcome::CancelledQueued(task, events) => {
+            state.hub.published(id, &events);
+            tracing::info!(task = id, "cancelled while queued");
+            (StatusCode::OK, Json(task)).into_response()
+        }
+        CancelOutcome::Requested(task) => {
+            state.scheduler.cancel(task.worker.as_deref(), TaskAttempt { task_id: id, attempt: task.attempt });
+            tracing::info!(task = id, "cancel sent to worker");
+            (StatusCode::ACCEPTED, Json(task)).into_response()
+        }
+        CancelOutcome::AlreadyCancelled(task) => (StatusCode::OK, Json(task)).into_response(),
+        CancelOutcome::AlreadyFinished(task) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_finished",
+                format!("task {id} already ended as {}; there is nothing to cancel", task.state),
+            ))
+        }
+    })
+}
+
+/// `POST /api/v1/tasks/{id}/retry`: a new task with the same inputs, linked to the old one.
+pub async fn retry(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let old = state.store.get_task(parse_id(&id)?).await?;
+    if !old.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!("task {} is still {}; cancel it or wait before retrying", old.id, old.state),
+        ));
+    }
+    let req = CreateTask {
+        repo: old.repo,
+        branch: old.branch,
+        name: old.name,
+        version: old.version,
+        build_cmd: old.build_cmd,
+        env: old.env,
+        trigger: Trigger::Retry,
+    };
+    // Re-validated against today's policy: a retry must not bypass a tightened configuration.
+    let new = validate(&state, &req, Trigger::Retry, Some(old.id))?;
+    Ok(created(submit(&state, new).await?))
+}

@@ -1,0 +1,164 @@
+//! `GET /api/v1/workers/connect`: the server side of the worker protocol (see `proto::worker`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use cloudbuild_proto::event::EventBody;
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::worker::{
+    Outcome, ServerMessage, TaskAttempt, WorkerEvent, WorkerMessage, PROTOCOL_VERSION,
+};
+use cloudbuild_store::{Appended, Fence, Finish, StoreError};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+/// Checks `Authorization: Bearer <token>` against the configured worker tokens, in constant time.
+pub fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)"))?;
+    let ok = state.settings.worker_tokens.iter().fold(false, |acc, t| acc | constant_time_eq(t.as_bytes(), given.as_bytes()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("unknown worker token"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Upgrades an authorised worker connection.
+pub async fn connect(State(state): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    authorize_worker(&state, &headers)?;
+    Ok(ws.max_message_size(16 * 1024 * 1024).on_upgrade(move |socket| serve_worker(state, socket)))
+}
+
+async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+    let (name, slots) = match hello {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<WorkerMessage>(&text) {
+            Ok(WorkerMessage::Hello { protocol, name, slots, .. }) if protocol == PROTOCOL_VERSION && slots > 0 => {
+                (name, slots)
+            }
+            other => {
+                tracing::warn!("worker refused: expected hello with protocol {PROTOCOL_VERSION}, got {other:?}");
+                let _ = sink.send(Message::Close(None)).await;
+                return;
+            }
+        },
+        _ => return,
+    };
+    // The worker's own name is its id, so a worker that reconnects keeps its leases.
+    let worker_id = name;
+    if state.scheduler.is_connected(&worker_id) {
+        tracing::warn!(worker = %worker_id, "refused: a worker with this name is already connected");
+        let _ = sink.send(Message::Close(None)).await;
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let welcome = ServerMessage::Welcome { worker_id: worker_id.clone(), heartbeat_secs: state.settings.heartbeat_secs };
+    if tx.send(welcome).is_err() {
+        return;
+    }
+    tracing::info!(worker = %worker_id, slots, "worker connected");
+    state.scheduler.join(&worker_id, slots, tx.clone());
+
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let text = serde_json::to_string(&msg).unwrap_or_default();
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = shutdown.changed() => break,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        };
+        match serde_json::from_str::<WorkerMessage>(&text) {
+            Ok(m) => handle(&state, &worker_id, &tx, m).await,
+            Err(e) => tracing::warn!(worker = %worker_id, "unreadable worker message: {e}"),
+        }
+    }
+    state.scheduler.leave(&worker_id);
+    drop(tx);
+    writer.abort();
+    tracing::info!(worker = %worker_id, "worker disconnected");
+}
+
+async fn handle(state: &AppState, worker: &str, tx: &mpsc::UnboundedSender<ServerMessage>, msg: WorkerMessage) {
+    let refuse = |task: TaskAttempt, e: &StoreError| {
+        let _ = tx.send(ServerMessage::Refused { task, reason: e.to_string() });
+    };
+    match msg {
+        WorkerMessage::Hello { .. } => {}
+        WorkerMessage::Heartbeat { running } => {
+            let until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
+            for t in running {
+                match state.store.extend_lease(t.task_id, t.attempt, worker, until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = tx.send(ServerMessage::Refused { task: t, reason: "this worker no longer holds the task".into() });
+                    }
+                    Err(e) => tracing::error!("heartbeat: {e}"),
+                }
+            }
+        }
+        WorkerMessage::Event { task, event } => {
+            let body = match event {
+                // Start and success both carry the stage's action, as in the original protocol.
+                WorkerEvent::Stage { stage, message, .. } => EventBody::Stage { action: stage.action().to_owned(), message },
+                WorkerEvent::Output { stream, text } => EventBody::Output { stream, text },
+                WorkerEvent::Commit { sha } => {
+                    if let Err(e) = state.store.set_commit(task.task_id, task.attempt, &sha).await {
+                        refuse(task, &e);
+                    }
+                    return;
+                }
+            };
+            match state.store.append_event(task.task_id, Fence::Attempt(task.attempt), body).await {
+                Ok(Appended::Events(events)) => state.hub.published(task.task_id, &events),
+                Ok(Appended::Dropped) => {}
+                Err(e) => refuse(task, &e),
+            }
+        }
+        WorkerMessage::Finished { task, outcome } => {
+            let finish = match outcome {
+                Outcome::Succeeded { url } => Finish::Succeeded { url },
+                Outcome::Failed { stage, reason } => Finish::Failed { stage, reason },
+                Outcome::Cancelled { stage } => Finish::Cancelled { stage, reason: "cancelled by request".into() },
+                Outcome::TimedOut { stage, reason } => Finish::TimedOut { stage: Some(stage), reason },
+            };
+            match state.store.finish(task.task_id, Fence::Attempt(task.attempt), finish).await {
+                Ok(Some(events)) => state.hub.published(task.task_id, &events),
+                Ok(None) => {}
+                Err(e) => refuse(task, &e),
+            }
+            state.scheduler.slot_freed(worker, task);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The server's configuration: the TOML / environment form, and the validated settings.
+//!
+//! `ServerConfig` mirrors the file one to one and does no I/O; `ServerConfig::validate` turns it
+//! into `Settings`, the form the rest of the server uses, refusing bad values at start-up.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cloudbuild_proto::validate::{CommandPolicy, GitProtocol, RepoPolicy, ValidationError};
+use cloudbuild_proto::worker::Limits;
+use serde::{Deserialize, Serialize};
+
+/// Everything `cloudbuild server` can be configured with. Every key has a default, so an empty
+/// file (or none) gives a working single-machine service. See `docs/config.md`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Where the database, work directories and published sites live.
+    pub data_dir: PathBuf,
+    /// Base URL printed for published sites; defaults to `http://<listen address>`.
+    pub public_url: Option<String>,
+    pub git: GitConfig,
+    pub commands: CommandsConfig,
+    pub timeouts: Limits,
+    pub limits: LimitsConfig,
+    pub workers: WorkersConfig,
+}
+
+/// `[git]`: what repositories may be cloned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitConfig {
+    /// Protocols accepted in repo URLs: any of `https`, `ssh`, `git`, `http`, `file`.
+    pub allowed_protocols: Vec<String>,
+    /// Accept repo hosts on loopback and private networks (off: a guard against SSRF).
+    pub allow_local_hosts: bool,
+}
+
+/// `[commands]`: what commands may run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Programs a command may start with.
+    pub runners: Vec<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Output kept per task, in bytes; past it one `truncated` event is written.
+    pub output_bytes: u64,
+    /// Runs of a task whose worker is lost before it fails with `worker lost`.
+    pub max_attempts: u32,
+    /// Largest single file a worker may upload to the local site store, in bytes.
+    pub max_file_bytes: u64,
+}
+
+/// `[workers]`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Run one worker inside the server process (it connects over the worker protocol).
+    pub embedded: bool,
+    /// Tasks the embedded worker runs at once.
+    pub embedded_slots: u32,
+    /// Tokens remote workers authenticate with (the embedded worker gets its own).
+    pub tokens: Vec<String>,
+    /// A task whose worker sends no heartbeat for this long is requeued.
+    pub lease_secs: u64,
+    /// How often workers send heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            data_dir: PathBuf::from("./cloudbuild-data"),
+            public_url: None,
+            git: GitConfig::default(),
+            commands: CommandsConfig::default(),
+            timeouts: Limits::default(),
+            limits: LimitsConfig::default(),
+            workers: WorkersConfig::default(),
+        }
+    }
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig { allowed_protocols: vec!["https".into(), "ssh".into()], allow_local_hosts: false }
+    }
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig { runners: CommandPolicy::default().runners.into_iter().collect() }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { output_bytes: 4 * 1024 * 1024, max_attempts: 3, max_file_bytes: 512 * 1024 * 1024 }
+    }
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { embedded: true, embedded_slots: 2, tokens: Vec::new(), lease_secs: 15, heartbeat_secs: 3 }
+    }
+}
+
+impl fmt::Debug for WorkersConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkersConfig")
+            .field("embedded", &self.embedded)
+            .field("embedded_slots", &self.embedded_slots)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("lease_secs", &self.lease_secs)
+            .field("heartbeat_secs", &self.heartbeat_secs)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("public_url", &self.public_url)
+            .field("git", &self.git)
+            .field("commands", &self.commands)
+            .field("timeouts", &self.timeouts)
+            .field("limits", &self.limits)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Without a trailing slash.
+    pub public_url: Option<String>,
+    pub repo_policy: RepoPolicy,
+    pub command_policy: CommandPolicy,
+    pub limits: Limits,
+    pub output_bytes: u64,
+    pub max_attempts: u32,
+    pub max_file_bytes: u64,
+    pub worker_tokens: Vec<String>,
+    pub lease_secs: u64,
+    pub heartbeat_secs: u64,
+}
+
+impl ServerConfig {
+    /// Checks every value and derives the settings.
+    pub fn validate(&self) -> Result<Settings, ValidationError> {
+        let bad = |field: &'static str, reason: String| ValidationError { field, reason };
+        let allowed_protocols = self
+            .git
+            .allowed_protocols
+            .iter()
+            .map(|p| GitProtocol::parse(p))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        if allowed_protocols.is_empty() {
+            return Err(bad("git.allowed_protocols", "at least one protocol is needed".into()));
+        }
+        let runners: BTreeSet<String> = self.commands.runners.iter().cloned().collect();
+        if let Some(r) = runners.iter().find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+            return Err(bad("commands.runners", format!("`{r}` is not a program name")));
+        }
+        let t = &self.timeouts;
+        let all = [
+            t.prepare_secs, t.download_secs, t.install_secs, t.check_secs, t.build_secs, t.pre_publish_secs,
+            t.publish_secs, t.task_secs, t.kill_grace_secs,
+        ];
+        if all.contains(&0) {
+            return Err(bad("timeouts", "every timeout must be at least 1 second".into()));
+        }
+        if self.limits.max_attempts == 0 {
+            return Err(bad("limits.max_attempts", "must be at least 1".into()));
+        }
+        if self.workers.heartbeat_secs == 0 || self.workers.lease_secs <= self.workers.heartbeat_secs {
+            return Err(bad("workers.lease_secs", "must be longer than workers.heartbeat_secs (and that above 0)".into()));
+        }
+        if self.workers.tokens.iter().any(|t| t.len() < 16) {
+            return Err(bad("workers.tokens", "worker tokens must be at least 16 characters".into()));
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad("public_url", "must start with http:// or https://".into()));
+            }
+        }
+        Ok(Settings {
+            data_dir: self.data_dir.clone(),
+            public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            repo_policy: RepoPolicy { allowed_protocols, allow_local_hosts: self.git.allow_local_hosts },
+            command_policy: CommandPolicy { runners },
+            limits: self.timeouts.clone(),
+            output_bytes: self.limits.output_bytes,
+            max_attempts: self.limits.max_attempts,
+            max_file_bytes: self.limits.max_file_bytes,
+            worker_tokens: self.workers.tokens.clone(),
+            lease_secs: self.workers.lease_secs,
+            heartbeat_secs: self.workers.heartbeat_secs,
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The scheduler: matches queued tasks to connected workers, and watches leases and timeouts.
+//!
+//! Dispatch is push-based: creating a task, a worker joining and a slot freeing all wake the
+//! dispatch loop at once (no polling delay). A one-second tick handles what time alone causes:
+//! expired leases (requeue with attempt + 1, or fail), tasks past their task timeout on the
+//! server's clock (P5: enforced even when the worker is frozen), and cancels a worker did not
+//! honour within the kill grace.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cloudbuild_proto::task::TaskId;
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::worker::{Assignment, ServerMessage, TaskAttempt};
+use cloudbuild_store::{Fence, Finish, RequeueOutcome};
+use tokio::sync::{mpsc, Notify};
+
+use crate::state::AppState;
+
+/// A connected worker as the scheduler sees it.
+#[derive(Debug)]
+struct WorkerSlotInfo {
+    slots: u32,
+    running: HashSet<TaskAttempt>,
+    tx: mpsc::UnboundedSender<ServerMessage>,
+}
+
+/// Connected workers and pending server-side deadlines.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    workers: Mutex<HashMap<String, WorkerSlotInfo>>,
+    /// Cancels sent to a worker, and when: forced on the server after the kill grace.
+    cancels: Mutex<HashMap<TaskId, Instant>>,
+    wake: Notify,
+}
+
+impl Scheduler {
+    /// Registers a connected worker; dispatch starts at once.
+    pub fn join(&self, id: &str, slots: u32, tx: mpsc::UnboundedSender<ServerMessage>) {
+        let info = WorkerSlotInfo { slots, running: HashSet::new(), tx };
+        self.lock_workers().insert(id.to_owned(), info);
+        self.wake.notify_one();
+    }
+
+    /// Forgets a disconnected worker. Its tasks keep their leases until they expire, so a worker
+    /// that reconnects in time does not lose them.
+    pub fn leave(&self, id: &str) {
+        self.lock_workers().remove(id);
+    }
+
+    /// A task of this worker finished: its slot is free.
+    pub fn slot_freed(&self, worker: &str, task: TaskAttempt) {
+        if let Some(w) = self.lock_workers().get_mut(worker) {
+            w.running.remove(&task);
+        }
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&task.task_id);
+        self.wake.notify_one();
+    }
+
+    /// A task was queued: wake the dispatch loop.
+    pub fn task_queued(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sends a message to a worker if it is connected; false if it is not.
+    pub fn send(&self, worker: &str, msg: ServerMessage) -> bool {
+        self.lock_workers().get(worker).is_some_and(|w| w.tx.send(msg).is_ok())
+    }
+
+    /// Asks the worker running `task` to stop it, and remembers when, to force it later.
+    pub fn cancel(&self, worker: Option<&str>, task: TaskAttempt) {
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner()).entry(task.task_id).or_insert_with(Instant::now);
+        if let Some(w) = worker {
+            self.send(w, ServerMessage::Cancel { task });
+        }
+    }
+
+    /// Whether a worker with this id is connected.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.lock_workers().contains_key(id)
+    }
+
+    /// Number of connected workers (for `/healthz` and tests).
+    pub fn worker_count(&self) -> usize {
+        self.lock_workers().len()
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerSlotInfo>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker with the most free slots, if any has one.
+    fn freest_worker(&self) -> Option<String> {
+        self.lock_workers()
+            .iter()
+            .filter(|(_, w)| (w.running.len() as u32) < w.slots)
+            .max_by_key(|(_, w)| w.slots - w.running.len() as u32)
+            .map(|(id, _)| id.clone())
+    }
+}
+
+/// Runs the dispatch loop and the watchdog until shutdown.
+pub async fn run(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = state.scheduler.wake.notified() => dispatch(&state).await,
+            _ = tick.tick() => {
+                watchdog(&state).await;
+                dispatch(&state).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Hands queued tasks to workers with free slots until one of the two runs out.
+async fn dispatch(state: &AppState) {
+    while let Some(worker) = state.scheduler.freest_worker() {
+        let lease_until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
+        let task = match state.store.claim_next(&worker, lease_until).await {
+            Ok(Some(task)) => task,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("dispatch: cannot claim a task: {e}");
+                return;
+            }
+        };
+        let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
+        let assignment = Assignment {
+            task: attempt,
+            name: task.name,
+            version: task.version,
+            repo: task.repo,
+            branch: task.branch,
+            build_cmd: task.build_cmd,
+            env: task.env,
+            allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
+            allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
+            runners: state.settings.command_policy.runners.iter().cloned().collect(),
+            limits: state.settings.limits.clone(),
+        };
+        let sent = {
+            let mut workers = state.scheduler.lock_workers();
+            match workers.get_mut(&worker) {
+                Some(w) if w.tx.send(ServerMessage::Assign { assignment: Box::new(assignment) }).is_ok() => {
+                    w.running.insert(attempt);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if sent {
+            tracing::debug!(task = task.id, attempt = task.attempt, %worker, "assigned");
+        } else {
+            // The worker vanished between the pick and the send: hand the task back at once.
+            requeue(state, attempt, &format!("worker {worker} disconnected before the task started")).await;
+        }
+    }
+}
+
+async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {
+    match state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await {
+        Ok(RequeueOutcome::Requeued { events, .. } | RequeueOutcome::Failed { events }) => {
+            state.hub.published(task.task_id, &events);
+            state.scheduler.task_queued();
+        }
+        Ok(RequeueOutcome::Unchanged) => {}
+        Err(e) => tracing::error!(task = task.task_id, "requeue failed: {e}"),
+    }
+}
+
+/// Applies the deadlines that only the passing of time triggers.
+async fn watchdog(state: &AppState) {
+    let now = Timestamp::now();
+    match state.store.expired_leases(now).await {
+        Ok(tasks) => {
+            for t in tasks {
+                let worker = t.worker.clone().unwrap_or_default();
+                let why = format!("worker {worker} stopped sending heartbeats for {} s", state.settings.lease_secs);
+                tracing::warn!(task = t.id, attempt = t.attempt, "{why}");
+                requeue(state, TaskAttempt { task_id: t.id, attempt: t.attempt }, &why).await;
+            }
+        }
+        Err(e) => tracing::error!("watchdog: {e}"),
+    }
+    let limits = &state.settings.limits;
+    // The worker enforces the task timeout itself; the server allows it the kill grace and a
+    // margin for the report to arrive, then ends the task on its own clock.
+    let task_deadline = (limits.task_secs + limits.kill_grace_secs + 5) as i64 * 1_000_000;
+    let grace = Duration::from_secs(limits.kill_grace_secs + 5);
+    let running = match state.store.running_tasks().await {
+        Ok(r) => r,
+        Err(e) => return tracing::error!("watchdog: {e}"),
+    };
+    for t in running {
+        let attempt = TaskAttempt { task_id: t.id, attempt: t.attempt };
+        let overdue = t.started_at.is_some_and(|s| now.0 - s.0 > task_deadline);
+        let cancel_since = state.scheduler.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&t.id).copied();
+        let finish = if overdue {
+            Some(Finish::TimedOut {
+                stage: t.stage,
+                reason: format!("task timeout of {} s exceeded (enforced by the server)", limits.task_secs),
+            })
+        } else if t.cancel_requested && cancel_since.is_some_and(|at| at.elapsed() > grace) {
+            Some(Finish::Cancelled {
+                stage: t.stage,
+                reason: "cancelled; the worker did not confirm in time, so the server ended the task".into(),
+            })
+        } else {
+            if t.cancel_requested && cancel_since.is_none() {
+                // A cancel from before a restart: ask again.
+                state.scheduler.cancel(t.worker.as_deref(), attempt);
+            }
+            None
+        };
+        if let Some(finish) = finish {
+            state.scheduler.cancel(t.worker.as_deref(), attempt);
+            if let Ok(Some(events)) = state.store.finish(t.id, Fence::Server, finish).await {
+                state.hub.published(t.id, &events);
+            }
+            if let Some(w) = &t.worker {
+                state.scheduler.slot_freed(w, attempt);
+            }
+        }
+    }
+}

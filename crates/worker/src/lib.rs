@@ -1,1 +1,27 @@
-//! placeholder
+//! The cloudbuild worker: the worker-protocol client, the pipeline stages, git, process control
+//! and upload.
+//!
+//! # Layout
+//! - [`connection`]: connect, hello, assignments, heartbeats, reconnects.
+//! - [`executor`]: the `Executor` trait and the `Reporter` a task reports through.
+//! - [`pipeline`]: the real executor (git + npm).
+//! - [`fake`]: a double that skips git and npm, for tests and benchmarks.
+//! - [`process`]: one command as a process group, with timeout, cancel and streamed output.
+//! - [`settings`]: build settings from `cloudbuild.toml` and `package.json`.
+//! - [`publish`]: output collection and upload to the server.
+//!
+//! A worker talks to the server only over the network; it never touches the store.
+
+pub mod cancel;
+pub mod connection;
+pub mod executor;
+pub mod fake;
+pub mod pipeline;
+pub mod process;
+pub mod publish;
+pub mod settings;
+
+pub use connection::{run, WorkerConfig, WorkerError};
+pub use executor::{Executor, Reporter, TaskContext};
+pub use fake::FakeExecutor;
+pub use pipeline::Pipeline;

@@ -1,0 +1,349 @@
+//! The real executor: prepare, download repo, install, check, build, pre-publish, publish.
+//!
+//! Each stage has its own time limit, bounded by what is left of the task's; the first stage
+//! that fails ends the pipeline. Values from the assignment are validated again here: a worker
+//! does not trust the network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudbuild_proto::task::Stage;
+use cloudbuild_proto::validate::{CommandLine, CommandPolicy, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl};
+use cloudbuild_proto::worker::{Assignment, Outcome};
+use tokio::time::Instant;
+
+use crate::cancel::CancelToken;
+use crate::executor::{Executor, Reporter, TaskContext};
+use crate::process::{self, RunError, RunSpec};
+use crate::publish;
+use crate::settings::{self, BuildSettings};
+
+/// The real pipeline, with git and npm.
+#[derive(Debug, Default, Clone)]
+pub struct Pipeline;
+
+/// Why a stage stopped the pipeline.
+enum StageError {
+    Failed(String),
+    TimedOut(String),
+    Cancelled,
+}
+
+impl From<RunError> for StageError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Cancelled => StageError::Cancelled,
+            RunError::TimedOut { .. } => StageError::TimedOut(e.to_string()),
+            other => StageError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// State shared by the stages of one run.
+struct Run<'a> {
+    a: &'a Assignment,
+    reporter: &'a Reporter,
+    cancel: CancelToken,
+    task_deadline: Instant,
+    workdir: PathBuf,
+    checkout: PathBuf,
+    env: Vec<(String, String)>,
+    settings: Option<BuildSettings>,
+    output_dir: Option<PathBuf>,
+    files: Option<publish::OutputFiles>,
+}
+
+impl Run<'_> {
+    fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.a.limits.kill_grace_secs)
+    }
+
+    fn stage_deadline(&self, stage: Stage) -> Instant {
+        (Instant::now() + Duration::from_secs(self.a.limits.stage_secs(stage))).min(self.task_deadline)
+    }
+
+    fn command_policy(&self) -> CommandPolicy {
+        CommandPolicy { runners: self.a.runners.iter().cloned().collect() }
+    }
+
+    /// Runs a checked command in the checkout, streaming its output.
+    async fn exec(&mut self, stage: Stage, argv: &[String]) -> Result<(), StageError> {
+        let reporter = self.reporter.clone();
+        let spec = RunSpec {
+            argv,
+            cwd: &self.checkout,
+            env: &self.env,
+            deadline: self.stage_deadline(stage),
+            kill_grace: self.kill_grace(),
+        };
+        let mut sink = move |s, t| reporter.output(s, t);
+        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
+    }
+
+    /// Parses a command and checks it against the policy and the project's scripts.
+    fn checked(&self, field: &'static str, cmd: &str) -> Result<CommandLine, StageError> {
+        let scripts = &self.settings.as_ref().map(|s| s.scripts.clone()).unwrap_or_default();
+        let line = CommandLine::parse(cmd, field, &self.command_policy())
+            .map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
+        line.check_scripts(field, scripts).map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
+        Ok(line)
+    }
+
+    async fn prepare(&mut self) -> Result<String, StageError> {
+        let dir = self.workdir.clone();
+        tokio::task::spawn_blocking(move || {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            std::fs::create_dir_all(&dir)
+        })
+        .await
+        .map_err(|e| StageError::Failed(e.to_string()))?
+        .map_err(|e| StageError::Failed(format!("cannot create the work directory: {e}")))?;
+        Ok(format!("work directory ready; publishing to {}", self.a.env.as_str()))
+    }
+
+    async fn download(&mut self) -> Result<String, StageError> {
+        let protocols = self
+            .a
+            .allowed_protocols
+            .iter()
+            .map(|p| GitProtocol::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StageError::Failed(e.to_string()))?;
+        let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
+        let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
+        let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        let allow: Vec<&str> = self.a.allowed_protocols.iter().map(String::as_str).collect();
+        let mut git_env = self.env.clone();
+        git_env.extend([
+            ("GIT_ALLOW_PROTOCOL".to_owned(), allow.join(":")),
+            ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
+            ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
+            ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
+            ("GIT_SSH_COMMAND".to_owned(), "ssh -oBatchMode=yes".to_owned()),
+        ]);
+        let argv: Vec<String> = [
+            "git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false", "clone", "--quiet",
+            "--depth", "1", "--single-branch", "--no-tags", "--no-recurse-submodules", "--branch", branch.as_str(), "--",
+            repo.as_str(), "src",
+        ]
+        .map(String::from)
+        .to_vec();
+        let reporter = self.reporter.clone();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd: &self.workdir,
+            env: &git_env,
+            deadline: self.stage_deadline(Stage::DownloadRepo),
+            kill_grace: self.kill_grace(),
+        };
+        let mut sink = move |s, t| reporter.output(s, t);
+        process::run(spec, &mut self.cancel, &mut sink).await?;
+        let out = tokio::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&self.checkout)
+            .env_clear()
+            .envs(git_env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .await
+            .map_err(|e| StageError::Failed(format!("git rev-parse: {e}")))?;
+        let sha = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || sha.len() < 40 {
+            return Err(StageError::Failed("could not resolve the checked-out commit".into()));
+        }
+        self.reporter.commit(sha.clone());
+        Ok(format!("cloned {} at {} ({})", repo, branch, &sha[..12]))
+    }
+
+    async fn install(&mut self) -> Result<String, StageError> {
+        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref()).map_err(StageError::Failed)?;
+        self.settings = Some(s.clone());
+        let line = self.checked("install command", &s.install)?;
+        self.reporter.note(format!("$ {line}"));
+        self.exec(Stage::Install, line.argv()).await?;
+        Ok(format!("dependencies installed with `{line}`"))
+    }
+
+    async fn checks(&mut self) -> Result<String, StageError> {
+        let checks = self.settings.as_ref().map(|s| s.checks.clone()).unwrap_or_default();
+        for (name, cmd) in &checks {
+            let line = self.checked("check command", cmd)?;
+            self.reporter.note(format!("check `{name}`: $ {line}"));
+            self.exec(Stage::Check, line.argv()).await.map_err(|e| match e {
+                StageError::Failed(r) => StageError::Failed(format!("check `{name}` failed: {r}")),
+                other => other,
+            })?;
+        }
+        let names: Vec<_> = checks.iter().map(|(n, _)| n.as_str()).collect();
+        Ok(format!("{} check(s) passed: {}", checks.len(), names.join(", ")))
+    }
+
+    async fn build(&mut self) -> Result<String, StageError> {
+        let cmd = self.settings.as_ref().map(|s| s.build.clone()).unwrap_or_default();
+        let line = self.checked("build command", &cmd)?;
+        self.reporter.note(format!("$ {line}"));
+        self.exec(Stage::Build, line.argv()).await?;
+        Ok(format!("`{line}` succeeded"))
+    }
+
+    async fn pre_publish(&mut self) -> Result<String, StageError> {
+        let configured = self.settings.as_ref().and_then(|s| s.output.clone());
+        let candidates: Vec<String> = match &configured {
+            Some(o) => vec![o.trim_end_matches('/').to_owned()],
+            None => vec!["dist".into(), "build".into()],
+        };
+        let root = self
+            .checkout
+            .canonicalize()
+            .map_err(|e| StageError::Failed(format!("checkout unreadable: {e}")))?;
+        let mut found = None;
+        for c in &candidates {
+            let rel = RelPath::parse(c).map_err(|e| StageError::Failed(format!("output directory: {e}")))?;
+            let path = self.checkout.join(rel.as_str());
+            match path.symlink_metadata() {
+                Ok(m) if m.is_dir() => {
+                    // Every component must be a real directory inside the checkout.
+                    let canon = path.canonicalize().map_err(|e| StageError::Failed(e.to_string()))?;
+                    if !canon.starts_with(&root) || canon != root.join(rel.as_str()) {
+                        return Err(StageError::Failed(format!("output directory `{c}` leads outside the checkout")));
+                    }
+                    found = Some((c.clone(), canon));
+                    break;
+                }
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(StageError::Failed(format!("output directory `{c}` is a symbolic link; refused")))
+                }
+                _ => {}
+            }
+        }
+        let Some((name, dir)) = found else {
+            return Err(StageError::Failed(format!(
+                "no build output found: looked for {} (set [build] output in cloudbuild.toml)",
+                candidates.join(", ")
+            )));
+        };
+        let files = publish::collect(&dir).map_err(|e| StageError::Failed(format!("cannot read {name}: {e}")))?;
+        for s in &files.skipped {
+            self.reporter.note(format!("warning: not published: {s}"));
+        }
+        if files.files.is_empty() {
+            return Err(StageError::Failed(format!("the output directory `{name}` has no files to publish")));
+        }
+        let bytes: u64 = files.files.iter().map(|f| f.2).sum();
+        let msg = format!("output `{name}`: {} files, {bytes} bytes", files.files.len());
+        self.output_dir = Some(dir);
+        self.files = Some(files);
+        Ok(msg)
+    }
+}
+
+#[async_trait]
+impl Executor for Pipeline {
+    async fn run(&self, ctx: TaskContext) -> Outcome {
+        let a = &ctx.assignment;
+        let workdir = ctx.work_root.join(format!("{}-{}", a.task.task_id, a.task.attempt));
+        let mut env = base_env();
+        env.push(("CLOUDBUILD_TASK_ID".into(), a.task.task_id.to_string()));
+        env.push(("CLOUDBUILD_ENV".into(), a.env.as_str().into()));
+        let mut run = Run {
+            a,
+            reporter: &ctx.reporter,
+            cancel: ctx.cancel.clone(),
+            task_deadline: Instant::now() + Duration::from_secs(a.limits.task_secs),
+            checkout: workdir.join("src"),
+            workdir: workdir.clone(),
+            env,
+            settings: None,
+            output_dir: None,
+            files: None,
+        };
+        let outcome = pipeline(&mut run, &ctx).await;
+        // Removing a large node_modules takes seconds; do it off the task's clock.
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&workdir);
+        });
+        outcome
+    }
+}
+
+async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
+    let r = run.reporter;
+    for stage in Stage::ALL {
+        if stage == Stage::Check && run.settings.as_ref().is_none_or(|s| s.checks.is_empty()) {
+            continue;
+        }
+        if run.cancel.is_cancelled() {
+            return Outcome::Cancelled { stage: Some(stage) };
+        }
+        if Instant::now() >= run.task_deadline {
+            return Outcome::TimedOut { stage, reason: format!("task timeout of {} s reached", run.a.limits.task_secs) };
+        }
+        r.started(stage, start_message(stage, run.a));
+        let result = match stage {
+            Stage::Prepare => run.prepare().await,
+            Stage::DownloadRepo => run.download().await,
+            Stage::Install => run.install().await,
+            Stage::Check => run.checks().await,
+            Stage::Build => run.build().await,
+            Stage::PrePublish => run.pre_publish().await,
+            Stage::Publish => {
+                let files = run.files.take().unwrap_or_default();
+                let publish = ctx.uploader.publish(run.a.task, &files);
+                let deadline = run.stage_deadline(Stage::Publish);
+                let mut cancel = run.cancel.clone();
+                tokio::select! {
+                    res = publish => match res {
+                        Ok(rel) => {
+                            r.succeeded(stage, format!("published {} files ({} bytes): {}", rel.files, rel.bytes, rel.url));
+                            return Outcome::Succeeded { url: rel.url };
+                        }
+                        Err(e) => Err(StageError::Failed(e)),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => Err(StageError::TimedOut(format!("upload did not finish within {} s", run.a.limits.publish_secs))),
+                    _ = cancel.cancelled() => Err(StageError::Cancelled),
+                }
+            }
+        };
+        match result {
+            Ok(msg) => r.succeeded(stage, msg),
+            Err(StageError::Failed(reason)) => return Outcome::Failed { stage, reason },
+            Err(StageError::TimedOut(reason)) => return Outcome::TimedOut { stage, reason },
+            Err(StageError::Cancelled) => return Outcome::Cancelled { stage: Some(stage) },
+        }
+    }
+    Outcome::Failed { stage: Stage::Publish, reason: "the pipeline ended without publishing".into() }
+}
+
+fn start_message(stage: Stage, a: &Assignment) -> String {
+    match stage {
+        Stage::Prepare => format!("preparing task {} (attempt {})", a.task.task_id, a.task.attempt),
+        Stage::DownloadRepo => format!("cloning {} branch {}", a.repo, a.branch),
+        Stage::Install => "installing dependencies".into(),
+        Stage::Check => "running pre-release checks".into(),
+        Stage::Build => "building".into(),
+        Stage::PrePublish => "looking for the build output".into(),
+        Stage::Publish => "uploading the build output".into(),
+    }
+}
+
+/// The environment commands run with: nothing of the worker's own environment but what a
+/// build needs, so worker secrets never reach build scripts.
+fn base_env() -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+        ("HOME".to_owned(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("CI".to_owned(), "true".to_owned()),
+        ("npm_config_update_notifier".to_owned(), "false".to_owned()),
+        ("npm_config_fund".to_owned(), "false".to_owned()),
+        ("npm_config_audit".to_owned(), "false".to_owned()),
+    ];
+    for key in ["npm_config_registry", "npm_config_cache", "TMPDIR"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push((key.to_owned(), v));
+        }
+    }
+    env
+}

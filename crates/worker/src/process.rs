@@ -1,0 +1,295 @@
+//! Runs one command without a shell, as its own process group, streaming its output.
+//!
+//! The group is killed whole: on timeout or cancel with SIGTERM then, after the grace, SIGKILL;
+//! and after a normal exit with SIGKILL, so that background children a build left behind do not
+//! outlive it (P4). Output is decoded as UTF-8 without ever splitting a character across chunks
+//! (invalid bytes become U+FFFD) and coalesced for up to 25 ms or 16 KiB per chunk, so a chatty
+//! build costs few events while the log still feels live.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cloudbuild_proto::event::OutputStream;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cancel::CancelToken;
+
+/// How a command ended, when it did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not start `{program}`: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("`{command}` exited with {status}")]
+    Exit { command: String, status: String },
+    #[error("`{command}` did not finish within {secs} s")]
+    TimedOut { command: String, secs: u64 },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// One command to run.
+#[derive(Debug)]
+pub struct RunSpec<'a> {
+    pub argv: &'a [String],
+    pub cwd: &'a Path,
+    /// The complete environment: the child inherits nothing else.
+    pub env: &'a [(String, String)],
+    /// When the command must have finished.
+    pub deadline: Instant,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+const FLUSH_BYTES: usize = 16 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(25);
+
+/// Runs the command, passing output chunks to `sink`.
+pub async fn run(
+    spec: RunSpec<'_>,
+    cancel: &mut CancelToken,
+    sink: &mut (dyn FnMut(OutputStream, String) + Send),
+) -> Result<(), RunError> {
+    let command = spec.argv.join(" ");
+    let program = spec.argv.first().cloned().unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .current_dir(spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+
+    let (tx, mut rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(read_pipe(out, OutputStream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(read_pipe(err, OutputStream::Stderr, tx.clone()));
+    }
+    drop(tx);
+
+    let mut out = Coalescer::default();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let secs = spec.deadline.saturating_duration_since(Instant::now()).as_secs();
+    let outcome = loop {
+        tokio::select! {
+            status = child.wait() => {
+                break match status {
+                    Ok(s) if s.success() => Ok(()),
+                    Ok(s) => Err(RunError::Exit { command: command.clone(), status: describe(s) }),
+                    Err(e) => Err(RunError::Spawn { program: program.clone(), source: e }),
+                };
+            }
+            Some((stream, bytes)) = rx.recv() => out.push(stream, &bytes, sink),
+            _ = flush.tick() => out.flush(sink),
+            _ = tokio::time::sleep_until(spec.deadline) => {
+                stop_group(pgid, &mut child, spec.kill_grace).await;
+                break Err(RunError::TimedOut { command: command.clone(), secs });
+            }
+            _ = cancel.cancelled() => {
+                stop_group(pgid, &mut child, spec.kill_grace).await;
+                break Err(RunError::Cancelled);
+            }
+        }
+    };
+    // Whatever the outcome, nothing of this command's group survives it.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    // Drain what the pipes still hold; a grandchild that escaped the group could keep a pipe
+    // open forever, so the drain is bounded.
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while let Ok(Some((stream, bytes))) = tokio::time::timeout_at(drain_until, rx.recv()).await {
+        out.push(stream, &bytes, sink);
+    }
+    out.finish(sink);
+    outcome
+}
+
+async fn read_pipe(mut pipe: impl AsyncReadExt + Unpin, stream: OutputStream, tx: mpsc::Sender<(OutputStream, Vec<u8>)>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send((stream, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after the grace.
+async fn stop_group(pgid: Option<Pid>, child: &mut tokio::process::Child, grace: Duration) {
+    let Some(pgid) = pgid else { return };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Per-stream buffers: decoded text waiting to be flushed, and bytes of an incomplete UTF-8
+/// character waiting for the rest.
+#[derive(Default)]
+struct Coalescer {
+    text: [String; 2],
+    partial: [Vec<u8>; 2],
+}
+
+fn idx(s: OutputStream) -> usize {
+    match s {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
+    }
+}
+
+const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
+
+impl Coalescer {
+    fn push(&mut self, stream: OutputStream, bytes: &[u8], sink: &mut (dyn FnMut(OutputStream, String) + Send)) {
+        let i = idx(stream);
+        let mut buf = std::mem::take(&mut self.partial[i]);
+        buf.extend_from_slice(bytes);
+        let (text, rest) = decode_utf8(&buf);
+        self.text[i].push_str(&text);
+        self.partial[i] = rest.to_vec();
+        if self.text[i].len() >= FLUSH_BYTES {
+            sink(stream, std::mem::take(&mut self.text[i]));
+        }
+    }
+
+    fn flush(&mut self, sink: &mut (dyn FnMut(OutputStream, String) + Send)) {
+        for s in STREAMS {
+            let t = std::mem::take(&mut self.text[idx(s)]);
+            if !t.is_empty() {
+                sink(s, t);
+            }
+        }
+    }
+
+    fn finish(&mut self, sink: &mut (dyn FnMut(OutputStream, String) + Send)) {
+        for s in STREAMS {
+            let rest = std::mem::take(&mut self.partial[idx(s)]);
+            self.text[idx(s)].push_str(&String::from_utf8_lossy(&rest));
+        }
+        self.flush(sink);
+    }
+}
+
+/// Decodes as much of `buf` as possible; returns the text and the trailing bytes of a character
+/// that may be completed by the next read. Invalid sequences become U+FFFD.
+pub fn decode_utf8(buf: &[u8]) -> (String, &[u8]) {
+    let mut text = String::new();
+    let mut rest = buf;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                text.push_str(s);
+                return (text, &[]);
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                match e.error_len() {
+                    None => return (text, after),
+                    Some(n) => {
+                        text.push('\u{FFFD}');
+                        rest = &after[n..];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multibyte_characters_split_across_reads_survive() {
+        let bytes = "héllo 世界".as_bytes();
+        let mut c = Coalescer::default();
+        let mut got = String::new();
+        let mut sink = |_: OutputStream, t: String| got.push_str(&t);
+        for b in bytes {
+            c.push(OutputStream::Stdout, std::slice::from_ref(b), &mut sink);
+        }
+        c.finish(&mut sink);
+        assert_eq!(got, "héllo 世界");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let (t, rest) = decode_utf8(b"a\xffb\xe4");
+        assert_eq!(t, "a\u{FFFD}b");
+        assert_eq!(rest, b"\xe4");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("bg.pid");
+        // A background grandchild in the same group, and a foreground sleep.
+        let script = format!("sleep 300 & echo $! > {}; sleep 300", pidfile.display());
+        let argv = vec!["sh".to_string(), "-c".to_string(), script];
+        let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap())];
+        let (_tx, mut cancel) = CancelToken::new();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd: dir.path(),
+            env: &env,
+            deadline: Instant::now() + Duration::from_millis(500),
+            kill_grace: Duration::from_millis(200),
+        };
+        let err = run(spec, &mut cancel, &mut |_, _| {}).await.unwrap_err();
+        assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // The grandchild is gone (or a zombie about to be reaped by init).
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .unwrap_or(false);
+        assert!(!alive, "background child {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn exit_codes_fail_and_output_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = vec!["sh".to_string(), "-c".to_string(), "echo out; echo err >&2; exit 3".to_string()];
+        let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap())];
+        let (_tx, mut cancel) = CancelToken::new();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd: dir.path(),
+            env: &env,
+            deadline: Instant::now() + Duration::from_secs(10),
+            kill_grace: Duration::from_secs(1),
+        };
+        let mut seen = Vec::new();
+        let err = run(spec, &mut cancel, &mut |s, t| seen.push((s, t))).await.unwrap_err();
+        assert_eq!(err.to_string(), "`sh -c echo out; echo err >&2; exit 3` exited with exit code 3");
+        assert!(seen.contains(&(OutputStream::Stdout, "out\n".to_string())), "{seen:?}");
+        assert!(seen.contains(&(OutputStream::Stderr, "err\n".to_string())), "{seen:?}");
+    }
+}

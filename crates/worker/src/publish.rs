@@ -1,0 +1,177 @@
+//! Collects a build's output and uploads it to the server's site store.
+//!
+//! Only regular files inside the output directory are published. Symlinks (wherever they
+//! point), devices, sockets, FIFOs and `node_modules/` are skipped with a warning; files are
+//! opened with `O_NOFOLLOW`, so a file swapped for a symlink after the walk is refused too.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudbuild_proto::validate::RelPath;
+use cloudbuild_proto::worker::{ReleaseResponse, TaskAttempt};
+use futures_util::StreamExt;
+
+/// The files to publish and what was skipped.
+#[derive(Debug, Default)]
+pub struct OutputFiles {
+    pub files: Vec<(RelPath, PathBuf, u64)>,
+    pub skipped: Vec<String>,
+}
+
+/// Walks `root` without following symlinks.
+pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
+    let mut out = OutputFiles::default();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                out.skipped.push(format!("{prefix}{}: file name is not UTF-8", name.to_string_lossy()));
+                continue;
+            };
+            let rel = format!("{prefix}{name}");
+            let meta = entry.path().symlink_metadata()?;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if name == "node_modules" {
+                    out.skipped.push(format!("{rel}/: node_modules is never published"));
+                } else {
+                    stack.push((entry.path(), format!("{rel}/")));
+                }
+            } else if ft.is_symlink() {
+                out.skipped.push(format!("{rel}: symbolic link"));
+            } else if !ft.is_file() {
+                out.skipped.push(format!("{rel}: not a regular file"));
+            } else {
+                match RelPath::parse(&rel) {
+                    Ok(p) => out.files.push((p, entry.path(), meta.len())),
+                    Err(e) => out.skipped.push(format!("{rel}: {}", e.reason)),
+                }
+            }
+        }
+    }
+    out.files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Uploads over HTTP to the server that assigned the task.
+#[derive(Debug, Clone)]
+pub struct Uploader {
+    pub client: reqwest::Client,
+    /// Server base URL without a trailing slash.
+    pub base: String,
+    pub token: Arc<str>,
+}
+
+impl Uploader {
+    /// Uploads every file (8 at a time, each retried on transient errors), then asks for the
+    /// release switch. Any failure leaves the site's current release untouched.
+    pub async fn publish(&self, task: TaskAttempt, files: &OutputFiles) -> Result<ReleaseResponse, String> {
+        let uploads: Vec<_> = files
+            .files
+            .iter()
+            .map(|(rel, path, _)| {
+                let (this, rel, path) = (self.clone(), rel.clone(), path.clone());
+                async move { this.upload_one(task, &rel, &path).await }
+            })
+            .collect();
+        let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            return Err(e);
+        }
+        let url = format!("{}/api/v1/tasks/{}/attempts/{}/release", self.base, task.task_id, task.attempt);
+        let resp = self.client.post(&url).bearer_auth(&*self.token).send().await.map_err(|e| format!("release request failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("release refused: {} {}", resp.status(), resp.text().await.unwrap_or_default()));
+        }
+        resp.json().await.map_err(|e| format!("release answer unreadable: {e}"))
+    }
+
+    async fn upload_one(&self, task: TaskAttempt, rel: &RelPath, path: &Path) -> Result<(), String> {
+        let encoded: Vec<String> = rel.as_str().split('/').map(percent_encode).collect();
+        let url = format!(
+            "{}/api/v1/tasks/{}/attempts/{}/files/{}",
+            self.base,
+            task.task_id,
+            task.attempt,
+            encoded.join("/")
+        );
+        let mut last_err = String::new();
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            }
+            let body = read_no_follow(path).await.map_err(|e| format!("{}: {e}", rel.as_str()))?;
+            match self.client.put(&url).bearer_auth(&*self.token).body(body).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_server_error() => last_err = format!("{}: server answered {}", rel.as_str(), r.status()),
+                Ok(r) => return Err(format!("{}: {} {}", rel.as_str(), r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => last_err = format!("{}: {e}", rel.as_str()),
+            }
+        }
+        Err(format!("upload failed after 4 tries: {last_err}"))
+    }
+}
+
+async fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_inside_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("dist");
+        std::fs::create_dir_all(root.join("assets")).unwrap();
+        std::fs::create_dir_all(root.join("node_modules/x")).unwrap();
+        std::fs::write(root.join("index.html"), "hi").unwrap();
+        std::fs::write(root.join("assets/a b.js"), "js").unwrap();
+        std::fs::write(root.join("node_modules/x/i.js"), "no").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("rootdir")).unwrap();
+        std::os::unix::fs::symlink("index.html", root.join("inner-link.html")).unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let out = collect(&root).unwrap();
+        let names: Vec<_> = out.files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["assets/a b.js", "index.html"]);
+        assert_eq!(out.skipped.len(), 5, "{:?}", out.skipped);
+        assert_eq!(percent_encode("a b.js"), "a%20b.js");
+    }
+}

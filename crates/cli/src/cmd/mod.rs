@@ -1,0 +1,67 @@
+//! Subcommands and their flags. Exit codes: 0 success, 1 the build failed (or was cancelled or
+//! timed out), 2 bad input or an unreachable server, 130 interrupted.
+
+mod publish;
+mod server;
+mod tasks;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// cloudbuild: build front-end projects on a server and publish them.
+#[derive(Debug, Parser)]
+#[command(name = "cloudbuild", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the client commands find the server.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerArg {
+    /// URL of the cloudbuild server.
+    #[arg(long, env = "CLOUDBUILD_SERVER", default_value = "http://127.0.0.1:7001", global = true)]
+    pub(crate) server: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the server: REST API, event streams, scheduler, sites, and one embedded worker.
+    Server(server::ServerArgs),
+    /// Run a worker that takes tasks from a server.
+    Worker(server::WorkerArgs),
+    /// Build and publish the project in the current git checkout, streaming the build live.
+    Publish(publish::PublishArgs),
+    /// Show (or follow) the log of a task.
+    Logs(tasks::LogsArgs),
+    /// List tasks, newest first.
+    Tasks(tasks::TasksArgs),
+    /// Cancel a task (a queued task never runs; a running one is stopped).
+    Cancel(tasks::IdArgs),
+    /// Run a finished task again as a new task.
+    Retry(tasks::IdArgs),
+}
+
+impl Cli {
+    /// Servers and workers log at info; client commands only warn, to keep their output clean.
+    pub(crate) fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Server(_) | Command::Worker(_) => "info,sqlx=warn,tower_http=warn",
+            _ => "warn",
+        }
+    }
+}
+
+/// Runs the chosen subcommand.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Server(a) => server::server(a).await,
+        Command::Worker(a) => server::worker(a).await,
+        Command::Publish(a) => publish::publish(a).await,
+        Command::Logs(a) => tasks::logs(a).await,
+        Command::Tasks(a) => tasks::tasks(a).await,
+        Command::Cancel(a) => tasks::cancel(a).await,
+        Command::Retry(a) => tasks::retry(a).await,
+    }
+}

@@ -1,0 +1,160 @@
+//! `cloudbuild server` and `cloudbuild worker`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use cloudbuild_server::ServerConfig;
+use cloudbuild_worker::{Pipeline, WorkerConfig};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use tokio::sync::watch;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:7001; config key `listen`].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the database, work directories and sites [default: ./cloudbuild-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file; every key can also be set as CLOUDBUILD_<KEY> (nested keys
+    /// with `__`, e.g. CLOUDBUILD_GIT__ALLOWED_PROTOCOLS='[https,file]'). See docs/config.md.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// URL of the server to take tasks from.
+    #[arg(long, env = "CLOUDBUILD_SERVER")]
+    server: String,
+    /// Worker token (one of the server's `workers.tokens`).
+    #[arg(long, env = "CLOUDBUILD_WORKER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Tasks to run at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Labels this worker offers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Unique worker name [default: <hostname>-<pid>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where work directories go.
+    #[arg(long, default_value = "./cloudbuild-worker")]
+    work_dir: PathBuf,
+}
+
+/// Layers defaults, the file, the environment and the flags.
+fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
+    let mut fig = Figment::from(Serialized::defaults(ServerConfig::default()));
+    if let Some(path) = &args.config {
+        if !path.is_file() {
+            anyhow::bail!("config file {} does not exist", path.display());
+        }
+        fig = fig.merge(Toml::file(path));
+    }
+    // CLOUDBUILD_SERVER and CLOUDBUILD_WORKER_TOKEN belong to the client commands, CLOUDBUILD_LOG
+    // to logging.
+    fig = fig.merge(Env::prefixed("CLOUDBUILD_").split("__").ignore(&["server", "worker_token", "log"]));
+    if let Some(listen) = args.listen {
+        fig = fig.merge(Serialized::default("listen", listen));
+    }
+    if let Some(dir) = &args.data_dir {
+        fig = fig.merge(Serialized::default("data_dir", dir));
+    }
+    fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
+    let config = load_config(&args)?;
+    let mut settings = config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let embedded_token = random_token()?;
+    if config.workers.embedded {
+        settings.worker_tokens.push(embedded_token.clone());
+    }
+    let store = cloudbuild_server::open_store(&settings).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let mut server = tokio::spawn(cloudbuild_server::run(listener, settings.clone(), store, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    let worker = if config.workers.embedded {
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() { format!("[{host}]") } else { host };
+        let cfg = WorkerConfig {
+            server: format!("http://{host}:{}", addr.port()),
+            token: embedded_token,
+            name: "embedded".into(),
+            slots: config.workers.embedded_slots.max(1),
+            labels: Vec::new(),
+            work_root: settings.data_dir.join("work"),
+        };
+        Some(tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx.clone())))
+    } else {
+        None
+    };
+    eprintln!("cloudbuild server listening on http://{addr} (data in {})", settings.data_dir.display());
+    tokio::select! {
+        _ = terminated() => eprintln!("shutting down"),
+        res = &mut server => {
+            res??;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+    server.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let cfg = WorkerConfig {
+        server: args.server,
+        token: args.token,
+        name,
+        slots: args.slots.max(1),
+        labels: args.labels,
+        work_root: args.work_dir,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx));
+    terminated().await;
+    let _ = stop_tx.send(true);
+    handle.await??;
+    Ok(ExitCode::SUCCESS)
+}

@@ -19,14 +19,22 @@ impl Client {
     pub(crate) fn new(server: &str) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(anyhow!("--server must be an http:// or https:// URL, not `{server}`"));
+            return Err(anyhow!(
+                "--server must be an http:// or https:// URL, not `{server}`"
+            ));
         }
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
         Ok(Client { http, base })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        let why = if e.is_timeout() { "no answer within 5 s".to_string() } else { root_cause(&e) };
+        let why = if e.is_timeout() {
+            "no answer within 5 s".to_string()
+        } else {
+            root_cause(&e)
+        };
         anyhow!("cannot reach the cloudbuild server at {} ({why}); is `cloudbuild server` running there? (set --server or CLOUDBUILD_SERVER)", self.base)
     }
 
@@ -34,24 +42,43 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {}", self.base));
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("unexpected answer from {}", self.base));
         }
         match serde_json::from_slice::<ApiErrorBody>(&bytes) {
-            Ok(err) => Err(anyhow!("{} ({}, HTTP {})", err.message, err.code, status.as_u16())),
-            Err(_) => Err(anyhow!("the server answered HTTP {status}: {}", String::from_utf8_lossy(&bytes))),
+            Ok(err) => Err(anyhow!(
+                "{} ({}, HTTP {})",
+                err.message,
+                err.code,
+                status.as_u16()
+            )),
+            Err(_) => Err(anyhow!(
+                "the server answered HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )),
         }
     }
 
     /// GET a JSON resource.
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let req = self.http.get(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         self.decode(resp).await
     }
 
     /// POST JSON (or nothing) and decode the answer.
-    pub(crate) async fn post<T: DeserializeOwned>(&self, path: &str, body: Option<&serde_json::Value>) -> Result<T> {
-        let mut req = self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -62,11 +89,26 @@ impl Client {
     /// Streams a task's events from `after` to `on_event` until its `end` event (or, without
     /// `follow`, until the current end of the log). A dropped stream is resumed from the last
     /// event received, so nothing is shown twice or skipped.
-    pub(crate) async fn follow(&self, task: i64, mut after: u64, follow: bool, on_event: &mut dyn FnMut(&WireEvent)) -> Result<()> {
+    pub(crate) async fn follow(
+        &self,
+        task: i64,
+        mut after: u64,
+        follow: bool,
+        on_event: &mut dyn FnMut(&WireEvent),
+    ) -> Result<()> {
         let mut failures = 0u32;
         loop {
-            let url = format!("{}/api/v1/tasks/{task}/events?after={after}&follow={follow}", self.base);
-            let resp = match self.http.get(&url).header("accept", "text/event-stream").send().await {
+            let url = format!(
+                "{}/api/v1/tasks/{task}/events?after={after}&follow={follow}",
+                self.base
+            );
+            let resp = match self
+                .http
+                .get(&url)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => return self.decode::<serde_json::Value>(r).await.map(|_| ()),
                 Err(e) if failures < 10 => {

@@ -16,7 +16,11 @@ pub(crate) struct Display {
 impl Display {
     pub(crate) fn new(json: bool) -> Self {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Display { color, json, end: None }
+        Display {
+            color,
+            json,
+            end: None,
+        }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -42,9 +46,19 @@ impl Display {
             EventKind::Build => {
                 let (action, message) = ev.stage_message().unwrap_or_default();
                 let progress = Stage::from_action(&action)
-                    .map(|s| format!("[{}/{}] ", Stage::ALL.iter().position(|x| *x == s).unwrap_or(0) + 1, Stage::ALL.len()))
+                    .map(|s| {
+                        format!(
+                            "[{}/{}] ",
+                            Stage::ALL.iter().position(|x| *x == s).unwrap_or(0) + 1,
+                            Stage::ALL.len()
+                        )
+                    })
                     .unwrap_or_default();
-                let code = if action.ends_with("failed") || action == "error" || action == "timed out" || action == "cancelled" {
+                let code = if action.ends_with("failed")
+                    || action == "error"
+                    || action == "timed out"
+                    || action == "cancelled"
+                {
                     "1;31"
                 } else if action == "build success" {
                     "1;32"
@@ -55,11 +69,17 @@ impl Display {
                 let _ = writeln!(out, "==> {head}: {}", sanitize(&message));
             }
             EventKind::Building => {
-                let text = data.get("text").and_then(|t| t.as_str()).unwrap_or_default();
+                let text = data
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or_default();
                 let _ = write!(out, "{}", sanitize(text));
             }
             EventKind::Truncated => {
-                let msg = data.get("message").and_then(|t| t.as_str()).unwrap_or("output truncated");
+                let msg = data
+                    .get("message")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("output truncated");
                 let _ = writeln!(out, "{}", self.paint("1;33", &format!("!!! {msg}")));
             }
             EventKind::End => {}
@@ -89,6 +109,9 @@ mod tests {
 
     #[test]
     fn control_sequences_are_made_visible() {
-        assert_eq!(sanitize("ok\n\x1b[2J\x1b]0;pwned\x07\rBUILD SUCCESS"), "ok\n\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\rBUILD SUCCESS");
+        assert_eq!(
+            sanitize("ok\n\x1b[2J\x1b]0;pwned\x07\rBUILD SUCCESS"),
+            "ok\n\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\rBUILD SUCCESS"
+        );
     }
 }

@@ -34,13 +34,16 @@ impl Timestamp {
             0
         } else {
             let digits = frac.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| c.is_ascii_digit())
+            {
                 return None;
             }
             digits.parse::<i64>().ok()? * 10i64.pow(6 - digits.len() as u32)
         };
         let days = days_from_civil(y, mo, d);
-        Some(Timestamp(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000) + micros))
+        Some(Timestamp(
+            ((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000) + micros,
+        ))
     }
 }
 
@@ -107,8 +110,12 @@ mod tests {
             assert_eq!(Timestamp::parse(&ts.to_string()), Some(ts), "{ts}");
         }
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(Timestamp::parse("2024-02-29T12:00:00Z").map(|t| t.to_string()).as_deref(),
-            Some("2024-02-29T12:00:00.000000Z"));
+        assert_eq!(
+            Timestamp::parse("2024-02-29T12:00:00Z")
+                .map(|t| t.to_string())
+                .as_deref(),
+            Some("2024-02-29T12:00:00.000000Z")
+        );
         assert_eq!(Timestamp::parse("yesterday"), None);
     }
 }

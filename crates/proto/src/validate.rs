@@ -20,7 +20,10 @@ pub struct ValidationError {
 }
 
 fn refuse<T>(field: &'static str, reason: impl Into<String>) -> Result<T, ValidationError> {
-    Err(ValidationError { field, reason: reason.into() })
+    Err(ValidationError {
+        field,
+        reason: reason.into(),
+    })
 }
 
 /// Characters that never belong in any value we accept: controls (including NUL, CR, LF) and,
@@ -34,7 +37,9 @@ fn has_control(s: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// A git transport protocol, as `git.allowed_protocols` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GitProtocol {
     Https,
@@ -65,7 +70,10 @@ impl GitProtocol {
             "http" => GitProtocol::Http,
             "file" => GitProtocol::File,
             other => {
-                return refuse("git protocol", format!("`{other}` is not one of https, ssh, git, http, file"))
+                return refuse(
+                    "git protocol",
+                    format!("`{other}` is not one of https, ssh, git, http, file"),
+                )
             }
         })
     }
@@ -126,7 +134,10 @@ impl RepoUrl {
         // `ext::sh -c ...`, `fd::3`: git's remote-helper syntax runs programs (CVE-2015-7545).
         if let Some(pos) = s.find("::") {
             if !s[..pos].contains('/') {
-                return refuse(F, "remote-helper URLs (`transport::address`) are not accepted");
+                return refuse(
+                    F,
+                    "remote-helper URLs (`transport::address`) are not accepted",
+                );
             }
         }
         let parsed = if let Some((scheme, rest)) = s.split_once("://") {
@@ -136,7 +147,9 @@ impl RepoUrl {
                 "ssh" | "git+ssh" | "ssh+git" => GitProtocol::Ssh,
                 "git" => GitProtocol::Git,
                 "file" => GitProtocol::File,
-                other => return refuse(F, format!("unsupported scheme `{other}`; use https or ssh")),
+                other => {
+                    return refuse(F, format!("unsupported scheme `{other}`; use https or ssh"))
+                }
             };
             if protocol == GitProtocol::File {
                 let path = rest;
@@ -146,7 +159,11 @@ impl RepoUrl {
                 if path.split('/').any(|seg| seg == "..") {
                     return refuse(F, "`..` is not accepted in a path");
                 }
-                RepoUrl { raw: s.to_owned(), protocol, host: None }
+                RepoUrl {
+                    raw: s.to_owned(),
+                    protocol,
+                    host: None,
+                }
             } else {
                 let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
                 if path.is_empty() {
@@ -166,9 +183,16 @@ impl RepoUrl {
                     None => authority,
                 };
                 let host = check_host_port(host_port)?;
-                RepoUrl { raw: s.to_owned(), protocol, host: Some(host) }
+                RepoUrl {
+                    raw: s.to_owned(),
+                    protocol,
+                    host: Some(host),
+                }
             }
-        } else if let Some((user_host, path)) = s.split_once(':').filter(|(uh, _)| uh.contains('@') && !uh.contains('/')) {
+        } else if let Some((user_host, path)) = s
+            .split_once(':')
+            .filter(|(uh, _)| uh.contains('@') && !uh.contains('/'))
+        {
             // scp-like ssh syntax: `git@github.com:org/repo.git`.
             let (user, host) = user_host.rsplit_once('@').unwrap_or(("", user_host));
             check_user(user)?;
@@ -176,7 +200,11 @@ impl RepoUrl {
                 return refuse(F, "the ssh path is empty or starts with `-`");
             }
             let host = check_host_port(host)?;
-            RepoUrl { raw: s.to_owned(), protocol: GitProtocol::Ssh, host: Some(host) }
+            RepoUrl {
+                raw: s.to_owned(),
+                protocol: GitProtocol::Ssh,
+                host: Some(host),
+            }
         } else {
             return refuse(
                 F,
@@ -184,10 +212,18 @@ impl RepoUrl {
             );
         };
         if !policy.allowed_protocols.contains(&parsed.protocol) {
-            let allowed: Vec<_> = policy.allowed_protocols.iter().map(|p| p.as_str()).collect();
+            let allowed: Vec<_> = policy
+                .allowed_protocols
+                .iter()
+                .map(|p| p.as_str())
+                .collect();
             return refuse(
                 F,
-                format!("the {} protocol is not allowed here (allowed: {})", parsed.protocol, allowed.join(", ")),
+                format!(
+                    "the {} protocol is not allowed here (allowed: {})",
+                    parsed.protocol,
+                    allowed.join(", ")
+                ),
             );
         }
         if let Some(host) = &parsed.host {
@@ -218,11 +254,16 @@ impl fmt::Display for RepoUrl {
 fn check_user(user: &str) -> Result<(), ValidationError> {
     let ok = !user.is_empty()
         && !user.starts_with('-')
-        && user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {
-        refuse("repo", "the ssh user name must be letters, digits, `.`, `_` or `-`, not starting with `-`")
+        refuse(
+            "repo",
+            "the ssh user name must be letters, digits, `.`, `_` or `-`, not starting with `-`",
+        )
     }
 }
 
@@ -230,7 +271,10 @@ fn check_user(user: &str) -> Result<(), ValidationError> {
 fn check_host_port(hp: &str) -> Result<String, ValidationError> {
     const F: &str = "repo";
     let (host, port) = if let Some(rest) = hp.strip_prefix('[') {
-        let (h, after) = rest.split_once(']').ok_or(ValidationError { field: F, reason: "unclosed `[` in host".into() })?;
+        let (h, after) = rest.split_once(']').ok_or(ValidationError {
+            field: F,
+            reason: "unclosed `[` in host".into(),
+        })?;
         if h.parse::<Ipv6Addr>().is_err() {
             return refuse(F, "invalid IPv6 address");
         }
@@ -249,7 +293,11 @@ fn check_host_port(hp: &str) -> Result<String, ValidationError> {
     if host.is_empty() || host.starts_with('-') || host.len() > 253 {
         return refuse(F, "the host is empty, too long or starts with `-`");
     }
-    if !hp.starts_with('[') && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+    if !hp.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
         return refuse(F, "the host may contain only letters, digits, `.` and `-`");
     }
     Ok(host.to_ascii_lowercase())
@@ -261,7 +309,11 @@ fn check_host_port(hp: &str) -> Result<String, ValidationError> {
 /// uses them, and they exist mostly to slip past filters.
 pub fn is_local_host(host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host == "localhost" || host.ends_with(".localhost") || host.ends_with(".local") || host.ends_with(".internal") {
+    if host == "localhost"
+        || host.ends_with(".localhost")
+        || host.ends_with(".local")
+        || host.ends_with(".internal")
+    {
         return true;
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -323,8 +375,16 @@ impl GitRef {
         if s.starts_with('-') {
             return refuse(F, "starts with `-` (it would be read as an option)");
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._/-+".contains(*c))) {
-            return refuse(F, format!("character {c:?} is not allowed (letters, digits, `.`, `_`, `/`, `-`, `+`)"));
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._/-+".contains(*c)))
+        {
+            return refuse(
+                F,
+                format!(
+                    "character {c:?} is not allowed (letters, digits, `.`, `_`, `/`, `-`, `+`)"
+                ),
+            );
         }
         if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
             return refuse(F, "empty path component");
@@ -387,7 +447,10 @@ impl ProjectName {
             if part.starts_with('.') || part.starts_with('_') {
                 return refuse(F, "must not start with `.` or `_`");
             }
-            if let Some(c) = part.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c))) {
+            if let Some(c) = part
+                .chars()
+                .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c)))
+            {
                 return refuse(F, format!("character {c:?} is not allowed (lower-case letters, digits, `-`, `.`, `_`)"));
             }
         }
@@ -433,14 +496,25 @@ impl Version {
             None => (rest, None),
         };
         let nums: Vec<&str> = core.split('.').collect();
-        let numeric_ok = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
+        let numeric_ok = |n: &str| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0'))
+        };
         if nums.len() != 3 || !nums.iter().all(|n| numeric_ok(n)) {
-            return refuse(F, format!("`{s}` is not MAJOR.MINOR.PATCH (semantic versioning)"));
+            return refuse(
+                F,
+                format!("`{s}` is not MAJOR.MINOR.PATCH (semantic versioning)"),
+            );
         }
-        let ident_ok = |i: &str| !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let ident_ok =
+            |i: &str| !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         for ids in [pre, build].into_iter().flatten() {
             if !ids.split('.').all(ident_ok) {
-                return refuse(F, "pre-release and build parts are dot-separated [0-9A-Za-z-] identifiers");
+                return refuse(
+                    F,
+                    "pre-release and build parts are dot-separated [0-9A-Za-z-] identifiers",
+                );
             }
         }
         Ok(Version(s.to_owned()))
@@ -471,7 +545,12 @@ pub struct CommandPolicy {
 
 impl Default for CommandPolicy {
     fn default() -> Self {
-        CommandPolicy { runners: ["npm", "cnpm", "pnpm", "yarn"].into_iter().map(String::from).collect() }
+        CommandPolicy {
+            runners: ["npm", "cnpm", "pnpm", "yarn"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
     }
 }
 
@@ -507,15 +586,25 @@ impl CommandLine {
     /// Splits a command on whitespace and checks its syntax and runner. Quotes, variables,
     /// redirections and other shell syntax are refused: the command is never given to a shell,
     /// and refusing them says so clearly instead of passing them literally.
-    pub fn parse(s: &str, field: &'static str, policy: &CommandPolicy) -> Result<Self, ValidationError> {
+    pub fn parse(
+        s: &str,
+        field: &'static str,
+        policy: &CommandPolicy,
+    ) -> Result<Self, ValidationError> {
         if s.len() > 1024 {
             return refuse(field, "longer than 1024 characters");
         }
         if has_control(s) {
-            return refuse(field, "contains control characters (newlines are not allowed)");
+            return refuse(
+                field,
+                "contains control characters (newlines are not allowed)",
+            );
         }
         if let Some(c) = s.chars().find(|c| ";&|$`<>(){}[]*?!~'\"\\#".contains(*c)) {
-            return refuse(field, format!("shell syntax {c:?} is not accepted: commands run without a shell"));
+            return refuse(
+                field,
+                format!("shell syntax {c:?} is not accepted: commands run without a shell"),
+            );
         }
         let argv: Vec<String> = s.split_whitespace().map(String::from).collect();
         let Some(runner) = argv.first() else {
@@ -526,7 +615,13 @@ impl CommandLine {
         }
         if !policy.runners.contains(runner) {
             let allowed: Vec<_> = policy.runners.iter().map(String::as_str).collect();
-            return refuse(field, format!("`{runner}` is not an allowed runner (allowed: {})", allowed.join(", ")));
+            return refuse(
+                field,
+                format!(
+                    "`{runner}` is not an allowed runner (allowed: {})",
+                    allowed.join(", ")
+                ),
+            );
         }
         let line = CommandLine(argv);
         line.intent(field)?;
@@ -582,13 +677,24 @@ impl CommandLine {
     }
 
     /// Checks the command against the scripts the project's `package.json` defines.
-    pub fn check_scripts(&self, field: &'static str, scripts: &BTreeSet<String>) -> Result<CommandIntent, ValidationError> {
+    pub fn check_scripts(
+        &self,
+        field: &'static str,
+        scripts: &BTreeSet<String>,
+    ) -> Result<CommandIntent, ValidationError> {
         let intent = self.intent(field)?;
         if let CommandIntent::Script(name) = &intent {
             if !scripts.contains(name) {
                 let known: Vec<_> = scripts.iter().map(String::as_str).collect();
-                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                return refuse(field, format!("package.json has no script `{name}` (scripts: {known})"));
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                return refuse(
+                    field,
+                    format!("package.json has no script `{name}` (scripts: {known})"),
+                );
             }
         }
         Ok(intent)
@@ -604,8 +710,9 @@ impl fmt::Display for CommandLine {
 /// yarn/pnpm subcommands that are not scripts and that we do not allow (they run arbitrary
 /// packages or change global state).
 const BUILTIN_SUBCOMMANDS: &[&str] = &[
-    "exec", "dlx", "x", "add", "remove", "global", "publish", "config", "set", "link", "unlink", "create", "node",
-    "pack", "patch", "plugin", "env", "why", "up", "upgrade", "update", "import", "rebuild", "store", "setup",
+    "exec", "dlx", "x", "add", "remove", "global", "publish", "config", "set", "link", "unlink",
+    "create", "node", "pack", "patch", "plugin", "env", "why", "up", "upgrade", "update", "import",
+    "rebuild", "store", "setup",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -645,9 +752,15 @@ mod tests {
 
     fn open_policy() -> RepoPolicy {
         RepoPolicy {
-            allowed_protocols: [GitProtocol::Https, GitProtocol::Ssh, GitProtocol::Http, GitProtocol::Git, GitProtocol::File]
-                .into_iter()
-                .collect(),
+            allowed_protocols: [
+                GitProtocol::Https,
+                GitProtocol::Ssh,
+                GitProtocol::Http,
+                GitProtocol::Git,
+                GitProtocol::File,
+            ]
+            .into_iter()
+            .collect(),
             allow_local_hosts: true,
         }
     }
@@ -670,29 +783,29 @@ mod tests {
     fn refuses_attack_urls() {
         let p = RepoPolicy::default();
         for bad in [
-            "--upload-pack=touch /tmp/pwned",                // A2
-            "ext::sh -c touch% /tmp/pwned",                  // A3
-            "fd::17",                                        // A3
-            "file:///etc",                                   // A4, not allowed by default
-            "/srv/repo",                                     // A4
-            "../x",                                          // A4
-            "ssh://-oProxyCommand=touch%20/tmp/x/foo",       // A5
-            "ssh://-oProxyCommand=x@host/repo",              // A5
-            "-oProxyCommand=x@host:repo",                    // A5
-            "https://host/repo%0a.git",                      // A7
-            "https://host/re\npo.git",                       // A7
-            "https://user:token@github.com/org/repo.git",    // A7
-            "https://127.0.0.1/repo.git",                    // A13
-            "https://[::ffff:127.0.0.1]/repo.git",           // A13
-            "https://2130706433/repo.git",                   // A13
-            "https://0x7f000001/repo.git",                   // A13
-            "https://169.254.169.254/latest",                // A13
-            "https://10.0.0.8/repo.git",                     // A13
-            "https://[fc00::1]/repo.git",                    // A13
-            "https://localhost/repo.git",                    // A13
-            "http://github.com/org/repo.git",                // http not allowed by default
-            "git://github.com/org/repo.git",                 // git not allowed by default
-            "https://github.com",                            // no path
+            "--upload-pack=touch /tmp/pwned",             // A2
+            "ext::sh -c touch% /tmp/pwned",               // A3
+            "fd::17",                                     // A3
+            "file:///etc",                                // A4, not allowed by default
+            "/srv/repo",                                  // A4
+            "../x",                                       // A4
+            "ssh://-oProxyCommand=touch%20/tmp/x/foo",    // A5
+            "ssh://-oProxyCommand=x@host/repo",           // A5
+            "-oProxyCommand=x@host:repo",                 // A5
+            "https://host/repo%0a.git",                   // A7
+            "https://host/re\npo.git",                    // A7
+            "https://user:token@github.com/org/repo.git", // A7
+            "https://127.0.0.1/repo.git",                 // A13
+            "https://[::ffff:127.0.0.1]/repo.git",        // A13
+            "https://2130706433/repo.git",                // A13
+            "https://0x7f000001/repo.git",                // A13
+            "https://169.254.169.254/latest",             // A13
+            "https://10.0.0.8/repo.git",                  // A13
+            "https://[fc00::1]/repo.git",                 // A13
+            "https://localhost/repo.git",                 // A13
+            "http://github.com/org/repo.git",             // http not allowed by default
+            "git://github.com/org/repo.git",              // git not allowed by default
+            "https://github.com",                         // no path
             "",
         ] {
             let err = RepoUrl::parse(bad, &p).expect_err(bad);
@@ -706,14 +819,26 @@ mod tests {
         let p = open_policy();
         RepoUrl::parse("file:///tmp/fixture/repo", &p).unwrap();
         RepoUrl::parse("http://127.0.0.1:8080/repo.git", &p).unwrap();
-        for bad in ["file://relative/x", "file:///tmp/../etc", "ext::sh", "--upload-pack=x", "/tmp/x"] {
+        for bad in [
+            "file://relative/x",
+            "file:///tmp/../etc",
+            "ext::sh",
+            "--upload-pack=x",
+            "/tmp/x",
+        ] {
             RepoUrl::parse(bad, &p).expect_err(bad);
         }
     }
 
     #[test]
     fn refs() {
-        for ok in ["main", "dev/1.0.2", "release/v1.2.3", "feature_x", "v1.0.0+build.1"] {
+        for ok in [
+            "main",
+            "dev/1.0.2",
+            "release/v1.2.3",
+            "feature_x",
+            "v1.0.0+build.1",
+        ] {
             GitRef::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for bad in [
@@ -744,11 +869,14 @@ mod tests {
         for ok in ["app", "@scope/app", "my-app.v2", "a_b"] {
             ProjectName::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        assert_eq!(ProjectName::parse("@scope/app").unwrap().path_segments(), ["@scope", "app"]);
+        assert_eq!(
+            ProjectName::parse("@scope/app").unwrap().path_segments(),
+            ["@scope", "app"]
+        );
         let long = "a".repeat(215);
         for bad in [
-            "../../x", "/abs", "%2e%2e", "a\0b", "..\\x", "..", ".", "_x", ".x", "App", "ä", "a/b", "@s", "@s/", "@/x",
-            "@s/a/b", "a b", &long, "",
+            "../../x", "/abs", "%2e%2e", "a\0b", "..\\x", "..", ".", "_x", ".x", "App", "ä", "a/b",
+            "@s", "@s/", "@/x", "@s/a/b", "a b", &long, "",
         ] {
             ProjectName::parse(bad).expect_err(bad);
         }
@@ -756,10 +884,28 @@ mod tests {
 
     #[test]
     fn versions() {
-        for ok in ["1.0.0", "0.0.1", "10.20.30", "1.0.0-alpha.1", "1.0.0+build.5", "1.0.0-rc-1+sha.abc"] {
+        for ok in [
+            "1.0.0",
+            "0.0.1",
+            "10.20.30",
+            "1.0.0-alpha.1",
+            "1.0.0+build.5",
+            "1.0.0-rc-1+sha.abc",
+        ] {
             Version::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["1.0.0/../x", "1.0", "01.0.0", "1.0.0-", "1.0.0+", "1.0.0-a..b", "../1.0.0", "1.0.0\0", "v1.0.0", ""] {
+        for bad in [
+            "1.0.0/../x",
+            "1.0",
+            "01.0.0",
+            "1.0.0-",
+            "1.0.0+",
+            "1.0.0-a..b",
+            "../1.0.0",
+            "1.0.0\0",
+            "v1.0.0",
+            "",
+        ] {
             Version::parse(bad).expect_err(bad);
         }
     }
@@ -767,30 +913,66 @@ mod tests {
     #[test]
     fn commands() {
         let p = CommandPolicy::default();
-        let ok = |s: &str| CommandLine::parse(s, "build command", &p).unwrap_or_else(|e| panic!("{s}: {e}"));
-        assert_eq!(ok("npm run build").intent("c").unwrap(), CommandIntent::Script("build".into()));
+        let ok = |s: &str| {
+            CommandLine::parse(s, "build command", &p).unwrap_or_else(|e| panic!("{s}: {e}"))
+        };
+        assert_eq!(
+            ok("npm run build").intent("c").unwrap(),
+            CommandIntent::Script("build".into())
+        );
         assert_eq!(ok("npm ci").intent("c").unwrap(), CommandIntent::Install);
         assert_eq!(ok("yarn").intent("c").unwrap(), CommandIntent::Install);
-        assert_eq!(ok("yarn build").intent("c").unwrap(), CommandIntent::Script("build".into()));
+        assert_eq!(
+            ok("yarn build").intent("c").unwrap(),
+            CommandIntent::Script("build".into())
+        );
         assert_eq!(ok("npm run build -- --mode=staging").argv().len(), 5);
         for bad in [
-            "npm;id", "npm&&id", "npm$IFS", "npm\nid", "npmx", "npx vite build", "npm exec -- sh", "npm x sh",
-            "NODE_OPTIONS=--require=/tmp/x npm run build", "sh -c id", "npm --script-shell=/bin/sh run build",
-            "npm run build --script-shell=/tmp/x", "npm publish", "yarn dlx x", "pnpm exec sh", "npm run", "npm",
-            "npm run build > /tmp/x", "npm run 'build'", "", "   ",
+            "npm;id",
+            "npm&&id",
+            "npm$IFS",
+            "npm\nid",
+            "npmx",
+            "npx vite build",
+            "npm exec -- sh",
+            "npm x sh",
+            "NODE_OPTIONS=--require=/tmp/x npm run build",
+            "sh -c id",
+            "npm --script-shell=/bin/sh run build",
+            "npm run build --script-shell=/tmp/x",
+            "npm publish",
+            "yarn dlx x",
+            "pnpm exec sh",
+            "npm run",
+            "npm",
+            "npm run build > /tmp/x",
+            "npm run 'build'",
+            "",
+            "   ",
         ] {
             CommandLine::parse(bad, "build command", &p).expect_err(bad);
         }
         let scripts: BTreeSet<String> = ["build".to_string()].into_iter().collect();
         ok("npm run build").check_scripts("c", &scripts).unwrap();
-        let err = ok("npm run deploy").check_scripts("c", &scripts).unwrap_err();
+        let err = ok("npm run deploy")
+            .check_scripts("c", &scripts)
+            .unwrap_err();
         assert!(err.reason.contains("no script `deploy`"), "{err}");
     }
 
     #[test]
     fn rel_paths() {
         RelPath::parse("assets/app.js").unwrap();
-        for bad in ["../x", "a/../../x", "/abs", "a//b", "./a", "a\\b", "a\0", ""] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/abs",
+            "a//b",
+            "./a",
+            "a\\b",
+            "a\0",
+            "",
+        ] {
             RelPath::parse(bad).expect_err(bad);
         }
     }

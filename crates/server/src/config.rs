@@ -93,25 +93,40 @@ impl Default for ServerConfig {
 
 impl Default for GitConfig {
     fn default() -> Self {
-        GitConfig { allowed_protocols: vec!["https".into(), "ssh".into()], allow_local_hosts: false }
+        GitConfig {
+            allowed_protocols: vec!["https".into(), "ssh".into()],
+            allow_local_hosts: false,
+        }
     }
 }
 
 impl Default for CommandsConfig {
     fn default() -> Self {
-        CommandsConfig { runners: CommandPolicy::default().runners.into_iter().collect() }
+        CommandsConfig {
+            runners: CommandPolicy::default().runners.into_iter().collect(),
+        }
     }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { output_bytes: 4 * 1024 * 1024, max_attempts: 3, max_file_bytes: 512 * 1024 * 1024 }
+        LimitsConfig {
+            output_bytes: 4 * 1024 * 1024,
+            max_attempts: 3,
+            max_file_bytes: 512 * 1024 * 1024,
+        }
     }
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { embedded: true, embedded_slots: 2, tokens: Vec::new(), lease_secs: 15, heartbeat_secs: 3 }
+        WorkersConfig {
+            embedded: true,
+            embedded_slots: 2,
+            tokens: Vec::new(),
+            lease_secs: 15,
+            heartbeat_secs: 3,
+        }
     }
 }
 
@@ -170,38 +185,74 @@ impl ServerConfig {
             .map(|p| GitProtocol::parse(p))
             .collect::<Result<BTreeSet<_>, _>>()?;
         if allowed_protocols.is_empty() {
-            return Err(bad("git.allowed_protocols", "at least one protocol is needed".into()));
+            return Err(bad(
+                "git.allowed_protocols",
+                "at least one protocol is needed".into(),
+            ));
         }
         let runners: BTreeSet<String> = self.commands.runners.iter().cloned().collect();
-        if let Some(r) = runners.iter().find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
-            return Err(bad("commands.runners", format!("`{r}` is not a program name")));
+        if let Some(r) = runners
+            .iter()
+            .find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(bad(
+                "commands.runners",
+                format!("`{r}` is not a program name"),
+            ));
         }
         let t = &self.timeouts;
         let all = [
-            t.prepare_secs, t.download_secs, t.install_secs, t.check_secs, t.build_secs, t.pre_publish_secs,
-            t.publish_secs, t.task_secs, t.kill_grace_secs,
+            t.prepare_secs,
+            t.download_secs,
+            t.install_secs,
+            t.check_secs,
+            t.build_secs,
+            t.pre_publish_secs,
+            t.publish_secs,
+            t.task_secs,
+            t.kill_grace_secs,
         ];
         if all.contains(&0) {
-            return Err(bad("timeouts", "every timeout must be at least 1 second".into()));
+            return Err(bad(
+                "timeouts",
+                "every timeout must be at least 1 second".into(),
+            ));
         }
         if self.limits.max_attempts == 0 {
             return Err(bad("limits.max_attempts", "must be at least 1".into()));
         }
-        if self.workers.heartbeat_secs == 0 || self.workers.lease_secs <= self.workers.heartbeat_secs {
-            return Err(bad("workers.lease_secs", "must be longer than workers.heartbeat_secs (and that above 0)".into()));
+        if self.workers.heartbeat_secs == 0
+            || self.workers.lease_secs <= self.workers.heartbeat_secs
+        {
+            return Err(bad(
+                "workers.lease_secs",
+                "must be longer than workers.heartbeat_secs (and that above 0)".into(),
+            ));
         }
         if self.workers.tokens.iter().any(|t| t.len() < 16) {
-            return Err(bad("workers.tokens", "worker tokens must be at least 16 characters".into()));
+            return Err(bad(
+                "workers.tokens",
+                "worker tokens must be at least 16 characters".into(),
+            ));
         }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad("public_url", "must start with http:// or https://".into()));
+                return Err(bad(
+                    "public_url",
+                    "must start with http:// or https://".into(),
+                ));
             }
         }
         Ok(Settings {
             data_dir: self.data_dir.clone(),
-            public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
-            repo_policy: RepoPolicy { allowed_protocols, allow_local_hosts: self.git.allow_local_hosts },
+            public_url: self
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            repo_policy: RepoPolicy {
+                allowed_protocols,
+                allow_local_hosts: self.git.allow_local_hosts,
+            },
             command_policy: CommandPolicy { runners },
             limits: self.timeouts.clone(),
             output_bytes: self.limits.output_bytes,

@@ -28,7 +28,10 @@ impl EventHub {
                 tx.send_replace(last.seq);
             }
         } else {
-            tasks.entry(task).or_insert_with(|| watch::channel(0).0).send_replace(last.seq);
+            tasks
+                .entry(task)
+                .or_insert_with(|| watch::channel(0).0)
+                .send_replace(last.seq);
         }
     }
 

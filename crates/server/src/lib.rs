@@ -30,7 +30,10 @@ use tokio::net::TcpListener;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot prepare the data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the store: {0}")]
     Store(#[from] cloudbuild_store::StoreError),
     #[error("server error: {0}")]
@@ -41,10 +44,14 @@ pub enum ServerError {
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServerError> {
     let dir = &settings.data_dir;
     for sub in ["", "releases", "sites", "staging"] {
-        std::fs::create_dir_all(dir.join(sub))
-            .map_err(|source| ServerError::DataDir { path: dir.join(sub).display().to_string(), source })?;
+        std::fs::create_dir_all(dir.join(sub)).map_err(|source| ServerError::DataDir {
+            path: dir.join(sub).display().to_string(),
+            source,
+        })?;
     }
-    Ok(Arc::new(SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?))
+    Ok(Arc::new(
+        SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?,
+    ))
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops streams and returns.
@@ -55,7 +62,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
-    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         store,

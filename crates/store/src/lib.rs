@@ -21,7 +21,11 @@ pub enum StoreError {
     #[error("task {0} not found")]
     NotFound(TaskId),
     #[error("task {task} is at attempt {current}; attempt {given} is stale")]
-    Stale { task: TaskId, current: u32, given: u32 },
+    Stale {
+        task: TaskId,
+        current: u32,
+        given: u32,
+    },
     #[error("task {0} has already finished")]
     Terminal(TaskId),
     #[error("storage error: {0}")]
@@ -80,12 +84,25 @@ pub enum Fence {
 /// How a task ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
-    Succeeded { url: String },
-    Failed { stage: Stage, reason: String },
-    Cancelled { stage: Option<Stage>, reason: String },
-    TimedOut { stage: Option<Stage>, reason: String },
+    Succeeded {
+        url: String,
+    },
+    Failed {
+        stage: Stage,
+        reason: String,
+    },
+    Cancelled {
+        stage: Option<Stage>,
+        reason: String,
+    },
+    TimedOut {
+        stage: Option<Stage>,
+        reason: String,
+    },
     /// Unexpected failure outside any stage (e.g. worker lost after the last attempt).
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
 }
 
 /// The result of appending one event.
@@ -114,7 +131,10 @@ pub enum CancelOutcome {
 #[derive(Debug, Clone)]
 pub enum RequeueOutcome {
     /// Back in the queue at `attempt`.
-    Requeued { attempt: u32, events: Vec<WireEvent> },
+    Requeued {
+        attempt: u32,
+        events: Vec<WireEvent>,
+    },
     /// Out of attempts: failed.
     Failed { events: Vec<WireEvent> },
     /// Nothing to do (already finished, or already at another attempt).
@@ -133,7 +153,13 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the oldest queued task for a worker, marking it running with a lease until `lease_until`.
     async fn claim_next(&self, worker: &str, lease_until: Timestamp) -> Result<Option<Task>>;
     /// Extends the lease of a running task held by `worker` at `attempt`; false if it is not held.
-    async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool>;
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        worker: &str,
+        until: Timestamp,
+    ) -> Result<bool>;
     /// Running tasks whose lease ended before `now`.
     async fn expired_leases(&self, now: Timestamp) -> Result<Vec<Task>>;
     /// Running tasks (for the server's own timeout watchdog).
@@ -145,12 +171,23 @@ pub trait Store: Send + Sync + 'static {
     async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()>;
     /// Ends a task: sets the terminal state and appends the final events atomically.
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
-    async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
+    async fn finish(
+        &self,
+        id: TaskId,
+        fence: Fence,
+        finish: Finish,
+    ) -> Result<Option<Vec<WireEvent>>>;
     /// Cancels a queued task at once, or flags a running one; idempotent.
     async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome>;
     /// Returns a running task whose worker was lost to the queue with attempt + 1, or fails it
     /// when `max_attempts` is reached.
-    async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome>;
+    async fn requeue(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        max_attempts: u32,
+        why: &str,
+    ) -> Result<RequeueOutcome>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>>;
 }
@@ -159,7 +196,10 @@ pub trait Store: Send + Sync + 'static {
 pub fn final_stage_event(finish: &Finish) -> EventBody {
     use cloudbuild_proto::task::actions;
     let (action, message) = match finish {
-        Finish::Succeeded { url } => (actions::BUILD_SUCCESS.to_owned(), format!("published: {url}")),
+        Finish::Succeeded { url } => (
+            actions::BUILD_SUCCESS.to_owned(),
+            format!("published: {url}"),
+        ),
         Finish::Failed { stage, reason } => (stage.failed_action().to_owned(), reason.clone()),
         Finish::Cancelled { reason, .. } => (actions::CANCELLED.to_owned(), reason.clone()),
         Finish::TimedOut { reason, .. } => (actions::TIMED_OUT.to_owned(), reason.clone()),

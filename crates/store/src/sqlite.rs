@@ -14,12 +14,14 @@ use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::task::{actions, Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::{
-    final_stage_event, Appended, CancelOutcome, Fence, Finish, NewTask, RequeueOutcome, Result, Store, StoreError,
-    TaskQuery,
+    final_stage_event, Appended, CancelOutcome, Fence, Finish, NewTask, RequeueOutcome, Result,
+    Store, StoreError, TaskQuery,
 };
 
 /// Tasks and events in one SQLite database file.
@@ -39,9 +41,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
         Ok(SqliteStore { writer, reader })
     }
 }
@@ -50,7 +58,8 @@ const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_c
      state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq";
 
 fn task_from_row(row: &SqliteRow) -> Result<Task> {
-    let bad = |what: &str, v: &str| StoreError::Database(format!("corrupt {what} `{v}` in tasks table"));
+    let bad =
+        |what: &str, v: &str| StoreError::Database(format!("corrupt {what} `{v}` in tasks table"));
     let env: String = row.try_get("env")?;
     let trigger: String = row.try_get("trigger_kind")?;
     let state: String = row.try_get("state")?;
@@ -96,10 +105,12 @@ async fn load(conn: &mut SqliteConnection, id: TaskId) -> Result<Task> {
 
 /// Appends one rendered event inside the caller's transaction.
 async fn push(conn: &mut SqliteConnection, id: TaskId, body: &EventBody) -> Result<WireEvent> {
-    let seq: i64 = sqlx::query_scalar("UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
     let seq = seq as u64;
     let kind = body.kind();
     let data = body.render(id, seq, Timestamp::now());
@@ -119,14 +130,22 @@ fn check_fence(task: &Task, fence: Fence) -> Result<()> {
     }
     if let Fence::Attempt(given) = fence {
         if task.state != TaskState::Running || given != task.attempt {
-            return Err(StoreError::Stale { task: task.id, current: task.attempt, given });
+            return Err(StoreError::Stale {
+                task: task.id,
+                current: task.attempt,
+                given,
+            });
         }
     }
     Ok(())
 }
 
 /// Ends a task inside the caller's transaction.
-async fn finish_in(conn: &mut SqliteConnection, task: &Task, finish: &Finish) -> Result<Vec<WireEvent>> {
+async fn finish_in(
+    conn: &mut SqliteConnection,
+    task: &Task,
+    finish: &Finish,
+) -> Result<Vec<WireEvent>> {
     let mut events = vec![push(conn, task.id, &final_stage_event(finish)).await?];
     let (stage, reason, url) = match finish {
         Finish::Succeeded { url } => (task.stage, None, Some(url.clone())),
@@ -137,7 +156,18 @@ async fn finish_in(conn: &mut SqliteConnection, task: &Task, finish: &Finish) ->
         Finish::Error { reason } => (task.stage, Some(reason.clone()), None),
     };
     let state = finish.state();
-    events.push(push(conn, task.id, &EventBody::End { state, reason: reason.clone(), url: url.clone() }).await?);
+    events.push(
+        push(
+            conn,
+            task.id,
+            &EventBody::End {
+                state,
+                reason: reason.clone(),
+                url: url.clone(),
+            },
+        )
+        .await?,
+    );
     sqlx::query(
         "UPDATE tasks SET state = ?, stage = ?, reason = ?, url = ?, finished_us = ?, lease_until_us = NULL WHERE id = ?",
     )
@@ -181,7 +211,10 @@ impl Store for SqliteStore {
         .bind(Timestamp::now().0)
         .fetch_one(&mut *tx)
         .await?;
-        let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
+        let retry = new
+            .retry_of
+            .map(|r| format!(" (retry of task {r})"))
+            .unwrap_or_default();
         let message = format!(
             "task {id} created: {}@{} from {} branch {} for {}{retry}",
             new.name,
@@ -190,7 +223,15 @@ impl Store for SqliteStore {
             new.branch,
             new.env.as_str()
         );
-        let event = push(&mut tx, id, &EventBody::Stage { action: actions::CREATE_TASK.into(), message }).await?;
+        let event = push(
+            &mut tx,
+            id,
+            &EventBody::Stage {
+                action: actions::CREATE_TASK.into(),
+                message,
+            },
+        )
+        .await?;
         let task = load(&mut tx, id).await?;
         tx.commit().await?;
         Ok((task, event))
@@ -227,7 +268,13 @@ impl Store for SqliteStore {
         row.as_ref().map(task_from_row).transpose()
     }
 
-    async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool> {
+    async fn extend_lease(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        worker: &str,
+        until: Timestamp,
+    ) -> Result<bool> {
         let res = sqlx::query(
             "UPDATE tasks SET lease_until_us = ? WHERE id = ? AND attempt = ? AND worker = ? AND state = 'running'",
         )
@@ -251,9 +298,11 @@ impl Store for SqliteStore {
     }
 
     async fn running_tasks(&self) -> Result<Vec<Task>> {
-        let rows = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' ORDER BY id"))
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(task_from_row).collect()
     }
 
@@ -263,11 +312,14 @@ impl Store for SqliteStore {
         check_fence(&task, fence)?;
         let events = match &body {
             EventBody::Output { stream, text } => {
-                let row = sqlx::query("SELECT output_bytes, output_limit, truncated FROM tasks WHERE id = ?")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let (used, limit): (i64, i64) = (row.try_get("output_bytes")?, row.try_get("output_limit")?);
+                let row = sqlx::query(
+                    "SELECT output_bytes, output_limit, truncated FROM tasks WHERE id = ?",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let (used, limit): (i64, i64) =
+                    (row.try_get("output_bytes")?, row.try_get("output_limit")?);
                 if row.try_get::<i64, _>("truncated")? != 0 {
                     return Ok(Appended::Dropped);
                 }
@@ -283,9 +335,28 @@ impl Store for SqliteStore {
                     let kept = cut_at_char_boundary(text, room);
                     let mut out = Vec::new();
                     if !kept.is_empty() {
-                        out.push(push(&mut tx, id, &EventBody::Output { stream: *stream, text: kept.to_owned() }).await?);
+                        out.push(
+                            push(
+                                &mut tx,
+                                id,
+                                &EventBody::Output {
+                                    stream: *stream,
+                                    text: kept.to_owned(),
+                                },
+                            )
+                            .await?,
+                        );
                     }
-                    out.push(push(&mut tx, id, &EventBody::Truncated { limit_bytes: limit as u64 }).await?);
+                    out.push(
+                        push(
+                            &mut tx,
+                            id,
+                            &EventBody::Truncated {
+                                limit_bytes: limit as u64,
+                            },
+                        )
+                        .await?,
+                    );
                     sqlx::query("UPDATE tasks SET output_bytes = ?, truncated = 1 WHERE id = ?")
                         .bind(used + kept.len() as i64)
                         .bind(id)
@@ -310,7 +381,9 @@ impl Store for SqliteStore {
                 vec![push(&mut tx, id, &body).await?]
             }
             EventBody::Truncated { .. } | EventBody::End { .. } => {
-                return Err(StoreError::Database("truncated and end events are written by the store itself".into()))
+                return Err(StoreError::Database(
+                    "truncated and end events are written by the store itself".into(),
+                ))
             }
         };
         tx.commit().await?;
@@ -321,12 +394,21 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let task = load(&mut tx, id).await?;
         check_fence(&task, Fence::Attempt(attempt))?;
-        sqlx::query("UPDATE tasks SET commit_sha = ? WHERE id = ?").bind(sha).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE tasks SET commit_sha = ? WHERE id = ?")
+            .bind(sha)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
+    async fn finish(
+        &self,
+        id: TaskId,
+        fence: Fence,
+        finish: Finish,
+    ) -> Result<Option<Vec<WireEvent>>> {
         let mut tx = self.writer.begin().await?;
         let task = load(&mut tx, id).await?;
         if task.state.is_terminal() {
@@ -345,13 +427,22 @@ impl Store for SqliteStore {
             TaskState::Cancelled => CancelOutcome::AlreadyCancelled(task),
             s if s.is_terminal() => CancelOutcome::AlreadyFinished(task),
             TaskState::Queued => {
-                let finish = Finish::Cancelled { stage: None, reason: "cancelled while queued; it never ran".into() };
+                let finish = Finish::Cancelled {
+                    stage: None,
+                    reason: "cancelled while queued; it never ran".into(),
+                };
                 let events = finish_in(&mut tx, &task, &finish).await?;
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 CancelOutcome::CancelledQueued(load(&mut tx, id).await?, events)
             }
             _ => {
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 CancelOutcome::Requested(load(&mut tx, id).await?)
             }
         };
@@ -359,7 +450,13 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
-    async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome> {
+    async fn requeue(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        max_attempts: u32,
+        why: &str,
+    ) -> Result<RequeueOutcome> {
         let mut tx = self.writer.begin().await?;
         let task = load(&mut tx, id).await?;
         if task.state != TaskState::Running || task.attempt != attempt {
@@ -372,15 +469,28 @@ impl Store for SqliteStore {
                 format!("worker lost: {why}; gave up after {attempt} attempt(s)")
             };
             let finish = if task.cancel_requested {
-                Finish::Cancelled { stage: task.stage, reason }
+                Finish::Cancelled {
+                    stage: task.stage,
+                    reason,
+                }
             } else {
                 Finish::Error { reason }
             };
-            RequeueOutcome::Failed { events: finish_in(&mut tx, &task, &finish).await? }
+            RequeueOutcome::Failed {
+                events: finish_in(&mut tx, &task, &finish).await?,
+            }
         } else {
             let next = attempt + 1;
             let message = format!("{why}; requeued as attempt {next} of {max_attempts}");
-            let ev = push(&mut tx, id, &EventBody::Stage { action: actions::REQUEUED.into(), message }).await?;
+            let ev = push(
+                &mut tx,
+                id,
+                &EventBody::Stage {
+                    action: actions::REQUEUED.into(),
+                    message,
+                },
+            )
+            .await?;
             sqlx::query(
                 "UPDATE tasks SET state = 'queued', attempt = ?, worker = NULL, stage = NULL, lease_until_us = NULL \
                  WHERE id = ?",
@@ -389,26 +499,32 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            RequeueOutcome::Requeued { attempt: next, events: vec![ev] }
+            RequeueOutcome::Requeued {
+                attempt: next,
+                events: vec![ev],
+            }
         };
         tx.commit().await?;
         Ok(outcome)
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>> {
-        let rows = sqlx::query("SELECT seq, kind, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(id)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, kind, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
                 Ok(WireEvent {
                     seq: r.try_get::<i64, _>("seq")? as u64,
-                    kind: EventKind::parse(&kind)
-                        .ok_or_else(|| StoreError::Database(format!("corrupt event kind `{kind}`")))?,
+                    kind: EventKind::parse(&kind).ok_or_else(|| {
+                        StoreError::Database(format!("corrupt event kind `{kind}`"))
+                    })?,
                     data: r.try_get("data")?,
                 })
             })

@@ -6,7 +6,8 @@ use cloudbuild_proto::event::{EventBody, EventKind, OutputStream};
 use cloudbuild_proto::task::{Environment, Stage, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_store::{
-    Appended, CancelOutcome, Fence, Finish, NewTask, RequeueOutcome, SqliteStore, Store, StoreError, TaskQuery,
+    Appended, CancelOutcome, Fence, Finish, NewTask, RequeueOutcome, SqliteStore, Store,
+    StoreError, TaskQuery,
 };
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
@@ -31,22 +32,54 @@ fn later(secs: i64) -> Timestamp {
 async fn story(store: &dyn Store) {
     // Creation writes the first event; the queue is FIFO.
     let (a, first) = store.create_task(new_task("app-a", 1000)).await.unwrap();
-    assert_eq!((a.state, a.attempt, a.last_seq, first.seq), (TaskState::Queued, 1, 1, 1));
+    assert_eq!(
+        (a.state, a.attempt, a.last_seq, first.seq),
+        (TaskState::Queued, 1, 1, 1)
+    );
     assert_eq!(first.stage_message().unwrap().0, "create task");
     let (b, _) = store.create_task(new_task("app-b", 10)).await.unwrap();
     let (c, _) = store.create_task(new_task("app-a", 10)).await.unwrap();
 
     // Listing filters and paginates, newest first.
-    let all = store.list_tasks(&TaskQuery { limit: 10, ..Default::default() }).await.unwrap();
-    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), vec![c.id, b.id, a.id]);
-    let by_name = store.list_tasks(&TaskQuery { name: Some("app-a".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let all = store
+        .list_tasks(&TaskQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![c.id, b.id, a.id]
+    );
+    let by_name = store
+        .list_tasks(&TaskQuery {
+            name: Some("app-a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(by_name.len(), 2);
-    let page2 = store.list_tasks(&TaskQuery { before: Some(c.id), limit: 1, ..Default::default() }).await.unwrap();
+    let page2 = store
+        .list_tasks(&TaskQuery {
+            before: Some(c.id),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page2[0].id, b.id);
 
     // Cancelling a queued task ends it at once; it is never claimed; cancel is idempotent.
-    assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::CancelledQueued(..)));
-    assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::AlreadyCancelled(..)));
+    assert!(matches!(
+        store.request_cancel(b.id).await.unwrap(),
+        CancelOutcome::CancelledQueued(..)
+    ));
+    assert!(matches!(
+        store.request_cancel(b.id).await.unwrap(),
+        CancelOutcome::AlreadyCancelled(..)
+    ));
 
     let claimed = store.claim_next("w1", later(30)).await.unwrap().unwrap();
     assert_eq!((claimed.id, claimed.state), (a.id, TaskState::Running));
@@ -55,72 +88,159 @@ async fn story(store: &dyn Store) {
     assert!(store.claim_next("w1", later(30)).await.unwrap().is_none());
 
     // Stage events move the stage and set started_at.
-    let stage = |s: Stage| EventBody::Stage { action: s.action().into(), message: "m".into() };
-    store.append_event(a.id, Fence::Attempt(1), stage(Stage::Prepare)).await.unwrap();
+    let stage = |s: Stage| EventBody::Stage {
+        action: s.action().into(),
+        message: "m".into(),
+    };
+    store
+        .append_event(a.id, Fence::Attempt(1), stage(Stage::Prepare))
+        .await
+        .unwrap();
     let t = store.get_task(a.id).await.unwrap();
     assert_eq!(t.stage, Some(Stage::Prepare));
     assert!(t.started_at.is_some());
 
     // A stale attempt is fenced off.
-    let stale = store.append_event(a.id, Fence::Attempt(2), stage(Stage::Install)).await;
+    let stale = store
+        .append_event(a.id, Fence::Attempt(2), stage(Stage::Install))
+        .await;
     assert!(matches!(stale, Err(StoreError::Stale { .. })), "{stale:?}");
 
     // Output is capped with one explicit truncation event, cut at a character boundary.
-    let out = |t: &str| EventBody::Output { stream: OutputStream::Stdout, text: t.into() };
-    assert!(matches!(store.append_event(c.id, Fence::Attempt(1), out("12345")).await.unwrap(), Appended::Events(_)));
-    let Appended::Events(evs) = store.append_event(c.id, Fence::Attempt(1), out("6789ééé")).await.unwrap() else {
+    let out = |t: &str| EventBody::Output {
+        stream: OutputStream::Stdout,
+        text: t.into(),
+    };
+    assert!(matches!(
+        store
+            .append_event(c.id, Fence::Attempt(1), out("12345"))
+            .await
+            .unwrap(),
+        Appended::Events(_)
+    ));
+    let Appended::Events(evs) = store
+        .append_event(c.id, Fence::Attempt(1), out("6789ééé"))
+        .await
+        .unwrap()
+    else {
         panic!("expected events")
     };
-    assert_eq!(evs.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::Building, EventKind::Truncated]);
-    assert!(evs[0].data.contains("\"6789\""), "kept up to the cap without splitting é: {}", evs[0].data);
-    assert_eq!(store.append_event(c.id, Fence::Attempt(1), out("more")).await.unwrap(), Appended::Dropped);
+    assert_eq!(
+        evs.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EventKind::Building, EventKind::Truncated]
+    );
+    assert!(
+        evs[0].data.contains("\"6789\""),
+        "kept up to the cap without splitting é: {}",
+        evs[0].data
+    );
+    assert_eq!(
+        store
+            .append_event(c.id, Fence::Attempt(1), out("more"))
+            .await
+            .unwrap(),
+        Appended::Dropped
+    );
 
     // Lease expiry requeues with attempt + 1, then fails after max attempts.
     let expired = store.expired_leases(later(60)).await.unwrap();
     assert_eq!(expired.len(), 2);
-    let RequeueOutcome::Requeued { attempt, .. } = store.requeue(c.id, 1, 2, "worker w1 lost").await.unwrap() else {
+    let RequeueOutcome::Requeued { attempt, .. } =
+        store.requeue(c.id, 1, 2, "worker w1 lost").await.unwrap()
+    else {
         panic!("expected requeue")
     };
     assert_eq!(attempt, 2);
-    assert!(matches!(store.requeue(c.id, 1, 2, "again").await.unwrap(), RequeueOutcome::Unchanged));
+    assert!(matches!(
+        store.requeue(c.id, 1, 2, "again").await.unwrap(),
+        RequeueOutcome::Unchanged
+    ));
     let again = store.claim_next("w2", later(30)).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempt), (c.id, 2));
     assert!(store.extend_lease(c.id, 2, "w2", later(30)).await.unwrap());
-    assert!(!store.extend_lease(c.id, 1, "w1", later(30)).await.unwrap(), "old attempt holds no lease");
-    assert!(matches!(store.requeue(c.id, 2, 2, "w2 lost").await.unwrap(), RequeueOutcome::Failed { .. }));
+    assert!(
+        !store.extend_lease(c.id, 1, "w1", later(30)).await.unwrap(),
+        "old attempt holds no lease"
+    );
+    assert!(matches!(
+        store.requeue(c.id, 2, 2, "w2 lost").await.unwrap(),
+        RequeueOutcome::Failed { .. }
+    ));
     let c_final = store.get_task(c.id).await.unwrap();
     assert_eq!(c_final.state, TaskState::Failed);
     assert!(c_final.reason.unwrap().contains("worker lost"));
 
     // Running cancel sets the flag; finishing is once-only; the log ends with `end`.
-    assert!(matches!(store.request_cancel(a.id).await.unwrap(), CancelOutcome::Requested(t) if t.cancel_requested));
+    assert!(
+        matches!(store.request_cancel(a.id).await.unwrap(), CancelOutcome::Requested(t) if t.cancel_requested)
+    );
     let fin = store
-        .finish(a.id, Fence::Attempt(1), Finish::Cancelled { stage: Some(Stage::Prepare), reason: "by user".into() })
+        .finish(
+            a.id,
+            Fence::Attempt(1),
+            Finish::Cancelled {
+                stage: Some(Stage::Prepare),
+                reason: "by user".into(),
+            },
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(fin.last().unwrap().kind, EventKind::End);
-    assert!(store.finish(a.id, Fence::Server, Finish::Succeeded { url: "x".into() }).await.unwrap().is_none());
-    assert!(matches!(store.request_cancel(a.id).await.unwrap(), CancelOutcome::AlreadyCancelled(_)));
+    assert!(store
+        .finish(a.id, Fence::Server, Finish::Succeeded { url: "x".into() })
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        store.request_cancel(a.id).await.unwrap(),
+        CancelOutcome::AlreadyCancelled(_)
+    ));
 
     // The log is gapless and replayable from any point.
     let log = store.events_after(a.id, 0, 100).await.unwrap();
-    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=log.len() as u64).collect::<Vec<_>>());
-    assert_eq!(store.events_after(a.id, 2, 100).await.unwrap(), log[2..].to_vec());
-    assert_eq!(store.get_task(a.id).await.unwrap().last_seq, log.len() as u64);
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=log.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.events_after(a.id, 2, 100).await.unwrap(),
+        log[2..].to_vec()
+    );
+    assert_eq!(
+        store.get_task(a.id).await.unwrap().last_seq,
+        log.len() as u64
+    );
 
     // A finished task that is not cancelled cannot be cancelled.
     let (d, _) = store.create_task(new_task("app-d", 10)).await.unwrap();
     store.claim_next("w1", later(30)).await.unwrap();
-    store.finish(d.id, Fence::Attempt(1), Finish::Succeeded { url: "http://x/".into() }).await.unwrap();
-    assert!(matches!(store.request_cancel(d.id).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
-    assert!(matches!(store.get_task(9999).await, Err(StoreError::NotFound(9999))));
+    store
+        .finish(
+            d.id,
+            Fence::Attempt(1),
+            Finish::Succeeded {
+                url: "http://x/".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.request_cancel(d.id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(_)
+    ));
+    assert!(matches!(
+        store.get_task(9999).await,
+        Err(StoreError::NotFound(9999))
+    ));
 }
 
 #[tokio::test]
 async fn sqlite_passes_the_story() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
     story(&store).await;
 }
 

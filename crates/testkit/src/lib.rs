@@ -1,1 +1,393 @@
-//! placeholder
+//! Dev-only helpers for end-to-end tests: a spawned `cloudbuild server`, fixture git
+//! repositories holding npm projects, and readers for the REST API and event streams.
+//!
+//! Everything runs on loopback with real git, real npm and the real binary; nothing is mocked.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cloudbuild_proto::task::Task;
+use tempfile::TempDir;
+
+/// A `cloudbuild server` child process with its own data directory and port.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data: TempDir,
+    pub bin: PathBuf,
+}
+
+impl Server {
+    /// Starts the server binary at `bin` on a free loopback port. Local git (`file`, `http`) and
+    /// loopback hosts are allowed, since fixtures live on this machine, unless `extra_toml` has
+    /// its own `[git]` table; `extra_toml` is appended to the config file.
+    pub fn start(bin: &Path, extra_toml: &str) -> Result<Server> {
+        let data = tempfile::tempdir()?;
+        let config = data.path().join("config.toml");
+        let git = if extra_toml.contains("[git]") {
+            ""
+        } else {
+            "[git]\nallowed_protocols = [\"https\", \"file\", \"http\"]\nallow_local_hosts = true\n"
+        };
+        let toml = format!("{git}{extra_toml}\n");
+        std::fs::write(&config, toml)?;
+        let mut child = Command::new(bin)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .env("CLOUDBUILD_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning the server")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = data.path().join("server.log");
+        std::thread::spawn(move || {
+            let mut log = std::fs::File::create(log_path).ok();
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let url = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = tx.send(url);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the server did not start")?;
+        let server = Server {
+            child,
+            url,
+            data,
+            bin: bin.to_path_buf(),
+        };
+        server.wait_for_worker()?;
+        Ok(server)
+    }
+
+    /// Waits until the embedded worker is connected, so timing-sensitive tests start clean.
+    fn wait_for_worker(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(v) = get_json(&format!("{}/healthz", self.url)) {
+                if v["workers"].as_u64().unwrap_or(0) > 0 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("no worker connected")
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Runs the CLI against this server from `cwd`.
+    pub fn cli(&self, cwd: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .args(args)
+            .current_dir(cwd)
+            .env("CLOUDBUILD_SERVER", &self.url)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the cli")
+    }
+
+    /// `POST /api/v1/tasks` with a JSON body; returns status and body.
+    pub fn create(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        request("POST", &format!("{}/api/v1/tasks", self.url), Some(body))
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: i64) -> Task {
+        serde_json::from_value(
+            get_json(&format!("{}/api/v1/tasks/{id}", self.url)).expect("get task"),
+        )
+        .expect("task json")
+    }
+
+    /// Waits until the task reaches a terminal state (up to 120 s).
+    pub fn wait_done(&self, id: i64) -> Task {
+        self.wait_until(id, |t| t.state.is_terminal(), "a terminal state")
+    }
+
+    /// Waits until `pred` holds for the task (up to 120 s).
+    pub fn wait_until(&self, id: i64, pred: impl Fn(&Task) -> bool, what: &str) -> Task {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let t = self.task(id);
+            if pred(&t) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "task {id} did not reach {what}: {t:?}\n--- server log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// The raw SSE bytes of a task's log from `after`, without following.
+    pub fn sse(&self, id: i64, after: u64) -> String {
+        let url = format!(
+            "{}/api/v1/tasks/{id}/events?after={after}&follow=false",
+            self.url
+        );
+        reqwest::blocking_get_text(&url).expect("sse")
+    }
+
+    /// `(action, message)` of every stage event, in order.
+    pub fn actions(&self, id: i64) -> Vec<(String, String)> {
+        let v = get_json(&format!("{}/api/v1/tasks/{id}/events", self.url)).expect("events");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["event"] == "build")
+            .map(|e| {
+                (
+                    e["data"]["data"]["action"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    e["data"]["data"]["payload"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// All output text of a task, concatenated.
+    pub fn output(&self, id: i64) -> String {
+        let v = get_json(&format!("{}/api/v1/tasks/{id}/events", self.url)).expect("events");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["event"] == "building")
+            .map(|e| e["data"]["text"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tiny blocking HTTP helpers over reqwest's async client (tests call them from sync code).
+mod reqwest {
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    pub(crate) fn blocking_get_text(url: &str) -> anyhow::Result<String> {
+        runtime().block_on(async { Ok(::reqwest::get(url).await?.text().await?) })
+    }
+}
+
+/// GET a URL and parse JSON (sending `Accept: application/json`).
+pub fn get_json(url: &str) -> Result<serde_json::Value> {
+    reqwest::runtime().block_on(async {
+        let resp = ::reqwest::Client::new()
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await?;
+        Ok(resp.json().await?)
+    })
+}
+
+/// Any request with an optional JSON body; returns status and parsed body (Null if not JSON).
+pub fn request(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    reqwest::runtime().block_on(async {
+        let client = ::reqwest::Client::new();
+        let mut req = client.request(method.parse().expect("method"), url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
+/// GET a URL; returns status and body text.
+pub fn get_text(url: &str) -> (u16, String) {
+    reqwest::runtime().block_on(async {
+        let resp = ::reqwest::get(url).await.expect("get");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    })
+}
+
+/// A bare git repository (the "origin") and a clone of it holding a project.
+pub struct Repo {
+    pub dir: TempDir,
+    /// `file://` URL of the bare repository.
+    pub url: String,
+    /// The working checkout, whose `origin` is `url`.
+    pub work: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "user.name=test",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Repo {
+    /// Creates the origin and a checkout with `files` committed on `main` and pushed.
+    pub fn new(files: &[(&str, &str)]) -> Repo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("origin.git");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&bare).expect("mkdir");
+        git(&bare, &["init", "--bare", "-q"]);
+        std::fs::create_dir_all(&work).expect("mkdir");
+        git(&work, &["init", "-q"]);
+        let url = format!("file://{}", bare.display());
+        git(&work, &["remote", "add", "origin", &url]);
+        let repo = Repo { dir, url, work };
+        repo.commit(files, "initial");
+        repo
+    }
+
+    /// Writes files, commits and pushes to `origin main`.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) {
+        for (path, content) in files {
+            let p = self.work.join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&p, content).expect("write");
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        git(&self.work, &["push", "-q", "-u", "origin", "HEAD:main"]);
+    }
+
+    /// A `POST /api/v1/tasks` body for this repo.
+    pub fn task_body(&self, name: &str) -> serde_json::Value {
+        serde_json::json!({ "repo": self.url, "branch": "main", "name": name, "version": "1.0.0" })
+    }
+}
+
+/// `package.json` with the given scripts (no dependencies, so `npm install` is offline and fast).
+pub fn package_json(name: &str, scripts: &[(&str, &str)]) -> String {
+    let scripts: serde_json::Map<String, serde_json::Value> = scripts
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    serde_json::json!({ "name": name, "version": "1.0.0", "private": true, "scripts": scripts })
+        .to_string()
+}
+
+/// A node script that writes `dist/index.html` with `body`.
+pub fn build_script(body: &str) -> String {
+    format!(
+        "const fs=require('fs');fs.mkdirSync('dist/assets',{{recursive:true}});\
+         fs.writeFileSync('dist/index.html',{body:?});fs.writeFileSync('dist/assets/app.js','console.log(1)');\
+         console.log('built');"
+    )
+}
+
+/// A node script that records its pid in `file` and then hangs.
+pub fn hang_script(file: &str) -> String {
+    format!("require('fs').writeFileSync({file:?}, String(process.pid)); console.log('hanging'); setInterval(()=>{{}}, 1000);")
+}
+
+/// Whether a process is alive (not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `timeout` for a file to appear and returns its contents.
+pub fn wait_file(path: &Path, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.is_empty() {
+                return Some(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}

@@ -45,7 +45,11 @@ pub enum WorkerError {
 type Running = HashMap<TaskAttempt, CancelHandle>;
 
 /// Runs the worker until `shutdown` turns true; then cancels what is running and returns.
-pub async fn run(cfg: WorkerConfig, executor: Arc<dyn Executor>, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    executor: Arc<dyn Executor>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let base = cfg.server.trim_end_matches('/').to_owned();
     let ws_url = match base.strip_prefix("http://") {
         Some(rest) => format!("ws://{rest}/api/v1/workers/connect"),
@@ -54,8 +58,13 @@ pub async fn run(cfg: WorkerConfig, executor: Arc<dyn Executor>, mut shutdown: w
             None => return Err(WorkerError::BadUrl(cfg.server.clone())),
         },
     };
-    std::fs::create_dir_all(&cfg.work_root).map_err(|e| WorkerError::WorkDir(cfg.work_root.display().to_string(), e))?;
-    let uploader = Uploader { client: reqwest::Client::new(), base, token: cfg.token.clone().into() };
+    std::fs::create_dir_all(&cfg.work_root)
+        .map_err(|e| WorkerError::WorkDir(cfg.work_root.display().to_string(), e))?;
+    let uploader = Uploader {
+        client: reqwest::Client::new(),
+        base,
+        token: cfg.token.clone().into(),
+    };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMessage>();
     let mut running: Running = HashMap::new();
     // Finished tasks tell the loop to forget their cancel handle.
@@ -96,19 +105,29 @@ pub async fn run(cfg: WorkerConfig, executor: Arc<dyn Executor>, mut shutdown: w
             slots: cfg.slots,
             labels: cfg.labels.clone(),
         };
-        if sink.send(Message::Text(to_json(&hello).into())).await.is_err() {
+        if sink
+            .send(Message::Text(to_json(&hello).into()))
+            .await
+            .is_err()
+        {
             continue;
         }
         let heartbeat_secs = match stream.next().await {
             Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
-                Ok(ServerMessage::Welcome { heartbeat_secs, worker_id }) => {
+                Ok(ServerMessage::Welcome {
+                    heartbeat_secs,
+                    worker_id,
+                }) => {
                     tracing::info!(%worker_id, "connected to {ws_url}");
                     heartbeat_secs
                 }
                 _ => continue,
             },
             _ => {
-                tracing::warn!("the server closed the connection after hello (is the name `{}` taken?)", cfg.name);
+                tracing::warn!(
+                    "the server closed the connection after hello (is the name `{}` taken?)",
+                    cfg.name
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -118,7 +137,11 @@ pub async fn run(cfg: WorkerConfig, executor: Arc<dyn Executor>, mut shutdown: w
         let mut heartbeat = tokio::time::interval(Duration::from_secs(heartbeat_secs.max(1)));
         loop {
             if let Some(msg) = pending.take() {
-                if sink.send(Message::Text(to_json(&msg).into())).await.is_err() {
+                if sink
+                    .send(Message::Text(to_json(&msg).into()))
+                    .await
+                    .is_err()
+                {
                     pending = Some(msg);
                     break;
                 }
@@ -197,7 +220,10 @@ fn on_server_message(
         }
         ServerMessage::Refused { task, reason } => {
             if let Some(h) = running.get(&task) {
-                tracing::warn!(task = task.task_id, "server refused our work on this task: {reason}; stopping it");
+                tracing::warn!(
+                    task = task.task_id,
+                    "server refused our work on this task: {reason}; stopping it"
+                );
                 h.cancel();
             }
         }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudbuild_proto::task::Stage;
-use cloudbuild_proto::validate::{CommandLine, CommandPolicy, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl};
+use cloudbuild_proto::validate::{
+    CommandLine, CommandPolicy, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl,
+};
 use cloudbuild_proto::worker::{Assignment, Outcome};
 use tokio::time::Instant;
 
@@ -60,11 +62,14 @@ impl Run<'_> {
     }
 
     fn stage_deadline(&self, stage: Stage) -> Instant {
-        (Instant::now() + Duration::from_secs(self.a.limits.stage_secs(stage))).min(self.task_deadline)
+        (Instant::now() + Duration::from_secs(self.a.limits.stage_secs(stage)))
+            .min(self.task_deadline)
     }
 
     fn command_policy(&self) -> CommandPolicy {
-        CommandPolicy { runners: self.a.runners.iter().cloned().collect() }
+        CommandPolicy {
+            runners: self.a.runners.iter().cloned().collect(),
+        }
     }
 
     /// Runs a checked command in the checkout, streaming its output.
@@ -78,15 +83,22 @@ impl Run<'_> {
             kill_grace: self.kill_grace(),
         };
         let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
+        process::run(spec, &mut self.cancel, &mut sink)
+            .await
+            .map_err(StageError::from)
     }
 
     /// Parses a command and checks it against the policy and the project's scripts.
     fn checked(&self, field: &'static str, cmd: &str) -> Result<CommandLine, StageError> {
-        let scripts = &self.settings.as_ref().map(|s| s.scripts.clone()).unwrap_or_default();
+        let scripts = &self
+            .settings
+            .as_ref()
+            .map(|s| s.scripts.clone())
+            .unwrap_or_default();
         let line = CommandLine::parse(cmd, field, &self.command_policy())
             .map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
-        line.check_scripts(field, scripts).map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
+        line.check_scripts(field, scripts)
+            .map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
         Ok(line)
     }
 
@@ -101,7 +113,10 @@ impl Run<'_> {
         .await
         .map_err(|e| StageError::Failed(e.to_string()))?
         .map_err(|e| StageError::Failed(format!("cannot create the work directory: {e}")))?;
-        Ok(format!("work directory ready; publishing to {}", self.a.env.as_str()))
+        Ok(format!(
+            "work directory ready; publishing to {}",
+            self.a.env.as_str()
+        ))
     }
 
     async fn download(&mut self) -> Result<String, StageError> {
@@ -112,22 +127,49 @@ impl Run<'_> {
             .map(|p| GitProtocol::parse(p))
             .collect::<Result<_, _>>()
             .map_err(|e| StageError::Failed(e.to_string()))?;
-        let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
-        let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
-        let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
-        let allow: Vec<&str> = self.a.allowed_protocols.iter().map(String::as_str).collect();
+        let policy = RepoPolicy {
+            allowed_protocols: protocols,
+            allow_local_hosts: self.a.allow_local_hosts,
+        };
+        let repo =
+            RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
+        let branch =
+            GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        let allow: Vec<&str> = self
+            .a
+            .allowed_protocols
+            .iter()
+            .map(String::as_str)
+            .collect();
         let mut git_env = self.env.clone();
         git_env.extend([
             ("GIT_ALLOW_PROTOCOL".to_owned(), allow.join(":")),
             ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
             ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
             ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
-            ("GIT_SSH_COMMAND".to_owned(), "ssh -oBatchMode=yes".to_owned()),
+            (
+                "GIT_SSH_COMMAND".to_owned(),
+                "ssh -oBatchMode=yes".to_owned(),
+            ),
         ]);
         let argv: Vec<String> = [
-            "git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false", "clone", "--quiet",
-            "--depth", "1", "--single-branch", "--no-tags", "--no-recurse-submodules", "--branch", branch.as_str(), "--",
-            repo.as_str(), "src",
+            "git",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "http.followRedirects=false",
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--no-tags",
+            "--no-recurse-submodules",
+            "--branch",
+            branch.as_str(),
+            "--",
+            repo.as_str(),
+            "src",
         ]
         .map(String::from)
         .to_vec();
@@ -151,14 +193,17 @@ impl Run<'_> {
             .map_err(|e| StageError::Failed(format!("git rev-parse: {e}")))?;
         let sha = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || sha.len() < 40 {
-            return Err(StageError::Failed("could not resolve the checked-out commit".into()));
+            return Err(StageError::Failed(
+                "could not resolve the checked-out commit".into(),
+            ));
         }
         self.reporter.commit(sha.clone());
         Ok(format!("cloned {} at {} ({})", repo, branch, &sha[..12]))
     }
 
     async fn install(&mut self) -> Result<String, StageError> {
-        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref()).map_err(StageError::Failed)?;
+        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref())
+            .map_err(StageError::Failed)?;
         self.settings = Some(s.clone());
         let line = self.checked("install command", &s.install)?;
         self.reporter.note(format!("$ {line}"));
@@ -167,21 +212,37 @@ impl Run<'_> {
     }
 
     async fn checks(&mut self) -> Result<String, StageError> {
-        let checks = self.settings.as_ref().map(|s| s.checks.clone()).unwrap_or_default();
+        let checks = self
+            .settings
+            .as_ref()
+            .map(|s| s.checks.clone())
+            .unwrap_or_default();
         for (name, cmd) in &checks {
             let line = self.checked("check command", cmd)?;
             self.reporter.note(format!("check `{name}`: $ {line}"));
-            self.exec(Stage::Check, line.argv()).await.map_err(|e| match e {
-                StageError::Failed(r) => StageError::Failed(format!("check `{name}` failed: {r}")),
-                other => other,
-            })?;
+            self.exec(Stage::Check, line.argv())
+                .await
+                .map_err(|e| match e {
+                    StageError::Failed(r) => {
+                        StageError::Failed(format!("check `{name}` failed: {r}"))
+                    }
+                    other => other,
+                })?;
         }
         let names: Vec<_> = checks.iter().map(|(n, _)| n.as_str()).collect();
-        Ok(format!("{} check(s) passed: {}", checks.len(), names.join(", ")))
+        Ok(format!(
+            "{} check(s) passed: {}",
+            checks.len(),
+            names.join(", ")
+        ))
     }
 
     async fn build(&mut self) -> Result<String, StageError> {
-        let cmd = self.settings.as_ref().map(|s| s.build.clone()).unwrap_or_default();
+        let cmd = self
+            .settings
+            .as_ref()
+            .map(|s| s.build.clone())
+            .unwrap_or_default();
         let line = self.checked("build command", &cmd)?;
         self.reporter.note(format!("$ {line}"));
         self.exec(Stage::Build, line.argv()).await?;
@@ -200,20 +261,27 @@ impl Run<'_> {
             .map_err(|e| StageError::Failed(format!("checkout unreadable: {e}")))?;
         let mut found = None;
         for c in &candidates {
-            let rel = RelPath::parse(c).map_err(|e| StageError::Failed(format!("output directory: {e}")))?;
+            let rel = RelPath::parse(c)
+                .map_err(|e| StageError::Failed(format!("output directory: {e}")))?;
             let path = self.checkout.join(rel.as_str());
             match path.symlink_metadata() {
                 Ok(m) if m.is_dir() => {
                     // Every component must be a real directory inside the checkout.
-                    let canon = path.canonicalize().map_err(|e| StageError::Failed(e.to_string()))?;
+                    let canon = path
+                        .canonicalize()
+                        .map_err(|e| StageError::Failed(e.to_string()))?;
                     if !canon.starts_with(&root) || canon != root.join(rel.as_str()) {
-                        return Err(StageError::Failed(format!("output directory `{c}` leads outside the checkout")));
+                        return Err(StageError::Failed(format!(
+                            "output directory `{c}` leads outside the checkout"
+                        )));
                     }
                     found = Some((c.clone(), canon));
                     break;
                 }
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(StageError::Failed(format!("output directory `{c}` is a symbolic link; refused")))
+                    return Err(StageError::Failed(format!(
+                        "output directory `{c}` is a symbolic link; refused"
+                    )))
                 }
                 _ => {}
             }
@@ -224,15 +292,21 @@ impl Run<'_> {
                 candidates.join(", ")
             )));
         };
-        let files = publish::collect(&dir).map_err(|e| StageError::Failed(format!("cannot read {name}: {e}")))?;
+        let files = publish::collect(&dir)
+            .map_err(|e| StageError::Failed(format!("cannot read {name}: {e}")))?;
         for s in &files.skipped {
             self.reporter.note(format!("warning: not published: {s}"));
         }
         if files.files.is_empty() {
-            return Err(StageError::Failed(format!("the output directory `{name}` has no files to publish")));
+            return Err(StageError::Failed(format!(
+                "the output directory `{name}` has no files to publish"
+            )));
         }
         let bytes: u64 = files.files.iter().map(|f| f.2).sum();
-        let msg = format!("output `{name}`: {} files, {bytes} bytes", files.files.len());
+        let msg = format!(
+            "output `{name}`: {} files, {bytes} bytes",
+            files.files.len()
+        );
         self.output_dir = Some(dir);
         self.files = Some(files);
         Ok(msg)
@@ -243,7 +317,9 @@ impl Run<'_> {
 impl Executor for Pipeline {
     async fn run(&self, ctx: TaskContext) -> Outcome {
         let a = &ctx.assignment;
-        let workdir = ctx.work_root.join(format!("{}-{}", a.task.task_id, a.task.attempt));
+        let workdir = ctx
+            .work_root
+            .join(format!("{}-{}", a.task.task_id, a.task.attempt));
         let mut env = base_env();
         env.push(("CLOUDBUILD_TASK_ID".into(), a.task.task_id.to_string()));
         env.push(("CLOUDBUILD_ENV".into(), a.env.as_str().into()));
@@ -278,7 +354,10 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             return Outcome::Cancelled { stage: Some(stage) };
         }
         if Instant::now() >= run.task_deadline {
-            return Outcome::TimedOut { stage, reason: format!("task timeout of {} s reached", run.a.limits.task_secs) };
+            return Outcome::TimedOut {
+                stage,
+                reason: format!("task timeout of {} s reached", run.a.limits.task_secs),
+            };
         }
         r.started(stage, start_message(stage, run.a));
         let result = match stage {
@@ -313,12 +392,18 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             Err(StageError::Cancelled) => return Outcome::Cancelled { stage: Some(stage) },
         }
     }
-    Outcome::Failed { stage: Stage::Publish, reason: "the pipeline ended without publishing".into() }
+    Outcome::Failed {
+        stage: Stage::Publish,
+        reason: "the pipeline ended without publishing".into(),
+    }
 }
 
 fn start_message(stage: Stage, a: &Assignment) -> String {
     match stage {
-        Stage::Prepare => format!("preparing task {} (attempt {})", a.task.task_id, a.task.attempt),
+        Stage::Prepare => format!(
+            "preparing task {} (attempt {})",
+            a.task.task_id, a.task.attempt
+        ),
         Stage::DownloadRepo => format!("cloning {} branch {}", a.repo, a.branch),
         Stage::Install => "installing dependencies".into(),
         Stage::Check => "running pre-release checks".into(),
@@ -332,8 +417,14 @@ fn start_message(stage: Stage, a: &Assignment) -> String {
 /// build needs, so worker secrets never reach build scripts.
 fn base_env() -> Vec<(String, String)> {
     let mut env = vec![
-        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
-        ("HOME".to_owned(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
+        (
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        (
+            "HOME".to_owned(),
+            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+        ),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
         ("CI".to_owned(), "true".to_owned()),
         ("npm_config_update_notifier".to_owned(), "false".to_owned()),

@@ -23,7 +23,10 @@ use crate::cancel::CancelToken;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("could not start `{program}`: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` exited with {status}")]
     Exit { command: String, status: String },
     #[error("`{command}` did not finish within {secs} s")]
@@ -66,7 +69,10 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
 
     let (tx, mut rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
@@ -80,7 +86,11 @@ pub async fn run(
 
     let mut out = Coalescer::default();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let secs = spec.deadline.saturating_duration_since(Instant::now()).as_secs();
+    let secs = spec
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64()
+        .round() as u64;
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
@@ -116,7 +126,11 @@ pub async fn run(
     outcome
 }
 
-async fn read_pipe(mut pipe: impl AsyncReadExt + Unpin, stream: OutputStream, tx: mpsc::Sender<(OutputStream, Vec<u8>)>) {
+async fn read_pipe(
+    mut pipe: impl AsyncReadExt + Unpin,
+    stream: OutputStream,
+    tx: mpsc::Sender<(OutputStream, Vec<u8>)>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match pipe.read(&mut buf).await {
@@ -167,7 +181,12 @@ fn idx(s: OutputStream) -> usize {
 const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
 
 impl Coalescer {
-    fn push(&mut self, stream: OutputStream, bytes: &[u8], sink: &mut (dyn FnMut(OutputStream, String) + Send)) {
+    fn push(
+        &mut self,
+        stream: OutputStream,
+        bytes: &[u8],
+        sink: &mut (dyn FnMut(OutputStream, String) + Send),
+    ) {
         let i = idx(stream);
         let mut buf = std::mem::take(&mut self.partial[i]);
         buf.extend_from_slice(bytes);
@@ -265,10 +284,14 @@ mod tests {
         };
         let err = run(spec, &mut cancel, &mut |_, _| {}).await.unwrap_err();
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The grandchild is gone (or a zombie about to be reaped by init).
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
             .unwrap_or(false);
         assert!(!alive, "background child {pid} survived the timeout");
     }
@@ -276,7 +299,11 @@ mod tests {
     #[tokio::test]
     async fn exit_codes_fail_and_output_streams() {
         let dir = tempfile::tempdir().unwrap();
-        let argv = vec!["sh".to_string(), "-c".to_string(), "echo out; echo err >&2; exit 3".to_string()];
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "echo out; echo err >&2; exit 3".to_string(),
+        ];
         let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap())];
         let (_tx, mut cancel) = CancelToken::new();
         let spec = RunSpec {
@@ -287,9 +314,20 @@ mod tests {
             kill_grace: Duration::from_secs(1),
         };
         let mut seen = Vec::new();
-        let err = run(spec, &mut cancel, &mut |s, t| seen.push((s, t))).await.unwrap_err();
-        assert_eq!(err.to_string(), "`sh -c echo out; echo err >&2; exit 3` exited with exit code 3");
-        assert!(seen.contains(&(OutputStream::Stdout, "out\n".to_string())), "{seen:?}");
-        assert!(seen.contains(&(OutputStream::Stderr, "err\n".to_string())), "{seen:?}");
+        let err = run(spec, &mut cancel, &mut |s, t| seen.push((s, t)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`sh -c echo out; echo err >&2; exit 3` exited with exit code 3"
+        );
+        assert!(
+            seen.contains(&(OutputStream::Stdout, "out\n".to_string())),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&(OutputStream::Stderr, "err\n".to_string())),
+            "{seen:?}"
+        );
     }
 }

@@ -30,7 +30,10 @@ pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
         for entry in entries {
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
-                out.skipped.push(format!("{prefix}{}: file name is not UTF-8", name.to_string_lossy()));
+                out.skipped.push(format!(
+                    "{prefix}{}: file name is not UTF-8",
+                    name.to_string_lossy()
+                ));
                 continue;
             };
             let rel = format!("{prefix}{name}");
@@ -38,7 +41,8 @@ pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
             let ft = meta.file_type();
             if ft.is_dir() {
                 if name == "node_modules" {
-                    out.skipped.push(format!("{rel}/: node_modules is never published"));
+                    out.skipped
+                        .push(format!("{rel}/: node_modules is never published"));
                 } else {
                     stack.push((entry.path(), format!("{rel}/")));
                 }
@@ -70,7 +74,11 @@ pub struct Uploader {
 impl Uploader {
     /// Uploads every file (8 at a time, each retried on transient errors), then asks for the
     /// release switch. Any failure leaves the site's current release untouched.
-    pub async fn publish(&self, task: TaskAttempt, files: &OutputFiles) -> Result<ReleaseResponse, String> {
+    pub async fn publish(
+        &self,
+        task: TaskAttempt,
+        files: &OutputFiles,
+    ) -> Result<ReleaseResponse, String> {
         let uploads: Vec<_> = files
             .files
             .iter()
@@ -86,15 +94,35 @@ impl Uploader {
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(e);
         }
-        let url = format!("{}/api/v1/tasks/{}/attempts/{}/release", self.base, task.task_id, task.attempt);
-        let resp = self.client.post(&url).bearer_auth(&*self.token).send().await.map_err(|e| format!("release request failed: {e}"))?;
+        let url = format!(
+            "{}/api/v1/tasks/{}/attempts/{}/release",
+            self.base, task.task_id, task.attempt
+        );
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&*self.token)
+            .send()
+            .await
+            .map_err(|e| format!("release request failed: {e}"))?;
         if !resp.status().is_success() {
-            return Err(format!("release refused: {} {}", resp.status(), resp.text().await.unwrap_or_default()));
+            return Err(format!(
+                "release refused: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ));
         }
-        resp.json().await.map_err(|e| format!("release answer unreadable: {e}"))
+        resp.json()
+            .await
+            .map_err(|e| format!("release answer unreadable: {e}"))
     }
 
-    async fn upload_one(&self, task: TaskAttempt, rel: &RelPath, path: &Path) -> Result<(), String> {
+    async fn upload_one(
+        &self,
+        task: TaskAttempt,
+        rel: &RelPath,
+        path: &Path,
+    ) -> Result<(), String> {
         let encoded: Vec<String> = rel.as_str().split('/').map(percent_encode).collect();
         let url = format!(
             "{}/api/v1/tasks/{}/attempts/{}/files/{}",
@@ -108,11 +136,29 @@ impl Uploader {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
             }
-            let body = read_no_follow(path).await.map_err(|e| format!("{}: {e}", rel.as_str()))?;
-            match self.client.put(&url).bearer_auth(&*self.token).body(body).send().await {
+            let body = read_no_follow(path)
+                .await
+                .map_err(|e| format!("{}: {e}", rel.as_str()))?;
+            match self
+                .client
+                .put(&url)
+                .bearer_auth(&*self.token)
+                .body(body)
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_server_error() => last_err = format!("{}: server answered {}", rel.as_str(), r.status()),
-                Ok(r) => return Err(format!("{}: {} {}", rel.as_str(), r.status(), r.text().await.unwrap_or_default())),
+                Ok(r) if r.status().is_server_error() => {
+                    last_err = format!("{}: server answered {}", rel.as_str(), r.status())
+                }
+                Ok(r) => {
+                    return Err(format!(
+                        "{}: {} {}",
+                        rel.as_str(),
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    ))
+                }
                 Err(e) => last_err = format!("{}: {e}", rel.as_str()),
             }
         }

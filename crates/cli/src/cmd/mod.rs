@@ -21,7 +21,12 @@ pub(crate) struct Cli {
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArg {
     /// URL of the cloudbuild server.
-    #[arg(long, env = "CLOUDBUILD_SERVER", default_value = "http://127.0.0.1:7001", global = true)]
+    #[arg(
+        long,
+        env = "CLOUDBUILD_SERVER",
+        default_value = "http://127.0.0.1:7001",
+        global = true
+    )]
     pub(crate) server: String,
 }
 

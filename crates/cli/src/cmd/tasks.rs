@@ -62,13 +62,25 @@ pub(crate) struct IdArgs {
 pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let client = Client::new(&args.server.server)?;
     let mut display = Display::new(args.json);
-    client.follow(args.id, args.after, args.follow, &mut |ev| display.show(ev)).await?;
-    Ok(if display.end.is_some() { verdict(&display, args.id, args.json) } else { ExitCode::SUCCESS })
+    client
+        .follow(args.id, args.after, args.follow, &mut |ev| display.show(ev))
+        .await?;
+    Ok(if display.end.is_some() {
+        verdict(&display, args.id, args.json)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -93,7 +105,10 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
         println!("no tasks");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} CREATED", "ID", "STATE", "STAGE", "NAME", "VERSION", "BRANCH");
+    println!(
+        "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} CREATED",
+        "ID", "STATE", "STAGE", "NAME", "VERSION", "BRANCH"
+    );
     for t in &page.tasks {
         println!(
             "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} {}",
@@ -114,20 +129,28 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
 
 pub(crate) async fn cancel(args: IdArgs) -> Result<ExitCode> {
     let client = Client::new(&args.server.server)?;
-    let task: Task = client.post(&format!("/api/v1/tasks/{}/cancel", args.id), None).await?;
+    let task: Task = client
+        .post(&format!("/api/v1/tasks/{}/cancel", args.id), None)
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&task)?);
     } else if task.state.is_terminal() {
         println!("task {} is {}", task.id, task.state);
     } else {
-        println!("task {} is being stopped (was {})", task.id, task.stage.map(|s| s.action()).unwrap_or("queued"));
+        println!(
+            "task {} is being stopped (was {})",
+            task.id,
+            task.stage.map(|s| s.action()).unwrap_or("queued")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn retry(args: IdArgs) -> Result<ExitCode> {
     let client = Client::new(&args.server.server)?;
-    let task: Task = client.post(&format!("/api/v1/tasks/{}/retry", args.id), None).await?;
+    let task: Task = client
+        .post(&format!("/api/v1/tasks/{}/retry", args.id), None)
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&task)?);
         return Ok(ExitCode::SUCCESS);

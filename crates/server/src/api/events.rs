@@ -39,7 +39,13 @@ const PAGE: u32 = 500;
 /// Streams stored events into `tx` from `after`, following the live log when `follow`.
 /// Returns when the `end` event was sent, when not following and the log is exhausted, when the
 /// receiver is gone, or at server shutdown.
-pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bool, tx: mpsc::Sender<WireEvent>) {
+pub async fn pump(
+    state: Arc<AppState>,
+    task: TaskId,
+    mut after: u64,
+    follow: bool,
+    tx: mpsc::Sender<WireEvent>,
+) {
     let mut shutdown = state.shutdown.clone();
     loop {
         // Subscribe before reading, so growth between the read and the wait is not missed.
@@ -89,7 +95,10 @@ pub async fn events(
     state.store.get_task(id).await?; // 404 before any upgrade or stream
     let follow = p.follow.unwrap_or(true);
 
-    if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+    if headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
         let (mut parts, _) = req.into_parts();
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
@@ -106,7 +115,8 @@ pub async fn events(
         let body: Vec<serde_json::Value> = events
             .iter()
             .map(|e| {
-                let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
+                let data: serde_json::Value =
+                    serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
                 serde_json::json!({ "seq": e.seq, "event": e.kind, "data": data })
             })
             .collect();
@@ -121,17 +131,27 @@ pub async fn events(
     });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
 
-async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, mut socket: WebSocket) {
+async fn ws_follow(
+    state: Arc<AppState>,
+    id: TaskId,
+    after: u64,
+    follow: bool,
+    mut socket: WebSocket,
+) {
     let (tx, mut rx) = mpsc::channel::<WireEvent>(64);
     tokio::spawn(pump(state, id, after, follow, tx));
-    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    let every = Duration::from_secs(20);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -145,5 +165,16 @@ async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, m
             },
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    // Complete the close handshake: dropping the socket right after our Close would reset the
+    // connection and could discard events the client has not read yet.
+    if socket.send(Message::Close(None)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(msg)) = socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }

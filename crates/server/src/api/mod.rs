@@ -26,10 +26,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
         .route("/tasks/{id}/events", get(events::events))
-        .route("/tasks/{id}/attempts/{attempt}/files/{*path}", put(sites::upload).layer(DefaultBodyLimit::disable()))
-        .route("/tasks/{id}/attempts/{attempt}/release", post(sites::release))
+        .route(
+            "/tasks/{id}/attempts/{attempt}/files/{*path}",
+            put(sites::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/tasks/{id}/attempts/{attempt}/release",
+            post(sites::release),
+        )
         .route("/workers/connect", get(workers::connect))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint") });
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        });
     let sites = ServeDir::new(state.sites_dir()).append_index_html_on_directories(true);
     Router::new()
         .route("/healthz", get(healthz))

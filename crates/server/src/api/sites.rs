@@ -23,15 +23,25 @@ use super::tasks::parse_id;
 use super::workers::authorize_worker;
 use crate::state::AppState;
 
-async fn running_attempt(state: &AppState, headers: &HeaderMap, id: &str, attempt: &str) -> Result<(Task, u32), ApiError> {
+async fn running_attempt(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    attempt: &str,
+) -> Result<(Task, u32), ApiError> {
     authorize_worker(state, headers)?;
     let task = state.store.get_task(parse_id(id)?).await?;
-    let attempt: u32 = attempt.parse().map_err(|_| ApiError::bad_request("attempt must be a number"))?;
+    let attempt: u32 = attempt
+        .parse()
+        .map_err(|_| ApiError::bad_request("attempt must be a number"))?;
     if task.state != TaskState::Running || task.attempt != attempt {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale_attempt",
-            format!("task {} is {} at attempt {}; attempt {attempt} may not publish", task.id, task.state, task.attempt),
+            format!(
+                "task {} is {} at attempt {}; attempt {attempt} may not publish",
+                task.id, task.state, task.attempt
+            ),
         ));
     }
     Ok((task, attempt))
@@ -52,10 +62,14 @@ pub async fn upload(
     let rel = RelPath::parse(&path)?;
     let dest = staging_path(&state, &task, attempt).join(rel.as_str());
     if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| ApiError::internal("creating a staging directory", e))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| ApiError::internal("creating a staging directory", e))?;
     }
     let tmp = dest.with_extension("cloudbuild-partial");
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| ApiError::internal("creating a staged file", e))?;
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| ApiError::internal("creating a staged file", e))?;
     let mut stream = body.into_data_stream();
     let mut written: u64 = 0;
     while let Some(chunk) = stream.next().await {
@@ -66,14 +80,24 @@ pub async fn upload(
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "file_too_large",
-                format!("{} is larger than limits.max_file_bytes ({})", rel.as_str(), state.settings.max_file_bytes),
+                format!(
+                    "{} is larger than limits.max_file_bytes ({})",
+                    rel.as_str(),
+                    state.settings.max_file_bytes
+                ),
             ));
         }
-        file.write_all(&chunk).await.map_err(|e| ApiError::internal("writing a staged file", e))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal("writing a staged file", e))?;
     }
-    file.flush().await.map_err(|e| ApiError::internal("writing a staged file", e))?;
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal("writing a staged file", e))?;
     drop(file);
-    tokio::fs::rename(&tmp, &dest).await.map_err(|e| ApiError::internal("placing a staged file", e))?;
+    tokio::fs::rename(&tmp, &dest)
+        .await
+        .map_err(|e| ApiError::internal("placing a staged file", e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -89,7 +113,9 @@ pub async fn release(
     let staged = staging_path(&state, &task, attempt);
     let (files, bytes) = count_files(&staged).await?;
     if files == 0 {
-        return Err(ApiError::bad_request("no files were uploaded for this attempt"));
+        return Err(ApiError::bad_request(
+            "no files were uploaded for this attempt",
+        ));
     }
     let segments = name.path_segments();
     let mut release_dir = state.releases_dir();
@@ -100,13 +126,21 @@ pub async fn release(
     segments.iter().for_each(|s| link.push(s));
 
     let io = |what: &'static str| move |e: std::io::Error| ApiError::internal(what, e);
-    tokio::fs::create_dir_all(release_dir.parent().unwrap_or(FsPath::new("."))).await.map_err(io("creating the releases directory"))?;
+    tokio::fs::create_dir_all(release_dir.parent().unwrap_or(FsPath::new(".")))
+        .await
+        .map_err(io("creating the releases directory"))?;
     if tokio::fs::try_exists(&release_dir).await.unwrap_or(false) {
-        tokio::fs::remove_dir_all(&release_dir).await.map_err(io("replacing an unfinished release"))?;
+        tokio::fs::remove_dir_all(&release_dir)
+            .await
+            .map_err(io("replacing an unfinished release"))?;
     }
-    tokio::fs::rename(&staged, &release_dir).await.map_err(io("moving the release in place"))?;
+    tokio::fs::rename(&staged, &release_dir)
+        .await
+        .map_err(io("moving the release in place"))?;
     let link_parent = link.parent().unwrap_or(FsPath::new(".")).to_path_buf();
-    tokio::fs::create_dir_all(&link_parent).await.map_err(io("creating the sites directory"))?;
+    tokio::fs::create_dir_all(&link_parent)
+        .await
+        .map_err(io("creating the sites directory"))?;
     // Relative target: from sites/<segments...> up to the data dir, then into releases.
     let mut target = PathBuf::new();
     for _ in 0..segments.len() {
@@ -115,10 +149,18 @@ pub async fn release(
     target.push("releases");
     segments.iter().for_each(|s| target.push(s));
     target.push(&release_name);
-    let tmp_link = link_parent.join(format!(".{}.{}-{attempt}.link", segments.last().unwrap_or(&"site"), task.id));
+    let tmp_link = link_parent.join(format!(
+        ".{}.{}-{attempt}.link",
+        segments.last().unwrap_or(&"site"),
+        task.id
+    ));
     let _ = tokio::fs::remove_file(&tmp_link).await;
-    tokio::fs::symlink(&target, &tmp_link).await.map_err(io("creating the site link"))?;
-    tokio::fs::rename(&tmp_link, &link).await.map_err(io("switching the site link"))?;
+    tokio::fs::symlink(&target, &tmp_link)
+        .await
+        .map_err(io("creating the site link"))?;
+    tokio::fs::rename(&tmp_link, &link)
+        .await
+        .map_err(io("switching the site link"))?;
 
     let url = format!("{}/sites/{}/", state.public_url, name);
     tracing::info!(task = task.id, %url, files, bytes, "released");
@@ -135,8 +177,15 @@ async fn count_files(dir: &FsPath) -> Result<(u64, u64), ApiError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(ApiError::internal("reading the staged files", e)),
         };
-        while let Some(entry) = rd.next_entry().await.map_err(|e| ApiError::internal("reading the staged files", e))? {
-            let meta = entry.metadata().await.map_err(|e| ApiError::internal("reading the staged files", e))?;
+        while let Some(entry) = rd
+            .next_entry()
+            .await
+            .map_err(|e| ApiError::internal("reading the staged files", e))?
+        {
+            let meta = entry
+                .metadata()
+                .await
+                .map_err(|e| ApiError::internal("reading the staged files", e))?;
             if meta.is_dir() {
                 stack.push(entry.path());
             } else if meta.is_file() {

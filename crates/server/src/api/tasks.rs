@@ -34,17 +34,29 @@ pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     raw.parse::<TaskId>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("`{raw}` is not a task id (a positive integer)")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("`{raw}` is not a task id (a positive integer)"))
+        })
 }
 
 /// Validates a request into a store row. Every field is checked before anything is stored.
-fn validate(state: &AppState, req: &CreateTask, trigger: Trigger, retry_of: Option<TaskId>) -> Result<NewTask, ApiError> {
+fn validate(
+    state: &AppState,
+    req: &CreateTask,
+    trigger: Trigger,
+    retry_of: Option<TaskId>,
+) -> Result<NewTask, ApiError> {
     let s = &state.settings;
     let repo = RepoUrl::parse(req.repo.trim(), &s.repo_policy)?;
     let branch = GitRef::parse(&req.branch)?;
     let name = ProjectName::parse(&req.name)?;
     let version = Version::parse(&req.version)?;
-    let build_cmd = match req.build_cmd.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+    let build_cmd = match req
+        .build_cmd
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
         Some(c) => Some(CommandLine::parse(c, "build command", &s.command_policy)?.to_string()),
         None => None,
     };
@@ -73,20 +85,33 @@ pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
 
 fn created(task: Task) -> Response {
     let location = format!("/api/v1/tasks/{}", task.id);
-    (StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response()
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(task),
+    )
+        .into_response()
 }
 
 /// `POST /api/v1/tasks`
-pub async fn create(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<CreateTask>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CreateTask>,
+) -> Result<Response, ApiError> {
     if req.trigger == Trigger::Retry {
-        return Err(ApiError::bad_request("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only"));
+        return Err(ApiError::bad_request(
+            "trigger `retry` is set by POST /api/v1/tasks/{id}/retry only",
+        ));
     }
     let new = validate(&state, &req, req.trigger, None)?;
     Ok(created(submit(&state, new).await?))
 }
 
 /// `GET /api/v1/tasks/{id}`
-pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
     Ok(Json(state.store.get_task(parse_id(&id)?).await?))
 }
 
@@ -116,7 +141,12 @@ pub async fn list(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 200"));
     }
-    let query = TaskQuery { name: p.name, state: task_state, before: p.before, limit: limit + 1 };
+    let query = TaskQuery {
+        name: p.name,
+        state: task_state,
+        before: p.before,
+        limit: limit + 1,
+    };
     let mut tasks = state.store.list_tasks(&query).await?;
     let next_before = if tasks.len() > limit as usize {
         tasks.truncate(limit as usize);
@@ -129,7 +159,10 @@ pub async fn list(
 
 /// `POST /api/v1/tasks/{id}/cancel`: 200 when it is (or was already) cancelled, 202 while the
 /// worker stops it, 409 when it already ended otherwise.
-pub async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     Ok(match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledQueued(task, events) => {
@@ -138,7 +171,13 @@ pub async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) 
             (StatusCode::OK, Json(task)).into_response()
         }
         CancelOutcome::Requested(task) => {
-            state.scheduler.cancel(task.worker.as_deref(), TaskAttempt { task_id: id, attempt: task.attempt });
+            state.scheduler.cancel(
+                task.worker.as_deref(),
+                TaskAttempt {
+                    task_id: id,
+                    attempt: task.attempt,
+                },
+            );
             tracing::info!(task = id, "cancel sent to worker");
             (StatusCode::ACCEPTED, Json(task)).into_response()
         }
@@ -147,20 +186,29 @@ pub async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) 
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "already_finished",
-                format!("task {id} already ended as {}; there is nothing to cancel", task.state),
+                format!(
+                    "task {id} already ended as {}; there is nothing to cancel",
+                    task.state
+                ),
             ))
         }
     })
 }
 
 /// `POST /api/v1/tasks/{id}/retry`: a new task with the same inputs, linked to the old one.
-pub async fn retry(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn retry(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let old = state.store.get_task(parse_id(&id)?).await?;
     if !old.state.is_terminal() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_finished",
-            format!("task {} is still {}; cancel it or wait before retrying", old.id, old.state),
+            format!(
+                "task {} is still {}; cancel it or wait before retrying",
+                old.id, old.state
+            ),
         ));
     }
     let req = CreateTask {

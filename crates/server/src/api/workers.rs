@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -25,8 +26,12 @@ pub fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<(), Api
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)"))?;
-    let ok = state.settings.worker_tokens.iter().fold(false, |acc, t| acc | constant_time_eq(t.as_bytes(), given.as_bytes()));
+        .ok_or_else(|| {
+            ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)")
+        })?;
+    let ok = state.settings.worker_tokens.iter().fold(false, |acc, t| {
+        acc | constant_time_eq(t.as_bytes(), given.as_bytes())
+    });
     if ok {
         Ok(())
     } else {
@@ -42,9 +47,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Upgrades an authorised worker connection.
-pub async fn connect(State(state): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn connect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // Authentication first, so an unauthenticated caller learns nothing else.
     authorize_worker(&state, &headers)?;
-    Ok(ws.max_message_size(16 * 1024 * 1024).on_upgrade(move |socket| serve_worker(state, socket)))
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(format!(
+            "the worker endpoint needs a WebSocket upgrade: {}",
+            e.body_text()
+        ))
+    })?;
+    Ok(ws
+        .max_message_size(16 * 1024 * 1024)
+        .on_upgrade(move |socket| serve_worker(state, socket)))
 }
 
 async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
@@ -52,9 +70,12 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
     let hello = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
     let (name, slots) = match hello {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<WorkerMessage>(&text) {
-            Ok(WorkerMessage::Hello { protocol, name, slots, .. }) if protocol == PROTOCOL_VERSION && slots > 0 => {
-                (name, slots)
-            }
+            Ok(WorkerMessage::Hello {
+                protocol,
+                name,
+                slots,
+                ..
+            }) if protocol == PROTOCOL_VERSION && slots > 0 => (name, slots),
             other => {
                 tracing::warn!("worker refused: expected hello with protocol {PROTOCOL_VERSION}, got {other:?}");
                 let _ = sink.send(Message::Close(None)).await;
@@ -71,7 +92,10 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
-    let welcome = ServerMessage::Welcome { worker_id: worker_id.clone(), heartbeat_secs: state.settings.heartbeat_secs };
+    let welcome = ServerMessage::Welcome {
+        worker_id: worker_id.clone(),
+        heartbeat_secs: state.settings.heartbeat_secs,
+    };
     if tx.send(welcome).is_err() {
         return;
     }
@@ -110,19 +134,35 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
     tracing::info!(worker = %worker_id, "worker disconnected");
 }
 
-async fn handle(state: &AppState, worker: &str, tx: &mpsc::UnboundedSender<ServerMessage>, msg: WorkerMessage) {
+async fn handle(
+    state: &AppState,
+    worker: &str,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+    msg: WorkerMessage,
+) {
     let refuse = |task: TaskAttempt, e: &StoreError| {
-        let _ = tx.send(ServerMessage::Refused { task, reason: e.to_string() });
+        let _ = tx.send(ServerMessage::Refused {
+            task,
+            reason: e.to_string(),
+        });
     };
     match msg {
         WorkerMessage::Hello { .. } => {}
         WorkerMessage::Heartbeat { running } => {
-            let until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
+            let until =
+                Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
             for t in running {
-                match state.store.extend_lease(t.task_id, t.attempt, worker, until).await {
+                match state
+                    .store
+                    .extend_lease(t.task_id, t.attempt, worker, until)
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => {
-                        let _ = tx.send(ServerMessage::Refused { task: t, reason: "this worker no longer holds the task".into() });
+                        let _ = tx.send(ServerMessage::Refused {
+                            task: t,
+                            reason: "this worker no longer holds the task".into(),
+                        });
                     }
                     Err(e) => tracing::error!("heartbeat: {e}"),
                 }
@@ -131,16 +171,27 @@ async fn handle(state: &AppState, worker: &str, tx: &mpsc::UnboundedSender<Serve
         WorkerMessage::Event { task, event } => {
             let body = match event {
                 // Start and success both carry the stage's action, as in the original protocol.
-                WorkerEvent::Stage { stage, message, .. } => EventBody::Stage { action: stage.action().to_owned(), message },
+                WorkerEvent::Stage { stage, message, .. } => EventBody::Stage {
+                    action: stage.action().to_owned(),
+                    message,
+                },
                 WorkerEvent::Output { stream, text } => EventBody::Output { stream, text },
                 WorkerEvent::Commit { sha } => {
-                    if let Err(e) = state.store.set_commit(task.task_id, task.attempt, &sha).await {
+                    if let Err(e) = state
+                        .store
+                        .set_commit(task.task_id, task.attempt, &sha)
+                        .await
+                    {
                         refuse(task, &e);
                     }
                     return;
                 }
             };
-            match state.store.append_event(task.task_id, Fence::Attempt(task.attempt), body).await {
+            match state
+                .store
+                .append_event(task.task_id, Fence::Attempt(task.attempt), body)
+                .await
+            {
                 Ok(Appended::Events(events)) => state.hub.published(task.task_id, &events),
                 Ok(Appended::Dropped) => {}
                 Err(e) => refuse(task, &e),
@@ -150,10 +201,20 @@ async fn handle(state: &AppState, worker: &str, tx: &mpsc::UnboundedSender<Serve
             let finish = match outcome {
                 Outcome::Succeeded { url } => Finish::Succeeded { url },
                 Outcome::Failed { stage, reason } => Finish::Failed { stage, reason },
-                Outcome::Cancelled { stage } => Finish::Cancelled { stage, reason: "cancelled by request".into() },
-                Outcome::TimedOut { stage, reason } => Finish::TimedOut { stage: Some(stage), reason },
+                Outcome::Cancelled { stage } => Finish::Cancelled {
+                    stage,
+                    reason: "cancelled by request".into(),
+                },
+                Outcome::TimedOut { stage, reason } => Finish::TimedOut {
+                    stage: Some(stage),
+                    reason,
+                },
             };
-            match state.store.finish(task.task_id, Fence::Attempt(task.attempt), finish).await {
+            match state
+                .store
+                .finish(task.task_id, Fence::Attempt(task.attempt), finish)
+                .await
+            {
                 Ok(Some(events)) => state.hub.published(task.task_id, &events),
                 Ok(None) => {}
                 Err(e) => refuse(task, &e),

@@ -1,0 +1,22 @@
+//! End-to-end tests: the real `cloudbuild` binary, real git, real npm, fixture projects made
+//! by the tests, everything on loopback. One binary, one module per area.
+
+mod cancel;
+mod cli;
+mod events;
+mod inputs;
+mod pipeline;
+
+use std::path::Path;
+
+use cloudbuild_testkit::Server;
+
+/// The binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cloudbuild"))
+}
+
+/// A server with default settings plus `extra` TOML.
+pub fn server(extra: &str) -> Server {
+    Server::start(bin(), extra).expect("server starts")
+}

@@ -114,6 +114,29 @@ pub enum Appended {
     Dropped,
 }
 
+/// One change a worker's message asks for; see [`Store::apply_worker_ops`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerOp {
+    /// Append a stage or output event.
+    Append {
+        task: TaskId,
+        attempt: u32,
+        body: EventBody,
+    },
+    /// Record the resolved commit.
+    Commit {
+        task: TaskId,
+        attempt: u32,
+        sha: String,
+    },
+    /// End the task.
+    Finish {
+        task: TaskId,
+        attempt: u32,
+        finish: Finish,
+    },
+}
+
 /// The result of a cancel request.
 #[derive(Debug, Clone)]
 pub enum CancelOutcome {
@@ -167,6 +190,12 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an event. Stage events also move the task's current stage; the first `prepare`
     /// sets `started_at`. Output beyond the task's cap is cut with one `truncated` event.
     async fn append_event(&self, id: TaskId, fence: Fence, body: EventBody) -> Result<Appended>;
+    /// Applies a batch of worker operations, in order, in one transaction: under load a worker's
+    /// messages arrive faster than one transaction each could commit. Each operation gets its
+    /// own result (fence errors are per operation); a database error fails the whole batch.
+    /// Events written are returned per operation (none for commits, dropped output, or a
+    /// finish of an already finished task).
+    async fn apply_worker_ops(&self, ops: Vec<WorkerOp>) -> Result<Vec<Result<Vec<WireEvent>>>>;
     /// Records the commit a task's branch resolved to.
     async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()>;
     /// Ends a task: sets the terminal state and appends the final events atomically.

@@ -13,8 +13,8 @@ use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{
     Outcome, ServerMessage, TaskAttempt, WorkerEvent, WorkerMessage, PROTOCOL_VERSION,
 };
-use cloudbuild_store::{Appended, Fence, Finish, StoreError};
-use futures_util::{SinkExt, StreamExt};
+use cloudbuild_store::{Finish, WorkerOp};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
@@ -113,20 +113,22 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
     });
 
     let mut shutdown = state.shutdown.clone();
-    loop {
+    let mut closing = false;
+    while !closing {
         let msg = tokio::select! {
             m = stream.next() => m,
             _ = shutdown.changed() => break,
         };
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            Some(Ok(_)) => continue,
-        };
-        match serde_json::from_str::<WorkerMessage>(&text) {
-            Ok(m) => handle(&state, &worker_id, &tx, m).await,
-            Err(e) => tracing::warn!(worker = %worker_id, "unreadable worker message: {e}"),
+        let mut batch = Vec::new();
+        closing = !take_message(msg, &mut batch, &worker_id);
+        // Everything already received joins this batch: one transaction instead of one each.
+        while !closing && batch.len() < MAX_BATCH {
+            match stream.next().now_or_never() {
+                Some(msg) => closing = !take_message(msg, &mut batch, &worker_id),
+                None => break,
+            }
         }
+        handle_batch(&state, &worker_id, &tx, batch).await;
     }
     state.scheduler.leave(&worker_id);
     drop(tx);
@@ -134,92 +136,151 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
     tracing::info!(worker = %worker_id, "worker disconnected");
 }
 
-async fn handle(
+/// Messages applied in one store transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// Adds a received frame to the batch; false when the connection is closing.
+fn take_message(
+    msg: Option<Result<Message, axum::Error>>,
+    batch: &mut Vec<WorkerMessage>,
+    worker: &str,
+) -> bool {
+    match msg {
+        Some(Ok(Message::Text(text))) => {
+            match serde_json::from_str::<WorkerMessage>(&text) {
+                Ok(m) => batch.push(m),
+                Err(e) => tracing::warn!(%worker, "unreadable worker message: {e}"),
+            }
+            true
+        }
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => false,
+        Some(Ok(_)) => true,
+    }
+}
+
+async fn handle_batch(
     state: &AppState,
     worker: &str,
     tx: &mpsc::UnboundedSender<ServerMessage>,
-    msg: WorkerMessage,
+    batch: Vec<WorkerMessage>,
 ) {
-    let refuse = |task: TaskAttempt, e: &StoreError| {
-        let _ = tx.send(ServerMessage::Refused {
-            task,
-            reason: e.to_string(),
-        });
+    let mut ops = Vec::with_capacity(batch.len());
+    for msg in batch {
+        match msg {
+            WorkerMessage::Hello { .. } => {}
+            WorkerMessage::Heartbeat { running } => heartbeat(state, worker, tx, running).await,
+            WorkerMessage::Event { task, event } => {
+                let TaskAttempt { task_id, attempt } = task;
+                ops.push(match event {
+                    // Start and success both carry the stage's action, as in the original protocol.
+                    WorkerEvent::Stage { stage, message, .. } => WorkerOp::Append {
+                        task: task_id,
+                        attempt,
+                        body: EventBody::Stage {
+                            action: stage.action().to_owned(),
+                            message,
+                        },
+                    },
+                    WorkerEvent::Output { stream, text } => WorkerOp::Append {
+                        task: task_id,
+                        attempt,
+                        body: EventBody::Output { stream, text },
+                    },
+                    WorkerEvent::Commit { sha } => WorkerOp::Commit {
+                        task: task_id,
+                        attempt,
+                        sha,
+                    },
+                });
+            }
+            WorkerMessage::Finished { task, outcome } => {
+                let finish = match outcome {
+                    Outcome::Succeeded { url } => Finish::Succeeded { url },
+                    Outcome::Failed { stage, reason } => Finish::Failed { stage, reason },
+                    Outcome::Cancelled { stage } => Finish::Cancelled {
+                        stage,
+                        reason: "cancelled by request".into(),
+                    },
+                    Outcome::TimedOut { stage, reason } => Finish::TimedOut {
+                        stage: Some(stage),
+                        reason,
+                    },
+                };
+                ops.push(WorkerOp::Finish {
+                    task: task.task_id,
+                    attempt: task.attempt,
+                    finish,
+                });
+            }
+        }
+    }
+    if ops.is_empty() {
+        return;
+    }
+    let keys: Vec<(TaskAttempt, bool)> = ops
+        .iter()
+        .map(|op| match op {
+            WorkerOp::Append { task, attempt, .. } | WorkerOp::Commit { task, attempt, .. } => (
+                TaskAttempt {
+                    task_id: *task,
+                    attempt: *attempt,
+                },
+                false,
+            ),
+            WorkerOp::Finish { task, attempt, .. } => (
+                TaskAttempt {
+                    task_id: *task,
+                    attempt: *attempt,
+                },
+                true,
+            ),
+        })
+        .collect();
+    let results = match state.store.apply_worker_ops(ops).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The worker keeps running; its task's lease decides what happens next.
+            tracing::error!(%worker, "cannot store worker messages: {e}");
+            return;
+        }
     };
-    match msg {
-        WorkerMessage::Hello { .. } => {}
-        WorkerMessage::Heartbeat { running } => {
-            let until =
-                Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
-            for t in running {
-                match state
-                    .store
-                    .extend_lease(t.task_id, t.attempt, worker, until)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let _ = tx.send(ServerMessage::Refused {
-                            task: t,
-                            reason: "this worker no longer holds the task".into(),
-                        });
-                    }
-                    Err(e) => tracing::error!("heartbeat: {e}"),
-                }
+    for ((task, finished), res) in keys.into_iter().zip(results) {
+        match res {
+            Ok(events) => state.hub.published(task.task_id, &events),
+            Err(e) => {
+                let _ = tx.send(ServerMessage::Refused {
+                    task,
+                    reason: e.to_string(),
+                });
             }
         }
-        WorkerMessage::Event { task, event } => {
-            let body = match event {
-                // Start and success both carry the stage's action, as in the original protocol.
-                WorkerEvent::Stage { stage, message, .. } => EventBody::Stage {
-                    action: stage.action().to_owned(),
-                    message,
-                },
-                WorkerEvent::Output { stream, text } => EventBody::Output { stream, text },
-                WorkerEvent::Commit { sha } => {
-                    if let Err(e) = state
-                        .store
-                        .set_commit(task.task_id, task.attempt, &sha)
-                        .await
-                    {
-                        refuse(task, &e);
-                    }
-                    return;
-                }
-            };
-            match state
-                .store
-                .append_event(task.task_id, Fence::Attempt(task.attempt), body)
-                .await
-            {
-                Ok(Appended::Events(events)) => state.hub.published(task.task_id, &events),
-                Ok(Appended::Dropped) => {}
-                Err(e) => refuse(task, &e),
-            }
-        }
-        WorkerMessage::Finished { task, outcome } => {
-            let finish = match outcome {
-                Outcome::Succeeded { url } => Finish::Succeeded { url },
-                Outcome::Failed { stage, reason } => Finish::Failed { stage, reason },
-                Outcome::Cancelled { stage } => Finish::Cancelled {
-                    stage,
-                    reason: "cancelled by request".into(),
-                },
-                Outcome::TimedOut { stage, reason } => Finish::TimedOut {
-                    stage: Some(stage),
-                    reason,
-                },
-            };
-            match state
-                .store
-                .finish(task.task_id, Fence::Attempt(task.attempt), finish)
-                .await
-            {
-                Ok(Some(events)) => state.hub.published(task.task_id, &events),
-                Ok(None) => {}
-                Err(e) => refuse(task, &e),
-            }
+        if finished {
             state.scheduler.slot_freed(worker, task);
+        }
+    }
+}
+
+async fn heartbeat(
+    state: &AppState,
+    worker: &str,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+    running: Vec<TaskAttempt>,
+) {
+    let until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
+    for t in running {
+        match state
+            .store
+            .extend_lease(t.task_id, t.attempt, worker, until)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = tx.send(ServerMessage::Refused {
+                    task: t,
+                    reason: "this worker no longer holds the task".into(),
+                });
+            }
+            Err(e) => tracing::error!("heartbeat: {e}"),
         }
     }
 }

@@ -1,0 +1,204 @@
+//! Dispatch benchmark: a real server (SQLite store, HTTP, worker protocol) with workers running
+//! the fake executor, so only the scheduler, the protocol and the event log are measured.
+//!
+//! Run with `cargo run --release -p cloudbuild-bench -- [--tasks N] [--workers W] [--slots S]`.
+//! Prints a table:
+//! - dispatch latency: from `created_at` (the task is queued, store clock) to `started_at`
+//!   (the server stored the worker's `prepare` event), one task at a time on an idle system;
+//! - throughput: tasks submitted 32 at a time, from the first POST to the last terminal state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cloudbuild_proto::task::{Task, TaskState};
+use cloudbuild_server::ServerConfig;
+use cloudbuild_store::{Store, TaskQuery};
+use cloudbuild_worker::{FakeExecutor, WorkerConfig};
+use futures_util::StreamExt;
+
+struct Args {
+    tasks: usize,
+    workers: usize,
+    slots: u32,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        tasks: 2000,
+        workers: 1,
+        slots: 32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v: usize = it.next().context("flag needs a value")?.parse()?;
+        match flag.as_str() {
+            "--tasks" => a.tasks = v,
+            "--workers" => a.workers = v,
+            "--slots" => a.slots = v as u32,
+            other => anyhow::bail!("unknown flag {other} (use --tasks, --workers, --slots)"),
+        }
+    }
+    Ok(a)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn submit(client: &reqwest::Client, base: &str, i: usize) -> Result<Task> {
+    let body = serde_json::json!({
+        "repo": "https://example.com/bench.git", "branch": "main", "name": "bench", "version": format!("1.0.{i}"),
+    });
+    let resp = client
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "submit failed: {}",
+        resp.status()
+    );
+    Ok(resp.json().await?)
+}
+
+async fn wait_all_done(store: &Arc<dyn Store>) -> Result<()> {
+    loop {
+        let q = TaskQuery {
+            state: Some(TaskState::Queued),
+            limit: 1,
+            ..Default::default()
+        };
+        let r = TaskQuery {
+            state: Some(TaskState::Running),
+            limit: 1,
+            ..Default::default()
+        };
+        if store.list_tasks(&q).await?.is_empty() && store.list_tasks(&r).await?.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let token = "bench-worker-token-0123456789".to_string();
+    let mut config = ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    config.workers.tokens = vec![token.clone()];
+    let settings = config.validate()?;
+    let store = cloudbuild_server::open_store(&settings).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut srv_stop = stop_rx.clone();
+    let server = tokio::spawn(cloudbuild_server::run(
+        listener,
+        settings,
+        store.clone(),
+        async move {
+            let _ = srv_stop.wait_for(|s| *s).await;
+        },
+    ));
+    for w in 0..args.workers {
+        let cfg = WorkerConfig {
+            server: base.clone(),
+            token: token.clone(),
+            name: format!("bench-{w}"),
+            slots: args.slots,
+            labels: vec![],
+            work_root: dir.path().join(format!("work-{w}")),
+        };
+        tokio::spawn(cloudbuild_worker::run(
+            cfg,
+            Arc::new(FakeExecutor::default()),
+            stop_rx.clone(),
+        ));
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        let health: serde_json::Value = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if health["workers"].as_u64() == Some(args.workers as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Warm-up: connections, SQLite pages, code paths.
+    for i in 0..50 {
+        submit(&client, &base, i).await?;
+    }
+    wait_all_done(&store).await?;
+
+    // 1. Latency, one task at a time.
+    let n_lat = (args.tasks / 4).clamp(100, 1000);
+    let mut lat = Vec::with_capacity(n_lat);
+    for i in 0..n_lat {
+        let t = submit(&client, &base, i).await?;
+        let started = loop {
+            let cur = store.get_task(t.id).await?;
+            if let Some(s) = cur.started_at {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        lat.push((started.0 - t.created_at.0) as f64 / 1000.0);
+        wait_all_done(&store).await?;
+    }
+    lat.sort_by(f64::total_cmp);
+
+    // 2. Throughput.
+    let started = Instant::now();
+    let results: Vec<Result<Task>> = futures_util::stream::iter(0..args.tasks)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            async move { submit(&client, &base, i).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let submitted = results.into_iter().filter(Result::is_ok).count();
+    wait_all_done(&store).await?;
+    let elapsed = started.elapsed();
+    let all = store
+        .list_tasks(&TaskQuery {
+            limit: 500,
+            ..Default::default()
+        })
+        .await?;
+    let ok = all.iter().all(|t| t.state == TaskState::Succeeded);
+
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| workers x slots | {} x {} |", args.workers, args.slots);
+    println!(
+        "| dispatch latency p50 (queued -> prepare stored), {n_lat} tasks | {:.2} ms |",
+        percentile(&lat, 0.5)
+    );
+    println!(
+        "| dispatch latency p99 | {:.2} ms |",
+        percentile(&lat, 0.99)
+    );
+    println!(
+        "| dispatch latency max | {:.2} ms |",
+        lat.last().copied().unwrap_or_default()
+    );
+    println!("| throughput, {submitted} tasks end to end (submit, dispatch, 13 events, finish) | {:.0} tasks/s |", submitted as f64 / elapsed.as_secs_f64());
+    println!("| all tasks succeeded | {ok} |");
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}

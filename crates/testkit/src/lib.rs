@@ -32,46 +32,8 @@ impl Server {
         } else {
             "[git]\nallowed_protocols = [\"https\", \"file\", \"http\"]\nallow_local_hosts = true\n"
         };
-        let toml = format!("{git}{extra_toml}\n");
-        std::fs::write(&config, toml)?;
-        let mut child = Command::new(bin)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .env("CLOUDBUILD_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning the server")?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log_path = data.path().join("server.log");
-        std::thread::spawn(move || {
-            let mut log = std::fs::File::create(log_path).ok();
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(f) = log.as_mut() {
-                    use std::io::Write;
-                    let _ = writeln!(f, "{line}");
-                }
-                if !sent {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let url = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        let _ = tx.send(url);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("the server did not start")?;
+        std::fs::write(&config, format!("{git}{extra_toml}\n"))?;
+        let (child, url) = spawn(bin, data.path())?;
         let server = Server {
             child,
             url,
@@ -80,6 +42,20 @@ impl Server {
         };
         server.wait_for_worker()?;
         Ok(server)
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown: its embedded worker dies with it).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same data directory and configuration (a new port).
+    pub fn restart(&mut self) -> Result<()> {
+        let (child, url) = spawn(&self.bin, self.data.path())?;
+        self.child = child;
+        self.url = url;
+        self.wait_for_worker()
     }
 
     /// Waits until the embedded worker is connected, so timing-sensitive tests start clean.
@@ -214,6 +190,53 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `cloudbuild server` with the data and config under `dir`; returns it and its URL.
+fn spawn(bin: &Path, dir: &Path) -> Result<(Child, String)> {
+    let mut child = Command::new(bin)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("CLOUDBUILD_LOG", "info,sqlx=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning the server")?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log_path = dir.join("server.log");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .ok();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            if !sent {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(url);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the server did not start")?;
+    Ok((child, url))
 }
 
 /// Tiny blocking HTTP helpers over reqwest's async client (tests call them from sync code).

@@ -60,6 +60,17 @@ pub async fn run(
     };
     std::fs::create_dir_all(&cfg.work_root)
         .map_err(|e| WorkerError::WorkDir(cfg.work_root.display().to_string(), e))?;
+    // Builds left running by a previous life of this worker (killed with SIGKILL, machine
+    // crash) are killed before any new work starts.
+    let root = cfg.work_root.clone();
+    let reaped = tokio::task::spawn_blocking(move || crate::process::reap_orphans(&root))
+        .await
+        .unwrap_or(0);
+    if reaped > 0 {
+        tracing::warn!(
+            "killed {reaped} build process group(s) left by a previous run of this worker"
+        );
+    }
     let uploader = Uploader {
         client: reqwest::Client::new(),
         base,

@@ -66,6 +66,10 @@ impl Run<'_> {
             .min(self.task_deadline)
     }
 
+    fn pgid_file(&self) -> PathBuf {
+        self.workdir.join(process::PGID_FILE)
+    }
+
     fn command_policy(&self) -> CommandPolicy {
         CommandPolicy {
             runners: self.a.runners.iter().cloned().collect(),
@@ -81,6 +85,7 @@ impl Run<'_> {
             env: &self.env,
             deadline: self.stage_deadline(stage),
             kill_grace: self.kill_grace(),
+            pgid_file: Some(&self.pgid_file()),
         };
         let mut sink = move |s, t| reporter.output(s, t);
         process::run(spec, &mut self.cancel, &mut sink)
@@ -180,6 +185,7 @@ impl Run<'_> {
             env: &git_env,
             deadline: self.stage_deadline(Stage::DownloadRepo),
             kill_grace: self.kill_grace(),
+            pgid_file: Some(&self.pgid_file()),
         };
         let mut sink = move |s, t| reporter.output(s, t);
         process::run(spec, &mut self.cancel, &mut sink).await?;

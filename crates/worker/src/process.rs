@@ -46,6 +46,9 @@ pub struct RunSpec<'a> {
     pub deadline: Instant,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// Where to record the process group while it runs, so a worker restarted after a crash
+    /// can find and kill it (see [`reap_orphans`]).
+    pub pgid_file: Option<&'a Path>,
 }
 
 const FLUSH_BYTES: usize = 16 * 1024;
@@ -74,6 +77,9 @@ pub async fn run(
         source,
     })?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let (Some(file), Some(pgid)) = (spec.pgid_file, pgid) {
+        let _ = std::fs::write(file, pgid.to_string());
+    }
 
     let (tx, mut rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
     if let Some(out) = child.stdout.take() {
@@ -123,7 +129,61 @@ pub async fn run(
         out.push(stream, &bytes, sink);
     }
     out.finish(sink);
+    if let Some(file) = spec.pgid_file {
+        let _ = std::fs::remove_file(file);
+    }
     outcome
+}
+
+/// The file, in a task's work directory, that holds the process group of its running command.
+pub const PGID_FILE: &str = ".cloudbuild-pgid";
+
+/// Kills the process groups that a previous run of this worker left behind (it was killed
+/// with SIGKILL, or its machine lost power mid-build) and removes their work directories.
+/// A group is killed only if one of its members still works inside that directory, so a
+/// recycled process id is never hit. Returns how many groups were killed.
+pub fn reap_orphans(work_root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(work_root) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            if group_works_in(pgid, &dir) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                killed += 1;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    killed
+}
+
+/// Whether a process of group `pgid` has its working directory inside `dir`.
+fn group_works_in(pgid: i32, dir: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    procs.flatten().any(|p| {
+        let path = p.path();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let pgrp = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(2))
+            .and_then(|f| f.parse::<i32>().ok());
+        pgrp == Some(pgid)
+            && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+    })
 }
 
 async fn read_pipe(
@@ -244,6 +304,8 @@ pub fn decode_utf8(buf: &[u8]) -> (String, &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
+
     use super::*;
 
     #[test]
@@ -281,6 +343,7 @@ mod tests {
             env: &env,
             deadline: Instant::now() + Duration::from_millis(500),
             kill_grace: Duration::from_millis(200),
+            pgid_file: None,
         };
         let err = run(spec, &mut cancel, &mut |_, _| {}).await.unwrap_err();
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
@@ -294,6 +357,46 @@ mod tests {
             .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
             .unwrap_or(false);
         assert!(!alive, "background child {pid} survived the timeout");
+    }
+
+    #[test]
+    fn orphans_of_a_crashed_worker_are_killed_and_cleaned() {
+        let root = tempfile::tempdir().unwrap();
+        let task_dir = root.path().join("7-1");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        // A stand-in for a build left behind: its own group, working in the task directory.
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .current_dir(&task_dir)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(task_dir.join(PGID_FILE), child.id().to_string()).unwrap();
+        // A group working elsewhere is never touched, even if a pgid file names it.
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let other_dir = root.path().join("8-1");
+        std::fs::create_dir_all(&other_dir).unwrap();
+        std::fs::write(other_dir.join(PGID_FILE), bystander.id().to_string()).unwrap();
+
+        assert_eq!(reap_orphans(root.path()), 1);
+        assert!(
+            child.wait().is_ok_and(|s| !s.success()),
+            "the orphan was killed"
+        );
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "the bystander still runs"
+        );
+        assert!(
+            !task_dir.exists() && !other_dir.exists(),
+            "stale work directories are removed"
+        );
+        let _ = bystander.kill();
+        let _ = bystander.wait();
     }
 
     #[tokio::test]
@@ -312,6 +415,7 @@ mod tests {
             env: &env,
             deadline: Instant::now() + Duration::from_secs(10),
             kill_grace: Duration::from_secs(1),
+            pgid_file: None,
         };
         let mut seen = Vec::new();
         let err = run(spec, &mut cancel, &mut |s, t| seen.push((s, t)))

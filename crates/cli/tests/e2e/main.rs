@@ -6,6 +6,7 @@ mod cli;
 mod events;
 mod inputs;
 mod pipeline;
+mod recovery;
 
 use std::path::Path;
 

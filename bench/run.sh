@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints their tables: scheduler dispatch (fake executor) and
+# end-to-end publish against a manual build. Usage: bench/run.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+echo "## Dispatch (fake executor, SQLite store)"
+cargo run --release -q -p cloudbuild-bench --manifest-path "$root/Cargo.toml" -- "$@"
+echo
+echo "## End to end (real git, npm, build, upload)"
+"$root/bench/e2e.sh"

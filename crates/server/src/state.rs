@@ -28,7 +28,7 @@ impl AppState {
         self.settings.data_dir.join("releases")
     }
 
-    /// Where the current release of each site is linked: `<data>/sites/<name>`.
+    /// Where the current release of each site is linked: `<data>/sites/<env>/<name>`.
     pub fn sites_dir(&self) -> PathBuf {
         self.settings.data_dir.join("sites")
     }

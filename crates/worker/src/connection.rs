@@ -179,12 +179,27 @@ pub async fn run(
         }
         tracing::warn!("connection to the server lost; reconnecting");
     }
-    for (task, handle) in running.drain() {
+    for (task, handle) in &running {
         tracing::info!(task = task.task_id, "stopping task: worker shutting down");
         handle.cancel();
     }
+    // Wait for the stopped tasks to kill their process groups (SIGTERM, then SIGKILL after the
+    // kill grace), so nothing outlives the worker. Their tasks stay `running` on the server and
+    // are requeued when their leases expire.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+    while !running.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(done)) => {
+                running.remove(&done);
+            }
+            _ => break,
+        }
+    }
     Ok(())
 }
+
+/// Longest wait at shutdown for running tasks to stop.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 
 fn to_json(msg: &WorkerMessage) -> String {
     serde_json::to_string(msg).unwrap_or_default()

@@ -328,24 +328,41 @@ mod tests {
         assert_eq!(rest, b"\xe4");
     }
 
+    /// Runs `sh -c script` in `dir` with a time limit.
+    async fn sh(
+        script: &str,
+        dir: &Path,
+        limit: Duration,
+        sink: &mut (dyn FnMut(OutputStream, String) + Send),
+    ) -> Result<(), RunError> {
+        let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+        let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap())];
+        let (_tx, mut cancel) = CancelToken::new();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd: dir,
+            env: &env,
+            deadline: Instant::now() + limit,
+            kill_grace: Duration::from_millis(200),
+            pgid_file: None,
+        };
+        run(spec, &mut cancel, sink).await
+    }
+
     #[tokio::test]
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("bg.pid");
         // A background grandchild in the same group, and a foreground sleep.
         let script = format!("sleep 300 & echo $! > {}; sleep 300", pidfile.display());
-        let argv = vec!["sh".to_string(), "-c".to_string(), script];
-        let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap())];
-        let (_tx, mut cancel) = CancelToken::new();
-        let spec = RunSpec {
-            argv: &argv,
-            cwd: dir.path(),
-            env: &env,
-            deadline: Instant::now() + Duration::from_millis(500),
-            kill_grace: Duration::from_millis(200),
-            pgid_file: None,
-        };
-        let err = run(spec, &mut cancel, &mut |_, _| {}).await.unwrap_err();
+        let err = sh(
+            &script,
+            dir.path(),
+            Duration::from_millis(500),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -402,25 +419,13 @@ mod tests {
     #[tokio::test]
     async fn exit_codes_fail_and_output_streams() {
         let dir = tempfile::tempdir().unwrap();
-        let argv = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            "echo out; echo err >&2; exit 3".to_string(),
-        ];
-        let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap())];
-        let (_tx, mut cancel) = CancelToken::new();
-        let spec = RunSpec {
-            argv: &argv,
-            cwd: dir.path(),
-            env: &env,
-            deadline: Instant::now() + Duration::from_secs(10),
-            kill_grace: Duration::from_secs(1),
-            pgid_file: None,
-        };
         let mut seen = Vec::new();
-        let err = run(spec, &mut cancel, &mut |s, t| seen.push((s, t)))
-            .await
-            .unwrap_err();
+        let script = "echo out; echo err >&2; exit 3";
+        let err = sh(script, dir.path(), Duration::from_secs(10), &mut |s, t| {
+            seen.push((s, t))
+        })
+        .await
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "`sh -c echo out; echo err >&2; exit 3` exited with exit code 3"

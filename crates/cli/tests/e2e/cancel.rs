@@ -113,9 +113,9 @@ fn a_queued_task_cancelled_never_runs() {
     assert!(t.started_at.is_none() && t.worker.is_none(), "{t:?}");
 }
 
-#[test]
-fn cancel_during_a_hanging_clone() {
-    // A "git server" that accepts connections and never answers.
+/// A task whose repository is served by a "git server" that accepts connections and never
+/// answers, so `download repo` hangs.
+fn stuck_clone_task() -> serde_json::Value {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -124,10 +124,15 @@ fn cancel_during_a_hanging_clone() {
             held.push(conn);
         }
     });
-    let srv = server("[timeouts]\nkill_grace_secs = 1\n");
-    let body = serde_json::json!({
+    serde_json::json!({
         "repo": format!("http://127.0.0.1:{port}/stuck.git"), "branch": "main", "name": "site-stuck", "version": "1.0.0"
-    });
+    })
+}
+
+#[test]
+fn cancel_during_a_hanging_clone() {
+    let srv = server("[timeouts]\nkill_grace_secs = 1\n");
+    let body = stuck_clone_task();
     let (_, task) = srv.create(&body);
     let id = task["id"].as_i64().unwrap();
     srv.wait_until(
@@ -147,18 +152,8 @@ fn cancel_during_a_hanging_clone() {
 
 #[test]
 fn a_hanging_clone_times_out() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            held.push(conn);
-        }
-    });
     let srv = server("[timeouts]\ndownload_secs = 2\nkill_grace_secs = 1\n");
-    let body = serde_json::json!({
-        "repo": format!("http://127.0.0.1:{port}/stuck.git"), "branch": "main", "name": "site-stuck", "version": "1.0.0"
-    });
+    let body = stuck_clone_task();
     let (_, task) = srv.create(&body);
     let t = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!(

@@ -29,7 +29,7 @@ fn publish_streams_the_build_and_prints_the_url() {
     let out = srv.cli(&repo.work, &["publish"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    let url = format!("{}/sites/cli-site/", srv.url);
+    let url = format!("{}/sites/test/cli-site/", srv.url);
     assert!(all.contains(&format!("published: {url}")), "{all}");
     for stage in [
         "prepare",
@@ -191,13 +191,37 @@ fn non_interactive_interrupt_leaves_the_build_running() {
 }
 
 #[test]
-fn the_server_shuts_down_cleanly_on_sigterm() {
-    let mut srv = server("");
+fn the_server_shuts_down_cleanly_on_sigterm_and_leaves_no_build_behind() {
+    let mut srv = server("[timeouts]\nkill_grace_secs = 2\n");
+    let pid_file = srv.data.path().join("term.pid");
+    let repo = Repo::new(&[
+        (
+            "package.json",
+            &package_json("cli-term", &[("build", "node hang.js")]),
+        ),
+        // Ignores SIGTERM: only the SIGKILL after the kill grace stops it.
+        (
+            "hang.js",
+            &format!(
+                "process.on('SIGTERM', () => {{}});\n{}",
+                cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())
+            ),
+        ),
+    ]);
+    srv.create(&repo.task_body("cli-term"));
+    let pid: i32 = cloudbuild_testkit::wait_file(&pid_file, Duration::from_secs(60))
+        .unwrap()
+        .parse()
+        .unwrap();
     nix_kill(srv.pid(), "TERM");
     let status = srv
         .wait_exit(Duration::from_secs(15))
         .expect("server exited");
     assert!(status.success(), "{status:?}\n{}", srv.log());
+    assert!(
+        !cloudbuild_testkit::alive(pid),
+        "the running build was stopped with the server"
+    );
 }
 
 fn nix_kill(pid: u32, sig: &str) {

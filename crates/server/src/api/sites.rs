@@ -1,7 +1,8 @@
 //! The local site store: workers upload a build's files, then ask for the release switch.
 //!
 //! Files of attempt A of task T are staged under `<data>/staging/T-A/`; the release moves them
-//! to `<data>/releases/<name>/<version>-T/` and points `<data>/sites/<name>` at it by renaming
+//! to `<data>/releases/<name>/<version>-T/` and points `<data>/sites/<env>/<name>` (served at
+//! `/sites/<env>/<name>/`) at it by renaming
 //! a fresh symlink over the old one. rename(2) is atomic, so a visitor sees the old release or
 //! the new one, never a mix, and a failed upload leaves the current release untouched.
 
@@ -122,7 +123,8 @@ pub async fn release(
     segments.iter().for_each(|s| release_dir.push(s));
     let release_name = format!("{}-{}", task.version, task.id);
     release_dir.push(&release_name);
-    let mut link = state.sites_dir();
+    // Each environment has its own current release: a test publish never touches prod.
+    let mut link = state.sites_dir().join(task.env.as_str());
     segments.iter().for_each(|s| link.push(s));
 
     let io = |what: &'static str| move |e: std::io::Error| ApiError::internal(what, e);
@@ -143,7 +145,7 @@ pub async fn release(
         .map_err(io("creating the sites directory"))?;
     // Relative target: from sites/<segments...> up to the data dir, then into releases.
     let mut target = PathBuf::new();
-    for _ in 0..segments.len() {
+    for _ in 0..segments.len() + 1 {
         target.push("..");
     }
     target.push("releases");
@@ -162,7 +164,7 @@ pub async fn release(
         .await
         .map_err(io("switching the site link"))?;
 
-    let url = format!("{}/sites/{}/", state.public_url, name);
+    let url = format!("{}/sites/{}/{}/", state.public_url, task.env.as_str(), name);
     tracing::info!(task = task.id, %url, files, bytes, "released");
     Ok(Json(ReleaseResponse { url, files, bytes }))
 }

@@ -8,6 +8,9 @@ use cloudbuild_proto::ApiErrorBody;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+/// How long the server has to start answering a request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client bound to one server.
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -24,18 +27,38 @@ impl Client {
             ));
         }
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(ANSWER_TIMEOUT)
             .build()?;
         Ok(Client { http, base })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        // The whole-request timeout (30 s) of a server that started answering but stalled.
         let why = if e.is_timeout() {
-            "no answer within 5 s".to_string()
+            "the answer stalled".to_string()
         } else {
             root_cause(&e)
         };
-        anyhow!("cannot reach the cloudbuild server at {} ({why}); is `cloudbuild server` running there? (set --server or CLOUDBUILD_SERVER)", self.base)
+        self.unreachable_because(&why)
+    }
+
+    fn unreachable_because(&self, why: &str) -> anyhow::Error {
+        anyhow!(
+            "cannot reach the cloudbuild server at {} ({why}); is `cloudbuild server` running there? \
+             (set --server or CLOUDBUILD_SERVER)",
+            self.base
+        )
+    }
+
+    /// Sends a request; the server must start answering within [`ANSWER_TIMEOUT`] (the body of
+    /// an event stream may then take as long as the build).
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        match tokio::time::timeout(ANSWER_TIMEOUT, req.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Err(_) => Err(self
+                .unreachable_because(&format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))),
+        }
     }
 
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T> {
@@ -65,7 +88,7 @@ impl Client {
             .http
             .get(format!("{}{path}", self.base))
             .timeout(Duration::from_secs(30));
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self.send(req).await?;
         self.decode(resp).await
     }
 
@@ -82,7 +105,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self.send(req).await?;
         self.decode(resp).await
     }
 
@@ -103,10 +126,7 @@ impl Client {
                 self.base
             );
             let resp = match self
-                .http
-                .get(&url)
-                .header("accept", "text/event-stream")
-                .send()
+                .send(self.http.get(&url).header("accept", "text/event-stream"))
                 .await
             {
                 Ok(r) if r.status().is_success() => r,
@@ -117,7 +137,7 @@ impl Client {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                Err(e) => return Err(self.unreachable(e)),
+                Err(e) => return Err(e),
             };
             let mut parser = SseParser::default();
             let mut body = resp.bytes_stream();

@@ -146,6 +146,25 @@ fn user_errors_are_clear() {
         "{}",
         text(&out)
     );
+    // A server that accepts the connection but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let out = std::process::Command::new(bin())
+        .args(["tasks", "--server", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("no answer within 5 s"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

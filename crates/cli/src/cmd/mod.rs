@@ -9,9 +9,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// cloudbuild: build front-end projects on a server and publish them.
+/// Build front-end projects on a server and publish them.
 #[derive(Debug, Parser)]
-#[command(name = "cloudbuild", version, about, long_about = None)]
+#[command(
+    name = "cloudbuild",
+    version,
+    about = "Build front-end projects on a server and publish them, streaming the build live.",
+    after_help = "Start a server with `cloudbuild server`, then run `cloudbuild publish` in a git checkout.\n\
+                  Client commands find the server with --server or CLOUDBUILD_SERVER (default http://127.0.0.1:7001).\n\
+                  Exit codes: 0 success, 1 the build failed, 2 bad input or server unreachable, 130 interrupted."
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

@@ -19,15 +19,25 @@ pub(crate) struct Client {
 
 impl Client {
     /// A client for `server` (`http://host:port`). Connecting gives up after 5 s.
-    pub(crate) fn new(server: &str) -> Result<Self> {
+    pub(crate) fn new(server: &str, token: Option<&str>) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!(
                 "--server must be an http:// or https:// URL, not `{server}`"
             ));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    anyhow!("the API token contains characters that cannot be sent in a header")
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(ANSWER_TIMEOUT)
+            .default_headers(headers)
             .build()?;
         Ok(Client { http, base })
     }

@@ -28,6 +28,36 @@ pub struct ServerConfig {
     pub timeouts: Limits,
     pub limits: LimitsConfig,
     pub workers: WorkersConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: who may create and follow tasks.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API tokens clients present (`Authorization: Bearer`, the socket.io `auth.token` or the
+    /// `token` query field); the name is recorded as who asked.
+    pub tokens: Vec<ApiToken>,
+    /// Accept requests without a token. Default: only while the server listens on loopback.
+    pub allow_anonymous: Option<bool>,
+}
+
+/// One `[[auth.tokens]]` entry.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.tokens.iter().map(|t| t.name.as_str()).collect();
+        f.debug_struct("AuthConfig")
+            .field("tokens", &format_args!("{names:?} (secrets redacted)"))
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
 }
 
 /// `[git]`: what repositories may be cloned.
@@ -87,6 +117,7 @@ impl Default for ServerConfig {
             timeouts: Limits::default(),
             limits: LimitsConfig::default(),
             workers: WorkersConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -153,6 +184,7 @@ impl fmt::Debug for ServerConfig {
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
             .field("workers", &self.workers)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -172,6 +204,9 @@ pub struct Settings {
     pub worker_tokens: Vec<String>,
     pub lease_secs: u64,
     pub heartbeat_secs: u64,
+    /// `(name, token)` pairs of API clients.
+    pub api_tokens: Vec<(String, String)>,
+    pub allow_anonymous: bool,
 }
 
 impl ServerConfig {
@@ -235,6 +270,17 @@ impl ServerConfig {
                 "worker tokens must be at least 16 characters".into(),
             ));
         }
+        for t in &self.auth.tokens {
+            if t.token.len() < 16 {
+                return Err(bad(
+                    "auth.tokens",
+                    format!("the token of `{}` must be at least 16 characters", t.name),
+                ));
+            }
+            if t.name.trim().is_empty() {
+                return Err(bad("auth.tokens", "every token needs a name".into()));
+            }
+        }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(bad(
@@ -261,6 +307,16 @@ impl ServerConfig {
             worker_tokens: self.workers.tokens.clone(),
             lease_secs: self.workers.lease_secs,
             heartbeat_secs: self.workers.heartbeat_secs,
+            api_tokens: self
+                .auth
+                .tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.token.clone()))
+                .collect(),
+            allow_anonymous: self
+                .auth
+                .allow_anonymous
+                .unwrap_or_else(|| self.listen.ip().is_loopback()),
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod hub;
 pub mod scheduler;
+pub mod socketio;
 pub mod state;
 
 use std::future::Future;

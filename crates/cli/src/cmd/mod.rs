@@ -35,6 +35,16 @@ pub(crate) struct ServerArg {
         global = true
     )]
     pub(crate) server: String,
+    /// API token, when the server requires one (it does unless it listens on loopback).
+    #[arg(long, env = "CLOUDBUILD_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<String>,
+}
+
+impl ServerArg {
+    /// A client for this server and token.
+    pub(crate) fn client(&self) -> anyhow::Result<crate::client::Client> {
+        crate::client::Client::new(&self.server, self.token.as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]

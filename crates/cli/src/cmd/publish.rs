@@ -114,7 +114,7 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir()?;
     let checkout = inspect(&cwd, args.branch)?;
     warn_unpublished(&checkout);
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let env = Environment::parse(&args.env).unwrap_or_default();
     let body = serde_json::json!({
         "repo": checkout.repo,

@@ -58,10 +58,11 @@ fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
         }
         fig = fig.merge(Toml::file(path));
     }
-    // CLOUDBUILD_SERVER and CLOUDBUILD_WORKER_TOKEN belong to the client commands, CLOUDBUILD_LOG
-    // to logging.
+    // CLOUDBUILD_SERVER, CLOUDBUILD_TOKEN and CLOUDBUILD_WORKER_TOKEN belong to the client
+    // commands, CLOUDBUILD_LOG to logging.
     fig = fig.merge(Env::prefixed("CLOUDBUILD_").split("__").ignore(&[
         "server",
+        "token",
         "worker_token",
         "log",
     ]));

@@ -7,7 +7,6 @@ use cloudbuild_proto::task::{Task, TaskPage};
 
 use super::publish::{follow_task, verdict};
 use super::ServerArg;
-use crate::client::Client;
 use crate::display::Display;
 
 #[derive(Debug, clap::Args)]
@@ -60,7 +59,7 @@ pub(crate) struct IdArgs {
 }
 
 pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let mut display = Display::new(args.json);
     client
         .follow(args.id, args.after, args.follow, &mut |ev| display.show(ev))
@@ -85,7 +84,7 @@ fn encode(s: &str) -> String {
 }
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let mut query = format!("/api/v1/tasks?limit={}", args.limit);
     if let Some(n) = &args.name {
         query.push_str(&format!("&name={}", encode(n)));
@@ -128,7 +127,7 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
 }
 
 pub(crate) async fn cancel(args: IdArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let task: Task = client
         .post(&format!("/api/v1/tasks/{}/cancel", args.id), None)
         .await?;
@@ -147,7 +146,7 @@ pub(crate) async fn cancel(args: IdArgs) -> Result<ExitCode> {
 }
 
 pub(crate) async fn retry(args: IdArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = args.server.client()?;
     let task: Task = client
         .post(&format!("/api/v1/tasks/{}/retry", args.id), None)
         .await?;

@@ -20,6 +20,7 @@ use cloudbuild_proto::task::TaskId;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::tasks::parse_id;
 use crate::state::AppState;
@@ -85,6 +86,7 @@ pub async fn pump(
 /// `GET /api/v1/tasks/{id}/events`
 pub async fn events(
     State(state): State<Arc<AppState>>,
+    _caller: Caller,
     Path(id): Path<String>,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,

@@ -1,5 +1,7 @@
 //! The HTTP surface: `router(state)` builds every route, so tests can drive it without a socket.
 
+pub mod auth;
+pub mod compat;
 pub mod error;
 pub mod events;
 pub mod sites;
@@ -39,11 +41,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         });
     let sites = ServeDir::new(state.sites_dir()).append_index_html_on_directories(true);
+    let socketio = crate::socketio::layer(state.clone());
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/project/oss", get(compat::project))
+        .route("/oss/get", get(compat::file))
         .nest("/api/v1", api)
         .nest_service("/sites", sites)
         .with_state(state)
+        // Last: a layer added before a later merge or nest would not see `/socket.io/`.
+        .layer(socketio)
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -12,6 +12,7 @@ use cloudbuild_proto::worker::TaskAttempt;
 use cloudbuild_store::{CancelOutcome, NewTask, TaskQuery};
 use serde::Deserialize;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::state::AppState;
 
@@ -40,9 +41,10 @@ pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
 }
 
 /// Validates a request into a store row. Every field is checked before anything is stored.
-fn validate(
+pub fn validate(
     state: &AppState,
     req: &CreateTask,
+    caller: &Caller,
     trigger: Trigger,
     retry_of: Option<TaskId>,
 ) -> Result<NewTask, ApiError> {
@@ -68,7 +70,7 @@ fn validate(
         build_cmd,
         env: req.env,
         trigger,
-        requested_by: "anonymous".into(),
+        requested_by: caller.0.clone(),
         retry_of,
         output_limit: s.output_bytes,
     })
@@ -96,6 +98,7 @@ fn created(task: Task) -> Response {
 /// `POST /api/v1/tasks`
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<Response, ApiError> {
     if req.trigger == Trigger::Retry {
@@ -103,13 +106,14 @@ pub async fn create(
             "trigger `retry` is set by POST /api/v1/tasks/{id}/retry only",
         ));
     }
-    let new = validate(&state, &req, req.trigger, None)?;
+    let new = validate(&state, &req, &caller, req.trigger, None)?;
     Ok(created(submit(&state, new).await?))
 }
 
 /// `GET /api/v1/tasks/{id}`
 pub async fn get(
     State(state): State<Arc<AppState>>,
+    _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
     Ok(Json(state.store.get_task(parse_id(&id)?).await?))
@@ -127,6 +131,7 @@ pub struct ListParams {
 /// `GET /api/v1/tasks?name=&state=&before=&limit=`
 pub async fn list(
     State(state): State<Arc<AppState>>,
+    _caller: Caller,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskPage>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -161,13 +166,14 @@ pub async fn list(
 /// worker stops it, 409 when it already ended otherwise.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     Ok(match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledQueued(task, events) => {
             state.hub.published(id, &events);
-            tracing::info!(task = id, "cancelled while queued");
+            tracing::info!(task = id, by = %caller.0, "cancelled while queued");
             (StatusCode::OK, Json(task)).into_response()
         }
         CancelOutcome::Requested(task) => {
@@ -178,7 +184,7 @@ pub async fn cancel(
                     attempt: task.attempt,
                 },
             );
-            tracing::info!(task = id, "cancel sent to worker");
+            tracing::info!(task = id, by = %caller.0, "cancel sent to worker");
             (StatusCode::ACCEPTED, Json(task)).into_response()
         }
         CancelOutcome::AlreadyCancelled(task) => (StatusCode::OK, Json(task)).into_response(),
@@ -198,6 +204,7 @@ pub async fn cancel(
 /// `POST /api/v1/tasks/{id}/retry`: a new task with the same inputs, linked to the old one.
 pub async fn retry(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let old = state.store.get_task(parse_id(&id)?).await?;
@@ -221,6 +228,6 @@ pub async fn retry(
         trigger: Trigger::Retry,
     };
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
-    let new = validate(&state, &req, Trigger::Retry, Some(old.id))?;
+    let new = validate(&state, &req, &caller, Trigger::Retry, Some(old.id))?;
     Ok(created(submit(&state, new).await?))
 }

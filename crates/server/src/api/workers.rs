@@ -17,18 +17,15 @@ use cloudbuild_store::{Finish, WorkerOp};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use super::auth::{bearer, constant_time_eq};
 use super::error::ApiError;
 use crate::state::AppState;
 
 /// Checks `Authorization: Bearer <token>` against the configured worker tokens, in constant time.
 pub fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)")
-        })?;
+    let given = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)")
+    })?;
     let ok = state.settings.worker_tokens.iter().fold(false, |acc, t| {
         acc | constant_time_eq(t.as_bytes(), given.as_bytes())
     });
@@ -37,13 +34,6 @@ pub fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<(), Api
     } else {
         Err(ApiError::unauthorized("unknown worker token"))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Upgrades an authorised worker connection.

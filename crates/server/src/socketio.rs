@@ -1,0 +1,341 @@
+//! The original cloud-build socket.io protocol at `/socket.io/`, for the original CLIs
+//! (socket.io-client 2.x over protocol v4, and 3.x/4.x over v5).
+//!
+//! A socket.io client is one more follower of the ordinary pipeline: its handshake query is
+//! validated into a task request, `build` submits it like `POST /api/v1/tasks`, and the task's
+//! event log is replayed onto the socket as the original `build` / `building` events. The
+//! build belongs to the server, not to the socket: a client that disconnects leaves it running
+//! and followable with `cloudbuild logs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::Query;
+use cloudbuild_proto::event::{EventBody, EventKind, OutputStream, WireEvent};
+use cloudbuild_proto::task::{actions, CreateTask, Environment, Stage, TaskId, Trigger};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_store::{Appended, Fence};
+use serde_json::{json, Value};
+use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{ProtocolVersion, SocketIo};
+use tokio::sync::mpsc;
+
+use crate::api::auth::{identify, Caller};
+use crate::api::events::pump;
+use crate::api::tasks::{submit, validate};
+use crate::state::AppState;
+
+/// The socket.io layer, serving `/socket.io/`. Add it after every route of the router.
+pub fn layer(state: Arc<AppState>) -> SocketIoLayer {
+    let (layer, io) = SocketIo::builder().with_state(state).build_layer();
+    io.ns("/", on_connect.with(authenticate));
+    layer
+}
+
+/// What a connection asked for, kept on the socket until it emits `build`.
+#[derive(Clone)]
+struct Pending {
+    request: CreateTask,
+    caller: Caller,
+    notes: Vec<String>,
+}
+
+/// The original envelope, `{meta:{timestamp}, data:{action, payload}}`.
+fn envelope(action: &str, payload: Value) -> Value {
+    json!({ "meta": { "timestamp": Timestamp::now().as_millis() }, "data": { "action": action, "payload": payload } })
+}
+
+/// The handshake query, URL-decoded.
+fn query(s: &SocketRef) -> HashMap<String, String> {
+    Query::<HashMap<String, String>>::try_from_uri(&s.req_parts().uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+/// The caller, from the socket.io `auth` payload (3.x/4.x clients) or the `token` query field
+/// (2.x clients, which have no auth payload).
+fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result<Caller, String> {
+    let from_auth = auth
+        .as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token = from_auth.or_else(|| query(s).get("token").cloned());
+    identify(state, token.as_deref()).map_err(|e| e.message)
+}
+
+/// Connect middleware: refuses 3.x/4.x clients with `connect_error`. A 2.x client cannot
+/// receive a refusal before it is connected, so it is let in and denied by `on_connect`.
+async fn authenticate(
+    s: SocketRef,
+    State(state): State<Arc<AppState>>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), String> {
+    if s.protocol() == ProtocolVersion::V4 {
+        return Ok(());
+    }
+    caller(&state, &s, &auth.ok()).map(|_| ())
+}
+
+/// Sends the original `deny` message on the socket-id event, then disconnects.
+fn deny(s: SocketRef, reason: &str) {
+    tracing::info!(socket = %s.id, "socket.io connection denied: {reason}");
+    let msg = envelope(
+        "deny",
+        json!({ "type": "deleted", "message": format!("云构建任务创建失败，自动退出: {reason}") }),
+    );
+    let _ = s.emit(s.id.to_string(), &msg);
+    let _ = s.disconnect();
+}
+
+async fn on_connect(
+    s: SocketRef,
+    State(state): State<Arc<AppState>>,
+    TryData(auth): TryData<Value>,
+) {
+    let caller = match caller(&state, &s, &auth.ok()) {
+        Ok(c) => c,
+        Err(reason) => return deny(s, &reason),
+    };
+    let pending = match parse_query(&state, &query(&s), caller) {
+        Ok(p) => p,
+        Err(reason) => return deny(s, &reason),
+    };
+    s.extensions.insert(pending);
+    // Emitted once the connection is established, so 2.x clients receive it too.
+    let greeting = envelope(
+        "connect",
+        json!({ "type": "connect", "message": "云构建服务连接成功 (cloudbuild connected; emit `build` to start)" }),
+    );
+    let _ = s.emit(s.id.to_string(), &greeting);
+    s.on("build", on_build);
+}
+
+/// Turns the handshake query into a task request (validated the same way as the REST API),
+/// and notes on the options that mean something else here.
+fn parse_query(
+    state: &AppState,
+    q: &HashMap<String, String>,
+    caller: Caller,
+) -> Result<Pending, String> {
+    let field = |k: &str| {
+        q.get(k)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let required = |k: &str| field(k).ok_or_else(|| format!("the query field `{k}` is required"));
+    let flag = |k: &str| -> Result<bool, String> {
+        match field(k).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(format!(
+                "`{k}` must be \"true\" or \"false\", not `{other}`"
+            )),
+        }
+    };
+    let request = CreateTask {
+        repo: required("repo")?,
+        branch: required("branch")?,
+        name: required("name")?,
+        version: required("version")?,
+        build_cmd: field("buildCmd"),
+        env: if flag("prod")? {
+            Environment::Prod
+        } else {
+            Environment::Test
+        },
+        trigger: Trigger::SocketIo,
+    };
+    // Validate now so that a bad query is denied at connect time and creates no task.
+    validate(state, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.message)?;
+    let mut notes = Vec::new();
+    if let Some(t) = field("type").filter(|t| t != "oss") {
+        notes.push(format!(
+            "type={t} is ignored: this server publishes to its configured target"
+        ));
+    }
+    if flag("keepCache")? {
+        notes
+            .push("keepCache is ignored: work directories are always cleaned after a build".into());
+    }
+    if flag("cnpm")? {
+        notes.push("cnpm is ignored: the install command comes from the project (lockfile or cloudbuild.toml)".into());
+    }
+    if let Some(t) = field("timeout") {
+        notes.push(format!(
+            "timeout={t} is the client's own limit; the server applies its task timeout of {} s",
+            state.settings.limits.task_secs
+        ));
+    }
+    Ok(Pending {
+        request,
+        caller,
+        notes,
+    })
+}
+
+async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
+    // One build per connection, as in the original protocol; a second `build` is ignored.
+    let Some(pending) = s.extensions.remove::<Pending>() else {
+        return;
+    };
+    let task = match validate(
+        &state,
+        &pending.request,
+        &pending.caller,
+        Trigger::SocketIo,
+        None,
+    ) {
+        Ok(new) => submit(&state, new).await,
+        Err(e) => Err(e),
+    };
+    let task = match task {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = s.emit(
+                "build",
+                &envelope(actions::ERROR, json!({ "message": e.message })),
+            );
+            let _ = s.disconnect();
+            return;
+        }
+    };
+    for note in &pending.notes {
+        tracing::info!(task = task.id, "socket.io option: {note}");
+        let body = EventBody::Output {
+            stream: OutputStream::Stderr,
+            text: format!("[cloudbuild] note: {note}\n"),
+        };
+        if let Ok(Appended::Events(events)) =
+            state.store.append_event(task.id, Fence::Server, body).await
+        {
+            state.hub.published(task.id, &events);
+        }
+    }
+    tokio::spawn(relay(state, s, task.id));
+}
+
+/// Replays the task's log onto the socket until the end, then disconnects. Stops early (the
+/// build goes on) if the client goes away.
+async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId) {
+    let (tx, mut rx) = mpsc::channel::<WireEvent>(64);
+    tokio::spawn(pump(state, task, 0, true, tx));
+    while let Some(ev) = rx.recv().await {
+        let sent = match ev.kind {
+            EventKind::Build => s.emit("build", &original_build_message(&ev)),
+            EventKind::Building => {
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+                s.emit(
+                    "building",
+                    data.get("text").and_then(Value::as_str).unwrap_or_default(),
+                )
+            }
+            EventKind::Truncated => {
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+                s.emit(
+                    "building",
+                    data.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                )
+            }
+            EventKind::End => break,
+        };
+        if sent.is_err() {
+            tracing::debug!(task, "socket.io client gone; the build continues");
+            return;
+        }
+    }
+    let _ = s.disconnect();
+}
+
+/// A stored `build` event as the original clients know it: checks are reported under the
+/// `build` action names (they know no `check` action), and endings they do not know become
+/// `error`, which is in their failure list.
+fn original_build_message(ev: &WireEvent) -> Value {
+    let mut v: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+    let action = v
+        .pointer("/data/action")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let message = v
+        .pointer("/data/payload/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let check = Stage::Check;
+    let (action, message) = if action == check.action() {
+        (
+            Stage::Build.action().to_owned(),
+            format!("check: {message}"),
+        )
+    } else if action == check.failed_action() {
+        (
+            Stage::Build.failed_action().to_owned(),
+            format!("check: {message}"),
+        )
+    } else if action == actions::CANCELLED || action == actions::TIMED_OUT {
+        (actions::ERROR.to_owned(), format!("{action}: {message}"))
+    } else {
+        (action, message)
+    };
+    v["data"]["action"] = Value::String(action);
+    v["data"]["payload"]["message"] = Value::String(message);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(action: &str, message: &str) -> WireEvent {
+        let body = EventBody::Stage {
+            action: action.into(),
+            message: message.into(),
+        };
+        WireEvent {
+            seq: 4,
+            kind: EventKind::Build,
+            data: body.render(1, 4, Timestamp(0)),
+        }
+    }
+
+    #[test]
+    fn checks_and_unknown_endings_use_original_action_names() {
+        let cases = [
+            (
+                "check",
+                "running pre-release checks",
+                "build",
+                "check: running pre-release checks",
+            ),
+            (
+                "check failed",
+                "check `lint` failed",
+                "build failed",
+                "check: check `lint` failed",
+            ),
+            (
+                "timed out",
+                "task timeout",
+                "error",
+                "timed out: task timeout",
+            ),
+            (
+                "download failed",
+                "no branch",
+                "download failed",
+                "no branch",
+            ),
+        ];
+        for (action, message, want_action, want_message) in cases {
+            let v = original_build_message(&stored(action, message));
+            assert_eq!(v["data"]["action"], want_action);
+            assert_eq!(v["data"]["payload"]["message"], want_message);
+            assert_eq!(v["meta"]["timestamp"], 0);
+        }
+    }
+}

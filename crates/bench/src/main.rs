@@ -24,11 +24,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        tasks: 2000,
-        workers: 1,
-        slots: 32,
-    };
+    let mut a = Args { tasks: 2000, workers: 1, slots: 32 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v: usize = it.next().context("flag needs a value")?.parse()?;
@@ -51,31 +47,15 @@ async fn submit(client: &reqwest::Client, base: &str, i: usize) -> Result<Task> 
     let body = serde_json::json!({
         "repo": "https://example.com/bench.git", "branch": "main", "name": "bench", "version": format!("1.0.{i}"),
     });
-    let resp = client
-        .post(format!("{base}/api/v1/tasks"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "submit failed: {}",
-        resp.status()
-    );
+    let resp = client.post(format!("{base}/api/v1/tasks")).json(&body).send().await?;
+    anyhow::ensure!(resp.status().is_success(), "submit failed: {}", resp.status());
     Ok(resp.json().await?)
 }
 
 async fn wait_all_done(store: &Arc<dyn Store>) -> Result<()> {
     loop {
-        let q = TaskQuery {
-            state: Some(TaskState::Queued),
-            limit: 1,
-            ..Default::default()
-        };
-        let r = TaskQuery {
-            state: Some(TaskState::Running),
-            limit: 1,
-            ..Default::default()
-        };
+        let q = TaskQuery { state: Some(TaskState::Queued), limit: 1, ..Default::default() };
+        let r = TaskQuery { state: Some(TaskState::Running), limit: 1, ..Default::default() };
         if store.list_tasks(&q).await?.is_empty() && store.list_tasks(&r).await?.is_empty() {
             return Ok(());
         }
@@ -88,10 +68,7 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
     let token = "bench-worker-token-0123456789".to_string();
-    let mut config = ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
+    let mut config = ServerConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
     config.workers.tokens = vec![token.clone()];
     let settings = config.validate()?;
     let store = cloudbuild_server::open_store(&settings).await?;
@@ -99,14 +76,9 @@ async fn main() -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut srv_stop = stop_rx.clone();
-    let server = tokio::spawn(cloudbuild_server::run(
-        listener,
-        settings,
-        store.clone(),
-        async move {
-            let _ = srv_stop.wait_for(|s| *s).await;
-        },
-    ));
+    let server = tokio::spawn(cloudbuild_server::run(listener, settings, store.clone(), async move {
+        let _ = srv_stop.wait_for(|s| *s).await;
+    }));
     for w in 0..args.workers {
         let cfg = WorkerConfig {
             server: base.clone(),
@@ -116,20 +88,11 @@ async fn main() -> Result<()> {
             labels: vec![],
             work_root: dir.path().join(format!("work-{w}")),
         };
-        tokio::spawn(cloudbuild_worker::run(
-            cfg,
-            Arc::new(FakeExecutor::default()),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(FakeExecutor::default()), stop_rx.clone()));
     }
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        let health: serde_json::Value = client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let health: serde_json::Value = client.get(format!("{base}/healthz")).send().await?.json().await?;
         if health["workers"].as_u64() == Some(args.workers as u64) {
             break;
         }
@@ -172,30 +135,19 @@ async fn main() -> Result<()> {
     let submitted = results.into_iter().filter(Result::is_ok).count();
     wait_all_done(&store).await?;
     let elapsed = started.elapsed();
-    let all = store
-        .list_tasks(&TaskQuery {
-            limit: 500,
-            ..Default::default()
-        })
-        .await?;
+    let all = store.list_tasks(&TaskQuery { limit: 500, ..Default::default() }).await?;
     let ok = all.iter().all(|t| t.state == TaskState::Succeeded);
 
     println!("| metric | value |");
     println!("|---|---|");
     println!("| workers x slots | {} x {} |", args.workers, args.slots);
+    println!("| dispatch latency p50 (queued -> prepare stored), {n_lat} tasks | {:.2} ms |", percentile(&lat, 0.5));
+    println!("| dispatch latency p99 | {:.2} ms |", percentile(&lat, 0.99));
+    println!("| dispatch latency max | {:.2} ms |", lat.last().copied().unwrap_or_default());
     println!(
-        "| dispatch latency p50 (queued -> prepare stored), {n_lat} tasks | {:.2} ms |",
-        percentile(&lat, 0.5)
+        "| throughput, {submitted} tasks end to end (submit, dispatch, 13 events, finish) | {:.0} tasks/s |",
+        submitted as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "| dispatch latency p99 | {:.2} ms |",
-        percentile(&lat, 0.99)
-    );
-    println!(
-        "| dispatch latency max | {:.2} ms |",
-        lat.last().copied().unwrap_or_default()
-    );
-    println!("| throughput, {submitted} tasks end to end (submit, dispatch, 13 events, finish) | {:.0} tasks/s |", submitted as f64 / elapsed.as_secs_f64());
     println!("| all tasks succeeded | {ok} |");
 
     let _ = stop_tx.send(true);

@@ -22,33 +22,22 @@ impl Client {
     pub(crate) fn new(server: &str, token: Option<&str>) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(anyhow!(
-                "--server must be an http:// or https:// URL, not `{server}`"
-            ));
+            return Err(anyhow!("--server must be an http:// or https:// URL, not `{server}`"));
         }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token.filter(|t| !t.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| {
-                    anyhow!("the API token contains characters that cannot be sent in a header")
-                })?;
+                .map_err(|_| anyhow!("the API token contains characters that cannot be sent in a header"))?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(ANSWER_TIMEOUT)
-            .default_headers(headers)
-            .build()?;
+        let http = reqwest::Client::builder().connect_timeout(ANSWER_TIMEOUT).default_headers(headers).build()?;
         Ok(Client { http, base })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
         // The whole-request timeout (30 s) of a server that started answering but stalled.
-        let why = if e.is_timeout() {
-            "the answer stalled".to_string()
-        } else {
-            root_cause(&e)
-        };
+        let why = if e.is_timeout() { "the answer stalled".to_string() } else { root_cause(&e) };
         self.unreachable_because(&why)
     }
 
@@ -66,8 +55,7 @@ impl Client {
         match tokio::time::timeout(ANSWER_TIMEOUT, req.send()).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(self.unreachable(e)),
-            Err(_) => Err(self
-                .unreachable_because(&format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))),
+            Err(_) => Err(self.unreachable_because(&format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))),
         }
     }
 
@@ -75,43 +63,24 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .with_context(|| format!("unexpected answer from {}", self.base));
+            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {}", self.base));
         }
         match serde_json::from_slice::<ApiErrorBody>(&bytes) {
-            Ok(err) => Err(anyhow!(
-                "{} ({}, HTTP {})",
-                err.message,
-                err.code,
-                status.as_u16()
-            )),
-            Err(_) => Err(anyhow!(
-                "the server answered HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )),
+            Ok(err) => Err(anyhow!("{} ({}, HTTP {})", err.message, err.code, status.as_u16())),
+            Err(_) => Err(anyhow!("the server answered HTTP {status}: {}", String::from_utf8_lossy(&bytes))),
         }
     }
 
     /// GET a JSON resource.
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30));
+        let req = self.http.get(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
         let resp = self.send(req).await?;
         self.decode(resp).await
     }
 
     /// POST JSON (or nothing) and decode the answer.
-    pub(crate) async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<T> {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30));
+    pub(crate) async fn post<T: DeserializeOwned>(&self, path: &str, body: Option<&serde_json::Value>) -> Result<T> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -131,14 +100,8 @@ impl Client {
     ) -> Result<()> {
         let mut failures = 0u32;
         loop {
-            let url = format!(
-                "{}/api/v1/tasks/{task}/events?after={after}&follow={follow}",
-                self.base
-            );
-            let resp = match self
-                .send(self.http.get(&url).header("accept", "text/event-stream"))
-                .await
-            {
+            let url = format!("{}/api/v1/tasks/{task}/events?after={after}&follow={follow}", self.base);
+            let resp = match self.send(self.http.get(&url).header("accept", "text/event-stream")).await {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => return self.decode::<serde_json::Value>(r).await.map(|_| ()),
                 Err(e) if failures < 10 => {
@@ -167,7 +130,9 @@ impl Client {
             }
             failures += 1;
             if failures > 10 {
-                return Err(anyhow!("lost the event stream of task {task}; follow it again with `cloudbuild logs {task} --follow`"));
+                return Err(anyhow!(
+                    "lost the event stream of task {task}; follow it again with `cloudbuild logs {task} --follow`"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -180,6 +145,19 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// Percent-encodes a query-string value.
+pub(crate) fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Incremental parser of the server's SSE frames (`id`, `event`, `data` lines).

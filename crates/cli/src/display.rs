@@ -16,11 +16,7 @@ pub(crate) struct Display {
 impl Display {
     pub(crate) fn new(json: bool) -> Self {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Display {
-            color,
-            json,
-            end: None,
-        }
+        Display { color, json, end: None }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -47,11 +43,7 @@ impl Display {
                 let (action, message) = ev.stage_message().unwrap_or_default();
                 let progress = Stage::from_action(&action)
                     .map(|s| {
-                        format!(
-                            "[{}/{}] ",
-                            Stage::ALL.iter().position(|x| *x == s).unwrap_or(0) + 1,
-                            Stage::ALL.len()
-                        )
+                        format!("[{}/{}] ", Stage::ALL.iter().position(|x| *x == s).unwrap_or(0) + 1, Stage::ALL.len())
                     })
                     .unwrap_or_default();
                 let code = if action.ends_with("failed")
@@ -69,17 +61,11 @@ impl Display {
                 let _ = writeln!(out, "==> {head}: {}", sanitize(&message));
             }
             EventKind::Building => {
-                let text = data
-                    .get("text")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or_default();
+                let text = data.get("text").and_then(|t| t.as_str()).unwrap_or_default();
                 let _ = write!(out, "{}", sanitize(text));
             }
             EventKind::Truncated => {
-                let msg = data
-                    .get("message")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("output truncated");
+                let msg = data.get("message").and_then(|t| t.as_str()).unwrap_or("output truncated");
                 let _ = writeln!(out, "{}", self.paint("1;33", &format!("!!! {msg}")));
             }
             EventKind::End => {}

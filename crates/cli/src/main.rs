@@ -10,8 +10,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
-    let filter =
-        std::env::var("CLOUDBUILD_LOG").unwrap_or_else(|_| cli.default_log_filter().to_owned());
+    let filter = std::env::var("CLOUDBUILD_LOG").unwrap_or_else(|_| cli.default_log_filter().to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

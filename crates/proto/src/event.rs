@@ -65,11 +65,7 @@ pub enum EventBody {
     /// The output cap of `limit_bytes` was reached.
     Truncated { limit_bytes: u64 },
     /// The terminal state.
-    End {
-        state: TaskState,
-        reason: Option<String>,
-        url: Option<String>,
-    },
+    End { state: TaskState, reason: Option<String>, url: Option<String> },
 }
 
 impl EventBody {
@@ -119,22 +115,12 @@ pub struct WireEvent {
 impl WireEvent {
     /// The SSE frame of this event. Its bytes depend only on the stored event.
     pub fn to_sse(&self) -> String {
-        format!(
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            self.seq,
-            self.kind.as_str(),
-            self.data
-        )
+        format!("id: {}\nevent: {}\ndata: {}\n\n", self.seq, self.kind.as_str(), self.data)
     }
 
     /// The WebSocket text message of this event: `{"seq":..,"event":..,"data":{..}}`.
     pub fn to_ws_text(&self) -> String {
-        format!(
-            "{{\"seq\":{},\"event\":\"{}\",\"data\":{}}}",
-            self.seq,
-            self.kind.as_str(),
-            self.data
-        )
+        format!("{{\"seq\":{},\"event\":\"{}\",\"data\":{}}}", self.seq, self.kind.as_str(), self.data)
     }
 
     /// For `build` events: the action and message of the envelope.
@@ -146,10 +132,7 @@ impl WireEvent {
         let data = v.get("data")?;
         Some((
             data.get("action")?.as_str()?.to_owned(),
-            data.pointer("/payload/message")?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            data.pointer("/payload/message")?.as_str().unwrap_or_default().to_owned(),
         ))
     }
 }
@@ -160,24 +143,14 @@ mod tests {
 
     #[test]
     fn stage_events_keep_the_original_envelope() {
-        let body = EventBody::Stage {
-            action: "install".into(),
-            message: "installing".into(),
-        };
+        let body = EventBody::Stage { action: "install".into(), message: "installing".into() };
         let data = body.render(7, 3, Timestamp(1_700_000_000_123_000));
         let v: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(v["meta"]["timestamp"], 1_700_000_000_123i64);
         assert_eq!(v["data"]["action"], "install");
         assert_eq!(v["data"]["payload"]["message"], "installing");
-        let ev = WireEvent {
-            seq: 3,
-            kind: body.kind(),
-            data,
-        };
+        let ev = WireEvent { seq: 3, kind: body.kind(), data };
         assert!(ev.to_sse().starts_with("id: 3\nevent: build\ndata: {"));
-        assert_eq!(
-            ev.stage_message(),
-            Some(("install".into(), "installing".into()))
-        );
+        assert_eq!(ev.stage_message(), Some(("install".into(), "installing".into())));
     }
 }

@@ -7,9 +7,11 @@
 //! - [`task`]: tasks, states, stages, the REST request and response bodies.
 //! - [`event`]: the per-task event log and its exact wire form (SSE / WebSocket).
 //! - [`worker`]: the worker protocol (one WebSocket per worker).
+//! - [`release`]: releases, rollback, and the incremental publish messages.
 //! - [`time`]: microsecond timestamps rendered as RFC 3339.
 
 pub mod event;
+pub mod release;
 pub mod task;
 pub mod time;
 pub mod validate;

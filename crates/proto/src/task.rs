@@ -232,6 +232,9 @@ pub struct CreateTask {
     /// What created the task; `api` when absent. `retry` is reserved for the retry endpoint.
     #[serde(default)]
     pub trigger: Trigger,
+    /// Publish even if this version is already released to `prod` (a new build of it).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A task as the API shows it.
@@ -247,6 +250,8 @@ pub struct Task {
     pub build_cmd: Option<String>,
     pub env: Environment,
     pub trigger: Trigger,
+    /// Whether an existing `prod` release of this version may be replaced.
+    pub force: bool,
     pub requested_by: String,
     pub state: TaskState,
     /// The current stage while running; the failing stage once failed.

@@ -9,9 +9,7 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
     }
 
@@ -34,16 +32,13 @@ impl Timestamp {
             0
         } else {
             let digits = frac.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| c.is_ascii_digit())
-            {
+            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| c.is_ascii_digit()) {
                 return None;
             }
             digits.parse::<i64>().ok()? * 10i64.pow(6 - digits.len() as u32)
         };
         let days = days_from_civil(y, mo, d);
-        Some(Timestamp(
-            ((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000) + micros,
-        ))
+        Some(Timestamp(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000) + micros))
     }
 }
 
@@ -53,13 +48,7 @@ impl fmt::Display for Timestamp {
         let micros = self.0.rem_euclid(1_000_000);
         let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            sod % 3600 / 60,
-            sod % 60
-        )
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod % 3600 / 60, sod % 60)
     }
 }
 
@@ -111,9 +100,7 @@ mod tests {
         }
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000Z");
         assert_eq!(
-            Timestamp::parse("2024-02-29T12:00:00Z")
-                .map(|t| t.to_string())
-                .as_deref(),
+            Timestamp::parse("2024-02-29T12:00:00Z").map(|t| t.to_string()).as_deref(),
             Some("2024-02-29T12:00:00.000000Z")
         );
         assert_eq!(Timestamp::parse("yesterday"), None);

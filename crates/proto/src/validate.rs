@@ -20,10 +20,7 @@ pub struct ValidationError {
 }
 
 fn refuse<T>(field: &'static str, reason: impl Into<String>) -> Result<T, ValidationError> {
-    Err(ValidationError {
-        field,
-        reason: reason.into(),
-    })
+    Err(ValidationError { field, reason: reason.into() })
 }
 
 /// Characters that never belong in any value we accept: controls (including NUL, CR, LF) and,
@@ -37,9 +34,7 @@ fn has_control(s: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// A git transport protocol, as `git.allowed_protocols` names them.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GitProtocol {
     Https,
@@ -69,12 +64,7 @@ impl GitProtocol {
             "git" => GitProtocol::Git,
             "http" => GitProtocol::Http,
             "file" => GitProtocol::File,
-            other => {
-                return refuse(
-                    "git protocol",
-                    format!("`{other}` is not one of https, ssh, git, http, file"),
-                )
-            }
+            other => return refuse("git protocol", format!("`{other}` is not one of https, ssh, git, http, file")),
         })
     }
 }
@@ -134,10 +124,7 @@ impl RepoUrl {
         // `ext::sh -c ...`, `fd::3`: git's remote-helper syntax runs programs (CVE-2015-7545).
         if let Some(pos) = s.find("::") {
             if !s[..pos].contains('/') {
-                return refuse(
-                    F,
-                    "remote-helper URLs (`transport::address`) are not accepted",
-                );
+                return refuse(F, "remote-helper URLs (`transport::address`) are not accepted");
             }
         }
         let parsed = if let Some((scheme, rest)) = s.split_once("://") {
@@ -147,9 +134,7 @@ impl RepoUrl {
                 "ssh" | "git+ssh" | "ssh+git" => GitProtocol::Ssh,
                 "git" => GitProtocol::Git,
                 "file" => GitProtocol::File,
-                other => {
-                    return refuse(F, format!("unsupported scheme `{other}`; use https or ssh"))
-                }
+                other => return refuse(F, format!("unsupported scheme `{other}`; use https or ssh")),
             };
             if protocol == GitProtocol::File {
                 let path = rest;
@@ -159,11 +144,7 @@ impl RepoUrl {
                 if path.split('/').any(|seg| seg == "..") {
                     return refuse(F, "`..` is not accepted in a path");
                 }
-                RepoUrl {
-                    raw: s.to_owned(),
-                    protocol,
-                    host: None,
-                }
+                RepoUrl { raw: s.to_owned(), protocol, host: None }
             } else {
                 let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
                 if path.is_empty() {
@@ -183,15 +164,10 @@ impl RepoUrl {
                     None => authority,
                 };
                 let host = check_host_port(host_port)?;
-                RepoUrl {
-                    raw: s.to_owned(),
-                    protocol,
-                    host: Some(host),
-                }
+                RepoUrl { raw: s.to_owned(), protocol, host: Some(host) }
             }
-        } else if let Some((user_host, path)) = s
-            .split_once(':')
-            .filter(|(uh, _)| uh.contains('@') && !uh.contains('/'))
+        } else if let Some((user_host, path)) =
+            s.split_once(':').filter(|(uh, _)| uh.contains('@') && !uh.contains('/'))
         {
             // scp-like ssh syntax: `git@github.com:org/repo.git`.
             let (user, host) = user_host.rsplit_once('@').unwrap_or(("", user_host));
@@ -200,11 +176,7 @@ impl RepoUrl {
                 return refuse(F, "the ssh path is empty or starts with `-`");
             }
             let host = check_host_port(host)?;
-            RepoUrl {
-                raw: s.to_owned(),
-                protocol: GitProtocol::Ssh,
-                host: Some(host),
-            }
+            RepoUrl { raw: s.to_owned(), protocol: GitProtocol::Ssh, host: Some(host) }
         } else {
             return refuse(
                 F,
@@ -212,18 +184,10 @@ impl RepoUrl {
             );
         };
         if !policy.allowed_protocols.contains(&parsed.protocol) {
-            let allowed: Vec<_> = policy
-                .allowed_protocols
-                .iter()
-                .map(|p| p.as_str())
-                .collect();
+            let allowed: Vec<_> = policy.allowed_protocols.iter().map(|p| p.as_str()).collect();
             return refuse(
                 F,
-                format!(
-                    "the {} protocol is not allowed here (allowed: {})",
-                    parsed.protocol,
-                    allowed.join(", ")
-                ),
+                format!("the {} protocol is not allowed here (allowed: {})", parsed.protocol, allowed.join(", ")),
             );
         }
         if let Some(host) = &parsed.host {
@@ -254,16 +218,11 @@ impl fmt::Display for RepoUrl {
 fn check_user(user: &str) -> Result<(), ValidationError> {
     let ok = !user.is_empty()
         && !user.starts_with('-')
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {
-        refuse(
-            "repo",
-            "the ssh user name must be letters, digits, `.`, `_` or `-`, not starting with `-`",
-        )
+        refuse("repo", "the ssh user name must be letters, digits, `.`, `_` or `-`, not starting with `-`")
     }
 }
 
@@ -271,10 +230,8 @@ fn check_user(user: &str) -> Result<(), ValidationError> {
 fn check_host_port(hp: &str) -> Result<String, ValidationError> {
     const F: &str = "repo";
     let (host, port) = if let Some(rest) = hp.strip_prefix('[') {
-        let (h, after) = rest.split_once(']').ok_or(ValidationError {
-            field: F,
-            reason: "unclosed `[` in host".into(),
-        })?;
+        let (h, after) =
+            rest.split_once(']').ok_or(ValidationError { field: F, reason: "unclosed `[` in host".into() })?;
         if h.parse::<Ipv6Addr>().is_err() {
             return refuse(F, "invalid IPv6 address");
         }
@@ -293,11 +250,7 @@ fn check_host_port(hp: &str) -> Result<String, ValidationError> {
     if host.is_empty() || host.starts_with('-') || host.len() > 253 {
         return refuse(F, "the host is empty, too long or starts with `-`");
     }
-    if !hp.starts_with('[')
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-    {
+    if !hp.starts_with('[') && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
         return refuse(F, "the host may contain only letters, digits, `.` and `-`");
     }
     Ok(host.to_ascii_lowercase())
@@ -309,19 +262,15 @@ fn check_host_port(hp: &str) -> Result<String, ValidationError> {
 /// uses them, and they exist mostly to slip past filters.
 pub fn is_local_host(host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host == "localhost"
-        || host.ends_with(".localhost")
-        || host.ends_with(".local")
-        || host.ends_with(".internal")
-    {
+    if host == "localhost" || host.ends_with(".localhost") || host.ends_with(".local") || host.ends_with(".internal") {
         return true;
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return is_internal_ip(ip);
     }
-    let numeric_looking = host.split('.').all(|part| {
-        !part.is_empty() && (part.bytes().all(|b| b.is_ascii_digit()) || part.starts_with("0x"))
-    });
+    let numeric_looking = host
+        .split('.')
+        .all(|part| !part.is_empty() && (part.bytes().all(|b| b.is_ascii_digit()) || part.starts_with("0x")));
     numeric_looking
 }
 
@@ -375,16 +324,8 @@ impl GitRef {
         if s.starts_with('-') {
             return refuse(F, "starts with `-` (it would be read as an option)");
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "._/-+".contains(*c)))
-        {
-            return refuse(
-                F,
-                format!(
-                    "character {c:?} is not allowed (letters, digits, `.`, `_`, `/`, `-`, `+`)"
-                ),
-            );
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._/-+".contains(*c))) {
+            return refuse(F, format!("character {c:?} is not allowed (letters, digits, `.`, `_`, `/`, `-`, `+`)"));
         }
         if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
             return refuse(F, "empty path component");
@@ -447,11 +388,13 @@ impl ProjectName {
             if part.starts_with('.') || part.starts_with('_') {
                 return refuse(F, "must not start with `.` or `_`");
             }
-            if let Some(c) = part
-                .chars()
-                .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c)))
+            if let Some(c) =
+                part.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c)))
             {
-                return refuse(F, format!("character {c:?} is not allowed (lower-case letters, digits, `-`, `.`, `_`)"));
+                return refuse(
+                    F,
+                    format!("character {c:?} is not allowed (lower-case letters, digits, `-`, `.`, `_`)"),
+                );
             }
         }
         Ok(ProjectName(s.to_owned()))
@@ -496,25 +439,15 @@ impl Version {
             None => (rest, None),
         };
         let nums: Vec<&str> = core.split('.').collect();
-        let numeric_ok = |n: &str| {
-            !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-                && (n == "0" || !n.starts_with('0'))
-        };
+        let numeric_ok =
+            |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
         if nums.len() != 3 || !nums.iter().all(|n| numeric_ok(n)) {
-            return refuse(
-                F,
-                format!("`{s}` is not MAJOR.MINOR.PATCH (semantic versioning)"),
-            );
+            return refuse(F, format!("`{s}` is not MAJOR.MINOR.PATCH (semantic versioning)"));
         }
-        let ident_ok =
-            |i: &str| !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let ident_ok = |i: &str| !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         for ids in [pre, build].into_iter().flatten() {
             if !ids.split('.').all(ident_ok) {
-                return refuse(
-                    F,
-                    "pre-release and build parts are dot-separated [0-9A-Za-z-] identifiers",
-                );
+                return refuse(F, "pre-release and build parts are dot-separated [0-9A-Za-z-] identifiers");
             }
         }
         Ok(Version(s.to_owned()))
@@ -545,12 +478,7 @@ pub struct CommandPolicy {
 
 impl Default for CommandPolicy {
     fn default() -> Self {
-        CommandPolicy {
-            runners: ["npm", "cnpm", "pnpm", "yarn"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        }
+        CommandPolicy { runners: ["npm", "cnpm", "pnpm", "yarn"].into_iter().map(String::from).collect() }
     }
 }
 
@@ -586,25 +514,15 @@ impl CommandLine {
     /// Splits a command on whitespace and checks its syntax and runner. Quotes, variables,
     /// redirections and other shell syntax are refused: the command is never given to a shell,
     /// and refusing them says so clearly instead of passing them literally.
-    pub fn parse(
-        s: &str,
-        field: &'static str,
-        policy: &CommandPolicy,
-    ) -> Result<Self, ValidationError> {
+    pub fn parse(s: &str, field: &'static str, policy: &CommandPolicy) -> Result<Self, ValidationError> {
         if s.len() > 1024 {
             return refuse(field, "longer than 1024 characters");
         }
         if has_control(s) {
-            return refuse(
-                field,
-                "contains control characters (newlines are not allowed)",
-            );
+            return refuse(field, "contains control characters (newlines are not allowed)");
         }
         if let Some(c) = s.chars().find(|c| ";&|$`<>(){}[]*?!~'\"\\#".contains(*c)) {
-            return refuse(
-                field,
-                format!("shell syntax {c:?} is not accepted: commands run without a shell"),
-            );
+            return refuse(field, format!("shell syntax {c:?} is not accepted: commands run without a shell"));
         }
         let argv: Vec<String> = s.split_whitespace().map(String::from).collect();
         let Some(runner) = argv.first() else {
@@ -615,13 +533,7 @@ impl CommandLine {
         }
         if !policy.runners.contains(runner) {
             let allowed: Vec<_> = policy.runners.iter().map(String::as_str).collect();
-            return refuse(
-                field,
-                format!(
-                    "`{runner}` is not an allowed runner (allowed: {})",
-                    allowed.join(", ")
-                ),
-            );
+            return refuse(field, format!("`{runner}` is not an allowed runner (allowed: {})", allowed.join(", ")));
         }
         let line = CommandLine(argv);
         line.intent(field)?;
@@ -648,7 +560,10 @@ impl CommandLine {
         let sub = self.0.get(1).map(String::as_str);
         if let Some(s) = sub {
             if s.starts_with('-') {
-                return refuse(field, "options must come after the subcommand (`npm run build --x`, not `npm --x run build`)");
+                return refuse(
+                    field,
+                    "options must come after the subcommand (`npm run build --x`, not `npm --x run build`)",
+                );
             }
         }
         let script_arg = |idx: usize| -> Result<CommandIntent, ValidationError> {
@@ -668,11 +583,12 @@ impl CommandLine {
             }
             (_, Some("run" | "run-script")) => script_arg(2),
             (_, Some("test" | "t")) => Ok(CommandIntent::Script("test".into())),
-            ("yarn" | "pnpm", Some(name)) if !BUILTIN_SUBCOMMANDS.contains(&name) => Ok(CommandIntent::Script(name.to_owned())),
-            (_, Some(other)) => refuse(
-                field,
-                format!("`{runner} {other}` is not allowed; use install/ci or run a package.json script"),
-            ),
+            ("yarn" | "pnpm", Some(name)) if !BUILTIN_SUBCOMMANDS.contains(&name) => {
+                Ok(CommandIntent::Script(name.to_owned()))
+            }
+            (_, Some(other)) => {
+                refuse(field, format!("`{runner} {other}` is not allowed; use install/ci or run a package.json script"))
+            }
         }
     }
 
@@ -686,15 +602,8 @@ impl CommandLine {
         if let CommandIntent::Script(name) = &intent {
             if !scripts.contains(name) {
                 let known: Vec<_> = scripts.iter().map(String::as_str).collect();
-                let known = if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                };
-                return refuse(
-                    field,
-                    format!("package.json has no script `{name}` (scripts: {known})"),
-                );
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                return refuse(field, format!("package.json has no script `{name}` (scripts: {known})"));
             }
         }
         Ok(intent)
@@ -710,9 +619,8 @@ impl fmt::Display for CommandLine {
 /// yarn/pnpm subcommands that are not scripts and that we do not allow (they run arbitrary
 /// packages or change global state).
 const BUILTIN_SUBCOMMANDS: &[&str] = &[
-    "exec", "dlx", "x", "add", "remove", "global", "publish", "config", "set", "link", "unlink",
-    "create", "node", "pack", "patch", "plugin", "env", "why", "up", "upgrade", "update", "import",
-    "rebuild", "store", "setup",
+    "exec", "dlx", "x", "add", "remove", "global", "publish", "config", "set", "link", "unlink", "create", "node",
+    "pack", "patch", "plugin", "env", "why", "up", "upgrade", "update", "import", "rebuild", "store", "setup",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -819,26 +727,14 @@ mod tests {
         let p = open_policy();
         RepoUrl::parse("file:///tmp/fixture/repo", &p).unwrap();
         RepoUrl::parse("http://127.0.0.1:8080/repo.git", &p).unwrap();
-        for bad in [
-            "file://relative/x",
-            "file:///tmp/../etc",
-            "ext::sh",
-            "--upload-pack=x",
-            "/tmp/x",
-        ] {
+        for bad in ["file://relative/x", "file:///tmp/../etc", "ext::sh", "--upload-pack=x", "/tmp/x"] {
             RepoUrl::parse(bad, &p).expect_err(bad);
         }
     }
 
     #[test]
     fn refs() {
-        for ok in [
-            "main",
-            "dev/1.0.2",
-            "release/v1.2.3",
-            "feature_x",
-            "v1.0.0+build.1",
-        ] {
+        for ok in ["main", "dev/1.0.2", "release/v1.2.3", "feature_x", "v1.0.0+build.1"] {
             GitRef::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for bad in [
@@ -869,14 +765,11 @@ mod tests {
         for ok in ["app", "@scope/app", "my-app.v2", "a_b"] {
             ProjectName::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        assert_eq!(
-            ProjectName::parse("@scope/app").unwrap().path_segments(),
-            ["@scope", "app"]
-        );
+        assert_eq!(ProjectName::parse("@scope/app").unwrap().path_segments(), ["@scope", "app"]);
         let long = "a".repeat(215);
         for bad in [
-            "../../x", "/abs", "%2e%2e", "a\0b", "..\\x", "..", ".", "_x", ".x", "App", "ä", "a/b",
-            "@s", "@s/", "@/x", "@s/a/b", "a b", &long, "",
+            "../../x", "/abs", "%2e%2e", "a\0b", "..\\x", "..", ".", "_x", ".x", "App", "ä", "a/b", "@s", "@s/", "@/x",
+            "@s/a/b", "a b", &long, "",
         ] {
             ProjectName::parse(bad).expect_err(bad);
         }
@@ -884,28 +777,12 @@ mod tests {
 
     #[test]
     fn versions() {
-        for ok in [
-            "1.0.0",
-            "0.0.1",
-            "10.20.30",
-            "1.0.0-alpha.1",
-            "1.0.0+build.5",
-            "1.0.0-rc-1+sha.abc",
-        ] {
+        for ok in ["1.0.0", "0.0.1", "10.20.30", "1.0.0-alpha.1", "1.0.0+build.5", "1.0.0-rc-1+sha.abc"] {
             Version::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in [
-            "1.0.0/../x",
-            "1.0",
-            "01.0.0",
-            "1.0.0-",
-            "1.0.0+",
-            "1.0.0-a..b",
-            "../1.0.0",
-            "1.0.0\0",
-            "v1.0.0",
-            "",
-        ] {
+        for bad in
+            ["1.0.0/../x", "1.0", "01.0.0", "1.0.0-", "1.0.0+", "1.0.0-a..b", "../1.0.0", "1.0.0\0", "v1.0.0", ""]
+        {
             Version::parse(bad).expect_err(bad);
         }
     }
@@ -913,19 +790,11 @@ mod tests {
     #[test]
     fn commands() {
         let p = CommandPolicy::default();
-        let ok = |s: &str| {
-            CommandLine::parse(s, "build command", &p).unwrap_or_else(|e| panic!("{s}: {e}"))
-        };
-        assert_eq!(
-            ok("npm run build").intent("c").unwrap(),
-            CommandIntent::Script("build".into())
-        );
+        let ok = |s: &str| CommandLine::parse(s, "build command", &p).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(ok("npm run build").intent("c").unwrap(), CommandIntent::Script("build".into()));
         assert_eq!(ok("npm ci").intent("c").unwrap(), CommandIntent::Install);
         assert_eq!(ok("yarn").intent("c").unwrap(), CommandIntent::Install);
-        assert_eq!(
-            ok("yarn build").intent("c").unwrap(),
-            CommandIntent::Script("build".into())
-        );
+        assert_eq!(ok("yarn build").intent("c").unwrap(), CommandIntent::Script("build".into()));
         assert_eq!(ok("npm run build -- --mode=staging").argv().len(), 5);
         for bad in [
             "npm;id",
@@ -954,25 +823,14 @@ mod tests {
         }
         let scripts: BTreeSet<String> = ["build".to_string()].into_iter().collect();
         ok("npm run build").check_scripts("c", &scripts).unwrap();
-        let err = ok("npm run deploy")
-            .check_scripts("c", &scripts)
-            .unwrap_err();
+        let err = ok("npm run deploy").check_scripts("c", &scripts).unwrap_err();
         assert!(err.reason.contains("no script `deploy`"), "{err}");
     }
 
     #[test]
     fn rel_paths() {
         RelPath::parse("assets/app.js").unwrap();
-        for bad in [
-            "../x",
-            "a/../../x",
-            "/abs",
-            "a//b",
-            "./a",
-            "a\\b",
-            "a\0",
-            "",
-        ] {
+        for bad in ["../x", "a/../../x", "/abs", "a//b", "./a", "a\\b", "a\0", ""] {
             RelPath::parse(bad).expect_err(bad);
         }
     }

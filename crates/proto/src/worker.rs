@@ -20,19 +20,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerMessage {
     /// First message: who the worker is and how much it can run at once.
-    Hello {
-        protocol: u32,
-        name: String,
-        slots: u32,
-        labels: Vec<String>,
-    },
+    Hello { protocol: u32, name: String, slots: u32, labels: Vec<String> },
     /// Keeps the leases of the listed tasks alive.
     Heartbeat { running: Vec<TaskAttempt> },
     /// Something happened in a running task.
-    Event {
-        task: TaskAttempt,
-        event: WorkerEvent,
-    },
+    Event { task: TaskAttempt, event: WorkerEvent },
     /// The task's pipeline ended; exactly one per assignment.
     Finished { task: TaskAttempt, outcome: Outcome },
 }
@@ -42,10 +34,7 @@ pub enum WorkerMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The worker is registered under `worker_id`; heartbeat every `heartbeat_secs`.
-    Welcome {
-        worker_id: String,
-        heartbeat_secs: u64,
-    },
+    Welcome { worker_id: String, heartbeat_secs: u64 },
     /// Run this task.
     Assign { assignment: Box<Assignment> },
     /// Stop this task (a user cancelled it, or it timed out on the server's clock).
@@ -66,11 +55,7 @@ pub struct TaskAttempt {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkerEvent {
     /// A stage started or succeeded; the message is shown to users.
-    Stage {
-        stage: Stage,
-        phase: StagePhase,
-        message: String,
-    },
+    Stage { stage: Stage, phase: StagePhase, message: String },
     /// A chunk of command output.
     Output { stream: OutputStream, text: String },
     /// `download repo` resolved the branch to this commit.
@@ -161,12 +146,4 @@ impl Default for Limits {
             kill_grace_secs: 10,
         }
     }
-}
-
-/// `POST /api/v1/tasks/{id}/attempts/{attempt}/release` answer: the site is live.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseResponse {
-    pub url: String,
-    pub files: u64,
-    pub bytes: u64,
 }

@@ -29,6 +29,78 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     pub workers: WorkersConfig,
     pub auth: AuthConfig,
+    pub targets: TargetsConfig,
+    pub releases: ReleasesConfig,
+}
+
+/// `[targets]`: where each environment publishes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetsConfig {
+    pub test: TargetConfig,
+    pub prod: TargetConfig,
+}
+
+/// `[targets.test]` or `[targets.prod]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TargetConfig {
+    /// A directory in the data dir, served by the server at `/sites/<env>/<name>/`.
+    #[default]
+    Local,
+    /// An S3-compatible bucket (AWS S3, Aliyun OSS, Tencent COS, MinIO) behind a CDN.
+    S3 {
+        /// e.g. `https://oss-cn-hangzhou.aliyuncs.com`; AWS's own when absent.
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default = "default_region")]
+        region: String,
+        bucket: String,
+        /// Key prefix inside the bucket.
+        #[serde(default)]
+        prefix: String,
+        /// `https://<bucket>.<endpoint>/…` requests; Aliyun OSS requires them.
+        #[serde(default)]
+        virtual_hosted_style: bool,
+        /// Allow a plain-http endpoint (MinIO or a test server on loopback).
+        #[serde(default)]
+        allow_http: bool,
+        /// The public base URL of the CDN (or bucket) the files are served from.
+        public_url: String,
+        /// Environment variable holding the access key id.
+        #[serde(default = "default_key_env")]
+        access_key_id_env: String,
+        /// Environment variable holding the secret access key.
+        #[serde(default = "default_secret_env")]
+        secret_access_key_env: String,
+    },
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_key_env() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// `[releases]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReleasesConfig {
+    /// Releases kept per project and environment; older ones are removed from the target
+    /// (never the current one).
+    pub keep: u32,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        ReleasesConfig { keep: 10 }
+    }
 }
 
 /// `[auth]`: who may create and follow tasks.
@@ -118,46 +190,33 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             workers: WorkersConfig::default(),
             auth: AuthConfig::default(),
+            targets: TargetsConfig::default(),
+            releases: ReleasesConfig::default(),
         }
     }
 }
 
 impl Default for GitConfig {
     fn default() -> Self {
-        GitConfig {
-            allowed_protocols: vec!["https".into(), "ssh".into()],
-            allow_local_hosts: false,
-        }
+        GitConfig { allowed_protocols: vec!["https".into(), "ssh".into()], allow_local_hosts: false }
     }
 }
 
 impl Default for CommandsConfig {
     fn default() -> Self {
-        CommandsConfig {
-            runners: CommandPolicy::default().runners.into_iter().collect(),
-        }
+        CommandsConfig { runners: CommandPolicy::default().runners.into_iter().collect() }
     }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            output_bytes: 4 * 1024 * 1024,
-            max_attempts: 3,
-            max_file_bytes: 512 * 1024 * 1024,
-        }
+        LimitsConfig { output_bytes: 4 * 1024 * 1024, max_attempts: 3, max_file_bytes: 512 * 1024 * 1024 }
     }
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig {
-            embedded: true,
-            embedded_slots: 2,
-            tokens: Vec::new(),
-            lease_secs: 15,
-            heartbeat_secs: 3,
-        }
+        WorkersConfig { embedded: true, embedded_slots: 2, tokens: Vec::new(), lease_secs: 15, heartbeat_secs: 3 }
     }
 }
 
@@ -185,6 +244,8 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("workers", &self.workers)
             .field("auth", &self.auth)
+            .field("targets", &self.targets)
+            .field("releases", &self.releases)
             .finish()
     }
 }
@@ -207,33 +268,24 @@ pub struct Settings {
     /// `(name, token)` pairs of API clients.
     pub api_tokens: Vec<(String, String)>,
     pub allow_anonymous: bool,
+    pub targets: TargetsConfig,
+    pub keep_releases: u32,
 }
 
 impl ServerConfig {
     /// Checks every value and derives the settings.
     pub fn validate(&self) -> Result<Settings, ValidationError> {
         let bad = |field: &'static str, reason: String| ValidationError { field, reason };
-        let allowed_protocols = self
-            .git
-            .allowed_protocols
-            .iter()
-            .map(|p| GitProtocol::parse(p))
-            .collect::<Result<BTreeSet<_>, _>>()?;
+        let allowed_protocols =
+            self.git.allowed_protocols.iter().map(|p| GitProtocol::parse(p)).collect::<Result<BTreeSet<_>, _>>()?;
         if allowed_protocols.is_empty() {
-            return Err(bad(
-                "git.allowed_protocols",
-                "at least one protocol is needed".into(),
-            ));
+            return Err(bad("git.allowed_protocols", "at least one protocol is needed".into()));
         }
         let runners: BTreeSet<String> = self.commands.runners.iter().cloned().collect();
-        if let Some(r) = runners
-            .iter()
-            .find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        if let Some(r) =
+            runners.iter().find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         {
-            return Err(bad(
-                "commands.runners",
-                format!("`{r}` is not a program name"),
-            ));
+            return Err(bad("commands.runners", format!("`{r}` is not a program name")));
         }
         let t = &self.timeouts;
         let all = [
@@ -248,57 +300,50 @@ impl ServerConfig {
             t.kill_grace_secs,
         ];
         if all.contains(&0) {
-            return Err(bad(
-                "timeouts",
-                "every timeout must be at least 1 second".into(),
-            ));
+            return Err(bad("timeouts", "every timeout must be at least 1 second".into()));
         }
         if self.limits.max_attempts == 0 {
             return Err(bad("limits.max_attempts", "must be at least 1".into()));
         }
-        if self.workers.heartbeat_secs == 0
-            || self.workers.lease_secs <= self.workers.heartbeat_secs
-        {
+        if self.workers.heartbeat_secs == 0 || self.workers.lease_secs <= self.workers.heartbeat_secs {
             return Err(bad(
                 "workers.lease_secs",
                 "must be longer than workers.heartbeat_secs (and that above 0)".into(),
             ));
         }
         if self.workers.tokens.iter().any(|t| t.len() < 16) {
-            return Err(bad(
-                "workers.tokens",
-                "worker tokens must be at least 16 characters".into(),
-            ));
+            return Err(bad("workers.tokens", "worker tokens must be at least 16 characters".into()));
         }
         for t in &self.auth.tokens {
             if t.token.len() < 16 {
-                return Err(bad(
-                    "auth.tokens",
-                    format!("the token of `{}` must be at least 16 characters", t.name),
-                ));
+                return Err(bad("auth.tokens", format!("the token of `{}` must be at least 16 characters", t.name)));
             }
             if t.name.trim().is_empty() {
                 return Err(bad("auth.tokens", "every token needs a name".into()));
             }
         }
+        if self.releases.keep == 0 {
+            return Err(bad("releases.keep", "must be at least 1".into()));
+        }
+        for (env, t) in [("targets.test", &self.targets.test), ("targets.prod", &self.targets.prod)] {
+            if let TargetConfig::S3 { bucket, public_url, .. } = t {
+                if bucket.len() < 3 {
+                    return Err(bad(env, "an S3 bucket name has at least 3 characters".into()));
+                }
+                if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+                    return Err(bad(env, "public_url must start with http:// or https://".into()));
+                }
+            }
+        }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad(
-                    "public_url",
-                    "must start with http:// or https://".into(),
-                ));
+                return Err(bad("public_url", "must start with http:// or https://".into()));
             }
         }
         Ok(Settings {
             data_dir: self.data_dir.clone(),
-            public_url: self
-                .public_url
-                .as_ref()
-                .map(|u| u.trim_end_matches('/').to_owned()),
-            repo_policy: RepoPolicy {
-                allowed_protocols,
-                allow_local_hosts: self.git.allow_local_hosts,
-            },
+            public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            repo_policy: RepoPolicy { allowed_protocols, allow_local_hosts: self.git.allow_local_hosts },
             command_policy: CommandPolicy { runners },
             limits: self.timeouts.clone(),
             output_bytes: self.limits.output_bytes,
@@ -307,16 +352,10 @@ impl ServerConfig {
             worker_tokens: self.workers.tokens.clone(),
             lease_secs: self.workers.lease_secs,
             heartbeat_secs: self.workers.heartbeat_secs,
-            api_tokens: self
-                .auth
-                .tokens
-                .iter()
-                .map(|t| (t.name.clone(), t.token.clone()))
-                .collect(),
-            allow_anonymous: self
-                .auth
-                .allow_anonymous
-                .unwrap_or_else(|| self.listen.ip().is_loopback()),
+            api_tokens: self.auth.tokens.iter().map(|t| (t.name.clone(), t.token.clone())).collect(),
+            allow_anonymous: self.auth.allow_anonymous.unwrap_or_else(|| self.listen.ip().is_loopback()),
+            targets: self.targets.clone(),
+            keep_releases: self.releases.keep,
         })
     }
 }

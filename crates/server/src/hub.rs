@@ -28,10 +28,7 @@ impl EventHub {
                 tx.send_replace(last.seq);
             }
         } else {
-            tasks
-                .entry(task)
-                .or_insert_with(|| watch::channel(0).0)
-                .send_replace(last.seq);
+            tasks.entry(task).or_insert_with(|| watch::channel(0).0).send_replace(last.seq);
         }
     }
 

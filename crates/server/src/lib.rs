@@ -14,6 +14,7 @@
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod release;
 pub mod scheduler;
 pub mod socketio;
 pub mod state;
@@ -31,28 +32,23 @@ use tokio::net::TcpListener;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot prepare the data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot open the store: {0}")]
     Store(#[from] cloudbuild_store::StoreError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("publish target: {0}")]
+    Target(#[from] release::target::TargetError),
 }
 
 /// Opens the SQLite store in the data directory, creating the directory layout.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServerError> {
     let dir = &settings.data_dir;
-    for sub in ["", "releases", "sites", "staging"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|source| ServerError::DataDir {
-            path: dir.join(sub).display().to_string(),
-            source,
-        })?;
+    for sub in ["", "targets", "staging"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|source| ServerError::DataDir { path: dir.join(sub).display().to_string(), source })?;
     }
-    Ok(Arc::new(
-        SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?,
-    ))
+    Ok(Arc::new(SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?))
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops streams and returns.
@@ -63,12 +59,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
-    let public_url = settings
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let targets_dir = settings.data_dir.join("targets");
+    let targets = release::Targets {
+        test: release::target::Target::new(&settings.targets.test, targets_dir.join("test"), &public_url, "test")?,
+        prod: release::target::Target::new(&settings.targets.prod, targets_dir.join("prod"), &public_url, "prod")?,
+    };
     let state = Arc::new(AppState {
+        targets,
         store,
         hub: hub::EventHub::default(),
         scheduler: scheduler::Scheduler::default(),

@@ -38,11 +38,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Registers a connected worker; dispatch starts at once.
     pub fn join(&self, id: &str, slots: u32, tx: mpsc::UnboundedSender<ServerMessage>) {
-        let info = WorkerSlotInfo {
-            slots,
-            running: HashSet::new(),
-            tx,
-        };
+        let info = WorkerSlotInfo { slots, running: HashSet::new(), tx };
         self.lock_workers().insert(id.to_owned(), info);
         self.wake.notify_one();
     }
@@ -58,10 +54,7 @@ impl Scheduler {
         if let Some(w) = self.lock_workers().get_mut(worker) {
             w.running.remove(&task);
         }
-        self.cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&task.task_id);
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&task.task_id);
         self.wake.notify_one();
     }
 
@@ -72,18 +65,12 @@ impl Scheduler {
 
     /// Sends a message to a worker if it is connected; false if it is not.
     pub fn send(&self, worker: &str, msg: ServerMessage) -> bool {
-        self.lock_workers()
-            .get(worker)
-            .is_some_and(|w| w.tx.send(msg).is_ok())
+        self.lock_workers().get(worker).is_some_and(|w| w.tx.send(msg).is_ok())
     }
 
     /// Asks the worker running `task` to stop it, and remembers when, to force it later.
     pub fn cancel(&self, worker: Option<&str>, task: TaskAttempt) {
-        self.cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(task.task_id)
-            .or_insert_with(Instant::now);
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner()).entry(task.task_id).or_insert_with(Instant::now);
         if let Some(w) = worker {
             self.send(w, ServerMessage::Cancel { task });
         }
@@ -133,8 +120,7 @@ pub async fn run(state: Arc<AppState>) {
 /// Hands queued tasks to workers with free slots until one of the two runs out.
 async fn dispatch(state: &AppState) {
     while let Some(worker) = state.scheduler.freest_worker() {
-        let lease_until =
-            Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
+        let lease_until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
         let task = match state.store.claim_next(&worker, lease_until).await {
             Ok(Some(task)) => task,
             Ok(None) => return,
@@ -143,10 +129,7 @@ async fn dispatch(state: &AppState) {
                 return;
             }
         };
-        let attempt = TaskAttempt {
-            task_id: task.id,
-            attempt: task.attempt,
-        };
+        let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
         let assignment = Assignment {
             task: attempt,
             name: task.name,
@@ -155,33 +138,15 @@ async fn dispatch(state: &AppState) {
             branch: task.branch,
             build_cmd: task.build_cmd,
             env: task.env,
-            allowed_protocols: state
-                .settings
-                .repo_policy
-                .allowed_protocols
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
             allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
-            runners: state
-                .settings
-                .command_policy
-                .runners
-                .iter()
-                .cloned()
-                .collect(),
+            runners: state.settings.command_policy.runners.iter().cloned().collect(),
             limits: state.settings.limits.clone(),
         };
         let sent = {
             let mut workers = state.scheduler.lock_workers();
             match workers.get_mut(&worker) {
-                Some(w)
-                    if w.tx
-                        .send(ServerMessage::Assign {
-                            assignment: Box::new(assignment),
-                        })
-                        .is_ok() =>
-                {
+                Some(w) if w.tx.send(ServerMessage::Assign { assignment: Box::new(assignment) }).is_ok() => {
                     w.running.insert(attempt);
                     true
                 }
@@ -192,22 +157,13 @@ async fn dispatch(state: &AppState) {
             tracing::debug!(task = task.id, attempt = task.attempt, %worker, "assigned");
         } else {
             // The worker vanished between the pick and the send: hand the task back at once.
-            requeue(
-                state,
-                attempt,
-                &format!("worker {worker} disconnected before the task started"),
-            )
-            .await;
+            requeue(state, attempt, &format!("worker {worker} disconnected before the task started")).await;
         }
     }
 }
 
 async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {
-    match state
-        .store
-        .requeue(task.task_id, task.attempt, state.settings.max_attempts, why)
-        .await
-    {
+    match state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await {
         Ok(RequeueOutcome::Requeued { events, .. } | RequeueOutcome::Failed { events }) => {
             state.hub.published(task.task_id, &events);
             state.scheduler.task_queued();
@@ -224,20 +180,9 @@ async fn watchdog(state: &AppState) {
         Ok(tasks) => {
             for t in tasks {
                 let worker = t.worker.clone().unwrap_or_default();
-                let why = format!(
-                    "worker {worker} stopped sending heartbeats for {} s",
-                    state.settings.lease_secs
-                );
+                let why = format!("worker {worker} stopped sending heartbeats for {} s", state.settings.lease_secs);
                 tracing::warn!(task = t.id, attempt = t.attempt, "{why}");
-                requeue(
-                    state,
-                    TaskAttempt {
-                        task_id: t.id,
-                        attempt: t.attempt,
-                    },
-                    &why,
-                )
-                .await;
+                requeue(state, TaskAttempt { task_id: t.id, attempt: t.attempt }, &why).await;
             }
         }
         Err(e) => tracing::error!("watchdog: {e}"),
@@ -252,32 +197,18 @@ async fn watchdog(state: &AppState) {
         Err(e) => return tracing::error!("watchdog: {e}"),
     };
     for t in running {
-        let attempt = TaskAttempt {
-            task_id: t.id,
-            attempt: t.attempt,
-        };
+        let attempt = TaskAttempt { task_id: t.id, attempt: t.attempt };
         let overdue = t.started_at.is_some_and(|s| now.0 - s.0 > task_deadline);
-        let cancel_since = state
-            .scheduler
-            .cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&t.id)
-            .copied();
+        let cancel_since = state.scheduler.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&t.id).copied();
         let finish = if overdue {
             Some(Finish::TimedOut {
                 stage: t.stage,
-                reason: format!(
-                    "task timeout of {} s exceeded (enforced by the server)",
-                    limits.task_secs
-                ),
+                reason: format!("task timeout of {} s exceeded (enforced by the server)", limits.task_secs),
             })
         } else if t.cancel_requested && cancel_since.is_some_and(|at| at.elapsed() > grace) {
             Some(Finish::Cancelled {
                 stage: t.stage,
-                reason:
-                    "cancelled; the worker did not confirm in time, so the server ended the task"
-                        .into(),
+                reason: "cancelled; the worker did not confirm in time, so the server ended the task".into(),
             })
         } else {
             if t.cancel_requested && cancel_since.is_none() {

@@ -49,19 +49,13 @@ fn envelope(action: &str, payload: Value) -> Value {
 
 /// The handshake query, URL-decoded.
 fn query(s: &SocketRef) -> HashMap<String, String> {
-    Query::<HashMap<String, String>>::try_from_uri(&s.req_parts().uri)
-        .map(|q| q.0)
-        .unwrap_or_default()
+    Query::<HashMap<String, String>>::try_from_uri(&s.req_parts().uri).map(|q| q.0).unwrap_or_default()
 }
 
 /// The caller, from the socket.io `auth` payload (3.x/4.x clients) or the `token` query field
 /// (2.x clients, which have no auth payload).
 fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result<Caller, String> {
-    let from_auth = auth
-        .as_ref()
-        .and_then(|a| a.get("token"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let from_auth = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str).map(str::to_owned);
     let token = from_auth.or_else(|| query(s).get("token").cloned());
     identify(state, token.as_deref()).map_err(|e| e.message)
 }
@@ -82,19 +76,13 @@ async fn authenticate(
 /// Sends the original `deny` message on the socket-id event, then disconnects.
 fn deny(s: SocketRef, reason: &str) {
     tracing::info!(socket = %s.id, "socket.io connection denied: {reason}");
-    let msg = envelope(
-        "deny",
-        json!({ "type": "deleted", "message": format!("云构建任务创建失败，自动退出: {reason}") }),
-    );
+    let msg =
+        envelope("deny", json!({ "type": "deleted", "message": format!("云构建任务创建失败，自动退出: {reason}") }));
     let _ = s.emit(s.id.to_string(), &msg);
     let _ = s.disconnect();
 }
 
-async fn on_connect(
-    s: SocketRef,
-    State(state): State<Arc<AppState>>,
-    TryData(auth): TryData<Value>,
-) {
+async fn on_connect(s: SocketRef, State(state): State<Arc<AppState>>, TryData(auth): TryData<Value>) {
     let caller = match caller(&state, &s, &auth.ok()) {
         Ok(c) => c,
         Err(reason) => return deny(s, &reason),
@@ -115,24 +103,14 @@ async fn on_connect(
 
 /// Turns the handshake query into a task request (validated the same way as the REST API),
 /// and notes on the options that mean something else here.
-fn parse_query(
-    state: &AppState,
-    q: &HashMap<String, String>,
-    caller: Caller,
-) -> Result<Pending, String> {
-    let field = |k: &str| {
-        q.get(k)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
+fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) -> Result<Pending, String> {
+    let field = |k: &str| q.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let required = |k: &str| field(k).ok_or_else(|| format!("the query field `{k}` is required"));
     let flag = |k: &str| -> Result<bool, String> {
         match field(k).as_deref() {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(other) => Err(format!(
-                "`{k}` must be \"true\" or \"false\", not `{other}`"
-            )),
+            Some(other) => Err(format!("`{k}` must be \"true\" or \"false\", not `{other}`")),
         }
     };
     let request = CreateTask {
@@ -141,24 +119,19 @@ fn parse_query(
         name: required("name")?,
         version: required("version")?,
         build_cmd: field("buildCmd"),
-        env: if flag("prod")? {
-            Environment::Prod
-        } else {
-            Environment::Test
-        },
+        env: if flag("prod")? { Environment::Prod } else { Environment::Test },
         trigger: Trigger::SocketIo,
+        // The original CLI asked before overwriting; its clients cannot say --force here.
+        force: false,
     };
     // Validate now so that a bad query is denied at connect time and creates no task.
     validate(state, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.message)?;
     let mut notes = Vec::new();
     if let Some(t) = field("type").filter(|t| t != "oss") {
-        notes.push(format!(
-            "type={t} is ignored: this server publishes to its configured target"
-        ));
+        notes.push(format!("type={t} is ignored: this server publishes to its configured target"));
     }
     if flag("keepCache")? {
-        notes
-            .push("keepCache is ignored: work directories are always cleaned after a build".into());
+        notes.push("keepCache is ignored: work directories are always cleaned after a build".into());
     }
     if flag("cnpm")? {
         notes.push("cnpm is ignored: the install command comes from the project (lockfile or cloudbuild.toml)".into());
@@ -169,11 +142,7 @@ fn parse_query(
             state.settings.limits.task_secs
         ));
     }
-    Ok(Pending {
-        request,
-        caller,
-        notes,
-    })
+    Ok(Pending { request, caller, notes })
 }
 
 async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
@@ -181,36 +150,27 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
     let Some(pending) = s.extensions.remove::<Pending>() else {
         return;
     };
-    let task = match validate(
-        &state,
-        &pending.request,
-        &pending.caller,
-        Trigger::SocketIo,
-        None,
-    ) {
-        Ok(new) => submit(&state, new).await,
+    let task = match validate(&state, &pending.request, &pending.caller, Trigger::SocketIo, None) {
+        Ok(new) => {
+            match crate::release::check_version_free(&state, new.env, &new.name, &new.version, new.force).await {
+                Ok(()) => submit(&state, new).await,
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
     let task = match task {
         Ok(t) => t,
         Err(e) => {
-            let _ = s.emit(
-                "build",
-                &envelope(actions::ERROR, json!({ "message": e.message })),
-            );
+            let _ = s.emit("build", &envelope(actions::ERROR, json!({ "message": e.message })));
             let _ = s.disconnect();
             return;
         }
     };
     for note in &pending.notes {
         tracing::info!(task = task.id, "socket.io option: {note}");
-        let body = EventBody::Output {
-            stream: OutputStream::Stderr,
-            text: format!("[cloudbuild] note: {note}\n"),
-        };
-        if let Ok(Appended::Events(events)) =
-            state.store.append_event(task.id, Fence::Server, body).await
-        {
+        let body = EventBody::Output { stream: OutputStream::Stderr, text: format!("[cloudbuild] note: {note}\n") };
+        if let Ok(Appended::Events(events)) = state.store.append_event(task.id, Fence::Server, body).await {
             state.hub.published(task.id, &events);
         }
     }
@@ -227,19 +187,11 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId) {
             EventKind::Build => s.emit("build", &original_build_message(&ev)),
             EventKind::Building => {
                 let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-                s.emit(
-                    "building",
-                    data.get("text").and_then(Value::as_str).unwrap_or_default(),
-                )
+                s.emit("building", data.get("text").and_then(Value::as_str).unwrap_or_default())
             }
             EventKind::Truncated => {
                 let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-                s.emit(
-                    "building",
-                    data.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                )
+                s.emit("building", data.get("message").and_then(Value::as_str).unwrap_or_default())
             }
             EventKind::End => break,
         };
@@ -256,27 +208,13 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId) {
 /// `error`, which is in their failure list.
 fn original_build_message(ev: &WireEvent) -> Value {
     let mut v: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-    let action = v
-        .pointer("/data/action")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let message = v
-        .pointer("/data/payload/message")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let action = v.pointer("/data/action").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let message = v.pointer("/data/payload/message").and_then(Value::as_str).unwrap_or_default().to_owned();
     let check = Stage::Check;
     let (action, message) = if action == check.action() {
-        (
-            Stage::Build.action().to_owned(),
-            format!("check: {message}"),
-        )
+        (Stage::Build.action().to_owned(), format!("check: {message}"))
     } else if action == check.failed_action() {
-        (
-            Stage::Build.failed_action().to_owned(),
-            format!("check: {message}"),
-        )
+        (Stage::Build.failed_action().to_owned(), format!("check: {message}"))
     } else if action == actions::CANCELLED || action == actions::TIMED_OUT {
         (actions::ERROR.to_owned(), format!("{action}: {message}"))
     } else {
@@ -292,44 +230,17 @@ mod tests {
     use super::*;
 
     fn stored(action: &str, message: &str) -> WireEvent {
-        let body = EventBody::Stage {
-            action: action.into(),
-            message: message.into(),
-        };
-        WireEvent {
-            seq: 4,
-            kind: EventKind::Build,
-            data: body.render(1, 4, Timestamp(0)),
-        }
+        let body = EventBody::Stage { action: action.into(), message: message.into() };
+        WireEvent { seq: 4, kind: EventKind::Build, data: body.render(1, 4, Timestamp(0)) }
     }
 
     #[test]
     fn checks_and_unknown_endings_use_original_action_names() {
         let cases = [
-            (
-                "check",
-                "running pre-release checks",
-                "build",
-                "check: running pre-release checks",
-            ),
-            (
-                "check failed",
-                "check `lint` failed",
-                "build failed",
-                "check: check `lint` failed",
-            ),
-            (
-                "timed out",
-                "task timeout",
-                "error",
-                "timed out: task timeout",
-            ),
-            (
-                "download failed",
-                "no branch",
-                "download failed",
-                "no branch",
-            ),
+            ("check", "running pre-release checks", "build", "check: running pre-release checks"),
+            ("check failed", "check `lint` failed", "build failed", "check: check `lint` failed"),
+            ("timed out", "task timeout", "error", "timed out: task timeout"),
+            ("download failed", "no branch", "download failed", "no branch"),
         ];
         for (action, message, want_action, want_message) in cases {
             let v = original_build_message(&stored(action, message));

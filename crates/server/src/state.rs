@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::hub::EventHub;
+use crate::release::Targets;
 use crate::scheduler::Scheduler;
 
 /// Shared server state; handlers get it as `State<Arc<AppState>>`.
@@ -20,20 +21,12 @@ pub struct AppState {
     pub public_url: String,
     /// Turns true when the server shuts down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// Where each environment publishes.
+    pub targets: Targets,
 }
 
 impl AppState {
-    /// Where published releases are kept: `<data>/releases/<name>/<version>-<task>/`.
-    pub fn releases_dir(&self) -> PathBuf {
-        self.settings.data_dir.join("releases")
-    }
-
-    /// Where the current release of each site is linked: `<data>/sites/<env>/<name>`.
-    pub fn sites_dir(&self) -> PathBuf {
-        self.settings.data_dir.join("sites")
-    }
-
-    /// Where uploads of a running attempt are staged before the release switch.
+    /// Where uploads of a running publish are staged: `<data>/staging/<task>-<attempt>/`.
     pub fn staging_dir(&self) -> PathBuf {
         self.settings.data_dir.join("staging")
     }

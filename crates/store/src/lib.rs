@@ -10,6 +10,7 @@ mod sqlite;
 
 use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, WireEvent};
+use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
 
@@ -21,11 +22,7 @@ pub enum StoreError {
     #[error("task {0} not found")]
     NotFound(TaskId),
     #[error("task {task} is at attempt {current}; attempt {given} is stale")]
-    Stale {
-        task: TaskId,
-        current: u32,
-        given: u32,
-    },
+    Stale { task: TaskId, current: u32, given: u32 },
     #[error("task {0} has already finished")]
     Terminal(TaskId),
     #[error("storage error: {0}")]
@@ -56,6 +53,7 @@ pub struct NewTask {
     pub build_cmd: Option<String>,
     pub env: Environment,
     pub trigger: Trigger,
+    pub force: bool,
     pub requested_by: String,
     pub retry_of: Option<TaskId>,
     /// Bytes of output kept for this task before a `truncated` event.
@@ -118,23 +116,11 @@ pub enum Appended {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerOp {
     /// Append a stage or output event.
-    Append {
-        task: TaskId,
-        attempt: u32,
-        body: EventBody,
-    },
+    Append { task: TaskId, attempt: u32, body: EventBody },
     /// Record the resolved commit.
-    Commit {
-        task: TaskId,
-        attempt: u32,
-        sha: String,
-    },
+    Commit { task: TaskId, attempt: u32, sha: String },
     /// End the task.
-    Finish {
-        task: TaskId,
-        attempt: u32,
-        finish: Finish,
-    },
+    Finish { task: TaskId, attempt: u32, finish: Finish },
 }
 
 /// The result of a cancel request.
@@ -154,10 +140,7 @@ pub enum CancelOutcome {
 #[derive(Debug, Clone)]
 pub enum RequeueOutcome {
     /// Back in the queue at `attempt`.
-    Requeued {
-        attempt: u32,
-        events: Vec<WireEvent>,
-    },
+    Requeued { attempt: u32, events: Vec<WireEvent> },
     /// Out of attempts: failed.
     Failed { events: Vec<WireEvent> },
     /// Nothing to do (already finished, or already at another attempt).
@@ -176,13 +159,7 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the oldest queued task for a worker, marking it running with a lease until `lease_until`.
     async fn claim_next(&self, worker: &str, lease_until: Timestamp) -> Result<Option<Task>>;
     /// Extends the lease of a running task held by `worker` at `attempt`; false if it is not held.
-    async fn extend_lease(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        worker: &str,
-        until: Timestamp,
-    ) -> Result<bool>;
+    async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool>;
     /// Running tasks whose lease ended before `now`.
     async fn expired_leases(&self, now: Timestamp) -> Result<Vec<Task>>;
     /// Running tasks (for the server's own timeout watchdog).
@@ -200,35 +177,48 @@ pub trait Store: Send + Sync + 'static {
     async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()>;
     /// Ends a task: sets the terminal state and appends the final events atomically.
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
-    async fn finish(
-        &self,
-        id: TaskId,
-        fence: Fence,
-        finish: Finish,
-    ) -> Result<Option<Vec<WireEvent>>>;
+    async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
     /// Cancels a queued task at once, or flags a running one; idempotent.
     async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome>;
     /// Returns a running task whose worker was lost to the queue with attempt + 1, or fails it
     /// when `max_attempts` is reached.
-    async fn requeue(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        max_attempts: u32,
-        why: &str,
-    ) -> Result<RequeueOutcome>;
+    async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>>;
+
+    /// Records a release and its files (not yet current).
+    async fn record_release(&self, new: NewRelease, files: &[ManifestFile]) -> Result<Release>;
+    /// Makes a release its environment's current one; returns the one it replaced.
+    async fn set_current(&self, release_id: i64) -> Result<Option<Release>>;
+    /// Releases of a project (all environments when `env` is `None`), newest first.
+    async fn list_releases(&self, env: Option<Environment>, name: &str) -> Result<Vec<Release>>;
+    /// One release.
+    async fn get_release(&self, id: i64) -> Result<Option<Release>>;
+    /// The files of a release.
+    async fn release_files(&self, release_id: i64) -> Result<Vec<ManifestFile>>;
+    /// For each of `hashes` held by a live (not pruned) release of `env`, one release and path
+    /// holding it: where the content can be copied from instead of uploaded.
+    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>>;
+    /// Marks releases as removed from their target.
+    async fn mark_pruned(&self, ids: &[i64]) -> Result<()>;
+}
+
+/// A release to record.
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    pub env: Environment,
+    pub name: String,
+    pub version: String,
+    pub task_id: TaskId,
+    pub commit: Option<String>,
+    pub requested_by: String,
 }
 
 /// The final stage events of a task ending this way, before the `end` event.
 pub fn final_stage_event(finish: &Finish) -> EventBody {
     use cloudbuild_proto::task::actions;
     let (action, message) = match finish {
-        Finish::Succeeded { url } => (
-            actions::BUILD_SUCCESS.to_owned(),
-            format!("published: {url}"),
-        ),
+        Finish::Succeeded { url } => (actions::BUILD_SUCCESS.to_owned(), format!("published: {url}")),
         Finish::Failed { stage, reason } => (stage.failed_action().to_owned(), reason.clone()),
         Finish::Cancelled { reason, .. } => (actions::CANCELLED.to_owned(), reason.clone()),
         Finish::TimedOut { reason, .. } => (actions::TIMED_OUT.to_owned(), reason.clone()),

@@ -18,6 +18,7 @@ pub struct Server {
     pub url: String,
     pub data: TempDir,
     pub bin: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -25,6 +26,11 @@ impl Server {
     /// loopback hosts are allowed, since fixtures live on this machine, unless `extra_toml` has
     /// its own `[git]` table; `extra_toml` is appended to the config file.
     pub fn start(bin: &Path, extra_toml: &str) -> Result<Server> {
+        Server::start_with_env(bin, extra_toml, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the server process.
+    pub fn start_with_env(bin: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Result<Server> {
         let data = tempfile::tempdir()?;
         let config = data.path().join("config.toml");
         let git = if extra_toml.contains("[git]") {
@@ -33,13 +39,9 @@ impl Server {
             "[git]\nallowed_protocols = [\"https\", \"file\", \"http\"]\nallow_local_hosts = true\n"
         };
         std::fs::write(&config, format!("{git}{extra_toml}\n"))?;
-        let (child, url) = spawn(bin, data.path())?;
-        let server = Server {
-            child,
-            url,
-            data,
-            bin: bin.to_path_buf(),
-        };
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, url) = spawn(bin, data.path(), &env)?;
+        let server = Server { child, url, data, bin: bin.to_path_buf(), env };
         server.wait_for_worker()?;
         Ok(server)
     }
@@ -52,7 +54,7 @@ impl Server {
 
     /// Starts the server again on the same data directory and configuration (a new port).
     pub fn restart(&mut self) -> Result<()> {
-        let (child, url) = spawn(&self.bin, self.data.path())?;
+        let (child, url) = spawn(&self.bin, self.data.path(), &self.env)?;
         self.child = child;
         self.url = url;
         self.wait_for_worker()
@@ -113,10 +115,8 @@ impl Server {
 
     /// A task by id.
     pub fn task(&self, id: i64) -> Task {
-        serde_json::from_value(
-            get_json(&format!("{}/api/v1/tasks/{id}", self.url)).expect("get task"),
-        )
-        .expect("task json")
+        serde_json::from_value(get_json(&format!("{}/api/v1/tasks/{id}", self.url)).expect("get task"))
+            .expect("task json")
     }
 
     /// Waits until the task reaches a terminal state (up to 120 s).
@@ -133,10 +133,7 @@ impl Server {
                 return t;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "task {id} did not reach {what}: {t:?}\n--- server log ---\n{}",
-                    self.log()
-                );
+                panic!("task {id} did not reach {what}: {t:?}\n--- server log ---\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(30));
         }
@@ -144,10 +141,7 @@ impl Server {
 
     /// The raw SSE bytes of a task's log from `after`, without following.
     pub fn sse(&self, id: i64, after: u64) -> String {
-        let url = format!(
-            "{}/api/v1/tasks/{id}/events?after={after}&follow=false",
-            self.url
-        );
+        let url = format!("{}/api/v1/tasks/{id}/events?after={after}&follow=false", self.url);
         reqwest::blocking_get_text(&url).expect("sse")
     }
 
@@ -160,14 +154,8 @@ impl Server {
             .filter(|e| e["event"] == "build")
             .map(|e| {
                 (
-                    e["data"]["data"]["action"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    e["data"]["data"]["payload"]["message"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
+                    e["data"]["data"]["action"].as_str().unwrap_or_default().to_owned(),
+                    e["data"]["data"]["payload"]["message"].as_str().unwrap_or_default().to_owned(),
                 )
             })
             .collect()
@@ -193,13 +181,14 @@ impl Drop for Server {
 }
 
 /// Spawns `cloudbuild server` with the data and config under `dir`; returns it and its URL.
-fn spawn(bin: &Path, dir: &Path) -> Result<(Child, String)> {
+fn spawn(bin: &Path, dir: &Path, env: &[(String, String)]) -> Result<(Child, String)> {
     let mut child = Command::new(bin)
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .arg("--config")
         .arg(dir.join("config.toml"))
         .env("CLOUDBUILD_LOG", "info,sqlx=warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -210,11 +199,7 @@ fn spawn(bin: &Path, dir: &Path) -> Result<(Child, String)> {
     let log_path = dir.join("server.log");
     std::thread::spawn(move || {
         use std::io::Write;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .ok();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).ok();
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(f) = log.as_mut() {
@@ -222,30 +207,21 @@ fn spawn(bin: &Path, dir: &Path) -> Result<(Child, String)> {
             }
             if !sent {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let url = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let url = rest.split_whitespace().next().unwrap_or_default().to_owned();
                     let _ = tx.send(url);
                     sent = true;
                 }
             }
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("the server did not start")?;
+    let url = rx.recv_timeout(Duration::from_secs(30)).context("the server did not start")?;
     Ok((child, url))
 }
 
 /// Tiny blocking HTTP helpers over reqwest's async client (tests call them from sync code).
 mod reqwest {
     pub(crate) fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
     }
 
     pub(crate) fn blocking_get_text(url: &str) -> anyhow::Result<String> {
@@ -256,21 +232,13 @@ mod reqwest {
 /// GET a URL and parse JSON (sending `Accept: application/json`).
 pub fn get_json(url: &str) -> Result<serde_json::Value> {
     reqwest::runtime().block_on(async {
-        let resp = ::reqwest::Client::new()
-            .get(url)
-            .header("accept", "application/json")
-            .send()
-            .await?;
+        let resp = ::reqwest::Client::new().get(url).header("accept", "application/json").send().await?;
         Ok(resp.json().await?)
     })
 }
 
 /// Any request with an optional JSON body; returns status and parsed body (Null if not JSON).
-pub fn request(
-    method: &str,
-    url: &str,
-    body: Option<&serde_json::Value>,
-) -> (u16, serde_json::Value) {
+pub fn request(method: &str, url: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
     reqwest::runtime().block_on(async {
         let client = ::reqwest::Client::new();
         let mut req = client.request(method.parse().expect("method"), url);
@@ -280,10 +248,16 @@ pub fn request(
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// GET a URL; returns status, the value of one header, and the body text.
+pub fn get_with_header(url: &str, header: &str) -> (u16, Option<String>, String) {
+    reqwest::runtime().block_on(async {
+        let resp = ::reqwest::get(url).await.expect("get");
+        let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (resp.status().as_u16(), value, resp.text().await.unwrap_or_default())
     })
 }
 
@@ -291,10 +265,7 @@ pub fn request(
 pub fn get_text(url: &str) -> (u16, String) {
     reqwest::runtime().block_on(async {
         let resp = ::reqwest::get(url).await.expect("get");
-        (
-            resp.status().as_u16(),
-            resp.text().await.unwrap_or_default(),
-        )
+        (resp.status().as_u16(), resp.text().await.unwrap_or_default())
     })
 }
 
@@ -309,23 +280,12 @@ pub struct Repo {
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
-        .args([
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "user.name=test",
-            "-c",
-            "init.defaultBranch=main",
-        ])
+        .args(["-c", "user.email=test@example.com", "-c", "user.name=test", "-c", "init.defaultBranch=main"])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl Repo {
@@ -367,12 +327,9 @@ impl Repo {
 
 /// `package.json` with the given scripts (no dependencies, so `npm install` is offline and fast).
 pub fn package_json(name: &str, scripts: &[(&str, &str)]) -> String {
-    let scripts: serde_json::Map<String, serde_json::Value> = scripts
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-        .collect();
-    serde_json::json!({ "name": name, "version": "1.0.0", "private": true, "scripts": scripts })
-        .to_string()
+    let scripts: serde_json::Map<String, serde_json::Value> =
+        scripts.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+    serde_json::json!({ "name": name, "version": "1.0.0", "private": true, "scripts": scripts }).to_string()
 }
 
 /// A node script that writes `dist/index.html` with `body`.
@@ -392,11 +349,7 @@ pub fn hang_script(file: &str) -> String {
 /// Whether a process is alive (not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            .is_some_and(|st| st != "Z"),
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z"),
         Err(_) => false,
     }
 }
@@ -413,4 +366,92 @@ pub fn wait_file(path: &Path, timeout: Duration) -> Option<String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// A real S3 protocol server (`s3s-fs`) over a temporary directory, on a free loopback port.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub root: TempDir,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// The `s3s-fs` binary: on `PATH`, in `~/.cargo/bin`, or in `target/tools/bin`, where it is
+/// installed with cargo on first use (`.ci/run` installs it there beforehand).
+pub fn s3s_fs_binary() -> Result<PathBuf> {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools");
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/s3s-fs"));
+    }
+    candidates.push(tools.join("bin/s3s-fs"));
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = tools.join("bin/s3s-fs");
+    if !bin.is_file() {
+        let status = Command::new("cargo")
+            .args(["install", "s3s-fs@0.14.1", "--features", "binary", "--locked", "--root"])
+            .arg(&tools)
+            .status()
+            .context("running cargo install s3s-fs")?;
+        if !status.success() {
+            bail!("cargo install s3s-fs@0.14.1 failed");
+        }
+    }
+    Ok(bin)
+}
+
+impl S3Server {
+    /// Starts `s3s-fs` with one bucket.
+    pub fn start(bucket: &str) -> Result<S3Server> {
+        let bin = s3s_fs_binary()?;
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join(bucket))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let (access_key, secret_key) =
+            ("cloudbuild-test-key".to_string(), "cloudbuild-test-secret-0123456789".to_string());
+        let child = Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                &access_key,
+                "--secret-key",
+                &secret_key,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting s3s-fs")?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("s3s-fs did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(S3Server { child, endpoint, root, access_key, secret_key })
+    }
+
+    /// Stops the server (to make uploads fail).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

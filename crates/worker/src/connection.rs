@@ -63,19 +63,11 @@ pub async fn run(
     // Builds left running by a previous life of this worker (killed with SIGKILL, machine
     // crash) are killed before any new work starts.
     let root = cfg.work_root.clone();
-    let reaped = tokio::task::spawn_blocking(move || crate::process::reap_orphans(&root))
-        .await
-        .unwrap_or(0);
+    let reaped = tokio::task::spawn_blocking(move || crate::process::reap_orphans(&root)).await.unwrap_or(0);
     if reaped > 0 {
-        tracing::warn!(
-            "killed {reaped} build process group(s) left by a previous run of this worker"
-        );
+        tracing::warn!("killed {reaped} build process group(s) left by a previous run of this worker");
     }
-    let uploader = Uploader {
-        client: reqwest::Client::new(),
-        base,
-        token: cfg.token.clone().into(),
-    };
+    let uploader = Uploader { client: reqwest::Client::new(), base, token: cfg.token.clone().into() };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMessage>();
     let mut running: Running = HashMap::new();
     // Finished tasks tell the loop to forget their cancel handle.
@@ -116,29 +108,19 @@ pub async fn run(
             slots: cfg.slots,
             labels: cfg.labels.clone(),
         };
-        if sink
-            .send(Message::Text(to_json(&hello).into()))
-            .await
-            .is_err()
-        {
+        if sink.send(Message::Text(to_json(&hello).into())).await.is_err() {
             continue;
         }
         let heartbeat_secs = match stream.next().await {
             Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
-                Ok(ServerMessage::Welcome {
-                    heartbeat_secs,
-                    worker_id,
-                }) => {
+                Ok(ServerMessage::Welcome { heartbeat_secs, worker_id }) => {
                     tracing::info!(%worker_id, "connected to {ws_url}");
                     heartbeat_secs
                 }
                 _ => continue,
             },
             _ => {
-                tracing::warn!(
-                    "the server closed the connection after hello (is the name `{}` taken?)",
-                    cfg.name
-                );
+                tracing::warn!("the server closed the connection after hello (is the name `{}` taken?)", cfg.name);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -148,11 +130,7 @@ pub async fn run(
         let mut heartbeat = tokio::time::interval(Duration::from_secs(heartbeat_secs.max(1)));
         loop {
             if let Some(msg) = pending.take() {
-                if sink
-                    .send(Message::Text(to_json(&msg).into()))
-                    .await
-                    .is_err()
-                {
+                if sink.send(Message::Text(to_json(&msg).into())).await.is_err() {
                     pending = Some(msg);
                     break;
                 }
@@ -246,10 +224,7 @@ fn on_server_message(
         }
         ServerMessage::Refused { task, reason } => {
             if let Some(h) = running.get(&task) {
-                tracing::warn!(
-                    task = task.task_id,
-                    "server refused our work on this task: {reason}; stopping it"
-                );
+                tracing::warn!(task = task.task_id, "server refused our work on this task: {reason}; stopping it");
                 h.cancel();
             }
         }

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use cloudbuild_proto::event::OutputStream;
 use cloudbuild_proto::task::Stage;
-use cloudbuild_proto::worker::{
-    Assignment, Outcome, StagePhase, TaskAttempt, WorkerEvent, WorkerMessage,
-};
+use cloudbuild_proto::worker::{Assignment, Outcome, StagePhase, TaskAttempt, WorkerEvent, WorkerMessage};
 use tokio::sync::mpsc;
 
 use crate::cancel::CancelToken;
@@ -48,28 +46,17 @@ impl Reporter {
     fn send(&self, event: WorkerEvent) {
         // The connection loop owns the receiver for the worker's whole life; a closed channel
         // means the worker is shutting down and nothing can be reported anyway.
-        let _ = self.tx.send(WorkerMessage::Event {
-            task: self.task,
-            event,
-        });
+        let _ = self.tx.send(WorkerMessage::Event { task: self.task, event });
     }
 
     /// A stage started.
     pub fn started(&self, stage: Stage, message: impl Into<String>) {
-        self.send(WorkerEvent::Stage {
-            stage,
-            phase: StagePhase::Started,
-            message: message.into(),
-        });
+        self.send(WorkerEvent::Stage { stage, phase: StagePhase::Started, message: message.into() });
     }
 
     /// A stage succeeded.
     pub fn succeeded(&self, stage: Stage, message: impl Into<String>) {
-        self.send(WorkerEvent::Stage {
-            stage,
-            phase: StagePhase::Succeeded,
-            message: message.into(),
-        });
+        self.send(WorkerEvent::Stage { stage, phase: StagePhase::Succeeded, message: message.into() });
     }
 
     /// A chunk of output.
@@ -79,10 +66,7 @@ impl Reporter {
 
     /// A line of the worker's own (shown in the log as stderr, prefixed).
     pub fn note(&self, text: impl AsRef<str>) {
-        self.output(
-            OutputStream::Stderr,
-            format!("[cloudbuild] {}\n", text.as_ref()),
-        );
+        self.output(OutputStream::Stderr, format!("[cloudbuild] {}\n", text.as_ref()));
     }
 
     /// The commit the branch resolved to.

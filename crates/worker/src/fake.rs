@@ -30,10 +30,7 @@ impl Executor for FakeExecutor {
             }
             r.started(stage, format!("fake {stage}"));
             if self.fail_at == Some(stage) {
-                return Outcome::Failed {
-                    stage,
-                    reason: "fake failure".into(),
-                };
+                return Outcome::Failed { stage, reason: "fake failure".into() };
             }
             if stage == Stage::Build {
                 r.output(OutputStream::Stdout, "fake build output\n".into());
@@ -45,8 +42,6 @@ impl Executor for FakeExecutor {
             r.succeeded(stage, format!("fake {stage} done"));
         }
         let a = &ctx.assignment;
-        Outcome::Succeeded {
-            url: format!("fake://{}/{}", a.name, a.version),
-        }
+        Outcome::Succeeded { url: format!("fake://{}/{}", a.name, a.version) }
     }
 }

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::Stage;
-use cloudbuild_proto::validate::{
-    CommandLine, CommandPolicy, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl,
-};
+use cloudbuild_proto::validate::{CommandLine, CommandPolicy, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl};
 use cloudbuild_proto::worker::{Assignment, Outcome};
 use tokio::time::Instant;
 
@@ -53,7 +52,7 @@ struct Run<'a> {
     env: Vec<(String, String)>,
     settings: Option<BuildSettings>,
     output_dir: Option<PathBuf>,
-    files: Option<publish::OutputFiles>,
+    manifest: Option<Vec<(ManifestFile, PathBuf)>>,
 }
 
 impl Run<'_> {
@@ -62,8 +61,7 @@ impl Run<'_> {
     }
 
     fn stage_deadline(&self, stage: Stage) -> Instant {
-        (Instant::now() + Duration::from_secs(self.a.limits.stage_secs(stage)))
-            .min(self.task_deadline)
+        (Instant::now() + Duration::from_secs(self.a.limits.stage_secs(stage))).min(self.task_deadline)
     }
 
     fn pgid_file(&self) -> PathBuf {
@@ -71,9 +69,7 @@ impl Run<'_> {
     }
 
     fn command_policy(&self) -> CommandPolicy {
-        CommandPolicy {
-            runners: self.a.runners.iter().cloned().collect(),
-        }
+        CommandPolicy { runners: self.a.runners.iter().cloned().collect() }
     }
 
     /// Runs a checked command in the checkout, streaming its output.
@@ -88,22 +84,15 @@ impl Run<'_> {
             pgid_file: Some(&self.pgid_file()),
         };
         let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink)
-            .await
-            .map_err(StageError::from)
+        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
     }
 
     /// Parses a command and checks it against the policy and the project's scripts.
     fn checked(&self, field: &'static str, cmd: &str) -> Result<CommandLine, StageError> {
-        let scripts = &self
-            .settings
-            .as_ref()
-            .map(|s| s.scripts.clone())
-            .unwrap_or_default();
+        let scripts = &self.settings.as_ref().map(|s| s.scripts.clone()).unwrap_or_default();
         let line = CommandLine::parse(cmd, field, &self.command_policy())
             .map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
-        line.check_scripts(field, scripts)
-            .map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
+        line.check_scripts(field, scripts).map_err(|e| StageError::Failed(format!("refused by policy: {e}")))?;
         Ok(line)
     }
 
@@ -118,10 +107,7 @@ impl Run<'_> {
         .await
         .map_err(|e| StageError::Failed(e.to_string()))?
         .map_err(|e| StageError::Failed(format!("cannot create the work directory: {e}")))?;
-        Ok(format!(
-            "work directory ready; publishing to {}",
-            self.a.env.as_str()
-        ))
+        Ok(format!("work directory ready; publishing to {}", self.a.env.as_str()))
     }
 
     async fn download(&mut self) -> Result<String, StageError> {
@@ -132,30 +118,17 @@ impl Run<'_> {
             .map(|p| GitProtocol::parse(p))
             .collect::<Result<_, _>>()
             .map_err(|e| StageError::Failed(e.to_string()))?;
-        let policy = RepoPolicy {
-            allowed_protocols: protocols,
-            allow_local_hosts: self.a.allow_local_hosts,
-        };
-        let repo =
-            RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
-        let branch =
-            GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
-        let allow: Vec<&str> = self
-            .a
-            .allowed_protocols
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
+        let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
+        let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        let allow: Vec<&str> = self.a.allowed_protocols.iter().map(String::as_str).collect();
         let mut git_env = self.env.clone();
         git_env.extend([
             ("GIT_ALLOW_PROTOCOL".to_owned(), allow.join(":")),
             ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
             ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
             ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
-            (
-                "GIT_SSH_COMMAND".to_owned(),
-                "ssh -oBatchMode=yes".to_owned(),
-            ),
+            ("GIT_SSH_COMMAND".to_owned(), "ssh -oBatchMode=yes".to_owned()),
         ]);
         let argv: Vec<String> = [
             "git",
@@ -199,17 +172,14 @@ impl Run<'_> {
             .map_err(|e| StageError::Failed(format!("git rev-parse: {e}")))?;
         let sha = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || sha.len() < 40 {
-            return Err(StageError::Failed(
-                "could not resolve the checked-out commit".into(),
-            ));
+            return Err(StageError::Failed("could not resolve the checked-out commit".into()));
         }
         self.reporter.commit(sha.clone());
         Ok(format!("cloned {} at {} ({})", repo, branch, &sha[..12]))
     }
 
     async fn install(&mut self) -> Result<String, StageError> {
-        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref())
-            .map_err(StageError::Failed)?;
+        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref()).map_err(StageError::Failed)?;
         self.settings = Some(s.clone());
         let line = self.checked("install command", &s.install)?;
         self.reporter.note(format!("$ {line}"));
@@ -218,37 +188,21 @@ impl Run<'_> {
     }
 
     async fn checks(&mut self) -> Result<String, StageError> {
-        let checks = self
-            .settings
-            .as_ref()
-            .map(|s| s.checks.clone())
-            .unwrap_or_default();
+        let checks = self.settings.as_ref().map(|s| s.checks.clone()).unwrap_or_default();
         for (name, cmd) in &checks {
             let line = self.checked("check command", cmd)?;
             self.reporter.note(format!("check `{name}`: $ {line}"));
-            self.exec(Stage::Check, line.argv())
-                .await
-                .map_err(|e| match e {
-                    StageError::Failed(r) => {
-                        StageError::Failed(format!("check `{name}` failed: {r}"))
-                    }
-                    other => other,
-                })?;
+            self.exec(Stage::Check, line.argv()).await.map_err(|e| match e {
+                StageError::Failed(r) => StageError::Failed(format!("check `{name}` failed: {r}")),
+                other => other,
+            })?;
         }
         let names: Vec<_> = checks.iter().map(|(n, _)| n.as_str()).collect();
-        Ok(format!(
-            "{} check(s) passed: {}",
-            checks.len(),
-            names.join(", ")
-        ))
+        Ok(format!("{} check(s) passed: {}", checks.len(), names.join(", ")))
     }
 
     async fn build(&mut self) -> Result<String, StageError> {
-        let cmd = self
-            .settings
-            .as_ref()
-            .map(|s| s.build.clone())
-            .unwrap_or_default();
+        let cmd = self.settings.as_ref().map(|s| s.build.clone()).unwrap_or_default();
         let line = self.checked("build command", &cmd)?;
         self.reporter.note(format!("$ {line}"));
         self.exec(Stage::Build, line.argv()).await?;
@@ -261,33 +215,23 @@ impl Run<'_> {
             Some(o) => vec![o.trim_end_matches('/').to_owned()],
             None => vec!["dist".into(), "build".into()],
         };
-        let root = self
-            .checkout
-            .canonicalize()
-            .map_err(|e| StageError::Failed(format!("checkout unreadable: {e}")))?;
+        let root = self.checkout.canonicalize().map_err(|e| StageError::Failed(format!("checkout unreadable: {e}")))?;
         let mut found = None;
         for c in &candidates {
-            let rel = RelPath::parse(c)
-                .map_err(|e| StageError::Failed(format!("output directory: {e}")))?;
+            let rel = RelPath::parse(c).map_err(|e| StageError::Failed(format!("output directory: {e}")))?;
             let path = self.checkout.join(rel.as_str());
             match path.symlink_metadata() {
                 Ok(m) if m.is_dir() => {
                     // Every component must be a real directory inside the checkout.
-                    let canon = path
-                        .canonicalize()
-                        .map_err(|e| StageError::Failed(e.to_string()))?;
+                    let canon = path.canonicalize().map_err(|e| StageError::Failed(e.to_string()))?;
                     if !canon.starts_with(&root) || canon != root.join(rel.as_str()) {
-                        return Err(StageError::Failed(format!(
-                            "output directory `{c}` leads outside the checkout"
-                        )));
+                        return Err(StageError::Failed(format!("output directory `{c}` leads outside the checkout")));
                     }
                     found = Some((c.clone(), canon));
                     break;
                 }
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(StageError::Failed(format!(
-                        "output directory `{c}` is a symbolic link; refused"
-                    )))
+                    return Err(StageError::Failed(format!("output directory `{c}` is a symbolic link; refused")))
                 }
                 _ => {}
             }
@@ -298,23 +242,21 @@ impl Run<'_> {
                 candidates.join(", ")
             )));
         };
-        let files = publish::collect(&dir)
-            .map_err(|e| StageError::Failed(format!("cannot read {name}: {e}")))?;
+        let files = publish::collect(&dir).map_err(|e| StageError::Failed(format!("cannot read {name}: {e}")))?;
         for s in &files.skipped {
             self.reporter.note(format!("warning: not published: {s}"));
         }
         if files.files.is_empty() {
-            return Err(StageError::Failed(format!(
-                "the output directory `{name}` has no files to publish"
-            )));
+            return Err(StageError::Failed(format!("the output directory `{name}` has no files to publish")));
         }
-        let bytes: u64 = files.files.iter().map(|f| f.2).sum();
-        let msg = format!(
-            "output `{name}`: {} files, {bytes} bytes",
-            files.files.len()
-        );
+        let manifest = tokio::task::spawn_blocking(move || publish::manifest(&files))
+            .await
+            .map_err(|e| StageError::Failed(e.to_string()))?
+            .map_err(|e| StageError::Failed(format!("cannot read the output: {e}")))?;
+        let bytes: u64 = manifest.iter().map(|(f, _)| f.size).sum();
+        let msg = format!("output `{name}`: {} files, {bytes} bytes", manifest.len());
         self.output_dir = Some(dir);
-        self.files = Some(files);
+        self.manifest = Some(manifest);
         Ok(msg)
     }
 }
@@ -323,9 +265,7 @@ impl Run<'_> {
 impl Executor for Pipeline {
     async fn run(&self, ctx: TaskContext) -> Outcome {
         let a = &ctx.assignment;
-        let workdir = ctx
-            .work_root
-            .join(format!("{}-{}", a.task.task_id, a.task.attempt));
+        let workdir = ctx.work_root.join(format!("{}-{}", a.task.task_id, a.task.attempt));
         let mut env = base_env();
         env.push(("CLOUDBUILD_TASK_ID".into(), a.task.task_id.to_string()));
         env.push(("CLOUDBUILD_ENV".into(), a.env.as_str().into()));
@@ -339,7 +279,7 @@ impl Executor for Pipeline {
             env,
             settings: None,
             output_dir: None,
-            files: None,
+            manifest: None,
         };
         let outcome = pipeline(&mut run, &ctx).await;
         // Removing a large node_modules takes seconds; do it off the task's clock.
@@ -374,15 +314,18 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             Stage::Build => run.build().await,
             Stage::PrePublish => run.pre_publish().await,
             Stage::Publish => {
-                let files = run.files.take().unwrap_or_default();
-                let publish = ctx.uploader.publish(run.a.task, &files);
+                let manifest = run.manifest.take().unwrap_or_default();
+                let publish = ctx.uploader.publish(run.a.task, &manifest);
                 let deadline = run.stage_deadline(Stage::Publish);
                 let mut cancel = run.cancel.clone();
                 tokio::select! {
                     res = publish => match res {
-                        Ok(rel) => {
-                            r.succeeded(stage, format!("published {} files ({} bytes): {}", rel.files, rel.bytes, rel.url));
-                            return Outcome::Succeeded { url: rel.url };
+                        Ok(p) => {
+                            r.succeeded(stage, format!(
+                                "uploaded {} files ({} bytes), skipped {} files ({} bytes) already in the target; {} (immutable: {})",
+                                p.uploaded_files, p.uploaded_bytes, p.skipped_files, p.skipped_bytes, p.url, p.immutable_url
+                            ));
+                            return Outcome::Succeeded { url: p.url };
                         }
                         Err(e) => Err(StageError::Failed(e)),
                     },
@@ -398,18 +341,12 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             Err(StageError::Cancelled) => return Outcome::Cancelled { stage: Some(stage) },
         }
     }
-    Outcome::Failed {
-        stage: Stage::Publish,
-        reason: "the pipeline ended without publishing".into(),
-    }
+    Outcome::Failed { stage: Stage::Publish, reason: "the pipeline ended without publishing".into() }
 }
 
 fn start_message(stage: Stage, a: &Assignment) -> String {
     match stage {
-        Stage::Prepare => format!(
-            "preparing task {} (attempt {})",
-            a.task.task_id, a.task.attempt
-        ),
+        Stage::Prepare => format!("preparing task {} (attempt {})", a.task.task_id, a.task.attempt),
         Stage::DownloadRepo => format!("cloning {} branch {}", a.repo, a.branch),
         Stage::Install => "installing dependencies".into(),
         Stage::Check => "running pre-release checks".into(),
@@ -423,14 +360,8 @@ fn start_message(stage: Stage, a: &Assignment) -> String {
 /// build needs, so worker secrets never reach build scripts.
 fn base_env() -> Vec<(String, String)> {
     let mut env = vec![
-        (
-            "PATH".to_owned(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
-        (
-            "HOME".to_owned(),
-            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-        ),
+        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+        ("HOME".to_owned(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
         ("CI".to_owned(), "true".to_owned()),
         ("npm_config_update_notifier".to_owned(), "false".to_owned()),

@@ -23,10 +23,7 @@ use crate::cancel::CancelToken;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("could not start `{program}`: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("`{command}` exited with {status}")]
     Exit { command: String, status: String },
     #[error("`{command}` did not finish within {secs} s")]
@@ -72,10 +69,7 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     if let (Some(file), Some(pgid)) = (spec.pgid_file, pgid) {
         let _ = std::fs::write(file, pgid.to_string());
@@ -92,11 +86,7 @@ pub async fn run(
 
     let mut out = Coalescer::default();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let secs = spec
-        .deadline
-        .saturating_duration_since(Instant::now())
-        .as_secs_f64()
-        .round() as u64;
+    let secs = spec.deadline.saturating_duration_since(Instant::now()).as_secs_f64().round() as u64;
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
@@ -152,9 +142,7 @@ pub fn reap_orphans(work_root: &Path) -> usize {
         if !dir.is_dir() {
             continue;
         }
-        if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
+        if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok())
         {
             if group_works_in(pgid, &dir) {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -176,13 +164,9 @@ fn group_works_in(pgid: i32, dir: &Path) -> bool {
         let path = p.path();
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
         // Fields after the command name, which is in parentheses and may hold spaces.
-        let pgrp = stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().nth(2))
-            .and_then(|f| f.parse::<i32>().ok());
-        pgrp == Some(pgid)
-            && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+        let pgrp =
+            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(2)).and_then(|f| f.parse::<i32>().ok());
+        pgrp == Some(pgid) && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
     })
 }
 
@@ -241,12 +225,7 @@ fn idx(s: OutputStream) -> usize {
 const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
 
 impl Coalescer {
-    fn push(
-        &mut self,
-        stream: OutputStream,
-        bytes: &[u8],
-        sink: &mut (dyn FnMut(OutputStream, String) + Send),
-    ) {
+    fn push(&mut self, stream: OutputStream, bytes: &[u8], sink: &mut (dyn FnMut(OutputStream, String) + Send)) {
         let i = idx(stream);
         let mut buf = std::mem::take(&mut self.partial[i]);
         buf.extend_from_slice(bytes);
@@ -355,20 +334,9 @@ mod tests {
         let pidfile = dir.path().join("bg.pid");
         // A background grandchild in the same group, and a foreground sleep.
         let script = format!("sleep 300 & echo $! > {}; sleep 300", pidfile.display());
-        let err = sh(
-            &script,
-            dir.path(),
-            Duration::from_millis(500),
-            &mut |_, _| {},
-        )
-        .await
-        .unwrap_err();
+        let err = sh(&script, dir.path(), Duration::from_millis(500), &mut |_, _| {}).await.unwrap_err();
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         // The grandchild is gone (or a zombie about to be reaped by init).
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
@@ -382,36 +350,19 @@ mod tests {
         let task_dir = root.path().join("7-1");
         std::fs::create_dir_all(&task_dir).unwrap();
         // A stand-in for a build left behind: its own group, working in the task directory.
-        let mut child = std::process::Command::new("sleep")
-            .arg("300")
-            .current_dir(&task_dir)
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut child =
+            std::process::Command::new("sleep").arg("300").current_dir(&task_dir).process_group(0).spawn().unwrap();
         std::fs::write(task_dir.join(PGID_FILE), child.id().to_string()).unwrap();
         // A group working elsewhere is never touched, even if a pgid file names it.
-        let mut bystander = std::process::Command::new("sleep")
-            .arg("300")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut bystander = std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap();
         let other_dir = root.path().join("8-1");
         std::fs::create_dir_all(&other_dir).unwrap();
         std::fs::write(other_dir.join(PGID_FILE), bystander.id().to_string()).unwrap();
 
         assert_eq!(reap_orphans(root.path()), 1);
-        assert!(
-            child.wait().is_ok_and(|s| !s.success()),
-            "the orphan was killed"
-        );
-        assert!(
-            bystander.try_wait().unwrap().is_none(),
-            "the bystander still runs"
-        );
-        assert!(
-            !task_dir.exists() && !other_dir.exists(),
-            "stale work directories are removed"
-        );
+        assert!(child.wait().is_ok_and(|s| !s.success()), "the orphan was killed");
+        assert!(bystander.try_wait().unwrap().is_none(), "the bystander still runs");
+        assert!(!task_dir.exists() && !other_dir.exists(), "stale work directories are removed");
         let _ = bystander.kill();
         let _ = bystander.wait();
     }
@@ -421,22 +372,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = Vec::new();
         let script = "echo out; echo err >&2; exit 3";
-        let err = sh(script, dir.path(), Duration::from_secs(10), &mut |s, t| {
-            seen.push((s, t))
-        })
-        .await
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`sh -c echo out; echo err >&2; exit 3` exited with exit code 3"
-        );
-        assert!(
-            seen.contains(&(OutputStream::Stdout, "out\n".to_string())),
-            "{seen:?}"
-        );
-        assert!(
-            seen.contains(&(OutputStream::Stderr, "err\n".to_string())),
-            "{seen:?}"
-        );
+        let err = sh(script, dir.path(), Duration::from_secs(10), &mut |s, t| seen.push((s, t))).await.unwrap_err();
+        assert_eq!(err.to_string(), "`sh -c echo out; echo err >&2; exit 3` exited with exit code 3");
+        assert!(seen.contains(&(OutputStream::Stdout, "out\n".to_string())), "{seen:?}");
+        assert!(seen.contains(&(OutputStream::Stderr, "err\n".to_string())), "{seen:?}");
     }
 }

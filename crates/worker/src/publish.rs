@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudbuild_proto::validate::RelPath;
-use cloudbuild_proto::worker::{ReleaseResponse, TaskAttempt};
+use std::collections::{HashMap, HashSet};
+
+use cloudbuild_proto::release::{ManifestFile, PlanAnswer, PublishPlan, PublishResult};
+use cloudbuild_proto::worker::TaskAttempt;
 use futures_util::StreamExt;
 
 /// The files to publish and what was skipped.
@@ -30,10 +33,7 @@ pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
         for entry in entries {
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
-                out.skipped.push(format!(
-                    "{prefix}{}: file name is not UTF-8",
-                    name.to_string_lossy()
-                ));
+                out.skipped.push(format!("{prefix}{}: file name is not UTF-8", name.to_string_lossy()));
                 continue;
             };
             let rel = format!("{prefix}{name}");
@@ -41,8 +41,7 @@ pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
             let ft = meta.file_type();
             if ft.is_dir() {
                 if name == "node_modules" {
-                    out.skipped
-                        .push(format!("{rel}/: node_modules is never published"));
+                    out.skipped.push(format!("{rel}/: node_modules is never published"));
                 } else {
                     stack.push((entry.path(), format!("{rel}/")));
                 }
@@ -72,129 +71,113 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Uploads every file (8 at a time, each retried on transient errors), then asks for the
-    /// release switch. Any failure leaves the site's current release untouched.
+    /// Publishes incrementally: sends the manifest, uploads only the contents the target lacks
+    /// (8 at a time, each retried on transient errors), then asks the server to commit the
+    /// release. Any failure leaves the environment's current release untouched.
     pub async fn publish(
         &self,
         task: TaskAttempt,
-        files: &OutputFiles,
-    ) -> Result<ReleaseResponse, String> {
-        let uploads: Vec<_> = files
-            .files
-            .iter()
-            .map(|(rel, path, _)| {
-                let (this, rel, path) = (self.clone(), rel.clone(), path.clone());
-                async move { this.upload_one(task, &rel, &path).await }
+        manifest: &[(ManifestFile, PathBuf)],
+    ) -> Result<PublishResult, String> {
+        let base = format!("{}/api/v1/tasks/{}/attempts/{}/publish", self.base, task.task_id, task.attempt);
+        let plan = PublishPlan { files: manifest.iter().map(|(f, _)| f.clone()).collect() };
+        let answer: PlanAnswer = self.post_json(&format!("{base}/plan"), &plan, "the publish plan").await?;
+        let missing: HashSet<&str> = answer.missing.iter().map(String::as_str).collect();
+        // One upload per missing content, whichever file holds it.
+        let mut sources: HashMap<&str, &PathBuf> = HashMap::new();
+        for (f, path) in manifest {
+            if missing.contains(f.hash.as_str()) {
+                sources.entry(f.hash.as_str()).or_insert(path);
+            }
+        }
+        let uploads: Vec<_> = sources
+            .into_iter()
+            .map(|(hash, path)| {
+                let (this, url, path) = (self.clone(), format!("{base}/blobs/{hash}"), path.clone());
+                async move { this.upload_blob(&url, &path).await }
             })
             .collect();
-        let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads)
-            .buffer_unordered(8)
-            .collect()
-            .await;
+        let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads).buffer_unordered(8).collect().await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(e);
         }
-        let url = format!(
-            "{}/api/v1/tasks/{}/attempts/{}/release",
-            self.base, task.task_id, task.attempt
-        );
-        let resp = self
-            .client
-            .post(&url)
-            .bearer_auth(&*self.token)
-            .send()
-            .await
-            .map_err(|e| format!("release request failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!(
-                "release refused: {} {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            ));
-        }
-        resp.json()
-            .await
-            .map_err(|e| format!("release answer unreadable: {e}"))
+        self.post_json(&format!("{base}/commit"), &plan, "the release commit").await
     }
 
-    async fn upload_one(
+    async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
-        task: TaskAttempt,
-        rel: &RelPath,
-        path: &Path,
-    ) -> Result<(), String> {
-        let encoded: Vec<String> = rel.as_str().split('/').map(percent_encode).collect();
-        let url = format!(
-            "{}/api/v1/tasks/{}/attempts/{}/files/{}",
-            self.base,
-            task.task_id,
-            task.attempt,
-            encoded.join("/")
-        );
+        url: &str,
+        body: &B,
+        what: &str,
+    ) -> Result<T, String> {
+        let resp = self
+            .client
+            .post(url)
+            .bearer_auth(&*self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("{what} failed: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message =
+                serde_json::from_str::<cloudbuild_proto::ApiErrorBody>(&text).map(|e| e.message).unwrap_or(text);
+            return Err(format!("{what} was refused ({status}): {message}"));
+        }
+        resp.json().await.map_err(|e| format!("{what}: unreadable answer: {e}"))
+    }
+
+    async fn upload_blob(&self, url: &str, path: &Path) -> Result<(), String> {
+        let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut last_err = String::new();
         for attempt in 0..4u32 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
             }
-            let body = read_no_follow(path)
-                .await
-                .map_err(|e| format!("{}: {e}", rel.as_str()))?;
-            match self
-                .client
-                .put(&url)
-                .bearer_auth(&*self.token)
-                .body(body)
-                .send()
-                .await
-            {
+            let body = read_no_follow(path).await.map_err(|e| format!("{shown}: {e}"))?;
+            match self.client.put(url).bearer_auth(&*self.token).body(body).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_server_error() => {
-                    last_err = format!("{}: server answered {}", rel.as_str(), r.status())
-                }
-                Ok(r) => {
-                    return Err(format!(
-                        "{}: {} {}",
-                        rel.as_str(),
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    ))
-                }
-                Err(e) => last_err = format!("{}: {e}", rel.as_str()),
+                Ok(r) if r.status().is_server_error() => last_err = format!("{shown}: server answered {}", r.status()),
+                Ok(r) => return Err(format!("{shown}: {} {}", r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => last_err = format!("{shown}: {e}"),
             }
         }
         Err(format!("upload failed after 4 tries: {last_err}"))
     }
 }
 
-async fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&path)?;
-        if !f.metadata()?.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(buf)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// Hashes every collected file (blake3), reading without following symlinks.
+pub fn manifest(files: &OutputFiles) -> std::io::Result<Vec<(ManifestFile, PathBuf)>> {
+    files
+        .files
+        .iter()
+        .map(|(rel, path, _)| {
+            let data = read_no_follow_blocking(path)?;
+            let file = ManifestFile {
+                path: rel.as_str().to_owned(),
+                size: data.len() as u64,
+                hash: blake3::hash(&data).to_hex().to_string(),
+            };
+            Ok((file, path.clone()))
+        })
+        .collect()
 }
 
-fn percent_encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+fn read_no_follow_blocking(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
     }
-    out
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+async fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_no_follow_blocking(&path)).await.map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]
@@ -218,6 +201,8 @@ mod tests {
         let names: Vec<_> = out.files.iter().map(|f| f.0.as_str()).collect();
         assert_eq!(names, ["assets/a b.js", "index.html"]);
         assert_eq!(out.skipped.len(), 5, "{:?}", out.skipped);
-        assert_eq!(percent_encode("a b.js"), "a%20b.js");
+        let m = manifest(&out).unwrap();
+        assert_eq!(m[1].0.hash, blake3::hash(b"hi").to_hex().to_string());
+        assert_eq!((m[1].0.path.as_str(), m[1].0.size), ("index.html", 2));
     }
 }

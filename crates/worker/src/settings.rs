@@ -56,31 +56,19 @@ pub struct BuildSettings {
 /// Reads the settings of the checkout at `dir`. `build_override` comes from the task.
 pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings, String> {
     let file = match std::fs::read_to_string(dir.join("cloudbuild.toml")) {
-        Ok(text) => toml::from_str::<RepoFile>(&text)
-            .map_err(|e| format!("cloudbuild.toml is invalid: {e}"))?,
+        Ok(text) => toml::from_str::<RepoFile>(&text).map_err(|e| format!("cloudbuild.toml is invalid: {e}"))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => RepoFile::default(),
         Err(e) => return Err(format!("cannot read cloudbuild.toml: {e}")),
     };
     let pkg_text = std::fs::read_to_string(dir.join("package.json"))
         .map_err(|e| format!("cannot read package.json at the repository root: {e}"))?;
-    let pkg: serde_json::Value = serde_json::from_str(&pkg_text)
-        .map_err(|e| format!("package.json is not valid JSON: {e}"))?;
-    let scripts: BTreeSet<String> = pkg
-        .get("scripts")
-        .and_then(|s| s.as_object())
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    let lockfile = ["package-lock.json", "npm-shrinkwrap.json"]
-        .iter()
-        .any(|f| dir.join(f).is_file());
-    let install = file
-        .build
-        .install
-        .unwrap_or_else(|| if lockfile { "npm ci" } else { "npm install" }.to_owned());
-    let build = build_override
-        .map(str::to_owned)
-        .or(file.build.command)
-        .unwrap_or_else(|| "npm run build".to_owned());
+    let pkg: serde_json::Value =
+        serde_json::from_str(&pkg_text).map_err(|e| format!("package.json is not valid JSON: {e}"))?;
+    let scripts: BTreeSet<String> =
+        pkg.get("scripts").and_then(|s| s.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let lockfile = ["package-lock.json", "npm-shrinkwrap.json"].iter().any(|f| dir.join(f).is_file());
+    let install = file.build.install.unwrap_or_else(|| if lockfile { "npm ci" } else { "npm install" }.to_owned());
+    let build = build_override.map(str::to_owned).or(file.build.command).unwrap_or_else(|| "npm run build".to_owned());
     if file.checks.iter().any(|c| c.name.trim().is_empty()) {
         return Err("cloudbuild.toml: every [[checks]] entry needs a name".into());
     }
@@ -88,11 +76,7 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
         install,
         build,
         output: file.build.output,
-        checks: file
-            .checks
-            .into_iter()
-            .map(|c| (c.name, c.command))
-            .collect(),
+        checks: file.checks.into_iter().map(|c| (c.name, c.command)).collect(),
         scripts,
     })
 }
@@ -104,16 +88,9 @@ mod tests {
     #[test]
     fn precedence_is_task_then_file_then_package_then_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("package.json"),
-            r#"{"scripts":{"build":"x","lint":"y"}}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("package.json"), r#"{"scripts":{"build":"x","lint":"y"}}"#).unwrap();
         let s = resolve(dir.path(), None).unwrap();
-        assert_eq!(
-            (s.install.as_str(), s.build.as_str(), s.output.clone()),
-            ("npm install", "npm run build", None)
-        );
+        assert_eq!((s.install.as_str(), s.build.as_str(), s.output.clone()), ("npm install", "npm run build", None));
         std::fs::write(dir.path().join("package-lock.json"), "{}").unwrap();
         std::fs::write(
             dir.path().join("cloudbuild.toml"),
@@ -125,21 +102,9 @@ mod tests {
             (s.install.as_str(), s.build.as_str(), s.output.as_deref()),
             ("npm ci", "npm run lint", Some("out"))
         );
-        assert_eq!(
-            s.checks,
-            vec![("lint".to_string(), "npm run lint".to_string())]
-        );
-        assert_eq!(
-            resolve(dir.path(), Some("npm run build")).unwrap().build,
-            "npm run build"
-        );
-        std::fs::write(
-            dir.path().join("cloudbuild.toml"),
-            "[build]\ncomand = \"typo\"\n",
-        )
-        .unwrap();
-        assert!(resolve(dir.path(), None)
-            .unwrap_err()
-            .contains("cloudbuild.toml is invalid"));
+        assert_eq!(s.checks, vec![("lint".to_string(), "npm run lint".to_string())]);
+        assert_eq!(resolve(dir.path(), Some("npm run build")).unwrap().build, "npm run build");
+        std::fs::write(dir.path().join("cloudbuild.toml"), "[build]\ncomand = \"typo\"\n").unwrap();
+        assert!(resolve(dir.path(), None).unwrap_err().contains("cloudbuild.toml is invalid"));
     }
 }

@@ -2,6 +2,7 @@
 //! timed out), 2 bad input or an unreachable server, 130 interrupted.
 
 mod publish;
+mod releases;
 mod server;
 mod tasks;
 
@@ -28,12 +29,7 @@ pub(crate) struct Cli {
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArg {
     /// URL of the cloudbuild server.
-    #[arg(
-        long,
-        env = "CLOUDBUILD_SERVER",
-        default_value = "http://127.0.0.1:7001",
-        global = true
-    )]
+    #[arg(long, env = "CLOUDBUILD_SERVER", default_value = "http://127.0.0.1:7001", global = true)]
     pub(crate) server: String,
     /// API token, when the server requires one (it does unless it listens on loopback).
     #[arg(long, env = "CLOUDBUILD_TOKEN", hide_env_values = true, global = true)]
@@ -63,6 +59,10 @@ pub(crate) enum Command {
     Cancel(tasks::IdArgs),
     /// Run a finished task again as a new task.
     Retry(tasks::IdArgs),
+    /// List a project's releases: version, build, who, when, commit, which is current.
+    Releases(releases::ReleasesArgs),
+    /// Switch an environment back to an earlier release, instantly (no rebuild).
+    Rollback(releases::RollbackArgs),
 }
 
 impl Cli {
@@ -85,5 +85,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tasks(a) => tasks::tasks(a).await,
         Command::Cancel(a) => tasks::cancel(a).await,
         Command::Retry(a) => tasks::retry(a).await,
+        Command::Releases(a) => releases::releases(a).await,
+        Command::Rollback(a) => releases::rollback(a).await,
     }
 }

@@ -24,6 +24,9 @@ pub(crate) struct PublishArgs {
     /// Environment to publish to.
     #[arg(long, default_value = "test", value_parser = ["test", "prod"])]
     env: String,
+    /// Publish even if this version is already released to prod (a new build of the same version).
+    #[arg(long)]
+    force: bool,
     /// Submit and exit; print how to follow the build.
     #[arg(long)]
     detach: bool,
@@ -54,11 +57,13 @@ struct Checkout {
 }
 
 fn inspect(cwd: &Path, branch: Option<String>) -> Result<Checkout> {
-    let root = PathBuf::from(git(cwd, &["rev-parse", "--show-toplevel"]).map_err(|_| {
-        anyhow!("not inside a git checkout: run publish in your project's repository")
-    })?);
-    let repo = git(&root, &["remote", "get-url", "origin"])
-        .map_err(|_| anyhow!("the checkout has no remote `origin`; the server clones from it (git remote add origin <url>)"))?;
+    let root = PathBuf::from(
+        git(cwd, &["rev-parse", "--show-toplevel"])
+            .map_err(|_| anyhow!("not inside a git checkout: run publish in your project's repository"))?,
+    );
+    let repo = git(&root, &["remote", "get-url", "origin"]).map_err(|_| {
+        anyhow!("the checkout has no remote `origin`; the server clones from it (git remote add origin <url>)")
+    })?;
     let branch = match branch {
         Some(b) => b,
         None => {
@@ -71,8 +76,7 @@ fn inspect(cwd: &Path, branch: Option<String>) -> Result<Checkout> {
     };
     let pkg_path = root.join("package.json");
     let pkg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&pkg_path)
-            .with_context(|| format!("cannot read {}", pkg_path.display()))?,
+        &std::fs::read_to_string(&pkg_path).with_context(|| format!("cannot read {}", pkg_path.display()))?,
     )
     .with_context(|| format!("{} is not valid JSON", pkg_path.display()))?;
     let field = |k: &str| {
@@ -81,13 +85,7 @@ fn inspect(cwd: &Path, branch: Option<String>) -> Result<Checkout> {
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("package.json has no \"{k}\" field; the project's name and version come from it"))
     };
-    Ok(Checkout {
-        name: field("name")?,
-        version: field("version")?,
-        root,
-        repo,
-        branch,
-    })
+    Ok(Checkout { name: field("name")?, version: field("version")?, root, repo, branch })
 }
 
 /// Warns about local work the server will not see: it builds what `origin` has.
@@ -98,14 +96,9 @@ fn warn_unpublished(c: &Checkout) {
         }
     }
     let upstream = format!("origin/{}", c.branch);
-    if let Ok(n) = git(
-        &c.root,
-        &["rev-list", "--count", &format!("{upstream}..HEAD")],
-    ) {
+    if let Ok(n) = git(&c.root, &["rev-list", "--count", &format!("{upstream}..HEAD")]) {
         if n != "0" {
-            eprintln!(
-                "warning: {n} local commit(s) are not pushed to {upstream} and will not be built"
-            );
+            eprintln!("warning: {n} local commit(s) are not pushed to {upstream} and will not be built");
         }
     }
 }
@@ -124,16 +117,14 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
         "build_cmd": args.build_cmd,
         "env": env,
         "trigger": "cli",
+        "force": args.force,
     });
     let task: Task = client.post("/api/v1/tasks", Some(&body)).await?;
     if args.detach {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&task)?);
         } else {
-            println!(
-                "task {} queued: {}@{} ({} {})",
-                task.id, task.name, task.version, task.repo, task.branch
-            );
+            println!("task {} queued: {}@{} ({} {})", task.id, task.name, task.version, task.repo, task.branch);
             println!("follow it with: cloudbuild logs {} --follow", task.id);
         }
         return Ok(ExitCode::SUCCESS);
@@ -158,10 +149,7 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
     let Some(end) = &display.end else {
         return ExitCode::SUCCESS;
     };
-    let state = end
-        .get("state")
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown");
+    let state = end.get("state").and_then(|v| v.as_str()).unwrap_or("unknown");
     if state == "succeeded" {
         if !json {
             let url = end.get("url").and_then(|v| v.as_str()).unwrap_or("");
@@ -179,7 +167,9 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
 
 async fn interrupted(client: &Client, id: i64) -> Result<ExitCode> {
     if !std::io::stdin().is_terminal() {
-        eprintln!("\ninterrupted; task {id} keeps running on the server. Follow it with: cloudbuild logs {id} --follow");
+        eprintln!(
+            "\ninterrupted; task {id} keeps running on the server. Follow it with: cloudbuild logs {id} --follow"
+        );
         return Ok(ExitCode::from(130));
     }
     eprint!("\nCancel task {id} on the server? [y/N] ");
@@ -189,9 +179,7 @@ async fn interrupted(client: &Client, id: i64) -> Result<ExitCode> {
     })
     .await??;
     if answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
-        let task: Task = client
-            .post(&format!("/api/v1/tasks/{id}/cancel"), None)
-            .await?;
+        let task: Task = client.post(&format!("/api/v1/tasks/{id}/cancel"), None).await?;
         eprintln!("cancel requested; task {id} is {}", task.state);
     } else {
         eprintln!("task {id} keeps running. Follow it with: cloudbuild logs {id} --follow");

@@ -60,27 +60,19 @@ fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
     }
     // CLOUDBUILD_SERVER, CLOUDBUILD_TOKEN and CLOUDBUILD_WORKER_TOKEN belong to the client
     // commands, CLOUDBUILD_LOG to logging.
-    fig = fig.merge(Env::prefixed("CLOUDBUILD_").split("__").ignore(&[
-        "server",
-        "token",
-        "worker_token",
-        "log",
-    ]));
+    fig = fig.merge(Env::prefixed("CLOUDBUILD_").split("__").ignore(&["server", "token", "worker_token", "log"]));
     if let Some(listen) = args.listen {
         fig = fig.merge(Serialized::default("listen", listen));
     }
     if let Some(dir) = &args.data_dir {
         fig = fig.merge(Serialized::default("data_dir", dir));
     }
-    fig.extract()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 fn random_token() -> Result<String> {
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -98,9 +90,7 @@ async fn terminated() {
 
 pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     let config = load_config(&args)?;
-    let mut settings = config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let mut settings = config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let embedded_token = random_token()?;
     if config.workers.embedded {
         settings.worker_tokens.push(embedded_token.clone());
@@ -112,25 +102,12 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut server_stop = stop_rx.clone();
-    let mut server = tokio::spawn(cloudbuild_server::run(
-        listener,
-        settings.clone(),
-        store,
-        async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        },
-    ));
+    let mut server = tokio::spawn(cloudbuild_server::run(listener, settings.clone(), store, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
     let worker = if config.workers.embedded {
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
-        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
-            format!("[{host}]")
-        } else {
-            host
-        };
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() { format!("[{host}]") } else { host };
         let cfg = WorkerConfig {
             server: format!("http://{host}:{}", addr.port()),
             token: embedded_token,
@@ -139,18 +116,11 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
             labels: Vec::new(),
             work_root: settings.data_dir.join("work"),
         };
-        Some(tokio::spawn(cloudbuild_worker::run(
-            cfg,
-            Arc::new(Pipeline),
-            stop_rx.clone(),
-        )))
+        Some(tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx.clone())))
     } else {
         None
     };
-    eprintln!(
-        "cloudbuild server listening on http://{addr} (data in {})",
-        settings.data_dir.display()
-    );
+    eprintln!("cloudbuild server listening on http://{addr} (data in {})", settings.data_dir.display());
     tokio::select! {
         _ = terminated() => eprintln!("shutting down"),
         res = &mut server => {
@@ -168,9 +138,8 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
 
 pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     let name = args.name.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "worker".into());
+        let host =
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
     });
     let cfg = WorkerConfig {

@@ -61,36 +61,18 @@ pub(crate) struct IdArgs {
 pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let mut display = Display::new(args.json);
-    client
-        .follow(args.id, args.after, args.follow, &mut |ev| display.show(ev))
-        .await?;
-    Ok(if display.end.is_some() {
-        verdict(&display, args.id, args.json)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    client.follow(args.id, args.after, args.follow, &mut |ev| display.show(ev)).await?;
+    Ok(if display.end.is_some() { verdict(&display, args.id, args.json) } else { ExitCode::SUCCESS })
 }
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let mut query = format!("/api/v1/tasks?limit={}", args.limit);
     if let Some(n) = &args.name {
-        query.push_str(&format!("&name={}", encode(n)));
+        query.push_str(&format!("&name={}", crate::client::query_encode(n)));
     }
     if let Some(s) = &args.state {
-        query.push_str(&format!("&state={}", encode(s)));
+        query.push_str(&format!("&state={}", crate::client::query_encode(s)));
     }
     if let Some(b) = args.before {
         query.push_str(&format!("&before={b}"));
@@ -104,10 +86,7 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
         println!("no tasks");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} CREATED",
-        "ID", "STATE", "STAGE", "NAME", "VERSION", "BRANCH"
-    );
+    println!("{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} CREATED", "ID", "STATE", "STAGE", "NAME", "VERSION", "BRANCH");
     for t in &page.tasks {
         println!(
             "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} {}",
@@ -128,28 +107,20 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
 
 pub(crate) async fn cancel(args: IdArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
-    let task: Task = client
-        .post(&format!("/api/v1/tasks/{}/cancel", args.id), None)
-        .await?;
+    let task: Task = client.post(&format!("/api/v1/tasks/{}/cancel", args.id), None).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&task)?);
     } else if task.state.is_terminal() {
         println!("task {} is {}", task.id, task.state);
     } else {
-        println!(
-            "task {} is being stopped (was {})",
-            task.id,
-            task.stage.map(|s| s.action()).unwrap_or("queued")
-        );
+        println!("task {} is being stopped (was {})", task.id, task.stage.map(|s| s.action()).unwrap_or("queued"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn retry(args: IdArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
-    let task: Task = client
-        .post(&format!("/api/v1/tasks/{}/retry", args.id), None)
-        .await?;
+    let task: Task = client.post(&format!("/api/v1/tasks/{}/retry", args.id), None).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&task)?);
         return Ok(ExitCode::SUCCESS);

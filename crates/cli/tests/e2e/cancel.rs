@@ -6,18 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use cloudbuild_proto::task::{Stage, TaskState};
-use cloudbuild_testkit::{
-    alive, build_script, hang_script, package_json, request, wait_file, Repo, Server,
-};
+use cloudbuild_testkit::{alive, build_script, hang_script, package_json, request, wait_file, Repo, Server};
 
 use crate::server;
 
 fn cancel(srv: &Server, id: i64) -> (u16, serde_json::Value) {
-    request(
-        "POST",
-        &format!("{}/api/v1/tasks/{id}/cancel", srv.url),
-        None,
-    )
+    request("POST", &format!("{}/api/v1/tasks/{id}/cancel", srv.url), None)
 }
 
 /// A project whose `stage` hangs, recording the hanging process's pid in `pid_file`.
@@ -43,25 +37,15 @@ fn hanging_repo(stage: Stage, pid_file: &Path) -> Repo {
 }
 
 fn assert_cancelled_in(srv: &Server, id: i64, stage: Stage, pid_file: &Path) {
-    let pid: i32 = wait_file(pid_file, Duration::from_secs(60))
-        .expect("the hanging command started")
-        .parse()
-        .unwrap();
+    let pid: i32 = wait_file(pid_file, Duration::from_secs(60)).expect("the hanging command started").parse().unwrap();
     let t = srv.task(id);
     assert_eq!(t.stage, Some(stage), "{t:?}");
     let (status, body) = cancel(srv, id);
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["cancel_requested"], true);
     let t = srv.wait_done(id);
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::Cancelled, Some(stage)),
-        "{t:?}"
-    );
-    assert!(
-        !alive(pid),
-        "process {pid} of the cancelled {stage} survived"
-    );
+    assert_eq!((t.state, t.stage), (TaskState::Cancelled, Some(stage)), "{t:?}");
+    assert!(!alive(pid), "process {pid} of the cancelled {stage} survived");
     assert_eq!(srv.actions(id).last().unwrap().0, "cancelled");
     // Idempotent: cancelling again answers 200 with the same state.
     let (status, body) = cancel(srv, id);
@@ -72,10 +56,7 @@ fn assert_cancelled_in(srv: &Server, id: i64, stage: Stage, pid_file: &Path) {
 fn cancel_in_install_check_and_build() {
     let srv = server("[workers]\nembedded_slots = 1\n[timeouts]\nkill_grace_secs = 2\n");
     for stage in [Stage::Install, Stage::Check, Stage::Build] {
-        let pid_file = srv
-            .data
-            .path()
-            .join(format!("{}.pid", stage.action().replace(' ', "-")));
+        let pid_file = srv.data.path().join(format!("{}.pid", stage.action().replace(' ', "-")));
         let repo = hanging_repo(stage, &pid_file);
         let (_, task) = srv.create(&repo.task_body("site-cancel"));
         assert_cancelled_in(&srv, task["id"].as_i64().unwrap(), stage, &pid_file);
@@ -92,17 +73,9 @@ fn a_queued_task_cancelled_never_runs() {
     wait_file(&pid_file, Duration::from_secs(60)).expect("first task is building");
     let (_, second) = srv.create(&busy.task_body("site-queued"));
     let second = second["id"].as_i64().unwrap();
-    assert_eq!(
-        srv.task(second).state,
-        TaskState::Queued,
-        "one slot is busy"
-    );
+    assert_eq!(srv.task(second).state, TaskState::Queued, "one slot is busy");
     let (status, body) = cancel(&srv, second);
-    assert_eq!(
-        (status, body["state"].as_str()),
-        (200, Some("cancelled")),
-        "{body}"
-    );
+    assert_eq!((status, body["state"].as_str()), (200, Some("cancelled")), "{body}");
     // Free the slot; the cancelled task must still never start.
     assert_eq!(cancel(&srv, first).0, 202);
     srv.wait_done(first);
@@ -135,19 +108,11 @@ fn cancel_during_a_hanging_clone() {
     let body = stuck_clone_task();
     let (_, task) = srv.create(&body);
     let id = task["id"].as_i64().unwrap();
-    srv.wait_until(
-        id,
-        |t| t.stage == Some(Stage::DownloadRepo),
-        "download repo",
-    );
+    srv.wait_until(id, |t| t.stage == Some(Stage::DownloadRepo), "download repo");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(cancel(&srv, id).0, 202);
     let t = srv.wait_done(id);
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::Cancelled, Some(Stage::DownloadRepo)),
-        "{t:?}"
-    );
+    assert_eq!((t.state, t.stage), (TaskState::Cancelled, Some(Stage::DownloadRepo)), "{t:?}");
 }
 
 #[test]
@@ -156,29 +121,18 @@ fn a_hanging_clone_times_out() {
     let body = stuck_clone_task();
     let (_, task) = srv.create(&body);
     let t = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::TimedOut, Some(Stage::DownloadRepo)),
-        "{t:?}"
-    );
+    assert_eq!((t.state, t.stage), (TaskState::TimedOut, Some(Stage::DownloadRepo)), "{t:?}");
 }
 
 #[test]
 fn a_finished_task_cannot_be_cancelled() {
     let srv = server("");
-    let repo = Repo::new(&[(
-        "package.json",
-        &package_json("site-done", &[("build", "node -e \"process.exit(1)\"")]),
-    )]);
+    let repo = Repo::new(&[("package.json", &package_json("site-done", &[("build", "node -e \"process.exit(1)\"")]))]);
     let (_, task) = srv.create(&repo.task_body("site-done"));
     let id = task["id"].as_i64().unwrap();
     srv.wait_done(id);
     let (status, body) = cancel(&srv, id);
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (409, Some("already_finished")),
-        "{body}"
-    );
+    assert_eq!((status, body["code"].as_str()), (409, Some("already_finished")), "{body}");
     let (status, body) = cancel(&srv, 999_999);
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }

@@ -9,21 +9,14 @@ use cloudbuild_testkit::{build_script, get_text, package_json, Repo};
 use crate::{bin, server};
 
 fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[test]
 fn publish_streams_the_build_and_prints_the_url() {
     let srv = server("");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("cli-site", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("cli-site", &[("build", "node build.js")])),
         ("build.js", &build_script("<h1>cli</h1>")),
     ]);
     let out = srv.cli(&repo.work, &["publish"]);
@@ -31,15 +24,7 @@ fn publish_streams_the_build_and_prints_the_url() {
     assert!(out.status.success(), "{all}");
     let url = format!("{}/sites/test/cli-site/", srv.url);
     assert!(all.contains(&format!("published: {url}")), "{all}");
-    for stage in [
-        "prepare",
-        "download repo",
-        "install",
-        "build",
-        "pre-publish",
-        "publish",
-        "build success",
-    ] {
+    for stage in ["prepare", "download repo", "install", "build", "pre-publish", "publish", "build success"] {
         assert!(all.contains(&format!("{stage}:")), "missing {stage}: {all}");
     }
     assert!(all.contains("built"), "build output is shown live: {all}");
@@ -47,36 +32,23 @@ fn publish_streams_the_build_and_prints_the_url() {
 
     // logs replays the same task; tasks lists it; --json is machine-readable.
     let logs = srv.cli(&repo.work, &["logs", "1"]);
-    assert!(
-        logs.status.success() && text(&logs).contains("build success"),
-        "{}",
-        text(&logs)
-    );
+    assert!(logs.status.success() && text(&logs).contains("build success"), "{}", text(&logs));
     let list = srv.cli(&repo.work, &["tasks", "--json"]);
     let page: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(page["tasks"][0]["trigger"], "cli");
     assert_eq!(page["tasks"][0]["state"], "succeeded");
     let table = text(&srv.cli(&repo.work, &["tasks"]));
-    assert!(
-        table.contains("succeeded") && table.contains("cli-site"),
-        "{table}"
-    );
+    assert!(table.contains("succeeded") && table.contains("cli-site"), "{table}");
 }
 
 #[test]
 fn publish_of_a_failing_build_exits_non_zero_naming_the_stage() {
     let srv = server("");
-    let repo = Repo::new(&[(
-        "package.json",
-        &package_json("cli-fail", &[("build", "node -e \"process.exit(2)\"")]),
-    )]);
+    let repo = Repo::new(&[("package.json", &package_json("cli-fail", &[("build", "node -e \"process.exit(2)\"")]))]);
     let out = srv.cli(&repo.work, &["publish"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
-    assert!(
-        all.contains("build failed") && all.contains("task 1 failed"),
-        "{all}"
-    );
+    assert!(all.contains("build failed") && all.contains("task 1 failed"), "{all}");
 
     // retry makes a new, linked task, and follows it.
     let out = srv.cli(&repo.work, &["retry", "1"]);
@@ -90,27 +62,18 @@ fn publish_of_a_failing_build_exits_non_zero_naming_the_stage() {
 fn detach_then_follow_with_logs() {
     let srv = server("");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("cli-detach", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("cli-detach", &[("build", "node build.js")])),
         ("build.js", &build_script("d")),
     ]);
     let out = srv.cli(&repo.work, &["publish", "--detach"]);
     assert!(out.status.success());
-    assert!(
-        text(&out).contains("cloudbuild logs 1 --follow"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("cloudbuild logs 1 --follow"), "{}", text(&out));
     let out = srv.cli(&repo.work, &["logs", "1", "--follow"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("published: "));
     let json = srv.cli(&repo.work, &["logs", "1", "--json"]);
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&json.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.last().unwrap()["event"], "end");
 }
 
@@ -121,31 +84,18 @@ fn user_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let out = srv.cli(dir.path(), &["publish"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).contains("not inside a git checkout"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("not inside a git checkout"), "{}", text(&out));
     // An invalid version in package.json is refused by the server with the rule.
     let repo = Repo::new(&[("package.json", r#"{"name":"bad-version","version":"1.0"}"#)]);
     let out = srv.cli(&repo.work, &["publish"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("invalid version"), "{}", text(&out));
     // A server that does not answer.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["tasks", "--server", &format!("http://{closed}")])
-        .output()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out =
+        std::process::Command::new(bin()).args(["tasks", "--server", &format!("http://{closed}")]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).contains("cannot reach the cloudbuild server"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("cannot reach the cloudbuild server"), "{}", text(&out));
     // A server that accepts the connection but never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
@@ -155,16 +105,10 @@ fn user_errors_are_clear() {
             held.push(conn);
         }
     });
-    let out = std::process::Command::new(bin())
-        .args(["tasks", "--server", &format!("http://{addr}")])
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(bin()).args(["tasks", "--server", &format!("http://{addr}")]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).contains("no answer within 5 s"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("no answer within 5 s"), "{}", text(&out));
 }
 
 #[test]
@@ -172,14 +116,8 @@ fn non_interactive_interrupt_leaves_the_build_running() {
     let srv = server("");
     let pid_file = srv.data.path().join("int.pid");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("cli-int", &[("build", "node hang.js")]),
-        ),
-        (
-            "hang.js",
-            &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap()),
-        ),
+        ("package.json", &package_json("cli-int", &[("build", "node hang.js")])),
+        ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
     ]);
     let child = std::process::Command::new(bin())
         .arg("publish")
@@ -194,16 +132,8 @@ fn non_interactive_interrupt_leaves_the_build_running() {
     nix_kill(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    assert!(
-        text(&out).contains("cloudbuild logs 1 --follow"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        srv.task(1).state,
-        TaskState::Running,
-        "the build keeps running"
-    );
+    assert!(text(&out).contains("cloudbuild logs 1 --follow"), "{}", text(&out));
+    assert_eq!(srv.task(1).state, TaskState::Running, "the build keeps running");
     let out = srv.cli(&repo.work, &["cancel", "1"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(srv.wait_done(1).state, TaskState::Cancelled);
@@ -214,10 +144,7 @@ fn the_server_shuts_down_cleanly_on_sigterm_and_leaves_no_build_behind() {
     let mut srv = server("[timeouts]\nkill_grace_secs = 2\n");
     let pid_file = srv.data.path().join("term.pid");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("cli-term", &[("build", "node hang.js")]),
-        ),
+        ("package.json", &package_json("cli-term", &[("build", "node hang.js")])),
         // Ignores SIGTERM: only the SIGKILL after the kill grace stops it.
         (
             "hang.js",
@@ -228,25 +155,14 @@ fn the_server_shuts_down_cleanly_on_sigterm_and_leaves_no_build_behind() {
         ),
     ]);
     srv.create(&repo.task_body("cli-term"));
-    let pid: i32 = cloudbuild_testkit::wait_file(&pid_file, Duration::from_secs(60))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid: i32 = cloudbuild_testkit::wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
     nix_kill(srv.pid(), "TERM");
-    let status = srv
-        .wait_exit(Duration::from_secs(15))
-        .expect("server exited");
+    let status = srv.wait_exit(Duration::from_secs(15)).expect("server exited");
     assert!(status.success(), "{status:?}\n{}", srv.log());
-    assert!(
-        !cloudbuild_testkit::alive(pid),
-        "the running build was stopped with the server"
-    );
+    assert!(!cloudbuild_testkit::alive(pid), "the running build was stopped with the server");
 }
 
 fn nix_kill(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
+    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
     assert!(ok.success());
 }

@@ -16,7 +16,8 @@ fn raw_follow(url: &str, path: &str) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         use std::io::Write;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n").unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).unwrap();
         String::from_utf8_lossy(&out).into_owned()
@@ -45,13 +46,8 @@ fn late_and_resumed_followers_get_identical_bytes() {
     // Output in several bursts, so the live follower sees many separate events.
     let script = "let i=0;const t=setInterval(()=>{console.log('tick '+i);if(++i==20){clearInterval(t);\
         require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','ok');}},20);";
-    let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("site-log", &[("build", "node build.js")]),
-        ),
-        ("build.js", script),
-    ]);
+    let repo =
+        Repo::new(&[("package.json", &package_json("site-log", &[("build", "node build.js")])), ("build.js", script)]);
     let (_, task) = srv.create(&repo.task_body("site-log"));
     let id = task["id"].as_i64().unwrap();
     let live = raw_follow(&srv.url, &format!("/api/v1/tasks/{id}/events?after=0"));
@@ -59,20 +55,13 @@ fn late_and_resumed_followers_get_identical_bytes() {
     assert_eq!(t.state, TaskState::Succeeded);
     let live = dechunk(&live.join().unwrap());
     let late = srv.sse(id, 0);
-    assert_eq!(
-        live, late,
-        "a late follower must see exactly what a live one saw"
-    );
+    assert_eq!(live, late, "a late follower must see exactly what a live one saw");
     assert!(late.contains("tick 19"));
     // Resuming after any event gives exactly the rest.
     let frames: Vec<&str> = late.split_inclusive("\n\n").collect();
     assert_eq!(frames.len() as u64, t.last_seq);
     for cut in [1usize, 5, frames.len() - 1] {
-        assert_eq!(
-            srv.sse(id, cut as u64),
-            frames[cut..].concat(),
-            "resume after {cut}"
-        );
+        assert_eq!(srv.sse(id, cut as u64), frames[cut..].concat(), "resume after {cut}");
     }
     // Sequence numbers are 1..=n without gaps, and the last event is `end`.
     for (i, f) in frames.iter().enumerate() {
@@ -85,25 +74,16 @@ fn late_and_resumed_followers_get_identical_bytes() {
 fn websocket_followers_get_the_same_events() {
     let srv = server("");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("site-ws", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("site-ws", &[("build", "node build.js")])),
         ("build.js", &cloudbuild_testkit::build_script("ws")),
     ]);
     let (_, task) = srv.create(&repo.task_body("site-ws"));
     let id = task["id"].as_i64().unwrap();
     srv.wait_done(id);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let messages = rt.block_on(async {
         use futures_util::StreamExt;
-        let url = format!(
-            "{}/api/v1/tasks/{id}/events?after=0",
-            srv.url.replace("http://", "ws://")
-        );
+        let url = format!("{}/api/v1/tasks/{id}/events?after=0", srv.url.replace("http://", "ws://"));
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let mut out = Vec::new();
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
@@ -117,16 +97,10 @@ fn websocket_followers_get_the_same_events() {
     let sse_data: Vec<String> = srv
         .sse(id, 0)
         .split("\n\n")
-        .filter_map(|f| {
-            f.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(str::to_owned)
-        })
+        .filter_map(|f| f.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
         .collect();
-    let ws_data: Vec<String> = messages
-        .iter()
-        .map(|m| serde_json::from_str::<serde_json::Value>(m).unwrap()["data"].to_string())
-        .collect();
+    let ws_data: Vec<String> =
+        messages.iter().map(|m| serde_json::from_str::<serde_json::Value>(m).unwrap()["data"].to_string()).collect();
     assert_eq!(ws_data.len(), sse_data.len());
     for (w, s) in ws_data.iter().zip(&sse_data) {
         let s: serde_json::Value = serde_json::from_str(s).unwrap();

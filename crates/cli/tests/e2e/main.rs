@@ -7,6 +7,7 @@ mod events;
 mod inputs;
 mod pipeline;
 mod recovery;
+mod releases;
 mod socketio;
 
 use std::path::Path;

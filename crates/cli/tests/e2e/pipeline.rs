@@ -1,18 +1,13 @@
 //! The pipeline's stages: success, each failure kind, timeouts, output cap, policy refusals.
 
 use cloudbuild_proto::task::{Stage, TaskState};
-use cloudbuild_testkit::{
-    alive, build_script, get_text, hang_script, package_json, wait_file, Repo,
-};
+use cloudbuild_testkit::{alive, build_script, get_text, hang_script, package_json, wait_file, Repo};
 
 use crate::server;
 
 fn ok_repo(name: &str, body: &str) -> Repo {
     Repo::new(&[
-        (
-            "package.json",
-            &package_json(name, &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json(name, &[("build", "node build.js")])),
         ("build.js", &build_script(body)),
     ])
 }
@@ -30,11 +25,7 @@ fn a_build_is_published_and_served_with_stages_in_order() {
     assert_eq!(url, format!("{}/sites/test/site-ok/", srv.url));
     assert_eq!(get_text(&url), (200, "<h1>v1</h1>".to_string()));
     assert_eq!(get_text(&format!("{url}assets/app.js")).1, "console.log(1)");
-    assert_eq!(
-        t.commit.as_deref().map(str::len),
-        Some(40),
-        "the resolved commit is recorded"
-    );
+    assert_eq!(t.commit.as_deref().map(str::len), Some(40), "the resolved commit is recorded");
     assert!(t.started_at.is_some() && t.finished_at.is_some());
 
     let actions: Vec<String> = srv.actions(id).into_iter().map(|a| a.0).collect();
@@ -54,14 +45,8 @@ fn a_build_is_published_and_served_with_stages_in_order() {
         "publish",
         "build success",
     ];
-    assert_eq!(
-        actions, expected,
-        "no check stage without configured checks"
-    );
-    assert!(
-        srv.output(id).contains("built"),
-        "build output is streamed into the log"
-    );
+    assert_eq!(actions, expected, "no check stage without configured checks");
+    assert!(srv.output(id).contains("built"), "build output is streamed into the log");
 
     // Publishing a new commit switches the site; the previous release stays on disk.
     repo.commit(&[("build.js", &build_script("<h1>v2</h1>"))], "v2");
@@ -77,62 +62,33 @@ fn a_failing_build_stops_the_pipeline_at_its_stage() {
     let srv = server("");
     let repo = Repo::new(&[(
         "package.json",
-        &package_json(
-            "site-fail",
-            &[(
-                "build",
-                "node -e \"console.error('boom'); process.exit(3)\"",
-            )],
-        ),
+        &package_json("site-fail", &[("build", "node -e \"console.error('boom'); process.exit(3)\"")]),
     )]);
     let (_, task) = srv.create(&repo.task_body("site-fail"));
     let t = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::Failed, Some(Stage::Build)),
-        "{t:?}"
-    );
-    assert!(
-        t.reason.as_deref().unwrap().contains("exit code 3"),
-        "{:?}",
-        t.reason
-    );
+    assert_eq!((t.state, t.stage), (TaskState::Failed, Some(Stage::Build)), "{t:?}");
+    assert!(t.reason.as_deref().unwrap().contains("exit code 3"), "{:?}", t.reason);
     let actions: Vec<String> = srv.actions(t.id).into_iter().map(|a| a.0).collect();
     assert_eq!(actions.last().map(String::as_str), Some("build failed"));
-    assert!(
-        !actions.iter().any(|a| a == "pre-publish"),
-        "nothing runs after a failed stage: {actions:?}"
-    );
+    assert!(!actions.iter().any(|a| a == "pre-publish"), "nothing runs after a failed stage: {actions:?}");
     assert!(srv.output(t.id).contains("boom"));
-    assert_eq!(
-        get_text(&format!("{}/sites/test/site-fail/", srv.url)).0,
-        404
-    );
+    assert_eq!(get_text(&format!("{}/sites/test/site-fail/", srv.url)).0, 404);
 }
 
 #[test]
 fn missing_output_fails_pre_publish_and_a_missing_branch_fails_download() {
     let srv = server("");
-    let repo = Repo::new(&[(
-        "package.json",
-        &package_json("no-out", &[("build", "node -e 0")]),
-    )]);
+    let repo = Repo::new(&[("package.json", &package_json("no-out", &[("build", "node -e 0")]))]);
     let (_, task) = srv.create(&repo.task_body("no-out"));
     let t = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::Failed, Some(Stage::PrePublish))
-    );
+    assert_eq!((t.state, t.stage), (TaskState::Failed, Some(Stage::PrePublish)));
     assert!(t.reason.unwrap().contains("looked for dist, build"));
 
     let mut body = repo.task_body("no-out");
     body["branch"] = "does-not-exist".into();
     let (_, task) = srv.create(&body);
     let t = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::Failed, Some(Stage::DownloadRepo))
-    );
+    assert_eq!((t.state, t.stage), (TaskState::Failed, Some(Stage::DownloadRepo)));
     assert_eq!(srv.actions(t.id).last().unwrap().0, "download failed");
 }
 
@@ -141,28 +97,15 @@ fn a_hanging_build_times_out_and_its_processes_are_killed() {
     let srv = server("[timeouts]\nbuild_secs = 2\nkill_grace_secs = 1\n");
     let pid_file = srv.data.path().join("hang.pid");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("site-hang", &[("build", "node hang.js")]),
-        ),
+        ("package.json", &package_json("site-hang", &[("build", "node hang.js")])),
         ("hang.js", &hang_script(pid_file.to_str().unwrap())),
     ]);
     let (_, task) = srv.create(&repo.task_body("site-hang"));
     let t = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(
-        (t.state, t.stage),
-        (TaskState::TimedOut, Some(Stage::Build)),
-        "{t:?}"
-    );
+    assert_eq!((t.state, t.stage), (TaskState::TimedOut, Some(Stage::Build)), "{t:?}");
     assert!(t.reason.unwrap().contains("within 2 s"));
-    let pid: i32 = wait_file(&pid_file, std::time::Duration::from_secs(1))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        !alive(pid),
-        "the build's node process {pid} survived its timeout"
-    );
+    let pid: i32 = wait_file(&pid_file, std::time::Duration::from_secs(1)).unwrap().parse().unwrap();
+    assert!(!alive(pid), "the build's node process {pid} survived its timeout");
     assert_eq!(srv.actions(t.id).last().unwrap().0, "timed out");
 }
 
@@ -172,10 +115,7 @@ fn output_past_the_cap_is_cut_with_one_explicit_event() {
     // ~1 MiB of output in 10,000 lines, then a normal build.
     let loud = "for(let i=0;i<10000;i++)console.log('line '+i+' '+'x'.repeat(100));";
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("site-loud", &[("build", "node loud.js && node build.js")]),
-        ),
+        ("package.json", &package_json("site-loud", &[("build", "node loud.js && node build.js")])),
         ("loud.js", loud),
         ("build.js", &build_script("<p>loud</p>")),
     ]);
@@ -184,8 +124,7 @@ fn output_past_the_cap_is_cut_with_one_explicit_event() {
     let id = task["id"].as_i64().unwrap();
     let t = srv.wait_done(id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
-    let events =
-        cloudbuild_testkit::get_json(&format!("{}/api/v1/tasks/{id}/events", srv.url)).unwrap();
+    let events = cloudbuild_testkit::get_json(&format!("{}/api/v1/tasks/{id}/events", srv.url)).unwrap();
     let events = events.as_array().unwrap();
     let truncations = events.iter().filter(|e| e["event"] == "truncated").count();
     assert_eq!(truncations, 1);
@@ -193,8 +132,7 @@ fn output_past_the_cap_is_cut_with_one_explicit_event() {
     assert!(kept <= 65536 && kept > 60000, "kept {kept} bytes");
     assert!(events
         .iter()
-        .any(|e| e["event"] == "truncated"
-            && e["data"]["message"].as_str().unwrap().contains("65536")));
+        .any(|e| e["event"] == "truncated" && e["data"]["message"].as_str().unwrap().contains("65536")));
 }
 
 #[test]
@@ -204,13 +142,7 @@ fn checks_run_before_the_build_and_a_failing_check_blocks_it() {
     let repo = Repo::new(&[
         (
             "package.json",
-            &package_json(
-                "site-check",
-                &[
-                    ("build", "node build.js"),
-                    ("lint", "node -e \"console.log('lint ok')\""),
-                ],
-            ),
+            &package_json("site-check", &[("build", "node build.js"), ("lint", "node -e \"console.log('lint ok')\"")]),
         ),
         ("build.js", &build_script("<p>checked</p>")),
         ("cloudbuild.toml", toml),
@@ -219,29 +151,15 @@ fn checks_run_before_the_build_and_a_failing_check_blocks_it() {
     let t = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
     let actions = srv.actions(t.id);
-    let check_pos = actions
-        .iter()
-        .position(|a| a.0 == "check")
-        .expect("check stage ran");
+    let check_pos = actions.iter().position(|a| a.0 == "check").expect("check stage ran");
     let build_pos = actions.iter().position(|a| a.0 == "build").unwrap();
     assert!(check_pos < build_pos);
-    assert!(
-        actions
-            .iter()
-            .any(|a| a.0 == "check" && a.1.contains("lint")),
-        "{actions:?}"
-    );
+    assert!(actions.iter().any(|a| a.0 == "check" && a.1.contains("lint")), "{actions:?}");
 
     repo.commit(
         &[(
             "package.json",
-            &package_json(
-                "site-check",
-                &[
-                    ("build", "node build.js"),
-                    ("lint", "node -e \"process.exit(1)\""),
-                ],
-            ),
+            &package_json("site-check", &[("build", "node build.js"), ("lint", "node -e \"process.exit(1)\"")]),
         )],
         "bad lint",
     );
@@ -256,48 +174,22 @@ fn commands_outside_the_policy_are_refused_and_never_run() {
     let srv = server("");
     let marker = srv.data.path().join("pwned");
     let cases = [
-        (
-            format!("[build]\ninstall = \"sh -c touch {}\"\n", marker.display()),
-            Stage::Install,
-            "not an allowed runner",
-        ),
-        (
-            "[build]\ncommand = \"npx vite build\"\n".to_string(),
-            Stage::Build,
-            "not an allowed runner",
-        ),
-        (
-            "[build]\ncommand = \"npm run deploy\"\n".to_string(),
-            Stage::Build,
-            "no script `deploy`",
-        ),
-        (
-            "[build]\ncommand = \"npm exec -- touch x\"\n".to_string(),
-            Stage::Build,
-            "not allowed",
-        ),
+        (format!("[build]\ninstall = \"sh -c touch {}\"\n", marker.display()), Stage::Install, "not an allowed runner"),
+        ("[build]\ncommand = \"npx vite build\"\n".to_string(), Stage::Build, "not an allowed runner"),
+        ("[build]\ncommand = \"npm run deploy\"\n".to_string(), Stage::Build, "no script `deploy`"),
+        ("[build]\ncommand = \"npm exec -- touch x\"\n".to_string(), Stage::Build, "not allowed"),
     ];
     for (toml, stage, why) in cases {
         let repo = Repo::new(&[
-            (
-                "package.json",
-                &package_json("site-policy", &[("build", "node build.js")]),
-            ),
+            ("package.json", &package_json("site-policy", &[("build", "node build.js")])),
             ("build.js", &build_script("x")),
             ("cloudbuild.toml", &toml),
         ]);
         let (_, task) = srv.create(&repo.task_body("site-policy"));
         let t = srv.wait_done(task["id"].as_i64().unwrap());
         let reason = t.reason.clone().unwrap_or_default();
-        assert_eq!(
-            (t.state, t.stage),
-            (TaskState::Failed, Some(stage)),
-            "{toml}: {t:?}"
-        );
-        assert!(
-            reason.contains("refused by policy") && reason.contains(why),
-            "{toml}: {reason}"
-        );
+        assert_eq!((t.state, t.stage), (TaskState::Failed, Some(stage)), "{toml}: {t:?}");
+        assert!(reason.contains("refused by policy") && reason.contains(why), "{toml}: {reason}");
     }
     assert!(!marker.exists(), "a refused command ran");
 }
@@ -309,10 +201,7 @@ fn output_symlinks_and_node_modules_are_not_published() {
         fs.writeFileSync('dist/index.html','ok');fs.writeFileSync('dist/node_modules/x/a.js','no');\
         fs.symlinkSync('/etc/passwd','dist/passwd');fs.symlinkSync('/','dist/root');";
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("site-links", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("site-links", &[("build", "node build.js")])),
         ("build.js", script),
     ]);
     let (_, task) = srv.create(&repo.task_body("site-links"));
@@ -321,17 +210,10 @@ fn output_symlinks_and_node_modules_are_not_published() {
     let base = t.url.unwrap();
     assert_eq!(get_text(&format!("{base}index.html")).1, "ok");
     for path in ["passwd", "root/etc/passwd", "node_modules/x/a.js"] {
-        assert_eq!(
-            get_text(&format!("{base}{path}")).0,
-            404,
-            "{path} was published"
-        );
+        assert_eq!(get_text(&format!("{base}{path}")).0, 404, "{path} was published");
     }
     let out = srv.output(t.id);
-    assert!(
-        out.contains("not published: passwd: symbolic link") && out.contains("node_modules"),
-        "{out}"
-    );
+    assert!(out.contains("not published: passwd: symbolic link") && out.contains("node_modules"), "{out}");
 }
 
 #[test]
@@ -341,20 +223,14 @@ fn environments_and_scoped_names_have_their_own_sites() {
     let (_, task) = srv.create(&repo.task_body("@team/portal"));
     let test = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!(test.state, TaskState::Succeeded, "{test:?}");
-    assert_eq!(
-        test.url.as_deref(),
-        Some(format!("{}/sites/test/@team/portal/", srv.url).as_str())
-    );
+    assert_eq!(test.url.as_deref(), Some(format!("{}/sites/test/@team/portal/", srv.url).as_str()));
 
     repo.commit(&[("build.js", &build_script("<p>prod build</p>"))], "prod");
     let mut body = repo.task_body("@team/portal");
     body["env"] = "prod".into();
     let (_, task) = srv.create(&body);
     let prod = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(
-        prod.url.as_deref(),
-        Some(format!("{}/sites/prod/@team/portal/", srv.url).as_str())
-    );
+    assert_eq!(prod.url.as_deref(), Some(format!("{}/sites/prod/@team/portal/", srv.url).as_str()));
     // A prod publish leaves the test site as it was, and the other way round.
     assert_eq!(get_text(&prod.url.unwrap()).1, "<p>prod build</p>");
     assert_eq!(get_text(&test.url.unwrap()).1, "<p>test build</p>");

@@ -31,11 +31,7 @@ fn ensure_clients() {
             .current_dir(node_dir())
             .output()
             .expect("running npm");
-        assert!(
-            out.status.success(),
-            "npm ci in tests/node failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "npm ci in tests/node failed: {}", String::from_utf8_lossy(&out.stderr));
     });
 }
 
@@ -50,21 +46,12 @@ fn run_client(
 ) -> Vec<Value> {
     ensure_clients();
     let mut cmd = Command::new("node");
-    cmd.arg("client.js")
-        .args([major, transport, &srv.url, &query.to_string()]);
-    cmd.arg(auth.map(Value::to_string).unwrap_or_default())
-        .args(extra)
-        .current_dir(node_dir());
+    cmd.arg("client.js").args([major, transport, &srv.url, &query.to_string()]);
+    cmd.arg(auth.map(Value::to_string).unwrap_or_default()).args(extra).current_dir(node_dir());
     let out = cmd.output().expect("running node");
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert!(
-        out.status.success(),
-        "client failed: {lines:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(out.status.success(), "client failed: {lines:?}\n{}", String::from_utf8_lossy(&out.stderr));
     lines
 }
 
@@ -79,14 +66,8 @@ fn build_actions(lines: &[Value]) -> Vec<(String, String)> {
         .filter(|l| l["event"] == "build")
         .map(|l| {
             (
-                l["data"]["data"]["action"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                l["data"]["data"]["payload"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                l["data"]["data"]["action"].as_str().unwrap_or_default().to_owned(),
+                l["data"]["data"]["payload"]["message"].as_str().unwrap_or_default().to_owned(),
             )
         })
         .collect()
@@ -113,25 +94,14 @@ const SUCCESS: [&str; 14] = [
 fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
     let srv = server("");
     let ok = Repo::new(&[
-        (
-            "package.json",
-            &package_json("sio-ok", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("sio-ok", &[("build", "node build.js")])),
         ("build.js", &build_script("<h1>socket.io</h1>")),
     ]);
     let bad = Repo::new(&[(
         "package.json",
-        &package_json(
-            "sio-bad",
-            &[("build", "node -e \"console.log('boom');process.exit(1)\"")],
-        ),
+        &package_json("sio-bad", &[("build", "node -e \"console.log('boom');process.exit(1)\"")]),
     )]);
-    for (major, transport) in [
-        ("2", "websocket"),
-        ("2", "polling"),
-        ("4", "websocket"),
-        ("4", "polling"),
-    ] {
+    for (major, transport) in [("2", "websocket"), ("2", "polling"), ("4", "websocket"), ("4", "polling")] {
         let what = format!("socket.io-client {major} over {transport}");
         let lines = run_client(&srv, major, transport, &query_for(&ok, "sio-ok"), None, &[]);
         // The greeting arrives on the socket-id event, after the connection is established.
@@ -141,67 +111,24 @@ fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
         assert_eq!(lines[1]["data"]["data"]["payload"]["type"], "connect");
         assert!(lines[1]["data"]["meta"]["timestamp"].is_number());
         let actions = build_actions(&lines);
-        assert_eq!(
-            actions.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
-            SUCCESS,
-            "{what}"
-        );
-        let id: i64 = actions[0]
-            .1
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .expect("create task names the task id");
-        let url = actions
-            .last()
-            .unwrap()
-            .1
-            .trim_start_matches("published: ")
-            .to_owned();
-        assert_eq!(
-            get_text(&url).1,
-            "<h1>socket.io</h1>",
-            "{what}: the site serves the build"
-        );
+        assert_eq!(actions.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), SUCCESS, "{what}");
+        let id: i64 = actions[0].1.split_whitespace().nth(1).unwrap().parse().expect("create task names the task id");
+        let url = actions.last().unwrap().1.trim_start_matches("published: ").to_owned();
+        assert_eq!(get_text(&url).1, "<h1>socket.io</h1>", "{what}: the site serves the build");
         let output: String = lines
             .iter()
             .filter(|l| l["event"] == "building")
             .map(|l| l["data"].as_str().expect("building carries plain strings"))
             .collect();
         assert!(output.contains("built"), "{what}: {output}");
-        assert_eq!(
-            lines.last().unwrap()["type"],
-            "disconnect",
-            "{what}: the server disconnects at the end"
-        );
+        assert_eq!(lines.last().unwrap()["type"], "disconnect", "{what}: the server disconnects at the end");
         let t = srv.task(id);
-        assert_eq!(
-            (t.state, t.trigger),
-            (
-                TaskState::Succeeded,
-                cloudbuild_proto::task::Trigger::SocketIo
-            )
-        );
+        assert_eq!((t.state, t.trigger), (TaskState::Succeeded, cloudbuild_proto::task::Trigger::SocketIo));
 
-        let lines = run_client(
-            &srv,
-            major,
-            transport,
-            &query_for(&bad, "sio-bad"),
-            None,
-            &[],
-        );
+        let lines = run_client(&srv, major, transport, &query_for(&bad, "sio-bad"), None, &[]);
         let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();
-        assert_eq!(
-            actions.last().map(String::as_str),
-            Some("build failed"),
-            "{what}: {actions:?}"
-        );
-        assert!(
-            !actions.iter().any(|a| a == "pre-publish"),
-            "{what}: the pipeline stops at the failure"
-        );
+        assert_eq!(actions.last().map(String::as_str), Some("build failed"), "{what}: {actions:?}");
+        assert!(!actions.iter().any(|a| a == "pre-publish"), "{what}: the pipeline stops at the failure");
         assert_eq!(lines.last().unwrap()["type"], "disconnect");
     }
 }
@@ -209,10 +136,7 @@ fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
 #[test]
 fn an_invalid_query_is_denied_and_creates_no_task() {
     let srv = server("");
-    let repo = Repo::new(&[(
-        "package.json",
-        &package_json("sio-deny", &[("build", "node -e 0")]),
-    )]);
+    let repo = Repo::new(&[("package.json", &package_json("sio-deny", &[("build", "node -e 0")]))]);
     let cases = [
         ("2", "branch", "--upload-pack=x", "invalid branch"),
         ("4", "name", "../x", "invalid name"),
@@ -223,10 +147,7 @@ fn an_invalid_query_is_denied_and_creates_no_task() {
         let mut q = query_for(&repo, "sio-deny");
         q[field] = value.into();
         let lines = run_client(&srv, major, "websocket", &q, None, &[]);
-        let deny = lines
-            .iter()
-            .find(|l| l["event"] == "id")
-            .unwrap_or_else(|| panic!("{major} {field}: {lines:?}"));
+        let deny = lines.iter().find(|l| l["event"] == "id").unwrap_or_else(|| panic!("{major} {field}: {lines:?}"));
         assert_eq!(deny["data"]["data"]["action"], "deny");
         let message = deny["data"]["data"]["payload"]["message"].as_str().unwrap();
         assert!(message.contains(reason), "{field}={value}: {message}");
@@ -242,38 +163,22 @@ fn an_invalid_query_is_denied_and_creates_no_task() {
         "{lines:?}"
     );
     let tasks = get_json(&format!("{}/api/v1/tasks", srv.url)).unwrap();
-    assert_eq!(
-        tasks["tasks"].as_array().unwrap().len(),
-        0,
-        "no task was created"
-    );
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "no task was created");
 }
 
 #[test]
 fn tokens_are_required_when_anonymous_is_off() {
     let token = "sio-test-token-0123456789";
-    let srv = server(&format!("[auth]\nallow_anonymous = false\n[[auth.tokens]]\nname = \"ci-bot\"\ntoken = \"{token}\"\n"));
+    let srv =
+        server(&format!("[auth]\nallow_anonymous = false\n[[auth.tokens]]\nname = \"ci-bot\"\ntoken = \"{token}\"\n"));
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("sio-auth", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("sio-auth", &[("build", "node build.js")])),
         ("build.js", &build_script("auth")),
     ]);
     // 4.x: refused in the handshake with connect_error and the reason.
-    let lines = run_client(
-        &srv,
-        "4",
-        "websocket",
-        &query_for(&repo, "sio-auth"),
-        None,
-        &[],
-    );
+    let lines = run_client(&srv, "4", "websocket", &query_for(&repo, "sio-auth"), None, &[]);
     assert_eq!(lines[0]["type"], "connect_error", "{lines:?}");
-    assert!(
-        lines[0]["message"].as_str().unwrap().contains("token"),
-        "{lines:?}"
-    );
+    assert!(lines[0]["message"].as_str().unwrap().contains("token"), "{lines:?}");
     let lines = run_client(
         &srv,
         "4",
@@ -284,90 +189,37 @@ fn tokens_are_required_when_anonymous_is_off() {
     );
     assert_eq!(lines[0]["type"], "connect_error");
     // 2.x: denied after connecting, since 2.x clients cannot receive a handshake refusal.
-    let lines = run_client(
-        &srv,
-        "2",
-        "websocket",
-        &query_for(&repo, "sio-auth"),
-        None,
-        &[],
-    );
+    let lines = run_client(&srv, "2", "websocket", &query_for(&repo, "sio-auth"), None, &[]);
     assert_eq!(lines[1]["data"]["data"]["action"], "deny", "{lines:?}");
     // With the token (auth payload for 4.x, query for 2.x) the build runs and records who asked.
-    let lines = run_client(
-        &srv,
-        "4",
-        "websocket",
-        &query_for(&repo, "sio-auth"),
-        Some(&json!({ "token": token })),
-        &[],
-    );
-    assert_eq!(
-        build_actions(&lines).last().unwrap().0,
-        "build success",
-        "{lines:?}"
-    );
+    let lines =
+        run_client(&srv, "4", "websocket", &query_for(&repo, "sio-auth"), Some(&json!({ "token": token })), &[]);
+    assert_eq!(build_actions(&lines).last().unwrap().0, "build success", "{lines:?}");
     let mut q = query_for(&repo, "sio-auth");
     q["token"] = token.into();
     let lines = run_client(&srv, "2", "polling", &q, None, &[]);
-    assert_eq!(
-        build_actions(&lines).last().unwrap().0,
-        "build success",
-        "{lines:?}"
-    );
+    assert_eq!(build_actions(&lines).last().unwrap().0, "build success", "{lines:?}");
     // The REST API and the CLI follow the same rule.
     let (status, body) = srv.create(&repo.task_body("sio-auth"));
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (401, Some("unauthorized")),
-        "{body}"
-    );
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{body}");
     let out = srv.cli(&repo.work, &["tasks", "--json"]);
     assert_eq!(out.status.code(), Some(2));
     let out = srv.cli(&repo.work, &["tasks", "--json", "--token", token]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let page: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        page["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["requested_by"] == "ci-bot"),
-        "{page}"
-    );
+    assert!(page["tasks"].as_array().unwrap().iter().all(|t| t["requested_by"] == "ci-bot"), "{page}");
 }
 
 #[test]
 fn a_client_that_leaves_mid_build_does_not_stop_it() {
     let srv = server("");
     let slow = "setTimeout(()=>{require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','stayed')},1500)";
-    let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json("sio-leave", &[("build", "node slow.js")]),
-        ),
-        ("slow.js", slow),
-    ]);
-    let lines = run_client(
-        &srv,
-        "4",
-        "websocket",
-        &query_for(&repo, "sio-leave"),
-        None,
-        &["--leave-after-actions", "8"],
-    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("sio-leave", &[("build", "node slow.js")])), ("slow.js", slow)]);
+    let lines =
+        run_client(&srv, "4", "websocket", &query_for(&repo, "sio-leave"), None, &["--leave-after-actions", "8"]);
     assert!(lines.iter().any(|l| l["type"] == "left"), "{lines:?}");
-    let id: i64 = build_actions(&lines)[0]
-        .1
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id: i64 = build_actions(&lines)[0].1.split_whitespace().nth(1).unwrap().parse().unwrap();
     let t = srv.wait_done(id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
     assert_eq!(get_text(&t.url.unwrap()).1, "stayed");
@@ -380,18 +232,9 @@ fn a_client_that_leaves_mid_build_does_not_stop_it() {
 fn checks_are_reported_under_build_actions_and_options_are_noted() {
     let srv = server("");
     let repo = Repo::new(&[
-        (
-            "package.json",
-            &package_json(
-                "sio-check",
-                &[("build", "node build.js"), ("lint", "node -e 0")],
-            ),
-        ),
+        ("package.json", &package_json("sio-check", &[("build", "node build.js"), ("lint", "node -e 0")])),
         ("build.js", &build_script("checked")),
-        (
-            "cloudbuild.toml",
-            "[[checks]]\nname = \"lint\"\ncommand = \"npm run lint\"\n",
-        ),
+        ("cloudbuild.toml", "[[checks]]\nname = \"lint\"\ncommand = \"npm run lint\"\n"),
     ]);
     let mut q = query_for(&repo, "sio-check");
     q["keepCache"] = "true".into();
@@ -399,22 +242,11 @@ fn checks_are_reported_under_build_actions_and_options_are_noted() {
     q["timeout"] = "1200".into();
     let lines = run_client(&srv, "2", "websocket", &q, None, &[]);
     let actions = build_actions(&lines);
-    assert!(
-        !actions.iter().any(|a| a.0 == "check"),
-        "original clients know no check action: {actions:?}"
-    );
-    assert!(
-        actions
-            .iter()
-            .any(|a| a.0 == "build" && a.1.starts_with("check:") && a.1.contains("lint")),
-        "{actions:?}"
-    );
+    assert!(!actions.iter().any(|a| a.0 == "check"), "original clients know no check action: {actions:?}");
+    assert!(actions.iter().any(|a| a.0 == "build" && a.1.starts_with("check:") && a.1.contains("lint")), "{actions:?}");
     assert_eq!(actions.last().unwrap().0, "build success");
-    let output: String = lines
-        .iter()
-        .filter(|l| l["event"] == "building")
-        .map(|l| l["data"].as_str().unwrap_or_default())
-        .collect();
+    let output: String =
+        lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap_or_default()).collect();
     for option in ["keepCache is ignored", "cnpm is ignored", "timeout=1200"] {
         assert!(output.contains(option), "missing note `{option}`: {output}");
     }
@@ -425,23 +257,13 @@ fn a_client_written_like_the_original_cli_works() {
     let srv = server("");
     ensure_clients();
     let ok = Repo::new(&[
-        (
-            "package.json",
-            &package_json("orig-ok", &[("build", "node build.js")]),
-        ),
+        ("package.json", &package_json("orig-ok", &[("build", "node build.js")])),
         ("build.js", &build_script("<p>original</p>")),
     ]);
-    let bad = Repo::new(&[(
-        "package.json",
-        &package_json("orig-bad", &[("build", "node -e \"process.exit(2)\"")]),
-    )]);
+    let bad = Repo::new(&[("package.json", &package_json("orig-bad", &[("build", "node -e \"process.exit(2)\"")]))]);
     let run = |repo: &Repo, name: &str| {
         let out = Command::new("node")
-            .args([
-                "original-cli.js",
-                &srv.url,
-                &query_for(repo, name).to_string(),
-            ])
+            .args(["original-cli.js", &srv.url, &query_for(repo, name).to_string()])
             .current_dir(node_dir())
             .output()
             .unwrap();
@@ -458,37 +280,12 @@ fn a_client_written_like_the_original_cli_works() {
     // The original CLI's HTTP calls, answered from the releases.
     let found = get_json(&format!("{}/project/oss?name=orig-ok&type=dev", srv.url)).unwrap();
     assert_eq!(found["code"], 0, "{found}");
-    let names: Vec<&str> = found["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = found["data"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"orig-ok/index.html"), "{names:?}");
-    assert_eq!(
-        get_json(&format!("{}/project/oss?name=orig-ok&type=prod", srv.url)).unwrap()["code"],
-        -1
-    );
-    assert_eq!(
-        get_json(&format!("{}/project/oss?name=nope&type=dev", srv.url)).unwrap()["code"],
-        -1
-    );
-    let file = get_json(&format!(
-        "{}/oss/get?name=orig-ok&type=dev&file=index.html",
-        srv.url
-    ))
-    .unwrap();
+    assert_eq!(get_json(&format!("{}/project/oss?name=orig-ok&type=prod", srv.url)).unwrap()["code"], -1);
+    assert_eq!(get_json(&format!("{}/project/oss?name=nope&type=dev", srv.url)).unwrap()["code"], -1);
+    let file = get_json(&format!("{}/oss/get?name=orig-ok&type=dev&file=index.html", srv.url)).unwrap();
     assert_eq!(file["code"], 0, "{file}");
-    assert_eq!(
-        get_text(file["data"]["url"].as_str().unwrap()).1,
-        "<p>original</p>"
-    );
-    assert_eq!(
-        get_json(&format!(
-            "{}/oss/get?name=orig-ok&type=dev&file=../x",
-            srv.url
-        ))
-        .unwrap()["code"],
-        -1
-    );
+    assert_eq!(get_text(file["data"]["url"].as_str().unwrap()).1, "<p>original</p>");
+    assert_eq!(get_json(&format!("{}/oss/get?name=orig-ok&type=dev&file=../x", srv.url)).unwrap()["code"], -1);
 }

@@ -17,11 +17,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -51,17 +47,11 @@ impl From<ValidationError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(id) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("task {id} does not exist"),
-            ),
-            StoreError::Stale { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string())
+            StoreError::NotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("task {id} does not exist"))
             }
-            StoreError::Terminal(_) => {
-                ApiError::new(StatusCode::CONFLICT, "already_finished", e.to_string())
-            }
+            StoreError::Stale { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string()),
+            StoreError::Terminal(_) => ApiError::new(StatusCode::CONFLICT, "already_finished", e.to_string()),
             StoreError::Database(_) => ApiError::internal("accessing the store", e),
         }
     }
@@ -69,13 +59,6 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ApiErrorBody {
-                code: self.code.to_owned(),
-                message: self.message,
-            }),
-        )
-            .into_response()
+        (self.status, Json(ApiErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
     }
 }

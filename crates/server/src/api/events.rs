@@ -40,13 +40,7 @@ const PAGE: u32 = 500;
 /// Streams stored events into `tx` from `after`, following the live log when `follow`.
 /// Returns when the `end` event was sent, when not following and the log is exhausted, when the
 /// receiver is gone, or at server shutdown.
-pub async fn pump(
-    state: Arc<AppState>,
-    task: TaskId,
-    mut after: u64,
-    follow: bool,
-    tx: mpsc::Sender<WireEvent>,
-) {
+pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bool, tx: mpsc::Sender<WireEvent>) {
     let mut shutdown = state.shutdown.clone();
     loop {
         // Subscribe before reading, so growth between the read and the wait is not missed.
@@ -97,10 +91,7 @@ pub async fn events(
     state.store.get_task(id).await?; // 404 before any upgrade or stream
     let follow = p.follow.unwrap_or(true);
 
-    if headers
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-    {
+    if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         let (mut parts, _) = req.into_parts();
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
@@ -117,8 +108,7 @@ pub async fn events(
         let body: Vec<serde_json::Value> = events
             .iter()
             .map(|e| {
-                let data: serde_json::Value =
-                    serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
+                let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
                 serde_json::json!({ "seq": e.seq, "event": e.kind, "data": data })
             })
             .collect();
@@ -133,23 +123,14 @@ pub async fn events(
     });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
 
-async fn ws_follow(
-    state: Arc<AppState>,
-    id: TaskId,
-    after: u64,
-    follow: bool,
-    mut socket: WebSocket,
-) {
+async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<WireEvent>(64);
     tokio::spawn(pump(state, id, after, follow, tx));
     let every = Duration::from_secs(20);

@@ -4,7 +4,6 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod events;
-pub mod sites;
 pub mod tasks;
 pub mod workers;
 
@@ -15,8 +14,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use tower_http::services::ServeDir;
 
+use crate::release;
 use crate::state::AppState;
 use error::ApiError;
 
@@ -28,26 +27,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
         .route("/tasks/{id}/events", get(events::events))
+        .route("/tasks/{id}/attempts/{attempt}/publish/plan", post(release::plan))
         .route(
-            "/tasks/{id}/attempts/{attempt}/files/{*path}",
-            put(sites::upload).layer(DefaultBodyLimit::disable()),
+            "/tasks/{id}/attempts/{attempt}/publish/blobs/{hash}",
+            put(release::blob).layer(DefaultBodyLimit::disable()),
         )
-        .route(
-            "/tasks/{id}/attempts/{attempt}/release",
-            post(sites::release),
-        )
+        .route("/tasks/{id}/attempts/{attempt}/publish/commit", post(release::commit))
+        .route("/releases", get(release::list))
+        .route("/releases/rollback", post(release::rollback))
         .route("/workers/connect", get(workers::connect))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
-        });
-    let sites = ServeDir::new(state.sites_dir()).append_index_html_on_directories(true);
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint") });
     let socketio = crate::socketio::layer(state.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/project/oss", get(compat::project))
         .route("/oss/get", get(compat::file))
         .nest("/api/v1", api)
-        .nest_service("/sites", sites)
+        .route("/sites/{env}/{*path}", get(release::serve::site))
+        .route("/releases/{env}/{*path}", get(release::serve::release))
         .with_state(state)
         // Last: a layer added before a later merge or nest would not see `/socket.io/`.
         .layer(socketio)

@@ -35,9 +35,7 @@ pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     raw.parse::<TaskId>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("`{raw}` is not a task id (a positive integer)"))
-        })
+        .ok_or_else(|| ApiError::bad_request(format!("`{raw}` is not a task id (a positive integer)")))
 }
 
 /// Validates a request into a store row. Every field is checked before anything is stored.
@@ -53,12 +51,7 @@ pub fn validate(
     let branch = GitRef::parse(&req.branch)?;
     let name = ProjectName::parse(&req.name)?;
     let version = Version::parse(&req.version)?;
-    let build_cmd = match req
-        .build_cmd
-        .as_deref()
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-    {
+    let build_cmd = match req.build_cmd.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
         Some(c) => Some(CommandLine::parse(c, "build command", &s.command_policy)?.to_string()),
         None => None,
     };
@@ -70,6 +63,7 @@ pub fn validate(
         build_cmd,
         env: req.env,
         trigger,
+        force: req.force,
         requested_by: caller.0.clone(),
         retry_of,
         output_limit: s.output_bytes,
@@ -87,12 +81,7 @@ pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
 
 fn created(task: Task) -> Response {
     let location = format!("/api/v1/tasks/{}", task.id);
-    (
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(task),
-    )
-        .into_response()
+    (StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response()
 }
 
 /// `POST /api/v1/tasks`
@@ -102,11 +91,11 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<Response, ApiError> {
     if req.trigger == Trigger::Retry {
-        return Err(ApiError::bad_request(
-            "trigger `retry` is set by POST /api/v1/tasks/{id}/retry only",
-        ));
+        return Err(ApiError::bad_request("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only"));
     }
     let new = validate(&state, &req, &caller, req.trigger, None)?;
+    // Fail fast: a build that could not be published is not started.
+    crate::release::check_version_free(&state, new.env, &new.name, &new.version, new.force).await?;
     Ok(created(submit(&state, new).await?))
 }
 
@@ -146,12 +135,7 @@ pub async fn list(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 200"));
     }
-    let query = TaskQuery {
-        name: p.name,
-        state: task_state,
-        before: p.before,
-        limit: limit + 1,
-    };
+    let query = TaskQuery { name: p.name, state: task_state, before: p.before, limit: limit + 1 };
     let mut tasks = state.store.list_tasks(&query).await?;
     let next_before = if tasks.len() > limit as usize {
         tasks.truncate(limit as usize);
@@ -177,13 +161,7 @@ pub async fn cancel(
             (StatusCode::OK, Json(task)).into_response()
         }
         CancelOutcome::Requested(task) => {
-            state.scheduler.cancel(
-                task.worker.as_deref(),
-                TaskAttempt {
-                    task_id: id,
-                    attempt: task.attempt,
-                },
-            );
+            state.scheduler.cancel(task.worker.as_deref(), TaskAttempt { task_id: id, attempt: task.attempt });
             tracing::info!(task = id, by = %caller.0, "cancel sent to worker");
             (StatusCode::ACCEPTED, Json(task)).into_response()
         }
@@ -192,10 +170,7 @@ pub async fn cancel(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "already_finished",
-                format!(
-                    "task {id} already ended as {}; there is nothing to cancel",
-                    task.state
-                ),
+                format!("task {id} already ended as {}; there is nothing to cancel", task.state),
             ))
         }
     })
@@ -212,10 +187,7 @@ pub async fn retry(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_finished",
-            format!(
-                "task {} is still {}; cancel it or wait before retrying",
-                old.id, old.state
-            ),
+            format!("task {} is still {}; cancel it or wait before retrying", old.id, old.state),
         ));
     }
     let req = CreateTask {
@@ -226,6 +198,7 @@ pub async fn retry(
         build_cmd: old.build_cmd,
         env: old.env,
         trigger: Trigger::Retry,
+        force: old.force,
     };
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
     let new = validate(&state, &req, &caller, Trigger::Retry, Some(old.id))?;

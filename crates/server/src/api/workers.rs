@@ -10,9 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use cloudbuild_proto::event::EventBody;
 use cloudbuild_proto::time::Timestamp;
-use cloudbuild_proto::worker::{
-    Outcome, ServerMessage, TaskAttempt, WorkerEvent, WorkerMessage, PROTOCOL_VERSION,
-};
+use cloudbuild_proto::worker::{Outcome, ServerMessage, TaskAttempt, WorkerEvent, WorkerMessage, PROTOCOL_VERSION};
 use cloudbuild_store::{Finish, WorkerOp};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -23,12 +21,13 @@ use crate::state::AppState;
 
 /// Checks `Authorization: Bearer <token>` against the configured worker tokens, in constant time.
 pub fn authorize_worker(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = bearer(headers).ok_or_else(|| {
-        ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)")
-    })?;
-    let ok = state.settings.worker_tokens.iter().fold(false, |acc, t| {
-        acc | constant_time_eq(t.as_bytes(), given.as_bytes())
-    });
+    let given = bearer(headers)
+        .ok_or_else(|| ApiError::unauthorized("a worker token is required (Authorization: Bearer <token>)"))?;
+    let ok = state
+        .settings
+        .worker_tokens
+        .iter()
+        .fold(false, |acc, t| acc | constant_time_eq(t.as_bytes(), given.as_bytes()));
     if ok {
         Ok(())
     } else {
@@ -45,14 +44,9 @@ pub async fn connect(
     // Authentication first, so an unauthenticated caller learns nothing else.
     authorize_worker(&state, &headers)?;
     let ws = ws.map_err(|e| {
-        ApiError::bad_request(format!(
-            "the worker endpoint needs a WebSocket upgrade: {}",
-            e.body_text()
-        ))
+        ApiError::bad_request(format!("the worker endpoint needs a WebSocket upgrade: {}", e.body_text()))
     })?;
-    Ok(ws
-        .max_message_size(16 * 1024 * 1024)
-        .on_upgrade(move |socket| serve_worker(state, socket)))
+    Ok(ws.max_message_size(16 * 1024 * 1024).on_upgrade(move |socket| serve_worker(state, socket)))
 }
 
 async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
@@ -60,12 +54,9 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
     let hello = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
     let (name, slots) = match hello {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<WorkerMessage>(&text) {
-            Ok(WorkerMessage::Hello {
-                protocol,
-                name,
-                slots,
-                ..
-            }) if protocol == PROTOCOL_VERSION && slots > 0 => (name, slots),
+            Ok(WorkerMessage::Hello { protocol, name, slots, .. }) if protocol == PROTOCOL_VERSION && slots > 0 => {
+                (name, slots)
+            }
             other => {
                 tracing::warn!("worker refused: expected hello with protocol {PROTOCOL_VERSION}, got {other:?}");
                 let _ = sink.send(Message::Close(None)).await;
@@ -82,10 +73,8 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
-    let welcome = ServerMessage::Welcome {
-        worker_id: worker_id.clone(),
-        heartbeat_secs: state.settings.heartbeat_secs,
-    };
+    let welcome =
+        ServerMessage::Welcome { worker_id: worker_id.clone(), heartbeat_secs: state.settings.heartbeat_secs };
     if tx.send(welcome).is_err() {
         return;
     }
@@ -130,11 +119,7 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket) {
 const MAX_BATCH: usize = 256;
 
 /// Adds a received frame to the batch; false when the connection is closing.
-fn take_message(
-    msg: Option<Result<Message, axum::Error>>,
-    batch: &mut Vec<WorkerMessage>,
-    worker: &str,
-) -> bool {
+fn take_message(msg: Option<Result<Message, axum::Error>>, batch: &mut Vec<WorkerMessage>, worker: &str) -> bool {
     match msg {
         Some(Ok(Message::Text(text))) => {
             match serde_json::from_str::<WorkerMessage>(&text) {
@@ -166,41 +151,22 @@ async fn handle_batch(
                     WorkerEvent::Stage { stage, message, .. } => WorkerOp::Append {
                         task: task_id,
                         attempt,
-                        body: EventBody::Stage {
-                            action: stage.action().to_owned(),
-                            message,
-                        },
+                        body: EventBody::Stage { action: stage.action().to_owned(), message },
                     },
-                    WorkerEvent::Output { stream, text } => WorkerOp::Append {
-                        task: task_id,
-                        attempt,
-                        body: EventBody::Output { stream, text },
-                    },
-                    WorkerEvent::Commit { sha } => WorkerOp::Commit {
-                        task: task_id,
-                        attempt,
-                        sha,
-                    },
+                    WorkerEvent::Output { stream, text } => {
+                        WorkerOp::Append { task: task_id, attempt, body: EventBody::Output { stream, text } }
+                    }
+                    WorkerEvent::Commit { sha } => WorkerOp::Commit { task: task_id, attempt, sha },
                 });
             }
             WorkerMessage::Finished { task, outcome } => {
                 let finish = match outcome {
                     Outcome::Succeeded { url } => Finish::Succeeded { url },
                     Outcome::Failed { stage, reason } => Finish::Failed { stage, reason },
-                    Outcome::Cancelled { stage } => Finish::Cancelled {
-                        stage,
-                        reason: "cancelled by request".into(),
-                    },
-                    Outcome::TimedOut { stage, reason } => Finish::TimedOut {
-                        stage: Some(stage),
-                        reason,
-                    },
+                    Outcome::Cancelled { stage } => Finish::Cancelled { stage, reason: "cancelled by request".into() },
+                    Outcome::TimedOut { stage, reason } => Finish::TimedOut { stage: Some(stage), reason },
                 };
-                ops.push(WorkerOp::Finish {
-                    task: task.task_id,
-                    attempt: task.attempt,
-                    finish,
-                });
+                ops.push(WorkerOp::Finish { task: task.task_id, attempt: task.attempt, finish });
             }
         }
     }
@@ -210,20 +176,10 @@ async fn handle_batch(
     let keys: Vec<(TaskAttempt, bool)> = ops
         .iter()
         .map(|op| match op {
-            WorkerOp::Append { task, attempt, .. } | WorkerOp::Commit { task, attempt, .. } => (
-                TaskAttempt {
-                    task_id: *task,
-                    attempt: *attempt,
-                },
-                false,
-            ),
-            WorkerOp::Finish { task, attempt, .. } => (
-                TaskAttempt {
-                    task_id: *task,
-                    attempt: *attempt,
-                },
-                true,
-            ),
+            WorkerOp::Append { task, attempt, .. } | WorkerOp::Commit { task, attempt, .. } => {
+                (TaskAttempt { task_id: *task, attempt: *attempt }, false)
+            }
+            WorkerOp::Finish { task, attempt, .. } => (TaskAttempt { task_id: *task, attempt: *attempt }, true),
         })
         .collect();
     let results = match state.store.apply_worker_ops(ops).await {
@@ -238,10 +194,7 @@ async fn handle_batch(
         match res {
             Ok(events) => state.hub.published(task.task_id, &events),
             Err(e) => {
-                let _ = tx.send(ServerMessage::Refused {
-                    task,
-                    reason: e.to_string(),
-                });
+                let _ = tx.send(ServerMessage::Refused { task, reason: e.to_string() });
             }
         }
         if finished {
@@ -258,17 +211,11 @@ async fn heartbeat(
 ) {
     let until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
     for t in running {
-        match state
-            .store
-            .extend_lease(t.task_id, t.attempt, worker, until)
-            .await
-        {
+        match state.store.extend_lease(t.task_id, t.attempt, worker, until).await {
             Ok(true) => {}
             Ok(false) => {
-                let _ = tx.send(ServerMessage::Refused {
-                    task: t,
-                    reason: "this worker no longer holds the task".into(),
-                });
+                let _ =
+                    tx.send(ServerMessage::Refused { task: t, reason: "this worker no longer holds the task".into() });
             }
             Err(e) => tracing::error!("heartbeat: {e}"),
         }

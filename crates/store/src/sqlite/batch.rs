@@ -61,15 +61,11 @@ pub(super) fn finish_fields(
 }
 
 /// Applies `ops` in order inside the caller's transaction; one result per op.
-pub(super) async fn apply(
-    conn: &mut SqliteConnection,
-    ops: &[Op<'_>],
-) -> Result<Vec<Result<Vec<WireEvent>>>> {
+pub(super) async fn apply(conn: &mut SqliteConnection, ops: &[Op<'_>]) -> Result<Vec<Result<Vec<WireEvent>>>> {
     let ids: BTreeSet<TaskId> = ops.iter().map(|o| o.task).collect();
     let placeholders = vec!["?"; ids.len()].join(", ");
-    let sql = format!(
-        "SELECT {TASK_COLUMNS}, output_bytes, output_limit, truncated FROM tasks WHERE id IN ({placeholders})"
-    );
+    let sql =
+        format!("SELECT {TASK_COLUMNS}, output_bytes, output_limit, truncated FROM tasks WHERE id IN ({placeholders})");
     let mut query = sqlx::query(&sql);
     for id in &ids {
         query = query.bind(id);
@@ -126,11 +122,7 @@ pub(super) async fn apply(
         let sql = format!("INSERT INTO events (task_id, seq, kind, data) VALUES {values}");
         let mut insert = sqlx::query(&sql);
         for (id, ev) in chunk {
-            insert = insert
-                .bind(id)
-                .bind(ev.seq as i64)
-                .bind(ev.kind.as_str())
-                .bind(&ev.data);
+            insert = insert.bind(id).bind(ev.seq as i64).bind(ev.kind.as_str()).bind(&ev.data);
         }
         insert.execute(&mut *conn).await?;
     }
@@ -138,30 +130,16 @@ pub(super) async fn apply(
 }
 
 /// Gives the next sequence number to `body` and queues its row.
-fn emit(
-    l: &mut Live,
-    body: &EventBody,
-    now: Timestamp,
-    rows: &mut Vec<(TaskId, WireEvent)>,
-) -> WireEvent {
+fn emit(l: &mut Live, body: &EventBody, now: Timestamp, rows: &mut Vec<(TaskId, WireEvent)>) -> WireEvent {
     l.task.last_seq += 1;
     l.dirty = true;
     let seq = l.task.last_seq;
-    let ev = WireEvent {
-        seq,
-        kind: body.kind(),
-        data: body.render(l.task.id, seq, now),
-    };
+    let ev = WireEvent { seq, kind: body.kind(), data: body.render(l.task.id, seq, now) };
     rows.push((l.task.id, ev.clone()));
     ev
 }
 
-fn apply_one(
-    l: &mut Live,
-    op: &Op<'_>,
-    now: Timestamp,
-    rows: &mut Vec<(TaskId, WireEvent)>,
-) -> Result<Vec<WireEvent>> {
+fn apply_one(l: &mut Live, op: &Op<'_>, now: Timestamp, rows: &mut Vec<(TaskId, WireEvent)>) -> Result<Vec<WireEvent>> {
     if let OpKind::Finish(_) = op.kind {
         if l.task.state.is_terminal() {
             return Ok(Vec::new()); // the first ending wins
@@ -172,11 +150,7 @@ fn apply_one(
         OpKind::Finish(finish) => {
             let first = emit(l, &final_stage_event(finish), now, rows);
             let (state, stage, reason, url) = finish_fields(&l.task, finish);
-            let end = EventBody::End {
-                state,
-                reason: reason.clone(),
-                url: url.clone(),
-            };
+            let end = EventBody::End { state, reason: reason.clone(), url: url.clone() };
             (l.task.state, l.task.stage, l.task.reason, l.task.url) = (state, stage, reason, url);
             l.task.finished_at = Some(now);
             let last = emit(l, &end, now, rows);
@@ -200,8 +174,7 @@ fn apply_one(
             if l.truncated {
                 return Ok(Vec::new());
             }
-            let room =
-                usize::try_from((l.output_limit - l.output_bytes).max(0)).unwrap_or(usize::MAX);
+            let room = usize::try_from((l.output_limit - l.output_bytes).max(0)).unwrap_or(usize::MAX);
             if text.len() <= room {
                 l.output_bytes += text.len() as i64;
                 return Ok(vec![emit(l, body, now, rows)]);
@@ -209,31 +182,16 @@ fn apply_one(
             let kept = cut_at_char_boundary(text, room);
             let mut out = Vec::new();
             if !kept.is_empty() {
-                out.push(emit(
-                    l,
-                    &EventBody::Output {
-                        stream: *stream,
-                        text: kept.to_owned(),
-                    },
-                    now,
-                    rows,
-                ));
+                out.push(emit(l, &EventBody::Output { stream: *stream, text: kept.to_owned() }, now, rows));
             }
             l.output_bytes += kept.len() as i64;
             l.truncated = true;
-            out.push(emit(
-                l,
-                &EventBody::Truncated {
-                    limit_bytes: l.output_limit as u64,
-                },
-                now,
-                rows,
-            ));
+            out.push(emit(l, &EventBody::Truncated { limit_bytes: l.output_limit as u64 }, now, rows));
             Ok(out)
         }
-        OpKind::Append(EventBody::Truncated { .. } | EventBody::End { .. }) => Err(
-            StoreError::Database("truncated and end events are written by the store itself".into()),
-        ),
+        OpKind::Append(EventBody::Truncated { .. } | EventBody::End { .. }) => {
+            Err(StoreError::Database("truncated and end events are written by the store itself".into()))
+        }
     }
 }
 

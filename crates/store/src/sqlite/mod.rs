@@ -8,6 +8,7 @@
 //! can lose the last few.
 
 mod batch;
+mod releases;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,17 +19,16 @@ use batch::{Op, OpKind};
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::task::{actions, Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::{
-    final_stage_event, Appended, CancelOutcome, Fence, Finish, NewTask, RequeueOutcome, Result,
-    Store, StoreError, TaskQuery, WorkerOp,
+    final_stage_event, Appended, CancelOutcome, Fence, Finish, NewRelease, NewTask, RequeueOutcome, Result, Store,
+    StoreError, TaskQuery, WorkerOp,
 };
+use cloudbuild_proto::release::{ManifestFile, Release};
 
 /// Tasks and events in one SQLite database file.
 #[derive(Debug, Clone)]
@@ -64,19 +64,15 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
-            reader,
-        })
+        Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), reader })
     }
 }
 
-pub(super) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, requested_by, \
+pub(super) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
      state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq";
 
 pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
-    let bad =
-        |what: &str, v: &str| StoreError::Database(format!("corrupt {what} `{v}` in tasks table"));
+    let bad = |what: &str, v: &str| StoreError::Database(format!("corrupt {what} `{v}` in tasks table"));
     let env: String = row.try_get("env")?;
     let trigger: String = row.try_get("trigger_kind")?;
     let state: String = row.try_get("state")?;
@@ -95,6 +91,7 @@ pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
         build_cmd: row.try_get("build_cmd")?,
         env: Environment::parse(&env).ok_or_else(|| bad("env", &env))?,
         trigger: Trigger::parse(&trigger).ok_or_else(|| bad("trigger", &trigger))?,
+        force: row.try_get::<i64, _>("force")? != 0,
         requested_by: row.try_get("requested_by")?,
         state: TaskState::parse(&state).ok_or_else(|| bad("state", &state))?,
         stage,
@@ -122,22 +119,15 @@ async fn load(conn: &mut SqliteConnection, id: TaskId) -> Result<Task> {
 
 /// Appends one rendered event inside the caller's transaction.
 async fn push(conn: &mut SqliteConnection, id: TaskId, body: &EventBody) -> Result<WireEvent> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
-    )
-    .bind(id)
-    .fetch_one(&mut *conn)
-    .await?;
+    let seq: i64 = sqlx::query_scalar("UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
     insert_event(conn, id, seq as u64, body).await
 }
 
 /// Writes event `seq` (already reserved in `tasks.last_seq`) inside the caller's transaction.
-async fn insert_event(
-    conn: &mut SqliteConnection,
-    id: TaskId,
-    seq: u64,
-    body: &EventBody,
-) -> Result<WireEvent> {
+async fn insert_event(conn: &mut SqliteConnection, id: TaskId, seq: u64, body: &EventBody) -> Result<WireEvent> {
     let kind = body.kind();
     let data = body.render(id, seq, Timestamp::now());
     sqlx::query("INSERT INTO events (task_id, seq, kind, data) VALUES (?, ?, ?, ?)")
@@ -156,36 +146,17 @@ pub(super) fn check_fence(task: &Task, fence: Fence) -> Result<()> {
     }
     if let Fence::Attempt(given) = fence {
         if task.state != TaskState::Running || given != task.attempt {
-            return Err(StoreError::Stale {
-                task: task.id,
-                current: task.attempt,
-                given,
-            });
+            return Err(StoreError::Stale { task: task.id, current: task.attempt, given });
         }
     }
     Ok(())
 }
 
 /// Ends a task inside the caller's transaction.
-async fn finish_in(
-    conn: &mut SqliteConnection,
-    task: &Task,
-    finish: &Finish,
-) -> Result<Vec<WireEvent>> {
+async fn finish_in(conn: &mut SqliteConnection, task: &Task, finish: &Finish) -> Result<Vec<WireEvent>> {
     let mut events = vec![push(conn, task.id, &final_stage_event(finish)).await?];
     let (state, stage, reason, url) = batch::finish_fields(task, finish);
-    events.push(
-        push(
-            conn,
-            task.id,
-            &EventBody::End {
-                state,
-                reason: reason.clone(),
-                url: url.clone(),
-            },
-        )
-        .await?,
-    );
+    events.push(push(conn, task.id, &EventBody::End { state, reason: reason.clone(), url: url.clone() }).await?);
     sqlx::query(
         "UPDATE tasks SET state = ?, stage = ?, reason = ?, url = ?, finished_us = ?, lease_until_us = NULL WHERE id = ?",
     )
@@ -207,9 +178,9 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let id: TaskId = sqlx::query_scalar(
-            "INSERT INTO tasks (name, version, repo, branch, build_cmd, env, trigger_kind, requested_by, state, \
-             retry_of, output_limit, created_us, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1) \
-             RETURNING id",
+            "INSERT INTO tasks (name, version, repo, branch, build_cmd, env, trigger_kind, force, requested_by, \
+             state, retry_of, output_limit, created_us, last_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1) RETURNING id",
         )
         .bind(&new.name)
         .bind(&new.version)
@@ -218,16 +189,14 @@ impl Store for SqliteStore {
         .bind(&new.build_cmd)
         .bind(new.env.as_str())
         .bind(new.trigger.as_str())
+        .bind(new.force)
         .bind(&new.requested_by)
         .bind(new.retry_of)
         .bind(i64::try_from(new.output_limit).unwrap_or(i64::MAX))
         .bind(created.0)
         .fetch_one(&mut *tx)
         .await?;
-        let retry = new
-            .retry_of
-            .map(|r| format!(" (retry of task {r})"))
-            .unwrap_or_default();
+        let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
         let message = format!(
             "task {id} created: {}@{} from {} branch {} for {}{retry}",
             new.name,
@@ -236,10 +205,7 @@ impl Store for SqliteStore {
             new.branch,
             new.env.as_str()
         );
-        let body = EventBody::Stage {
-            action: actions::CREATE_TASK.into(),
-            message,
-        };
+        let body = EventBody::Stage { action: actions::CREATE_TASK.into(), message };
         let event = insert_event(&mut tx, id, 1, &body).await?;
         tx.commit().await?;
         // Built from what was just written, saving a read-back.
@@ -253,6 +219,7 @@ impl Store for SqliteStore {
             build_cmd: new.build_cmd,
             env: new.env,
             trigger: new.trigger,
+            force: new.force,
             requested_by: new.requested_by,
             state: TaskState::Queued,
             stage: None,
@@ -301,13 +268,7 @@ impl Store for SqliteStore {
         row.as_ref().map(task_from_row).transpose()
     }
 
-    async fn extend_lease(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        worker: &str,
-        until: Timestamp,
-    ) -> Result<bool> {
+    async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool> {
         let res = sqlx::query(
             "UPDATE tasks SET lease_until_us = ? WHERE id = ? AND attempt = ? AND worker = ? AND state = 'running'",
         )
@@ -331,56 +292,30 @@ impl Store for SqliteStore {
     }
 
     async fn running_tasks(&self) -> Result<Vec<Task>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' ORDER BY id"
-        ))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(task_from_row).collect()
     }
 
     async fn append_event(&self, id: TaskId, fence: Fence, body: EventBody) -> Result<Appended> {
-        let events = self
-            .apply_one(Op {
-                task: id,
-                fence,
-                kind: OpKind::Append(&body),
-            })
-            .await?;
-        Ok(if events.is_empty() {
-            Appended::Dropped
-        } else {
-            Appended::Events(events)
-        })
+        let events = self.apply_one(Op { task: id, fence, kind: OpKind::Append(&body) }).await?;
+        Ok(if events.is_empty() { Appended::Dropped } else { Appended::Events(events) })
     }
 
     async fn apply_worker_ops(&self, ops: Vec<WorkerOp>) -> Result<Vec<Result<Vec<WireEvent>>>> {
         let ops: Vec<Op<'_>> = ops
             .iter()
             .map(|op| match op {
-                WorkerOp::Append {
-                    task,
-                    attempt,
-                    body,
-                } => Op {
-                    task: *task,
-                    fence: Fence::Attempt(*attempt),
-                    kind: OpKind::Append(body),
-                },
-                WorkerOp::Commit { task, attempt, sha } => Op {
-                    task: *task,
-                    fence: Fence::Attempt(*attempt),
-                    kind: OpKind::Commit(sha),
-                },
-                WorkerOp::Finish {
-                    task,
-                    attempt,
-                    finish,
-                } => Op {
-                    task: *task,
-                    fence: Fence::Attempt(*attempt),
-                    kind: OpKind::Finish(finish),
-                },
+                WorkerOp::Append { task, attempt, body } => {
+                    Op { task: *task, fence: Fence::Attempt(*attempt), kind: OpKind::Append(body) }
+                }
+                WorkerOp::Commit { task, attempt, sha } => {
+                    Op { task: *task, fence: Fence::Attempt(*attempt), kind: OpKind::Commit(sha) }
+                }
+                WorkerOp::Finish { task, attempt, finish } => {
+                    Op { task: *task, fence: Fence::Attempt(*attempt), kind: OpKind::Finish(finish) }
+                }
             })
             .collect();
         let mut conn = self.writer.lock().await;
@@ -391,34 +326,13 @@ impl Store for SqliteStore {
     }
 
     async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()> {
-        self.apply_one(Op {
-            task: id,
-            fence: Fence::Attempt(attempt),
-            kind: OpKind::Commit(sha),
-        })
-        .await
-        .map(|_| ())
+        self.apply_one(Op { task: id, fence: Fence::Attempt(attempt), kind: OpKind::Commit(sha) }).await.map(|_| ())
     }
 
-    async fn finish(
-        &self,
-        id: TaskId,
-        fence: Fence,
-        finish: Finish,
-    ) -> Result<Option<Vec<WireEvent>>> {
-        let events = self
-            .apply_one(Op {
-                task: id,
-                fence,
-                kind: OpKind::Finish(&finish),
-            })
-            .await?;
+    async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
+        let events = self.apply_one(Op { task: id, fence, kind: OpKind::Finish(&finish) }).await?;
         // No events: it had already ended, and the first ending wins.
-        Ok(if events.is_empty() {
-            None
-        } else {
-            Some(events)
-        })
+        Ok(if events.is_empty() { None } else { Some(events) })
     }
 
     async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome> {
@@ -429,22 +343,13 @@ impl Store for SqliteStore {
             TaskState::Cancelled => CancelOutcome::AlreadyCancelled(task),
             s if s.is_terminal() => CancelOutcome::AlreadyFinished(task),
             TaskState::Queued => {
-                let finish = Finish::Cancelled {
-                    stage: None,
-                    reason: "cancelled while queued; it never ran".into(),
-                };
+                let finish = Finish::Cancelled { stage: None, reason: "cancelled while queued; it never ran".into() };
                 let events = finish_in(&mut tx, &task, &finish).await?;
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
                 CancelOutcome::CancelledQueued(load(&mut tx, id).await?, events)
             }
             _ => {
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
                 CancelOutcome::Requested(load(&mut tx, id).await?)
             }
         };
@@ -452,13 +357,7 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
-    async fn requeue(
-        &self,
-        id: TaskId,
-        attempt: u32,
-        max_attempts: u32,
-        why: &str,
-    ) -> Result<RequeueOutcome> {
+    async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let task = load(&mut tx, id).await?;
@@ -472,28 +371,15 @@ impl Store for SqliteStore {
                 format!("worker lost: {why}; gave up after {attempt} attempt(s)")
             };
             let finish = if task.cancel_requested {
-                Finish::Cancelled {
-                    stage: task.stage,
-                    reason,
-                }
+                Finish::Cancelled { stage: task.stage, reason }
             } else {
                 Finish::Error { reason }
             };
-            RequeueOutcome::Failed {
-                events: finish_in(&mut tx, &task, &finish).await?,
-            }
+            RequeueOutcome::Failed { events: finish_in(&mut tx, &task, &finish).await? }
         } else {
             let next = attempt + 1;
             let message = format!("{why}; requeued as attempt {next} of {max_attempts}");
-            let ev = push(
-                &mut tx,
-                id,
-                &EventBody::Stage {
-                    action: actions::REQUEUED.into(),
-                    message,
-                },
-            )
-            .await?;
+            let ev = push(&mut tx, id, &EventBody::Stage { action: actions::REQUEUED.into(), message }).await?;
             sqlx::query(
                 "UPDATE tasks SET state = 'queued', attempt = ?, worker = NULL, stage = NULL, lease_until_us = NULL \
                  WHERE id = ?",
@@ -502,35 +388,132 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            RequeueOutcome::Requeued {
-                attempt: next,
-                events: vec![ev],
-            }
+            RequeueOutcome::Requeued { attempt: next, events: vec![ev] }
         };
         tx.commit().await?;
         Ok(outcome)
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>> {
-        let rows = sqlx::query(
-            "SELECT seq, kind, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(id)
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query("SELECT seq, kind, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(id)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
                 Ok(WireEvent {
                     seq: r.try_get::<i64, _>("seq")? as u64,
-                    kind: EventKind::parse(&kind).ok_or_else(|| {
-                        StoreError::Database(format!("corrupt event kind `{kind}`"))
-                    })?,
+                    kind: EventKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Database(format!("corrupt event kind `{kind}`")))?,
                     data: r.try_get("data")?,
                 })
             })
             .collect()
+    }
+
+    async fn record_release(&self, new: NewRelease, files: &[ManifestFile]) -> Result<Release> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO releases (env, name, version, task_id, commit_sha, requested_by, created_us, files, bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(new.env.as_str())
+        .bind(&new.name)
+        .bind(&new.version)
+        .bind(new.task_id)
+        .bind(&new.commit)
+        .bind(&new.requested_by)
+        .bind(Timestamp::now().0)
+        .bind(files.len() as i64)
+        .bind(bytes as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        for chunk in files.chunks(200) {
+            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!("INSERT INTO release_files (release_id, path, hash, size) VALUES {values}");
+            let mut insert = sqlx::query(&sql);
+            for f in chunk {
+                insert = insert.bind(id).bind(&f.path).bind(&f.hash).bind(f.size as i64);
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        let release =
+            releases::load(&mut tx, id).await?.ok_or_else(|| StoreError::Database("release vanished".into()))?;
+        tx.commit().await?;
+        Ok(release)
+    }
+
+    async fn set_current(&self, release_id: i64) -> Result<Option<Release>> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
+        let release = releases::load(&mut tx, release_id)
+            .await?
+            .ok_or_else(|| StoreError::Database(format!("release {release_id} does not exist")))?;
+        let previous: Option<i64> =
+            sqlx::query_scalar("SELECT release_id FROM current_releases WHERE env = ? AND name = ?")
+                .bind(release.env.as_str())
+                .bind(&release.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO current_releases (env, name, release_id, switched_us) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (env, name) DO UPDATE SET release_id = excluded.release_id, switched_us = excluded.switched_us",
+        )
+        .bind(release.env.as_str())
+        .bind(&release.name)
+        .bind(release_id)
+        .bind(Timestamp::now().0)
+        .execute(&mut *tx)
+        .await?;
+        let previous = match previous.filter(|p| *p != release_id) {
+            Some(p) => releases::load(&mut tx, p).await?,
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    async fn list_releases(&self, env: Option<Environment>, name: &str) -> Result<Vec<Release>> {
+        let mut conn = self.reader.acquire().await?;
+        releases::list(&mut conn, env, name).await
+    }
+
+    async fn get_release(&self, id: i64) -> Result<Option<Release>> {
+        let mut conn = self.reader.acquire().await?;
+        releases::load(&mut conn, id).await
+    }
+
+    async fn release_files(&self, release_id: i64) -> Result<Vec<ManifestFile>> {
+        let rows = sqlx::query("SELECT path, hash, size FROM release_files WHERE release_id = ? ORDER BY path")
+            .bind(release_id)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ManifestFile {
+                    path: r.try_get("path")?,
+                    hash: r.try_get("hash")?,
+                    size: r.try_get::<i64, _>("size")? as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>> {
+        let mut conn = self.reader.acquire().await?;
+        releases::find_contents(&mut conn, env, hashes).await
+    }
+
+    async fn mark_pruned(&self, ids: &[i64]) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        for id in ids {
+            sqlx::query("UPDATE releases SET pruned = 1 WHERE id = ?").bind(id).execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 }

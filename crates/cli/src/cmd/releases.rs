@@ -1,0 +1,99 @@
+//! `cloudbuild releases` and `cloudbuild rollback`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use cloudbuild_proto::release::{ReleaseList, RollbackResult};
+
+use super::ServerArg;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReleasesArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Project name (as in package.json).
+    name: String,
+    /// Only this environment (test or prod); both when absent.
+    #[arg(long, value_parser = ["test", "prod"])]
+    env: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RollbackArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Project name (as in package.json).
+    name: String,
+    /// Environment to switch.
+    #[arg(long, default_value = "prod", value_parser = ["test", "prod"])]
+    env: String,
+    /// Version to switch to (its latest build) [default: the release before the current one].
+    #[arg(long)]
+    to: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
+    let client = args.server.client()?;
+    let mut path = format!("/api/v1/releases?name={}", crate::client::query_encode(&args.name));
+    if let Some(env) = &args.env {
+        path.push_str(&format!("&env={env}"));
+    }
+    let list: ReleaseList = client.get(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.releases.is_empty() {
+        println!("{} has no releases", args.name);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<5} {:<12} {:>6}  {:<9} {:>6} {:>10}  {:<14} {:<19} COMMIT",
+        "ENV", "VERSION", "TASK", "STATE", "FILES", "BYTES", "BY", "CREATED"
+    );
+    for r in &list.releases {
+        let state = if r.current {
+            "current"
+        } else if r.pruned {
+            "pruned"
+        } else {
+            "available"
+        };
+        println!(
+            "{:<5} {:<12} {:>6}  {:<9} {:>6} {:>10}  {:<14} {:<19} {}",
+            r.env.as_str(),
+            r.version,
+            r.task_id,
+            state,
+            r.files,
+            r.bytes,
+            r.requested_by,
+            &r.created_at.to_string()[..19],
+            r.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn rollback(args: RollbackArgs) -> Result<ExitCode> {
+    let client = args.server.client()?;
+    let body = serde_json::json!({ "name": args.name, "env": args.env, "to": args.to });
+    let result: RollbackResult = client.post("/api/v1/releases/rollback", Some(&body)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let from =
+        result.previous.as_ref().map(|p| format!("{} (task {})", p.version, p.task_id)).unwrap_or_else(|| "-".into());
+    println!(
+        "{} {} is now {} (task {}), was {from}\n{}\nimmutable: {}",
+        args.name, args.env, result.release.version, result.release.task_id, result.url, result.immutable_url
+    );
+    Ok(ExitCode::SUCCESS)
+}

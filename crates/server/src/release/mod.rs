@@ -1,0 +1,403 @@
+//! Releases: incremental publish into an environment's target, the atomic switch of its current
+//! release, history, rollback and retention.
+//!
+//! A worker publishes in three calls (all fenced by task and attempt):
+//! 1. `POST …/publish/plan` with the manifest (path, size, blake3 of every file): the answer
+//!    lists the contents the target does not have yet;
+//! 2. `PUT …/publish/blobs/{hash}` for each of them (the server checks the hash), staged in the
+//!    data dir;
+//! 3. `POST …/publish/commit` with the manifest again: every file is written under the
+//!    release's immutable key (a staged blob is uploaded; known content is copied inside the
+//!    target, sending nothing), the release is recorded, then made current, then old releases
+//!    beyond `releases.keep` are removed. A failure before the switch leaves the current
+//!    release untouched.
+
+pub mod headers;
+pub mod serve;
+pub mod target;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+use cloudbuild_proto::release::{
+    is_hash, ManifestFile, PlanAnswer, PublishPlan, PublishResult, Release, ReleaseList, RollbackRequest,
+    RollbackResult,
+};
+use cloudbuild_proto::task::{Environment, Task, TaskState};
+use cloudbuild_proto::validate::{ProjectName, RelPath, Version};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
+use crate::api::tasks::parse_id;
+use crate::api::workers::authorize_worker;
+use crate::state::AppState;
+use target::Target;
+
+/// The targets of the two environments.
+#[derive(Debug)]
+pub struct Targets {
+    pub test: Target,
+    pub prod: Target,
+}
+
+impl Targets {
+    pub fn get(&self, env: Environment) -> &Target {
+        match env {
+            Environment::Test => &self.test,
+            Environment::Prod => &self.prod,
+        }
+    }
+}
+
+/// The immutable key prefix of a release: `<name>/<version>/<task>`.
+pub fn release_key(r: &Release) -> String {
+    format!("{}/{}/{}", r.name, r.version, r.task_id)
+}
+
+/// Refuses to publish over an existing `prod` version without `force`.
+pub async fn check_version_free(
+    state: &AppState,
+    env: Environment,
+    name: &str,
+    version: &str,
+    force: bool,
+) -> Result<(), ApiError> {
+    if env != Environment::Prod || force {
+        return Ok(());
+    }
+    let existing = state.store.list_releases(Some(Environment::Prod), name).await?;
+    if existing.iter().any(|r| r.version == version) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "version_exists",
+            format!("{name}@{version} is already published to prod; publish with --force to release a new build of it, or bump the version"),
+        ));
+    }
+    Ok(())
+}
+
+async fn running_attempt(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    attempt: &str,
+) -> Result<(Task, u32), ApiError> {
+    authorize_worker(state, headers)?;
+    let task = state.store.get_task(parse_id(id)?).await?;
+    let attempt: u32 = attempt.parse().map_err(|_| ApiError::bad_request("attempt must be a number"))?;
+    if task.state != TaskState::Running || task.attempt != attempt {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_attempt",
+            format!(
+                "task {} is {} at attempt {}; attempt {attempt} may not publish",
+                task.id, task.state, task.attempt
+            ),
+        ));
+    }
+    Ok((task, attempt))
+}
+
+fn staging(state: &AppState, task: &Task, attempt: u32) -> PathBuf {
+    state.staging_dir().join(format!("{}-{attempt}", task.id))
+}
+
+/// Parses a plan after authentication (an extractor would answer strangers before the check).
+fn parse_plan(body: &[u8]) -> Result<PublishPlan, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_json", e.to_string()))
+}
+
+/// Checks a manifest: valid relative paths, valid hashes, no duplicates, not empty.
+fn check_manifest(files: &[ManifestFile]) -> Result<(), ApiError> {
+    if files.is_empty() {
+        return Err(ApiError::bad_request("the manifest lists no files"));
+    }
+    let mut seen = HashSet::new();
+    for f in files {
+        RelPath::parse(&f.path)?;
+        if !is_hash(&f.hash) {
+            return Err(ApiError::bad_request(format!(
+                "{}: the hash must be 64 lower-case hex digits (blake3)",
+                f.path
+            )));
+        }
+        if !seen.insert(f.path.as_str()) {
+            return Err(ApiError::bad_request(format!("{} is listed twice", f.path)));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/tasks/{id}/attempts/{attempt}/publish/plan`
+pub async fn plan(
+    State(state): State<Arc<AppState>>,
+    Path((id, attempt)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PlanAnswer>, ApiError> {
+    let (task, _) = running_attempt(&state, &headers, &id, &attempt).await?;
+    let plan = parse_plan(&body)?;
+    check_manifest(&plan.files)?;
+    check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
+    let wanted: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let known: HashSet<String> =
+        state.store.find_contents(task.env, &wanted).await?.into_iter().map(|(h, _, _)| h).collect();
+    let mut missing: Vec<String> = wanted.into_iter().filter(|h| !known.contains(h)).collect();
+    missing.sort();
+    Ok(Json(PlanAnswer { missing }))
+}
+
+/// `PUT /api/v1/tasks/{id}/attempts/{attempt}/publish/blobs/{hash}`
+pub async fn blob(
+    State(state): State<Arc<AppState>>,
+    Path((id, attempt, hash)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let (task, attempt) = running_attempt(&state, &headers, &id, &attempt).await?;
+    if !is_hash(&hash) {
+        return Err(ApiError::bad_request("the blob name must be its blake3 hash"));
+    }
+    let dir = staging(&state, &task, attempt);
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::internal("creating the staging directory", e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut data = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        if (data.len() + chunk.len()) as u64 > state.settings.max_file_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!("a file is larger than limits.max_file_bytes ({})", state.settings.max_file_bytes),
+            ));
+        }
+        hasher.update(&chunk);
+        data.extend_from_slice(&chunk);
+    }
+    if hasher.finalize().to_hex().as_str() != hash {
+        return Err(ApiError::bad_request("the content does not match its hash"));
+    }
+    let tmp = dir.join(format!("{hash}.partial"));
+    tokio::fs::write(&tmp, &data).await.map_err(|e| ApiError::internal("staging a file", e))?;
+    tokio::fs::rename(&tmp, dir.join(&hash)).await.map_err(|e| ApiError::internal("staging a file", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/tasks/{id}/attempts/{attempt}/publish/commit`
+pub async fn commit(
+    State(state): State<Arc<AppState>>,
+    Path((id, attempt)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PublishResult>, ApiError> {
+    let (task, attempt) = running_attempt(&state, &headers, &id, &attempt).await?;
+    let plan = parse_plan(&body)?;
+    check_manifest(&plan.files)?;
+    check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
+    let name = ProjectName::parse(&task.name)?;
+    Version::parse(&task.version)?;
+    let target = state.targets.get(task.env);
+    let key = format!("{}/{}/{}", name, task.version, task.id);
+    let staged = staging(&state, &task, attempt);
+
+    // Where each content comes from: this attempt's upload, or a release that has it.
+    let hashes: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let holders: HashMap<String, String> = state
+        .store
+        .find_contents(task.env, &hashes)
+        .await?
+        .into_iter()
+        .map(|(hash, release, path)| (hash, format!("{}/{path}", release_key(&release))))
+        .collect();
+    let mut uploads = Vec::new();
+    let (mut uploaded, mut skipped) = ((0u64, 0u64), (0u64, 0u64));
+    for f in &plan.files {
+        let blob = staged.join(&f.hash);
+        let source = if tokio::fs::try_exists(&blob).await.unwrap_or(false) {
+            uploaded = (uploaded.0 + 1, uploaded.1 + f.size);
+            Source::Staged(blob)
+        } else if let Some(from) = holders.get(&f.hash) {
+            skipped = (skipped.0 + 1, skipped.1 + f.size);
+            Source::Copy(from.clone())
+        } else {
+            return Err(ApiError::bad_request(format!(
+                "the content of {} was neither uploaded nor in the target",
+                f.path
+            )));
+        };
+        uploads.push((format!("{key}/{}", f.path), f.path.clone(), source));
+    }
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads.into_iter().map(|(to, path, source)| {
+        let target = target.clone();
+        async move {
+            match source {
+                Source::Staged(blob) => {
+                    let data = tokio::fs::read(&blob).await.map_err(|e| format!("{path}: {e}"))?;
+                    target.put(&to, &path, Bytes::from(data)).await.map_err(|e| format!("{path}: {e}"))
+                }
+                Source::Copy(from) => target.copy(&from, &to).await.map_err(|e| format!("{path}: {e}")),
+            }
+        }
+    }))
+    .buffer_unordered(8)
+    .collect()
+    .await;
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "target_failed",
+            format!("writing to the {} target failed: {e}", task.env.as_str()),
+        ));
+    }
+
+    let new = cloudbuild_store::NewRelease {
+        env: task.env,
+        name: task.name.clone(),
+        version: task.version.clone(),
+        task_id: task.id,
+        commit: task.commit.clone(),
+        requested_by: task.requested_by.clone(),
+    };
+    let release = state.store.record_release(new, &plan.files).await?;
+    let previous = switch(&state, &release).await?;
+    let _ = tokio::fs::remove_dir_all(&staged).await;
+    prune(&state, task.env, &task.name).await;
+    tracing::info!(task = task.id, release = release.id, previous = previous.as_ref().map(|p| p.id), "released");
+    let release = state.store.get_release(release.id).await?.unwrap_or(release);
+    Ok(Json(PublishResult {
+        url: target.env_url(&task.name),
+        immutable_url: target.immutable_url(&key),
+        release,
+        uploaded_files: uploaded.0,
+        uploaded_bytes: uploaded.1,
+        skipped_files: skipped.0,
+        skipped_bytes: skipped.1,
+    }))
+}
+
+enum Source {
+    Staged(PathBuf),
+    Copy(String),
+}
+
+/// Makes `release` current in its target, then in the store. Returns the release it replaced.
+async fn switch(state: &AppState, release: &Release) -> Result<Option<Release>, ApiError> {
+    let target = state.targets.get(release.env);
+    let current = state.store.list_releases(Some(release.env), &release.name).await?.into_iter().find(|r| r.current);
+    let files = state.store.release_files(release.id).await?;
+    let prev_files = match &current {
+        Some(c) => state.store.release_files(c.id).await?,
+        None => Vec::new(),
+    };
+    let prev_key = current.as_ref().map(release_key);
+    let previous = prev_key.as_deref().map(|k| (k, prev_files.as_slice()));
+    target.activate(&release.name, &release_key(release), &files, previous).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "target_failed", format!("switching the current release failed: {e}"))
+    })?;
+    Ok(state.store.set_current(release.id).await?)
+}
+
+/// Removes releases beyond `releases.keep` from the target (never the current one). Failures are
+/// logged and retried at the next publish.
+async fn prune(state: &AppState, env: Environment, name: &str) {
+    let Ok(all) = state.store.list_releases(Some(env), name).await else { return };
+    let keep = state.settings.keep_releases as usize;
+    let old: Vec<&Release> = all.iter().filter(|r| !r.pruned).skip(keep).filter(|r| !r.current).collect();
+    let mut pruned = Vec::new();
+    for r in old {
+        let files = state.store.release_files(r.id).await.unwrap_or_default();
+        match state.targets.get(env).remove_release(&release_key(r), &files).await {
+            Ok(()) => pruned.push(r.id),
+            Err(e) => tracing::warn!(release = r.id, "pruning failed: {e}"),
+        }
+    }
+    if !pruned.is_empty() {
+        tracing::info!(%name, env = env.as_str(), count = pruned.len(), "pruned old releases");
+        if let Err(e) = state.store.mark_pruned(&pruned).await {
+            tracing::warn!("recording pruned releases failed: {e}");
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    name: String,
+    env: Option<Environment>,
+}
+
+/// `GET /api/v1/releases?name=&env=`
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ReleaseList>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let name = ProjectName::parse(&p.name)?;
+    Ok(Json(ReleaseList { releases: state.store.list_releases(p.env, name.as_str()).await? }))
+}
+
+/// `POST /api/v1/releases/rollback`: switches to an earlier release, without rebuilding.
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(req): Json<RollbackRequest>,
+) -> Result<Json<RollbackResult>, ApiError> {
+    let name = ProjectName::parse(&req.name)?;
+    let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
+    let current = all.iter().find(|r| r.current).cloned();
+    let live = all.iter().filter(|r| !r.pruned);
+    let chosen = match &req.to {
+        Some(v) => {
+            Version::parse(v)?;
+            live.clone().find(|r| &r.version == v).ok_or_else(|| {
+                let versions: Vec<&str> = all.iter().filter(|r| !r.pruned).map(|r| r.version.as_str()).collect();
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "{name} has no {} release of version {v} (available: {})",
+                        req.env.as_str(),
+                        versions.join(", ")
+                    ),
+                )
+            })?
+        }
+        // The release before the current one (releases are newest first).
+        None => live.skip_while(|r| !r.current).nth(1).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "nothing_to_roll_back_to",
+                format!("{name} has no {} release before the current one", req.env.as_str()),
+            )
+        })?,
+    }
+    .clone();
+    if chosen.current {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_current",
+            format!("{name}@{} is already current in {}", chosen.version, req.env.as_str()),
+        ));
+    }
+    let previous = switch(&state, &chosen).await?;
+    tracing::info!(by = %caller.0, %name, env = req.env.as_str(), release = chosen.id, "rolled back");
+    let target = state.targets.get(req.env);
+    let release = state.store.get_release(chosen.id).await?.unwrap_or(chosen);
+    Ok(Json(RollbackResult {
+        url: target.env_url(name.as_str()),
+        immutable_url: target.immutable_url(&release_key(&release)),
+        release,
+        previous: previous.or(current),
+    }))
+}

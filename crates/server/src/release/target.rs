@@ -198,8 +198,14 @@ impl Target {
                 swap_link(&project, "current", relative).await
             }
             Target::S3 { .. } => {
-                let (html, assets): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
-                    files.iter().partition(|f| is_html(&f.path));
+                // The current copy already holds these (same path, same content): nothing to copy.
+                let unchanged: std::collections::HashSet<(&str, &str)> = previous
+                    .map(|(_, prev)| prev.iter().map(|f| (f.path.as_str(), f.hash.as_str())).collect())
+                    .unwrap_or_default();
+                let (html, assets): (Vec<&ManifestFile>, Vec<&ManifestFile>) = files
+                    .iter()
+                    .filter(|f| !unchanged.contains(&(f.path.as_str(), f.hash.as_str())))
+                    .partition(|f| is_html(&f.path));
                 // Assets first, entry files last: new HTML never points at assets not yet there.
                 for group in [assets, html] {
                     let copies: Vec<_> = group

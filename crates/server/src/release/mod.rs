@@ -301,9 +301,20 @@ async fn switch(state: &AppState, release: &Release) -> Result<Option<Release>, 
     };
     let prev_key = current.as_ref().map(release_key);
     let previous = prev_key.as_deref().map(|k| (k, prev_files.as_slice()));
-    target.activate(&release.name, &release_key(release), &files, previous).await.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "target_failed", format!("switching the current release failed: {e}"))
-    })?;
+    if let Err(e) = target.activate(&release.name, &release_key(release), &files, previous).await {
+        // A half-done S3 switch leaves a mix in the current copy: put the previous release
+        // back whole (nothing skipped), so the next switch starts from a clean copy.
+        if let (Some(c), Some(key)) = (&current, &prev_key) {
+            if let Err(restore) = target.activate(&c.name, key, &prev_files, None).await {
+                tracing::error!(release = c.id, "restoring the previous current release failed too: {restore}");
+            }
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "target_failed",
+            format!("switching the current release failed: {e}"),
+        ));
+    }
     Ok(state.store.set_current(release.id).await?)
 }
 

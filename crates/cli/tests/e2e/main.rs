@@ -23,3 +23,22 @@ pub fn bin() -> &'static Path {
 pub fn server(extra: &str) -> Server {
     Server::start(bin(), extra).expect("server starts")
 }
+
+/// The `build` actions of a successful task without checks, in order (start and success of
+/// each stage), as the original protocol names them.
+pub const SUCCESS_ACTIONS: [&str; 14] = [
+    "create task",
+    "prepare",
+    "prepare",
+    "download repo",
+    "download repo",
+    "install",
+    "install",
+    "build",
+    "build",
+    "pre-publish",
+    "pre-publish",
+    "publish",
+    "publish",
+    "build success",
+];

@@ -29,22 +29,7 @@ fn a_build_is_published_and_served_with_stages_in_order() {
     assert!(t.started_at.is_some() && t.finished_at.is_some());
 
     let actions: Vec<String> = srv.actions(id).into_iter().map(|a| a.0).collect();
-    let expected = [
-        "create task",
-        "prepare",
-        "prepare",
-        "download repo",
-        "download repo",
-        "install",
-        "install",
-        "build",
-        "build",
-        "pre-publish",
-        "pre-publish",
-        "publish",
-        "publish",
-        "build success",
-    ];
+    let expected = crate::SUCCESS_ACTIONS;
     assert_eq!(actions, expected, "no check stage without configured checks");
     assert!(srv.output(id).contains("built"), "build output is streamed into the log");
 

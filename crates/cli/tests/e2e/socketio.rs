@@ -73,23 +73,6 @@ fn build_actions(lines: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-const SUCCESS: [&str; 14] = [
-    "create task",
-    "prepare",
-    "prepare",
-    "download repo",
-    "download repo",
-    "install",
-    "install",
-    "build",
-    "build",
-    "pre-publish",
-    "pre-publish",
-    "publish",
-    "publish",
-    "build success",
-];
-
 #[test]
 fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
     let srv = server("");
@@ -111,7 +94,7 @@ fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
         assert_eq!(lines[1]["data"]["data"]["payload"]["type"], "connect");
         assert!(lines[1]["data"]["meta"]["timestamp"].is_number());
         let actions = build_actions(&lines);
-        assert_eq!(actions.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), SUCCESS, "{what}");
+        assert_eq!(actions.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), crate::SUCCESS_ACTIONS, "{what}");
         let id: i64 = actions[0].1.split_whitespace().nth(1).unwrap().parse().expect("create task names the task id");
         let url = actions.last().unwrap().1.trim_start_matches("published: ").to_owned();
         assert_eq!(get_text(&url).1, "<h1>socket.io</h1>", "{what}: the site serves the build");

@@ -38,6 +38,19 @@ fn split_name(path: &str) -> Option<(ProjectName, &str)> {
     Some((ProjectName::parse(&name).ok()?, rest))
 }
 
+/// The local root of an environment, the project and the rest of a served path; or why not.
+fn locate<'p>(state: &AppState, env: &str, path: &'p str) -> Result<(PathBuf, ProjectName, &'p str), &'static str> {
+    let env = Environment::parse(env).ok_or("unknown environment")?;
+    let root = state
+        .targets
+        .get(env)
+        .local_root()
+        .map(PathBuf::from)
+        .ok_or("this environment publishes to object storage; use its CDN URL")?;
+    let (name, rest) = split_name(path).ok_or("not a project path")?;
+    Ok((root, name, rest))
+}
+
 /// Serves `rest` from `dir` with ServeDir (types, ranges, ETags, `index.html` for directories).
 async fn serve_from(dir: PathBuf, rest: &str, method: &axum::http::Method) -> Response {
     let uri: Uri = match format!("/{rest}").parse() {
@@ -65,11 +78,10 @@ pub async fn site(
     Path((env, path)): Path<(String, String)>,
     req: Request<Body>,
 ) -> Response {
-    let Some(env) = Environment::parse(&env) else { return not_found("unknown environment") };
-    let Some(root) = state.targets.get(env).local_root().map(PathBuf::from) else {
-        return not_found("this environment publishes to object storage; use its CDN URL");
+    let (root, name, rest) = match locate(&state, &env, &path) {
+        Ok(found) => found,
+        Err(why) => return not_found(why),
     };
-    let Some((name, rest)) = split_name(&path) else { return not_found("not a project path") };
     if rest.is_empty() && !req.uri().path().ends_with('/') {
         return Redirect::permanent(&format!("{}/", req.uri().path())).into_response();
     }
@@ -100,11 +112,10 @@ pub async fn release(
     Path((env, path)): Path<(String, String)>,
     req: Request<Body>,
 ) -> Response {
-    let Some(env) = Environment::parse(&env) else { return not_found("unknown environment") };
-    let Some(root) = state.targets.get(env).local_root().map(PathBuf::from) else {
-        return not_found("this environment publishes to object storage; use its CDN URL");
+    let (root, name, rest) = match locate(&state, &env, &path) {
+        Ok(found) => found,
+        Err(why) => return not_found(why),
     };
-    let Some((name, rest)) = split_name(&path) else { return not_found("not a project path") };
     let mut parts = rest.splitn(3, '/');
     let (Some(version), Some(task)) = (parts.next(), parts.next()) else { return not_found("not a release path") };
     if Version::parse(version).is_err() || task.is_empty() || !task.bytes().all(|b| b.is_ascii_digit()) {

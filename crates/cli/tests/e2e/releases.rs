@@ -127,6 +127,13 @@ fn a_publish_that_fails_half_way_leaves_the_current_release() {
     assert!(t2.reason.unwrap().contains("max_file_bytes"));
     assert_eq!(get_text(&t1.url.unwrap()).1, "<h1>good</h1>", "the current release is untouched");
     assert_eq!(releases(&srv, "rel-fail", "test").len(), 1, "no release was recorded");
+    let staging = srv.data.path().join("data/staging");
+    let leftovers = || std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while leftovers() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(leftovers(), 0, "staged contents of the failed publish are removed");
 }
 
 #[test]

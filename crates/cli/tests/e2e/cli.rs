@@ -166,3 +166,30 @@ fn nix_kill(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
     assert!(ok.success());
 }
+
+#[test]
+fn bad_configuration_stops_the_server_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[limits]\noutput_byte = 10\n").unwrap();
+    let run = |env: &[(&str, &str)]| {
+        std::process::Command::new(bin())
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("output_byte"), "a typo in the file is named: {}", text(&out));
+    // Environment variables are a layer over the file, nested with `__`.
+    std::fs::write(&config, "").unwrap();
+    let out = run(&[("CLOUDBUILD_LIMITS__MAX_ATTEMPTS", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("limits.max_attempts"), "{}", text(&out));
+    let out = run(&[("CLOUDBUILD_GIT__ALLOWED_PROTOCOLS", "[https,gopher]")]);
+    assert!(text(&out).contains("gopher"), "{}", text(&out));
+}

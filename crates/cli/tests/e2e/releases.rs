@@ -67,11 +67,19 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert_eq!(t2.state, TaskState::Succeeded);
     assert!(msg.contains("uploaded 0 files (0 bytes), skipped 3 files"), "{msg}");
 
-    // One changed file uploads one file; the old release keeps its immutable URL.
+    // One changed file uploads one file; the old release keeps its immutable URL. (An asset
+    // only the old release has stays reachable at the environment URL for pages loaded before
+    // the switch.)
+    let old_only = format!("{url}assets/old-Zz9Yy8Xx.js");
+    repo.commit(&[("site/assets/old-Zz9Yy8Xx.js", "old asset")], "old asset");
+    publish(&srv, &body(&repo, "rel-site", "1.0.1", "test", false));
+    std::fs::remove_file(repo.work.join("site/assets/old-Zz9Yy8Xx.js")).unwrap();
     repo.commit(&[("site/index.html", "<h1>two</h1>")], "two");
     let (t3, msg) = publish(&srv, &body(&repo, "rel-site", "1.1.0", "test", false));
     assert!(msg.contains("uploaded 1 files") && msg.contains("skipped 2 files"), "{msg}");
     assert_eq!(get_text(&url).1, "<h1>two</h1>");
+    assert_eq!(get_text(&old_only), (200, "old asset".to_string()), "served from the previous release");
+    assert_eq!(get_text(&format!("{url}missing.html")).0, 404, "HTML never falls back");
     let immutable = format!("{}/releases/test/rel-site/1.0.0/{}/", srv.url, t1.id);
     assert!(msg.contains(&format!("/releases/test/rel-site/1.1.0/{}/", t3.id)), "{msg}");
     let (status, cc, text) = get_with_header(&immutable, "cache-control");
@@ -96,13 +104,13 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
 
     // History and rollback.
     let test = releases(&srv, "rel-site", "test");
-    assert_eq!(test.len(), 3);
+    assert_eq!(test.len(), 4);
     assert_eq!(test[0]["task_id"], t3.id);
     assert_eq!(test[0]["current"], true);
     assert_eq!(test[0]["commit"].as_str().map(str::len), Some(40));
     let (status, rb) = rollback(&srv, json!({ "name": "rel-site", "env": "test" }));
     assert_eq!(status, 200, "{rb}");
-    assert_eq!(rb["release"]["task_id"], t2.id);
+    assert_eq!(rb["release"]["version"], "1.0.1", "the release before the current one");
     assert_eq!(get_text(&url).1, "<h1>one</h1>", "switched back without a rebuild");
     assert_eq!(get_text(&format!("{}/sites/prod/rel-site/", srv.url)).1, "<h1>two</h1>", "prod untouched");
     let out = srv.cli(&repo.work, &["rollback", "rel-site", "--env", "test", "--to", "1.1.0"]);

@@ -45,7 +45,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn submit(client: &reqwest::Client, base: &str, i: usize) -> Result<Task> {
     let body = serde_json::json!({
-        "repo": "https://example.com/bench.git", "branch": "main", "name": "bench", "version": format!("1.0.{i}"),
+        "repo": "https://203.0.113.10/bench.git", "branch": "main", "name": "bench", "version": format!("1.0.{i}"),
     });
     let resp = client.post(format!("{base}/api/v1/tasks")).json(&body).send().await?;
     anyhow::ensure!(resp.status().is_success(), "submit failed: {}", resp.status());

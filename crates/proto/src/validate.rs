@@ -207,6 +207,11 @@ impl RepoUrl {
     pub fn protocol(&self) -> GitProtocol {
         self.protocol
     }
+
+    /// Its host, for network URLs.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
 }
 
 impl fmt::Display for RepoUrl {
@@ -274,7 +279,8 @@ pub fn is_local_host(host: &str) -> bool {
     numeric_looking
 }
 
-fn is_internal_ip(ip: IpAddr) -> bool {
+/// Whether an address is loopback, private, link-local or otherwise not on the public internet.
+pub fn is_internal_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => {

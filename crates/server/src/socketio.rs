@@ -91,6 +91,9 @@ async fn on_connect(s: SocketRef, State(state): State<Arc<AppState>>, TryData(au
         Ok(p) => p,
         Err(reason) => return deny(s, &reason),
     };
+    if let Err(e) = crate::api::tasks::check_repo_host(&state, &pending.request.repo).await {
+        return deny(s, &e.message);
+    }
     s.extensions.insert(pending);
     // Emitted once the connection is established, so 2.x clients receive it too.
     let greeting = envelope(

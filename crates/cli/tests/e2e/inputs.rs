@@ -68,6 +68,27 @@ fn attack_inputs_are_refused_before_anything_runs() {
     }
     assert_eq!(task_count(&srv) + task_count(&strict), 0, "no task was created");
     assert!(!marker.exists());
+
+    // A name that resolves to a local address is refused too. This machine's own name usually
+    // resolves to loopback through /etc/hosts; the server must agree with the resolver.
+    let host = std::process::Command::new("hostname")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap();
+    use std::net::ToSocketAddrs;
+    let internal = (host.as_str(), 443)
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(|a| cloudbuild_proto::validate::is_internal_ip(a.ip())))
+        .unwrap_or(false);
+    let mut body = base.clone();
+    body["repo"] = format!("https://{host}/org/repo.git").into();
+    let (status, resp) = strict.create(&body);
+    if internal {
+        assert_eq!(status, 400, "{host} resolves locally: {resp}");
+        assert!(resp["message"].as_str().unwrap().contains("resolves to"), "{resp}");
+    } else {
+        assert_eq!(status, 201, "{host} resolves publicly or not at all: {resp}");
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cloudbuild_proto::task::{CreateTask, Task, TaskId, TaskPage, TaskState, Trigger};
-use cloudbuild_proto::validate::{CommandLine, GitRef, ProjectName, RepoUrl, Version};
+use cloudbuild_proto::validate::{is_internal_ip, CommandLine, GitRef, ProjectName, RepoUrl, Version};
 use cloudbuild_proto::worker::TaskAttempt;
 use cloudbuild_store::{CancelOutcome, NewTask, TaskQuery};
 use serde::Deserialize;
@@ -70,6 +70,28 @@ pub fn validate(
     })
 }
 
+/// Refuses a repository whose host name resolves to a loopback, private or link-local address
+/// (the literal forms were refused by validation). A name that does not resolve is let through:
+/// the clone fails on it anyway. The answer at clone time can differ (DNS rebinding); the
+/// worker's network is the boundary for that.
+pub async fn check_repo_host(state: &AppState, repo: &str) -> Result<(), ApiError> {
+    if state.settings.repo_policy.allow_local_hosts {
+        return Ok(());
+    }
+    let Ok(url) = RepoUrl::parse(repo, &state.settings.repo_policy) else { return Ok(()) };
+    let Some(host) = url.host().map(str::to_owned) else { return Ok(()) };
+    let lookup = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::lookup_host((host.as_str(), 443)));
+    if let Ok(Ok(addrs)) = lookup.await {
+        if let Some(addr) = addrs.into_iter().find(|a| is_internal_ip(a.ip())) {
+            return Err(ApiError::bad_request(format!(
+                "invalid repo: host `{host}` resolves to {}, a local or private address",
+                addr.ip()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Stores a validated task, announces its first event and wakes the scheduler.
 pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
     let (task, event) = state.store.create_task(new).await?;
@@ -94,6 +116,7 @@ pub async fn create(
         return Err(ApiError::bad_request("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only"));
     }
     let new = validate(&state, &req, &caller, req.trigger, None)?;
+    check_repo_host(&state, &new.repo).await?;
     // Fail fast: a build that could not be published is not started.
     crate::release::check_version_free(&state, new.env, &new.name, &new.version, new.force).await?;
     Ok(created(submit(&state, new).await?))
@@ -202,5 +225,6 @@ pub async fn retry(
     };
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
     let new = validate(&state, &req, &caller, Trigger::Retry, Some(old.id))?;
+    check_repo_host(&state, &new.repo).await?;
     Ok(created(submit(&state, new).await?))
 }

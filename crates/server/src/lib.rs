@@ -62,10 +62,10 @@ pub async fn run(
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let targets_dir = settings.data_dir.join("targets");
-    let targets = release::Targets {
-        test: release::target::Target::new(&settings.targets.test, targets_dir.join("test"), &public_url, "test")?,
-        prod: release::target::Target::new(&settings.targets.prod, targets_dir.join("prod"), &public_url, "prod")?,
-    };
+    let targets = release::Targets::new(
+        release::target::Target::new(&settings.targets.test, targets_dir.join("test"), &public_url, "test")?,
+        release::target::Target::new(&settings.targets.prod, targets_dir.join("prod"), &public_url, "prod")?,
+    );
     let state = Arc::new(AppState {
         targets,
         store,

@@ -219,3 +219,38 @@ fn s3_target_incremental_publish_switch_rollback_and_outage() {
     assert!(list.iter().any(|r| r["current"] == true && r["version"] == "1.0.0"));
     drop(t3);
 }
+
+#[test]
+fn of_concurrent_prod_publishes_of_one_version_exactly_one_wins() {
+    let srv = server("[workers]\nembedded_slots = 3\n");
+    // A barrier: each build waits until all three have built, so they publish together.
+    let barrier = srv.data.path().join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
+    let build = format!(
+        "const fs = require('fs'); const dir = {dir:?};\
+         fs.writeFileSync(dir + '/' + process.pid, '');\
+         while (fs.readdirSync(dir).length < 3) {{ Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20); }}\
+         fs.cpSync('site', 'dist', {{ recursive: true }});",
+        dir = barrier.to_str().unwrap()
+    );
+    let repo = site_repo("rel-race", "<h1>race</h1>");
+    repo.commit(&[("build.js", &build)], "barrier");
+    // All three pass the check at creation (nothing is released yet) and build at once.
+    let ids: Vec<i64> = (0..3)
+        .map(|_| {
+            let (status, t) = srv.create(&body(&repo, "rel-race", "2.0.0", "prod", false));
+            assert_eq!(status, 201, "{t}");
+            t["id"].as_i64().unwrap()
+        })
+        .collect();
+    let done: Vec<_> = ids.iter().map(|id| srv.wait_done(*id)).collect();
+    let winners: Vec<_> = done.iter().filter(|t| t.state == TaskState::Succeeded).collect();
+    assert_eq!(winners.len(), 1, "{done:?}");
+    for loser in done.iter().filter(|t| t.state != TaskState::Succeeded) {
+        assert_eq!((loser.state, loser.stage), (TaskState::Failed, Some(Stage::Publish)), "{loser:?}");
+        assert!(loser.reason.as_deref().unwrap_or_default().contains("already published to prod"), "{loser:?}");
+    }
+    let list = releases(&srv, "rel-race", "prod");
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0]["task_id"].as_i64(), list[0]["current"].as_bool()), (Some(winners[0].id), Some(true)));
+}

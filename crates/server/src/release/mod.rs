@@ -46,9 +46,22 @@ use target::Target;
 pub struct Targets {
     pub test: Target,
     pub prod: Target,
+    /// One lock per project and environment, held while a release is recorded and switched.
+    pub locks: std::sync::Mutex<HashMap<(Environment, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Targets {
+    /// Both targets, with no switch in progress.
+    pub fn new(test: Target, prod: Target) -> Self {
+        Targets { test, prod, locks: Default::default() }
+    }
+
+    /// The switch lock of a project in an environment.
+    pub fn project_lock(&self, env: Environment, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry((env, name.to_owned())).or_default().clone()
+    }
+
     pub fn get(&self, env: Environment) -> &Target {
         match env {
             Environment::Test => &self.test,
@@ -260,6 +273,12 @@ pub async fn commit(
         ));
     }
 
+    // Recording and switching are serialised per project and environment: concurrent publishes
+    // cannot interleave their switches, and of concurrent `prod` publishes of one version
+    // exactly one is recorded (the others are refused here, after their upload).
+    let lock = state.targets.project_lock(task.env, &task.name);
+    let guard = lock.lock().await;
+    check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
     let new = cloudbuild_store::NewRelease {
         env: task.env,
         name: task.name.clone(),
@@ -270,8 +289,9 @@ pub async fn commit(
     };
     let release = state.store.record_release(new, &plan.files).await?;
     let previous = switch(&state, &release).await?;
-    let _ = tokio::fs::remove_dir_all(&staged).await;
     prune(&state, task.env, &task.name).await;
+    drop(guard);
+    let _ = tokio::fs::remove_dir_all(&staged).await;
     tracing::info!(task = task.id, release = release.id, previous = previous.as_ref().map(|p| p.id), "released");
     let release = state.store.get_release(release.id).await?.unwrap_or(release);
     Ok(Json(PublishResult {
@@ -365,6 +385,8 @@ pub async fn rollback(
     Json(req): Json<RollbackRequest>,
 ) -> Result<Json<RollbackResult>, ApiError> {
     let name = ProjectName::parse(&req.name)?;
+    let lock = state.targets.project_lock(req.env, name.as_str());
+    let guard = lock.lock().await;
     let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
     let current = all.iter().find(|r| r.current).cloned();
     let live = all.iter().filter(|r| !r.pruned);
@@ -402,6 +424,7 @@ pub async fn rollback(
         ));
     }
     let previous = switch(&state, &chosen).await?;
+    drop(guard);
     tracing::info!(by = %caller.0, %name, env = req.env.as_str(), release = chosen.id, "rolled back");
     let target = state.targets.get(req.env);
     let release = state.store.get_release(chosen.id).await?.unwrap_or(chosen);

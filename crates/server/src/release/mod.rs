@@ -41,13 +41,16 @@ use crate::api::workers::authorize_worker;
 use crate::state::AppState;
 use target::Target;
 
+/// Held while a project's release is recorded and switched in one environment.
+pub type SwitchLock = Arc<tokio::sync::Mutex<()>>;
+
 /// The targets of the two environments.
 #[derive(Debug)]
 pub struct Targets {
     pub test: Target,
     pub prod: Target,
     /// One lock per project and environment, held while a release is recorded and switched.
-    pub locks: std::sync::Mutex<HashMap<(Environment, String), Arc<tokio::sync::Mutex<()>>>>,
+    pub locks: std::sync::Mutex<HashMap<(Environment, String), SwitchLock>>,
 }
 
 impl Targets {
@@ -57,7 +60,7 @@ impl Targets {
     }
 
     /// The switch lock of a project in an environment.
-    pub fn project_lock(&self, env: Environment, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn project_lock(&self, env: Environment, name: &str) -> SwitchLock {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry((env, name.to_owned())).or_default().clone()
     }

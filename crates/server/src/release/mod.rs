@@ -126,6 +126,21 @@ fn staging(state: &AppState, task: &Task, attempt: u32) -> PathBuf {
     state.staging_dir().join(format!("{}-{attempt}", task.id))
 }
 
+/// Authenticates a publish call (plan or commit), then checks its manifest and version.
+async fn accept_plan(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    attempt: &str,
+    body: &[u8],
+) -> Result<(Task, u32, PublishPlan), ApiError> {
+    let (task, attempt) = running_attempt(state, headers, id, attempt).await?;
+    let plan = parse_plan(body)?;
+    check_manifest(&plan.files)?;
+    check_version_free(state, task.env, &task.name, &task.version, task.force).await?;
+    Ok((task, attempt, plan))
+}
+
 /// Parses a plan after authentication (an extractor would answer strangers before the check).
 fn parse_plan(body: &[u8]) -> Result<PublishPlan, ApiError> {
     serde_json::from_slice(body)
@@ -160,10 +175,7 @@ pub async fn plan(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<PlanAnswer>, ApiError> {
-    let (task, _) = running_attempt(&state, &headers, &id, &attempt).await?;
-    let plan = parse_plan(&body)?;
-    check_manifest(&plan.files)?;
-    check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
+    let (task, _, plan) = accept_plan(&state, &headers, &id, &attempt, &body).await?;
     let wanted: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
     let known: HashSet<String> =
         state.store.find_contents(task.env, &wanted).await?.into_iter().map(|(h, _, _)| h).collect();
@@ -216,10 +228,7 @@ pub async fn commit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<PublishResult>, ApiError> {
-    let (task, attempt) = running_attempt(&state, &headers, &id, &attempt).await?;
-    let plan = parse_plan(&body)?;
-    check_manifest(&plan.files)?;
-    check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
+    let (task, attempt, plan) = accept_plan(&state, &headers, &id, &attempt, &body).await?;
     let name = ProjectName::parse(&task.name)?;
     Version::parse(&task.version)?;
     let target = state.targets.get(task.env);

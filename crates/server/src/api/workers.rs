@@ -200,7 +200,7 @@ async fn handle_batch(
         if finished {
             state.scheduler.slot_freed(worker, task);
             // Contents a failed or cancelled publish staged are not needed any more.
-            let staged = state.staging_dir().join(format!("{}-{}", task.task_id, task.attempt));
+            let staged = crate::release::staging(state, task.task_id, task.attempt);
             tokio::spawn(async move {
                 let _ = tokio::fs::remove_dir_all(staged).await;
             });

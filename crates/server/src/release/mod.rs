@@ -122,8 +122,9 @@ async fn running_attempt(
     Ok((task, attempt))
 }
 
-fn staging(state: &AppState, task: &Task, attempt: u32) -> PathBuf {
-    state.staging_dir().join(format!("{}-{attempt}", task.id))
+/// Where a publish attempt stages the contents it uploads; removed when its task ends.
+pub fn staging(state: &AppState, task_id: cloudbuild_proto::task::TaskId, attempt: u32) -> PathBuf {
+    state.staging_dir().join(format!("{task_id}-{attempt}"))
 }
 
 /// Authenticates a publish call (plan or commit), then checks its manifest and version.
@@ -195,7 +196,7 @@ pub async fn blob(
     if !is_hash(&hash) {
         return Err(ApiError::bad_request("the blob name must be its blake3 hash"));
     }
-    let dir = staging(&state, &task, attempt);
+    let dir = staging(&state, task.id, attempt);
     tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::internal("creating the staging directory", e))?;
     let mut hasher = blake3::Hasher::new();
     let mut data = Vec::new();
@@ -233,7 +234,7 @@ pub async fn commit(
     Version::parse(&task.version)?;
     let target = state.targets.get(task.env);
     let key = format!("{}/{}/{}", name, task.version, task.id);
-    let staged = staging(&state, &task, attempt);
+    let staged = staging(&state, task.id, attempt);
 
     // Where each content comes from: this attempt's upload, or a release that has it.
     let hashes: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();

@@ -209,6 +209,8 @@ pub mod actions {
     pub const ERROR: &str = "error";
     /// The task is back in the queue after its worker was lost.
     pub const REQUEUED: &str = "requeued";
+    /// The task waits for a worker with its labels, and none is registered.
+    pub const WAITING: &str = "waiting";
 }
 
 /// `POST /api/v1/tasks`: what to build.
@@ -235,6 +237,9 @@ pub struct CreateTask {
     /// Publish even if this version is already released to `prod` (a new build of it).
     #[serde(default)]
     pub force: bool,
+    /// Labels a worker must have to run this task (e.g. `linux`, `node20`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// A task as the API shows it.
@@ -272,6 +277,9 @@ pub struct Task {
     pub finished_at: Option<Timestamp>,
     /// Sequence number of the last event in the task's log.
     pub last_seq: u64,
+    /// Labels a worker must have to run this task.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// `GET /api/v1/tasks`: a page of tasks, newest first.

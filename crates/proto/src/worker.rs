@@ -6,14 +6,20 @@
 //! cancels. The worker sends heartbeats, events and one `Finished` per assignment. Every message
 //! about a task carries `(task_id, attempt)`; the server refuses those of a stale attempt
 //! (fencing), so a worker that lost its lease can never change a task again.
+//!
+//! Delivery: `Event` and `Finished` carry a number `seq`, counted from 1 within each attempt.
+//! The server answers [`ServerMessage::Ack`] with the highest number it has stored; the worker
+//! keeps every unacknowledged message and sends them again, in order, after reconnecting. The
+//! store skips numbers it has already applied, so a resend neither loses nor duplicates events.
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::OutputStream;
 use crate::task::{Environment, Stage, TaskId};
+use crate::time::Timestamp;
 
 /// The version of this protocol; the server refuses workers that speak another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Worker → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,10 +29,10 @@ pub enum WorkerMessage {
     Hello { protocol: u32, name: String, slots: u32, labels: Vec<String> },
     /// Keeps the leases of the listed tasks alive.
     Heartbeat { running: Vec<TaskAttempt> },
-    /// Something happened in a running task.
-    Event { task: TaskAttempt, event: WorkerEvent },
-    /// The task's pipeline ended; exactly one per assignment.
-    Finished { task: TaskAttempt, outcome: Outcome },
+    /// Something happened in a running task; `seq` numbers it within the attempt.
+    Event { task: TaskAttempt, seq: u64, event: WorkerEvent },
+    /// The task's pipeline ended; exactly one per assignment, numbered after its events.
+    Finished { task: TaskAttempt, seq: u64, outcome: Outcome },
 }
 
 /// Server → worker.
@@ -41,6 +47,10 @@ pub enum ServerMessage {
     Cancel { task: TaskAttempt },
     /// A message about a stale or finished attempt was refused; stop working on it.
     Refused { task: TaskAttempt, reason: String },
+    /// Messages of this attempt up to `seq` are stored; the worker may forget them.
+    Ack { task: TaskAttempt, seq: u64 },
+    /// The server ends this connection for good (its token was revoked); do not reconnect.
+    Goodbye { reason: String },
 }
 
 /// Fencing token: a task and the attempt a worker holds.
@@ -146,4 +156,66 @@ impl Default for Limits {
             kill_grace_secs: 10,
         }
     }
+}
+
+/// Whether a worker is connected, as `cloudbuild workers` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Connected,
+    /// Registered as connected, but no heartbeat for longer than a lease: its server died, or
+    /// it was cut off; its tasks are requeued when their leases expire.
+    Lost,
+    Disconnected,
+}
+
+/// A worker as `GET /api/v1/workers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub state: WorkerState,
+    pub slots: u32,
+    pub labels: Vec<String>,
+    /// The tasks it is running (task and attempt).
+    pub running: Vec<TaskAttempt>,
+    /// The name of the token it authenticated with.
+    pub token: String,
+    /// The server it is connected to (that server's listen address).
+    pub server: String,
+    pub connected_at: Timestamp,
+    pub last_heartbeat: Timestamp,
+}
+
+/// `GET /api/v1/workers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// A worker token as listed (the secret is shown once, at creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerToken {
+    pub name: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// `POST /api/v1/worker-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkerToken {
+    pub name: String,
+}
+
+/// The answer to `POST /api/v1/worker-tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedWorkerToken {
+    pub name: String,
+    pub token: String,
+}
+
+/// `GET /api/v1/worker-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerTokenList {
+    pub tokens: Vec<WorkerToken>,
 }

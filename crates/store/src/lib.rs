@@ -6,6 +6,8 @@
 //! events in the same transaction as the state change, so a log that ends with `end` always
 //! belongs to a terminal task and vice versa.
 
+mod apply;
+mod redis_store;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -13,7 +15,12 @@ use cloudbuild_proto::event::{EventBody, WireEvent};
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
+pub use apply::labels_match;
+pub use redis_store::{RedisOptions, RedisStore};
 pub use sqlite::SqliteStore;
 
 /// Errors of a store. `Database` hides backend details from API clients.
@@ -25,6 +32,11 @@ pub enum StoreError {
     Stale { task: TaskId, current: u32, given: u32 },
     #[error("task {0} has already finished")]
     Terminal(TaskId),
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend cannot be reached right now (Redis down, timed out); worth retrying later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage error: {0}")]
     Database(String),
 }
@@ -58,6 +70,8 @@ pub struct NewTask {
     pub retry_of: Option<TaskId>,
     /// Bytes of output kept for this task before a `truncated` event.
     pub output_limit: u64,
+    /// Labels a worker must have to run this task (validated, sorted, unique).
+    pub labels: Vec<String>,
 }
 
 /// Filters of `list_tasks`; newest first.
@@ -114,13 +128,38 @@ pub enum Appended {
 
 /// One change a worker's message asks for; see [`Store::apply_worker_ops`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum WorkerOp {
+pub struct WorkerOp {
+    pub task: TaskId,
+    pub attempt: u32,
+    /// The worker's number for this message within the attempt (from 1). A number at or below
+    /// the last one applied is a resend after a broken connection: skipped, not an error.
+    pub seq: u64,
+    pub change: Change,
+}
+
+/// What a change does to a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
     /// Append a stage or output event.
-    Append { task: TaskId, attempt: u32, body: EventBody },
+    Append(EventBody),
     /// Record the resolved commit.
-    Commit { task: TaskId, attempt: u32, sha: String },
+    Commit(String),
     /// End the task.
-    Finish { task: TaskId, attempt: u32, finish: Finish },
+    Finish(Finish),
+}
+
+/// What one server tells the others sharing its store (see [`Store::announce`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notice {
+    /// A task's log grew to `last_seq`; `ended` when its `end` event is stored.
+    Events { task: TaskId, last_seq: u64, ended: bool },
+    /// A task was queued (created or requeued): servers with free workers dispatch.
+    Queued,
+    /// A running task was cancelled: the server its worker is connected to forwards it.
+    Cancel { task: TaskId, attempt: u32, worker: String },
+    /// A worker token was revoked: servers disconnect the workers using it.
+    TokenRevoked { name: String },
 }
 
 /// The result of a cancel request.
@@ -156,8 +195,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, id: TaskId) -> Result<Task>;
     /// A page of tasks, newest first.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>>;
-    /// Takes the oldest queued task for a worker, marking it running with a lease until `lease_until`.
-    async fn claim_next(&self, worker: &str, lease_until: Timestamp) -> Result<Option<Task>>;
+    /// Takes the oldest queued task this worker may run (its labels cover the task's), marking it
+    /// running with a lease until `lease_until`.
+    async fn claim_next(&self, worker: &str, labels: &[String], lease_until: Timestamp) -> Result<Option<Task>>;
     /// Extends the lease of a running task held by `worker` at `attempt`; false if it is not held.
     async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool>;
     /// Running tasks whose lease ended before `now`.
@@ -201,6 +241,28 @@ pub trait Store: Send + Sync + 'static {
     async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>>;
     /// Marks releases as removed from their target.
     async fn mark_pruned(&self, ids: &[i64]) -> Result<()>;
+
+    /// Records a worker's registration, heartbeat or departure (keyed by its name).
+    async fn put_worker(&self, worker: &WorkerInfo) -> Result<()>;
+    /// Every worker ever registered, by name.
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
+    /// Stores a new worker token's blake3 hash under a name; `Conflict` if the name is taken.
+    async fn create_worker_token(&self, name: &str, hash: &str) -> Result<WorkerToken>;
+    /// Revokes a token by name; false if there is no live token of that name.
+    async fn revoke_worker_token(&self, name: &str) -> Result<bool>;
+    /// Every worker token (live and revoked), by name.
+    async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>>;
+    /// The name of the live token with this hash, if any.
+    async fn worker_token_name(&self, hash: &str) -> Result<Option<String>>;
+
+    /// Tells the other servers sharing this store. A single-server backend has nobody to tell.
+    async fn announce(&self, _notice: Notice) -> Result<()> {
+        Ok(())
+    }
+    /// Notices announced by the other servers; `None` for a single-server backend.
+    fn notices(&self) -> Option<broadcast::Receiver<Notice>> {
+        None
+    }
 }
 
 /// A release to record.

@@ -7,9 +7,10 @@ use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::{Environment, Stage, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_store::{
-    Appended, CancelOutcome, Fence, Finish, NewRelease, NewTask, RequeueOutcome, SqliteStore, Store, StoreError,
-    TaskQuery, WorkerOp,
+    Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RedisOptions, RedisStore, RequeueOutcome,
+    SqliteStore, Store, StoreError, TaskQuery, WorkerOp,
 };
+use cloudbuild_proto::worker::{TaskAttempt, WorkerInfo, WorkerState};
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
     NewTask {
@@ -24,6 +25,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         requested_by: "tester".into(),
         retry_of: None,
         output_limit,
+        labels: Vec::new(),
     }
 }
 
@@ -52,11 +54,11 @@ async fn story(store: &dyn Store) {
     assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::CancelledQueued(..)));
     assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::AlreadyCancelled(..)));
 
-    let claimed = store.claim_next("w1", later(30)).await.unwrap().unwrap();
+    let claimed = store.claim_next("w1", &[], later(30)).await.unwrap().unwrap();
     assert_eq!((claimed.id, claimed.state), (a.id, TaskState::Running));
-    let claimed_c = store.claim_next("w1", later(30)).await.unwrap().unwrap();
+    let claimed_c = store.claim_next("w1", &[], later(30)).await.unwrap().unwrap();
     assert_eq!(claimed_c.id, c.id, "the cancelled task b is skipped");
-    assert!(store.claim_next("w1", later(30)).await.unwrap().is_none());
+    assert!(store.claim_next("w1", &[], later(30)).await.unwrap().is_none());
 
     // Stage events move the stage and set started_at.
     let stage = |s: Stage| EventBody::Stage { action: s.action().into(), message: "m".into() };
@@ -87,7 +89,7 @@ async fn story(store: &dyn Store) {
     };
     assert_eq!(attempt, 2);
     assert!(matches!(store.requeue(c.id, 1, 2, "again").await.unwrap(), RequeueOutcome::Unchanged));
-    let again = store.claim_next("w2", later(30)).await.unwrap().unwrap();
+    let again = store.claim_next("w2", &[], later(30)).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempt), (c.id, 2));
     assert!(store.extend_lease(c.id, 2, "w2", later(30)).await.unwrap());
     assert!(!store.extend_lease(c.id, 1, "w1", later(30)).await.unwrap(), "old attempt holds no lease");
@@ -115,36 +117,135 @@ async fn story(store: &dyn Store) {
 
     // A finished task that is not cancelled cannot be cancelled.
     let (d, _) = store.create_task(new_task("app-d", 10)).await.unwrap();
-    store.claim_next("w1", later(30)).await.unwrap();
+    store.claim_next("w1", &[], later(30)).await.unwrap();
     store.finish(d.id, Fence::Attempt(1), Finish::Succeeded { url: "http://x/".into() }).await.unwrap();
     assert!(matches!(store.request_cancel(d.id).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
     assert!(matches!(store.get_task(9999).await, Err(StoreError::NotFound(9999))));
+}
+
+/// Every scenario, in order, on one fresh store.
+async fn all_stories(store: &dyn Store) {
+    story(store).await;
+    batch_story(store).await;
+    release_story(store).await;
+    resend_story(store).await;
+    label_story(store).await;
+    worker_story(store).await;
 }
 
 #[tokio::test]
 async fn sqlite_passes_the_story() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
-    story(&store).await;
-    batch_story(&store).await;
-    release_story(&store).await;
+    all_stories(&store).await;
+}
+
+#[tokio::test]
+async fn redis_passes_the_story() {
+    let redis = cloudbuild_testkit::RedisServer::start().unwrap();
+    let store = RedisStore::open(&RedisOptions::new(&redis.url())).await.unwrap();
+    all_stories(&store).await;
+}
+
+/// A worker resending messages after a broken connection: numbers already applied are
+/// skipped (no duplicate events), new ones apply, and a new attempt counts from 1 again.
+async fn resend_story(store: &dyn Store) {
+    let (t, _) = store.create_task(new_task("resend", 1000)).await.unwrap();
+    assert_eq!(store.claim_next("w1", &[], later(30)).await.unwrap().unwrap().id, t.id);
+    let out = |s: &str| Change::Append(EventBody::Output { stream: OutputStream::Stdout, text: s.into() });
+    let op = |attempt, seq, change| WorkerOp { task: t.id, attempt, seq, change };
+    let first = store.apply_worker_ops(vec![op(1, 1, out("a")), op(1, 2, out("b"))]).await.unwrap();
+    assert!(first.iter().all(|r| r.as_ref().unwrap().len() == 1));
+    // The connection broke before the ack: the worker sends 1..=3 again.
+    let again = store.apply_worker_ops(vec![op(1, 1, out("a")), op(1, 2, out("b")), op(1, 3, out("c"))]).await.unwrap();
+    let counts: Vec<usize> = again.iter().map(|r| r.as_ref().unwrap().len()).collect();
+    assert_eq!(counts, vec![0, 0, 1], "resent messages are skipped, the new one applies");
+    let log = store.events_after(t.id, 0, 100).await.unwrap();
+    let texts: Vec<&str> = log.iter().filter(|e| e.kind == EventKind::Building).map(|e| e.data.as_str()).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    // Lost worker: attempt 2 numbers its messages from 1 again; attempt 1's resends are stale.
+    assert!(matches!(store.requeue(t.id, 1, 3, "lost").await.unwrap(), RequeueOutcome::Requeued { attempt: 2, .. }));
+    store.claim_next("w2", &[], later(30)).await.unwrap().unwrap();
+    let r = store.apply_worker_ops(vec![op(2, 1, out("x")), op(1, 4, out("stale"))]).await.unwrap();
+    assert_eq!(r[0].as_ref().unwrap().len(), 1);
+    assert!(matches!(r[1], Err(StoreError::Stale { .. })));
+    // A resent finish after the task ended is accepted silently (the first ending won).
+    let fin = op(2, 2, Change::Finish(Finish::Succeeded { url: "u".into() }));
+    assert_eq!(store.apply_worker_ops(vec![fin.clone()]).await.unwrap()[0].as_ref().unwrap().len(), 2);
+    assert!(store.apply_worker_ops(vec![fin]).await.unwrap()[0].as_ref().unwrap().is_empty());
+    let log = store.events_after(t.id, 0, 100).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=log.len() as u64).collect::<Vec<_>>());
+    assert_eq!(log.iter().filter(|e| e.kind == EventKind::End).count(), 1);
+}
+
+/// Tasks with labels go to workers having all of them; the oldest such task first.
+async fn label_story(store: &dyn Store) {
+    let labelled = |name: &str, labels: &[&str]| NewTask {
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        ..new_task(name, 10)
+    };
+    let (gpu, _) = store.create_task(labelled("needs-gpu", &["gpu", "linux"])).await.unwrap();
+    let (any, _) = store.create_task(labelled("anywhere", &[])).await.unwrap();
+    let linux = ["linux".to_string()];
+    let claimed = store.claim_next("plain", &linux, later(30)).await.unwrap().unwrap();
+    assert_eq!(claimed.id, any.id, "the older task needs a label this worker lacks");
+    assert!(store.claim_next("plain", &linux, later(30)).await.unwrap().is_none());
+    let both = ["gpu".to_string(), "linux".to_string(), "x".to_string()];
+    let claimed = store.claim_next("big", &both, later(30)).await.unwrap().unwrap();
+    assert_eq!((claimed.id, claimed.labels.clone()), (gpu.id, vec!["gpu".to_string(), "linux".to_string()]));
+    assert_eq!(store.get_task(gpu.id).await.unwrap().labels, claimed.labels, "labels are stored");
+}
+
+/// The worker registry and revocable worker tokens.
+async fn worker_story(store: &dyn Store) {
+    let info = WorkerInfo {
+        name: "builder-1".into(),
+        state: WorkerState::Connected,
+        slots: 4,
+        labels: vec!["linux".into()],
+        running: vec![TaskAttempt { task_id: 1, attempt: 1 }],
+        token: "ci".into(),
+        server: "127.0.0.1:1".into(),
+        connected_at: Timestamp::now(),
+        last_heartbeat: Timestamp::now(),
+    };
+    store.put_worker(&info).await.unwrap();
+    let gone = WorkerInfo { state: WorkerState::Disconnected, running: Vec::new(), ..info.clone() };
+    store.put_worker(&gone).await.unwrap();
+    store.put_worker(&WorkerInfo { name: "a-builder".into(), ..info.clone() }).await.unwrap();
+    let all = store.list_workers().await.unwrap();
+    assert_eq!(all.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), vec!["a-builder", "builder-1"]);
+    assert_eq!(all[1], gone, "the last write wins");
+
+    let hash = "h".repeat(64);
+    store.create_worker_token("ci", &hash).await.unwrap();
+    assert!(matches!(store.create_worker_token("ci", &"i".repeat(64)).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.worker_token_name(&hash).await.unwrap().as_deref(), Some("ci"));
+    assert!(store.revoke_worker_token("ci").await.unwrap());
+    assert!(!store.revoke_worker_token("ci").await.unwrap(), "revoking twice is a no-op");
+    assert!(!store.revoke_worker_token("nobody").await.unwrap());
+    assert_eq!(store.worker_token_name(&hash).await.unwrap(), None, "a revoked token authenticates nobody");
+    let tokens = store.list_worker_tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert!(tokens[0].revoked_at.is_some());
 }
 
 /// A batch of worker operations applies in order in one go; a stale op fails alone.
 async fn batch_story(store: &dyn Store) {
     let (e, _) = store.create_task(new_task("app-e", 100)).await.unwrap();
-    let claimed = store.claim_next("w1", later(30)).await.unwrap().unwrap();
+    let claimed = store.claim_next("w1", &[], later(30)).await.unwrap().unwrap();
     assert_eq!(claimed.id, e.id);
     let stage = EventBody::Stage { action: Stage::Prepare.action().into(), message: "m".into() };
     let out = |t: &str| EventBody::Output { stream: OutputStream::Stdout, text: t.into() };
+    let op = |task, attempt, seq, change| WorkerOp { task, attempt, seq, change };
     let ops = vec![
-        WorkerOp::Append { task: e.id, attempt: 1, body: stage.clone() },
-        WorkerOp::Append { task: e.id, attempt: 9, body: stage },
-        WorkerOp::Commit { task: e.id, attempt: 1, sha: "abc".into() },
-        WorkerOp::Append { task: e.id, attempt: 1, body: out("hi") },
-        WorkerOp::Finish { task: e.id, attempt: 1, finish: Finish::Succeeded { url: "u".into() } },
-        WorkerOp::Append { task: e.id, attempt: 1, body: out("late") },
-        WorkerOp::Append { task: 99_999, attempt: 1, body: out("nobody") },
+        op(e.id, 1, 1, Change::Append(stage.clone())),
+        op(e.id, 9, 1, Change::Append(stage)),
+        op(e.id, 1, 2, Change::Commit("abc".into())),
+        op(e.id, 1, 3, Change::Append(out("hi"))),
+        op(e.id, 1, 4, Change::Finish(Finish::Succeeded { url: "u".into() })),
+        op(e.id, 1, 5, Change::Append(out("late"))),
+        op(99_999, 1, 1, Change::Append(out("nobody"))),
     ];
     let results = store.apply_worker_ops(ops).await.unwrap();
     assert_eq!(results.len(), 7);
@@ -206,6 +307,8 @@ async fn release_story(store: &dyn Store) {
         "pruned releases hold nothing"
     );
     assert!(store.get_release(r1.id).await.unwrap().unwrap().pruned);
+    // Leave the queue empty for the next story.
+    store.request_cancel(task.id).await.unwrap();
 }
 
 #[tokio::test]
@@ -218,4 +321,65 @@ async fn sqlite_keeps_state_across_reopen() {
     };
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.get_task(id).await.unwrap().state, TaskState::Queued);
+}
+
+/// Two servers on one Redis claiming from one queue at once: every task is claimed exactly
+/// once, and concurrent appends to one task keep its log gapless.
+#[tokio::test]
+async fn redis_servers_share_the_queue_without_double_claims() {
+    let redis = cloudbuild_testkit::RedisServer::start().unwrap();
+    let a = RedisStore::open(&RedisOptions::new(&redis.url())).await.unwrap();
+    let b = RedisStore::open(&RedisOptions::new(&redis.url())).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(a.create_task(new_task(&format!("t{i}"), 1000)).await.unwrap().0.id);
+    }
+    let claim_all = |store: RedisStore, worker: &'static str| async move {
+        let mut got = Vec::new();
+        while let Some(t) = store.claim_next(worker, &[], later(30)).await.unwrap() {
+            got.push(t.id);
+        }
+        got
+    };
+    let (ga, gb) = tokio::join!(claim_all(a.clone(), "wa"), claim_all(b.clone(), "wb"));
+    let mut all: Vec<_> = ga.iter().chain(&gb).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, ids, "each task claimed once (a: {}, b: {})", ga.len(), gb.len());
+
+    let out = |s: String| EventBody::Output { stream: OutputStream::Stdout, text: s };
+    let id = ids[0];
+    let appends = |store: RedisStore, tag: &'static str| async move {
+        for i in 0..40 {
+            store.append_event(id, Fence::Attempt(1), out(format!("{tag}{i}"))).await.unwrap();
+        }
+    };
+    tokio::join!(appends(a.clone(), "a"), appends(b.clone(), "b"));
+    let log = a.events_after(id, 0, 1000).await.unwrap();
+    assert_eq!(log.len(), 81);
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=81).collect::<Vec<_>>());
+    assert_eq!(a.get_task(id).await.unwrap().last_seq, 81);
+}
+
+/// Redis down: calls fail fast as `Unavailable`; after a restart (AOF) the data is there and
+/// the same store object works again without being reopened.
+#[tokio::test]
+async fn redis_outage_fails_fast_and_recovers() {
+    let mut redis = cloudbuild_testkit::RedisServer::start().unwrap();
+    let store = RedisStore::open(&RedisOptions::new(&redis.url())).await.unwrap();
+    let (t, _) = store.create_task(new_task("survivor", 10)).await.unwrap();
+    redis.kill9();
+    let started = std::time::Instant::now();
+    let err = store.get_task(t.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "fails fast, not a hang");
+    redis.restart().unwrap();
+    let mut back = None;
+    for _ in 0..50 {
+        if let Ok(task) = store.get_task(t.id).await {
+            back = Some(task);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(back.expect("the store reconnects by itself").name, "survivor", "acknowledged writes survive");
 }

@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batch::{Op, OpKind};
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::task::{actions, Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
@@ -24,10 +23,13 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+use crate::apply::{self, CancelEffect, Op, RequeueEffect};
+use std::collections::BTreeSet;
 use crate::{
-    final_stage_event, Appended, CancelOutcome, Fence, Finish, NewRelease, NewTask, RequeueOutcome, Result, Store,
-    StoreError, TaskQuery, WorkerOp,
+    labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask,
+    RequeueOutcome, Result, Store, StoreError, TaskQuery, WorkerOp,
 };
+use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
 use cloudbuild_proto::release::{ManifestFile, Release};
 
 /// Tasks and events in one SQLite database file.
@@ -39,7 +41,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Applies one operation in its own transaction.
-    async fn apply_one(&self, op: Op<'_>) -> Result<Vec<WireEvent>> {
+    async fn apply_one(&self, op: Op) -> Result<Vec<WireEvent>> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let mut results = batch::apply(&mut tx, std::slice::from_ref(&op)).await?;
@@ -69,7 +71,7 @@ impl SqliteStore {
 }
 
 pub(super) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq";
+     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels";
 
 pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
     let bad = |what: &str, v: &str| StoreError::Database(format!("corrupt {what} `{v}` in tasks table"));
@@ -105,7 +107,12 @@ pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
         started_at: row.try_get::<Option<i64>, _>("started_us")?.map(Timestamp),
         finished_at: row.try_get::<Option<i64>, _>("finished_us")?.map(Timestamp),
         last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+        labels: split_labels(&row.try_get::<String, _>("labels")?),
     })
+}
+
+fn split_labels(s: &str) -> Vec<String> {
+    s.split(',').filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 async fn load(conn: &mut SqliteConnection, id: TaskId) -> Result<Task> {
@@ -115,15 +122,6 @@ async fn load(conn: &mut SqliteConnection, id: TaskId) -> Result<Task> {
         .await?
         .ok_or(StoreError::NotFound(id))?;
     task_from_row(&row)
-}
-
-/// Appends one rendered event inside the caller's transaction.
-async fn push(conn: &mut SqliteConnection, id: TaskId, body: &EventBody) -> Result<WireEvent> {
-    let seq: i64 = sqlx::query_scalar("UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
-    insert_event(conn, id, seq as u64, body).await
 }
 
 /// Writes event `seq` (already reserved in `tasks.last_seq`) inside the caller's transaction.
@@ -140,37 +138,6 @@ async fn insert_event(conn: &mut SqliteConnection, id: TaskId, seq: u64, body: &
     Ok(WireEvent { seq, kind, data })
 }
 
-pub(super) fn check_fence(task: &Task, fence: Fence) -> Result<()> {
-    if task.state.is_terminal() {
-        return Err(StoreError::Terminal(task.id));
-    }
-    if let Fence::Attempt(given) = fence {
-        if task.state != TaskState::Running || given != task.attempt {
-            return Err(StoreError::Stale { task: task.id, current: task.attempt, given });
-        }
-    }
-    Ok(())
-}
-
-/// Ends a task inside the caller's transaction.
-async fn finish_in(conn: &mut SqliteConnection, task: &Task, finish: &Finish) -> Result<Vec<WireEvent>> {
-    let mut events = vec![push(conn, task.id, &final_stage_event(finish)).await?];
-    let (state, stage, reason, url) = batch::finish_fields(task, finish);
-    events.push(push(conn, task.id, &EventBody::End { state, reason: reason.clone(), url: url.clone() }).await?);
-    sqlx::query(
-        "UPDATE tasks SET state = ?, stage = ?, reason = ?, url = ?, finished_us = ?, lease_until_us = NULL WHERE id = ?",
-    )
-    .bind(state.as_str())
-    .bind(stage.map(Stage::action))
-    .bind(reason)
-    .bind(url)
-    .bind(Timestamp::now().0)
-    .bind(task.id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(events)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_task(&self, new: NewTask) -> Result<(Task, WireEvent)> {
@@ -179,8 +146,8 @@ impl Store for SqliteStore {
         let mut tx = conn.begin().await?;
         let id: TaskId = sqlx::query_scalar(
             "INSERT INTO tasks (name, version, repo, branch, build_cmd, env, trigger_kind, force, requested_by, \
-             state, retry_of, output_limit, created_us, last_seq) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1) RETURNING id",
+             state, retry_of, output_limit, created_us, last_seq, labels) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?) RETURNING id",
         )
         .bind(&new.name)
         .bind(&new.version)
@@ -194,6 +161,7 @@ impl Store for SqliteStore {
         .bind(new.retry_of)
         .bind(i64::try_from(new.output_limit).unwrap_or(i64::MAX))
         .bind(created.0)
+        .bind(new.labels.join(","))
         .fetch_one(&mut *tx)
         .await?;
         let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
@@ -233,6 +201,7 @@ impl Store for SqliteStore {
             started_at: None,
             finished_at: None,
             last_seq: 1,
+            labels: new.labels,
         };
         Ok((task, event))
     }
@@ -256,16 +225,34 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn claim_next(&self, worker: &str, lease_until: Timestamp) -> Result<Option<Task>> {
-        let row = sqlx::query(&format!(
-            "UPDATE tasks SET state = 'running', worker = ?, lease_until_us = ? WHERE id = \
-             (SELECT id FROM tasks WHERE state = 'queued' ORDER BY id LIMIT 1) RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(worker)
-        .bind(lease_until.0)
-        .fetch_optional(&mut *self.writer.lock().await)
-        .await?;
-        row.as_ref().map(task_from_row).transpose()
+    async fn claim_next(&self, worker: &str, labels: &[String], lease_until: Timestamp) -> Result<Option<Task>> {
+        let mut conn = self.writer.lock().await;
+        // The common case (no labels anywhere) is the first row; a labelled queue is scanned in
+        // id order for the oldest task this worker may run.
+        let mut after: TaskId = 0;
+        loop {
+            let rows = sqlx::query("SELECT id, labels FROM tasks WHERE state = 'queued' AND id > ? ORDER BY id LIMIT 64")
+                .bind(after)
+                .fetch_all(&mut *conn)
+                .await?;
+            let Some(last) = rows.last() else { return Ok(None) };
+            after = last.try_get("id")?;
+            for r in &rows {
+                if !labels_match(&split_labels(&r.try_get::<String, _>("labels")?), labels) {
+                    continue;
+                }
+                let row = sqlx::query(&format!(
+                    "UPDATE tasks SET state = 'running', worker = ?, lease_until_us = ? WHERE id = ? \
+                     RETURNING {TASK_COLUMNS}"
+                ))
+                .bind(worker)
+                .bind(lease_until.0)
+                .bind(r.try_get::<TaskId, _>("id")?)
+                .fetch_one(&mut *conn)
+                .await?;
+                return task_from_row(&row).map(Some);
+            }
+        }
     }
 
     async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool> {
@@ -299,25 +286,12 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, id: TaskId, fence: Fence, body: EventBody) -> Result<Appended> {
-        let events = self.apply_one(Op { task: id, fence, kind: OpKind::Append(&body) }).await?;
+        let events = self.apply_one(Op { task: id, fence, seq: 0, change: Change::Append(body) }).await?;
         Ok(if events.is_empty() { Appended::Dropped } else { Appended::Events(events) })
     }
 
     async fn apply_worker_ops(&self, ops: Vec<WorkerOp>) -> Result<Vec<Result<Vec<WireEvent>>>> {
-        let ops: Vec<Op<'_>> = ops
-            .iter()
-            .map(|op| match op {
-                WorkerOp::Append { task, attempt, body } => {
-                    Op { task: *task, fence: Fence::Attempt(*attempt), kind: OpKind::Append(body) }
-                }
-                WorkerOp::Commit { task, attempt, sha } => {
-                    Op { task: *task, fence: Fence::Attempt(*attempt), kind: OpKind::Commit(sha) }
-                }
-                WorkerOp::Finish { task, attempt, finish } => {
-                    Op { task: *task, fence: Fence::Attempt(*attempt), kind: OpKind::Finish(finish) }
-                }
-            })
-            .collect();
+        let ops: Vec<Op> = ops.into_iter().map(Op::from).collect();
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let results = batch::apply(&mut tx, &ops).await?;
@@ -326,11 +300,12 @@ impl Store for SqliteStore {
     }
 
     async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()> {
-        self.apply_one(Op { task: id, fence: Fence::Attempt(attempt), kind: OpKind::Commit(sha) }).await.map(|_| ())
+        let change = Change::Commit(sha.to_owned());
+        self.apply_one(Op { task: id, fence: Fence::Attempt(attempt), seq: 0, change }).await.map(|_| ())
     }
 
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
-        let events = self.apply_one(Op { task: id, fence, kind: OpKind::Finish(&finish) }).await?;
+        let events = self.apply_one(Op { task: id, fence, seq: 0, change: Change::Finish(finish) }).await?;
         // No events: it had already ended, and the first ending wins.
         Ok(if events.is_empty() { None } else { Some(events) })
     }
@@ -338,60 +313,36 @@ impl Store for SqliteStore {
     async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
-        let task = load(&mut tx, id).await?;
-        let outcome = match task.state {
-            TaskState::Cancelled => CancelOutcome::AlreadyCancelled(task),
-            s if s.is_terminal() => CancelOutcome::AlreadyFinished(task),
-            TaskState::Queued => {
-                let finish = Finish::Cancelled { stage: None, reason: "cancelled while queued; it never ran".into() };
-                let events = finish_in(&mut tx, &task, &finish).await?;
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
-                CancelOutcome::CancelledQueued(load(&mut tx, id).await?, events)
-            }
-            _ => {
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
-                CancelOutcome::Requested(load(&mut tx, id).await?)
-            }
-        };
+        let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
+        let l = live.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        let mut rows = Vec::new();
+        let effect = apply::cancel(l, Timestamp::now(), &mut rows);
+        batch::store_live(&mut tx, live.values(), &rows).await?;
         tx.commit().await?;
-        Ok(outcome)
+        let task = live.remove(&id).ok_or(StoreError::NotFound(id))?.task;
+        Ok(match effect {
+            CancelEffect::AlreadyCancelled => CancelOutcome::AlreadyCancelled(task),
+            CancelEffect::AlreadyFinished => CancelOutcome::AlreadyFinished(task),
+            CancelEffect::EndedQueued => CancelOutcome::CancelledQueued(task, rows.into_iter().map(|(_, e)| e).collect()),
+            CancelEffect::Flagged => CancelOutcome::Requested(task),
+        })
     }
 
     async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
-        let task = load(&mut tx, id).await?;
-        if task.state != TaskState::Running || task.attempt != attempt {
-            return Ok(RequeueOutcome::Unchanged);
-        }
-        let outcome = if attempt >= max_attempts || task.cancel_requested {
-            let reason = if task.cancel_requested {
-                format!("{why}; the task was being cancelled")
-            } else {
-                format!("worker lost: {why}; gave up after {attempt} attempt(s)")
-            };
-            let finish = if task.cancel_requested {
-                Finish::Cancelled { stage: task.stage, reason }
-            } else {
-                Finish::Error { reason }
-            };
-            RequeueOutcome::Failed { events: finish_in(&mut tx, &task, &finish).await? }
-        } else {
-            let next = attempt + 1;
-            let message = format!("{why}; requeued as attempt {next} of {max_attempts}");
-            let ev = push(&mut tx, id, &EventBody::Stage { action: actions::REQUEUED.into(), message }).await?;
-            sqlx::query(
-                "UPDATE tasks SET state = 'queued', attempt = ?, worker = NULL, stage = NULL, lease_until_us = NULL \
-                 WHERE id = ?",
-            )
-            .bind(i64::from(next))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            RequeueOutcome::Requeued { attempt: next, events: vec![ev] }
-        };
+        let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
+        let l = live.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        let mut rows = Vec::new();
+        let effect = apply::requeue(l, attempt, max_attempts, why, Timestamp::now(), &mut rows);
+        batch::store_live(&mut tx, live.values(), &rows).await?;
         tx.commit().await?;
-        Ok(outcome)
+        let events = rows.into_iter().map(|(_, e)| e).collect();
+        Ok(match effect {
+            RequeueEffect::Unchanged => RequeueOutcome::Unchanged,
+            RequeueEffect::Requeued(attempt) => RequeueOutcome::Requeued { attempt, events },
+            RequeueEffect::Ended => RequeueOutcome::Failed { events },
+        })
     }
 
     async fn events_after(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>> {
@@ -515,5 +466,65 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE releases SET pruned = 1 WHERE id = ?").bind(id).execute(&mut *conn).await?;
         }
         Ok(())
+    }
+
+    async fn put_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        let data = serde_json::to_string(worker).map_err(|e| StoreError::Database(e.to_string()))?;
+        sqlx::query("INSERT INTO workers (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data")
+            .bind(&worker.name)
+            .bind(data)
+            .execute(&mut *self.writer.lock().await)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT data FROM workers ORDER BY name").fetch_all(&self.reader).await?;
+        rows.iter().map(|d| serde_json::from_str(d).map_err(|e| StoreError::Database(e.to_string()))).collect()
+    }
+
+    async fn create_worker_token(&self, name: &str, hash: &str) -> Result<WorkerToken> {
+        let created = Timestamp::now();
+        let res = sqlx::query("INSERT INTO worker_tokens (name, hash, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(hash)
+            .bind(created.0)
+            .execute(&mut *self.writer.lock().await)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("a worker token named `{name}` exists already")));
+        }
+        Ok(WorkerToken { name: name.to_owned(), created_at: created, revoked_at: None })
+    }
+
+    async fn revoke_worker_token(&self, name: &str) -> Result<bool> {
+        let res = sqlx::query("UPDATE worker_tokens SET revoked_us = ? WHERE name = ? AND revoked_us IS NULL")
+            .bind(Timestamp::now().0)
+            .bind(name)
+            .execute(&mut *self.writer.lock().await)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>> {
+        let rows = sqlx::query("SELECT name, created_us, revoked_us FROM worker_tokens ORDER BY name")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerToken {
+                    name: r.try_get("name")?,
+                    created_at: Timestamp(r.try_get("created_us")?),
+                    revoked_at: r.try_get::<Option<i64>, _>("revoked_us")?.map(Timestamp),
+                })
+            })
+            .collect()
+    }
+
+    async fn worker_token_name(&self, hash: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM worker_tokens WHERE hash = ? AND revoked_us IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.reader)
+            .await?)
     }
 }

@@ -88,6 +88,16 @@ impl Client {
         self.decode(resp).await
     }
 
+    /// DELETE a resource; success carries no body.
+    pub(crate) async fn delete(&self, path: &str) -> Result<()> {
+        let req = self.http.delete(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
+        let resp = self.send(req).await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        self.decode::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
     /// Streams a task's events from `after` to `on_event` until its `end` event (or, without
     /// `follow`, until the current end of the log). A dropped stream is resumed from the last
     /// event received, so nothing is shown twice or skipped.

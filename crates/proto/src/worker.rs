@@ -54,7 +54,7 @@ pub enum ServerMessage {
 }
 
 /// Fencing token: a task and the attempt a worker holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskAttempt {
     pub task_id: TaskId,
     pub attempt: u32,

@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Base URL printed for published sites; defaults to `http://<listen address>`.
     pub public_url: Option<String>,
+    /// Where state lives: `sqlite` (a file in the data directory; one server) or a Redis URL
+    /// `redis://[:password@]host:port[/db]` (several servers share it).
+    pub store: String,
     pub git: GitConfig,
     pub commands: CommandsConfig,
     pub timeouts: Limits,
@@ -184,6 +187,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
             data_dir: PathBuf::from("./cloudbuild-data"),
             public_url: None,
+            store: "sqlite".into(),
             git: GitConfig::default(),
             commands: CommandsConfig::default(),
             timeouts: Limits::default(),
@@ -238,6 +242,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("public_url", &self.public_url)
+            .field("store", &redact_url(&self.store))
             .field("git", &self.git)
             .field("commands", &self.commands)
             .field("timeouts", &self.timeouts)
@@ -250,19 +255,48 @@ impl fmt::Debug for ServerConfig {
     }
 }
 
+/// Where the server keeps its state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `<data_dir>/cloudbuild.sqlite`.
+    Sqlite,
+    /// A Redis URL.
+    Redis(String),
+}
+
+impl fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreChoice::Sqlite => f.write_str("Sqlite"),
+            StoreChoice::Redis(url) => write!(f, "Redis({})", redact_url(url)),
+        }
+    }
+}
+
+/// A URL with its password (if any) replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
     /// Without a trailing slash.
     pub public_url: Option<String>,
+    pub store: StoreChoice,
     pub repo_policy: RepoPolicy,
     pub command_policy: CommandPolicy,
     pub limits: Limits,
     pub output_bytes: u64,
     pub max_attempts: u32,
     pub max_file_bytes: u64,
-    pub worker_tokens: Vec<String>,
+    /// `(name, token)` pairs workers may authenticate with besides the revocable tokens in the
+    /// store: the configured `workers.tokens` and the embedded worker's own.
+    pub worker_tokens: Vec<(String, String)>,
     pub lease_secs: u64,
     pub heartbeat_secs: u64,
     /// `(name, token)` pairs of API clients.
@@ -340,8 +374,19 @@ impl ServerConfig {
                 return Err(bad("public_url", "must start with http:// or https://".into()));
             }
         }
+        let store = match self.store.trim() {
+            "" | "sqlite" => StoreChoice::Sqlite,
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => StoreChoice::Redis(url.to_owned()),
+            other => {
+                return Err(bad(
+                    "store",
+                    format!("`{}` is neither `sqlite` nor a redis:// URL", redact_url(other).escape_debug()),
+                ))
+            }
+        };
         Ok(Settings {
             data_dir: self.data_dir.clone(),
+            store,
             public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
             repo_policy: RepoPolicy { allowed_protocols, allow_local_hosts: self.git.allow_local_hosts },
             command_policy: CommandPolicy { runners },
@@ -349,7 +394,7 @@ impl ServerConfig {
             output_bytes: self.limits.output_bytes,
             max_attempts: self.limits.max_attempts,
             max_file_bytes: self.limits.max_file_bytes,
-            worker_tokens: self.workers.tokens.clone(),
+            worker_tokens: self.workers.tokens.iter().enumerate().map(|(i, t)| (format!("config-{i}"), t.clone())).collect(),
             lease_secs: self.workers.lease_secs,
             heartbeat_secs: self.workers.heartbeat_secs,
             api_tokens: self.auth.tokens.iter().map(|t| (t.name.clone(), t.token.clone())).collect(),

@@ -6,12 +6,14 @@
 //! - [`api`]: `router(state)`: tasks, events (SSE / WebSocket / JSON), worker protocol, sites.
 //! - [`scheduler`]: push dispatch to connected workers; leases, timeouts, forced cancels.
 //! - [`hub`]: wakes event followers when a log grows.
+//! - [`cluster`]: several servers on one store: notices to and from the others.
 //! - [`state`]: `AppState`, shared by all handlers.
 //!
 //! The server never runs builds itself: workers (one embedded by the `cloudbuild` binary)
 //! connect over the worker protocol.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod release;
@@ -23,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use api::router;
-use cloudbuild_store::{SqliteStore, Store};
+use cloudbuild_store::{RedisOptions, RedisStore, SqliteStore, Store};
 pub use config::{ServerConfig, Settings};
 use state::AppState;
 use tokio::net::TcpListener;
@@ -41,14 +43,18 @@ pub enum ServerError {
     Target(#[from] release::target::TargetError),
 }
 
-/// Opens the SQLite store in the data directory, creating the directory layout.
+/// Creates the data directory layout and opens the configured store: SQLite in the data
+/// directory, or Redis.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServerError> {
     let dir = &settings.data_dir;
     for sub in ["", "targets", "staging"] {
         std::fs::create_dir_all(dir.join(sub))
             .map_err(|source| ServerError::DataDir { path: dir.join(sub).display().to_string(), source })?;
     }
-    Ok(Arc::new(SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?))
+    Ok(match &settings.store {
+        config::StoreChoice::Sqlite => Arc::new(SqliteStore::open(&dir.join("cloudbuild.sqlite")).await?),
+        config::StoreChoice::Redis(url) => Arc::new(RedisStore::open(&RedisOptions::new(url)).await?),
+    })
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops streams and returns.
@@ -66,16 +72,19 @@ pub async fn run(
         release::target::Target::new(&settings.targets.test, targets_dir.join("test"), &public_url, "test")?,
         release::target::Target::new(&settings.targets.prod, targets_dir.join("prod"), &public_url, "prod")?,
     );
+    let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
+    let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };
     let state = Arc::new(AppState {
         targets,
         store,
-        hub: hub::EventHub::default(),
+        hub,
         scheduler: scheduler::Scheduler::default(),
         settings,
         public_url,
         shutdown: stop_rx.clone(),
     });
     let sched = tokio::spawn(scheduler::run(state.clone()));
+    let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
     let app = router(state);
     tracing::info!("listening on http://{addr}");
     let mut stop_rx_serve = stop_rx;
@@ -89,5 +98,6 @@ pub async fn run(
         })
         .await?;
     sched.abort();
+    cluster.abort();
     Ok(())
 }

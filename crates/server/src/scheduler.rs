@@ -5,6 +5,10 @@
 //! expired leases (requeue with attempt + 1, or fail), tasks past their task timeout on the
 //! server's clock (P5: enforced even when the worker is frozen), and cancels a worker did not
 //! honour within the kill grace.
+//!
+//! With several servers on one store, each dispatches to its own connected workers from the
+//! shared queue (claims are atomic in the store); a task queued on another server wakes this
+//! one through a `Notice::Queued`, and the one-second tick covers a lost notice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use cloudbuild_proto::task::TaskId;
 use cloudbuild_proto::time::Timestamp;
-use cloudbuild_proto::worker::{Assignment, ServerMessage, TaskAttempt};
-use cloudbuild_store::{Fence, Finish, RequeueOutcome};
+use cloudbuild_proto::worker::{Assignment, ServerMessage, TaskAttempt, WorkerInfo};
+use cloudbuild_store::{Fence, Finish, Notice, RequeueOutcome};
 use tokio::sync::{mpsc, Notify};
 
 use crate::state::AppState;
@@ -21,9 +25,11 @@ use crate::state::AppState;
 /// A connected worker as the scheduler sees it.
 #[derive(Debug)]
 struct WorkerSlotInfo {
-    slots: u32,
+    info: WorkerInfo,
     running: HashSet<TaskAttempt>,
     tx: mpsc::UnboundedSender<ServerMessage>,
+    /// When its last heartbeat arrived (this server's clock).
+    last_heartbeat: Instant,
 }
 
 /// Connected workers and pending server-side deadlines.
@@ -37,10 +43,39 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Registers a connected worker; dispatch starts at once.
-    pub fn join(&self, id: &str, slots: u32, tx: mpsc::UnboundedSender<ServerMessage>) {
-        let info = WorkerSlotInfo { slots, running: HashSet::new(), tx };
-        self.lock_workers().insert(id.to_owned(), info);
+    pub fn join(&self, info: WorkerInfo, tx: mpsc::UnboundedSender<ServerMessage>) {
+        let slot = WorkerSlotInfo { info, running: HashSet::new(), tx, last_heartbeat: Instant::now() };
+        self.lock_workers().insert(slot.info.name.clone(), slot);
         self.wake.notify_one();
+    }
+
+    /// A heartbeat arrived: the worker still runs `held` (after a reconnect, these are tasks it
+    /// kept running). Returns its registry entry to store.
+    pub fn heartbeat(&self, id: &str, held: &[TaskAttempt]) -> Option<WorkerInfo> {
+        let mut workers = self.lock_workers();
+        let w = workers.get_mut(id)?;
+        w.running.extend(held.iter().copied());
+        w.last_heartbeat = Instant::now();
+        w.info.last_heartbeat = Timestamp::now();
+        Some(w.snapshot())
+    }
+
+    /// The registry entry of a connected worker.
+    pub fn snapshot(&self, id: &str) -> Option<WorkerInfo> {
+        self.lock_workers().get(id).map(WorkerSlotInfo::snapshot)
+    }
+
+    /// Whether `worker` is connected here and sent a heartbeat within `within`.
+    fn heard_from(&self, worker: &str, within: Duration) -> bool {
+        self.lock_workers().get(worker).is_some_and(|w| w.last_heartbeat.elapsed() < within)
+    }
+
+    /// Says goodbye to the workers that authenticated with a revoked token.
+    pub fn revoke(&self, token: &str) {
+        for w in self.lock_workers().values().filter(|w| w.info.token == token) {
+            let reason = format!("worker token `{token}` was revoked");
+            let _ = w.tx.send(ServerMessage::Goodbye { reason });
+        }
     }
 
     /// Forgets a disconnected worker. Its tasks keep their leases until they expire, so a worker
@@ -90,13 +125,21 @@ impl Scheduler {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The worker with the most free slots, if any has one.
-    fn freest_worker(&self) -> Option<String> {
-        self.lock_workers()
-            .iter()
-            .filter(|(_, w)| (w.running.len() as u32) < w.slots)
-            .max_by_key(|(_, w)| w.slots - w.running.len() as u32)
-            .map(|(id, _)| id.clone())
+    /// Workers with a free slot, the freest first, with their labels.
+    fn free_workers(&self) -> Vec<(String, Vec<String>)> {
+        let workers = self.lock_workers();
+        let mut free: Vec<(&String, &WorkerSlotInfo)> =
+            workers.iter().filter(|(_, w)| (w.running.len() as u32) < w.info.slots).collect();
+        free.sort_by_key(|(_, w)| std::cmp::Reverse(w.info.slots - w.running.len() as u32));
+        free.into_iter().map(|(id, w)| (id.clone(), w.info.labels.clone())).collect()
+    }
+}
+
+impl WorkerSlotInfo {
+    fn snapshot(&self) -> WorkerInfo {
+        let mut running: Vec<TaskAttempt> = self.running.iter().copied().collect();
+        running.sort();
+        WorkerInfo { running, ..self.info.clone() }
     }
 }
 
@@ -117,57 +160,70 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
-/// Hands queued tasks to workers with free slots until one of the two runs out.
+/// Hands queued tasks to workers with free slots until no free worker can take one.
 async fn dispatch(state: &AppState) {
-    while let Some(worker) = state.scheduler.freest_worker() {
-        let lease_until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
-        let task = match state.store.claim_next(&worker, lease_until).await {
-            Ok(Some(task)) => task,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!("dispatch: cannot claim a task: {e}");
-                return;
-            }
-        };
-        let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
-        let assignment = Assignment {
-            task: attempt,
-            name: task.name,
-            version: task.version,
-            repo: task.repo,
-            branch: task.branch,
-            build_cmd: task.build_cmd,
-            env: task.env,
-            allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
-            allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
-            runners: state.settings.command_policy.runners.iter().cloned().collect(),
-            limits: state.settings.limits.clone(),
-        };
-        let sent = {
-            let mut workers = state.scheduler.lock_workers();
-            match workers.get_mut(&worker) {
-                Some(w) if w.tx.send(ServerMessage::Assign { assignment: Box::new(assignment) }).is_ok() => {
-                    w.running.insert(attempt);
-                    true
+    'next: loop {
+        // The freest worker first; a worker whose labels fit no queued task lets the next try.
+        for (worker, labels) in state.scheduler.free_workers() {
+            let lease_until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
+            match state.store.claim_next(&worker, &labels, lease_until).await {
+                Ok(Some(task)) => {
+                    assign(state, &worker, task).await;
+                    continue 'next;
                 }
-                _ => false,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!("dispatch: cannot claim a task: {e}");
+                    return;
+                }
             }
-        };
-        if sent {
-            tracing::debug!(task = task.id, attempt = task.attempt, %worker, "assigned");
-        } else {
-            // The worker vanished between the pick and the send: hand the task back at once.
-            requeue(state, attempt, &format!("worker {worker} disconnected before the task started")).await;
         }
+        return;
+    }
+}
+
+/// Sends a claimed task to its worker.
+async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Task) {
+    let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
+    let assignment = Assignment {
+        task: attempt,
+        name: task.name,
+        version: task.version,
+        repo: task.repo,
+        branch: task.branch,
+        build_cmd: task.build_cmd,
+        env: task.env,
+        allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
+        allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
+        runners: state.settings.command_policy.runners.iter().cloned().collect(),
+        limits: state.settings.limits.clone(),
+    };
+    let sent = {
+        let mut workers = state.scheduler.lock_workers();
+        match workers.get_mut(worker) {
+            Some(w) if w.tx.send(ServerMessage::Assign { assignment: Box::new(assignment) }).is_ok() => {
+                w.running.insert(attempt);
+                true
+            }
+            _ => false,
+        }
+    };
+    if sent {
+        tracing::debug!(task = task.id, attempt = task.attempt, %worker, "assigned");
+    } else {
+        // The worker vanished between the pick and the send: hand the task back at once.
+        requeue(state, attempt, &format!("worker {worker} disconnected before the task started")).await;
     }
 }
 
 async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {
     match state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await {
-        Ok(RequeueOutcome::Requeued { events, .. } | RequeueOutcome::Failed { events }) => {
+        Ok(RequeueOutcome::Requeued { events, .. }) => {
             state.hub.published(task.task_id, &events);
             state.scheduler.task_queued();
+            state.hub.announce(Notice::Queued);
         }
+        Ok(RequeueOutcome::Failed { events }) => state.hub.published(task.task_id, &events),
         Ok(RequeueOutcome::Unchanged) => {}
         Err(e) => tracing::error!(task = task.task_id, "requeue failed: {e}"),
     }
@@ -180,6 +236,13 @@ async fn watchdog(state: &AppState) {
         Ok(tasks) => {
             for t in tasks {
                 let worker = t.worker.clone().unwrap_or_default();
+                // Still heartbeating here: the lease lapsed because the store could not be
+                // written for a while (Redis restarting), not because the worker is gone.
+                if state.scheduler.heard_from(&worker, Duration::from_secs(state.settings.lease_secs)) {
+                    let until = Timestamp(now.0 + state.settings.lease_secs as i64 * 1_000_000);
+                    let _ = state.store.extend_lease(t.id, t.attempt, &worker, until).await;
+                    continue;
+                }
                 let why = format!("worker {worker} stopped sending heartbeats for {} s", state.settings.lease_secs);
                 tracing::warn!(task = t.id, attempt = t.attempt, "{why}");
                 requeue(state, TaskAttempt { task_id: t.id, attempt: t.attempt }, &why).await;

@@ -126,6 +126,7 @@ fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) ->
         trigger: Trigger::SocketIo,
         // The original CLI asked before overwriting; its clients cannot say --force here.
         force: false,
+        labels: Vec::new(),
     };
     // Validate now so that a bad query is denied at connect time and creates no task.
     validate(state, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.message)?;

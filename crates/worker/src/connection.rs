@@ -2,9 +2,12 @@
 //! and reconnect with backoff when the connection drops.
 //!
 //! Outgoing messages go through one channel that lives as long as the worker, so events that
-//! running tasks report while the connection is down are sent once it is back.
+//! running tasks report while the connection is down are sent once it is back. Each task
+//! message gets its number here and stays in the [`Outbox`] until the server acknowledges it;
+//! after a reconnect (the server restarted, the network broke) everything unacknowledged is
+//! sent again, and the server skips what it had already stored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +43,68 @@ pub enum WorkerError {
     BadUrl(String),
     #[error("cannot create the work directory {0}: {1}")]
     WorkDir(String, std::io::Error),
+    #[error("the server refused the worker token (revoked or unknown): {0}")]
+    Unauthorized(String),
+}
+
+/// Numbered task messages not yet acknowledged by the server, per task attempt.
+#[derive(Debug, Default)]
+struct Outbox {
+    next: HashMap<TaskAttempt, u64>,
+    unacked: BTreeMap<TaskAttempt, VecDeque<(u64, String)>>,
+    finished: HashSet<TaskAttempt>,
+}
+
+impl Outbox {
+    /// Numbers a task message and keeps it until acknowledged; returns the text to send.
+    fn number(&mut self, msg: WorkerMessage) -> String {
+        let (task, numbered) = match msg {
+            WorkerMessage::Event { task, event, .. } => {
+                let seq = self.bump(task);
+                (task, WorkerMessage::Event { task, seq, event })
+            }
+            WorkerMessage::Finished { task, outcome, .. } => {
+                let seq = self.bump(task);
+                self.finished.insert(task);
+                (task, WorkerMessage::Finished { task, seq, outcome })
+            }
+            other => return to_json(&other),
+        };
+        let text = to_json(&numbered);
+        let seq = self.next[&task];
+        self.unacked.entry(task).or_default().push_back((seq, text.clone()));
+        text
+    }
+
+    fn bump(&mut self, task: TaskAttempt) -> u64 {
+        let n = self.next.entry(task).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// The server stored this task's messages up to `seq`.
+    fn ack(&mut self, task: TaskAttempt, seq: u64) {
+        if let Some(q) = self.unacked.get_mut(&task) {
+            while q.front().is_some_and(|(s, _)| *s <= seq) {
+                q.pop_front();
+            }
+            if q.is_empty() && self.finished.contains(&task) {
+                self.forget(task);
+            }
+        }
+    }
+
+    /// Drops everything about a task (finished and acknowledged, or refused by the server).
+    fn forget(&mut self, task: TaskAttempt) {
+        self.next.remove(&task);
+        self.unacked.remove(&task);
+        self.finished.remove(&task);
+    }
+
+    /// Every unacknowledged message, in order within each task.
+    fn unacknowledged(&self) -> Vec<String> {
+        self.unacked.values().flat_map(|q| q.iter().map(|(_, t)| t.clone())).collect()
+    }
 }
 
 type Running = HashMap<TaskAttempt, CancelHandle>;
@@ -73,7 +138,7 @@ pub async fn run(
     // Finished tasks tell the loop to forget their cancel handle.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TaskAttempt>();
     let mut backoff = Duration::from_millis(100);
-    let mut pending: Option<WorkerMessage> = None;
+    let mut outbox = Outbox::default();
 
     loop {
         if *shutdown.borrow() {
@@ -92,6 +157,10 @@ pub async fn run(
         };
         let (mut sink, mut stream) = match socket {
             Ok((s, _)) => s.split(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
+                let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+                return Err(WorkerError::Unauthorized(body));
+            }
             Err(e) => {
                 tracing::warn!("cannot connect to {ws_url}: {e}; retrying in {backoff:?}");
                 tokio::select! {
@@ -127,30 +196,52 @@ pub async fn run(
             }
         };
         backoff = Duration::from_millis(100);
+        // The heartbeat (first tick is immediate) renews the leases of what still runs; then
+        // whatever the server did not acknowledge before the break goes again.
         let mut heartbeat = tokio::time::interval(Duration::from_secs(heartbeat_secs.max(1)));
-        loop {
-            if let Some(msg) = pending.take() {
-                if sink.send(Message::Text(to_json(&msg).into())).await.is_err() {
-                    pending = Some(msg);
-                    break;
-                }
+        heartbeat.tick().await;
+        let mut resend = vec![to_json(&WorkerMessage::Heartbeat { running: running.keys().copied().collect() })];
+        resend.extend(outbox.unacknowledged());
+        if resend.len() > 1 {
+            tracing::info!("resending {} unacknowledged message(s)", resend.len() - 1);
+        }
+        let mut connected = true;
+        for text in resend {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                connected = false;
+                break;
             }
-            tokio::select! {
+        }
+        while connected {
+            let text = tokio::select! {
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
-                        Ok(msg) => on_server_message(msg, &cfg, &executor, &uploader, &out_tx, &done_tx, &mut running),
-                        Err(e) => tracing::warn!("unreadable server message: {e}"),
+                        Ok(ServerMessage::Ack { task, seq }) => { outbox.ack(task, seq); continue }
+                        Ok(ServerMessage::Goodbye { reason }) => {
+                            for handle in running.values() {
+                                handle.cancel();
+                            }
+                            return Err(WorkerError::Unauthorized(reason));
+                        }
+                        Ok(msg) => {
+                            if let ServerMessage::Refused { task, .. } = &msg {
+                                outbox.forget(*task);
+                            }
+                            on_server_message(msg, &cfg, &executor, &uploader, &out_tx, &done_tx, &mut running);
+                            continue
+                        }
+                        Err(e) => { tracing::warn!("unreadable server message: {e}"); continue }
                     },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => continue,
                 },
-                Some(msg) = out_rx.recv() => pending = Some(msg),
-                Some(done) = done_rx.recv() => { running.remove(&done); }
-                _ = heartbeat.tick() => {
-                    pending = Some(WorkerMessage::Heartbeat { running: running.keys().copied().collect() });
-                }
+                Some(msg) = out_rx.recv() => outbox.number(msg),
+                Some(done) = done_rx.recv() => { running.remove(&done); continue }
+                _ = heartbeat.tick() => to_json(&WorkerMessage::Heartbeat { running: running.keys().copied().collect() }),
                 _ = shutdown.changed() => break,
-            }
+            };
+            // A failed send is not lost: the message stays in the outbox until acknowledged.
+            connected = sink.send(Message::Text(text.into())).await.is_ok();
         }
         if *shutdown.borrow() {
             break;
@@ -193,7 +284,7 @@ fn on_server_message(
     running: &mut Running,
 ) {
     match msg {
-        ServerMessage::Welcome { .. } => {}
+        ServerMessage::Welcome { .. } | ServerMessage::Ack { .. } | ServerMessage::Goodbye { .. } => {}
         ServerMessage::Assign { assignment } => {
             let task = assignment.task;
             let (handle, cancel) = CancelToken::new();
@@ -212,7 +303,7 @@ fn on_server_message(
                 tracing::info!(task = task.task_id, attempt = task.attempt, "task started");
                 let outcome = executor.run(ctx).await;
                 tracing::info!(task = task.task_id, ?outcome, "task finished");
-                let _ = out_tx.send(WorkerMessage::Finished { task, outcome });
+                let _ = out_tx.send(WorkerMessage::Finished { task, seq: 0, outcome });
                 let _ = done_tx.send(task);
             });
         }
@@ -228,5 +319,41 @@ fn on_server_message(
                 h.cancel();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudbuild_proto::event::OutputStream;
+    use cloudbuild_proto::worker::{Outcome, WorkerEvent};
+
+    fn event(task: TaskAttempt, text: &str) -> WorkerMessage {
+        WorkerMessage::Event { task, seq: 0, event: WorkerEvent::Output { stream: OutputStream::Stdout, text: text.into() } }
+    }
+
+    #[test]
+    fn outbox_numbers_per_attempt_and_keeps_until_acknowledged() {
+        let a = TaskAttempt { task_id: 1, attempt: 1 };
+        let b = TaskAttempt { task_id: 2, attempt: 1 };
+        let mut out = Outbox::default();
+        for text in ["a1", "a2", "a3"] {
+            out.number(event(a, text));
+        }
+        let first_b = out.number(event(b, "b1"));
+        assert!(first_b.contains("\"seq\":1"), "each attempt counts from 1: {first_b}");
+        out.ack(a, 2);
+        let pending = out.unacknowledged();
+        assert_eq!(pending.len(), 2, "a3 and b1 wait for their acks: {pending:?}");
+        assert!(pending[0].contains("a3") && pending[0].contains("\"seq\":3"));
+        let fin = out.number(WorkerMessage::Finished { task: a, seq: 0, outcome: Outcome::Succeeded { url: "u".into() } });
+        assert!(fin.contains("\"seq\":4"), "the finish is numbered after the events: {fin}");
+        out.ack(a, 4);
+        assert!(!out.next.contains_key(&a), "a finished, acknowledged task is forgotten");
+        out.forget(b);
+        assert!(out.unacknowledged().is_empty());
+        // Heartbeats are not numbered nor kept.
+        out.number(WorkerMessage::Heartbeat { running: vec![a] });
+        assert!(out.unacknowledged().is_empty());
     }
 }

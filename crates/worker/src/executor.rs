@@ -46,7 +46,8 @@ impl Reporter {
     fn send(&self, event: WorkerEvent) {
         // The connection loop owns the receiver for the worker's whole life; a closed channel
         // means the worker is shutting down and nothing can be reported anyway.
-        let _ = self.tx.send(WorkerMessage::Event { task: self.task, event });
+        // Numbered by the connection loop, which keeps it until the server acknowledges it.
+        let _ = self.tx.send(WorkerMessage::Event { task: self.task, seq: 0, event });
     }
 
     /// A stage started.

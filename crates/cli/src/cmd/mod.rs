@@ -5,6 +5,7 @@ mod publish;
 mod releases;
 mod server;
 mod tasks;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,11 @@ pub(crate) enum Command {
     Releases(releases::ReleasesArgs),
     /// Switch an environment back to an earlier release, instantly (no rebuild).
     Rollback(releases::RollbackArgs),
+    /// List workers: state, slots, labels, running tasks, last heartbeat.
+    Workers(workers::WorkersArgs),
+    /// Create, list and revoke the tokens remote workers connect with.
+    #[command(subcommand)]
+    WorkerTokens(workers::TokenCommand),
 }
 
 impl Cli {
@@ -87,5 +93,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry(a) => tasks::retry(a).await,
         Command::Releases(a) => releases::releases(a).await,
         Command::Rollback(a) => releases::rollback(a).await,
+        Command::Workers(a) => workers::workers(a).await,
+        Command::WorkerTokens(c) => workers::tokens(c).await,
     }
 }

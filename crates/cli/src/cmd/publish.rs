@@ -27,6 +27,9 @@ pub(crate) struct PublishArgs {
     /// Publish even if this version is already released to prod (a new build of the same version).
     #[arg(long)]
     force: bool,
+    /// Only workers with all these labels may build it (comma-separated, e.g. linux,node20).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
     /// Submit and exit; print how to follow the build.
     #[arg(long)]
     detach: bool,
@@ -118,6 +121,7 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
         "env": env,
         "trigger": "cli",
         "force": args.force,
+        "labels": args.labels,
     });
     let task: Task = client.post("/api/v1/tasks", Some(&body)).await?;
     if args.detach {

@@ -21,6 +21,10 @@ pub(crate) struct ServerArgs {
     /// Directory for the database, work directories and sites [default: ./cloudbuild-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where state lives: `sqlite` [default] or `redis://host:port[/db]`, which several servers
+    /// can share [config key `store`]. See docs/operations.md for the Redis settings to use.
+    #[arg(long)]
+    store: Option<String>,
     /// TOML configuration file; every key can also be set as CLOUDBUILD_<KEY> (nested keys
     /// with `__`, e.g. CLOUDBUILD_GIT__ALLOWED_PROTOCOLS='[https,file]'). See docs/config.md.
     #[arg(long)]
@@ -32,7 +36,8 @@ pub(crate) struct WorkerArgs {
     /// URL of the server to take tasks from.
     #[arg(long, env = "CLOUDBUILD_SERVER")]
     server: String,
-    /// Worker token (one of the server's `workers.tokens`).
+    /// Worker token: one made with `cloudbuild worker-tokens create`, or one of the server's
+    /// `workers.tokens`.
     #[arg(long, env = "CLOUDBUILD_WORKER_TOKEN", hide_env_values = true)]
     token: String,
     /// Tasks to run at once.
@@ -41,7 +46,7 @@ pub(crate) struct WorkerArgs {
     /// Labels this worker offers, comma-separated.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-    /// Unique worker name [default: <hostname>-<pid>].
+    /// Unique worker name: lower-case letters, digits, `-`, `_`, `.` [default: <hostname>-<pid>].
     #[arg(long)]
     name: Option<String>,
     /// Where work directories go.
@@ -66,6 +71,9 @@ fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(dir) = &args.data_dir {
         fig = fig.merge(Serialized::default("data_dir", dir));
+    }
+    if let Some(store) = &args.store {
+        fig = fig.merge(Serialized::default("store", store));
     }
     fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
@@ -93,7 +101,7 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     let mut settings = config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let embedded_token = random_token()?;
     if config.workers.embedded {
-        settings.worker_tokens.push(embedded_token.clone());
+        settings.worker_tokens.push(("embedded".into(), embedded_token.clone()));
     }
     let store = cloudbuild_server::open_store(&settings).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -111,7 +119,8 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
         let cfg = WorkerConfig {
             server: format!("http://{host}:{}", addr.port()),
             token: embedded_token,
-            name: "embedded".into(),
+            // Unique per server, so several servers on one Redis do not share a worker name.
+            name: format!("embedded-{}-{}", sanitize_name(&hostname()), addr.port()),
             slots: config.workers.embedded_slots.max(1),
             labels: Vec::new(),
             work_root: settings.data_dir.join("work"),
@@ -136,18 +145,35 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into())
+}
+
+/// A host name as a worker-name part: lower case, other characters as `-`.
+fn sanitize_name(s: &str) -> String {
+    let out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+    let out = out.trim_matches('-').to_owned();
+    if out.is_empty() {
+        "worker".into()
+    } else {
+        out
+    }
+}
+
 pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     let name = args.name.unwrap_or_else(|| {
-        let host =
-            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
-        format!("{host}-{}", std::process::id())
+        let host = hostname();
+        format!("{}-{}", sanitize_name(&host), std::process::id())
     });
+    let name = cloudbuild_proto::validate::identifier("worker name", &name)?;
+    let labels = cloudbuild_proto::validate::labels(&args.labels)?;
     let cfg = WorkerConfig {
         server: args.server,
         token: args.token,
         name,
         slots: args.slots.max(1),
-        labels: args.labels,
+        labels,
         work_root: args.work_dir,
     };
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -52,6 +52,15 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Stale { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string()),
             StoreError::Terminal(_) => ApiError::new(StatusCode::CONFLICT, "already_finished", e.to_string()),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Unavailable(_) => {
+                tracing::warn!("{e}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the server cannot reach its store right now; try again shortly",
+                )
+            }
             StoreError::Database(_) => ApiError::internal("accessing the store", e),
         }
     }

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::TaskId;
+use cloudbuild_store::StoreError;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -47,6 +48,15 @@ pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bo
         let mut signal = state.hub.subscribe(task);
         let events = match state.store.events_after(task, after, PAGE).await {
             Ok(ev) => ev,
+            // The store is down for a moment (Redis restarting): keep the stream, try again.
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(task, "event follower waits for the store: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
             Err(e) => return tracing::error!(task, "event follower: {e}"),
         };
         let n = events.len();
@@ -66,7 +76,9 @@ pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bo
         tokio::select! {
             _ = async {
                 match signal.as_mut() {
-                    Some(rx) => { let _ = rx.changed().await; }
+                    // The timeout re-reads the store even if a wake-up from another server
+                    // was lost (its notices are not stored).
+                    Some(rx) => { let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await; }
                     // No live signal: the task ended or has not announced yet; re-read soon.
                     None => tokio::time::sleep(Duration::from_millis(250)).await,
                 }

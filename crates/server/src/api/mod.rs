@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 
 use crate::release;
@@ -35,7 +35,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}/attempts/{attempt}/publish/commit", post(release::commit))
         .route("/releases", get(release::list))
         .route("/releases/rollback", post(release::rollback))
+        .route("/workers", get(workers::list))
         .route("/workers/connect", get(workers::connect))
+        .route("/worker-tokens", post(workers::create_token).get(workers::list_tokens))
+        .route("/worker-tokens/{name}", delete(workers::revoke_token))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint") });
     let socketio = crate::socketio::layer(state.clone());
     Router::new()

@@ -6,10 +6,11 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cloudbuild_proto::task::{CreateTask, Task, TaskId, TaskPage, TaskState, Trigger};
+use cloudbuild_proto::event::EventBody;
+use cloudbuild_proto::task::{actions, CreateTask, Task, TaskId, TaskPage, TaskState, Trigger};
 use cloudbuild_proto::validate::{is_internal_ip, CommandLine, GitRef, ProjectName, RepoUrl, Version};
-use cloudbuild_proto::worker::TaskAttempt;
-use cloudbuild_store::{CancelOutcome, NewTask, TaskQuery};
+use cloudbuild_proto::worker::{TaskAttempt, WorkerState};
+use cloudbuild_store::{Appended, CancelOutcome, Fence, NewTask, Notice, TaskQuery};
 use serde::Deserialize;
 
 use super::auth::Caller;
@@ -67,6 +68,7 @@ pub fn validate(
         requested_by: caller.0.clone(),
         retry_of,
         output_limit: s.output_bytes,
+        labels: cloudbuild_proto::validate::labels(&req.labels)?,
     })
 }
 
@@ -92,13 +94,38 @@ pub async fn check_repo_host(state: &AppState, repo: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Stores a validated task, announces its first event and wakes the scheduler.
+/// Stores a validated task, announces its first event and wakes the schedulers.
 pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
     let (task, event) = state.store.create_task(new).await?;
     state.hub.published(task.id, std::slice::from_ref(&event));
     state.scheduler.task_queued();
+    state.hub.announce(Notice::Queued);
     tracing::info!(task = task.id, name = %task.name, version = %task.version, "task queued");
+    if !task.labels.is_empty() {
+        say_if_no_worker_fits(state, &task).await;
+    }
     Ok(task)
+}
+
+/// A labelled task that no connected worker can take says so in its log, instead of waiting
+/// silently; it still starts as soon as a worker with those labels connects.
+async fn say_if_no_worker_fits(state: &AppState, task: &Task) {
+    let Ok(workers) = state.store.list_workers().await else { return };
+    let fits = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Connected)
+        .any(|w| cloudbuild_store::labels_match(&task.labels, &w.labels));
+    if fits {
+        return;
+    }
+    let message = format!(
+        "no connected worker has the labels {}; the task waits until one connects (see `cloudbuild workers`)",
+        task.labels.join(", ")
+    );
+    let body = EventBody::Stage { action: actions::WAITING.into(), message };
+    if let Ok(Appended::Events(events)) = state.store.append_event(task.id, Fence::Server, body).await {
+        state.hub.published(task.id, &events);
+    }
 }
 
 fn created(task: Task) -> Response {
@@ -184,7 +211,12 @@ pub async fn cancel(
             (StatusCode::OK, Json(task)).into_response()
         }
         CancelOutcome::Requested(task) => {
-            state.scheduler.cancel(task.worker.as_deref(), TaskAttempt { task_id: id, attempt: task.attempt });
+            let attempt = TaskAttempt { task_id: id, attempt: task.attempt };
+            state.scheduler.cancel(task.worker.as_deref(), attempt);
+            if let Some(worker) = task.worker.clone().filter(|w| !state.scheduler.is_connected(w)) {
+                // Its worker is connected to another server: that one forwards the cancel.
+                state.hub.announce(Notice::Cancel { task: id, attempt: task.attempt, worker });
+            }
             tracing::info!(task = id, by = %caller.0, "cancel sent to worker");
             (StatusCode::ACCEPTED, Json(task)).into_response()
         }
@@ -222,6 +254,7 @@ pub async fn retry(
         env: old.env,
         trigger: Trigger::Retry,
         force: old.force,
+        labels: old.labels,
     };
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
     let new = validate(&state, &req, &caller, Trigger::Retry, Some(old.id))?;

@@ -106,7 +106,7 @@ async fn running_attempt(
     id: &str,
     attempt: &str,
 ) -> Result<(Task, u32), ApiError> {
-    authorize_worker(state, headers)?;
+    authorize_worker(state, headers).await?;
     let task = state.store.get_task(parse_id(id)?).await?;
     let attempt: u32 = attempt.parse().map_err(|_| ApiError::bad_request("attempt must be a number"))?;
     if task.state != TaskState::Running || task.attempt != attempt {

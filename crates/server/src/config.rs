@@ -394,7 +394,13 @@ impl ServerConfig {
             output_bytes: self.limits.output_bytes,
             max_attempts: self.limits.max_attempts,
             max_file_bytes: self.limits.max_file_bytes,
-            worker_tokens: self.workers.tokens.iter().enumerate().map(|(i, t)| (format!("config-{i}"), t.clone())).collect(),
+            worker_tokens: self
+                .workers
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("config-{i}"), t.clone()))
+                .collect(),
             lease_secs: self.workers.lease_secs,
             heartbeat_secs: self.workers.heartbeat_secs,
             api_tokens: self.auth.tokens.iter().map(|t| (t.name.clone(), t.token.clone())).collect(),

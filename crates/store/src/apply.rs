@@ -74,7 +74,12 @@ pub(crate) fn check_fence(task: &Task, fence: Fence) -> Result<()> {
 }
 
 /// Gives the next sequence number to `body` and adds the event to `written`.
-pub(crate) fn emit(l: &mut Live, body: &EventBody, now: Timestamp, written: &mut Vec<(TaskId, WireEvent)>) -> WireEvent {
+pub(crate) fn emit(
+    l: &mut Live,
+    body: &EventBody,
+    now: Timestamp,
+    written: &mut Vec<(TaskId, WireEvent)>,
+) -> WireEvent {
     l.task.last_seq += 1;
     l.dirty = true;
     let seq = l.task.last_seq;
@@ -84,7 +89,12 @@ pub(crate) fn emit(l: &mut Live, body: &EventBody, now: Timestamp, written: &mut
 }
 
 /// Ends the task: the final stage event, the terminal fields and the `end` event.
-pub(crate) fn end(l: &mut Live, finish: &Finish, now: Timestamp, written: &mut Vec<(TaskId, WireEvent)>) -> Vec<WireEvent> {
+pub(crate) fn end(
+    l: &mut Live,
+    finish: &Finish,
+    now: Timestamp,
+    written: &mut Vec<(TaskId, WireEvent)>,
+) -> Vec<WireEvent> {
     let first = emit(l, &final_stage_event(finish), now, written);
     let (state, stage, reason, url) = finish_fields(&l.task, finish);
     let end = EventBody::End { state, reason: reason.clone(), url: url.clone() };
@@ -95,7 +105,12 @@ pub(crate) fn end(l: &mut Live, finish: &Finish, now: Timestamp, written: &mut V
 }
 
 /// Applies one change; the events it wrote (also added to `written`, for the backend to store).
-pub(crate) fn apply(l: &mut Live, op: &Op, now: Timestamp, written: &mut Vec<(TaskId, WireEvent)>) -> Result<Vec<WireEvent>> {
+pub(crate) fn apply(
+    l: &mut Live,
+    op: &Op,
+    now: Timestamp,
+    written: &mut Vec<(TaskId, WireEvent)>,
+) -> Result<Vec<WireEvent>> {
     if let Fence::Attempt(attempt) = op.fence {
         if op.seq > 0 && attempt == l.task.attempt && op.seq <= l.worker_seq {
             return Ok(Vec::new()); // a resend of something already applied

@@ -611,7 +611,8 @@ impl Store for RedisStore {
             .set(format!("{P}release_files:{id}"), serde_json::to_string(files).map_err(db_err)?)
             .zadd(format!("{P}releases:{}", release.name), id, id);
         if !files.is_empty() {
-            let index: Vec<(String, String)> = files.iter().map(|f| (f.hash.clone(), format!("{id} {}", f.path))).collect();
+            let index: Vec<(String, String)> =
+                files.iter().map(|f| (f.hash.clone(), format!("{id} {}", f.path))).collect();
             pipe.hset_multiple(format!("{P}contents:{}", release.env.as_str()), &index);
         }
         pipe.query_async::<()>(&mut self.con()).await?;
@@ -675,8 +676,8 @@ impl Store for RedisStore {
             for (hash, holder) in chunk.iter().zip(holders) {
                 let Some((id, path)) = holder.as_deref().and_then(|h| h.split_once(' ')) else { continue };
                 let Ok(id) = id.parse::<i64>() else { continue };
-                if !releases.contains_key(&id) {
-                    releases.insert(id, self.load_release(id).await?);
+                if let std::collections::hash_map::Entry::Vacant(slot) = releases.entry(id) {
+                    slot.insert(self.load_release(id).await?);
                 }
                 // A pruned holder means the content must be uploaded again (the index keeps the
                 // newest holder only).
@@ -693,7 +694,8 @@ impl Store for RedisStore {
             if let Some(mut r) = self.load_release(*id).await? {
                 r.pruned = true;
                 r.current = false;
-                let _: () = self.con().set(format!("{P}release:{id}"), serde_json::to_string(&r).map_err(db_err)?).await?;
+                let _: () =
+                    self.con().set(format!("{P}release:{id}"), serde_json::to_string(&r).map_err(db_err)?).await?;
             }
         }
         Ok(())

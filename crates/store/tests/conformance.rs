@@ -6,11 +6,11 @@ use cloudbuild_proto::event::{EventBody, EventKind, OutputStream};
 use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::{Environment, Stage, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::worker::{TaskAttempt, WorkerInfo, WorkerState};
 use cloudbuild_store::{
     Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RedisOptions, RedisStore, RequeueOutcome,
     SqliteStore, Store, StoreError, TaskQuery, WorkerOp,
 };
-use cloudbuild_proto::worker::{TaskAttempt, WorkerInfo, WorkerState};
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
     NewTask {

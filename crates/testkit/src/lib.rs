@@ -19,6 +19,22 @@ pub struct Server {
     pub data: TempDir,
     pub bin: PathBuf,
     env: Vec<(String, String)>,
+    /// `--data-dir` when several servers share one (sites on a shared file system).
+    data_dir: Option<PathBuf>,
+    /// Whether to wait for a connected worker at start (the embedded one).
+    expect_worker: bool,
+}
+
+/// How [`Server::start_with`] starts a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions<'a> {
+    /// Appended to the config file.
+    pub extra_toml: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+    /// Shared `--data-dir`; a private one when `None`.
+    pub data_dir: Option<&'a Path>,
+    /// Start without waiting for a worker (no embedded worker; remote ones join later).
+    pub no_worker: bool,
 }
 
 impl Server {
@@ -31,6 +47,12 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables for the server process.
     pub fn start_with_env(bin: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Result<Server> {
+        Server::start_with(bin, ServerOptions { extra_toml, env, ..Default::default() })
+    }
+
+    /// Starts a server with all the options.
+    pub fn start_with(bin: &Path, opts: ServerOptions<'_>) -> Result<Server> {
+        let (extra_toml, env) = (opts.extra_toml, opts.env);
         let data = tempfile::tempdir()?;
         let config = data.path().join("config.toml");
         let git = if extra_toml.contains("[git]") {
@@ -38,10 +60,13 @@ impl Server {
         } else {
             "[git]\nallowed_protocols = [\"https\", \"file\", \"http\"]\nallow_local_hosts = true\n"
         };
-        std::fs::write(&config, format!("{git}{extra_toml}\n"))?;
+        // `extra_toml` first: its top-level keys must precede any table.
+        std::fs::write(&config, format!("{extra_toml}\n{git}"))?;
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (child, url) = spawn(bin, data.path(), &env)?;
-        let server = Server { child, url, data, bin: bin.to_path_buf(), env };
+        let data_dir = opts.data_dir.map(Path::to_path_buf);
+        let (child, url) = spawn(bin, data.path(), data_dir.as_deref(), &env)?;
+        let expect_worker = !opts.no_worker;
+        let server = Server { child, url, data, bin: bin.to_path_buf(), env, data_dir, expect_worker };
         server.wait_for_worker()?;
         Ok(server)
     }
@@ -54,7 +79,16 @@ impl Server {
 
     /// Starts the server again on the same data directory and configuration (a new port).
     pub fn restart(&mut self) -> Result<()> {
-        let (child, url) = spawn(&self.bin, self.data.path(), &self.env)?;
+        let (child, url) = spawn(&self.bin, self.data.path(), self.data_dir.as_deref(), &self.env)?;
+        self.child = child;
+        self.url = url;
+        self.wait_for_worker()
+    }
+
+    /// Starts it again on the same address, so workers configured with its URL reconnect.
+    pub fn restart_same_port(&mut self) -> Result<()> {
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        let (child, url) = spawn_on(&self.bin, &listen, self.data.path(), self.data_dir.as_deref(), &self.env)?;
         self.child = child;
         self.url = url;
         self.wait_for_worker()
@@ -65,7 +99,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(v) = get_json(&format!("{}/healthz", self.url)) {
-                if v["workers"].as_u64().unwrap_or(0) > 0 {
+                if !self.expect_worker || v["workers"].as_u64().unwrap_or(0) > 0 {
                     return Ok(());
                 }
             }
@@ -181,10 +215,20 @@ impl Drop for Server {
 }
 
 /// Spawns `cloudbuild server` with the data and config under `dir`; returns it and its URL.
-fn spawn(bin: &Path, dir: &Path, env: &[(String, String)]) -> Result<(Child, String)> {
+fn spawn(bin: &Path, dir: &Path, data_dir: Option<&Path>, env: &[(String, String)]) -> Result<(Child, String)> {
+    spawn_on(bin, "127.0.0.1:0", dir, data_dir, env)
+}
+
+fn spawn_on(
+    bin: &Path,
+    listen: &str,
+    dir: &Path,
+    data_dir: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<(Child, String)> {
     let mut child = Command::new(bin)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
+        .args(["server", "--listen", listen, "--data-dir"])
+        .arg(data_dir.map(Path::to_path_buf).unwrap_or_else(|| dir.join("data")))
         .arg("--config")
         .arg(dir.join("config.toml"))
         .env("CLOUDBUILD_LOG", "info,sqlx=warn")
@@ -522,5 +566,100 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A `cloudbuild worker` child process with its own work directory and log.
+pub struct Worker {
+    child: Child,
+    pub name: String,
+    /// Holds the work and log directory when this worker made it.
+    _dir: Option<TempDir>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Starts `cloudbuild worker` against `server` with `token`; `extra` args are appended
+    /// (e.g. `--slots 2`, `--labels gpu`).
+    pub fn start(bin: &Path, server: &str, token: &str, name: &str, extra: &[&str]) -> Result<Worker> {
+        let tmp = tempfile::tempdir()?;
+        let mut w = Worker::start_in(bin, server, token, name, extra, tmp.path())?;
+        w._dir = Some(tmp);
+        Ok(w)
+    }
+
+    /// Like [`Worker::start`] in a given directory (a restart of the same machine's worker).
+    pub fn start_in(bin: &Path, server: &str, token: &str, name: &str, extra: &[&str], dir: &Path) -> Result<Worker> {
+        let log = dir.join(format!(
+            "worker-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
+        let child = Command::new(bin)
+            .args(["worker", "--server", server, "--token", token, "--name", name, "--work-dir"])
+            .arg(dir.join("work"))
+            .args(extra)
+            .env("CLOUDBUILD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning a worker")?;
+        Ok(Worker { child, name: name.to_owned(), _dir: None, dir: dir.to_path_buf(), log })
+    }
+
+    /// The directory holding its work directory and log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the worker with SIGKILL (its build processes stay behind, like a crashed machine).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The process id (to signal it, e.g. SIGSTOP for a network cut).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `server` lists `n` connected workers (`GET /api/v1/workers`).
+pub fn wait_workers(server_url: &str, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_json(&format!("{server_url}/api/v1/workers"))?;
+        let connected = v["workers"].as_array().into_iter().flatten().filter(|w| w["state"] == "connected").count();
+        if connected >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{connected} of {n} workers connected: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

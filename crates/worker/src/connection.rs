@@ -329,7 +329,11 @@ mod tests {
     use cloudbuild_proto::worker::{Outcome, WorkerEvent};
 
     fn event(task: TaskAttempt, text: &str) -> WorkerMessage {
-        WorkerMessage::Event { task, seq: 0, event: WorkerEvent::Output { stream: OutputStream::Stdout, text: text.into() } }
+        WorkerMessage::Event {
+            task,
+            seq: 0,
+            event: WorkerEvent::Output { stream: OutputStream::Stdout, text: text.into() },
+        }
     }
 
     #[test]
@@ -346,7 +350,8 @@ mod tests {
         let pending = out.unacknowledged();
         assert_eq!(pending.len(), 2, "a3 and b1 wait for their acks: {pending:?}");
         assert!(pending[0].contains("a3") && pending[0].contains("\"seq\":3"));
-        let fin = out.number(WorkerMessage::Finished { task: a, seq: 0, outcome: Outcome::Succeeded { url: "u".into() } });
+        let fin =
+            out.number(WorkerMessage::Finished { task: a, seq: 0, outcome: Outcome::Succeeded { url: "u".into() } });
         assert!(fin.contains("\"seq\":4"), "the finish is numbered after the events: {fin}");
         out.ack(a, 4);
         assert!(!out.next.contains_key(&a), "a finished, acknowledged task is forgotten");

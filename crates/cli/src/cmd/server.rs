@@ -177,8 +177,15 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         work_root: args.work_dir,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx));
-    terminated().await;
+    let mut handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx));
+    tokio::select! {
+        _ = terminated() => {}
+        // It stops by itself only for good reasons to: its token was refused or revoked.
+        res = &mut handle => {
+            res??;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let _ = stop_tx.send(true);
     handle.await??;
     Ok(ExitCode::SUCCESS)

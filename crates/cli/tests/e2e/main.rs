@@ -3,6 +3,7 @@
 
 mod cancel;
 mod cli;
+mod cluster;
 mod events;
 mod inputs;
 mod pipeline;

@@ -36,7 +36,7 @@ fn ensure_clients() {
 }
 
 /// Runs `node client.js` and returns its JSON lines.
-fn run_client(
+pub(crate) fn run_client(
     srv: &Server,
     major: &str,
     transport: &str,
@@ -55,7 +55,7 @@ fn run_client(
     lines
 }
 
-fn query_for(repo: &Repo, name: &str) -> Value {
+pub(crate) fn query_for(repo: &Repo, name: &str) -> Value {
     json!({ "repo": repo.url, "name": name, "version": "1.0.0", "branch": "main", "buildCmd": "npm run build", "prod": "false" })
 }
 

@@ -14,18 +14,18 @@ use axum::Json;
 use cloudbuild_proto::event::EventBody;
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate;
+use cloudbuild_proto::worker::{CreateWorkerToken, CreatedWorkerToken, WorkerList, WorkerTokenList};
 use cloudbuild_proto::worker::{
     Outcome, ServerMessage, TaskAttempt, WorkerEvent, WorkerInfo, WorkerMessage, WorkerState, PROTOCOL_VERSION,
 };
-use cloudbuild_proto::worker::{CreateWorkerToken, CreatedWorkerToken, WorkerList, WorkerTokenList};
 use cloudbuild_store::{Change, Finish, Notice, WorkerOp};
-use std::collections::BTreeMap;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
 use super::auth::{bearer, constant_time_eq, Caller};
-use super::tasks::ApiJson;
 use super::error::ApiError;
+use super::tasks::ApiJson;
 use crate::state::AppState;
 
 /// Checks `Authorization: Bearer <token>` against the configured worker tokens (in constant

@@ -24,13 +24,13 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::apply::{self, CancelEffect, Op, RequeueEffect};
-use std::collections::BTreeSet;
 use crate::{
-    labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask,
-    RequeueOutcome, Result, Store, StoreError, TaskQuery, WorkerOp,
+    labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RequeueOutcome, Result, Store,
+    StoreError, TaskQuery, WorkerOp,
 };
-use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
 use cloudbuild_proto::release::{ManifestFile, Release};
+use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
+use std::collections::BTreeSet;
 
 /// Tasks and events in one SQLite database file.
 #[derive(Debug, Clone)]
@@ -231,10 +231,11 @@ impl Store for SqliteStore {
         // id order for the oldest task this worker may run.
         let mut after: TaskId = 0;
         loop {
-            let rows = sqlx::query("SELECT id, labels FROM tasks WHERE state = 'queued' AND id > ? ORDER BY id LIMIT 64")
-                .bind(after)
-                .fetch_all(&mut *conn)
-                .await?;
+            let rows =
+                sqlx::query("SELECT id, labels FROM tasks WHERE state = 'queued' AND id > ? ORDER BY id LIMIT 64")
+                    .bind(after)
+                    .fetch_all(&mut *conn)
+                    .await?;
             let Some(last) = rows.last() else { return Ok(None) };
             after = last.try_get("id")?;
             for r in &rows {
@@ -323,7 +324,9 @@ impl Store for SqliteStore {
         Ok(match effect {
             CancelEffect::AlreadyCancelled => CancelOutcome::AlreadyCancelled(task),
             CancelEffect::AlreadyFinished => CancelOutcome::AlreadyFinished(task),
-            CancelEffect::EndedQueued => CancelOutcome::CancelledQueued(task, rows.into_iter().map(|(_, e)| e).collect()),
+            CancelEffect::EndedQueued => {
+                CancelOutcome::CancelledQueued(task, rows.into_iter().map(|(_, e)| e).collect())
+            }
             CancelEffect::Flagged => CancelOutcome::Requested(task),
         })
     }
@@ -470,27 +473,31 @@ impl Store for SqliteStore {
 
     async fn put_worker(&self, worker: &WorkerInfo) -> Result<()> {
         let data = serde_json::to_string(worker).map_err(|e| StoreError::Database(e.to_string()))?;
-        sqlx::query("INSERT INTO workers (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data")
-            .bind(&worker.name)
-            .bind(data)
-            .execute(&mut *self.writer.lock().await)
-            .await?;
+        sqlx::query(
+            "INSERT INTO workers (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+        )
+        .bind(&worker.name)
+        .bind(data)
+        .execute(&mut *self.writer.lock().await)
+        .await?;
         Ok(())
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT data FROM workers ORDER BY name").fetch_all(&self.reader).await?;
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT data FROM workers ORDER BY name").fetch_all(&self.reader).await?;
         rows.iter().map(|d| serde_json::from_str(d).map_err(|e| StoreError::Database(e.to_string()))).collect()
     }
 
     async fn create_worker_token(&self, name: &str, hash: &str) -> Result<WorkerToken> {
         let created = Timestamp::now();
-        let res = sqlx::query("INSERT INTO worker_tokens (name, hash, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(name)
-            .bind(hash)
-            .bind(created.0)
-            .execute(&mut *self.writer.lock().await)
-            .await?;
+        let res =
+            sqlx::query("INSERT INTO worker_tokens (name, hash, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(name)
+                .bind(hash)
+                .bind(created.0)
+                .execute(&mut *self.writer.lock().await)
+                .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("a worker token named `{name}` exists already")));
         }

@@ -1,0 +1,321 @@
+//! Scale-out on Redis: several real servers and remote workers, killed with SIGKILL at chosen
+//! points. Each test starts its own `redis-server` (AOF on) on a free port.
+//!
+//! Promises checked: any server takes a publish and any server's followers (SSE, socket.io)
+//! see every event; a lost worker's task is requeued with attempt + 1 and runs elsewhere; a
+//! server killed mid-build loses nothing (the worker resends what was not acknowledged, no
+//! event twice); Redis down means a fast 503 and recovery by itself; revoked tokens and labels.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cloudbuild_proto::task::TaskState;
+use cloudbuild_testkit::{
+    alive, build_script, get_json, get_text, package_json, request, wait_file, wait_workers, RedisServer, Repo, Server,
+    ServerOptions, Worker,
+};
+
+use crate::bin;
+
+/// A server on `redis` without an embedded worker; `shared` is the data directory all servers
+/// of a test use (sites on a shared file system).
+fn cluster_server(redis: &RedisServer, shared: &Path, extra: &str) -> Server {
+    let toml = format!("store = \"{}\"\n[workers]\nembedded = false\n{extra}", redis.url());
+    Server::start_with(
+        bin(),
+        ServerOptions { extra_toml: &toml, data_dir: Some(shared), no_worker: true, ..Default::default() },
+    )
+    .expect("server starts")
+}
+
+/// Creates a worker token through the CLI (as an admin would) and returns the secret.
+fn worker_token(srv: &Server, name: &str) -> String {
+    let out = srv.cli(Path::new("."), &["worker-tokens", "create", name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn worker(srv: &Server, token: &str, name: &str, extra: &[&str]) -> Worker {
+    Worker::start(bin(), &srv.url, token, name, extra).expect("worker starts")
+}
+
+/// Follows a task's SSE stream from the start until its end, in a thread.
+fn follow(url: &str, id: i64) -> std::thread::JoinHandle<String> {
+    let url = format!("{url}/api/v1/tasks/{id}/events?follow=true");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+    })
+}
+
+/// A build that prints `n` numbered lines, `every_ms` apart, then writes the site.
+fn counting_repo(name: &str, n: u32, every_ms: u32) -> Repo {
+    let script = format!(
+        "let i=0;const t=setInterval(()=>{{console.log('line-'+i);i++;if(i=={n}){{clearInterval(t);\
+         const fs=require('fs');fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','counted');}}}},{every_ms});"
+    );
+    Repo::new(&[("package.json", &package_json(name, &[("build", "node build.js")])), ("build.js", &script)])
+}
+
+#[test]
+fn any_server_takes_a_publish_and_every_server_streams_it() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let a = cluster_server(&redis, shared.path(), "");
+    let b = cluster_server(&redis, shared.path(), "");
+    let token = worker_token(&a, "pool");
+    let _w = worker(&b, &token, "builder-b", &["--slots", "2", "--labels", "linux,node"]);
+    wait_workers(&a.url, 1).unwrap();
+
+    // Submitted on A, built by the worker connected to B, followed live on both.
+    let repo = counting_repo("cluster-site", 20, 30);
+    let (status, task) = a.create(&repo.task_body("cluster-site"));
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_i64().unwrap();
+    let (on_a, on_b) = (follow(&a.url, id), follow(&b.url, id));
+    let t = a.wait_done(id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", b.log());
+    assert_eq!(t.worker.as_deref(), Some("builder-b"));
+    let (on_a, on_b) = (on_a.join().unwrap(), on_b.join().unwrap());
+    let final_log = a.sse(id, 0);
+    assert_eq!(on_a, final_log, "the follower on A saw every event, once, in order");
+    assert_eq!(on_b, final_log, "the follower on B too");
+    assert_eq!(b.sse(id, 0), final_log, "both servers serve the same log");
+    assert_eq!(get_text(&t.url.unwrap()).1, "counted");
+
+    // An original socket.io client on A, the build on B's worker.
+    let ok = Repo::new(&[
+        ("package.json", &package_json("sio-cluster", &[("build", "node build.js")])),
+        ("build.js", &build_script("<h1>across servers</h1>")),
+    ]);
+    let lines =
+        crate::socketio::run_client(&a, "4", "websocket", &crate::socketio::query_for(&ok, "sio-cluster"), None, &[]);
+    let actions: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] == "build")
+        .map(|l| l["data"]["data"]["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(actions, crate::SUCCESS_ACTIONS, "{lines:?}");
+
+    // `cloudbuild workers` on either server shows the worker with its slots and labels.
+    let out = a.cli(Path::new("."), &["workers"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = table.lines().find(|l| l.starts_with("builder-b")).unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("connected") && row.contains("/2") && row.contains("linux,node") && row.contains("pool"),
+        "{row}"
+    );
+}
+
+#[test]
+fn a_killed_worker_loses_its_lease_and_the_task_runs_elsewhere() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let srv = cluster_server(&redis, shared.path(), "lease_secs = 3\nheartbeat_secs = 1\n");
+    let token = worker_token(&srv, "pool");
+    let mut w1 = worker(&srv, &token, "builder-1", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+
+    // The first attempt hangs mid-build (after printing); any later one builds.
+    let marker = shared.path().join("attempted");
+    let pid_file = shared.path().join("build.pid");
+    let script = format!(
+        "const fs=require('fs');console.log('attempt output');\
+         if(!fs.existsSync({m:?})){{fs.writeFileSync({m:?},'1');fs.writeFileSync({p:?},String(process.pid));setInterval(()=>{{}},1000);}}\
+         else{{fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','elsewhere');}}",
+        m = marker.to_str().unwrap(),
+        p = pid_file.to_str().unwrap()
+    );
+    let repo = Repo::new(&[
+        ("package.json", &package_json("lease-site", &[("build", "node build.js")])),
+        ("build.js", &script),
+    ]);
+    let (_, task) = srv.create(&repo.task_body("lease-site"));
+    let id = task["id"].as_i64().unwrap();
+    let follower = follow(&srv.url, id);
+    let orphan: i32 = wait_file(&pid_file, Duration::from_secs(60)).expect("attempt 1 builds").parse().unwrap();
+    let _w2 = worker(&srv, &token, "builder-2", &[]);
+    wait_workers(&srv.url, 2).unwrap();
+
+    w1.kill9();
+    let killed = Instant::now();
+    let t = srv.wait_until(id, |t| t.attempt == 2 && t.state == TaskState::Running, "attempt 2 running");
+    let to_elsewhere = killed.elapsed();
+    assert_eq!(t.worker.as_deref(), Some("builder-2"));
+    eprintln!("SIGKILL of the worker to its task running elsewhere: {to_elsewhere:?}");
+
+    let t = srv.wait_done(id);
+    assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 2), "{t:?}\n{}", srv.log());
+    let actions = srv.actions(id);
+    let requeued = actions.iter().find(|a| a.0 == "requeued").expect("the retry is explicit");
+    assert!(requeued.1.contains("builder-1") && requeued.1.contains("attempt 2"), "{requeued:?}");
+    assert_eq!(follower.join().unwrap(), srv.sse(id, 0), "the live follower's stream equals the final log");
+    assert_eq!(get_text(&t.url.unwrap()).1, "elsewhere");
+
+    // The dead worker's build outlived it; the worker's next start kills it (recorded PGID).
+    assert!(alive(orphan), "a SIGKILLed worker leaves its build behind (else this proves nothing)");
+    // Same name, same work directory: a restart of that machine's worker.
+    let _w1_again = Worker::start_in(bin(), &srv.url, &token, "builder-1", &[], w1.dir()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(orphan) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(orphan), "the restarted worker reaps its orphaned build");
+}
+
+#[test]
+fn a_task_fails_as_worker_lost_after_the_configured_attempts() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let srv = cluster_server(&redis, shared.path(), "lease_secs = 2\nheartbeat_secs = 1\n[limits]\nmax_attempts = 1\n");
+    let token = worker_token(&srv, "pool");
+    let mut w = worker(&srv, &token, "doomed", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+    let pid_file = shared.path().join("hang.pid");
+    let repo = Repo::new(&[
+        ("package.json", &package_json("lost-site", &[("build", "node hang.js")])),
+        ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
+    ]);
+    let (_, task) = srv.create(&repo.task_body("lost-site"));
+    let id = task["id"].as_i64().unwrap();
+    let orphan: i32 = wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
+    w.kill9();
+    let t = srv.wait_done(id);
+    let _ = nix_kill(orphan);
+    assert_eq!(t.state, TaskState::Failed);
+    assert!(t.reason.as_deref().unwrap_or_default().contains("worker lost"), "{t:?}");
+}
+
+fn nix_kill(pid: i32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()
+}
+
+#[test]
+fn a_server_killed_mid_build_loses_no_event_and_duplicates_none() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut srv = cluster_server(&redis, shared.path(), "");
+    let token = worker_token(&srv, "pool");
+    let w = worker(&srv, &token, "steady", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+
+    let lines = 120;
+    let repo = counting_repo("steady-site", lines, 25);
+    let (_, task) = srv.create(&repo.task_body("steady-site"));
+    let id = task["id"].as_i64().unwrap();
+    srv.wait_until(id, |t| t.stage == Some(cloudbuild_proto::task::Stage::Build), "build");
+    std::thread::sleep(Duration::from_millis(600));
+    // Frozen first: the worker's messages reach the socket but are never acknowledged, so
+    // they must be resent to the next life of the server.
+    assert!(std::process::Command::new("kill").args(["-STOP", &srv.pid().to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(800));
+    srv.kill9();
+    // The build goes on printing while its server is away.
+    std::thread::sleep(Duration::from_millis(1200));
+    srv.restart_same_port().unwrap();
+
+    let t = srv.wait_done(id);
+    assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 1), "the build survived its server\n{}", w.log());
+    let output = srv.output(id);
+    let seen: Vec<&str> = output.lines().filter(|l| l.starts_with("line-")).collect();
+    let expected: Vec<String> = (0..lines).map(|i| format!("line-{i}")).collect();
+    assert_eq!(seen, expected, "every line once, in order");
+    assert!(w.log().contains("resending"), "the worker resent what was not acknowledged:\n{}", w.log());
+    let log = srv.sse(id, 0);
+    assert_eq!(log.matches("event: end").count(), 1);
+}
+
+#[test]
+fn redis_down_means_a_fast_503_and_the_service_recovers() {
+    let mut redis = RedisServer::start().unwrap();
+    let toml = format!("store = \"{}\"\n", redis.url());
+    let srv = Server::start_with(bin(), ServerOptions { extra_toml: &toml, ..Default::default() }).unwrap();
+    let repo = Repo::new(&[
+        ("package.json", &package_json("outage-site", &[("build", "node build.js")])),
+        ("build.js", &build_script("after the outage")),
+    ]);
+    let (status, first) = srv.create(&repo.task_body("outage-site"));
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(srv.wait_done(first["id"].as_i64().unwrap()).state, TaskState::Succeeded);
+
+    redis.kill9();
+    let started = Instant::now();
+    let (status, body) = srv.create(&repo.task_body("outage-site"));
+    assert_eq!((status, body["code"].as_str()), (503, Some("store_unavailable")), "{body}");
+    // Generous bound: the point is "an answer, not a hang" (connect timeout 1 s, answer 3 s).
+    assert!(started.elapsed() < Duration::from_secs(20), "fails fast: {:?}", started.elapsed());
+    let (status, _) = request("GET", &format!("{}/api/v1/tasks/{}", srv.url, first["id"]), None);
+    assert_eq!(status, 503);
+
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let (status, body) = srv.create(&repo.task_body("outage-site"));
+        if status == 201 {
+            break body["id"].as_i64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the server did not recover: {status} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(srv.wait_done(id).state, TaskState::Succeeded, "{}", srv.log());
+    assert_eq!(srv.task(first["id"].as_i64().unwrap()).state, TaskState::Succeeded, "AOF kept the earlier task");
+}
+
+#[test]
+fn labels_route_tasks_and_a_task_no_worker_can_take_says_so() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let srv = cluster_server(&redis, shared.path(), "");
+    let token = worker_token(&srv, "pool");
+    let _plain = worker(&srv, &token, "plain", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+    let repo = Repo::new(&[
+        ("package.json", &package_json("gpu-site", &[("build", "node build.js")])),
+        ("build.js", &build_script("gpu")),
+    ]);
+    let mut body = repo.task_body("gpu-site");
+    body["labels"] = serde_json::json!(["gpu"]);
+    let (_, task) = srv.create(&body);
+    let id = task["id"].as_i64().unwrap();
+    let waiting = srv.wait_until(id, |t| t.last_seq >= 2, "a waiting note");
+    assert_eq!(waiting.state, TaskState::Queued, "the plain worker does not take it");
+    let note = srv.actions(id).into_iter().find(|a| a.0 == "waiting").expect("it says why it waits");
+    assert!(note.1.contains("gpu"), "{note:?}");
+
+    let _gpu = worker(&srv, &token, "gpu-box", &["--labels", "gpu"]);
+    let t = srv.wait_done(id);
+    assert_eq!((t.state, t.worker.as_deref()), (TaskState::Succeeded, Some("gpu-box")));
+
+    let (status, body) = srv.create(&serde_json::json!({
+        "repo": repo.url, "branch": "main", "name": "gpu-site", "version": "1.0.0", "labels": ["GPU!"]
+    }));
+    assert_eq!(status, 400, "labels are validated: {body}");
+}
+
+#[test]
+fn a_revoked_token_disconnects_its_workers_and_cannot_reconnect() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let srv = cluster_server(&redis, shared.path(), "");
+    let token = worker_token(&srv, "temp");
+    let mut w = worker(&srv, &token, "temporary", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+    let out = srv.cli(Path::new("."), &["worker-tokens", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("temp"), "the list names it");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&token), "and never shows the secret");
+
+    let out = srv.cli(Path::new("."), &["worker-tokens", "revoke", "temp"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = w.wait_exit(Duration::from_secs(10)).expect("the worker is told to go");
+    assert!(!status.success());
+    assert!(w.log().contains("revoked"), "{}", w.log());
+
+    let mut again = worker(&srv, &token, "temporary-2", &[]);
+    let status = again.wait_exit(Duration::from_secs(10)).expect("a revoked token cannot connect");
+    assert!(!status.success());
+    assert!(again.log().contains("refused the worker token"), "{}", again.log());
+    let v = get_json(&format!("{}/api/v1/workers", srv.url)).unwrap();
+    let state = v["workers"].as_array().unwrap().iter().find(|w| w["name"] == "temporary").unwrap()["state"].clone();
+    assert_eq!(state, "disconnected");
+}

@@ -8,3 +8,5 @@ cargo run --release -q -p cloudbuild-bench --manifest-path "$root/Cargo.toml" --
 echo
 echo "## End to end (real git, npm, build, upload)"
 "$root/bench/e2e.sh"
+echo
+echo "(Scale-out figures, SQLite vs Redis with 1, 2, 4 workers and worker-loss recovery: bench/cluster.sh)"

@@ -1,7 +1,9 @@
-//! Dispatch benchmark: a real server (SQLite store, HTTP, worker protocol) with workers running
-//! the fake executor, so only the scheduler, the protocol and the event log are measured.
+//! Dispatch benchmark: a real server (SQLite or Redis store, HTTP, worker protocol) with
+//! workers running the fake executor, so only the scheduler, the protocol and the event log
+//! are measured.
 //!
-//! Run with `cargo run --release -p cloudbuild-bench -- [--tasks N] [--workers W] [--slots S]`.
+//! Run with `cargo run --release -p cloudbuild-bench -- [--tasks N] [--workers W] [--slots S]
+//! [--store redis://…]` (`bench/cluster.sh` runs the SQLite / Redis × 1, 2, 4 workers matrix).
 //! Prints a table:
 //! - dispatch latency: from `created_at` (the task is queued, store clock) to `started_at`
 //!   (the server stored the worker's `prepare` event), one task at a time on an idle system;
@@ -21,18 +23,20 @@ struct Args {
     tasks: usize,
     workers: usize,
     slots: u32,
+    store: String,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { tasks: 2000, workers: 1, slots: 32 };
+    let mut a = Args { tasks: 2000, workers: 1, slots: 32, store: "sqlite".into() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let v: usize = it.next().context("flag needs a value")?.parse()?;
+        let v = it.next().context("flag needs a value")?;
         match flag.as_str() {
-            "--tasks" => a.tasks = v,
-            "--workers" => a.workers = v,
-            "--slots" => a.slots = v as u32,
-            other => anyhow::bail!("unknown flag {other} (use --tasks, --workers, --slots)"),
+            "--tasks" => a.tasks = v.parse()?,
+            "--workers" => a.workers = v.parse()?,
+            "--slots" => a.slots = v.parse()?,
+            "--store" => a.store = v,
+            other => anyhow::bail!("unknown flag {other} (use --tasks, --workers, --slots, --store)"),
         }
     }
     Ok(a)
@@ -68,7 +72,8 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
     let token = "bench-worker-token-0123456789".to_string();
-    let mut config = ServerConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+    let mut config =
+        ServerConfig { data_dir: dir.path().to_path_buf(), store: args.store.clone(), ..Default::default() };
     config.workers.tokens = vec![token.clone()];
     let settings = config.validate()?;
     let store = cloudbuild_server::open_store(&settings).await?;
@@ -138,9 +143,10 @@ async fn main() -> Result<()> {
     let all = store.list_tasks(&TaskQuery { limit: 500, ..Default::default() }).await?;
     let ok = all.iter().all(|t| t.state == TaskState::Succeeded);
 
+    let kind = if args.store.starts_with("redis") { "redis" } else { "sqlite" };
     println!("| metric | value |");
     println!("|---|---|");
-    println!("| workers x slots | {} x {} |", args.workers, args.slots);
+    println!("| store, workers x slots | {kind}, {} x {} |", args.workers, args.slots);
     println!("| dispatch latency p50 (queued -> prepare stored), {n_lat} tasks | {:.2} ms |", percentile(&lat, 0.5));
     println!("| dispatch latency p99 | {:.2} ms |", percentile(&lat, 0.99));
     println!("| dispatch latency max | {:.2} ms |", lat.last().copied().unwrap_or_default());

@@ -25,6 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use api::router;
+use axum::serve::ListenerExt;
 use cloudbuild_store::{RedisOptions, RedisStore, SqliteStore, Store};
 pub use config::{ServerConfig, Settings};
 use state::AppState;
@@ -91,6 +92,11 @@ pub async fn run(
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+    });
+    // No Nagle: worker acks and event pushes are small writes that must not wait ~40 ms for
+    // the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -188,6 +188,9 @@ impl RedisStore {
 
     /// Loads tasks with their revisions; missing ids are absent from the map.
     async fn load(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, (String, Live)>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new()); // an empty pipeline is an error in redis-rs
+        }
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HMGET").arg(task_key(*id)).arg("rev").arg("data");
@@ -401,11 +404,21 @@ impl Store for RedisStore {
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>> {
-        let key = match &q.name {
-            Some(name) => format!("{P}tasks:name:{name}"),
-            None => format!("{P}tasks"),
-        };
         let limit = q.limit.clamp(1, 500) as usize;
+        // Running tasks are few: read them from the lease set instead of scanning history.
+        if q.state == Some(TaskState::Running) && q.name.is_none() {
+            let mut ids: Vec<TaskId> = self.con().zrange(running_key(), 0, -1).await?;
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.retain(|id| q.before.is_none_or(|b| *id < b));
+            let tasks = self.load_tasks(&ids).await?;
+            return Ok(tasks.into_iter().filter(|t| t.state == TaskState::Running).take(limit).collect());
+        }
+        let key = match (&q.name, q.state) {
+            (Some(name), _) => format!("{P}tasks:name:{name}"),
+            // The queue's score is the id too, so it pages like the history.
+            (None, Some(TaskState::Queued)) => queue_key(),
+            (None, _) => format!("{P}tasks"),
+        };
         let mut max = q.before.map(|b| (b - 1).to_string()).unwrap_or_else(|| "+inf".into());
         let mut out = Vec::new();
         loop {

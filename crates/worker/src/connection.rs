@@ -152,7 +152,9 @@ pub async fn run(
             request.headers_mut().insert("authorization", v);
         }
         let socket = tokio::select! {
-            r = tokio_tungstenite::connect_async(request) => r,
+            // No Nagle: small messages (events one way, acks the other) would otherwise wait for
+            // the peer's delayed ACK, ~40 ms each.
+            r = tokio_tungstenite::connect_async_with_config(request, None, true) => r,
             _ = shutdown.changed() => break,
         };
         let (mut sink, mut stream) = match socket {

@@ -109,7 +109,17 @@ fn any_server_takes_a_publish_and_every_server_streams_it() {
 }
 
 #[test]
-fn a_killed_worker_loses_its_lease_and_the_task_runs_elsewhere() {
+fn a_worker_killed_during_build_loses_its_lease_and_the_task_runs_elsewhere() {
+    worker_killed_during("build");
+}
+
+#[test]
+fn a_worker_killed_during_install_loses_its_lease_and_the_task_runs_elsewhere() {
+    worker_killed_during("preinstall");
+}
+
+/// Kills the worker with SIGKILL while the package script `script` of attempt 1 runs.
+fn worker_killed_during(script: &str) {
     let redis = RedisServer::start().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let srv = cluster_server(&redis, shared.path(), "lease_secs = 3\nheartbeat_secs = 1\n");
@@ -117,19 +127,24 @@ fn a_killed_worker_loses_its_lease_and_the_task_runs_elsewhere() {
     let mut w1 = worker(&srv, &token, "builder-1", &[]);
     wait_workers(&srv.url, 1).unwrap();
 
-    // The first attempt hangs mid-build (after printing); any later one builds.
+    // The first attempt hangs in `script` (after printing); any later one goes on and builds.
     let marker = shared.path().join("attempted");
     let pid_file = shared.path().join("build.pid");
-    let script = format!(
+    let hang_once = format!(
         "const fs=require('fs');console.log('attempt output');\
-         if(!fs.existsSync({m:?})){{fs.writeFileSync({m:?},'1');fs.writeFileSync({p:?},String(process.pid));setInterval(()=>{{}},1000);}}\
-         else{{fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','elsewhere');}}",
+         if(!fs.existsSync({m:?})){{fs.writeFileSync({m:?},'1');fs.writeFileSync({p:?},String(process.pid));setInterval(()=>{{}},1000);}}",
         m = marker.to_str().unwrap(),
         p = pid_file.to_str().unwrap()
     );
+    let scripts: &[(&str, &str)] = if script == "build" {
+        &[("build", "node hang.js && node build.js")]
+    } else {
+        &[(script, "node hang.js"), ("build", "node build.js")]
+    };
     let repo = Repo::new(&[
-        ("package.json", &package_json("lease-site", &[("build", "node build.js")])),
-        ("build.js", &script),
+        ("package.json", &package_json("lease-site", scripts)),
+        ("hang.js", &hang_once),
+        ("build.js", &build_script("elsewhere")),
     ]);
     let (_, task) = srv.create(&repo.task_body("lease-site"));
     let id = task["id"].as_i64().unwrap();
@@ -140,10 +155,10 @@ fn a_killed_worker_loses_its_lease_and_the_task_runs_elsewhere() {
 
     w1.kill9();
     let killed = Instant::now();
-    let t = srv.wait_until(id, |t| t.attempt == 2 && t.state == TaskState::Running, "attempt 2 running");
+    let t = srv.wait_until(id, |t| t.attempt == 2 && t.state != TaskState::Queued, "attempt 2 taken");
     let to_elsewhere = killed.elapsed();
     assert_eq!(t.worker.as_deref(), Some("builder-2"));
-    eprintln!("SIGKILL of the worker to its task running elsewhere: {to_elsewhere:?}");
+    eprintln!("SIGKILL of the worker during {script} to its task running elsewhere: {to_elsewhere:?}");
 
     let t = srv.wait_done(id);
     assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 2), "{t:?}\n{}", srv.log());

@@ -113,6 +113,12 @@ impl Client {
             let url = format!("{}/api/v1/tasks/{task}/events?after={after}&follow={follow}", self.base);
             let resp = match self.send(self.http.get(&url).header("accept", "text/event-stream")).await {
                 Ok(r) if r.status().is_success() => r,
+                // The server's store is briefly unreachable (Redis restarting): wait for it.
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && failures < 10 => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 Ok(r) => return self.decode::<serde_json::Value>(r).await.map(|_| ()),
                 Err(e) if failures < 10 => {
                     failures += 1;

@@ -12,7 +12,7 @@ use cloudbuild_proto::time::Timestamp;
 
 use cloudbuild_proto::task::actions;
 
-use crate::{final_stage_event, Change, Fence, Finish, Result, StoreError, WorkerOp};
+use crate::{final_stage_event, Change, Fence, Finish, NewTask, Result, StoreError, WorkerOp};
 
 /// One change to one task. `seq` is the worker's message number within the attempt (0 for
 /// the server's own changes); a worker message with a number already applied is a resend
@@ -252,4 +252,48 @@ pub(crate) fn requeue(
     l.task.stage = None;
     l.worker_seq = 0;
     RequeueEffect::Requeued(next)
+}
+
+/// The first event of a new task (`create task`, seq 1).
+pub(crate) fn created_event(id: TaskId, new: &NewTask) -> EventBody {
+    let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
+    let message = format!(
+        "task {id} created: {}@{} from {} branch {} for {}{retry}",
+        new.name,
+        new.version,
+        new.repo,
+        new.branch,
+        new.env.as_str()
+    );
+    EventBody::Stage { action: actions::CREATE_TASK.into(), message }
+}
+
+/// A new task as stored: queued, attempt 1, its log holding the `create task` event.
+pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task {
+    Task {
+        id,
+        name: new.name,
+        version: new.version,
+        repo: new.repo,
+        branch: new.branch,
+        commit: None,
+        build_cmd: new.build_cmd,
+        env: new.env,
+        trigger: new.trigger,
+        force: new.force,
+        requested_by: new.requested_by,
+        state: TaskState::Queued,
+        stage: None,
+        reason: None,
+        attempt: 1,
+        worker: None,
+        retry_of: new.retry_of,
+        url: None,
+        cancel_requested: false,
+        created_at: created,
+        started_at: None,
+        finished_at: None,
+        last_seq: 1,
+        labels: new.labels,
+    }
 }

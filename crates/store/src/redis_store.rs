@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::release::{ManifestFile, Release};
-use cloudbuild_proto::task::{actions, Environment, Task, TaskId, TaskState};
+use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
 use futures_util::StreamExt;
@@ -337,51 +337,12 @@ impl Store for RedisStore {
     async fn create_task(&self, new: NewTask) -> Result<(Task, WireEvent)> {
         let id: TaskId = self.con().incr(format!("{P}next_task"), 1).await?;
         let created = Timestamp::now();
-        let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
-        let message = format!(
-            "task {id} created: {}@{} from {} branch {} for {}{retry}",
-            new.name,
-            new.version,
-            new.repo,
-            new.branch,
-            new.env.as_str()
-        );
-        let body = EventBody::Stage { action: actions::CREATE_TASK.into(), message };
+        let output_limit = i64::try_from(new.output_limit).unwrap_or(i64::MAX);
+        let body = apply::created_event(id, &new);
         let event = WireEvent { seq: 1, kind: body.kind(), data: body.render(id, 1, created) };
-        let task = Task {
-            id,
-            name: new.name,
-            version: new.version,
-            repo: new.repo,
-            branch: new.branch,
-            commit: None,
-            build_cmd: new.build_cmd,
-            env: new.env,
-            trigger: new.trigger,
-            force: new.force,
-            requested_by: new.requested_by,
-            state: TaskState::Queued,
-            stage: None,
-            reason: None,
-            attempt: 1,
-            worker: None,
-            retry_of: new.retry_of,
-            url: None,
-            cancel_requested: false,
-            created_at: created,
-            started_at: None,
-            finished_at: None,
-            last_seq: 1,
-            labels: new.labels,
-        };
-        let live = Live {
-            task: task.clone(),
-            output_bytes: 0,
-            output_limit: i64::try_from(new.output_limit).unwrap_or(i64::MAX),
-            truncated: false,
-            worker_seq: 0,
-            dirty: true,
-        };
+        let task = apply::queued_task(id, new, created);
+        let live =
+            Live { task: task.clone(), output_bytes: 0, output_limit, truncated: false, worker_seq: 0, dirty: true };
         let plan = Plan {
             check: vec![(task_key(id), String::new())],
             put: vec![(task_key(id), record_json(&live)?)],

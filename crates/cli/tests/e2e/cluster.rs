@@ -220,6 +220,15 @@ fn a_server_killed_mid_build_loses_no_event_and_duplicates_none() {
     let (_, task) = srv.create(&repo.task_body("steady-site"));
     let id = task["id"].as_i64().unwrap();
     srv.wait_until(id, |t| t.stage == Some(cloudbuild_proto::task::Stage::Build), "build");
+    // A user following with the CLI through the crash.
+    let cli_follower = std::process::Command::new(bin())
+        .args(["logs", &id.to_string(), "--follow"])
+        .env("CLOUDBUILD_SERVER", &srv.url)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(600));
     // Frozen first: the worker's messages reach the socket but are never acknowledged, so
     // they must be resent to the next life of the server.
@@ -237,6 +246,11 @@ fn a_server_killed_mid_build_loses_no_event_and_duplicates_none() {
     let expected: Vec<String> = (0..lines).map(|i| format!("line-{i}")).collect();
     assert_eq!(seen, expected, "every line once, in order");
     assert!(w.log().contains("resending"), "the worker resent what was not acknowledged:\n{}", w.log());
+    let followed = cli_follower.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    let seen: Vec<&str> =
+        followed.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with("line-"))).collect();
+    assert_eq!(seen, expected, "the CLI follower resumed across the crash, every line once:\n{followed}");
     let log = srv.sse(id, 0);
     assert_eq!(log.matches("event: end").count(), 1);
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
-use cloudbuild_proto::task::{actions, Environment, Stage, Task, TaskId, TaskState, Trigger};
+use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
@@ -164,45 +164,11 @@ impl Store for SqliteStore {
         .bind(new.labels.join(","))
         .fetch_one(&mut *tx)
         .await?;
-        let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
-        let message = format!(
-            "task {id} created: {}@{} from {} branch {} for {}{retry}",
-            new.name,
-            new.version,
-            new.repo,
-            new.branch,
-            new.env.as_str()
-        );
-        let body = EventBody::Stage { action: actions::CREATE_TASK.into(), message };
+        let body = apply::created_event(id, &new);
         let event = insert_event(&mut tx, id, 1, &body).await?;
         tx.commit().await?;
         // Built from what was just written, saving a read-back.
-        let task = Task {
-            id,
-            name: new.name,
-            version: new.version,
-            repo: new.repo,
-            branch: new.branch,
-            commit: None,
-            build_cmd: new.build_cmd,
-            env: new.env,
-            trigger: new.trigger,
-            force: new.force,
-            requested_by: new.requested_by,
-            state: TaskState::Queued,
-            stage: None,
-            reason: None,
-            attempt: 1,
-            worker: None,
-            retry_of: new.retry_of,
-            url: None,
-            cancel_requested: false,
-            created_at: created,
-            started_at: None,
-            finished_at: None,
-            last_seq: 1,
-            labels: new.labels,
-        };
+        let task = apply::queued_task(id, new, created);
         Ok((task, event))
     }
 

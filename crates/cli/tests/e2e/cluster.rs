@@ -348,3 +348,51 @@ fn a_revoked_token_disconnects_its_workers_and_cannot_reconnect() {
     let state = v["workers"].as_array().unwrap().iter().find(|w| w["name"] == "temporary").unwrap()["state"].clone();
     assert_eq!(state, "disconnected");
 }
+
+/// A worker cut off (frozen with SIGSTOP: no heartbeats, its build goes on) loses its lease;
+/// when it comes back, everything it says about the old attempt is refused: no event of
+/// attempt 1 after the requeue, no publish from it, the site is attempt 2's.
+#[test]
+fn a_worker_cut_off_and_back_is_fenced_off() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let srv = cluster_server(&redis, shared.path(), "lease_secs = 2\nheartbeat_secs = 1\n");
+    let token = worker_token(&srv, "pool");
+    let w1 = worker(&srv, &token, "partitioned", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+    let counter = shared.path().join("attempts");
+    let pid_file = shared.path().join("first.pid");
+    let script = format!(
+        "const fs=require('fs');const f={c:?};let n=1;if(fs.existsSync(f))n=Number(fs.readFileSync(f,'utf8'))+1;\
+         fs.writeFileSync(f,String(n));console.log('attempt-'+n+' started');\
+         if(n==1)fs.writeFileSync({p:?},String(process.pid));\
+         setTimeout(()=>{{console.log('attempt-'+n+' done');fs.mkdirSync('dist');\
+         fs.writeFileSync('dist/index.html','from attempt '+n);}},n==1?4000:1500);",
+        c = counter.to_str().unwrap(),
+        p = pid_file.to_str().unwrap()
+    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("fenced", &[("build", "node build.js")])), ("build.js", &script)]);
+    let (_, task) = srv.create(&repo.task_body("fenced"));
+    let id = task["id"].as_i64().unwrap();
+    wait_file(&pid_file, Duration::from_secs(60)).expect("attempt 1 builds");
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &w1.pid().to_string()]).status().unwrap().success());
+    };
+    signal("-STOP");
+    let _w2 = worker(&srv, &token, "healthy", &[]);
+    srv.wait_until(id, |t| t.attempt == 2 && t.worker.as_deref() == Some("healthy"), "attempt 2 on the healthy worker");
+    signal("-CONT");
+
+    let t = srv.wait_done(id);
+    assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 2), "{t:?}\n{}", w1.log());
+    assert_eq!(get_text(&t.url.unwrap()).1, "from attempt 2", "the stale attempt published nothing");
+    let log = srv.sse(id, 0);
+    let after_requeue = &log[log.find("requeued").expect("requeued event")..];
+    assert!(!after_requeue.contains("attempt-1"), "no event of attempt 1 after the requeue:\n{after_requeue}");
+    assert!(after_requeue.contains("attempt-2 done"));
+    // Give the old worker time to report; it must be refused, not change the task.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(w1.log().contains("refused"), "{}", w1.log());
+    assert_eq!(srv.sse(id, 0), log, "the log did not change afterwards");
+}

@@ -255,6 +255,17 @@ pub trait Store: Send + Sync + 'static {
     /// The name of the live token with this hash, if any.
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>>;
 
+    /// Takes (or, for the same `holder`, extends) a lock shared by every server on this store,
+    /// expiring after `ttl` unless extended; false while another holder has it. A single-server
+    /// backend has nobody to share with: the server's own mutexes suffice, so it always grants.
+    async fn try_lock(&self, _name: &str, _holder: &str, _ttl: std::time::Duration) -> Result<bool> {
+        Ok(true)
+    }
+    /// Releases a lock if `holder` still has it.
+    async fn unlock(&self, _name: &str, _holder: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Tells the other servers sharing this store. A single-server backend has nobody to tell.
     async fn announce(&self, _notice: Notice) -> Result<()> {
         Ok(())

@@ -66,6 +66,22 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return old
 "#;
 
+/// Takes or extends a lock for its holder: KEYS[1] lock, ARGV[1] holder, ARGV[2] ttl in ms.
+const LOCK_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Deletes a lock if its holder still has it.
+const UNLOCK_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
@@ -93,6 +109,8 @@ pub struct RedisStore {
     con: ConnectionManager,
     cas: Script,
     swap: Script,
+    lock: Script,
+    unlock: Script,
     /// This process, to ignore its own notices.
     instance: String,
     notices: broadcast::Sender<Notice>,
@@ -179,7 +197,15 @@ impl RedisStore {
         let (notices, _) = broadcast::channel(4096);
         let instance = format!("{}-{}", std::process::id(), Timestamp::now().0);
         tokio::spawn(listen(client, instance.clone(), notices.clone()));
-        Ok(RedisStore { con, cas: Script::new(CAS_LUA), swap: Script::new(SWAP_LUA), instance, notices })
+        Ok(RedisStore {
+            con,
+            cas: Script::new(CAS_LUA),
+            swap: Script::new(SWAP_LUA),
+            lock: Script::new(LOCK_LUA),
+            unlock: Script::new(UNLOCK_LUA),
+            instance,
+            notices,
+        })
     }
 
     fn con(&self) -> ConnectionManager {
@@ -731,6 +757,18 @@ impl Store for RedisStore {
 
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>> {
         Ok(self.con().hget(format!("{P}worker_token_hash"), hash).await?)
+    }
+
+    async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let got: i64 =
+            self.lock.key(format!("{P}lock:{name}")).arg(holder).arg(ttl_ms).invoke_async(&mut self.con()).await?;
+        Ok(got == 1)
+    }
+
+    async fn unlock(&self, name: &str, holder: &str) -> Result<()> {
+        let _: i64 = self.unlock.key(format!("{P}lock:{name}")).arg(holder).invoke_async(&mut self.con()).await?;
+        Ok(())
     }
 
     async fn announce(&self, notice: Notice) -> Result<()> {

@@ -383,3 +383,23 @@ async fn redis_outage_fails_fast_and_recovers() {
     }
     assert_eq!(back.expect("the store reconnects by itself").name, "survivor", "acknowledged writes survive");
 }
+
+/// The lock servers share for release switches: one holder at a time, extended by its holder,
+/// released by its holder only, and expiring when its holder stops extending it.
+#[tokio::test]
+async fn redis_lock_has_one_holder_and_expires() {
+    let redis = cloudbuild_testkit::RedisServer::start().unwrap();
+    let a = RedisStore::open(&RedisOptions::new(&redis.url())).await.unwrap();
+    let b = RedisStore::open(&RedisOptions::new(&redis.url())).await.unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    assert!(a.try_lock("prod/site", "server-a", ttl).await.unwrap());
+    assert!(!b.try_lock("prod/site", "server-b", ttl).await.unwrap(), "held by a");
+    assert!(b.try_lock("test/site", "server-b", ttl).await.unwrap(), "another name is another lock");
+    assert!(a.try_lock("prod/site", "server-a", ttl).await.unwrap(), "its holder extends it");
+    b.unlock("prod/site", "server-b").await.unwrap();
+    assert!(!b.try_lock("prod/site", "server-b", ttl).await.unwrap(), "only the holder releases it");
+    a.unlock("prod/site", "server-a").await.unwrap();
+    assert!(b.try_lock("prod/site", "server-b", ttl).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(a.try_lock("prod/site", "server-a", ttl).await.unwrap(), "a holder that stops extending loses it");
+}

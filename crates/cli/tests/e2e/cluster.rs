@@ -396,3 +396,44 @@ fn a_worker_cut_off_and_back_is_fenced_off() {
     assert!(w1.log().contains("refused"), "{}", w1.log());
     assert_eq!(srv.sse(id, 0), log, "the log did not change afterwards");
 }
+
+/// Publishes of one `prod` version reaching two servers at once: exactly one records a
+/// release; the others fail at publish with the reason. The race between servers is narrow
+/// here (recording takes milliseconds), so this checks the whole path; the lock the servers
+/// share is proven on its own in the store's `redis_lock_has_one_holder_and_expires`.
+#[test]
+fn concurrent_prod_publishes_through_two_servers_have_one_winner() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let a = cluster_server(&redis, shared.path(), "");
+    let b = cluster_server(&redis, shared.path(), "");
+    let token = worker_token(&a, "pool");
+    let _wa = worker(&a, &token, "on-a", &["--slots", "2"]);
+    let _wb = worker(&b, &token, "on-b", &["--slots", "2"]);
+    wait_workers(&a.url, 2).unwrap();
+    // A barrier: every build waits until all four have built, so they publish together.
+    let barrier = shared.path().join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
+    let build = format!(
+        "const fs = require('fs'); const dir = {dir:?};\
+         fs.writeFileSync(dir + '/' + process.pid, '');\
+         while (fs.readdirSync(dir).length < 4) {{ Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20); }}\
+         fs.mkdirSync('dist'); fs.writeFileSync('dist/index.html', 'race ' + process.pid);",
+        dir = barrier.to_str().unwrap()
+    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("race", &[("build", "node build.js")])), ("build.js", &build)]);
+    let mut body = repo.task_body("race");
+    body["env"] = serde_json::json!("prod");
+    let ids: Vec<i64> = (0..4).map(|_| a.create(&body).1["id"].as_i64().unwrap()).collect();
+    let done: Vec<_> = ids.iter().map(|id| a.wait_done(*id)).collect();
+    let workers: std::collections::BTreeSet<_> = done.iter().filter_map(|t| t.worker.clone()).collect();
+    assert_eq!(workers.len(), 2, "the builds ran on both servers' workers: {done:?}");
+    let winners: Vec<_> = done.iter().filter(|t| t.state == TaskState::Succeeded).collect();
+    assert_eq!(winners.len(), 1, "{done:?}");
+    for loser in done.iter().filter(|t| t.state != TaskState::Succeeded) {
+        assert!(loser.reason.as_deref().unwrap_or_default().contains("already published to prod"), "{loser:?}");
+    }
+    let list = get_json(&format!("{}/api/v1/releases?name=race&env=prod", b.url)).unwrap();
+    assert_eq!(list["releases"].as_array().unwrap().len(), 1, "{list}");
+}

@@ -19,6 +19,7 @@ pub mod target;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -289,8 +290,7 @@ pub async fn commit(
     // Recording and switching are serialised per project and environment: concurrent publishes
     // cannot interleave their switches, and of concurrent `prod` publishes of one version
     // exactly one is recorded (the others are refused here, after their upload).
-    let lock = state.targets.project_lock(task.env, &task.name);
-    let guard = lock.lock().await;
+    let guard = project_guard(&state, task.env, &task.name).await?;
     check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
     let new = cloudbuild_store::NewRelease {
         env: task.env,
@@ -316,6 +316,62 @@ pub async fn commit(
         skipped_files: skipped.0,
         skipped_bytes: skipped.1,
     }))
+}
+
+/// How long a server's hold on a project's release lock lasts unless renewed: a server that
+/// dies while switching blocks the others for at most this long.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// Held while a project's release is recorded and switched in one environment: this server's
+/// mutex, then the lock every server on the store shares (renewed while held).
+pub struct ProjectGuard {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    renew: tokio::task::JoinHandle<()>,
+    store: Arc<dyn cloudbuild_store::Store>,
+    name: String,
+    holder: String,
+}
+
+impl Drop for ProjectGuard {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (store, name, holder) = (self.store.clone(), self.name.clone(), self.holder.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.unlock(&name, &holder).await {
+                tracing::warn!("cannot release the lock {name} (it expires by itself): {e}");
+            }
+        });
+    }
+}
+
+/// Serialises recording and switching of a project in an environment, across servers.
+async fn project_guard(state: &AppState, env: Environment, name: &str) -> Result<ProjectGuard, ApiError> {
+    static HOLDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let local = state.targets.project_lock(env, name).lock_owned().await;
+    let lock_name = format!("release/{}/{name}", env.as_str());
+    let n = HOLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let holder = format!("{}#{}#{n}", state.public_url, std::process::id());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.settings.limits.publish_secs);
+    while !state.store.try_lock(&lock_name, &holder, LOCK_TTL).await? {
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "switch_busy",
+                format!("another server has been switching {name} in {} for too long; try again", env.as_str()),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renew = tokio::spawn({
+        let (store, lock_name, holder) = (state.store.clone(), lock_name.clone(), holder.clone());
+        async move {
+            loop {
+                tokio::time::sleep(LOCK_TTL / 3).await;
+                let _ = store.try_lock(&lock_name, &holder, LOCK_TTL).await;
+            }
+        }
+    });
+    Ok(ProjectGuard { _local: local, renew, store: state.store.clone(), name: lock_name, holder })
 }
 
 enum Source {
@@ -398,8 +454,7 @@ pub async fn rollback(
     Json(req): Json<RollbackRequest>,
 ) -> Result<Json<RollbackResult>, ApiError> {
     let name = ProjectName::parse(&req.name)?;
-    let lock = state.targets.project_lock(req.env, name.as_str());
-    let guard = lock.lock().await;
+    let guard = project_guard(&state, req.env, name.as_str()).await?;
     let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
     let current = all.iter().find(|r| r.current).cloned();
     let live = all.iter().filter(|r| !r.pruned);

@@ -376,7 +376,7 @@ impl ServerConfig {
         }
         let store = match self.store.trim() {
             "" | "sqlite" => StoreChoice::Sqlite,
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => StoreChoice::Redis(url.to_owned()),
+            url if url.starts_with("redis://") => StoreChoice::Redis(url.to_owned()),
             other => {
                 return Err(bad(
                     "store",

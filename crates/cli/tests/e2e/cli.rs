@@ -192,4 +192,14 @@ fn bad_configuration_stops_the_server_with_the_key_named() {
     assert!(text(&out).contains("limits.max_attempts"), "{}", text(&out));
     let out = run(&[("CLOUDBUILD_GIT__ALLOWED_PROTOCOLS", "[https,gopher]")]);
     assert!(text(&out).contains("gopher"), "{}", text(&out));
+    // The store: a wrong kind is named; an unreachable Redis stops the start with the reason,
+    // and its password is not printed.
+    let out = run(&[("CLOUDBUILD_STORE", "postgres://db/cb")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("invalid store") && text(&out).contains("redis://"), "{}", text(&out));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = run(&[("CLOUDBUILD_STORE", &format!("redis://:s3cret-pw@127.0.0.1:{port}"))]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("storage unavailable"), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret-pw"), "{}", text(&out));
 }

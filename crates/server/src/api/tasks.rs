@@ -101,27 +101,32 @@ pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
     state.scheduler.task_queued();
     state.hub.announce(Notice::Queued);
     tracing::info!(task = task.id, name = %task.name, version = %task.version, "task queued");
-    if !task.labels.is_empty() {
-        say_if_no_worker_fits(state, &task).await;
-    }
+    say_if_no_worker_fits(state, &task).await;
     Ok(task)
 }
 
-/// A labelled task that no connected worker can take says so in its log, instead of waiting
-/// silently; it still starts as soon as a worker with those labels connects.
+/// A task that no connected worker can take (none is connected, or none has its labels) says
+/// so in its log instead of waiting silently; it still starts as soon as a fitting worker
+/// connects.
 async fn say_if_no_worker_fits(state: &AppState, task: &Task) {
     let Ok(workers) = state.store.list_workers().await else { return };
+    let lease = state.settings.lease_secs as i64 * 1_000_000;
+    let now = cloudbuild_proto::time::Timestamp::now();
     let fits = workers
         .iter()
-        .filter(|w| w.state == WorkerState::Connected)
+        .filter(|w| w.state == WorkerState::Connected && now.0 - w.last_heartbeat.0 <= lease)
         .any(|w| cloudbuild_store::labels_match(&task.labels, &w.labels));
     if fits {
         return;
     }
-    let message = format!(
-        "no connected worker has the labels {}; the task waits until one connects (see `cloudbuild workers`)",
-        task.labels.join(", ")
-    );
+    let message = if task.labels.is_empty() {
+        "no worker is connected; the task waits until one connects (see `cloudbuild workers`)".to_owned()
+    } else {
+        format!(
+            "no connected worker has the labels {}; the task waits until one connects (see `cloudbuild workers`)",
+            task.labels.join(", ")
+        )
+    };
     let body = EventBody::Stage { action: actions::WAITING.into(), message };
     if let Ok(Appended::Events(events)) = state.store.append_event(task.id, Fence::Server, body).await {
         state.hub.published(task.id, &events);

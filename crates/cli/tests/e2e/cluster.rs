@@ -437,3 +437,34 @@ fn concurrent_prod_publishes_through_two_servers_have_one_winner() {
     let list = get_json(&format!("{}/api/v1/releases?name=race&env=prod", b.url)).unwrap();
     assert_eq!(list["releases"].as_array().unwrap().len(), 1, "{list}");
 }
+
+/// A worker killed while uploading (the `publish` stage of a 120 MB output): nothing of its
+/// half-done upload becomes a release; attempt 2 on another worker publishes the site.
+#[test]
+fn a_worker_killed_during_upload_publishes_nothing_and_the_task_runs_elsewhere() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let srv = cluster_server(&redis, shared.path(), "lease_secs = 3\nheartbeat_secs = 1\n");
+    let token = worker_token(&srv, "pool");
+    let mut w1 = worker(&srv, &token, "uploader-1", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+    let build = "const fs=require('fs'),c=require('crypto');fs.mkdirSync('dist/assets',{recursive:true});\
+                 for(let i=0;i<30;i++)fs.writeFileSync('dist/assets/blob'+i+'.bin',c.randomBytes(4<<20));\
+                 fs.writeFileSync('dist/index.html','uploaded');";
+    let repo = Repo::new(&[
+        ("package.json", &package_json("upload-site", &[("build", "node build.js")])),
+        ("build.js", build),
+    ]);
+    let (_, task) = srv.create(&repo.task_body("upload-site"));
+    let id = task["id"].as_i64().unwrap();
+    srv.wait_until(id, |t| t.stage == Some(cloudbuild_proto::task::Stage::Publish), "the publish stage");
+    w1.kill9();
+    let killed_in = srv.task(id);
+    let _w2 = worker(&srv, &token, "uploader-2", &[]);
+    let t = srv.wait_done(id);
+    assert_eq!((t.state, t.attempt, t.worker.as_deref()), (TaskState::Succeeded, 2, Some("uploader-2")), "{t:?}");
+    assert_eq!(killed_in.stage, Some(cloudbuild_proto::task::Stage::Publish), "killed while publishing");
+    let list = get_json(&format!("{}/api/v1/releases?name=upload-site", srv.url)).unwrap();
+    assert_eq!(list["releases"].as_array().unwrap().len(), 1, "only attempt 2 released: {list}");
+    assert_eq!(get_text(&t.url.unwrap()).1, "uploaded");
+}

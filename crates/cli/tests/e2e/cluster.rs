@@ -468,3 +468,33 @@ fn a_worker_killed_during_upload_publishes_nothing_and_the_task_runs_elsewhere()
     assert_eq!(list["releases"].as_array().unwrap().len(), 1, "only attempt 2 released: {list}");
     assert_eq!(get_text(&t.url.unwrap()).1, "uploaded");
 }
+
+/// A cancel sent to one server stops a build whose worker is connected to another.
+#[test]
+fn a_cancel_on_one_server_stops_the_build_on_another_servers_worker() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let a = cluster_server(&redis, shared.path(), "");
+    let b = cluster_server(&redis, shared.path(), "");
+    let token = worker_token(&a, "pool");
+    let _w = worker(&b, &token, "far-away", &[]);
+    wait_workers(&a.url, 1).unwrap();
+    let pid_file = shared.path().join("hang.pid");
+    let repo = Repo::new(&[
+        ("package.json", &package_json("cancel-far", &[("build", "node hang.js")])),
+        ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
+    ]);
+    let (_, task) = a.create(&repo.task_body("cancel-far"));
+    let id = task["id"].as_i64().unwrap();
+    let pid: i32 = wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
+    let out = a.cli(Path::new("."), &["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = b.wait_done(id);
+    assert_eq!(t.state, TaskState::Cancelled, "{t:?}");
+    assert!(t.reason.as_deref().unwrap_or_default().contains("cancelled by request"), "the worker confirmed: {t:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "the build process was stopped");
+}

@@ -40,8 +40,8 @@ pub(crate) struct WorkerArgs {
     /// `workers.tokens`.
     #[arg(long, env = "CLOUDBUILD_WORKER_TOKEN", hide_env_values = true)]
     token: String,
-    /// Tasks to run at once.
-    #[arg(long, default_value_t = 1)]
+    /// Tasks to run at once (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     slots: u32,
     /// Labels this worker offers, comma-separated.
     #[arg(long, value_delimiter = ',')]

@@ -12,6 +12,7 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm
 trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
+# Sets redis_url; not called in a subshell, so the cleanup knows the pid.
 start_redis() {
   local port; port=$(free_port)
   mkdir -p "$tmp/redis-$port"
@@ -19,7 +20,7 @@ start_redis() {
     --dir "$tmp/redis-$port" >/dev/null 2>&1 &
   pids+=($!); disown $!
   until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
-  echo "redis://127.0.0.1:$port"
+  redis_url="redis://127.0.0.1:$port"
 }
 
 cargo build --release -q -p cloudbuild-bench -p cloudbuild --manifest-path "$root/Cargo.toml"
@@ -33,7 +34,7 @@ echo "|---|---|---|---|---|---|"
 for store in sqlite redis; do
   for workers in 1 2 4; do
     url=sqlite
-    [ "$store" = redis ] && url=$(start_redis)
+    if [ "$store" = redis ]; then start_redis; url=$redis_url; fi
     out=$("$bench" --workers "$workers" --slots 16 --tasks 2000 --store "$url")
     p50=$(grep 'p50' <<<"$out" | awk -F'|' '{print $3}' | xargs)
     p99=$(grep 'p99' <<<"$out" | awk -F'|' '{print $3}' | xargs)
@@ -65,7 +66,7 @@ echo "| lease / heartbeat | SIGKILL → attempt 2 running elsewhere |"
 echo "|---|---|"
 for lease in "15 3" "3 1"; do
   set -- $lease
-  url=$(start_redis)
+  start_redis; url=$redis_url
   data="$tmp/data-$1"; mkdir -p "$data"
   port=$(free_port)
   write_build "$tmp/marker-$1"

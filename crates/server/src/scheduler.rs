@@ -125,6 +125,11 @@ impl Scheduler {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a worker connected to this server could ever run a task with these labels.
+    pub fn any_fits(&self, labels: &[String]) -> bool {
+        self.lock_workers().values().any(|w| cloudbuild_store::labels_match(labels, &w.info.labels))
+    }
+
     /// Workers with a free slot, the freest first, with their labels.
     fn free_workers(&self) -> Vec<(String, Vec<String>)> {
         let workers = self.lock_workers();

@@ -213,8 +213,6 @@ pub trait Store: Send + Sync + 'static {
     /// Events written are returned per operation (none for commits, dropped output, or a
     /// finish of an already finished task).
     async fn apply_worker_ops(&self, ops: Vec<WorkerOp>) -> Result<Vec<Result<Vec<WireEvent>>>>;
-    /// Records the commit a task's branch resolved to.
-    async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()>;
     /// Ends a task: sets the terminal state and appends the final events atomically.
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;

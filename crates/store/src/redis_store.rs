@@ -520,11 +520,6 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()> {
-        let op = Op { task: id, fence: Fence::Attempt(attempt), seq: 0, change: Change::Commit(sha.to_owned()) };
-        self.update_one(id, |l, _, written| apply::apply(l, &op, Timestamp::now(), written)).await.map(|_| ())
-    }
-
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
         let op = Op { task: id, fence, seq: 0, change: Change::Finish(finish) };
         let events = self
@@ -543,12 +538,11 @@ impl Store for RedisStore {
     async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome> {
         let (effect, task, events) = self
             .update_one(id, |l, plan, written| {
-                let before = written.len();
                 let effect = apply::cancel(l, Timestamp::now(), written);
                 if effect == CancelEffect::EndedQueued {
                     plan.zrem.push((queue_key(), id.to_string()));
                 }
-                let events: Vec<WireEvent> = written[before..].iter().map(|(_, e)| e.clone()).collect();
+                let events: Vec<WireEvent> = written.iter().map(|(_, e)| e.clone()).collect();
                 Ok((effect, l.task.clone(), events))
             })
             .await?;

@@ -383,6 +383,12 @@ pub fn hang_script(file: &str) -> String {
     format!("require('fs').writeFileSync({file:?}, String(process.pid)); console.log('hanging'); setInterval(()=>{{}}, 1000);")
 }
 
+/// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, …) to a process with kill(1); panics if it fails.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("running kill");
+    assert!(ok.success(), "kill -{sig} {pid} failed");
+}
+
 /// Whether a process is alive (not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -129,7 +129,7 @@ fn non_interactive_interrupt_leaves_the_build_running() {
         .spawn()
         .unwrap();
     cloudbuild_testkit::wait_file(&pid_file, Duration::from_secs(60)).expect("build started");
-    nix_kill(child.id(), "INT");
+    cloudbuild_testkit::signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(text(&out).contains("cloudbuild logs 1 --follow"), "{}", text(&out));
@@ -156,15 +156,10 @@ fn the_server_shuts_down_cleanly_on_sigterm_and_leaves_no_build_behind() {
     ]);
     srv.create(&repo.task_body("cli-term"));
     let pid: i32 = cloudbuild_testkit::wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
-    nix_kill(srv.pid(), "TERM");
+    cloudbuild_testkit::signal(srv.pid(), "TERM");
     let status = srv.wait_exit(Duration::from_secs(15)).expect("server exited");
     assert!(status.success(), "{status:?}\n{}", srv.log());
     assert!(!cloudbuild_testkit::alive(pid), "the running build was stopped with the server");
-}
-
-fn nix_kill(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
-    assert!(ok.success());
 }
 
 #[test]

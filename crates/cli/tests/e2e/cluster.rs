@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cloudbuild_proto::task::TaskState;
 use cloudbuild_testkit::{
-    alive, build_script, get_json, get_text, package_json, request, wait_file, wait_workers, RedisServer, Repo, Server,
-    ServerOptions, Worker,
+    alive, build_script, get_json, get_text, package_json, request, signal, wait_file, wait_workers, RedisServer, Repo,
+    Server, ServerOptions, Worker,
 };
 
 use crate::bin;
@@ -197,13 +197,11 @@ fn a_task_fails_as_worker_lost_after_the_configured_attempts() {
     let orphan: i32 = wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
     w.kill9();
     let t = srv.wait_done(id);
-    let _ = nix_kill(orphan);
+    if alive(orphan) {
+        signal(orphan as u32, "KILL"); // the orphan of the killed worker
+    }
     assert_eq!(t.state, TaskState::Failed);
     assert!(t.reason.as_deref().unwrap_or_default().contains("worker lost"), "{t:?}");
-}
-
-fn nix_kill(pid: i32) -> std::io::Result<std::process::ExitStatus> {
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()
 }
 
 #[test]
@@ -232,7 +230,7 @@ fn a_server_killed_mid_build_loses_no_event_and_duplicates_none() {
     std::thread::sleep(Duration::from_millis(600));
     // Frozen first: the worker's messages reach the socket but are never acknowledged, so
     // they must be resent to the next life of the server.
-    assert!(std::process::Command::new("kill").args(["-STOP", &srv.pid().to_string()]).status().unwrap().success());
+    signal(srv.pid(), "STOP");
     std::thread::sleep(Duration::from_millis(800));
     srv.kill9();
     // The build goes on printing while its server is away.
@@ -297,12 +295,18 @@ fn labels_route_tasks_and_a_task_no_worker_can_take_says_so() {
     let shared = tempfile::tempdir().unwrap();
     let srv = cluster_server(&redis, shared.path(), "");
     let token = worker_token(&srv, "pool");
-    let _plain = worker(&srv, &token, "plain", &[]);
-    wait_workers(&srv.url, 1).unwrap();
     let repo = Repo::new(&[
         ("package.json", &package_json("gpu-site", &[("build", "node build.js")])),
         ("build.js", &build_script("gpu")),
     ]);
+    // No worker at all: the task says so, and runs once one connects.
+    let (_, early) = srv.create(&repo.task_body("gpu-site"));
+    let early = early["id"].as_i64().unwrap();
+    let note = srv.actions(early).into_iter().find(|a| a.0 == "waiting").expect("it says why it waits");
+    assert!(note.1.contains("no worker is connected"), "{note:?}");
+    let _plain = worker(&srv, &token, "plain", &[]);
+    wait_workers(&srv.url, 1).unwrap();
+    assert_eq!(srv.wait_done(early).state, TaskState::Succeeded);
     let mut body = repo.task_body("gpu-site");
     body["labels"] = serde_json::json!(["gpu"]);
     let (_, task) = srv.create(&body);
@@ -376,13 +380,10 @@ fn a_worker_cut_off_and_back_is_fenced_off() {
     let (_, task) = srv.create(&repo.task_body("fenced"));
     let id = task["id"].as_i64().unwrap();
     wait_file(&pid_file, Duration::from_secs(60)).expect("attempt 1 builds");
-    let signal = |sig: &str| {
-        assert!(std::process::Command::new("kill").args([sig, &w1.pid().to_string()]).status().unwrap().success());
-    };
-    signal("-STOP");
+    signal(w1.pid(), "STOP");
     let _w2 = worker(&srv, &token, "healthy", &[]);
     srv.wait_until(id, |t| t.attempt == 2 && t.worker.as_deref() == Some("healthy"), "attempt 2 on the healthy worker");
-    signal("-CONT");
+    signal(w1.pid(), "CONT");
 
     let t = srv.wait_done(id);
     assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 2), "{t:?}\n{}", w1.log());

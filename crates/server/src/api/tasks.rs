@@ -109,6 +109,10 @@ pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, ApiError> {
 /// so in its log instead of waiting silently; it still starts as soon as a fitting worker
 /// connects.
 async fn say_if_no_worker_fits(state: &AppState, task: &Task) {
+    // The usual case is answered from memory; only then ask the registry (other servers).
+    if state.scheduler.any_fits(&task.labels) {
+        return;
+    }
     let Ok(workers) = state.store.list_workers().await else { return };
     let lease = state.settings.lease_secs as i64 * 1_000_000;
     let now = cloudbuild_proto::time::Timestamp::now();

@@ -266,11 +266,6 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
-    async fn set_commit(&self, id: TaskId, attempt: u32, sha: &str) -> Result<()> {
-        let change = Change::Commit(sha.to_owned());
-        self.apply_one(Op { task: id, fence: Fence::Attempt(attempt), seq: 0, change }).await.map(|_| ())
-    }
-
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
         let events = self.apply_one(Op { task: id, fence, seq: 0, change: Change::Finish(finish) }).await?;
         // No events: it had already ended, and the first ending wins.

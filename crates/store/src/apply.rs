@@ -23,11 +23,20 @@ pub(crate) struct Op {
     pub(crate) fence: Fence,
     pub(crate) seq: u64,
     pub(crate) change: Change,
+    /// The worker that asks for it (`None` for the server's own changes): it must hold the task.
+    pub(crate) worker: Option<String>,
+}
+
+impl Op {
+    /// A change made by the server itself (cancel, timeout, notes).
+    pub(crate) fn server(task: TaskId, fence: Fence, change: Change) -> Self {
+        Op { task, fence, seq: 0, change, worker: None }
+    }
 }
 
 impl From<WorkerOp> for Op {
     fn from(op: WorkerOp) -> Self {
-        Op { task: op.task, fence: Fence::Attempt(op.attempt), seq: op.seq, change: op.change }
+        Op { task: op.task, fence: Fence::Attempt(op.attempt), seq: op.seq, change: op.change, worker: Some(op.worker) }
     }
 }
 
@@ -122,6 +131,12 @@ pub(crate) fn apply(
         }
     }
     check_fence(&l.task, op.fence)?;
+    if let Some(worker) = &op.worker {
+        // The right attempt from the wrong worker (a stale attempt was refused above).
+        if l.task.worker.as_deref() != Some(worker.as_str()) {
+            return Err(StoreError::NotHolder { task: l.task.id, worker: worker.clone() });
+        }
+    }
     let events = match &op.change {
         Change::Finish(finish) => end(l, finish, now, written),
         Change::Commit(sha) => {
@@ -257,8 +272,9 @@ pub(crate) fn requeue(
 /// The first event of a new task (`create task`, seq 1).
 pub(crate) fn created_event(id: TaskId, new: &NewTask) -> EventBody {
     let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
+    let commit = new.commit.as_deref().map(|c| format!(" at commit {}", &c[..c.len().min(12)])).unwrap_or_default();
     let message = format!(
-        "task {id} created: {}@{} from {} branch {} for {}{retry}",
+        "task {id} created: {}@{} from {} branch {}{commit} for {}{retry}",
         new.name,
         new.version,
         new.repo,
@@ -276,7 +292,7 @@ pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task 
         version: new.version,
         repo: new.repo,
         branch: new.branch,
-        commit: None,
+        commit: new.commit,
         build_cmd: new.build_cmd,
         env: new.env,
         trigger: new.trigger,

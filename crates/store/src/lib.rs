@@ -32,6 +32,10 @@ pub enum StoreError {
     Stale { task: TaskId, current: u32, given: u32 },
     #[error("task {0} has already finished")]
     Terminal(TaskId),
+    /// A worker message about a task that another worker holds (P: only the lease holder may
+    /// change a running task).
+    #[error("task {task} is not held by worker {worker}")]
+    NotHolder { task: TaskId, worker: String },
     #[error("{0}")]
     Conflict(String),
     /// The backend cannot be reached right now (Redis down, timed out); worth retrying later.
@@ -62,6 +66,9 @@ pub struct NewTask {
     pub version: String,
     pub repo: String,
     pub branch: String,
+    /// The commit to build (40 hex digits), when pinned (by `publish` or a retry); `None`
+    /// builds the branch's head, resolved by the worker.
+    pub commit: Option<String>,
     pub build_cmd: Option<String>,
     pub env: Environment,
     pub trigger: Trigger,
@@ -131,6 +138,8 @@ pub enum Appended {
 pub struct WorkerOp {
     pub task: TaskId,
     pub attempt: u32,
+    /// The worker that sent it; refused unless it holds the task's lease.
+    pub worker: String,
     /// The worker's number for this message within the attempt (from 1). A number at or below
     /// the last one applied is a resend after a broken connection: skipped, not an error.
     pub seq: u64,
@@ -196,8 +205,18 @@ pub trait Store: Send + Sync + 'static {
     /// A page of tasks, newest first.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>>;
     /// Takes the oldest queued task this worker may run (its labels cover the task's), marking it
-    /// running with a lease until `lease_until`.
-    async fn claim_next(&self, worker: &str, labels: &[String], lease_until: Timestamp) -> Result<Option<Task>>;
+    /// running with a lease until `lease_until`. `lease_key` (the blake3 hash of a secret sent
+    /// to the worker only) is what [`Store::holds_lease`] checks later.
+    async fn claim_next(
+        &self,
+        worker: &str,
+        labels: &[String],
+        lease_until: Timestamp,
+        lease_key: &str,
+    ) -> Result<Option<Task>>;
+    /// Whether the task is running at `attempt` under the lease claimed with `lease_key`: how
+    /// publish calls (plain HTTP, not the worker's socket) prove they come from the holder.
+    async fn holds_lease(&self, id: TaskId, attempt: u32, lease_key: &str) -> Result<bool>;
     /// Extends the lease of a running task held by `worker` at `attempt`; false if it is not held.
     async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool>;
     /// Running tasks whose lease ended before `now`.
@@ -235,7 +254,8 @@ pub trait Store: Send + Sync + 'static {
     /// The files of a release.
     async fn release_files(&self, release_id: i64) -> Result<Vec<ManifestFile>>;
     /// For each of `hashes` held by a live (not pruned) release of `env`, one release and path
-    /// holding it: where the content can be copied from instead of uploaded.
+    /// holding it: where the content can be copied from instead of uploaded. The newest live
+    /// holder is chosen; a hash whose newest holder was pruned is still found in an older live one.
     async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>>;
     /// Marks releases as removed from their target.
     async fn mark_pruned(&self, ids: &[i64]) -> Result<()>;

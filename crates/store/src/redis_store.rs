@@ -13,7 +13,9 @@
 //! (event `seq` = index + 1); `tasks` and `tasks:name:{name}` sorted sets of ids; `queue`
 //! (queued ids, score = id, so FIFO); `running` (running ids, score = lease end in µs);
 //! `release:{id}`, `release_files:{id}`, `releases:{name}`, `current` (`env/name` → id),
-//! `contents:{env}` (content hash → `id path`); `workers`; `worker_tokens`, `worker_token_hash`.
+//! `holders:{env}:{hash}` (set of `id path`: every release holding a content); `lease_key:{id}`
+//! (`attempt hash` of the running attempt's lease secret); `workers`; `worker_tokens`,
+//! `worker_token_hash`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -313,6 +315,19 @@ impl RedisStore {
     }
 }
 
+/// The set of releases (`id path`) holding a content in an environment.
+fn holders_key(env: Environment, hash: &str) -> String {
+    format!("{P}holders:{}:{hash}", env.as_str())
+}
+
+/// Where a running attempt's lease key is kept: `attempt hash`.
+fn lease_key_key(id: TaskId) -> String {
+    format!("{P}lease_key:{id}")
+}
+
+/// How long a lease key outlives its claim: longer than any task may run.
+const LEASE_KEY_TTL_SECS: u64 = 7 * 24 * 3600;
+
 fn current_field(env: Environment, name: &str) -> String {
     format!("{}/{name}", env.as_str())
 }
@@ -431,7 +446,13 @@ impl Store for RedisStore {
         }
     }
 
-    async fn claim_next(&self, worker: &str, labels: &[String], lease_until: Timestamp) -> Result<Option<Task>> {
+    async fn claim_next(
+        &self,
+        worker: &str,
+        labels: &[String],
+        lease_until: Timestamp,
+        lease_key: &str,
+    ) -> Result<Option<Task>> {
         let mut offset = 0;
         loop {
             let ids: Vec<TaskId> = self.con().zrange(queue_key(), offset, offset + 63).await?;
@@ -458,8 +479,11 @@ impl Store for RedisStore {
                         Ok(Some(l.task.clone()))
                     })
                     .await?;
-                if claimed.is_some() {
-                    return Ok(claimed);
+                if let Some(task) = claimed {
+                    // Written before the worker hears of the claim, so its publish finds it.
+                    let value = format!("{} {lease_key}", task.attempt);
+                    let _: () = self.con().set_ex(lease_key_key(task.id), value, LEASE_KEY_TTL_SECS).await?;
+                    return Ok(Some(task));
                 }
             }
         }
@@ -482,6 +506,15 @@ impl Store for RedisStore {
         Ok(held)
     }
 
+    async fn holds_lease(&self, id: TaskId, attempt: u32, lease_key: &str) -> Result<bool> {
+        let stored: Option<String> = self.con().get(lease_key_key(id)).await?;
+        if stored.as_deref() != Some(format!("{attempt} {lease_key}").as_str()) {
+            return Ok(false);
+        }
+        let task = self.get_task(id).await?;
+        Ok(task.state == TaskState::Running && task.attempt == attempt)
+    }
+
     async fn expired_leases(&self, now: Timestamp) -> Result<Vec<Task>> {
         let ids: Vec<TaskId> = self.con().zrangebyscore(running_key(), "-inf", format!("({}", now.0)).await?;
         Ok(self.load_tasks(&ids).await?.into_iter().filter(|t| t.state == TaskState::Running).collect())
@@ -493,7 +526,7 @@ impl Store for RedisStore {
     }
 
     async fn append_event(&self, id: TaskId, fence: Fence, body: EventBody) -> Result<Appended> {
-        let op = Op { task: id, fence, seq: 0, change: Change::Append(body) };
+        let op = Op::server(id, fence, Change::Append(body));
         let events = self.update_one(id, |l, _, written| apply::apply(l, &op, Timestamp::now(), written)).await?;
         Ok(if events.is_empty() { Appended::Dropped } else { Appended::Events(events) })
     }
@@ -521,7 +554,7 @@ impl Store for RedisStore {
     }
 
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
-        let op = Op { task: id, fence, seq: 0, change: Change::Finish(finish) };
+        let op = Op::server(id, fence, Change::Finish(finish));
         let events = self
             .update_one(id, |l, plan, written| {
                 let res = apply::apply(l, &op, Timestamp::now(), written)?;
@@ -604,10 +637,8 @@ impl Store for RedisStore {
             .set(format!("{P}release:{id}"), serde_json::to_string(&release).map_err(db_err)?)
             .set(format!("{P}release_files:{id}"), serde_json::to_string(files).map_err(db_err)?)
             .zadd(format!("{P}releases:{}", release.name), id, id);
-        if !files.is_empty() {
-            let index: Vec<(String, String)> =
-                files.iter().map(|f| (f.hash.clone(), format!("{id} {}", f.path))).collect();
-            pipe.hset_multiple(format!("{P}contents:{}", release.env.as_str()), &index);
+        for f in files {
+            pipe.sadd(holders_key(release.env, &f.hash), format!("{id} {}", f.path));
         }
         pipe.query_async::<()>(&mut self.con()).await?;
         Ok(release)
@@ -662,21 +693,27 @@ impl Store for RedisStore {
         let mut out = Vec::new();
         let mut releases: HashMap<i64, Option<Release>> = HashMap::new();
         for chunk in hashes.chunks(500) {
-            let holders: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(format!("{P}contents:{}", env.as_str()))
-                .arg(chunk)
-                .query_async(&mut self.con())
-                .await?;
-            for (hash, holder) in chunk.iter().zip(holders) {
-                let Some((id, path)) = holder.as_deref().and_then(|h| h.split_once(' ')) else { continue };
-                let Ok(id) = id.parse::<i64>() else { continue };
-                if let std::collections::hash_map::Entry::Vacant(slot) = releases.entry(id) {
-                    slot.insert(self.load_release(id).await?);
-                }
-                // A pruned holder means the content must be uploaded again (the index keeps the
-                // newest holder only).
-                if let Some(Some(r)) = releases.get(&id).filter(|r| r.as_ref().is_some_and(|r| !r.pruned)) {
-                    out.push((hash.clone(), r.clone(), path.to_owned()));
+            let mut pipe = redis::pipe();
+            for hash in chunk {
+                pipe.smembers(holders_key(env, hash));
+            }
+            let holders: Vec<Vec<String>> = pipe.query_async(&mut self.con()).await?;
+            for (hash, members) in chunk.iter().zip(holders) {
+                // Newest holder first, as the SQLite backend answers.
+                let mut candidates: Vec<(i64, String)> = members
+                    .iter()
+                    .filter_map(|m| m.split_once(' '))
+                    .filter_map(|(id, path)| Some((id.parse::<i64>().ok()?, path.to_owned())))
+                    .collect();
+                candidates.sort_by(|a, b| b.cmp(a));
+                for (id, path) in candidates {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = releases.entry(id) {
+                        slot.insert(self.load_release(id).await?);
+                    }
+                    if let Some(Some(r)) = releases.get(&id).filter(|r| r.as_ref().is_some_and(|r| !r.pruned)) {
+                        out.push((hash.clone(), r.clone(), path));
+                        break;
+                    }
                 }
             }
         }
@@ -686,6 +723,15 @@ impl Store for RedisStore {
     async fn mark_pruned(&self, ids: &[i64]) -> Result<()> {
         for id in ids {
             if let Some(mut r) = self.load_release(*id).await? {
+                // A pruned release holds no content any more.
+                let files = self.release_files(*id).await?;
+                if !files.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for f in &files {
+                        pipe.srem(holders_key(r.env, &f.hash), format!("{id} {}", f.path));
+                    }
+                    pipe.query_async::<()>(&mut self.con()).await?;
+                }
                 r.pruned = true;
                 r.current = false;
                 let _: () =

@@ -18,6 +18,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         version: "1.0.0".into(),
         repo: "https://example.com/r.git".into(),
         branch: "main".into(),
+        commit: None,
         build_cmd: None,
         env: Environment::Test,
         trigger: Trigger::Api,
@@ -54,11 +55,11 @@ async fn story(store: &dyn Store) {
     assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::CancelledQueued(..)));
     assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::AlreadyCancelled(..)));
 
-    let claimed = store.claim_next("w1", &[], later(30)).await.unwrap().unwrap();
+    let claimed = store.claim_next("w1", &[], later(30), "key").await.unwrap().unwrap();
     assert_eq!((claimed.id, claimed.state), (a.id, TaskState::Running));
-    let claimed_c = store.claim_next("w1", &[], later(30)).await.unwrap().unwrap();
+    let claimed_c = store.claim_next("w1", &[], later(30), "key").await.unwrap().unwrap();
     assert_eq!(claimed_c.id, c.id, "the cancelled task b is skipped");
-    assert!(store.claim_next("w1", &[], later(30)).await.unwrap().is_none());
+    assert!(store.claim_next("w1", &[], later(30), "key").await.unwrap().is_none());
 
     // Stage events move the stage and set started_at.
     let stage = |s: Stage| EventBody::Stage { action: s.action().into(), message: "m".into() };
@@ -89,7 +90,7 @@ async fn story(store: &dyn Store) {
     };
     assert_eq!(attempt, 2);
     assert!(matches!(store.requeue(c.id, 1, 2, "again").await.unwrap(), RequeueOutcome::Unchanged));
-    let again = store.claim_next("w2", &[], later(30)).await.unwrap().unwrap();
+    let again = store.claim_next("w2", &[], later(30), "key").await.unwrap().unwrap();
     assert_eq!((again.id, again.attempt), (c.id, 2));
     assert!(store.extend_lease(c.id, 2, "w2", later(30)).await.unwrap());
     assert!(!store.extend_lease(c.id, 1, "w1", later(30)).await.unwrap(), "old attempt holds no lease");
@@ -117,7 +118,7 @@ async fn story(store: &dyn Store) {
 
     // A finished task that is not cancelled cannot be cancelled.
     let (d, _) = store.create_task(new_task("app-d", 10)).await.unwrap();
-    store.claim_next("w1", &[], later(30)).await.unwrap();
+    store.claim_next("w1", &[], later(30), "key").await.unwrap();
     store.finish(d.id, Fence::Attempt(1), Finish::Succeeded { url: "http://x/".into() }).await.unwrap();
     assert!(matches!(store.request_cancel(d.id).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
     assert!(matches!(store.get_task(9999).await, Err(StoreError::NotFound(9999))));
@@ -131,6 +132,46 @@ async fn all_stories(store: &dyn Store) {
     resend_story(store).await;
     label_story(store).await;
     worker_story(store).await;
+    holder_story(store).await;
+}
+
+/// Only the worker holding a task's lease changes it: another worker's messages are refused
+/// whatever attempt and number they claim, and publish calls must present the claim's key.
+async fn holder_story(store: &dyn Store) {
+    let pinned = NewTask { commit: Some("c".repeat(40)), ..new_task("held", 100) };
+    let (t, first) = store.create_task(pinned).await.unwrap();
+    assert_eq!(t.commit.as_deref(), Some("c".repeat(40).as_str()), "a pinned commit is stored at creation");
+    assert!(first.stage_message().unwrap().1.contains("at commit cccccccccccc"), "{first:?}");
+    let claimed = store.claim_next("owner", &[], later(30), "secret-hash").await.unwrap().unwrap();
+    assert_eq!(claimed.id, t.id);
+    assert_eq!(store.get_task(t.id).await.unwrap().commit, t.commit, "the claim keeps the pinned commit");
+    let out = || Change::Append(EventBody::Output { stream: OutputStream::Stdout, text: "x".into() });
+    let foreign = WorkerOp { task: t.id, attempt: 1, worker: "intruder".into(), seq: 1, change: out() };
+    let fin = WorkerOp {
+        task: t.id,
+        attempt: 1,
+        worker: "intruder".into(),
+        seq: 2,
+        change: Change::Finish(Finish::Succeeded { url: "evil".into() }),
+    };
+    let r = store.apply_worker_ops(vec![foreign, fin]).await.unwrap();
+    assert!(matches!(&r[0], Err(StoreError::NotHolder { worker, .. }) if worker == "intruder"), "{r:?}");
+    assert!(matches!(&r[1], Err(StoreError::NotHolder { .. })), "{r:?}");
+    let own = WorkerOp { task: t.id, attempt: 1, worker: "owner".into(), seq: 1, change: out() };
+    assert_eq!(store.apply_worker_ops(vec![own]).await.unwrap()[0].as_ref().unwrap().len(), 1, "the holder's seq 1 still applies");
+    let after = store.get_task(t.id).await.unwrap();
+    assert_eq!((after.state, after.last_seq), (TaskState::Running, 2));
+
+    assert!(store.holds_lease(t.id, 1, "secret-hash").await.unwrap());
+    assert!(!store.holds_lease(t.id, 1, "other-hash").await.unwrap(), "another key");
+    assert!(!store.holds_lease(t.id, 2, "secret-hash").await.unwrap(), "another attempt");
+    assert!(matches!(store.requeue(t.id, 1, 3, "lost").await.unwrap(), RequeueOutcome::Requeued { attempt: 2, .. }));
+    assert!(!store.holds_lease(t.id, 1, "secret-hash").await.unwrap(), "a requeued attempt holds nothing");
+    store.claim_next("next", &[], later(30), "second-hash").await.unwrap().unwrap();
+    assert!(store.holds_lease(t.id, 2, "second-hash").await.unwrap());
+    assert!(!store.holds_lease(t.id, 2, "secret-hash").await.unwrap());
+    store.finish(t.id, Fence::Server, Finish::Error { reason: "done".into() }).await.unwrap();
+    assert!(!store.holds_lease(t.id, 2, "second-hash").await.unwrap(), "a finished task holds nothing");
 }
 
 #[tokio::test]
@@ -151,9 +192,10 @@ async fn redis_passes_the_story() {
 /// skipped (no duplicate events), new ones apply, and a new attempt counts from 1 again.
 async fn resend_story(store: &dyn Store) {
     let (t, _) = store.create_task(new_task("resend", 1000)).await.unwrap();
-    assert_eq!(store.claim_next("w1", &[], later(30)).await.unwrap().unwrap().id, t.id);
+    assert_eq!(store.claim_next("w1", &[], later(30), "key").await.unwrap().unwrap().id, t.id);
     let out = |s: &str| Change::Append(EventBody::Output { stream: OutputStream::Stdout, text: s.into() });
-    let op = |attempt, seq, change| WorkerOp { task: t.id, attempt, seq, change };
+    // Attempt 1 runs on w1, attempt 2 on w2.
+    let op = |attempt: u32, seq, change| WorkerOp { task: t.id, attempt, worker: format!("w{attempt}"), seq, change };
     let first = store.apply_worker_ops(vec![op(1, 1, out("a")), op(1, 2, out("b"))]).await.unwrap();
     assert!(first.iter().all(|r| r.as_ref().unwrap().len() == 1));
     // The connection broke before the ack: the worker sends 1..=3 again.
@@ -165,7 +207,7 @@ async fn resend_story(store: &dyn Store) {
     assert_eq!(texts.len(), 3, "{texts:?}");
     // Lost worker: attempt 2 numbers its messages from 1 again; attempt 1's resends are stale.
     assert!(matches!(store.requeue(t.id, 1, 3, "lost").await.unwrap(), RequeueOutcome::Requeued { attempt: 2, .. }));
-    store.claim_next("w2", &[], later(30)).await.unwrap().unwrap();
+    store.claim_next("w2", &[], later(30), "key").await.unwrap().unwrap();
     let r = store.apply_worker_ops(vec![op(2, 1, out("x")), op(1, 4, out("stale"))]).await.unwrap();
     assert_eq!(r[0].as_ref().unwrap().len(), 1);
     assert!(matches!(r[1], Err(StoreError::Stale { .. })));
@@ -187,11 +229,11 @@ async fn label_story(store: &dyn Store) {
     let (gpu, _) = store.create_task(labelled("needs-gpu", &["gpu", "linux"])).await.unwrap();
     let (any, _) = store.create_task(labelled("anywhere", &[])).await.unwrap();
     let linux = ["linux".to_string()];
-    let claimed = store.claim_next("plain", &linux, later(30)).await.unwrap().unwrap();
+    let claimed = store.claim_next("plain", &linux, later(30), "key").await.unwrap().unwrap();
     assert_eq!(claimed.id, any.id, "the older task needs a label this worker lacks");
-    assert!(store.claim_next("plain", &linux, later(30)).await.unwrap().is_none());
+    assert!(store.claim_next("plain", &linux, later(30), "key").await.unwrap().is_none());
     let both = ["gpu".to_string(), "linux".to_string(), "x".to_string()];
-    let claimed = store.claim_next("big", &both, later(30)).await.unwrap().unwrap();
+    let claimed = store.claim_next("big", &both, later(30), "key").await.unwrap().unwrap();
     assert_eq!((claimed.id, claimed.labels.clone()), (gpu.id, vec!["gpu".to_string(), "linux".to_string()]));
     assert_eq!(store.get_task(gpu.id).await.unwrap().labels, claimed.labels, "labels are stored");
 }
@@ -233,11 +275,11 @@ async fn worker_story(store: &dyn Store) {
 /// A batch of worker operations applies in order in one go; a stale op fails alone.
 async fn batch_story(store: &dyn Store) {
     let (e, _) = store.create_task(new_task("app-e", 100)).await.unwrap();
-    let claimed = store.claim_next("w1", &[], later(30)).await.unwrap().unwrap();
+    let claimed = store.claim_next("w1", &[], later(30), "key").await.unwrap().unwrap();
     assert_eq!(claimed.id, e.id);
     let stage = EventBody::Stage { action: Stage::Prepare.action().into(), message: "m".into() };
     let out = |t: &str| EventBody::Output { stream: OutputStream::Stdout, text: t.into() };
-    let op = |task, attempt, seq, change| WorkerOp { task, attempt, seq, change };
+    let op = |task, attempt, seq, change| WorkerOp { task, attempt, worker: "w1".into(), seq, change };
     let ops = vec![
         op(e.id, 1, 1, Change::Append(stage.clone())),
         op(e.id, 9, 1, Change::Append(stage)),
@@ -306,6 +348,13 @@ async fn release_story(store: &dyn Store) {
         store.find_contents(Environment::Prod, &hashes[..1]).await.unwrap().is_empty(),
         "pruned releases hold nothing"
     );
+    // A content whose newest holder is pruned is still held by an older live release.
+    let r3 = store.record_release(new(Environment::Prod, "1.2.0"), &[file("lib.js", 'b')]).await.unwrap();
+    let newest = store.find_contents(Environment::Prod, &hashes[1..2]).await.unwrap();
+    assert_eq!(newest.iter().map(|(_, r, p)| (r.id, p.as_str())).collect::<Vec<_>>(), vec![(r3.id, "lib.js")]);
+    store.mark_pruned(&[r3.id]).await.unwrap();
+    let older = store.find_contents(Environment::Prod, &hashes[1..2]).await.unwrap();
+    assert_eq!(older.iter().map(|(_, r, p)| (r.id, p.as_str())).collect::<Vec<_>>(), vec![(r2.id, "app.js")]);
     assert!(store.get_release(r1.id).await.unwrap().unwrap().pruned);
     // Leave the queue empty for the next story.
     store.request_cancel(task.id).await.unwrap();
@@ -336,7 +385,7 @@ async fn redis_servers_share_the_queue_without_double_claims() {
     }
     let claim_all = |store: RedisStore, worker: &'static str| async move {
         let mut got = Vec::new();
-        while let Some(t) = store.claim_next(worker, &[], later(30)).await.unwrap() {
+        while let Some(t) = store.claim_next(worker, &[], later(30), "key").await.unwrap() {
             got.push(t.id);
         }
         got

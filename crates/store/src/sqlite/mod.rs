@@ -145,14 +145,15 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let id: TaskId = sqlx::query_scalar(
-            "INSERT INTO tasks (name, version, repo, branch, build_cmd, env, trigger_kind, force, requested_by, \
+            "INSERT INTO tasks (name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
              state, retry_of, output_limit, created_us, last_seq, labels) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?) RETURNING id",
         )
         .bind(&new.name)
         .bind(&new.version)
         .bind(&new.repo)
         .bind(&new.branch)
+        .bind(&new.commit)
         .bind(&new.build_cmd)
         .bind(new.env.as_str())
         .bind(new.trigger.as_str())
@@ -191,7 +192,13 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn claim_next(&self, worker: &str, labels: &[String], lease_until: Timestamp) -> Result<Option<Task>> {
+    async fn claim_next(
+        &self,
+        worker: &str,
+        labels: &[String],
+        lease_until: Timestamp,
+        lease_key: &str,
+    ) -> Result<Option<Task>> {
         let mut conn = self.writer.lock().await;
         // The common case (no labels anywhere) is the first row; a labelled queue is scanned in
         // id order for the oldest task this worker may run.
@@ -209,11 +216,12 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let row = sqlx::query(&format!(
-                    "UPDATE tasks SET state = 'running', worker = ?, lease_until_us = ? WHERE id = ? \
+                    "UPDATE tasks SET state = 'running', worker = ?, lease_until_us = ?, lease_key = ? WHERE id = ? \
                      RETURNING {TASK_COLUMNS}"
                 ))
                 .bind(worker)
                 .bind(lease_until.0)
+                .bind(lease_key)
                 .bind(r.try_get::<TaskId, _>("id")?)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -235,6 +243,18 @@ impl Store for SqliteStore {
         Ok(res.rows_affected() == 1)
     }
 
+    async fn holds_lease(&self, id: TaskId, attempt: u32, lease_key: &str) -> Result<bool> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM tasks WHERE id = ? AND attempt = ? AND state = 'running' AND lease_key = ?",
+        )
+        .bind(id)
+        .bind(i64::from(attempt))
+        .bind(lease_key)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(held.is_some())
+    }
+
     async fn expired_leases(&self, now: Timestamp) -> Result<Vec<Task>> {
         let rows = sqlx::query(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' AND lease_until_us < ? ORDER BY id"
@@ -253,7 +273,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, id: TaskId, fence: Fence, body: EventBody) -> Result<Appended> {
-        let events = self.apply_one(Op { task: id, fence, seq: 0, change: Change::Append(body) }).await?;
+        let events = self.apply_one(Op::server(id, fence, Change::Append(body))).await?;
         Ok(if events.is_empty() { Appended::Dropped } else { Appended::Events(events) })
     }
 
@@ -267,7 +287,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>> {
-        let events = self.apply_one(Op { task: id, fence, seq: 0, change: Change::Finish(finish) }).await?;
+        let events = self.apply_one(Op::server(id, fence, Change::Finish(finish))).await?;
         // No events: it had already ended, and the first ending wins.
         Ok(if events.is_empty() { None } else { Some(events) })
     }

@@ -43,6 +43,10 @@ pub struct PublishResult {
     pub uploaded_bytes: u64,
     pub skipped_files: u64,
     pub skipped_bytes: u64,
+    /// Set when the release was recorded but not made current, because a newer task (this
+    /// one) already has a release in the environment: the newest build wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<TaskId>,
 }
 
 /// A published build.

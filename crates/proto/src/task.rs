@@ -221,9 +221,13 @@ pub struct CreateTask {
     pub repo: String,
     /// Branch or tag to build.
     pub branch: String,
-    /// Project name (npm package name).
+    /// The exact commit to build (full id); absent: the branch's head when the build starts.
+    /// `cloudbuild publish` pins the commit it checked against `origin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Project name (npm package name). Must equal `name` in the built commit's `package.json`.
     pub name: String,
-    /// Project version (semver).
+    /// Project version (semver). Must equal `version` in the built commit's `package.json`.
     pub version: String,
     /// Build command overriding the repository's settings (must pass the command policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +254,8 @@ pub struct Task {
     pub version: String,
     pub repo: String,
     pub branch: String,
-    /// The commit the branch resolved to, once `download repo` is done.
+    /// The commit built: pinned at creation (publish, retry), or the branch's head as resolved
+    /// by `download repo`.
     pub commit: Option<String>,
     pub build_cmd: Option<String>,
     pub env: Environment,

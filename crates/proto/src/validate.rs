@@ -360,6 +360,39 @@ impl fmt::Display for GitRef {
     }
 }
 
+/// A full commit id: 40 hex digits (SHA-1) or 64 (SHA-256 repositories), lower-case. An
+/// abbreviation is refused: it may become ambiguous, and a task must name exactly one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    /// Checks a commit id; upper-case hex digits are accepted and lowered.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        const F: &str = "commit";
+        if !(s.len() == 40 || s.len() == 64) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return refuse(F, "must be a full commit id (40 or 64 hex digits, as `git rev-parse HEAD` prints)");
+        }
+        Ok(CommitSha(s.to_ascii_lowercase()))
+    }
+
+    /// The commit id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 digits, as logs show it.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Project names and versions
 // ---------------------------------------------------------------------------------------------
@@ -662,6 +695,16 @@ impl RelPath {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn commit_ids_are_full_hex() {
+        let sha = "0123456789ABCDEF0123456789abcdef01234567";
+        assert_eq!(super::CommitSha::parse(sha).unwrap().as_str(), sha.to_ascii_lowercase());
+        assert!(super::CommitSha::parse(&"a".repeat(64)).is_ok(), "SHA-256 repositories");
+        for bad in ["", "0123456", "main", &"g".repeat(40), &"a".repeat(41), "--upload-pack=x"] {
+            assert!(super::CommitSha::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     fn open_policy() -> RepoPolicy {

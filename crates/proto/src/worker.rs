@@ -19,7 +19,7 @@ use crate::task::{Environment, Stage, TaskId};
 use crate::time::Timestamp;
 
 /// The version of this protocol; the server refuses workers that speak another one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Worker → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,8 +99,13 @@ pub struct Assignment {
     pub version: String,
     pub repo: String,
     pub branch: String,
+    /// The commit to build, when pinned; else the branch's head.
+    pub commit: Option<String>,
     pub build_cmd: Option<String>,
     pub env: Environment,
+    /// The secret of this claim: publish calls send it (`X-Cloudbuild-Lease`), so that only the
+    /// worker holding this attempt can publish the task. Never logged.
+    pub lease_key: String,
     /// Protocols git may use (`GIT_ALLOW_PROTOCOL`).
     pub allowed_protocols: Vec<String>,
     /// Whether the repo host may be on a local network.

@@ -26,11 +26,19 @@ use crate::state::AppState;
 #[derive(Debug)]
 struct WorkerSlotInfo {
     info: WorkerInfo,
+    /// What it runs: the tasks its last heartbeat listed, plus those assigned since then.
     running: HashSet<TaskAttempt>,
+    /// Tasks assigned recently, and when: a heartbeat sent before the assignment arrived
+    /// cannot list them yet.
+    assigned: HashMap<TaskAttempt, Instant>,
     tx: mpsc::UnboundedSender<ServerMessage>,
     /// When its last heartbeat arrived (this server's clock).
     last_heartbeat: Instant,
 }
+
+/// How long an assignment counts as running on its worker before the worker's heartbeats list
+/// it: longer than a heartbeat can take to cross an assignment on the wire.
+const ASSIGNMENT_IN_FLIGHT: Duration = Duration::from_secs(10);
 
 /// Connected workers and pending server-side deadlines.
 #[derive(Debug, Default)]
@@ -44,17 +52,25 @@ pub struct Scheduler {
 impl Scheduler {
     /// Registers a connected worker; dispatch starts at once.
     pub fn join(&self, info: WorkerInfo, tx: mpsc::UnboundedSender<ServerMessage>) {
-        let slot = WorkerSlotInfo { info, running: HashSet::new(), tx, last_heartbeat: Instant::now() };
+        let slot = WorkerSlotInfo {
+            info,
+            running: HashSet::new(),
+            assigned: HashMap::new(),
+            tx,
+            last_heartbeat: Instant::now(),
+        };
         self.lock_workers().insert(slot.info.name.clone(), slot);
         self.wake.notify_one();
     }
 
-    /// A heartbeat arrived: the worker still runs `held` (after a reconnect, these are tasks it
-    /// kept running). Returns its registry entry to store.
+    /// A heartbeat arrived: the worker runs exactly `held` (after a reconnect, the tasks it
+    /// kept running; after a restart under the same name, none of its previous life's), plus
+    /// what was assigned since its previous heartbeat. Returns its registry entry to store.
     pub fn heartbeat(&self, id: &str, held: &[TaskAttempt]) -> Option<WorkerInfo> {
         let mut workers = self.lock_workers();
         let w = workers.get_mut(id)?;
-        w.running.extend(held.iter().copied());
+        w.assigned.retain(|t, at| !held.contains(t) && at.elapsed() < ASSIGNMENT_IN_FLIGHT);
+        w.running = held.iter().copied().chain(w.assigned.keys().copied()).collect();
         w.last_heartbeat = Instant::now();
         w.info.last_heartbeat = Timestamp::now();
         Some(w.snapshot())
@@ -68,6 +84,14 @@ impl Scheduler {
     /// Whether `worker` is connected here and sent a heartbeat within `within`.
     fn heard_from(&self, worker: &str, within: Duration) -> bool {
         self.lock_workers().get(worker).is_some_and(|w| w.last_heartbeat.elapsed() < within)
+    }
+
+    /// Whether `worker` is connected here, sent a heartbeat within `within`, and runs `task`
+    /// (its last heartbeat listed it, or it was assigned since).
+    fn still_runs(&self, worker: &str, task: TaskAttempt, within: Duration) -> bool {
+        self.lock_workers()
+            .get(worker)
+            .is_some_and(|w| w.last_heartbeat.elapsed() < within && w.running.contains(&task))
     }
 
     /// Says goodbye to the workers that authenticated with a revoked token.
@@ -88,6 +112,7 @@ impl Scheduler {
     pub fn slot_freed(&self, worker: &str, task: TaskAttempt) {
         if let Some(w) = self.lock_workers().get_mut(worker) {
             w.running.remove(&task);
+            w.assigned.remove(&task);
         }
         self.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&task.task_id);
         self.wake.notify_one();
@@ -153,12 +178,17 @@ pub async fn run(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = state.shutdown.clone();
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = state.scheduler.wake.notified() => dispatch(&state).await,
             _ = tick.tick() => {
                 watchdog(&state).await;
                 dispatch(&state).await;
+                if ticks % 60 == 0 {
+                    crate::release::sweep_staging(&state).await;
+                }
+                ticks += 1;
             }
             _ = shutdown.changed() => return,
         }
@@ -171,9 +201,13 @@ async fn dispatch(state: &AppState) {
         // The freest worker first; a worker whose labels fit no queued task lets the next try.
         for (worker, labels) in state.scheduler.free_workers() {
             let lease_until = Timestamp(Timestamp::now().0 + state.settings.lease_secs as i64 * 1_000_000);
-            match state.store.claim_next(&worker, &labels, lease_until).await {
+            let lease_key = match LeaseKey::new() {
+                Ok(k) => k,
+                Err(e) => return tracing::error!("dispatch: no randomness for a lease key: {e}"),
+            };
+            match state.store.claim_next(&worker, &labels, lease_until, &lease_key.hash).await {
                 Ok(Some(task)) => {
-                    assign(state, &worker, task).await;
+                    assign(state, &worker, task, lease_key.secret).await;
                     continue 'next;
                 }
                 Ok(None) => {}
@@ -187,8 +221,28 @@ async fn dispatch(state: &AppState) {
     }
 }
 
+/// The secret a claim hands its worker, and the hash the store keeps of it.
+struct LeaseKey {
+    secret: String,
+    hash: String,
+}
+
+impl LeaseKey {
+    fn new() -> std::io::Result<Self> {
+        let mut bytes = [0u8; 32];
+        crate::api::workers::getrandom(&mut bytes)?;
+        let secret = format!("cbl_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        Ok(LeaseKey { hash: lease_key_hash(&secret), secret })
+    }
+}
+
+/// What the store keeps of a lease secret (blake3, hex).
+pub fn lease_key_hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
 /// Sends a claimed task to its worker.
-async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Task) {
+async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Task, lease_key: String) {
     let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
     let assignment = Assignment {
         task: attempt,
@@ -196,8 +250,10 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         version: task.version,
         repo: task.repo,
         branch: task.branch,
+        commit: task.commit,
         build_cmd: task.build_cmd,
         env: task.env,
+        lease_key,
         allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
         allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
         runners: state.settings.command_policy.runners.iter().cloned().collect(),
@@ -208,6 +264,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         match workers.get_mut(worker) {
             Some(w) if w.tx.send(ServerMessage::Assign { assignment: Box::new(assignment) }).is_ok() => {
                 w.running.insert(attempt);
+                w.assigned.insert(attempt, Instant::now());
                 true
             }
             _ => false,
@@ -241,16 +298,24 @@ async fn watchdog(state: &AppState) {
         Ok(tasks) => {
             for t in tasks {
                 let worker = t.worker.clone().unwrap_or_default();
-                // Still heartbeating here: the lease lapsed because the store could not be
-                // written for a while (Redis restarting), not because the worker is gone.
-                if state.scheduler.heard_from(&worker, Duration::from_secs(state.settings.lease_secs)) {
+                let attempt = TaskAttempt { task_id: t.id, attempt: t.attempt };
+                // Still heartbeating here and still listing the task: the lease lapsed because
+                // the store could not be written for a while (Redis restarting), not because
+                // the worker is gone. A worker restarted under the same name does not list its
+                // previous life's tasks, so those are requeued.
+                if state.scheduler.still_runs(&worker, attempt, Duration::from_secs(state.settings.lease_secs)) {
                     let until = Timestamp(now.0 + state.settings.lease_secs as i64 * 1_000_000);
                     let _ = state.store.extend_lease(t.id, t.attempt, &worker, until).await;
                     continue;
                 }
-                let why = format!("worker {worker} stopped sending heartbeats for {} s", state.settings.lease_secs);
+                let lease = Duration::from_secs(state.settings.lease_secs);
+                let why = if state.scheduler.heard_from(&worker, lease) {
+                    format!("worker {worker} no longer runs attempt {} (it restarted or lost the task)", t.attempt)
+                } else {
+                    format!("worker {worker} stopped sending heartbeats for {} s", state.settings.lease_secs)
+                };
                 tracing::warn!(task = t.id, attempt = t.attempt, "{why}");
-                requeue(state, TaskAttempt { task_id: t.id, attempt: t.attempt }, &why).await;
+                requeue(state, attempt, &why).await;
             }
         }
         Err(e) => tracing::error!("watchdog: {e}"),

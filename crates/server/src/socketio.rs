@@ -119,6 +119,9 @@ fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) ->
     let request = CreateTask {
         repo: required("repo")?,
         branch: required("branch")?,
+        // The original clients name no commit: the branch's head is built, and the worker
+        // checks that its package.json carries the queried name and version.
+        commit: None,
         name: required("name")?,
         version: required("version")?,
         build_cmd: field("buildCmd"),

@@ -279,6 +279,11 @@ pub trait Store: Send + Sync + 'static {
     async fn try_lock(&self, _name: &str, _holder: &str, _ttl: std::time::Duration) -> Result<bool> {
         Ok(true)
     }
+    /// Extends a lock that `holder` still has; false if it expired or another holder has it
+    /// (never takes it again: see the release lock in the server).
+    async fn extend_lock(&self, _name: &str, _holder: &str, _ttl: std::time::Duration) -> Result<bool> {
+        Ok(true)
+    }
     /// Releases a lock if `holder` still has it.
     async fn unlock(&self, _name: &str, _holder: &str) -> Result<()> {
         Ok(())

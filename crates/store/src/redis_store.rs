@@ -78,6 +78,16 @@ end
 return 0
 "#;
 
+/// Extends a lock only while its holder still has it: a renewal that arrives after the lock
+/// expired (Redis stalled past the TTL) must not take it again, another server may have it.
+const EXTEND_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 /// Deletes a lock if its holder still has it.
 const UNLOCK_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -112,6 +122,7 @@ pub struct RedisStore {
     cas: Script,
     swap: Script,
     lock: Script,
+    extend: Script,
     unlock: Script,
     /// This process, to ignore its own notices.
     instance: String,
@@ -204,6 +215,7 @@ impl RedisStore {
             cas: Script::new(CAS_LUA),
             swap: Script::new(SWAP_LUA),
             lock: Script::new(LOCK_LUA),
+            extend: Script::new(EXTEND_LUA),
             unlock: Script::new(UNLOCK_LUA),
             instance,
             notices,
@@ -797,6 +809,13 @@ impl Store for RedisStore {
 
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>> {
         Ok(self.con().hget(format!("{P}worker_token_hash"), hash).await?)
+    }
+
+    async fn extend_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let kept: i64 =
+            self.extend.key(format!("{P}lock:{name}")).arg(holder).arg(ttl_ms).invoke_async(&mut self.con()).await?;
+        Ok(kept == 1)
     }
 
     async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {

@@ -450,5 +450,8 @@ async fn redis_lock_has_one_holder_and_expires() {
     a.unlock("prod/site", "server-a").await.unwrap();
     assert!(b.try_lock("prod/site", "server-b", ttl).await.unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(!b.extend_lock("prod/site", "server-b", ttl).await.unwrap(), "an expired hold is not extended");
     assert!(a.try_lock("prod/site", "server-a", ttl).await.unwrap(), "a holder that stops extending loses it");
+    assert!(a.extend_lock("prod/site", "server-a", ttl).await.unwrap());
+    assert!(!b.extend_lock("prod/site", "server-b", ttl).await.unwrap(), "only the holder extends it");
 }

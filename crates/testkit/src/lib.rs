@@ -356,6 +356,22 @@ impl Repo {
         git(&self.work, &["push", "-q", "-u", "origin", "HEAD:main"]);
     }
 
+    /// Sets `version` in the checkout's package.json, commits and pushes: a release's version is
+    /// the built commit's.
+    pub fn set_version(&self, version: &str) {
+        let path = self.work.join("package.json");
+        let mut pkg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("package.json")).expect("package.json is JSON");
+        pkg["version"] = serde_json::Value::String(version.to_owned());
+        self.commit(&[("package.json", &pkg.to_string())], &format!("version {version}"));
+    }
+
+    /// The checkout's HEAD commit.
+    pub fn head(&self) -> String {
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&self.work).output().expect("git");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// A `POST /api/v1/tasks` body for this repo.
     pub fn task_body(&self, name: &str) -> serde_json::Value {
         serde_json::json!({ "repo": self.url, "branch": "main", "name": name, "version": "1.0.0" })

@@ -4,13 +4,15 @@
 //! that fails ends the pipeline. Values from the assignment are validated again here: a worker
 //! does not trust the network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::Stage;
-use cloudbuild_proto::validate::{CommandLine, CommandPolicy, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl};
+use cloudbuild_proto::validate::{
+    CommandLine, CommandPolicy, CommitSha, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl,
+};
 use cloudbuild_proto::worker::{Assignment, Outcome};
 use tokio::time::Instant;
 
@@ -121,6 +123,10 @@ impl Run<'_> {
         let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
         let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
         let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        let pinned = match &self.a.commit {
+            Some(c) => Some(CommitSha::parse(c).map_err(|e| StageError::Failed(e.to_string()))?),
+            None => None,
+        };
         let allow: Vec<&str> = self.a.allowed_protocols.iter().map(String::as_str).collect();
         let mut git_env = self.env.clone();
         git_env.extend([
@@ -130,38 +136,27 @@ impl Run<'_> {
             ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
             ("GIT_SSH_COMMAND".to_owned(), "ssh -oBatchMode=yes".to_owned()),
         ]);
-        let argv: Vec<String> = [
-            "git",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "http.followRedirects=false",
-            "clone",
-            "--quiet",
-            "--depth",
-            "1",
-            "--single-branch",
-            "--no-tags",
-            "--no-recurse-submodules",
-            "--branch",
-            branch.as_str(),
-            "--",
-            repo.as_str(),
-            "src",
-        ]
-        .map(String::from)
-        .to_vec();
-        let reporter = self.reporter.clone();
-        let spec = RunSpec {
-            argv: &argv,
-            cwd: &self.workdir,
-            env: &git_env,
-            deadline: self.stage_deadline(Stage::DownloadRepo),
-            kill_grace: self.kill_grace(),
-            pgid_file: Some(&self.pgid_file()),
-        };
-        let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink).await?;
+        match &pinned {
+            None => {
+                let (workdir, checkout) = (self.workdir.clone(), self.checkout.to_string_lossy().into_owned());
+                let clone = [
+                    "clone",
+                    "--quiet",
+                    "--depth",
+                    "1",
+                    "--single-branch",
+                    "--no-tags",
+                    "--no-recurse-submodules",
+                    "--branch",
+                    branch.as_str(),
+                    "--",
+                    repo.as_str(),
+                    &checkout,
+                ];
+                self.git(&workdir, &git_env, &clone).await?;
+            }
+            Some(sha) => self.fetch_commit(&repo, &branch, sha, &git_env).await?,
+        }
         let out = tokio::process::Command::new("git")
             .args(["rev-parse", "HEAD"])
             .current_dir(&self.checkout)
@@ -174,8 +169,70 @@ impl Run<'_> {
         if !out.status.success() || sha.len() < 40 {
             return Err(StageError::Failed("could not resolve the checked-out commit".into()));
         }
+        if pinned.as_ref().is_some_and(|p| p.as_str() != sha) {
+            return Err(StageError::Failed(format!("checked out {sha}, not the pinned commit")));
+        }
         self.reporter.commit(sha.clone());
-        Ok(format!("cloned {} at {} ({})", repo, branch, &sha[..12]))
+        check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
+        Ok(format!("cloned {} at {} ({}); package.json is {}@{}", repo, branch, &sha[..12], self.a.name, self.a.version))
+    }
+
+    /// Runs a hardened git command (no hooks, no redirects) in `cwd`, streaming its output.
+    async fn git(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<(), StageError> {
+        let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect();
+        let reporter = self.reporter.clone();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd,
+            env,
+            deadline: self.stage_deadline(Stage::DownloadRepo),
+            kill_grace: self.kill_grace(),
+            pgid_file: Some(&self.pgid_file()),
+        };
+        let mut sink = move |s, t| reporter.output(s, t);
+        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
+    }
+
+    /// Checks out exactly `sha`: fetched by id (one commit, no history), or, from a server
+    /// that does not serve commits by id, with the branch's history. A commit that is in
+    /// neither (force-pushed away, deleted) fails clearly.
+    async fn fetch_commit(
+        &mut self,
+        repo: &RepoUrl,
+        branch: &GitRef,
+        sha: &CommitSha,
+        env: &[(String, String)],
+    ) -> Result<(), StageError> {
+        let src = self.checkout.clone();
+        tokio::fs::create_dir_all(&src).await.map_err(|e| StageError::Failed(format!("cannot create the checkout: {e}")))?;
+        self.git(&src, env, &["init", "--quiet"]).await?;
+        let by_id = ["fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), sha.as_str()];
+        match self.git(&src, env, &by_id).await {
+            Ok(()) => {}
+            Err(StageError::Failed(_)) => {
+                self.reporter.note(format!(
+                    "commit {} could not be fetched by id; fetching branch {branch} to find it",
+                    sha.short()
+                ));
+                let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+                let whole = ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
+                let fetched = self.git(&src, env, &whole).await;
+                let present = fetched.is_ok()
+                    && self.git(&src, env, &["cat-file", "-e", &format!("{sha}^{{commit}}")]).await.is_ok();
+                if !present {
+                    return Err(StageError::Failed(format!(
+                        "commit {sha} is not in {repo} any more (was {branch} force-pushed, or the commit deleted?); \
+                         publish a commit the repository has"
+                    )));
+                }
+            }
+            Err(other) => return Err(other),
+        }
+        self.git(&src, env, &["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha.as_str()]).await
     }
 
     async fn install(&mut self) -> Result<String, StageError> {
@@ -315,17 +372,31 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             Stage::PrePublish => run.pre_publish().await,
             Stage::Publish => {
                 let manifest = run.manifest.take().unwrap_or_default();
-                let publish = ctx.uploader.publish(run.a.task, &manifest);
+                let publish = ctx.uploader.publish(run.a.task, &run.a.lease_key, &manifest);
                 let deadline = run.stage_deadline(Stage::Publish);
                 let mut cancel = run.cancel.clone();
                 tokio::select! {
                     res = publish => match res {
                         Ok(p) => {
-                            r.succeeded(stage, format!(
-                                "uploaded {} files ({} bytes), skipped {} files ({} bytes) already in the target; {} (immutable: {})",
-                                p.uploaded_files, p.uploaded_bytes, p.skipped_files, p.skipped_bytes, p.url, p.immutable_url
-                            ));
-                            return Outcome::Succeeded { url: p.url };
+                            let uploaded = format!(
+                                "uploaded {} files ({} bytes), skipped {} files ({} bytes) already in the target",
+                                p.uploaded_files, p.uploaded_bytes, p.skipped_files, p.skipped_bytes
+                            );
+                            return match p.superseded_by {
+                                None => {
+                                    r.succeeded(stage, format!("{uploaded}; {} (immutable: {})", p.url, p.immutable_url));
+                                    Outcome::Succeeded { url: p.url }
+                                }
+                                Some(newer) => {
+                                    r.succeeded(stage, format!(
+                                        "{uploaded}; recorded as release {} at {} but NOT made current in {}: \
+                                         task {newer} is newer and its release stays current (the newest build wins; \
+                                         `cloudbuild rollback --to {}` switches to this one)",
+                                        p.release.id, p.immutable_url, run.a.env.as_str(), p.release.version
+                                    ));
+                                    Outcome::Succeeded { url: p.immutable_url }
+                                }
+                            };
                         }
                         Err(e) => Err(StageError::Failed(e)),
                     },
@@ -344,10 +415,43 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
     Outcome::Failed { stage: Stage::Publish, reason: "the pipeline ended without publishing".into() }
 }
 
+/// Checks that the checkout's `package.json` carries the task's name and version: a release is
+/// named after the commit it holds, so a request for another name or version (a version bumped
+/// but not committed or pushed, another project's name) fails here, before anything is
+/// installed. `short_sha` names the commit in the message.
+fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -> Result<(), String> {
+    let path = checkout.join("package.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!("commit {short_sha} has no readable package.json ({e}); the project's name and version come from it")
+    })?;
+    let pkg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("package.json at commit {short_sha} is not valid JSON: {e}"))?;
+    let field = |k: &str| pkg.get(k).and_then(|v| v.as_str()).unwrap_or("").trim().to_owned();
+    let (built_name, built_version) = (field("name"), field("version"));
+    if built_name != name {
+        return Err(format!(
+            "package.json at commit {short_sha} names the project `{built_name}`, but this task publishes `{name}`: \
+             a release is named after the commit it holds. Publish from the project's own repository, or change \
+             `name` in package.json, commit and push"
+        ));
+    }
+    if built_version != version {
+        return Err(format!(
+            "package.json at commit {short_sha} has version {built_version}, but this task publishes {version}: \
+             a release's version is the built commit's. Commit and push the version change, then publish again \
+             (or publish {built_version})"
+        ));
+    }
+    Ok(())
+}
+
 fn start_message(stage: Stage, a: &Assignment) -> String {
     match stage {
         Stage::Prepare => format!("preparing task {} (attempt {})", a.task.task_id, a.task.attempt),
-        Stage::DownloadRepo => format!("cloning {} branch {}", a.repo, a.branch),
+        Stage::DownloadRepo => match &a.commit {
+            Some(c) => format!("fetching {} commit {} (branch {})", a.repo, &c[..c.len().min(12)], a.branch),
+            None => format!("cloning {} branch {}", a.repo, a.branch),
+        },
         Stage::Install => "installing dependencies".into(),
         Stage::Check => "running pre-release checks".into(),
         Stage::Build => "building".into(),
@@ -374,4 +478,25 @@ fn base_env() -> Vec<(String, String)> {
         }
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_identity;
+
+    #[test]
+    fn the_built_package_json_must_carry_the_tasks_name_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), r#"{"name":"@team/site","version":"1.1.0"}"#).unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").is_ok());
+        let bumped = check_identity(dir.path(), "@team/site", "1.2.0", "abc").unwrap_err();
+        assert!(bumped.contains("has version 1.1.0, but this task publishes 1.2.0"), "{bumped}");
+        assert!(bumped.contains("Commit and push"), "{bumped}");
+        let other = check_identity(dir.path(), "someone-else", "1.1.0", "abc").unwrap_err();
+        assert!(other.contains("names the project `@team/site`"), "{other}");
+        std::fs::write(dir.path().join("package.json"), "{").unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").unwrap_err().contains("not valid JSON"));
+        std::fs::remove_file(dir.path().join("package.json")).unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").unwrap_err().contains("no readable package.json"));
+    }
 }

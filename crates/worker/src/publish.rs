@@ -61,6 +61,9 @@ pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
     Ok(out)
 }
 
+/// The header carrying the assignment's lease key (the server's `release::LEASE_HEADER`).
+pub const LEASE_HEADER: &str = "x-cloudbuild-lease";
+
 /// Uploads over HTTP to the server that assigned the task.
 #[derive(Debug, Clone)]
 pub struct Uploader {
@@ -74,14 +77,18 @@ impl Uploader {
     /// Publishes incrementally: sends the manifest, uploads only the contents the target lacks
     /// (8 at a time, each retried on transient errors), then asks the server to commit the
     /// release. Any failure leaves the environment's current release untouched.
+    ///
+    /// `lease_key` is the assignment's secret: every call carries it, so that the server takes
+    /// the upload from the worker holding this attempt only.
     pub async fn publish(
         &self,
         task: TaskAttempt,
+        lease_key: &str,
         manifest: &[(ManifestFile, PathBuf)],
     ) -> Result<PublishResult, String> {
         let base = format!("{}/api/v1/tasks/{}/attempts/{}/publish", self.base, task.task_id, task.attempt);
         let plan = PublishPlan { files: manifest.iter().map(|(f, _)| f.clone()).collect() };
-        let answer: PlanAnswer = self.post_json(&format!("{base}/plan"), &plan, "the publish plan").await?;
+        let answer: PlanAnswer = self.post_json(&format!("{base}/plan"), lease_key, &plan, "the publish plan").await?;
         let missing: HashSet<&str> = answer.missing.iter().map(String::as_str).collect();
         // One upload per missing content, whichever file holds it.
         let mut sources: HashMap<&str, &PathBuf> = HashMap::new();
@@ -94,19 +101,20 @@ impl Uploader {
             .into_iter()
             .map(|(hash, path)| {
                 let (this, url, path) = (self.clone(), format!("{base}/blobs/{hash}"), path.clone());
-                async move { this.upload_blob(&url, &path).await }
+                async move { this.upload_blob(&url, lease_key, &path).await }
             })
             .collect();
         let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads).buffer_unordered(8).collect().await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(e);
         }
-        self.post_json(&format!("{base}/commit"), &plan, "the release commit").await
+        self.post_json(&format!("{base}/commit"), lease_key, &plan, "the release commit").await
     }
 
     async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         url: &str,
+        lease_key: &str,
         body: &B,
         what: &str,
     ) -> Result<T, String> {
@@ -114,6 +122,7 @@ impl Uploader {
             .client
             .post(url)
             .bearer_auth(&*self.token)
+            .header(LEASE_HEADER, lease_key)
             .json(body)
             .send()
             .await
@@ -128,7 +137,7 @@ impl Uploader {
         resp.json().await.map_err(|e| format!("{what}: unreadable answer: {e}"))
     }
 
-    async fn upload_blob(&self, url: &str, path: &Path) -> Result<(), String> {
+    async fn upload_blob(&self, url: &str, lease_key: &str, path: &Path) -> Result<(), String> {
         let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut last_err = String::new();
         for attempt in 0..4u32 {
@@ -136,7 +145,7 @@ impl Uploader {
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
             }
             let body = read_no_follow(path).await.map_err(|e| format!("{shown}: {e}"))?;
-            match self.client.put(url).bearer_auth(&*self.token).body(body).send().await {
+            match self.client.put(url).bearer_auth(&*self.token).header(LEASE_HEADER, lease_key).body(body).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status().is_server_error() => last_err = format!("{shown}: server answered {}", r.status()),
                 Ok(r) => return Err(format!("{shown}: {} {}", r.status(), r.text().await.unwrap_or_default())),

@@ -18,9 +18,14 @@ pub(crate) struct PublishArgs {
     /// Build command, overriding cloudbuild.toml and package.json (e.g. "npm run build:prod").
     #[arg(long)]
     build_cmd: Option<String>,
-    /// Branch or tag to build [default: the current branch].
+    /// Branch or tag to build [default: the current branch]. The commit `origin` has for it
+    /// is built, and its package.json names the release.
     #[arg(long)]
     branch: Option<String>,
+    /// Publish even with uncommitted or unpushed changes: the server builds the commit that
+    /// `origin` has, without them.
+    #[arg(long)]
+    allow_dirty: bool,
     /// Environment to publish to.
     #[arg(long, default_value = "test", value_parser = ["test", "prod"])]
     env: String,
@@ -42,6 +47,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new("git")
         .args(args)
         .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .context("cannot run git; is it installed?")?;
     if !out.status.success() {
@@ -50,16 +56,30 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// What `publish` derives from the checkout.
+/// What `publish` builds: the commit `origin` has for the branch, and the name and version
+/// that commit's package.json carries (the server checks them again on the built commit).
 struct Checkout {
-    root: PathBuf,
     repo: String,
     branch: String,
+    commit: String,
     name: String,
     version: String,
 }
 
-fn inspect(cwd: &Path, branch: Option<String>) -> Result<Checkout> {
+/// The commit `origin` has for a branch or tag (an annotated tag's commit, not the tag object).
+fn remote_commit(root: &Path, branch: &str) -> Result<Option<String>> {
+    let heads = format!("refs/heads/{branch}");
+    let tags = format!("refs/tags/{branch}");
+    let listing = git(root, &["ls-remote", "--", "origin", &heads, &tags])
+        .with_context(|| "cannot ask `origin` for its commits (git ls-remote origin)")?;
+    let refs: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once('\t')).collect();
+    let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(sha, _)| sha.to_string());
+    Ok(find(&heads).or_else(|| find(&format!("{tags}^{{}}"))).or_else(|| find(&tags)))
+}
+
+/// Finds what to publish, refusing local work the server would not see (unless
+/// `allow_dirty`): uncommitted changes to tracked files, commits not pushed to `origin`.
+fn inspect(cwd: &Path, branch: Option<String>, allow_dirty: bool) -> Result<Checkout> {
     let root = PathBuf::from(
         git(cwd, &["rev-parse", "--show-toplevel"])
             .map_err(|_| anyhow!("not inside a git checkout: run publish in your project's repository"))?,
@@ -67,54 +87,80 @@ fn inspect(cwd: &Path, branch: Option<String>) -> Result<Checkout> {
     let repo = git(&root, &["remote", "get-url", "origin"]).map_err(|_| {
         anyhow!("the checkout has no remote `origin`; the server clones from it (git remote add origin <url>)")
     })?;
-    let branch = match branch {
+    let current = git(&root, &["rev-parse", "--abbrev-ref", "HEAD"]).ok().filter(|b| b != "HEAD");
+    let branch = match branch.or_else(|| current.clone()) {
         Some(b) => b,
-        None => {
-            let b = git(&root, &["rev-parse", "--abbrev-ref", "HEAD"])?;
-            if b == "HEAD" {
-                bail!("HEAD is detached; pass --branch <branch or tag>");
-            }
-            b
-        }
+        None => bail!("HEAD is detached; pass --branch <branch or tag>"),
     };
-    let pkg_path = root.join("package.json");
-    let pkg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&pkg_path).with_context(|| format!("cannot read {}", pkg_path.display()))?,
-    )
-    .with_context(|| format!("{} is not valid JSON", pkg_path.display()))?;
+    let Some(commit) = remote_commit(&root, &branch)? else {
+        bail!("`origin` ({repo}) has no branch or tag `{branch}`: push it first (git push -u origin {branch})");
+    };
+    // Local work only matters when publishing the branch checked out here.
+    if current.as_deref() == Some(branch.as_str()) {
+        let mut problems = Vec::new();
+        let status = git(&root, &["status", "--porcelain", "--untracked-files=no"])?;
+        if !status.is_empty() {
+            problems.push(format!("{} file(s) have uncommitted changes", status.lines().count()));
+        }
+        let head = git(&root, &["rev-parse", "HEAD"])?;
+        if head != commit {
+            let ahead = git(&root, &["rev-list", "--count", &format!("{commit}..HEAD")]).ok();
+            problems.push(match ahead {
+                Some(n) if n != "0" => format!("{n} commit(s) are not pushed to origin/{branch}"),
+                _ => format!("HEAD ({}) is not origin/{branch} ({})", &head[..12.min(head.len())], &commit[..12]),
+            });
+        }
+        if !problems.is_empty() {
+            let what = problems.join(", and ");
+            if !allow_dirty {
+                bail!(
+                    "{what}; the server builds what `origin` has (commit {}), without them.\n\
+                     Commit and push (git push), then publish again; or pass --allow-dirty to publish origin/{branch} as it is.",
+                    &commit[..12]
+                );
+            }
+            eprintln!("warning: {what}; publishing origin/{branch} (commit {}) without them", &commit[..12]);
+        }
+    }
+    // Name and version come from the commit that is built, when this checkout has it.
+    let has_commit = git(&root, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok();
+    let (text, from) = if has_commit {
+        (git(&root, &["show", &format!("{commit}:package.json")]).ok(), format!("package.json at commit {}", &commit[..12]))
+    } else {
+        let path = root.join("package.json");
+        (std::fs::read_to_string(&path).ok(), path.display().to_string())
+    };
+    let text = text.ok_or_else(|| anyhow!("cannot read {from}; the project's name and version come from it"))?;
+    let pkg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
     let field = |k: &str| {
         pkg.get(k)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
-            .ok_or_else(|| anyhow!("package.json has no \"{k}\" field; the project's name and version come from it"))
+            .ok_or_else(|| anyhow!("{from} has no \"{k}\" field; the project's name and version come from it"))
     };
-    Ok(Checkout { name: field("name")?, version: field("version")?, root, repo, branch })
-}
-
-/// Warns about local work the server will not see: it builds what `origin` has.
-fn warn_unpublished(c: &Checkout) {
-    if let Ok(s) = git(&c.root, &["status", "--porcelain", "--untracked-files=no"]) {
-        if !s.is_empty() {
-            eprintln!("warning: uncommitted changes are not built; the server clones `origin`");
-        }
-    }
-    let upstream = format!("origin/{}", c.branch);
-    if let Ok(n) = git(&c.root, &["rev-list", "--count", &format!("{upstream}..HEAD")]) {
-        if n != "0" {
-            eprintln!("warning: {n} local commit(s) are not pushed to {upstream} and will not be built");
-        }
-    }
+    Ok(Checkout { name: field("name")?, version: field("version")?, repo, branch, commit })
 }
 
 pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir()?;
-    let checkout = inspect(&cwd, args.branch)?;
-    warn_unpublished(&checkout);
+    let checkout = inspect(&cwd, args.branch, args.allow_dirty)?;
     let client = args.server.client()?;
     let env = Environment::parse(&args.env).unwrap_or_default();
+    if !args.json {
+        eprintln!(
+            "publishing {}@{} to {}: {} branch {} at commit {}",
+            checkout.name,
+            checkout.version,
+            env.as_str(),
+            checkout.repo,
+            checkout.branch,
+            &checkout.commit[..12]
+        );
+    }
     let body = serde_json::json!({
         "repo": checkout.repo,
         "branch": checkout.branch,
+        "commit": checkout.commit,
         "name": checkout.name,
         "version": checkout.version,
         "build_cmd": args.build_cmd,
@@ -157,6 +203,7 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
     if state == "succeeded" {
         if !json {
             let url = end.get("url").and_then(|v| v.as_str()).unwrap_or("");
+            // The end event carries no environment; the URL names it (`/sites/<env>/…`).
             println!("\npublished: {url}");
         }
         ExitCode::SUCCESS

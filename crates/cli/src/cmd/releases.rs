@@ -27,8 +27,8 @@ pub(crate) struct RollbackArgs {
     server: ServerArg,
     /// Project name (as in package.json).
     name: String,
-    /// Environment to switch.
-    #[arg(long, default_value = "prod", value_parser = ["test", "prod"])]
+    /// Environment to switch (required: rolling back `prod` by accident is worse than typing it).
+    #[arg(long, required = true, value_parser = ["test", "prod"])]
     env: String,
     /// Version to switch to (its latest build) [default: the release before the current one].
     #[arg(long)]
@@ -92,7 +92,7 @@ pub(crate) async fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     let from =
         result.previous.as_ref().map(|p| format!("{} (task {})", p.version, p.task_id)).unwrap_or_else(|| "-".into());
     println!(
-        "{} {} is now {} (task {}), was {from}\n{}\nimmutable: {}",
+        "rolled back {} in {}: now {} (task {}), was {from}\n{}\nimmutable: {}",
         args.name, args.env, result.release.version, result.release.task_id, result.url, result.immutable_url
     );
     Ok(ExitCode::SUCCESS)

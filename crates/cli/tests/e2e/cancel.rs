@@ -68,10 +68,10 @@ fn a_queued_task_cancelled_never_runs() {
     let srv = server("[workers]\nembedded_slots = 1\n");
     let pid_file = srv.data.path().join("busy.pid");
     let busy = hanging_repo(Stage::Build, &pid_file);
-    let (_, first) = srv.create(&busy.task_body("site-busy"));
+    let (_, first) = srv.create(&busy.task_body("site-cancel"));
     let first = first["id"].as_i64().unwrap();
     wait_file(&pid_file, Duration::from_secs(60)).expect("first task is building");
-    let (_, second) = srv.create(&busy.task_body("site-queued"));
+    let (_, second) = srv.create(&busy.task_body("site-cancel"));
     let second = second["id"].as_i64().unwrap();
     assert_eq!(srv.task(second).state, TaskState::Queued, "one slot is busy");
     let (status, body) = cancel(&srv, second);

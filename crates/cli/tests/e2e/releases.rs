@@ -72,9 +72,11 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     // the switch.)
     let old_only = format!("{url}assets/old-Zz9Yy8Xx.js");
     repo.commit(&[("site/assets/old-Zz9Yy8Xx.js", "old asset")], "old asset");
+    repo.set_version("1.0.1");
     publish(&srv, &body(&repo, "rel-site", "1.0.1", "test", false));
     std::fs::remove_file(repo.work.join("site/assets/old-Zz9Yy8Xx.js")).unwrap();
     repo.commit(&[("site/index.html", "<h1>two</h1>")], "two");
+    repo.set_version("1.1.0");
     let (t3, msg) = publish(&srv, &body(&repo, "rel-site", "1.1.0", "test", false));
     assert!(msg.contains("uploaded 1 files") && msg.contains("skipped 2 files"), "{msg}");
     assert_eq!(get_text(&url).1, "<h1>two</h1>");
@@ -92,13 +94,14 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     let (status, refused) = srv.create(&body(&repo, "rel-site", "1.1.0", "prod", false));
     assert_eq!((status, refused["code"].as_str()), (409, Some("version_exists")), "{refused}");
     assert!(refused["message"].as_str().unwrap().contains("--force"));
-    // The CLI (version 1.0.0 from package.json): first publish, refusal, --force.
+    // The CLI (version 1.2.0 from package.json): first publish, refusal, --force.
+    repo.set_version("1.2.0");
     assert!(srv.cli(&repo.work, &["publish", "--env", "prod"]).status.success());
     let out = srv.cli(&repo.work, &["publish", "--env", "prod"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(srv.cli(&repo.work, &["publish", "--env", "prod", "--force"]).status.success());
-    let (p2, _) = publish(&srv, &body(&repo, "rel-site", "1.1.0", "prod", true));
+    let (p2, _) = publish(&srv, &body(&repo, "rel-site", "1.2.0", "prod", true));
     assert_eq!(p2.state, TaskState::Succeeded);
     assert_eq!(get_text(&format!("{}/sites/prod/rel-site/", srv.url)).1, "<h1>two</h1>");
 
@@ -130,6 +133,7 @@ fn a_publish_that_fails_half_way_leaves_the_current_release() {
     let (t1, _) = publish(&srv, &body(&repo, "rel-fail", "1.0.0", "test", false));
     assert_eq!(t1.state, TaskState::Succeeded);
     repo.commit(&[("site/index.html", "<h1>broken</h1>"), ("site/big.bin", &"x".repeat(10_000))], "big");
+    repo.set_version("1.1.0");
     let (t2, _) = publish(&srv, &body(&repo, "rel-fail", "1.1.0", "test", false));
     assert_eq!((t2.state, t2.stage), (TaskState::Failed, Some(Stage::Publish)), "{t2:?}");
     assert!(t2.reason.unwrap().contains("max_file_bytes"));
@@ -150,8 +154,10 @@ fn old_releases_are_pruned_but_never_the_current_one() {
     let repo = site_repo("rel-keep", "<p>1</p>");
     let (t1, _) = publish(&srv, &body(&repo, "rel-keep", "1.0.0", "test", false));
     repo.commit(&[("site/index.html", "<p>2</p>")], "2");
+    repo.set_version("1.0.1");
     publish(&srv, &body(&repo, "rel-keep", "1.0.1", "test", false));
     repo.commit(&[("site/index.html", "<p>3</p>")], "3");
+    repo.set_version("1.0.2");
     let (t3, _) = publish(&srv, &body(&repo, "rel-keep", "1.0.2", "test", false));
     let list = releases(&srv, "rel-keep", "test");
     let states: Vec<(bool, bool)> =
@@ -197,6 +203,7 @@ fn s3_target_incremental_publish_switch_rollback_and_outage() {
     // One changed file, one removed: one upload; the current copy follows, the stale file goes.
     std::fs::remove_file(repo.work.join("site/logo.svg")).unwrap();
     repo.commit(&[("site/index.html", "<h1>s3 two</h1>")], "two");
+    repo.set_version("1.1.0");
     let (t3, msg) = publish(&srv, &body(&repo, "s3-site", "1.1.0", "test", false));
     assert!(msg.contains("uploaded 1 files") && msg.contains("skipped 1 files"), "{msg}");
     assert_eq!(obj("s3-site/index.html").as_deref(), Some("<h1>s3 two</h1>"));
@@ -211,6 +218,7 @@ fn s3_target_incremental_publish_switch_rollback_and_outage() {
     // The store goes away mid-publish: the task fails at publish and nothing current changes.
     s3.stop();
     repo.commit(&[("site/index.html", "<h1>s3 three</h1>")], "three");
+    repo.set_version("1.2.0");
     let (t4, _) = publish(&srv, &body(&repo, "s3-site", "1.2.0", "test", false));
     assert_eq!((t4.state, t4.stage), (TaskState::Failed, Some(Stage::Publish)), "{t4:?}");
     assert_eq!(obj("s3-site/index.html").as_deref(), Some("<h1>s3 one</h1>"));
@@ -235,6 +243,7 @@ fn of_concurrent_prod_publishes_of_one_version_exactly_one_wins() {
     );
     let repo = site_repo("rel-race", "<h1>race</h1>");
     repo.commit(&[("build.js", &build)], "barrier");
+    repo.set_version("2.0.0");
     // All three pass the check at creation (nothing is released yet) and build at once.
     let ids: Vec<i64> = (0..3)
         .map(|_| {

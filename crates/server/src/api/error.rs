@@ -51,6 +51,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("task {id} does not exist"))
             }
             StoreError::Stale { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string()),
+            StoreError::NotHolder { .. } => ApiError::new(StatusCode::FORBIDDEN, "not_lease_holder", e.to_string()),
             StoreError::Terminal(_) => ApiError::new(StatusCode::CONFLICT, "already_finished", e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Unavailable(_) => {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cloudbuild_proto::event::EventBody;
 use cloudbuild_proto::task::{actions, CreateTask, Task, TaskId, TaskPage, TaskState, Trigger};
-use cloudbuild_proto::validate::{is_internal_ip, CommandLine, GitRef, ProjectName, RepoUrl, Version};
+use cloudbuild_proto::validate::{is_internal_ip, CommandLine, CommitSha, GitRef, ProjectName, RepoUrl, Version};
 use cloudbuild_proto::worker::{TaskAttempt, WorkerState};
 use cloudbuild_store::{Appended, CancelOutcome, Fence, NewTask, Notice, TaskQuery};
 use serde::Deserialize;
@@ -52,6 +52,7 @@ pub fn validate(
     let branch = GitRef::parse(&req.branch)?;
     let name = ProjectName::parse(&req.name)?;
     let version = Version::parse(&req.version)?;
+    let commit = req.commit.as_deref().map(str::trim).map(CommitSha::parse).transpose()?;
     let build_cmd = match req.build_cmd.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
         Some(c) => Some(CommandLine::parse(c, "build command", &s.command_policy)?.to_string()),
         None => None,
@@ -61,6 +62,7 @@ pub fn validate(
         version: version.to_string(),
         repo: repo.to_string(),
         branch: branch.to_string(),
+        commit: commit.map(|c| c.to_string()),
         build_cmd,
         env: req.env,
         trigger,
@@ -240,7 +242,11 @@ pub async fn cancel(
     })
 }
 
-/// `POST /api/v1/tasks/{id}/retry`: a new task with the same inputs, linked to the old one.
+/// `POST /api/v1/tasks/{id}/retry`: a new task with the same inputs, linked to the old one. It
+/// builds the commit the old task built (or was pinned to), not the branch's head today: a
+/// retry must not record another commit under the old version. A task that never resolved its
+/// commit (it failed while cloning) is retried from the branch's head; the worker's identity
+/// check (the built `package.json` must carry the task's name and version) still holds.
 pub async fn retry(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -257,6 +263,7 @@ pub async fn retry(
     let req = CreateTask {
         repo: old.repo,
         branch: old.branch,
+        commit: old.commit,
         name: old.name,
         version: old.version,
         build_cmd: old.build_cmd,

@@ -219,7 +219,7 @@ async fn handle_batch(
                     WorkerEvent::Output { stream, text } => Change::Append(EventBody::Output { stream, text }),
                     WorkerEvent::Commit { sha } => Change::Commit(sha),
                 };
-                ops.push(WorkerOp { task: task_id, attempt, seq, change });
+                ops.push(WorkerOp { task: task_id, attempt, worker: worker.to_owned(), seq, change });
             }
             WorkerMessage::Finished { task, seq, outcome } => {
                 let finish = match outcome {
@@ -229,7 +229,7 @@ async fn handle_batch(
                     Outcome::TimedOut { stage, reason } => Finish::TimedOut { stage: Some(stage), reason },
                 };
                 let change = Change::Finish(finish);
-                ops.push(WorkerOp { task: task.task_id, attempt: task.attempt, seq, change });
+                ops.push(WorkerOp { task: task.task_id, attempt: task.attempt, worker: worker.to_owned(), seq, change });
             }
         }
     }
@@ -358,7 +358,7 @@ pub async fn revoke_token(
 }
 
 /// Fills `buf` from the kernel's random source.
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+pub(crate) fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }

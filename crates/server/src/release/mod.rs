@@ -13,6 +13,7 @@
 //!    release untouched.
 
 pub mod headers;
+pub mod lock;
 pub mod serve;
 pub mod target;
 
@@ -120,12 +121,55 @@ async fn running_attempt(
             ),
         ));
     }
+    // A worker token only says "one of our workers": the lease key says "the one holding
+    // this attempt" (it came with the assignment, over that worker's own connection).
+    let key = headers.get(LEASE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let hash = crate::scheduler::lease_key_hash(key);
+    if key.is_empty() || !state.store.holds_lease(task.id, attempt, &hash).await? {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_lease_holder",
+            format!("only the worker holding task {} at attempt {attempt} may publish it", task.id),
+        ));
+    }
     Ok((task, attempt))
 }
+
+/// The header carrying the assignment's lease key on publish calls.
+pub const LEASE_HEADER: &str = "x-cloudbuild-lease";
 
 /// Where a publish attempt stages the contents it uploads; removed when its task ends.
 pub fn staging(state: &AppState, task_id: cloudbuild_proto::task::TaskId, attempt: u32) -> PathBuf {
     state.staging_dir().join(format!("{task_id}-{attempt}"))
+}
+
+/// Removes staged uploads that no running publish will use: those of tasks that ended or
+/// moved to another attempt, and leftovers of a server killed mid-publish (the cleanup at task
+/// end never ran for them). Runs at start and then every minute.
+pub async fn sweep_staging(state: &AppState) {
+    let Ok(mut dir) = tokio::fs::read_dir(state.staging_dir()).await else { return };
+    let mut removed = 0;
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let attempt_of = |name: &str| -> Option<(cloudbuild_proto::task::TaskId, u32)> {
+            let (id, attempt) = name.split_once('-')?;
+            Some((id.parse().ok()?, attempt.parse().ok()?))
+        };
+        let keep = match attempt_of(&name) {
+            Some((id, attempt)) => match state.store.get_task(id).await {
+                Ok(t) => t.state == TaskState::Running && t.attempt == attempt,
+                Err(cloudbuild_store::StoreError::NotFound(_)) => false,
+                Err(_) => true, // the store is unreachable: decide next time
+            },
+            None => false,
+        };
+        if !keep && tokio::fs::remove_dir_all(entry.path()).await.is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed staged uploads no running publish uses");
+    }
 }
 
 /// Authenticates a publish call (plan or commit), then checks its manifest and version.
@@ -292,6 +336,17 @@ pub async fn commit(
     // exactly one is recorded (the others are refused here, after their upload).
     let guard = project_guard(&state, task.env, &task.name).await?;
     check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
+    // The newest build wins: a task switches the environment only if no newer task (higher
+    // id: created later) has a release there. Otherwise its release is recorded, reachable at
+    // its immutable URL and by rollback, but the newer one stays current.
+    let newer = state
+        .store
+        .list_releases(Some(task.env), &task.name)
+        .await?
+        .into_iter()
+        .filter(|r| r.task_id > task.id)
+        .map(|r| r.task_id)
+        .max();
     let new = cloudbuild_store::NewRelease {
         env: task.env,
         name: task.name.clone(),
@@ -301,13 +356,19 @@ pub async fn commit(
         requested_by: task.requested_by.clone(),
     };
     let release = state.store.record_release(new, &plan.files).await?;
-    let previous = switch(&state, &release).await?;
+    if newer.is_none() {
+        guard.ensure_held().await?;
+        let previous = switch(&state, &release).await?;
+        tracing::info!(task = task.id, release = release.id, previous = previous.as_ref().map(|p| p.id), "released");
+    } else {
+        tracing::info!(task = task.id, release = release.id, newer = ?newer, "recorded; a newer task's release stays current");
+    }
     prune(&state, task.env, &task.name).await;
     drop(guard);
     let _ = tokio::fs::remove_dir_all(&staged).await;
-    tracing::info!(task = task.id, release = release.id, previous = previous.as_ref().map(|p| p.id), "released");
     let release = state.store.get_release(release.id).await?.unwrap_or(release);
     Ok(Json(PublishResult {
+        superseded_by: newer,
         url: target.env_url(&task.name),
         immutable_url: target.immutable_url(&key),
         release,
@@ -323,24 +384,31 @@ pub async fn commit(
 const LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// Held while a project's release is recorded and switched in one environment: this server's
-/// mutex, then the lock every server on the store shares (renewed while held).
+/// mutex, then the lock every server on the store shares.
 pub struct ProjectGuard {
     _local: tokio::sync::OwnedMutexGuard<()>,
-    renew: tokio::task::JoinHandle<()>,
-    store: Arc<dyn cloudbuild_store::Store>,
-    name: String,
-    holder: String,
+    shared: lock::SharedLock,
 }
 
-impl Drop for ProjectGuard {
-    fn drop(&mut self) {
-        self.renew.abort();
-        let (store, name, holder) = (self.store.clone(), self.name.clone(), self.holder.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store.unlock(&name, &holder).await {
-                tracing::warn!("cannot release the lock {name} (it expires by itself): {e}");
-            }
-        });
+impl ProjectGuard {
+    /// Confirms the shared lock right before switching: a server whose renewals failed past the
+    /// lock's TTL (Redis stalled) may have lost it to another server, and must not switch.
+    async fn ensure_held(&self) -> Result<(), ApiError> {
+        self.shared.ensure_held().await.map_err(ApiError::from)
+    }
+}
+
+impl From<lock::LockError> for ApiError {
+    fn from(e: lock::LockError) -> Self {
+        match e {
+            lock::LockError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "switch_busy", format!("{e}; try again")),
+            lock::LockError::Lost(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lock_lost",
+                format!("{e}; nothing was switched, try again"),
+            ),
+            lock::LockError::Store(s) => s.into(),
+        }
     }
 }
 
@@ -351,27 +419,9 @@ async fn project_guard(state: &AppState, env: Environment, name: &str) -> Result
     let lock_name = format!("release/{}/{name}", env.as_str());
     let n = HOLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let holder = format!("{}#{}#{n}", state.public_url, std::process::id());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.settings.limits.publish_secs);
-    while !state.store.try_lock(&lock_name, &holder, LOCK_TTL).await? {
-        if tokio::time::Instant::now() > deadline {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "switch_busy",
-                format!("another server has been switching {name} in {} for too long; try again", env.as_str()),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let renew = tokio::spawn({
-        let (store, lock_name, holder) = (state.store.clone(), lock_name.clone(), holder.clone());
-        async move {
-            loop {
-                tokio::time::sleep(LOCK_TTL / 3).await;
-                let _ = store.try_lock(&lock_name, &holder, LOCK_TTL).await;
-            }
-        }
-    });
-    Ok(ProjectGuard { _local: local, renew, store: state.store.clone(), name: lock_name, holder })
+    let wait = Duration::from_secs(state.settings.limits.publish_secs);
+    let shared = lock::SharedLock::acquire(state.store.clone(), lock_name, holder, LOCK_TTL, wait).await?;
+    Ok(ProjectGuard { _local: local, shared })
 }
 
 enum Source {
@@ -491,6 +541,7 @@ pub async fn rollback(
             format!("{name}@{} is already current in {}", chosen.version, req.env.as_str()),
         ));
     }
+    guard.ensure_held().await?;
     let previous = switch(&state, &chosen).await?;
     drop(guard);
     tracing::info!(by = %caller.0, %name, env = req.env.as_str(), release = chosen.id, "rolled back");

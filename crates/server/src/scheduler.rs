@@ -279,7 +279,12 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
 }
 
 async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {
-    match state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await {
+    let result = state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await;
+    if matches!(result, Ok(RequeueOutcome::Requeued { .. } | RequeueOutcome::Failed { .. })) {
+        // The lost attempt's staged uploads will never be committed.
+        let _ = tokio::fs::remove_dir_all(crate::release::staging(state, task.task_id, task.attempt)).await;
+    }
+    match result {
         Ok(RequeueOutcome::Requeued { events, .. }) => {
             state.hub.published(task.task_id, &events);
             state.scheduler.task_queued();

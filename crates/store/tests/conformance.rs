@@ -158,7 +158,11 @@ async fn holder_story(store: &dyn Store) {
     assert!(matches!(&r[0], Err(StoreError::NotHolder { worker, .. }) if worker == "intruder"), "{r:?}");
     assert!(matches!(&r[1], Err(StoreError::NotHolder { .. })), "{r:?}");
     let own = WorkerOp { task: t.id, attempt: 1, worker: "owner".into(), seq: 1, change: out() };
-    assert_eq!(store.apply_worker_ops(vec![own]).await.unwrap()[0].as_ref().unwrap().len(), 1, "the holder's seq 1 still applies");
+    assert_eq!(
+        store.apply_worker_ops(vec![own]).await.unwrap()[0].as_ref().unwrap().len(),
+        1,
+        "the holder's seq 1 still applies"
+    );
     let after = store.get_task(t.id).await.unwrap();
     assert_eq!((after.state, after.last_seq), (TaskState::Running, 2));
 

@@ -539,6 +539,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (to pause it with SIGSTOP), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server with SIGKILL.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

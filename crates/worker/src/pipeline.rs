@@ -174,7 +174,14 @@ impl Run<'_> {
         }
         self.reporter.commit(sha.clone());
         check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
-        Ok(format!("cloned {} at {} ({}); package.json is {}@{}", repo, branch, &sha[..12], self.a.name, self.a.version))
+        Ok(format!(
+            "cloned {} at {} ({}); package.json is {}@{}",
+            repo,
+            branch,
+            &sha[..12],
+            self.a.name,
+            self.a.version
+        ))
     }
 
     /// Runs a hardened git command (no hooks, no redirects) in `cwd`, streaming its output.
@@ -208,9 +215,21 @@ impl Run<'_> {
         env: &[(String, String)],
     ) -> Result<(), StageError> {
         let src = self.checkout.clone();
-        tokio::fs::create_dir_all(&src).await.map_err(|e| StageError::Failed(format!("cannot create the checkout: {e}")))?;
+        tokio::fs::create_dir_all(&src)
+            .await
+            .map_err(|e| StageError::Failed(format!("cannot create the checkout: {e}")))?;
         self.git(&src, env, &["init", "--quiet"]).await?;
-        let by_id = ["fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), sha.as_str()];
+        let by_id = [
+            "fetch",
+            "--quiet",
+            "--depth",
+            "1",
+            "--no-tags",
+            "--no-recurse-submodules",
+            "--",
+            repo.as_str(),
+            sha.as_str(),
+        ];
         match self.git(&src, env, &by_id).await {
             Ok(()) => {}
             Err(StageError::Failed(_)) => {
@@ -424,8 +443,8 @@ fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!("commit {short_sha} has no readable package.json ({e}); the project's name and version come from it")
     })?;
-    let pkg: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("package.json at commit {short_sha} is not valid JSON: {e}"))?;
+    let pkg: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("package.json at commit {short_sha} is not valid JSON: {e}"))?;
     let field = |k: &str| pkg.get(k).and_then(|v| v.as_str()).unwrap_or("").trim().to_owned();
     let (built_name, built_version) = (field("name"), field("version"));
     if built_name != name {
@@ -497,6 +516,8 @@ mod tests {
         std::fs::write(dir.path().join("package.json"), "{").unwrap();
         assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").unwrap_err().contains("not valid JSON"));
         std::fs::remove_file(dir.path().join("package.json")).unwrap();
-        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").unwrap_err().contains("no readable package.json"));
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc")
+            .unwrap_err()
+            .contains("no readable package.json"));
     }
 }

@@ -145,7 +145,8 @@ impl Uploader {
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
             }
             let body = read_no_follow(path).await.map_err(|e| format!("{shown}: {e}"))?;
-            match self.client.put(url).bearer_auth(&*self.token).header(LEASE_HEADER, lease_key).body(body).send().await {
+            match self.client.put(url).bearer_auth(&*self.token).header(LEASE_HEADER, lease_key).body(body).send().await
+            {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status().is_server_error() => last_err = format!("{shown}: server answered {}", r.status()),
                 Ok(r) => return Err(format!("{shown}: {} {}", r.status(), r.text().await.unwrap_or_default())),

@@ -125,7 +125,10 @@ fn inspect(cwd: &Path, branch: Option<String>, allow_dirty: bool) -> Result<Chec
     // Name and version come from the commit that is built, when this checkout has it.
     let has_commit = git(&root, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok();
     let (text, from) = if has_commit {
-        (git(&root, &["show", &format!("{commit}:package.json")]).ok(), format!("package.json at commit {}", &commit[..12]))
+        (
+            git(&root, &["show", &format!("{commit}:package.json")]).ok(),
+            format!("package.json at commit {}", &commit[..12]),
+        )
     } else {
         let path = root.join("package.json");
         (std::fs::read_to_string(&path).ok(), path.display().to_string())

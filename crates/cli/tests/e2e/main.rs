@@ -5,6 +5,7 @@ mod cancel;
 mod cli;
 mod cluster;
 mod events;
+mod identity;
 mod inputs;
 mod pipeline;
 mod recovery;

@@ -229,7 +229,13 @@ async fn handle_batch(
                     Outcome::TimedOut { stage, reason } => Finish::TimedOut { stage: Some(stage), reason },
                 };
                 let change = Change::Finish(finish);
-                ops.push(WorkerOp { task: task.task_id, attempt: task.attempt, worker: worker.to_owned(), seq, change });
+                ops.push(WorkerOp {
+                    task: task.task_id,
+                    attempt: task.attempt,
+                    worker: worker.to_owned(),
+                    seq,
+                    change,
+                });
             }
         }
     }

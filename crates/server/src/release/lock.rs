@@ -68,7 +68,8 @@ impl SharedLock {
             return Err(LockError::Lost(self.name.clone()));
         }
         let asked = Instant::now();
-        match tokio::time::timeout_at(self.valid_until(), self.store.extend_lock(&self.name, &self.holder, self.ttl)).await
+        match tokio::time::timeout_at(self.valid_until(), self.store.extend_lock(&self.name, &self.holder, self.ttl))
+            .await
         {
             Ok(Ok(true)) => {
                 *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = asked + trusted(self.ttl);

@@ -83,6 +83,7 @@ pub async fn run(
         settings,
         public_url,
         shutdown: stop_rx.clone(),
+        socketio: Default::default(),
     });
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));

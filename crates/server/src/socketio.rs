@@ -6,9 +6,18 @@
 //! event log is replayed onto the socket as the original `build` / `building` events. The
 //! build belongs to the server, not to the socket: a client that disconnects leaves it running
 //! and followable with `cloudbuild logs`.
+//!
+//! Delivery: the relay waits for room when a client reads slowly (a polling client fetches
+//! the socket's buffered packets once per poll), and sends the output that is already waiting
+//! as one `building` message; a client that makes no room for [`STALL_LIMIT`] is disconnected.
+//! A client that connects again with the same query while its build runs (a reconnect after
+//! a dropped connection) is attached to that build and gets the rest of its log, from the
+//! first event its previous socket did not get, instead of a new greeting.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::Query;
 use cloudbuild_proto::event::{EventBody, EventKind, OutputStream, WireEvent};
@@ -20,6 +29,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ProtocolVersion, SocketIo};
+use socketioxide::{SendError, SocketError};
 use tokio::sync::mpsc;
 
 use crate::api::auth::{identify, Caller};
@@ -32,6 +42,40 @@ pub fn layer(state: Arc<AppState>) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder().with_state(state).build_layer();
     io.ns("/", on_connect.with(authenticate));
     layer
+}
+
+/// How long a client may leave its socket's buffer full before it is disconnected.
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Output already waiting is sent as one `building` message up to this many bytes.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Builds followed by socket.io clients, by the query that started them, so that a client
+/// connecting again with the same query is attached to its build.
+#[derive(Default)]
+pub struct Attachments {
+    builds: Mutex<HashMap<String, Attached>>,
+}
+
+/// One followed build: its task, the last event handed to a socket, and how to stop the relay
+/// of the socket currently attached.
+#[derive(Clone)]
+struct Attached {
+    task: TaskId,
+    delivered: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Attachments {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
+        self.builds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What identifies "the same build" across reconnects: the caller and every query value.
+fn attach_key(p: &Pending) -> String {
+    let r = &p.request;
+    json!([p.caller.0, r.repo, r.branch, r.name, r.version, r.build_cmd, r.env]).to_string()
 }
 
 /// What a connection asked for, kept on the socket until it emits `build`.
@@ -93,6 +137,20 @@ async fn on_connect(s: SocketRef, State(state): State<Arc<AppState>>, TryData(au
     };
     if let Err(e) = crate::api::tasks::check_repo_host(&state, &pending.request.repo).await {
         return deny(s, &e.message);
+    }
+    // A reconnect while its build runs: attach, no new greeting, no new build.
+    let key = attach_key(&pending);
+    let previous = state.socketio.lock().get(&key).cloned();
+    if let Some(prev) = previous {
+        let running = state.store.get_task(prev.task).await.is_ok_and(|t| !t.state.is_terminal());
+        if running {
+            let _ = prev.stop.send(true); // the old socket, if still open, stops and is disconnected
+            let from = prev.delivered.load(Ordering::Acquire);
+            tracing::info!(socket = %s.id, task = prev.task, from, "socket.io client re-attached to its build");
+            tokio::spawn(relay(state, s, prev.task, from, key));
+            return;
+        }
+        state.socketio.lock().remove(&key);
     }
     s.extensions.insert(pending);
     // Emitted once the connection is established, so 2.x clients receive it too.
@@ -174,6 +232,7 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
             return;
         }
     };
+    let key = attach_key(&pending);
     for note in &pending.notes {
         tracing::info!(task = task.id, "socket.io option: {note}");
         let body = EventBody::Output { stream: OutputStream::Stderr, text: format!("[cloudbuild] note: {note}\n") };
@@ -181,33 +240,113 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
             state.hub.published(task.id, &events);
         }
     }
-    tokio::spawn(relay(state, s, task.id));
+    tokio::spawn(relay(state, s, task.id, 0, key));
 }
 
-/// Replays the task's log onto the socket until the end, then disconnects. Stops early (the
-/// build goes on) if the client goes away.
-async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId) {
-    let (tx, mut rx) = mpsc::channel::<WireEvent>(64);
-    tokio::spawn(pump(state, task, 0, true, tx));
-    while let Some(ev) = rx.recv().await {
-        let sent = match ev.kind {
-            EventKind::Build => s.emit("build", &original_build_message(&ev)),
-            EventKind::Building => {
-                let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-                s.emit("building", data.get("text").and_then(Value::as_str).unwrap_or_default())
-            }
-            EventKind::Truncated => {
-                let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-                s.emit("building", data.get("message").and_then(Value::as_str).unwrap_or_default())
-            }
-            EventKind::End => break,
+/// Replays the task's log after event `from` onto the socket until the end, then disconnects.
+/// Stops early (the build goes on) if the client goes away, stalls past [`STALL_LIMIT`], or
+/// another socket with the same query takes the build over.
+async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key: String) {
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let delivered = Arc::new(AtomicU64::new(from));
+    let me = Attached { task, delivered: delivered.clone(), stop: stop_tx };
+    state.socketio.lock().insert(key.clone(), me);
+    let (tx, mut rx) = mpsc::channel::<WireEvent>(256);
+    tokio::spawn(pump(state.clone(), task, from, true, tx));
+    let mut peeked: Option<WireEvent> = None;
+    let ended = loop {
+        let ev = match peeked.take() {
+            Some(ev) => ev,
+            None => tokio::select! {
+                ev = rx.recv() => match ev { Some(ev) => ev, None => break false },
+                _ = stop.changed() => break false,
+            },
         };
-        if sent.is_err() {
-            tracing::debug!(task, "socket.io client gone; the build continues");
-            return;
+        let mut last = ev.seq;
+        let sent = match ev.kind {
+            EventKind::Build => emit_waiting(&s, "build", &original_build_message(&ev), &mut stop).await,
+            EventKind::Building | EventKind::Truncated => {
+                // Everything already waiting goes in one message: fewer packets per poll.
+                let mut text = output_text(&ev);
+                while text.len() < COALESCE_BYTES {
+                    match rx.try_recv() {
+                        Ok(next) if matches!(next.kind, EventKind::Building | EventKind::Truncated) => {
+                            text.push_str(&output_text(&next));
+                            last = next.seq;
+                        }
+                        Ok(next) => {
+                            peeked = Some(next);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                emit_waiting(&s, "building", &text, &mut stop).await
+            }
+            EventKind::End => break true,
+        };
+        if !sent {
+            break false;
         }
+        delivered.store(last, Ordering::Release);
+    };
+    if ended {
+        forget_if_mine(&state, &key, &delivered);
+    } else {
+        tracing::debug!(task, "socket.io client gone, stalled or replaced; the build continues");
+        // Kept while the build runs, so the client can come back to it; forgotten at its end.
+        let state = state.clone();
+        tokio::spawn(async move {
+            while state.store.get_task(task).await.is_ok_and(|t| !t.state.is_terminal()) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            forget_if_mine(&state, &key, &delivered);
+        });
     }
     let _ = s.disconnect();
+}
+
+/// Forgets a followed build unless another socket has taken it over since.
+fn forget_if_mine(state: &AppState, key: &str, delivered: &Arc<AtomicU64>) {
+    let mut builds = state.socketio.lock();
+    if builds.get(key).is_some_and(|a| Arc::ptr_eq(&a.delivered, delivered)) {
+        builds.remove(key);
+    }
+}
+
+/// The text of an output or truncation event, as the original `building` message carries it.
+fn output_text(ev: &WireEvent) -> String {
+    let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+    let field = if ev.kind == EventKind::Truncated { "message" } else { "text" };
+    data.get(field).and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+/// Emits, waiting for room while the socket's buffer is full. False when the client is gone,
+/// made no room for [`STALL_LIMIT`], or the relay was told to stop.
+async fn emit_waiting<T: serde::Serialize + ?Sized>(
+    s: &SocketRef,
+    event: &str,
+    data: &T,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + STALL_LIMIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match s.emit(event, data) {
+            Ok(()) => return true,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                if !s.connected() || tokio::time::Instant::now() > deadline || *stop.borrow() {
+                    return false;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => return false,
+                }
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A stored `build` event as the original clients know it: checks are reported under the

@@ -23,6 +23,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Where each environment publishes.
     pub targets: Targets,
+    /// Builds followed by socket.io clients, for clients that reconnect.
+    pub socketio: crate::socketio::Attachments,
 }
 
 impl AppState {

@@ -272,3 +272,93 @@ fn a_client_written_like_the_original_cli_works() {
     assert_eq!(get_text(file["data"]["url"].as_str().unwrap()).1, "<p>original</p>");
     assert_eq!(get_json(&format!("{}/oss/get?name=orig-ok&type=dev&file=../x", srv.url)).unwrap()["code"], -1);
 }
+
+/// `run_client` in a thread, for a client that must run while the test does something else.
+fn spawn_client(
+    srv: &Server,
+    major: &'static str,
+    query: Value,
+    extra: &'static [&'static str],
+) -> std::thread::JoinHandle<Vec<Value>> {
+    let url = srv.url.clone();
+    std::thread::spawn(move || {
+        ensure_clients();
+        let out = Command::new("node")
+            .arg("client.js")
+            .args([major, "polling", &url, &query.to_string(), ""])
+            .args(extra)
+            .current_dir(node_dir())
+            .output()
+            .expect("running node");
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    })
+}
+
+fn building_bytes(lines: &[Value]) -> usize {
+    lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap_or_default().len()).sum()
+}
+
+#[test]
+fn polling_clients_get_a_whole_burst_of_output_and_the_end() {
+    let srv = server("");
+    // 3 MB in one burst: 30,000 lines of 100 bytes.
+    let burst = "const l='x'.repeat(99)+'\\n';let s='';for(let i=0;i<30000;i++)s+=l;process.stdout.write(s,()=>{\
+                 require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','burst');});";
+    let repo =
+        Repo::new(&[("package.json", &package_json("sio-burst", &[("build", "node build.js")])), ("build.js", burst)]);
+    for major in ["2", "4"] {
+        let lines = run_client(&srv, major, "polling", &query_for(&repo, "sio-burst"), None, &[]);
+        let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();
+        assert_eq!(actions.last().map(String::as_str), Some("build success"), "{major}: {actions:?}");
+        assert_eq!(lines.last().unwrap()["type"], "disconnect", "{major}: disconnected at the end");
+        let output: String =
+            lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
+        assert_eq!(output.matches(&"x".repeat(99)).count(), 30_000, "{major}: every line arrives");
+        assert!(building_bytes(&lines) >= 3_000_000, "{major}");
+    }
+}
+
+#[test]
+fn a_client_that_comes_back_is_attached_to_its_build() {
+    let srv = server("");
+    let gate = srv.data.path().join("gate");
+    let build = format!(
+        "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\
+         console.log('after the gate');fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','back');",
+        g = gate.to_str().unwrap()
+    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("sio-back", &[("build", "node build.js")])), ("build.js", &build)]);
+    for major in ["2", "4"] {
+        let _ = std::fs::remove_file(&gate);
+        // The first connection leaves once the build stage started (the build then waits).
+        let first =
+            run_client(&srv, major, "polling", &query_for(&repo, "sio-back"), None, &["--leave-after-actions", "8"]);
+        let seen: Vec<String> = build_actions(&first).into_iter().map(|a| a.0).collect();
+        assert_eq!(seen, crate::SUCCESS_ACTIONS[..8], "{major}: {first:?}");
+        // The same query again: no greeting, no second build, the rest of the log.
+        let attached_before = srv.log().matches("re-attached to its build").count();
+        let second = spawn_client(&srv, major, query_for(&repo, "sio-back"), &[]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while srv.log().matches("re-attached to its build").count() == attached_before {
+            assert!(std::time::Instant::now() < deadline, "{major}: the client was not attached\n{}", srv.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(&gate, "").unwrap();
+        let second = second.join().unwrap();
+        assert!(!second.iter().any(|l| l["event"] == "id"), "{major}: no new greeting: {second:?}");
+        let rest: Vec<String> = build_actions(&second).into_iter().map(|a| a.0).collect();
+        let whole: Vec<String> = seen.iter().chain(&rest).cloned().collect();
+        assert_eq!(whole, crate::SUCCESS_ACTIONS, "{major}: {second:?}");
+        let output: String =
+            second.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
+        assert!(output.contains("after the gate"), "{major}: {output}");
+        assert_eq!(second.last().unwrap()["type"], "disconnect");
+        let tasks = get_json(&format!("{}/api/v1/tasks?name=sio-back", srv.url)).unwrap();
+        assert_eq!(
+            tasks["tasks"].as_array().unwrap().len(),
+            if major == "2" { 1 } else { 2 },
+            "one build per client run"
+        );
+    }
+}

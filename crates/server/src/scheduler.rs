@@ -185,7 +185,7 @@ pub async fn run(state: Arc<AppState>) {
             _ = tick.tick() => {
                 watchdog(&state).await;
                 dispatch(&state).await;
-                if ticks % 60 == 0 {
+                if ticks.is_multiple_of(60) {
                     crate::release::sweep_staging(&state).await;
                 }
                 ticks += 1;

@@ -1,7 +1,7 @@
 //! What is released is what was built: the CLI refuses local work the server would not see and
 //! pins the commit it checked; the built commit's package.json names the release; a retry
-//! builds the commit it retries; the newest build wins; only the lease holder publishes; a
-//! task whose worker restarted under the same name ends; crashed publishes leave no staging.
+//! builds the commit it retries; the newest build wins; only the lease holder publishes. (A
+//! restart on the same address is in `recovery.rs`.)
 
 use std::time::Duration;
 
@@ -273,40 +273,4 @@ fn only_the_worker_holding_a_task_publishes_it() {
     let t = srv.wait_done(id);
     assert_eq!(t.state, TaskState::Succeeded, "the real build publishes: {t:?}");
     assert_eq!(get_text(&t.url.unwrap()).1, "<p>real</p>");
-}
-
-#[test]
-fn a_task_ends_after_a_crash_and_restart_on_the_same_address() {
-    let mut srv = server("[workers]\nlease_secs = 3\nheartbeat_secs = 1\n");
-    let pid_file = srv.data.path().join("crash.pid");
-    let marker = srv.data.path().join("attempted");
-    let script = format!(
-        "const fs=require('fs');\
-         if(!fs.existsSync({m:?})){{fs.writeFileSync({m:?},'1');fs.writeFileSync({p:?},String(process.pid));setInterval(()=>{{}},1000);}}\
-         else{{fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','again');}}",
-        m = marker.to_str().unwrap(),
-        p = pid_file.to_str().unwrap()
-    );
-    let repo =
-        Repo::new(&[("package.json", &package_json("id-crash", &[("build", "node build.js")])), ("build.js", &script)]);
-    let (_, task) = srv.create(&repo.task_body("id-crash"));
-    let id = task["id"].as_i64().unwrap();
-    wait_file(&pid_file, Duration::from_secs(60)).expect("first attempt builds");
-    // A publish interrupted by the crash leaves staged contents, and so did earlier lives.
-    let staging = srv.data.path().join("data/staging");
-    for leftover in [format!("{id}-1"), "999999-1".to_owned(), "junk".to_owned()] {
-        std::fs::create_dir_all(staging.join(&leftover)).unwrap();
-        std::fs::write(staging.join(&leftover).join("blob"), "x").unwrap();
-    }
-
-    srv.kill9();
-    srv.restart_same_port().unwrap();
-    // The embedded worker comes back under the same name, heartbeating, but without the task.
-    let t = srv.wait_done(id);
-    assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 2), "{t:?}\n{}", srv.log());
-    let requeued = srv.actions(id).into_iter().find(|a| a.0 == "requeued").expect("requeued");
-    assert!(requeued.1.contains("no longer runs attempt 1"), "{requeued:?}");
-    let left: Vec<String> =
-        std::fs::read_dir(&staging).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(left.is_empty(), "staging leftovers are removed: {left:?}");
 }

@@ -26,10 +26,10 @@ use crate::state::AppState;
 #[derive(Debug)]
 struct WorkerSlotInfo {
     info: WorkerInfo,
-    /// What it runs: the tasks its last heartbeat listed, plus those assigned since then.
-    running: HashSet<TaskAttempt>,
+    /// The tasks its last heartbeat listed.
+    reported: HashSet<TaskAttempt>,
     /// Tasks assigned recently, and when: a heartbeat sent before the assignment arrived
-    /// cannot list them yet.
+    /// cannot list them yet. What it runs is both sets ([`WorkerSlotInfo::runs`]).
     assigned: HashMap<TaskAttempt, Instant>,
     tx: mpsc::UnboundedSender<ServerMessage>,
     /// When its last heartbeat arrived (this server's clock).
@@ -54,7 +54,7 @@ impl Scheduler {
     pub fn join(&self, info: WorkerInfo, tx: mpsc::UnboundedSender<ServerMessage>) {
         let slot = WorkerSlotInfo {
             info,
-            running: HashSet::new(),
+            reported: HashSet::new(),
             assigned: HashMap::new(),
             tx,
             last_heartbeat: Instant::now(),
@@ -70,7 +70,7 @@ impl Scheduler {
         let mut workers = self.lock_workers();
         let w = workers.get_mut(id)?;
         w.assigned.retain(|t, at| !held.contains(t) && at.elapsed() < ASSIGNMENT_IN_FLIGHT);
-        w.running = held.iter().copied().chain(w.assigned.keys().copied()).collect();
+        w.reported = held.iter().copied().collect();
         w.last_heartbeat = Instant::now();
         w.info.last_heartbeat = Timestamp::now();
         Some(w.snapshot())
@@ -89,9 +89,7 @@ impl Scheduler {
     /// Whether `worker` is connected here, sent a heartbeat within `within`, and runs `task`
     /// (its last heartbeat listed it, or it was assigned since).
     fn still_runs(&self, worker: &str, task: TaskAttempt, within: Duration) -> bool {
-        self.lock_workers()
-            .get(worker)
-            .is_some_and(|w| w.last_heartbeat.elapsed() < within && w.running.contains(&task))
+        self.lock_workers().get(worker).is_some_and(|w| w.last_heartbeat.elapsed() < within && w.runs(task))
     }
 
     /// Says goodbye to the workers that authenticated with a revoked token.
@@ -111,7 +109,7 @@ impl Scheduler {
     /// A task of this worker finished: its slot is free.
     pub fn slot_freed(&self, worker: &str, task: TaskAttempt) {
         if let Some(w) = self.lock_workers().get_mut(worker) {
-            w.running.remove(&task);
+            w.reported.remove(&task);
             w.assigned.remove(&task);
         }
         self.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&task.task_id);
@@ -159,17 +157,31 @@ impl Scheduler {
     fn free_workers(&self) -> Vec<(String, Vec<String>)> {
         let workers = self.lock_workers();
         let mut free: Vec<(&String, &WorkerSlotInfo)> =
-            workers.iter().filter(|(_, w)| (w.running.len() as u32) < w.info.slots).collect();
-        free.sort_by_key(|(_, w)| std::cmp::Reverse(w.info.slots - w.running.len() as u32));
+            workers.iter().filter(|(_, w)| (w.running_count() as u32) < w.info.slots).collect();
+        free.sort_by_key(|(_, w)| std::cmp::Reverse(w.info.slots - w.running_count() as u32));
         free.into_iter().map(|(id, w)| (id.clone(), w.info.labels.clone())).collect()
     }
 }
 
 impl WorkerSlotInfo {
     fn snapshot(&self) -> WorkerInfo {
-        let mut running: Vec<TaskAttempt> = self.running.iter().copied().collect();
+        let mut running: Vec<TaskAttempt> = self.running().into_iter().collect();
         running.sort();
         WorkerInfo { running, ..self.info.clone() }
+    }
+
+    /// What it runs: what its last heartbeat listed, and what was assigned since.
+    fn running(&self) -> HashSet<TaskAttempt> {
+        self.reported.iter().chain(self.assigned.keys()).copied().collect()
+    }
+
+    /// How many tasks it runs (without building the set: dispatch asks this often).
+    fn running_count(&self) -> usize {
+        self.reported.len() + self.assigned.keys().filter(|t| !self.reported.contains(t)).count()
+    }
+
+    fn runs(&self, task: TaskAttempt) -> bool {
+        self.reported.contains(&task) || self.assigned.contains_key(&task)
     }
 }
 
@@ -263,7 +275,6 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         let mut workers = state.scheduler.lock_workers();
         match workers.get_mut(worker) {
             Some(w) if w.tx.send(ServerMessage::Assign { assignment: Box::new(assignment) }).is_ok() => {
-                w.running.insert(attempt);
                 w.assigned.insert(attempt, Instant::now());
                 true
             }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{build_script, get_json, get_text, package_json, Repo, Server};
+use cloudbuild_testkit::{build_script, get_json, get_text, package_json, Repo, Server, TcpProxy};
 use serde_json::{json, Value};
 
 use crate::server;
@@ -361,4 +361,125 @@ fn a_client_that_comes_back_is_attached_to_its_build() {
             "one build per client run"
         );
     }
+}
+
+/// A client whose lines are read while it runs.
+struct LiveClient {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl LiveClient {
+    fn start(url: &str, major: &str, query: &Value, extra: &[&str]) -> LiveClient {
+        ensure_clients();
+        let mut child = Command::new("node")
+            .arg("client.js")
+            .args([major, "polling", url, &query.to_string(), ""])
+            .args(extra)
+            .current_dir(node_dir())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        LiveClient { child, lines, seen: Vec::new() }
+    }
+
+    /// Reads lines until `done` holds for what was seen (panics after 60 s).
+    fn until(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => panic!("{what}: not seen in time: {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the client to exit; everything it printed.
+    fn finish(mut self) -> Vec<Value> {
+        let status = self.child.wait().expect("node");
+        self.seen.extend(self.lines.iter());
+        assert!(status.success(), "client failed: {:?}", self.seen);
+        self.seen
+    }
+}
+
+#[test]
+fn a_client_cut_off_mid_build_reconnects_and_gets_the_rest_of_the_log() {
+    let srv = server("");
+    let proxy = TcpProxy::start(srv.url.trim_start_matches("http://")).unwrap();
+    let gate = srv.data.path().join("gate");
+    let build = format!(
+        "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\
+         console.log('after the cut');fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','cut');",
+        g = gate.to_str().unwrap()
+    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("sio-cut", &[("build", "node build.js")])), ("build.js", &build)]);
+    for major in ["2", "4"] {
+        let _ = std::fs::remove_file(&gate);
+        let mut client = LiveClient::start(&proxy.url(), major, &query_for(&repo, "sio-cut"), &["--reconnect"]);
+        // Everything up to the start of the (waiting) build has arrived: nothing is in flight.
+        client.until("the build stage", |seen| build_actions(seen).len() == 8);
+        let attached_before = srv.log().matches("re-attached to its build").count();
+        // A polling client has no connection open between a response and its next request: cut
+        // until it notices (its pending poll fails), then let it reconnect.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !client.seen.iter().any(|l| l["type"] == "disconnect") {
+            assert!(std::time::Instant::now() < deadline, "{major}: the cut went unnoticed: {:?}", client.seen);
+            proxy.drop_connections();
+            client.seen.extend(client.lines.recv_timeout(std::time::Duration::from_millis(50)));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while srv.log().matches("re-attached to its build").count() == attached_before {
+            client.seen.extend(client.lines.try_iter());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{major}: the client did not come back: {:?}\n{}",
+                client.seen.iter().filter(|l| l["event"] != "build").collect::<Vec<_>>(),
+                srv.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(&gate, "").unwrap();
+        let lines = client.finish();
+        let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();
+        assert_eq!(actions, crate::SUCCESS_ACTIONS, "{major}: the whole log once, no gap, no repeat: {lines:?}");
+        assert_eq!(lines.iter().filter(|l| l["event"] == "id").count(), 1, "{major}: one greeting");
+        assert!(lines.iter().filter(|l| l["type"] == "connect").count() >= 2, "{major}: it reconnected: {lines:?}");
+        let output: String =
+            lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
+        assert!(output.contains("after the cut"), "{major}: {output}");
+        assert_eq!(lines.last().unwrap()["reason"], "io server disconnect", "{major}: ended by the server");
+    }
+    let tasks = get_json(&format!("{}/api/v1/tasks?name=sio-cut", srv.url)).unwrap();
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 2, "one build per client, none added by the reconnects");
+}
+
+#[test]
+fn socket_io_queries_get_the_same_identity_check() {
+    let srv = server("");
+    let repo = Repo::new(&[
+        ("package.json", &package_json("sio-ident", &[("build", "node build.js")])),
+        ("build.js", &build_script("<p>x</p>")),
+    ]);
+    let mut q = query_for(&repo, "sio-ident");
+    q["version"] = "1.2.0".into();
+    let lines = run_client(&srv, "2", "websocket", &q, None, &[]);
+    let actions = build_actions(&lines);
+    let (action, message) = actions.last().unwrap();
+    assert_eq!(action, "download failed", "{actions:?}");
+    assert!(message.contains("has version 1.0.0, but this task publishes 1.2.0"), "{message}");
+    assert!(!actions.iter().any(|a| a.0 == "install"), "it fails before install: {actions:?}");
 }

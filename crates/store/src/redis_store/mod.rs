@@ -16,8 +16,11 @@
 //! `holders:{env}:{hash}` (set of `id path`: every release holding a content); `lease_key:{id}`
 //! (`attempt hash` of the running attempt's lease secret); `workers`; `worker_tokens`,
 //! `worker_token_hash`.
+//!
+//! Layout, mirroring `sqlite/`: the `Store` implementation and task changes here; the key names
+//! (`keys`), the Lua scripts (`scripts`), the compare-and-set machinery (`cas`), releases and
+//! the content index (`releases`), the worker registry, tokens and shared locks (`workers`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,67 +35,20 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+mod cas;
+mod keys;
+mod releases;
+mod scripts;
+mod workers;
+
 use crate::apply::{self, CancelEffect, Live, Op, RequeueEffect};
 use crate::{
     labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, Notice, RequeueOutcome, Result,
     Store, StoreError, TaskQuery, WorkerOp,
 };
-
-const P: &str = "cb:";
-const NOTICES: &str = "cb:notices";
-/// Attempts of one optimistic transaction before giving up (conflicts need a concurrent
-/// writer of the same task; a handful of retries is already unusual).
-const MAX_CONFLICTS: usize = 64;
-
-/// Checks revisions, then writes. ARGV[1] is a JSON plan; returns 1 if applied, 0 on conflict.
-const CAS_LUA: &str = r#"
-local plan = cjson.decode(ARGV[1])
-for _, c in ipairs(plan.check) do
-  local rev = redis.call('HGET', c[1], 'rev') or ''
-  if rev ~= c[2] then return 0 end
-end
-for _, w in ipairs(plan.put) do
-  redis.call('HSET', w[1], 'data', w[2])
-  redis.call('HINCRBY', w[1], 'rev', 1)
-end
-for _, e in ipairs(plan.rpush) do redis.call('RPUSH', e[1], unpack(e[2])) end
-for _, z in ipairs(plan.zadd) do redis.call('ZADD', z[1], z[2], z[3]) end
-for _, z in ipairs(plan.zrem) do redis.call('ZREM', z[1], z[2]) end
-return 1
-"#;
-
-/// Sets a hash field and returns its previous value, atomically.
-const SWAP_LUA: &str = r#"
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return old
-"#;
-
-/// Takes or extends a lock for its holder: KEYS[1] lock, ARGV[1] holder, ARGV[2] ttl in ms.
-const LOCK_LUA: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// Extends a lock only while its holder still has it: a renewal that arrives after the lock
-/// expired (Redis stalled past the TTL) must not take it again, another server may have it.
-const EXTEND_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// Deletes a lock if its holder still has it.
-const UNLOCK_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+use cas::{record_json, Plan};
+use keys::*;
+use scripts::*;
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -121,9 +77,9 @@ pub struct RedisStore {
     con: ConnectionManager,
     cas: Script,
     swap: Script,
-    lock: Script,
-    extend: Script,
-    unlock: Script,
+    pub(super) lock: Script,
+    pub(super) extend: Script,
+    pub(super) unlock: Script,
     /// This process, to ignore its own notices.
     instance: String,
     notices: broadcast::Sender<Notice>,
@@ -135,53 +91,13 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// A task's stored record: the public task and the bookkeeping of `apply::Live`.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    task: Task,
-    output_bytes: i64,
-    output_limit: i64,
-    truncated: bool,
-    worker_seq: u64,
-}
-
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     from: String,
     notice: Notice,
 }
 
-#[derive(Serialize, Deserialize)]
-struct TokenRecord {
-    hash: String,
-    created_at: Timestamp,
-    revoked_at: Option<Timestamp>,
-}
-
-/// What one transaction writes; see `CAS_LUA`.
-#[derive(Default, Serialize)]
-struct Plan {
-    check: Vec<(String, String)>,
-    put: Vec<(String, String)>,
-    rpush: Vec<(String, Vec<String>)>,
-    zadd: Vec<(String, String, String)>,
-    zrem: Vec<(String, String)>,
-}
-
-fn task_key(id: TaskId) -> String {
-    format!("{P}task:{id}")
-}
-fn events_key(id: TaskId) -> String {
-    format!("{P}ev:{id}")
-}
-fn queue_key() -> String {
-    format!("{P}queue")
-}
-fn running_key() -> String {
-    format!("{P}running")
-}
-
-fn db_err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
@@ -222,137 +138,9 @@ impl RedisStore {
         })
     }
 
-    fn con(&self) -> ConnectionManager {
+    pub(super) fn con(&self) -> ConnectionManager {
         self.con.clone()
     }
-
-    /// Loads tasks with their revisions; missing ids are absent from the map.
-    async fn load(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, (String, Live)>> {
-        if ids.is_empty() {
-            return Ok(HashMap::new()); // an empty pipeline is an error in redis-rs
-        }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("HMGET").arg(task_key(*id)).arg("rev").arg("data");
-        }
-        let rows: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut self.con()).await?;
-        let mut out = HashMap::with_capacity(ids.len());
-        for (id, (rev, data)) in ids.iter().zip(rows) {
-            let (Some(rev), Some(data)) = (rev, data) else { continue };
-            let r: Record = serde_json::from_str(&data).map_err(|e| db_err(format!("corrupt task {id}: {e}")))?;
-            let live = Live {
-                task: r.task,
-                output_bytes: r.output_bytes,
-                output_limit: r.output_limit,
-                truncated: r.truncated,
-                worker_seq: r.worker_seq,
-                dirty: false,
-            };
-            out.insert(*id, (rev, live));
-        }
-        Ok(out)
-    }
-
-    async fn load_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
-        let mut map = self.load(ids).await?;
-        Ok(ids.iter().filter_map(|id| map.remove(id)).map(|(_, l)| l.task).collect())
-    }
-
-    async fn run(&self, plan: &Plan) -> Result<bool> {
-        let json = serde_json::to_string(plan).map_err(db_err)?;
-        let applied: i64 = self.cas.arg(json).invoke_async(&mut self.con()).await?;
-        Ok(applied == 1)
-    }
-
-    /// The optimistic transaction: `change` computes on fresh copies of the tasks, adding
-    /// index moves to the plan; changed tasks and their new events are written if no task
-    /// changed meanwhile, else it starts over.
-    async fn update<T>(
-        &self,
-        ids: &[TaskId],
-        mut change: impl FnMut(&mut HashMap<TaskId, Live>, &mut Plan, &mut Vec<(TaskId, WireEvent)>) -> T,
-    ) -> Result<T> {
-        for _ in 0..MAX_CONFLICTS {
-            let loaded = self.load(ids).await?;
-            let mut revs = HashMap::new();
-            let mut live = HashMap::new();
-            for (id, (rev, l)) in loaded {
-                revs.insert(id, rev);
-                live.insert(id, l);
-            }
-            let mut plan = Plan::default();
-            let mut written = Vec::new();
-            let out = change(&mut live, &mut plan, &mut written);
-            let dirty: Vec<&Live> = live.values().filter(|l| l.dirty).collect();
-            if dirty.is_empty() && plan.zadd.is_empty() && plan.zrem.is_empty() {
-                return Ok(out);
-            }
-            for (id, rev) in &revs {
-                plan.check.push((task_key(*id), rev.clone()));
-            }
-            for l in dirty {
-                plan.put.push((task_key(l.task.id), record_json(l)?));
-            }
-            let mut by_task: HashMap<TaskId, Vec<String>> = HashMap::new();
-            for (id, ev) in written {
-                by_task.entry(id).or_default().push(format!("{} {}", ev.kind.as_str(), ev.data));
-            }
-            plan.rpush.extend(by_task.into_iter().map(|(id, items)| (events_key(id), items)));
-            if self.run(&plan).await? {
-                return Ok(out);
-            }
-        }
-        Err(StoreError::Database("too many concurrent changes to the same task; try again".into()))
-    }
-
-    async fn update_one<T>(
-        &self,
-        id: TaskId,
-        mut change: impl FnMut(&mut Live, &mut Plan, &mut Vec<(TaskId, WireEvent)>) -> Result<T>,
-    ) -> Result<T> {
-        self.update(&[id], |live, plan, written| match live.get_mut(&id) {
-            Some(l) => change(l, plan, written),
-            None => Err(StoreError::NotFound(id)),
-        })
-        .await?
-    }
-
-    async fn load_release(&self, id: i64) -> Result<Option<Release>> {
-        let data: Option<String> = self.con().get(format!("{P}release:{id}")).await?;
-        let Some(data) = data else { return Ok(None) };
-        let mut r: Release = serde_json::from_str(&data).map_err(db_err)?;
-        let current: Option<i64> = self.con().hget(format!("{P}current"), current_field(r.env, &r.name)).await?;
-        r.current = current == Some(r.id);
-        Ok(Some(r))
-    }
-}
-
-/// The set of releases (`id path`) holding a content in an environment.
-fn holders_key(env: Environment, hash: &str) -> String {
-    format!("{P}holders:{}:{hash}", env.as_str())
-}
-
-/// Where a running attempt's lease key is kept: `attempt hash`.
-fn lease_key_key(id: TaskId) -> String {
-    format!("{P}lease_key:{id}")
-}
-
-/// How long a lease key outlives its claim: longer than any task may run.
-const LEASE_KEY_TTL_SECS: u64 = 7 * 24 * 3600;
-
-fn current_field(env: Environment, name: &str) -> String {
-    format!("{}/{name}", env.as_str())
-}
-
-fn record_json(l: &Live) -> Result<String> {
-    let r = Record {
-        task: l.task.clone(),
-        output_bytes: l.output_bytes,
-        output_limit: l.output_limit,
-        truncated: l.truncated,
-        worker_seq: l.worker_seq,
-    };
-    serde_json::to_string(&r).map_err(db_err)
 }
 
 /// Forwards the other servers' notices until the process ends, resubscribing after Redis
@@ -629,205 +417,67 @@ impl Store for RedisStore {
     }
 
     async fn record_release(&self, new: NewRelease, files: &[ManifestFile]) -> Result<Release> {
-        let id: i64 = self.con().incr(format!("{P}next_release"), 1).await?;
-        let release = Release {
-            id,
-            env: new.env,
-            name: new.name,
-            version: new.version,
-            task_id: new.task_id,
-            commit: new.commit,
-            requested_by: new.requested_by,
-            created_at: Timestamp::now(),
-            files: files.len() as u64,
-            bytes: files.iter().map(|f| f.size).sum(),
-            current: false,
-            pruned: false,
-        };
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .set(format!("{P}release:{id}"), serde_json::to_string(&release).map_err(db_err)?)
-            .set(format!("{P}release_files:{id}"), serde_json::to_string(files).map_err(db_err)?)
-            .zadd(format!("{P}releases:{}", release.name), id, id);
-        for f in files {
-            pipe.sadd(holders_key(release.env, &f.hash), format!("{id} {}", f.path));
-        }
-        pipe.query_async::<()>(&mut self.con()).await?;
-        Ok(release)
+        releases::record_release(self, new, files).await
     }
 
     async fn set_current(&self, release_id: i64) -> Result<Option<Release>> {
-        let release = self
-            .load_release(release_id)
-            .await?
-            .ok_or_else(|| db_err(format!("release {release_id} does not exist")))?;
-        let previous: Option<i64> = self
-            .swap
-            .key(format!("{P}current"))
-            .arg(current_field(release.env, &release.name))
-            .arg(release_id)
-            .invoke_async(&mut self.con())
-            .await?;
-        match previous.filter(|p| *p != release_id) {
-            Some(p) => self.load_release(p).await,
-            None => Ok(None),
-        }
+        releases::set_current(self, release_id).await
     }
 
     async fn list_releases(&self, env: Option<Environment>, name: &str) -> Result<Vec<Release>> {
-        let ids: Vec<i64> = self.con().zrevrange(format!("{P}releases:{name}"), 0, -1).await?;
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(r) = self.load_release(id).await? {
-                if env.is_none_or(|e| e == r.env) {
-                    out.push(r);
-                }
-            }
-        }
-        Ok(out)
+        releases::list_releases(self, env, name).await
     }
 
     async fn get_release(&self, id: i64) -> Result<Option<Release>> {
-        self.load_release(id).await
+        releases::get_release(self, id).await
     }
 
     async fn release_files(&self, release_id: i64) -> Result<Vec<ManifestFile>> {
-        let data: Option<String> = self.con().get(format!("{P}release_files:{release_id}")).await?;
-        let mut files: Vec<ManifestFile> = match data {
-            Some(d) => serde_json::from_str(&d).map_err(db_err)?,
-            None => Vec::new(),
-        };
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(files)
+        releases::release_files(self, release_id).await
     }
 
     async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>> {
-        let mut out = Vec::new();
-        let mut releases: HashMap<i64, Option<Release>> = HashMap::new();
-        for chunk in hashes.chunks(500) {
-            let mut pipe = redis::pipe();
-            for hash in chunk {
-                pipe.smembers(holders_key(env, hash));
-            }
-            let holders: Vec<Vec<String>> = pipe.query_async(&mut self.con()).await?;
-            for (hash, members) in chunk.iter().zip(holders) {
-                // Newest holder first, as the SQLite backend answers.
-                let mut candidates: Vec<(i64, String)> = members
-                    .iter()
-                    .filter_map(|m| m.split_once(' '))
-                    .filter_map(|(id, path)| Some((id.parse::<i64>().ok()?, path.to_owned())))
-                    .collect();
-                candidates.sort_by(|a, b| b.cmp(a));
-                for (id, path) in candidates {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = releases.entry(id) {
-                        slot.insert(self.load_release(id).await?);
-                    }
-                    if let Some(Some(r)) = releases.get(&id).filter(|r| r.as_ref().is_some_and(|r| !r.pruned)) {
-                        out.push((hash.clone(), r.clone(), path));
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+        releases::find_contents(self, env, hashes).await
     }
 
     async fn mark_pruned(&self, ids: &[i64]) -> Result<()> {
-        for id in ids {
-            if let Some(mut r) = self.load_release(*id).await? {
-                // A pruned release holds no content any more.
-                let files = self.release_files(*id).await?;
-                if !files.is_empty() {
-                    let mut pipe = redis::pipe();
-                    for f in &files {
-                        pipe.srem(holders_key(r.env, &f.hash), format!("{id} {}", f.path));
-                    }
-                    pipe.query_async::<()>(&mut self.con()).await?;
-                }
-                r.pruned = true;
-                r.current = false;
-                let _: () =
-                    self.con().set(format!("{P}release:{id}"), serde_json::to_string(&r).map_err(db_err)?).await?;
-            }
-        }
-        Ok(())
+        releases::mark_pruned(self, ids).await
     }
 
     async fn put_worker(&self, worker: &WorkerInfo) -> Result<()> {
-        let data = serde_json::to_string(worker).map_err(db_err)?;
-        let _: () = self.con().hset(format!("{P}workers"), &worker.name, data).await?;
-        Ok(())
+        workers::put_worker(self, worker).await
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
-        let all: HashMap<String, String> = self.con().hgetall(format!("{P}workers")).await?;
-        let mut out: Vec<WorkerInfo> =
-            all.values().map(|d| serde_json::from_str(d).map_err(db_err)).collect::<Result<_>>()?;
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        workers::list_workers(self).await
     }
 
     async fn create_worker_token(&self, name: &str, hash: &str) -> Result<WorkerToken> {
-        let created = Timestamp::now();
-        let record = TokenRecord { hash: hash.to_owned(), created_at: created, revoked_at: None };
-        let data = serde_json::to_string(&record).map_err(db_err)?;
-        let fresh: bool = self.con().hset_nx(format!("{P}worker_tokens"), name, data).await?;
-        if !fresh {
-            return Err(StoreError::Conflict(format!("a worker token named `{name}` exists already")));
-        }
-        let _: () = self.con().hset(format!("{P}worker_token_hash"), hash, name).await?;
-        Ok(WorkerToken { name: name.to_owned(), created_at: created, revoked_at: None })
+        workers::create_worker_token(self, name, hash).await
     }
 
     async fn revoke_worker_token(&self, name: &str) -> Result<bool> {
-        let data: Option<String> = self.con().hget(format!("{P}worker_tokens"), name).await?;
-        let Some(data) = data else { return Ok(false) };
-        let mut record: TokenRecord = serde_json::from_str(&data).map_err(db_err)?;
-        if record.revoked_at.is_some() {
-            return Ok(false);
-        }
-        // The hash index goes first: from then on the token authenticates nobody.
-        let _: () = self.con().hdel(format!("{P}worker_token_hash"), &record.hash).await?;
-        record.revoked_at = Some(Timestamp::now());
-        let data = serde_json::to_string(&record).map_err(db_err)?;
-        let _: () = self.con().hset(format!("{P}worker_tokens"), name, data).await?;
-        Ok(true)
+        workers::revoke_worker_token(self, name).await
     }
 
     async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>> {
-        let all: HashMap<String, String> = self.con().hgetall(format!("{P}worker_tokens")).await?;
-        let mut out = all
-            .into_iter()
-            .map(|(name, d)| {
-                let r: TokenRecord = serde_json::from_str(&d).map_err(db_err)?;
-                Ok(WorkerToken { name, created_at: r.created_at, revoked_at: r.revoked_at })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        workers::list_worker_tokens(self).await
     }
 
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>> {
-        Ok(self.con().hget(format!("{P}worker_token_hash"), hash).await?)
+        workers::worker_token_name(self, hash).await
     }
 
     async fn extend_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let kept: i64 =
-            self.extend.key(format!("{P}lock:{name}")).arg(holder).arg(ttl_ms).invoke_async(&mut self.con()).await?;
-        Ok(kept == 1)
+        workers::extend_lock(self, name, holder, ttl).await
     }
 
     async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let got: i64 =
-            self.lock.key(format!("{P}lock:{name}")).arg(holder).arg(ttl_ms).invoke_async(&mut self.con()).await?;
-        Ok(got == 1)
+        workers::try_lock(self, name, holder, ttl).await
     }
 
     async fn unlock(&self, name: &str, holder: &str) -> Result<()> {
-        let _: i64 = self.unlock.key(format!("{P}lock:{name}")).arg(holder).invoke_async(&mut self.con()).await?;
-        Ok(())
+        workers::unlock(self, name, holder).await
     }
 
     async fn announce(&self, notice: Notice) -> Result<()> {

@@ -290,10 +290,11 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key:
         }
         delivered.store(last, Ordering::Release);
     };
+    let replaced = !is_mine(&state, &key, &delivered);
     if ended {
         forget_if_mine(&state, &key, &delivered);
-    } else {
-        tracing::debug!(task, "socket.io client gone, stalled or replaced; the build continues");
+    } else if !replaced {
+        tracing::debug!(task, "socket.io client gone or stalled; the build continues");
         // Kept while the build runs, so the client can come back to it; forgotten at its end.
         let state = state.clone();
         tokio::spawn(async move {
@@ -304,6 +305,12 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key:
         });
     }
     let _ = s.disconnect();
+}
+
+/// Whether this relay (known by its `delivered` counter) still follows the build of `key`,
+/// that is, no other socket has taken it over since.
+fn is_mine(state: &AppState, key: &str, delivered: &Arc<AtomicU64>) -> bool {
+    state.socketio.lock().get(key).is_some_and(|a| Arc::ptr_eq(&a.delivered, delivered))
 }
 
 /// Forgets a followed build unless another socket has taken it over since.

@@ -174,14 +174,8 @@ impl Run<'_> {
         }
         self.reporter.commit(sha.clone());
         check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
-        Ok(format!(
-            "cloned {} at {} ({}); package.json is {}@{}",
-            repo,
-            branch,
-            &sha[..12],
-            self.a.name,
-            self.a.version
-        ))
+        let how = if pinned.is_some() { "fetched" } else { "cloned" };
+        Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{}", &sha[..12], self.a.name, self.a.version))
     }
 
     /// Runs a hardened git command (no hooks, no redirects) in `cwd`, streaming its output.

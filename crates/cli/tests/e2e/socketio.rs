@@ -319,24 +319,38 @@ fn polling_clients_get_a_whole_burst_of_output_and_the_end() {
 }
 
 #[test]
-fn a_client_that_comes_back_is_attached_to_its_build() {
-    let srv = server("");
-    let gate = srv.data.path().join("gate");
+fn a_client_that_comes_back_is_attached_to_its_build_and_gets_the_backlog() {
+    // A backlog larger than the socket's buffer even after coalescing (12 MB / 64 KiB > 128).
+    let srv = server("[limits]\noutput_bytes = 16777216\n");
+    let (burst_gate, end_gate) = (srv.data.path().join("burst"), srv.data.path().join("end"));
+    // Waits; prints 12 MB (120,000 lines of 100 bytes) and a marker; waits again; publishes.
     let build = format!(
-        "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\
-         console.log('after the gate');fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','back');",
-        g = gate.to_str().unwrap()
+        "const fs=require('fs');const wait=(f)=>{{while(!fs.existsSync(f)){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}}};\
+         wait({b:?});const l='x'.repeat(99)+'\\n';let s='';for(let i=0;i<120000;i++)s+=l;\
+         process.stdout.write(s+'burst-end\\n',()=>{{wait({e:?});console.log('after the gate');\
+         fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','back');}});",
+        b = burst_gate.to_str().unwrap(),
+        e = end_gate.to_str().unwrap()
     );
     let repo =
         Repo::new(&[("package.json", &package_json("sio-back", &[("build", "node build.js")])), ("build.js", &build)]);
     for major in ["2", "4"] {
-        let _ = std::fs::remove_file(&gate);
+        let _ = std::fs::remove_file(&burst_gate);
+        let _ = std::fs::remove_file(&end_gate);
         // The first connection leaves once the build stage started (the build then waits).
         let first =
             run_client(&srv, major, "polling", &query_for(&repo, "sio-back"), None, &["--leave-after-actions", "8"]);
         let seen: Vec<String> = build_actions(&first).into_iter().map(|a| a.0).collect();
         assert_eq!(seen, crate::SUCCESS_ACTIONS[..8], "{major}: {first:?}");
-        // The same query again: no greeting, no second build, the rest of the log.
+        let id: i64 = build_actions(&first)[0].1.split_whitespace().nth(1).unwrap().parse().unwrap();
+        // While nobody follows, the build prints its burst: a backlog of ~750 output events.
+        std::fs::write(&burst_gate, "").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !srv.output(id).contains("burst-end") {
+            assert!(std::time::Instant::now() < deadline, "{major}: the burst was not stored");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // The same query again: no greeting, no second build, the rest of the log, backlog first.
         let attached_before = srv.log().matches("re-attached to its build").count();
         let second = spawn_client(&srv, major, query_for(&repo, "sio-back"), &[]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -344,15 +358,16 @@ fn a_client_that_comes_back_is_attached_to_its_build() {
             assert!(std::time::Instant::now() < deadline, "{major}: the client was not attached\n{}", srv.log());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::fs::write(&gate, "").unwrap();
+        std::fs::write(&end_gate, "").unwrap();
         let second = second.join().unwrap();
-        assert!(!second.iter().any(|l| l["event"] == "id"), "{major}: no new greeting: {second:?}");
+        assert!(!second.iter().any(|l| l["event"] == "id"), "{major}: no new greeting");
         let rest: Vec<String> = build_actions(&second).into_iter().map(|a| a.0).collect();
         let whole: Vec<String> = seen.iter().chain(&rest).cloned().collect();
-        assert_eq!(whole, crate::SUCCESS_ACTIONS, "{major}: {second:?}");
+        assert_eq!(whole, crate::SUCCESS_ACTIONS, "{major}");
         let output: String =
             second.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
-        assert!(output.contains("after the gate"), "{major}: {output}");
+        assert_eq!(output.matches(&"x".repeat(99)).count(), 120_000, "{major}: the whole backlog arrives");
+        assert!(output.contains("burst-end\n") && output.contains("after the gate"), "{major}");
         assert_eq!(second.last().unwrap()["type"], "disconnect");
         let tasks = get_json(&format!("{}/api/v1/tasks?name=sio-back", srv.url)).unwrap();
         assert_eq!(

@@ -292,8 +292,12 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key:
     };
     let replaced = !is_mine(&state, &key, &delivered);
     if ended {
+        // Before forgetting the build: that drops the stop signal the wait listens to.
+        disconnect_waiting(&s, &mut stop).await;
         forget_if_mine(&state, &key, &delivered);
-    } else if !replaced {
+        return;
+    }
+    if !replaced {
         tracing::debug!(task, "socket.io client gone or stalled; the build continues");
         // Kept while the build runs, so the client can come back to it; forgotten at its end.
         let state = state.clone();
@@ -336,12 +340,48 @@ async fn emit_waiting<T: serde::Serialize + ?Sized>(
     data: &T,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
+    with_room(s, stop, || match s.emit(event, data) {
+        Ok(()) => Room::Sent,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Room::Full,
+        Err(_) => Room::Gone,
+    })
+    .await
+}
+
+/// Disconnects the client at the end of its build. The disconnect packet queues behind what
+/// the client has not read yet, and socketioxide drops the whole disconnect when the buffer is
+/// full: without waiting, a slow client would get the result and then hang.
+async fn disconnect_waiting(s: &SocketRef, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    with_room(s, stop, || match s.clone().disconnect() {
+        Ok(()) => Room::Sent,
+        Err(SocketError::InternalChannelFull) => Room::Full,
+        Err(_) => Room::Gone,
+    })
+    .await;
+}
+
+/// What one try to queue a packet on a socket did.
+enum Room {
+    Sent,
+    Full,
+    Gone,
+}
+
+/// Tries `send` until it is queued, waiting (1 ms, doubling up to 50 ms) while the socket's
+/// buffer is full. False when the client is gone, made no room for [`STALL_LIMIT`], or the
+/// relay was told to stop.
+async fn with_room(
+    s: &SocketRef,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    mut send: impl FnMut() -> Room,
+) -> bool {
     let deadline = tokio::time::Instant::now() + STALL_LIMIT;
     let mut pause = Duration::from_millis(1);
     loop {
-        match s.emit(event, data) {
-            Ok(()) => return true,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+        match send() {
+            Room::Sent => return true,
+            Room::Gone => return false,
+            Room::Full => {
                 if !s.connected() || tokio::time::Instant::now() > deadline || *stop.borrow() {
                     return false;
                 }
@@ -351,7 +391,6 @@ async fn emit_waiting<T: serde::Serialize + ?Sized>(
                 }
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
-            Err(_) => return false,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{build_script, get_json, get_text, package_json, Repo, Server, TcpProxy};
+use cloudbuild_testkit::{build_script, get_json, get_text, package_json, signal, Repo, Server, TcpProxy};
 use serde_json::{json, Value};
 
 use crate::server;
@@ -425,7 +425,9 @@ impl LiveClient {
     fn finish(mut self) -> Vec<Value> {
         let status = self.child.wait().expect("node");
         self.seen.extend(self.lines.iter());
-        assert!(status.success(), "client failed: {:?}", self.seen);
+        let tail: Vec<String> =
+            self.seen.iter().rev().take(6).map(|v| v.to_string().chars().take(200).collect()).collect();
+        assert!(status.success(), "client failed ({} lines), last: {tail:?}", self.seen.len());
         self.seen
     }
 }
@@ -497,4 +499,38 @@ fn socket_io_queries_get_the_same_identity_check() {
     assert_eq!(action, "download failed", "{actions:?}");
     assert!(message.contains("has version 1.0.0, but this task publishes 1.2.0"), "{message}");
     assert!(!actions.iter().any(|a| a.0 == "install"), "it fails before install: {actions:?}");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_waited_for_and_gets_everything() {
+    // More output than the socket's buffer holds even after coalescing (12 MB / 64 KiB > 128).
+    let srv = server("[limits]\noutput_bytes = 16777216\n");
+    let gate = srv.data.path().join("gate");
+    let build = format!(
+        "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\
+         const l='x'.repeat(99)+'\\n';let s='';for(let i=0;i<120000;i++)s+=l;\
+         process.stdout.write(s,()=>{{fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','slow');}});",
+        g = gate.to_str().unwrap()
+    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("sio-slow", &[("build", "node build.js")])), ("build.js", &build)]);
+    for major in ["2", "4"] {
+        let _ = std::fs::remove_file(&gate);
+        let mut client = LiveClient::start(&srv.url, major, &query_for(&repo, "sio-slow"), &[]);
+        client.until("the build stage", |seen| build_actions(seen).len() == 8);
+        let id: i64 = build_actions(&client.seen)[0].1.split_whitespace().nth(1).unwrap().parse().unwrap();
+        // The client stops reading (frozen) while the whole build runs and ends.
+        signal(client.child.id(), "STOP");
+        std::fs::write(&gate, "").unwrap();
+        let t = srv.wait_done(id);
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+        signal(client.child.id(), "CONT");
+        let lines = client.finish();
+        let output: String =
+            lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
+        assert_eq!(output.matches(&"x".repeat(99)).count(), 120_000, "{major}: every line arrives");
+        let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();
+        assert_eq!(actions, crate::SUCCESS_ACTIONS, "{major}");
+        assert_eq!(lines.last().unwrap()["reason"], "io server disconnect", "{major}: ended by the server");
+    }
 }

@@ -273,27 +273,6 @@ fn a_client_written_like_the_original_cli_works() {
     assert_eq!(get_json(&format!("{}/oss/get?name=orig-ok&type=dev&file=../x", srv.url)).unwrap()["code"], -1);
 }
 
-/// `run_client` in a thread, for a client that must run while the test does something else.
-fn spawn_client(
-    srv: &Server,
-    major: &'static str,
-    query: Value,
-    extra: &'static [&'static str],
-) -> std::thread::JoinHandle<Vec<Value>> {
-    let url = srv.url.clone();
-    std::thread::spawn(move || {
-        ensure_clients();
-        let out = Command::new("node")
-            .arg("client.js")
-            .args([major, "polling", &url, &query.to_string(), ""])
-            .args(extra)
-            .current_dir(node_dir())
-            .output()
-            .expect("running node");
-        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    })
-}
-
 fn building_bytes(lines: &[Value]) -> usize {
     lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap_or_default().len()).sum()
 }
@@ -352,14 +331,14 @@ fn a_client_that_comes_back_is_attached_to_its_build_and_gets_the_backlog() {
         }
         // The same query again: no greeting, no second build, the rest of the log, backlog first.
         let attached_before = srv.log().matches("re-attached to its build").count();
-        let second = spawn_client(&srv, major, query_for(&repo, "sio-back"), &[]);
+        let second = LiveClient::start(&srv.url, major, &query_for(&repo, "sio-back"), &[]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while srv.log().matches("re-attached to its build").count() == attached_before {
             assert!(std::time::Instant::now() < deadline, "{major}: the client was not attached\n{}", srv.log());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         std::fs::write(&end_gate, "").unwrap();
-        let second = second.join().unwrap();
+        let second = second.finish();
         assert!(!second.iter().any(|l| l["event"] == "id"), "{major}: no new greeting");
         let rest: Vec<String> = build_actions(&second).into_iter().map(|a| a.0).collect();
         let whole: Vec<String> = seen.iter().chain(&rest).cloned().collect();

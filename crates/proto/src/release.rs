@@ -14,6 +14,10 @@ pub struct ManifestFile {
     pub size: u64,
     /// blake3 of the content, 64 lower-case hex digits.
     pub hash: String,
+    /// The bundler's manifest lists it (`.vite/manifest.json`, `asset-manifest.json`): one of
+    /// the pieces of evidence [`crate::site::cache_class`] weighs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fingerprinted: bool,
 }
 
 /// `POST /api/v1/tasks/{id}/attempts/{attempt}/publish/plan`: what the worker is about to
@@ -21,6 +25,9 @@ pub struct ManifestFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishPlan {
     pub files: Vec<ManifestFile>,
+    /// The `[site]` settings of the build's `cloudbuild.toml`, served with the release.
+    #[serde(default)]
+    pub site: crate::site::SiteConfig,
 }
 
 /// The answer to a plan.

@@ -113,6 +113,10 @@ pub struct Assignment {
     /// Programs commands may start with.
     pub runners: Vec<String>,
     pub limits: Limits,
+    /// The site will be served under a path (`/sites/<env>/<name>/`, or a bucket prefix), so
+    /// root-absolute URLs in its HTML and CSS would miss: pre-publish looks for them.
+    #[serde(default)]
+    pub site_under_path: bool,
 }
 
 /// Time limits of one task, in seconds. Also the `[timeouts]` table of the server's config.

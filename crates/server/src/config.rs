@@ -34,6 +34,22 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub targets: TargetsConfig,
     pub releases: ReleasesConfig,
+    pub sites: SitesConfig,
+}
+
+/// `[sites]`: how sites on local targets are addressed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SitesConfig {
+    /// Sites answer at `<site>.<env>.<domain>` (a wildcard DNS record `*.<domain>` points at
+    /// this server or the proxy in front of it). Default: `localhost` while the server listens
+    /// on loopback (browsers and curl resolve `*.localhost` to loopback), else none. `""`:
+    /// by path only (`/sites/<env>/<name>/`).
+    pub domain: Option<String>,
+    /// Scheme of printed site URLs; default: that of `public_url`.
+    pub scheme: Option<String>,
+    /// Port of printed site URLs; default: that of `public_url` (none for 80 / 443).
+    pub port: Option<u16>,
 }
 
 /// `[targets]`: where each environment publishes.
@@ -196,6 +212,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             targets: TargetsConfig::default(),
             releases: ReleasesConfig::default(),
+            sites: SitesConfig::default(),
         }
     }
 }
@@ -273,6 +290,25 @@ impl fmt::Debug for StoreChoice {
     }
 }
 
+/// A sites domain: lower-case DNS labels (letters, digits, inner dashes), leaving room for the
+/// `<site>.<env>.` in front within DNS's 253 characters.
+fn check_domain(d: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.len() > 180 || !d.split('.').all(label_ok) {
+        return Err(format!(
+            "`{}` is not a lower-case DNS name such as sites.example.com (at most 180 characters)",
+            d.escape_debug()
+        ));
+    }
+    Ok(d.to_owned())
+}
+
 /// A URL with its password (if any) replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -304,6 +340,10 @@ pub struct Settings {
     pub allow_anonymous: bool,
     pub targets: TargetsConfig,
     pub keep_releases: u32,
+    /// The sites domain, resolved (`localhost` by default on loopback); `None`: by path only.
+    pub sites_domain: Option<String>,
+    pub sites_scheme: Option<String>,
+    pub sites_port: Option<u16>,
 }
 
 impl ServerConfig {
@@ -374,6 +414,14 @@ impl ServerConfig {
                 return Err(bad("public_url", "must start with http:// or https://".into()));
             }
         }
+        let sites_domain = match self.sites.domain.as_deref().map(|d| d.trim_end_matches('.')) {
+            Some("") => None,
+            Some(d) => Some(check_domain(d).map_err(|reason| bad("sites.domain", reason))?),
+            None => self.listen.ip().is_loopback().then(|| "localhost".to_owned()),
+        };
+        if let Some(s) = self.sites.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
+            return Err(bad("sites.scheme", format!("`{}` is neither http nor https", s.escape_debug())));
+        }
         let store = match self.store.trim() {
             "" | "sqlite" => StoreChoice::Sqlite,
             url if url.starts_with("redis://") => StoreChoice::Redis(url.to_owned()),
@@ -407,6 +455,9 @@ impl ServerConfig {
             allow_anonymous: self.auth.allow_anonymous.unwrap_or_else(|| self.listen.ip().is_loopback()),
             targets: self.targets.clone(),
             keep_releases: self.releases.keep,
+            sites_domain,
+            sites_scheme: self.sites.scheme.clone(),
+            sites_port: self.sites.port,
         })
     }
 }

@@ -5,6 +5,9 @@
 //! - [`config`]: `ServerConfig` (file / environment form) and validated `Settings`.
 //! - [`api`]: `router(state)`: tasks, events (SSE / WebSocket / JSON), worker protocol, sites.
 //! - [`scheduler`]: push dispatch to connected workers; leases, timeouts, forced cancels.
+//! - [`release`]: incremental publish, the switch of the current release, rollback, retention.
+//! - [`targets`]: where releases are stored (local directory or S3) and their public URLs.
+//! - [`sites`]: serving local sites by host (`<site>.<env>.<domain>`) or by path.
 //! - [`hub`]: wakes event followers when a log grows.
 //! - [`cluster`]: several servers on one store: notices to and from the others.
 //! - [`state`]: `AppState`, shared by all handlers.
@@ -18,14 +21,17 @@ pub mod config;
 pub mod hub;
 pub mod release;
 pub mod scheduler;
+pub mod sites;
 pub mod socketio;
 pub mod state;
+pub mod targets;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use api::router;
 use axum::serve::ListenerExt;
+use cloudbuild_proto::task::Environment;
 use cloudbuild_store::{RedisOptions, RedisStore, SqliteStore, Store};
 pub use config::{ServerConfig, Settings};
 use state::AppState;
@@ -41,7 +47,7 @@ pub enum ServerError {
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
     #[error("publish target: {0}")]
-    Target(#[from] release::target::TargetError),
+    Target(#[from] targets::TargetError),
 }
 
 /// Creates the data directory layout and opens the configured store: SQLite in the data
@@ -58,6 +64,21 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServerErr
     })
 }
 
+/// The URLs of an environment's local sites: by host when a sites domain is set, else by path.
+fn site_urls(settings: &Settings, public_url: &str, env: Environment) -> targets::urls::SiteUrls {
+    let Some(domain) = settings.sites_domain.clone() else {
+        return targets::urls::SiteUrls::Path { server: public_url.to_owned(), env };
+    };
+    let uri: Option<axum::http::Uri> = public_url.parse().ok();
+    let scheme = settings
+        .sites_scheme
+        .clone()
+        .or_else(|| uri.as_ref().and_then(|u| u.scheme_str().map(str::to_owned)))
+        .unwrap_or_else(|| "http".into());
+    let port = settings.sites_port.or_else(|| uri.as_ref().and_then(|u| u.port_u16()));
+    targets::urls::SiteUrls::Host { scheme, domain, port, env }
+}
+
 /// Serves on `listener` until `shutdown` completes, then stops streams and returns.
 pub async fn run(
     listener: TcpListener,
@@ -69,10 +90,12 @@ pub async fn run(
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let targets_dir = settings.data_dir.join("targets");
+    let urls = |env| site_urls(&settings, &public_url, env);
     let targets = release::Targets::new(
-        release::target::Target::new(&settings.targets.test, targets_dir.join("test"), &public_url, "test")?,
-        release::target::Target::new(&settings.targets.prod, targets_dir.join("prod"), &public_url, "prod")?,
+        targets::Target::new(&settings.targets.test, targets_dir.join("test"), urls(Environment::Test), "test")?,
+        targets::Target::new(&settings.targets.prod, targets_dir.join("prod"), urls(Environment::Prod), "prod")?,
     );
+    let sites = sites::Sites { domain: settings.sites_domain.clone(), indexes: Default::default() };
     let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
     let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };
     let state = Arc::new(AppState {
@@ -84,6 +107,7 @@ pub async fn run(
         public_url,
         shutdown: stop_rx.clone(),
         socketio: Default::default(),
+        sites,
     });
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));

@@ -270,6 +270,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
         runners: state.settings.command_policy.runners.iter().cloned().collect(),
         limits: state.settings.limits.clone(),
+        site_under_path: state.targets.get(task.env).urls().under_path(),
     };
     let sent = {
         let mut workers = state.scheduler.lock_workers();

@@ -25,6 +25,8 @@ pub struct AppState {
     pub targets: Targets,
     /// Builds followed by socket.io clients, for clients that reconnect.
     pub socketio: crate::socketio::Attachments,
+    /// The sites domain and the cache of release indexes.
+    pub sites: crate::sites::Sites,
 }
 
 impl AppState {

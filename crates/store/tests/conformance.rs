@@ -312,7 +312,12 @@ async fn batch_story(store: &dyn Store) {
 /// Releases: recording, the current pointer per environment, the content index, pruning.
 async fn release_story(store: &dyn Store) {
     let (task, _) = store.create_task(new_task("site", 10)).await.unwrap();
-    let file = |path: &str, hash: char| ManifestFile { path: path.into(), size: 3, hash: hash.to_string().repeat(64) };
+    let file = |path: &str, hash: char| ManifestFile {
+        path: path.into(),
+        size: 3,
+        hash: hash.to_string().repeat(64),
+        fingerprinted: false,
+    };
     let new = |env: Environment, version: &str| NewRelease {
         env,
         name: "site".into(),

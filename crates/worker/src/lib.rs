@@ -9,6 +9,7 @@
 //! - [`process`]: one command as a process group, with timeout, cancel and streamed output.
 //! - [`settings`]: build settings from `cloudbuild.toml` and `package.json`.
 //! - [`publish`]: output collection and upload to the server.
+//! - [`site_check`]: root-absolute URLs in a site that will be served under a path.
 //!
 //! A worker talks to the server only over the network; it never touches the store.
 
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod process;
 pub mod publish;
 pub mod settings;
+pub mod site_check;
 
 pub use connection::{run, WorkerConfig, WorkerError};
 pub use executor::{Executor, Reporter, TaskContext};

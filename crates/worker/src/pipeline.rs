@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
-use crate::publish;
 use crate::settings::{self, BuildSettings};
+use crate::{publish, site_check};
+use cloudbuild_proto::site::RootAbsolute;
 
 /// The real pipeline, with git and npm.
 #[derive(Debug, Default, Clone)]
@@ -319,15 +320,44 @@ impl Run<'_> {
         if files.files.is_empty() {
             return Err(StageError::Failed(format!("the output directory `{name}` has no files to publish")));
         }
-        let manifest = tokio::task::spawn_blocking(move || publish::manifest(&files))
+        let scan_root = dir.clone();
+        let manifest = tokio::task::spawn_blocking(move || publish::manifest(&files, &scan_root))
             .await
             .map_err(|e| StageError::Failed(e.to_string()))?
             .map_err(|e| StageError::Failed(format!("cannot read the output: {e}")))?;
         let bytes: u64 = manifest.iter().map(|(f, _)| f.size).sum();
+        if self.a.site_under_path {
+            self.check_root_absolute(&manifest)?;
+        }
         let msg = format!("output `{name}`: {} files, {bytes} bytes", manifest.len());
         self.output_dir = Some(dir);
         self.manifest = Some(manifest);
         Ok(msg)
+    }
+}
+
+impl Run<'_> {
+    /// Warns (or fails, with `[site] root_absolute_urls = "error"`) when a site served under a
+    /// path references root-absolute URLs, which would miss it.
+    fn check_root_absolute(&self, manifest: &[(ManifestFile, PathBuf)]) -> Result<(), StageError> {
+        let (found, count) = site_check::root_absolute_refs(manifest, 5);
+        if count == 0 {
+            return Ok(());
+        }
+        let examples: Vec<String> = found.iter().map(|(file, r)| format!("{file}: {r}")).collect();
+        let message = format!(
+            "{count} root-absolute URL(s) in HTML/CSS ({}{}); this site is served under a path, so they load from the \
+             server's root and miss: build with a relative base (Vite `base: './'`, Create React App \
+             `\"homepage\": \".\"`, Vue CLI `publicPath: './'`), or serve sites by host (`[sites] domain` on the server)",
+            examples.join(", "),
+            if count > found.len() { ", …" } else { "" }
+        );
+        let strict = self.settings.as_ref().is_some_and(|s| s.site.root_absolute_urls == RootAbsolute::Error);
+        if strict {
+            return Err(StageError::Failed(format!("{message} ([site] root_absolute_urls = \"error\")")));
+        }
+        self.reporter.note(format!("warning: {message}"));
+        Ok(())
     }
 }
 
@@ -385,7 +415,8 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             Stage::PrePublish => run.pre_publish().await,
             Stage::Publish => {
                 let manifest = run.manifest.take().unwrap_or_default();
-                let publish = ctx.uploader.publish(run.a.task, &run.a.lease_key, &manifest);
+                let site = run.settings.as_ref().map(|s| s.site.clone()).unwrap_or_default();
+                let publish = ctx.uploader.publish(run.a.task, &run.a.lease_key, &manifest, &site);
                 let deadline = run.stage_deadline(Stage::Publish);
                 let mut cancel = run.cancel.clone();
                 tokio::select! {

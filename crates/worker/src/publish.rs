@@ -13,6 +13,7 @@ use cloudbuild_proto::validate::RelPath;
 use std::collections::{HashMap, HashSet};
 
 use cloudbuild_proto::release::{ManifestFile, PlanAnswer, PublishPlan, PublishResult};
+use cloudbuild_proto::site::SiteConfig;
 use cloudbuild_proto::worker::TaskAttempt;
 use futures_util::StreamExt;
 
@@ -85,9 +86,10 @@ impl Uploader {
         task: TaskAttempt,
         lease_key: &str,
         manifest: &[(ManifestFile, PathBuf)],
+        site: &SiteConfig,
     ) -> Result<PublishResult, String> {
         let base = format!("{}/api/v1/tasks/{}/attempts/{}/publish", self.base, task.task_id, task.attempt);
-        let plan = PublishPlan { files: manifest.iter().map(|(f, _)| f.clone()).collect() };
+        let plan = PublishPlan { files: manifest.iter().map(|(f, _)| f.clone()).collect(), site: site.clone() };
         let answer: PlanAnswer = self.post_json(&format!("{base}/plan"), lease_key, &plan, "the publish plan").await?;
         let missing: HashSet<&str> = answer.missing.iter().map(String::as_str).collect();
         // One upload per missing content, whichever file holds it.
@@ -144,7 +146,7 @@ impl Uploader {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
             }
-            let body = read_no_follow(path).await.map_err(|e| format!("{shown}: {e}"))?;
+            let body = body_of(path).await.map_err(|e| format!("{shown}: {e}"))?;
             match self.client.put(url).bearer_auth(&*self.token).header(LEASE_HEADER, lease_key).body(body).send().await
             {
                 Ok(r) if r.status().is_success() => return Ok(()),
@@ -157,37 +159,80 @@ impl Uploader {
     }
 }
 
-/// Hashes every collected file (blake3), reading without following symlinks.
-pub fn manifest(files: &OutputFiles) -> std::io::Result<Vec<(ManifestFile, PathBuf)>> {
+/// Hashes every collected file (blake3, streamed: memory does not grow with file size),
+/// reading without following symlinks, and marks the files the bundler's manifest lists.
+pub fn manifest(files: &OutputFiles, root: &Path) -> std::io::Result<Vec<(ManifestFile, PathBuf)>> {
+    let listed = bundler_listed(root);
     files
         .files
         .iter()
         .map(|(rel, path, _)| {
-            let data = read_no_follow_blocking(path)?;
+            let mut f = open_no_follow(path)?;
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(&mut f)?;
             let file = ManifestFile {
                 path: rel.as_str().to_owned(),
-                size: data.len() as u64,
-                hash: blake3::hash(&data).to_hex().to_string(),
+                size: f.metadata()?.len(),
+                hash: hasher.finalize().to_hex().to_string(),
+                fingerprinted: listed.contains(rel.as_str()),
             };
             Ok((file, path.clone()))
         })
         .collect()
 }
 
-fn read_no_follow_blocking(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+/// Files that a bundler's manifest in the output lists as its emitted chunks and assets:
+/// Vite's `.vite/manifest.json` (or `manifest.json` of Vite 4; entries' `file`, `css`,
+/// `assets`), Create React App's `asset-manifest.json` (`files`). Paths relative to `root`.
+pub fn bundler_listed(root: &Path) -> HashSet<String> {
+    let mut listed = HashSet::new();
+    let read = |name: &str| -> Option<serde_json::Value> {
+        let text = std::fs::read(root.join(name)).ok()?;
+        serde_json::from_slice(&text).ok()
+    };
+    let mut add = |v: &serde_json::Value| {
+        if let Some(p) = v.as_str() {
+            listed.insert(p.trim_start_matches('/').to_owned());
+        }
+    };
+    for name in [".vite/manifest.json", "manifest.json"] {
+        if let Some(serde_json::Value::Object(entries)) = read(name) {
+            for entry in entries.values() {
+                if let Some(file) = entry.get("file") {
+                    add(file);
+                }
+                for key in ["css", "assets"] {
+                    for v in entry.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+                        add(v);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(files) = read("asset-manifest.json").and_then(|m| m.get("files").cloned()) {
+        for v in files.as_object().into_iter().flat_map(|o| o.values()) {
+            add(v);
+        }
+    }
+    listed
+}
+
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(buf)
+    Ok(f)
 }
 
-async fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+/// The file as a streamed request body (never whole in memory).
+async fn body_of(path: &Path) -> std::io::Result<reqwest::Body> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || read_no_follow_blocking(&path)).await.map_err(std::io::Error::other)?
+    let file = tokio::task::spawn_blocking(move || open_no_follow(&path)).await.map_err(std::io::Error::other)??;
+    Ok(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(file),
+        64 << 10,
+    )))
 }
 
 #[cfg(test)]
@@ -211,8 +256,32 @@ mod tests {
         let names: Vec<_> = out.files.iter().map(|f| f.0.as_str()).collect();
         assert_eq!(names, ["assets/a b.js", "index.html"]);
         assert_eq!(out.skipped.len(), 5, "{:?}", out.skipped);
-        let m = manifest(&out).unwrap();
+        let m = manifest(&out, &root).unwrap();
         assert_eq!(m[1].0.hash, blake3::hash(b"hi").to_hex().to_string());
         assert_eq!((m[1].0.path.as_str(), m[1].0.size), ("index.html", 2));
+    }
+
+    #[test]
+    fn bundler_manifests_mark_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".vite")).unwrap();
+        std::fs::write(
+            root.join(".vite/manifest.json"),
+            r#"{"index.html":{"file":"assets/index-BZrK3p2Q.js","css":["assets/index-D1x2y3z4.css"],"assets":["assets/hero-a1b2c3d4.jpg"]}}"#,
+        )
+        .unwrap();
+        std::fs::write(root.join("asset-manifest.json"), r#"{"files":{"main.js":"/static/js/main.3f2a9c1b.js"}}"#)
+            .unwrap();
+        let listed = bundler_listed(root);
+        for p in [
+            "assets/index-BZrK3p2Q.js",
+            "assets/index-D1x2y3z4.css",
+            "assets/hero-a1b2c3d4.jpg",
+            "static/js/main.3f2a9c1b.js",
+        ] {
+            assert!(listed.contains(p), "{p}: {listed:?}");
+        }
+        assert_eq!(listed.len(), 4);
     }
 }

@@ -9,11 +9,15 @@
 //! [[checks]]                  # optional; the check stage runs only when checks exist
 //! name = "lint"
 //! command = "npm run lint"
+//!
+//! [site]                      # optional; how the server serves the site (docs/sites.md)
+//! spa = true
 //! ```
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use cloudbuild_proto::site::SiteConfig;
 use serde::Deserialize;
 
 /// `cloudbuild.toml` as written in a repository.
@@ -22,6 +26,7 @@ use serde::Deserialize;
 pub struct RepoFile {
     pub build: BuildSection,
     pub checks: Vec<CheckSection>,
+    pub site: SiteConfig,
 }
 
 /// `[build]`.
@@ -51,6 +56,8 @@ pub struct BuildSettings {
     pub checks: Vec<(String, String)>,
     /// Scripts `package.json` defines.
     pub scripts: BTreeSet<String>,
+    /// `[site]`, checked.
+    pub site: SiteConfig,
 }
 
 /// Reads the settings of the checkout at `dir`. `build_override` comes from the task.
@@ -72,7 +79,9 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
     if file.checks.iter().any(|c| c.name.trim().is_empty()) {
         return Err("cloudbuild.toml: every [[checks]] entry needs a name".into());
     }
+    file.site.validate().map_err(|e| e.to_string())?;
     Ok(BuildSettings {
+        site: file.site,
         install,
         build,
         output: file.build.output,
@@ -106,5 +115,25 @@ mod tests {
         assert_eq!(resolve(dir.path(), Some("npm run build")).unwrap().build, "npm run build");
         std::fs::write(dir.path().join("cloudbuild.toml"), "[build]\ncomand = \"typo\"\n").unwrap();
         assert!(resolve(dir.path(), None).unwrap_err().contains("cloudbuild.toml is invalid"));
+    }
+
+    #[test]
+    fn site_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+        std::fs::write(
+            dir.path().join("cloudbuild.toml"),
+            "[site]\nspa = true\n[[site.headers]]\nfor = \"/*\"\nvalues = { X-Frame-Options = \"DENY\" }\n",
+        )
+        .unwrap();
+        let s = resolve(dir.path(), None).unwrap();
+        assert!(s.site.spa && s.site.headers.len() == 1);
+        std::fs::write(
+            dir.path().join("cloudbuild.toml"),
+            "[[site.redirects]]\nfrom = \"/old\"\nto = \"/new\"\nstatus = 200\n",
+        )
+        .unwrap();
+        let e = resolve(dir.path(), None).unwrap_err();
+        assert!(e.contains("[site]") && e.contains("not a redirect"), "{e}");
     }
 }

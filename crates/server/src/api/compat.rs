@@ -55,10 +55,10 @@ pub async fn project(State(state): State<Arc<AppState>>, Query(p): Query<OssPara
     let Some(files) = current_files(&state, env, &name).await else {
         return failure(format!("project {name} has no {} release", env.as_str()));
     };
-    let base = state.targets.get(env).env_url(name.as_str());
+    let urls = state.targets.get(env).urls();
     let data: Vec<Value> = files
         .into_iter()
-        .map(|f| json!({ "name": format!("{name}/{}", f.path), "url": format!("{base}{}", f.path), "size": f.size }))
+        .map(|f| json!({ "name": format!("{name}/{}", f.path), "url": urls.file(&name, &f.path), "size": f.size }))
         .collect();
     Json(json!({ "code": 0, "message": format!("project {name} is published to {}", env.as_str()), "data": data }))
 }
@@ -78,6 +78,6 @@ pub async fn file(State(state): State<Arc<AppState>>, Query(p): Query<OssParams>
     if !files.iter().any(|f| f.path == rel.as_str()) {
         return failure(format!("{} is not in the {} release of {name}", rel.as_str(), env.as_str()));
     }
-    let url = format!("{}{}", state.targets.get(env).env_url(name.as_str()), rel.as_str());
+    let url = state.targets.get(env).urls().file(&name, rel.as_str());
     Json(json!({ "code": 0, "message": "ok", "data": { "name": format!("{name}/{}", rel.as_str()), "url": url } }))
 }

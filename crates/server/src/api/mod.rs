@@ -12,12 +12,16 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router};
 
-use crate::release;
 use crate::state::AppState;
+use crate::{release, sites};
 use error::ApiError;
+
+/// The largest publish manifest: room for 200,000 files with long paths (a manifest entry is
+/// about 150 bytes). Publish calls come from authenticated workers only.
+const MANIFEST_BYTES: usize = 256 << 20;
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -27,12 +31,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
         .route("/tasks/{id}/events", get(events::events))
-        .route("/tasks/{id}/attempts/{attempt}/publish/plan", post(release::plan))
+        .route(
+            "/tasks/{id}/attempts/{attempt}/publish/plan",
+            post(release::plan).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
+        )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/blobs/{hash}",
             put(release::blob).layer(DefaultBodyLimit::disable()),
         )
-        .route("/tasks/{id}/attempts/{attempt}/publish/commit", post(release::commit))
+        .route(
+            "/tasks/{id}/attempts/{attempt}/publish/commit",
+            post(release::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
+        )
         .route("/releases", get(release::list))
         .route("/releases/rollback", post(release::rollback))
         .route("/workers", get(workers::list))
@@ -46,11 +56,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/project/oss", get(compat::project))
         .route("/oss/get", get(compat::file))
         .nest("/api/v1", api)
-        .route("/sites/{env}/{*path}", get(release::serve::site))
-        .route("/releases/{env}/{*path}", get(release::serve::release))
-        .with_state(state)
+        .route("/sites/{env}/{*path}", any(sites::serve::site_by_path))
+        .route("/releases/{env}/{*path}", any(sites::serve::release_by_path))
+        .with_state(state.clone())
         // Last: a layer added before a later merge or nest would not see `/socket.io/`.
         .layer(socketio)
+        // Outermost: a request for `<site>.<env>.<domain>` is the site's, whatever its path.
+        .layer(axum::middleware::from_fn_with_state(state, sites::serve::by_host))
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

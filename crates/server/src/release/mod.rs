@@ -12,10 +12,7 @@
 //!    beyond `releases.keep` are removed. A failure before the switch leaves the current
 //!    release untouched.
 
-pub mod headers;
 pub mod lock;
-pub mod serve;
-pub mod target;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,13 +32,14 @@ use cloudbuild_proto::task::{Environment, Task, TaskState};
 use cloudbuild_proto::validate::{ProjectName, RelPath, Version};
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::tasks::parse_id;
 use crate::api::workers::authorize_worker;
 use crate::state::AppState;
-use target::Target;
+use crate::targets::Target;
 
 /// Held while a project's release is recorded and switched in one environment.
 pub type SwitchLock = Arc<tokio::sync::Mutex<()>>;
@@ -183,6 +181,7 @@ async fn accept_plan(
     let (task, attempt) = running_attempt(state, headers, id, attempt).await?;
     let plan = parse_plan(body)?;
     check_manifest(&plan.files)?;
+    plan.site.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
     check_version_free(state, task.env, &task.name, &task.version, task.force).await?;
     Ok((task, attempt, plan))
 }
@@ -243,12 +242,34 @@ pub async fn blob(
     }
     let dir = staging(&state, task.id, attempt);
     tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::internal("creating the staging directory", e))?;
+    // Streamed to disk while hashed: memory stays bounded whatever the file size.
+    let tmp = dir.join(format!("{hash}.partial"));
+    let written = stream_to_file(&state, body, &tmp).await;
+    let digest = match written {
+        Ok(digest) => digest,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    if digest != hash {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(ApiError::bad_request("the content does not match its hash"));
+    }
+    tokio::fs::rename(&tmp, dir.join(&hash)).await.map_err(|e| ApiError::internal("staging a file", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Writes an upload to `path`, refusing it past `limits.max_file_bytes`; returns its blake3.
+async fn stream_to_file(state: &AppState, body: Body, path: &std::path::Path) -> Result<String, ApiError> {
+    let mut file = tokio::fs::File::create(path).await.map_err(|e| ApiError::internal("staging a file", e))?;
     let mut hasher = blake3::Hasher::new();
-    let mut data = Vec::new();
+    let mut size = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
-        if (data.len() + chunk.len()) as u64 > state.settings.max_file_bytes {
+        size += chunk.len() as u64;
+        if size > state.settings.max_file_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "file_too_large",
@@ -256,15 +277,10 @@ pub async fn blob(
             ));
         }
         hasher.update(&chunk);
-        data.extend_from_slice(&chunk);
+        file.write_all(&chunk).await.map_err(|e| ApiError::internal("staging a file", e))?;
     }
-    if hasher.finalize().to_hex().as_str() != hash {
-        return Err(ApiError::bad_request("the content does not match its hash"));
-    }
-    let tmp = dir.join(format!("{hash}.partial"));
-    tokio::fs::write(&tmp, &data).await.map_err(|e| ApiError::internal("staging a file", e))?;
-    tokio::fs::rename(&tmp, dir.join(&hash)).await.map_err(|e| ApiError::internal("staging a file", e))?;
-    Ok(StatusCode::NO_CONTENT)
+    file.flush().await.map_err(|e| ApiError::internal("staging a file", e))?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// `POST /api/v1/tasks/{id}/attempts/{attempt}/publish/commit`
@@ -306,16 +322,14 @@ pub async fn commit(
                 f.path
             )));
         };
-        uploads.push((format!("{key}/{}", f.path), f.path.clone(), source));
+        uploads.push((format!("{key}/{}", f.path), f.clone(), source));
     }
-    let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads.into_iter().map(|(to, path, source)| {
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads.into_iter().map(|(to, f, source)| {
         let target = target.clone();
         async move {
+            let path = &f.path;
             match source {
-                Source::Staged(blob) => {
-                    let data = tokio::fs::read(&blob).await.map_err(|e| format!("{path}: {e}"))?;
-                    target.put(&to, &path, Bytes::from(data)).await.map_err(|e| format!("{path}: {e}"))
-                }
+                Source::Staged(blob) => target.put_file(&to, &f, &blob).await.map_err(|e| format!("{path}: {e}")),
                 Source::Copy(from) => target.copy(&from, &to).await.map_err(|e| format!("{path}: {e}")),
             }
         }
@@ -336,6 +350,13 @@ pub async fn commit(
     // exactly one is recorded (the others are refused here, after their upload).
     let guard = project_guard(&state, task.env, &task.name).await?;
     check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
+    target.describe_release(&name, &task.version, task.id, &plan.site, &plan.files).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "target_failed",
+            format!("recording the release in the target failed: {e}"),
+        )
+    })?;
     // The newest build wins: a task switches the environment only if no newer task (higher
     // id: created later) has a release there. Otherwise its release is recorded, reachable at
     // its immutable URL and by rollback, but the newer one stays current.
@@ -369,8 +390,8 @@ pub async fn commit(
     let release = state.store.get_release(release.id).await?.unwrap_or(release);
     Ok(Json(PublishResult {
         superseded_by: newer,
-        url: target.env_url(&task.name),
-        immutable_url: target.immutable_url(&key),
+        url: target.urls().site(&name),
+        immutable_url: target.urls().release(&name, &task.version, task.id),
         release,
         uploaded_files: uploaded.0,
         uploaded_bytes: uploaded.1,
@@ -466,7 +487,8 @@ async fn prune(state: &AppState, env: Environment, name: &str) {
     let mut pruned = Vec::new();
     for r in old {
         let files = state.store.release_files(r.id).await.unwrap_or_default();
-        match state.targets.get(env).remove_release(&release_key(r), &files).await {
+        let Ok(name) = ProjectName::parse(&r.name) else { continue };
+        match state.targets.get(env).remove_release(&name, &r.version, r.task_id, &files).await {
             Ok(()) => pruned.push(r.id),
             Err(e) => tracing::warn!(release = r.id, "pruning failed: {e}"),
         }
@@ -548,8 +570,8 @@ pub async fn rollback(
     let target = state.targets.get(req.env);
     let release = state.store.get_release(chosen.id).await?.unwrap_or(chosen);
     Ok(Json(RollbackResult {
-        url: target.env_url(name.as_str()),
-        immutable_url: target.immutable_url(&release_key(&release)),
+        url: target.urls().site(&name),
+        immutable_url: target.urls().release(&name, &release.version, release.task_id),
         release,
         previous: previous.or(current),
     }))

@@ -434,6 +434,7 @@ impl Store for SqliteStore {
                     path: r.try_get("path")?,
                     hash: r.try_get("hash")?,
                     size: r.try_get::<i64, _>("size")? as u64,
+                    fingerprinted: false,
                 })
             })
             .collect()

@@ -1,5 +1,9 @@
-//! Publish targets: where an environment's releases live, and how its current release is
-//! switched.
+//! Publish targets: where an environment's releases live, how its current release is
+//! switched, and the public URLs of what they hold.
+//!
+//! - [`layout`]: the local target's directory (records, label and task links).
+//! - [`urls`]: site, release and file URLs, by host, by path or under a CDN.
+//! - [`headers`]: the Content-Type of published files.
 //!
 //! Keys are `<name>/<version>/<task>/<path>` (a release never changes once written).
 //! - `local`: a directory in the data dir, served by the server. The current release is the
@@ -11,19 +15,27 @@
 //!   A visitor may see old HTML with old assets, or new HTML with new assets; see
 //!   docs/releases.md for the exact guarantee.
 
+pub mod headers;
+pub mod layout;
+pub mod urls;
+
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use cloudbuild_proto::release::ManifestFile;
+use cloudbuild_proto::site::cache_class;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
 
-use super::headers::{cache_control, content_type, is_html};
 use crate::config::TargetConfig;
+use cloudbuild_proto::site::SiteConfig;
+use cloudbuild_proto::task::TaskId;
+use cloudbuild_proto::validate::ProjectName;
+use headers::{content_type, is_html};
+use urls::SiteUrls;
 
 /// Why a target operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +54,26 @@ const CONCURRENCY: usize = 8;
 /// Where an environment publishes.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Local { root: PathBuf, base_url: String },
-    S3 { store: Arc<AmazonS3>, prefix: String, public_url: String },
+    Local { root: PathBuf, urls: SiteUrls },
+    S3 { store: Arc<AmazonS3>, prefix: String, urls: SiteUrls },
 }
 
+/// Files up to this size go to S3 in one request; larger ones in 8 MiB parts (multipart), so
+/// memory stays bounded whatever the file size.
+const SINGLE_PUT_BYTES: u64 = 8 << 20;
+
 impl Target {
-    /// Builds the target of an environment. `local_root` and `server_url` serve the local kind.
-    pub fn new(config: &TargetConfig, local_root: PathBuf, server_url: &str, env: &str) -> Result<Self, TargetError> {
+    /// Builds the target of an environment. `local_root` and `local_urls` serve the local kind.
+    pub fn new(
+        config: &TargetConfig,
+        local_root: PathBuf,
+        local_urls: SiteUrls,
+        env: &str,
+    ) -> Result<Self, TargetError> {
         match config {
             TargetConfig::Local => {
                 std::fs::create_dir_all(&local_root)?;
-                Ok(Target::Local { root: local_root, base_url: format!("{server_url}/sites/{env}") })
+                Ok(Target::Local { root: local_root, urls: local_urls })
             }
             TargetConfig::S3 {
                 endpoint,
@@ -99,28 +120,16 @@ impl Target {
                 Ok(Target::S3 {
                     store: Arc::new(store),
                     prefix: prefix.trim_matches('/').to_owned(),
-                    public_url: public_url.trim_end_matches('/').to_owned(),
+                    urls: SiteUrls::Bucket { public_url: public_url.trim_end_matches('/').to_owned() },
                 })
             }
         }
     }
 
-    /// The environment's URL of a project (follows the current release).
-    pub fn env_url(&self, name: &str) -> String {
+    /// The public URLs of this environment's sites.
+    pub fn urls(&self) -> &SiteUrls {
         match self {
-            Target::Local { base_url, .. } => format!("{base_url}/{name}/"),
-            Target::S3 { public_url, .. } => format!("{public_url}/{name}/"),
-        }
-    }
-
-    /// The URL of one release, which never changes.
-    pub fn immutable_url(&self, release_key: &str) -> String {
-        match self {
-            Target::Local { base_url, .. } => {
-                // Served by the server under /releases/<env>/...
-                format!("{}/{release_key}/", base_url.replacen("/sites/", "/releases/", 1))
-            }
-            Target::S3 { public_url, .. } => format!("{public_url}/{release_key}/"),
+            Target::Local { urls, .. } | Target::S3 { urls, .. } => urls,
         }
     }
 
@@ -132,25 +141,47 @@ impl Target {
         }
     }
 
-    /// Writes one file of a release.
-    pub async fn put(&self, key: &str, path_in_release: &str, data: Bytes) -> Result<(), TargetError> {
+    /// Writes one file of a release under `key` from the staged upload `blob`, streaming: a
+    /// local target links the blob in (same file system) or copies it; S3 gets one request, or
+    /// a multipart upload for large files. S3 objects carry the Content-Type and the
+    /// Cache-Control that local serving sends.
+    pub async fn put_file(&self, key: &str, file: &ManifestFile, blob: &FsPath) -> Result<(), TargetError> {
         match self {
             Target::Local { root, .. } => {
                 let dest = root.join(key);
                 if let Some(parent) = dest.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
-                let tmp = dest.with_extension("cloudbuild-partial");
-                tokio::fs::write(&tmp, &data).await?;
-                tokio::fs::rename(&tmp, &dest).await?;
+                let _ = tokio::fs::remove_file(&dest).await;
+                // Blobs are never written again once staged, so sharing the inode is safe.
+                if tokio::fs::hard_link(blob, &dest).await.is_err() {
+                    let tmp = dest.with_extension("cloudbuild-partial");
+                    tokio::fs::copy(blob, &tmp).await?;
+                    tokio::fs::rename(&tmp, &dest).await?;
+                }
                 Ok(())
             }
             Target::S3 { store, prefix, .. } => {
                 let mut attributes = Attributes::new();
-                attributes.insert(Attribute::ContentType, content_type(path_in_release).into());
-                attributes.insert(Attribute::CacheControl, cache_control(path_in_release).into());
-                let opts = PutOptions { attributes, ..Default::default() };
-                store.put_opts(&Self::object_path(prefix, key), PutPayload::from_bytes(data), opts).await?;
+                attributes.insert(Attribute::ContentType, content_type(&file.path).into());
+                attributes.insert(
+                    Attribute::CacheControl,
+                    cache_class(&file.path, file.fingerprinted).cache_control().into(),
+                );
+                let path = Self::object_path(prefix, key);
+                if file.size <= SINGLE_PUT_BYTES {
+                    let data = tokio::fs::read(blob).await?;
+                    let opts = PutOptions { attributes, ..Default::default() };
+                    store.put_opts(&path, PutPayload::from(data), opts).await?;
+                } else {
+                    let store: Arc<dyn ObjectStore> = store.clone();
+                    let mut writer =
+                        object_store::buffered::BufWriter::with_capacity(store, path, SINGLE_PUT_BYTES as usize)
+                            .with_attributes(attributes);
+                    let mut source = tokio::fs::File::open(blob).await?;
+                    tokio::io::copy(&mut source, &mut writer).await?;
+                    tokio::io::AsyncWriteExt::shutdown(&mut writer).await?;
+                }
                 Ok(())
             }
         }
@@ -193,9 +224,10 @@ impl Target {
                 let relative = release_key.strip_prefix(&format!("{name}/")).unwrap_or(release_key);
                 if let Some((prev_key, _)) = previous {
                     let prev_rel = prev_key.strip_prefix(&format!("{name}/")).unwrap_or(prev_key);
-                    swap_link(&project, "previous", prev_rel).await?;
+                    layout::swap_link(&project, "previous", FsPath::new(prev_rel)).await?;
                 }
-                swap_link(&project, "current", relative).await
+                layout::swap_link(&project, "current", FsPath::new(relative)).await?;
+                Ok(())
             }
             Target::S3 { .. } => {
                 // The current copy already holds these (same path, same content): nothing to copy.
@@ -245,11 +277,38 @@ impl Target {
         }
     }
 
+    /// Records what serving a release needs (local targets only: its files and `[site]`
+    /// settings beside it, and the links that find it by host and by task), before any switch.
+    pub async fn describe_release(
+        &self,
+        name: &ProjectName,
+        version: &str,
+        task: TaskId,
+        site: &SiteConfig,
+        files: &[ManifestFile],
+    ) -> Result<(), TargetError> {
+        if let Target::Local { root, .. } = self {
+            let dir = layout::project_dir(root, name).join(version).join(task.to_string());
+            let record = layout::SiteRecord { site: site.clone(), files: files.to_vec() };
+            layout::write_record(&dir, &record).await?;
+            layout::link_release(root, name, version, task).await?;
+        }
+        Ok(())
+    }
+
     /// Removes a whole release (retention). Never called for the current one.
-    pub async fn remove_release(&self, release_key: &str, files: &[ManifestFile]) -> Result<(), TargetError> {
+    pub async fn remove_release(
+        &self,
+        name: &ProjectName,
+        version: &str,
+        task: TaskId,
+        files: &[ManifestFile],
+    ) -> Result<(), TargetError> {
+        let release_key = format!("{name}/{version}/{task}");
         match self {
             Target::Local { root, .. } => {
-                let dir = root.join(release_key);
+                let dir = root.join(&release_key);
+                layout::unlink_release(root, name, &dir, task).await?;
                 match tokio::fs::remove_dir_all(&dir).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                     _ => Ok(()),
@@ -271,14 +330,4 @@ impl Target {
             Target::S3 { .. } => None,
         }
     }
-}
-
-/// Points `<dir>/<link>` at `target` atomically: a fresh symlink renamed over the old one.
-async fn swap_link(dir: &FsPath, link: &str, target: &str) -> Result<(), TargetError> {
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!(".{link}.{}.tmp", std::process::id()));
-    let _ = tokio::fs::remove_file(&tmp).await;
-    tokio::fs::symlink(target, &tmp).await?;
-    tokio::fs::rename(&tmp, dir.join(link)).await?;
-    Ok(())
 }

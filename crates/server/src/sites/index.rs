@@ -1,0 +1,82 @@
+//! The index of one release of a local target: its files (hash, size, cache class) and its
+//! `[site]` rules, read from the record written next to the release at publish and kept in a
+//! small LRU cache (releases never change, so an entry never goes stale).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use std::sync::{Arc, Mutex};
+
+use cloudbuild_proto::site::{cache_class, CacheClass, SiteConfig, SiteRules};
+
+use crate::targets::layout::SiteRecord;
+
+/// One published file.
+#[derive(Debug, Clone)]
+pub struct IndexedFile {
+    /// blake3 of the content (hex); the ETag.
+    pub hash: String,
+    pub size: u64,
+    pub cache: CacheClass,
+}
+
+/// A release ready to serve from.
+#[derive(Debug)]
+pub struct ReleaseIndex {
+    pub dir: PathBuf,
+    pub files: HashMap<String, IndexedFile>,
+    pub config: SiteConfig,
+    pub rules: SiteRules,
+}
+
+impl ReleaseIndex {
+    /// Builds the index of `dir` from its record.
+    pub fn new(dir: PathBuf, record: SiteRecord) -> Self {
+        // A record that fails its own rules (written by an older server) serves without rules.
+        let (config, rules) = match record.site.compile() {
+            Ok(rules) => (record.site, rules),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "ignoring the release's [site] rules: {e}");
+                let config = SiteConfig::default();
+                let rules = config.compile().unwrap_or_else(|_| unreachable!("defaults compile"));
+                (config, rules)
+            }
+        };
+        let files = record
+            .files
+            .into_iter()
+            .map(|f| {
+                let cache = cache_class(&f.path, f.fingerprinted);
+                (f.path, IndexedFile { hash: f.hash, size: f.size, cache })
+            })
+            .collect();
+        ReleaseIndex { dir, files, config, rules }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&IndexedFile> {
+        self.files.get(path)
+    }
+}
+
+/// Release indexes by release directory.
+#[derive(Debug)]
+pub struct IndexCache(Mutex<lru::LruCache<PathBuf, Arc<ReleaseIndex>>>);
+
+impl Default for IndexCache {
+    fn default() -> Self {
+        IndexCache(Mutex::new(lru::LruCache::new(NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN))))
+    }
+}
+
+impl IndexCache {
+    /// The cached index of `dir`, if loaded.
+    pub fn get(&self, dir: &Path) -> Option<Arc<ReleaseIndex>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(dir).cloned()
+    }
+
+    /// Keeps `index` for its directory.
+    pub fn put(&self, index: Arc<ReleaseIndex>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).put(index.dir.clone(), index);
+    }
+}

@@ -1,0 +1,82 @@
+//! Published sites on local targets: addressed by host (`<site>.<env>.<domain>`) or by path
+//! (`/sites/<env>/<name>/`), answered from a release's index as correctly as nginx serves a
+//! folder, with compression.
+//!
+//! - [`serve`]: which release a request is for (host or path), and the links that find it.
+//! - [`respond`]: the answer from a release index (paths, redirects, files, fallbacks, headers).
+//! - [`index`]: the per-release record (files, `[site]` rules) and its cache.
+
+pub mod index;
+pub mod respond;
+pub mod serve;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+
+use respond::{respond, EncodedEtag, Site};
+
+/// What the server keeps for serving sites.
+#[derive(Debug, Default)]
+pub struct Sites {
+    /// The sites domain (`sites.example.com`, `localhost`): sites answer at
+    /// `<site>.<env>.<domain>`. `None`: by path only.
+    pub domain: Option<String>,
+    pub indexes: index::IndexCache,
+}
+
+/// Answers a request by host: the whole path is the site's.
+async fn compressed(site: Site, req: Request) -> Response {
+    let raw = req.uri().path().to_owned();
+    compressed_at(site, raw, req).await
+}
+
+/// Answers `req` for `site` (`raw`: the still-encoded path inside the site), compressing text
+/// on the fly for clients that accept it, unless a precompressed sibling was sent.
+async fn compressed_at(site: Site, raw: String, req: Request) -> Response {
+    let site = Arc::new(site);
+    let inner = tower::service_fn(move |req: Request| {
+        let (site, raw) = (site.clone(), raw.clone());
+        let (parts, _) = req.into_parts();
+        async move { Ok::<_, Infallible>(respond(&site, &raw, &parts).await) }
+    });
+    // Text only (media and archives are compressed already), and not tiny answers.
+    let worth = SizeAbove::new(256)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::const_new("video/"))
+        .and(NotForContentType::const_new("audio/"))
+        .and(NotForContentType::const_new("font/"))
+        .and(NotForContentType::const_new("application/octet-stream"))
+        .and(NotForContentType::const_new("application/zip"))
+        .and(NotForContentType::const_new("application/pdf"));
+    let svc = ServiceBuilder::new().layer(CompressionLayer::new().compress_when(worth)).service(inner);
+    let resp = match svc.oneshot(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(never) => match never {},
+    };
+    weaken_etag(resp)
+}
+
+/// An answer compressed on the fly is another representation of the file: its ETag becomes
+/// weak (as nginx does), so that no cache takes it for the identity bytes.
+fn weaken_etag(mut resp: Response) -> Response {
+    let encoded_here =
+        resp.headers().contains_key(header::CONTENT_ENCODING) && resp.extensions().get::<EncodedEtag>().is_none();
+    if encoded_here {
+        if let Some(tag) = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()) {
+            if !tag.starts_with("W/") {
+                if let Ok(weak) = HeaderValue::from_str(&format!("W/{tag}")) {
+                    resp.headers_mut().insert(header::ETAG, weak);
+                }
+            }
+        }
+    }
+    resp
+}

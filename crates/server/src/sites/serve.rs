@@ -1,0 +1,270 @@
+//! Finds the release a site request is for, by host (`<site>.<env>.<domain>`,
+//! `<site>---<task>.<env>.<domain>`) or by path (`/sites/<env>/<name>/…`,
+//! `/releases/<env>/<name>/<version>/<task>/…`), then answers it with [`respond`].
+//!
+//! The links it follows are those of [`crate::targets::layout`]. `current` and `previous` are
+//! read once per request, so each answer comes from one release.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cloudbuild_proto::site::{parse_label, HostLabel};
+use cloudbuild_proto::task::Environment;
+use cloudbuild_proto::validate::{ProjectName, Version};
+use percent_encoding::percent_decode_str;
+
+use super::index::ReleaseIndex;
+use super::respond::Site;
+use crate::state::AppState;
+use crate::targets::layout::{name_of_label_link, project_dir, read_record, SiteRecord, LABELS_DIR, RELEASES_DIR};
+
+fn not_found(why: &'static str) -> Response {
+    (StatusCode::NOT_FOUND, format!("{why}\n")).into_response()
+}
+
+/// Which site the `Host` of a request names, when it is under the sites domain.
+fn host_site<'h>(host: &'h str, domain: &str) -> Option<Result<(Environment, HostLabel<'h>), ()>> {
+    let host = host.trim_end_matches('.');
+    let rest = host.strip_suffix(domain)?.strip_suffix('.')?;
+    let Some((label, env)) = rest.split_once('.') else { return Some(Err(())) };
+    let found = Environment::parse(env).zip(parse_label(label));
+    Some(found.ok_or(()))
+}
+
+/// The host name a request was sent to, lower-cased, without its port.
+fn request_host(req: &Request) -> Option<String> {
+    let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
+    let name = if raw.starts_with('[') { raw.split_inclusive(']').next()? } else { raw.split(':').next()? };
+    Some(name.to_ascii_lowercase())
+}
+
+/// Middleware: a request for `<site>.<env>.<domain>` is a site's, whatever its path (a site
+/// can have an `/api/` folder of its own); everything else goes on to the server's routes.
+pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(domain) = state.sites.domain.as_deref() else { return next.run(req).await };
+    let Some(host) = request_host(&req) else { return next.run(req).await };
+    match host_site(&host, domain) {
+        None => next.run(req).await,
+        Some(Err(())) => not_found("no site has this address"),
+        Some(Ok((env, label))) => {
+            let site = site_for_label(&state, env, &label).await;
+            match site {
+                Ok(site) => super::compressed(site, req).await,
+                Err(resp) => resp,
+            }
+        }
+    }
+}
+
+async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_>) -> Result<Site, Response> {
+    let root = local_root(state, env)?;
+    let link = root.join(LABELS_DIR).join(label.site);
+    let name = tokio::fs::read_link(&link)
+        .await
+        .ok()
+        .and_then(|target| name_of_label_link(&target))
+        .ok_or_else(|| not_found("no site has this address"))?;
+    let project = project_dir(&root, &name);
+    match label.task {
+        None => current_site(state, env, &name, &project, String::new()).await,
+        Some(task) => {
+            let dir = project.join(RELEASES_DIR).join(task.to_string());
+            let target = tokio::fs::read_link(&dir).await.map_err(|_| not_found("no such release"))?;
+            release_site(state, env, &name, project.join(RELEASES_DIR).join(target), String::new()).await
+        }
+    }
+}
+
+fn local_root(state: &AppState, env: Environment) -> Result<PathBuf, Response> {
+    state
+        .targets
+        .get(env)
+        .local_root()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| not_found("this environment publishes to object storage; use its CDN URL"))
+}
+
+async fn current_site(
+    state: &AppState,
+    env: Environment,
+    name: &ProjectName,
+    project: &Path,
+    prefix: String,
+) -> Result<Site, Response> {
+    let current = tokio::fs::read_link(project.join("current")).await.map_err(|_| not_found("no such site"))?;
+    let release = load(state, env, name, project.join(current)).await.ok_or_else(|| not_found("no such site"))?;
+    let previous = match tokio::fs::read_link(project.join("previous")).await {
+        Ok(prev) => load(state, env, name, project.join(prev)).await,
+        Err(_) => None,
+    };
+    Ok(Site { release, previous, prefix, immutable: false })
+}
+
+async fn release_site(
+    state: &AppState,
+    env: Environment,
+    name: &ProjectName,
+    dir: PathBuf,
+    prefix: String,
+) -> Result<Site, Response> {
+    let release = load(state, env, name, dir).await.ok_or_else(|| not_found("no such release"))?;
+    Ok(Site { release, previous: None, prefix, immutable: true })
+}
+
+/// The index of the release in `dir`: cached, else its record, else (a release published
+/// before records existed) the store's file list with default `[site]` settings.
+async fn load(state: &AppState, env: Environment, name: &ProjectName, dir: PathBuf) -> Option<Arc<ReleaseIndex>> {
+    let dir = normalise(&dir);
+    if let Some(index) = state.sites.indexes.get(&dir) {
+        return Some(index);
+    }
+    let record = match read_record(&dir).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            let task: i64 = dir.file_name()?.to_str()?.parse().ok()?;
+            let releases = state.store.list_releases(Some(env), name.as_str()).await.ok()?;
+            let release = releases.into_iter().find(|r| r.task_id == task && !r.pruned)?;
+            let files = state.store.release_files(release.id).await.ok()?;
+            SiteRecord { site: Default::default(), files }
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "reading a release's site record failed: {e}");
+            return None;
+        }
+    };
+    if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+        return None;
+    }
+    let index = Arc::new(ReleaseIndex::new(dir, record));
+    state.sites.indexes.put(index.clone());
+    Some(index)
+}
+
+/// Resolves `..` left by following a relative link (`…/.releases/../1.0.0/42`), lexically:
+/// link targets are written by the server and never point through other links.
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Splits `<name>/<rest>` off a raw (still encoded) path, where a scoped name takes two
+/// segments. `rest` keeps its leading `/` (empty when the path ends at the name).
+fn split_name(raw: &str) -> Option<(ProjectName, &str)> {
+    let decode = |s: &str| percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned());
+    let first_end = raw.find('/').unwrap_or(raw.len());
+    let first = decode(&raw[..first_end])?;
+    let (name, end) = if first.starts_with('@') {
+        let after = raw.get(first_end + 1..)?;
+        let second_end = after.find('/').unwrap_or(after.len());
+        (format!("{first}/{}", decode(&after[..second_end])?), first_end + 1 + second_end)
+    } else {
+        (first, first_end)
+    };
+    Some((ProjectName::parse(&name).ok()?, &raw[end..]))
+}
+
+/// The raw path after `/<kind>/<env>/`, with the environment.
+fn after_env<'p>(path: &'p str, kind: &str) -> Option<(Environment, &'p str)> {
+    let rest = path.strip_prefix('/')?.strip_prefix(kind)?.strip_prefix('/')?;
+    let (env, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((Environment::parse(env)?, rest))
+}
+
+/// `GET /sites/{env}/{name}/…`: the current release by path.
+pub async fn site_by_path(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let Some((env, rest)) = after_env(&path, "sites") else { return not_found("not a site path") };
+    let Some((name, raw)) = split_name(rest) else { return not_found("not a site path") };
+    let prefix = format!("/sites/{}/{}", env.as_str(), name.as_str());
+    if raw.is_empty() {
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        return axum::response::Redirect::permanent(&format!("{prefix}/{query}")).into_response();
+    }
+    let root = match local_root(&state, env) {
+        Ok(root) => root,
+        Err(resp) => return resp,
+    };
+    let raw = raw.to_owned();
+    match current_site(&state, env, &name, &project_dir(&root, &name), prefix).await {
+        Ok(site) => super::compressed_at(site, raw, req).await,
+        Err(resp) => resp,
+    }
+}
+
+/// `GET /releases/{env}/{name}/{version}/{task}/…`: one immutable release by path.
+pub async fn release_by_path(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let Some((env, rest)) = after_env(&path, "releases") else { return not_found("not a release path") };
+    let Some((name, raw)) = split_name(rest) else { return not_found("not a release path") };
+    let mut parts = raw.trim_start_matches('/').splitn(3, '/');
+    let (Some(version), Some(task)) = (parts.next(), parts.next()) else { return not_found("not a release path") };
+    if Version::parse(version).is_err() || task.is_empty() || !task.bytes().all(|b| b.is_ascii_digit()) {
+        return not_found("not a release path");
+    }
+    let prefix = format!("/releases/{}/{}/{version}/{task}", env.as_str(), name.as_str());
+    let raw = match parts.next() {
+        Some(r) => format!("/{r}"),
+        None if raw.ends_with('/') => "/".to_owned(),
+        None => {
+            let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            return axum::response::Redirect::permanent(&format!("{prefix}/{query}")).into_response();
+        }
+    };
+    let root = match local_root(&state, env) {
+        Ok(root) => root,
+        Err(resp) => return resp,
+    };
+    let dir = project_dir(&root, &name).join(version).join(task);
+    match release_site(&state, env, &name, dir, prefix).await {
+        Ok(site) => super::compressed_at(site, raw, req).await,
+        Err(resp) => resp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_split_from_raw_paths() {
+        let (n, rest) = split_name("app/assets/x.js").unwrap();
+        assert_eq!((n.as_str(), rest), ("app", "/assets/x.js"));
+        let (n, rest) = split_name("@team/portal/").unwrap();
+        assert_eq!((n.as_str(), rest), ("@team/portal", "/"));
+        let (n, rest) = split_name("%40team/portal").unwrap();
+        assert_eq!((n.as_str(), rest), ("@team/portal", ""));
+        assert_eq!(split_name("app").unwrap().1, "");
+        assert!(split_name("../x").is_none());
+        assert!(split_name("@team").is_none());
+    }
+
+    #[test]
+    fn hosts_name_sites_under_the_domain_only() {
+        fn ok(h: &str) -> Option<Result<(Environment, HostLabel<'_>), ()>> {
+            host_site(h, "localhost")
+        }
+        assert_eq!(ok("app.test.localhost"), Some(Ok((Environment::Test, HostLabel { site: "app", task: None }))));
+        assert_eq!(
+            ok("team--admin---42.prod.localhost."),
+            Some(Ok((Environment::Prod, HostLabel { site: "team--admin", task: Some(42) })))
+        );
+        assert_eq!(ok("localhost"), None);
+        assert_eq!(ok("127.0.0.1"), None);
+        assert_eq!(ok("evil-localhost"), None);
+        assert_eq!(ok("app.staging.localhost"), Some(Err(())));
+        assert_eq!(ok("test.localhost"), Some(Err(())));
+    }
+}

@@ -1,6 +1,44 @@
-//! Tiny blocking HTTP helpers for tests (they are called from sync code).
+//! Tiny blocking HTTP helpers for tests (they are called from sync code). Every client
+//! resolves `*.localhost` to loopback, as browsers and curl do, so site URLs
+//! (`http://app.test.localhost:PORT/`) work in tests whatever the machine's resolver says.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::Result;
+
+/// Resolves `localhost` and `*.localhost` to 127.0.0.1 (RFC 6761), other names as usual.
+#[derive(Debug)]
+struct LocalhostResolver;
+
+impl ::reqwest::dns::Resolve for LocalhostResolver {
+    fn resolve(&self, name: ::reqwest::dns::Name) -> ::reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = if host == "localhost" || host.ends_with(".localhost") {
+                vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))]
+            } else {
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect()
+            };
+            Ok(Box::new(addrs.into_iter()) as ::reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A reqwest client for tests: `*.localhost` on loopback, no proxy, redirects followed.
+pub fn client() -> ::reqwest::Client {
+    ::reqwest::Client::builder().dns_resolver(Arc::new(LocalhostResolver)).no_proxy().build().expect("http client")
+}
+
+/// Like [`client`], but redirects are answers to look at, not to follow.
+pub fn raw_client() -> ::reqwest::Client {
+    ::reqwest::Client::builder()
+        .dns_resolver(Arc::new(LocalhostResolver))
+        .redirect(::reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
 
 /// Tiny blocking HTTP helpers over reqwest's async client (tests call them from sync code).
 pub(crate) mod reqwest {
@@ -9,14 +47,14 @@ pub(crate) mod reqwest {
     }
 
     pub(crate) fn blocking_get_text(url: &str) -> anyhow::Result<String> {
-        runtime().block_on(async { Ok(::reqwest::get(url).await?.text().await?) })
+        runtime().block_on(async { Ok(super::client().get(url).send().await?.text().await?) })
     }
 }
 
 /// GET a URL and parse JSON (sending `Accept: application/json`).
 pub fn get_json(url: &str) -> Result<serde_json::Value> {
     reqwest::runtime().block_on(async {
-        let resp = ::reqwest::Client::new().get(url).header("accept", "application/json").send().await?;
+        let resp = client().get(url).header("accept", "application/json").send().await?;
         Ok(resp.json().await?)
     })
 }
@@ -24,7 +62,7 @@ pub fn get_json(url: &str) -> Result<serde_json::Value> {
 /// Any request with an optional JSON body; returns status and parsed body (Null if not JSON).
 pub fn request(method: &str, url: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
     reqwest::runtime().block_on(async {
-        let client = ::reqwest::Client::new();
+        let client = client();
         let mut req = client.request(method.parse().expect("method"), url);
         if let Some(b) = body {
             req = req.json(b);
@@ -39,7 +77,7 @@ pub fn request(method: &str, url: &str, body: Option<&serde_json::Value>) -> (u1
 /// GET a URL; returns status, the value of one header, and the body text.
 pub fn get_with_header(url: &str, header: &str) -> (u16, Option<String>, String) {
     reqwest::runtime().block_on(async {
-        let resp = ::reqwest::get(url).await.expect("get");
+        let resp = client().get(url).send().await.expect("get");
         let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_owned);
         (resp.status().as_u16(), value, resp.text().await.unwrap_or_default())
     })
@@ -48,7 +86,7 @@ pub fn get_with_header(url: &str, header: &str) -> (u16, Option<String>, String)
 /// GET a URL; returns status and body text.
 pub fn get_text(url: &str) -> (u16, String) {
     reqwest::runtime().block_on(async {
-        let resp = ::reqwest::get(url).await.expect("get");
+        let resp = client().get(url).send().await.expect("get");
         (resp.status().as_u16(), resp.text().await.unwrap_or_default())
     })
 }

@@ -38,6 +38,13 @@ pub struct ServerOptions<'a> {
 }
 
 impl Server {
+    /// The URL of a site by host on this server's default sites domain (`localhost`):
+    /// `http://<label>.<env>.localhost:<port>/`.
+    pub fn site_url(&self, env: &str, label: &str) -> String {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        format!("http://{label}.{env}.localhost:{port}/")
+    }
+
     /// Starts the server binary at `bin` on a free loopback port. Local git (`file`, `http`) and
     /// loopback hosts are allowed, since fixtures live on this machine, unless `extra_toml` has
     /// its own `[git]` table; `extra_toml` is appended to the config file.

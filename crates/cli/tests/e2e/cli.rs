@@ -22,7 +22,7 @@ fn publish_streams_the_build_and_prints_the_url() {
     let out = srv.cli(&repo.work, &["publish"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    let url = format!("{}/sites/test/cli-site/", srv.url);
+    let url = srv.site_url("test", "cli-site");
     assert!(all.contains(&format!("published: {url}")), "{all}");
     for stage in ["prepare", "download repo", "install", "build", "pre-publish", "publish", "build success"] {
         assert!(all.contains(&format!("{stage}:")), "missing {stage}: {all}");

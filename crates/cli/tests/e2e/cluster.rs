@@ -44,7 +44,7 @@ fn follow(url: &str, id: i64) -> std::thread::JoinHandle<String> {
     let url = format!("{url}/api/v1/tasks/{id}/events?follow=true");
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+        rt.block_on(async { cloudbuild_testkit::client().get(&url).send().await.unwrap().text().await.unwrap() })
     })
 }
 

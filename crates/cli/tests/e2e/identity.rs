@@ -198,7 +198,7 @@ fn the_newest_build_wins_whatever_finishes_last() {
     assert_eq!(get_text(&url).1, "<p>new</p>", "the older task's late finish does not replace the newer release");
     let publish = srv.actions(slow.id).into_iter().filter(|a| a.0 == "publish").map(|a| a.1).next_back().unwrap();
     assert!(publish.contains(&format!("NOT made current in test: task {} is newer", fast.id)), "{publish}");
-    assert!(slow.url.as_deref().unwrap().contains(&format!("/releases/test/id-newest/1.0.0/{}/", slow.id)), "{slow:?}");
+    assert_eq!(slow.url.as_deref(), Some(srv.site_url("test", &format!("id-newest---{}", slow.id)).as_str()), "{slow:?}");
     assert_eq!(get_text(slow.url.as_deref().unwrap()).1, "<p>old</p>", "its immutable URL serves it");
     let list = releases(&srv, "id-newest", "test");
     let states: Vec<(i64, bool)> =
@@ -247,7 +247,7 @@ fn only_the_worker_holding_a_task_publishes_it() {
     let call = |method: &str, url: &str, body: Vec<u8>, lease: Option<&str>| -> (u16, String) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let mut req = reqwest::Client::new()
+            let mut req = cloudbuild_testkit::client()
                 .request(method.parse().unwrap(), url)
                 .bearer_auth(&token)
                 .header("content-type", "application/json")

@@ -22,7 +22,7 @@ fn a_build_is_published_and_served_with_stages_in_order() {
     let t = srv.wait_done(id);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", srv.log());
     let url = t.url.clone().unwrap();
-    assert_eq!(url, format!("{}/sites/test/site-ok/", srv.url));
+    assert_eq!(url, srv.site_url("test", "site-ok"));
     assert_eq!(get_text(&url), (200, "<h1>v1</h1>".to_string()));
     assert_eq!(get_text(&format!("{url}assets/app.js")).1, "console.log(1)");
     assert_eq!(t.commit.as_deref().map(str::len), Some(40), "the resolved commit is recorded");
@@ -208,14 +208,16 @@ fn environments_and_scoped_names_have_their_own_sites() {
     let (_, task) = srv.create(&repo.task_body("@team/portal"));
     let test = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!(test.state, TaskState::Succeeded, "{test:?}");
-    assert_eq!(test.url.as_deref(), Some(format!("{}/sites/test/@team/portal/", srv.url).as_str()));
+    assert_eq!(test.url.as_deref(), Some(srv.site_url("test", "team--portal").as_str()));
 
     repo.commit(&[("build.js", &build_script("<p>prod build</p>"))], "prod");
     let mut body = repo.task_body("@team/portal");
     body["env"] = "prod".into();
     let (_, task) = srv.create(&body);
     let prod = srv.wait_done(task["id"].as_i64().unwrap());
-    assert_eq!(prod.url.as_deref(), Some(format!("{}/sites/prod/@team/portal/", srv.url).as_str()));
+    assert_eq!(prod.url.as_deref(), Some(srv.site_url("prod", "team--portal").as_str()));
+    // The path form stays for setups without wildcard DNS.
+    assert_eq!(get_text(&format!("{}/sites/prod/@team/portal/", srv.url)).1, "<p>prod build</p>");
     // A prod publish leaves the test site as it was, and the other way round.
     assert_eq!(get_text(&prod.url.unwrap()).1, "<p>prod build</p>");
     assert_eq!(get_text(&test.url.unwrap()).1, "<p>test build</p>");

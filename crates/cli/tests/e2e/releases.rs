@@ -51,7 +51,7 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert_eq!(t1.state, TaskState::Succeeded, "{t1:?}");
     assert!(msg.contains("uploaded 3 files") && msg.contains("skipped 0 files"), "{msg}");
     let url = t1.url.clone().unwrap();
-    assert_eq!(url, format!("{}/sites/test/rel-site/", srv.url));
+    assert_eq!(url, srv.site_url("test", "rel-site"));
 
     // Content types and cache policy.
     let (status, cc, text) = get_with_header(&url, "cache-control");
@@ -59,8 +59,8 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert_eq!(get_with_header(&url, "content-type").1.as_deref(), Some("text/html; charset=utf-8"));
     let asset = format!("{url}assets/app-AbCd1234.js");
     assert_eq!(get_with_header(&asset, "cache-control").1.as_deref(), Some("public, max-age=31536000, immutable"));
-    assert_eq!(get_with_header(&format!("{url}logo.svg"), "cache-control").1.as_deref(), Some("public, max-age=300"));
-    assert_eq!(get_with_header(&format!("{url}logo.svg"), "content-type").1.as_deref(), Some("image/svg+xml"));
+    assert_eq!(get_with_header(&format!("{url}logo.svg"), "cache-control").1.as_deref(), Some("public, max-age=300, must-revalidate"));
+    assert_eq!(get_with_header(&format!("{url}logo.svg"), "content-type").1.as_deref(), Some("image/svg+xml; charset=utf-8"));
 
     // Unchanged output uploads nothing.
     let (t2, msg) = publish(&srv, &body(&repo, "rel-site", "1.0.0", "test", false));
@@ -82,8 +82,10 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert_eq!(get_text(&url).1, "<h1>two</h1>");
     assert_eq!(get_text(&old_only), (200, "old asset".to_string()), "served from the previous release");
     assert_eq!(get_text(&format!("{url}missing.html")).0, 404, "HTML never falls back");
+    // The immutable URL by host, and the same release by path.
+    assert!(msg.contains(&srv.site_url("test", &format!("rel-site---{}", t3.id))), "{msg}");
+    assert_eq!(get_text(&srv.site_url("test", &format!("rel-site---{}", t1.id))).1, "<h1>one</h1>");
     let immutable = format!("{}/releases/test/rel-site/1.0.0/{}/", srv.url, t1.id);
-    assert!(msg.contains(&format!("/releases/test/rel-site/1.1.0/{}/", t3.id)), "{msg}");
     let (status, cc, text) = get_with_header(&immutable, "cache-control");
     assert_eq!((status, text.as_str()), (200, "<h1>one</h1>"));
     assert_eq!(cc.as_deref(), Some("public, max-age=31536000, immutable"));

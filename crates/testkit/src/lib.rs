@@ -4,6 +4,7 @@
 //! Everything runs on loopback with real git, real npm and the real binary; nothing is mocked.
 
 mod http;
+mod nginx;
 mod process;
 mod proxy;
 mod redis;
@@ -13,6 +14,7 @@ mod server;
 mod worker;
 
 pub use http::*;
+pub use nginx::*;
 pub use process::*;
 pub use proxy::*;
 pub use redis::*;

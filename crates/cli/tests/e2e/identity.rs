@@ -198,7 +198,11 @@ fn the_newest_build_wins_whatever_finishes_last() {
     assert_eq!(get_text(&url).1, "<p>new</p>", "the older task's late finish does not replace the newer release");
     let publish = srv.actions(slow.id).into_iter().filter(|a| a.0 == "publish").map(|a| a.1).next_back().unwrap();
     assert!(publish.contains(&format!("NOT made current in test: task {} is newer", fast.id)), "{publish}");
-    assert_eq!(slow.url.as_deref(), Some(srv.site_url("test", &format!("id-newest---{}", slow.id)).as_str()), "{slow:?}");
+    assert_eq!(
+        slow.url.as_deref(),
+        Some(srv.site_url("test", &format!("id-newest---{}", slow.id)).as_str()),
+        "{slow:?}"
+    );
     assert_eq!(get_text(slow.url.as_deref().unwrap()).1, "<p>old</p>", "its immutable URL serves it");
     let list = releases(&srv, "id-newest", "test");
     let states: Vec<(i64, bool)> =

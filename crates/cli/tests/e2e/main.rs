@@ -10,6 +10,7 @@ mod inputs;
 mod pipeline;
 mod recovery;
 mod releases;
+mod sites;
 mod socketio;
 
 use std::path::Path;

@@ -59,8 +59,14 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert_eq!(get_with_header(&url, "content-type").1.as_deref(), Some("text/html; charset=utf-8"));
     let asset = format!("{url}assets/app-AbCd1234.js");
     assert_eq!(get_with_header(&asset, "cache-control").1.as_deref(), Some("public, max-age=31536000, immutable"));
-    assert_eq!(get_with_header(&format!("{url}logo.svg"), "cache-control").1.as_deref(), Some("public, max-age=300, must-revalidate"));
-    assert_eq!(get_with_header(&format!("{url}logo.svg"), "content-type").1.as_deref(), Some("image/svg+xml; charset=utf-8"));
+    assert_eq!(
+        get_with_header(&format!("{url}logo.svg"), "cache-control").1.as_deref(),
+        Some("public, max-age=300, must-revalidate")
+    );
+    assert_eq!(
+        get_with_header(&format!("{url}logo.svg"), "content-type").1.as_deref(),
+        Some("image/svg+xml; charset=utf-8")
+    );
 
     // Unchanged output uploads nothing.
     let (t2, msg) = publish(&srv, &body(&repo, "rel-site", "1.0.0", "test", false));

@@ -3,6 +3,7 @@
 //!
 //! Everything runs on loopback with real git, real npm and the real binary; nothing is mocked.
 
+mod browser;
 mod http;
 mod nginx;
 mod process;
@@ -13,6 +14,7 @@ mod s3;
 mod server;
 mod worker;
 
+pub use browser::*;
 pub use http::*;
 pub use nginx::*;
 pub use process::*;

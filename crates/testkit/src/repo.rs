@@ -41,6 +41,24 @@ impl Repo {
         repo
     }
 
+    /// Creates the origin and a checkout holding a copy of the project in `src` (without its
+    /// `node_modules` and `dist`), plus `extra` files, committed on `main` and pushed.
+    pub fn from_dir(src: &Path, extra: &[(&str, &str)]) -> Repo {
+        let repo = Repo::new(&[(".gitignore", "node_modules/\ndist/\n")]);
+        let out = Command::new("cp")
+            .args(["-r", "--no-preserve=mode,ownership"])
+            .arg(format!("{}/.", src.display()))
+            .arg(&repo.work)
+            .output()
+            .expect("cp");
+        assert!(out.status.success(), "copying {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+        for skip in ["node_modules", "dist"] {
+            let _ = std::fs::remove_dir_all(repo.work.join(skip));
+        }
+        repo.commit(extra, "the project");
+        repo
+    }
+
     /// Writes files, commits and pushes to `origin main`.
     pub fn commit(&self, files: &[(&str, &str)], message: &str) {
         for (path, content) in files {

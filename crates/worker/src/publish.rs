@@ -62,6 +62,13 @@ pub fn collect(root: &Path) -> std::io::Result<OutputFiles> {
     Ok(out)
 }
 
+/// Files up to this size are uploaded in bundles.
+const BUNDLED_FILE_BYTES: u64 = 256 << 10;
+/// A bundle is closed once it holds this much (the server takes up to 8 MiB)...
+const BUNDLE_TARGET_BYTES: u64 = 4 << 20;
+/// ...or this many files, so that several bundles go at once.
+const BUNDLE_FILES: usize = 500;
+
 /// The header carrying the assignment's lease key (the server's `release::LEASE_HEADER`).
 pub const LEASE_HEADER: &str = "x-cloudbuild-lease";
 
@@ -93,19 +100,37 @@ impl Uploader {
         let answer: PlanAnswer = self.post_json(&format!("{base}/plan"), lease_key, &plan, "the publish plan").await?;
         let missing: HashSet<&str> = answer.missing.iter().map(String::as_str).collect();
         // One upload per missing content, whichever file holds it.
-        let mut sources: HashMap<&str, &PathBuf> = HashMap::new();
+        let mut sources: HashMap<&str, (&PathBuf, u64)> = HashMap::new();
         for (f, path) in manifest {
             if missing.contains(f.hash.as_str()) {
-                sources.entry(f.hash.as_str()).or_insert(path);
+                sources.entry(f.hash.as_str()).or_insert((path, f.size));
             }
         }
-        let uploads: Vec<_> = sources
-            .into_iter()
-            .map(|(hash, path)| {
-                let (this, url, path) = (self.clone(), format!("{base}/blobs/{hash}"), path.clone());
-                async move { this.upload_blob(&url, lease_key, &path).await }
-            })
-            .collect();
+        // Small contents travel many to a request; large ones alone, streamed.
+        let (small, large): (Vec<_>, Vec<_>) =
+            sources.into_iter().partition(|(_, (_, size))| *size <= BUNDLED_FILE_BYTES);
+        let mut bundles: Vec<Vec<(String, PathBuf)>> = vec![Vec::new()];
+        let mut bundle_bytes = 0;
+        for (hash, (path, size)) in small {
+            let full = bundles.last().is_some_and(|b| b.len() >= BUNDLE_FILES);
+            if (full || bundle_bytes + size > BUNDLE_TARGET_BYTES) && !bundles.last().is_some_and(Vec::is_empty) {
+                bundles.push(Vec::new());
+                bundle_bytes = 0;
+            }
+            bundle_bytes += size;
+            bundles.last_mut().expect("one bundle at least").push((hash.to_owned(), path.clone()));
+        }
+        type Upload<'u> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'u>>;
+        let mut uploads: Vec<Upload<'_>> = Vec::new();
+        for bundle in bundles.into_iter().filter(|b| !b.is_empty()) {
+            let (this, url) = (self.clone(), format!("{base}/bundle"));
+            let blob_base = format!("{base}/blobs");
+            uploads.push(Box::pin(async move { this.upload_bundle(&url, &blob_base, lease_key, bundle).await }));
+        }
+        for (hash, (path, _)) in large {
+            let (this, url, path) = (self.clone(), format!("{base}/blobs/{hash}"), path.clone());
+            uploads.push(Box::pin(async move { this.upload_blob(&url, lease_key, &path).await }));
+        }
         let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads).buffer_unordered(8).collect().await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(e);
@@ -137,6 +162,69 @@ impl Uploader {
             return Err(format!("{what} was refused ({status}): {message}"));
         }
         resp.json().await.map_err(|e| format!("{what}: unreadable answer: {e}"))
+    }
+
+    /// Sends small contents in one request (frames `<hash> <size>\n<bytes>`), retried on
+    /// transient errors; a server without bundles (404) gets them one by one.
+    async fn upload_bundle(
+        &self,
+        url: &str,
+        blob_base: &str,
+        lease_key: &str,
+        files: Vec<(String, PathBuf)>,
+    ) -> Result<(), String> {
+        let listed = files.clone();
+        let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let mut body = Vec::new();
+            for (hash, path) in &listed {
+                let mut data = Vec::new();
+                open_no_follow(path)
+                    .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut data))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                body.extend_from_slice(format!("{hash} {}\n", data.len()).as_bytes());
+                body.extend_from_slice(&data);
+            }
+            Ok(body)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let body = bytes::Bytes::from(body);
+        let mut last_err = String::new();
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            }
+            let sent = self
+                .client
+                .post(url)
+                .bearer_auth(&*self.token)
+                .header(LEASE_HEADER, lease_key)
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    for (hash, path) in &files {
+                        self.upload_blob(&format!("{blob_base}/{hash}"), lease_key, path).await?;
+                    }
+                    return Ok(());
+                }
+                Ok(r) if r.status().is_server_error() => {
+                    last_err = format!("bundle of {} files: server answered {}", files.len(), r.status())
+                }
+                Ok(r) => {
+                    return Err(format!(
+                        "bundle of {} files: {} {}",
+                        files.len(),
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    ))
+                }
+                Err(e) => last_err = format!("bundle of {} files: {e}", files.len()),
+            }
+        }
+        Err(format!("upload failed after 4 tries: {last_err}"))
     }
 
     async fn upload_blob(&self, url: &str, lease_key: &str, path: &Path) -> Result<(), String> {

@@ -46,6 +46,9 @@ fn media_type(resp: &RawResponse) -> Option<String> {
     Some(if t == "application/javascript" { "text/javascript".into() } else { t })
 }
 
+/// A request of the nginx comparison: method, target, headers.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 #[test]
 fn static_answers_match_nginx_over_the_same_release() {
     let srv = server("");
@@ -84,7 +87,7 @@ fn static_answers_match_nginx_over_the_same_release() {
         // its own, only files, so it is simply not found.
         ("/assets/", 404, "a folder without index.html is not found"),
     ];
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    let cases: &[Case] = &[
         ("GET", "/", &[]),
         ("GET", "/index.html", &[]),
         ("GET", "/index.html?v=1", &[]),
@@ -306,4 +309,58 @@ fn a_site_served_under_a_path_is_checked_for_root_absolute_urls() {
     );
     let ok = publish(&srv, &repo, "path-site");
     assert!(!srv.output(ok.id).contains("root-absolute"));
+}
+
+/// The peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn a_site_of_50_000_files_publishes() {
+    let srv = server("");
+    // 50,000 distinct files: the manifest alone is ~5 MB of JSON (15,001 files used to be
+    // refused with 413).
+    let build = "const fs = require('fs'); fs.mkdirSync('dist/assets', { recursive: true }); \
+                 fs.writeFileSync('dist/index.html', '<h1>many</h1>'); \
+                 for (let i = 1; i < 50000; i++) fs.writeFileSync(`dist/assets/chunk-${i}-a1b2c3d4.js`, `// ${i}\\n`);";
+    let repo =
+        Repo::new(&[("package.json", &package_json("many-files", &[("build", "node build.js")])), ("build.js", build)]);
+    let t = publish(&srv, &repo, "many-files");
+    let msg = srv.actions(t.id).into_iter().filter(|a| a.0 == "publish").map(|a| a.1).next_back().unwrap();
+    assert!(msg.contains("uploaded 50000 files"), "{msg}");
+    let host = "many-files.test.localhost";
+    assert_eq!(site_get(&srv, host, "/assets/chunk-49999-a1b2c3d4.js", &[]).body, b"// 49999\n");
+    assert_eq!(site_get(&srv, host, "/", &[]).body, b"<h1>many</h1>");
+}
+
+#[test]
+fn a_2_gb_site_publishes_in_bounded_memory() {
+    let srv = server("[limits]\nmax_file_bytes = 1073741824\n");
+    let before = peak_rss(srv.pid());
+    // Eight media files of 256 MiB each, different contents.
+    let build = "const fs = require('fs'); fs.mkdirSync('dist/media', { recursive: true }); \
+                 fs.writeFileSync('dist/index.html', '<video src=media/0.mp4></video>'); \
+                 for (let i = 0; i < 8; i++) { const b = Buffer.alloc(256 * 1024 * 1024, i + 1); \
+                 fs.writeFileSync(`dist/media/${i}.mp4`, b); }";
+    let repo =
+        Repo::new(&[("package.json", &package_json("big-media", &[("build", "node build.js")])), ("build.js", build)]);
+    let t = publish(&srv, &repo, "big-media");
+    let output: u64 = 8 * 256 * 1024 * 1024;
+    let peak = peak_rss(srv.pid());
+    // The server and its embedded worker hashed, uploaded, staged and released 2 GiB.
+    assert!(
+        peak < output / 20,
+        "peak RSS {} MiB (from {} MiB) for a {} MiB output",
+        peak >> 20,
+        before >> 20,
+        output >> 20
+    );
+    let r = site_get(&srv, "big-media.test.localhost", "/media/7.mp4", &[("Range", "bytes=268435455-")]);
+    assert_eq!((r.status, r.body.as_slice()), (206, [8u8].as_slice()));
+    let msg = srv.actions(t.id).into_iter().filter(|a| a.0 == "publish").map(|a| a.1).next_back().unwrap();
+    assert!(msg.contains("uploaded 9 files"), "{msg}");
+    eprintln!("2 GiB publish: server peak RSS {} MiB (at start {} MiB)", peak >> 20, before >> 20);
 }

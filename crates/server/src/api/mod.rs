@@ -40,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(release::blob).layer(DefaultBodyLimit::disable()),
         )
         .route(
+            "/tasks/{id}/attempts/{attempt}/publish/bundle",
+            post(release::bundle).layer(DefaultBodyLimit::max(release::BUNDLE_BYTES)),
+        )
+        .route(
             "/tasks/{id}/attempts/{attempt}/publish/commit",
             post(release::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )

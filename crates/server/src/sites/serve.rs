@@ -22,8 +22,18 @@ use super::respond::Site;
 use crate::state::AppState;
 use crate::targets::layout::{name_of_label_link, project_dir, read_record, SiteRecord, LABELS_DIR, RELEASES_DIR};
 
-fn not_found(why: &'static str) -> Response {
-    (StatusCode::NOT_FOUND, format!("{why}\n")).into_response()
+/// Why no site answers: a plain-text 404.
+#[derive(Debug, Clone, Copy)]
+struct NotFound(&'static str);
+
+impl IntoResponse for NotFound {
+    fn into_response(self) -> Response {
+        (StatusCode::NOT_FOUND, format!("{}\n", self.0)).into_response()
+    }
+}
+
+fn not_found(why: &'static str) -> NotFound {
+    NotFound(why)
 }
 
 /// Which site the `Host` of a request names, when it is under the sites domain.
@@ -49,18 +59,18 @@ pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Nex
     let Some(host) = request_host(&req) else { return next.run(req).await };
     match host_site(&host, domain) {
         None => next.run(req).await,
-        Some(Err(())) => not_found("no site has this address"),
+        Some(Err(())) => not_found("no site has this address").into_response(),
         Some(Ok((env, label))) => {
             let site = site_for_label(&state, env, &label).await;
             match site {
                 Ok(site) => super::compressed(site, req).await,
-                Err(resp) => resp,
+                Err(missing) => missing.into_response(),
             }
         }
     }
 }
 
-async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_>) -> Result<Site, Response> {
+async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_>) -> Result<Site, NotFound> {
     let root = local_root(state, env)?;
     let link = root.join(LABELS_DIR).join(label.site);
     let name = tokio::fs::read_link(&link)
@@ -79,7 +89,7 @@ async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_
     }
 }
 
-fn local_root(state: &AppState, env: Environment) -> Result<PathBuf, Response> {
+fn local_root(state: &AppState, env: Environment) -> Result<PathBuf, NotFound> {
     state
         .targets
         .get(env)
@@ -94,7 +104,7 @@ async fn current_site(
     name: &ProjectName,
     project: &Path,
     prefix: String,
-) -> Result<Site, Response> {
+) -> Result<Site, NotFound> {
     let current = tokio::fs::read_link(project.join("current")).await.map_err(|_| not_found("no such site"))?;
     let release = load(state, env, name, project.join(current)).await.ok_or_else(|| not_found("no such site"))?;
     let previous = match tokio::fs::read_link(project.join("previous")).await {
@@ -110,7 +120,7 @@ async fn release_site(
     name: &ProjectName,
     dir: PathBuf,
     prefix: String,
-) -> Result<Site, Response> {
+) -> Result<Site, NotFound> {
     let release = load(state, env, name, dir).await.ok_or_else(|| not_found("no such release"))?;
     Ok(Site { release, previous: None, prefix, immutable: true })
 }
@@ -186,8 +196,8 @@ fn after_env<'p>(path: &'p str, kind: &str) -> Option<(Environment, &'p str)> {
 /// `GET /sites/{env}/{name}/…`: the current release by path.
 pub async fn site_by_path(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some((env, rest)) = after_env(&path, "sites") else { return not_found("not a site path") };
-    let Some((name, raw)) = split_name(rest) else { return not_found("not a site path") };
+    let Some((env, rest)) = after_env(&path, "sites") else { return not_found("not a site path").into_response() };
+    let Some((name, raw)) = split_name(rest) else { return not_found("not a site path").into_response() };
     let prefix = format!("/sites/{}/{}", env.as_str(), name.as_str());
     if raw.is_empty() {
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -195,24 +205,28 @@ pub async fn site_by_path(State(state): State<Arc<AppState>>, req: Request) -> R
     }
     let root = match local_root(&state, env) {
         Ok(root) => root,
-        Err(resp) => return resp,
+        Err(missing) => return missing.into_response(),
     };
     let raw = raw.to_owned();
     match current_site(&state, env, &name, &project_dir(&root, &name), prefix).await {
         Ok(site) => super::compressed_at(site, raw, req).await,
-        Err(resp) => resp,
+        Err(missing) => missing.into_response(),
     }
 }
 
 /// `GET /releases/{env}/{name}/{version}/{task}/…`: one immutable release by path.
 pub async fn release_by_path(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some((env, rest)) = after_env(&path, "releases") else { return not_found("not a release path") };
-    let Some((name, raw)) = split_name(rest) else { return not_found("not a release path") };
+    let Some((env, rest)) = after_env(&path, "releases") else {
+        return not_found("not a release path").into_response();
+    };
+    let Some((name, raw)) = split_name(rest) else { return not_found("not a release path").into_response() };
     let mut parts = raw.trim_start_matches('/').splitn(3, '/');
-    let (Some(version), Some(task)) = (parts.next(), parts.next()) else { return not_found("not a release path") };
+    let (Some(version), Some(task)) = (parts.next(), parts.next()) else {
+        return not_found("not a release path").into_response();
+    };
     if Version::parse(version).is_err() || task.is_empty() || !task.bytes().all(|b| b.is_ascii_digit()) {
-        return not_found("not a release path");
+        return not_found("not a release path").into_response();
     }
     let prefix = format!("/releases/{}/{}/{version}/{task}", env.as_str(), name.as_str());
     let raw = match parts.next() {
@@ -225,12 +239,12 @@ pub async fn release_by_path(State(state): State<Arc<AppState>>, req: Request) -
     };
     let root = match local_root(&state, env) {
         Ok(root) => root,
-        Err(resp) => return resp,
+        Err(missing) => return missing.into_response(),
     };
     let dir = project_dir(&root, &name).join(version).join(task);
     match release_site(&state, env, &name, dir, prefix).await {
         Ok(site) => super::compressed_at(site, raw, req).await,
-        Err(resp) => resp,
+        Err(missing) => missing.into_response(),
     }
 }
 

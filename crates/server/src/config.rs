@@ -50,6 +50,17 @@ pub struct SitesConfig {
     pub scheme: Option<String>,
     /// Port of printed site URLs; default: that of `public_url` (none for 80 / 443).
     pub port: Option<u16>,
+    /// `[[sites.custom_domains]]`: a project's `prod` site at a domain of its own.
+    pub custom_domains: Vec<CustomDomain>,
+}
+
+/// One `[[sites.custom_domains]]` entry: `domain` (a host name whose DNS points at the server or
+/// its proxy) serves the current `prod` release of `project`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomDomain {
+    pub domain: String,
+    pub project: String,
 }
 
 /// `[targets]`: where each environment publishes.
@@ -344,6 +355,8 @@ pub struct Settings {
     pub sites_domain: Option<String>,
     pub sites_scheme: Option<String>,
     pub sites_port: Option<u16>,
+    /// `(domain, project)`: custom domains of `prod` sites.
+    pub custom_domains: Vec<(String, cloudbuild_proto::validate::ProjectName)>,
 }
 
 impl ServerConfig {
@@ -419,6 +432,24 @@ impl ServerConfig {
             Some(d) => Some(check_domain(d).map_err(|reason| bad("sites.domain", reason))?),
             None => self.listen.ip().is_loopback().then(|| "localhost".to_owned()),
         };
+        let mut custom_domains = Vec::new();
+        for c in &self.sites.custom_domains {
+            let domain = check_domain(c.domain.trim_end_matches('.')).map_err(|r| bad("sites.custom_domains", r))?;
+            let project = cloudbuild_proto::validate::ProjectName::parse(&c.project)?;
+            if sites_domain.as_deref().is_some_and(|d| domain == d || domain.ends_with(&format!(".{d}"))) {
+                return Err(bad(
+                    "sites.custom_domains",
+                    format!("{domain} is under the sites domain; pick a domain of its own"),
+                ));
+            }
+            if custom_domains
+                .iter()
+                .any(|(d, p): &(String, cloudbuild_proto::validate::ProjectName)| *d == domain || *p == project)
+            {
+                return Err(bad("sites.custom_domains", format!("{domain} or {project} is listed twice")));
+            }
+            custom_domains.push((domain, project));
+        }
         if let Some(s) = self.sites.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
             return Err(bad("sites.scheme", format!("`{}` is neither http nor https", s.escape_debug())));
         }
@@ -458,6 +489,45 @@ impl ServerConfig {
             sites_domain,
             sites_scheme: self.sites.scheme.clone(),
             sites_port: self.sites.port,
+            custom_domains,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut ServerConfig)) -> Result<Settings, ValidationError> {
+        let mut c = ServerConfig::default();
+        f(&mut c);
+        c.validate()
+    }
+
+    #[test]
+    fn the_sites_domain_defaults_to_localhost_on_loopback_only() {
+        assert_eq!(with(|_| {}).unwrap().sites_domain.as_deref(), Some("localhost"));
+        assert_eq!(with(|c| c.listen = "0.0.0.0:7001".parse().unwrap()).unwrap().sites_domain, None);
+        assert_eq!(with(|c| c.sites.domain = Some(String::new())).unwrap().sites_domain, None);
+        let set = with(|c| c.sites.domain = Some("sites.example.com.".into())).unwrap();
+        assert_eq!(set.sites_domain.as_deref(), Some("sites.example.com"));
+        for bad in ["Sites.Example.com", "a..b", "-a.com", "a_b.com", "x.com:80"] {
+            let e = with(|c| c.sites.domain = Some(bad.into())).unwrap_err();
+            assert_eq!(e.field, "sites.domain", "{bad}");
+        }
+        assert_eq!(with(|c| c.sites.scheme = Some("ftp".into())).unwrap_err().field, "sites.scheme");
+    }
+
+    #[test]
+    fn custom_domains_are_checked() {
+        let cd = |domain: &str, project: &str| CustomDomain { domain: domain.into(), project: project.into() };
+        let ok = with(|c| c.sites.custom_domains = vec![cd("www.example.com", "@team/admin")]).unwrap();
+        assert_eq!(ok.custom_domains[0].0, "www.example.com");
+        let under = with(|c| c.sites.custom_domains = vec![cd("x.test.localhost", "app")]).unwrap_err();
+        assert!(under.reason.contains("under the sites domain"), "{under}");
+        let twice =
+            with(|c| c.sites.custom_domains = vec![cd("a.example", "app"), cd("b.example", "app")]).unwrap_err();
+        assert!(twice.reason.contains("twice"), "{twice}");
+        assert_eq!(with(|c| c.sites.custom_domains = vec![cd("a.example", "Bad Name")]).unwrap_err().field, "name");
     }
 }

@@ -64,11 +64,9 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServerErr
     })
 }
 
-/// The URLs of an environment's local sites: by host when a sites domain is set, else by path.
+/// The URLs of an environment's local sites: by host when a sites domain is set, else by path;
+/// `prod` adds the custom domains.
 fn site_urls(settings: &Settings, public_url: &str, env: Environment) -> targets::urls::SiteUrls {
-    let Some(domain) = settings.sites_domain.clone() else {
-        return targets::urls::SiteUrls::Path { server: public_url.to_owned(), env };
-    };
     let uri: Option<axum::http::Uri> = public_url.parse().ok();
     let scheme = settings
         .sites_scheme
@@ -76,7 +74,14 @@ fn site_urls(settings: &Settings, public_url: &str, env: Environment) -> targets
         .or_else(|| uri.as_ref().and_then(|u| u.scheme_str().map(str::to_owned)))
         .unwrap_or_else(|| "http".into());
     let port = settings.sites_port.or_else(|| uri.as_ref().and_then(|u| u.port_u16()));
-    targets::urls::SiteUrls::Host { scheme, domain, port, env }
+    let urls = match &settings.sites_domain {
+        Some(domain) => targets::urls::SiteUrls::by_host(&scheme, domain, port, env),
+        None => targets::urls::SiteUrls::by_path(public_url, env),
+    };
+    if env != Environment::Prod {
+        return urls;
+    }
+    urls.with_custom_domains(settings.custom_domains.iter().map(|(d, p)| (p, d.as_str())), &scheme, port)
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops streams and returns.
@@ -95,7 +100,11 @@ pub async fn run(
         targets::Target::new(&settings.targets.test, targets_dir.join("test"), urls(Environment::Test), "test")?,
         targets::Target::new(&settings.targets.prod, targets_dir.join("prod"), urls(Environment::Prod), "prod")?,
     );
-    let sites = sites::Sites { domain: settings.sites_domain.clone(), indexes: Default::default() };
+    let sites = sites::Sites {
+        domain: settings.sites_domain.clone(),
+        custom_domains: settings.custom_domains.iter().cloned().collect(),
+        indexes: Default::default(),
+    };
     let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
     let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };
     let state = Arc::new(AppState {

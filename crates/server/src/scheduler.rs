@@ -256,6 +256,9 @@ pub fn lease_key_hash(secret: &str) -> String {
 /// Sends a claimed task to its worker.
 async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Task, lease_key: String) {
     let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
+    let site_under_path = cloudbuild_proto::validate::ProjectName::parse(&task.name)
+        .map(|n| state.targets.get(task.env).urls().under_path(&n))
+        .unwrap_or(true);
     let assignment = Assignment {
         task: attempt,
         name: task.name,
@@ -270,7 +273,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
         runners: state.settings.command_policy.runners.iter().cloned().collect(),
         limits: state.settings.limits.clone(),
-        site_under_path: state.targets.get(task.env).urls().under_path(),
+        site_under_path,
     };
     let sent = {
         let mut workers = state.scheduler.lock_workers();

@@ -364,3 +364,26 @@ fn a_2_gb_site_publishes_in_bounded_memory() {
     assert!(msg.contains("uploaded 9 files"), "{msg}");
     eprintln!("2 GiB publish: server peak RSS {} MiB (at start {} MiB)", peak >> 20, before >> 20);
 }
+
+#[test]
+fn a_custom_domain_serves_its_projects_prod_site() {
+    let srv = server("[[sites.custom_domains]]\ndomain = \"www.brand.test\"\nproject = \"brand-site\"\n");
+    let repo = Repo::new(&[
+        ("package.json", &package_json("brand-site", &[("build", "node build.js")])),
+        ("build.js", &copy_build("")),
+        ("site/index.html", "<h1>brand</h1>"),
+    ]);
+    let mut body = repo.task_body("brand-site");
+    body["env"] = "prod".into();
+    let (_, task) = srv.create(&body);
+    let prod = srv.wait_done(task["id"].as_i64().unwrap());
+    assert_eq!(prod.state, TaskState::Succeeded, "{prod:?}");
+    assert_eq!(prod.url.as_deref(), Some(format!("http://www.brand.test:{}/", port_of(&srv)).as_str()));
+    let r = site_get(&srv, "www.brand.test", "/", &[]);
+    assert_eq!((r.status, r.body.as_slice()), (200, b"<h1>brand</h1>".as_slice()));
+    // Its test site keeps the usual address; other hosts are not the brand's.
+    let test = publish(&srv, &repo, "brand-site");
+    assert_eq!(test.url.as_deref(), Some(srv.site_url("test", "brand-site").as_str()));
+    assert_eq!(site_get(&srv, "brand-site.prod.localhost", "/", &[]).body, b"<h1>brand</h1>");
+    assert_eq!(site_get(&srv, "www.other.test", "/healthz", &[]).status, 200, "not a site: the server's own routes");
+}

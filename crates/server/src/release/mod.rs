@@ -281,14 +281,23 @@ pub async fn bundle(
     let dir = staging(&state, task.id, attempt);
     tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::internal("creating the staging directory", e))?;
     // Checked and written in one blocking task: thousands of tiny files, no thread hop each.
-    tokio::task::spawn_blocking(move || stage_bundle(&body, &dir))
+    let max = state.settings.max_file_bytes;
+    tokio::task::spawn_blocking(move || stage_bundle(&body, &dir, max))
         .await
         .map_err(|e| ApiError::internal("staging a bundle", std::io::Error::other(e)))??;
     Ok(StatusCode::NO_CONTENT)
 }
 
+fn too_large(max_file_bytes: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "file_too_large",
+        format!("a file is larger than limits.max_file_bytes ({max_file_bytes})"),
+    )
+}
+
 /// Checks every frame of a bundle and stages its content in `dir`.
-fn stage_bundle(body: &[u8], dir: &std::path::Path) -> Result<(), ApiError> {
+fn stage_bundle(body: &[u8], dir: &std::path::Path, max_file_bytes: u64) -> Result<(), ApiError> {
     let bad = |why: &str| ApiError::bad_request(format!("bundle: {why}"));
     let mut rest = body;
     while !rest.is_empty() {
@@ -296,6 +305,9 @@ fn stage_bundle(body: &[u8], dir: &std::path::Path) -> Result<(), ApiError> {
         let header = std::str::from_utf8(&rest[..newline]).map_err(|_| bad("a frame header is not text"))?;
         let (hash, size) = header.split_once(' ').ok_or_else(|| bad("a frame header is `<hash> <size>`"))?;
         let size: usize = size.parse().map_err(|_| bad("a frame size is not a number"))?;
+        if size as u64 > max_file_bytes {
+            return Err(too_large(max_file_bytes));
+        }
         if !is_hash(hash) {
             return Err(bad("a frame's hash must be 64 lower-case hex digits (blake3)"));
         }
@@ -322,11 +334,7 @@ async fn stream_to_file(state: &AppState, body: Body, path: &std::path::Path) ->
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
         size += chunk.len() as u64;
         if size > state.settings.max_file_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "file_too_large",
-                format!("a file is larger than limits.max_file_bytes ({})", state.settings.max_file_bytes),
-            ));
+            return Err(too_large(state.settings.max_file_bytes));
         }
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(|e| ApiError::internal("staging a file", e))?;

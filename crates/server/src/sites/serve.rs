@@ -52,11 +52,22 @@ fn request_host(req: &Request) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
-/// Middleware: a request for `<site>.<env>.<domain>` is a site's, whatever its path (a site
-/// can have an `/api/` folder of its own); everything else goes on to the server's routes.
+/// Middleware: a request for `<site>.<env>.<domain>` or for a custom domain is a site's,
+/// whatever its path (a site can have an `/api/` folder of its own); everything else goes on to
+/// the server's routes.
 pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(domain) = state.sites.domain.as_deref() else { return next.run(req).await };
     let Some(host) = request_host(&req) else { return next.run(req).await };
+    if let Some(name) = state.sites.custom_domains.get(host.trim_end_matches('.')) {
+        let root = match local_root(&state, Environment::Prod) {
+            Ok(root) => root,
+            Err(missing) => return missing.into_response(),
+        };
+        return match current_site(&state, Environment::Prod, name, &project_dir(&root, name), String::new()).await {
+            Ok(site) => super::compressed(site, req).await,
+            Err(missing) => missing.into_response(),
+        };
+    }
+    let Some(domain) = state.sites.domain.as_deref() else { return next.run(req).await };
     match host_site(&host, domain) {
         None => next.run(req).await,
         Some(Err(())) => not_found("no site has this address").into_response(),
@@ -121,6 +132,10 @@ async fn release_site(
     dir: PathBuf,
     prefix: String,
 ) -> Result<Site, NotFound> {
+    // A pruned release may still be in the index cache: its directory says it is gone.
+    if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+        return Err(not_found("no such release"));
+    }
     let release = load(state, env, name, dir).await.ok_or_else(|| not_found("no such release"))?;
     Ok(Site { release, previous: None, prefix, immutable: true })
 }

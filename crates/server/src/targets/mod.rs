@@ -144,7 +144,7 @@ impl Target {
                 Ok(Target::S3 {
                     store: Arc::new(store),
                     prefix: prefix.trim_matches('/').to_owned(),
-                    urls: SiteUrls::Bucket { public_url: public_url.trim_end_matches('/').to_owned() },
+                    urls: SiteUrls::in_bucket(public_url.trim_end_matches('/')),
                 })
             }
         }

@@ -4,6 +4,8 @@
 use cloudbuild_proto::site::{release_label, site_label};
 use cloudbuild_proto::task::{Environment, TaskId};
 use cloudbuild_proto::validate::ProjectName;
+use std::collections::BTreeMap;
+
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 /// Bytes a path segment must not carry literally (RFC 3986 `pchar` keeps the rest): a file
@@ -33,7 +35,14 @@ pub fn encode_path(path: &str) -> String {
 
 /// How one environment's sites are addressed. Every URL ends with `/`.
 #[derive(Debug, Clone)]
-pub enum SiteUrls {
+pub struct SiteUrls {
+    form: Form,
+    /// Custom domains (`prod` only): project name → `<scheme>://<domain>[:port]/`.
+    custom: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+enum Form {
     /// `<scheme>://<site>.<env>.<domain>[:port]/`, releases at `<site>---<task>.<env>.<domain>`.
     Host { scheme: String, domain: String, port: Option<u16>, env: Environment },
     /// `<server>/sites/<env>/<name>/`, releases at `<server>/releases/<env>/<name>/<version>/<task>/`.
@@ -42,29 +51,73 @@ pub enum SiteUrls {
     Bucket { public_url: String },
 }
 
+/// `<scheme>://<host>[:port]/`, leaving out the scheme's default port.
+fn origin(scheme: &str, host: &str, port: Option<u16>) -> String {
+    let port = match (scheme, port) {
+        ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
+        (_, Some(p)) => format!(":{p}"),
+    };
+    format!("{scheme}://{host}{port}/")
+}
+
 impl SiteUrls {
+    /// Sites at `<site>.<env>.<domain>`.
+    pub fn by_host(scheme: &str, domain: &str, port: Option<u16>, env: Environment) -> Self {
+        let form = Form::Host { scheme: scheme.to_owned(), domain: domain.to_owned(), port, env };
+        SiteUrls { form, custom: BTreeMap::new() }
+    }
+
+    /// Sites at `<server>/sites/<env>/<name>/`.
+    pub fn by_path(server: &str, env: Environment) -> Self {
+        SiteUrls { form: Form::Path { server: server.to_owned(), env }, custom: BTreeMap::new() }
+    }
+
+    /// Sites under an object store's public URL.
+    pub fn in_bucket(public_url: &str) -> Self {
+        SiteUrls { form: Form::Bucket { public_url: public_url.to_owned() }, custom: BTreeMap::new() }
+    }
+
+    /// Adds custom domains: `(project, domain)` pairs, each served at `<scheme>://<domain>[:port]/`.
+    pub fn with_custom_domains<'a>(
+        mut self,
+        domains: impl IntoIterator<Item = (&'a ProjectName, &'a str)>,
+        scheme: &str,
+        port: Option<u16>,
+    ) -> Self {
+        for (name, domain) in domains {
+            self.custom.insert(name.as_str().to_owned(), origin(scheme, domain, port));
+        }
+        self
+    }
+
     /// The URL that follows the current release of `name`.
     pub fn site(&self, name: &ProjectName) -> String {
-        match self {
-            SiteUrls::Host { .. } => self.host_url(&site_label(name)),
-            SiteUrls::Path { server, env } => {
-                format!("{server}/sites/{}/{}/", env.as_str(), encode_path(name.as_str()))
+        if let Some(url) = self.custom.get(name.as_str()) {
+            return url.clone();
+        }
+        match &self.form {
+            Form::Host { scheme, domain, port, env } => {
+                origin(scheme, &format!("{}.{}.{domain}", site_label(name), env.as_str()), *port)
             }
-            SiteUrls::Bucket { public_url } => format!("{public_url}/{}/", encode_path(name.as_str())),
+            Form::Path { server, env } => format!("{server}/sites/{}/{}/", env.as_str(), encode_path(name.as_str())),
+            Form::Bucket { public_url } => format!("{public_url}/{}/", encode_path(name.as_str())),
         }
     }
 
     /// The URL of one release, which never changes.
     pub fn release(&self, name: &ProjectName, version: &str, task: TaskId) -> String {
-        match self {
-            SiteUrls::Host { .. } => self.host_url(&release_label(&site_label(name), task)),
-            SiteUrls::Path { server, env } => format!(
+        match &self.form {
+            Form::Host { scheme, domain, port, env } => {
+                let label = release_label(&site_label(name), task);
+                origin(scheme, &format!("{label}.{}.{domain}", env.as_str()), *port)
+            }
+            Form::Path { server, env } => format!(
                 "{server}/releases/{}/{}/{}/{task}/",
                 env.as_str(),
                 encode_path(name.as_str()),
                 encode_path(version)
             ),
-            SiteUrls::Bucket { public_url } => {
+            Form::Bucket { public_url } => {
                 format!("{public_url}/{}/{}/{task}/", encode_path(name.as_str()), encode_path(version))
             }
         }
@@ -75,18 +128,9 @@ impl SiteUrls {
         format!("{}{}", self.site(name), encode_path(path))
     }
 
-    /// Whether sites are served under a path (so root-absolute URLs in a build break).
-    pub fn under_path(&self) -> bool {
-        !matches!(self, SiteUrls::Host { .. })
-    }
-
-    fn host_url(&self, label: &str) -> String {
-        let SiteUrls::Host { scheme, domain, port, env, .. } = self else { unreachable!("host_url of a host form") };
-        let port = match (scheme.as_str(), port) {
-            ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
-            (_, Some(p)) => format!(":{p}"),
-        };
-        format!("{scheme}://{label}.{}.{domain}{port}/", env.as_str())
+    /// Whether `name`'s site is served under a path (so root-absolute URLs in its build miss).
+    pub fn under_path(&self, name: &ProjectName) -> bool {
+        !matches!(self.form, Form::Host { .. }) && !self.custom.contains_key(name.as_str())
     }
 }
 
@@ -97,30 +141,28 @@ mod tests {
     #[test]
     fn urls_by_host_path_and_bucket() {
         let name = ProjectName::parse("@team/admin").unwrap();
-        let host = SiteUrls::Host {
-            scheme: "http".into(),
-            domain: "localhost".into(),
-            port: Some(7001),
-            env: Environment::Test,
-        };
+        let host = SiteUrls::by_host("http", "localhost", Some(7001), Environment::Test);
         assert_eq!(host.site(&name), "http://team--admin.test.localhost:7001/");
         assert_eq!(host.release(&name, "1.0.0", 42), "http://team--admin---42.test.localhost:7001/");
         assert_eq!(
             host.file(&name, "img/a b#1?%.png"),
             "http://team--admin.test.localhost:7001/img/a%20b%231%3F%25.png"
         );
-        let path = SiteUrls::Path { server: "http://h:1".into(), env: Environment::Prod };
+        let path = SiteUrls::by_path("http://h:1", Environment::Prod);
         assert_eq!(path.site(&name), "http://h:1/sites/prod/@team/admin/");
         assert_eq!(path.release(&name, "1.0.0-rc.1", 7), "http://h:1/releases/prod/@team/admin/1.0.0-rc.1/7/");
         assert_eq!(path.file(&name, "中文.txt"), "http://h:1/sites/prod/@team/admin/%E4%B8%AD%E6%96%87.txt");
-        let https = SiteUrls::Host {
-            scheme: "https".into(),
-            domain: "sites.example.com".into(),
-            port: Some(443),
-            env: Environment::Prod,
-        };
+        let https = SiteUrls::by_host("https", "sites.example.com", Some(443), Environment::Prod);
         assert_eq!(https.site(&name), "https://team--admin.prod.sites.example.com/");
-        let bucket = SiteUrls::Bucket { public_url: "https://cdn.example.com".into() };
+        let other = ProjectName::parse("other").unwrap();
+        let custom = https.with_custom_domains([(&name, "www.example.com")], "https", Some(443));
+        assert_eq!(custom.site(&name), "https://www.example.com/");
+        assert_eq!(custom.file(&name, "a b.js"), "https://www.example.com/a%20b.js");
+        assert_eq!(custom.site(&other), "https://other.prod.sites.example.com/");
+        assert_eq!(custom.release(&name, "1.0.0", 3), "https://team--admin---3.prod.sites.example.com/");
+        let path = path.with_custom_domains([(&name, "www.example.com")], "http", None);
+        assert!(path.under_path(&other) && !path.under_path(&name));
+        let bucket = SiteUrls::in_bucket("https://cdn.example.com");
         assert_eq!(bucket.file(&name, "a b.js"), "https://cdn.example.com/@team/admin/a%20b.js");
     }
 }

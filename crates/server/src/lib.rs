@@ -104,6 +104,7 @@ pub async fn run(
         domain: settings.sites_domain.clone(),
         custom_domains: settings.custom_domains.iter().cloned().collect(),
         indexes: Default::default(),
+        bodies: Default::default(),
     };
     let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
     let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };

@@ -80,3 +80,60 @@ impl IndexCache {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).put(index.dir.clone(), index);
     }
 }
+
+/// Bodies of small published files, by content hash: a file's bytes never change under its
+/// hash, so an entry is never stale. Bounded by total size (LRU). Most of a site's requests
+/// (HTML, scripts, styles, icons) are answered from here without touching the disk.
+#[derive(Debug)]
+pub struct BodyCache {
+    inner: Mutex<(lru::LruCache<String, Arc<CachedBody>>, u64)>,
+    limit: u64,
+}
+
+/// A cached file: its bytes and its modification time (`Last-Modified`).
+#[derive(Debug)]
+pub struct CachedBody {
+    pub bytes: bytes::Bytes,
+    pub modified: std::time::SystemTime,
+}
+
+/// Files up to this size are cached.
+pub const CACHED_FILE_BYTES: u64 = 1 << 20;
+
+impl BodyCache {
+    /// A cache holding at most `limit` bytes of file contents.
+    pub fn new(limit: u64) -> Self {
+        BodyCache { inner: Mutex::new((lru::LruCache::unbounded(), 0)), limit }
+    }
+
+    pub fn get(&self, hash: &str) -> Option<Arc<CachedBody>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.get(hash).cloned()
+    }
+
+    /// Keeps `body` under `hash`, evicting the least recently used until the total fits.
+    pub fn put(&self, hash: &str, body: Arc<CachedBody>) {
+        let size = body.bytes.len() as u64;
+        if size > self.limit {
+            return;
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (cache, total) = &mut *guard;
+        if let Some(old) = cache.put(hash.to_owned(), body) {
+            *total -= old.bytes.len() as u64;
+        }
+        *total += size;
+        while *total > self.limit {
+            match cache.pop_lru() {
+                Some((_, evicted)) => *total -= evicted.bytes.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
+impl Default for BodyCache {
+    /// 64 MiB.
+    fn default() -> Self {
+        BodyCache::new(64 << 20)
+    }
+}

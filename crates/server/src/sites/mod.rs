@@ -32,6 +32,8 @@ pub struct Sites {
     /// Custom domains of `prod` sites: host → project.
     pub custom_domains: std::collections::HashMap<String, cloudbuild_proto::validate::ProjectName>,
     pub indexes: index::IndexCache,
+    /// Small files' bytes by content hash.
+    pub bodies: Arc<index::BodyCache>,
 }
 
 /// Answers a request by host: the whole path is the site's.
@@ -44,6 +46,11 @@ async fn compressed(site: Site, req: Request) -> Response {
 /// on the fly for clients that accept it, unless a precompressed sibling was sent.
 async fn compressed_at(site: Site, raw: String, req: Request) -> Response {
     let site = Arc::new(site);
+    // Without Accept-Encoding there is nothing to compress: skip the layer's set-up.
+    if !req.headers().contains_key(header::ACCEPT_ENCODING) {
+        let (parts, _) = req.into_parts();
+        return respond(&site, &raw, &parts).await;
+    }
     let inner = tower::service_fn(move |req: Request| {
         let (site, raw) = (site.clone(), raw.clone());
         let (parts, _) = req.into_parts();

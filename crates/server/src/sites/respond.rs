@@ -17,7 +17,7 @@ use percent_encoding::percent_decode_str;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use super::index::{IndexedFile, ReleaseIndex};
+use super::index::{BodyCache, CachedBody, IndexedFile, ReleaseIndex, CACHED_FILE_BYTES};
 use crate::targets::headers::{content_type, content_type_header};
 
 /// What a request is answered from.
@@ -31,6 +31,8 @@ pub struct Site {
     pub prefix: String,
     /// An immutable release URL: nothing under it ever changes.
     pub immutable: bool,
+    /// Small files' bytes, shared by every site.
+    pub bodies: Arc<BodyCache>,
 }
 
 /// Marks a response whose ETag already names its encoded bytes (a precompressed sibling), so
@@ -217,6 +219,18 @@ async fn serve(
         return resp;
     }
 
+    let (br, gz) = (index.get(&format!("{key}.br")), index.get(&format!("{key}.gz")));
+    let sibling_wanted = (br.is_some() || gz.is_some()) && req.headers.contains_key(header::ACCEPT_ENCODING);
+    let plain_get = !req.headers.contains_key(header::RANGE) && !req.headers.contains_key(header::IF_UNMODIFIED_SINCE);
+    if f.size <= CACHED_FILE_BYTES && plain_get && !sibling_wanted {
+        if let Some(body) = cached_body(site, index, key, f).await {
+            let mut resp = from_memory(&body, req, fallback);
+            resp.headers_mut().insert(header::CONTENT_TYPE, content_type_header(key));
+            finish(&mut resp, index, key, &etag, cache, compressible);
+            return resp;
+        }
+    }
+
     let mut inner = Request::builder().method(req.method.clone()).uri("/");
     for name in [header::ACCEPT_ENCODING, header::RANGE, header::IF_MODIFIED_SINCE, header::IF_UNMODIFIED_SINCE] {
         let conditional = name != header::ACCEPT_ENCODING;
@@ -235,7 +249,6 @@ async fn serve(
     let mime =
         content_type(key).parse::<mime_guess::mime::Mime>().unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
     let mut file = ServeFile::new_with_mime(index.dir.join(key), &mime);
-    let (br, gz) = (index.get(&format!("{key}.br")), index.get(&format!("{key}.gz")));
     if br.is_some() {
         file = file.precompressed_br();
     }
@@ -268,6 +281,65 @@ async fn serve(
     }
     resp.headers_mut().insert(header::CONTENT_TYPE, content_type_header(key));
     finish(&mut resp, index, key, &etag, cache, compressible);
+    resp
+}
+
+/// The bytes of a small file: from the cache, else read (off the async threads) and kept.
+async fn cached_body(site: &Site, index: &ReleaseIndex, key: &str, f: &IndexedFile) -> Option<Arc<CachedBody>> {
+    if let Some(body) = site.bodies.get(&f.hash) {
+        return Some(body);
+    }
+    let path = index.dir.join(key);
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<CachedBody> {
+        let bytes = std::fs::read(&path)?;
+        let modified = std::fs::metadata(&path)?.modified()?;
+        Ok(CachedBody { bytes: bytes.into(), modified })
+    });
+    match read.await {
+        // The record and the disk must agree; if not, the slow path reports it.
+        Ok(Ok(body)) if body.bytes.len() as u64 == f.size => {
+            let body = Arc::new(body);
+            site.bodies.put(&f.hash, body.clone());
+            Some(body)
+        }
+        _ => None,
+    }
+}
+
+/// A whole-file answer from memory, with what `ServeFile` would send: `Last-Modified`,
+/// `Accept-Ranges`, `If-Modified-Since` (unless `If-None-Match` was sent, RFC 9110 §13.2.2),
+/// no body for `HEAD`.
+fn from_memory(body: &CachedBody, req: &Parts, fallback: Option<StatusCode>) -> Response {
+    let modified = httpdate::fmt_http_date(body.modified);
+    if fallback.is_none() && !req.headers.contains_key(header::IF_NONE_MATCH) {
+        let since = req.headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
+        if let Some(since) = since.and_then(|s| httpdate::parse_http_date(s).ok()) {
+            // HTTP dates have whole seconds.
+            let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            if secs(body.modified) <= secs(since) {
+                let mut resp = plain(StatusCode::NOT_MODIFIED, "");
+                resp.headers_mut().remove(header::CONTENT_TYPE);
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+                if let Ok(v) = HeaderValue::from_str(&modified) {
+                    resp.headers_mut().insert(header::LAST_MODIFIED, v);
+                }
+                return resp;
+            }
+        }
+    }
+    let len = body.bytes.len();
+    let mut resp = if req.method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(body.bytes.clone()))
+    };
+    *resp.status_mut() = fallback.unwrap_or(StatusCode::OK);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&modified) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
     resp
 }
 

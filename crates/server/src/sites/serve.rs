@@ -3,7 +3,9 @@
 //! `/releases/<env>/<name>/<version>/<task>/…`), then answers it with [`respond`].
 //!
 //! The links it follows are those of [`crate::targets::layout`]. `current` and `previous` are
-//! read once per request, so each answer comes from one release.
+//! read once per request, so each answer comes from one release. Links are read with plain
+//! system calls on the async thread: a `readlink` on a local disk takes microseconds, far less
+//! than a hop to the blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,8 +86,7 @@ pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Nex
 async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_>) -> Result<Site, NotFound> {
     let root = local_root(state, env)?;
     let link = root.join(LABELS_DIR).join(label.site);
-    let name = tokio::fs::read_link(&link)
-        .await
+    let name = std::fs::read_link(&link)
         .ok()
         .and_then(|target| name_of_label_link(&target))
         .ok_or_else(|| not_found("no site has this address"))?;
@@ -94,7 +95,7 @@ async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_
         None => current_site(state, env, &name, &project, String::new()).await,
         Some(task) => {
             let dir = project.join(RELEASES_DIR).join(task.to_string());
-            let target = tokio::fs::read_link(&dir).await.map_err(|_| not_found("no such release"))?;
+            let target = std::fs::read_link(&dir).map_err(|_| not_found("no such release"))?;
             release_site(state, env, &name, project.join(RELEASES_DIR).join(target), String::new()).await
         }
     }
@@ -116,13 +117,13 @@ async fn current_site(
     project: &Path,
     prefix: String,
 ) -> Result<Site, NotFound> {
-    let current = tokio::fs::read_link(project.join("current")).await.map_err(|_| not_found("no such site"))?;
+    let current = std::fs::read_link(project.join("current")).map_err(|_| not_found("no such site"))?;
     let release = load(state, env, name, project.join(current)).await.ok_or_else(|| not_found("no such site"))?;
-    let previous = match tokio::fs::read_link(project.join("previous")).await {
+    let previous = match std::fs::read_link(project.join("previous")) {
         Ok(prev) => load(state, env, name, project.join(prev)).await,
         Err(_) => None,
     };
-    Ok(Site { release, previous, prefix, immutable: false })
+    Ok(Site { release, previous, prefix, immutable: false, bodies: state.sites.bodies.clone() })
 }
 
 async fn release_site(
@@ -133,11 +134,11 @@ async fn release_site(
     prefix: String,
 ) -> Result<Site, NotFound> {
     // A pruned release may still be in the index cache: its directory says it is gone.
-    if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+    if !dir.exists() {
         return Err(not_found("no such release"));
     }
     let release = load(state, env, name, dir).await.ok_or_else(|| not_found("no such release"))?;
-    Ok(Site { release, previous: None, prefix, immutable: true })
+    Ok(Site { release, previous: None, prefix, immutable: true, bodies: state.sites.bodies.clone() })
 }
 
 /// The index of the release in `dir`: cached, else its record, else (a release published

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use globset::{GlobBuilder, GlobMatcher};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::{Deserialize, Serialize};
 
 use crate::task::TaskId;
@@ -217,6 +218,11 @@ pub struct SiteConfigError(pub String);
 
 /// Headers a rule may not set: they describe the body or the connection, which the server owns.
 const RESERVED_HEADERS: &[&str] = &[
+    // Reach beyond the site: a service worker's scope over the whole origin (every site shares
+    // it when served by path), wiping other sites' storage, cookies for a parent domain.
+    "service-worker-allowed",
+    "clear-site-data",
+    "set-cookie",
     "content-length",
     "content-encoding",
     "content-range",
@@ -335,13 +341,39 @@ impl SiteRules {
         self.headers.iter().filter(move |(g, _)| g.is_match(path)).flat_map(|(_, v)| v.iter())
     }
 
-    /// The first redirect whose `from` matches `path`: `(status, location)`.
+    /// The first redirect whose `from` matches `path` (decoded): `(status, location)`. What
+    /// `:splat` stands for is percent-encoded again (`%5C`, `%3F`, `%23`, non-ASCII), and a
+    /// path target never starts with `//`, so a rule cannot be turned into a redirect to
+    /// another host.
     pub fn redirect_for(&self, path: &str) -> Option<(u16, String)> {
         let (glob, rule) = self.redirects.iter().find(|(g, _)| g.is_match(path))?;
         let splat = splat_of(glob.glob().glob(), path).unwrap_or_default();
-        Some((rule.status, rule.to.replace(":splat", &splat)))
+        let splat = utf8_percent_encode(&splat, SPLAT).to_string();
+        let mut location = rule.to.replace(":splat", &splat);
+        if location.starts_with("//") {
+            location = format!("/{}", location.trim_start_matches('/'));
+        }
+        Some((rule.status, location))
     }
 }
+
+/// Bytes a path may not carry literally, `/` excepted (it separates the splat's segments).
+const SPLAT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 /// What the first wildcard of `glob` matched in `path`, when the glob is a literal prefix then
 /// `*` or `**` (the common `/old/*` form); `None` otherwise.
@@ -456,6 +488,15 @@ mod tests {
         assert_eq!(rules.headers_for("/assets/deep/a.js").count(), 0, "`*` stays in one segment");
         assert_eq!(rules.redirect_for("/old/page"), Some((308, "/new/page".into())));
         assert_eq!(rules.redirect_for("/other"), None);
+        // What the wildcard matched is encoded again: no host, query or fragment sneaks in.
+        assert_eq!(rules.redirect_for("/old/\\evil.com"), Some((308, "/new/%5Cevil.com".into())));
+        assert_eq!(rules.redirect_for("/old/a?b#c"), Some((308, "/new/a%3Fb%23c".into())));
+        assert_eq!(rules.redirect_for("/old/中"), Some((308, "/new/%E4%B8%AD".into())));
+        let open = SiteConfig {
+            redirects: vec![RedirectRule { from: "/**".into(), to: "/:splat".into(), status: 302 }],
+            ..Default::default()
+        };
+        assert_eq!(open.compile().unwrap().redirect_for("/evil.com"), Some((302, "/evil.com".into())));
 
         let mut bad = toml_like.clone();
         bad.redirects[0].status = 200;
@@ -466,6 +507,9 @@ mod tests {
         let mut bad = toml_like.clone();
         bad.headers[0].path = "assets/*".into();
         assert!(bad.validate().unwrap_err().0.contains("starting with `/`"));
+        let mut bad = toml_like.clone();
+        bad.headers[0].values = [("Service-Worker-Allowed".to_string(), "/".to_string())].into();
+        assert!(bad.validate().is_err(), "a site's service worker may not claim the whole origin");
         let mut bad = toml_like.clone();
         bad.redirects[0].to = "//evil.example".into();
         assert!(bad.validate().is_err());

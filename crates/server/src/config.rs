@@ -320,6 +320,20 @@ fn check_domain(d: &str) -> Result<String, String> {
     Ok(d.to_owned())
 }
 
+/// The host of an http(s) URL, lower-cased.
+fn url_host(url: &str) -> Option<String> {
+    url.parse::<axum::http::Uri>().ok()?.host().map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Whether a URL's host is a loopback name or address.
+fn is_loopback_url(url: &str) -> bool {
+    url_host(url).is_some_and(|h| {
+        h == "localhost"
+            || h.ends_with(".localhost")
+            || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 /// A URL with its password (if any) replaced, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -355,7 +369,8 @@ pub struct Settings {
     pub sites_domain: Option<String>,
     pub sites_scheme: Option<String>,
     pub sites_port: Option<u16>,
-    /// `(domain, project)`: custom domains of `prod` sites.
+    /// `(domain, project)`: custom domains of `prod` sites (a project may have several; the
+    /// first is the one printed).
     pub custom_domains: Vec<(String, cloudbuild_proto::validate::ProjectName)>,
 }
 
@@ -430,8 +445,23 @@ impl ServerConfig {
         let sites_domain = match self.sites.domain.as_deref().map(|d| d.trim_end_matches('.')) {
             Some("") => None,
             Some(d) => Some(check_domain(d).map_err(|reason| bad("sites.domain", reason))?),
-            None => self.listen.ip().is_loopback().then(|| "localhost".to_owned()),
+            // `localhost` only for a server nobody reaches from elsewhere: on loopback, and
+            // not announced at a public URL (whose visitors' `*.localhost` is their own machine).
+            None => (self.listen.ip().is_loopback() && self.public_url.as_deref().is_none_or(is_loopback_url))
+                .then(|| "localhost".to_owned()),
         };
+        // The server's own host must not look like a site's, or its API would answer as one.
+        let api_host = self.public_url.as_deref().and_then(url_host);
+        if let (Some(domain), Some(host)) = (&sites_domain, &api_host) {
+            if host.ends_with(&format!(".{domain}")) {
+                return Err(bad(
+                    "sites.domain",
+                    format!(
+                        "public_url's host {host} is under the sites domain {domain}; give sites a domain of their own"
+                    ),
+                ));
+            }
+        }
         let mut custom_domains = Vec::new();
         for c in &self.sites.custom_domains {
             let domain = check_domain(c.domain.trim_end_matches('.')).map_err(|r| bad("sites.custom_domains", r))?;
@@ -442,11 +472,17 @@ impl ServerConfig {
                     format!("{domain} is under the sites domain; pick a domain of its own"),
                 ));
             }
-            if custom_domains
-                .iter()
-                .any(|(d, p): &(String, cloudbuild_proto::validate::ProjectName)| *d == domain || *p == project)
-            {
-                return Err(bad("sites.custom_domains", format!("{domain} or {project} is listed twice")));
+            if api_host.as_deref() == Some(domain.as_str()) {
+                return Err(bad("sites.custom_domains", format!("{domain} is the server's own host (public_url)")));
+            }
+            if !matches!(self.targets.prod, TargetConfig::Local) {
+                return Err(bad(
+                    "sites.custom_domains",
+                    "custom domains route to sites the server serves; prod publishes to object storage (point the domain at its CDN instead)".into(),
+                ));
+            }
+            if custom_domains.iter().any(|(d, _): &(String, cloudbuild_proto::validate::ProjectName)| *d == domain) {
+                return Err(bad("sites.custom_domains", format!("{domain} is listed twice")));
             }
             custom_domains.push((domain, project));
         }
@@ -516,6 +552,16 @@ mod tests {
             assert_eq!(e.field, "sites.domain", "{bad}");
         }
         assert_eq!(with(|c| c.sites.scheme = Some("ftp".into())).unwrap_err().field, "sites.scheme");
+        // A loopback server announced at a public URL: its visitors' `*.localhost` is not it.
+        let public = with(|c| c.public_url = Some("https://build.example.com".into())).unwrap();
+        assert_eq!(public.sites_domain, None);
+        let local = with(|c| c.public_url = Some("http://127.0.0.1:7001".into())).unwrap();
+        assert_eq!(local.sites_domain.as_deref(), Some("localhost"));
+        let api_is_a_site = with(|c| {
+            c.public_url = Some("https://build.example.com".into());
+            c.sites.domain = Some("example.com".into());
+        });
+        assert_eq!(api_is_a_site.unwrap_err().field, "sites.domain");
     }
 
     #[test]
@@ -526,8 +572,28 @@ mod tests {
         let under = with(|c| c.sites.custom_domains = vec![cd("x.test.localhost", "app")]).unwrap_err();
         assert!(under.reason.contains("under the sites domain"), "{under}");
         let twice =
-            with(|c| c.sites.custom_domains = vec![cd("a.example", "app"), cd("b.example", "app")]).unwrap_err();
+            with(|c| c.sites.custom_domains = vec![cd("a.example", "app"), cd("a.example", "other")]).unwrap_err();
         assert!(twice.reason.contains("twice"), "{twice}");
         assert_eq!(with(|c| c.sites.custom_domains = vec![cd("a.example", "Bad Name")]).unwrap_err().field, "name");
+        let api = with(|c| {
+            c.public_url = Some("https://build.example.com".into());
+            c.sites.custom_domains = vec![cd("build.example.com", "app")];
+        });
+        assert!(api.unwrap_err().reason.contains("own host"));
+        let s3 = with(|c| {
+            c.targets.prod = TargetConfig::S3 {
+                endpoint: None,
+                region: "r".into(),
+                bucket: "bucket".into(),
+                prefix: String::new(),
+                virtual_hosted_style: false,
+                allow_http: false,
+                public_url: "https://cdn.example.com".into(),
+                access_key_id_env: "K".into(),
+                secret_access_key_env: "S".into(),
+            };
+            c.sites.custom_domains = vec![cd("www.example.com", "app")];
+        });
+        assert!(s3.unwrap_err().reason.contains("object storage"));
     }
 }

@@ -327,7 +327,12 @@ impl Run<'_> {
             .map_err(|e| StageError::Failed(format!("cannot read the output: {e}")))?;
         let bytes: u64 = manifest.iter().map(|(f, _)| f.size).sum();
         if self.a.site_under_path {
-            self.check_root_absolute(&manifest)?;
+            // It reads files: off the async threads.
+            let files = manifest.clone();
+            let found = tokio::task::spawn_blocking(move || site_check::root_absolute_refs(&files, 5))
+                .await
+                .map_err(|e| StageError::Failed(e.to_string()))?;
+            self.report_root_absolute(found)?;
         }
         let msg = format!("output `{name}`: {} files, {bytes} bytes", manifest.len());
         self.output_dir = Some(dir);
@@ -339,8 +344,7 @@ impl Run<'_> {
 impl Run<'_> {
     /// Warns (or fails, with `[site] root_absolute_urls = "error"`) when a site served under a
     /// path references root-absolute URLs, which would miss it.
-    fn check_root_absolute(&self, manifest: &[(ManifestFile, PathBuf)]) -> Result<(), StageError> {
-        let (found, count) = site_check::root_absolute_refs(manifest, 5);
+    fn report_root_absolute(&self, (found, count): (Vec<(String, String)>, usize)) -> Result<(), StageError> {
         if count == 0 {
             return Ok(());
         }

@@ -274,8 +274,11 @@ pub fn manifest(files: &OutputFiles, root: &Path) -> std::io::Result<Vec<(Manife
 /// `assets`), Create React App's `asset-manifest.json` (`files`). Paths relative to `root`.
 pub fn bundler_listed(root: &Path) -> HashSet<String> {
     let mut listed = HashSet::new();
+    // Build output is untrusted: no links followed, at most 16 MiB read.
     let read = |name: &str| -> Option<serde_json::Value> {
-        let text = std::fs::read(root.join(name)).ok()?;
+        let file = open_no_follow(&root.join(name)).ok()?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, 16 << 20), &mut text).ok()?;
         serde_json::from_slice(&text).ok()
     };
     let mut add = |v: &serde_json::Value| {
@@ -305,7 +308,8 @@ pub fn bundler_listed(root: &Path) -> HashSet<String> {
     listed
 }
 
-fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+/// Opens a regular file without following a symlink at its last component.
+pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));

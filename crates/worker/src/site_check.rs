@@ -28,7 +28,13 @@ pub fn root_absolute_refs(
         if f.size > MAX_SCANNED_BYTES {
             continue;
         }
-        let Ok(text) = read(path) else { continue };
+        let text = match read(path) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(file = %f.path, "not checked for root-absolute URLs: {e}");
+                continue;
+            }
+        };
         for r in scan(&text, kind) {
             count += 1;
             if found.len() < limit {
@@ -40,7 +46,10 @@ pub fn root_absolute_refs(
 }
 
 fn read(path: &Path) -> std::io::Result<String> {
-    Ok(String::from_utf8_lossy(&std::fs::read(path)?).into_owned())
+    let mut file = crate::publish::open_no_follow(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, MAX_SCANNED_BYTES), &mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[derive(Clone, Copy)]
@@ -71,8 +80,16 @@ fn scan(text: &str, kind: Kind) -> Vec<String> {
             let rest = text[start..].trim_start_matches([' ', '\t']);
             let rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
             if rest.starts_with('/') && !rest.starts_with("//") {
-                let end = rest.find(['"', '\'', ')', ' ', '>', '\n']).unwrap_or(rest.len()).min(120);
-                out.push((start, rest[..end].to_owned()));
+                let end = rest.find(['"', '\'', ')', ' ', '>', '\n']).unwrap_or(rest.len());
+                // At most 120 bytes of it, cut on a character boundary.
+                let shown: String = rest[..end]
+                    .chars()
+                    .scan(0, |len, c| {
+                        *len += c.len_utf8();
+                        (*len <= 120).then_some(c)
+                    })
+                    .collect();
+                out.push((start, shown));
             }
         }
     }
@@ -92,5 +109,9 @@ mod tests {
         assert_eq!(scan(html, Kind::Html), ["/vite.svg", "/assets/index-B1.js", "/img/bg.png"]);
         let css = "a{background:url(/img/a.png)} b{background:url( \"./b.png\")} c{background:url(//cdn/c.png)}";
         assert_eq!(scan(css, Kind::Css), ["/img/a.png"]);
+        // Long non-ASCII paths are shortened on a character boundary (no panic).
+        let long = format!("<a href=\"/{}\">", "文档".repeat(40));
+        let found = scan(&long, Kind::Html);
+        assert!(found[0].len() <= 120 && found[0].starts_with("/文档"), "{found:?}");
     }
 }

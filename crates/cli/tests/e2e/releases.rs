@@ -77,10 +77,11 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     // only the old release has stays reachable at the environment URL for pages loaded before
     // the switch.)
     let old_only = format!("{url}assets/old-Zz9Yy8Xx.js");
-    repo.commit(&[("site/assets/old-Zz9Yy8Xx.js", "old asset")], "old asset");
+    repo.commit(&[("site/assets/old-Zz9Yy8Xx.js", "old asset"), ("site/leak.txt", "secret")], "old asset");
     repo.set_version("1.0.1");
     publish(&srv, &body(&repo, "rel-site", "1.0.1", "test", false));
     std::fs::remove_file(repo.work.join("site/assets/old-Zz9Yy8Xx.js")).unwrap();
+    std::fs::remove_file(repo.work.join("site/leak.txt")).unwrap();
     repo.commit(&[("site/index.html", "<h1>two</h1>")], "two");
     repo.set_version("1.1.0");
     let (t3, msg) = publish(&srv, &body(&repo, "rel-site", "1.1.0", "test", false));
@@ -88,6 +89,7 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert_eq!(get_text(&url).1, "<h1>two</h1>");
     assert_eq!(get_text(&old_only), (200, "old asset".to_string()), "served from the previous release");
     assert_eq!(get_text(&format!("{url}missing.html")).0, 404, "HTML never falls back");
+    assert_eq!(get_text(&format!("{url}leak.txt")).0, 404, "a file the new release dropped is gone");
     // The immutable URL by host, and the same release by path.
     assert!(msg.contains(&srv.site_url("test", &format!("rel-site---{}", t3.id))), "{msg}");
     assert_eq!(get_text(&srv.site_url("test", &format!("rel-site---{}", t1.id))).1, "<h1>one</h1>");

@@ -108,6 +108,10 @@ fn static_answers_match_nginx_over_the_same_release() {
         ("GET", "/missing.txt", &[]),
         ("GET", "/assets/", &[]),
         ("GET", "//index.html", &[]),
+        // Folder redirects come from the normalised path: never to another host.
+        ("GET", "//docs", &[]),
+        ("GET", "//evil.example/%2e%2e%2fdocs", &[]),
+        ("GET", "/sub/../docs?x=%2F", &[]),
         ("GET", "/sub/../index.html", &[]),
         ("GET", "/./docs/./index.html", &[]),
         ("GET", "/../index.html", &[]),
@@ -116,6 +120,8 @@ fn static_answers_match_nginx_over_the_same_release() {
         ("GET", "/big.dat", &[("Range", "bytes=102300-")]),
         ("GET", "/big.dat", &[("Range", "bytes=200000-")]),
         ("HEAD", "/big.dat", &[("Range", "bytes=0-9")]),
+        // A range of another version of the file: the whole file instead (RFC 9110 §13.1.5).
+        ("GET", "/big.dat", &[("Range", "bytes=0-9"), ("If-Range", "\"another-version\"")]),
         ("GET", "/big.dat", &[("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")]),
         ("POST", "/index.html", &[]),
     ];

@@ -246,7 +246,10 @@ pub async fn blob(
     let dir = staging(&state, task.id, attempt);
     tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::internal("creating the staging directory", e))?;
     // Streamed to disk while hashed: memory stays bounded whatever the file size.
-    let tmp = dir.join(format!("{hash}.partial"));
+    // Two uploads of one content (two files, a retry) must not share a temporary file.
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{hash}.{n}.partial"));
     let written = stream_to_file(&state, body, &tmp).await;
     let digest = match written {
         Ok(digest) => digest,
@@ -288,6 +291,33 @@ pub async fn bundle(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The staged contents of `sizes` (hash → size) that are whole: the right size, and for small
+/// ones (bundles write them in place) the right hash too.
+fn staged_whole(dir: &std::path::Path, sizes: &HashMap<String, u64>) -> HashSet<String> {
+    let mut whole = HashSet::new();
+    for (hash, size) in sizes {
+        let path = dir.join(hash);
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.len() != *size {
+            continue;
+        }
+        if *size <= BUNDLED_FILE_BYTES {
+            match std::fs::read(&path) {
+                Ok(data) if blake3::hash(&data).to_hex().as_str() == hash => {}
+                _ => {
+                    tracing::warn!(%hash, "a staged upload does not match its hash; it is not used");
+                    continue;
+                }
+            }
+        }
+        whole.insert(hash.clone());
+    }
+    whole
+}
+
+/// Contents up to this size may arrive in bundles (the worker's limit is 256 KiB).
+const BUNDLED_FILE_BYTES: u64 = 256 << 10;
+
 fn too_large(max_file_bytes: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -316,9 +346,20 @@ fn stage_bundle(body: &[u8], dir: &std::path::Path, max_file_bytes: u64) -> Resu
             return Err(ApiError::bad_request(format!("bundle: the content of {hash} does not match its hash")));
         }
         // Written in place, without the usual rename (it costs ~1 ms a file on ext4, most of a
-        // bundle's time): a file cut short by a crash has the wrong size, which the commit
-        // checks, and a retried publish sends it again.
-        std::fs::write(dir.join(hash), data).map_err(|e| ApiError::internal("staging a file", e))?;
+        // bundle's time): the commit checks small staged contents against their hash, so a
+        // file cut short by a crash is never published. An earlier copy is unlinked, never
+        // truncated: it may already be hard-linked into a release.
+        let path = dir.join(hash);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(ApiError::internal("staging a file", e)),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| ApiError::internal("staging a file", e))?;
+        std::io::Write::write_all(&mut file, data).map_err(|e| ApiError::internal("staging a file", e))?;
         rest = &rest[newline + 1 + size..];
     }
     Ok(())
@@ -368,11 +409,14 @@ pub async fn commit(
         .collect();
     let mut uploads = Vec::new();
     let (mut uploaded, mut skipped) = ((0u64, 0u64), (0u64, 0u64));
+    let sizes: HashMap<String, u64> = plan.files.iter().map(|f| (f.hash.clone(), f.size)).collect();
+    let dir = staged.clone();
+    let whole = tokio::task::spawn_blocking(move || staged_whole(&dir, &sizes))
+        .await
+        .map_err(|e| ApiError::internal("checking staged uploads", std::io::Error::other(e)))?;
     for f in &plan.files {
         let blob = staged.join(&f.hash);
-        // A staged blob counts only whole (a crash may have cut one short).
-        let whole = tokio::fs::metadata(&blob).await.is_ok_and(|m| m.len() == f.size);
-        let source = if whole {
+        let source = if whole.contains(&f.hash) {
             uploaded = (uploaded.0 + 1, uploaded.1 + f.size);
             Source::Staged(blob)
         } else if let Some(from) = holders.get(&f.hash) {
@@ -413,6 +457,9 @@ pub async fn commit(
     // exactly one is recorded (the others are refused here, after their upload).
     let written = started.elapsed();
     let guard = project_guard(&state, task.env, &task.name).await?;
+    // Still this attempt's to publish? (Its lease may have moved on while it uploaded; two
+    // attempts must not both describe one release directory.)
+    running_attempt(&state, &headers, &id, &attempt.to_string()).await?;
     check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
     target.describe_release(&name, &task.version, task.id, &plan.site, &plan.files).await.map_err(|e| {
         ApiError::new(
@@ -421,6 +468,11 @@ pub async fn commit(
             format!("recording the release in the target failed: {e}"),
         )
     })?;
+    if let Some(root) = target.local_root() {
+        // A retried commit rewrote this directory's record.
+        let dir = crate::targets::layout::project_dir(root, &name).join(&task.version).join(task.id.to_string());
+        state.sites.indexes.forget(&dir);
+    }
     // The newest build wins: a task switches the environment only if no newer task (higher
     // id: created later) has a release there. Otherwise its release is recorded, reachable at
     // its immutable URL and by rollback, but the newer one stays current.
@@ -561,7 +613,14 @@ async fn prune(state: &AppState, env: Environment, name: &str) {
         let files = state.store.release_files(r.id).await.unwrap_or_default();
         let Ok(name) = ProjectName::parse(&r.name) else { continue };
         match state.targets.get(env).remove_release(&name, &r.version, r.task_id, &files).await {
-            Ok(()) => pruned.push(r.id),
+            Ok(()) => {
+                pruned.push(r.id);
+                if let Some(root) = state.targets.get(env).local_root() {
+                    let dir =
+                        crate::targets::layout::project_dir(root, &name).join(&r.version).join(r.task_id.to_string());
+                    state.sites.indexes.forget(&dir);
+                }
+            }
             Err(e) => tracing::warn!(release = r.id, "pruning failed: {e}"),
         }
     }

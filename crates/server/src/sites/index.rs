@@ -3,7 +3,6 @@
 //! small LRU cache (releases never change, so an entry never goes stale).
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
@@ -59,25 +58,49 @@ impl ReleaseIndex {
     }
 }
 
-/// Release indexes by release directory.
+/// Release indexes by release directory, bounded by the files they hold in all (a release of
+/// 50,000 files weighs as much as 50,000 releases of one).
 #[derive(Debug)]
-pub struct IndexCache(Mutex<lru::LruCache<PathBuf, Arc<ReleaseIndex>>>);
+pub struct IndexCache(Mutex<(lru::LruCache<PathBuf, Arc<ReleaseIndex>>, usize)>);
+
+/// At most this many files' entries are kept, across all cached indexes (~200 bytes each).
+const INDEXED_FILES: usize = 500_000;
 
 impl Default for IndexCache {
     fn default() -> Self {
-        IndexCache(Mutex::new(lru::LruCache::new(NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN))))
+        IndexCache(Mutex::new((lru::LruCache::unbounded(), 0)))
     }
 }
 
 impl IndexCache {
     /// The cached index of `dir`, if loaded.
     pub fn get(&self, dir: &Path) -> Option<Arc<ReleaseIndex>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(dir).cloned()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.get(dir).cloned()
     }
 
-    /// Keeps `index` for its directory.
+    /// Keeps `index` for its directory, dropping the least recently used beyond the bound.
     pub fn put(&self, index: Arc<ReleaseIndex>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).put(index.dir.clone(), index);
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (cache, files) = &mut *guard;
+        *files += index.files.len() + 1;
+        if let Some(old) = cache.put(index.dir.clone(), index) {
+            *files -= old.files.len() + 1;
+        }
+        while *files > INDEXED_FILES && cache.len() > 1 {
+            match cache.pop_lru() {
+                Some((_, old)) => *files -= old.files.len() + 1,
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets `dir` (its release was pruned, or rewritten by a retried commit).
+    pub fn forget(&self, dir: &Path) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (cache, files) = &mut *guard;
+        if let Some(old) = cache.pop(dir) {
+            *files -= old.files.len() + 1;
+        }
     }
 }
 
@@ -97,6 +120,8 @@ pub struct CachedBody {
     pub modified: std::time::SystemTime,
 }
 
+const ENTRY_OVERHEAD: u64 = 160;
+
 /// Files up to this size are cached.
 pub const CACHED_FILE_BYTES: u64 = 1 << 20;
 
@@ -110,21 +135,22 @@ impl BodyCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.get(hash).cloned()
     }
 
-    /// Keeps `body` under `hash`, evicting the least recently used until the total fits.
+    /// Keeps `body` under `hash`, evicting the least recently used until the total fits. Each
+    /// entry also costs its key and bookkeeping, counted as 160 bytes.
     pub fn put(&self, hash: &str, body: Arc<CachedBody>) {
-        let size = body.bytes.len() as u64;
+        let size = body.bytes.len() as u64 + ENTRY_OVERHEAD;
         if size > self.limit {
             return;
         }
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (cache, total) = &mut *guard;
         if let Some(old) = cache.put(hash.to_owned(), body) {
-            *total -= old.bytes.len() as u64;
+            *total -= old.bytes.len() as u64 + ENTRY_OVERHEAD;
         }
         *total += size;
         while *total > self.limit {
             match cache.pop_lru() {
-                Some((_, evicted)) => *total -= evicted.bytes.len() as u64,
+                Some((_, evicted)) => *total -= evicted.bytes.len() as u64 + ENTRY_OVERHEAD,
                 None => break,
             }
         }

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::Response;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 
 use respond::{respond, EncodedEtag, Site};
@@ -56,15 +56,12 @@ async fn compressed_at(site: Site, raw: String, req: Request) -> Response {
         let (parts, _) = req.into_parts();
         async move { Ok::<_, Infallible>(respond(&site, &raw, &parts).await) }
     });
-    // Text only (media and archives are compressed already), and not tiny answers.
-    let worth = SizeAbove::new(256)
-        .and(NotForContentType::IMAGES)
-        .and(NotForContentType::const_new("video/"))
-        .and(NotForContentType::const_new("audio/"))
-        .and(NotForContentType::const_new("font/"))
-        .and(NotForContentType::const_new("application/octet-stream"))
-        .and(NotForContentType::const_new("application/zip"))
-        .and(NotForContentType::const_new("application/pdf"));
+    // Text only (media and archives are compressed already), and not tiny answers: the same
+    // rule `respond` uses to choose the ETag.
+    let text = |_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions| {
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(respond::compressible)
+    };
+    let worth = SizeAbove::new(256).and(text);
     let svc = ServiceBuilder::new().layer(CompressionLayer::new().compress_when(worth)).service(inner);
     let resp = match svc.oneshot(req).await {
         Ok(resp) => resp.map(Body::new),

@@ -19,6 +19,7 @@ use tower_http::services::ServeFile;
 
 use super::index::{BodyCache, CachedBody, IndexedFile, ReleaseIndex, CACHED_FILE_BYTES};
 use crate::targets::headers::{content_type, content_type_header};
+use crate::targets::urls::encode_path;
 
 /// What a request is answered from.
 #[derive(Debug, Clone)]
@@ -35,8 +36,8 @@ pub struct Site {
     pub bodies: Arc<BodyCache>,
 }
 
-/// Marks a response whose ETag already names its encoded bytes (a precompressed sibling), so
-/// the compression layer's neighbour does not weaken it.
+/// Marks a response whose ETag was chosen for the representation sent (identity, a
+/// precompressed sibling, or weak for compression on the fly), so `weaken_etag` leaves it.
 #[derive(Debug, Clone, Copy)]
 pub struct EncodedEtag;
 
@@ -126,41 +127,45 @@ pub async fn respond(site: &Site, raw_path: &str, req: &Parts) -> Response {
     }
 
     let key = path.key();
+    let asked = path.rule_path();
     let dir_index = if key.is_empty() { "index.html".to_owned() } else { format!("{key}/index.html") };
     if path.folder {
         if let Some(f) = index.get(&dir_index) {
-            return serve(site, index, &dir_index, f, req, None).await;
+            return serve(site, index, &dir_index, f, &asked, req, None).await;
         }
     } else {
         if let Some(f) = index.get(&key) {
-            return serve(site, index, &key, f, req, None).await;
+            return serve(site, index, &key, f, &asked, req, None).await;
         }
         if index.get(&dir_index).is_some() {
-            // A folder without its slash: the same path with one, inside the site.
-            let raw = raw_path.trim_end_matches('/');
-            return redirect(301, &format!("{}{raw}/{query}", site.prefix));
+            // A folder without its slash: the same path with one, inside the site. Built from
+            // the normalised path, never the raw one (`//evil.example/%2e%2e/docs` must not
+            // become a redirect to another host).
+            return redirect(301, &format!("{}/{}/{query}", site.prefix, encode_path(&key)));
         }
         if index.config.clean_urls {
             let html = format!("{key}.html");
             if let Some(f) = index.get(&html) {
-                return serve(site, index, &html, f, req, None).await;
+                return serve(site, index, &html, f, &asked, req, None).await;
             }
         }
     }
 
-    // Not in this release.
+    // Not in this release. Only fingerprinted assets come from the previous release (a page
+    // loaded before the switch asks for them); anything else the current release dropped,
+    // or a rollback meant to remove, stays gone.
     if let Some(prev) = &site.previous {
-        if let Some(f) = prev.get(&key).filter(|f| f.cache != CacheClass::Document) {
-            return serve(site, prev, &key, f, req, None).await;
+        if let Some(f) = prev.get(&key).filter(|f| f.cache == CacheClass::Fingerprinted) {
+            return serve(site, prev, &key, f, &asked, req, None).await;
         }
     }
     if index.config.spa && !path.has_extension() && accepts_html(&req.headers) {
         if let Some(f) = index.get("index.html") {
-            return serve(site, index, "index.html", f, req, Some(StatusCode::OK)).await;
+            return serve(site, index, "index.html", f, &asked, req, Some(StatusCode::OK)).await;
         }
     }
     if let Some(f) = index.get("404.html") {
-        return serve(site, index, "404.html", f, req, Some(StatusCode::NOT_FOUND)).await;
+        return serve(site, index, "404.html", f, &asked, req, Some(StatusCode::NOT_FOUND)).await;
     }
     plain(StatusCode::NOT_FOUND, "not found\n")
 }
@@ -192,17 +197,33 @@ fn etag_of(f: &IndexedFile) -> String {
     format!("\"{}\"", &f.hash[..32.min(f.hash.len())])
 }
 
+/// The content codings a request accepts among those a site may send (`br`, `gzip`).
+fn accepted(headers: &HeaderMap) -> (bool, bool) {
+    let Some(value) = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else { return (false, false) };
+    let takes = |coding: &str| {
+        value.split(',').any(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or_default().trim();
+            let refused =
+                parts.any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            (name.eq_ignore_ascii_case(coding) || name == "*") && !refused
+        })
+    };
+    (takes("br"), takes("gzip"))
+}
+
 /// Sends one file. `fallback` is the status of an answer made from another file (the SPA's
-/// `index.html`, `404.html`): conditional and range headers do not apply to those.
+/// `index.html`, `404.html`): conditional and range headers do not apply to those. `asked` is
+/// the requested path, which `[[site.headers]]` rules match.
 async fn serve(
     site: &Site,
     index: &ReleaseIndex,
     key: &str,
     f: &IndexedFile,
+    asked: &str,
     req: &Parts,
     fallback: Option<StatusCode>,
 ) -> Response {
-    let etag = etag_of(f);
     let cache = if fallback.is_some() {
         CacheClass::Document.cache_control()
     } else if site.immutable {
@@ -210,29 +231,58 @@ async fn serve(
     } else {
         f.cache.cache_control()
     };
+    // The representation this request gets: a precompressed sibling, the file compressed on
+    // the fly (a weak ETag, as nginx gives), or the file as is. 304s and HEADs carry the same
+    // ETag as the GET would (RFC 9110 §15.4.5).
+    let (br, gz) = (index.get(&format!("{key}.br")), index.get(&format!("{key}.gz")));
+    let (takes_br, takes_gzip) = accepted(&req.headers);
+    let sibling = if takes_br && br.is_some() {
+        br
+    } else if takes_gzip {
+        gz
+    } else {
+        None
+    };
     let compressible = compressible(&content_type(key));
+    let on_the_fly = sibling.is_none() && compressible && f.size > 256 && (takes_br || takes_gzip);
+    let etag = match sibling {
+        Some(s) => etag_of(s),
+        None if on_the_fly => format!("W/{}", etag_of(f)),
+        None => etag_of(f),
+    };
+    let vary = compressible || br.is_some() || gz.is_some();
     if fallback.is_none() && none_match(&req.headers, &etag) {
         let mut resp = plain(StatusCode::NOT_MODIFIED, "");
         *resp.body_mut() = Body::empty();
         resp.headers_mut().remove(header::CONTENT_TYPE);
-        finish(&mut resp, index, key, &etag, cache, compressible);
+        finish(&mut resp, index, asked, &etag, cache, vary);
         return resp;
     }
 
-    let (br, gz) = (index.get(&format!("{key}.br")), index.get(&format!("{key}.gz")));
-    let sibling_wanted = (br.is_some() || gz.is_some()) && req.headers.contains_key(header::ACCEPT_ENCODING);
-    let plain_get = !req.headers.contains_key(header::RANGE) && !req.headers.contains_key(header::IF_UNMODIFIED_SINCE);
-    if f.size <= CACHED_FILE_BYTES && plain_get && !sibling_wanted {
+    // A range applies only to the representation the client has: `If-Range` must name it by
+    // its strong ETag, else the whole file goes (RFC 9110 §13.1.5). Several ranges are
+    // answered with the whole file too (allowed; tower-http would refuse them).
+    let range = req.headers.get(header::RANGE).filter(|r| {
+        let single = r.to_str().is_ok_and(|r| !r.contains(','));
+        let if_range = req.headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok());
+        single && if_range.is_none_or(|tag| tag.trim() == etag && !etag.starts_with("W/"))
+    });
+    let range = if fallback.is_some() { None } else { range };
+    let unmodified = req.headers.contains_key(header::IF_UNMODIFIED_SINCE);
+    if f.size <= CACHED_FILE_BYTES && range.is_none() && !unmodified && sibling.is_none() {
         if let Some(body) = cached_body(site, index, key, f).await {
             let mut resp = from_memory(&body, req, fallback);
             resp.headers_mut().insert(header::CONTENT_TYPE, content_type_header(key));
-            finish(&mut resp, index, key, &etag, cache, compressible);
+            finish(&mut resp, index, asked, &etag, cache, vary);
             return resp;
         }
     }
 
     let mut inner = Request::builder().method(req.method.clone()).uri("/");
-    for name in [header::ACCEPT_ENCODING, header::RANGE, header::IF_MODIFIED_SINCE, header::IF_UNMODIFIED_SINCE] {
+    if let Some(range) = range {
+        inner = inner.header(header::RANGE, range);
+    }
+    for name in [header::ACCEPT_ENCODING, header::IF_MODIFIED_SINCE, header::IF_UNMODIFIED_SINCE] {
         let conditional = name != header::ACCEPT_ENCODING;
         // If-None-Match, when sent, decides alone (RFC 9110 §13.2.2).
         if conditional
@@ -249,10 +299,10 @@ async fn serve(
     let mime =
         content_type(key).parse::<mime_guess::mime::Mime>().unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
     let mut file = ServeFile::new_with_mime(index.dir.join(key), &mime);
-    if br.is_some() {
+    if br.is_some() && takes_br {
         file = file.precompressed_br();
     }
-    if gz.is_some() {
+    if gz.is_some() && takes_gzip {
         file = file.precompressed_gzip();
     }
     let mut resp = match file.oneshot(inner).await {
@@ -280,7 +330,7 @@ async fn serve(
         *resp.status_mut() = status;
     }
     resp.headers_mut().insert(header::CONTENT_TYPE, content_type_header(key));
-    finish(&mut resp, index, key, &etag, cache, compressible);
+    finish(&mut resp, index, asked, &etag, cache, vary);
     resp
 }
 
@@ -296,13 +346,24 @@ async fn cached_body(site: &Site, index: &ReleaseIndex, key: &str, f: &IndexedFi
         Ok(CachedBody { bytes: bytes.into(), modified })
     });
     match read.await {
-        // The record and the disk must agree; if not, the slow path reports it.
-        Ok(Ok(body)) if body.bytes.len() as u64 == f.size => {
+        // Cached by hash for every site: only bytes that are what the record says they are.
+        Ok(Ok(body)) if blake3::hash(&body.bytes).to_hex().as_str() == f.hash => {
             let body = Arc::new(body);
             site.bodies.put(&f.hash, body.clone());
             Some(body)
         }
-        _ => None,
+        Ok(Ok(_)) => {
+            tracing::warn!(file = key, dir = %index.dir.display(), "a published file does not match its recorded hash");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(file = key, dir = %index.dir.display(), "reading a published file failed: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(file = key, "reading a published file failed: {e}");
+            None
+        }
     }
 }
 
@@ -315,7 +376,8 @@ fn from_memory(body: &CachedBody, req: &Parts, fallback: Option<StatusCode>) -> 
         let since = req.headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
         if let Some(since) = since.and_then(|s| httpdate::parse_http_date(s).ok()) {
             // HTTP dates have whole seconds.
-            let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let secs =
+                |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             if secs(body.modified) <= secs(since) {
                 let mut resp = plain(StatusCode::NOT_MODIFIED, "");
                 resp.headers_mut().remove(header::CONTENT_TYPE);
@@ -343,8 +405,9 @@ fn from_memory(body: &CachedBody, req: &Parts, fallback: Option<StatusCode>) -> 
     resp
 }
 
-/// Headers every file answer carries, then the site's own rules (which may override them).
-fn finish(resp: &mut Response, index: &ReleaseIndex, key: &str, etag: &str, cache: &'static str, vary: bool) {
+/// Headers every file answer carries, then the site's own rules for the requested path (which
+/// may override them).
+fn finish(resp: &mut Response, index: &ReleaseIndex, asked: &str, etag: &str, cache: &'static str, vary: bool) {
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
@@ -354,7 +417,7 @@ fn finish(resp: &mut Response, index: &ReleaseIndex, key: &str, etag: &str, cach
     if vary {
         h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
-    for (name, value) in index.rules.headers_for(&format!("/{key}")) {
+    for (name, value) in index.rules.headers_for(asked) {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             h.insert(n, v);
         }

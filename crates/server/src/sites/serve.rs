@@ -117,11 +117,17 @@ async fn current_site(
     project: &Path,
     prefix: String,
 ) -> Result<Site, NotFound> {
-    let current = std::fs::read_link(project.join("current")).map_err(|_| not_found("no such site"))?;
+    let current = std::fs::read_link(project.join("current")).map_err(|e| {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(project = %project.display(), "reading the current release's link failed: {e}");
+        }
+        not_found("no such site")
+    })?;
     let release = load(state, env, name, project.join(current)).await.ok_or_else(|| not_found("no such site"))?;
+    // The previous release may have been pruned since its index was cached.
     let previous = match std::fs::read_link(project.join("previous")) {
-        Ok(prev) => load(state, env, name, project.join(prev)).await,
-        Err(_) => None,
+        Ok(prev) if project.join(&prev).exists() => load(state, env, name, project.join(prev)).await,
+        _ => None,
     };
     Ok(Site { release, previous, prefix, immutable: false, bodies: state.sites.bodies.clone() })
 }
@@ -152,9 +158,21 @@ async fn load(state: &AppState, env: Environment, name: &ProjectName, dir: PathB
         Ok(Some(record)) => record,
         Ok(None) => {
             let task: i64 = dir.file_name()?.to_str()?.parse().ok()?;
-            let releases = state.store.list_releases(Some(env), name.as_str()).await.ok()?;
+            let releases = match state.store.list_releases(Some(env), name.as_str()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%name, "listing releases for a site without a record failed: {e}");
+                    return None;
+                }
+            };
             let release = releases.into_iter().find(|r| r.task_id == task && !r.pruned)?;
-            let files = state.store.release_files(release.id).await.ok()?;
+            let files = match state.store.release_files(release.id).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(%name, release = release.id, "reading a release's files failed: {e}");
+                    return None;
+                }
+            };
             SiteRecord { site: Default::default(), files }
         }
         Err(e) => {

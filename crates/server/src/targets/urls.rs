@@ -85,7 +85,8 @@ impl SiteUrls {
         port: Option<u16>,
     ) -> Self {
         for (name, domain) in domains {
-            self.custom.insert(name.as_str().to_owned(), origin(scheme, domain, port));
+            // The first domain of a project is the one printed.
+            self.custom.entry(name.as_str().to_owned()).or_insert_with(|| origin(scheme, domain, port));
         }
         self
     }

@@ -30,7 +30,10 @@ struct NotFound(&'static str);
 
 impl IntoResponse for NotFound {
     fn into_response(self) -> Response {
-        (StatusCode::NOT_FOUND, format!("{}\n", self.0)).into_response()
+        let mut resp = (StatusCode::NOT_FOUND, format!("{}\n", self.0)).into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+        resp
     }
 }
 

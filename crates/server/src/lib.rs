@@ -105,6 +105,7 @@ pub async fn run(
         custom_domains: settings.custom_domains.iter().cloned().collect(),
         indexes: Default::default(),
         bodies: Default::default(),
+        labels: Default::default(),
     };
     let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
     let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };

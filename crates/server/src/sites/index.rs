@@ -9,15 +9,29 @@ use std::sync::{Arc, Mutex};
 
 use cloudbuild_proto::site::{cache_class, CacheClass, SiteConfig, SiteRules};
 
+use super::respond::compressible;
+use crate::targets::headers::{content_type, content_type_header};
 use crate::targets::layout::SiteRecord;
 
 /// One published file.
 #[derive(Debug, Clone)]
 pub struct IndexedFile {
-    /// blake3 of the content (hex); the ETag.
+    /// blake3 of the content (hex).
     pub hash: String,
     pub size: u64,
     pub cache: CacheClass,
+    /// What every answer needs, worked out once per release rather than once per request.
+    pub etag: String,
+    pub content_type: axum::http::HeaderValue,
+    pub compressible: bool,
+    /// Whether `<path>.br` / `<path>.gz` siblings were published.
+    pub has_br: bool,
+    pub has_gz: bool,
+}
+
+/// The ETag of a content: the first 128 bits of its hash.
+pub fn etag_of(hash: &str) -> String {
+    format!("\"{}\"", &hash[..32.min(hash.len())])
 }
 
 /// A release ready to serve from.
@@ -42,12 +56,23 @@ impl ReleaseIndex {
                 (config, rules)
             }
         };
+        let paths: std::collections::HashSet<&str> = record.files.iter().map(|f| f.path.as_str()).collect();
         let files = record
             .files
-            .into_iter()
+            .iter()
             .map(|f| {
-                let cache = cache_class(&f.path, f.fingerprinted);
-                (f.path, IndexedFile { hash: f.hash, size: f.size, cache })
+                let content_type = content_type(&f.path);
+                let indexed = IndexedFile {
+                    etag: etag_of(&f.hash),
+                    hash: f.hash.clone(),
+                    size: f.size,
+                    cache: cache_class(&f.path, f.fingerprinted),
+                    compressible: compressible(&content_type),
+                    content_type: content_type_header(&f.path),
+                    has_br: paths.contains(format!("{}.br", f.path).as_str()),
+                    has_gz: paths.contains(format!("{}.gz", f.path).as_str()),
+                };
+                (f.path.clone(), indexed)
             })
             .collect();
         ReleaseIndex { dir, files, config, rules }

@@ -34,6 +34,13 @@ pub struct Sites {
     pub indexes: index::IndexCache,
     /// Small files' bytes by content hash.
     pub bodies: Arc<index::BodyCache>,
+    /// Site labels seen, with their project (one entry per project at most).
+    pub labels: std::sync::Mutex<
+        std::collections::HashMap<
+            (cloudbuild_proto::task::Environment, String),
+            cloudbuild_proto::validate::ProjectName,
+        >,
+    >,
 }
 
 /// Answers a request by host: the whole path is the site's.

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::index::{BodyCache, CachedBody, IndexedFile, ReleaseIndex, CACHED_FILE_BYTES};
-use crate::targets::headers::{content_type, content_type_header};
+use crate::targets::headers::content_type;
 use crate::targets::urls::encode_path;
 
 /// What a request is answered from.
@@ -193,10 +193,6 @@ fn none_match(headers: &HeaderMap, etag: &str) -> bool {
     value.trim() == "*" || value.split(',').any(|t| opaque(t) == opaque(etag))
 }
 
-fn etag_of(f: &IndexedFile) -> String {
-    format!("\"{}\"", &f.hash[..32.min(f.hash.len())])
-}
-
 /// The content codings a request accepts among those a site may send (`br`, `gzip`).
 fn accepted(headers: &HeaderMap) -> (bool, bool) {
     let Some(value) = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else { return (false, false) };
@@ -234,7 +230,8 @@ async fn serve(
     // The representation this request gets: a precompressed sibling, the file compressed on
     // the fly (a weak ETag, as nginx gives), or the file as is. 304s and HEADs carry the same
     // ETag as the GET would (RFC 9110 §15.4.5).
-    let (br, gz) = (index.get(&format!("{key}.br")), index.get(&format!("{key}.gz")));
+    let br = if f.has_br { index.get(&format!("{key}.br")) } else { None };
+    let gz = if f.has_gz { index.get(&format!("{key}.gz")) } else { None };
     let (takes_br, takes_gzip) = accepted(&req.headers);
     let sibling = if takes_br && br.is_some() {
         br
@@ -243,14 +240,13 @@ async fn serve(
     } else {
         None
     };
-    let compressible = compressible(&content_type(key));
-    let on_the_fly = sibling.is_none() && compressible && f.size > 256 && (takes_br || takes_gzip);
+    let on_the_fly = sibling.is_none() && f.compressible && f.size > 256 && (takes_br || takes_gzip);
     let etag = match sibling {
-        Some(s) => etag_of(s),
-        None if on_the_fly => format!("W/{}", etag_of(f)),
-        None => etag_of(f),
+        Some(s) => s.etag.clone(),
+        None if on_the_fly => format!("W/{}", f.etag),
+        None => f.etag.clone(),
     };
-    let vary = compressible || br.is_some() || gz.is_some();
+    let vary = f.compressible || f.has_br || f.has_gz;
     if fallback.is_none() && none_match(&req.headers, &etag) {
         let mut resp = plain(StatusCode::NOT_MODIFIED, "");
         *resp.body_mut() = Body::empty();
@@ -272,7 +268,7 @@ async fn serve(
     if f.size <= CACHED_FILE_BYTES && range.is_none() && !unmodified && sibling.is_none() {
         if let Some(body) = cached_body(site, index, key, f).await {
             let mut resp = from_memory(&body, req, fallback);
-            resp.headers_mut().insert(header::CONTENT_TYPE, content_type_header(key));
+            resp.headers_mut().insert(header::CONTENT_TYPE, f.content_type.clone());
             finish(&mut resp, index, asked, &etag, cache, vary);
             return resp;
         }
@@ -319,8 +315,8 @@ async fn serve(
     }
     // A precompressed sibling is its own representation, with its own content hash.
     let etag = match resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
-        Some("br") => br.map(etag_of).unwrap_or(etag),
-        Some("gzip") => gz.map(etag_of).unwrap_or(etag),
+        Some("br") => br.map(|s| s.etag.clone()).unwrap_or(etag),
+        Some("gzip") => gz.map(|s| s.etag.clone()).unwrap_or(etag),
         _ => etag,
     };
     if resp.headers().contains_key(header::CONTENT_ENCODING) {
@@ -329,7 +325,7 @@ async fn serve(
     if let Some(status) = fallback {
         *resp.status_mut() = status;
     }
-    resp.headers_mut().insert(header::CONTENT_TYPE, content_type_header(key));
+    resp.headers_mut().insert(header::CONTENT_TYPE, f.content_type.clone());
     finish(&mut resp, index, asked, &etag, cache, vary);
     resp
 }

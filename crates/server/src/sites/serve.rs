@@ -88,11 +88,23 @@ pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Nex
 
 async fn site_for_label(state: &AppState, env: Environment, label: &HostLabel<'_>) -> Result<Site, NotFound> {
     let root = local_root(state, env)?;
-    let link = root.join(LABELS_DIR).join(label.site);
-    let name = std::fs::read_link(&link)
-        .ok()
-        .and_then(|target| name_of_label_link(&target))
-        .ok_or_else(|| not_found("no site has this address"))?;
+    // A label always names the same project (it is made from the name), so what a link said
+    // once stays true: remembered, without a system call per request.
+    let known =
+        state.sites.labels.lock().unwrap_or_else(|p| p.into_inner()).get(&(env, label.site.to_owned())).cloned();
+    let name = match known {
+        Some(name) => name,
+        None => {
+            let link = root.join(LABELS_DIR).join(label.site);
+            let name = std::fs::read_link(&link)
+                .ok()
+                .and_then(|target| name_of_label_link(&target))
+                .ok_or_else(|| not_found("no site has this address"))?;
+            let mut labels = state.sites.labels.lock().unwrap_or_else(|p| p.into_inner());
+            labels.insert((env, label.site.to_owned()), name.clone());
+            name
+        }
+    };
     let project = project_dir(&root, &name);
     match label.task {
         None => current_site(state, env, &name, &project, String::new()).await,

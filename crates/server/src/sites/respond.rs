@@ -268,6 +268,10 @@ async fn serve(
     if f.size <= CACHED_FILE_BYTES && range.is_none() && !unmodified && sibling.is_none() {
         if let Some(body) = cached_body(site, index, key, f).await {
             let mut resp = from_memory(&body, req, fallback);
+            if on_the_fly && req.method == Method::HEAD {
+                // The GET's body would be compressed, to a length not known without doing so.
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             resp.headers_mut().insert(header::CONTENT_TYPE, f.content_type.clone());
             finish(&mut resp, index, asked, &etag, cache, vary);
             return resp;

@@ -9,11 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q -p cloudbuild --manifest-path "$root/Cargo.toml"
 s3s=$(command -v s3s-fs || echo "$root/target/tools/bin/s3s-fs")
 [ -x "$s3s" ] || cargo install s3s-fs@0.14.1 --features binary --locked --root "$root/target/tools"
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/bench/lib.sh"
 
 # The project: its build writes FILES files of ~2 KB; file 0 depends on seed.txt.
 git init -q --bare "$tmp/gen.git"

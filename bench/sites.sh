@@ -11,11 +11,7 @@ command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)"; exit 
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$nginx_bin" ] || { echo "nginx is needed (apt-get install nginx-light)"; exit 1; }
 cargo build --release -q -p cloudbuild --manifest-path "$root/Cargo.toml"
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/bench/lib.sh"
 
 # The site: a 2 KB page and a 1 MB file.
 git init -q --bare "$tmp/origin.git"

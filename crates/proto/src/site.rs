@@ -348,7 +348,7 @@ impl SiteRules {
     pub fn redirect_for(&self, path: &str) -> Option<(u16, String)> {
         let (glob, rule) = self.redirects.iter().find(|(g, _)| g.is_match(path))?;
         let splat = splat_of(glob.glob().glob(), path).unwrap_or_default();
-        let splat = utf8_percent_encode(&splat, SPLAT).to_string();
+        let splat = encode_path(&splat);
         let mut location = rule.to.replace(":splat", &splat);
         if location.starts_with("//") {
             location = format!("/{}", location.trim_start_matches('/'));
@@ -357,12 +357,14 @@ impl SiteRules {
     }
 }
 
-/// Bytes a path may not carry literally, `/` excepted (it separates the splat's segments).
-const SPLAT: &AsciiSet = &CONTROLS
+/// Bytes a path segment may not carry literally (RFC 3986 `pchar` keeps the rest): a file
+/// named `a b#1?.txt` is reachable at `a%20b%231%3F.txt`.
+const SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')
     .add(b'%')
+    .add(b'/')
     .add(b'<')
     .add(b'>')
     .add(b'?')
@@ -374,6 +376,12 @@ const SPLAT: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'|')
     .add(b'}');
+
+/// A relative path (`dir/a b.txt`) with each segment percent-encoded (`dir/a%20b.txt`); the
+/// form of every path the server puts in a URL.
+pub fn encode_path(path: &str) -> String {
+    path.split('/').map(|seg| utf8_percent_encode(seg, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
+}
 
 /// What the first wildcard of `glob` matched in `path`, when the glob is a literal prefix then
 /// `*` or `**` (the common `/old/*` form); `None` otherwise.

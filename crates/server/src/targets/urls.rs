@@ -1,37 +1,11 @@
 //! The public URLs of sites, releases and files: by host (`<site>.<env>.<domain>`), by path
 //! (`/sites/<env>/<name>/`), or under an object store's public URL.
 
+pub use cloudbuild_proto::site::encode_path;
 use cloudbuild_proto::site::{release_label, site_label};
 use cloudbuild_proto::task::{Environment, TaskId};
 use cloudbuild_proto::validate::ProjectName;
 use std::collections::BTreeMap;
-
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-
-/// Bytes a path segment must not carry literally (RFC 3986 `pchar` keeps the rest): a file
-/// named `a b#1?.txt` is reachable at `a%20b%231%3F.txt`.
-const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'/')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
-
-/// A relative path (`dir/a b.txt`) with each segment percent-encoded (`dir/a%20b.txt`).
-pub fn encode_path(path: &str) -> String {
-    path.split('/').map(|seg| utf8_percent_encode(seg, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
-}
 
 /// How one environment's sites are addressed. Every URL ends with `/`.
 #[derive(Debug, Clone)]

@@ -75,7 +75,8 @@ pub fn parse_label(label: &str) -> Option<HostLabel<'_>> {
         return None;
     }
     if let Some((site, task)) = label.rsplit_once(RELEASE_SEPARATOR) {
-        if !task.is_empty() && task.bytes().all(|b| b.is_ascii_digit()) {
+        // One spelling per release: `app---06` is not task 6's second origin.
+        if !task.is_empty() && !task.starts_with('0') && task.bytes().all(|b| b.is_ascii_digit()) {
             return Some(HostLabel { site, task: Some(task.parse().ok()?) });
         }
     }
@@ -123,7 +124,7 @@ pub fn cache_class(path: &str, listed: bool) -> CacheClass {
     }
     let in_asset_dir = path.split('/').rev().skip(1).any(|dir| ASSET_DIRS.contains(&dir));
     let code = matches!(ext.as_str(), "js" | "mjs" | "css");
-    if has_content_hash(file) && (listed || in_asset_dir || code) {
+    if has_content_hash(file, listed) && (listed || in_asset_dir || code) {
         CacheClass::Fingerprinted
     } else {
         CacheClass::Other
@@ -133,29 +134,29 @@ pub fn cache_class(path: &str, listed: bool) -> CacheClass {
 /// Whether a file name ends its stem with a content hash, as bundlers write them:
 /// `index-BZrK3p2Q.js` (Vite, base64url, which may hold `-` and `_`), `main.3f2a9c1b.css`
 /// (webpack, hex), `main-ABCD2345.js` (esbuild). The hash is 8 to 32 characters after a `-` or
-/// `.`, mixing letters and digits or both cases: a date such as `20241105` is not a hash.
-pub fn has_content_hash(file: &str) -> bool {
+/// `.`, with letters and digits: a date such as `20241105` is not a hash, nor is a word such
+/// as `JavaScript` or `WinterSale`. With `listed` (the bundler's manifest names the file),
+/// letters of both cases suffice: a hash may happen to hold no digit.
+pub fn has_content_hash(file: &str, listed: bool) -> bool {
     let stem = file.rsplit_once('.').map(|(s, _)| s).unwrap_or(file);
     // `787.2c1e05ab.chunk.js`: webpack may put the hash between further suffixes.
-    let middle = stem.split('.').skip(1).any(|seg| looks_like_hash(seg, seg.len()));
-    middle || stem_ends_with_hash(stem)
+    let middle = stem.split('.').skip(1).any(|seg| looks_like_hash(seg, listed));
+    middle
+        || (8..=32).any(|n| {
+            stem.len() > n
+                && stem.is_char_boundary(stem.len() - n)
+                && matches!(stem.as_bytes()[stem.len() - n - 1], b'-' | b'.')
+                && looks_like_hash(&stem[stem.len() - n..], listed)
+        })
 }
 
-fn stem_ends_with_hash(stem: &str) -> bool {
-    (8..=32).any(|n| {
-        stem.len() > n
-            && matches!(stem.as_bytes()[stem.len() - n - 1], b'-' | b'.')
-            && looks_like_hash(&stem[stem.len() - n..], n)
-    })
-}
-
-fn looks_like_hash(seg: &str, n: usize) -> bool {
+fn looks_like_hash(seg: &str, listed: bool) -> bool {
     let b = seg.as_bytes();
     let (digit, lower, upper) =
         (b.iter().any(u8::is_ascii_digit), b.iter().any(u8::is_ascii_lowercase), b.iter().any(u8::is_ascii_uppercase));
-    (8..=32).contains(&n)
+    (8..=32).contains(&b.len())
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
-        && ((digit && (lower || upper)) || (lower && upper))
+        && ((digit && (lower || upper)) || (listed && lower && upper))
 }
 
 /// The `[site]` table of `cloudbuild.toml`: how the server answers requests for the site.
@@ -223,6 +224,15 @@ const RESERVED_HEADERS: &[&str] = &[
     "service-worker-allowed",
     "clear-site-data",
     "set-cookie",
+    // Reach the whole host (every site, by path) or all subdomains, and outlive the release.
+    "strict-transport-security",
+    "alt-svc",
+    // The server's own answer, which rules must not contradict.
+    "x-content-type-options",
+    "accept-ranges",
+    "date",
+    "location",
+    "vary",
     "content-length",
     "content-encoding",
     "content-range",
@@ -274,10 +284,9 @@ impl SiteConfig {
             }
             let to = &rule.to;
             let url = to.starts_with("https://") || to.starts_with("http://");
-            if !(url || (to.starts_with('/') && !to.starts_with("//")))
-                || to.len() > 2048
-                || !to.bytes().all(|b| (0x21..0x7f).contains(&b))
-            {
+            // A path, but not `//host` nor `/\host` (which browsers read as `//host`).
+            let path = to.starts_with('/') && !to.starts_with("//") && !to.contains('\\');
+            if !(url || path) || to.len() > 2048 || !to.bytes().all(|b| (0x21..0x7f).contains(&b)) {
                 return bad(format!(
                     "{at}: `to` must be a path starting with `/` or an http(s) URL, without spaces or control characters"
                 ));
@@ -451,6 +460,7 @@ mod tests {
             assert_eq!(parse_label(&l), Some(HostLabel { site: &site, task: Some(9_223_372_036_854_775_807) }));
         }
         assert_eq!(parse_label("UPPER"), None);
+        assert_eq!(parse_label("app---06"), Some(HostLabel { site: "app---06", task: None }), "not task 6");
         assert_eq!(parse_label("a.b"), None);
     }
 
@@ -474,11 +484,15 @@ mod tests {
             ("favicon.svg", Other),
             ("assets/some-component.js", Other),
             ("bootstrap-reboot.css", Other),
+            ("img/logo-JavaScript.png", Other),
+            ("static/banner-WinterSale.jpg", Other),
+            ("config-Production.js", Other),
         ] {
             assert_eq!(cache_class(path, false), want, "{path}");
         }
         assert_eq!(cache_class("images/photo-a1b2c3d4.jpg", true), Fingerprinted);
         assert_eq!(cache_class("images/photo.jpg", true), Other, "listed but not named by content");
+        assert_eq!(cache_class("assets/index-BZrKpqQa.js", true), Fingerprinted, "a listed hash without a digit");
     }
 
     #[test]
@@ -521,6 +535,9 @@ mod tests {
         let mut bad = toml_like.clone();
         bad.redirects[0].to = "//evil.example".into();
         assert!(bad.validate().is_err());
+        let mut bad = toml_like.clone();
+        bad.redirects[0].to = "/\\evil.example".into();
+        assert!(bad.validate().is_err(), "browsers read `/\\` as `//`");
         let mut bad = toml_like;
         bad.headers[0].values = [("X-Bad".to_string(), "a\nb".to_string())].into();
         assert!(bad.validate().is_err());

@@ -100,6 +100,8 @@ fn static_answers_match_nginx_over_the_same_release() {
         ("GET", "/hash%231.txt", &[]),
         ("GET", "/q%3F.txt", &[]),
         ("GET", "/100%25.txt", &[]),
+        ("GET", "/100%.txt", &[]),
+        ("GET", "/%zz", &[]),
         ("GET", "/%E4%B8%AD%E6%96%87.txt", &[]),
         ("GET", "/plus+sign.txt", &[]),
         ("GET", "/style.css", &[]),
@@ -120,6 +122,8 @@ fn static_answers_match_nginx_over_the_same_release() {
         ("GET", "/big.dat", &[("Range", "bytes=102300-")]),
         ("GET", "/big.dat", &[("Range", "bytes=200000-")]),
         ("HEAD", "/big.dat", &[("Range", "bytes=0-9")]),
+        // Seeking with a browser's Accept-Encoding: a range of the identity bytes.
+        ("GET", "/style.css", &[("Range", "bytes=0-9"), ("Accept-Encoding", "gzip, br")]),
         // A range of another version of the file: the whole file instead (RFC 9110 §13.1.5).
         ("GET", "/big.dat", &[("Range", "bytes=0-9"), ("If-Range", "\"another-version\"")]),
         ("GET", "/big.dat", &[("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")]),
@@ -256,6 +260,12 @@ status = 308
         &[("Accept-Encoding", "gzip"), ("If-None-Match", &format!("W/{strong}"))],
     );
     assert_eq!(again.status, 304);
+    // Seeking with a browser's Accept-Encoding: a range of the identity bytes, under their
+    // strong tag, which If-Range may name.
+    let seek = [("Accept-Encoding", "gzip, br"), ("Range", "bytes=0-9"), ("If-Range", strong.as_str())];
+    let part = site_get(&srv, host, "/assets/index-BZrK3p2Q.js", &seek);
+    assert_eq!((part.status, part.header("etag")), (206, Some(strong.as_str())));
+    assert_eq!(part.body, b"console.lo");
     // A precompressed sibling is sent as is, with its own strong tag.
     let release = srv.data.path().join(format!("data/targets/test/feat-site/1.0.0/{}", t.id));
     let sibling = std::fs::read(release.join("assets/big-Q1w2E3r4.js.gz")).unwrap();
@@ -391,5 +401,36 @@ fn a_custom_domain_serves_its_projects_prod_site() {
     let test = publish(&srv, &repo, "brand-site");
     assert_eq!(test.url.as_deref(), Some(srv.site_url("test", "brand-site").as_str()));
     assert_eq!(site_get(&srv, "brand-site.prod.localhost", "/", &[]).body, b"<h1>brand</h1>");
-    assert_eq!(site_get(&srv, "www.other.test", "/healthz", &[]).status, 200, "not a site: the server's own routes");
+    assert_eq!(site_get(&srv, "www.other.test", "/", &[]).status, 403, "not a site, and not the server's host");
+}
+
+#[test]
+fn the_api_answers_only_at_its_own_hosts_and_pages_cannot_open_its_websockets() {
+    let srv = server("");
+    let port = port_of(&srv);
+    let get = |host: &str, headers: &[(&str, &str)], target: &str| {
+        raw_request(port, "GET", target, &format!("{host}:{port}"), headers).unwrap()
+    };
+    for ok in ["127.0.0.1", "localhost"] {
+        assert_eq!(get(ok, &[], "/api/v1/tasks").status, 200, "{ok}");
+    }
+    // A name that resolves here but is not the server's (DNS rebinding): no anonymous API.
+    let rebound = get("attacker.example", &[], "/api/v1/tasks");
+    assert_eq!(rebound.status, 403, "{rebound:?}");
+    // Browsers send no CORS preflight for WebSockets: a page elsewhere, or a published site,
+    // must not open the socket.io endpoint or an event stream.
+    let ws = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for origin in ["http://evil.example", &format!("http://some-site.test.localhost:{port}")] {
+        let mut headers = ws.to_vec();
+        headers.push(("Origin", origin));
+        let r = get("127.0.0.1", &headers, "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(r.status, 403, "{origin}: {r:?}");
+        let r = get("127.0.0.1", &headers, "/api/v1/tasks/1/events");
+        assert_eq!(r.status, 403, "{origin}: {r:?}");
+    }
 }

@@ -59,6 +59,14 @@ impl SitePath {
     /// and empty segments as nginx does. `None` for a path that is not UTF-8, holds NUL, or
     /// climbs above the site's root (nginx answers those 400).
     pub fn parse(raw: &str) -> Option<SitePath> {
+        // Every `%` starts an escape of two hex digits (nginx answers 400 otherwise).
+        let bytes = raw.as_bytes();
+        let escapes_ok = bytes.iter().enumerate().filter(|(_, b)| **b == b'%').all(|(i, _)| {
+            bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+        });
+        if !escapes_ok {
+            return None;
+        }
         let decoded = percent_decode_str(raw).decode_utf8().ok()?;
         if decoded.contains('\0') {
             return None;
@@ -240,7 +248,9 @@ async fn serve(
     } else {
         None
     };
-    let on_the_fly = sibling.is_none() && f.compressible && f.size > 256 && (takes_br || takes_gzip);
+    // A range is of the identity bytes (the compression layer leaves ranges alone).
+    let ranged = req.headers.contains_key(header::RANGE) && fallback.is_none();
+    let on_the_fly = sibling.is_none() && !ranged && f.compressible && f.size > 256 && (takes_br || takes_gzip);
     let etag = match sibling {
         Some(s) => s.etag.clone(),
         None if on_the_fly => format!("W/{}", f.etag),
@@ -455,5 +465,8 @@ mod tests {
         assert_eq!(p("/a/%2e%2e/%2e%2e/x"), None);
         assert_eq!(p("/%ff"), None);
         assert_eq!(p("/a%00b"), None);
+        assert_eq!(p("/100%.txt"), None, "a bare % is not an escape");
+        assert_eq!(p("/%zz"), None);
+        assert_eq!(p("/a%2"), None);
     }
 }

@@ -51,10 +51,53 @@ fn host_site<'h>(host: &'h str, domain: &str) -> Option<Result<(Environment, Hos
 }
 
 /// The host name a request was sent to, lower-cased, without its port.
+/// The host of a request: the request line's authority when it has one (RFC 9112 §3.2.2), else
+/// the `Host` header, parsed as an authority (so `a.test@evil.com` is `evil.com`).
 fn request_host(req: &Request) -> Option<String> {
-    let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
-    let name = if raw.starts_with('[') { raw.split_inclusive(']').next()? } else { raw.split(':').next()? };
-    Some(name.to_ascii_lowercase())
+    if let Some(host) = req.uri().host() {
+        return Some(host.trim_end_matches('.').to_ascii_lowercase());
+    }
+    let raw = req.headers().get(header::HOST)?.to_str().ok()?;
+    let authority: axum::http::uri::Authority = raw.parse().ok()?;
+    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Whether a host name is this machine's: `localhost`, `*.localhost`, a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `host` may reach the server's own routes (API, event streams, socket.io). Always
+/// for the host of `public_url`; and, while anonymous requests are accepted, for loopback names
+/// only, so that a web page cannot reach the API through a name of its own that resolves here
+/// (DNS rebinding). Never for a host under the sites domain: that is a site's origin.
+fn serves_api(state: &AppState, host: &str) -> bool {
+    if let Some(domain) = state.sites.domain.as_deref() {
+        if host.ends_with(&format!(".{domain}")) {
+            return false;
+        }
+    }
+    own_host(state).as_deref() == Some(host) || !state.settings.allow_anonymous || is_loopback_host(host)
+}
+
+/// The host of `public_url`.
+fn own_host(state: &AppState) -> Option<String> {
+    state.public_url.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase))
+}
+
+/// A browser's cross-site WebSocket (no CORS applies to them) from a page that is not the
+/// server's own: any site, any other web page. Clients outside browsers send no `Origin`.
+fn foreign_websocket(state: &AppState, req: &Request) -> bool {
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return false;
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = origin.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase));
+    let own = own_host(state);
+    !host.is_some_and(|h| serves_api(state, &h) && (is_loopback_host(&h) || own.as_deref() == Some(h.as_str())))
 }
 
 /// Middleware: a request for `<site>.<env>.<domain>` or for a custom domain is a site's,
@@ -62,6 +105,7 @@ fn request_host(req: &Request) -> Option<String> {
 /// the server's routes.
 pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(host) = request_host(&req) else { return next.run(req).await };
+    let not_api = |why: &'static str| (StatusCode::FORBIDDEN, why).into_response();
     if let Some(name) = state.sites.custom_domains.get(host.trim_end_matches('.')) {
         let root = match local_root(&state, Environment::Prod) {
             Ok(root) => root,
@@ -72,9 +116,18 @@ pub async fn by_host(State(state): State<Arc<AppState>>, req: Request, next: Nex
             Err(missing) => missing.into_response(),
         };
     }
-    let Some(domain) = state.sites.domain.as_deref() else { return next.run(req).await };
+    let api = |req: Request| async {
+        if !serves_api(&state, &host) {
+            return not_api("this server answers its API at loopback addresses and its public_url only\n");
+        }
+        if foreign_websocket(&state, &req) {
+            return not_api("WebSocket connections from other web pages are refused\n");
+        }
+        next.run(req).await
+    };
+    let Some(domain) = state.sites.domain.as_deref() else { return api(req).await };
     match host_site(&host, domain) {
-        None => next.run(req).await,
+        None => api(req).await,
         Some(Err(())) => not_found("no site has this address").into_response(),
         Some(Ok((env, label))) => {
             let site = site_for_label(&state, env, &label).await;

@@ -70,33 +70,20 @@ impl fmt::Display for ProjectName {
 pub struct Version(String);
 
 impl Version {
-    /// Checks semver 2.0 syntax, at most 128 characters.
+    /// Checks semantic versioning 2.0 with the `semver` crate (npm's rules: no leading zeros in
+    /// numbers, numeric pre-release identifiers included), at most 128 characters.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         const F: &str = "version";
         if s.len() > 128 {
             return refuse(F, "longer than 128 characters");
         }
-        let (rest, build) = match s.split_once('+') {
-            Some((r, b)) => (r, Some(b)),
-            None => (s, None),
-        };
-        let (core, pre) = match rest.split_once('-') {
-            Some((c, p)) => (c, Some(p)),
-            None => (rest, None),
-        };
-        let nums: Vec<&str> = core.split('.').collect();
-        let numeric_ok =
-            |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
-        if nums.len() != 3 || !nums.iter().all(|n| numeric_ok(n)) {
-            return refuse(F, format!("`{s}` is not MAJOR.MINOR.PATCH (semantic versioning)"));
+        match semver::Version::parse(s) {
+            Ok(_) => Ok(Version(s.to_owned())),
+            Err(e) => refuse(
+                F,
+                format!("`{}` is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build]): {e}", s.escape_debug()),
+            ),
         }
-        let ident_ok = |i: &str| !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        for ids in [pre, build].into_iter().flatten() {
-            if !ids.split('.').all(ident_ok) {
-                return refuse(F, "pre-release and build parts are dot-separated [0-9A-Za-z-] identifiers");
-            }
-        }
-        Ok(Version(s.to_owned()))
     }
 
     /// The version as given.
@@ -135,9 +122,19 @@ mod tests {
         for ok in ["1.0.0", "0.0.1", "10.20.30", "1.0.0-alpha.1", "1.0.0+build.5", "1.0.0-rc-1+sha.abc"] {
             Version::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in
-            ["1.0.0/../x", "1.0", "01.0.0", "1.0.0-", "1.0.0+", "1.0.0-a..b", "../1.0.0", "1.0.0\0", "v1.0.0", ""]
-        {
+        for bad in [
+            "1.0.0/../x",
+            "1.0",
+            "01.0.0",
+            "1.0.0-",
+            "1.0.0+",
+            "1.0.0-a..b",
+            "../1.0.0",
+            "1.0.0\0",
+            "v1.0.0",
+            "",
+            "1.0.0-01",
+        ] {
             Version::parse(bad).expect_err(bad);
         }
     }

@@ -363,8 +363,7 @@ pub async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Fills `buf` from the kernel's random source.
+/// Fills `buf` from the operating system's random source (`getrandom`).
 pub(crate) fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+    getrandom::fill(buf).map_err(std::io::Error::other)
 }

@@ -102,6 +102,7 @@ pub async fn run(
     );
     let sites = sites::Sites {
         domain: settings.sites_domain.clone(),
+        own_host: public_url.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase)),
         custom_domains: settings.custom_domains.iter().cloned().collect(),
         indexes: Default::default(),
         bodies: Default::default(),

@@ -29,6 +29,8 @@ pub struct Sites {
     /// The sites domain (`sites.example.com`, `localhost`): sites answer at
     /// `<site>.<env>.<domain>`. `None`: by path only.
     pub domain: Option<String>,
+    /// The host of `public_url`, lower-cased: where the server's own routes answer.
+    pub own_host: Option<String>,
     /// Custom domains of `prod` sites: host → project.
     pub custom_domains: std::collections::HashMap<String, cloudbuild_proto::validate::ProjectName>,
     pub indexes: index::IndexCache,

@@ -79,12 +79,12 @@ fn serves_api(state: &AppState, host: &str) -> bool {
             return false;
         }
     }
-    own_host(state).as_deref() == Some(host) || !state.settings.allow_anonymous || is_loopback_host(host)
+    own_host(state) == Some(host) || !state.settings.allow_anonymous || is_loopback_host(host)
 }
 
-/// The host of `public_url`.
-fn own_host(state: &AppState) -> Option<String> {
-    state.public_url.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase))
+/// The host of `public_url` (worked out at start).
+fn own_host(state: &AppState) -> Option<&str> {
+    state.sites.own_host.as_deref()
 }
 
 /// A browser's cross-site WebSocket (no CORS applies to them) from a page that is not the
@@ -96,8 +96,7 @@ fn foreign_websocket(state: &AppState, req: &Request) -> bool {
     }
     let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
     let host = origin.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase));
-    let own = own_host(state);
-    !host.is_some_and(|h| serves_api(state, &h) && (is_loopback_host(&h) || own.as_deref() == Some(h.as_str())))
+    !host.is_some_and(|h| serves_api(state, &h) && (is_loopback_host(&h) || own_host(state) == Some(h.as_str())))
 }
 
 /// Middleware: a request for `<site>.<env>.<domain>` or for a custom domain is a site's,

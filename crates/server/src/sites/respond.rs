@@ -3,8 +3,9 @@
 //! (inside the site), clean URLs, the single-page-app fallback, `404.html`, and the headers
 //! (ETag from the content hash, Cache-Control by evidence, `[[site.headers]]`, `nosniff`).
 //!
-//! The bytes themselves (ranges, `HEAD`, `Last-Modified` / `If-Modified-Since`, precompressed
-//! `.br` / `.gz` siblings) are sent by tower-http's `ServeFile`.
+//! Whole small files come from the in-memory [`BodyCache`] (by content hash); everything else
+//! (ranges, large files, precompressed `.br` / `.gz` siblings, `If-Unmodified-Since`) is sent
+//! by tower-http's `ServeFile`.
 
 use std::sync::Arc;
 
@@ -18,7 +19,6 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::index::{BodyCache, CachedBody, IndexedFile, ReleaseIndex, CACHED_FILE_BYTES};
-use crate::targets::headers::content_type;
 use crate::targets::urls::encode_path;
 
 /// What a request is answered from.
@@ -306,8 +306,12 @@ async fn serve(
         }
     }
     let Ok(inner) = inner.body(Body::empty()) else { return plain(StatusCode::BAD_REQUEST, "bad request\n") };
-    let mime =
-        content_type(key).parse::<mime_guess::mime::Mime>().unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
+    let mime = f
+        .content_type
+        .to_str()
+        .ok()
+        .and_then(|t| t.parse::<mime_guess::mime::Mime>().ok())
+        .unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
     let mut file = ServeFile::new_with_mime(index.dir.join(key), &mime);
     if br.is_some() && takes_br {
         file = file.precompressed_br();

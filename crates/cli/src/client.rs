@@ -2,14 +2,32 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
+use backon::BackoffBuilder;
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::ApiErrorBody;
+use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 /// How long the server has to start answering a request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An error answer of the server: its message, stable code and HTTP status.
+#[derive(Debug)]
+pub(crate) struct ApiFailure {
+    pub(crate) message: String,
+    pub(crate) code: String,
+    pub(crate) status: u16,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
 
 /// A client bound to one server.
 pub(crate) struct Client {
@@ -59,15 +77,26 @@ impl Client {
         }
     }
 
+    /// The answer of a server that does not speak cloudbuild's API (another web server, a
+    /// proxy's error page): says so, and where the right URL comes from.
+    fn not_cloudbuild(&self, status: reqwest::StatusCode) -> anyhow::Error {
+        anyhow!(
+            "{} answered HTTP {status} as no cloudbuild server would: it is not a cloudbuild server, or not its \
+             root URL. Use the URL `cloudbuild server` prints when it starts (`listening on http://…`), \
+             with --server or CLOUDBUILD_SERVER",
+            self.base
+        )
+    }
+
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {}", self.base));
+            return serde_json::from_slice(&bytes).map_err(|_| self.not_cloudbuild(status));
         }
         match serde_json::from_slice::<ApiErrorBody>(&bytes) {
-            Ok(err) => Err(anyhow!("{} ({}, HTTP {})", err.message, err.code, status.as_u16())),
-            Err(_) => Err(anyhow!("the server answered HTTP {status}: {}", String::from_utf8_lossy(&bytes))),
+            Ok(err) => Err(ApiFailure { message: err.message, code: err.code, status: status.as_u16() }.into()),
+            Err(_) => Err(self.not_cloudbuild(status)),
         }
     }
 
@@ -108,49 +137,53 @@ impl Client {
         follow: bool,
         on_event: &mut dyn FnMut(&WireEvent),
     ) -> Result<()> {
-        let mut failures = 0u32;
+        // Up to 10 tries a second apart; any event received starts the count again.
+        let policy = backon::ConstantBuilder::default().with_delay(Duration::from_secs(1)).with_max_times(10);
+        let mut delays = policy.build();
         loop {
             let url = format!("{}/api/v1/tasks/{task}/events?after={after}&follow={follow}", self.base);
             let resp = match self.send(self.http.get(&url).header("accept", "text/event-stream")).await {
                 Ok(r) if r.status().is_success() => r,
                 // The server's store is briefly unreachable (Redis restarting): wait for it.
-                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && failures < 10 => {
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Ok(r) => return self.decode::<serde_json::Value>(r).await.map(|_| ()),
-                Err(e) if failures < 10 => {
-                    failures += 1;
-                    tracing::debug!("event stream: {e}; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let mut parser = SseParser::default();
-            let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let Ok(chunk) = chunk else { break };
-                for ev in parser.push(&chunk) {
-                    after = ev.seq;
-                    failures = 0;
-                    on_event(&ev);
-                    if ev.kind == EventKind::End {
-                        return Ok(());
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => match delays.next() {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        continue;
                     }
+                    None => return self.decode::<serde_json::Value>(r).await.map(|_| ()),
+                },
+                Ok(r) => return self.decode::<serde_json::Value>(r).await.map(|_| ()),
+                Err(e) => match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!("event stream: {e}; retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+            };
+            // Server-sent events, parsed by `eventsource-stream`: `id` is the event's number,
+            // `event` its kind, `data` its JSON.
+            let mut events = resp.bytes_stream().eventsource();
+            while let Some(Ok(sse)) = events.next().await {
+                let (Ok(seq), Some(kind)) = (sse.id.parse::<u64>(), EventKind::parse(&sse.event)) else { continue };
+                let ev = WireEvent { seq, kind, data: sse.data };
+                after = ev.seq;
+                delays = policy.build();
+                on_event(&ev);
+                if ev.kind == EventKind::End {
+                    return Ok(());
                 }
             }
             if !follow {
                 return Ok(());
             }
-            failures += 1;
-            if failures > 10 {
+            let Some(delay) = delays.next() else {
                 return Err(anyhow!(
                     "lost the event stream of task {task}; follow it again with `cloudbuild logs {task} --follow`"
                 ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -174,36 +207,4 @@ pub(crate) fn query_encode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Incremental parser of the server's SSE frames (`id`, `event`, `data` lines).
-#[derive(Default)]
-pub(crate) struct SseParser {
-    buf: Vec<u8>,
-}
-
-impl SseParser {
-    /// Feeds bytes; returns the complete events.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<WireEvent> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let frame: Vec<u8> = self.buf.drain(..pos + 2).collect();
-            let text = String::from_utf8_lossy(&frame);
-            let (mut seq, mut kind, mut data) = (None, None, String::new());
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    seq = v.parse().ok();
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    kind = EventKind::parse(v);
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data.push_str(v);
-                }
-            }
-            if let (Some(seq), Some(kind)) = (seq, kind) {
-                out.push(WireEvent { seq, kind, data });
-            }
-        }
-        out
-    }
 }

@@ -1,9 +1,16 @@
-//! How events look in a terminal: stage progress, output, the final verdict.
+//! How events look in a terminal: stage progress with each stage's duration, build output,
+//! the final verdict; a spinner with the running stage's elapsed time on a terminal, and a
+//! line when the build has been quiet for a while.
 
-use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::Stage;
+
+use crate::output::{sanitize, stderr_colors, stdout_colors};
+
+/// After this long without output, a line says the stage still runs (then every minute).
+pub(crate) const QUIET: Duration = Duration::from_secs(20);
 
 /// Renders events for humans (colours on a terminal) or as JSON lines.
 pub(crate) struct Display {
@@ -11,12 +18,35 @@ pub(crate) struct Display {
     json: bool,
     /// The final `end` event's data, once seen.
     pub(crate) end: Option<serde_json::Value>,
+    /// The running stage's action and start time (event timestamp, ms).
+    stage: Option<(String, i64)>,
+    /// When something was last shown, and when the last quiet notice was.
+    last_shown: Instant,
+    quiet_said: Option<Instant>,
+    /// The spinner on a terminal (stderr), with the running stage and its elapsed time.
+    spinner: Option<indicatif::ProgressBar>,
 }
 
 impl Display {
     pub(crate) fn new(json: bool) -> Self {
-        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Display { color, json, end: None }
+        let spinner = (!json && stderr_colors()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Display {
+            color: stdout_colors(),
+            json,
+            end: None,
+            stage: None,
+            last_shown: Instant::now(),
+            quiet_said: None,
+            spinner,
+        }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -27,21 +57,78 @@ impl Display {
         }
     }
 
-    /// Prints one event.
+    /// Prints one event (above the spinner, if any).
     pub(crate) fn show(&mut self, ev: &WireEvent) {
+        let text = self.render(ev);
+        self.last_shown = Instant::now();
+        self.quiet_said = None;
+        match &self.spinner {
+            Some(bar) => bar.suspend(|| crate::output::write(format_args!("{text}"))),
+            None => crate::output::write(format_args!("{text}")),
+        }
+        if let (Some(bar), Some((action, _))) = (&self.spinner, &self.stage) {
+            if ev.kind == EventKind::End {
+                bar.finish_and_clear();
+            } else if ev.kind == EventKind::Build {
+                bar.set_message(action.clone());
+                bar.reset_elapsed();
+            }
+        }
+    }
+
+    /// Called every second or so: says once per quiet period that the running stage has
+    /// printed nothing for [`QUIET`] (then every minute), so a long `npm ci` is not mistaken
+    /// for a hang.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let Some(line) = self.quiet_line(now) else { return };
+        match &self.spinner {
+            Some(bar) => bar.suspend(|| crate::output::write(format_args!("{line}"))),
+            None => crate::output::write(format_args!("{line}")),
+        }
+    }
+
+    fn quiet_line(&mut self, now: Instant) -> Option<String> {
+        let (action, _) = self.stage.as_ref().filter(|_| !self.json && self.end.is_none())?;
+        let quiet = now.saturating_duration_since(self.last_shown);
+        let due = match self.quiet_said {
+            None => quiet >= QUIET,
+            Some(said) => now.saturating_duration_since(said) >= Duration::from_secs(60),
+        };
+        if !due {
+            return None;
+        }
+        self.quiet_said = Some(now);
+        Some(self.paint("2", &format!("    … {action} still running: no output for {} s\n", quiet.as_secs())))
+    }
+
+    /// The text of one event.
+    fn render(&mut self, ev: &WireEvent) -> String {
         let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_default();
         if ev.kind == EventKind::End {
             self.end = Some(data.clone());
         }
-        let mut out = std::io::stdout().lock();
         if self.json {
-            let _ = writeln!(out, "{}", ev.to_ws_text());
-            return;
+            return format!("{}\n", ev.to_ws_text());
         }
         match ev.kind {
             EventKind::Build => {
                 let (action, message) = ev.stage_message().unwrap_or_default();
-                let progress = Stage::from_action(&action)
+                let at = data["meta"]["timestamp"].as_i64().unwrap_or_default();
+                let stage = Stage::from_action(action.trim_end_matches(" failed"));
+                // The same action again ends the stage (start and success carry the same
+                // action, as in the original protocol); so does a failure or the verdict.
+                let took = match &self.stage {
+                    Some((running, since)) if *running == action || stage.is_none() || action.ends_with(" failed") => {
+                        Some(format!(" ({})", seconds(at - since)))
+                    }
+                    _ => None,
+                };
+                if stage.is_some() && took.is_none() {
+                    self.stage = Some((action.clone(), at));
+                } else if took.is_some() {
+                    self.stage = None;
+                }
+                let progress = stage
                     .map(|s| {
                         format!("[{}/{}] ", Stage::ALL.iter().position(|x| *x == s).unwrap_or(0) + 1, Stage::ALL.len())
                     })
@@ -58,46 +145,92 @@ impl Display {
                     "1;36"
                 };
                 let head = self.paint(code, &format!("{progress}{action}"));
-                let _ = writeln!(out, "==> {head}: {}", sanitize(&message));
+                let took = took.map(|t| self.paint("2", &t)).unwrap_or_default();
+                format!("==> {head}: {}{took}\n", sanitize(&message, false))
             }
             EventKind::Building => {
                 let text = data.get("text").and_then(|t| t.as_str()).unwrap_or_default();
-                let _ = write!(out, "{}", sanitize(text));
+                sanitize(text, self.color)
             }
             EventKind::Truncated => {
                 let msg = data.get("message").and_then(|t| t.as_str()).unwrap_or("output truncated");
-                let _ = writeln!(out, "{}", self.paint("1;33", &format!("!!! {msg}")));
+                format!("{}\n", self.paint("1;33", &format!("!!! {msg}")))
             }
-            EventKind::End => {}
+            EventKind::End => String::new(),
         }
-        let _ = out.flush();
     }
 }
 
-/// Makes build output safe for a terminal: keeps newlines and tabs, shows every other control
-/// character (escape sequences, `\r` overwrites, bells) as a visible escape, so a build cannot
-/// clear the screen, retitle the window or forge lines.
-pub(crate) fn sanitize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.push_str(&c.escape_default().to_string()),
-            c => out.push(c),
-        }
+/// A duration in milliseconds as seconds with one decimal (`19.2 s`), or minutes past 100 s.
+pub(crate) fn seconds(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms >= 100_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::*;
+    use cloudbuild_proto::event::EventBody;
+
+    fn stage(seq: u64, action: &str, message: &str, at_ms: i64) -> WireEvent {
+        let body = EventBody::Stage { action: action.into(), message: message.into() };
+        let mut data: serde_json::Value =
+            serde_json::from_str(&body.render(1, seq, cloudbuild_proto::time::Timestamp(0))).unwrap();
+        data["meta"]["timestamp"] = at_ms.into();
+        WireEvent { seq, kind: body.kind(), data: data.to_string() }
+    }
+
+    fn plain() -> Display {
+        Display {
+            color: false,
+            json: false,
+            end: None,
+            stage: None,
+            last_shown: Instant::now(),
+            quiet_said: None,
+            spinner: None,
+        }
+    }
 
     #[test]
-    fn control_sequences_are_made_visible() {
-        assert_eq!(
-            sanitize("ok\n\x1b[2J\x1b]0;pwned\x07\rBUILD SUCCESS"),
-            "ok\n\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\rBUILD SUCCESS"
-        );
+    fn the_counter_follows_the_stages_and_each_end_says_how_long_it_took() {
+        let mut d = plain();
+        let lines: Vec<String> = [
+            stage(1, "install", "installing", 1_000),
+            stage(2, "install", "installed", 20_200),
+            stage(3, "check", "skipped: the project has no checks", 20_300),
+            stage(4, "build", "building", 20_300),
+            stage(5, "build failed", "exit 1", 23_800),
+        ]
+        .iter()
+        .map(|e| d.render(e))
+        .collect();
+        assert_eq!(lines[0], "==> [3/7] install: installing\n");
+        assert_eq!(lines[1], "==> [3/7] install: installed (19.2 s)\n");
+        assert_eq!(lines[2], "==> [4/7] check: skipped: the project has no checks\n");
+        assert_eq!(lines[3], "==> [5/7] build: building\n");
+        assert_eq!(lines[4], "==> [5/7] build failed: exit 1 (3.5 s)\n");
+    }
+
+    #[test]
+    fn a_quiet_stage_is_mentioned_once_then_every_minute() {
+        let mut d = plain();
+        d.render(&stage(1, "install", "installing", 0));
+        let t0 = d.last_shown;
+        assert!(d.quiet_line(t0 + Duration::from_secs(5)).is_none());
+        let line = d.quiet_line(t0 + QUIET).unwrap();
+        assert!(line.contains("install still running: no output for 20 s"), "{line}");
+        assert!(d.quiet_line(t0 + QUIET + Duration::from_secs(30)).is_none());
+        assert!(d.quiet_line(t0 + QUIET + Duration::from_secs(60)).is_some());
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(seconds(19_240), "19.2 s");
+        assert_eq!(seconds(125_000), "2m05s");
     }
 }

@@ -3,6 +3,7 @@
 mod client;
 mod cmd;
 mod display;
+mod output;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log redirected to a file stays plain text.
+        .with_ansi(output::stderr_colors())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -22,11 +25,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (verbose, json) = (cli.verbose, cli.json());
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(&e, verbose, json);
             ExitCode::from(2)
         }
+    }
+}
+
+/// Prints an error: its message (and causes); the server's error code and HTTP status only with
+/// `--verbose`; a JSON object with `--json`.
+fn report(e: &anyhow::Error, verbose: bool, json: bool) {
+    let api = e.downcast_ref::<client::ApiFailure>();
+    if json {
+        let body = serde_json::json!({ "error": {
+            "message": format!("{e:#}"),
+            "code": api.map(|a| a.code.as_str()),
+            "status": api.map(|a| a.status),
+        }});
+        eprintln!("{body}");
+    } else if let (Some(api), true) = (api, verbose) {
+        eprintln!("error: {e:#} ({}, HTTP {})", api.code, api.status);
+    } else {
+        eprintln!("error: {e:#}");
     }
 }

@@ -15,6 +15,7 @@ pub mod event;
 pub mod release;
 pub mod site;
 pub mod task;
+pub mod text;
 pub mod time;
 pub mod validate;
 pub mod worker;

@@ -112,7 +112,9 @@ pub struct Assignment {
     pub allow_local_hosts: bool,
     /// Programs commands may start with.
     pub runners: Vec<String>,
-    pub limits: Limits,
+    /// (`limits` on the wire, the name of protocol 1's first release.)
+    #[serde(rename = "limits")]
+    pub timeouts: Timeouts,
     /// The site will be served under a path (`/sites/<env>/<name>/`, or a bucket prefix), so
     /// root-absolute URLs in its HTML and CSS would miss: pre-publish looks for them.
     #[serde(default)]
@@ -122,7 +124,7 @@ pub struct Assignment {
 /// Time limits of one task, in seconds. Also the `[timeouts]` table of the server's config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Limits {
+pub struct Timeouts {
     pub prepare_secs: u64,
     pub download_secs: u64,
     pub install_secs: u64,
@@ -136,7 +138,7 @@ pub struct Limits {
     pub kill_grace_secs: u64,
 }
 
-impl Limits {
+impl Timeouts {
     /// The time limit of one stage.
     pub fn stage_secs(&self, stage: Stage) -> u64 {
         match stage {
@@ -151,9 +153,9 @@ impl Limits {
     }
 }
 
-impl Default for Limits {
+impl Default for Timeouts {
     fn default() -> Self {
-        Limits {
+        Timeouts {
             prepare_secs: 60,
             download_secs: 600,
             install_secs: 1200,

@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //! - [`config`]: `ServerConfig` (file / environment form) and validated `Settings`.
-//! - [`api`]: `router(state)`: tasks, events (SSE / WebSocket / JSON), worker protocol, sites.
+//! - [`domain`]: the services (callers, tasks, event following, workers, releases); no HTTP.
+//! - [`api`]: the HTTP adapter, `router(state)`: thin handlers over the services.
+//! - [`socketio`]: the original socket.io protocol, another adapter over the services.
 //! - [`scheduler`]: push dispatch to connected workers; leases, timeouts, forced cancels.
-//! - [`release`]: incremental publish, the switch of the current release, rollback, retention.
 //! - [`targets`]: where releases are stored (local directory or S3) and their public URLs.
 //! - [`sites`]: serving local sites by host (`<site>.<env>.<domain>`) or by path.
 //! - [`hub`]: wakes event followers when a log grows.
@@ -18,8 +19,8 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod domain;
 pub mod hub;
-pub mod release;
 pub mod scheduler;
 pub mod sites;
 pub mod socketio;
@@ -84,19 +85,18 @@ fn site_urls(settings: &Settings, public_url: &str, env: Environment) -> targets
     urls.with_custom_domains(settings.custom_domains.iter().map(|(d, p)| (p, d.as_str())), &scheme, port)
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops streams and returns.
-pub async fn run(
-    listener: TcpListener,
+/// The shared state of a server reached at `public_url`: both targets, the sites, the hub and
+/// the scheduler. `shutdown` turns true when the server stops. Also returns the notices this
+/// server sends to the others on its store (see [`cluster::run`]).
+pub fn app_state(
     settings: Settings,
     store: Arc<dyn Store>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    let addr = listener.local_addr()?;
-    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    public_url: String,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Arc<AppState>, tokio::sync::mpsc::UnboundedReceiver<cloudbuild_store::Notice>), ServerError> {
     let targets_dir = settings.data_dir.join("targets");
     let urls = |env| site_urls(&settings, &public_url, env);
-    let targets = release::Targets::new(
+    let targets = targets::Targets::new(
         targets::Target::new(&settings.targets.test, targets_dir.join("test"), urls(Environment::Test), "test")?,
         targets::Target::new(&settings.targets.prod, targets_dir.join("prod"), urls(Environment::Prod), "prod")?,
     );
@@ -117,10 +117,23 @@ pub async fn run(
         scheduler: scheduler::Scheduler::default(),
         settings,
         public_url,
-        shutdown: stop_rx.clone(),
-        socketio: Default::default(),
+        shutdown,
         sites,
     });
+    Ok((state, outbox))
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops streams and returns.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (state, outbox) = app_state(settings, store, public_url, stop_rx.clone())?;
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
     let app = router(state);

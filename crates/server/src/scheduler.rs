@@ -198,7 +198,7 @@ pub async fn run(state: Arc<AppState>) {
                 watchdog(&state).await;
                 dispatch(&state).await;
                 if ticks.is_multiple_of(60) {
-                    crate::release::sweep_staging(&state).await;
+                    crate::domain::releases::sweep_staging(&state).await;
                 }
                 ticks += 1;
             }
@@ -240,10 +240,8 @@ struct LeaseKey {
 }
 
 impl LeaseKey {
-    fn new() -> std::io::Result<Self> {
-        let mut bytes = [0u8; 32];
-        crate::api::workers::getrandom(&mut bytes)?;
-        let secret = format!("cbl_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    fn new() -> Result<Self, getrandom::Error> {
+        let secret = format!("cbl_{}", crate::domain::callers::random_hex(32)?);
         Ok(LeaseKey { hash: lease_key_hash(&secret), secret })
     }
 }
@@ -272,7 +270,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
         allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
         runners: state.settings.command_policy.runners.iter().cloned().collect(),
-        limits: state.settings.limits.clone(),
+        timeouts: state.settings.timeouts.clone(),
         site_under_path,
     };
     let sent = {
@@ -297,7 +295,7 @@ async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {
     let result = state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await;
     if matches!(result, Ok(RequeueOutcome::Requeued { .. } | RequeueOutcome::Failed { .. })) {
         // The lost attempt's staged uploads will never be committed.
-        let _ = tokio::fs::remove_dir_all(crate::release::staging(state, task.task_id, task.attempt)).await;
+        let _ = tokio::fs::remove_dir_all(crate::domain::releases::staging(state, task.task_id, task.attempt)).await;
     }
     match result {
         Ok(RequeueOutcome::Requeued { events, .. }) => {
@@ -340,11 +338,11 @@ async fn watchdog(state: &AppState) {
         }
         Err(e) => tracing::error!("watchdog: {e}"),
     }
-    let limits = &state.settings.limits;
+    let timeouts = &state.settings.timeouts;
     // The worker enforces the task timeout itself; the server allows it the kill grace and a
     // margin for the report to arrive, then ends the task on its own clock.
-    let task_deadline = (limits.task_secs + limits.kill_grace_secs + 5) as i64 * 1_000_000;
-    let grace = Duration::from_secs(limits.kill_grace_secs + 5);
+    let task_deadline = (timeouts.task_secs + timeouts.kill_grace_secs + 5) as i64 * 1_000_000;
+    let grace = Duration::from_secs(timeouts.kill_grace_secs + 5);
     let running = match state.store.running_tasks().await {
         Ok(r) => r,
         Err(e) => return tracing::error!("watchdog: {e}"),
@@ -356,7 +354,7 @@ async fn watchdog(state: &AppState) {
         let finish = if overdue {
             Some(Finish::TimedOut {
                 stage: t.stage,
-                reason: format!("task timeout of {} s exceeded (enforced by the server)", limits.task_secs),
+                reason: format!("task timeout of {} s exceeded (enforced by the server)", timeouts.task_secs),
             })
         } else if t.cancel_requested && cancel_since.is_some_and(|at| at.elapsed() > grace) {
             Some(Finish::Cancelled {

@@ -32,14 +32,16 @@ use socketioxide::{ProtocolVersion, SocketIo};
 use socketioxide::{SendError, SocketError};
 use tokio::sync::mpsc;
 
-use crate::api::auth::{identify, Caller};
-use crate::api::events::pump;
-use crate::api::tasks::{submit, validate};
+use crate::domain::callers::{identify, Caller};
+use crate::domain::follow::pump;
+use crate::domain::tasks::{self, validate};
 use crate::state::AppState;
 
 /// The socket.io layer, serving `/socket.io/`. Add it after every route of the router.
 pub fn layer(state: Arc<AppState>) -> SocketIoLayer {
-    let (layer, io) = SocketIo::builder().with_state(state).build_layer();
+    // Two states, taken by type: the server's, and the bridge's own attachments.
+    let attachments = Arc::new(Attachments::default());
+    let (layer, io) = SocketIo::builder().with_state(state).with_state(attachments).build_layer();
     io.ns("/", on_connect.with(authenticate));
     layer
 }
@@ -101,7 +103,7 @@ fn query(s: &SocketRef) -> HashMap<String, String> {
 fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result<Caller, String> {
     let from_auth = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str).map(str::to_owned);
     let token = from_auth.or_else(|| query(s).get("token").cloned());
-    identify(state, token.as_deref()).map_err(|e| e.message)
+    identify(&state.settings, token.as_deref()).map_err(|e| e.to_string())
 }
 
 /// Connect middleware: refuses 3.x/4.x clients with `connect_error`. A 2.x client cannot
@@ -126,7 +128,12 @@ fn deny(s: SocketRef, reason: &str) {
     let _ = s.disconnect();
 }
 
-async fn on_connect(s: SocketRef, State(state): State<Arc<AppState>>, TryData(auth): TryData<Value>) {
+async fn on_connect(
+    s: SocketRef,
+    State(state): State<Arc<AppState>>,
+    State(attached): State<Arc<Attachments>>,
+    TryData(auth): TryData<Value>,
+) {
     let caller = match caller(&state, &s, &auth.ok()) {
         Ok(c) => c,
         Err(reason) => return deny(s, &reason),
@@ -135,22 +142,22 @@ async fn on_connect(s: SocketRef, State(state): State<Arc<AppState>>, TryData(au
         Ok(p) => p,
         Err(reason) => return deny(s, &reason),
     };
-    if let Err(e) = crate::api::tasks::check_repo_host(&state, &pending.request.repo).await {
-        return deny(s, &e.message);
+    if let Err(e) = tasks::check_repo_host(&state.settings, &pending.request.repo).await {
+        return deny(s, &e.to_string());
     }
     // A reconnect while its build runs: attach, no new greeting, no new build.
     let key = attach_key(&pending);
-    let previous = state.socketio.lock().get(&key).cloned();
+    let previous = attached.lock().get(&key).cloned();
     if let Some(prev) = previous {
         let running = state.store.get_task(prev.task).await.is_ok_and(|t| !t.state.is_terminal());
         if running {
             let _ = prev.stop.send(true); // the old socket, if still open, stops and is disconnected
             let from = prev.delivered.load(Ordering::Acquire);
             tracing::info!(socket = %s.id, task = prev.task, from, "socket.io client re-attached to its build");
-            tokio::spawn(relay(state, s, prev.task, from, key));
+            tokio::spawn(relay(state, attached, s, prev.task, from, key));
             return;
         }
-        state.socketio.lock().remove(&key);
+        attached.lock().remove(&key);
     }
     s.extensions.insert(pending);
     // Emitted once the connection is established, so 2.x clients receive it too.
@@ -190,7 +197,7 @@ fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) ->
         labels: Vec::new(),
     };
     // Validate now so that a bad query is denied at connect time and creates no task.
-    validate(state, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.message)?;
+    validate(&state.settings, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.to_string())?;
     let mut notes = Vec::new();
     if let Some(t) = field("type").filter(|t| t != "oss") {
         notes.push(format!("type={t} is ignored: this server publishes to its configured target"));
@@ -204,30 +211,21 @@ fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) ->
     if let Some(t) = field("timeout") {
         notes.push(format!(
             "timeout={t} is the client's own limit; the server applies its task timeout of {} s",
-            state.settings.limits.task_secs
+            state.settings.timeouts.task_secs
         ));
     }
     Ok(Pending { request, caller, notes })
 }
 
-async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
+async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attached): State<Arc<Attachments>>) {
     // One build per connection, as in the original protocol; a second `build` is ignored.
     let Some(pending) = s.extensions.remove::<Pending>() else {
         return;
     };
-    let task = match validate(&state, &pending.request, &pending.caller, Trigger::SocketIo, None) {
-        Ok(new) => {
-            match crate::release::check_version_free(&state, new.env, &new.name, &new.version, new.force).await {
-                Ok(()) => submit(&state, new).await,
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    let task = match task {
+    let task = match tasks::create(&state, &pending.caller, &pending.request).await {
         Ok(t) => t,
         Err(e) => {
-            let _ = s.emit("build", &envelope(actions::ERROR, json!({ "message": e.message })));
+            let _ = s.emit("build", &envelope(actions::ERROR, json!({ "message": e.to_string() })));
             let _ = s.disconnect();
             return;
         }
@@ -240,17 +238,17 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>) {
             state.hub.published(task.id, &events);
         }
     }
-    tokio::spawn(relay(state, s, task.id, 0, key));
+    tokio::spawn(relay(state, attached, s, task.id, 0, key));
 }
 
 /// Replays the task's log after event `from` onto the socket until the end, then disconnects.
 /// Stops early (the build goes on) if the client goes away, stalls past [`STALL_LIMIT`], or
 /// another socket with the same query takes the build over.
-async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key: String) {
+async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, task: TaskId, from: u64, key: String) {
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(from));
     let me = Attached { task, delivered: delivered.clone(), stop: stop_tx };
-    state.socketio.lock().insert(key.clone(), me);
+    attached.lock().insert(key.clone(), me);
     let (tx, mut rx) = mpsc::channel::<WireEvent>(256);
     tokio::spawn(pump(state.clone(), task, from, true, tx));
     let mut peeked: Option<WireEvent> = None;
@@ -290,11 +288,11 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key:
         }
         delivered.store(last, Ordering::Release);
     };
-    let replaced = !is_mine(&state, &key, &delivered);
+    let replaced = !is_mine(&attached, &key, &delivered);
     if ended {
         // Before forgetting the build: that drops the stop signal the wait listens to.
         disconnect_waiting(&s, &mut stop).await;
-        forget_if_mine(&state, &key, &delivered);
+        forget_if_mine(&attached, &key, &delivered);
         return;
     }
     if !replaced {
@@ -305,7 +303,7 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key:
             while state.store.get_task(task).await.is_ok_and(|t| !t.state.is_terminal()) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
-            forget_if_mine(&state, &key, &delivered);
+            forget_if_mine(&attached, &key, &delivered);
         });
     }
     let _ = s.disconnect();
@@ -313,13 +311,13 @@ async fn relay(state: Arc<AppState>, s: SocketRef, task: TaskId, from: u64, key:
 
 /// Whether this relay (known by its `delivered` counter) still follows the build of `key`,
 /// that is, no other socket has taken it over since.
-fn is_mine(state: &AppState, key: &str, delivered: &Arc<AtomicU64>) -> bool {
-    state.socketio.lock().get(key).is_some_and(|a| Arc::ptr_eq(&a.delivered, delivered))
+fn is_mine(attached: &Attachments, key: &str, delivered: &Arc<AtomicU64>) -> bool {
+    attached.lock().get(key).is_some_and(|a| Arc::ptr_eq(&a.delivered, delivered))
 }
 
 /// Forgets a followed build unless another socket has taken it over since.
-fn forget_if_mine(state: &AppState, key: &str, delivered: &Arc<AtomicU64>) {
-    let mut builds = state.socketio.lock();
+fn forget_if_mine(attached: &Attachments, key: &str, delivered: &Arc<AtomicU64>) {
+    let mut builds = attached.lock();
     if builds.get(key).is_some_and(|a| Arc::ptr_eq(&a.delivered, delivered)) {
         builds.remove(key);
     }

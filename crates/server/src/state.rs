@@ -8,8 +8,8 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::hub::EventHub;
-use crate::release::Targets;
 use crate::scheduler::Scheduler;
+use crate::targets::Targets;
 
 /// Shared server state; handlers get it as `State<Arc<AppState>>`.
 pub struct AppState {
@@ -23,8 +23,6 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Where each environment publishes.
     pub targets: Targets,
-    /// Builds followed by socket.io clients, for clients that reconnect.
-    pub socketio: crate::socketio::Attachments,
     /// The sites domain and the cache of release indexes.
     pub sites: crate::sites::Sites,
 }

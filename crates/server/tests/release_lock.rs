@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudbuild_server::release::lock::{LockError, SharedLock};
+use cloudbuild_server::domain::releases::lock::{LockError, SharedLock};
 use cloudbuild_store::{RedisOptions, RedisStore, Store};
 use cloudbuild_testkit::{signal, RedisServer};
 

@@ -175,7 +175,7 @@ pub(crate) fn apply(
             }
         }
         Change::Append(EventBody::Truncated { .. } | EventBody::End { .. }) => {
-            return Err(StoreError::Database("truncated and end events are written by the store itself".into()))
+            return Err(StoreError::InvalidChange("truncated and end events are written by the store itself"))
         }
     };
     if op.seq > 0 {

@@ -23,11 +23,41 @@ pub use apply::labels_match;
 pub use redis_store::{RedisOptions, RedisStore};
 pub use sqlite::SqliteStore;
 
-/// Errors of a store. `Database` hides backend details from API clients.
+/// Where a content (by hash) can be copied from: a live release holding it, and its path there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentHolder {
+    /// The content's blake3 hash (hex).
+    pub hash: String,
+    pub release: Release,
+    /// The file's path inside that release.
+    pub path: String,
+}
+
+/// The error a backend's client library gave, kept as the source of a [`StoreError`].
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a [`StoreError::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Task(TaskId),
+    Release(i64),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::Task(id) => write!(f, "task {id}"),
+            Missing::Release(id) => write!(f, "release {id}"),
+        }
+    }
+}
+
+/// Errors of a store. The API shows clients only the variants' meaning, never backend details
+/// (`Database` and `Unavailable` are logged with their sources).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("task {0} not found")]
-    NotFound(TaskId),
+    #[error("{0} does not exist")]
+    NotFound(Missing),
     #[error("task {task} is at attempt {current}; attempt {given} is stale")]
     Stale { task: TaskId, current: u32, given: u32 },
     #[error("task {0} has already finished")]
@@ -36,24 +66,42 @@ pub enum StoreError {
     /// change a running task).
     #[error("task {task} is not held by worker {worker}")]
     NotHolder { task: TaskId, worker: String },
-    #[error("{0}")]
-    Conflict(String),
+    /// Something of this name exists already (`what` names it).
+    #[error("{what} exists already")]
+    Conflict { what: String },
+    /// Other servers kept changing the task between this server's read and write.
+    #[error("too many concurrent changes to task {0}; try again")]
+    Contended(TaskId),
     /// The backend cannot be reached right now (Redis down, timed out); worth retrying later.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    #[error("storage error: {0}")]
-    Database(String),
+    #[error("storage unavailable ({backend}): {source}")]
+    Unavailable { backend: &'static str, source: BackendError },
+    /// The backend failed (`context` says where: SQLite, Redis, encoding a record).
+    #[error("storage error ({context}): {source}")]
+    Database { context: &'static str, source: BackendError },
+    /// A stored value the store cannot read back (a row edited by hand, a newer schema).
+    #[error("corrupt data in the store: {0}")]
+    Corrupt(String),
+    /// A change no caller may ask for (events only the store itself writes).
+    #[error("invalid change: {0}")]
+    InvalidChange(&'static str),
+}
+
+impl StoreError {
+    /// A backend failure with where it happened.
+    pub fn database(context: &'static str, source: impl Into<BackendError>) -> Self {
+        StoreError::Database { context, source: source.into() }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::database("SQLite", e)
     }
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::database("SQLite migrations", e)
     }
 }
 
@@ -256,7 +304,7 @@ pub trait Store: Send + Sync + 'static {
     /// For each of `hashes` held by a live (not pruned) release of `env`, one release and path
     /// holding it: where the content can be copied from instead of uploaded. The newest live
     /// holder is chosen; a hash whose newest holder was pruned is still found in an older live one.
-    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>>;
+    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<ContentHolder>>;
     /// Marks releases as removed from their target.
     async fn mark_pruned(&self, ids: &[i64]) -> Result<()>;
 

@@ -8,8 +8,8 @@ use cloudbuild_proto::task::{Environment, Stage, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{TaskAttempt, WorkerInfo, WorkerState};
 use cloudbuild_store::{
-    Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RedisOptions, RedisStore, RequeueOutcome,
-    SqliteStore, Store, StoreError, TaskQuery, WorkerOp,
+    Appended, CancelOutcome, Change, Fence, Finish, Missing, NewRelease, NewTask, RedisOptions, RedisStore,
+    RequeueOutcome, SqliteStore, Store, StoreError, TaskQuery, WorkerOp,
 };
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
@@ -121,7 +121,7 @@ async fn story(store: &dyn Store) {
     store.claim_next("w1", &[], later(30), "key").await.unwrap();
     store.finish(d.id, Fence::Attempt(1), Finish::Succeeded { url: "http://x/".into() }).await.unwrap();
     assert!(matches!(store.request_cancel(d.id).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
-    assert!(matches!(store.get_task(9999).await, Err(StoreError::NotFound(9999))));
+    assert!(matches!(store.get_task(9999).await, Err(StoreError::NotFound(Missing::Task(9999)))));
 }
 
 /// Every scenario, in order, on one fresh store.
@@ -265,7 +265,7 @@ async fn worker_story(store: &dyn Store) {
 
     let hash = "h".repeat(64);
     store.create_worker_token("ci", &hash).await.unwrap();
-    assert!(matches!(store.create_worker_token("ci", &"i".repeat(64)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.create_worker_token("ci", &"i".repeat(64)).await, Err(StoreError::Conflict { .. })));
     assert_eq!(store.worker_token_name(&hash).await.unwrap().as_deref(), Some("ci"));
     assert!(store.revoke_worker_token("ci").await.unwrap());
     assert!(!store.revoke_worker_token("ci").await.unwrap(), "revoking twice is a no-op");
@@ -301,7 +301,7 @@ async fn batch_story(store: &dyn Store) {
     assert_eq!(results[3].as_ref().unwrap()[0].kind, EventKind::Building);
     assert_eq!(results[4].as_ref().unwrap().last().unwrap().kind, EventKind::End);
     assert!(matches!(results[5], Err(StoreError::Terminal(_))), "nothing is appended after the end");
-    assert!(matches!(results[6], Err(StoreError::NotFound(99_999))));
+    assert!(matches!(results[6], Err(StoreError::NotFound(Missing::Task(99_999)))));
     let e = store.get_task(e.id).await.unwrap();
     assert_eq!((e.state, e.commit.as_deref(), e.last_seq), (TaskState::Succeeded, Some("abc"), 5));
     assert!(e.started_at.is_some());
@@ -349,7 +349,7 @@ async fn release_story(store: &dyn Store) {
     // The content index answers per environment, newest holder first, and forgets pruned releases.
     let hashes: Vec<String> = ['a', 'b', 'c', 'd'].iter().map(|c| c.to_string().repeat(64)).collect();
     let found = store.find_contents(Environment::Prod, &hashes).await.unwrap();
-    let mut held: Vec<(char, i64)> = found.iter().map(|(h, r, _)| (h.chars().next().unwrap(), r.id)).collect();
+    let mut held: Vec<(char, i64)> = found.iter().map(|c| (c.hash.chars().next().unwrap(), c.release.id)).collect();
     held.sort();
     assert_eq!(held, vec![('a', r1.id), ('b', r2.id), ('c', r2.id)]);
     store.mark_pruned(&[r1.id]).await.unwrap();
@@ -360,10 +360,10 @@ async fn release_story(store: &dyn Store) {
     // A content whose newest holder is pruned is still held by an older live release.
     let r3 = store.record_release(new(Environment::Prod, "1.2.0"), &[file("lib.js", 'b')]).await.unwrap();
     let newest = store.find_contents(Environment::Prod, &hashes[1..2]).await.unwrap();
-    assert_eq!(newest.iter().map(|(_, r, p)| (r.id, p.as_str())).collect::<Vec<_>>(), vec![(r3.id, "lib.js")]);
+    assert_eq!(newest.iter().map(|c| (c.release.id, c.path.as_str())).collect::<Vec<_>>(), vec![(r3.id, "lib.js")]);
     store.mark_pruned(&[r3.id]).await.unwrap();
     let older = store.find_contents(Environment::Prod, &hashes[1..2]).await.unwrap();
-    assert_eq!(older.iter().map(|(_, r, p)| (r.id, p.as_str())).collect::<Vec<_>>(), vec![(r2.id, "app.js")]);
+    assert_eq!(older.iter().map(|c| (c.release.id, c.path.as_str())).collect::<Vec<_>>(), vec![(r2.id, "app.js")]);
     assert!(store.get_release(r1.id).await.unwrap().unwrap().pruned);
     // Leave the queue empty for the next story.
     store.request_cancel(task.id).await.unwrap();
@@ -428,7 +428,7 @@ async fn redis_outage_fails_fast_and_recovers() {
     redis.kill9();
     let started = std::time::Instant::now();
     let err = store.get_task(t.id).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "fails fast, not a hang");
     redis.restart().unwrap();
     let mut back = None;

@@ -34,13 +34,15 @@ pub fn s3s_fs_binary() -> Result<PathBuf> {
     let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let bin = tools.join("bin/s3s-fs");
     if !bin.is_file() {
-        let status = Command::new("cargo")
-            .args(["install", "s3s-fs@0.14.1", "--features", "binary", "--locked", "--root"])
+        // One line, not hundreds of `Compiling …`: cargo's output is shown only if it fails.
+        eprintln!("installing s3s-fs 0.14.1 into {} (cargo install, once; about two minutes)", tools.display());
+        let out = Command::new("cargo")
+            .args(["install", "--quiet", "s3s-fs@0.14.1", "--features", "binary", "--locked", "--root"])
             .arg(&tools)
-            .status()
+            .output()
             .context("running cargo install s3s-fs")?;
-        if !status.success() {
-            bail!("cargo install s3s-fs@0.14.1 failed");
+        if !out.status.success() {
+            bail!("cargo install s3s-fs@0.14.1 failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     Ok(bin)

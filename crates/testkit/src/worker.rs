@@ -37,7 +37,7 @@ impl Worker {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         ));
         let child = Command::new(bin)
-            .args(["worker", "--server", server, "--token", token, "--name", name, "--work-dir"])
+            .args(["worker", "--server", server, "--worker-token", token, "--name", name, "--work-dir"])
             .arg(dir.join("work"))
             .args(extra)
             .env("CLOUDBUILD_LOG", "info")

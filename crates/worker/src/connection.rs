@@ -7,6 +7,7 @@
 //! after a reconnect (the server restarted, the network broke) everything unacknowledged is
 //! sent again, and the server skips what it had already stored.
 
+use backon::BackoffBuilder;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,7 +138,7 @@ pub async fn run(
     let mut running: Running = HashMap::new();
     // Finished tasks tell the loop to forget their cancel handle.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TaskAttempt>();
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = crate::retry::reconnect().build();
     let mut outbox = Outbox::default();
 
     loop {
@@ -164,12 +165,12 @@ pub async fn run(
                 return Err(WorkerError::Unauthorized(body));
             }
             Err(e) => {
-                tracing::warn!("cannot connect to {ws_url}: {e}; retrying in {backoff:?}");
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!("cannot connect to {ws_url}: {e}; retrying in {delay:?}");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -192,12 +193,11 @@ pub async fn run(
             },
             _ => {
                 tracing::warn!("the server closed the connection after hello (is the name `{}` taken?)", cfg.name);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        delays = crate::retry::reconnect().build();
         // The heartbeat (first tick is immediate) renews the leases of what still runs; then
         // whatever the server did not acknowledge before the break goes again.
         let mut heartbeat = tokio::time::interval(Duration::from_secs(heartbeat_secs.max(1)));

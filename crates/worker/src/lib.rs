@@ -20,6 +20,7 @@ pub mod fake;
 pub mod pipeline;
 pub mod process;
 pub mod publish;
+pub mod retry;
 pub mod settings;
 pub mod site_check;
 

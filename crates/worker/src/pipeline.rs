@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::Stage;
+use cloudbuild_proto::text::count;
 use cloudbuild_proto::validate::{
     CommandLine, CommandPolicy, CommitSha, GitProtocol, GitRef, RelPath, RepoPolicy, RepoUrl,
 };
@@ -60,11 +61,11 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn kill_grace(&self) -> Duration {
-        Duration::from_secs(self.a.limits.kill_grace_secs)
+        Duration::from_secs(self.a.timeouts.kill_grace_secs)
     }
 
     fn stage_deadline(&self, stage: Stage) -> Instant {
-        (Instant::now() + Duration::from_secs(self.a.limits.stage_secs(stage))).min(self.task_deadline)
+        (Instant::now() + Duration::from_secs(self.a.timeouts.stage_secs(stage))).min(self.task_deadline)
     }
 
     fn pgid_file(&self) -> PathBuf {
@@ -250,7 +251,8 @@ impl Run<'_> {
     }
 
     async fn install(&mut self) -> Result<String, StageError> {
-        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref()).map_err(StageError::Failed)?;
+        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref())
+            .map_err(|e| StageError::Failed(e.to_string()))?;
         self.settings = Some(s.clone());
         let line = self.checked("install command", &s.install)?;
         self.reporter.note(format!("$ {line}"));
@@ -334,7 +336,11 @@ impl Run<'_> {
                 .map_err(|e| StageError::Failed(e.to_string()))?;
             self.report_root_absolute(found)?;
         }
-        let msg = format!("output `{name}`: {} files, {bytes} bytes", manifest.len());
+        let msg = format!(
+            "output `{name}`: {}, {}",
+            count(manifest.len() as u64, "file", "files"),
+            count(bytes, "byte", "bytes")
+        );
         self.output_dir = Some(dir);
         self.manifest = Some(manifest);
         Ok(msg)
@@ -377,7 +383,7 @@ impl Executor for Pipeline {
             a,
             reporter: &ctx.reporter,
             cancel: ctx.cancel.clone(),
-            task_deadline: Instant::now() + Duration::from_secs(a.limits.task_secs),
+            task_deadline: Instant::now() + Duration::from_secs(a.timeouts.task_secs),
             checkout: workdir.join("src"),
             workdir: workdir.clone(),
             env,
@@ -398,6 +404,8 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
     let r = run.reporter;
     for stage in Stage::ALL {
         if stage == Stage::Check && run.settings.as_ref().is_none_or(|s| s.checks.is_empty()) {
+            // Said, not silently skipped: a stage counter (`[4/7]`) must not jump.
+            r.started(stage, "skipped: the project has no checks ([checks] in cloudbuild.toml)");
             continue;
         }
         if run.cancel.is_cancelled() {
@@ -406,7 +414,7 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
         if Instant::now() >= run.task_deadline {
             return Outcome::TimedOut {
                 stage,
-                reason: format!("task timeout of {} s reached", run.a.limits.task_secs),
+                reason: format!("task timeout of {} s reached", run.a.timeouts.task_secs),
             };
         }
         r.started(stage, start_message(stage, run.a));
@@ -427,8 +435,11 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
                     res = publish => match res {
                         Ok(p) => {
                             let uploaded = format!(
-                                "uploaded {} files ({} bytes), skipped {} files ({} bytes) already in the target",
-                                p.uploaded_files, p.uploaded_bytes, p.skipped_files, p.skipped_bytes
+                                "uploaded {} ({}), skipped {} ({}) already in the target",
+                                count(p.uploaded_files, "file", "files"),
+                                count(p.uploaded_bytes, "byte", "bytes"),
+                                count(p.skipped_files, "file", "files"),
+                                count(p.skipped_bytes, "byte", "bytes"),
                             );
                             return match p.superseded_by {
                                 None => {
@@ -446,9 +457,9 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
                                 }
                             };
                         }
-                        Err(e) => Err(StageError::Failed(e)),
+                        Err(e) => Err(StageError::Failed(e.to_string())),
                     },
-                    _ = tokio::time::sleep_until(deadline) => Err(StageError::TimedOut(format!("upload did not finish within {} s", run.a.limits.publish_secs))),
+                    _ = tokio::time::sleep_until(deadline) => Err(StageError::TimedOut(format!("upload did not finish within {} s", run.a.timeouts.publish_secs))),
                     _ = cancel.cancelled() => Err(StageError::Cancelled),
                 }
             }

@@ -4,18 +4,20 @@
 //! point), devices, sockets, FIFOs and `node_modules/` are skipped with a warning; files are
 //! opened with `O_NOFOLLOW`, so a file swapped for a symlink after the walk is refused too.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use cloudbuild_proto::validate::RelPath;
-use std::collections::{HashMap, HashSet};
-
+use backon::Retryable;
 use cloudbuild_proto::release::{ManifestFile, PlanAnswer, PublishPlan, PublishResult};
 use cloudbuild_proto::site::SiteConfig;
+use cloudbuild_proto::text::count;
+use cloudbuild_proto::validate::RelPath;
 use cloudbuild_proto::worker::TaskAttempt;
 use futures_util::StreamExt;
+
+use crate::retry;
 
 /// The files to publish and what was skipped.
 #[derive(Debug, Default)]
@@ -73,6 +75,43 @@ const BUNDLE_FILES: usize = 500;
 pub const LEASE_HEADER: &str = "x-cloudbuild-lease";
 
 /// Uploads over HTTP to the server that assigned the task.
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The server refused a call (4xx): retrying would not help.
+    #[error("{what} was refused (HTTP {status}): {message}")]
+    Refused { what: String, status: u16, message: String },
+    /// The server failed (5xx); retried before giving up.
+    #[error("{what}: the server answered HTTP {status}")]
+    ServerFailed { what: String, status: u16 },
+    /// The request did not complete (connection refused or cut); retried before giving up.
+    #[error("{what} failed: {source}")]
+    Transport { what: String, source: reqwest::Error },
+    #[error("{what}: unreadable answer: {source}")]
+    Unreadable { what: String, source: reqwest::Error },
+    /// A file of the build output could not be read.
+    #[error("{path}: {source}")]
+    File { path: String, source: std::io::Error },
+}
+
+impl PublishError {
+    /// Whether trying again may succeed.
+    fn is_transient(&self) -> bool {
+        matches!(self, PublishError::ServerFailed { .. } | PublishError::Transport { .. })
+    }
+}
+
+/// The error of an answer that is not a success: the server's own message when it sent one.
+async fn refused(what: &str, resp: reqwest::Response) -> PublishError {
+    let status = resp.status();
+    if status.is_server_error() {
+        return PublishError::ServerFailed { what: what.to_owned(), status: status.as_u16() };
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<cloudbuild_proto::ApiErrorBody>(&text).map(|e| e.message).unwrap_or(text);
+    PublishError::Refused { what: what.to_owned(), status: status.as_u16(), message }
+}
+
 #[derive(Debug, Clone)]
 pub struct Uploader {
     pub client: reqwest::Client,
@@ -94,7 +133,7 @@ impl Uploader {
         lease_key: &str,
         manifest: &[(ManifestFile, PathBuf)],
         site: &SiteConfig,
-    ) -> Result<PublishResult, String> {
+    ) -> Result<PublishResult, PublishError> {
         let base = format!("{}/api/v1/tasks/{}/attempts/{}/publish", self.base, task.task_id, task.attempt);
         let plan = PublishPlan { files: manifest.iter().map(|(f, _)| f.clone()).collect(), site: site.clone() };
         let answer: PlanAnswer = self.post_json(&format!("{base}/plan"), lease_key, &plan, "the publish plan").await?;
@@ -120,7 +159,7 @@ impl Uploader {
             bundle_bytes += size;
             bundles.last_mut().expect("one bundle at least").push((hash.to_owned(), path.clone()));
         }
-        type Upload<'u> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'u>>;
+        type Upload<'u> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'u>>;
         let mut uploads: Vec<Upload<'_>> = Vec::new();
         for bundle in bundles.into_iter().filter(|b| !b.is_empty()) {
             let (this, url) = (self.clone(), format!("{base}/bundle"));
@@ -131,7 +170,8 @@ impl Uploader {
             let (this, url, path) = (self.clone(), format!("{base}/blobs/{hash}"), path.clone());
             uploads.push(Box::pin(async move { this.upload_blob(&url, lease_key, &path).await }));
         }
-        let results: Vec<Result<(), String>> = futures_util::stream::iter(uploads).buffer_unordered(8).collect().await;
+        let results: Vec<Result<(), PublishError>> =
+            futures_util::stream::iter(uploads).buffer_unordered(8).collect().await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(e);
         }
@@ -144,7 +184,7 @@ impl Uploader {
         lease_key: &str,
         body: &B,
         what: &str,
-    ) -> Result<T, String> {
+    ) -> Result<T, PublishError> {
         let resp = self
             .client
             .post(url)
@@ -153,15 +193,11 @@ impl Uploader {
             .json(body)
             .send()
             .await
-            .map_err(|e| format!("{what} failed: {e}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let message =
-                serde_json::from_str::<cloudbuild_proto::ApiErrorBody>(&text).map(|e| e.message).unwrap_or(text);
-            return Err(format!("{what} was refused ({status}): {message}"));
+            .map_err(|source| PublishError::Transport { what: what.to_owned(), source })?;
+        if !resp.status().is_success() {
+            return Err(refused(what, resp).await);
         }
-        resp.json().await.map_err(|e| format!("{what}: unreadable answer: {e}"))
+        resp.json().await.map_err(|source| PublishError::Unreadable { what: what.to_owned(), source })
     }
 
     /// Sends small contents in one request (frames `<hash> <size>\n<bytes>`), retried on
@@ -172,78 +208,70 @@ impl Uploader {
         blob_base: &str,
         lease_key: &str,
         files: Vec<(String, PathBuf)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PublishError> {
         let listed = files.clone();
-        let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, PublishError> {
             let mut body = Vec::new();
             for (hash, path) in &listed {
                 let mut data = Vec::new();
                 open_no_follow(path)
                     .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut data))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|source| PublishError::File { path: path.display().to_string(), source })?;
                 body.extend_from_slice(format!("{hash} {}\n", data.len()).as_bytes());
                 body.extend_from_slice(&data);
             }
             Ok(body)
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| PublishError::File { path: "a bundle".into(), source: std::io::Error::other(e) })??;
         let body = bytes::Bytes::from(body);
-        let mut last_err = String::new();
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-            }
-            let sent = self
+        let what = format!("uploading a bundle of {}", count(files.len() as u64, "file", "files"));
+        let send = || async {
+            let resp = self
                 .client
                 .post(url)
                 .bearer_auth(&*self.token)
                 .header(LEASE_HEADER, lease_key)
                 .body(body.clone())
                 .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-                    for (hash, path) in &files {
-                        self.upload_blob(&format!("{blob_base}/{hash}"), lease_key, path).await?;
-                    }
-                    return Ok(());
-                }
-                Ok(r) if r.status().is_server_error() => {
-                    last_err = format!("bundle of {} files: server answered {}", files.len(), r.status())
-                }
-                Ok(r) => {
-                    return Err(format!(
-                        "bundle of {} files: {} {}",
-                        files.len(),
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    ))
-                }
-                Err(e) => last_err = format!("bundle of {} files: {e}", files.len()),
+                .await
+                .map_err(|source| PublishError::Transport { what: what.clone(), source })?;
+            match resp.status() {
+                s if s.is_success() => Ok(true),
+                // A server without bundles: send them one by one.
+                reqwest::StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(refused(&what, resp).await),
+            }
+        };
+        let bundled = send.retry(retry::uploads()).when(PublishError::is_transient).await?;
+        if !bundled {
+            for (hash, path) in &files {
+                self.upload_blob(&format!("{blob_base}/{hash}"), lease_key, path).await?;
             }
         }
-        Err(format!("upload failed after 4 tries: {last_err}"))
+        Ok(())
     }
 
-    async fn upload_blob(&self, url: &str, lease_key: &str, path: &Path) -> Result<(), String> {
+    async fn upload_blob(&self, url: &str, lease_key: &str, path: &Path) -> Result<(), PublishError> {
         let shown = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut last_err = String::new();
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+        let what = format!("uploading {shown}");
+        let send = || async {
+            let body = body_of(path).await.map_err(|source| PublishError::File { path: shown.clone(), source })?;
+            let resp = self
+                .client
+                .put(url)
+                .bearer_auth(&*self.token)
+                .header(LEASE_HEADER, lease_key)
+                .body(body)
+                .send()
+                .await
+                .map_err(|source| PublishError::Transport { what: what.clone(), source })?;
+            if resp.status().is_success() {
+                return Ok(());
             }
-            let body = body_of(path).await.map_err(|e| format!("{shown}: {e}"))?;
-            match self.client.put(url).bearer_auth(&*self.token).header(LEASE_HEADER, lease_key).body(body).send().await
-            {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_server_error() => last_err = format!("{shown}: server answered {}", r.status()),
-                Ok(r) => return Err(format!("{shown}: {} {}", r.status(), r.text().await.unwrap_or_default())),
-                Err(e) => last_err = format!("{shown}: {e}"),
-            }
-        }
-        Err(format!("upload failed after 4 tries: {last_err}"))
+            Err(refused(&what, resp).await)
+        };
+        send.retry(retry::uploads()).when(PublishError::is_transient).await
     }
 }
 
@@ -329,7 +357,45 @@ async fn body_of(path: &Path) -> std::io::Result<reqwest::Body> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// Runs `fail` under the upload retry policy until it succeeds or the policy gives up;
+    /// returns how many tries it took and the virtual time that passed.
+    async fn tries_of(fail: impl Fn(u32) -> Option<PublishError>) -> (u32, Duration, Result<(), PublishError>) {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let call = || async {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            fail(n).map_or(Ok(()), Err)
+        };
+        let result = call.retry(retry::uploads()).when(PublishError::is_transient).await;
+        (tries.load(std::sync::atomic::Ordering::SeqCst), started.elapsed(), result)
+    }
+
+    fn server_failed() -> PublishError {
+        PublishError::ServerFailed { what: "uploading".into(), status: 503 }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_growing_delays_then_reported() {
+        let (tries, waited, result) = tries_of(|_| Some(server_failed())).await;
+        assert_eq!(tries, 4, "the first try and three more");
+        // 400 ms, 800 ms, 1.6 s apart, plus jitter of up to one delay each.
+        assert!(waited >= Duration::from_millis(2800) && waited <= Duration::from_millis(5600), "{waited:?}");
+        assert!(matches!(result, Err(PublishError::ServerFailed { status: 503, .. })));
+        let (tries, _, result) = tries_of(|n| (n < 3).then(server_failed)).await;
+        assert_eq!((tries, result.is_ok()), (3, true), "a success ends the retries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_not_retried() {
+        let refused = |_| Some(PublishError::Refused { what: "the plan".into(), status: 409, message: "stale".into() });
+        let (tries, waited, result) = tries_of(refused).await;
+        assert_eq!((tries, waited), (1, Duration::ZERO));
+        assert!(matches!(result, Err(PublishError::Refused { status: 409, .. })));
+    }
 
     #[test]
     fn only_regular_files_inside_are_collected() {

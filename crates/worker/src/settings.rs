@@ -60,26 +60,40 @@ pub struct BuildSettings {
     pub site: SiteConfig,
 }
 
+/// Why a checkout's build settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cloudbuild.toml is invalid: {0}")]
+    InvalidFile(#[source] toml::de::Error),
+    #[error("cannot read {file} at the repository root: {source}")]
+    Unreadable { file: &'static str, source: std::io::Error },
+    #[error("package.json is not valid JSON: {0}")]
+    InvalidPackage(#[source] serde_json::Error),
+    #[error("cloudbuild.toml: every [[checks]] entry needs a name")]
+    UnnamedCheck,
+    #[error(transparent)]
+    Site(#[from] cloudbuild_proto::site::SiteConfigError),
+}
+
 /// Reads the settings of the checkout at `dir`. `build_override` comes from the task.
-pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings, String> {
+pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings, SettingsError> {
     let file = match std::fs::read_to_string(dir.join("cloudbuild.toml")) {
-        Ok(text) => toml::from_str::<RepoFile>(&text).map_err(|e| format!("cloudbuild.toml is invalid: {e}"))?,
+        Ok(text) => toml::from_str::<RepoFile>(&text).map_err(SettingsError::InvalidFile)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => RepoFile::default(),
-        Err(e) => return Err(format!("cannot read cloudbuild.toml: {e}")),
+        Err(source) => return Err(SettingsError::Unreadable { file: "cloudbuild.toml", source }),
     };
     let pkg_text = std::fs::read_to_string(dir.join("package.json"))
-        .map_err(|e| format!("cannot read package.json at the repository root: {e}"))?;
-    let pkg: serde_json::Value =
-        serde_json::from_str(&pkg_text).map_err(|e| format!("package.json is not valid JSON: {e}"))?;
+        .map_err(|source| SettingsError::Unreadable { file: "package.json", source })?;
+    let pkg: serde_json::Value = serde_json::from_str(&pkg_text).map_err(SettingsError::InvalidPackage)?;
     let scripts: BTreeSet<String> =
         pkg.get("scripts").and_then(|s| s.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
     let lockfile = ["package-lock.json", "npm-shrinkwrap.json"].iter().any(|f| dir.join(f).is_file());
     let install = file.build.install.unwrap_or_else(|| if lockfile { "npm ci" } else { "npm install" }.to_owned());
     let build = build_override.map(str::to_owned).or(file.build.command).unwrap_or_else(|| "npm run build".to_owned());
     if file.checks.iter().any(|c| c.name.trim().is_empty()) {
-        return Err("cloudbuild.toml: every [[checks]] entry needs a name".into());
+        return Err(SettingsError::UnnamedCheck);
     }
-    file.site.validate().map_err(|e| e.to_string())?;
+    file.site.validate()?;
     Ok(BuildSettings {
         site: file.site,
         install,
@@ -114,7 +128,7 @@ mod tests {
         assert_eq!(s.checks, vec![("lint".to_string(), "npm run lint".to_string())]);
         assert_eq!(resolve(dir.path(), Some("npm run build")).unwrap().build, "npm run build");
         std::fs::write(dir.path().join("cloudbuild.toml"), "[build]\ncomand = \"typo\"\n").unwrap();
-        assert!(resolve(dir.path(), None).unwrap_err().contains("cloudbuild.toml is invalid"));
+        assert!(resolve(dir.path(), None).unwrap_err().to_string().contains("cloudbuild.toml is invalid"));
     }
 
     #[test]
@@ -133,7 +147,7 @@ mod tests {
             "[[site.redirects]]\nfrom = \"/old\"\nto = \"/new\"\nstatus = 200\n",
         )
         .unwrap();
-        let e = resolve(dir.path(), None).unwrap_err();
+        let e = resolve(dir.path(), None).unwrap_err().to_string();
         assert!(e.contains("[site]") && e.contains("not a redirect"), "{e}");
     }
 }

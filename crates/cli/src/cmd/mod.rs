@@ -24,13 +24,22 @@ use clap::{Parser, Subcommand};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Show error codes and HTTP statuses with error messages.
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
 }
 
 /// Where the client commands find the server.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArg {
-    /// URL of the cloudbuild server.
-    #[arg(long, env = "CLOUDBUILD_SERVER", default_value = "http://127.0.0.1:7001", global = true)]
+    /// URL of the cloudbuild server (what `cloudbuild server` prints when it starts).
+    #[arg(
+        long,
+        env = "CLOUDBUILD_SERVER",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:7001",
+        global = true
+    )]
     pub(crate) server: String,
     /// API token, when the server requires one (it does unless it listens on loopback).
     #[arg(long, env = "CLOUDBUILD_TOKEN", hide_env_values = true, global = true)]
@@ -66,12 +75,29 @@ pub(crate) enum Command {
     Rollback(releases::RollbackArgs),
     /// List workers: state, slots, labels, running tasks, last heartbeat.
     Workers(workers::WorkersArgs),
+    /// Open the project's published site in the browser (the latest successful build's URL).
+    Open(tasks::OpenArgs),
     /// Create, list and revoke the tokens remote workers connect with.
     #[command(subcommand)]
     WorkerTokens(workers::TokenCommand),
 }
 
 impl Cli {
+    /// Whether the command prints JSON (`--json`): its errors are JSON too.
+    pub(crate) fn json(&self) -> bool {
+        match &self.command {
+            Command::Publish(a) => a.json,
+            Command::Logs(a) => a.json,
+            Command::Tasks(a) => a.json,
+            Command::Cancel(a) | Command::Retry(a) => a.json,
+            Command::Releases(a) => a.json,
+            Command::Rollback(a) => a.json,
+            Command::Workers(a) => a.json,
+            Command::WorkerTokens(_) => false,
+            Command::Server(_) | Command::Worker(_) | Command::Open(_) => false,
+        }
+    }
+
     /// Servers and workers log at info; client commands only warn, to keep their output clean.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         match self.command {
@@ -95,5 +121,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(a) => releases::rollback(a).await,
         Command::Workers(a) => workers::workers(a).await,
         Command::WorkerTokens(c) => workers::tokens(c).await,
+        Command::Open(a) => tasks::open(a).await,
     }
 }

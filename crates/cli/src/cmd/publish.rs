@@ -10,6 +10,7 @@ use cloudbuild_proto::task::{Environment, Task};
 use super::ServerArg;
 use crate::client::Client;
 use crate::display::Display;
+use crate::output::outln;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct PublishArgs {
@@ -40,7 +41,32 @@ pub(crate) struct PublishArgs {
     detach: bool,
     /// Print events as JSON lines (and the task as JSON with --detach).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// Open the published site in the browser when the build succeeds.
+    #[arg(long, conflicts_with = "detach")]
+    open: bool,
+}
+
+/// The name in the `package.json` of the checkout (or directory) `cwd` is in: the project that
+/// `logs` and `open` mean when no task is named.
+pub(crate) fn current_project() -> Result<String> {
+    let cwd = std::env::current_dir()?;
+    let root = git(&cwd, &["rev-parse", "--show-toplevel"]).map(PathBuf::from).unwrap_or(cwd);
+    let path = root.join("package.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| anyhow!("no task named and no package.json in {}: pass a task id", root.display()))?;
+    let pkg: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    pkg.get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} has no \"name\"; pass a task id", path.display()))
+}
+
+/// Opens `url` in the user's browser (`open` crate: xdg-open, open, start…).
+pub(crate) fn open_in_browser(url: &str) -> Result<()> {
+    eprintln!("opening {url}");
+    open::that_detached(url).with_context(|| format!("cannot open a browser; the site is at {url}"))
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
@@ -87,6 +113,12 @@ fn inspect(cwd: &Path, branch: Option<String>, allow_dirty: bool) -> Result<Chec
     let repo = git(&root, &["remote", "get-url", "origin"]).map_err(|_| {
         anyhow!("the checkout has no remote `origin`; the server clones from it (git remote add origin <url>)")
     })?;
+    if git(&root, &["rev-parse", "--verify", "--quiet", "HEAD"]).is_err() {
+        bail!(
+            "the repository has no commits yet: commit your project and push it, then publish \
+             (git add -A && git commit -m \"first commit\" && git push -u origin HEAD)"
+        );
+    }
     let current = git(&root, &["rev-parse", "--abbrev-ref", "HEAD"]).ok().filter(|b| b != "HEAD");
     let branch = match branch.or_else(|| current.clone()) {
         Some(b) => b,
@@ -175,25 +207,43 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
     let task: Task = client.post("/api/v1/tasks", Some(&body)).await?;
     if args.detach {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&task)?);
+            outln!("{}", serde_json::to_string_pretty(&task)?);
         } else {
-            println!("task {} queued: {}@{} ({} {})", task.id, task.name, task.version, task.repo, task.branch);
-            println!("follow it with: cloudbuild logs {} --follow", task.id);
+            outln!("task {} queued: {}@{} ({} {})", task.id, task.name, task.version, task.repo, task.branch);
+            outln!("follow it with: cloudbuild logs {} --follow", task.id);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    follow_task(&client, task.id, args.json).await
+    let code = follow_task(&client, task.id, args.json).await?;
+    if args.open && code == ExitCode::SUCCESS {
+        let task: Task = client.get(&format!("/api/v1/tasks/{}", task.id)).await?;
+        if let Some(url) = task.url {
+            open_in_browser(&url)?;
+        }
+    }
+    Ok(code)
 }
 
 /// Follows a task to its end; Ctrl-C asks whether to cancel it (or, without a terminal, leaves
 /// it running and says how to follow it).
 pub(crate) async fn follow_task(client: &Client, id: i64, json: bool) -> Result<ExitCode> {
-    let mut display = Display::new(json);
-    let mut show = |ev: &cloudbuild_proto::event::WireEvent| display.show(ev);
+    // Shared by the event stream and the clock that notices quiet stages (one task, no threads).
+    let display = std::sync::Mutex::new(Display::new(json));
+    let lock = || display.lock().unwrap_or_else(|p| p.into_inner());
+    let mut show = |ev: &cloudbuild_proto::event::WireEvent| lock().show(ev);
+    let quiet_clock = async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            lock().tick(std::time::Instant::now());
+        }
+    };
     tokio::select! {
         res = client.follow(id, 0, true, &mut show) => res?,
+        () = quiet_clock => {}
         _ = tokio::signal::ctrl_c() => return interrupted(client, id).await,
     }
+    let display = display.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(verdict(&display, id, json))
 }
 
@@ -207,7 +257,7 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
         if !json {
             let url = end.get("url").and_then(|v| v.as_str()).unwrap_or("");
             // The end event carries no environment; the URL names it (`/sites/<env>/…`).
-            println!("\npublished: {url}");
+            outln!("\npublished: {url}");
         }
         ExitCode::SUCCESS
     } else {

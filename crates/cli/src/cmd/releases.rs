@@ -6,6 +6,7 @@ use anyhow::Result;
 use cloudbuild_proto::release::{ReleaseList, RollbackResult};
 
 use super::ServerArg;
+use crate::output::outln;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReleasesArgs {
@@ -18,7 +19,7 @@ pub(crate) struct ReleasesArgs {
     env: Option<String>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,7 +36,7 @@ pub(crate) struct RollbackArgs {
     to: Option<String>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
@@ -46,16 +47,23 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
     }
     let list: ReleaseList = client.get(&path).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     if list.releases.is_empty() {
-        println!("{} has no releases", args.name);
+        outln!("{} has no releases", args.name);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<5} {:<12} {:>6}  {:<9} {:>6} {:>10}  {:<14} {:<19} COMMIT",
-        "ENV", "VERSION", "TASK", "STATE", "FILES", "BYTES", "BY", "CREATED"
+        "ENV",
+        "VERSION",
+        "TASK",
+        "STATE",
+        "FILES",
+        "BYTES",
+        "BY",
+        "CREATED"
     );
     for r in &list.releases {
         let state = if r.current {
@@ -65,7 +73,7 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
         } else {
             "available"
         };
-        println!(
+        outln!(
             "{:<5} {:<12} {:>6}  {:<9} {:>6} {:>10}  {:<14} {:<19} {}",
             r.env.as_str(),
             r.version,
@@ -86,14 +94,19 @@ pub(crate) async fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     let body = serde_json::json!({ "name": args.name, "env": args.env, "to": args.to });
     let result: RollbackResult = client.post("/api/v1/releases/rollback", Some(&body)).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(ExitCode::SUCCESS);
     }
     let from =
         result.previous.as_ref().map(|p| format!("{} (task {})", p.version, p.task_id)).unwrap_or_else(|| "-".into());
-    println!(
+    outln!(
         "rolled back {} in {}: now {} (task {}), was {from}\n{}\nimmutable: {}",
-        args.name, args.env, result.release.version, result.release.task_id, result.url, result.immutable_url
+        args.name,
+        args.env,
+        result.release.version,
+        result.release.task_id,
+        result.url,
+        result.immutable_url
     );
     Ok(ExitCode::SUCCESS)
 }

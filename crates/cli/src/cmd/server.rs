@@ -33,12 +33,13 @@ pub(crate) struct ServerArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerArgs {
     /// URL of the server to take tasks from.
-    #[arg(long, env = "CLOUDBUILD_SERVER")]
+    #[arg(long, env = "CLOUDBUILD_SERVER", hide_env_values = true)]
     server: String,
     /// Worker token: one made with `cloudbuild worker-tokens create`, or one of the server's
     /// `workers.tokens`.
+    /// (Named apart from the client commands' `--token`, an API token.)
     #[arg(long, env = "CLOUDBUILD_WORKER_TOKEN", hide_env_values = true)]
-    token: String,
+    worker_token: String,
     /// Tasks to run at once (1 to 256).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     slots: u32,
@@ -100,7 +101,9 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     let mut settings = config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let embedded_token = random_token()?;
     if config.workers.embedded {
-        settings.worker_tokens.push(("embedded".into(), embedded_token.clone()));
+        settings
+            .worker_tokens
+            .push(("embedded".into(), cloudbuild_server::config::Secret::new(embedded_token.clone())));
     }
     let store = cloudbuild_server::open_store(&settings).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -169,7 +172,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     let labels = cloudbuild_proto::validate::labels(&args.labels)?;
     let cfg = WorkerConfig {
         server: args.server,
-        token: args.token,
+        token: args.worker_token,
         name,
         slots: args.slots.max(1),
         labels,

@@ -2,19 +2,22 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use cloudbuild_proto::task::{Task, TaskPage};
+use cloudbuild_proto::time::Timestamp;
 
-use super::publish::{follow_task, verdict};
+use super::publish::{current_project, follow_task, verdict};
 use super::ServerArg;
+use crate::client::Client;
 use crate::display::Display;
+use crate::output::outln;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LogsArgs {
     #[command(flatten)]
     server: ServerArg,
-    /// Task id.
-    id: i64,
+    /// Task id [default: the latest task of the project in the current directory].
+    id: Option<i64>,
     /// Keep following until the task ends.
     #[arg(short, long)]
     follow: bool,
@@ -23,7 +26,7 @@ pub(crate) struct LogsArgs {
     after: u64,
     /// Print events as JSON lines.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,8 +36,8 @@ pub(crate) struct TasksArgs {
     /// Only this project.
     #[arg(long)]
     name: Option<String>,
-    /// Only this state (queued, running, succeeded, failed, cancelled, timed_out).
-    #[arg(long)]
+    /// Only tasks in this state.
+    #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"])]
     state: Option<String>,
     /// How many to show.
     #[arg(long, default_value_t = 20)]
@@ -44,7 +47,7 @@ pub(crate) struct TasksArgs {
     before: Option<i64>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,14 +58,38 @@ pub(crate) struct IdArgs {
     id: i64,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
+    let id = match args.id {
+        Some(id) => id,
+        None => latest_task(&client, &current_project()?, None).await?.id,
+    };
     let mut display = Display::new(args.json);
-    client.follow(args.id, args.after, args.follow, &mut |ev| display.show(ev)).await?;
-    Ok(if display.end.is_some() { verdict(&display, args.id, args.json) } else { ExitCode::SUCCESS })
+    client.follow(id, args.after, args.follow, &mut |ev| display.show(ev)).await?;
+    Ok(if display.end.is_some() { verdict(&display, id, args.json) } else { ExitCode::SUCCESS })
+}
+
+/// The newest task of project `name` (in `state`, when given).
+pub(crate) async fn latest_task(client: &Client, name: &str, state: Option<&str>) -> Result<Task> {
+    let mut query = format!("/api/v1/tasks?limit=1&name={}", crate::client::query_encode(name));
+    if let Some(state) = state {
+        query.push_str(&format!("&state={state}"));
+    }
+    let page: TaskPage = client.get(&query).await?;
+    page.tasks.into_iter().next().ok_or_else(|| match state {
+        Some(state) => anyhow!("{name} has no {state} task yet (see `cloudbuild tasks --name {name}`)"),
+        None => anyhow!("{name} has no tasks yet: publish it with `cloudbuild publish`"),
+    })
+}
+
+/// How long a task ran (or has been running), `-` before it started.
+fn duration(t: &Task) -> String {
+    let Some(start) = t.started_at else { return "-".into() };
+    let end = t.finished_at.unwrap_or_else(Timestamp::now);
+    crate::display::seconds((end.0 - start.0) / 1000)
 }
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
@@ -79,28 +106,38 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
     }
     let page: TaskPage = client.get(&query).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&page)?);
+        outln!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(ExitCode::SUCCESS);
     }
     if page.tasks.is_empty() {
-        println!("no tasks");
+        outln!("no tasks");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} CREATED", "ID", "STATE", "STAGE", "NAME", "VERSION", "BRANCH");
+    outln!(
+        "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} {:>8}  CREATED",
+        "ID",
+        "STATE",
+        "STAGE",
+        "NAME",
+        "VERSION",
+        "BRANCH",
+        "DURATION"
+    );
     for t in &page.tasks {
-        println!(
-            "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} {}",
+        outln!(
+            "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<16} {:>8}  {}",
             t.id,
             t.state.as_str(),
             t.stage.map(|s| s.action()).unwrap_or("-"),
             t.name,
             t.version,
             t.branch,
+            duration(t),
             &t.created_at.to_string()[..19]
         );
     }
     if let Some(next) = page.next_before {
-        println!("more: cloudbuild tasks --before {next}");
+        outln!("more: cloudbuild tasks --before {next}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -109,11 +146,11 @@ pub(crate) async fn cancel(args: IdArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let task: Task = client.post(&format!("/api/v1/tasks/{}/cancel", args.id), None).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&task)?);
+        outln!("{}", serde_json::to_string_pretty(&task)?);
     } else if task.state.is_terminal() {
-        println!("task {} is {}", task.id, task.state);
+        outln!("task {} is {}", task.id, task.state);
     } else {
-        println!("task {} is being stopped (was {})", task.id, task.stage.map(|s| s.action()).unwrap_or("queued"));
+        outln!("task {} is being stopped (was {})", task.id, task.stage.map(|s| s.action()).unwrap_or("queued"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -122,9 +159,37 @@ pub(crate) async fn retry(args: IdArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let task: Task = client.post(&format!("/api/v1/tasks/{}/retry", args.id), None).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&task)?);
+        outln!("{}", serde_json::to_string_pretty(&task)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("task {} queued as a retry of task {}", task.id, args.id);
+    outln!("task {} queued as a retry of task {}", task.id, args.id);
     follow_task(&client, task.id, false).await
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct OpenArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Project name [default: the one in the current directory's package.json].
+    name: Option<String>,
+    /// Only print the URL.
+    #[arg(long)]
+    print: bool,
+}
+
+/// Opens the site of the project's latest successful build.
+pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
+    let client = args.server.client()?;
+    let name = match args.name {
+        Some(n) => n,
+        None => current_project()?,
+    };
+    let task = latest_task(&client, &name, Some("succeeded")).await?;
+    let url = task.url.ok_or_else(|| anyhow!("task {} of {name} has no site URL", task.id))?;
+    if args.print {
+        outln!("{url}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::publish::open_in_browser(&url)?;
+    Ok(ExitCode::SUCCESS)
 }

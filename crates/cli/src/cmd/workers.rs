@@ -7,6 +7,7 @@ use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{CreatedWorkerToken, WorkerList, WorkerState, WorkerTokenList};
 
 use super::ServerArg;
+use crate::output::outln;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkersArgs {
@@ -14,13 +15,13 @@ pub(crate) struct WorkersArgs {
     server: ServerArg,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TokenCommand {
     /// Make a token; the secret is printed once. Start a worker with
-    /// `cloudbuild worker --server URL --token <secret>`.
+    /// `cloudbuild worker --server URL --worker-token <secret>`.
     Create {
         #[command(flatten)]
         server: ServerArg,
@@ -54,16 +55,22 @@ fn ago(t: Timestamp) -> String {
 pub(crate) async fn workers(args: WorkersArgs) -> Result<ExitCode> {
     let list: WorkerList = args.server.client()?.get("/api/v1/workers").await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     if list.workers.is_empty() {
-        println!("no workers have connected yet");
+        outln!("no workers have connected yet");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<28} {:<12} {:>5}  {:<16} {:<18} {:<14} {:<12} SERVER",
-        "NAME", "STATE", "SLOTS", "LABELS", "RUNNING", "HEARTBEAT", "TOKEN"
+        "NAME",
+        "STATE",
+        "SLOTS",
+        "LABELS",
+        "RUNNING",
+        "HEARTBEAT",
+        "TOKEN"
     );
     for w in &list.workers {
         let state = match w.state {
@@ -74,7 +81,7 @@ pub(crate) async fn workers(args: WorkersArgs) -> Result<ExitCode> {
         let running: Vec<String> = w.running.iter().map(|t| format!("{}#{}", t.task_id, t.attempt)).collect();
         let labels = if w.labels.is_empty() { "-".to_owned() } else { w.labels.join(",") };
         let running = if running.is_empty() { "-".to_owned() } else { running.join(",") };
-        println!(
+        outln!(
             "{:<28} {:<12} {:>2}/{:<2}  {:<16} {:<18} {:<14} {:<12} {}",
             w.name,
             state,
@@ -95,7 +102,7 @@ pub(crate) async fn tokens(cmd: TokenCommand) -> Result<ExitCode> {
         TokenCommand::Create { server, name } => {
             let body = serde_json::json!({ "name": name });
             let created: CreatedWorkerToken = server.client()?.post("/api/v1/worker-tokens", Some(&body)).await?;
-            println!("{}", created.token);
+            outln!("{}", created.token);
             eprintln!(
                 "worker token `{}` created; it is shown only now. Start a worker with:\n  \
                  cloudbuild worker --server {} --token {}",
@@ -105,20 +112,20 @@ pub(crate) async fn tokens(cmd: TokenCommand) -> Result<ExitCode> {
         TokenCommand::List { server } => {
             let list: WorkerTokenList = server.client()?.get("/api/v1/worker-tokens").await?;
             if list.tokens.is_empty() {
-                println!("no worker tokens (create one with `cloudbuild worker-tokens create NAME`)");
+                outln!("no worker tokens (create one with `cloudbuild worker-tokens create NAME`)");
             }
             for t in list.tokens {
                 let state = match t.revoked_at {
                     Some(at) => format!("revoked {}", &at.to_string()[..19]),
                     None => "live".to_owned(),
                 };
-                println!("{:<24} created {}  {state}", t.name, &t.created_at.to_string()[..19]);
+                outln!("{:<24} created {}  {state}", t.name, &t.created_at.to_string()[..19]);
             }
         }
         TokenCommand::Revoke { server, name } => {
             let path = format!("/api/v1/worker-tokens/{}", crate::client::query_encode(&name));
             server.client()?.delete(&path).await?;
-            println!("worker token `{name}` revoked; workers using it were disconnected");
+            outln!("worker token `{name}` revoked; workers using it were disconnected");
         }
     }
     Ok(ExitCode::SUCCESS)

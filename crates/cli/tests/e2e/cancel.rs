@@ -3,6 +3,8 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudbuild_proto::task::{Stage, TaskState};
@@ -76,10 +78,16 @@ fn a_queued_task_cancelled_never_runs() {
     assert_eq!(srv.task(second).state, TaskState::Queued, "one slot is busy");
     let (status, body) = cancel(&srv, second);
     assert_eq!((status, body["state"].as_str()), (200, Some("cancelled")), "{body}");
-    // Free the slot; the cancelled task must still never start.
+    // Free the slot; the cancelled task must still never start: a task queued after it runs
+    // in that slot (so the scheduler has been past it), and it stays as it was.
     assert_eq!(cancel(&srv, first).0, 202);
     srv.wait_done(first);
-    std::thread::sleep(Duration::from_millis(500));
+    let quick = Repo::new(&[
+        ("package.json", &package_json("site-after", &[("build", "node build.js")])),
+        ("build.js", &build_script("after")),
+    ]);
+    let (_, third) = srv.create(&quick.task_body("site-after"));
+    assert_eq!(srv.wait_done(third["id"].as_i64().unwrap()).state, TaskState::Succeeded);
     let actions: Vec<String> = srv.actions(second).into_iter().map(|a| a.0).collect();
     assert_eq!(actions, ["create task", "cancelled"]);
     let t = srv.task(second);
@@ -88,28 +96,38 @@ fn a_queued_task_cancelled_never_runs() {
 
 /// A task whose repository is served by a "git server" that accepts connections and never
 /// answers, so `download repo` hangs.
-fn stuck_clone_task() -> serde_json::Value {
+/// Returns the task body and a flag that turns true once git has connected.
+fn stuck_clone_task() -> (serde_json::Value, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let connected = Arc::new(AtomicBool::new(false));
+    let seen = connected.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for conn in listener.incoming().flatten() {
             held.push(conn);
+            seen.store(true, Ordering::SeqCst);
         }
     });
-    serde_json::json!({
+    let body = serde_json::json!({
         "repo": format!("http://127.0.0.1:{port}/stuck.git"), "branch": "main", "name": "site-stuck", "version": "1.0.0"
-    })
+    });
+    (body, connected)
 }
 
 #[test]
 fn cancel_during_a_hanging_clone() {
     let srv = server("[timeouts]\nkill_grace_secs = 1\n");
-    let body = stuck_clone_task();
+    let (body, connected) = stuck_clone_task();
     let (_, task) = srv.create(&body);
     let id = task["id"].as_i64().unwrap();
     srv.wait_until(id, |t| t.stage == Some(Stage::DownloadRepo), "download repo");
-    std::thread::sleep(Duration::from_millis(300));
+    // Cancelled while git itself hangs on the network, not before it started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !connected.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "git never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(cancel(&srv, id).0, 202);
     let t = srv.wait_done(id);
     assert_eq!((t.state, t.stage), (TaskState::Cancelled, Some(Stage::DownloadRepo)), "{t:?}");
@@ -118,7 +136,7 @@ fn cancel_during_a_hanging_clone() {
 #[test]
 fn a_hanging_clone_times_out() {
     let srv = server("[timeouts]\ndownload_secs = 2\nkill_grace_secs = 1\n");
-    let body = stuck_clone_task();
+    let (body, _) = stuck_clone_task();
     let (_, task) = srv.create(&body);
     let t = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!((t.state, t.stage), (TaskState::TimedOut, Some(Stage::DownloadRepo)), "{t:?}");

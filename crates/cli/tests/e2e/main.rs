@@ -13,6 +13,7 @@ mod recovery;
 mod releases;
 mod sites;
 mod socketio;
+mod terminal;
 
 use std::path::Path;
 
@@ -29,8 +30,8 @@ pub fn server(extra: &str) -> Server {
 }
 
 /// The `build` actions of a successful task without checks, in order (start and success of
-/// each stage), as the original protocol names them.
-pub const SUCCESS_ACTIONS: [&str; 14] = [
+/// each stage; `check` once, saying it is skipped), as the original protocol names them.
+pub const SUCCESS_ACTIONS: [&str; 15] = [
     "create task",
     "prepare",
     "prepare",
@@ -38,6 +39,7 @@ pub const SUCCESS_ACTIONS: [&str; 14] = [
     "download repo",
     "install",
     "install",
+    "check",
     "build",
     "build",
     "pre-publish",
@@ -46,3 +48,9 @@ pub const SUCCESS_ACTIONS: [&str; 14] = [
     "publish",
     "build success",
 ];
+
+/// [`SUCCESS_ACTIONS`] as socket.io clients see them: the original protocol has no `check`
+/// action, so the bridge sends it as `build` (with `check: …` in the message).
+pub fn socketio_success_actions() -> Vec<&'static str> {
+    SUCCESS_ACTIONS.iter().map(|a| if *a == "check" { "build" } else { *a }).collect()
+}

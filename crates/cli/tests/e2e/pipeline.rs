@@ -30,7 +30,7 @@ fn a_build_is_published_and_served_with_stages_in_order() {
 
     let actions: Vec<String> = srv.actions(id).into_iter().map(|a| a.0).collect();
     let expected = crate::SUCCESS_ACTIONS;
-    assert_eq!(actions, expected, "no check stage without configured checks");
+    assert_eq!(actions, expected, "without configured checks, the check stage says it is skipped");
     assert!(srv.output(id).contains("built"), "build output is streamed into the log");
 
     // Publishing a new commit switches the site; the previous release stays on disk.

@@ -85,7 +85,7 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     repo.commit(&[("site/index.html", "<h1>two</h1>")], "two");
     repo.set_version("1.1.0");
     let (t3, msg) = publish(&srv, &body(&repo, "rel-site", "1.1.0", "test", false));
-    assert!(msg.contains("uploaded 1 files") && msg.contains("skipped 2 files"), "{msg}");
+    assert!(msg.contains("uploaded 1 file (") && msg.contains("skipped 2 files"), "{msg}");
     assert_eq!(get_text(&url).1, "<h1>two</h1>");
     assert_eq!(get_text(&old_only), (200, "old asset".to_string()), "served from the previous release");
     assert_eq!(get_text(&format!("{url}missing.html")).0, 404, "HTML never falls back");
@@ -215,7 +215,7 @@ fn s3_target_incremental_publish_switch_rollback_and_outage() {
     repo.commit(&[("site/index.html", "<h1>s3 two</h1>")], "two");
     repo.set_version("1.1.0");
     let (t3, msg) = publish(&srv, &body(&repo, "s3-site", "1.1.0", "test", false));
-    assert!(msg.contains("uploaded 1 files") && msg.contains("skipped 1 files"), "{msg}");
+    assert!(msg.contains("uploaded 1 file (") && msg.contains("skipped 1 file ("), "{msg}");
     assert_eq!(obj("s3-site/index.html").as_deref(), Some("<h1>s3 two</h1>"));
     assert_eq!(obj("s3-site/logo.svg"), None, "files the new release lacks are removed from the current copy");
     assert!(obj(&format!("s3-site/1.0.0/{}/logo.svg", t1.id)).is_some(), "old releases stay whole");

@@ -26,6 +26,7 @@ fn ensure_clients() {
         {
             return;
         }
+        eprintln!("installing the socket.io clients (npm ci in {}, once)", node_dir().display());
         let out = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(node_dir())
@@ -94,7 +95,11 @@ fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
         assert_eq!(lines[1]["data"]["data"]["payload"]["type"], "connect");
         assert!(lines[1]["data"]["meta"]["timestamp"].is_number());
         let actions = build_actions(&lines);
-        assert_eq!(actions.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), crate::SUCCESS_ACTIONS, "{what}");
+        assert_eq!(
+            actions.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+            crate::socketio_success_actions(),
+            "{what}"
+        );
         let id: i64 = actions[0].1.split_whitespace().nth(1).unwrap().parse().expect("create task names the task id");
         let url = actions.last().unwrap().1.trim_start_matches("published: ").to_owned();
         assert_eq!(get_text(&url).1, "<h1>socket.io</h1>", "{what}: the site serves the build");
@@ -200,7 +205,7 @@ fn a_client_that_leaves_mid_build_does_not_stop_it() {
     let repo =
         Repo::new(&[("package.json", &package_json("sio-leave", &[("build", "node slow.js")])), ("slow.js", slow)]);
     let lines =
-        run_client(&srv, "4", "websocket", &query_for(&repo, "sio-leave"), None, &["--leave-after-actions", "8"]);
+        run_client(&srv, "4", "websocket", &query_for(&repo, "sio-leave"), None, &["--leave-after-actions", "9"]);
     assert!(lines.iter().any(|l| l["type"] == "left"), "{lines:?}");
     let id: i64 = build_actions(&lines)[0].1.split_whitespace().nth(1).unwrap().parse().unwrap();
     let t = srv.wait_done(id);
@@ -318,9 +323,9 @@ fn a_client_that_comes_back_is_attached_to_its_build_and_gets_the_backlog() {
         let _ = std::fs::remove_file(&end_gate);
         // The first connection leaves once the build stage started (the build then waits).
         let first =
-            run_client(&srv, major, "polling", &query_for(&repo, "sio-back"), None, &["--leave-after-actions", "8"]);
+            run_client(&srv, major, "polling", &query_for(&repo, "sio-back"), None, &["--leave-after-actions", "9"]);
         let seen: Vec<String> = build_actions(&first).into_iter().map(|a| a.0).collect();
-        assert_eq!(seen, crate::SUCCESS_ACTIONS[..8], "{major}: {first:?}");
+        assert_eq!(seen, crate::socketio_success_actions()[..9], "{major}: {first:?}");
         let id: i64 = build_actions(&first)[0].1.split_whitespace().nth(1).unwrap().parse().unwrap();
         // While nobody follows, the build prints its burst: a backlog of ~750 output events.
         std::fs::write(&burst_gate, "").unwrap();
@@ -342,7 +347,7 @@ fn a_client_that_comes_back_is_attached_to_its_build_and_gets_the_backlog() {
         assert!(!second.iter().any(|l| l["event"] == "id"), "{major}: no new greeting");
         let rest: Vec<String> = build_actions(&second).into_iter().map(|a| a.0).collect();
         let whole: Vec<String> = seen.iter().chain(&rest).cloned().collect();
-        assert_eq!(whole, crate::SUCCESS_ACTIONS, "{major}");
+        assert_eq!(whole, crate::socketio_success_actions(), "{major}");
         let output: String =
             second.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
         assert_eq!(output.matches(&"x".repeat(99)).count(), 120_000, "{major}: the whole backlog arrives");
@@ -451,7 +456,11 @@ fn a_client_cut_off_mid_build_reconnects_and_gets_the_rest_of_the_log() {
         std::fs::write(&gate, "").unwrap();
         let lines = client.finish();
         let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();
-        assert_eq!(actions, crate::SUCCESS_ACTIONS, "{major}: the whole log once, no gap, no repeat: {lines:?}");
+        assert_eq!(
+            actions,
+            crate::socketio_success_actions(),
+            "{major}: the whole log once, no gap, no repeat: {lines:?}"
+        );
         assert_eq!(lines.iter().filter(|l| l["event"] == "id").count(), 1, "{major}: one greeting");
         assert!(lines.iter().filter(|l| l["type"] == "connect").count() >= 2, "{major}: it reconnected: {lines:?}");
         let output: String =
@@ -509,7 +518,7 @@ fn a_client_that_stops_reading_is_waited_for_and_gets_everything() {
             lines.iter().filter(|l| l["event"] == "building").map(|l| l["data"].as_str().unwrap()).collect();
         assert_eq!(output.matches(&"x".repeat(99)).count(), 120_000, "{major}: every line arrives");
         let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();
-        assert_eq!(actions, crate::SUCCESS_ACTIONS, "{major}");
+        assert_eq!(actions, crate::socketio_success_actions(), "{major}");
         assert_eq!(lines.last().unwrap()["reason"], "io server disconnect", "{major}: ended by the server");
     }
 }

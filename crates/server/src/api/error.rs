@@ -1,4 +1,5 @@
-//! `ApiError`: every error an HTTP client sees, as JSON `{code, message}` with a status.
+//! `ApiError`: every error an HTTP client sees, as JSON `{code, message}` with a status, and
+//! the mapping of each domain error to its status and stable code.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -6,6 +7,12 @@ use axum::Json;
 use cloudbuild_proto::validate::ValidationError;
 use cloudbuild_proto::ApiErrorBody;
 use cloudbuild_store::StoreError;
+
+use crate::domain::callers::AuthError;
+use crate::domain::releases::lock::LockError;
+use crate::domain::releases::ReleaseError;
+use crate::domain::tasks::TaskError;
+use crate::domain::workers::WorkerError;
 
 /// An HTTP error. Internal details are logged, never sent.
 #[derive(Debug)]
@@ -24,12 +31,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
     }
 
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    }
-
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!("{context}: {err}");
+    /// A failure of the server itself: logged with its whole chain of causes, answered with
+    /// what the server was doing only.
+    pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = err.to_string();
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            chain.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        tracing::error!("{context}: {chain}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -46,23 +57,99 @@ impl From<ValidationError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        let message = e.to_string();
         match e {
-            StoreError::NotFound(id) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("task {id} does not exist"))
-            }
-            StoreError::Stale { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string()),
-            StoreError::NotHolder { .. } => ApiError::new(StatusCode::FORBIDDEN, "not_lease_holder", e.to_string()),
-            StoreError::Terminal(_) => ApiError::new(StatusCode::CONFLICT, "already_finished", e.to_string()),
-            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            StoreError::Unavailable(_) => {
-                tracing::warn!("{e}");
+            StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            StoreError::Stale { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", message),
+            StoreError::NotHolder { .. } => ApiError::new(StatusCode::FORBIDDEN, "not_lease_holder", message),
+            StoreError::Terminal(_) => ApiError::new(StatusCode::CONFLICT, "already_finished", message),
+            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Contended(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contended", message),
+            StoreError::Unavailable { .. } => {
+                tracing::warn!("{message}");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
                     "the server cannot reach its store right now; try again shortly",
                 )
             }
-            StoreError::Database(_) => ApiError::internal("accessing the store", e),
+            StoreError::Database { .. } | StoreError::Corrupt(_) | StoreError::InvalidChange(_) => {
+                ApiError::internal("accessing the store", &e)
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Store(s) => s.into(),
+            _ => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+        }
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        let message = e.to_string();
+        match e {
+            TaskError::Invalid(v) => v.into(),
+            TaskError::Refused(_) | TaskError::InternalHost { .. } => ApiError::bad_request(message),
+            TaskError::AlreadyFinished { .. } => ApiError::new(StatusCode::CONFLICT, "already_finished", message),
+            TaskError::NotFinished { .. } => ApiError::new(StatusCode::CONFLICT, "not_finished", message),
+            TaskError::Release(r) => r.into(),
+            TaskError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        let message = e.to_string();
+        match e {
+            WorkerError::Invalid(v) => v.into(),
+            WorkerError::BadHello(_) => ApiError::bad_request(message),
+            WorkerError::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            WorkerError::Random(_) => ApiError::internal("making a token", &e),
+            WorkerError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<LockError> for ApiError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "switch_busy", format!("{e}; try again")),
+            LockError::Lost(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lock_lost",
+                format!("{e}; nothing was switched, try again"),
+            ),
+            LockError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<ReleaseError> for ApiError {
+    fn from(e: ReleaseError) -> Self {
+        let message = e.to_string();
+        match e {
+            ReleaseError::Invalid(v) => v.into(),
+            ReleaseError::BadUpload(_) => ApiError::bad_request(message),
+            ReleaseError::UnreadablePlan(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_json", message),
+            ReleaseError::StaleAttempt { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", message),
+            ReleaseError::NotLeaseHolder { .. } => ApiError::new(StatusCode::FORBIDDEN, "not_lease_holder", message),
+            ReleaseError::VersionExists { .. } => ApiError::new(StatusCode::CONFLICT, "version_exists", message),
+            ReleaseError::NoSuchVersion { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ReleaseError::NothingToRollBack { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back_to", message)
+            }
+            ReleaseError::AlreadyCurrent { .. } => ApiError::new(StatusCode::CONFLICT, "already_current", message),
+            ReleaseError::Target(_) => ApiError::new(StatusCode::BAD_GATEWAY, "target_failed", message),
+            ReleaseError::FileTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message),
+            ReleaseError::Lock(l) => l.into(),
+            ReleaseError::Store(s) => s.into(),
+            ReleaseError::Io { context, ref source } => ApiError::internal(context, source),
         }
     }
 }

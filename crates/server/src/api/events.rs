@@ -1,9 +1,5 @@
-//! `GET /api/v1/tasks/{id}/events?after=N`: the task's event log as SSE, WebSocket or JSON.
-//!
-//! All three send what the store holds, in order, from `after + 1`; live following just waits
-//! for the hub to say the log grew and reads the store again. So a follower that connects
-//! late, or reconnects with `after=<last seq seen>`, receives exactly the bytes a follower
-//! from the start received. The stream ends after the `end` event. No keep-alive comments are
+//! `GET /api/v1/tasks/{id}/events?after=N`: the task's event log as SSE, WebSocket or JSON
+//! (see `domain::follow`). The stream ends after the `end` event. No keep-alive comments are
 //! interleaved, since they would make streams differ; WebSocket pings keep sockets alive instead.
 
 use std::sync::Arc;
@@ -11,19 +7,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cloudbuild_proto::event::{EventKind, WireEvent};
+use cloudbuild_proto::event::WireEvent;
 use cloudbuild_proto::task::TaskId;
-use cloudbuild_store::StoreError;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::auth::Caller;
 use super::error::ApiError;
-use super::tasks::parse_id;
+use super::extract::TaskIdParam;
+use crate::domain::callers::Caller;
+use crate::domain::follow::pump;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -36,69 +32,15 @@ pub struct EventParams {
     follow: Option<bool>,
 }
 
-const PAGE: u32 = 500;
-
-/// Streams stored events into `tx` from `after`, following the live log when `follow`.
-/// Returns when the `end` event was sent, when not following and the log is exhausted, when the
-/// receiver is gone, or at server shutdown.
-pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bool, tx: mpsc::Sender<WireEvent>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        // Subscribe before reading, so growth between the read and the wait is not missed.
-        let mut signal = state.hub.subscribe(task);
-        let events = match state.store.events_after(task, after, PAGE).await {
-            Ok(ev) => ev,
-            // The store is down for a moment (Redis restarting): keep the stream, try again.
-            Err(StoreError::Unavailable(e)) => {
-                tracing::warn!(task, "event follower waits for the store: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.changed() => return,
-                    _ = tx.closed() => return,
-                }
-            }
-            Err(e) => return tracing::error!(task, "event follower: {e}"),
-        };
-        let n = events.len();
-        for ev in events {
-            after = ev.seq;
-            let is_end = ev.kind == EventKind::End;
-            if tx.send(ev).await.is_err() || is_end {
-                return;
-            }
-        }
-        if n == PAGE as usize {
-            continue;
-        }
-        if !follow {
-            return;
-        }
-        tokio::select! {
-            _ = async {
-                match signal.as_mut() {
-                    // The timeout re-reads the store even if a wake-up from another server
-                    // was lost (its notices are not stored).
-                    Some(rx) => { let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await; }
-                    // No live signal: the task ended or has not announced yet; re-read soon.
-                    None => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            } => {}
-            _ = shutdown.changed() => return,
-            _ = tx.closed() => return,
-        }
-    }
-}
-
 /// `GET /api/v1/tasks/{id}/events`
 pub async fn events(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
-    Path(id): Path<String>,
+    TaskIdParam(id): TaskIdParam,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     state.store.get_task(id).await?; // 404 before any upgrade or stream
     let follow = p.follow.unwrap_or(true);

@@ -1,9 +1,11 @@
-//! The HTTP surface: `router(state)` builds every route, so tests can drive it without a socket.
+//! The HTTP adapter: `router(state)` builds every route, so tests can drive it without a socket.
+//! Handlers are thin: extract (`extract.rs`), call a domain service, map its error (`error.rs`).
 
-pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod events;
+pub mod extract;
+pub mod releases;
 pub mod tasks;
 pub mod workers;
 
@@ -15,8 +17,9 @@ use axum::response::IntoResponse;
 use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router};
 
+use crate::domain::releases::BUNDLE_BYTES;
+use crate::sites;
 use crate::state::AppState;
-use crate::{release, sites};
 use error::ApiError;
 
 /// The largest publish manifest: room for 200,000 files with long paths (a manifest entry is
@@ -33,22 +36,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}/events", get(events::events))
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/plan",
-            post(release::plan).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
+            post(releases::plan).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/blobs/{hash}",
-            put(release::blob).layer(DefaultBodyLimit::disable()),
+            put(releases::blob).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/bundle",
-            post(release::bundle).layer(DefaultBodyLimit::max(release::BUNDLE_BYTES)),
+            post(releases::bundle).layer(DefaultBodyLimit::max(BUNDLE_BYTES)),
         )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/commit",
-            post(release::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
+            post(releases::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )
-        .route("/releases", get(release::list))
-        .route("/releases/rollback", post(release::rollback))
+        .route("/releases", get(releases::list))
+        .route("/releases/rollback", post(releases::rollback))
         .route("/workers", get(workers::list))
         .route("/workers/connect", get(workers::connect))
         .route("/worker-tokens", post(workers::create_token).get(workers::list_tokens))

@@ -32,7 +32,7 @@ use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOption
 
 use crate::config::TargetConfig;
 use cloudbuild_proto::site::SiteConfig;
-use cloudbuild_proto::task::TaskId;
+use cloudbuild_proto::task::{Environment, TaskId};
 use cloudbuild_proto::validate::ProjectName;
 use headers::{content_type, is_html};
 use urls::SiteUrls;
@@ -345,6 +345,39 @@ impl Target {
         match self {
             Target::Local { root, .. } => Some(root),
             Target::S3 { .. } => None,
+        }
+    }
+}
+
+/// Held while a project's release is recorded and switched in one environment.
+pub type SwitchLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// The targets of the two environments.
+#[derive(Debug)]
+pub struct Targets {
+    pub test: Target,
+    pub prod: Target,
+    /// One lock per project and environment, held while a release is recorded and switched.
+    pub locks: std::sync::Mutex<std::collections::HashMap<(Environment, String), SwitchLock>>,
+}
+
+impl Targets {
+    /// Both targets, with no switch in progress.
+    pub fn new(test: Target, prod: Target) -> Self {
+        Targets { test, prod, locks: Default::default() }
+    }
+
+    /// The switch lock of a project in an environment.
+    pub fn project_lock(&self, env: Environment, name: &str) -> SwitchLock {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry((env, name.to_owned())).or_default().clone()
+    }
+
+    /// The target of an environment.
+    pub fn get(&self, env: Environment) -> &Target {
+        match env {
+            Environment::Test => &self.test,
+            Environment::Prod => &self.prod,
         }
     }
 }

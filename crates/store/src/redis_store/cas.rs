@@ -61,7 +61,7 @@ impl RedisStore {
         let mut out = HashMap::with_capacity(ids.len());
         for (id, (rev, data)) in ids.iter().zip(rows) {
             let (Some(rev), Some(data)) = (rev, data) else { continue };
-            let r: Record = serde_json::from_str(&data).map_err(|e| db_err(format!("corrupt task {id}: {e}")))?;
+            let r: Record = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))?;
             let live = Live {
                 task: r.task,
                 output_bytes: r.output_bytes,
@@ -124,7 +124,7 @@ impl RedisStore {
                 return Ok(out);
             }
         }
-        Err(StoreError::Database("too many concurrent changes to the same task; try again".into()))
+        Err(StoreError::Contended(ids.first().copied().unwrap_or_default()))
     }
 
     pub(super) async fn update_one<T>(
@@ -134,7 +134,7 @@ impl RedisStore {
     ) -> Result<T> {
         self.update(&[id], |live, plan, written| match live.get_mut(&id) {
             Some(l) => change(l, plan, written),
-            None => Err(StoreError::NotFound(id)),
+            None => Err(StoreError::NotFound(crate::Missing::Task(id))),
         })
         .await?
     }

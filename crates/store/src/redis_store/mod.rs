@@ -19,7 +19,8 @@
 //!
 //! Layout, mirroring `sqlite/`: the `Store` implementation and task changes here; the key names
 //! (`keys`), the Lua scripts (`scripts`), the compare-and-set machinery (`cas`), releases and
-//! the content index (`releases`), the worker registry, tokens and shared locks (`workers`).
+//! the content index (`releases`), the worker registry, tokens and shared locks (`workers`),
+//! notices between servers (`notices`).
 
 use std::time::Duration;
 
@@ -29,14 +30,13 @@ use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
-use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 mod cas;
 mod keys;
+mod notices;
 mod releases;
 mod scripts;
 mod workers;
@@ -91,22 +91,17 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    from: String,
-    notice: Notice,
-}
-
-pub(super) fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+/// A record that could not be encoded or decoded (JSON in Redis values).
+pub(super) fn db_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::database("a Redis record", e)
 }
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
-            StoreError::Unavailable(format!("Redis: {e}"))
+            StoreError::Unavailable { backend: "Redis", source: e.into() }
         } else {
-            StoreError::Database(format!("Redis: {e}"))
+            StoreError::database("Redis", e)
         }
     }
 }
@@ -115,8 +110,8 @@ impl RedisStore {
     /// Connects (failing after the connect timeout if Redis is not there) and starts listening
     /// to the other servers' notices.
     pub async fn open(opts: &RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| StoreError::Database(format!("invalid Redis URL: {e}")))?;
+        let client =
+            redis::Client::open(opts.url.as_str()).map_err(|e| StoreError::database("invalid Redis URL", e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
             .set_response_timeout(Some(opts.response_timeout))
@@ -125,7 +120,7 @@ impl RedisStore {
         let con = ConnectionManager::new_with_config(client.clone(), config).await?;
         let (notices, _) = broadcast::channel(4096);
         let instance = format!("{}-{}", std::process::id(), Timestamp::now().0);
-        tokio::spawn(listen(client, instance.clone(), notices.clone()));
+        tokio::spawn(notices::listen(client, instance.clone(), notices.clone()));
         Ok(RedisStore {
             con,
             cas: Script::new(CAS_LUA),
@@ -143,33 +138,9 @@ impl RedisStore {
     }
 }
 
-/// Forwards the other servers' notices until the process ends, resubscribing after Redis
-/// comes back. Notices lost while disconnected cost latency only: followers re-read the store
-/// and the scheduler ticks on its own.
-async fn listen(client: redis::Client, me: String, tx: broadcast::Sender<Notice>) {
-    loop {
-        if let Ok(mut pubsub) = client.get_async_pubsub().await {
-            if pubsub.subscribe(NOTICES).await.is_ok() {
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    let Ok(payload) = msg.get_payload::<String>() else { continue };
-                    match serde_json::from_str::<Envelope>(&payload) {
-                        Ok(env) if env.from != me => {
-                            let _ = tx.send(env.notice);
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("unreadable notice from another server: {e}"),
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 fn parse_event(seq: u64, raw: &str) -> Result<WireEvent> {
-    let (kind, data) = raw.split_once(' ').ok_or_else(|| db_err("corrupt event"))?;
-    let kind = EventKind::parse(kind).ok_or_else(|| db_err(format!("corrupt event kind `{kind}`")))?;
+    let (kind, data) = raw.split_once(' ').ok_or_else(|| StoreError::Corrupt(format!("event `{raw}`")))?;
+    let kind = EventKind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("event kind `{kind}`")))?;
     Ok(WireEvent { seq, kind, data: data.to_owned() })
 }
 
@@ -196,13 +167,13 @@ impl Store for RedisStore {
             zrem: Vec::new(),
         };
         if !self.run(&plan).await? {
-            return Err(db_err(format!("task id {id} was taken twice")));
+            return Err(StoreError::Corrupt(format!("task id {id} was taken twice")));
         }
         Ok((task, event))
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task> {
-        self.load_tasks(&[id]).await?.pop().ok_or(StoreError::NotFound(id))
+        self.load_tasks(&[id]).await?.pop().ok_or(StoreError::NotFound(crate::Missing::Task(id)))
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>> {
@@ -340,7 +311,7 @@ impl Store for RedisStore {
             let now = Timestamp::now();
             ops.iter()
                 .map(|op| {
-                    let l = live.get_mut(&op.task).ok_or(StoreError::NotFound(op.task))?;
+                    let l = live.get_mut(&op.task).ok_or(StoreError::NotFound(crate::Missing::Task(op.task)))?;
                     let was_running = l.task.state == TaskState::Running;
                     let res = apply::apply(l, op, now, written);
                     if was_running && l.task.state.is_terminal() {
@@ -436,7 +407,7 @@ impl Store for RedisStore {
         releases::release_files(self, release_id).await
     }
 
-    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>> {
+    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<crate::ContentHolder>> {
         releases::find_contents(self, env, hashes).await
     }
 
@@ -481,9 +452,7 @@ impl Store for RedisStore {
     }
 
     async fn announce(&self, notice: Notice) -> Result<()> {
-        let env = Envelope { from: self.instance.clone(), notice };
-        let _: () = self.con().publish(NOTICES, serde_json::to_string(&env).map_err(db_err)?).await?;
-        Ok(())
+        notices::announce(self, notice).await
     }
 
     fn notices(&self) -> Option<broadcast::Receiver<Notice>> {

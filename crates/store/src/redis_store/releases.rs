@@ -50,7 +50,7 @@ pub(super) async fn record_release(s: &RedisStore, new: NewRelease, files: &[Man
 
 pub(super) async fn set_current(s: &RedisStore, release_id: i64) -> Result<Option<Release>> {
     let release =
-        load_release(s, release_id).await?.ok_or_else(|| db_err(format!("release {release_id} does not exist")))?;
+        load_release(s, release_id).await?.ok_or(crate::StoreError::NotFound(crate::Missing::Release(release_id)))?;
     let previous: Option<i64> = s
         .swap
         .key(format!("{P}current"))
@@ -95,7 +95,7 @@ pub(super) async fn find_contents(
     s: &RedisStore,
     env: Environment,
     hashes: &[String],
-) -> Result<Vec<(String, Release, String)>> {
+) -> Result<Vec<crate::ContentHolder>> {
     let mut out = Vec::new();
     let mut releases: HashMap<i64, Option<Release>> = HashMap::new();
     for chunk in hashes.chunks(500) {
@@ -117,7 +117,7 @@ pub(super) async fn find_contents(
                     slot.insert(load_release(s, id).await?);
                 }
                 if let Some(Some(r)) = releases.get(&id).filter(|r| r.as_ref().is_some_and(|r| !r.pruned)) {
-                    out.push((hash.clone(), r.clone(), path));
+                    out.push(crate::ContentHolder { hash: hash.clone(), release: r.clone(), path });
                     break;
                 }
             }

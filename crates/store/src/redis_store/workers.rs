@@ -39,7 +39,7 @@ pub(super) async fn create_worker_token(s: &RedisStore, name: &str, hash: &str) 
     let data = serde_json::to_string(&record).map_err(db_err)?;
     let fresh: bool = s.con().hset_nx(format!("{P}worker_tokens"), name, data).await?;
     if !fresh {
-        return Err(StoreError::Conflict(format!("a worker token named `{name}` exists already")));
+        return Err(StoreError::Conflict { what: format!("a worker token named `{name}`") });
     }
     let _: () = s.con().hset(format!("{P}worker_token_hash"), hash, name).await?;
     Ok(WorkerToken { name: name.to_owned(), created_at: created, revoked_at: None })

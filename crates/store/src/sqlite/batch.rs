@@ -105,7 +105,7 @@ pub(super) async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec
         .iter()
         .map(|op| match live.get_mut(&op.task) {
             Some(l) => apply::apply(l, op, now, &mut rows),
-            None => Err(StoreError::NotFound(op.task)),
+            None => Err(StoreError::NotFound(crate::Missing::Task(op.task))),
         })
         .collect();
     store_live(conn, live.values(), &rows).await?;

@@ -74,7 +74,7 @@ pub(super) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_s
      state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels";
 
 pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
-    let bad = |what: &str, v: &str| StoreError::Database(format!("corrupt {what} `{v}` in tasks table"));
+    let bad = |what: &str, v: &str| StoreError::Corrupt(format!("{what} `{v}` in the tasks table"));
     let env: String = row.try_get("env")?;
     let trigger: String = row.try_get("trigger_kind")?;
     let state: String = row.try_get("state")?;
@@ -120,7 +120,7 @@ async fn load(conn: &mut SqliteConnection, id: TaskId) -> Result<Task> {
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or(StoreError::NotFound(id))?;
+        .ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
     task_from_row(&row)
 }
 
@@ -296,12 +296,12 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
-        let l = live.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        let l = live.get_mut(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
         let mut rows = Vec::new();
         let effect = apply::cancel(l, Timestamp::now(), &mut rows);
         batch::store_live(&mut tx, live.values(), &rows).await?;
         tx.commit().await?;
-        let task = live.remove(&id).ok_or(StoreError::NotFound(id))?.task;
+        let task = live.remove(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?.task;
         Ok(match effect {
             CancelEffect::AlreadyCancelled => CancelOutcome::AlreadyCancelled(task),
             CancelEffect::AlreadyFinished => CancelOutcome::AlreadyFinished(task),
@@ -316,7 +316,7 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
-        let l = live.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        let l = live.get_mut(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
         let mut rows = Vec::new();
         let effect = apply::requeue(l, attempt, max_attempts, why, Timestamp::now(), &mut rows);
         batch::store_live(&mut tx, live.values(), &rows).await?;
@@ -341,8 +341,7 @@ impl Store for SqliteStore {
                 let kind: String = r.try_get("kind")?;
                 Ok(WireEvent {
                     seq: r.try_get::<i64, _>("seq")? as u64,
-                    kind: EventKind::parse(&kind)
-                        .ok_or_else(|| StoreError::Database(format!("corrupt event kind `{kind}`")))?,
+                    kind: EventKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("event kind `{kind}`")))?,
                     data: r.try_get("data")?,
                 })
             })
@@ -377,8 +376,7 @@ impl Store for SqliteStore {
             }
             insert.execute(&mut *tx).await?;
         }
-        let release =
-            releases::load(&mut tx, id).await?.ok_or_else(|| StoreError::Database("release vanished".into()))?;
+        let release = releases::load(&mut tx, id).await?.ok_or(StoreError::NotFound(crate::Missing::Release(id)))?;
         tx.commit().await?;
         Ok(release)
     }
@@ -388,7 +386,7 @@ impl Store for SqliteStore {
         let mut tx = conn.begin().await?;
         let release = releases::load(&mut tx, release_id)
             .await?
-            .ok_or_else(|| StoreError::Database(format!("release {release_id} does not exist")))?;
+            .ok_or(StoreError::NotFound(crate::Missing::Release(release_id)))?;
         let previous: Option<i64> =
             sqlx::query_scalar("SELECT release_id FROM current_releases WHERE env = ? AND name = ?")
                 .bind(release.env.as_str())
@@ -440,7 +438,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<(String, Release, String)>> {
+    async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<crate::ContentHolder>> {
         let mut conn = self.reader.acquire().await?;
         releases::find_contents(&mut conn, env, hashes).await
     }
@@ -454,7 +452,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_worker(&self, worker: &WorkerInfo) -> Result<()> {
-        let data = serde_json::to_string(worker).map_err(|e| StoreError::Database(e.to_string()))?;
+        let data = serde_json::to_string(worker).map_err(|e| StoreError::database("encoding a worker record", e))?;
         sqlx::query(
             "INSERT INTO workers (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
         )
@@ -468,7 +466,9 @@ impl Store for SqliteStore {
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT data FROM workers ORDER BY name").fetch_all(&self.reader).await?;
-        rows.iter().map(|d| serde_json::from_str(d).map_err(|e| StoreError::Database(e.to_string()))).collect()
+        rows.iter()
+            .map(|d| serde_json::from_str(d).map_err(|e| StoreError::database("encoding a worker record", e)))
+            .collect()
     }
 
     async fn create_worker_token(&self, name: &str, hash: &str) -> Result<WorkerToken> {
@@ -481,7 +481,7 @@ impl Store for SqliteStore {
                 .execute(&mut *self.writer.lock().await)
                 .await?;
         if res.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("a worker token named `{name}` exists already")));
+            return Err(StoreError::Conflict { what: format!("a worker token named `{name}`") });
         }
         Ok(WorkerToken { name: name.to_owned(), created_at: created, revoked_at: None })
     }

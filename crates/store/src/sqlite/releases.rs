@@ -18,7 +18,7 @@ fn from_row(row: &SqliteRow) -> Result<Release> {
     Ok(Release {
         id: row.try_get("id")?,
         env: Environment::parse(&env)
-            .ok_or_else(|| StoreError::Database(format!("corrupt env `{env}` in releases")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("env `{env}` in the releases table")))?,
         name: row.try_get("name")?,
         version: row.try_get("version")?,
         task_id: row.try_get("task_id")?,
@@ -55,7 +55,7 @@ pub(super) async fn find_contents(
     conn: &mut SqliteConnection,
     env: Environment,
     hashes: &[String],
-) -> Result<Vec<(String, Release, String)>> {
+) -> Result<Vec<crate::ContentHolder>> {
     let mut out = Vec::new();
     for chunk in hashes.chunks(400) {
         let placeholders = vec!["?"; chunk.len()].join(", ");
@@ -72,7 +72,7 @@ pub(super) async fn find_contents(
         for row in q.fetch_all(&mut *conn).await? {
             let hash: String = row.try_get("hash")?;
             if seen.insert(hash.clone()) {
-                out.push((hash, from_row(&row)?, row.try_get("path")?));
+                out.push(crate::ContentHolder { hash, release: from_row(&row)?, path: row.try_get("path")? });
             }
         }
     }

@@ -15,63 +15,74 @@
 pub mod lock;
 pub mod staging;
 
-pub use staging::{blob, bundle, staging, sweep_staging, BUNDLE_BYTES};
+pub use staging::{stage_blob, stage_bundle, staging, sweep_staging, BUNDLE_BYTES};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
-use bytes::Bytes;
 use cloudbuild_proto::release::{
-    is_hash, ManifestFile, PlanAnswer, PublishPlan, PublishResult, Release, ReleaseList, RollbackRequest,
-    RollbackResult,
+    is_hash, ManifestFile, PlanAnswer, PublishPlan, PublishResult, Release, RollbackRequest, RollbackResult,
 };
-use cloudbuild_proto::task::{Environment, Task, TaskState};
-use cloudbuild_proto::validate::{ProjectName, RelPath, Version};
+use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
+use cloudbuild_proto::validate::{ProjectName, RelPath, ValidationError, Version};
+use cloudbuild_store::StoreError;
 use futures_util::StreamExt;
-use serde::Deserialize;
 
-use crate::api::auth::Caller;
-use crate::api::error::ApiError;
-use crate::api::tasks::parse_id;
-use crate::api::workers::authorize_worker;
+use super::callers::Caller;
 use crate::state::AppState;
-use crate::targets::Target;
 
-/// Held while a project's release is recorded and switched in one environment.
-pub type SwitchLock = Arc<tokio::sync::Mutex<()>>;
-
-/// The targets of the two environments.
-#[derive(Debug)]
-pub struct Targets {
-    pub test: Target,
-    pub prod: Target,
-    /// One lock per project and environment, held while a release is recorded and switched.
-    pub locks: std::sync::Mutex<HashMap<(Environment, String), SwitchLock>>,
+/// Why a publish call, a rollback or a release listing was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The manifest or a bundle is malformed (paths, hashes, frames).
+    #[error("{0}")]
+    BadUpload(String),
+    /// The plan is not the JSON a publish plan is.
+    #[error("{0}")]
+    UnreadablePlan(String),
+    #[error("task {task} is {state} at attempt {current}; attempt {attempt} may not publish")]
+    StaleAttempt { task: TaskId, state: TaskState, current: u32, attempt: u32 },
+    #[error("only the worker holding task {task} at attempt {attempt} may publish it")]
+    NotLeaseHolder { task: TaskId, attempt: u32 },
+    #[error("{name}@{version} is already published to prod; publish with --force to release a new build of it, or bump the version")]
+    VersionExists { name: String, version: String },
+    #[error("{name} has no {env} release of version {version} (available: {available})")]
+    NoSuchVersion { name: String, env: &'static str, version: String, available: String },
+    #[error("{name} has no {env} release before the current one")]
+    NothingToRollBack { name: String, env: &'static str },
+    #[error("{name}@{version} is already current in {env}")]
+    AlreadyCurrent { name: String, version: String, env: &'static str },
+    /// The environment's target (local directory or bucket) failed.
+    #[error("{0}")]
+    Target(String),
+    #[error("a file is larger than limits.max_file_bytes ({0})")]
+    FileTooLarge(u64),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server's own disk failed while staging (`context` says doing what).
+    #[error("{context}: {source}")]
+    Io { context: &'static str, source: std::io::Error },
 }
 
-impl Targets {
-    /// Both targets, with no switch in progress.
-    pub fn new(test: Target, prod: Target) -> Self {
-        Targets { test, prod, locks: Default::default() }
+impl ReleaseError {
+    /// An I/O failure of the server itself, with what it was doing.
+    pub fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> ReleaseError {
+        move |source| ReleaseError::Io { context, source }
     }
+}
 
-    /// The switch lock of a project in an environment.
-    pub fn project_lock(&self, env: Environment, name: &str) -> SwitchLock {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry((env, name.to_owned())).or_default().clone()
-    }
-
-    pub fn get(&self, env: Environment) -> &Target {
-        match env {
-            Environment::Test => &self.test,
-            Environment::Prod => &self.prod,
-        }
-    }
+/// Who publishes: the task and attempt of a publish call, with the lease key that came with
+/// the assignment (over the holding worker's own connection).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub lease_key: String,
 }
 
 /// The immutable key prefix of a release: `<name>/<version>/<task>`.
@@ -86,132 +97,99 @@ pub async fn check_version_free(
     name: &str,
     version: &str,
     force: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), ReleaseError> {
     if env != Environment::Prod || force {
         return Ok(());
     }
     let existing = state.store.list_releases(Some(Environment::Prod), name).await?;
     if existing.iter().any(|r| r.version == version) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "version_exists",
-            format!("{name}@{version} is already published to prod; publish with --force to release a new build of it, or bump the version"),
-        ));
+        return Err(ReleaseError::VersionExists { name: name.to_owned(), version: version.to_owned() });
     }
     Ok(())
 }
 
-pub(super) async fn running_attempt(
-    state: &AppState,
-    headers: &HeaderMap,
-    id: &str,
-    attempt: &str,
-) -> Result<(Task, u32), ApiError> {
-    authorize_worker(state, headers).await?;
-    let task = state.store.get_task(parse_id(id)?).await?;
-    let attempt: u32 = attempt.parse().map_err(|_| ApiError::bad_request("attempt must be a number"))?;
-    if task.state != TaskState::Running || task.attempt != attempt {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stale_attempt",
-            format!(
-                "task {} is {} at attempt {}; attempt {attempt} may not publish",
-                task.id, task.state, task.attempt
-            ),
-        ));
+/// Checks that `who` may publish: its task runs at that attempt, and it holds the attempt's
+/// lease (a worker token only says "one of our workers"; the lease key says "the one holding
+/// this attempt").
+pub async fn running_attempt(state: &AppState, who: &Publisher) -> Result<Task, ReleaseError> {
+    let task = state.store.get_task(who.task).await?;
+    if task.state != TaskState::Running || task.attempt != who.attempt {
+        return Err(ReleaseError::StaleAttempt {
+            task: task.id,
+            state: task.state,
+            current: task.attempt,
+            attempt: who.attempt,
+        });
     }
-    // A worker token only says "one of our workers": the lease key says "the one holding
-    // this attempt" (it came with the assignment, over that worker's own connection).
-    let key = headers.get(LEASE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let hash = crate::scheduler::lease_key_hash(key);
-    if key.is_empty() || !state.store.holds_lease(task.id, attempt, &hash).await? {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_lease_holder",
-            format!("only the worker holding task {} at attempt {attempt} may publish it", task.id),
-        ));
+    let hash = crate::scheduler::lease_key_hash(&who.lease_key);
+    if who.lease_key.is_empty() || !state.store.holds_lease(task.id, who.attempt, &hash).await? {
+        return Err(ReleaseError::NotLeaseHolder { task: task.id, attempt: who.attempt });
     }
-    Ok((task, attempt))
+    Ok(task)
 }
 
-/// The header carrying the assignment's lease key on publish calls.
-pub const LEASE_HEADER: &str = "x-cloudbuild-lease";
-
-/// Authenticates a publish call (plan or commit), then checks its manifest and version.
-async fn accept_plan(
-    state: &AppState,
-    headers: &HeaderMap,
-    id: &str,
-    attempt: &str,
-    body: &[u8],
-) -> Result<(Task, u32, PublishPlan), ApiError> {
-    let (task, attempt) = running_attempt(state, headers, id, attempt).await?;
+/// Checks a publish call (plan or commit): its attempt, then its manifest and version.
+async fn accept_plan(state: &AppState, who: &Publisher, body: &[u8]) -> Result<(Task, PublishPlan), ReleaseError> {
+    let task = running_attempt(state, who).await?;
     let plan = parse_plan(body)?;
     check_manifest(&plan.files)?;
-    plan.site.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    plan.site.validate().map_err(|e| ReleaseError::BadUpload(e.to_string()))?;
     check_version_free(state, task.env, &task.name, &task.version, task.force).await?;
-    Ok((task, attempt, plan))
+    Ok((task, plan))
 }
 
 /// Parses a plan after authentication (an extractor would answer strangers before the check).
-fn parse_plan(body: &[u8]) -> Result<PublishPlan, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_json", e.to_string()))
+fn parse_plan(body: &[u8]) -> Result<PublishPlan, ReleaseError> {
+    serde_json::from_slice(body).map_err(|e| ReleaseError::UnreadablePlan(e.to_string()))
 }
 
 /// Checks a manifest: valid relative paths, valid hashes, no duplicates, not empty.
-fn check_manifest(files: &[ManifestFile]) -> Result<(), ApiError> {
+fn check_manifest(files: &[ManifestFile]) -> Result<(), ReleaseError> {
     if files.is_empty() {
-        return Err(ApiError::bad_request("the manifest lists no files"));
+        return Err(ReleaseError::BadUpload("the manifest lists no files".into()));
     }
     let mut seen = HashSet::new();
     for f in files {
         RelPath::parse(&f.path)?;
         if !is_hash(&f.hash) {
-            return Err(ApiError::bad_request(format!(
+            return Err(ReleaseError::BadUpload(format!(
                 "{}: the hash must be 64 lower-case hex digits (blake3)",
                 f.path
             )));
         }
         if !seen.insert(f.path.as_str()) {
-            return Err(ApiError::bad_request(format!("{} is listed twice", f.path)));
+            return Err(ReleaseError::BadUpload(format!("{} is listed twice", f.path)));
         }
     }
     Ok(())
 }
 
-/// `POST /api/v1/tasks/{id}/attempts/{attempt}/publish/plan`
-pub async fn plan(
-    State(state): State<Arc<AppState>>,
-    Path((id, attempt)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<PlanAnswer>, ApiError> {
+/// Step 1 of a publish: which contents of the manifest (`body`, a JSON [`PublishPlan`]) the
+/// target lacks.
+pub async fn plan(state: &AppState, who: &Publisher, body: &[u8]) -> Result<PlanAnswer, ReleaseError> {
     let started = std::time::Instant::now();
-    let (task, _, plan) = accept_plan(&state, &headers, &id, &attempt, &body).await?;
+    let (task, plan) = accept_plan(state, who, body).await?;
     let wanted: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
     let known: HashSet<String> =
-        state.store.find_contents(task.env, &wanted).await?.into_iter().map(|(h, _, _)| h).collect();
+        state.store.find_contents(task.env, &wanted).await?.into_iter().map(|holder| holder.hash).collect();
     let mut missing: Vec<String> = wanted.into_iter().filter(|h| !known.contains(h)).collect();
     missing.sort();
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(task = task.id, files = plan.files.len(), missing = missing.len(), ms, "publish planned");
-    Ok(Json(PlanAnswer { missing }))
+    Ok(PlanAnswer { missing })
 }
 
-/// `POST /api/v1/tasks/{id}/attempts/{attempt}/publish/commit`
-pub async fn commit(
-    State(state): State<Arc<AppState>>,
-    Path((id, attempt)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<PublishResult>, ApiError> {
-    let (task, attempt, plan) = accept_plan(&state, &headers, &id, &attempt, &body).await?;
+/// Step 3 of a publish: writes every file of the manifest (`body`) under the release's
+/// immutable key, records the release and, unless a newer task released already, makes it
+/// current; then prunes old releases.
+pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<PublishResult, ReleaseError> {
+    let (task, plan) = accept_plan(state, who, body).await?;
+    let attempt = who.attempt;
     let name = ProjectName::parse(&task.name)?;
     Version::parse(&task.version)?;
     let target = state.targets.get(task.env);
     let key = format!("{}/{}/{}", name, task.version, task.id);
-    let staged = staging(&state, task.id, attempt);
+    let staged = staging(state, task.id, attempt);
 
     // Where each content comes from: this attempt's upload, or a release that has it.
     let hashes: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
@@ -220,7 +198,7 @@ pub async fn commit(
         .find_contents(task.env, &hashes)
         .await?
         .into_iter()
-        .map(|(hash, release, path)| (hash, format!("{}/{path}", release_key(&release))))
+        .map(|h| (h.hash, format!("{}/{}", release_key(&h.release), h.path)))
         .collect();
     let mut uploads = Vec::new();
     let (mut uploaded, mut skipped) = ((0u64, 0u64), (0u64, 0u64));
@@ -228,7 +206,7 @@ pub async fn commit(
     let dir = staged.clone();
     let whole = tokio::task::spawn_blocking(move || staging::staged_whole(&dir, &sizes))
         .await
-        .map_err(|e| ApiError::internal("checking staged uploads", std::io::Error::other(e)))?;
+        .map_err(|e| ReleaseError::Io { context: "checking staged uploads", source: std::io::Error::other(e) })?;
     for f in &plan.files {
         let blob = staged.join(&f.hash);
         let source = if whole.contains(&f.hash) {
@@ -238,7 +216,7 @@ pub async fn commit(
             skipped = (skipped.0 + 1, skipped.1 + f.size);
             Source::Copy(from.clone())
         } else {
-            return Err(ApiError::bad_request(format!(
+            return Err(ReleaseError::BadUpload(format!(
                 "the content of {} was neither uploaded nor in the target",
                 f.path
             )));
@@ -260,29 +238,22 @@ pub async fn commit(
     .collect()
     .await;
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "target_failed",
-            format!("writing to the {} target failed: {e}", task.env.as_str()),
-        ));
+        return Err(ReleaseError::Target(format!("writing to the {} target failed: {e}", task.env.as_str())));
     }
 
     // Recording and switching are serialised per project and environment: concurrent publishes
     // cannot interleave their switches, and of concurrent `prod` publishes of one version
     // exactly one is recorded (the others are refused here, after their upload).
     let written = started.elapsed();
-    let guard = project_guard(&state, task.env, &task.name).await?;
+    let guard = project_guard(state, task.env, &task.name).await?;
     // Still this attempt's to publish? (Its lease may have moved on while it uploaded; two
     // attempts must not both describe one release directory.)
-    running_attempt(&state, &headers, &id, &attempt.to_string()).await?;
-    check_version_free(&state, task.env, &task.name, &task.version, task.force).await?;
-    target.describe_release(&name, &task.version, task.id, &plan.site, &plan.files).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "target_failed",
-            format!("recording the release in the target failed: {e}"),
-        )
-    })?;
+    running_attempt(state, who).await?;
+    check_version_free(state, task.env, &task.name, &task.version, task.force).await?;
+    target
+        .describe_release(&name, &task.version, task.id, &plan.site, &plan.files)
+        .await
+        .map_err(|e| ReleaseError::Target(format!("recording the release in the target failed: {e}")))?;
     if let Some(root) = target.local_root() {
         // A retried commit rewrote this directory's record.
         let dir = crate::targets::layout::project_dir(root, &name).join(&task.version).join(task.id.to_string());
@@ -310,7 +281,7 @@ pub async fn commit(
     let release = state.store.record_release(new, &plan.files).await?;
     if newer.is_none() {
         guard.ensure_held().await?;
-        let previous = switch(&state, &release).await?;
+        let previous = switch(state, &release).await?;
         tracing::info!(
             task = task.id,
             release = release.id,
@@ -323,11 +294,11 @@ pub async fn commit(
     } else {
         tracing::info!(task = task.id, release = release.id, newer = ?newer, "recorded; a newer task's release stays current");
     }
-    prune(&state, task.env, &task.name).await;
+    prune(state, task.env, &task.name).await;
     drop(guard);
     let _ = tokio::fs::remove_dir_all(&staged).await;
     let release = state.store.get_release(release.id).await?.unwrap_or(release);
-    Ok(Json(PublishResult {
+    Ok(PublishResult {
         superseded_by: newer,
         url: target.urls().site(&name),
         immutable_url: target.urls().release(&name, &task.version, task.id),
@@ -336,7 +307,7 @@ pub async fn commit(
         uploaded_bytes: uploaded.1,
         skipped_files: skipped.0,
         skipped_bytes: skipped.1,
-    }))
+    })
 }
 
 /// How long a server's hold on a project's release lock lasts unless renewed: a server that
@@ -353,33 +324,19 @@ pub struct ProjectGuard {
 impl ProjectGuard {
     /// Confirms the shared lock right before switching: a server whose renewals failed past the
     /// lock's TTL (Redis stalled) may have lost it to another server, and must not switch.
-    async fn ensure_held(&self) -> Result<(), ApiError> {
-        self.shared.ensure_held().await.map_err(ApiError::from)
-    }
-}
-
-impl From<lock::LockError> for ApiError {
-    fn from(e: lock::LockError) -> Self {
-        match e {
-            lock::LockError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "switch_busy", format!("{e}; try again")),
-            lock::LockError::Lost(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "lock_lost",
-                format!("{e}; nothing was switched, try again"),
-            ),
-            lock::LockError::Store(s) => s.into(),
-        }
+    async fn ensure_held(&self) -> Result<(), ReleaseError> {
+        Ok(self.shared.ensure_held().await?)
     }
 }
 
 /// Serialises recording and switching of a project in an environment, across servers.
-async fn project_guard(state: &AppState, env: Environment, name: &str) -> Result<ProjectGuard, ApiError> {
+async fn project_guard(state: &AppState, env: Environment, name: &str) -> Result<ProjectGuard, ReleaseError> {
     static HOLDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let local = state.targets.project_lock(env, name).lock_owned().await;
     let lock_name = format!("release/{}/{name}", env.as_str());
     let n = HOLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let holder = format!("{}#{}#{n}", state.public_url, std::process::id());
-    let wait = Duration::from_secs(state.settings.limits.publish_secs);
+    let wait = Duration::from_secs(state.settings.timeouts.publish_secs);
     let shared = lock::SharedLock::acquire(state.store.clone(), lock_name, holder, LOCK_TTL, wait).await?;
     Ok(ProjectGuard { _local: local, shared })
 }
@@ -390,7 +347,7 @@ enum Source {
 }
 
 /// Makes `release` current in its target, then in the store. Returns the release it replaced.
-async fn switch(state: &AppState, release: &Release) -> Result<Option<Release>, ApiError> {
+async fn switch(state: &AppState, release: &Release) -> Result<Option<Release>, ReleaseError> {
     let target = state.targets.get(release.env);
     let current = state.store.list_releases(Some(release.env), &release.name).await?.into_iter().find(|r| r.current);
     let files = state.store.release_files(release.id).await?;
@@ -408,11 +365,7 @@ async fn switch(state: &AppState, release: &Release) -> Result<Option<Release>, 
                 tracing::error!(release = c.id, "restoring the previous current release failed too: {restore}");
             }
         }
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "target_failed",
-            format!("switching the current release failed: {e}"),
-        ));
+        return Err(ReleaseError::Target(format!("switching the current release failed: {e}")));
     }
     Ok(state.store.set_current(release.id).await?)
 }
@@ -447,78 +400,90 @@ async fn prune(state: &AppState, env: Environment, name: &str) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListParams {
-    name: String,
-    env: Option<Environment>,
+/// A project's releases in one environment or both, newest first.
+pub async fn list(state: &AppState, name: &str, env: Option<Environment>) -> Result<Vec<Release>, ReleaseError> {
+    let name = ProjectName::parse(name)?;
+    Ok(state.store.list_releases(env, name.as_str()).await?)
 }
 
-/// `GET /api/v1/releases?name=&env=`
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    _caller: Caller,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<ReleaseList>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let name = ProjectName::parse(&p.name)?;
-    Ok(Json(ReleaseList { releases: state.store.list_releases(p.env, name.as_str()).await? }))
+/// The distinct versions of `releases`, in their order (several builds of one version,
+/// published with `--force`, are one version here).
+fn distinct_versions<'a>(releases: impl Iterator<Item = &'a Release>) -> Vec<&'a str> {
+    let mut versions: Vec<&str> = Vec::new();
+    for r in releases {
+        if !versions.contains(&r.version.as_str()) {
+            versions.push(&r.version);
+        }
+    }
+    versions
 }
 
-/// `POST /api/v1/releases/rollback`: switches to an earlier release, without rebuilding.
+/// Switches an environment back to an earlier release, without rebuilding: the newest one of
+/// version `to`, or the one before the current release.
 pub async fn rollback(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Json(req): Json<RollbackRequest>,
-) -> Result<Json<RollbackResult>, ApiError> {
+    state: &AppState,
+    caller: &Caller,
+    req: &RollbackRequest,
+) -> Result<RollbackResult, ReleaseError> {
     let name = ProjectName::parse(&req.name)?;
-    let guard = project_guard(&state, req.env, name.as_str()).await?;
+    let env = req.env.as_str();
+    let guard = project_guard(state, req.env, name.as_str()).await?;
     let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
     let current = all.iter().find(|r| r.current).cloned();
-    let live = all.iter().filter(|r| !r.pruned);
+    let live = || all.iter().filter(|r| !r.pruned);
     let chosen = match &req.to {
         Some(v) => {
             Version::parse(v)?;
-            live.clone().find(|r| &r.version == v).ok_or_else(|| {
-                let versions: Vec<&str> = all.iter().filter(|r| !r.pruned).map(|r| r.version.as_str()).collect();
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!(
-                        "{name} has no {} release of version {v} (available: {})",
-                        req.env.as_str(),
-                        versions.join(", ")
-                    ),
-                )
+            live().find(|r| &r.version == v).ok_or_else(|| {
+                let versions = distinct_versions(live());
+                ReleaseError::NoSuchVersion {
+                    name: name.to_string(),
+                    env,
+                    version: v.clone(),
+                    available: if versions.is_empty() { "none".into() } else { versions.join(", ") },
+                }
             })?
         }
         // The release before the current one (releases are newest first).
-        None => live.skip_while(|r| !r.current).nth(1).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "nothing_to_roll_back_to",
-                format!("{name} has no {} release before the current one", req.env.as_str()),
-            )
-        })?,
+        None => live()
+            .skip_while(|r| !r.current)
+            .nth(1)
+            .ok_or_else(|| ReleaseError::NothingToRollBack { name: name.to_string(), env })?,
     }
     .clone();
     if chosen.current {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_current",
-            format!("{name}@{} is already current in {}", chosen.version, req.env.as_str()),
-        ));
+        return Err(ReleaseError::AlreadyCurrent { name: name.to_string(), version: chosen.version, env });
     }
     guard.ensure_held().await?;
-    let previous = switch(&state, &chosen).await?;
+    let previous = switch(state, &chosen).await?;
     drop(guard);
-    tracing::info!(by = %caller.0, %name, env = req.env.as_str(), release = chosen.id, "rolled back");
+    tracing::info!(by = %caller.0, %name, env, release = chosen.id, "rolled back");
     let target = state.targets.get(req.env);
     let release = state.store.get_release(chosen.id).await?.unwrap_or(chosen);
-    Ok(Json(RollbackResult {
+    Ok(RollbackResult {
         url: target.urls().site(&name),
         immutable_url: target.urls().release(&name, &release.version, release.task_id),
         release,
         previous: previous.or(current),
-    }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(id: i64, version: &str) -> Release {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "env": "prod", "name": "site", "version": version, "task_id": id,
+            "commit": null, "requested_by": "me", "created_at": "2026-01-01T00:00:00Z",
+            "files": 1, "bytes": 1, "current": false, "pruned": false
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_version_is_listed_once_however_many_builds_it_has() {
+        let all = [release(4, "1.0.1"), release(3, "1.0.1"), release(2, "1.0.0"), release(1, "1.0.1")];
+        assert_eq!(distinct_versions(all.iter()), ["1.0.1", "1.0.0"]);
+    }
 }

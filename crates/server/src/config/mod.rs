@@ -3,13 +3,17 @@
 //! `ServerConfig` mirrors the file one to one and does no I/O; `ServerConfig::validate` turns it
 //! into `Settings`, the form the rest of the server uses, refusing bad values at start-up.
 
+mod secret;
+
+pub use secret::{redact_url, Secret};
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cloudbuild_proto::validate::{CommandPolicy, GitProtocol, RepoPolicy, ValidationError};
-use cloudbuild_proto::worker::Limits;
+use cloudbuild_proto::worker::Timeouts;
 use serde::{Deserialize, Serialize};
 
 /// Everything `cloudbuild server` can be configured with. Every key has a default, so an empty
@@ -28,7 +32,7 @@ pub struct ServerConfig {
     pub store: String,
     pub git: GitConfig,
     pub commands: CommandsConfig,
-    pub timeouts: Limits,
+    pub timeouts: Timeouts,
     pub limits: LimitsConfig,
     pub workers: WorkersConfig,
     pub auth: AuthConfig,
@@ -217,7 +221,7 @@ impl Default for ServerConfig {
             store: "sqlite".into(),
             git: GitConfig::default(),
             commands: CommandsConfig::default(),
-            timeouts: Limits::default(),
+            timeouts: Timeouts::default(),
             limits: LimitsConfig::default(),
             workers: WorkersConfig::default(),
             auth: AuthConfig::default(),
@@ -334,15 +338,8 @@ fn is_loopback_url(url: &str) -> bool {
     })
 }
 
-/// A URL with its password (if any) replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
-/// The validated configuration the server runs with.
+/// The validated configuration the server runs with. Its `Debug` form shows no secret (tokens
+/// are [`Secret`]s, the Redis URL's password is redacted).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
@@ -351,17 +348,17 @@ pub struct Settings {
     pub store: StoreChoice,
     pub repo_policy: RepoPolicy,
     pub command_policy: CommandPolicy,
-    pub limits: Limits,
+    pub timeouts: Timeouts,
     pub output_bytes: u64,
     pub max_attempts: u32,
     pub max_file_bytes: u64,
     /// `(name, token)` pairs workers may authenticate with besides the revocable tokens in the
     /// store: the configured `workers.tokens` and the embedded worker's own.
-    pub worker_tokens: Vec<(String, String)>,
+    pub worker_tokens: Vec<(String, Secret)>,
     pub lease_secs: u64,
     pub heartbeat_secs: u64,
     /// `(name, token)` pairs of API clients.
-    pub api_tokens: Vec<(String, String)>,
+    pub api_tokens: Vec<(String, Secret)>,
     pub allow_anonymous: bool,
     pub targets: TargetsConfig,
     pub keep_releases: u32,
@@ -505,7 +502,7 @@ impl ServerConfig {
             public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
             repo_policy: RepoPolicy { allowed_protocols, allow_local_hosts: self.git.allow_local_hosts },
             command_policy: CommandPolicy { runners },
-            limits: self.timeouts.clone(),
+            timeouts: self.timeouts.clone(),
             output_bytes: self.limits.output_bytes,
             max_attempts: self.limits.max_attempts,
             max_file_bytes: self.limits.max_file_bytes,
@@ -514,11 +511,11 @@ impl ServerConfig {
                 .tokens
                 .iter()
                 .enumerate()
-                .map(|(i, t)| (format!("config-{i}"), t.clone()))
+                .map(|(i, t)| (format!("config-{i}"), Secret::new(t.clone())))
                 .collect(),
             lease_secs: self.workers.lease_secs,
             heartbeat_secs: self.workers.heartbeat_secs,
-            api_tokens: self.auth.tokens.iter().map(|t| (t.name.clone(), t.token.clone())).collect(),
+            api_tokens: self.auth.tokens.iter().map(|t| (t.name.clone(), Secret::new(t.token.clone()))).collect(),
             allow_anonymous: self.auth.allow_anonymous.unwrap_or_else(|| self.listen.ip().is_loopback()),
             targets: self.targets.clone(),
             keep_releases: self.releases.keep,
@@ -531,69 +528,4 @@ impl ServerConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with(f: impl FnOnce(&mut ServerConfig)) -> Result<Settings, ValidationError> {
-        let mut c = ServerConfig::default();
-        f(&mut c);
-        c.validate()
-    }
-
-    #[test]
-    fn the_sites_domain_defaults_to_localhost_on_loopback_only() {
-        assert_eq!(with(|_| {}).unwrap().sites_domain.as_deref(), Some("localhost"));
-        assert_eq!(with(|c| c.listen = "0.0.0.0:7001".parse().unwrap()).unwrap().sites_domain, None);
-        assert_eq!(with(|c| c.sites.domain = Some(String::new())).unwrap().sites_domain, None);
-        let set = with(|c| c.sites.domain = Some("sites.example.com.".into())).unwrap();
-        assert_eq!(set.sites_domain.as_deref(), Some("sites.example.com"));
-        for bad in ["Sites.Example.com", "a..b", "-a.com", "a_b.com", "x.com:80"] {
-            let e = with(|c| c.sites.domain = Some(bad.into())).unwrap_err();
-            assert_eq!(e.field, "sites.domain", "{bad}");
-        }
-        assert_eq!(with(|c| c.sites.scheme = Some("ftp".into())).unwrap_err().field, "sites.scheme");
-        // A loopback server announced at a public URL: its visitors' `*.localhost` is not it.
-        let public = with(|c| c.public_url = Some("https://build.example.com".into())).unwrap();
-        assert_eq!(public.sites_domain, None);
-        let local = with(|c| c.public_url = Some("http://127.0.0.1:7001".into())).unwrap();
-        assert_eq!(local.sites_domain.as_deref(), Some("localhost"));
-        let api_is_a_site = with(|c| {
-            c.public_url = Some("https://build.example.com".into());
-            c.sites.domain = Some("example.com".into());
-        });
-        assert_eq!(api_is_a_site.unwrap_err().field, "sites.domain");
-    }
-
-    #[test]
-    fn custom_domains_are_checked() {
-        let cd = |domain: &str, project: &str| CustomDomain { domain: domain.into(), project: project.into() };
-        let ok = with(|c| c.sites.custom_domains = vec![cd("www.example.com", "@team/admin")]).unwrap();
-        assert_eq!(ok.custom_domains[0].0, "www.example.com");
-        let under = with(|c| c.sites.custom_domains = vec![cd("x.test.localhost", "app")]).unwrap_err();
-        assert!(under.reason.contains("under the sites domain"), "{under}");
-        let twice =
-            with(|c| c.sites.custom_domains = vec![cd("a.example", "app"), cd("a.example", "other")]).unwrap_err();
-        assert!(twice.reason.contains("twice"), "{twice}");
-        assert_eq!(with(|c| c.sites.custom_domains = vec![cd("a.example", "Bad Name")]).unwrap_err().field, "name");
-        let api = with(|c| {
-            c.public_url = Some("https://build.example.com".into());
-            c.sites.custom_domains = vec![cd("build.example.com", "app")];
-        });
-        assert!(api.unwrap_err().reason.contains("own host"));
-        let s3 = with(|c| {
-            c.targets.prod = TargetConfig::S3 {
-                endpoint: None,
-                region: "r".into(),
-                bucket: "bucket".into(),
-                prefix: String::new(),
-                virtual_hosted_style: false,
-                allow_http: false,
-                public_url: "https://cdn.example.com".into(),
-                access_key_id_env: "K".into(),
-                secret_access_key_env: "S".into(),
-            };
-            c.sites.custom_domains = vec![cd("www.example.com", "app")];
-        });
-        assert!(s3.unwrap_err().reason.contains("object storage"));
-    }
-}
+mod tests;

@@ -1,0 +1,247 @@
+//! Tasks: validation of a request into a stored task, submission, listing, cancel and retry.
+
+use cloudbuild_proto::event::EventBody;
+use cloudbuild_proto::task::{actions, CreateTask, Task, TaskId, TaskPage, TaskState, Trigger};
+use cloudbuild_proto::validate::{
+    is_internal_ip, CommandLine, CommitSha, GitRef, ProjectName, RepoUrl, ValidationError, Version,
+};
+use cloudbuild_proto::worker::{TaskAttempt, WorkerState};
+use cloudbuild_store::{Appended, CancelOutcome, Fence, NewTask, Notice, StoreError, TaskQuery};
+
+use super::callers::Caller;
+use super::releases::{self, ReleaseError};
+use crate::config::Settings;
+use crate::state::AppState;
+
+/// Why a task request or a task operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A field failed validation (repo, ref, name, version, command, labels).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The request is well-formed but not acceptable (a reserved trigger, a bad filter).
+    #[error("{0}")]
+    Refused(String),
+    /// The repository's host resolves to a loopback, private or link-local address.
+    #[error("invalid repo: host `{host}` resolves to {addr}, a local or private address")]
+    InternalHost { host: String, addr: std::net::IpAddr },
+    #[error("task {id} already ended as {state}; there is nothing to cancel")]
+    AlreadyFinished { id: TaskId, state: TaskState },
+    #[error("task {id} is still {state}; cancel it or wait before retrying")]
+    NotFinished { id: TaskId, state: TaskState },
+    /// The release could not be published (a `prod` version that exists).
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Validates a request into a store row. Every field is checked before anything is stored.
+pub fn validate(
+    settings: &Settings,
+    req: &CreateTask,
+    caller: &Caller,
+    trigger: Trigger,
+    retry_of: Option<TaskId>,
+) -> Result<NewTask, TaskError> {
+    let repo = RepoUrl::parse(req.repo.trim(), &settings.repo_policy)?;
+    let branch = GitRef::parse(&req.branch)?;
+    let name = ProjectName::parse(&req.name)?;
+    let version = Version::parse(&req.version)?;
+    let commit = req.commit.as_deref().map(str::trim).map(CommitSha::parse).transpose()?;
+    let build_cmd = match req.build_cmd.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => Some(CommandLine::parse(c, "build command", &settings.command_policy)?.to_string()),
+        None => None,
+    };
+    Ok(NewTask {
+        name: name.to_string(),
+        version: version.to_string(),
+        repo: repo.to_string(),
+        branch: branch.to_string(),
+        commit: commit.map(|c| c.to_string()),
+        build_cmd,
+        env: req.env,
+        trigger,
+        force: req.force,
+        requested_by: caller.0.clone(),
+        retry_of,
+        output_limit: settings.output_bytes,
+        labels: cloudbuild_proto::validate::labels(&req.labels)?,
+    })
+}
+
+/// Refuses a repository whose host name resolves to a loopback, private or link-local address
+/// (the literal forms were refused by validation). A name that does not resolve is let through:
+/// the clone fails on it anyway. The answer at clone time can differ (DNS rebinding); the
+/// worker's network is the boundary for that.
+pub async fn check_repo_host(settings: &Settings, repo: &str) -> Result<(), TaskError> {
+    if settings.repo_policy.allow_local_hosts {
+        return Ok(());
+    }
+    let Ok(url) = RepoUrl::parse(repo, &settings.repo_policy) else { return Ok(()) };
+    let Some(host) = url.host().map(str::to_owned) else { return Ok(()) };
+    let lookup = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::lookup_host((host.as_str(), 443)));
+    if let Ok(Ok(addrs)) = lookup.await {
+        if let Some(addr) = addrs.into_iter().find(|a| is_internal_ip(a.ip())) {
+            return Err(TaskError::InternalHost { host: host.clone(), addr: addr.ip() });
+        }
+    }
+    Ok(())
+}
+
+/// Creates a task from a client's request (REST or socket.io): validated, its repository
+/// host checked, and refused before it runs when its `prod` version is already published.
+pub async fn create(state: &AppState, caller: &Caller, req: &CreateTask) -> Result<Task, TaskError> {
+    if req.trigger == Trigger::Retry {
+        return Err(TaskError::Refused("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only".into()));
+    }
+    let new = validate(&state.settings, req, caller, req.trigger, None)?;
+    check_repo_host(&state.settings, &new.repo).await?;
+    // Fail fast: a build that could not be published is not started.
+    releases::check_version_free(state, new.env, &new.name, &new.version, new.force).await?;
+    submit(state, new).await
+}
+
+/// Stores a validated task, announces its first event and wakes the schedulers.
+pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, TaskError> {
+    let (task, event) = state.store.create_task(new).await?;
+    state.hub.published(task.id, std::slice::from_ref(&event));
+    state.scheduler.task_queued();
+    state.hub.announce(Notice::Queued);
+    tracing::info!(task = task.id, name = %task.name, version = %task.version, "task queued");
+    say_if_no_worker_fits(state, &task).await;
+    Ok(task)
+}
+
+/// A task that no connected worker can take (none is connected, or none has its labels) says
+/// so in its log instead of waiting silently; it still starts as soon as a fitting worker
+/// connects.
+async fn say_if_no_worker_fits(state: &AppState, task: &Task) {
+    // The usual case is answered from memory; only then ask the registry (other servers).
+    if state.scheduler.any_fits(&task.labels) {
+        return;
+    }
+    let Ok(workers) = state.store.list_workers().await else { return };
+    let lease = state.settings.lease_secs as i64 * 1_000_000;
+    let now = cloudbuild_proto::time::Timestamp::now();
+    let fits = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Connected && now.0 - w.last_heartbeat.0 <= lease)
+        .any(|w| cloudbuild_store::labels_match(&task.labels, &w.labels));
+    if fits {
+        return;
+    }
+    let message = if task.labels.is_empty() {
+        "no worker is connected; the task waits until one connects (see `cloudbuild workers`)".to_owned()
+    } else {
+        format!(
+            "no connected worker has the labels {}; the task waits until one connects (see `cloudbuild workers`)",
+            task.labels.join(", ")
+        )
+    };
+    let body = EventBody::Stage { action: actions::WAITING.into(), message };
+    if let Ok(Appended::Events(events)) = state.store.append_event(task.id, Fence::Server, body).await {
+        state.hub.published(task.id, &events);
+    }
+}
+
+/// One task by id.
+pub async fn get(state: &AppState, id: TaskId) -> Result<Task, TaskError> {
+    Ok(state.store.get_task(id).await?)
+}
+
+/// A page of the task list: newest first, filtered by project name and state.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub name: Option<String>,
+    /// A state's name (`queued`, `running`, …); an unknown one is refused with the valid names.
+    pub state: Option<String>,
+    /// Only tasks with a lower id (the `next_before` of the previous page).
+    pub before: Option<TaskId>,
+    /// 1 to 200; 20 when unset.
+    pub limit: Option<u32>,
+}
+
+/// Lists tasks; `next_before` is set when there are more.
+pub async fn list(state: &AppState, q: ListQuery) -> Result<TaskPage, TaskError> {
+    let task_state = match q.state.as_deref() {
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            TaskError::Refused(format!("unknown state `{s}` (one of {})", names.join(", ")))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(TaskError::Refused("limit must be between 1 and 200".into()));
+    }
+    let query = TaskQuery { name: q.name, state: task_state, before: q.before, limit: limit + 1 };
+    let mut tasks = state.store.list_tasks(&query).await?;
+    let next_before = if tasks.len() > limit as usize {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| t.id)
+    } else {
+        None
+    };
+    Ok(TaskPage { tasks, next_before })
+}
+
+/// The result of a cancel request.
+#[derive(Debug)]
+pub enum Cancelled {
+    /// The task is cancelled (it was queued, or it already was).
+    Done(Task),
+    /// Its worker was told to stop it; the `cancelled` event follows when it has.
+    Requested(Task),
+}
+
+/// Cancels a task: at once when it is queued, through its worker when it runs.
+pub async fn cancel(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
+    Ok(match state.store.request_cancel(id).await? {
+        CancelOutcome::CancelledQueued(task, events) => {
+            state.hub.published(id, &events);
+            tracing::info!(task = id, by = %caller.0, "cancelled while queued");
+            Cancelled::Done(task)
+        }
+        CancelOutcome::Requested(task) => {
+            let attempt = TaskAttempt { task_id: id, attempt: task.attempt };
+            state.scheduler.cancel(task.worker.as_deref(), attempt);
+            if let Some(worker) = task.worker.clone().filter(|w| !state.scheduler.is_connected(w)) {
+                // Its worker is connected to another server: that one forwards the cancel.
+                state.hub.announce(Notice::Cancel { task: id, attempt: task.attempt, worker });
+            }
+            tracing::info!(task = id, by = %caller.0, "cancel sent to worker");
+            Cancelled::Requested(task)
+        }
+        CancelOutcome::AlreadyCancelled(task) => Cancelled::Done(task),
+        CancelOutcome::AlreadyFinished(task) => return Err(TaskError::AlreadyFinished { id, state: task.state }),
+    })
+}
+
+/// A new task with the same inputs as an ended one, linked to it. It builds the commit the old
+/// task built (or was pinned to), not the branch's head today: a retry must not record another
+/// commit under the old version. A task that never resolved its commit (it failed while
+/// cloning) is retried from the branch's head; the worker's identity check (the built
+/// `package.json` must carry the task's name and version) still holds.
+pub async fn retry(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, TaskError> {
+    let old = state.store.get_task(id).await?;
+    if !old.state.is_terminal() {
+        return Err(TaskError::NotFinished { id: old.id, state: old.state });
+    }
+    let req = CreateTask {
+        repo: old.repo,
+        branch: old.branch,
+        commit: old.commit,
+        name: old.name,
+        version: old.version,
+        build_cmd: old.build_cmd,
+        env: old.env,
+        trigger: Trigger::Retry,
+        force: old.force,
+        labels: old.labels,
+    };
+    // Re-validated against today's policy: a retry must not bypass a tightened configuration.
+    let new = validate(&state.settings, &req, caller, Trigger::Retry, Some(old.id))?;
+    check_repo_host(&state.settings, &new.repo).await?;
+    submit(state, new).await
+}

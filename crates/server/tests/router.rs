@@ -1,0 +1,168 @@
+//! The HTTP adapter driven in-process with `tower::ServiceExt::oneshot` (no socket, no worker):
+//! extractors, the mapping of domain errors to statuses and stable codes, authentication.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use cloudbuild_server::config::{ApiToken, ServerConfig};
+use cloudbuild_server::{app_state, router};
+use cloudbuild_store::SqliteStore;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// A server on a fresh SQLite store, configured by `configure`.
+struct Api {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+const TOKEN: &str = "api-token-0123456789";
+const WORKER_TOKEN: &str = "worker-token-0123456789";
+
+async fn api(configure: impl FnOnce(&mut ServerConfig)) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
+    config.workers.tokens.push(WORKER_TOKEN.into());
+    configure(&mut config);
+    let settings = config.validate().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (state, _outbox) = app_state(settings, store, "http://127.0.0.1:7001".into(), stopped).unwrap();
+    Api { app: router(state), _dir: dir, _stop: stop }
+}
+
+impl Api {
+    /// Sends a request; returns the status and the JSON body (`Value::Null` when empty).
+    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri).header(header::HOST, "127.0.0.1:7001");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = self.app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, None, None).await
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn task_ids_and_queries_are_checked_at_the_edge() {
+    let api = api(|_| {}).await;
+    for bad in ["abc", "0", "-3", "1.5"] {
+        let (status, body) = api.get(&format!("/api/v1/tasks/{bad}")).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"), "{bad}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("is not a task id"), "{body}");
+    }
+    let (status, body) = api.get("/api/v1/tasks/99").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(body["message"], "task 99 does not exist");
+    let (status, body) = api.get("/api/v1/tasks?state=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("one of queued, running"), "{body}");
+    let (status, body) = api.get("/api/v1/tasks?colour=red").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"), "{body}");
+    let (status, body) = api.get("/api/v1/tasks?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = api.get("/api/v1/no-such-thing").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn task_requests_are_validated_before_anything_is_stored() {
+    let api = api(|_| {}).await;
+    let good = json!({"repo": "https://example.com/app.git", "branch": "main", "name": "app", "version": "1.0.0"});
+    let cases = [
+        ("repo", json!("file:///etc"), "invalid repo"),
+        ("branch", json!("-x"), "invalid branch"),
+        ("name", json!("../up"), "invalid name"),
+        ("version", json!("1.0.0-01"), "invalid version"),
+        ("build_cmd", json!("npm;id"), "invalid build command"),
+        ("trigger", json!("retry"), "trigger `retry`"),
+    ];
+    for (field, value, said) in cases {
+        let mut body = good.clone();
+        body[field] = value;
+        let (status, answer) = api.call("POST", "/api/v1/tasks", None, Some(body)).await;
+        assert_eq!((status, code(&answer)), (StatusCode::BAD_REQUEST, "invalid_input"), "{field}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains(said), "{field}: {answer}");
+    }
+    let (status, answer) = api.call("POST", "/api/v1/tasks", None, Some(json!({"repo": 1}))).await;
+    assert_eq!(code(&answer), "invalid_json", "{status} {answer}");
+    let (_, page) = api.get("/api/v1/tasks").await;
+    assert_eq!(page["tasks"], json!([]), "nothing was stored");
+    let (status, task) = api.call("POST", "/api/v1/tasks", None, Some(good)).await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    assert_eq!(api.get("/api/v1/tasks/1").await.1["name"], "app");
+    // A queued task is cancelled at once; a second cancel says so; a retry waits for the end.
+    let (status, body) = api.call("POST", "/api/v1/tasks/1/cancel", None, None).await;
+    assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert_eq!(api.call("POST", "/api/v1/tasks/1/cancel", None, None).await.0, StatusCode::OK);
+    let (status, retried) = api.call("POST", "/api/v1/tasks/1/retry", None, None).await;
+    assert_eq!((status, retried["retry_of"].as_i64()), (StatusCode::CREATED, Some(1)));
+    let (status, body) = api.call("POST", "/api/v1/tasks/2/retry", None, None).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "not_finished"));
+}
+
+#[tokio::test]
+async fn callers_and_workers_prove_who_they_are() {
+    let api = api(|c| {
+        c.auth.allow_anonymous = Some(false);
+        c.auth.tokens.push(ApiToken { name: "ci".into(), token: TOKEN.into() });
+    })
+    .await;
+    let (status, body) = api.get("/api/v1/tasks").await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert!(body["message"].as_str().unwrap().contains("CLOUDBUILD_TOKEN"), "{body}");
+    let (status, _) = api.call("GET", "/api/v1/tasks", Some("wrong-token-0123456789"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.call("GET", "/api/v1/tasks", Some(TOKEN), None).await.0, StatusCode::OK);
+    // Publish calls are the workers': an API token is not a worker token; a worker token for an
+    // attempt that does not run is refused after authentication.
+    let plan = "/api/v1/tasks/1/attempts/1/publish/plan";
+    let (status, body) = api.call("POST", plan, Some(TOKEN), Some(json!({}))).await;
+    assert_eq!((status, body["message"].as_str()), (StatusCode::UNAUTHORIZED, Some("unknown or revoked worker token")));
+    let (status, body) = api.call("POST", plan, Some(WORKER_TOKEN), Some(json!({}))).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"), "{body}");
+    let (status, body) = api.call("POST", "/api/v1/tasks/x/attempts/1/publish/plan", Some(WORKER_TOKEN), None).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"), "{body}");
+}
+
+#[tokio::test]
+async fn worker_tokens_and_releases_answer_with_their_own_codes() {
+    let api = api(|_| {}).await;
+    let (status, made) = api.call("POST", "/api/v1/worker-tokens", None, Some(json!({"name": "pool-a"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(made["token"].as_str().unwrap().starts_with("cbw_"), "{made}");
+    let (status, body) = api.call("POST", "/api/v1/worker-tokens", None, Some(json!({"name": "pool-a"}))).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"), "{body}");
+    let (status, body) = api.call("DELETE", "/api/v1/worker-tokens/nope", None, None).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(api.call("DELETE", "/api/v1/worker-tokens/pool-a", None, None).await.0, StatusCode::NO_CONTENT);
+
+    let (status, body) = api.get("/api/v1/releases?name=../x").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"));
+    let rollback = json!({"name": "app", "env": "prod"});
+    let (status, body) = api.call("POST", "/api/v1/releases/rollback", None, Some(rollback)).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "nothing_to_roll_back_to"), "{body}");
+    let to = json!({"name": "app", "env": "prod", "to": "2.0.0"});
+    let (status, body) = api.call("POST", "/api/v1/releases/rollback", None, Some(to)).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"), "{body}");
+    assert!(body["message"].as_str().unwrap().ends_with("(available: none)"), "{body}");
+}

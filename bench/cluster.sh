@@ -84,14 +84,14 @@ TOML
   pids+=($!); disown $!
   until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.05; done
   token=$("$cb" worker-tokens create bench --server "http://127.0.0.1:$port" 2>/dev/null)
-  "$cb" worker --server "http://127.0.0.1:$port" --token "$token" --name first --work-dir "$data/w1" 2>"$data/w1.log" &
+  "$cb" worker --server "http://127.0.0.1:$port" --worker-token "$token" --name first --work-dir "$data/w1" 2>"$data/w1.log" &
   w1=$!; pids+=($w1); disown $w1
   sleep 0.5
   id=$(curl -sf -X POST "http://127.0.0.1:$port/api/v1/tasks" -H 'content-type: application/json' \
     -d "{\"repo\":\"file://$repo\",\"branch\":\"main\",\"name\":\"killed-site\",\"version\":\"1.0.$1\"}" \
     | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
   until [ -s "$tmp/marker-$1" ]; do sleep 0.05; done
-  "$cb" worker --server "http://127.0.0.1:$port" --token "$token" --name second --work-dir "$data/w2" 2>"$data/w2.log" &
+  "$cb" worker --server "http://127.0.0.1:$port" --worker-token "$token" --name second --work-dir "$data/w2" 2>"$data/w2.log" &
   pids+=($!); disown $!
   sleep 0.5
   kill -9 "$w1"; kill -9 "$(cat "$tmp/marker-$1")" 2>/dev/null || true

@@ -62,7 +62,7 @@ pub = [s for s in stage if s[1] == 'publish']
 end = [e for e in ev if e['event'] == 'end'][0]['data']
 if end['state'] != 'succeeded':
     print('| $env | $label | failed: %s |' % end['reason']); sys.exit()
-m = re.search(r'uploaded (\d+) files \((\d+) bytes\), skipped (\d+) files \((\d+) bytes\)', pub[-1][2])
+m = re.search(r'uploaded (\d+) files? \((\d+) bytes?\), skipped (\d+) files? \((\d+) bytes?\)', pub[-1][2])
 print('| $env | $label | %s | %s | %s | %.2f s | %.2f s |' % (m.group(1), f'{int(m.group(2)):,}', m.group(3), (pub[-1][0]-pub[0][0])/1000, (stage[-1][0]-stage[0][0])/1000))
 "
 }

@@ -80,6 +80,15 @@ impl Client {
     /// The answer of a server that does not speak cloudbuild's API (another web server, a
     /// proxy's error page): says so, and where the right URL comes from.
     fn not_cloudbuild(&self, status: reqwest::StatusCode) -> anyhow::Error {
+        if status.is_server_error() {
+            // A cloudbuild server answers its own failures in JSON: this one came from a proxy
+            // in front of it (or a server that crashed mid-answer).
+            return anyhow!(
+                "{} answered HTTP {status} without a cloudbuild error: a proxy in front of the server, or the \
+                 server itself, failed; try again, or see the server's log",
+                self.base
+            );
+        }
         anyhow!(
             "{} answered HTTP {status} as no cloudbuild server would: it is not a cloudbuild server, or not its \
              root URL. Use the URL `cloudbuild server` prints when it starts (`listening on http://…`), \
@@ -143,6 +152,7 @@ impl Client {
         loop {
             let url = format!("{}/api/v1/tasks/{task}/events?after={after}&follow={follow}", self.base);
             let resp = match self.send(self.http.get(&url).header("accept", "text/event-stream")).await {
+                Ok(r) if r.status().is_success() && !is_event_stream(&r) => return Err(self.not_cloudbuild(r.status())),
                 Ok(r) if r.status().is_success() => r,
                 // The server's store is briefly unreachable (Redis restarting): wait for it.
                 Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => match delays.next() {
@@ -188,6 +198,14 @@ impl Client {
     }
 }
 
+/// Whether an answer is an event stream (what a cloudbuild server sends for `/events`).
+fn is_event_stream(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
@@ -196,15 +214,10 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// Percent-encodes a query-string value.
+/// Percent-encodes a query-string value (`percent-encoding`; everything but RFC 3986's
+/// unreserved characters).
 pub(crate) fn query_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    const VALUE: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(s, VALUE).to_string()
 }

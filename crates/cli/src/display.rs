@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::Stage;
 
-use crate::output::{sanitize, stderr_colors, stdout_colors};
+use crate::output::{sanitize, split_cut_escape, stderr_colors, stdout_colors};
 
 /// After this long without output, a line says the stage still runs (then every minute).
 pub(crate) const QUIET: Duration = Duration::from_secs(20);
@@ -25,6 +25,10 @@ pub(crate) struct Display {
     quiet_said: Option<Instant>,
     /// The spinner on a terminal (stderr), with the running stage and its elapsed time.
     spinner: Option<indicatif::ProgressBar>,
+    /// An escape sequence cut at the end of the last output chunk, per stream.
+    cut: [String; 2],
+    /// Whether build output passed colours that may still be on (reset before our own lines).
+    colored: bool,
 }
 
 impl Display {
@@ -46,6 +50,19 @@ impl Display {
             last_shown: Instant::now(),
             quiet_said: None,
             spinner,
+            cut: Default::default(),
+            colored: false,
+        }
+    }
+
+    /// Stops the spinner and resets colours: call before printing anything else (the verdict,
+    /// a prompt).
+    pub(crate) fn finish(&mut self) {
+        if let Some(bar) = self.spinner.take() {
+            bar.finish_and_clear();
+        }
+        if std::mem::take(&mut self.colored) {
+            crate::output::write(format_args!("\x1b[0m"));
         }
     }
 
@@ -66,13 +83,13 @@ impl Display {
             Some(bar) => bar.suspend(|| crate::output::write(format_args!("{text}"))),
             None => crate::output::write(format_args!("{text}")),
         }
-        if let (Some(bar), Some((action, _))) = (&self.spinner, &self.stage) {
-            if ev.kind == EventKind::End {
-                bar.finish_and_clear();
-            } else if ev.kind == EventKind::Build {
-                bar.set_message(action.clone());
-                bar.reset_elapsed();
-            }
+        if ev.kind == EventKind::End {
+            self.finish();
+        } else if let (Some(bar), EventKind::Build) = (&self.spinner, ev.kind) {
+            // The running stage, timed from its start; between stages, no stale name or time.
+            let running = self.stage.as_ref().map_or("…", |(action, _)| action.as_str());
+            bar.set_message(running.to_owned());
+            bar.reset_elapsed();
         }
     }
 
@@ -110,6 +127,12 @@ impl Display {
         if self.json {
             return format!("{}\n", ev.to_ws_text());
         }
+        // Our own lines start with colours off, whatever the build left on.
+        let reset = if ev.kind != EventKind::Building && std::mem::take(&mut self.colored) { "\x1b[0m" } else { "" };
+        reset.to_owned() + &self.render_body(ev, &data)
+    }
+
+    fn render_body(&mut self, ev: &WireEvent, data: &serde_json::Value) -> String {
         match ev.kind {
             EventKind::Build => {
                 let (action, message) = ev.stage_message().unwrap_or_default();
@@ -150,7 +173,13 @@ impl Display {
             }
             EventKind::Building => {
                 let text = data.get("text").and_then(|t| t.as_str()).unwrap_or_default();
-                sanitize(text, self.color)
+                let cut = &mut self.cut[usize::from(data["stream"] == "stderr")];
+                let whole = std::mem::take(cut) + text;
+                let (now, later) = split_cut_escape(&whole);
+                *cut = later.to_owned();
+                let shown = sanitize(now, self.color);
+                self.colored |= self.color && shown.contains('\x1b');
+                shown
             }
             EventKind::Truncated => {
                 let msg = data.get("message").and_then(|t| t.as_str()).unwrap_or("output truncated");
@@ -193,7 +222,26 @@ mod tests {
             last_shown: Instant::now(),
             quiet_said: None,
             spinner: None,
+            cut: Default::default(),
+            colored: false,
         }
+    }
+
+    fn output(seq: u64, text: &str) -> WireEvent {
+        let body = EventBody::Output { stream: cloudbuild_proto::event::OutputStream::Stdout, text: text.into() };
+        let data = body.render(1, seq, cloudbuild_proto::time::Timestamp(0));
+        WireEvent { seq, kind: body.kind(), data }
+    }
+
+    #[test]
+    fn colours_cut_between_chunks_arrive_whole_and_are_reset_before_our_lines() {
+        let mut d = plain();
+        d.color = true;
+        let first = d.render(&output(1, "\x1b[32mbuilt \x1b[3"));
+        let second = d.render(&output(2, "6mdone\n"));
+        assert_eq!(first + &second, "\x1b[32mbuilt \x1b[36mdone\n");
+        let line = d.render(&stage(3, "build", "`npm run build` succeeded", 0));
+        assert!(line.starts_with("\x1b[0m==> "), "{line:?}");
     }
 
     #[test]

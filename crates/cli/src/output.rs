@@ -11,18 +11,16 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
-/// Writes to stdout and flushes; exits with status 0 when the reader has gone away (EPIPE).
+/// Writes to stdout and flushes. When the reader has gone away (EPIPE) the program ends
+/// quietly with status 0; any other failure to write (a full disk) ends it with status 2.
 pub(crate) fn write(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        exit_if_closed(&e);
-    }
-}
-
-/// Ends the program quietly when `e` says stdout's reader has gone away.
-pub(crate) fn exit_if_closed(e: &std::io::Error) {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(2);
     }
 }
 
@@ -36,9 +34,10 @@ pub(crate) fn stderr_colors() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// Makes build output safe for a terminal. Newlines and tabs stay. SGR sequences (`ESC [ …
-/// m`: colours, bold; what picocolors and chalk print, since builds run with `CI=true`) are
-/// kept when `colors`, else dropped. Every other control character (other escape sequences,
+/// Makes build output safe for a terminal. Newlines and tabs stay. SGR sequences of colours
+/// and text style (`ESC [ … m`; what picocolors and chalk print, since builds run with
+/// `CI=true`) are kept when `colors`, else dropped; blinking and concealed text are not
+/// passed. Every other control character (other escape sequences,
 /// `\r` overwrites, bells) is shown as a visible escape, so a build cannot clear the screen,
 /// retitle the window or forge lines.
 pub(crate) fn sanitize(s: &str, colors: bool) -> String {
@@ -65,11 +64,49 @@ pub(crate) fn sanitize(s: &str, colors: bool) -> String {
 }
 
 /// The length of the SGR sequence `s` starts with: `ESC [`, parameters (digits, `;`, `:`;
-/// at most 64), then `m`.
+/// at most 64), then `m`; `None` when it is not one, or sets blinking (5, 6) or concealed (8)
+/// text.
 fn sgr_len(s: &str) -> Option<usize> {
     let params = s.strip_prefix("\x1b[")?;
     let n = params.bytes().take(65).take_while(|b| b.is_ascii_digit() || *b == b';' || *b == b':').count();
-    (n <= 64 && params.as_bytes().get(n) == Some(&b'm')).then_some(2 + n + 1)
+    if n > 64 || params.as_bytes().get(n) != Some(&b'm') {
+        return None;
+    }
+    // Codes are the first number of each `;` group; 38/48/58 take their colour's arguments
+    // from the groups after (`38;5;n`, `38;2;r;g;b`) unless written with colons.
+    let groups: Vec<&str> = params[..n].split(';').collect();
+    let mut i = 0;
+    while i < groups.len() {
+        let code: u32 = groups[i].split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        i += 1;
+        if matches!(code, 38 | 48 | 58) && !groups[i - 1].contains(':') {
+            i += match groups.get(i).copied() {
+                Some("5") => 2,
+                Some("2") => 4,
+                _ => 0,
+            };
+        } else if matches!(code, 5 | 6 | 8) {
+            return None;
+        }
+    }
+    Some(2 + n + 1)
+}
+
+/// Splits off an escape sequence cut at the end of `s` (build output arrives in chunks, and a
+/// colour code can straddle two): `(complete, held back for the next chunk)`.
+pub(crate) fn split_cut_escape(s: &str) -> (&str, &str) {
+    let Some(at) = s.rfind('\x1b') else { return (s, "") };
+    let tail = &s[at..];
+    let params = tail.strip_prefix("\x1b[").unwrap_or("");
+    let unfinished = tail == "\x1b"
+        || (tail.starts_with("\x1b[")
+            && params.len() <= 64
+            && params.bytes().all(|b| b.is_ascii_digit() || b == b';' || b == b':'));
+    if unfinished {
+        (&s[..at], tail)
+    } else {
+        (s, "")
+    }
 }
 
 #[cfg(test)]
@@ -94,5 +131,20 @@ mod tests {
         assert_eq!(sanitize("\x1b[31", true), "\\u{1b}[31");
         let long = format!("\x1b[{}m", "1;".repeat(40));
         assert!(sanitize(&long, true).starts_with("\\u{1b}["));
+        // Colour arguments are not codes: 38;5;5 is a colour, 5 alone is blinking.
+        assert_eq!(sanitize("\x1b[38;5;5mx\x1b[48;2;8;6;5mx", true), "\x1b[38;5;5mx\x1b[48;2;8;6;5mx");
+        assert_eq!(sanitize("\x1b[5mx\x1b[1;8mx", true), "\\u{1b}[5mx\\u{1b}[1;8mx");
+    }
+
+    #[test]
+    fn an_escape_cut_at_the_end_of_a_chunk_is_held_back() {
+        use super::split_cut_escape;
+        assert_eq!(split_cut_escape("ok \x1b[3"), ("ok ", "\x1b[3"));
+        assert_eq!(split_cut_escape("ok \x1b"), ("ok ", "\x1b"));
+        assert_eq!(split_cut_escape("ok \x1b[36m"), ("ok \x1b[36m", ""));
+        assert_eq!(split_cut_escape("ok \x1b]0;t"), ("ok \x1b]0;t", ""));
+        let (now, later) = split_cut_escape("\x1b[32mbuilt \x1b[3");
+        assert_eq!(sanitize(&format!("{later}9m done"), false), " done");
+        assert_eq!(sanitize(now, false), "built ");
     }
 }

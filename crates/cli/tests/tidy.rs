@@ -114,17 +114,36 @@ fn crates_depend_only_on_what_the_architecture_allows() {
     }
 }
 
-#[test]
-fn the_servers_domain_services_know_no_http() {
-    let domain = root().join("crates/server/src/domain");
-    let offending: Vec<String> = rust_files()
+/// The server's files under `dir` (a file or a directory of `crates/server/src`) that mention
+/// any of `words`; panics if `dir` holds no Rust file (a renamed module must not pass).
+fn server_files_mentioning(dir: &str, words: &[&str]) -> Vec<String> {
+    let base = root().join("crates/server/src").join(dir);
+    let files: Vec<PathBuf> = rust_files().into_iter().filter(|p| p.starts_with(&base)).collect();
+    assert!(!files.is_empty(), "crates/server/src/{dir} has no Rust file");
+    files
         .into_iter()
-        .filter(|p| p.starts_with(&domain))
         .filter(|p| {
             let text = std::fs::read_to_string(p).unwrap();
-            ["axum::", "crate::api", "crate::socketio", "socketioxide::"].iter().any(|word| text.contains(word))
+            words.iter().any(|word| text.contains(word))
         })
         .map(|p| relative(&p))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_servers_domain_services_know_no_http() {
+    let offending = server_files_mentioning("domain", &["axum::", "crate::api", "crate::socketio", "socketioxide::"]);
     assert!(offending.is_empty(), "domain modules that reach HTTP or an adapter: {offending:?}");
+}
+
+#[test]
+fn the_servers_lower_modules_do_not_reach_up() {
+    // Module order (ARCHITECTURE.md): adapters → domain → everything below; nothing below
+    // imports the domain or an adapter, so there is no cycle.
+    for lower in
+        ["scheduler.rs", "cluster.rs", "hub.rs", "state.rs", "secrets.rs", "uploads.rs", "config", "targets", "sites"]
+    {
+        let offending = server_files_mentioning(lower, &["crate::domain", "crate::api", "crate::socketio"]);
+        assert!(offending.is_empty(), "{offending:?} import a module above them");
+    }
 }

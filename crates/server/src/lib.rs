@@ -22,10 +22,12 @@ pub mod config;
 pub mod domain;
 pub mod hub;
 pub mod scheduler;
+pub mod secrets;
 pub mod sites;
 pub mod socketio;
 pub mod state;
 pub mod targets;
+pub mod uploads;
 
 use std::future::Future;
 use std::sync::Arc;

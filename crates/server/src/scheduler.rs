@@ -198,7 +198,7 @@ pub async fn run(state: Arc<AppState>) {
                 watchdog(&state).await;
                 dispatch(&state).await;
                 if ticks.is_multiple_of(60) {
-                    crate::domain::releases::sweep_staging(&state).await;
+                    crate::uploads::sweep(&state).await;
                 }
                 ticks += 1;
             }
@@ -241,14 +241,9 @@ struct LeaseKey {
 
 impl LeaseKey {
     fn new() -> Result<Self, getrandom::Error> {
-        let secret = format!("cbl_{}", crate::domain::callers::random_hex(32)?);
-        Ok(LeaseKey { hash: lease_key_hash(&secret), secret })
+        let secret = format!("cbl_{}", crate::secrets::random_hex(32)?);
+        Ok(LeaseKey { hash: crate::secrets::lease_key_hash(&secret), secret })
     }
-}
-
-/// What the store keeps of a lease secret (blake3, hex).
-pub fn lease_key_hash(secret: &str) -> String {
-    blake3::hash(secret.as_bytes()).to_hex().to_string()
 }
 
 /// Sends a claimed task to its worker.
@@ -295,7 +290,7 @@ async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {
     let result = state.store.requeue(task.task_id, task.attempt, state.settings.max_attempts, why).await;
     if matches!(result, Ok(RequeueOutcome::Requeued { .. } | RequeueOutcome::Failed { .. })) {
         // The lost attempt's staged uploads will never be committed.
-        let _ = tokio::fs::remove_dir_all(crate::domain::releases::staging(state, task.task_id, task.attempt)).await;
+        let _ = tokio::fs::remove_dir_all(crate::uploads::staging_dir(state, task.task_id, task.attempt)).await;
     }
     match result {
         Ok(RequeueOutcome::Requeued { events, .. }) => {

@@ -20,10 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Query;
-use cloudbuild_proto::event::{EventBody, EventKind, OutputStream, WireEvent};
+use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::{actions, CreateTask, Environment, Stage, TaskId, Trigger};
 use cloudbuild_proto::time::Timestamp;
-use cloudbuild_store::{Appended, Fence};
 use serde_json::{json, Value};
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -149,7 +148,7 @@ async fn on_connect(
     let key = attach_key(&pending);
     let previous = attached.lock().get(&key).cloned();
     if let Some(prev) = previous {
-        let running = state.store.get_task(prev.task).await.is_ok_and(|t| !t.state.is_terminal());
+        let running = tasks::get(&state, prev.task).await.is_ok_and(|t| !t.state.is_terminal());
         if running {
             let _ = prev.stop.send(true); // the old socket, if still open, stops and is disconnected
             let from = prev.delivered.load(Ordering::Acquire);
@@ -225,7 +224,10 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
     let task = match tasks::create(&state, &pending.caller, &pending.request).await {
         Ok(t) => t,
         Err(e) => {
-            let _ = s.emit("build", &envelope(actions::ERROR, json!({ "message": e.to_string() })));
+            // The API's rules for what a client may see: a store failure is logged, and the
+            // client gets the same generic message an HTTP client would.
+            let message = crate::api::error::ApiError::from(e).message;
+            let _ = s.emit("build", &envelope(actions::ERROR, json!({ "message": message })));
             let _ = s.disconnect();
             return;
         }
@@ -233,10 +235,7 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
     let key = attach_key(&pending);
     for note in &pending.notes {
         tracing::info!(task = task.id, "socket.io option: {note}");
-        let body = EventBody::Output { stream: OutputStream::Stderr, text: format!("[cloudbuild] note: {note}\n") };
-        if let Ok(Appended::Events(events)) = state.store.append_event(task.id, Fence::Server, body).await {
-            state.hub.published(task.id, &events);
-        }
+        tasks::note(&state, task.id, note).await;
     }
     tokio::spawn(relay(state, attached, s, task.id, 0, key));
 }
@@ -300,7 +299,7 @@ async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, t
         // Kept while the build runs, so the client can come back to it; forgotten at its end.
         let state = state.clone();
         tokio::spawn(async move {
-            while state.store.get_task(task).await.is_ok_and(|t| !t.state.is_terminal()) {
+            while tasks::get(&state, task).await.is_ok_and(|t| !t.state.is_terminal()) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             forget_if_mine(&attached, &key, &delivered);
@@ -417,6 +416,8 @@ fn original_build_message(ev: &WireEvent) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use cloudbuild_proto::event::EventBody;
+
     use super::*;
 
     fn stored(action: &str, message: &str) -> WireEvent {

@@ -25,6 +25,8 @@ async fn api(configure: impl FnOnce(&mut ServerConfig)) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
     config.workers.tokens.push(WORKER_TOKEN.into());
+    // No DNS lookups of the example repositories: these tests stay in-process.
+    config.git.allow_local_hosts = true;
     configure(&mut config);
     let settings = config.validate().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());

@@ -25,6 +25,15 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 impl Repo {
+    /// A project named `name` (version 1.0.0) whose `npm run build` writes `dist/index.html`
+    /// with `html` (see [`build_script`]), committed and pushed.
+    pub fn site(name: &str, html: &str) -> Repo {
+        Repo::new(&[
+            ("package.json", &package_json(name, &[("build", "node build.js")])),
+            ("build.js", &build_script(html)),
+        ])
+    }
+
     /// Creates the origin and a checkout with `files` committed on `main` and pushed.
     pub fn new(files: &[(&str, &str)]) -> Repo {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -35,7 +35,14 @@ pub fn s3s_fs_binary() -> Result<PathBuf> {
     let bin = tools.join("bin/s3s-fs");
     if !bin.is_file() {
         // One line, not hundreds of `Compiling …`: cargo's output is shown only if it fails.
-        eprintln!("installing s3s-fs 0.14.1 into {} (cargo install, once; about two minutes)", tools.display());
+        // Written to stderr directly: the test harness captures `eprintln!` of passing tests.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!(
+                "installing s3s-fs 0.14.1 into {} (cargo install, once; about two minutes)\n",
+                tools.display()
+            ),
+        );
         let out = Command::new("cargo")
             .args(["install", "--quiet", "s3s-fs@0.14.1", "--features", "binary", "--locked", "--root"])
             .arg(&tools)

@@ -232,6 +232,8 @@ fn spawn_on(
         .arg("--config")
         .arg(dir.join("config.toml"))
         .env("CLOUDBUILD_LOG", "info,sqlx=warn")
+        // Whether the log is coloured must follow from stderr not being a terminal alone.
+        .env_remove("NO_COLOR")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

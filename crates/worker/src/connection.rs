@@ -23,11 +23,12 @@ use crate::cancel::{CancelHandle, CancelToken};
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::publish::Uploader;
 
-/// How a worker connects and what it offers.
-#[derive(Debug, Clone)]
+/// How a worker connects and what it offers. Its `Debug` form hides the token.
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// Server base URL, `http://host:port`.
     pub server: String,
+    /// The worker token (`Authorization: Bearer`).
     pub token: String,
     /// Unique among the server's workers; also its id.
     pub name: String,
@@ -35,6 +36,19 @@ pub struct WorkerConfig {
     pub labels: Vec<String>,
     /// Root of the per-task work directories.
     pub work_root: PathBuf,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("server", &self.server)
+            .field("token", &"***")
+            .field("name", &self.name)
+            .field("slots", &self.slots)
+            .field("labels", &self.labels)
+            .field("work_root", &self.work_root)
+            .finish()
+    }
 }
 
 /// Why a worker stopped.

@@ -71,10 +71,9 @@ const BUNDLE_TARGET_BYTES: u64 = 4 << 20;
 /// ...or this many files, so that several bundles go at once.
 const BUNDLE_FILES: usize = 500;
 
-/// The header carrying the assignment's lease key (the server's `release::LEASE_HEADER`).
+/// The header carrying the assignment's lease key (the server's `api::extract::LEASE_HEADER`).
 pub const LEASE_HEADER: &str = "x-cloudbuild-lease";
 
-/// Uploads over HTTP to the server that assigned the task.
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -101,6 +100,16 @@ impl PublishError {
     }
 }
 
+/// Runs an upload under the upload retry policy ([`retry::uploads`]): transient failures are
+/// tried again, a refusal is final.
+async fn with_retries<T, F, Fut>(upload: F) -> Result<T, PublishError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PublishError>>,
+{
+    upload.retry(retry::uploads()).when(PublishError::is_transient).await
+}
+
 /// The error of an answer that is not a success: the server's own message when it sent one.
 async fn refused(what: &str, resp: reqwest::Response) -> PublishError {
     let status = resp.status();
@@ -112,12 +121,19 @@ async fn refused(what: &str, resp: reqwest::Response) -> PublishError {
     PublishError::Refused { what: what.to_owned(), status: status.as_u16(), message }
 }
 
-#[derive(Debug, Clone)]
+/// Uploads over HTTP to the server that assigned the task.
+#[derive(Clone)]
 pub struct Uploader {
     pub client: reqwest::Client,
     /// Server base URL without a trailing slash.
     pub base: String,
     pub token: Arc<str>,
+}
+
+impl std::fmt::Debug for Uploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploader").field("base", &self.base).field("token", &"***").finish()
+    }
 }
 
 impl Uploader {
@@ -243,7 +259,7 @@ impl Uploader {
                 _ => Err(refused(&what, resp).await),
             }
         };
-        let bundled = send.retry(retry::uploads()).when(PublishError::is_transient).await?;
+        let bundled = with_retries(send).await?;
         if !bundled {
             for (hash, path) in &files {
                 self.upload_blob(&format!("{blob_base}/{hash}"), lease_key, path).await?;
@@ -271,7 +287,7 @@ impl Uploader {
             }
             Err(refused(&what, resp).await)
         };
-        send.retry(retry::uploads()).when(PublishError::is_transient).await
+        with_retries(send).await
     }
 }
 
@@ -370,7 +386,7 @@ mod tests {
             let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             fail(n).map_or(Ok(()), Err)
         };
-        let result = call.retry(retry::uploads()).when(PublishError::is_transient).await;
+        let result = with_retries(call).await;
         (tries.load(std::sync::atomic::Ordering::SeqCst), started.elapsed(), result)
     }
 

@@ -15,12 +15,13 @@ pub fn uploads() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Reconnecting to the server: forever, from 100 ms doubling up to 5 s between tries (with
-/// jitter, so that many workers do not reconnect in step after a server restart).
+/// Reconnecting to the server: forever, from 100 ms doubling up to 2.5 s between tries, plus
+/// jitter of up to as much again (so at most 5 s, and many workers do not reconnect in step
+/// after a server restart).
 pub fn reconnect() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_millis(2500))
         .with_factor(2.0)
         .without_max_times()
         .with_jitter()

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cloudbuild_proto::task::{Environment, Task};
+use cloudbuild_proto::text::count;
 
 use super::ServerArg;
 use crate::client::Client;
@@ -49,24 +50,28 @@ pub(crate) struct PublishArgs {
 
 /// The name in the `package.json` of the checkout (or directory) `cwd` is in: the project that
 /// `logs` and `open` mean when no task is named.
-pub(crate) fn current_project() -> Result<String> {
+/// `what` says what to pass instead (`a task id`, `a project name`).
+pub(crate) fn current_project(what: &str) -> Result<String> {
     let cwd = std::env::current_dir()?;
     let root = git(&cwd, &["rev-parse", "--show-toplevel"]).map(PathBuf::from).unwrap_or(cwd);
     let path = root.join("package.json");
     let text = std::fs::read_to_string(&path)
-        .map_err(|_| anyhow!("no task named and no package.json in {}: pass a task id", root.display()))?;
+        .map_err(|_| anyhow!("no package.json in {}, so no project here: pass {what}", root.display()))?;
     let pkg: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     pkg.get("name")
         .and_then(|n| n.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| anyhow!("{} has no \"name\"; pass a task id", path.display()))
+        .ok_or_else(|| anyhow!("{} has no \"name\"; pass {what}", path.display()))
 }
 
 /// Opens `url` in the user's browser (`open` crate: xdg-open, open, start…).
 pub(crate) fn open_in_browser(url: &str) -> Result<()> {
     eprintln!("opening {url}");
-    open::that_detached(url).with_context(|| format!("cannot open a browser; the site is at {url}"))
+    open::that_detached(url).map_err(|e| {
+        tracing::debug!("opening a browser: {e}");
+        anyhow!("no browser could be opened here (xdg-open, open, …); the site is at {url}")
+    })
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
@@ -132,13 +137,18 @@ fn inspect(cwd: &Path, branch: Option<String>, allow_dirty: bool) -> Result<Chec
         let mut problems = Vec::new();
         let status = git(&root, &["status", "--porcelain", "--untracked-files=no"])?;
         if !status.is_empty() {
-            problems.push(format!("{} file(s) have uncommitted changes", status.lines().count()));
+            let n = status.lines().count();
+            let files = count(n as u64, "file has", "files have");
+            problems.push(format!("{files} uncommitted changes"));
         }
         let head = git(&root, &["rev-parse", "HEAD"])?;
         if head != commit {
             let ahead = git(&root, &["rev-list", "--count", &format!("{commit}..HEAD")]).ok();
             problems.push(match ahead {
-                Some(n) if n != "0" => format!("{n} commit(s) are not pushed to origin/{branch}"),
+                Some(n) if n != "0" => format!(
+                    "{} not pushed to origin/{branch}",
+                    count(n.parse::<u64>().unwrap_or(0), "commit is", "commits are")
+                ),
                 _ => format!("HEAD ({}) is not origin/{branch} ({})", &head[..12.min(head.len())], &commit[..12]),
             });
         }
@@ -241,9 +251,13 @@ pub(crate) async fn follow_task(client: &Client, id: i64, json: bool) -> Result<
     tokio::select! {
         res = client.follow(id, 0, true, &mut show) => res?,
         () = quiet_clock => {}
-        _ = tokio::signal::ctrl_c() => return interrupted(client, id).await,
+        _ = tokio::signal::ctrl_c() => {
+            lock().finish();
+            return interrupted(client, id).await;
+        }
     }
-    let display = display.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut display = display.into_inner().unwrap_or_else(|p| p.into_inner());
+    display.finish();
     Ok(verdict(&display, id, json))
 }
 
@@ -284,7 +298,11 @@ async fn interrupted(client: &Client, id: i64) -> Result<ExitCode> {
     .await??;
     if answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
         let task: Task = client.post(&format!("/api/v1/tasks/{id}/cancel"), None).await?;
-        eprintln!("cancel requested; task {id} is {}", task.state);
+        if task.state.is_terminal() {
+            eprintln!("task {id} is {}", task.state);
+        } else {
+            eprintln!("cancel requested: the worker is stopping task {id} (see `cloudbuild logs {id}`)");
+        }
     } else {
         eprintln!("task {id} keeps running. Follow it with: cloudbuild logs {id} --follow");
     }

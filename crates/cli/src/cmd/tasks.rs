@@ -65,10 +65,11 @@ pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let id = match args.id {
         Some(id) => id,
-        None => latest_task(&client, &current_project()?, None).await?.id,
+        None => latest_task(&client, &current_project("a task id")?, None).await?.id,
     };
     let mut display = Display::new(args.json);
     client.follow(id, args.after, args.follow, &mut |ev| display.show(ev)).await?;
+    display.finish();
     Ok(if display.end.is_some() { verdict(&display, id, args.json) } else { ExitCode::SUCCESS })
 }
 
@@ -150,7 +151,11 @@ pub(crate) async fn cancel(args: IdArgs) -> Result<ExitCode> {
     } else if task.state.is_terminal() {
         outln!("task {} is {}", task.id, task.state);
     } else {
-        outln!("task {} is being stopped (was {})", task.id, task.stage.map(|s| s.action()).unwrap_or("queued"));
+        outln!(
+            "task {} is being stopped by its worker (it was at {})",
+            task.id,
+            task.stage.map(|s| s.action()).unwrap_or("queued")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,7 +187,7 @@ pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let name = match args.name {
         Some(n) => n,
-        None => current_project()?,
+        None => current_project("a project name")?,
     };
     let task = latest_task(&client, &name, Some("succeeded")).await?;
     let url = task.url.ok_or_else(|| anyhow!("task {} of {name} has no site URL", task.id))?;

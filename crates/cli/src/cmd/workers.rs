@@ -105,7 +105,7 @@ pub(crate) async fn tokens(cmd: TokenCommand) -> Result<ExitCode> {
             outln!("{}", created.token);
             eprintln!(
                 "worker token `{}` created; it is shown only now. Start a worker with:\n  \
-                 cloudbuild worker --server {} --token {}",
+                 cloudbuild worker --server {} --worker-token {}",
                 created.name, server.server, created.token
             );
         }

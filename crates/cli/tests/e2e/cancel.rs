@@ -82,10 +82,7 @@ fn a_queued_task_cancelled_never_runs() {
     // in that slot (so the scheduler has been past it), and it stays as it was.
     assert_eq!(cancel(&srv, first).0, 202);
     srv.wait_done(first);
-    let quick = Repo::new(&[
-        ("package.json", &package_json("site-after", &[("build", "node build.js")])),
-        ("build.js", &build_script("after")),
-    ]);
+    let quick = Repo::site("site-after", "after");
     let (_, third) = srv.create(&quick.task_body("site-after"));
     assert_eq!(srv.wait_done(third["id"].as_i64().unwrap()).state, TaskState::Succeeded);
     let actions: Vec<String> = srv.actions(second).into_iter().map(|a| a.0).collect();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{build_script, get_text, package_json, Repo};
+use cloudbuild_testkit::{get_text, package_json, Repo};
 
 use crate::{bin, server};
 
@@ -15,10 +15,7 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 fn publish_streams_the_build_and_prints_the_url() {
     let srv = server("");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("cli-site", &[("build", "node build.js")])),
-        ("build.js", &build_script("<h1>cli</h1>")),
-    ]);
+    let repo = Repo::site("cli-site", "<h1>cli</h1>");
     let out = srv.cli(&repo.work, &["publish"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -61,10 +58,7 @@ fn publish_of_a_failing_build_exits_non_zero_naming_the_stage() {
 #[test]
 fn detach_then_follow_with_logs() {
     let srv = server("");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("cli-detach", &[("build", "node build.js")])),
-        ("build.js", &build_script("d")),
-    ]);
+    let repo = Repo::site("cli-detach", "d");
     let out = srv.cli(&repo.work, &["publish", "--detach"]);
     assert!(out.status.success());
     assert!(text(&out).contains("cloudbuild logs 1 --follow"), "{}", text(&out));

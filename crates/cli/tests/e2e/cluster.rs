@@ -84,10 +84,7 @@ fn any_server_takes_a_publish_and_every_server_streams_it() {
     assert_eq!(get_text(&t.url.unwrap()).1, "counted");
 
     // An original socket.io client on A, the build on B's worker.
-    let ok = Repo::new(&[
-        ("package.json", &package_json("sio-cluster", &[("build", "node build.js")])),
-        ("build.js", &build_script("<h1>across servers</h1>")),
-    ]);
+    let ok = Repo::site("sio-cluster", "<h1>across servers</h1>");
     let lines =
         crate::socketio::run_client(&a, "4", "websocket", &crate::socketio::query_for(&ok, "sio-cluster"), None, &[]);
     let actions: Vec<&str> = lines
@@ -258,10 +255,7 @@ fn redis_down_means_a_fast_503_and_the_service_recovers() {
     let mut redis = RedisServer::start().unwrap();
     let toml = format!("store = \"{}\"\n", redis.url());
     let srv = Server::start_with(bin(), ServerOptions { extra_toml: &toml, ..Default::default() }).unwrap();
-    let repo = Repo::new(&[
-        ("package.json", &package_json("outage-site", &[("build", "node build.js")])),
-        ("build.js", &build_script("after the outage")),
-    ]);
+    let repo = Repo::site("outage-site", "after the outage");
     let (status, first) = srv.create(&repo.task_body("outage-site"));
     assert_eq!(status, 201, "{first}");
     assert_eq!(srv.wait_done(first["id"].as_i64().unwrap()).state, TaskState::Succeeded);
@@ -295,10 +289,7 @@ fn labels_route_tasks_and_a_task_no_worker_can_take_says_so() {
     let shared = tempfile::tempdir().unwrap();
     let srv = cluster_server(&redis, shared.path(), "");
     let token = worker_token(&srv, "pool");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("gpu-site", &[("build", "node build.js")])),
-        ("build.js", &build_script("gpu")),
-    ]);
+    let repo = Repo::site("gpu-site", "gpu");
     // No worker at all: the task says so, and runs once one connects.
     let (_, early) = srv.create(&repo.task_body("gpu-site"));
     let early = early["id"].as_i64().unwrap();
@@ -392,9 +383,10 @@ fn a_worker_cut_off_and_back_is_fenced_off() {
     let after_requeue = &log[log.find("requeued").expect("requeued event")..];
     assert!(!after_requeue.contains("attempt-1"), "no event of attempt 1 after the requeue:\n{after_requeue}");
     assert!(after_requeue.contains("attempt-2 done"));
-    // The old worker reports when it resumes; it must be refused, not change the task.
+    // The old worker reports when it resumes; it must be refused, stop its build (whose end it
+    // reports too) and change nothing.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !w1.log().contains("refused") {
+    while !(w1.log().contains("refused our work") && w1.log().contains("task finished")) {
         assert!(std::time::Instant::now() < deadline, "the stale worker was never refused: {}", w1.log());
         std::thread::sleep(Duration::from_millis(50));
     }

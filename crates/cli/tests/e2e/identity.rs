@@ -60,7 +60,7 @@ fn publish_refuses_unpushed_work_and_builds_the_commit_it_names() {
     git(&repo.work, &["commit", "-qam", "1.2.0"]);
     let out = srv.cli(&repo.work, &["publish"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("1 commit(s) are not pushed to origin/main"), "{}", text(&out));
+    assert!(text(&out).contains("1 commit is not pushed to origin/main"), "{}", text(&out));
     assert!(get_json(&format!("{}/api/v1/tasks", srv.url)).unwrap()["tasks"].as_array().unwrap().is_empty());
 
     // --allow-dirty publishes what origin has, under origin's version, and says which commit.

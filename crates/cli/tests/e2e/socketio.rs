@@ -26,7 +26,9 @@ fn ensure_clients() {
         {
             return;
         }
-        eprintln!("installing the socket.io clients (npm ci in {}, once)", node_dir().display());
+        // Written to stderr directly: the test harness captures `eprintln!` of passing tests.
+        let line = format!("installing the socket.io clients (npm ci in {}, once)\n", node_dir().display());
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         let out = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(node_dir())
@@ -77,10 +79,7 @@ fn build_actions(lines: &[Value]) -> Vec<(String, String)> {
 #[test]
 fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
     let srv = server("");
-    let ok = Repo::new(&[
-        ("package.json", &package_json("sio-ok", &[("build", "node build.js")])),
-        ("build.js", &build_script("<h1>socket.io</h1>")),
-    ]);
+    let ok = Repo::site("sio-ok", "<h1>socket.io</h1>");
     let bad = Repo::new(&[(
         "package.json",
         &package_json("sio-bad", &[("build", "node -e \"console.log('boom');process.exit(1)\"")]),
@@ -159,10 +158,7 @@ fn tokens_are_required_when_anonymous_is_off() {
     let token = "sio-test-token-0123456789";
     let srv =
         server(&format!("[auth]\nallow_anonymous = false\n[[auth.tokens]]\nname = \"ci-bot\"\ntoken = \"{token}\"\n"));
-    let repo = Repo::new(&[
-        ("package.json", &package_json("sio-auth", &[("build", "node build.js")])),
-        ("build.js", &build_script("auth")),
-    ]);
+    let repo = Repo::site("sio-auth", "auth");
     // 4.x: refused in the handshake with connect_error and the reason.
     let lines = run_client(&srv, "4", "websocket", &query_for(&repo, "sio-auth"), None, &[]);
     assert_eq!(lines[0]["type"], "connect_error", "{lines:?}");
@@ -244,10 +240,7 @@ fn checks_are_reported_under_build_actions_and_options_are_noted() {
 fn a_client_written_like_the_original_cli_works() {
     let srv = server("");
     ensure_clients();
-    let ok = Repo::new(&[
-        ("package.json", &package_json("orig-ok", &[("build", "node build.js")])),
-        ("build.js", &build_script("<p>original</p>")),
-    ]);
+    let ok = Repo::site("orig-ok", "<p>original</p>");
     let bad = Repo::new(&[("package.json", &package_json("orig-bad", &[("build", "node -e \"process.exit(2)\"")]))]);
     let run = |repo: &Repo, name: &str| {
         let out = Command::new("node")
@@ -475,10 +468,7 @@ fn a_client_cut_off_mid_build_reconnects_and_gets_the_rest_of_the_log() {
 #[test]
 fn socket_io_queries_get_the_same_identity_check() {
     let srv = server("");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("sio-ident", &[("build", "node build.js")])),
-        ("build.js", &build_script("<p>x</p>")),
-    ]);
+    let repo = Repo::site("sio-ident", "<p>x</p>");
     let mut q = query_for(&repo, "sio-ident");
     q["version"] = "1.2.0".into();
     let lines = run_client(&srv, "2", "websocket", &q, None, &[]);

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use cloudbuild_testkit::{build_script, package_json, Repo};
+use cloudbuild_testkit::{package_json, Repo};
 
 use crate::{bin, server};
 
@@ -30,10 +30,7 @@ fn with_closed_stdout(url: &str, cwd: &std::path::Path, args: &[&str]) -> std::p
 #[test]
 fn a_closed_pipe_ends_every_command_quietly() {
     let srv = server("");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("pipe-site", &[("build", "node build.js")])),
-        ("build.js", &build_script("<h1>pipe</h1>")),
-    ]);
+    let repo = Repo::site("pipe-site", "<h1>pipe</h1>");
     let publish = with_closed_stdout(&srv.url, &repo.work, &["publish"]);
     let id = srv.wait_done(1).id.to_string();
     for (what, out) in [
@@ -88,18 +85,27 @@ fn foreign_server(status: &'static str, body: &'static str) -> String {
 #[test]
 fn a_server_that_is_not_cloudbuild_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    for (status, body) in [
-        ("404 Not Found", ""),
-        ("404 Not Found", "<html><body><h1>404</h1><p>nginx</p></body></html>"),
-        ("200 OK", "<!doctype html><title>Welcome</title>"),
+    let html = "<!doctype html><title>Welcome</title>";
+    for (status, body, command) in [
+        ("404 Not Found", "", "tasks"),
+        ("404 Not Found", "<html><body><h1>404</h1><p>nginx</p></body></html>", "tasks"),
+        ("200 OK", html, "tasks"),
+        ("200 OK", html, "logs"),
     ] {
         let url = foreign_server(status, body);
-        let out = Command::new(bin()).args(["tasks", "--server", &url]).current_dir(dir.path()).output().unwrap();
-        assert_eq!(out.status.code(), Some(2));
+        let args =
+            if command == "logs" { vec!["logs", "1", "--server", &url] } else { vec![command, "--server", &url] };
+        let out = Command::new(bin()).args(&args).current_dir(dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command} against {status}");
         let said = text(&out);
         assert!(said.contains("is not a cloudbuild server") && said.contains("cloudbuild server"), "{said}");
         assert!(!said.contains("<html") && !said.contains("<title"), "no HTML page: {said}");
     }
+    // A proxy's failure in front of a real server is not blamed on --server.
+    let url = foreign_server("502 Bad Gateway", "<html>bad gateway</html>");
+    let out = Command::new(bin()).args(["tasks", "--server", &url]).current_dir(dir.path()).output().unwrap();
+    let said = text(&out);
+    assert!(said.contains("HTTP 502") && said.contains("a proxy") && !said.contains("not a cloudbuild"), "{said}");
 }
 
 #[test]
@@ -142,7 +148,15 @@ fn build_colours_reach_a_pipe_as_plain_text() {
         ("package.json", &package_json("colour-site", &[("build", "node build.js")])),
         ("build.js", colourful),
     ]);
-    let out = srv.cli(&repo.work, &["publish"]);
+    // NO_COLOR unset: that stdout is a pipe must be enough to drop the colours.
+    let out = Command::new(bin())
+        .arg("publish")
+        .current_dir(&repo.work)
+        .env("CLOUDBUILD_SERVER", &srv.url)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains("vite v8 built"), "colours dropped, text kept: {all}");
@@ -155,10 +169,7 @@ fn build_colours_reach_a_pipe_as_plain_text() {
 fn the_server_log_is_plain_text_when_it_is_not_a_terminal() {
     // The test server's stderr is a pipe, and NO_COLOR is not set for it.
     let srv = server("");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("log-site", &[("build", "node build.js")])),
-        ("build.js", &build_script("<h1>log</h1>")),
-    ]);
+    let repo = Repo::site("log-site", "<h1>log</h1>");
     assert!(srv.cli(&repo.work, &["publish"]).status.success());
     let log = srv.log();
     assert!(log.contains("task queued"), "{log}");
@@ -173,10 +184,7 @@ fn the_server_log_is_plain_text_when_it_is_not_a_terminal() {
 #[test]
 fn logs_and_open_find_the_project_of_the_current_directory() {
     let srv = server("");
-    let repo = Repo::new(&[
-        ("package.json", &package_json("here-site", &[("build", "node build.js")])),
-        ("build.js", &build_script("<h1>here</h1>")),
-    ]);
+    let repo = Repo::site("here-site", "<h1>here</h1>");
     assert!(srv.cli(&repo.work, &["publish"]).status.success());
     let logs = srv.cli(&repo.work, &["logs"]);
     assert!(logs.status.success() && text(&logs).contains("build success"), "{}", text(&logs));

@@ -39,11 +39,10 @@ fn target(p: &OssParams) -> Result<(Environment, ProjectName), Json<Value>> {
     Ok((env, name))
 }
 
-/// The files of the current release of a project in an environment, if it has one.
+/// The files of the current release, `None` when there is none (or the store failed: the
+/// original protocol has no error answer for that).
 async fn current_files(state: &AppState, env: Environment, name: &ProjectName) -> Option<Vec<ManifestFile>> {
-    let releases = state.store.list_releases(Some(env), name.as_str()).await.ok()?;
-    let current = releases.into_iter().find(|r| r.current)?;
-    state.store.release_files(current.id).await.ok()
+    crate::domain::releases::current_files(state, env, name).await.ok().flatten()
 }
 
 /// `GET /project/oss?name=&type=`

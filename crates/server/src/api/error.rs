@@ -37,7 +37,11 @@ impl ApiError {
         let mut chain = err.to_string();
         let mut cause = err.source();
         while let Some(c) = cause {
-            chain.push_str(&format!(": {c}"));
+            // Messages that already show their source (`…: {source}`) are not repeated.
+            let text = c.to_string();
+            if !chain.contains(&text) {
+                chain.push_str(&format!(": {text}"));
+            }
             cause = c.source();
         }
         tracing::error!("{context}: {chain}");

@@ -42,7 +42,7 @@ pub async fn events(
     req: Request,
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    state.store.get_task(id).await?; // 404 before any upgrade or stream
+    crate::domain::tasks::get(&state, id).await?; // 404 before any upgrade or stream
     let follow = p.follow.unwrap_or(true);
 
     if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
@@ -58,7 +58,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
     if wants_json {
-        let events = state.store.events_after(id, p.after, 100_000).await?;
+        let events = crate::domain::follow::stored(&state, id, p.after, 100_000).await?;
         let body: Vec<serde_json::Value> = events
             .iter()
             .map(|e| {

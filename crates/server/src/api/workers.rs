@@ -11,10 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{
-    CreateWorkerToken, CreatedWorkerToken, ServerMessage, WorkerInfo, WorkerList, WorkerMessage, WorkerState,
-    WorkerTokenList,
+    CreateWorkerToken, CreatedWorkerToken, ServerMessage, WorkerList, WorkerMessage, WorkerTokenList,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -55,36 +53,15 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket, token: String) {
             return;
         }
     };
-    // The worker's own name is its id, so a worker that reconnects keeps its leases.
-    let worker_id = name;
-    if state.scheduler.is_connected(&worker_id) || workers::connected_elsewhere(&state, &worker_id).await {
-        tracing::warn!(worker = %worker_id, "refused: a worker with this name is already connected");
-        let _ = sink.send(Message::Close(None)).await;
-        return;
-    }
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
-    let welcome =
-        ServerMessage::Welcome { worker_id: worker_id.clone(), heartbeat_secs: state.settings.heartbeat_secs };
-    if tx.send(welcome).is_err() {
-        return;
-    }
-    tracing::info!(worker = %worker_id, slots, ?labels, %token, "worker connected");
-    let now = Timestamp::now();
-    let info = WorkerInfo {
-        name: worker_id.clone(),
-        state: WorkerState::Connected,
-        slots,
-        labels,
-        running: Vec::new(),
-        token,
-        server: state.public_url.clone(),
-        connected_at: now,
-        last_heartbeat: now,
+    let worker_id = match workers::join(&state, Hello { name, slots, labels }, token, tx.clone()).await {
+        Ok(id) => id,
+        Err(why) => {
+            tracing::warn!("{why}");
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
     };
-    if let Err(e) = state.store.put_worker(&info).await {
-        tracing::warn!(worker = %worker_id, "cannot record the worker: {e}");
-    }
-    state.scheduler.join(info, tx.clone());
 
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -121,12 +98,7 @@ async fn serve_worker(state: Arc<AppState>, socket: WebSocket, token: String) {
             break; // said goodbye (token revoked)
         }
     }
-    let last = state.scheduler.snapshot(&worker_id);
-    state.scheduler.leave(&worker_id);
-    if let Some(info) = last {
-        let gone = WorkerInfo { state: WorkerState::Disconnected, running: Vec::new(), ..info };
-        let _ = state.store.put_worker(&gone).await;
-    }
+    workers::leave(&state, &worker_id).await;
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     tracing::info!(worker = %worker_id, "worker disconnected");

@@ -59,14 +59,6 @@ pub async fn identify_worker(state: &AppState, token: Option<&str>) -> Result<St
     state.store.worker_token_name(&hash).await?.ok_or(AuthError::UnknownWorkerToken)
 }
 
-/// `bytes` random bytes from the operating system (`getrandom`) as lower-case hex: secrets
-/// such as worker tokens and lease keys.
-pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,12 +68,5 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
-
-    #[test]
-    fn random_hex_is_fresh_and_the_asked_length() {
-        let (a, b) = (random_hex(16).unwrap(), random_hex(16).unwrap());
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
     }
 }

@@ -15,7 +15,13 @@ use tokio::sync::mpsc;
 
 use crate::state::AppState;
 
+/// Events read from the store at a time.
 const PAGE: u32 = 500;
+
+/// Up to `limit` stored events of a task after event `after`, for readers that do not follow.
+pub async fn stored(state: &AppState, task: TaskId, after: u64, limit: u32) -> Result<Vec<WireEvent>, StoreError> {
+    state.store.events_after(task, after, limit).await
+}
 
 /// Streams stored events into `tx` from `after`, following the live log when `follow`.
 /// Returns when the `end` event was sent, when not following and the log is exhausted, when the

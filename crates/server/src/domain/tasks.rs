@@ -145,6 +145,17 @@ async fn say_if_no_worker_fits(state: &AppState, task: &Task) {
     }
 }
 
+/// Adds a line from the server itself to a task's output (`[cloudbuild] note: …`, on stderr):
+/// what a client should know about how its request was taken. Best effort: a store failure
+/// only costs the note.
+pub async fn note(state: &AppState, id: TaskId, note: &str) {
+    let text = format!("[cloudbuild] note: {note}\n");
+    let body = EventBody::Output { stream: cloudbuild_proto::event::OutputStream::Stderr, text };
+    if let Ok(Appended::Events(events)) = state.store.append_event(id, Fence::Server, body).await {
+        state.hub.published(id, &events);
+    }
+}
+
 /// One task by id.
 pub async fn get(state: &AppState, id: TaskId) -> Result<Task, TaskError> {
     Ok(state.store.get_task(id).await?)

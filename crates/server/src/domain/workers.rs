@@ -13,7 +13,8 @@ use cloudbuild_proto::worker::{
 use cloudbuild_store::{Change, Finish, Notice, StoreError, WorkerOp};
 use tokio::sync::mpsc;
 
-use super::callers::{random_hex, Caller};
+use super::callers::Caller;
+use crate::secrets::random_hex;
 use crate::state::AppState;
 
 /// Why a worker operation was refused.
@@ -62,7 +63,7 @@ pub fn read_hello(msg: WorkerMessage) -> Result<Hello, WorkerError> {
 }
 
 /// Whether another server has a live worker of this name (its registry entry is fresh).
-pub async fn connected_elsewhere(state: &AppState, name: &str) -> bool {
+async fn connected_elsewhere(state: &AppState, name: &str) -> bool {
     let lease = state.settings.lease_secs as i64 * 1_000_000;
     let Ok(workers) = state.store.list_workers().await else { return false };
     let server = state.public_url.clone();
@@ -72,6 +73,55 @@ pub async fn connected_elsewhere(state: &AppState, name: &str) -> bool {
             && w.server != server
             && Timestamp::now().0 - w.last_heartbeat.0 < lease
     })
+}
+
+/// Registers a worker that said hello on this server: refused when a worker of that name is
+/// connected here or to another server; else welcomed over `tx` (the worker's outgoing
+/// messages), recorded in the registry and given to the scheduler. Returns the worker's id (its
+/// own name, so a worker that reconnects keeps its leases).
+pub async fn join(
+    state: &AppState,
+    hello: Hello,
+    token: String,
+    tx: mpsc::UnboundedSender<ServerMessage>,
+) -> Result<String, WorkerError> {
+    let Hello { name, slots, labels } = hello;
+    if state.scheduler.is_connected(&name) || connected_elsewhere(state, &name).await {
+        return Err(WorkerError::BadHello(format!("a worker named `{name}` is already connected")));
+    }
+    let welcome = ServerMessage::Welcome { worker_id: name.clone(), heartbeat_secs: state.settings.heartbeat_secs };
+    if tx.send(welcome).is_err() {
+        return Err(WorkerError::BadHello("the connection closed before the welcome".into()));
+    }
+    tracing::info!(worker = %name, slots, ?labels, %token, "worker connected");
+    let now = Timestamp::now();
+    let info = WorkerInfo {
+        name: name.clone(),
+        state: WorkerState::Connected,
+        slots,
+        labels,
+        running: Vec::new(),
+        token,
+        server: state.public_url.clone(),
+        connected_at: now,
+        last_heartbeat: now,
+    };
+    if let Err(e) = state.store.put_worker(&info).await {
+        tracing::warn!(worker = %name, "cannot record the worker: {e}");
+    }
+    state.scheduler.join(info, tx);
+    Ok(name)
+}
+
+/// A worker's connection to this server ended: the scheduler forgets it and the registry shows
+/// it disconnected (its leases expire on their own if it does not come back).
+pub async fn leave(state: &AppState, worker: &str) {
+    let last = state.scheduler.snapshot(worker);
+    state.scheduler.leave(worker);
+    if let Some(info) = last {
+        let gone = WorkerInfo { state: WorkerState::Disconnected, running: Vec::new(), ..info };
+        let _ = state.store.put_worker(&gone).await;
+    }
 }
 
 /// Messages applied in one store transaction at most.
@@ -151,7 +201,7 @@ pub async fn handle_batch(
         if finished {
             state.scheduler.slot_freed(worker, task);
             // Contents a failed or cancelled publish staged are not needed any more.
-            let staged = crate::domain::releases::staging(state, task.task_id, task.attempt);
+            let staged = crate::uploads::staging_dir(state, task.task_id, task.attempt);
             tokio::spawn(async move {
                 let _ = tokio::fs::remove_dir_all(staged).await;
             });

@@ -61,7 +61,8 @@ impl RedisStore {
         let mut out = HashMap::with_capacity(ids.len());
         for (id, (rev, data)) in ids.iter().zip(rows) {
             let (Some(rev), Some(data)) = (rev, data) else { continue };
-            let r: Record = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))?;
+            let r: Record =
+                serde_json::from_str(&data).map_err(|e| StoreError::database("decoding a task record", e))?;
             let live = Live {
                 task: r.task,
                 output_bytes: r.output_bytes,

@@ -49,8 +49,9 @@ pub(super) async fn record_release(s: &RedisStore, new: NewRelease, files: &[Man
 }
 
 pub(super) async fn set_current(s: &RedisStore, release_id: i64) -> Result<Option<Release>> {
-    let release =
-        load_release(s, release_id).await?.ok_or(crate::StoreError::NotFound(crate::Missing::Release(release_id)))?;
+    let release = load_release(s, release_id)
+        .await?
+        .ok_or_else(|| crate::StoreError::Corrupt(format!("release {release_id} is not in the store")))?;
     let previous: Option<i64> = s
         .swap
         .key(format!("{P}current"))

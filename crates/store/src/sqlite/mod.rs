@@ -376,7 +376,9 @@ impl Store for SqliteStore {
             }
             insert.execute(&mut *tx).await?;
         }
-        let release = releases::load(&mut tx, id).await?.ok_or(StoreError::NotFound(crate::Missing::Release(id)))?;
+        let release = releases::load(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("release {id} vanished while it was recorded")))?;
         tx.commit().await?;
         Ok(release)
     }
@@ -386,7 +388,7 @@ impl Store for SqliteStore {
         let mut tx = conn.begin().await?;
         let release = releases::load(&mut tx, release_id)
             .await?
-            .ok_or(StoreError::NotFound(crate::Missing::Release(release_id)))?;
+            .ok_or_else(|| StoreError::Corrupt(format!("release {release_id} is not in the store")))?;
         let previous: Option<i64> =
             sqlx::query_scalar("SELECT release_id FROM current_releases WHERE env = ? AND name = ?")
                 .bind(release.env.as_str())
@@ -467,7 +469,7 @@ impl Store for SqliteStore {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT data FROM workers ORDER BY name").fetch_all(&self.reader).await?;
         rows.iter()
-            .map(|d| serde_json::from_str(d).map_err(|e| StoreError::database("encoding a worker record", e)))
+            .map(|d| serde_json::from_str(d).map_err(|e| StoreError::database("decoding a worker record", e)))
             .collect()
     }
 

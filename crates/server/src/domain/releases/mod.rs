@@ -15,7 +15,7 @@
 pub mod lock;
 pub mod staging;
 
-pub use staging::{stage_blob, stage_bundle, staging, sweep_staging, BUNDLE_BYTES};
+pub use staging::{stage_blob, stage_bundle, BUNDLE_BYTES};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -121,7 +121,7 @@ pub async fn running_attempt(state: &AppState, who: &Publisher) -> Result<Task, 
             attempt: who.attempt,
         });
     }
-    let hash = crate::scheduler::lease_key_hash(&who.lease_key);
+    let hash = crate::secrets::lease_key_hash(&who.lease_key);
     if who.lease_key.is_empty() || !state.store.holds_lease(task.id, who.attempt, &hash).await? {
         return Err(ReleaseError::NotLeaseHolder { task: task.id, attempt: who.attempt });
     }
@@ -189,7 +189,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
     Version::parse(&task.version)?;
     let target = state.targets.get(task.env);
     let key = format!("{}/{}/{}", name, task.version, task.id);
-    let staged = staging(state, task.id, attempt);
+    let staged = crate::uploads::staging_dir(state, task.id, attempt);
 
     // Where each content comes from: this attempt's upload, or a release that has it.
     let hashes: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
@@ -398,6 +398,17 @@ async fn prune(state: &AppState, env: Environment, name: &str) {
             tracing::warn!("recording pruned releases failed: {e}");
         }
     }
+}
+
+/// The files of a project's current release in an environment; `None` when it has none.
+pub async fn current_files(
+    state: &AppState,
+    env: Environment,
+    name: &ProjectName,
+) -> Result<Option<Vec<ManifestFile>>, ReleaseError> {
+    let releases = state.store.list_releases(Some(env), name.as_str()).await?;
+    let Some(current) = releases.into_iter().find(|r| r.current) else { return Ok(None) };
+    Ok(Some(state.store.release_files(current.id).await?))
 }
 
 /// A project's releases in one environment or both, newest first.

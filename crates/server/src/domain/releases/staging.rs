@@ -1,52 +1,16 @@
 //! Staging of uploaded contents: single streamed uploads (`PUT …/publish/blobs/{hash}`),
-//! bundles of small files (`POST …/publish/bundle`), the check of what was staged before a
-//! commit uses it, and the sweep of staging no running publish needs.
+//! bundles of small files (`POST …/publish/bundle`), and the check of what was staged before a
+//! commit uses it. Where uploads are staged, and their sweep, is `crate::uploads`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use cloudbuild_proto::release::is_hash;
-use cloudbuild_proto::task::TaskState;
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::{running_attempt, Publisher, ReleaseError};
 use crate::state::AppState;
-
-/// Where a publish attempt stages the contents it uploads; removed when its task ends.
-pub fn staging(state: &AppState, task_id: cloudbuild_proto::task::TaskId, attempt: u32) -> PathBuf {
-    state.staging_dir().join(format!("{task_id}-{attempt}"))
-}
-
-/// Removes staged uploads that no running publish will use: those of tasks that ended or
-/// moved to another attempt, and leftovers of a server killed mid-publish (the cleanup at task
-/// end never ran for them). Runs at start and then every minute.
-pub async fn sweep_staging(state: &AppState) {
-    let Ok(mut dir) = tokio::fs::read_dir(state.staging_dir()).await else { return };
-    let mut removed = 0;
-    while let Ok(Some(entry)) = dir.next_entry().await {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let attempt_of = |name: &str| -> Option<(cloudbuild_proto::task::TaskId, u32)> {
-            let (id, attempt) = name.split_once('-')?;
-            Some((id.parse().ok()?, attempt.parse().ok()?))
-        };
-        let keep = match attempt_of(&name) {
-            Some((id, attempt)) => match state.store.get_task(id).await {
-                Ok(t) => t.state == TaskState::Running && t.attempt == attempt,
-                Err(cloudbuild_store::StoreError::NotFound(_)) => false,
-                Err(_) => true, // the store is unreachable: decide next time
-            },
-            None => false,
-        };
-        if !keep && tokio::fs::remove_dir_all(entry.path()).await.is_ok() {
-            removed += 1;
-        }
-    }
-    if removed > 0 {
-        tracing::info!(removed, "removed staged uploads no running publish uses");
-    }
-}
 
 /// Step 2 of a publish, one content: streams `body` into the attempt's staging directory while
 /// hashing it, and keeps it only when its blake3 is `hash` and it is no larger than
@@ -60,7 +24,7 @@ where
     if !is_hash(hash) {
         return Err(ReleaseError::BadUpload("the blob name must be its blake3 hash".into()));
     }
-    let dir = staging(state, task.id, who.attempt);
+    let dir = crate::uploads::staging_dir(state, task.id, who.attempt);
     tokio::fs::create_dir_all(&dir).await.map_err(ReleaseError::io("creating the staging directory"))?;
     // Streamed to disk while hashed: memory stays bounded whatever the file size.
     // Two uploads of one content (two files, a retry) must not share a temporary file.
@@ -93,7 +57,7 @@ pub const BUNDLE_BYTES: usize = 8 << 20;
 /// request (the HTTP adapter enforces it).
 pub async fn stage_bundle(state: &AppState, who: &Publisher, body: Bytes) -> Result<(), ReleaseError> {
     let task = running_attempt(state, who).await?;
-    let dir = staging(state, task.id, who.attempt);
+    let dir = crate::uploads::staging_dir(state, task.id, who.attempt);
     tokio::fs::create_dir_all(&dir).await.map_err(ReleaseError::io("creating the staging directory"))?;
     // Checked and written in one blocking task: thousands of tiny files, no thread hop each.
     let max = state.settings.max_file_bytes;

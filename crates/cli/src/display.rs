@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::Stage;
 
-use crate::output::{sanitize, split_cut_escape, stderr_colors, stdout_colors};
+use crate::output::{mark_imitations, sanitize, split_cut_escape, stderr_colors, stdout_colors};
 
 /// After this long without output, a line says the stage still runs (then every minute).
 pub(crate) const QUIET: Duration = Duration::from_secs(20);
@@ -29,6 +29,8 @@ pub(crate) struct Display {
     cut: [String; 2],
     /// Whether build output passed colours that may still be on (reset before our own lines).
     colored: bool,
+    /// Whether each stream's output is at the start of a line.
+    line_start: [bool; 2],
 }
 
 impl Display {
@@ -52,6 +54,7 @@ impl Display {
             spinner,
             cut: Default::default(),
             colored: false,
+            line_start: [true; 2],
         }
     }
 
@@ -177,7 +180,10 @@ impl Display {
                 let whole = std::mem::take(cut) + text;
                 let (now, later) = split_cut_escape(&whole);
                 *cut = later.to_owned();
-                let shown = sanitize(now, self.color);
+                let stream = usize::from(data["stream"] == "stderr");
+                let (marked, at_start) = mark_imitations(now, self.line_start[stream]);
+                self.line_start[stream] = at_start;
+                let shown = sanitize(&marked, self.color);
                 self.colored |= self.color && shown.contains('\x1b');
                 shown
             }
@@ -224,6 +230,7 @@ mod tests {
             spinner: None,
             cut: Default::default(),
             colored: false,
+            line_start: [true; 2],
         }
     }
 

@@ -55,12 +55,46 @@ pub(crate) fn sanitize(s: &str, colors: bool) -> String {
         }
         match c {
             '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.push_str(&c.escape_default().to_string()),
+            c if c.is_control() || is_invisible_format(c) => out.push_str(&c.escape_default().to_string()),
             c => out.push(c),
         }
         rest = &rest[c.len_utf8()..];
     }
     out
+}
+
+/// Unicode format characters that change how text is shown without being seen: bidirectional
+/// overrides and isolates (U+202A–U+202E, U+2066–U+2069, "Trojan Source"), zero-width
+/// characters and marks, the byte-order mark. Build output shows them as escapes.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// The starts of the lines cloudbuild prints itself; a build's output line that starts like
+/// one is marked, so that it cannot pass for the service's own (`==> [7/7] build success`).
+const OWN_LINE_STARTS: [&str; 3] = ["==>", "published:", "!!!"];
+
+/// Marks the lines of build output `text` that begin like cloudbuild's own lines with
+/// `[build] `. `at_line_start` says whether `text` begins a line (the previous chunk ended with
+/// a newline); returns whether the text ends at a line start.
+pub(crate) fn mark_imitations(text: &str, at_line_start: bool) -> (String, bool) {
+    let mut out = String::with_capacity(text.len());
+    let mut line_start = at_line_start;
+    for piece in text.split_inclusive('\n') {
+        if line_start {
+            // What the line shows first: past blanks and colour codes.
+            let mut visible = piece.trim_start_matches([' ', '\t', '\r']);
+            while let Some(n) = sgr_len(visible) {
+                visible = visible[n..].trim_start_matches([' ', '\t', '\r']);
+            }
+            if OWN_LINE_STARTS.iter().any(|own| visible.starts_with(own)) {
+                out.push_str("[build] ");
+            }
+        }
+        out.push_str(piece);
+        line_start = piece.ends_with('\n');
+    }
+    (out, if text.is_empty() { at_line_start } else { line_start })
 }
 
 /// The length of the SGR sequence `s` starts with: `ESC [`, parameters (digits, `;`, `:`;
@@ -134,6 +168,26 @@ mod tests {
         // Colour arguments are not codes: 38;5;5 is a colour, 5 alone is blinking.
         assert_eq!(sanitize("\x1b[38;5;5mx\x1b[48;2;8;6;5mx", true), "\x1b[38;5;5mx\x1b[48;2;8;6;5mx");
         assert_eq!(sanitize("\x1b[5mx\x1b[1;8mx", true), "\\u{1b}[5mx\\u{1b}[1;8mx");
+    }
+
+    #[test]
+    fn bidi_and_invisible_characters_are_shown() {
+        assert_eq!(sanitize("ok \u{202E}gnp.exe\u{200B}", false), "ok \\u{202e}gnp.exe\\u{200b}");
+        assert_eq!(sanitize("漢字 ✓ é", false), "漢字 ✓ é", "ordinary text stays");
+    }
+
+    #[test]
+    fn output_that_imitates_our_lines_is_marked() {
+        use super::mark_imitations;
+        let (out, at_start) = mark_imitations("ok\n==> [7/7] build success: published\npublished: x\n", true);
+        assert_eq!(out, "ok\n[build] ==> [7/7] build success: published\n[build] published: x\n");
+        assert!(at_start);
+        // A line split across chunks is judged at its start only.
+        let (first, at_start) = mark_imitations("step ", true);
+        let (second, _) = mark_imitations("==> not a line start\n", at_start);
+        assert_eq!(first + &second, "step ==> not a line start\n");
+        assert_eq!(mark_imitations("  !!! x", true).0, "[build]   !!! x");
+        assert_eq!(mark_imitations("\x1b[32m==> fake", true).0, "[build] \x1b[32m==> fake");
     }
 
     #[test]

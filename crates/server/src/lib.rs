@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod hub;
+pub mod listener;
 pub mod scheduler;
 pub mod secrets;
 pub mod sites;
@@ -33,7 +34,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use api::router;
-use axum::serve::ListenerExt;
 use cloudbuild_proto::task::Environment;
 use cloudbuild_store::{RedisOptions, RedisStore, SqliteStore, Store};
 pub use config::{ServerConfig, Settings};
@@ -138,23 +138,14 @@ pub async fn run(
     let (state, outbox) = app_state(settings, store, public_url, stop_rx.clone())?;
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
-    let app = router(state);
+    let app = router(state.clone());
     tracing::info!("listening on http://{addr}");
-    let mut stop_rx_serve = stop_rx;
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    // No Nagle: worker acks and event pushes are small writes that must not wait ~40 ms for
-    // the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx_serve.wait_for(|stopped| *stopped).await;
-        })
-        .await?;
+    let s = &state.settings;
+    listener::serve(listener, app, s.max_connections, s.header_read_timeout, stop_rx).await;
     sched.abort();
     cluster.abort();
     Ok(())

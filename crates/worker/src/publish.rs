@@ -80,9 +80,10 @@ pub enum PublishError {
     /// The server refused a call (4xx): retrying would not help.
     #[error("{what} was refused (HTTP {status}): {message}")]
     Refused { what: String, status: u16, message: String },
-    /// The server failed (5xx); retried before giving up.
-    #[error("{what}: the server answered HTTP {status}")]
-    ServerFailed { what: String, status: u16 },
+    /// The server failed (5xx); retried before giving up. `message` is the server's own, when
+    /// it sent one.
+    #[error("{what}: the server answered HTTP {status}{message}")]
+    ServerFailed { what: String, status: u16, message: String },
     /// The request did not complete (connection refused or cut); retried before giving up.
     #[error("{what} failed: {source}")]
     Transport { what: String, source: reqwest::Error },
@@ -113,12 +114,13 @@ where
 /// The error of an answer that is not a success: the server's own message when it sent one.
 async fn refused(what: &str, resp: reqwest::Response) -> PublishError {
     let status = resp.status();
-    if status.is_server_error() {
-        return PublishError::ServerFailed { what: what.to_owned(), status: status.as_u16() };
-    }
     let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<cloudbuild_proto::ApiErrorBody>(&text).map(|e| e.message).unwrap_or(text);
-    PublishError::Refused { what: what.to_owned(), status: status.as_u16(), message }
+    let said = serde_json::from_str::<cloudbuild_proto::ApiErrorBody>(&text).map(|e| e.message);
+    if status.is_server_error() {
+        let message = said.map(|m| format!(": {m}")).unwrap_or_default();
+        return PublishError::ServerFailed { what: what.to_owned(), status: status.as_u16(), message };
+    }
+    PublishError::Refused { what: what.to_owned(), status: status.as_u16(), message: said.unwrap_or(text) }
 }
 
 /// Uploads over HTTP to the server that assigned the task.
@@ -391,7 +393,7 @@ mod tests {
     }
 
     fn server_failed() -> PublishError {
-        PublishError::ServerFailed { what: "uploading".into(), status: 503 }
+        PublishError::ServerFailed { what: "uploading".into(), status: 503, message: String::new() }
     }
 
     #[tokio::test(start_paused = true)]

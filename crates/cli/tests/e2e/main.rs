@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cloudbuild` binary, real git, real npm, fixture projects made
 //! by the tests, everything on loopback. One binary, one module per area.
 
+mod abuse;
 mod browser;
 mod cancel;
 mod cli;

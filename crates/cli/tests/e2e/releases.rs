@@ -273,3 +273,32 @@ fn of_concurrent_prod_publishes_of_one_version_exactly_one_wins() {
     assert_eq!(list.len(), 1);
     assert_eq!((list[0]["task_id"].as_i64(), list[0]["current"].as_bool()), (Some(winners[0].id), Some(true)));
 }
+
+#[test]
+fn published_files_are_read_only_and_a_changed_one_is_never_copied() {
+    use std::os::unix::fs::PermissionsExt;
+    let srv = server("");
+    let repo = site_repo("ro-site", "<h1>one</h1>");
+    let (t1, _) = publish(&srv, &body(&repo, "ro-site", "1.0.0", "test", false));
+    assert_eq!(t1.state, TaskState::Succeeded, "{t1:?}");
+    let release = srv.data.path().join(format!("data/targets/test/ro-site/1.0.0/{}", t1.id));
+    let asset = release.join("assets/app-AbCd1234.js");
+    for file in ["index.html", "assets/app-AbCd1234.js", "logo.svg"] {
+        let mode = std::fs::metadata(release.join(file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o222, 0, "{file} is read-only ({mode:o})");
+    }
+    // Someone with the server's rights changes a published file anyway: the next release that
+    // holds the same content must not link it in.
+    std::fs::set_permissions(&asset, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&asset, "console.log('defaced')").unwrap();
+    let (t2, _) = publish(&srv, &body(&repo, "ro-site", "1.0.0", "test", false));
+    assert_eq!(t2.state, TaskState::Failed, "{t2:?}");
+    let reason = t2.reason.unwrap_or_default();
+    assert!(reason.contains("does not match its hash"), "{reason}");
+    assert!(
+        !srv.data.path().join(format!("data/targets/test/ro-site/1.0.0/{}/assets/app-AbCd1234.js", t2.id)).exists(),
+        "nothing was copied from the changed file"
+    );
+    let current: Vec<Value> = releases(&srv, "ro-site", "test").into_iter().filter(|r| r["current"] == true).collect();
+    assert_eq!(current[0]["task_id"], t1.id, "the current release did not change");
+}

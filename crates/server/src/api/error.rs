@@ -153,6 +153,14 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::FileTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message),
             ReleaseError::Lock(l) => l.into(),
             ReleaseError::Store(s) => s.into(),
+            ReleaseError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                tracing::error!("{message}");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "no_space",
+                    "no space left on the server's disk; nothing was published, try again once space is freed",
+                )
+            }
             ReleaseError::Io { context, ref source } => ApiError::internal(context, source),
         }
     }
@@ -161,5 +169,21 @@ impl From<ReleaseError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(ApiErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_named_not_a_bare_internal_error() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = ApiError::from(ReleaseError::Io { context: "staging a file", source: full });
+        assert_eq!((e.status, e.code), (StatusCode::INSUFFICIENT_STORAGE, "no_space"));
+        assert!(e.message.contains("no space left on the server"), "{}", e.message);
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = ApiError::from(ReleaseError::Io { context: "staging a file", source: other });
+        assert_eq!((e.status, e.code), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
     }
 }

@@ -22,6 +22,9 @@ use crate::domain::callers::Caller;
 use crate::domain::follow::pump;
 use crate::state::AppState;
 
+/// The largest message a WebSocket follower may send (it has nothing to say but pongs).
+const FOLLOWER_FRAME_BYTES: usize = 4 << 10;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
@@ -50,6 +53,9 @@ pub async fn events(
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        // A follower only reads: what it may send (pongs, a close) is small, and a larger
+        // frame ends the connection instead of being held in memory.
+        let ws = ws.max_message_size(FOLLOWER_FRAME_BYTES).max_frame_size(FOLLOWER_FRAME_BYTES);
         return Ok(ws.on_upgrade(move |socket| ws_follow(state, id, p.after, follow, socket)));
     }
 

@@ -194,6 +194,11 @@ pub struct LimitsConfig {
     pub max_attempts: u32,
     /// Largest single file a worker may upload to the local site store, in bytes.
     pub max_file_bytes: u64,
+    /// Open HTTP connections at most; more wait in the listen queue until one closes.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; slower ones are disconnected
+    /// (slowloris).
+    pub header_read_timeout_secs: u64,
 }
 
 /// `[workers]`.
@@ -246,7 +251,13 @@ impl Default for CommandsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { output_bytes: 4 * 1024 * 1024, max_attempts: 3, max_file_bytes: 512 * 1024 * 1024 }
+        LimitsConfig {
+            output_bytes: 4 * 1024 * 1024,
+            max_attempts: 3,
+            max_file_bytes: 512 * 1024 * 1024,
+            max_connections: 20_000,
+            header_read_timeout_secs: 10,
+        }
     }
 }
 
@@ -352,6 +363,10 @@ pub struct Settings {
     pub output_bytes: u64,
     pub max_attempts: u32,
     pub max_file_bytes: u64,
+    /// See [`LimitsConfig::max_connections`].
+    pub max_connections: usize,
+    /// See [`LimitsConfig::header_read_timeout_secs`].
+    pub header_read_timeout: std::time::Duration,
     /// `(name, token)` pairs workers may authenticate with besides the revocable tokens in the
     /// store: the configured `workers.tokens` and the embedded worker's own.
     pub worker_tokens: Vec<(String, Secret)>,
@@ -400,6 +415,12 @@ impl ServerConfig {
         ];
         if all.contains(&0) {
             return Err(bad("timeouts", "every timeout must be at least 1 second".into()));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(bad("limits.max_connections", "must be at least 1".into()));
+        }
+        if self.limits.header_read_timeout_secs == 0 {
+            return Err(bad("limits.header_read_timeout_secs", "must be at least 1".into()));
         }
         if self.limits.max_attempts == 0 {
             return Err(bad("limits.max_attempts", "must be at least 1".into()));
@@ -506,6 +527,8 @@ impl ServerConfig {
             output_bytes: self.limits.output_bytes,
             max_attempts: self.limits.max_attempts,
             max_file_bytes: self.limits.max_file_bytes,
+            max_connections: self.limits.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.limits.header_read_timeout_secs),
             worker_tokens: self
                 .workers
                 .tokens

@@ -46,6 +46,12 @@ pub enum TargetError {
     Store(#[from] object_store::Error),
     #[error("invalid target configuration: {0}")]
     Config(String),
+    /// A published file no longer has the content it was published with (changed on disk
+    /// after its release): it is not linked or copied into another release.
+    #[error(
+        "{path} in the target does not match its hash (changed after it was published); nothing was copied from it"
+    )]
+    Tampered { path: String },
 }
 
 /// Uploads and copies to a target run this many at a time.
@@ -56,6 +62,20 @@ const CONCURRENCY: usize = 8;
 pub enum Target {
     Local { root: PathBuf, urls: SiteUrls },
     S3 { store: Arc<AmazonS3>, prefix: String, urls: SiteUrls },
+}
+
+/// Makes a published file read-only (`0444`): neither a build nor a later release can change
+/// it in place, and one content linked into many releases stays what was published.
+fn make_read_only(path: &FsPath) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+}
+
+/// Whether the file at `path` has the blake3 hash `hash` (streamed: any size).
+fn has_hash(path: &FsPath, hash: &str) -> std::io::Result<bool> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().to_hex().as_str() == hash)
 }
 
 /// Puts `blob` at `dest` (a new path in a release): a hard link (blobs are never written
@@ -173,7 +193,7 @@ impl Target {
         match self {
             Target::Local { root, .. } => {
                 let (blob, dest) = (blob.to_path_buf(), root.join(key));
-                tokio::task::spawn_blocking(move || link_or_copy(&blob, &dest))
+                tokio::task::spawn_blocking(move || link_or_copy(&blob, &dest).and_then(|()| make_read_only(&dest)))
                     .await
                     .map_err(std::io::Error::other)??;
                 Ok(())
@@ -204,20 +224,29 @@ impl Target {
         }
     }
 
-    /// Copies content already in the target, without sending it again.
-    pub async fn copy(&self, from: &str, to: &str) -> Result<(), TargetError> {
+    /// Copies content already in the target, without sending it again. A local target first
+    /// checks that the file still has `hash` (the content it was published with), so a file
+    /// changed on disk is never propagated to another release.
+    pub async fn copy(&self, from: &str, to: &str, hash: &str) -> Result<(), TargetError> {
         match self {
             Target::Local { root, .. } => {
-                let dest = root.join(to);
-                if let Some(parent) = dest.parent() {
-                    tokio::fs::create_dir_all(parent).await?;
-                }
-                let _ = tokio::fs::remove_file(&dest).await;
-                // A hard link: releases are immutable, so sharing the inode is safe and free.
-                if tokio::fs::hard_link(root.join(from), &dest).await.is_err() {
-                    tokio::fs::copy(root.join(from), &dest).await?;
-                }
-                Ok(())
+                let (source, dest, hash, shown) = (root.join(from), root.join(to), hash.to_owned(), from.to_owned());
+                tokio::task::spawn_blocking(move || -> Result<(), TargetError> {
+                    if !has_hash(&source, &hash)? {
+                        return Err(TargetError::Tampered { path: shown });
+                    }
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    let _ = std::fs::remove_file(&dest);
+                    // A hard link: releases are immutable, so sharing the inode is safe and free.
+                    if std::fs::hard_link(&source, &dest).is_err() {
+                        std::fs::copy(&source, &dest)?;
+                    }
+                    Ok(make_read_only(&dest)?)
+                })
+                .await
+                .map_err(std::io::Error::other)?
             }
             Target::S3 { store, prefix, .. } => {
                 store.copy(&Self::object_path(prefix, from), &Self::object_path(prefix, to)).await?;
@@ -261,7 +290,7 @@ impl Target {
                         .iter()
                         .map(|f| {
                             let (from, to) = (format!("{release_key}/{}", f.path), format!("{name}/{}", f.path));
-                            async move { self.copy(&from, &to).await }
+                            async move { self.copy(&from, &to, &f.hash).await }
                         })
                         .collect();
                     let results: Vec<_> =

@@ -230,7 +230,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
             let path = &f.path;
             match source {
                 Source::Staged(blob) => target.put_file(&to, &f, &blob).await.map_err(|e| format!("{path}: {e}")),
-                Source::Copy(from) => target.copy(&from, &to).await.map_err(|e| format!("{path}: {e}")),
+                Source::Copy(from) => target.copy(&from, &to, &f.hash).await.map_err(|e| format!("{path}: {e}")),
             }
         }
     }))

@@ -119,6 +119,23 @@ pub struct Assignment {
     /// root-absolute URLs in its HTML and CSS would miss: pre-publish looks for them.
     #[serde(default)]
     pub site_under_path: bool,
+    /// The server's rule for packages' install scripts (`commands.ignore_install_scripts`).
+    #[serde(default)]
+    pub install_scripts: InstallScripts,
+}
+
+/// Whether an install runs the dependencies' lifecycle scripts (`preinstall`, `install`,
+/// `postinstall`): code of every package in the tree, run at install time, which is how the
+/// 2025 npm worm ("Shai-Hulud") spread from one compromised package to the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstallScripts {
+    /// Install with scripts off (`npm_config_ignore_scripts=true`, which npm, pnpm and yarn
+    /// classic honour).
+    pub ignore: bool,
+    /// Packages whose install scripts still run (`npm rebuild <name>…` after the install),
+    /// e.g. `esbuild`, which fetches its binary in one.
+    pub allow: Vec<String>,
 }
 
 /// Time limits of one task, in seconds. Also the `[timeouts]` table of the server's config.

@@ -265,6 +265,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         allowed_protocols: state.settings.repo_policy.allowed_protocols.iter().map(|p| p.to_string()).collect(),
         allow_local_hosts: state.settings.repo_policy.allow_local_hosts,
         runners: state.settings.command_policy.runners.iter().cloned().collect(),
+        install_scripts: state.settings.install_scripts.clone(),
         timeouts: state.settings.timeouts.clone(),
         site_under_path,
     };

@@ -13,6 +13,7 @@
 //!
 //! A worker talks to the server only over the network; it never touches the store.
 
+mod build_env;
 pub mod cancel;
 pub mod connection;
 pub mod executor;

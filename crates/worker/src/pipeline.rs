@@ -17,6 +17,7 @@ use cloudbuild_proto::validate::{
 use cloudbuild_proto::worker::{Assignment, Outcome};
 use tokio::time::Instant;
 
+use crate::build_env::{base_env, install_scripts_rule};
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
@@ -78,11 +79,22 @@ impl Run<'_> {
 
     /// Runs a checked command in the checkout, streaming its output.
     async fn exec(&mut self, stage: Stage, argv: &[String]) -> Result<(), StageError> {
+        let env = self.env.clone();
+        self.exec_with_env(stage, argv, &env).await
+    }
+
+    /// [`Self::exec`] with another environment.
+    async fn exec_with_env(
+        &mut self,
+        stage: Stage,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), StageError> {
         let reporter = self.reporter.clone();
         let spec = RunSpec {
             argv,
             cwd: &self.checkout,
-            env: &self.env,
+            env,
             deadline: self.stage_deadline(stage),
             kill_grace: self.kill_grace(),
             pgid_file: Some(&self.pgid_file()),
@@ -255,9 +267,23 @@ impl Run<'_> {
             .map_err(|e| StageError::Failed(e.to_string()))?;
         self.settings = Some(s.clone());
         let line = self.checked("install command", &s.install)?;
+        let Some((whose, allowed)) = install_scripts_rule(&self.a.install_scripts, &s.install_scripts) else {
+            self.reporter.note(format!("$ {line}"));
+            self.exec(Stage::Install, line.argv()).await?;
+            return Ok(format!("dependencies installed with `{line}`"));
+        };
+        let shown = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+        self.reporter.note(format!("install scripts of dependencies are off ({whose}); they still run for: {shown}"));
         self.reporter.note(format!("$ {line}"));
-        self.exec(Stage::Install, line.argv()).await?;
-        Ok(format!("dependencies installed with `{line}`"))
+        let mut env = self.env.clone();
+        env.push(("npm_config_ignore_scripts".into(), "true".into()));
+        self.exec_with_env(Stage::Install, line.argv(), &env).await?;
+        if !allowed.is_empty() {
+            let argv: Vec<String> = ["npm", "rebuild"].into_iter().map(str::to_owned).chain(allowed).collect();
+            self.reporter.note(format!("$ {}", argv.join(" ")));
+            self.exec(Stage::Install, &argv).await?;
+        }
+        Ok(format!("dependencies installed with `{line}`, install scripts off ({whose})"))
     }
 
     async fn checks(&mut self) -> Result<String, StageError> {
@@ -517,26 +543,6 @@ fn start_message(stage: Stage, a: &Assignment) -> String {
         Stage::PrePublish => "looking for the build output".into(),
         Stage::Publish => "uploading the build output".into(),
     }
-}
-
-/// The environment commands run with: nothing of the worker's own environment but what a
-/// build needs, so worker secrets never reach build scripts.
-fn base_env() -> Vec<(String, String)> {
-    let mut env = vec![
-        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
-        ("HOME".to_owned(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
-        ("LANG".to_owned(), "C.UTF-8".to_owned()),
-        ("CI".to_owned(), "true".to_owned()),
-        ("npm_config_update_notifier".to_owned(), "false".to_owned()),
-        ("npm_config_fund".to_owned(), "false".to_owned()),
-        ("npm_config_audit".to_owned(), "false".to_owned()),
-    ];
-    for key in ["npm_config_registry", "npm_config_cache", "TMPDIR"] {
-        if let Ok(v) = std::env::var(key) {
-            env.push((key.to_owned(), v));
-        }
-    }
-    env
 }
 
 #[cfg(test)]

@@ -108,9 +108,16 @@ pub async fn run(
             }
         }
     };
-    // Whatever the outcome, nothing of this command's group survives it.
+    // Whatever the outcome, nothing of this command's group survives it, nor what it left
+    // running in its directory after leaving the group (`setsid`, a double fork).
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let left = kill_processes_in(spec.cwd, pgid.map(Pid::as_raw));
+    if !left.is_empty() {
+        let shown: Vec<String> = left.iter().map(|(pid, name)| format!("{pid} ({name})")).collect();
+        let note = format!("[cloudbuild] killed what `{command}` left running: {}\n", shown.join(", "));
+        sink(OutputStream::Stderr, note);
     }
     // Drain what the pipes still hold; a grandchild that escaped the group could keep a pipe
     // open forever, so the drain is bounded.
@@ -131,7 +138,7 @@ pub const PGID_FILE: &str = ".cloudbuild-pgid";
 /// Kills the process groups that a previous run of this worker left behind (it was killed
 /// with SIGKILL, or its machine lost power mid-build) and removes their work directories.
 /// A group is killed only if one of its members still works inside that directory, so a
-/// recycled process id is never hit. Returns how many groups were killed.
+/// recycled process id is never hit. Returns how many groups, and processes outside them, were killed.
 pub fn reap_orphans(work_root: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(work_root) else {
         return 0;
@@ -142,16 +149,53 @@ pub fn reap_orphans(work_root: &Path) -> usize {
         if !dir.is_dir() {
             continue;
         }
-        if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            if group_works_in(pgid, &dir) {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                killed += 1;
-            }
+        let recorded = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let mut group = None;
+        if let Some(pgid) = recorded.filter(|pgid| group_works_in(*pgid, &dir)) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            killed += 1;
+            group = Some(pgid);
         }
+        // And each process that left the group but stayed in the directory.
+        killed += kill_processes_in(&dir, group).len();
         let _ = std::fs::remove_dir_all(&dir);
     }
     killed
+}
+
+/// Kills (SIGKILL) every process but this one whose working directory is inside `dir`: what a
+/// command left running however it detached, as long as it stayed in its directory. Members of
+/// `killed_group` (already killed, maybe not yet gone) are not counted again. Returns each
+/// one's pid and name. A process that also left the directory escapes this; only the build
+/// sandbox's own PID namespace bounds that.
+pub fn kill_processes_in(dir: &Path, killed_group: Option<i32>) -> Vec<(i32, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if pid == me || !std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)) {
+            continue;
+        }
+        if killed_group.is_some() && process_group_of(&p.path()) == killed_group {
+            continue;
+        }
+        if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim().to_owned();
+            killed.push((pid, name));
+        }
+    }
+    killed
+}
+
+/// The process group of the process at `/proc/<pid>` (`proc_path`).
+fn process_group_of(proc_path: &Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(proc_path.join("stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    stat.rsplit(')').next()?.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Whether a process of group `pgid` has its working directory inside `dir`.
@@ -162,11 +206,8 @@ fn group_works_in(pgid: i32, dir: &Path) -> bool {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     procs.flatten().any(|p| {
         let path = p.path();
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let pgrp =
-            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(2)).and_then(|f| f.parse::<i32>().ok());
-        pgrp == Some(pgid) && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+        process_group_of(&path) == Some(pgid)
+            && std::fs::read_link(path.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
     })
 }
 

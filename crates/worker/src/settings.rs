@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use cloudbuild_proto::site::SiteConfig;
+use cloudbuild_proto::validate::{ProjectName, ValidationError};
+use cloudbuild_proto::worker::InstallScripts;
 use serde::Deserialize;
 
 /// `cloudbuild.toml` as written in a repository.
@@ -36,6 +38,10 @@ pub struct BuildSection {
     pub install: Option<String>,
     pub command: Option<String>,
     pub output: Option<String>,
+    /// Install with the dependencies' install scripts off.
+    pub ignore_scripts: bool,
+    /// Packages whose install scripts still run then.
+    pub allow_scripts: Vec<String>,
 }
 
 /// One `[[checks]]` entry.
@@ -58,6 +64,8 @@ pub struct BuildSettings {
     pub scripts: BTreeSet<String>,
     /// `[site]`, checked.
     pub site: SiteConfig,
+    /// The project's own rule for install scripts (`[build] ignore_scripts`, `allow_scripts`).
+    pub install_scripts: InstallScripts,
 }
 
 /// Why a checkout's build settings could not be read.
@@ -73,6 +81,8 @@ pub enum SettingsError {
     UnnamedCheck,
     #[error(transparent)]
     Site(#[from] cloudbuild_proto::site::SiteConfigError),
+    #[error("cloudbuild.toml: [build] allow_scripts: {0}")]
+    AllowedPackage(ValidationError),
 }
 
 /// Reads the settings of the checkout at `dir`. `build_override` comes from the task.
@@ -94,7 +104,12 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
         return Err(SettingsError::UnnamedCheck);
     }
     file.site.validate()?;
+    for name in &file.build.allow_scripts {
+        ProjectName::parse(name).map_err(SettingsError::AllowedPackage)?;
+    }
+    let install_scripts = InstallScripts { ignore: file.build.ignore_scripts, allow: file.build.allow_scripts };
     Ok(BuildSettings {
+        install_scripts,
         site: file.site,
         install,
         build,
@@ -149,5 +164,21 @@ mod tests {
         .unwrap();
         let e = resolve(dir.path(), None).unwrap_err().to_string();
         assert!(e.contains("[site]") && e.contains("not a redirect"), "{e}");
+    }
+
+    #[test]
+    fn install_script_rules_are_read_and_package_names_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), r#"{"name":"a","version":"1.0.0"}"#).unwrap();
+        std::fs::write(
+            dir.path().join("cloudbuild.toml"),
+            "[build]\nignore_scripts = true\nallow_scripts = [\"esbuild\"]\n",
+        )
+        .unwrap();
+        let s = resolve(dir.path(), None).unwrap();
+        assert_eq!(s.install_scripts, InstallScripts { ignore: true, allow: vec!["esbuild".into()] });
+        std::fs::write(dir.path().join("cloudbuild.toml"), "[build]\nallow_scripts = [\"../x\"]\n").unwrap();
+        let e = resolve(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("allow_scripts"), "{e}");
     }
 }

@@ -222,3 +222,64 @@ fn environments_and_scoped_names_have_their_own_sites() {
     assert_eq!(get_text(&prod.url.unwrap()).1, "<p>prod build</p>");
     assert_eq!(get_text(&test.url.unwrap()).1, "<p>test build</p>");
 }
+
+/// A project whose dependency `dep-with-script` (a local `file:` package) has a `postinstall`
+/// script that leaves a file in the project; the build publishes whether it ran.
+fn project_with_install_script(name: &str, cloudbuild_toml: &str) -> Repo {
+    let dep = r#"{"name":"dep-with-script","version":"1.0.0","scripts":{"postinstall":"node -e \"require('fs').writeFileSync(require('path').join(process.env.INIT_CWD,'postinstall-ran'),'yes')\""}}"#;
+    let package = format!(
+        r#"{{"name":"{name}","version":"1.0.0","private":true,"scripts":{{"build":"node build.js"}},"dependencies":{{"dep-with-script":"file:./dep"}}}}"#
+    );
+    let build = "const fs=require('fs');fs.mkdirSync('dist');\
+        fs.writeFileSync('dist/index.html',fs.existsSync('postinstall-ran')?'ran':'not run')";
+    let mut files = vec![("package.json", package.as_str()), ("dep/package.json", dep), ("build.js", build)];
+    if !cloudbuild_toml.is_empty() {
+        files.push(("cloudbuild.toml", cloudbuild_toml));
+    }
+    Repo::new(&files)
+}
+
+#[test]
+fn install_scripts_can_be_turned_off_by_the_project_or_the_server() {
+    let srv = server("");
+    let published = |srv: &cloudbuild_testkit::Server, name: &str, toml: &str| {
+        let repo = project_with_install_script(name, toml);
+        let (_, task) = srv.create(&repo.task_body(name));
+        let t = srv.wait_done(task["id"].as_i64().unwrap());
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", srv.output(t.id));
+        (get_text(&t.url.unwrap()).1, srv.output(t.id))
+    };
+    assert_eq!(published(&srv, "scripts-on", "").0, "ran", "on by default");
+    let (page, log) = published(&srv, "scripts-off", "[build]\nignore_scripts = true\n");
+    assert_eq!(page, "not run");
+    assert!(log.contains("install scripts of dependencies are off (by cloudbuild.toml)"), "{log}");
+    let allowed = "[build]\nignore_scripts = true\nallow_scripts = [\"dep-with-script\"]\n";
+    let (page, log) = published(&srv, "scripts-allowed", allowed);
+    assert_eq!(page, "ran", "an allowed package's script runs: {log}");
+    assert!(log.contains("$ npm rebuild dep-with-script"), "{log}");
+
+    // The server's rule wins over a project that says nothing.
+    let strict = server("[commands]\nignore_install_scripts = true\n");
+    let (page, log) = published(&strict, "scripts-server", "");
+    assert_eq!(page, "not run");
+    assert!(log.contains("(by the server)"), "{log}");
+}
+
+#[test]
+fn a_process_a_build_detaches_does_not_outlive_it() {
+    let srv = server("");
+    // `detached: true` is setsid(): a new session and process group, as a daemon would.
+    let build = "const fs=require('fs');const {spawn}=require('child_process');\
+        const c=spawn('sleep',['300'],{detached:true,stdio:'ignore'});c.unref();\
+        fs.mkdirSync('dist');fs.writeFileSync('dist/index.html',String(c.pid))";
+    let repo = Repo::new(&[
+        ("package.json", &package_json("detach-site", &[("build", "node build.js")])),
+        ("build.js", build),
+    ]);
+    let (_, task) = srv.create(&repo.task_body("detach-site"));
+    let t = srv.wait_done(task["id"].as_i64().unwrap());
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let pid: i32 = get_text(&t.url.unwrap()).1.trim().parse().unwrap();
+    assert!(!alive(pid), "the detached `sleep` (pid {pid}) outlived the build");
+    assert!(srv.output(t.id).contains(&format!("left running: {pid} (sleep)")), "{}", srv.output(t.id));
+}

@@ -182,6 +182,11 @@ pub struct GitConfig {
 pub struct CommandsConfig {
     /// Programs a command may start with.
     pub runners: Vec<String>,
+    /// Run every install with the dependencies' install scripts off, whatever the project
+    /// says (see docs/config.md: the 2025 npm worm spread through them).
+    pub ignore_install_scripts: bool,
+    /// Packages whose install scripts still run when they are off (npm package names).
+    pub allow_install_scripts: Vec<String>,
 }
 
 /// `[limits]`.
@@ -245,7 +250,11 @@ impl Default for GitConfig {
 
 impl Default for CommandsConfig {
     fn default() -> Self {
-        CommandsConfig { runners: CommandPolicy::default().runners.into_iter().collect() }
+        CommandsConfig {
+            runners: CommandPolicy::default().runners.into_iter().collect(),
+            ignore_install_scripts: false,
+            allow_install_scripts: Vec::new(),
+        }
     }
 }
 
@@ -363,6 +372,8 @@ pub struct Settings {
     pub output_bytes: u64,
     pub max_attempts: u32,
     pub max_file_bytes: u64,
+    /// The server's rule for install scripts, sent with every assignment.
+    pub install_scripts: cloudbuild_proto::worker::InstallScripts,
     /// See [`LimitsConfig::max_connections`].
     pub max_connections: usize,
     /// See [`LimitsConfig::header_read_timeout_secs`].
@@ -415,6 +426,14 @@ impl ServerConfig {
         ];
         if all.contains(&0) {
             return Err(bad("timeouts", "every timeout must be at least 1 second".into()));
+        }
+        for name in &self.commands.allow_install_scripts {
+            cloudbuild_proto::validate::ProjectName::parse(name).map_err(|e| {
+                bad(
+                    "commands.allow_install_scripts",
+                    format!("`{}` is not an npm package name: {e}", name.escape_debug()),
+                )
+            })?;
         }
         if self.limits.max_connections == 0 {
             return Err(bad("limits.max_connections", "must be at least 1".into()));
@@ -527,6 +546,10 @@ impl ServerConfig {
             output_bytes: self.limits.output_bytes,
             max_attempts: self.limits.max_attempts,
             max_file_bytes: self.limits.max_file_bytes,
+            install_scripts: cloudbuild_proto::worker::InstallScripts {
+                ignore: self.commands.ignore_install_scripts,
+                allow: self.commands.allow_install_scripts.clone(),
+            },
             max_connections: self.limits.max_connections,
             header_read_timeout: std::time::Duration::from_secs(self.limits.header_read_timeout_secs),
             worker_tokens: self

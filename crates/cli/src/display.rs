@@ -176,11 +176,10 @@ impl Display {
             }
             EventKind::Building => {
                 let text = data.get("text").and_then(|t| t.as_str()).unwrap_or_default();
-                let cut = &mut self.cut[usize::from(data["stream"] == "stderr")];
-                let whole = std::mem::take(cut) + text;
-                let (now, later) = split_cut_escape(&whole);
-                *cut = later.to_owned();
                 let stream = usize::from(data["stream"] == "stderr");
+                let whole = std::mem::take(&mut self.cut[stream]) + text;
+                let (now, later) = split_cut_escape(&whole);
+                self.cut[stream] = later.to_owned();
                 let (marked, at_start) = mark_imitations(now, self.line_start[stream]);
                 self.line_start[stream] = at_start;
                 let shown = sanitize(&marked, self.color);

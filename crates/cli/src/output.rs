@@ -26,12 +26,16 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>) {
 
 /// Whether stdout takes colours: a terminal, and `NO_COLOR` unset (<https://no-color.org>).
 pub(crate) fn stdout_colors() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colors_on(std::io::stdout().is_terminal())
 }
 
 /// Whether stderr takes colours (the server's log, progress lines): the same rule.
 pub(crate) fn stderr_colors() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colors_on(std::io::stderr().is_terminal())
+}
+
+fn colors_on(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Makes build output safe for a terminal. Newlines and tabs stay. SGR sequences of colours

@@ -173,6 +173,10 @@ pub fn kill_processes_in(dir: &Path, killed_group: Option<i32>) -> Vec<(i32, Str
         return Vec::new();
     };
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    // Only ever a task's own directory: never `/` (every process works somewhere below it).
+    if dir.parent().is_none() {
+        return Vec::new();
+    }
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     for p in procs.flatten() {

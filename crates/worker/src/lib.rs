@@ -7,6 +7,7 @@
 //! - [`pipeline`]: the real executor (git + npm).
 //! - [`fake`]: a double that skips git and npm, for tests and benchmarks.
 //! - [`process`]: one command as a process group, with timeout, cancel and streamed output.
+//! - [`sandbox`]: bubblewrap and user-mode networking around every build command.
 //! - [`settings`]: build settings from `cloudbuild.toml` and `package.json`.
 //! - [`publish`]: output collection and upload to the server.
 //! - [`site_check`]: root-absolute URLs in a site that will be served under a path.
@@ -22,6 +23,7 @@ pub mod pipeline;
 pub mod process;
 pub mod publish;
 pub mod retry;
+pub mod sandbox;
 pub mod settings;
 pub mod site_check;
 
@@ -29,3 +31,4 @@ pub use connection::{run, WorkerConfig, WorkerError};
 pub use executor::{Executor, Reporter, TaskContext};
 pub use fake::FakeExecutor;
 pub use pipeline::Pipeline;
+pub use sandbox::{Sandbox, SandboxConfig, SandboxMode};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudbuild_proto::event::OutputStream;
 use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::Stage;
 use cloudbuild_proto::text::count;
@@ -21,13 +22,23 @@ use crate::build_env::{base_env, install_scripts_rule};
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
+use crate::sandbox::{Confinement, Sandbox};
 use crate::settings::{self, BuildSettings};
 use crate::{publish, site_check};
 use cloudbuild_proto::site::RootAbsolute;
 
-/// The real pipeline, with git and npm.
-#[derive(Debug, Default, Clone)]
-pub struct Pipeline;
+/// The real pipeline, with git and npm, each command in the worker's sandbox.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    sandbox: Sandbox,
+}
+
+impl Pipeline {
+    /// A pipeline whose commands run in `sandbox` ([`Sandbox::off`] for none).
+    pub fn new(sandbox: Sandbox) -> Pipeline {
+        Pipeline { sandbox }
+    }
+}
 
 /// Why a stage stopped the pipeline.
 enum StageError {
@@ -46,6 +57,9 @@ impl From<RunError> for StageError {
     }
 }
 
+/// The checkout, inside a task's work directory.
+const CHECKOUT_DIR: &str = "src";
+
 /// State shared by the stages of one run.
 struct Run<'a> {
     a: &'a Assignment,
@@ -58,6 +72,9 @@ struct Run<'a> {
     settings: Option<BuildSettings>,
     output_dir: Option<PathBuf>,
     manifest: Option<Vec<(ManifestFile, PathBuf)>>,
+    sandbox: Sandbox,
+    /// The repository's directory when its URL is `file://` (git reads it in the sandbox).
+    local_repo: Option<PathBuf>,
 }
 
 impl Run<'_> {
@@ -71,6 +88,12 @@ impl Run<'_> {
 
     fn pgid_file(&self) -> PathBuf {
         self.workdir.join(process::PGID_FILE)
+    }
+
+    /// Whether a command of `stage` may reach the network: always, but for the build of a
+    /// project that turned it off (`[build] network = false`).
+    fn network(&self, stage: Stage) -> bool {
+        stage != Stage::Build || self.settings.as_ref().is_none_or(|s| s.network)
     }
 
     fn command_policy(&self) -> CommandPolicy {
@@ -91,6 +114,7 @@ impl Run<'_> {
         env: &[(String, String)],
     ) -> Result<(), StageError> {
         let reporter = self.reporter.clone();
+        let network = self.network(stage);
         let spec = RunSpec {
             argv,
             cwd: &self.checkout,
@@ -98,6 +122,7 @@ impl Run<'_> {
             deadline: self.stage_deadline(stage),
             kill_grace: self.kill_grace(),
             pgid_file: Some(&self.pgid_file()),
+            confinement: Some(Confinement { sandbox: &self.sandbox, workdir: &self.workdir, network, repository: None }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
         process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
@@ -114,11 +139,18 @@ impl Run<'_> {
 
     async fn prepare(&mut self) -> Result<String, StageError> {
         let dir = self.workdir.clone();
+        let sandbox = self.sandbox.clone();
         tokio::task::spawn_blocking(move || {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            std::fs::create_dir_all(&dir)
+            // The build's own directories, writable by the sandbox's user: the checkout is
+            // cloned into `src`, and `home` is its HOME.
+            for sub in ["", "src", "home"] {
+                std::fs::create_dir_all(dir.join(sub))?;
+                sandbox.own(&dir.join(sub))?;
+            }
+            Ok::<(), std::io::Error>(())
         })
         .await
         .map_err(|e| StageError::Failed(e.to_string()))?
@@ -137,6 +169,7 @@ impl Run<'_> {
         let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
         let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
         let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        self.local_repo = repo.local_path().map(PathBuf::from);
         let pinned = match &self.a.commit {
             Some(c) => Some(CommitSha::parse(c).map_err(|e| StageError::Failed(e.to_string()))?),
             None => None,
@@ -150,9 +183,21 @@ impl Run<'_> {
             ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
             ("GIT_SSH_COMMAND".to_owned(), "ssh -oBatchMode=yes".to_owned()),
         ]);
+        if let (Some(local), true) = (repo.local_path(), self.sandbox.is_on()) {
+            // The build's user reads a repository of the worker's user, which git refuses as of
+            // "dubious ownership" unless the global config says it is safe. Only for `file://`,
+            // which only the server's config allows. (Command-line config does not reach the
+            // `upload-pack` of a local clone; a global config file does.)
+            let config = format!("[safe]\n\tdirectory = {local}\n\tdirectory = {local}/.git\n");
+            std::fs::write(self.workdir.join("gitconfig"), config)
+                .map_err(|e| StageError::Failed(format!("cannot write the git config: {e}")))?;
+            git_env.retain(|(k, _)| k != "GIT_CONFIG_GLOBAL");
+            git_env.push(("GIT_CONFIG_GLOBAL".to_owned(), format!("{}/gitconfig", crate::sandbox::INSIDE_WORKDIR)));
+        }
         match &pinned {
             None => {
-                let (workdir, checkout) = (self.workdir.clone(), self.checkout.to_string_lossy().into_owned());
+                // Relative to the work directory: inside the sandbox, it is elsewhere.
+                let (workdir, checkout) = (self.workdir.clone(), CHECKOUT_DIR);
                 let clone = [
                     "clone",
                     "--quiet",
@@ -165,22 +210,17 @@ impl Run<'_> {
                     branch.as_str(),
                     "--",
                     repo.as_str(),
-                    &checkout,
+                    checkout,
                 ];
                 self.git(&workdir, &git_env, &clone).await?;
             }
             Some(sha) => self.fetch_commit(&repo, &branch, sha, &git_env).await?,
         }
-        let out = tokio::process::Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(&self.checkout)
-            .env_clear()
-            .envs(git_env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .await
-            .map_err(|e| StageError::Failed(format!("git rev-parse: {e}")))?;
-        let sha = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !out.status.success() || sha.len() < 40 {
+        // In the sandbox too: the repository is the build's, not to be read by the worker's git.
+        let checkout = self.checkout.clone();
+        let head = self.git_output(&checkout, &git_env, &["rev-parse", "HEAD"]).await?;
+        let sha = head.trim().to_owned();
+        if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StageError::Failed("could not resolve the checked-out commit".into()));
         }
         if pinned.as_ref().is_some_and(|p| p.as_str() != sha) {
@@ -207,9 +247,43 @@ impl Run<'_> {
             deadline: self.stage_deadline(Stage::DownloadRepo),
             kill_grace: self.kill_grace(),
             pgid_file: Some(&self.pgid_file()),
+            confinement: Some(Confinement {
+                sandbox: &self.sandbox,
+                workdir: &self.workdir,
+                network: true,
+                repository: self.local_repo.as_deref(),
+            }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
         process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
+    }
+
+    /// Runs a git command like [`Self::git`] and returns what it printed on stdout (its
+    /// stderr goes to the log).
+    async fn git_output(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<String, StageError> {
+        let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null"].iter().chain(args).map(|s| s.to_string()).collect();
+        let reporter = self.reporter.clone();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd,
+            env,
+            deadline: self.stage_deadline(Stage::DownloadRepo),
+            kill_grace: self.kill_grace(),
+            pgid_file: Some(&self.pgid_file()),
+            confinement: Some(Confinement {
+                sandbox: &self.sandbox,
+                workdir: &self.workdir,
+                network: false,
+                repository: None,
+            }),
+        };
+        let mut stdout = String::new();
+        let mut sink = |s, t: String| match s {
+            OutputStream::Stdout => stdout.push_str(&t),
+            OutputStream::Stderr => reporter.output(s, t),
+        };
+        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)?;
+        Ok(stdout)
     }
 
     /// Checks out exactly `sha`: fetched by id (one commit, no history), or, from a server
@@ -410,12 +484,14 @@ impl Executor for Pipeline {
             reporter: &ctx.reporter,
             cancel: ctx.cancel.clone(),
             task_deadline: Instant::now() + Duration::from_secs(a.timeouts.task_secs),
-            checkout: workdir.join("src"),
+            checkout: workdir.join(CHECKOUT_DIR),
             workdir: workdir.clone(),
             env,
             settings: None,
             output_dir: None,
             manifest: None,
+            sandbox: self.sandbox.clone(),
+            local_repo: None,
         };
         let outcome = pipeline(&mut run, &ctx).await;
         // Removing a large node_modules takes seconds; do it off the task's clock.
@@ -506,7 +582,7 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
 /// installed. `short_sha` names the commit in the message.
 fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -> Result<(), String> {
     let path = checkout.join("package.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = crate::publish::read_checkout_file(&path, crate::settings::SETTINGS_FILE_LIMIT).map_err(|e| {
         format!("commit {short_sha} has no readable package.json ({e}); the project's name and version come from it")
     })?;
     let pkg: serde_json::Value = serde_json::from_str(&text)

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cancel::CancelToken;
+use crate::sandbox::{self, Confinement};
 
 /// How a command ended, when it did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum RunError {
     TimedOut { command: String, secs: u64 },
     #[error("cancelled")]
     Cancelled,
+    #[error("the build sandbox could not start `{command}`: {reason}")]
+    Sandbox { command: String, reason: String },
 }
 
 /// One command to run.
@@ -46,6 +49,8 @@ pub struct RunSpec<'a> {
     /// Where to record the process group while it runs, so a worker restarted after a crash
     /// can find and kill it (see [`reap_orphans`]).
     pub pgid_file: Option<&'a Path>,
+    /// Run in the build sandbox (when the sandbox is on).
+    pub confinement: Option<Confinement<'a>>,
 }
 
 const FLUSH_BYTES: usize = 16 * 1024;
@@ -58,9 +63,11 @@ pub async fn run(
     sink: &mut (dyn FnMut(OutputStream, String) + Send),
 ) -> Result<(), RunError> {
     let command = spec.argv.join(" ");
-    let program = spec.argv.first().cloned().unwrap_or_default();
+    let jail = spec.confinement.as_ref().and_then(|c| c.sandbox.jail().map(|j| (j, j.wrap(c, spec.cwd, spec.argv))));
+    let argv = jail.as_ref().map_or(spec.argv, |(_, wrapped)| &wrapped.argv);
+    let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&spec.argv[1..])
+    cmd.args(&argv[1..])
         .current_dir(spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -69,7 +76,16 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    let handshake = match &jail {
+        Some((_, wrapped)) => Some(
+            sandbox::handshake(&mut cmd, wrapped).map_err(|source| RunError::Spawn { program: program.clone(), source })?,
+        ),
+        None => None,
+    };
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
+    // The child's ends of the handshake pipes close with the command, so that a sandbox that
+    // fails to start reads as EOF.
+    drop(cmd);
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     if let (Some(file), Some(pgid)) = (spec.pgid_file, pgid) {
         let _ = std::fs::write(file, pgid.to_string());
@@ -85,6 +101,21 @@ pub async fn run(
     drop(tx);
 
     let mut out = Coalescer::default();
+    // In the sandbox: wait for it to come up, attach its network, then let the command run.
+    let mut _network = None;
+    if let (Some((jail, wrapped)), Some(hs), Some(pid)) = (&jail, handshake, child.id()) {
+        match sandbox::start(jail, wrapped, hs, pid).await {
+            Ok(net) => _network = net,
+            Err(reason) => {
+                stop_group(pgid, &mut child, Duration::ZERO).await;
+                while let Ok(Some((stream, bytes))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+                    out.push(stream, &bytes, sink);
+                }
+                out.finish(sink);
+                return Err(RunError::Sandbox { command, reason });
+            }
+        }
+    }
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let secs = spec.deadline.saturating_duration_since(Instant::now()).as_secs_f64().round() as u64;
     let outcome = loop {
@@ -146,7 +177,8 @@ pub fn reap_orphans(work_root: &Path) -> usize {
     let mut killed = 0;
     for entry in entries.flatten() {
         let dir = entry.path();
-        if !dir.is_dir() {
+        // Task directories only: `.sandbox` and `.cache` are the worker's own.
+        if !dir.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let recorded = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
@@ -369,6 +401,7 @@ mod tests {
             deadline: Instant::now() + limit,
             kill_grace: Duration::from_millis(200),
             pgid_file: None,
+            confinement: None,
         };
         run(spec, &mut cancel, sink).await
     }

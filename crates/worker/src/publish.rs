@@ -354,13 +354,28 @@ pub fn bundler_listed(root: &Path) -> HashSet<String> {
     listed
 }
 
-/// Opens a regular file without following a symlink at its last component.
+/// Opens a regular file without following a symlink at its last component (nor blocking on a
+/// FIFO put in its place).
 pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
     Ok(f)
+}
+
+/// Reads a small text file of a checkout (`package.json`, `cloudbuild.toml`) as the worker,
+/// outside the sandbox: never through a symlink (it could point at the worker's own files), and
+/// at most `limit` bytes.
+pub(crate) fn read_checkout_file(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    open_no_follow(path)?.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(text)
 }
 
 /// The file as a streamed request body (never whole in memory).

@@ -6,6 +6,8 @@
 //! command = "npm run build"   # default: npm run build
 //! output = "dist"             # default: the first of dist, build that exists
 //!
+//! network = false            # optional: the build command gets no network (installs do)
+//!
 //! [[checks]]                  # optional; the check stage runs only when checks exist
 //! name = "lint"
 //! command = "npm run lint"
@@ -42,6 +44,8 @@ pub struct BuildSection {
     pub ignore_scripts: bool,
     /// Packages whose install scripts still run then.
     pub allow_scripts: Vec<String>,
+    /// Whether the build command may reach the network (default true; installs always may).
+    pub network: Option<bool>,
 }
 
 /// One `[[checks]]` entry.
@@ -66,6 +70,8 @@ pub struct BuildSettings {
     pub site: SiteConfig,
     /// The project's own rule for install scripts (`[build] ignore_scripts`, `allow_scripts`).
     pub install_scripts: InstallScripts,
+    /// Whether the build stage has a network (`[build] network`, default true).
+    pub network: bool,
 }
 
 /// Why a checkout's build settings could not be read.
@@ -85,14 +91,17 @@ pub enum SettingsError {
     AllowedPackage(ValidationError),
 }
 
+/// The largest `package.json` or `cloudbuild.toml` read: 1 MiB.
+pub(crate) const SETTINGS_FILE_LIMIT: u64 = 1 << 20;
+
 /// Reads the settings of the checkout at `dir`. `build_override` comes from the task.
 pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings, SettingsError> {
-    let file = match std::fs::read_to_string(dir.join("cloudbuild.toml")) {
+    let file = match crate::publish::read_checkout_file(&dir.join("cloudbuild.toml"), SETTINGS_FILE_LIMIT) {
         Ok(text) => toml::from_str::<RepoFile>(&text).map_err(SettingsError::InvalidFile)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => RepoFile::default(),
         Err(source) => return Err(SettingsError::Unreadable { file: "cloudbuild.toml", source }),
     };
-    let pkg_text = std::fs::read_to_string(dir.join("package.json"))
+    let pkg_text = crate::publish::read_checkout_file(&dir.join("package.json"), SETTINGS_FILE_LIMIT)
         .map_err(|source| SettingsError::Unreadable { file: "package.json", source })?;
     let pkg: serde_json::Value = serde_json::from_str(&pkg_text).map_err(SettingsError::InvalidPackage)?;
     let scripts: BTreeSet<String> =
@@ -110,6 +119,7 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
     let install_scripts = InstallScripts { ignore: file.build.ignore_scripts, allow: file.build.allow_scripts };
     Ok(BuildSettings {
         install_scripts,
+        network: file.build.network.unwrap_or(true),
         site: file.site,
         install,
         build,

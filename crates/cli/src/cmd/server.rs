@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cloudbuild_server::ServerConfig;
-use cloudbuild_worker::{Pipeline, WorkerConfig};
+use cloudbuild_worker::{Pipeline, Sandbox, SandboxConfig, SandboxMode, WorkerConfig};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use tokio::sync::watch;
@@ -52,6 +52,42 @@ pub(crate) struct WorkerArgs {
     /// Where work directories go.
     #[arg(long, default_value = "./cloudbuild-worker")]
     work_dir: PathBuf,
+    /// How builds are isolated: `bwrap` (bubblewrap, user-mode network; needs the Debian
+    /// packages bubblewrap and slirp4netns) or `off` (builds run as this user and see what it
+    /// sees). See docs/config.md "Build sandbox".
+    #[arg(long, value_enum, default_value = "bwrap")]
+    sandbox: SandboxArg,
+    /// A directory builds may read and write (same path inside the sandbox); repeatable.
+    #[arg(long, value_name = "DIR")]
+    sandbox_shared: Vec<PathBuf>,
+    /// A directory builds may read (same path inside the sandbox); repeatable.
+    #[arg(long, value_name = "DIR")]
+    sandbox_read_only: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SandboxArg {
+    Bwrap,
+    Off,
+}
+
+/// Prepares the sandbox of a worker whose work directories are under `work_root`, and proves
+/// it with a trial run. A machine that cannot sandbox refuses to run builds, saying why and
+/// how to choose `off` explicitly.
+async fn sandbox(config: &SandboxConfig, work_root: &std::path::Path, how_off: &str) -> Result<Sandbox> {
+    let refuse = |why: String| {
+        anyhow::anyhow!(
+            "this machine cannot sandbox builds: {why}.\n\
+             Builds run untrusted code (package scripts), so they do not run unsandboxed unless you say so: \
+             install bubblewrap and slirp4netns (apt install bubblewrap slirp4netns), or set {how_off} \
+             to run builds as this user with its access (see docs/config.md, \"Build sandbox\")"
+        )
+    };
+    std::fs::create_dir_all(work_root)
+        .with_context(|| format!("cannot create the work directory {}", work_root.display()))?;
+    let sandbox = Sandbox::prepare(config, work_root).map_err(|e| refuse(e.to_string()))?;
+    sandbox.trial(work_root).await.map_err(|e| refuse(e.to_string()))?;
+    Ok(sandbox)
 }
 
 /// Layers defaults, the file, the environment and the flags.
@@ -105,6 +141,12 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
             .worker_tokens
             .push(("embedded".into(), cloudbuild_server::config::Secret::new(embedded_token.clone())));
     }
+    let sandbox = if config.workers.embedded {
+        let how_off = "[sandbox] mode = \"off\" in the config (or CLOUDBUILD_SANDBOX__MODE=off)";
+        Some(sandbox(&config.sandbox, &settings.data_dir.join("work"), how_off).await?)
+    } else {
+        None
+    };
     let store = cloudbuild_server::open_store(&settings).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -127,11 +169,16 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
             labels: Vec::new(),
             work_root: settings.data_dir.join("work"),
         };
-        Some(tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx.clone())))
+        let pipeline = Pipeline::new(sandbox.clone().unwrap_or_else(Sandbox::off));
+        Some(tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(pipeline), stop_rx.clone())))
     } else {
         None
     };
     eprintln!("cloudbuild server listening on http://{addr} (data in {})", settings.data_dir.display());
+    match &sandbox {
+        Some(s) => eprintln!("embedded worker {}", s.describe()),
+        None => eprintln!("no embedded worker ([workers] embedded = false): builds run on remote workers"),
+    }
     tokio::select! {
         _ = terminated() => eprintln!("shutting down"),
         res = &mut server => {
@@ -170,6 +217,16 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     });
     let name = cloudbuild_proto::validate::identifier("worker name", &name)?;
     let labels = cloudbuild_proto::validate::labels(&args.labels)?;
+    let config = SandboxConfig {
+        mode: match args.sandbox {
+            SandboxArg::Bwrap => SandboxMode::Bwrap,
+            SandboxArg::Off => SandboxMode::Off,
+        },
+        shared: args.sandbox_shared,
+        read_only: args.sandbox_read_only,
+    };
+    let sandbox = sandbox(&config, &args.work_dir, "--sandbox off").await?;
+    eprintln!("worker {name}: {}", sandbox.describe());
     let cfg = WorkerConfig {
         server: args.server,
         token: args.worker_token,
@@ -179,7 +236,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         work_root: args.work_dir,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline), stop_rx));
+    let mut handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline::new(sandbox)), stop_rx));
     tokio::select! {
         _ = terminated() => {}
         // It stops by itself only for good reasons to: its token was refused or revoked.

@@ -182,6 +182,14 @@ impl RepoUrl {
         self.protocol
     }
 
+    /// The repository's path on this machine, for `file://` URLs.
+    pub fn local_path(&self) -> Option<&str> {
+        match self.protocol {
+            GitProtocol::File => self.raw.split_once("://").map(|(_, path)| path),
+            _ => None,
+        }
+    }
+
     /// Its host, for network URLs.
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub targets: TargetsConfig,
     pub releases: ReleasesConfig,
     pub sites: SitesConfig,
+    /// `[sandbox]`: how the embedded worker isolates builds (docs/config.md "Build sandbox").
+    pub sandbox: cloudbuild_proto::sandbox::SandboxConfig,
 }
 
 /// `[sites]`: how sites on local targets are addressed.
@@ -238,6 +240,7 @@ impl Default for ServerConfig {
             targets: TargetsConfig::default(),
             releases: ReleasesConfig::default(),
             sites: SitesConfig::default(),
+            sandbox: Default::default(),
         }
     }
 }

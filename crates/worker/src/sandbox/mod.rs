@@ -1,0 +1,334 @@
+//! The build sandbox: each command of a build (git, install, checks, build) runs under
+//! bubblewrap, as an unprivileged user, in its own PID, IPC, UTS, mount and network namespaces.
+//!
+//! What a sandboxed command sees: the system's `/usr` (and the merged-`/usr` links), a few
+//! files of `/etc` that programs need (never the whole of it: a server's config may live
+//! there), its task's work directory at `/build` (the only writable place besides a private
+//! `/tmp` and the worker's shared npm cache at `/cache/npm`), `HOME=/build/home`, its own
+//! `/proc` and `/dev`. It does not see the data directory, the config, other tasks, the worker's
+//! or the server's processes and environment. Its network is user-mode: `slirp4netns`, with
+//! the host's loopback unreachable (`--disable-host-loopback`), so the package registries
+//! answer and the server's own ports and the machine's loopback services do not; a command may
+//! also get no network at all.
+//!
+//! Two ways in, by who the worker is:
+//! - **root** (`privileged`): bwrap runs privileged, without a user namespace, and the command
+//!   is started by `setpriv` as `nobody` (uid 65534) with no capabilities, so the build is a
+//!   real unprivileged host user, distinct from the server's;
+//! - **any other user**: `unshare --user --net` makes a user and network namespace, bwrap
+//!   nests its own in it, and the command runs as uid 65534 inside, which is the worker's own
+//!   uid outside (an unprivileged worker cannot switch to another user; what protects its
+//!   files then is that they are not in the sandbox's view).
+//!
+//! Before the command starts, a fixed shell wrapper (no user string is ever part of it) says
+//! "namespaces ready" on fd 3 and waits on fd 4 until the network is attached and the command
+//! may run.
+
+mod start;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use cloudbuild_proto::sandbox::{SandboxConfig, SandboxMode};
+
+pub(crate) use start::{prepare as handshake, start};
+
+/// The user builds run as, inside and (for a root worker) outside the sandbox: `nobody`.
+pub const SANDBOX_UID: u32 = 65534;
+
+/// Where the task's work directory appears inside the sandbox.
+pub const INSIDE_WORKDIR: &str = "/build";
+
+/// Where the worker's shared npm cache appears inside the sandbox.
+pub const INSIDE_NPM_CACHE: &str = "/cache/npm";
+
+/// The fixed wrapper between the sandbox's start and the command: "ready" on fd 3, then
+/// wait for "go" on fd 4, then replace itself with the command (its arguments, unexpanded).
+const WRAPPER: &str = "printf . >&3; exec 3>&-; read -r _ <&4; exec 4<&-; exec \"$@\"";
+
+/// Files of `/etc` a sandboxed program may need, bound read-only when they exist.
+const ETC_ENTRIES: &[&str] = &[
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "alternatives",
+    "localtime",
+    "timezone",
+    "mime.types",
+    "protocols",
+    "services",
+];
+
+/// Why the sandbox cannot be used on this machine.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("`{program}` was not found on PATH (Debian package `{package}`)")]
+    Missing { program: &'static str, package: &'static str },
+    #[error("`{0}` must be an absolute path to an existing directory")]
+    BadPath(PathBuf),
+    #[error("cannot prepare the sandbox's files in {dir}: {source}")]
+    Files { dir: PathBuf, source: std::io::Error },
+    #[error("a trial sandbox failed: {0}")]
+    Trial(String),
+}
+
+/// A worker's sandbox, or none. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Sandbox(Option<Arc<Jail>>);
+
+#[derive(Debug)]
+pub(crate) struct Jail {
+    bwrap: PathBuf,
+    pub(crate) slirp4netns: PathBuf,
+    setpriv: PathBuf,
+    unshare: PathBuf,
+    /// The worker is root: bwrap runs privileged and the command drops to [`SANDBOX_UID`].
+    pub(crate) privileged: bool,
+    read_only: Vec<PathBuf>,
+    shared: Vec<PathBuf>,
+    /// Holds the `resolv.conf` and `hosts` given to sandboxes.
+    etc_dir: PathBuf,
+    /// The worker's npm cache, shared by its builds (npm checks every package's integrity
+    /// against the lockfile, so a build cannot poison another's install through it).
+    npm_cache: PathBuf,
+}
+
+/// A command line that runs a command in the sandbox, and what the caller must do around it.
+#[derive(Debug)]
+pub(crate) struct Wrapped {
+    pub argv: Vec<String>,
+    /// Whether bwrap writes its JSON info (with the sandbox's host pid) to fd 5.
+    pub info_fd: bool,
+    /// Attach user-mode networking before the command runs.
+    pub network: bool,
+    /// `slirp4netns` must join the user namespace of the process too (unprivileged way).
+    pub join_userns: bool,
+}
+
+/// What one sandboxed command gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Confinement<'a> {
+    pub sandbox: &'a Sandbox,
+    /// The task's work directory on the host (seen as [`INSIDE_WORKDIR`]).
+    pub workdir: &'a Path,
+    /// Whether the command may reach the network (registries, git hosts).
+    pub network: bool,
+    /// A directory the command may read besides the usual ones: the repository of a
+    /// `file://` URL (which only a server's `git.allowed_protocols` allows), for git.
+    pub repository: Option<&'a Path>,
+}
+
+fn find(program: &'static str, package: &'static str) -> Result<PathBuf, SandboxError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or(SandboxError::Missing { program, package })
+}
+
+impl Sandbox {
+    /// No sandbox.
+    pub fn off() -> Sandbox {
+        Sandbox(None)
+    }
+
+    /// Finds the programs and writes the sandbox's `/etc` files under `work_root/.sandbox`;
+    /// [`Sandbox::trial`] then proves it works. `Off` gives [`Sandbox::off`].
+    pub fn prepare(config: &SandboxConfig, work_root: &Path) -> Result<Sandbox, SandboxError> {
+        if config.mode == SandboxMode::Off {
+            return Ok(Sandbox::off());
+        }
+        for dir in config.shared.iter().chain(&config.read_only) {
+            if !dir.is_absolute() || !dir.is_dir() {
+                return Err(SandboxError::BadPath(dir.clone()));
+            }
+        }
+        let privileged = nix::unistd::geteuid().is_root();
+        let etc_dir = work_root.join(".sandbox");
+        let npm_cache = work_root.join(".cache").join("npm");
+        let files = |source| SandboxError::Files { dir: etc_dir.clone(), source };
+        std::fs::create_dir_all(&etc_dir).map_err(files)?;
+        // DNS through slirp4netns's forwarder; `localhost` is the sandbox's own.
+        std::fs::write(etc_dir.join("resolv.conf"), "nameserver 10.0.2.3\n").map_err(files)?;
+        std::fs::write(etc_dir.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n").map_err(files)?;
+        std::fs::create_dir_all(&npm_cache).map_err(files)?;
+        if privileged {
+            chown_to_sandbox_user(&npm_cache).map_err(files)?;
+        }
+        let mut read_only = config.read_only.clone();
+        if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let Ok(dir) = dir.canonicalize() else { continue };
+                if !dir.starts_with("/usr") && dir.parent().is_some() && !read_only.contains(&dir) {
+                    read_only.push(dir);
+                }
+            }
+        }
+        Ok(Sandbox(Some(Arc::new(Jail {
+            bwrap: find("bwrap", "bubblewrap")?,
+            slirp4netns: find("slirp4netns", "slirp4netns")?,
+            setpriv: find("setpriv", "util-linux")?,
+            unshare: find("unshare", "util-linux")?,
+            privileged,
+            read_only,
+            shared: config.shared.clone(),
+            etc_dir,
+            npm_cache,
+        }))))
+    }
+
+    /// Whether builds are sandboxed.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub(crate) fn jail(&self) -> Option<&Jail> {
+        self.0.as_deref()
+    }
+
+    /// One line for the startup log: the mode and what it means.
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            None => "sandbox: off (builds run as this worker's user and can read what it can read)".to_owned(),
+            Some(j) => format!(
+                "sandbox: bubblewrap (PID, IPC, UTS, mount and network namespaces; builds run as uid {SANDBOX_UID}{}; \
+                 network through slirp4netns, host loopback unreachable)",
+                if j.privileged { ", a separate host user" } else { " inside a user namespace" }
+            ),
+        }
+    }
+
+    /// Makes `dir` (a task's work directory, just created) writable by the sandbox's user.
+    pub fn own(&self, dir: &Path) -> std::io::Result<()> {
+        match &self.0 {
+            Some(j) if j.privileged => chown_to_sandbox_user(dir),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `true` in a sandbox with network, as a build command would: the proof, at
+    /// startup, that this machine can sandbox builds.
+    pub async fn trial(&self, work_root: &Path) -> Result<(), SandboxError> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        let dir = work_root.join(".sandbox").join("trial");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("home"))
+            .and_then(|()| self.own(&dir))
+            .and_then(|()| self.own(&dir.join("home")))
+            .map_err(|source| SandboxError::Files { dir: dir.clone(), source })?;
+        let argv = vec!["true".to_owned()];
+        let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
+        let (_tx, mut cancel) = crate::cancel::CancelToken::new();
+        let mut said = String::new();
+        let spec = crate::process::RunSpec {
+            argv: &argv,
+            cwd: &dir,
+            env: &env,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(20),
+            kill_grace: std::time::Duration::from_secs(1),
+            pgid_file: None,
+            confinement: Some(Confinement { sandbox: self, workdir: &dir, network: true, repository: None }),
+        };
+        let result = crate::process::run(spec, &mut cancel, &mut |_, t| said.push_str(&t)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result.map_err(|e| SandboxError::Trial(format!("{e}{}", if said.is_empty() { String::new() } else { format!(": {}", said.trim()) })))
+    }
+}
+
+impl Jail {
+    /// The command line that runs `argv` in the sandbox with its working directory at `cwd`
+    /// (inside `c.workdir`, else the work directory itself).
+    pub(crate) fn wrap(&self, c: &Confinement<'_>, cwd: &Path, argv: &[String]) -> Wrapped {
+        let inside_cwd = match cwd.strip_prefix(c.workdir) {
+            Ok(rel) => Path::new(INSIDE_WORKDIR).join(rel),
+            Err(_) => PathBuf::from(INSIDE_WORKDIR),
+        };
+        let mut a = Args::default();
+        if !self.privileged {
+            a.push(&[&path(&self.unshare), "--user", "--map-root-user", "--net", "--", "/bin/sh", "-c", WRAPPER, "sh"]);
+        }
+        a.push(&[&path(&self.bwrap)]);
+        if self.privileged {
+            // No user namespace: real root sets the sandbox up, the command drops to nobody.
+            a.push(&["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]);
+            a.push(&["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--info-fd", "5"]);
+        } else {
+            a.push(&["--unshare-all", "--share-net", "--uid", "65534", "--gid", "65534"]);
+        }
+        if !c.network {
+            // A network namespace of its own with only a loopback (bwrap brings it up).
+            a.push(&["--unshare-net"]);
+        }
+        a.push(&["--die-with-parent", "--new-session", "--hostname", "cloudbuild"]);
+        a.bind("--ro-bind", Path::new("/usr"), Path::new("/usr"));
+        for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            match std::fs::read_link(top) {
+                Ok(target) => a.push(&["--symlink", &path(&target), top]),
+                Err(_) if Path::new(top).is_dir() => a.bind("--ro-bind", Path::new(top), Path::new(top)),
+                Err(_) => {}
+            }
+        }
+        for entry in ETC_ENTRIES {
+            let host = Path::new("/etc").join(entry);
+            if host.exists() {
+                a.bind("--ro-bind", &host, &host);
+            }
+        }
+        a.bind("--ro-bind", &self.etc_dir.join("resolv.conf"), Path::new("/etc/resolv.conf"));
+        a.bind("--ro-bind", &self.etc_dir.join("hosts"), Path::new("/etc/hosts"));
+        a.push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+        a.bind("--bind", c.workdir, Path::new(INSIDE_WORKDIR));
+        a.bind("--bind", &self.npm_cache, Path::new(INSIDE_NPM_CACHE));
+        // After `/tmp`, so that a directory below it is not hidden by the tmpfs.
+        for dir in self.read_only.iter().map(PathBuf::as_path).chain(c.repository.filter(|p| p.is_dir())) {
+            a.bind("--ro-bind", dir, dir);
+        }
+        for dir in &self.shared {
+            a.bind("--bind", dir, dir);
+        }
+        let home = format!("{INSIDE_WORKDIR}/home");
+        a.push(&["--setenv", "HOME", &home, "--setenv", "npm_config_cache", INSIDE_NPM_CACHE, "--unsetenv", "TMPDIR"]);
+        a.push(&["--chdir", &path(&inside_cwd), "--"]);
+        if self.privileged {
+            a.push(&["/bin/sh", "-c", WRAPPER, "sh", &path(&self.setpriv)]);
+            let id = SANDBOX_UID.to_string();
+            a.push(&["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]);
+        }
+        a.0.extend(argv.iter().cloned());
+        Wrapped { argv: a.0, info_fd: self.privileged, network: c.network, join_userns: !self.privileged }
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A bwrap command line being built.
+#[derive(Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    fn push(&mut self, items: &[&str]) {
+        self.0.extend(items.iter().map(|s| s.to_string()));
+    }
+
+    /// Binds `src` at `dest`. The parents of `dest` are made first, traversable: bwrap would
+    /// make them `0700`, which hides what is below from the build's user.
+    fn bind(&mut self, how: &str, src: &Path, dest: &Path) {
+        let mut parents: Vec<&Path> = dest.ancestors().skip(1).filter(|p| p.parent().is_some()).collect();
+        parents.reverse();
+        for parent in parents {
+            self.push(&["--perms", "0755", "--dir", &path(parent)]);
+        }
+        self.push(&[how, &path(src), &path(dest)]);
+    }
+}
+
+fn chown_to_sandbox_user(dir: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::chown(dir, Some(SANDBOX_UID), Some(SANDBOX_UID))
+}

@@ -29,4 +29,3 @@ pub struct SandboxConfig {
     /// installed outside `/usr`. Directories on the worker's `PATH` outside `/usr` are added.
     pub read_only: Vec<PathBuf>,
 }
-

@@ -17,6 +17,10 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub data: TempDir,
+    /// A directory the server's builds may read and write (`[sandbox] shared`): where build
+    /// scripts of tests leave pid files and wait for gates. Nothing else of the test's is in
+    /// their view.
+    pub probe: TempDir,
     pub bin: PathBuf,
     env: Vec<(String, String)>,
     /// `--data-dir` when several servers share one (sites on a shared file system).
@@ -67,13 +71,21 @@ impl Server {
         } else {
             "[git]\nallowed_protocols = [\"https\", \"file\", \"http\"]\nallow_local_hosts = true\n"
         };
+        let probe = tempfile::tempdir()?;
+        // Writable by the sandbox's user (`nobody`), whoever runs the tests.
+        std::fs::set_permissions(probe.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        let sandbox = if extra_toml.contains("[sandbox]") {
+            String::new()
+        } else {
+            format!("[sandbox]\nshared = [{:?}]\n", probe.path())
+        };
         // `extra_toml` first: its top-level keys must precede any table.
-        std::fs::write(&config, format!("{extra_toml}\n{git}"))?;
+        std::fs::write(&config, format!("{extra_toml}\n{git}{sandbox}"))?;
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let data_dir = opts.data_dir.map(Path::to_path_buf);
         let (child, url) = spawn(bin, data.path(), data_dir.as_deref(), &env)?;
         let expect_worker = !opts.no_worker;
-        let server = Server { child, url, data, bin: bin.to_path_buf(), env, data_dir, expect_worker };
+        let server = Server { child, url, data, probe, bin: bin.to_path_buf(), env, data_dir, expect_worker };
         server.wait_for_worker()?;
         Ok(server)
     }

@@ -22,7 +22,7 @@ use crate::build_env::{base_env, install_scripts_rule};
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
-use crate::sandbox::{Confinement, Sandbox};
+use crate::sandbox::{Confinement, Network, Sandbox};
 use crate::settings::{self, BuildSettings};
 use crate::{publish, site_check};
 use cloudbuild_proto::site::RootAbsolute;
@@ -92,8 +92,22 @@ impl Run<'_> {
 
     /// Whether a command of `stage` may reach the network: always, but for the build of a
     /// project that turned it off (`[build] network = false`).
-    fn network(&self, stage: Stage) -> bool {
-        stage != Stage::Build || self.settings.as_ref().is_none_or(|s| s.network)
+    fn network(&self, stage: Stage) -> Network {
+        if stage == Stage::Build && self.settings.as_ref().is_some_and(|s| !s.network) {
+            Network::None
+        } else {
+            Network::User
+        }
+    }
+
+    /// The network of git: the host's where the server allows repositories on local hosts
+    /// (the sandbox's own network cannot reach them), else user-mode.
+    fn git_network(&self) -> Network {
+        if self.a.allow_local_hosts {
+            Network::Host
+        } else {
+            Network::User
+        }
     }
 
     fn command_policy(&self) -> CommandPolicy {
@@ -122,7 +136,12 @@ impl Run<'_> {
             deadline: self.stage_deadline(stage),
             kill_grace: self.kill_grace(),
             pgid_file: Some(&self.pgid_file()),
-            confinement: Some(Confinement { sandbox: &self.sandbox, workdir: &self.workdir, network, repository: None }),
+            confinement: Some(Confinement {
+                sandbox: &self.sandbox,
+                workdir: &self.workdir,
+                network,
+                repository: None,
+            }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
         process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
@@ -250,7 +269,7 @@ impl Run<'_> {
             confinement: Some(Confinement {
                 sandbox: &self.sandbox,
                 workdir: &self.workdir,
-                network: true,
+                network: self.git_network(),
                 repository: self.local_repo.as_deref(),
             }),
         };
@@ -261,7 +280,8 @@ impl Run<'_> {
     /// Runs a git command like [`Self::git`] and returns what it printed on stdout (its
     /// stderr goes to the log).
     async fn git_output(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<String, StageError> {
-        let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null"].iter().chain(args).map(|s| s.to_string()).collect();
+        let argv: Vec<String> =
+            ["git", "-c", "core.hooksPath=/dev/null"].iter().chain(args).map(|s| s.to_string()).collect();
         let reporter = self.reporter.clone();
         let spec = RunSpec {
             argv: &argv,
@@ -273,7 +293,7 @@ impl Run<'_> {
             confinement: Some(Confinement {
                 sandbox: &self.sandbox,
                 workdir: &self.workdir,
-                network: false,
+                network: Network::None,
                 repository: None,
             }),
         };

@@ -78,7 +78,8 @@ pub async fn run(
         .kill_on_drop(true);
     let handshake = match &jail {
         Some((_, wrapped)) => Some(
-            sandbox::handshake(&mut cmd, wrapped).map_err(|source| RunError::Spawn { program: program.clone(), source })?,
+            sandbox::handshake(&mut cmd, wrapped)
+                .map_err(|source| RunError::Spawn { program: program.clone(), source })?,
         ),
         None => None,
     };

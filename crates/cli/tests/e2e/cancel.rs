@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudbuild_proto::task::{Stage, TaskState};
-use cloudbuild_testkit::{alive, build_script, hang_script, package_json, request, wait_file, Repo, Server};
+use cloudbuild_testkit::{
+    alive, build_script, hang_script, package_json, request, wait_build_pid, wait_file, Repo, Server,
+};
 
 use crate::server;
 
@@ -39,7 +41,7 @@ fn hanging_repo(stage: Stage, pid_file: &Path) -> Repo {
 }
 
 fn assert_cancelled_in(srv: &Server, id: i64, stage: Stage, pid_file: &Path) {
-    let pid: i32 = wait_file(pid_file, Duration::from_secs(60)).expect("the hanging command started").parse().unwrap();
+    let pid = wait_build_pid(pid_file, srv.pid(), Duration::from_secs(60)).expect("the hanging command started");
     let t = srv.task(id);
     assert_eq!(t.stage, Some(stage), "{t:?}");
     let (status, body) = cancel(srv, id);
@@ -58,7 +60,7 @@ fn assert_cancelled_in(srv: &Server, id: i64, stage: Stage, pid_file: &Path) {
 fn cancel_in_install_check_and_build() {
     let srv = server("[workers]\nembedded_slots = 1\n[timeouts]\nkill_grace_secs = 2\n");
     for stage in [Stage::Install, Stage::Check, Stage::Build] {
-        let pid_file = srv.data.path().join(format!("{}.pid", stage.action().replace(' ', "-")));
+        let pid_file = srv.probe.path().join(format!("{}.pid", stage.action().replace(' ', "-")));
         let repo = hanging_repo(stage, &pid_file);
         let (_, task) = srv.create(&repo.task_body("site-cancel"));
         assert_cancelled_in(&srv, task["id"].as_i64().unwrap(), stage, &pid_file);
@@ -68,7 +70,7 @@ fn cancel_in_install_check_and_build() {
 #[test]
 fn a_queued_task_cancelled_never_runs() {
     let srv = server("[workers]\nembedded_slots = 1\n");
-    let pid_file = srv.data.path().join("busy.pid");
+    let pid_file = srv.probe.path().join("busy.pid");
     let busy = hanging_repo(Stage::Build, &pid_file);
     let (_, first) = srv.create(&busy.task_body("site-cancel"));
     let first = first["id"].as_i64().unwrap();

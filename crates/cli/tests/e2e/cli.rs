@@ -108,7 +108,7 @@ fn user_errors_are_clear() {
 #[test]
 fn non_interactive_interrupt_leaves_the_build_running() {
     let srv = server("");
-    let pid_file = srv.data.path().join("int.pid");
+    let pid_file = srv.probe.path().join("int.pid");
     let repo = Repo::new(&[
         ("package.json", &package_json("cli-int", &[("build", "node hang.js")])),
         ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
@@ -136,7 +136,7 @@ fn non_interactive_interrupt_leaves_the_build_running() {
 #[test]
 fn the_server_shuts_down_cleanly_on_sigterm_and_leaves_no_build_behind() {
     let mut srv = server("[timeouts]\nkill_grace_secs = 2\n");
-    let pid_file = srv.data.path().join("term.pid");
+    let pid_file = srv.probe.path().join("term.pid");
     let repo = Repo::new(&[
         ("package.json", &package_json("cli-term", &[("build", "node hang.js")])),
         // Ignores SIGTERM: only the SIGKILL after the kill grace stops it.
@@ -149,7 +149,7 @@ fn the_server_shuts_down_cleanly_on_sigterm_and_leaves_no_build_behind() {
         ),
     ]);
     srv.create(&repo.task_body("cli-term"));
-    let pid: i32 = cloudbuild_testkit::wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
+    let pid = cloudbuild_testkit::wait_build_pid(&pid_file, srv.pid(), Duration::from_secs(60)).unwrap();
     cloudbuild_testkit::signal(srv.pid(), "TERM");
     let status = srv.wait_exit(Duration::from_secs(15)).expect("server exited");
     assert!(status.success(), "{status:?}\n{}", srv.log());

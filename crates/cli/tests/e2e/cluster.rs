@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cloudbuild_proto::task::TaskState;
 use cloudbuild_testkit::{
-    alive, build_script, get_json, get_text, package_json, request, signal, wait_file, wait_workers, RedisServer, Repo,
-    Server, ServerOptions, Worker,
+    alive, build_script, get_json, get_text, package_json, request, signal, wait_build_pid, wait_file, wait_workers,
+    RedisServer, Repo, Server, ServerOptions, Worker,
 };
 
 use crate::bin;
@@ -35,8 +35,11 @@ fn worker_token(srv: &Server, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A remote worker of `srv`, whose builds share the server's probe directory (pid files, gates).
 fn worker(srv: &Server, token: &str, name: &str, extra: &[&str]) -> Worker {
-    Worker::start(bin(), &srv.url, token, name, extra).expect("worker starts")
+    let probe = srv.probe.path().to_str().unwrap();
+    let args: Vec<&str> = ["--sandbox-shared", probe].into_iter().chain(extra.iter().copied()).collect();
+    Worker::start(bin(), &srv.url, token, name, &args).expect("worker starts")
 }
 
 /// Follows a task's SSE stream from the start until its end, in a thread.
@@ -125,8 +128,8 @@ fn worker_killed_during(script: &str) {
     wait_workers(&srv.url, 1).unwrap();
 
     // The first attempt hangs in `script` (after printing); any later one goes on and builds.
-    let marker = shared.path().join("attempted");
-    let pid_file = shared.path().join("build.pid");
+    let marker = srv.probe.path().join("attempted");
+    let pid_file = srv.probe.path().join("build.pid");
     let hang_once = format!(
         "const fs=require('fs');console.log('attempt output');\
          if(!fs.existsSync({m:?})){{fs.writeFileSync({m:?},'1');fs.writeFileSync({p:?},String(process.pid));setInterval(()=>{{}},1000);}}",
@@ -146,7 +149,7 @@ fn worker_killed_during(script: &str) {
     let (_, task) = srv.create(&repo.task_body("lease-site"));
     let id = task["id"].as_i64().unwrap();
     let follower = follow(&srv.url, id);
-    let orphan: i32 = wait_file(&pid_file, Duration::from_secs(60)).expect("attempt 1 builds").parse().unwrap();
+    let orphan = wait_build_pid(&pid_file, w1.pid(), Duration::from_secs(60)).expect("attempt 1 builds");
     let _w2 = worker(&srv, &token, "builder-2", &[]);
     wait_workers(&srv.url, 2).unwrap();
 
@@ -165,15 +168,13 @@ fn worker_killed_during(script: &str) {
     assert_eq!(follower.join().unwrap(), srv.sse(id, 0), "the live follower's stream equals the final log");
     assert_eq!(get_text(&t.url.unwrap()).1, "elsewhere");
 
-    // The dead worker's build outlived it; the worker's next start kills it (recorded PGID).
-    assert!(alive(orphan), "a SIGKILLed worker leaves its build behind (else this proves nothing)");
-    // Same name, same work directory: a restart of that machine's worker.
-    let _w1_again = Worker::start_in(bin(), &srv.url, &token, "builder-1", &[], w1.dir()).unwrap();
+    // The dead worker's build died with it: bwrap ends the sandbox when its parent dies. (An
+    // unsandboxed worker's next start reaps what its previous life left: see recovery.rs.)
     let deadline = Instant::now() + Duration::from_secs(15);
     while alive(orphan) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!alive(orphan), "the restarted worker reaps its orphaned build");
+    assert!(!alive(orphan), "the SIGKILLed worker's sandboxed build died with it");
 }
 
 #[test]
@@ -184,14 +185,14 @@ fn a_task_fails_as_worker_lost_after_the_configured_attempts() {
     let token = worker_token(&srv, "pool");
     let mut w = worker(&srv, &token, "doomed", &[]);
     wait_workers(&srv.url, 1).unwrap();
-    let pid_file = shared.path().join("hang.pid");
+    let pid_file = srv.probe.path().join("hang.pid");
     let repo = Repo::new(&[
         ("package.json", &package_json("lost-site", &[("build", "node hang.js")])),
         ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
     ]);
     let (_, task) = srv.create(&repo.task_body("lost-site"));
     let id = task["id"].as_i64().unwrap();
-    let orphan: i32 = wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
+    let orphan = wait_build_pid(&pid_file, w.pid(), Duration::from_secs(60)).unwrap();
     w.kill9();
     let t = srv.wait_done(id);
     if alive(orphan) {
@@ -355,8 +356,8 @@ fn a_worker_cut_off_and_back_is_fenced_off() {
     let token = worker_token(&srv, "pool");
     let w1 = worker(&srv, &token, "partitioned", &[]);
     wait_workers(&srv.url, 1).unwrap();
-    let counter = shared.path().join("attempts");
-    let pid_file = shared.path().join("first.pid");
+    let counter = srv.probe.path().join("attempts");
+    let pid_file = srv.probe.path().join("first.pid");
     let script = format!(
         "const fs=require('fs');const f={c:?};let n=1;if(fs.existsSync(f))n=Number(fs.readFileSync(f,'utf8'))+1;\
          fs.writeFileSync(f,String(n));console.log('attempt-'+n+' started');\
@@ -405,16 +406,17 @@ fn concurrent_prod_publishes_through_two_servers_have_one_winner() {
     let b = cluster_server(&redis, shared.path(), "");
     let token = worker_token(&a, "pool");
     let _wa = worker(&a, &token, "on-a", &["--slots", "2"]);
-    let _wb = worker(&b, &token, "on-b", &["--slots", "2"]);
+    let _wb = worker(&b, &token, "on-b", &["--slots", "2", "--sandbox-shared", a.probe.path().to_str().unwrap()]);
     wait_workers(&a.url, 2).unwrap();
     // A barrier: every build waits until all four have built, so they publish together.
-    let barrier = shared.path().join("barrier");
+    let barrier = a.probe.path().join("barrier");
     std::fs::create_dir_all(&barrier).unwrap();
+    std::fs::set_permissions(&barrier, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let build = format!(
         "const fs = require('fs'); const dir = {dir:?};\
-         fs.writeFileSync(dir + '/' + process.pid, '');\
+         const me = process.env.CLOUDBUILD_TASK_ID; fs.writeFileSync(dir + '/' + me, '');\
          while (fs.readdirSync(dir).length < 4) {{ Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20); }}\
-         fs.mkdirSync('dist'); fs.writeFileSync('dist/index.html', 'race ' + process.pid);",
+         fs.mkdirSync('dist'); fs.writeFileSync('dist/index.html', 'race ' + me);",
         dir = barrier.to_str().unwrap()
     );
     let repo =
@@ -475,14 +477,14 @@ fn a_cancel_on_one_server_stops_the_build_on_another_servers_worker() {
     let token = worker_token(&a, "pool");
     let _w = worker(&b, &token, "far-away", &[]);
     wait_workers(&a.url, 1).unwrap();
-    let pid_file = shared.path().join("hang.pid");
+    let pid_file = b.probe.path().join("hang.pid");
     let repo = Repo::new(&[
         ("package.json", &package_json("cancel-far", &[("build", "node hang.js")])),
         ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
     ]);
     let (_, task) = a.create(&repo.task_body("cancel-far"));
     let id = task["id"].as_i64().unwrap();
-    let pid: i32 = wait_file(&pid_file, Duration::from_secs(60)).unwrap().parse().unwrap();
+    let pid = wait_build_pid(&pid_file, _w.pid(), Duration::from_secs(60)).unwrap();
     let out = a.cli(Path::new("."), &["cancel", &id.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t = b.wait_done(id);

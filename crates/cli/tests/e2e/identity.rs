@@ -166,8 +166,8 @@ fn a_retry_builds_the_commit_it_retries_or_says_it_is_gone() {
 #[test]
 fn the_newest_build_wins_whatever_finishes_last() {
     let srv = server("[workers]\nembedded_slots = 2\n");
-    let gate = srv.data.path().join("gate");
-    let started = srv.data.path().join("slow-started");
+    let gate = srv.probe.path().join("gate");
+    let started = srv.probe.path().join("slow-started");
     // Builds of a commit holding `slow` wait for the gate file.
     let build = format!(
         "const fs=require('fs');\
@@ -226,8 +226,8 @@ fn only_the_worker_holding_a_task_publishes_it() {
         request("POST", &format!("{}/api/v1/worker-tokens", srv.url), Some(&json!({ "name": "idle-pool" })));
     assert_eq!(status, 201, "{token}");
     let token = token["token"].as_str().unwrap().to_owned();
-    let gate = srv.data.path().join("gate");
-    let started = srv.data.path().join("started");
+    let gate = srv.probe.path().join("gate");
+    let started = srv.probe.path().join("started");
     let build = format!(
         "const fs=require('fs');fs.writeFileSync({s:?},'1');\
          while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\

@@ -12,7 +12,7 @@ fn task_count(srv: &cloudbuild_testkit::Server) -> usize {
 #[test]
 fn attack_inputs_are_refused_before_anything_runs() {
     let srv = server("");
-    let marker = srv.data.path().join("pwned");
+    let marker = srv.probe.path().join("pwned");
     let m = marker.display().to_string();
     let base = serde_json::json!({ "repo": "https://github.com/org/repo.git", "branch": "main", "name": "app", "version": "1.0.0" });
     let cases: Vec<(&str, String, &str)> = vec![

@@ -12,6 +12,7 @@ mod inputs;
 mod pipeline;
 mod recovery;
 mod releases;
+mod sandbox;
 mod sites;
 mod socketio;
 mod terminal;

@@ -1,7 +1,7 @@
 //! The pipeline's stages: success, each failure kind, timeouts, output cap, policy refusals.
 
 use cloudbuild_proto::task::{Stage, TaskState};
-use cloudbuild_testkit::{alive, build_script, get_text, hang_script, package_json, wait_file, Repo};
+use cloudbuild_testkit::{alive, build_script, get_text, hang_script, package_json, wait_build_pid, Repo};
 
 use crate::server;
 
@@ -80,16 +80,16 @@ fn missing_output_fails_pre_publish_and_a_missing_branch_fails_download() {
 #[test]
 fn a_hanging_build_times_out_and_its_processes_are_killed() {
     let srv = server("[timeouts]\nbuild_secs = 2\nkill_grace_secs = 1\n");
-    let pid_file = srv.data.path().join("hang.pid");
+    let pid_file = srv.probe.path().join("hang.pid");
     let repo = Repo::new(&[
         ("package.json", &package_json("site-hang", &[("build", "node hang.js")])),
         ("hang.js", &hang_script(pid_file.to_str().unwrap())),
     ]);
     let (_, task) = srv.create(&repo.task_body("site-hang"));
+    let pid = wait_build_pid(&pid_file, srv.pid(), std::time::Duration::from_secs(60)).expect("the build hangs");
     let t = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!((t.state, t.stage), (TaskState::TimedOut, Some(Stage::Build)), "{t:?}");
     assert!(t.reason.unwrap().contains("within 2 s"));
-    let pid: i32 = wait_file(&pid_file, std::time::Duration::from_secs(1)).unwrap().parse().unwrap();
     assert!(!alive(pid), "the build's node process {pid} survived its timeout");
     assert_eq!(srv.actions(t.id).last().unwrap().0, "timed out");
 }
@@ -157,7 +157,7 @@ fn checks_run_before_the_build_and_a_failing_check_blocks_it() {
 #[test]
 fn commands_outside_the_policy_are_refused_and_never_run() {
     let srv = server("");
-    let marker = srv.data.path().join("pwned");
+    let marker = srv.probe.path().join("pwned");
     let cases = [
         (format!("[build]\ninstall = \"sh -c touch {}\"\n", marker.display()), Stage::Install, "not an allowed runner"),
         ("[build]\ncommand = \"npx vite build\"\n".to_string(), Stage::Build, "not an allowed runner"),
@@ -268,18 +268,21 @@ fn install_scripts_can_be_turned_off_by_the_project_or_the_server() {
 #[test]
 fn a_process_a_build_detaches_does_not_outlive_it() {
     let srv = server("");
-    // `detached: true` is setsid(): a new session and process group, as a daemon would.
-    let build = "const fs=require('fs');const {spawn}=require('child_process');\
-        const c=spawn('sleep',['300'],{detached:true,stdio:'ignore'});c.unref();\
-        fs.mkdirSync('dist');fs.writeFileSync('dist/index.html',String(c.pid))";
+    // `detached: true` is setsid(): a new session and process group, as a daemon would. Its
+    // duration is this test's own, to find it among the machine's processes.
+    let secs = format!("{}", 1000 + std::process::id() % 100_000);
+    let build = format!(
+        "const fs=require('fs');const {{spawn}}=require('child_process');\
+         const c=spawn('sleep',['{secs}'],{{detached:true,stdio:'ignore'}});c.unref();\
+         fs.mkdirSync('dist');fs.writeFileSync('dist/index.html',String(c.pid))"
+    );
     let repo = Repo::new(&[
         ("package.json", &package_json("detach-site", &[("build", "node build.js")])),
-        ("build.js", build),
+        ("build.js", &build),
     ]);
     let (_, task) = srv.create(&repo.task_body("detach-site"));
     let t = srv.wait_done(task["id"].as_i64().unwrap());
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
-    let pid: i32 = get_text(&t.url.unwrap()).1.trim().parse().unwrap();
-    assert!(!alive(pid), "the detached `sleep` (pid {pid}) outlived the build");
-    assert!(srv.output(t.id).contains(&format!("left running: {pid} (sleep)")), "{}", srv.output(t.id));
+    let survivors = cloudbuild_testkit::processes_with_args(&["sleep", &secs]);
+    assert!(survivors.is_empty(), "the detached `sleep {secs}` outlived the build: {survivors:?}");
 }

@@ -6,15 +6,15 @@
 use std::time::{Duration, Instant};
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{alive, get_text, package_json, wait_file, Repo, Server};
+use cloudbuild_testkit::{alive, get_text, package_json, wait_build_pid, wait_file, Repo, Server};
 
 use crate::server;
 
 /// A project whose first build hangs (its pid in `crash.pid` in the server's data dir) and
 /// whose later builds publish `again`.
 fn first_attempt_hangs(srv: &Server, name: &str) -> (Repo, std::path::PathBuf) {
-    let pid_file = srv.data.path().join("crash.pid");
-    let marker = srv.data.path().join("attempted");
+    let pid_file = srv.probe.path().join("crash.pid");
+    let marker = srv.probe.path().join("attempted");
     let script = format!(
         "const fs=require('fs');\
          if(!fs.existsSync({m:?})){{fs.writeFileSync({m:?},'1');fs.writeFileSync({p:?},String(process.pid));setInterval(()=>{{}},1000);}}\
@@ -29,11 +29,13 @@ fn first_attempt_hangs(srv: &Server, name: &str) -> (Repo, std::path::PathBuf) {
 
 #[test]
 fn a_task_survives_a_server_crash_mid_build() {
-    let mut srv = server("[workers]\nlease_secs = 3\nheartbeat_secs = 1\n");
+    // Unsandboxed, a build outlives its crashed server, and the next life must reap it (a
+    // sandboxed one dies with its worker: cluster.rs).
+    let mut srv = server("[sandbox]\nmode = \"off\"\n[workers]\nlease_secs = 3\nheartbeat_secs = 1\n");
     let (repo, pid_file) = first_attempt_hangs(&srv, "site-crash");
     let (_, task) = srv.create(&repo.task_body("site-crash"));
     let id = task["id"].as_i64().unwrap();
-    let pid: i32 = wait_file(&pid_file, Duration::from_secs(60)).expect("first attempt builds").parse().unwrap();
+    let pid = wait_build_pid(&pid_file, srv.pid(), Duration::from_secs(60)).expect("first attempt builds");
 
     srv.kill9();
     assert!(alive(pid), "without recovery the build outlives its server (otherwise this test proves nothing)");

@@ -242,7 +242,7 @@ fn s3_target_incremental_publish_switch_rollback_and_outage() {
 fn of_concurrent_prod_publishes_of_one_version_exactly_one_wins() {
     let srv = server("[workers]\nembedded_slots = 3\n");
     // A barrier: each build waits until all three have built, so they publish together.
-    let barrier = srv.data.path().join("barrier");
+    let barrier = srv.probe.path().join("barrier");
     std::fs::create_dir_all(&barrier).unwrap();
     let build = format!(
         "const fs = require('fs'); const dir = {dir:?};\

@@ -299,7 +299,7 @@ fn polling_clients_get_a_whole_burst_of_output_and_the_end() {
 fn a_client_that_comes_back_is_attached_to_its_build_and_gets_the_backlog() {
     // A backlog larger than the socket's buffer even after coalescing (12 MB / 64 KiB > 128).
     let srv = server("[limits]\noutput_bytes = 16777216\n");
-    let (burst_gate, end_gate) = (srv.data.path().join("burst"), srv.data.path().join("end"));
+    let (burst_gate, end_gate) = (srv.probe.path().join("burst"), srv.probe.path().join("end"));
     // Waits; prints 12 MB (120,000 lines of 100 bytes) and a marker; waits again; publishes.
     let build = format!(
         "const fs=require('fs');const wait=(f)=>{{while(!fs.existsSync(f)){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}}};\
@@ -413,7 +413,7 @@ impl LiveClient {
 fn a_client_cut_off_mid_build_reconnects_and_gets_the_rest_of_the_log() {
     let srv = server("");
     let proxy = TcpProxy::start(srv.url.trim_start_matches("http://")).unwrap();
-    let gate = srv.data.path().join("gate");
+    let gate = srv.probe.path().join("gate");
     let build = format!(
         "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\
          console.log('after the cut');fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','cut');",
@@ -483,7 +483,7 @@ fn socket_io_queries_get_the_same_identity_check() {
 fn a_client_that_stops_reading_is_waited_for_and_gets_everything() {
     // More output than the socket's buffer holds even after coalescing (12 MB / 64 KiB > 128).
     let srv = server("[limits]\noutput_bytes = 16777216\n");
-    let gate = srv.data.path().join("gate");
+    let gate = srv.probe.path().join("gate");
     let build = format!(
         "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\
          const l='x'.repeat(99)+'\\n';let s='';for(let i=0;i<120000;i++)s+=l;\

@@ -108,14 +108,26 @@ pub(crate) struct Wrapped {
     pub join_userns: bool,
 }
 
+/// The network a sandboxed command gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Its own namespace with only a loopback.
+    None,
+    /// User-mode networking: the internet (registries, git hosts), not the host's loopback.
+    User,
+    /// The host's network, loopback included: only for git, and only where the server allows
+    /// repositories on local hosts (`git.allow_local_hosts`). Git runs no hooks there.
+    Host,
+}
+
 /// What one sandboxed command gets.
 #[derive(Debug, Clone, Copy)]
 pub struct Confinement<'a> {
     pub sandbox: &'a Sandbox,
     /// The task's work directory on the host (seen as [`INSIDE_WORKDIR`]).
     pub workdir: &'a Path,
-    /// Whether the command may reach the network (registries, git hosts).
-    pub network: bool,
+    /// What network the command gets.
+    pub network: Network,
     /// A directory the command may read besides the usual ones: the repository of a
     /// `file://` URL (which only a server's `git.allowed_protocols` allows), for git.
     pub repository: Option<&'a Path>,
@@ -232,11 +244,16 @@ impl Sandbox {
             deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(20),
             kill_grace: std::time::Duration::from_secs(1),
             pgid_file: None,
-            confinement: Some(Confinement { sandbox: self, workdir: &dir, network: true, repository: None }),
+            confinement: Some(Confinement { sandbox: self, workdir: &dir, network: Network::User, repository: None }),
         };
         let result = crate::process::run(spec, &mut cancel, &mut |_, t| said.push_str(&t)).await;
         let _ = std::fs::remove_dir_all(&dir);
-        result.map_err(|e| SandboxError::Trial(format!("{e}{}", if said.is_empty() { String::new() } else { format!(": {}", said.trim()) })))
+        result.map_err(|e| {
+            SandboxError::Trial(format!(
+                "{e}{}",
+                if said.is_empty() { String::new() } else { format!(": {}", said.trim()) }
+            ))
+        })
     }
 }
 
@@ -250,17 +267,34 @@ impl Jail {
         };
         let mut a = Args::default();
         if !self.privileged {
-            a.push(&[&path(&self.unshare), "--user", "--map-root-user", "--net", "--", "/bin/sh", "-c", WRAPPER, "sh"]);
+            a.push(&[&path(&self.unshare), "--user", "--map-root-user"]);
+            if c.network != Network::Host {
+                a.push(&["--net"]);
+            }
+            a.push(&["--", "/bin/sh", "-c", WRAPPER, "sh"]);
         }
         a.push(&[&path(&self.bwrap)]);
         if self.privileged {
             // No user namespace: real root sets the sandbox up, the command drops to nobody.
-            a.push(&["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]);
-            a.push(&["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--info-fd", "5"]);
+            a.push(&["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]);
+            if c.network != Network::Host {
+                // bwrap brings its loopback up.
+                a.push(&["--unshare-net"]);
+            }
+            a.push(&[
+                "--cap-add",
+                "CAP_SETUID",
+                "--cap-add",
+                "CAP_SETGID",
+                "--cap-add",
+                "CAP_SETPCAP",
+                "--info-fd",
+                "5",
+            ]);
         } else {
             a.push(&["--unshare-all", "--share-net", "--uid", "65534", "--gid", "65534"]);
         }
-        if !c.network {
+        if c.network == Network::None && !self.privileged {
             // A network namespace of its own with only a loopback (bwrap brings it up).
             a.push(&["--unshare-net"]);
         }
@@ -300,7 +334,12 @@ impl Jail {
             a.push(&["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]);
         }
         a.0.extend(argv.iter().cloned());
-        Wrapped { argv: a.0, info_fd: self.privileged, network: c.network, join_userns: !self.privileged }
+        Wrapped {
+            argv: a.0,
+            info_fd: self.privileged,
+            network: c.network == Network::User,
+            join_userns: !self.privileged,
+        }
     }
 }
 

@@ -1,0 +1,186 @@
+//! The build sandbox, tried as an attacker would: a build script that attempts each way out
+//! (the server's environment, config and database, other tasks, published sites, the server's
+//! port and a loopback Redis, processes that outlive it) and must fail at every one; builds
+//! that should work still work; `sandbox = "off"` is explicit and said.
+
+use cloudbuild_proto::task::TaskState;
+use cloudbuild_testkit::{get_text, package_json, processes_with_args, RedisServer, Repo, ServerOptions};
+
+use crate::{bin, server};
+
+/// The escape attempts, in a build script: each prints `ATTEMPT <name>: blocked (<why>)` or
+/// `ATTEMPT <name>: ESCAPED <what>`. `{...}` parts are filled in by the test.
+const ATTEMPTS: &str = r#"
+const fs = require('fs'), net = require('net'), cp = require('child_process');
+const say = (name, escaped, detail) =>
+  console.log(`ATTEMPT ${name}: ${escaped ? 'ESCAPED' : 'blocked'} (${String(detail).slice(0, 200)})`);
+const readAttempt = (name, path) => {
+  try { const text = fs.readFileSync(path, 'utf8'); say(name, true, text.length + ' bytes read'); }
+  catch (e) { say(name, false, e.code); }
+};
+const C = JSON.parse(fs.readFileSync('attack.json', 'utf8'));
+// The canary is in the server's environment only.
+let found = [];
+for (const p of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+  for (const f of ['environ', 'cmdline']) {
+    try { if (fs.readFileSync(`/proc/${p}/${f}`, 'latin1').includes(C.canary)) found.push(`${p}/${f}`); } catch (e) {}
+  }
+}
+say('server environment through /proc', found.length > 0 || JSON.stringify(process.env).includes(C.canary), found.join(',') || 'not found');
+readAttempt(`/proc/${C.serverPid}/environ`, `/proc/${C.serverPid}/environ`);
+readAttempt('config file', C.config);
+readAttempt('database', C.database);
+try { say('other work directories', true, fs.readdirSync(C.workRoot).join(',')); } catch (e) { say('other work directories', false, e.code); }
+try { say('parent of the work directory', fs.readdirSync('..').some((n) => /^\d+-\d+$/.test(n)), fs.readdirSync('..').join(',')); }
+catch (e) { say('parent of the work directory', false, e.code); }
+for (const [name, path] of [['published site', C.siteFile], ['immutable release', C.releaseFile]]) {
+  try { fs.writeFileSync(path, 'defaced'); say(name, true, 'written'); } catch (e) { say(name, false, e.code); }
+}
+try { fs.writeFileSync('/usr/lib/cloudbuild-was-here', 'x'); say('system files', true, 'written'); } catch (e) { say('system files', false, e.code); }
+say('runs as an unprivileged user', process.getuid() === 0, 'uid ' + process.getuid());
+const probe = (name, host, port) => new Promise((done) => {
+  const s = net.connect({ host, port, timeout: 3000 });
+  s.on('connect', () => { say(name, true, `connected to ${host}:${port}`); s.destroy(); done(); });
+  s.on('timeout', () => { say(name, false, 'timeout'); s.destroy(); done(); });
+  s.on('error', (e) => { say(name, false, e.code); done(); });
+});
+// Left behind on purpose: the test looks for it after the build.
+cp.spawn('sleep', [String(C.sleepSecs)], { detached: true, stdio: 'ignore' }).unref();
+(async () => {
+  for (const host of ['127.0.0.1', '10.0.2.2']) {
+    await probe(`server port on ${host}`, host, C.serverPort);
+    await probe(`loopback Redis on ${host}`, host, C.redisPort);
+  }
+  fs.mkdirSync('dist', { recursive: true });
+  fs.writeFileSync('dist/index.html', 'attacker was here');
+  console.log('ATTEMPTS DONE');
+})();
+"#;
+
+#[test]
+fn a_build_cannot_reach_the_server_its_files_other_tasks_or_loopback_services() {
+    let redis = RedisServer::start().unwrap();
+    let canary = format!("canary-{}", std::process::id());
+    let srv = cloudbuild_testkit::Server::start_with(
+        bin(),
+        ServerOptions { extra_toml: "", env: &[("BUILD_ESCAPE_CANARY", &canary)], ..Default::default() },
+    )
+    .unwrap();
+    assert!(srv.log().contains("sandbox: bubblewrap"), "the startup line says the sandbox mode\n{}", srv.log());
+
+    // A victim: a project published before, to `test` (current) and `prod` (immutable).
+    let victim = Repo::new(&[
+        ("package.json", &package_json("victim", &[("build", "node build.js")])),
+        ("build.js", &cloudbuild_testkit::build_script("the victim's site")),
+    ]);
+    for env in ["test", "prod"] {
+        let mut body = victim.task_body("victim");
+        body["env"] = serde_json::json!(env);
+        let (_, t) = srv.create(&body);
+        assert_eq!(srv.wait_done(t["id"].as_i64().unwrap()).state, TaskState::Succeeded);
+    }
+    let data = srv.data.path().join("data");
+    let release_dir =
+        std::fs::read_dir(data.join("targets/prod/victim/1.0.0")).unwrap().next().unwrap().unwrap().path();
+    let sleep_secs = 2000 + std::process::id() % 100_000;
+    let port: u16 = srv.url.rsplit(':').next().unwrap().parse().unwrap();
+    let attack = serde_json::json!({
+        "canary": canary,
+        "serverPid": srv.pid(),
+        "serverPort": port,
+        "redisPort": redis.url().rsplit(':').next().unwrap().parse::<u16>().unwrap(),
+        "config": srv.data.path().join("config.toml"),
+        "database": data.join("cloudbuild.db"),
+        "workRoot": data.join("work"),
+        "siteFile": release_dir.join("index.html"),
+        "releaseFile": release_dir.join("index.html"),
+        "sleepSecs": sleep_secs,
+    });
+    let attacker = Repo::new(&[
+        ("package.json", &package_json("attacker", &[("build", "node attack.js")])),
+        ("attack.js", ATTEMPTS),
+        ("attack.json", &attack.to_string()),
+    ]);
+    let (_, t) = srv.create(&attacker.task_body("attacker"));
+    let t = srv.wait_done(t["id"].as_i64().unwrap());
+    let out = srv.output(t.id);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{out}");
+    assert!(out.contains("ATTEMPTS DONE"), "{out}");
+    let attempts: Vec<&str> = out.lines().filter(|l| l.starts_with("ATTEMPT ")).collect();
+    assert_eq!(attempts.len(), 14, "every attempt reported\n{out}");
+    let escaped: Vec<&&str> = attempts.iter().filter(|l| l.contains("ESCAPED")).collect();
+    assert!(escaped.is_empty(), "escapes: {escaped:#?}\n{out}");
+    // Seen from outside too.
+    assert_eq!(get_text(&srv.site_url("prod", "victim")).1, "the victim's site");
+    assert_eq!(get_text(&srv.site_url("test", "victim")).1, "the victim's site");
+    let survivors = processes_with_args(&["sleep", &sleep_secs.to_string()]);
+    assert!(survivors.is_empty(), "a detached process outlived the build: {survivors:?}");
+}
+
+#[test]
+fn the_build_network_can_be_turned_off_by_the_project() {
+    let srv = server("");
+    let probe = "require('net').connect({host:'10.0.2.3',port:53,timeout:2000})\
+        .on('connect',()=>{console.log('NET: reachable');process.exit(0)})\
+        .on('timeout',()=>{console.log('NET: none (timeout)');process.exit(0)})\
+        .on('error',(e)=>{console.log('NET: none ('+e.code+')');process.exit(0)});";
+    let build = "require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','x');";
+    for (toml, expect) in [("", "NET: reachable"), ("[build]\nnetwork = false\n", "NET: none")] {
+        let repo = Repo::new(&[
+            ("package.json", &package_json("netless", &[("build", "node probe.js && node build.js")])),
+            ("probe.js", probe),
+            ("build.js", build),
+            ("cloudbuild.toml", toml),
+        ]);
+        let (_, t) = srv.create(&repo.task_body("netless"));
+        let t = srv.wait_done(t["id"].as_i64().unwrap());
+        let out = srv.output(t.id);
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{out}");
+        assert!(out.contains(expect), "{toml:?}: {out}");
+    }
+}
+
+#[test]
+fn sandbox_off_is_explicit_and_said_at_startup() {
+    let srv = server("[sandbox]\nmode = \"off\"\n");
+    assert!(srv.log().contains("sandbox: off"), "{}", srv.log());
+    let repo = Repo::new(&[
+        ("package.json", &package_json("unsandboxed", &[("build", "node build.js")])),
+        (
+            "build.js",
+            "require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html',String(process.getuid()));",
+        ),
+    ]);
+    let (_, t) = srv.create(&repo.task_body("unsandboxed"));
+    let t = srv.wait_done(t["id"].as_i64().unwrap());
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let uid = get_text(&t.url.unwrap()).1;
+    assert_eq!(uid, nix_uid().to_string(), "unsandboxed builds run as the worker's user");
+}
+
+#[test]
+fn a_machine_that_cannot_sandbox_refuses_to_run_builds_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // No bwrap on this PATH.
+    let out = std::process::Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("PATH", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot sandbox builds") && err.contains("`bwrap` was not found"), "{err}");
+    assert!(err.contains("mode = \"off\""), "it says how to choose to run unsandboxed: {err}");
+}
+
+fn nix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}

@@ -28,4 +28,28 @@ pub struct SandboxConfig {
     /// More directories builds may read, at the same path inside (absolute), e.g. a Node.js
     /// installed outside `/usr`. Directories on the worker's `PATH` outside `/usr` are added.
     pub read_only: Vec<PathBuf>,
+    /// `[sandbox.limits]`: what one task may use.
+    pub limits: LimitsConfig,
+}
+
+/// What one sandboxed task may use. The defaults are far above what a front-end build needs
+/// (vite-admin, 131 packages: about 1 GiB of memory, 60 processes, 30 s of CPU, 400 MiB of
+/// disk), so that only a runaway or hostile build meets them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Processes and threads at once (the cgroup's `pids.max`).
+    pub processes: u64,
+    /// Memory of all its processes, in MiB; a process past it is killed by the kernel.
+    pub memory_mib: u64,
+    /// CPU time of all its processes together, in seconds.
+    pub cpu_secs: u64,
+    /// Disk space of its work directory, in MiB (also the largest file one may write).
+    pub disk_mib: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { processes: 4096, memory_mib: 4096, cpu_secs: 7200, disk_mib: 20480 }
+    }
 }

@@ -22,7 +22,7 @@ use crate::build_env::{base_env, install_scripts_rule};
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
-use crate::sandbox::{Confinement, Network, Sandbox};
+use crate::sandbox::{Confinement, Network, Sandbox, TaskLimits};
 use crate::settings::{self, BuildSettings};
 use crate::{publish, site_check};
 use cloudbuild_proto::site::RootAbsolute;
@@ -45,6 +45,19 @@ enum StageError {
     Failed(String),
     TimedOut(String),
     Cancelled,
+}
+
+impl StageError {
+    /// A command's failure in `stage`; a limit it reached is named with the stage ("memory
+    /// limit of 4 GiB reached in build").
+    fn of(stage: Stage, e: RunError) -> StageError {
+        match e {
+            RunError::LimitReached { limit, .. } => {
+                StageError::Failed(format!("{limit} reached in {}", stage.action()))
+            }
+            other => StageError::from(other),
+        }
+    }
 }
 
 impl From<RunError> for StageError {
@@ -75,6 +88,8 @@ struct Run<'a> {
     sandbox: Sandbox,
     /// The repository's directory when its URL is `file://` (git reads it in the sandbox).
     local_repo: Option<PathBuf>,
+    /// The task's limits and cgroup (sandboxed tasks); dropped, its processes are killed.
+    limits: Option<TaskLimits>,
 }
 
 impl Run<'_> {
@@ -141,10 +156,11 @@ impl Run<'_> {
                 workdir: &self.workdir,
                 network,
                 repository: None,
+                limits: self.limits.as_ref(),
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
+        process::run(spec, &mut self.cancel, &mut sink).await.map_err(|e| StageError::of(stage, e))
     }
 
     /// Parses a command and checks it against the policy and the project's scripts.
@@ -271,10 +287,11 @@ impl Run<'_> {
                 workdir: &self.workdir,
                 network: self.git_network(),
                 repository: self.local_repo.as_deref(),
+                limits: self.limits.as_ref(),
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)
+        process::run(spec, &mut self.cancel, &mut sink).await.map_err(|e| StageError::of(Stage::DownloadRepo, e))
     }
 
     /// Runs a git command like [`Self::git`] and returns what it printed on stdout (its
@@ -295,6 +312,7 @@ impl Run<'_> {
                 workdir: &self.workdir,
                 network: Network::None,
                 repository: None,
+                limits: self.limits.as_ref(),
             }),
         };
         let mut stdout = String::new();
@@ -512,6 +530,7 @@ impl Executor for Pipeline {
             manifest: None,
             sandbox: self.sandbox.clone(),
             local_repo: None,
+            limits: self.sandbox.task_limits(&format!("{}-{}", a.task.task_id, a.task.attempt)),
         };
         let outcome = pipeline(&mut run, &ctx).await;
         // Removing a large node_modules takes seconds; do it off the task's clock.

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cancel::CancelToken;
-use crate::sandbox::{self, Confinement};
+use crate::sandbox::{self, Confinement, Reached};
 
 /// How a command ended, when it did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,9 @@ pub enum RunError {
     Cancelled,
     #[error("the build sandbox could not start `{command}`: {reason}")]
     Sandbox { command: String, reason: String },
+    /// A task limit stopped the command; `limit` reads "memory limit of 4 GiB".
+    #[error("`{command}` was stopped: {limit} reached")]
+    LimitReached { command: String, limit: String },
 }
 
 /// One command to run.
@@ -55,6 +58,8 @@ pub struct RunSpec<'a> {
 
 const FLUSH_BYTES: usize = 16 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(25);
+/// How often the disk and CPU time of a limited task are measured.
+const LIMITS_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the command, passing output chunks to `sink`.
 pub async fn run(
@@ -102,10 +107,13 @@ pub async fn run(
     drop(tx);
 
     let mut out = Coalescer::default();
+    let limits = spec.confinement.as_ref().and_then(|c| c.limits.filter(|_| c.sandbox.is_on()));
+    let events_before = limits.map(|l| l.events()).unwrap_or_default();
+    let workdir = spec.confinement.as_ref().map(|c| c.workdir.to_path_buf());
     // In the sandbox: wait for it to come up, attach its network, then let the command run.
     let mut _network = None;
     if let (Some((jail, wrapped)), Some(hs), Some(pid)) = (&jail, handshake, child.id()) {
-        match sandbox::start(jail, wrapped, hs, pid).await {
+        match sandbox::start(jail, wrapped, hs, pid, limits).await {
             Ok(net) => _network = net,
             Err(reason) => {
                 stop_group(pgid, &mut child, Duration::ZERO).await;
@@ -118,15 +126,36 @@ pub async fn run(
         }
     }
     let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut watch = tokio::time::interval(LIMITS_EVERY);
     let secs = spec.deadline.saturating_duration_since(Instant::now()).as_secs_f64().round() as u64;
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
+                let reached = limits.and_then(|l| l.events().reached_since(&events_before));
                 break match status {
                     Ok(s) if s.success() => Ok(()),
-                    Ok(s) => Err(RunError::Exit { command: command.clone(), status: describe(s) }),
+                    Ok(s) => match (reached.or_else(|| limit_signal(s)), limits) {
+                        (Some(what), Some(l)) => Err(RunError::LimitReached { command: command.clone(), limit: l.describe(what) }),
+                        _ => Err(RunError::Exit { command: command.clone(), status: describe(s) }),
+                    },
                     Err(e) => Err(RunError::Spawn { program: program.clone(), source: e }),
                 };
+            }
+            _ = watch.tick(), if limits.is_some() => {
+                let (Some(l), Some(dir)) = (limits, workdir.clone()) else { continue };
+                let cap = l.config.disk_mib << 20;
+                let used = tokio::task::spawn_blocking(move || sandbox::disk_usage(&dir, cap)).await.unwrap_or(0);
+                let over = if used > cap {
+                    Some(Reached::Disk)
+                } else if l.cpu_used().is_some_and(|t| t.as_secs() >= l.config.cpu_secs) {
+                    Some(Reached::CpuTime)
+                } else {
+                    None
+                };
+                if let Some(what) = over {
+                    stop_group(pgid, &mut child, Duration::ZERO).await;
+                    break Err(RunError::LimitReached { command: command.clone(), limit: l.describe(what) });
+                }
             }
             Some((stream, bytes)) = rx.recv() => out.push(stream, &bytes, sink),
             _ = flush.tick() => out.flush(sink),
@@ -273,6 +302,18 @@ async fn stop_group(pgid: Option<Pid>, child: &mut tokio::process::Child, grace:
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
+    }
+}
+
+/// The limit a process was killed for by its `rlimit`: SIGXCPU (CPU time), SIGXFSZ (file size).
+fn limit_signal(status: std::process::ExitStatus) -> Option<Reached> {
+    use std::os::unix::process::ExitStatusExt;
+    // A shell reports a child killed by signal N as exit code 128 + N.
+    let signal = status.signal().or_else(|| status.code().filter(|c| *c > 128).map(|c| c - 128))?;
+    match Signal::try_from(signal).ok()? {
+        Signal::SIGXCPU => Some(Reached::CpuTime),
+        Signal::SIGXFSZ => Some(Reached::Disk),
+        _ => None,
     }
 }
 

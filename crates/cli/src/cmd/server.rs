@@ -63,6 +63,18 @@ pub(crate) struct WorkerArgs {
     /// A directory builds may read (same path inside the sandbox); repeatable.
     #[arg(long, value_name = "DIR")]
     sandbox_read_only: Vec<PathBuf>,
+    /// Processes (and threads) one task may run at once [default: 4096].
+    #[arg(long, value_name = "N")]
+    limit_processes: Option<u64>,
+    /// Memory of one task's processes together, in MiB [default: 4096].
+    #[arg(long, value_name = "MIB")]
+    limit_memory_mib: Option<u64>,
+    /// CPU time of one task's processes together, in seconds [default: 7200].
+    #[arg(long, value_name = "SECS")]
+    limit_cpu_secs: Option<u64>,
+    /// Disk space of one task's work directory, in MiB [default: 20480].
+    #[arg(long, value_name = "MIB")]
+    limit_disk_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -224,6 +236,15 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         },
         shared: args.sandbox_shared,
         read_only: args.sandbox_read_only,
+        limits: {
+            let d = cloudbuild_worker::sandbox::LimitsConfig::default();
+            cloudbuild_worker::sandbox::LimitsConfig {
+                processes: args.limit_processes.unwrap_or(d.processes),
+                memory_mib: args.limit_memory_mib.unwrap_or(d.memory_mib),
+                cpu_secs: args.limit_cpu_secs.unwrap_or(d.cpu_secs),
+                disk_mib: args.limit_disk_mib.unwrap_or(d.disk_mib),
+            }
+        },
     };
     let sandbox = sandbox(&config, &args.work_dir, "--sandbox off").await?;
     eprintln!("worker {name}: {}", sandbox.describe());

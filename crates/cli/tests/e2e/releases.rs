@@ -244,9 +244,11 @@ fn of_concurrent_prod_publishes_of_one_version_exactly_one_wins() {
     // A barrier: each build waits until all three have built, so they publish together.
     let barrier = srv.probe.path().join("barrier");
     std::fs::create_dir_all(&barrier).unwrap();
+    std::fs::set_permissions(&barrier, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // Named by task: in their sandboxes, the three builds may well have the same pid.
     let build = format!(
         "const fs = require('fs'); const dir = {dir:?};\
-         fs.writeFileSync(dir + '/' + process.pid, '');\
+         fs.writeFileSync(dir + '/' + process.env.CLOUDBUILD_TASK_ID, '');\
          while (fs.readdirSync(dir).length < 3) {{ Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20); }}\
          fs.cpSync('site', 'dist', {{ recursive: true }});",
         dir = barrier.to_str().unwrap()

@@ -184,3 +184,31 @@ fn nix_uid() -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+#[test]
+fn task_limits_stop_fork_bombs_memory_hogs_disk_fillers_and_spinners_with_the_limit_named() {
+    let srv = server("[sandbox.limits]\nprocesses = 100\nmemory_mib = 200\ncpu_secs = 4\ndisk_mib = 50\n");
+    let cases = [
+        (
+            "fork-bomb",
+            // One at a time, so that the first refused fork ends it (each costs a copy of node).
+            "const cp=require('child_process');let n=0;const next=()=>{const c=cp.spawn('sleep',['30'],{stdio:'ignore'});\
+             c.on('spawn',()=>{if(++n<10000)next()});c.on('error',e=>{console.log('spawn '+n+': '+e.code);process.exit(1)})};next();",
+            "process limit of 100 reached in build",
+        ),
+        ("memory-hog", "const a=[];for(;;){a.push(Buffer.alloc(20<<20,1))}", "memory limit of 200 MiB reached in build"),
+        (
+            "disk-filler",
+            "const fs=require('fs');let i=0;setInterval(()=>fs.writeFileSync('junk-'+(i++),Buffer.alloc(10<<20,1)),100)",
+            "disk limit of 50 MiB reached in build",
+        ),
+        ("spinner", "for(;;){}", "CPU time limit of 4 s reached in build"),
+    ];
+    for (name, script, expected) in cases {
+        let repo = Repo::new(&[("package.json", &package_json(name, &[("build", "node hog.js")])), ("hog.js", script)]);
+        let (_, t) = srv.create(&repo.task_body(name));
+        let t = srv.wait_done(t["id"].as_i64().unwrap());
+        assert_eq!(t.state, TaskState::Failed, "{name}: {t:?}\n{}", srv.output(t.id));
+        assert_eq!(t.reason.as_deref(), Some(expected), "{name}: {t:?}\n{}", srv.output(t.id));
+    }
+}

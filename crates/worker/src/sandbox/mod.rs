@@ -24,13 +24,16 @@
 //! "namespaces ready" on fd 3 and waits on fd 4 until the network is attached and the command
 //! may run.
 
+mod limits;
 mod start;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use cloudbuild_proto::sandbox::{SandboxConfig, SandboxMode};
+pub use cloudbuild_proto::sandbox::{LimitsConfig, SandboxConfig, SandboxMode};
 
+pub(crate) use limits::disk_usage;
+pub use limits::{Reached, TaskLimits};
 pub(crate) use start::{prepare as handshake, start};
 
 /// The user builds run as, inside and (for a root worker) outside the sandbox: `nobody`.
@@ -85,6 +88,8 @@ pub(crate) struct Jail {
     pub(crate) slirp4netns: PathBuf,
     setpriv: PathBuf,
     unshare: PathBuf,
+    prlimit: PathBuf,
+    limits: LimitsConfig,
     /// The worker is root: bwrap runs privileged and the command drops to [`SANDBOX_UID`].
     pub(crate) privileged: bool,
     read_only: Vec<PathBuf>,
@@ -131,6 +136,8 @@ pub struct Confinement<'a> {
     /// A directory the command may read besides the usual ones: the repository of a
     /// `file://` URL (which only a server's `git.allowed_protocols` allows), for git.
     pub repository: Option<&'a Path>,
+    /// The task's limits (processes, memory, CPU time, disk).
+    pub limits: Option<&'a TaskLimits>,
 }
 
 fn find(program: &'static str, package: &'static str) -> Result<PathBuf, SandboxError> {
@@ -184,6 +191,8 @@ impl Sandbox {
             slirp4netns: find("slirp4netns", "slirp4netns")?,
             setpriv: find("setpriv", "util-linux")?,
             unshare: find("unshare", "util-linux")?,
+            prlimit: find("prlimit", "util-linux")?,
+            limits: config.limits.clone(),
             privileged,
             read_only,
             shared: config.shared.clone(),
@@ -211,6 +220,12 @@ impl Sandbox {
                 if j.privileged { ", a separate host user" } else { " inside a user namespace" }
             ),
         }
+    }
+
+    /// The limits of a task whose work directory is named `name`, with its cgroup; none
+    /// without the sandbox.
+    pub fn task_limits(&self, name: &str) -> Option<TaskLimits> {
+        self.0.as_ref().map(|j| TaskLimits::new(&j.limits, name))
     }
 
     /// Makes `dir` (a task's work directory, just created) writable by the sandbox's user.
@@ -244,7 +259,13 @@ impl Sandbox {
             deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(20),
             kill_grace: std::time::Duration::from_secs(1),
             pgid_file: None,
-            confinement: Some(Confinement { sandbox: self, workdir: &dir, network: Network::User, repository: None }),
+            confinement: Some(Confinement {
+                sandbox: self,
+                workdir: &dir,
+                network: Network::User,
+                repository: None,
+                limits: None,
+            }),
         };
         let result = crate::process::run(spec, &mut cancel, &mut |_, t| said.push_str(&t)).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -315,7 +336,12 @@ impl Jail {
         }
         a.bind("--ro-bind", &self.etc_dir.join("resolv.conf"), Path::new("/etc/resolv.conf"));
         a.bind("--ro-bind", &self.etc_dir.join("hosts"), Path::new("/etc/hosts"));
-        a.push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+        a.push(&["--proc", "/proc", "--dev", "/dev"]);
+        if let Some(limits) = c.limits {
+            // What a build writes to /tmp counts against the disk limit too.
+            a.push(&["--size", &(limits.config.disk_mib << 20).to_string()]);
+        }
+        a.push(&["--tmpfs", "/tmp"]);
         a.bind("--bind", c.workdir, Path::new(INSIDE_WORKDIR));
         a.bind("--bind", &self.npm_cache, Path::new(INSIDE_NPM_CACHE));
         // After `/tmp`, so that a directory below it is not hidden by the tmpfs.
@@ -332,6 +358,11 @@ impl Jail {
             a.push(&["/bin/sh", "-c", WRAPPER, "sh", &path(&self.setpriv)]);
             let id = SANDBOX_UID.to_string();
             a.push(&["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]);
+        }
+        if let Some(limits) = c.limits {
+            a.push(&[&path(&self.prlimit)]);
+            a.0.extend(limits.rlimits());
+            a.push(&["--"]);
         }
         a.0.extend(argv.iter().cloned());
         Wrapped {

@@ -10,7 +10,7 @@ use nix::fcntl::OFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::{Jail, Wrapped};
+use super::{Jail, TaskLimits, Wrapped};
 
 /// How long a sandbox may take to come up (namespaces, mounts, network).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,14 +54,26 @@ pub(crate) fn prepare(cmd: &mut tokio::process::Command, w: &Wrapped) -> std::io
 
 /// Waits for the sandbox of the spawned `pid` to come up, attaches its network when it has
 /// one, and lets the command run. Errors say what failed, for the build's log.
-pub(crate) async fn start(jail: &Jail, w: &Wrapped, hs: Handshake, pid: u32) -> Result<Option<Network>, String> {
-    match tokio::time::timeout(START_TIMEOUT, start_inner(jail, w, hs, pid)).await {
+pub(crate) async fn start(
+    jail: &Jail,
+    w: &Wrapped,
+    hs: Handshake,
+    pid: u32,
+    limits: Option<&TaskLimits>,
+) -> Result<Option<Network>, String> {
+    match tokio::time::timeout(START_TIMEOUT, start_inner(jail, w, hs, pid, limits)).await {
         Ok(result) => result,
         Err(_) => Err(format!("the sandbox did not come up within {} s", START_TIMEOUT.as_secs())),
     }
 }
 
-async fn start_inner(jail: &Jail, w: &Wrapped, hs: Handshake, pid: u32) -> Result<Option<Network>, String> {
+async fn start_inner(
+    jail: &Jail,
+    w: &Wrapped,
+    hs: Handshake,
+    pid: u32,
+    limits: Option<&TaskLimits>,
+) -> Result<Option<Network>, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let target = match hs.info {
         Some(info) => sandbox_pid(info).await?,
@@ -72,10 +84,33 @@ async fn start_inner(jail: &Jail, w: &Wrapped, hs: Handshake, pid: u32) -> Resul
     if up.read(&mut byte).await.map_err(|e| io("sandbox pipe", e))? == 0 {
         return Err("bubblewrap could not set the sandbox up (its message is above)".to_owned());
     }
+    // Into the task's cgroup before the command runs: everything it starts inherits it.
+    if let Some(cgroup) = limits.and_then(|l| l.cgroup.as_ref()) {
+        for p in std::iter::once(pid).chain(std::iter::once(target).filter(|t| *t != pid)).chain(descendants(target)) {
+            cgroup.add(p).map_err(|e| format!("cannot put the sandbox in its cgroup: {e}"))?;
+        }
+    }
     let network = if w.network { Some(attach_network(jail, w, target).await?) } else { None };
     let mut go = pipe::Sender::from_owned_fd(hs.go).map_err(|e| io("sandbox pipe", e))?;
     go.write_all(b"\n").await.map_err(|e| io("sandbox pipe", e))?;
     Ok(network)
+}
+
+/// The processes below `pid` (their tree is fixed while the wrapper waits).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                found.push(child);
+                stack.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// Reads bwrap's info (`{"child-pid": N, ...}`) until it parses.

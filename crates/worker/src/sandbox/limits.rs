@@ -1,0 +1,267 @@
+//! Per-task limits of sandboxed builds: processes and memory by a cgroup of the task (v1 or
+//! v2, where the worker may make one), CPU time by the cgroup's accounting, the work
+//! directory's disk usage by measuring it while commands run, and per-process `rlimit`s
+//! (`prlimit`) as a backstop where there is no cgroup.
+//!
+//! The cgroup files read and written are the kernel's documented interface
+//! (Documentation/admin-guide/cgroup-v1/{memory,pids}.rst and cgroup-v2.rst): a handful of
+//! files, so no cgroup crate is used.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cloudbuild_proto::sandbox::LimitsConfig;
+use cloudbuild_proto::text::size;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The limits of one task, and its cgroup when the machine gives one.
+#[derive(Debug)]
+pub struct TaskLimits {
+    pub config: LimitsConfig,
+    pub(crate) cgroup: Option<TaskCgroup>,
+}
+
+/// Which limit a command reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    Memory,
+    Processes,
+    CpuTime,
+    Disk,
+}
+
+impl TaskLimits {
+    /// Limits for the task whose work directory is named `name` (`<task>-<attempt>`), with a
+    /// cgroup when one can be made (the worker runs as root, cgroup v1 with the memory, pids
+    /// and cpuacct controllers, or v2 with memory, pids and cpu enabled).
+    pub fn new(config: &LimitsConfig, name: &str) -> TaskLimits {
+        let group = format!("cloudbuild/{}/{name}", std::process::id());
+        let cgroup = TaskCgroup::create(&group, config).map_err(|e| tracing::debug!("no cgroup for {name}: {e}")).ok();
+        TaskLimits { config: config.clone(), cgroup }
+    }
+
+    /// How the limit reads in a build's log: "memory limit of 4 GiB".
+    pub fn describe(&self, what: Reached) -> String {
+        let c = &self.config;
+        match what {
+            Reached::Memory => format!("memory limit of {}", size(c.memory_mib << 20)),
+            Reached::Processes => format!("process limit of {}", c.processes),
+            Reached::CpuTime => format!("CPU time limit of {} s", c.cpu_secs),
+            Reached::Disk => format!("disk limit of {}", size(c.disk_mib << 20)),
+        }
+    }
+
+    /// `prlimit` options for each command: the CPU time and file size backstops, and (only
+    /// without a cgroup, since `RLIMIT_NPROC` counts every process of the user) processes.
+    pub(crate) fn rlimits(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut args = vec![format!("--cpu={}", c.cpu_secs), format!("--fsize={}", c.disk_mib << 20)];
+        if self.cgroup.is_none() {
+            args.push(format!("--nproc={}", c.processes));
+        }
+        args
+    }
+
+    /// Counters of limit hits so far, to tell what a command reached.
+    pub(crate) fn events(&self) -> Events {
+        self.cgroup.as_ref().map(TaskCgroup::events).unwrap_or_default()
+    }
+
+    /// Total CPU time used by the task's processes so far.
+    pub(crate) fn cpu_used(&self) -> Option<Duration> {
+        self.cgroup.as_ref().and_then(TaskCgroup::cpu_used)
+    }
+}
+
+/// How often each limit has been hit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Events {
+    pub oom_kills: u64,
+    pub process_max: u64,
+}
+
+impl Events {
+    /// What was reached between `before` and `self`.
+    pub(crate) fn reached_since(&self, before: &Events) -> Option<Reached> {
+        if self.oom_kills > before.oom_kills {
+            Some(Reached::Memory)
+        } else if self.process_max > before.process_max {
+            Some(Reached::Processes)
+        } else {
+            None
+        }
+    }
+}
+
+/// A task's cgroup: one directory (v2) or one per controller (v1).
+#[derive(Debug)]
+pub(crate) struct TaskCgroup {
+    v2: bool,
+    memory: PathBuf,
+    pids: PathBuf,
+    cpu: PathBuf,
+}
+
+impl TaskCgroup {
+    fn create(group: &str, c: &LimitsConfig) -> std::io::Result<TaskCgroup> {
+        let root = Path::new(CGROUP_ROOT);
+        let cg = if root.join("cgroup.controllers").is_file() {
+            // v2: the controllers must be enabled down the path.
+            let mut at = root.to_path_buf();
+            for part in group.split('/') {
+                std::fs::write(at.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+                at = at.join(part);
+                std::fs::create_dir_all(&at)?;
+            }
+            TaskCgroup { v2: true, memory: at.clone(), pids: at.clone(), cpu: at }
+        } else {
+            let make = |controller: &str| -> std::io::Result<PathBuf> {
+                let dir = root.join(controller).join(group);
+                std::fs::create_dir_all(&dir)?;
+                Ok(dir)
+            };
+            TaskCgroup { v2: false, memory: make("memory")?, pids: make("pids")?, cpu: make("cpuacct")? }
+        };
+        let memory = (c.memory_mib << 20).to_string();
+        if cg.v2 {
+            std::fs::write(cg.memory.join("memory.max"), &memory)?;
+            std::fs::write(cg.memory.join("memory.swap.max"), "0").ok();
+        } else {
+            std::fs::write(cg.memory.join("memory.limit_in_bytes"), &memory)?;
+            // Not every kernel accounts swap; where it does, no swap past the limit either.
+            std::fs::write(cg.memory.join("memory.memsw.limit_in_bytes"), &memory).ok();
+        }
+        std::fs::write(cg.pids.join("pids.max"), c.processes.to_string())?;
+        Ok(cg)
+    }
+
+    /// Moves `pid` into the cgroup (its later children follow it).
+    pub(crate) fn add(&self, pid: u32) -> std::io::Result<()> {
+        let dirs: Vec<&PathBuf> = if self.v2 { vec![&self.memory] } else { vec![&self.memory, &self.pids, &self.cpu] };
+        for dir in dirs {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn events(&self) -> Events {
+        let oom = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        Events {
+            oom_kills: counter(&self.memory.join(oom), "oom_kill"),
+            process_max: counter(&self.pids.join("pids.events"), "max"),
+        }
+    }
+
+    fn cpu_used(&self) -> Option<Duration> {
+        if self.v2 {
+            let micros = counter(&self.cpu.join("cpu.stat"), "usage_usec");
+            Some(Duration::from_micros(micros))
+        } else {
+            let nanos = std::fs::read_to_string(self.cpu.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
+            Some(Duration::from_nanos(nanos))
+        }
+    }
+
+    /// Kills every process still in the cgroup.
+    fn kill_all(&self) {
+        if self.v2 && std::fs::write(self.memory.join("cgroup.kill"), "1").is_ok() {
+            return;
+        }
+        let procs = std::fs::read_to_string(self.memory.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for TaskCgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        // The directories go once empty: the kernel takes a moment to release killed processes.
+        let dirs = [self.memory.clone(), self.pids.clone(), self.cpu.clone()];
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                let mut left = false;
+                for dir in &dirs {
+                    if dir.exists() && std::fs::remove_dir(dir).is_err() {
+                        left = true;
+                    }
+                }
+                if !left {
+                    // And the worker's own level, once its last task is gone.
+                    for dir in &dirs {
+                        if let Some(parent) = dir.parent() {
+                            let _ = std::fs::remove_dir(parent);
+                        }
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` per line); 0 when absent.
+fn counter(file: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks; hard links once), without
+/// following symlinks; stops counting past `stop_after`.
+pub(crate) fn disk_usage(dir: &Path, stop_after: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if total > stop_after {
+                return total;
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keyed_counters_are_read_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("memory.events");
+        std::fs::write(&f, "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n").unwrap();
+        assert_eq!(counter(&f, "oom_kill"), 1);
+        assert_eq!(counter(&f, "max"), 12);
+        assert_eq!(counter(&f, "absent"), 0);
+        let before = Events { oom_kills: 0, process_max: 3 };
+        assert_eq!(Events { oom_kills: 1, process_max: 3 }.reached_since(&before), Some(Reached::Memory));
+        assert_eq!(Events { oom_kills: 0, process_max: 4 }.reached_since(&before), Some(Reached::Processes));
+        assert_eq!(before.reached_since(&before), None);
+    }
+
+    #[test]
+    fn disk_usage_counts_hard_links_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; 1 << 20]).unwrap();
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let used = disk_usage(dir.path(), u64::MAX);
+        assert!((1 << 20..2 << 20).contains(&used), "{used}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod releases;
 pub mod tasks;
 pub mod workers;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,6 +29,8 @@ const MANIFEST_BYTES: usize = 256 << 20;
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
+    // One budget for every upload route: a burst of publishes waits rather than piling up.
+    let uploads = tower::limit::GlobalConcurrencyLimitLayer::new(state.settings.max_concurrent_uploads);
     let api = Router::new()
         .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get))
@@ -40,11 +43,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/blobs/{hash}",
-            put(releases::blob).layer(DefaultBodyLimit::disable()),
+            put(releases::blob)
+                .layer::<_, Infallible>(DefaultBodyLimit::disable())
+                .layer::<_, Infallible>(uploads.clone()),
         )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/bundle",
-            post(releases::bundle).layer(DefaultBodyLimit::max(BUNDLE_BYTES)),
+            post(releases::bundle)
+                .layer::<_, Infallible>(DefaultBodyLimit::max(BUNDLE_BYTES))
+                .layer::<_, Infallible>(uploads),
         )
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/commit",

@@ -206,6 +206,9 @@ pub struct LimitsConfig {
     /// Seconds a client has to send a request's headers; slower ones are disconnected
     /// (slowloris).
     pub header_read_timeout_secs: u64,
+    /// Publish uploads (files and bundles) the server takes at once, from all workers; more
+    /// wait their turn. Each streams to disk, so memory stays bounded by this many buffers.
+    pub max_concurrent_uploads: usize,
 }
 
 /// `[workers]`.
@@ -269,6 +272,7 @@ impl Default for LimitsConfig {
             max_file_bytes: 512 * 1024 * 1024,
             max_connections: 20_000,
             header_read_timeout_secs: 10,
+            max_concurrent_uploads: 8,
         }
     }
 }
@@ -381,6 +385,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// See [`LimitsConfig::header_read_timeout_secs`].
     pub header_read_timeout: std::time::Duration,
+    /// See [`LimitsConfig::max_concurrent_uploads`].
+    pub max_concurrent_uploads: usize,
     /// `(name, token)` pairs workers may authenticate with besides the revocable tokens in the
     /// store: the configured `workers.tokens` and the embedded worker's own.
     pub worker_tokens: Vec<(String, Secret)>,
@@ -437,6 +443,9 @@ impl ServerConfig {
                     format!("`{}` is not an npm package name: {e}", name.escape_debug()),
                 )
             })?;
+        }
+        if self.limits.max_concurrent_uploads == 0 {
+            return Err(bad("limits.max_concurrent_uploads", "must be at least 1".into()));
         }
         if self.limits.max_connections == 0 {
             return Err(bad("limits.max_connections", "must be at least 1".into()));
@@ -554,6 +563,7 @@ impl ServerConfig {
                 allow: self.commands.allow_install_scripts.clone(),
             },
             max_connections: self.limits.max_connections,
+            max_concurrent_uploads: self.limits.max_concurrent_uploads,
             header_read_timeout: std::time::Duration::from_secs(self.limits.header_read_timeout_secs),
             worker_tokens: self
                 .workers

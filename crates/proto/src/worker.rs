@@ -122,6 +122,10 @@ pub struct Assignment {
     /// The server's rule for packages' install scripts (`commands.ignore_install_scripts`).
     #[serde(default)]
     pub install_scripts: InstallScripts,
+    /// The project's secrets for this environment (values never logged: `BuildSecret`'s
+    /// `Debug` hides them), given to their stages and masked in all output.
+    #[serde(default)]
+    pub secrets: Vec<crate::secret::BuildSecret>,
 }
 
 /// Whether an install runs the dependencies' lifecycle scripts (`preinstall`, `install`,

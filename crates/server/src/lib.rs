@@ -29,6 +29,7 @@ pub mod socketio;
 pub mod state;
 pub mod targets;
 pub mod uploads;
+pub mod vault;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("publish target: {0}")]
     Target(#[from] targets::TargetError),
+    #[error(transparent)]
+    Vault(#[from] vault::VaultError),
 }
 
 /// Creates the data directory layout and opens the configured store: SQLite in the data
@@ -110,9 +113,13 @@ pub fn app_state(
         bodies: Default::default(),
         labels: Default::default(),
     };
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| ServerError::DataDir { path: settings.data_dir.display().to_string(), source })?;
+    let vault = Arc::new(vault::Vault::open_or_create(&settings.data_dir.join("secrets.key"))?);
     let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
     let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };
     let state = Arc::new(AppState {
+        vault,
         targets,
         store,
         hub,

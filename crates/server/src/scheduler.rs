@@ -249,6 +249,14 @@ impl LeaseKey {
 /// Sends a claimed task to its worker.
 async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Task, lease_key: String) {
     let attempt = TaskAttempt { task_id: task.id, attempt: task.attempt };
+    let secrets = match crate::vault::task_secrets(state, &task.name, task.env).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(task = task.id, "cannot read the project's secrets: {e}");
+            requeue(state, attempt, &format!("the server cannot read the project's secrets ({e})")).await;
+            return;
+        }
+    };
     let site_under_path = cloudbuild_proto::validate::ProjectName::parse(&task.name)
         .map(|n| state.targets.get(task.env).urls().under_path(&n))
         .unwrap_or(true);
@@ -268,6 +276,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         install_scripts: state.settings.install_scripts.clone(),
         timeouts: state.settings.timeouts.clone(),
         site_under_path,
+        secrets,
     };
     let sent = {
         let mut workers = state.scheduler.lock_workers();

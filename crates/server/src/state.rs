@@ -25,6 +25,8 @@ pub struct AppState {
     pub targets: Targets,
     /// The sites domain and the cache of release indexes.
     pub sites: crate::sites::Sites,
+    /// The keys project secrets are sealed with.
+    pub vault: Arc<crate::vault::Vault>,
 }
 
 impl AppState {

@@ -168,3 +168,34 @@ async fn worker_tokens_and_releases_answer_with_their_own_codes() {
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"), "{body}");
     assert!(body["message"].as_str().unwrap().ends_with("(available: none)"), "{body}");
 }
+
+#[tokio::test]
+async fn secrets_are_checked_listed_without_values_and_deleted() {
+    let api = api(|_| {}).await;
+    let put = |name: &str, value: &str| {
+        let body = json!({ "value": value });
+        let uri = format!("/api/v1/projects/site/secrets/test/{name}");
+        (uri, body)
+    };
+    let (uri, body) = put("npm_token", "abcdefgh");
+    let (status, v) = api.call("PUT", &uri, None, Some(body)).await;
+    assert_eq!((status, code(&v)), (StatusCode::BAD_REQUEST, "invalid_input"), "{v}");
+    let (uri, body) = put("NPM_TOKEN", "abc");
+    let (status, v) = api.call("PUT", &uri, None, Some(body)).await;
+    assert!(status == StatusCode::BAD_REQUEST && v["message"].as_str().unwrap().contains("shorter than 6"), "{v}");
+    let (uri, body) = put("NPM_TOKEN", "npm_0123456789abcdef");
+    let (status, v) = api.call("PUT", &uri, None, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["stages"], json!(["install", "check", "build"]));
+    let (status, v) = api.get("/api/v1/projects/site/secrets").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["secrets"][0]["name"], "NPM_TOKEN");
+    assert!(!v.to_string().contains("0123456789abcdef"), "never a value: {v}");
+    let (status, v) =
+        api.call("PUT", "/api/v1/projects/site/secrets/staging/X_KEY", None, Some(json!({"value": "abcdefgh"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _) = api.call("DELETE", "/api/v1/projects/site/secrets/test/NPM_TOKEN", None, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, v) = api.call("DELETE", "/api/v1/projects/site/secrets/test/NPM_TOKEN", None, None).await;
+    assert_eq!((status, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+}

@@ -244,6 +244,18 @@ pub enum RequeueOutcome {
 }
 
 /// Persistent state of the service. Implementations must be safe to share between tasks.
+/// A project's secret as stored: the value sealed by the server (never in the clear here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    pub project: String,
+    pub env: Environment,
+    pub name: String,
+    /// The encrypted value with its key id and nonce (see the server's `vault`).
+    pub sealed: String,
+    pub stages: Vec<Stage>,
+    pub updated_at: Timestamp,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a queued task and its first event (`create task`); returns the task.
@@ -320,6 +332,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>>;
     /// The name of the live token with this hash, if any.
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>>;
+
+    /// Adds or replaces a project's secret for an environment (its sealed value only).
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<()>;
+    /// Removes a secret; false if there was none.
+    async fn delete_secret(&self, project: &str, env: Environment, name: &str) -> Result<bool>;
+    /// A project's secrets, every environment, by environment then name.
+    async fn list_secrets(&self, project: &str) -> Result<Vec<StoredSecret>>;
 
     /// Takes (or, for the same `holder`, extends) a lock shared by every server on this store,
     /// expiring after `ttl` unless extended; false while another holder has it. A single-server

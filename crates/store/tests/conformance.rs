@@ -9,7 +9,7 @@ use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::worker::{TaskAttempt, WorkerInfo, WorkerState};
 use cloudbuild_store::{
     Appended, CancelOutcome, Change, Fence, Finish, Missing, NewRelease, NewTask, RedisOptions, RedisStore,
-    RequeueOutcome, SqliteStore, Store, StoreError, TaskQuery, WorkerOp,
+    RequeueOutcome, SqliteStore, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
@@ -133,6 +133,7 @@ async fn all_stories(store: &dyn Store) {
     label_story(store).await;
     worker_story(store).await;
     holder_story(store).await;
+    secret_story(store).await;
 }
 
 /// Only the worker holding a task's lease changes it: another worker's messages are refused
@@ -274,6 +275,31 @@ async fn worker_story(store: &dyn Store) {
     let tokens = store.list_worker_tokens().await.unwrap();
     assert_eq!(tokens.len(), 1);
     assert!(tokens[0].revoked_at.is_some());
+}
+
+/// Secrets are kept per project and environment, replaced by name, listed in order.
+async fn secret_story(store: &dyn Store) {
+    let secret = |env, name: &str, sealed: &str| StoredSecret {
+        project: "site".into(),
+        env,
+        name: name.into(),
+        sealed: sealed.into(),
+        stages: vec![Stage::Build],
+        updated_at: Timestamp::now(),
+    };
+    store.put_secret(&secret(Environment::Prod, "NPM_TOKEN", "v1:a")).await.unwrap();
+    store.put_secret(&secret(Environment::Test, "NPM_TOKEN", "v1:b")).await.unwrap();
+    store.put_secret(&secret(Environment::Test, "API_KEY", "v1:c")).await.unwrap();
+    store.put_secret(&secret(Environment::Test, "API_KEY", "v1:d")).await.unwrap();
+    let listed = store.list_secrets("site").await.unwrap();
+    let keys: Vec<(&str, &str, &str)> =
+        listed.iter().map(|s| (s.env.as_str(), s.name.as_str(), s.sealed.as_str())).collect();
+    assert_eq!(keys, vec![("prod", "NPM_TOKEN", "v1:a"), ("test", "API_KEY", "v1:d"), ("test", "NPM_TOKEN", "v1:b")]);
+    assert_eq!(listed[0].stages, vec![Stage::Build]);
+    assert!(store.list_secrets("other").await.unwrap().is_empty());
+    assert!(store.delete_secret("site", Environment::Test, "API_KEY").await.unwrap());
+    assert!(!store.delete_secret("site", Environment::Test, "API_KEY").await.unwrap());
+    assert_eq!(store.list_secrets("site").await.unwrap().len(), 2);
 }
 
 /// A batch of worker operations applies in order in one go; a stale op fails alone.

@@ -1,9 +1,11 @@
 //! The `Executor` trait (what runs an assignment) and `Reporter` (how it tells the server).
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cloudbuild_proto::event::OutputStream;
+use cloudbuild_proto::mask::Masker;
 use cloudbuild_proto::task::Stage;
 use cloudbuild_proto::worker::{Assignment, Outcome, StagePhase, TaskAttempt, WorkerEvent, WorkerMessage};
 use tokio::sync::mpsc;
@@ -30,17 +32,55 @@ pub trait Executor: Send + Sync + 'static {
     async fn run(&self, ctx: TaskContext) -> Outcome;
 }
 
-/// Sends a task's events to the server, tagged with its attempt.
+/// Sends a task's events to the server, tagged with its attempt; with the task's secrets,
+/// every message is masked first (output, notes, stage messages).
 #[derive(Debug, Clone)]
 pub struct Reporter {
     task: TaskAttempt,
     tx: mpsc::UnboundedSender<WorkerMessage>,
+    /// Shared by the clones that stream one task's output, so a secret split across chunks
+    /// is still caught.
+    masker: Option<Arc<Mutex<Masker>>>,
+}
+
+fn stream_index(s: OutputStream) -> usize {
+    match s {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
+    }
 }
 
 impl Reporter {
     /// A reporter that queues messages on the worker's outgoing channel.
     pub fn new(task: TaskAttempt, tx: mpsc::UnboundedSender<WorkerMessage>) -> Self {
-        Reporter { task, tx }
+        Reporter { task, tx, masker: None }
+    }
+
+    /// This reporter, masking `values` (the task's secrets) and their printed forms.
+    pub fn with_secrets<'a>(mut self, values: impl IntoIterator<Item = &'a str>) -> Self {
+        let masker = Masker::new(values);
+        self.masker = if masker.is_empty() { None } else { Some(Arc::new(Mutex::new(masker))) };
+        self
+    }
+
+    /// `text` with the task's secrets masked.
+    pub fn mask(&self, text: &str) -> String {
+        match &self.masker {
+            Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()).mask(text),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Sends what the masker still holds back (the end of a chunk that could have begun a
+    /// secret); call when a command's output ends.
+    pub fn flush(&self) {
+        let Some(m) = &self.masker else { return };
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let rest = m.lock().unwrap_or_else(|e| e.into_inner()).finish(stream_index(stream));
+            if !rest.is_empty() {
+                self.send(WorkerEvent::Output { stream, text: rest });
+            }
+        }
     }
 
     fn send(&self, event: WorkerEvent) {
@@ -52,17 +92,25 @@ impl Reporter {
 
     /// A stage started.
     pub fn started(&self, stage: Stage, message: impl Into<String>) {
-        self.send(WorkerEvent::Stage { stage, phase: StagePhase::Started, message: message.into() });
+        let message = self.mask(&message.into());
+        self.send(WorkerEvent::Stage { stage, phase: StagePhase::Started, message });
     }
 
     /// A stage succeeded.
     pub fn succeeded(&self, stage: Stage, message: impl Into<String>) {
-        self.send(WorkerEvent::Stage { stage, phase: StagePhase::Succeeded, message: message.into() });
+        let message = self.mask(&message.into());
+        self.send(WorkerEvent::Stage { stage, phase: StagePhase::Succeeded, message });
     }
 
     /// A chunk of output.
     pub fn output(&self, stream: OutputStream, text: String) {
-        self.send(WorkerEvent::Output { stream, text });
+        let text = match &self.masker {
+            Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()).push(stream_index(stream), &text),
+            None => text,
+        };
+        if !text.is_empty() {
+            self.send(WorkerEvent::Output { stream, text });
+        }
     }
 
     /// A line of the worker's own (shown in the log as stderr, prefixed).

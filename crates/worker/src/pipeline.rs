@@ -142,6 +142,12 @@ impl Run<'_> {
         argv: &[String],
         env: &[(String, String)],
     ) -> Result<(), StageError> {
+        // The project's secrets of this stage, as environment variables (never git's).
+        let mut env = env.to_vec();
+        env.extend(
+            self.a.secrets.iter().filter(|s| s.stages.contains(&stage)).map(|s| (s.name.clone(), s.value.clone())),
+        );
+        let env = env.as_slice();
         let reporter = self.reporter.clone();
         let network = self.network(stage);
         let spec = RunSpec {
@@ -160,7 +166,9 @@ impl Run<'_> {
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink).await.map_err(|e| StageError::of(stage, e))
+        let result = process::run(spec, &mut self.cancel, &mut sink).await;
+        self.reporter.flush();
+        result.map_err(|e| StageError::of(stage, e))
     }
 
     /// Parses a command and checks it against the policy and the project's scripts.
@@ -291,7 +299,9 @@ impl Run<'_> {
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
-        process::run(spec, &mut self.cancel, &mut sink).await.map_err(|e| StageError::of(Stage::DownloadRepo, e))
+        let result = process::run(spec, &mut self.cancel, &mut sink).await;
+        self.reporter.flush();
+        result.map_err(|e| StageError::of(Stage::DownloadRepo, e))
     }
 
     /// Runs a git command like [`Self::git`] and returns what it printed on stdout (its
@@ -320,7 +330,9 @@ impl Run<'_> {
             OutputStream::Stdout => stdout.push_str(&t),
             OutputStream::Stderr => reporter.output(s, t),
         };
-        process::run(spec, &mut self.cancel, &mut sink).await.map_err(StageError::from)?;
+        let result = process::run(spec, &mut self.cancel, &mut sink).await;
+        self.reporter.flush();
+        result.map_err(StageError::from)?;
         Ok(stdout)
     }
 
@@ -517,9 +529,11 @@ impl Executor for Pipeline {
         let mut env = base_env();
         env.push(("CLOUDBUILD_TASK_ID".into(), a.task.task_id.to_string()));
         env.push(("CLOUDBUILD_ENV".into(), a.env.as_str().into()));
+        // Every message of the task is masked for its secrets.
+        let reporter = ctx.reporter.clone().with_secrets(a.secrets.iter().map(|s| s.value.as_str()));
         let mut run = Run {
             a,
-            reporter: &ctx.reporter,
+            reporter: &reporter,
             cancel: ctx.cancel.clone(),
             task_deadline: Instant::now() + Duration::from_secs(a.timeouts.task_secs),
             checkout: workdir.join(CHECKOUT_DIR),
@@ -533,6 +547,12 @@ impl Executor for Pipeline {
             limits: self.sandbox.task_limits(&format!("{}-{}", a.task.task_id, a.task.attempt)),
         };
         let outcome = pipeline(&mut run, &ctx).await;
+        reporter.flush();
+        let outcome = match outcome {
+            Outcome::Failed { stage, reason } => Outcome::Failed { stage, reason: reporter.mask(&reason) },
+            Outcome::TimedOut { stage, reason } => Outcome::TimedOut { stage, reason: reporter.mask(&reason) },
+            other => other,
+        };
         // Removing a large node_modules takes seconds; do it off the task's clock.
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&workdir);

@@ -131,10 +131,9 @@ pub async fn run(
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
-                let reached = limits.and_then(|l| l.events().reached_since(&events_before));
                 break match status {
                     Ok(s) if s.success() => Ok(()),
-                    Ok(s) => match (reached.or_else(|| limit_signal(s)), limits) {
+                    Ok(s) => match (limits.and_then(|l| l.reached(&events_before, s)), limits) {
                         (Some(what), Some(l)) => Err(RunError::LimitReached { command: command.clone(), limit: l.describe(what) }),
                         _ => Err(RunError::Exit { command: command.clone(), status: describe(s) }),
                     },
@@ -302,18 +301,6 @@ async fn stop_group(pgid: Option<Pid>, child: &mut tokio::process::Child, grace:
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
-    }
-}
-
-/// The limit a process was killed for by its `rlimit`: SIGXCPU (CPU time), SIGXFSZ (file size).
-fn limit_signal(status: std::process::ExitStatus) -> Option<Reached> {
-    use std::os::unix::process::ExitStatusExt;
-    // A shell reports a child killed by signal N as exit code 128 + N.
-    let signal = status.signal().or_else(|| status.code().filter(|c| *c > 128).map(|c| c - 128))?;
-    match Signal::try_from(signal).ok()? {
-        Signal::SIGXCPU => Some(Reached::CpuTime),
-        Signal::SIGXFSZ => Some(Reached::Disk),
-        _ => None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod publish;
 mod releases;
+mod secrets;
 mod server;
 mod tasks;
 mod workers;
@@ -73,6 +74,10 @@ pub(crate) enum Command {
     Releases(releases::ReleasesArgs),
     /// Switch an environment back to an earlier release, instantly (no rebuild).
     Rollback(releases::RollbackArgs),
+    /// Set, list and delete a project's secrets (environment variables of its builds, masked
+    /// in every log).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// List workers: state, slots, labels, running tasks, last heartbeat.
     Workers(workers::WorkersArgs),
     /// Open the project's published site in the browser (the latest successful build's URL).
@@ -94,6 +99,7 @@ impl Cli {
             Command::Rollback(a) => a.json,
             Command::Workers(a) => a.json,
             Command::WorkerTokens(_) => false,
+            Command::Secrets(c) => c.json(),
             Command::Server(_) | Command::Worker(_) | Command::Open(_) => false,
         }
     }
@@ -121,6 +127,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(a) => releases::rollback(a).await,
         Command::Workers(a) => workers::workers(a).await,
         Command::WorkerTokens(c) => workers::tokens(c).await,
+        Command::Secrets(c) => secrets::run(c).await,
         Command::Open(a) => tasks::open(a).await,
     }
 }

@@ -13,6 +13,7 @@ mod pipeline;
 mod recovery;
 mod releases;
 mod sandbox;
+mod secrets;
 mod sites;
 mod socketio;
 mod terminal;

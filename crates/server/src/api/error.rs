@@ -11,6 +11,7 @@ use cloudbuild_store::StoreError;
 use crate::domain::callers::AuthError;
 use crate::domain::releases::lock::LockError;
 use crate::domain::releases::ReleaseError;
+use crate::domain::secrets::SecretError;
 use crate::domain::tasks::TaskError;
 use crate::domain::workers::WorkerError;
 
@@ -89,6 +90,18 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Store(s) => s.into(),
             _ => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+        }
+    }
+}
+
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> Self {
+        let message = e.to_string();
+        match e {
+            SecretError::Invalid(v) => v.into(),
+            SecretError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            SecretError::Vault(ref v) => ApiError::internal("project secrets", v),
+            SecretError::Store(s) => s.into(),
         }
     }
 }

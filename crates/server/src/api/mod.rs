@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod releases;
+pub mod secrets;
 pub mod tasks;
 pub mod workers;
 
@@ -57,6 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/tasks/{id}/attempts/{attempt}/publish/commit",
             post(releases::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )
+        .route("/projects/{name}/secrets", get(secrets::list))
+        .route("/projects/{name}/secrets/{env}/{secret}", put(secrets::set).delete(secrets::delete))
         .route("/releases", get(releases::list))
         .route("/releases/rollback", post(releases::rollback))
         .route("/workers", get(workers::list))

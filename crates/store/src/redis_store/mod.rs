@@ -39,12 +39,13 @@ mod keys;
 mod notices;
 mod releases;
 mod scripts;
+mod secrets;
 mod workers;
 
 use crate::apply::{self, CancelEffect, Live, Op, RequeueEffect};
 use crate::{
     labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, Notice, RequeueOutcome, Result,
-    Store, StoreError, TaskQuery, WorkerOp,
+    Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cas::{record_json, Plan};
 use keys::*;
@@ -437,6 +438,18 @@ impl Store for RedisStore {
 
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>> {
         workers::worker_token_name(self, hash).await
+    }
+
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<()> {
+        secrets::put(self, secret).await
+    }
+
+    async fn delete_secret(&self, project: &str, env: Environment, name: &str) -> Result<bool> {
+        secrets::delete(self, project, env, name).await
+    }
+
+    async fn list_secrets(&self, project: &str) -> Result<Vec<StoredSecret>> {
+        secrets::list(self, project).await
     }
 
     async fn extend_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {

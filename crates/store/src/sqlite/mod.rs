@@ -9,6 +9,7 @@
 
 mod batch;
 mod releases;
+mod secrets;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -26,7 +27,7 @@ use tokio::sync::Mutex;
 use crate::apply::{self, CancelEffect, Op, RequeueEffect};
 use crate::{
     labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RequeueOutcome, Result, Store,
-    StoreError, TaskQuery, WorkerOp,
+    StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
@@ -517,5 +518,17 @@ impl Store for SqliteStore {
             .bind(hash)
             .fetch_optional(&self.reader)
             .await?)
+    }
+
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<()> {
+        secrets::put(self, secret).await
+    }
+
+    async fn delete_secret(&self, project: &str, env: Environment, name: &str) -> Result<bool> {
+        secrets::delete(self, project, env, name).await
+    }
+
+    async fn list_secrets(&self, project: &str) -> Result<Vec<StoredSecret>> {
+        secrets::list(&self.reader, project).await
     }
 }

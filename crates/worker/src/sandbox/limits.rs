@@ -56,11 +56,23 @@ impl TaskLimits {
     /// without a cgroup, since `RLIMIT_NPROC` counts every process of the user) processes.
     pub(crate) fn rlimits(&self) -> Vec<String> {
         let c = &self.config;
-        let mut args = vec![format!("--cpu={}", c.cpu_secs), format!("--fsize={}", c.disk_mib << 20)];
+        // Soft below hard: the soft limit sends SIGXCPU, which tells what happened; at the
+        // hard one the kernel sends SIGKILL, which does not.
+        let mut args =
+            vec![format!("--cpu={}:{}", c.cpu_secs, c.cpu_secs + 5), format!("--fsize={}", c.disk_mib << 20)];
         if self.cgroup.is_none() {
             args.push(format!("--nproc={}", c.processes));
         }
         args
+    }
+
+    /// What a command that failed reached, if anything: the cgroup's counters since `before`,
+    /// the task's CPU time, or an rlimit's signal in its exit status.
+    pub(crate) fn reached(&self, before: &Events, status: std::process::ExitStatus) -> Option<Reached> {
+        self.events()
+            .reached_since(before)
+            .or_else(|| self.cpu_used().filter(|t| t.as_secs() >= self.config.cpu_secs).map(|_| Reached::CpuTime))
+            .or_else(|| limit_signal(status))
     }
 
     /// Counters of limit hits so far, to tell what a command reached.
@@ -71,6 +83,19 @@ impl TaskLimits {
     /// Total CPU time used by the task's processes so far.
     pub(crate) fn cpu_used(&self) -> Option<Duration> {
         self.cgroup.as_ref().and_then(TaskCgroup::cpu_used)
+    }
+}
+
+/// The limit a process was killed for by its `rlimit`: SIGXCPU (CPU time), SIGXFSZ (file size).
+fn limit_signal(status: std::process::ExitStatus) -> Option<Reached> {
+    use nix::sys::signal::Signal;
+    use std::os::unix::process::ExitStatusExt;
+    // A shell reports a child killed by signal N as exit code 128 + N.
+    let signal = status.signal().or_else(|| status.code().filter(|c| *c > 128).map(|c| c - 128))?;
+    match Signal::try_from(signal).ok()? {
+        Signal::SIGXCPU => Some(Reached::CpuTime),
+        Signal::SIGXFSZ => Some(Reached::Disk),
+        _ => None,
     }
 }
 

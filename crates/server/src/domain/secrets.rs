@@ -1,0 +1,94 @@
+//! Project secrets: set, list (never values) and delete, per project and environment. Values
+//! are sealed by the server's [`Vault`](crate::vault::Vault) before they reach the store, and
+//! opened only to hand them to the worker of a task of that project and environment
+//! ([`crate::vault::task_secrets`]).
+
+use cloudbuild_proto::secret::{check_name, check_value, SecretInfo, SetSecret, SECRET_STAGES};
+use cloudbuild_proto::task::{Environment, Stage};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::validate::{ProjectName, ValidationError};
+use cloudbuild_store::{StoreError, StoredSecret};
+
+use crate::state::AppState;
+use crate::vault::{slot, Vault, VaultError};
+
+/// Why a secret could not be set, listed or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{project} has no {env} secret named {name}")]
+    NotFound { project: String, env: &'static str, name: String },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn info(s: &StoredSecret) -> SecretInfo {
+    SecretInfo {
+        project: s.project.clone(),
+        env: s.env,
+        name: s.name.clone(),
+        stages: s.stages.clone(),
+        key: Vault::key_of(&s.sealed).to_owned(),
+        updated_at: s.updated_at,
+    }
+}
+
+/// Sets (adds or replaces) `name` for `project` in `env`. The value is checked (6 bytes at
+/// least, one line) and sealed; stages default to install, check and build.
+pub async fn set(
+    state: &AppState,
+    project: &str,
+    env: Environment,
+    name: &str,
+    req: SetSecret,
+) -> Result<SecretInfo, SecretError> {
+    let project = ProjectName::parse(project)?;
+    check_name(name)?;
+    check_value(&req.value)?;
+    let mut stages = req.stages.unwrap_or_else(|| SECRET_STAGES.to_vec());
+    if let Some(bad) = stages.iter().find(|s| !SECRET_STAGES.contains(s)) {
+        return Err(ValidationError {
+            field: "stages",
+            reason: format!("`{}` runs no project command; choose among install, check, build", bad.action()),
+        }
+        .into());
+    }
+    stages.sort();
+    stages.dedup();
+    let sealed = state.vault.seal(&slot(project.as_str(), env, name), &req.value)?;
+    let stored = StoredSecret {
+        project: project.as_str().to_owned(),
+        env,
+        name: name.to_owned(),
+        sealed,
+        stages,
+        updated_at: Timestamp::now(),
+    };
+    state.store.put_secret(&stored).await?;
+    Ok(info(&stored))
+}
+
+/// The project's secrets, every environment: names, stages and dates, never values.
+pub async fn list(state: &AppState, project: &str) -> Result<Vec<SecretInfo>, SecretError> {
+    let project = ProjectName::parse(project)?;
+    Ok(state.store.list_secrets(project.as_str()).await?.iter().map(info).collect())
+}
+
+/// Deletes a secret.
+pub async fn delete(state: &AppState, project: &str, env: Environment, name: &str) -> Result<(), SecretError> {
+    let project = ProjectName::parse(project)?;
+    check_name(name)?;
+    if state.store.delete_secret(project.as_str(), env, name).await? {
+        Ok(())
+    } else {
+        Err(SecretError::NotFound { project: project.as_str().to_owned(), env: env.as_str(), name: name.to_owned() })
+    }
+}
+
+/// The stages a secret can be given to, as the API names them.
+pub fn stage_names() -> Vec<&'static str> {
+    SECRET_STAGES.iter().map(|s: &Stage| s.action()).collect()
+}

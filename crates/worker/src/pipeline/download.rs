@@ -1,0 +1,252 @@
+//! The `download repo` stage: a hardened git clone or fetch of the task's commit, in the
+//! sandbox, and the check that the commit is the release the task names.
+
+use std::path::{Path, PathBuf};
+
+use cloudbuild_proto::event::OutputStream;
+use cloudbuild_proto::task::Stage;
+use cloudbuild_proto::validate::{CommitSha, GitProtocol, GitRef, RepoPolicy, RepoUrl};
+
+use super::{Run, StageError, CHECKOUT_DIR};
+use crate::process::{self, RunSpec};
+use crate::sandbox::{Confinement, Network};
+
+impl Run<'_> {
+    pub(super) async fn download(&mut self) -> Result<String, StageError> {
+        let protocols = self
+            .a
+            .allowed_protocols
+            .iter()
+            .map(|p| GitProtocol::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StageError::Failed(e.to_string()))?;
+        let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
+        let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
+        let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        self.local_repo = repo.local_path().map(PathBuf::from);
+        let pinned = match &self.a.commit {
+            Some(c) => Some(CommitSha::parse(c).map_err(|e| StageError::Failed(e.to_string()))?),
+            None => None,
+        };
+        let allow: Vec<&str> = self.a.allowed_protocols.iter().map(String::as_str).collect();
+        let mut git_env = self.env.clone();
+        git_env.extend([
+            ("GIT_ALLOW_PROTOCOL".to_owned(), allow.join(":")),
+            ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
+            ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
+            ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
+            ("GIT_SSH_COMMAND".to_owned(), "ssh -oBatchMode=yes".to_owned()),
+        ]);
+        if let (Some(local), true) = (repo.local_path(), self.sandbox.is_on()) {
+            // The build's user reads a repository of the worker's user, which git refuses as of
+            // "dubious ownership" unless the global config says it is safe. Only for `file://`,
+            // which only the server's config allows. (Command-line config does not reach the
+            // `upload-pack` of a local clone; a global config file does.)
+            let config = format!("[safe]\n\tdirectory = {local}\n\tdirectory = {local}/.git\n");
+            std::fs::write(self.workdir.join("gitconfig"), config)
+                .map_err(|e| StageError::Failed(format!("cannot write the git config: {e}")))?;
+            git_env.retain(|(k, _)| k != "GIT_CONFIG_GLOBAL");
+            git_env.push(("GIT_CONFIG_GLOBAL".to_owned(), format!("{}/gitconfig", crate::sandbox::INSIDE_WORKDIR)));
+        }
+        match &pinned {
+            None => {
+                // Relative to the work directory: inside the sandbox, it is elsewhere.
+                let (workdir, checkout) = (self.workdir.clone(), CHECKOUT_DIR);
+                let clone = [
+                    "clone",
+                    "--quiet",
+                    "--depth",
+                    "1",
+                    "--single-branch",
+                    "--no-tags",
+                    "--no-recurse-submodules",
+                    "--branch",
+                    branch.as_str(),
+                    "--",
+                    repo.as_str(),
+                    checkout,
+                ];
+                self.git(&workdir, &git_env, &clone).await?;
+            }
+            Some(sha) => self.fetch_commit(&repo, &branch, sha, &git_env).await?,
+        }
+        // In the sandbox too: the repository is the build's, not to be read by the worker's git.
+        let checkout = self.checkout.clone();
+        let head = self.git_output(&checkout, &git_env, &["rev-parse", "HEAD"]).await?;
+        let sha = head.trim().to_owned();
+        if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StageError::Failed("could not resolve the checked-out commit".into()));
+        }
+        if pinned.as_ref().is_some_and(|p| p.as_str() != sha) {
+            return Err(StageError::Failed(format!("checked out {sha}, not the pinned commit")));
+        }
+        self.reporter.commit(sha.clone());
+        check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
+        let how = if pinned.is_some() { "fetched" } else { "cloned" };
+        Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{}", &sha[..12], self.a.name, self.a.version))
+    }
+
+    /// Runs a hardened git command (no hooks, no redirects) in `cwd`, streaming its output.
+    async fn git(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<(), StageError> {
+        let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect();
+        let reporter = self.reporter.clone();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd,
+            env,
+            deadline: self.stage_deadline(Stage::DownloadRepo),
+            kill_grace: self.kill_grace(),
+            pgid_file: Some(&self.pgid_file()),
+            confinement: Some(Confinement {
+                sandbox: &self.sandbox,
+                workdir: &self.workdir,
+                network: self.git_network(),
+                repository: self.local_repo.as_deref(),
+                limits: self.limits.as_ref(),
+            }),
+        };
+        let mut sink = move |s, t| reporter.output(s, t);
+        let result = process::run(spec, &mut self.cancel, &mut sink).await;
+        self.reporter.flush();
+        result.map_err(|e| StageError::of(Stage::DownloadRepo, e))
+    }
+
+    /// Runs a git command like [`Self::git`] and returns what it printed on stdout (its
+    /// stderr goes to the log).
+    async fn git_output(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<String, StageError> {
+        let argv: Vec<String> =
+            ["git", "-c", "core.hooksPath=/dev/null"].iter().chain(args).map(|s| s.to_string()).collect();
+        let reporter = self.reporter.clone();
+        let spec = RunSpec {
+            argv: &argv,
+            cwd,
+            env,
+            deadline: self.stage_deadline(Stage::DownloadRepo),
+            kill_grace: self.kill_grace(),
+            pgid_file: Some(&self.pgid_file()),
+            confinement: Some(Confinement {
+                sandbox: &self.sandbox,
+                workdir: &self.workdir,
+                network: Network::None,
+                repository: None,
+                limits: self.limits.as_ref(),
+            }),
+        };
+        let mut stdout = String::new();
+        let mut sink = |s, t: String| match s {
+            OutputStream::Stdout => stdout.push_str(&t),
+            OutputStream::Stderr => reporter.output(s, t),
+        };
+        let result = process::run(spec, &mut self.cancel, &mut sink).await;
+        self.reporter.flush();
+        result.map_err(StageError::from)?;
+        Ok(stdout)
+    }
+
+    /// Checks out exactly `sha`: fetched by id (one commit, no history), or, from a server
+    /// that does not serve commits by id, with the branch's history. A commit that is in
+    /// neither (force-pushed away, deleted) fails clearly.
+    async fn fetch_commit(
+        &mut self,
+        repo: &RepoUrl,
+        branch: &GitRef,
+        sha: &CommitSha,
+        env: &[(String, String)],
+    ) -> Result<(), StageError> {
+        let src = self.checkout.clone();
+        tokio::fs::create_dir_all(&src)
+            .await
+            .map_err(|e| StageError::Failed(format!("cannot create the checkout: {e}")))?;
+        self.git(&src, env, &["init", "--quiet"]).await?;
+        let by_id = [
+            "fetch",
+            "--quiet",
+            "--depth",
+            "1",
+            "--no-tags",
+            "--no-recurse-submodules",
+            "--",
+            repo.as_str(),
+            sha.as_str(),
+        ];
+        match self.git(&src, env, &by_id).await {
+            Ok(()) => {}
+            Err(StageError::Failed(_)) => {
+                self.reporter.note(format!(
+                    "commit {} could not be fetched by id; fetching branch {branch} to find it",
+                    sha.short()
+                ));
+                let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+                let whole = ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
+                let fetched = self.git(&src, env, &whole).await;
+                let present = fetched.is_ok()
+                    && self.git(&src, env, &["cat-file", "-e", &format!("{sha}^{{commit}}")]).await.is_ok();
+                if !present {
+                    return Err(StageError::Failed(format!(
+                        "commit {sha} is not in {repo} any more (was {branch} force-pushed, or the commit deleted?); \
+                         publish a commit the repository has"
+                    )));
+                }
+            }
+            Err(other) => return Err(other),
+        }
+        self.git(&src, env, &["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha.as_str()]).await
+    }
+}
+
+/// Checks that the checkout's `package.json` carries the task's name and version: a release is
+/// named after the commit it holds, so a request for another name or version (a version bumped
+/// but not committed or pushed, another project's name) fails here, before anything is
+/// installed. `short_sha` names the commit in the message.
+fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -> Result<(), String> {
+    let path = checkout.join("package.json");
+    let text = crate::publish::read_checkout_file(&path, crate::settings::SETTINGS_FILE_LIMIT).map_err(|e| {
+        format!("commit {short_sha} has no readable package.json ({e}); the project's name and version come from it")
+    })?;
+    let pkg: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("package.json at commit {short_sha} is not valid JSON: {e}"))?;
+    let field = |k: &str| pkg.get(k).and_then(|v| v.as_str()).unwrap_or("").trim().to_owned();
+    let (built_name, built_version) = (field("name"), field("version"));
+    if built_name != name {
+        return Err(format!(
+            "package.json at commit {short_sha} names the project `{built_name}`, but this task publishes `{name}`: \
+             a release is named after the commit it holds. Publish from the project's own repository, or change \
+             `name` in package.json, commit and push"
+        ));
+    }
+    if built_version != version {
+        return Err(format!(
+            "package.json at commit {short_sha} has version {built_version}, but this task publishes {version}: \
+             a release's version is the built commit's. Commit and push the version change, then publish again \
+             (or publish {built_version})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_identity;
+
+    #[test]
+    fn the_built_package_json_must_carry_the_tasks_name_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), r#"{"name":"@team/site","version":"1.1.0"}"#).unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").is_ok());
+        let bumped = check_identity(dir.path(), "@team/site", "1.2.0", "abc").unwrap_err();
+        assert!(bumped.contains("has version 1.1.0, but this task publishes 1.2.0"), "{bumped}");
+        assert!(bumped.contains("Commit and push"), "{bumped}");
+        let other = check_identity(dir.path(), "someone-else", "1.1.0", "abc").unwrap_err();
+        assert!(other.contains("names the project `@team/site`"), "{other}");
+        std::fs::write(dir.path().join("package.json"), "{").unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc").unwrap_err().contains("not valid JSON"));
+        std::fs::remove_file(dir.path().join("package.json")).unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "1.1.0", "abc")
+            .unwrap_err()
+            .contains("no readable package.json"));
+    }
+}

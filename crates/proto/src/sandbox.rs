@@ -26,10 +26,29 @@ pub struct SandboxConfig {
     /// Directories every build may read and write, at the same path inside (absolute).
     pub shared: Vec<PathBuf>,
     /// More directories builds may read, at the same path inside (absolute), e.g. a Node.js
-    /// installed outside `/usr`. Directories on the worker's `PATH` outside `/usr` are added.
+    /// installed outside `/usr` (a toolchain outside `/usr` must be listed here).
     pub read_only: Vec<PathBuf>,
+    /// IPv4 networks (`10.8.0.0/16`) builds may reach although they are private: a registry
+    /// mirror on the LAN. Private, link-local (cloud metadata) and shared address space, and
+    /// the machine's own addresses, are otherwise unreachable from builds.
+    pub reachable_networks: Vec<String>,
     /// `[sandbox.limits]`: what one task may use.
     pub limits: LimitsConfig,
+}
+
+/// What builds cannot reach by default: private networks (RFC 1918), link-local (cloud
+/// metadata at 169.254.169.254), carrier-grade NAT space and "this network".
+pub const UNREACHABLE_NETWORKS: [&str; 6] =
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "0.0.0.0/8"];
+
+/// Checks an IPv4 network written `a.b.c.d/len`.
+pub fn check_network(cidr: &str) -> Result<(), String> {
+    let (addr, len) = cidr.split_once('/').ok_or_else(|| format!("`{cidr}` is not a.b.c.d/len"))?;
+    addr.parse::<std::net::Ipv4Addr>().map_err(|_| format!("`{cidr}`: `{addr}` is not an IPv4 address"))?;
+    match len.parse::<u8>() {
+        Ok(n) if n <= 32 => Ok(()),
+        _ => Err(format!("`{cidr}`: the prefix length must be 0 to 32")),
+    }
 }
 
 /// What one sandboxed task may use. The defaults are far above what a front-end build needs

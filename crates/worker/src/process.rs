@@ -173,7 +173,10 @@ pub async fn run(
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
-    let left = kill_processes_in(spec.cwd, pgid.map(Pid::as_raw));
+    // Unsandboxed only: a sandboxed command's PID namespace has ended with it, and its
+    // processes' working directories (`/build/...`) name nothing on the host.
+    let sandboxed = spec.confinement.as_ref().is_some_and(|c| c.sandbox.is_on());
+    let left = if sandboxed { Vec::new() } else { kill_processes_in(spec.cwd, pgid.map(Pid::as_raw)) };
     if !left.is_empty() {
         let shown: Vec<String> = left.iter().map(|(pid, name)| format!("{pid} ({name})")).collect();
         let note = format!("[cloudbuild] killed what `{command}` left running: {}\n", shown.join(", "));
@@ -210,7 +213,10 @@ pub fn reap_orphans(work_root: &Path) -> usize {
         if !dir.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
-        let recorded = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        // Not following a symlink, nor blocking on a FIFO, should a build have left one there.
+        let recorded = crate::publish::read_checkout_file(&dir.join(PGID_FILE), 32)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
         let mut group = None;
         if let Some(pgid) = recorded.filter(|pgid| group_works_in(*pgid, &dir)) {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);

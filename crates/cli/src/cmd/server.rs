@@ -63,6 +63,10 @@ pub(crate) struct WorkerArgs {
     /// A directory builds may read (same path inside the sandbox); repeatable.
     #[arg(long, value_name = "DIR")]
     sandbox_read_only: Vec<PathBuf>,
+    /// A private IPv4 network builds may reach (e.g. a registry mirror: 10.8.0.0/16);
+    /// repeatable. Private, link-local and this machine's own addresses are otherwise closed.
+    #[arg(long, value_name = "CIDR")]
+    sandbox_reachable: Vec<String>,
     /// Processes (and threads) one task may run at once [default: 4096].
     #[arg(long, value_name = "N")]
     limit_processes: Option<u64>,
@@ -236,6 +240,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         },
         shared: args.sandbox_shared,
         read_only: args.sandbox_read_only,
+        reachable_networks: args.sandbox_reachable,
         limits: {
             let d = cloudbuild_worker::sandbox::LimitsConfig::default();
             cloudbuild_worker::sandbox::LimitsConfig {

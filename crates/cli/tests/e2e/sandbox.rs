@@ -31,8 +31,13 @@ readAttempt(`/proc/${C.serverPid}/environ`, `/proc/${C.serverPid}/environ`);
 readAttempt('config file', C.config);
 readAttempt('database', C.database);
 try { say('other work directories', true, fs.readdirSync(C.workRoot).join(',')); } catch (e) { say('other work directories', false, e.code); }
-try { say('parent of the work directory', fs.readdirSync('..').some((n) => /^\d+-\d+$/.test(n)), fs.readdirSync('..').join(',')); }
-catch (e) { say('parent of the work directory', false, e.code); }
+// The checkout swapped for a symlink would lead the worker, reading the output as root, astray.
+try { fs.renameSync('/build/src', '/build/src-old'); say('swap the checkout for a symlink', true, 'renamed'); }
+catch (e) { say('swap the checkout for a symlink', false, e.code); }
+const status = fs.readFileSync('/proc/self/status', 'utf8');
+const capEff = /CapEff:\s*(\w+)/.exec(status)[1], noNewPrivs = /NoNewPrivs:\s*(\d)/.exec(status)[1];
+say('capabilities', capEff !== '0000000000000000' || noNewPrivs !== '1', `CapEff ${capEff}, NoNewPrivs ${noNewPrivs}`);
+try { fs.writeFileSync('/tmp/scratch', 'x'); console.log('TMP writable'); } catch (e) { console.log('TMP not writable: ' + e.code); }
 for (const [name, path] of [['published site', C.siteFile], ['immutable release', C.releaseFile]]) {
   try { fs.writeFileSync(path, 'defaced'); say(name, true, 'written'); } catch (e) { say(name, false, e.code); }
 }
@@ -51,6 +56,9 @@ cp.spawn('sleep', [String(C.sleepSecs)], { detached: true, stdio: 'ignore' }).un
     await probe(`server port on ${host}`, host, C.serverPort);
     await probe(`loopback Redis on ${host}`, host, C.redisPort);
   }
+  // A service on all of this machine's addresses, and the cloud metadata address.
+  for (const host of C.hostAddresses) await probe(`this machine at ${host}`, host, C.openPort);
+  await probe('cloud metadata', '169.254.169.254', 80);
   fs.mkdirSync('dist', { recursive: true });
   fs.writeFileSync('dist/index.html', 'attacker was here');
   console.log('ATTEMPTS DONE');
@@ -84,6 +92,11 @@ fn a_build_cannot_reach_the_server_its_files_other_tasks_or_loopback_services() 
         std::fs::read_dir(data.join("targets/prod/victim/1.0.0")).unwrap().next().unwrap().unwrap().path();
     let sleep_secs = 2000 + std::process::id() % 100_000;
     let port: u16 = srv.url.rsplit(':').next().unwrap().parse().unwrap();
+    // A service listening on every address of this machine, and those addresses.
+    let open = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let hosts = String::from_utf8(std::process::Command::new("hostname").arg("-I").output().unwrap().stdout).unwrap();
+    let host_addresses: Vec<&str> = hosts.split_whitespace().filter(|a| !a.contains(':')).collect();
+    assert!(!host_addresses.is_empty(), "this machine has a non-loopback IPv4 address to probe");
     let attack = serde_json::json!({
         "canary": canary,
         "serverPid": srv.pid(),
@@ -95,6 +108,8 @@ fn a_build_cannot_reach_the_server_its_files_other_tasks_or_loopback_services() 
         "siteFile": release_dir.join("index.html"),
         "releaseFile": release_dir.join("index.html"),
         "sleepSecs": sleep_secs,
+        "openPort": open.local_addr().unwrap().port(),
+        "hostAddresses": host_addresses,
     });
     let attacker = Repo::new(&[
         ("package.json", &package_json("attacker", &[("build", "node attack.js")])),
@@ -107,7 +122,9 @@ fn a_build_cannot_reach_the_server_its_files_other_tasks_or_loopback_services() 
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{out}");
     assert!(out.contains("ATTEMPTS DONE"), "{out}");
     let attempts: Vec<&str> = out.lines().filter(|l| l.starts_with("ATTEMPT ")).collect();
-    assert_eq!(attempts.len(), 14, "every attempt reported\n{out}");
+    assert_eq!(attempts.len(), 16 + host_addresses.len(), "every attempt reported\n{out}");
+    assert!(out.contains("TMP writable"), "the build has a private, writable /tmp\n{out}");
+    eprintln!("{}", attempts.join("\n"));
     let escaped: Vec<&&str> = attempts.iter().filter(|l| l.contains("ESCAPED")).collect();
     assert!(escaped.is_empty(), "escapes: {escaped:#?}\n{out}");
     // Seen from outside too.

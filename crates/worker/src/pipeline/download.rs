@@ -107,6 +107,7 @@ impl Run<'_> {
                 network: self.git_network(),
                 repository: self.local_repo.as_deref(),
                 limits: self.limits.as_ref(),
+                npm_cache: None,
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
@@ -134,6 +135,7 @@ impl Run<'_> {
                 network: Network::None,
                 repository: None,
                 limits: self.limits.as_ref(),
+                npm_cache: None,
             }),
         };
         let mut stdout = String::new();

@@ -89,6 +89,8 @@ struct Run<'a> {
     local_repo: Option<PathBuf>,
     /// The task's limits and cgroup (sandboxed tasks); dropped, its processes are killed.
     limits: Option<TaskLimits>,
+    /// The project's npm cache (sandboxed tasks).
+    npm_cache: Option<PathBuf>,
 }
 
 impl Run<'_> {
@@ -162,6 +164,7 @@ impl Run<'_> {
                 network,
                 repository: None,
                 limits: self.limits.as_ref(),
+                npm_cache: self.npm_cache.as_deref(),
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
@@ -186,9 +189,11 @@ impl Run<'_> {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            // The build's own directories, writable by the sandbox's user: the checkout is
-            // cloned into `src`, and `home` is its HOME.
-            for sub in ["", "src", "home"] {
+            // The work directory stays the worker's: a build must not be able to swap `src` for
+            // a symlink that the worker would then follow (to publish or read its own files).
+            // Only the checkout (`src`) and `home` (its HOME) are the sandbox user's.
+            std::fs::create_dir_all(&dir)?;
+            for sub in ["src", "home"] {
                 std::fs::create_dir_all(dir.join(sub))?;
                 sandbox.own(&dir.join(sub))?;
             }
@@ -359,6 +364,10 @@ impl Executor for Pipeline {
             sandbox: self.sandbox.clone(),
             local_repo: None,
             limits: self.sandbox.task_limits(&format!("{}-{}", a.task.task_id, a.task.attempt)),
+            // The name is checked: the server validated it, and so does the worker.
+            npm_cache: cloudbuild_proto::validate::ProjectName::parse(&a.name)
+                .ok()
+                .and_then(|n| self.sandbox.npm_cache(n.as_str()).ok().flatten()),
         };
         let outcome = pipeline(&mut run, &ctx).await;
         reporter.flush();

@@ -37,7 +37,13 @@ impl TaskLimits {
     /// and cpuacct controllers, or v2 with memory, pids and cpu enabled).
     pub fn new(config: &LimitsConfig, name: &str) -> TaskLimits {
         let group = format!("cloudbuild/{}/{name}", std::process::id());
-        let cgroup = TaskCgroup::create(&group, config).map_err(|e| tracing::debug!("no cgroup for {name}: {e}")).ok();
+        let cgroup = TaskCgroup::create(&group, config)
+            .map_err(|e| {
+                tracing::warn!(
+                    "no cgroup for task {name} ({e}): its memory is not limited, and processes only per user (RLIMIT_NPROC)"
+                )
+            })
+            .ok();
         TaskLimits { config: config.clone(), cgroup }
     }
 
@@ -135,7 +141,11 @@ impl TaskCgroup {
             // v2: the controllers must be enabled down the path.
             let mut at = root.to_path_buf();
             for part in group.split('/') {
-                std::fs::write(at.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+                // One by one: `cpu` may be missing where `memory` and `pids` are there; those two
+                // are required (checked by writing their limits below).
+                for controller in ["+memory", "+pids", "+cpu"] {
+                    let _ = std::fs::write(at.join("cgroup.subtree_control"), controller);
+                }
                 at = at.join(part);
                 std::fs::create_dir_all(&at)?;
             }

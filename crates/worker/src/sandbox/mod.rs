@@ -30,7 +30,7 @@ mod start;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use cloudbuild_proto::sandbox::{LimitsConfig, SandboxConfig, SandboxMode};
+pub use cloudbuild_proto::sandbox::{check_network, LimitsConfig, SandboxConfig, SandboxMode, UNREACHABLE_NETWORKS};
 
 pub(crate) use limits::disk_usage;
 pub use limits::{Reached, TaskLimits};
@@ -76,6 +76,8 @@ pub enum SandboxError {
     Files { dir: PathBuf, source: std::io::Error },
     #[error("a trial sandbox failed: {0}")]
     Trial(String),
+    #[error("sandbox.reachable_networks: {0}")]
+    BadNetwork(String),
 }
 
 /// A worker's sandbox, or none. Cheap to clone.
@@ -89,15 +91,21 @@ pub(crate) struct Jail {
     setpriv: PathBuf,
     unshare: PathBuf,
     prlimit: PathBuf,
+    pub(crate) nsenter: PathBuf,
+    pub(crate) ip: PathBuf,
     limits: LimitsConfig,
+    /// `ip -batch` lines that fence a sandbox's network off from private networks and this
+    /// machine's own addresses, then open what the admin allowed.
+    pub(crate) fence: String,
     /// The worker is root: bwrap runs privileged and the command drops to [`SANDBOX_UID`].
     pub(crate) privileged: bool,
     read_only: Vec<PathBuf>,
     shared: Vec<PathBuf>,
     /// Holds the `resolv.conf` and `hosts` given to sandboxes.
     etc_dir: PathBuf,
-    /// The worker's npm cache, shared by its builds (npm checks every package's integrity
-    /// against the lockfile, so a build cannot poison another's install through it).
+    /// The root of the npm caches: one per project (`<root>/<project>`), so that what one
+    /// project's builds leave in their cache (an `npx` package, registry metadata) never
+    /// reaches another project's builds.
     npm_cache: PathBuf,
 }
 
@@ -138,11 +146,36 @@ pub struct Confinement<'a> {
     pub repository: Option<&'a Path>,
     /// The task's limits (processes, memory, CPU time, disk).
     pub limits: Option<&'a TaskLimits>,
+    /// The project's npm cache (see [`Sandbox::npm_cache`]), seen at `/cache/npm`.
+    pub npm_cache: Option<&'a Path>,
+}
+
+/// The routes that keep builds off private networks and this machine's own addresses
+/// (`ip -batch` lines), with the admin's exceptions through slirp4netns's gateway.
+fn fence(reachable: &[String]) -> Result<String, SandboxError> {
+    let mut lines: Vec<String> = UNREACHABLE_NETWORKS.iter().map(|n| format!("route add blackhole {n}")).collect();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ip in addrs.filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip())) {
+            if !ip.is_loopback() {
+                lines.push(format!("route add blackhole {ip}/32"));
+            }
+        }
+    }
+    for net in reachable {
+        check_network(net).map_err(SandboxError::BadNetwork)?;
+        lines.push(format!("route add {net} via 10.0.2.2"));
+    }
+    lines.sort();
+    lines.dedup();
+    Ok(lines.join("\n") + "\n")
 }
 
 fn find(program: &'static str, package: &'static str) -> Result<PathBuf, SandboxError> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    // `ip` lives in an sbin directory, which an unprivileged PATH may lack.
+    let sbin = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
     std::env::split_paths(&path)
+        .chain(sbin)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
         .ok_or(SandboxError::Missing { program, package })
@@ -174,24 +207,17 @@ impl Sandbox {
         std::fs::write(etc_dir.join("resolv.conf"), "nameserver 10.0.2.3\n").map_err(files)?;
         std::fs::write(etc_dir.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n").map_err(files)?;
         std::fs::create_dir_all(&npm_cache).map_err(files)?;
-        if privileged {
-            chown_to_sandbox_user(&npm_cache).map_err(files)?;
-        }
-        let mut read_only = config.read_only.clone();
-        if let Some(path) = std::env::var_os("PATH") {
-            for dir in std::env::split_paths(&path) {
-                let Ok(dir) = dir.canonicalize() else { continue };
-                if !dir.starts_with("/usr") && dir.parent().is_some() && !read_only.contains(&dir) {
-                    read_only.push(dir);
-                }
-            }
-        }
+        // Only what the admin lists: a PATH entry may be relative or a home directory.
+        let read_only = config.read_only.clone();
         Ok(Sandbox(Some(Arc::new(Jail {
             bwrap: find("bwrap", "bubblewrap")?,
             slirp4netns: find("slirp4netns", "slirp4netns")?,
             setpriv: find("setpriv", "util-linux")?,
             unshare: find("unshare", "util-linux")?,
             prlimit: find("prlimit", "util-linux")?,
+            nsenter: find("nsenter", "util-linux")?,
+            ip: find("ip", "iproute2")?,
+            fence: fence(&config.reachable_networks)?,
             limits: config.limits.clone(),
             privileged,
             read_only,
@@ -226,6 +252,17 @@ impl Sandbox {
     /// without the sandbox.
     pub fn task_limits(&self, name: &str) -> Option<TaskLimits> {
         self.0.as_ref().map(|j| TaskLimits::new(&j.limits, name))
+    }
+
+    /// The npm cache of `project` (a validated name), made and owned by the sandbox's user:
+    /// kept between its builds so that installs are warm, never shared with another project.
+    pub fn npm_cache(&self, project: &str) -> std::io::Result<Option<PathBuf>> {
+        let Some(j) = &self.0 else { return Ok(None) };
+        // `@scope/name` → `@scope+name`: one directory level per project.
+        let dir = j.npm_cache.join(project.replace('/', "+"));
+        std::fs::create_dir_all(&dir)?;
+        self.own(&dir)?;
+        Ok(Some(dir))
     }
 
     /// Makes `dir` (a task's work directory, just created) writable by the sandbox's user.
@@ -265,6 +302,7 @@ impl Sandbox {
                 network: Network::User,
                 repository: None,
                 limits: None,
+                npm_cache: None,
             }),
         };
         let result = crate::process::run(spec, &mut cancel, &mut |_, t| said.push_str(&t)).await;
@@ -341,9 +379,13 @@ impl Jail {
             // What a build writes to /tmp counts against the disk limit too.
             a.push(&["--size", &(limits.config.disk_mib << 20).to_string()]);
         }
-        a.push(&["--tmpfs", "/tmp"]);
+        // Sticky and world-writable, as /tmp is: bwrap would make it root's 0755.
+        a.push(&["--perms", "1777", "--tmpfs", "/tmp"]);
         a.bind("--bind", c.workdir, Path::new(INSIDE_WORKDIR));
-        a.bind("--bind", &self.npm_cache, Path::new(INSIDE_NPM_CACHE));
+        if let Some(cache) = c.npm_cache {
+            a.bind("--bind", cache, Path::new(INSIDE_NPM_CACHE));
+            a.push(&["--setenv", "npm_config_cache", INSIDE_NPM_CACHE]);
+        }
         // After `/tmp`, so that a directory below it is not hidden by the tmpfs.
         for dir in self.read_only.iter().map(PathBuf::as_path).chain(c.repository.filter(|p| p.is_dir())) {
             a.bind("--ro-bind", dir, dir);
@@ -352,7 +394,11 @@ impl Jail {
             a.bind("--bind", dir, dir);
         }
         let home = format!("{INSIDE_WORKDIR}/home");
-        a.push(&["--setenv", "HOME", &home, "--setenv", "npm_config_cache", INSIDE_NPM_CACHE, "--unsetenv", "TMPDIR"]);
+        a.push(&["--setenv", "HOME", &home, "--unsetenv", "TMPDIR"]);
+        if c.npm_cache.is_none() {
+            // Not the worker's: npm's default, in HOME.
+            a.push(&["--unsetenv", "npm_config_cache"]);
+        }
         a.push(&["--chdir", &path(&inside_cwd), "--"]);
         if self.privileged {
             a.push(&["/bin/sh", "-c", WRAPPER, "sh", &path(&self.setpriv)]);

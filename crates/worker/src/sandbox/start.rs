@@ -96,6 +96,27 @@ async fn start_inner(
     Ok(network)
 }
 
+/// Routes private networks and this machine's own addresses to nowhere in the sandbox's
+/// network namespace (as root there; the build cannot change them back), before the command runs.
+async fn fence(jail: &Jail, w: &Wrapped, pid: u32) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(&jail.nsenter);
+    cmd.arg(format!("--target={pid}")).arg("--net");
+    if w.join_userns {
+        cmd.arg("--user");
+    }
+    cmd.arg("--").arg(&jail.ip).args(["-4", "-batch", "-"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("nsenter: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(jail.fence.as_bytes()).await.map_err(|e| format!("ip: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cannot fence the sandbox's network: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
 /// The processes below `pid` (their tree is fixed while the wrapper waits).
 fn descendants(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
@@ -141,7 +162,10 @@ async fn attach_network(jail: &Jail, w: &Wrapped, pid: u32) -> Result<Network, S
     let (ready_r, ready_w) = pipe_pair().map_err(io)?;
     let (exit_r, exit_w) = pipe_pair().map_err(io)?;
     let mut cmd = tokio::process::Command::new(&jail.slirp4netns);
-    cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--ready-fd=3", "--exit-fd=4"]);
+    // --enable-sandbox: slirp4netns parses the build's packets, so it drops its own
+    // capabilities and sees an empty file system; --enable-seccomp limits its system calls.
+    cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp"]);
+    cmd.args(["--ready-fd=3", "--exit-fd=4"]);
     if w.join_userns {
         cmd.arg(format!("--userns-path=/proc/{pid}/ns/user"));
     }
@@ -159,6 +183,7 @@ async fn attach_network(jail: &Jail, w: &Wrapped, pid: u32) -> Result<Network, S
     let mut byte = [0u8; 1];
     let n = ready.read(&mut byte).await.map_err(io)?;
     if n == 1 && byte[0] == b'1' {
+        fence(jail, w, pid).await?;
         // Whatever it says later is not read; drained so that it never blocks on a full pipe.
         if let Some(mut err) = slirp.stderr.take() {
             tokio::spawn(async move { tokio::io::copy(&mut err, &mut tokio::io::sink()).await });

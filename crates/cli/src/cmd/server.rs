@@ -95,7 +95,7 @@ async fn sandbox(config: &SandboxConfig, work_root: &std::path::Path, how_off: &
         anyhow::anyhow!(
             "this machine cannot sandbox builds: {why}.\n\
              Builds run untrusted code (package scripts), so they do not run unsandboxed unless you say so: \
-             install bubblewrap and slirp4netns (apt install bubblewrap slirp4netns), or set {how_off} \
+             install bubblewrap, slirp4netns and iproute2 (apt install bubblewrap slirp4netns iproute2), or set {how_off} \
              to run builds as this user with its access (see docs/config.md, \"Build sandbox\")"
         )
     };

@@ -29,19 +29,19 @@ project() { # name, source dir (or empty for the tiny one) → a bare repo at $t
 project tiny ""
 project vite-admin "$root/bench/fixtures/vite-admin"
 
-start() { # mode → prints the server URL
+start() { # mode → sets $url (not in a subshell: the server's pid must reach the cleanup)
   local mode=$1 port
   port=$(free_port)
   printf '[git]\nallowed_protocols = ["file"]\n[workers]\nembedded_slots = 1\n[sandbox]\nmode = "%s"\n' "$mode" > "$tmp/$mode.toml"
   # The unsandboxed server gets its own npm cache too, so both start equally cold.
   npm_config_cache="$tmp/npm-cache-$mode" "$bin" server --listen "127.0.0.1:$port" --data-dir "$tmp/data-$mode" \
-    --config "$tmp/$mode.toml" 2>"$tmp/server-$mode.log" &
+    --config "$tmp/$mode.toml" >/dev/null 2>"$tmp/server-$mode.log" &
   pids+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" | grep -q '"workers":1' && break; sleep 0.1; done
-  echo "http://127.0.0.1:$port"
+  url="http://127.0.0.1:$port"
 }
-on=$(start bwrap)
-off=$(start off)
+start bwrap; on=$url
+start off; off=$url
 grep -h "sandbox:" "$tmp"/server-*.log | sed 's/^/# /'
 
 publish() { # server, project → seconds of the whole task (or "failed")

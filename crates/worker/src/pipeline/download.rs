@@ -66,7 +66,8 @@ impl Run<'_> {
                     repo.as_str(),
                     checkout,
                 ];
-                self.git(&workdir, &git_env, &clone).await?;
+                let net = self.git_network();
+                self.git(&workdir, &git_env, &clone, net).await?;
             }
             Some(sha) => self.fetch_commit(&repo, &branch, sha, &git_env).await?,
         }
@@ -87,7 +88,14 @@ impl Run<'_> {
     }
 
     /// Runs a hardened git command (no hooks, no redirects) in `cwd`, streaming its output.
-    async fn git(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<(), StageError> {
+    async fn git(
+        &mut self,
+        cwd: &Path,
+        env: &[(String, String)],
+        args: &[&str],
+        net: Network,
+    ) -> Result<(), StageError> {
+        self.ensure_network(net).await?;
         let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false"]
             .iter()
             .chain(args)
@@ -104,10 +112,11 @@ impl Run<'_> {
             confinement: Some(Confinement {
                 sandbox: &self.sandbox,
                 workdir: &self.workdir,
-                network: self.git_network(),
+                network: net,
                 repository: self.local_repo.as_deref(),
                 limits: self.limits.as_ref(),
                 npm_cache: None,
+                task_network: self.task_network.as_ref(),
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
@@ -136,6 +145,7 @@ impl Run<'_> {
                 repository: None,
                 limits: self.limits.as_ref(),
                 npm_cache: None,
+                task_network: None,
             }),
         };
         let mut stdout = String::new();
@@ -163,7 +173,9 @@ impl Run<'_> {
         tokio::fs::create_dir_all(&src)
             .await
             .map_err(|e| StageError::Failed(format!("cannot create the checkout: {e}")))?;
-        self.git(&src, env, &["init", "--quiet"]).await?;
+        // Only the fetches go out; the rest is local.
+        self.git(&src, env, &["init", "--quiet"], Network::None).await?;
+        let net = self.git_network();
         let by_id = [
             "fetch",
             "--quiet",
@@ -175,7 +187,7 @@ impl Run<'_> {
             repo.as_str(),
             sha.as_str(),
         ];
-        match self.git(&src, env, &by_id).await {
+        match self.git(&src, env, &by_id, net).await {
             Ok(()) => {}
             Err(StageError::Failed(_)) => {
                 self.reporter.note(format!(
@@ -184,9 +196,12 @@ impl Run<'_> {
                 ));
                 let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
                 let whole = ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
-                let fetched = self.git(&src, env, &whole).await;
+                let fetched = self.git(&src, env, &whole, net).await;
                 let present = fetched.is_ok()
-                    && self.git(&src, env, &["cat-file", "-e", &format!("{sha}^{{commit}}")]).await.is_ok();
+                    && self
+                        .git(&src, env, &["cat-file", "-e", &format!("{sha}^{{commit}}")], Network::None)
+                        .await
+                        .is_ok();
                 if !present {
                     return Err(StageError::Failed(format!(
                         "commit {sha} is not in {repo} any more (was {branch} force-pushed, or the commit deleted?); \
@@ -196,7 +211,8 @@ impl Run<'_> {
             }
             Err(other) => return Err(other),
         }
-        self.git(&src, env, &["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha.as_str()]).await
+        let checkout = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha.as_str()];
+        self.git(&src, env, &checkout, Network::None).await
     }
 }
 

@@ -21,7 +21,7 @@ use crate::build_env::{base_env, install_scripts_rule};
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
-use crate::sandbox::{Confinement, Network, Sandbox, TaskLimits};
+use crate::sandbox::{Confinement, Network, Sandbox, TaskLimits, TaskNetwork};
 use crate::settings::{self, BuildSettings};
 use crate::{publish, site_check};
 use cloudbuild_proto::site::RootAbsolute;
@@ -91,6 +91,9 @@ struct Run<'a> {
     limits: Option<TaskLimits>,
     /// The project's npm cache (sandboxed tasks).
     npm_cache: Option<PathBuf>,
+    /// The task's network, made by the first command that needs it (sandboxed tasks of a
+    /// root worker).
+    task_network: Option<TaskNetwork>,
 }
 
 impl Run<'_> {
@@ -126,6 +129,18 @@ impl Run<'_> {
         }
     }
 
+    /// Makes the task's network before the first command that needs it.
+    async fn ensure_network(&mut self, network: Network) -> Result<(), StageError> {
+        if network == Network::User && self.task_network.is_none() {
+            self.task_network = self
+                .sandbox
+                .task_network()
+                .await
+                .map_err(|e| StageError::Failed(format!("the build sandbox's network could not start: {e}")))?;
+        }
+        Ok(())
+    }
+
     fn command_policy(&self) -> CommandPolicy {
         CommandPolicy { runners: self.a.runners.iter().cloned().collect() }
     }
@@ -151,6 +166,7 @@ impl Run<'_> {
         let env = env.as_slice();
         let reporter = self.reporter.clone();
         let network = self.network(stage);
+        self.ensure_network(network).await?;
         let spec = RunSpec {
             argv,
             cwd: &self.checkout,
@@ -165,6 +181,7 @@ impl Run<'_> {
                 repository: None,
                 limits: self.limits.as_ref(),
                 npm_cache: self.npm_cache.as_deref(),
+                task_network: self.task_network.as_ref(),
             }),
         };
         let mut sink = move |s, t| reporter.output(s, t);
@@ -368,6 +385,7 @@ impl Executor for Pipeline {
             npm_cache: cloudbuild_proto::validate::ProjectName::parse(&a.name)
                 .ok()
                 .and_then(|n| self.sandbox.npm_cache(n.as_str()).ok().flatten()),
+            task_network: None,
         };
         let outcome = pipeline(&mut run, &ctx).await;
         reporter.flush();

@@ -34,6 +34,7 @@ pub use cloudbuild_proto::sandbox::{check_network, LimitsConfig, SandboxConfig, 
 
 pub(crate) use limits::disk_usage;
 pub use limits::{Reached, TaskLimits};
+pub use start::TaskNetwork;
 pub(crate) use start::{prepare as handshake, start};
 
 /// The user builds run as, inside and (for a root worker) outside the sandbox: `nobody`.
@@ -89,7 +90,7 @@ pub(crate) struct Jail {
     bwrap: PathBuf,
     pub(crate) slirp4netns: PathBuf,
     setpriv: PathBuf,
-    unshare: PathBuf,
+    pub(crate) unshare: PathBuf,
     prlimit: PathBuf,
     pub(crate) nsenter: PathBuf,
     pub(crate) ip: PathBuf,
@@ -148,12 +149,20 @@ pub struct Confinement<'a> {
     pub limits: Option<&'a TaskLimits>,
     /// The project's npm cache (see [`Sandbox::npm_cache`]), seen at `/cache/npm`.
     pub npm_cache: Option<&'a Path>,
+    /// The task's network (see [`Sandbox::task_network`]), joined instead of making one.
+    pub task_network: Option<&'a TaskNetwork>,
 }
 
 /// The routes that keep builds off private networks and this machine's own addresses
 /// (`ip -batch` lines), with the admin's exceptions through slirp4netns's gateway.
 fn fence(reachable: &[String]) -> Result<String, SandboxError> {
-    let mut lines: Vec<String> = UNREACHABLE_NETWORKS.iter().map(|n| format!("route add blackhole {n}")).collect();
+    let mut lines: Vec<String> = UNREACHABLE_NETWORKS
+        .iter()
+        .filter(|n| !reachable.iter().any(|r| r == *n))
+        .map(|n| format!("route add blackhole {n}"))
+        .collect();
+    // A namespace made by `unshare` has its loopback down.
+    lines.push("link set lo up".to_owned());
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ip in addrs.filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip())) {
             if !ip.is_loopback() {
@@ -254,6 +263,16 @@ impl Sandbox {
         self.0.as_ref().map(|j| TaskLimits::new(&j.limits, name))
     }
 
+    /// The user-mode network a task's commands share (made once per task: slirp4netns and the
+    /// fence cost tens of milliseconds). Only where the worker is root, which can enter it;
+    /// elsewhere each command makes its own.
+    pub async fn task_network(&self) -> Result<Option<TaskNetwork>, String> {
+        match &self.0 {
+            Some(j) if j.privileged => TaskNetwork::new(j).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The npm cache of `project` (a validated name), made and owned by the sandbox's user:
     /// kept between its builds so that installs are warm, never shared with another project.
     pub fn npm_cache(&self, project: &str) -> std::io::Result<Option<PathBuf>> {
@@ -303,6 +322,7 @@ impl Sandbox {
                 repository: None,
                 limits: None,
                 npm_cache: None,
+                task_network: None,
             }),
         };
         let result = crate::process::run(spec, &mut cancel, &mut |_, t| said.push_str(&t)).await;
@@ -325,6 +345,11 @@ impl Jail {
             Err(_) => PathBuf::from(INSIDE_WORKDIR),
         };
         let mut a = Args::default();
+        // A command of a task with its own network joins it, ready and fenced.
+        let joined = c.task_network.filter(|_| self.privileged && c.network == Network::User);
+        if let Some(net) = joined {
+            a.push(&[&path(&self.nsenter), &format!("--net={}", net.namespace()), "--"]);
+        }
         if !self.privileged {
             a.push(&[&path(&self.unshare), "--user", "--map-root-user"]);
             if c.network != Network::Host {
@@ -336,7 +361,7 @@ impl Jail {
         if self.privileged {
             // No user namespace: real root sets the sandbox up, the command drops to nobody.
             a.push(&["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]);
-            if c.network != Network::Host {
+            if c.network != Network::Host && joined.is_none() {
                 // bwrap brings its loopback up.
                 a.push(&["--unshare-net"]);
             }
@@ -414,7 +439,7 @@ impl Jail {
         Wrapped {
             argv: a.0,
             info_fd: self.privileged,
-            network: c.network == Network::User,
+            network: c.network == Network::User && joined.is_none(),
             join_userns: !self.privileged,
         }
     }

@@ -90,7 +90,7 @@ async fn start_inner(
             cgroup.add(p).map_err(|e| format!("cannot put the sandbox in its cgroup: {e}"))?;
         }
     }
-    let network = if w.network { Some(attach_network(jail, w, target).await?) } else { None };
+    let network = if w.network { Some(attach_network(jail, w.join_userns, target).await?) } else { None };
     let mut go = pipe::Sender::from_owned_fd(hs.go).map_err(|e| io("sandbox pipe", e))?;
     go.write_all(b"\n").await.map_err(|e| io("sandbox pipe", e))?;
     Ok(network)
@@ -98,10 +98,10 @@ async fn start_inner(
 
 /// Routes private networks and this machine's own addresses to nowhere in the sandbox's
 /// network namespace (as root there; the build cannot change them back), before the command runs.
-async fn fence(jail: &Jail, w: &Wrapped, pid: u32) -> Result<(), String> {
+async fn fence(jail: &Jail, join_userns: bool, pid: u32) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(&jail.nsenter);
     cmd.arg(format!("--target={pid}")).arg("--net");
-    if w.join_userns {
+    if join_userns {
         cmd.arg("--user");
     }
     cmd.arg("--").arg(&jail.ip).args(["-4", "-batch", "-"]);
@@ -115,6 +115,51 @@ async fn fence(jail: &Jail, w: &Wrapped, pid: u32) -> Result<(), String> {
         return Err(format!("cannot fence the sandbox's network: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(())
+}
+
+/// A task's user-mode network, made once and joined by each of its commands (the privileged
+/// way: real root can enter it): a holder process in a network namespace of its own, with
+/// slirp4netns attached and the fence in place. Dropped, the holder and slirp4netns end; if
+/// the worker dies, the holder reads EOF on its stdin and slirp4netns on its exit fd.
+#[derive(Debug)]
+pub struct TaskNetwork {
+    /// Kept unreaped while the task runs, so its pid cannot name another process.
+    _holder: tokio::process::Child,
+    _stdin: tokio::process::ChildStdin,
+    _net: Network,
+    pid: u32,
+}
+
+impl TaskNetwork {
+    pub(crate) async fn new(jail: &Jail) -> Result<TaskNetwork, String> {
+        let io = |e: std::io::Error| format!("the task's network holder: {e}");
+        // It says when it is in its namespace (before that, its pid names the host's).
+        let mut cmd = tokio::process::Command::new(&jail.unshare);
+        cmd.args(["--net", "--", "/bin/sh", "-c", "echo; read _"])
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut holder = cmd.spawn().map_err(io)?;
+        let pid = holder.id().ok_or_else(|| "the task's network holder exited at once".to_owned())?;
+        let mut line = [0u8; 1];
+        let mut out = holder.stdout.take().ok_or_else(|| "no stdout".to_owned())?;
+        let ready = tokio::time::timeout(START_TIMEOUT, out.read(&mut line)).await;
+        if !matches!(ready, Ok(Ok(1))) {
+            return Err("the task's network holder did not start".to_owned());
+        }
+        let stdin = holder.stdin.take().ok_or_else(|| "no stdin".to_owned())?;
+        let net = tokio::time::timeout(START_TIMEOUT, attach_network(jail, false, pid))
+            .await
+            .map_err(|_| format!("the network did not come up within {} s", START_TIMEOUT.as_secs()))??;
+        Ok(TaskNetwork { _holder: holder, _stdin: stdin, _net: net, pid })
+    }
+
+    /// Its network namespace, for `nsenter --net=`.
+    pub(crate) fn namespace(&self) -> String {
+        format!("/proc/{}/ns/net", self.pid)
+    }
 }
 
 /// The processes below `pid` (their tree is fixed while the wrapper waits).
@@ -157,7 +202,7 @@ async fn sandbox_pid(info: OwnedFd) -> Result<u32, String> {
 }
 
 /// Starts `slirp4netns` on the network namespace of `pid` and waits until it is ready.
-async fn attach_network(jail: &Jail, w: &Wrapped, pid: u32) -> Result<Network, String> {
+async fn attach_network(jail: &Jail, join_userns: bool, pid: u32) -> Result<Network, String> {
     let io = |e: std::io::Error| format!("slirp4netns: {e}");
     let (ready_r, ready_w) = pipe_pair().map_err(io)?;
     let (exit_r, exit_w) = pipe_pair().map_err(io)?;
@@ -166,7 +211,7 @@ async fn attach_network(jail: &Jail, w: &Wrapped, pid: u32) -> Result<Network, S
     // capabilities and sees an empty file system; --enable-seccomp limits its system calls.
     cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp"]);
     cmd.args(["--ready-fd=3", "--exit-fd=4"]);
-    if w.join_userns {
+    if join_userns {
         cmd.arg(format!("--userns-path=/proc/{pid}/ns/user"));
     }
     cmd.args(["--netns-type=path", &format!("/proc/{pid}/ns/net"), "tap0"])
@@ -183,7 +228,7 @@ async fn attach_network(jail: &Jail, w: &Wrapped, pid: u32) -> Result<Network, S
     let mut byte = [0u8; 1];
     let n = ready.read(&mut byte).await.map_err(io)?;
     if n == 1 && byte[0] == b'1' {
-        fence(jail, w, pid).await?;
+        fence(jail, join_userns, pid).await?;
         // Whatever it says later is not read; drained so that it never blocks on a full pipe.
         if let Some(mut err) = slirp.stderr.take() {
             tokio::spawn(async move { tokio::io::copy(&mut err, &mut tokio::io::sink()).await });

@@ -126,7 +126,8 @@ pub async fn run(
         }
     }
     let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let mut watch = tokio::time::interval(LIMITS_EVERY);
+    // Not at once: a walk of a large node_modules would delay every short command.
+    let mut watch = tokio::time::interval_at(Instant::now() + LIMITS_EVERY, LIMITS_EVERY);
     let secs = spec.deadline.saturating_duration_since(Instant::now()).as_secs_f64().round() as u64;
     let outcome = loop {
         tokio::select! {

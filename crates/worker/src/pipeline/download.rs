@@ -71,10 +71,16 @@ impl Run<'_> {
             }
             Some(sha) => self.fetch_commit(&repo, &branch, sha, &git_env).await?,
         }
-        // In the sandbox too: the repository is the build's, not to be read by the worker's git.
-        let checkout = self.checkout.clone();
-        let head = self.git_output(&checkout, &git_env, &["rev-parse", "HEAD"]).await?;
-        let sha = head.trim().to_owned();
+        // A pinned commit is what `checkout --detach <sha>` just made HEAD; a branch's head is
+        // asked of git, in the sandbox too (the repository is the build's, not for the
+        // worker's own git to read).
+        let sha = match &pinned {
+            Some(p) => p.as_str().to_owned(),
+            None => {
+                let checkout = self.checkout.clone();
+                self.git_output(&checkout, &git_env, &["rev-parse", "HEAD"]).await?.trim().to_owned()
+            }
+        };
         if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StageError::Failed("could not resolve the checked-out commit".into()));
         }

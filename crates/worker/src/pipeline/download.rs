@@ -101,6 +101,26 @@ impl Run<'_> {
         args: &[&str],
         net: Network,
     ) -> Result<(), StageError> {
+        self.run_git(cwd, env, args, net, None).await
+    }
+
+    /// Runs a git command like [`Self::git`], without network, and returns what it printed
+    /// on stdout (its stderr goes to the log).
+    async fn git_output(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<String, StageError> {
+        let mut stdout = String::new();
+        self.run_git(cwd, env, args, Network::None, Some(&mut stdout)).await?;
+        Ok(stdout)
+    }
+
+    /// Runs git in the sandbox; its stdout goes to `capture` when given, else to the log.
+    async fn run_git(
+        &mut self,
+        cwd: &Path,
+        env: &[(String, String)],
+        args: &[&str],
+        net: Network,
+        mut capture: Option<&mut String>,
+    ) -> Result<(), StageError> {
         self.ensure_network(net).await?;
         let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false"]
             .iter()
@@ -125,44 +145,13 @@ impl Run<'_> {
                 task_network: self.task_network.as_ref(),
             }),
         };
-        let mut sink = move |s, t| reporter.output(s, t);
+        let mut sink = |s, t: String| match (s, capture.as_deref_mut()) {
+            (OutputStream::Stdout, Some(out)) => out.push_str(&t),
+            _ => reporter.output(s, t),
+        };
         let result = process::run(spec, &mut self.cancel, &mut sink).await;
         self.reporter.flush();
         result.map_err(|e| StageError::of(Stage::DownloadRepo, e))
-    }
-
-    /// Runs a git command like [`Self::git`] and returns what it printed on stdout (its
-    /// stderr goes to the log).
-    async fn git_output(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<String, StageError> {
-        let argv: Vec<String> =
-            ["git", "-c", "core.hooksPath=/dev/null"].iter().chain(args).map(|s| s.to_string()).collect();
-        let reporter = self.reporter.clone();
-        let spec = RunSpec {
-            argv: &argv,
-            cwd,
-            env,
-            deadline: self.stage_deadline(Stage::DownloadRepo),
-            kill_grace: self.kill_grace(),
-            pgid_file: Some(&self.pgid_file()),
-            confinement: Some(Confinement {
-                sandbox: &self.sandbox,
-                workdir: &self.workdir,
-                network: Network::None,
-                repository: None,
-                limits: self.limits.as_ref(),
-                npm_cache: None,
-                task_network: None,
-            }),
-        };
-        let mut stdout = String::new();
-        let mut sink = |s, t: String| match s {
-            OutputStream::Stdout => stdout.push_str(&t),
-            OutputStream::Stderr => reporter.output(s, t),
-        };
-        let result = process::run(spec, &mut self.cancel, &mut sink).await;
-        self.reporter.flush();
-        result.map_err(StageError::from)?;
-        Ok(stdout)
     }
 
     /// Checks out exactly `sha`: fetched by id (one commit, no history), or, from a server

@@ -34,7 +34,11 @@ pub(crate) fn base_env() -> Vec<(String, String)> {
         ("npm_config_fund".to_owned(), "false".to_owned()),
         ("npm_config_audit".to_owned(), "false".to_owned()),
     ];
-    for key in ["npm_config_registry", "npm_config_cache", "TMPDIR"] {
+    // The registry to use and the CA bundle of a TLS-inspecting proxy (a file under /etc/ssl,
+    // which the sandbox shows) are the machine's to choose, not the project's.
+    for key in
+        ["npm_config_registry", "npm_config_cache", "TMPDIR", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR"]
+    {
         if let Ok(v) = std::env::var(key) {
             env.push((key.to_owned(), v));
         }

@@ -102,7 +102,9 @@ async fn fence(jail: &Jail, join_userns: bool, pid: u32) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(&jail.nsenter);
     cmd.arg(format!("--target={pid}")).arg("--net");
     if join_userns {
-        cmd.arg("--user");
+        // Joining the namespace gives its capabilities; changing ids would fail (`setgroups`
+        // is denied in a namespace that `unshare --map-root-user` made).
+        cmd.args(["--user", "--preserve-credentials"]);
     }
     cmd.arg("--").arg(&jail.ip).args(["-4", "-batch", "-"]);
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
@@ -208,8 +210,12 @@ async fn attach_network(jail: &Jail, join_userns: bool, pid: u32) -> Result<Netw
     let (exit_r, exit_w) = pipe_pair().map_err(io)?;
     let mut cmd = tokio::process::Command::new(&jail.slirp4netns);
     // --enable-sandbox: slirp4netns parses the build's packets, so it drops its own
-    // capabilities and sees an empty file system; --enable-seccomp limits its system calls.
-    cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp"]);
+    // capabilities and sees an empty file system (as root only: unprivileged, it fails at
+    // `setegid(0)`, and has no capabilities to drop); --enable-seccomp limits its system calls.
+    cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"]);
+    if !join_userns {
+        cmd.arg("--enable-sandbox");
+    }
     cmd.args(["--ready-fd=3", "--exit-fd=4"]);
     if join_userns {
         cmd.arg(format!("--userns-path=/proc/{pid}/ns/user"));

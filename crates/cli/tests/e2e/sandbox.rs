@@ -229,3 +229,66 @@ fn task_limits_stop_fork_bombs_memory_hogs_disk_fillers_and_spinners_with_the_li
         assert_eq!(t.reason.as_deref(), Some(expected), "{name}: {t:?}\n{}", srv.output(t.id));
     }
 }
+
+/// A worker that is not root (here: `nobody`, dropped to with `setpriv`) sandboxes its builds
+/// the other way: `unshare --user --net`, bwrap nested in it, slirp4netns joining both.
+/// (Run as another user the whole suite goes this way; as root, this test is its proof.)
+#[test]
+fn an_unprivileged_worker_sandboxes_its_builds_too() {
+    use std::os::unix::fs::PermissionsExt;
+    if nix_uid() != 0 {
+        return; // every worker of this run is unprivileged: the other tests cover it
+    }
+    let token = "unprivileged-worker-token-0123";
+    let opts = ServerOptions {
+        extra_toml: &format!("[workers]\nembedded = false\ntokens = [\"{token}\"]\n"),
+        no_worker: true,
+        ..Default::default()
+    };
+    let srv = cloudbuild_testkit::Server::start_with(bin(), opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    let mut worker = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args(["worker", "--server", &srv.url, "--worker-token", token, "--name", "nobody-worker", "--work-dir"])
+        .arg(&work)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", &work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let joined = cloudbuild_testkit::wait_workers(&srv.url, 1);
+    let log = || std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+    assert!(joined.is_ok(), "{joined:?}\n{}", log());
+
+    let build = format!(
+        "const fs=require('fs');console.log('uid '+process.getuid()+' in '+process.cwd());\
+         try{{fs.readFileSync({config:?});console.log('CONFIG READ')}}catch(e){{console.log('config '+e.code)}}\
+         fs.writeFileSync('/tmp/scratch','x');\
+         require('net').connect({{host:'127.0.0.1',port:{port},timeout:2000}})\
+         .on('connect',()=>{{console.log('SERVER REACHED');process.exit(1)}})\
+         .on('error',e=>{{console.log('server '+e.code);fs.mkdirSync('dist');fs.writeFileSync('dist/index.html','ok')}});",
+        config = srv.data.path().join("config.toml"),
+        port = srv.url.rsplit(':').next().unwrap(),
+    );
+    let repo =
+        Repo::new(&[("package.json", &package_json("unpriv", &[("build", "node build.js")])), ("build.js", &build)]);
+    // The fixture repository must be readable by the worker's user.
+    let origin = std::path::PathBuf::from(repo.url.trim_start_matches("file://"));
+    std::fs::set_permissions(origin.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_, t) = srv.create(&repo.task_body("unpriv"));
+    let t = srv.wait_done(t["id"].as_i64().unwrap());
+    let out = srv.output(t.id);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{out}\n{}", log());
+    assert!(log().contains("builds run as uid 65534 inside a user namespace"), "{}", log());
+    assert!(out.contains("uid 65534 in /build/src"), "{out}");
+    assert!(out.contains("config ENOENT") && out.contains("server ECONNREFUSED"), "{out}");
+}

@@ -134,6 +134,19 @@ fn incremental_publish_versions_and_rollback_on_the_local_target() {
     assert!(table.contains("current") && table.contains("1.0.0") && table.contains("anonymous"), "{table}");
     let (status, rb) = rollback(&srv, json!({ "name": "rel-site", "env": "test", "to": "9.9.9" }));
     assert_eq!((status, rb["code"].as_str()), (404, Some("not_found")));
+    // Back at the oldest release, the message names the newer ones and how to switch.
+    let (status, rb) = rollback(&srv, json!({ "name": "rel-site", "env": "test", "to": "1.0.0" }));
+    assert_eq!(status, 200, "{rb}");
+    let (status, rb) = rollback(&srv, json!({ "name": "rel-site", "env": "test" }));
+    assert_eq!((status, rb["release"]["task_id"].as_i64()), (200, Some(t1.id)), "{rb}");
+    let (status, rb) = rollback(&srv, json!({ "name": "rel-site", "env": "test" }));
+    let message = rb["message"].as_str().unwrap_or_default();
+    assert_eq!(status, 409, "{rb}");
+    assert!(message.contains("newer: 1.1.0, 1.0.1") && message.contains("switch with --to 1.1.0"), "{message}");
+    // A project with no release in an environment says so, not "before the current one".
+    let (status, rb) = rollback(&srv, json!({ "name": "never-published", "env": "prod" }));
+    let message = rb["message"].as_str().unwrap_or_default();
+    assert_eq!((status, message), (409, "never-published has no prod release yet: there is nothing to roll back"));
 }
 
 #[test]

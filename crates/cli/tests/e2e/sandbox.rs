@@ -161,6 +161,9 @@ fn the_build_network_can_be_turned_off_by_the_project() {
 fn sandbox_off_is_explicit_and_said_at_startup() {
     let srv = server("[sandbox]\nmode = \"off\"\n");
     assert!(srv.log().contains("sandbox: off"), "{}", srv.log());
+    if nix_uid() == 0 {
+        assert!(srv.log().contains("builds run as root"), "running builds as root is said plainly\n{}", srv.log());
+    }
     let repo = Repo::new(&[
         ("package.json", &package_json("unsandboxed", &[("build", "node build.js")])),
         (

@@ -158,7 +158,7 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::NotLeaseHolder { .. } => ApiError::new(StatusCode::FORBIDDEN, "not_lease_holder", message),
             ReleaseError::VersionExists { .. } => ApiError::new(StatusCode::CONFLICT, "version_exists", message),
             ReleaseError::NoSuchVersion { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
-            ReleaseError::NothingToRollBack { .. } => {
+            ReleaseError::NothingToRollBack { .. } | ReleaseError::NoReleases { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back_to", message)
             }
             ReleaseError::AlreadyCurrent { .. } => ApiError::new(StatusCode::CONFLICT, "already_current", message),

@@ -248,6 +248,10 @@ impl Sandbox {
     /// One line for the startup log: the mode and what it means.
     pub fn describe(&self) -> String {
         match &self.0 {
+            None if nix::unistd::geteuid().is_root() => {
+                "sandbox: off (builds run as root: package scripts can read and change anything on this machine)"
+                    .to_owned()
+            }
             None => "sandbox: off (builds run as this worker's user and can read what it can read)".to_owned(),
             Some(j) => format!(
                 "sandbox: bubblewrap (PID, IPC, UTS, mount and network namespaces; builds run as uid {SANDBOX_UID}{}; \

@@ -51,8 +51,10 @@ pub enum ReleaseError {
     VersionExists { name: String, version: String },
     #[error("{name} has no {env} release of version {version} (available: {available})")]
     NoSuchVersion { name: String, env: &'static str, version: String, available: String },
-    #[error("{name} has no {env} release before the current one")]
-    NothingToRollBack { name: String, env: &'static str },
+    #[error("{name} has no {env} release before the current one{hint}")]
+    NothingToRollBack { name: String, env: &'static str, hint: String },
+    #[error("{name} has no {env} release yet: there is nothing to roll back")]
+    NoReleases { name: String, env: &'static str },
     #[error("{name}@{version} is already current in {env}")]
     AlreadyCurrent { name: String, version: String, env: &'static str },
     /// The environment's target (local directory or bucket) failed.
@@ -456,10 +458,16 @@ pub async fn rollback(
             })?
         }
         // The release before the current one (releases are newest first).
-        None => live()
-            .skip_while(|r| !r.current)
-            .nth(1)
-            .ok_or_else(|| ReleaseError::NothingToRollBack { name: name.to_string(), env })?,
+        None if current.is_none() => return Err(ReleaseError::NoReleases { name: name.to_string(), env }),
+        None => live().skip_while(|r| !r.current).nth(1).ok_or_else(|| {
+            // Rolled back to the oldest: the newer ones are still there, by version.
+            let newer = distinct_versions(live().take_while(|r| !r.current));
+            let hint = match newer.first() {
+                Some(v) => format!(" (newer: {}; switch with --to {v})", newer.join(", ")),
+                None => String::new(),
+            };
+            ReleaseError::NothingToRollBack { name: name.to_string(), env, hint }
+        })?,
     }
     .clone();
     if chosen.current {

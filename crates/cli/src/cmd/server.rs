@@ -127,7 +127,46 @@ fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
     if let Some(store) = &args.store {
         fig = fig.merge(Serialized::default("store", store));
     }
-    fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe_config_errors(e)))
+}
+
+/// figment's errors in our words: the key as written in the file (`sandbox.mode`, without
+/// figment's profile name), where it came from, and the allowed values in plain backticks.
+fn describe_config_errors(e: figment::Error) -> String {
+    use figment::error::Kind;
+    let one = |e: figment::Error| {
+        let what = match &e.kind {
+            Kind::UnknownVariant(found, expected) => {
+                format!("unknown value `{found}`; expected {}", quoted(expected))
+            }
+            Kind::UnknownField(found, expected) => format!("unknown key `{found}`; expected {}", quoted(expected)),
+            other => other.to_string(),
+        };
+        let key = e.path.join(".");
+        let from = match &e.metadata {
+            Some(m) => match &m.source {
+                Some(source) => format!(" in {source}"),
+                None => format!(" (from {})", m.name),
+            },
+            None => String::new(),
+        };
+        if key.is_empty() {
+            format!("{what}{from}")
+        } else {
+            format!("key `{key}`{from}: {what}")
+        }
+    };
+    e.into_iter().map(one).collect::<Vec<_>>().join("; ")
+}
+
+fn quoted(names: &[&str]) -> String {
+    let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match names.len() {
+        0 => "nothing".to_owned(),
+        1 => names[0].clone(),
+        2 => format!("{} or {}", names[0], names[1]),
+        n => format!("one of {} or {}", names[..n - 1].join(", "), names[n - 1]),
+    }
 }
 
 fn random_token() -> Result<String> {

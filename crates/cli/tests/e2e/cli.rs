@@ -174,6 +174,16 @@ fn bad_configuration_stops_the_server_with_the_key_named() {
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("output_byte"), "a typo in the file is named: {}", text(&out));
+    // In the key's own words: no figment profile prefix, no doubled backticks.
+    std::fs::write(&config, "[sandbox]\nmode = \"of\"\n").unwrap();
+    let out = run(&[]);
+    assert!(
+        text(&out).contains("key `sandbox.mode`")
+            && text(&out).contains("unknown value `of`; expected `bwrap` or `off`"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("default.") && !text(&out).contains("``"), "{}", text(&out));
     // Environment variables are a layer over the file, nested with `__`.
     std::fs::write(&config, "").unwrap();
     let out = run(&[("CLOUDBUILD_LIMITS__MAX_ATTEMPTS", "0")]);

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cancel::CancelToken;
-use crate::sandbox::{self, Confinement, Reached};
+use crate::sandbox::{self, Confinement};
 
 /// How a command ended, when it did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,8 @@ pub async fn run(
     drop(tx);
 
     let mut out = Coalescer::default();
-    let limits = spec.confinement.as_ref().and_then(|c| c.limits.filter(|_| c.sandbox.is_on()));
+    // Limits apply in the sandbox only (they need its cgroup and rlimit wrapper).
+    let limits = spec.confinement.as_ref().and_then(|c| c.limits).filter(|_| jail.is_some());
     let events_before = limits.map(|l| l.events()).unwrap_or_default();
     let workdir = spec.confinement.as_ref().map(|c| c.workdir.to_path_buf());
     // In the sandbox: wait for it to come up, attach its network, then let the command run.
@@ -143,16 +144,9 @@ pub async fn run(
             }
             _ = watch.tick(), if limits.is_some() => {
                 let (Some(l), Some(dir)) = (limits, workdir.clone()) else { continue };
-                let cap = l.config.disk_mib << 20;
+                let cap = l.disk_cap();
                 let used = tokio::task::spawn_blocking(move || sandbox::disk_usage(&dir, cap)).await.unwrap_or(0);
-                let over = if used > cap {
-                    Some(Reached::Disk)
-                } else if l.cpu_used().is_some_and(|t| t.as_secs() >= l.config.cpu_secs) {
-                    Some(Reached::CpuTime)
-                } else {
-                    None
-                };
-                if let Some(what) = over {
+                if let Some(what) = l.overrun(used) {
                     stop_group(pgid, &mut child, Duration::ZERO).await;
                     break Err(RunError::LimitReached { command: command.clone(), limit: l.describe(what) });
                 }
@@ -176,8 +170,7 @@ pub async fn run(
     }
     // Unsandboxed only: a sandboxed command's PID namespace has ended with it, and its
     // processes' working directories (`/build/...`) name nothing on the host.
-    let sandboxed = spec.confinement.as_ref().is_some_and(|c| c.sandbox.is_on());
-    let left = if sandboxed { Vec::new() } else { kill_processes_in(spec.cwd, pgid.map(Pid::as_raw)) };
+    let left = if jail.is_some() { Vec::new() } else { kill_processes_in(spec.cwd, pgid.map(Pid::as_raw)) };
     if !left.is_empty() {
         let shown: Vec<String> = left.iter().map(|(pid, name)| format!("{pid} ({name})")).collect();
         let note = format!("[cloudbuild] killed what `{command}` left running: {}\n", shown.join(", "));

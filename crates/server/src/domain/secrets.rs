@@ -4,7 +4,7 @@
 //! ([`crate::vault::task_secrets`]).
 
 use cloudbuild_proto::secret::{check_name, check_value, SecretInfo, SetSecret, SECRET_STAGES};
-use cloudbuild_proto::task::{Environment, Stage};
+use cloudbuild_proto::task::Environment;
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::{ProjectName, ValidationError};
 use cloudbuild_store::{StoreError, StoredSecret};
@@ -86,9 +86,4 @@ pub async fn delete(state: &AppState, project: &str, env: Environment, name: &st
     } else {
         Err(SecretError::NotFound { project: project.as_str().to_owned(), env: env.as_str(), name: name.to_owned() })
     }
-}
-
-/// The stages a secret can be given to, as the API names them.
-pub fn stage_names() -> Vec<&'static str> {
-    SECRET_STAGES.iter().map(|s: &Stage| s.action()).collect()
 }

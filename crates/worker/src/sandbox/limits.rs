@@ -75,20 +75,33 @@ impl TaskLimits {
     /// What a command that failed reached, if anything: the cgroup's counters since `before`,
     /// the task's CPU time, or an rlimit's signal in its exit status.
     pub(crate) fn reached(&self, before: &Events, status: std::process::ExitStatus) -> Option<Reached> {
-        self.events()
-            .reached_since(before)
-            .or_else(|| self.cpu_used().filter(|t| t.as_secs() >= self.config.cpu_secs).map(|_| Reached::CpuTime))
-            .or_else(|| limit_signal(status))
+        self.events().reached_since(before).or_else(|| self.cpu_over()).or_else(|| limit_signal(status))
+    }
+
+    /// The limit a running command is past, measured: the work directory's disk usage (from
+    /// [`disk_usage`], a walk the caller makes off the async threads) or the task's CPU time.
+    /// The kernel enforces the others.
+    pub(crate) fn overrun(&self, disk_used: u64) -> Option<Reached> {
+        if disk_used > self.disk_cap() {
+            return Some(Reached::Disk);
+        }
+        self.cpu_over()
+    }
+
+    /// The disk limit in bytes.
+    pub(crate) fn disk_cap(&self) -> u64 {
+        self.config.disk_mib << 20
+    }
+
+    /// Whether the task's processes together have used up their CPU time.
+    fn cpu_over(&self) -> Option<Reached> {
+        let used = self.cgroup.as_ref().and_then(TaskCgroup::cpu_used)?;
+        (used.as_secs() >= self.config.cpu_secs).then_some(Reached::CpuTime)
     }
 
     /// Counters of limit hits so far, to tell what a command reached.
     pub(crate) fn events(&self) -> Events {
         self.cgroup.as_ref().map(TaskCgroup::events).unwrap_or_default()
-    }
-
-    /// Total CPU time used by the task's processes so far.
-    pub(crate) fn cpu_used(&self) -> Option<Duration> {
-        self.cgroup.as_ref().and_then(TaskCgroup::cpu_used)
     }
 }
 

@@ -3,13 +3,14 @@
 //!
 //! What a sandboxed command sees: the system's `/usr` (and the merged-`/usr` links), a few
 //! files of `/etc` that programs need (never the whole of it: a server's config may live
-//! there), its task's work directory at `/build` (the only writable place besides a private
-//! `/tmp` and the worker's shared npm cache at `/cache/npm`), `HOME=/build/home`, its own
+//! there), its task's work directory at `/build` (the build may write only its checkout
+//! `/build/src` and `HOME=/build/home` there, besides a private `/tmp` and its project's npm
+//! cache at `/cache/npm`), its own
 //! `/proc` and `/dev`. It does not see the data directory, the config, other tasks, the worker's
 //! or the server's processes and environment. Its network is user-mode: `slirp4netns`, with
-//! the host's loopback unreachable (`--disable-host-loopback`), so the package registries
-//! answer and the server's own ports and the machine's loopback services do not; a command may
-//! also get no network at all.
+//! the host's loopback unreachable (`--disable-host-loopback`) and private, link-local and the
+//! machine's own addresses routed nowhere (the fence), so the package registries answer and
+//! the server's ports and the machine's services do not; a command may also get no network.
 //!
 //! Two ways in, by who the worker is:
 //! - **root** (`privileged`): bwrap runs privileged, without a user namespace, and the command
@@ -43,7 +44,7 @@ pub const SANDBOX_UID: u32 = 65534;
 /// Where the task's work directory appears inside the sandbox.
 pub const INSIDE_WORKDIR: &str = "/build";
 
-/// Where the worker's shared npm cache appears inside the sandbox.
+/// Where the project's npm cache appears inside the sandbox.
 pub const INSIDE_NPM_CACHE: &str = "/cache/npm";
 
 /// The fixed wrapper between the sandbox's start and the command: "ready" on fd 3, then
@@ -216,8 +217,6 @@ impl Sandbox {
         std::fs::write(etc_dir.join("resolv.conf"), "nameserver 10.0.2.3\n").map_err(files)?;
         std::fs::write(etc_dir.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n").map_err(files)?;
         std::fs::create_dir_all(&npm_cache).map_err(files)?;
-        // Only what the admin lists: a PATH entry may be relative or a home directory.
-        let read_only = config.read_only.clone();
         Ok(Sandbox(Some(Arc::new(Jail {
             bwrap: find("bwrap", "bubblewrap")?,
             slirp4netns: find("slirp4netns", "slirp4netns")?,
@@ -229,7 +228,8 @@ impl Sandbox {
             fence: fence(&config.reachable_networks)?,
             limits: config.limits.clone(),
             privileged,
-            read_only,
+            // Only what the admin lists (not PATH: an entry may be relative or a home directory).
+            read_only: config.read_only.clone(),
             shared: config.shared.clone(),
             etc_dir,
             npm_cache,
@@ -288,7 +288,8 @@ impl Sandbox {
         Ok(Some(dir))
     }
 
-    /// Makes `dir` (a task's work directory, just created) writable by the sandbox's user.
+    /// Makes `dir` (a checkout, a HOME, a cache, just created) the sandbox user's, when the
+    /// worker is root (otherwise the build's user is the worker's own).
     pub fn own(&self, dir: &Path) -> std::io::Result<()> {
         match &self.0 {
             Some(j) if j.privileged => chown_to_sandbox_user(dir),

@@ -61,39 +61,32 @@ pub(crate) async fn start(
     pid: u32,
     limits: Option<&TaskLimits>,
 ) -> Result<Option<Network>, String> {
-    match tokio::time::timeout(START_TIMEOUT, start_inner(jail, w, hs, pid, limits)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("the sandbox did not come up within {} s", START_TIMEOUT.as_secs())),
-    }
-}
-
-async fn start_inner(
-    jail: &Jail,
-    w: &Wrapped,
-    hs: Handshake,
-    pid: u32,
-    limits: Option<&TaskLimits>,
-) -> Result<Option<Network>, String> {
-    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let target = match hs.info {
-        Some(info) => sandbox_pid(info).await?,
-        None => pid,
-    };
-    let mut up = pipe::Receiver::from_owned_fd(hs.up).map_err(|e| io("sandbox pipe", e))?;
-    let mut byte = [0u8; 1];
-    if up.read(&mut byte).await.map_err(|e| io("sandbox pipe", e))? == 0 {
-        return Err("bubblewrap could not set the sandbox up (its message is above)".to_owned());
-    }
-    // Into the task's cgroup before the command runs: everything it starts inherits it.
-    if let Some(cgroup) = limits.and_then(|l| l.cgroup.as_ref()) {
-        for p in std::iter::once(pid).chain(std::iter::once(target).filter(|t| *t != pid)).chain(descendants(target)) {
-            cgroup.add(p).map_err(|e| format!("cannot put the sandbox in its cgroup: {e}"))?;
+    let started = tokio::time::timeout(START_TIMEOUT, async {
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let target = match hs.info {
+            Some(info) => sandbox_pid(info).await?,
+            None => pid,
+        };
+        let mut up = pipe::Receiver::from_owned_fd(hs.up).map_err(|e| io("sandbox pipe", e))?;
+        let mut byte = [0u8; 1];
+        if up.read(&mut byte).await.map_err(|e| io("sandbox pipe", e))? == 0 {
+            return Err("bubblewrap could not set the sandbox up (its message is above)".to_owned());
         }
-    }
-    let network = if w.network { Some(attach_network(jail, w.join_userns, target).await?) } else { None };
-    let mut go = pipe::Sender::from_owned_fd(hs.go).map_err(|e| io("sandbox pipe", e))?;
-    go.write_all(b"\n").await.map_err(|e| io("sandbox pipe", e))?;
-    Ok(network)
+        // Into the task's cgroup before the command runs: everything it starts inherits it.
+        if let Some(cgroup) = limits.and_then(|l| l.cgroup.as_ref()) {
+            for p in
+                std::iter::once(pid).chain(std::iter::once(target).filter(|t| *t != pid)).chain(descendants(target))
+            {
+                cgroup.add(p).map_err(|e| format!("cannot put the sandbox in its cgroup: {e}"))?;
+            }
+        }
+        let network = if w.network { Some(attach_network(jail, w.join_userns, target).await?) } else { None };
+        let mut go = pipe::Sender::from_owned_fd(hs.go).map_err(|e| io("sandbox pipe", e))?;
+        go.write_all(b"\n").await.map_err(|e| io("sandbox pipe", e))?;
+        Ok(network)
+    })
+    .await;
+    started.unwrap_or_else(|_| Err(format!("the sandbox did not come up within {} s", START_TIMEOUT.as_secs())))
 }
 
 /// Routes private networks and this machine's own addresses to nowhere in the sandbox's

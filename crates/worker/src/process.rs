@@ -82,10 +82,9 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let handshake = match &jail {
-        Some((_, wrapped)) => Some(
-            sandbox::handshake(&mut cmd, wrapped)
-                .map_err(|source| RunError::Spawn { program: program.clone(), source })?,
-        ),
+        Some((_, wrapped)) => {
+            sandbox::prepare(&mut cmd, wrapped).map_err(|source| RunError::Spawn { program: program.clone(), source })?
+        }
         None => None,
     };
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
@@ -111,11 +110,12 @@ pub async fn run(
     let limits = spec.confinement.as_ref().and_then(|c| c.limits).filter(|_| jail.is_some());
     let events_before = limits.map(|l| l.events()).unwrap_or_default();
     let workdir = spec.confinement.as_ref().map(|c| c.workdir.to_path_buf());
-    // In the sandbox: wait for it to come up, attach its network, then let the command run.
+    // A sandbox with a network of its own: wait for it to come up, attach the network, then
+    // let the command run.
     let mut _network = None;
     if let (Some((jail, wrapped)), Some(hs), Some(pid)) = (&jail, handshake, child.id()) {
-        match sandbox::start(jail, wrapped, hs, pid, limits).await {
-            Ok(net) => _network = net,
+        match sandbox::start(jail, wrapped, hs, pid).await {
+            Ok(net) => _network = Some(net),
             Err(reason) => {
                 stop_group(pgid, &mut child, Duration::ZERO).await;
                 while let Ok(Some((stream, bytes))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {

@@ -16,6 +16,7 @@ use cloudbuild_proto::text::count;
 use cloudbuild_proto::validate::{CommandLine, CommandPolicy, RelPath};
 use cloudbuild_proto::worker::{Assignment, Outcome};
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::build_env::{base_env, install_scripts_rule};
 use crate::cancel::CancelToken;
@@ -91,9 +92,12 @@ struct Run<'a> {
     limits: Option<TaskLimits>,
     /// The project's npm cache (sandboxed tasks).
     npm_cache: Option<PathBuf>,
-    /// The task's network, made by the first command that needs it (sandboxed tasks of a
-    /// root worker).
+    /// The task's network (sandboxed tasks of a root worker), once the first command that
+    /// needs it has waited for `network_starting`.
     task_network: Option<TaskNetwork>,
+    /// The task's network being made from the task's start, while git runs without it
+    /// (it takes about 10 ms); aborted, and the network ended, if the task ends first.
+    network_starting: Option<AbortOnDropHandle<Result<Option<TaskNetwork>, String>>>,
 }
 
 impl Run<'_> {
@@ -129,14 +133,15 @@ impl Run<'_> {
         }
     }
 
-    /// Makes the task's network before the first command that needs it.
+    /// Waits for the task's network before the first command that needs it.
     async fn ensure_network(&mut self, network: Network) -> Result<(), StageError> {
-        if network == Network::User && self.task_network.is_none() {
-            self.task_network = self
-                .sandbox
-                .task_network()
-                .await
-                .map_err(|e| StageError::Failed(format!("the build sandbox's network could not start: {e}")))?;
+        if network != Network::User {
+            return Ok(());
+        }
+        if let Some(starting) = self.network_starting.take() {
+            let made = starting.await.unwrap_or_else(|e| Err(e.to_string()));
+            self.task_network =
+                made.map_err(|e| StageError::Failed(format!("the build sandbox's network could not start: {e}")))?;
         }
         Ok(())
     }
@@ -386,6 +391,10 @@ impl Executor for Pipeline {
                 .ok()
                 .and_then(|n| self.sandbox.npm_cache(n.as_str()).ok().flatten()),
             task_network: None,
+            network_starting: Some(AbortOnDropHandle::new(tokio::spawn({
+                let sandbox = self.sandbox.clone();
+                async move { sandbox.task_network().await }
+            }))),
         };
         let outcome = pipeline(&mut run, &ctx).await;
         reporter.flush();

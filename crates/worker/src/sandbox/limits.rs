@@ -184,13 +184,11 @@ impl TaskCgroup {
         Ok(cg)
     }
 
-    /// Moves `pid` into the cgroup (its later children follow it).
-    pub(crate) fn add(&self, pid: u32) -> std::io::Result<()> {
+    /// The cgroup's `cgroup.procs` files: a process that writes `0` to each moves itself in,
+    /// and its later children follow it (Documentation/admin-guide/cgroup-v2.rst, "Processes").
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
         let dirs: Vec<&PathBuf> = if self.v2 { vec![&self.memory] } else { vec![&self.memory, &self.pids, &self.cpu] };
-        for dir in dirs {
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+        dirs.into_iter().map(|dir| dir.join("cgroup.procs")).collect()
     }
 
     fn events(&self) -> Events {

@@ -21,9 +21,12 @@
 //!   uid outside (an unprivileged worker cannot switch to another user; what protects its
 //!   files then is that they are not in the sandbox's view).
 //!
-//! Before the command starts, a fixed shell wrapper (no user string is ever part of it) says
-//! "namespaces ready" on fd 3 and waits on fd 4 until the network is attached and the command
-//! may run.
+//! A fixed shell prelude moves the command's process into the task's cgroup before bwrap
+//! starts, so that everything the sandbox runs is in it. A command that gets a network of its
+//! own starts under a fixed shell wrapper that says "namespaces ready" on fd 3 and waits on
+//! fd 4 until the network is attached and the command may run (no user string is ever part of
+//! either script). A root worker's commands with network join the task's network instead,
+//! which is attached and fenced once per task, and need no wrapper.
 
 mod limits;
 mod start;
@@ -36,7 +39,7 @@ pub use cloudbuild_proto::sandbox::{check_network, LimitsConfig, SandboxConfig, 
 pub(crate) use limits::disk_usage;
 pub use limits::{Reached, TaskLimits};
 pub use start::TaskNetwork;
-pub(crate) use start::{prepare as handshake, start};
+pub(crate) use start::{prepare, start};
 
 /// The user builds run as, inside and (for a root worker) outside the sandbox: `nobody`.
 pub const SANDBOX_UID: u32 = 65534;
@@ -50,6 +53,10 @@ pub const INSIDE_NPM_CACHE: &str = "/cache/npm";
 /// The fixed wrapper between the sandbox's start and the command: "ready" on fd 3, then
 /// wait for "go" on fd 4, then replace itself with the command (its arguments, unexpanded).
 const WRAPPER: &str = "printf . >&3; exec 3>&-; read -r _ <&4; exec 4<&-; exec \"$@\"";
+
+/// The fixed prelude that moves itself (and so what it `exec`s) into a cgroup: it writes `0` to
+/// each `cgroup.procs` file given before `--`, then replaces itself with the rest.
+const JOIN_CGROUP: &str = "while [ \"$1\" != -- ]; do echo 0 > \"$1\" || exit 125; shift; done; shift; exec \"$@\"";
 
 /// Files of `/etc` a sandboxed program may need, bound read-only when they exist.
 const ETC_ENTRIES: &[&str] = &[
@@ -92,8 +99,8 @@ pub(crate) struct Jail {
     pub(crate) slirp4netns: PathBuf,
     setpriv: PathBuf,
     pub(crate) unshare: PathBuf,
-    prlimit: PathBuf,
     pub(crate) nsenter: PathBuf,
+    prlimit: PathBuf,
     pub(crate) ip: PathBuf,
     limits: LimitsConfig,
     /// `ip -batch` lines that fence a sandbox's network off from private networks and this
@@ -117,7 +124,7 @@ pub(crate) struct Wrapped {
     pub argv: Vec<String>,
     /// Whether bwrap writes its JSON info (with the sandbox's host pid) to fd 5.
     pub info_fd: bool,
-    /// Attach user-mode networking before the command runs.
+    /// Attach user-mode networking before the command runs (through the handshake).
     pub network: bool,
     /// `slirp4netns` must join the user namespace of the process too (unprivileged way).
     pub join_userns: bool,
@@ -222,8 +229,8 @@ impl Sandbox {
             slirp4netns: find("slirp4netns", "slirp4netns")?,
             setpriv: find("setpriv", "util-linux")?,
             unshare: find("unshare", "util-linux")?,
-            prlimit: find("prlimit", "util-linux")?,
             nsenter: find("nsenter", "util-linux")?,
+            prlimit: find("prlimit", "util-linux")?,
             ip: find("ip", "iproute2")?,
             fence: fence(&config.reachable_networks)?,
             limits: config.limits.clone(),
@@ -352,15 +359,27 @@ impl Jail {
         let mut a = Args::default();
         // A command of a task with its own network joins it, ready and fenced.
         let joined = c.task_network.filter(|_| self.privileged && c.network == Network::User);
+        // Otherwise a command with user-mode networking gets a network of its own, attached
+        // from outside while a wrapper waits (the handshake).
+        let attach = c.network == Network::User && joined.is_none();
         if let Some(net) = joined {
             a.push(&[&path(&self.nsenter), &format!("--net={}", net.namespace()), "--"]);
+        }
+        if let Some(cgroup) = c.limits.and_then(|l| l.cgroup.as_ref()) {
+            // Into the task's cgroup before bwrap starts: everything it starts inherits it.
+            a.push(&["/bin/sh", "-c", JOIN_CGROUP, "sh"]);
+            a.0.extend(cgroup.procs_files().iter().map(|f| path(f)));
+            a.push(&["--"]);
         }
         if !self.privileged {
             a.push(&[&path(&self.unshare), "--user", "--map-root-user"]);
             if c.network != Network::Host {
                 a.push(&["--net"]);
             }
-            a.push(&["--", "/bin/sh", "-c", WRAPPER, "sh"]);
+            a.push(&["--"]);
+            if attach {
+                a.push(&["/bin/sh", "-c", WRAPPER, "sh"]);
+            }
         }
         a.push(&[&path(&self.bwrap)]);
         if self.privileged {
@@ -370,16 +389,10 @@ impl Jail {
                 // bwrap brings its loopback up.
                 a.push(&["--unshare-net"]);
             }
-            a.push(&[
-                "--cap-add",
-                "CAP_SETUID",
-                "--cap-add",
-                "CAP_SETGID",
-                "--cap-add",
-                "CAP_SETPCAP",
-                "--info-fd",
-                "5",
-            ]);
+            a.push(&["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]);
+            if attach {
+                a.push(&["--info-fd", "5"]);
+            }
         } else {
             a.push(&["--unshare-all", "--share-net", "--uid", "65534", "--gid", "65534"]);
         }
@@ -431,9 +444,12 @@ impl Jail {
         }
         a.push(&["--chdir", &path(&inside_cwd), "--"]);
         if self.privileged {
-            a.push(&["/bin/sh", "-c", WRAPPER, "sh", &path(&self.setpriv)]);
+            if attach {
+                a.push(&["/bin/sh", "-c", WRAPPER, "sh"]);
+            }
             let id = SANDBOX_UID.to_string();
-            a.push(&["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]);
+            a.push(&[&path(&self.setpriv), "--reuid", &id, "--regid", &id, "--clear-groups"]);
+            a.push(&["--inh-caps=-all", "--bounding-set=-all", "--"]);
         }
         if let Some(limits) = c.limits {
             a.push(&[&path(&self.prlimit)]);
@@ -441,12 +457,7 @@ impl Jail {
             a.push(&["--"]);
         }
         a.0.extend(argv.iter().cloned());
-        Wrapped {
-            argv: a.0,
-            info_fd: self.privileged,
-            network: c.network == Network::User && joined.is_none(),
-            join_userns: !self.privileged,
-        }
+        Wrapped { argv: a.0, info_fd: self.privileged && attach, network: attach, join_userns: !self.privileged }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Starting a sandboxed command: the handshake with its wrapper, and the user-mode network
-//! (`slirp4netns`) attached to its network namespace before the command may run.
+//! Starting a sandboxed command that gets a network of its own: the handshake with its
+//! wrapper while the user-mode network (`slirp4netns`) is attached; and a task's network,
+//! which the other commands of a root worker's task join.
 
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
@@ -10,7 +11,7 @@ use nix::fcntl::OFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::{Jail, TaskLimits, Wrapped};
+use super::{Jail, Wrapped};
 
 /// How long a sandbox may take to come up (namespaces, mounts, network).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,8 +37,19 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
-/// Makes the pipes and gives the child its ends as fds 3 (ready), 4 (go) and 5 (bwrap info).
-pub(crate) fn prepare(cmd: &mut tokio::process::Command, w: &Wrapped) -> std::io::Result<Handshake> {
+/// Prepares `cmd` (the command line of `w`) for the handshake when its network is attached
+/// from outside: the wrapper gets its pipes as fds 3 (ready), 4 (go) and 5 (bwrap info).
+/// Other sandboxed commands start without one.
+pub(crate) fn prepare(cmd: &mut tokio::process::Command, w: &Wrapped) -> std::io::Result<Option<Handshake>> {
+    if w.network {
+        handshake(cmd, w).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Makes the handshake's pipes and gives the child its ends as fds 3, 4 and 5.
+fn handshake(cmd: &mut tokio::process::Command, w: &Wrapped) -> std::io::Result<Handshake> {
     let (up_r, up_w) = pipe_pair()?;
     let (go_r, go_w) = pipe_pair()?;
     let mut maps = vec![FdMapping { parent_fd: up_w, child_fd: 3 }, FdMapping { parent_fd: go_r, child_fd: 4 }];
@@ -52,15 +64,9 @@ pub(crate) fn prepare(cmd: &mut tokio::process::Command, w: &Wrapped) -> std::io
     Ok(Handshake { up: up_r, go: go_w, info })
 }
 
-/// Waits for the sandbox of the spawned `pid` to come up, attaches its network when it has
-/// one, and lets the command run. Errors say what failed, for the build's log.
-pub(crate) async fn start(
-    jail: &Jail,
-    w: &Wrapped,
-    hs: Handshake,
-    pid: u32,
-    limits: Option<&TaskLimits>,
-) -> Result<Option<Network>, String> {
+/// Waits for the sandbox of the spawned `pid` to come up, attaches its network, and lets the
+/// command run. Errors say what failed, for the build's log.
+pub(crate) async fn start(jail: &Jail, w: &Wrapped, hs: Handshake, pid: u32) -> Result<Network, String> {
     let started = tokio::time::timeout(START_TIMEOUT, async {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
         let target = match hs.info {
@@ -72,15 +78,7 @@ pub(crate) async fn start(
         if up.read(&mut byte).await.map_err(|e| io("sandbox pipe", e))? == 0 {
             return Err("bubblewrap could not set the sandbox up (its message is above)".to_owned());
         }
-        // Into the task's cgroup before the command runs: everything it starts inherits it.
-        if let Some(cgroup) = limits.and_then(|l| l.cgroup.as_ref()) {
-            for p in
-                std::iter::once(pid).chain(std::iter::once(target).filter(|t| *t != pid)).chain(descendants(target))
-            {
-                cgroup.add(p).map_err(|e| format!("cannot put the sandbox in its cgroup: {e}"))?;
-            }
-        }
-        let network = if w.network { Some(attach_network(jail, w.join_userns, target).await?) } else { None };
+        let network = attach_network(jail, w.join_userns, target).await?;
         let mut go = pipe::Sender::from_owned_fd(hs.go).map_err(|e| io("sandbox pipe", e))?;
         go.write_all(b"\n").await.map_err(|e| io("sandbox pipe", e))?;
         Ok(network)
@@ -155,23 +153,6 @@ impl TaskNetwork {
     pub(crate) fn namespace(&self) -> String {
         format!("/proc/{}/ns/net", self.pid)
     }
-}
-
-/// The processes below `pid` (their tree is fixed while the wrapper waits).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut stack = vec![pid];
-    while let Some(p) = stack.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
-        for task in tasks.flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-                found.push(child);
-                stack.push(child);
-            }
-        }
-    }
-    found
 }
 
 /// Reads bwrap's info (`{"child-pid": N, ...}`) until it parses.

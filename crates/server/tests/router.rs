@@ -14,6 +14,7 @@ use tower::ServiceExt;
 /// A server on a fresh SQLite store, configured by `configure`.
 struct Api {
     app: axum::Router,
+    store: Arc<SqliteStore>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -31,8 +32,8 @@ async fn api(configure: impl FnOnce(&mut ServerConfig)) -> Api {
     let settings = config.validate().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (state, _outbox) = app_state(settings, store, "http://127.0.0.1:7001".into(), stopped).unwrap();
-    Api { app: router(state), _dir: dir, _stop: stop }
+    let (state, _outbox) = app_state(settings, store.clone(), "http://127.0.0.1:7001".into(), stopped).unwrap();
+    Api { app: router(state), store, _dir: dir, _stop: stop }
 }
 
 impl Api {
@@ -198,4 +199,55 @@ async fn secrets_are_checked_listed_without_values_and_deleted() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, v) = api.call("DELETE", "/api/v1/projects/site/secrets/test/NPM_TOKEN", None, None).await;
     assert_eq!((status, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+}
+
+#[tokio::test]
+async fn blob_uploads_past_the_cap_wait_for_a_free_slot() {
+    use cloudbuild_store::{NewTask, Store};
+    let api = api(|c| c.limits.max_concurrent_uploads = 1).await;
+    let new = NewTask {
+        name: "site".into(),
+        version: "1.0.0".into(),
+        repo: "https://example.com/site.git".into(),
+        branch: "main".into(),
+        commit: None,
+        build_cmd: None,
+        env: cloudbuild_proto::task::Environment::Test,
+        trigger: cloudbuild_proto::task::Trigger::Api,
+        force: false,
+        requested_by: "tester".into(),
+        retry_of: None,
+        output_limit: 1 << 20,
+        labels: Vec::new(),
+    };
+    let (task, _) = api.store.create_task(new).await.unwrap();
+    let lease = "lease-secret-0123456789";
+    let until = cloudbuild_proto::time::Timestamp(cloudbuild_proto::time::Timestamp::now().0 + 600_000_000);
+    let hash = cloudbuild_server::secrets::lease_key_hash(lease);
+    api.store.claim_next("w1", &[], until, &hash).await.unwrap().unwrap();
+    let upload = |content: Body, of: &[u8]| {
+        let uri = format!("/api/v1/tasks/{}/attempts/1/publish/blobs/{}", task.id, blake3::hash(of).to_hex());
+        let req = Request::builder()
+            .method("PUT")
+            .uri(uri)
+            .header(header::HOST, "127.0.0.1:7001")
+            .header(header::AUTHORIZATION, format!("Bearer {WORKER_TOKEN}"))
+            .header("x-cloudbuild-lease", lease)
+            .body(content)
+            .unwrap();
+        tokio::spawn(api.app.clone().oneshot(req))
+    };
+    // A slow upload holds the only slot while its body trickles in.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let slow_body = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|chunk| (chunk, rx)) });
+    let slow = upload(Body::from_stream(slow_body), b"slow content");
+    tx.send(Ok(bytes::Bytes::from_static(b"slow "))).await.unwrap();
+    let mut quick = upload(Body::from("quick content"), b"quick content");
+    // While it does, the next upload is not served, however long it waits.
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(1500), &mut quick).await;
+    assert!(waited.is_err(), "a second upload was served while the only slot was taken");
+    tx.send(Ok(bytes::Bytes::from_static(b"content"))).await.unwrap();
+    drop(tx);
+    assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(quick.await.unwrap().unwrap().status(), StatusCode::NO_CONTENT, "served once the slot was free");
 }

@@ -82,9 +82,8 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let handshake = match &jail {
-        Some((_, wrapped)) => {
-            sandbox::prepare(&mut cmd, wrapped).map_err(|source| RunError::Spawn { program: program.clone(), source })?
-        }
+        Some((_, wrapped)) => sandbox::prepare(&mut cmd, wrapped)
+            .map_err(|source| RunError::Spawn { program: program.clone(), source })?,
         None => None,
     };
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;

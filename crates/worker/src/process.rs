@@ -86,10 +86,19 @@ pub async fn run(
             .map_err(|source| RunError::Spawn { program: program.clone(), source })?,
         None => None,
     };
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
+    // A sandboxed command of a task with a cgroup v1 starts from the thread in its cgroup.
+    let spawner = spec.confinement.as_ref().and_then(|c| c.limits?.cgroup.as_ref()?.spawner.as_ref());
     // The child's ends of the handshake pipes close with the command, so that a sandbox that
     // fails to start reads as EOF.
-    drop(cmd);
+    let spawned = match spawner.filter(|_| jail.is_some()) {
+        Some(spawner) => spawner.spawn(cmd).await,
+        None => {
+            let spawned = cmd.spawn();
+            drop(cmd);
+            spawned
+        }
+    };
+    let mut child = spawned.map_err(|source| RunError::Spawn { program: program.clone(), source })?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     if let (Some(file), Some(pgid)) = (spec.pgid_file, pgid) {
         let _ = std::fs::write(file, pgid.to_string());

@@ -295,3 +295,35 @@ fn an_unprivileged_worker_sandboxes_its_builds_too() {
     assert!(out.contains("uid 65534 in /build/src"), "{out}");
     assert!(out.contains("config ENOENT") && out.contains("server ECONNREFUSED"), "{out}");
 }
+
+/// A worker killed mid-build (a crash) leaves its task cgroups behind; the next run on the same
+/// work directory empties and removes them.
+#[test]
+fn the_cgroups_of_a_crashed_worker_are_removed_when_it_comes_back() {
+    assert_eq!(nix_uid(), 0, "cgroups are made by a root worker; run the suite as root");
+    let mut srv = server("");
+    let repo = Repo::new(&[
+        ("package.json", &package_json("hangs", &[("build", "node hang.js")])),
+        ("hang.js", "setInterval(()=>{},1000);"),
+    ]);
+    let (_, t) = srv.create(&repo.task_body("hangs"));
+    let id = t["id"].as_i64().unwrap();
+    srv.wait_until(id, |t| t.stage == Some(cloudbuild_proto::task::Stage::Build), "the build runs");
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let group = format!("cloudbuild/{}", srv.pid());
+    let left: Vec<_> = if root.join("cgroup.controllers").is_file() {
+        vec![root.join(&group)]
+    } else {
+        ["memory", "pids", "cpuacct"].iter().map(|c| root.join(c).join(&group)).collect()
+    };
+    assert!(left.iter().all(|d| d.is_dir()), "the running task has its cgroup: {left:?}");
+    srv.kill9();
+    assert!(left.iter().all(|d| d.is_dir()), "a killed worker cannot remove its cgroups (else this proves nothing)");
+    srv.restart().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while left.iter().any(|d| d.exists()) {
+        assert!(std::time::Instant::now() < deadline, "left behind: {left:?}\n{}", srv.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(srv.log().contains("removing the cgroups of this worker's previous run"), "{}", srv.log());
+}

@@ -13,6 +13,8 @@ use std::time::Duration;
 use cloudbuild_proto::sandbox::LimitsConfig;
 use cloudbuild_proto::text::size;
 
+use super::spawner::Spawner;
+
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The limits of one task, and its cgroup when the machine gives one.
@@ -36,7 +38,7 @@ impl TaskLimits {
     /// cgroup when one can be made (the worker runs as root, cgroup v1 with the memory, pids
     /// and cpuacct controllers, or v2 with memory, pids and cpu enabled).
     pub fn new(config: &LimitsConfig, name: &str) -> TaskLimits {
-        let group = format!("cloudbuild/{}/{name}", std::process::id());
+        let group = format!("{}/{name}", worker_group());
         let cgroup = TaskCgroup::create(&group, config)
             .map_err(|e| {
                 tracing::warn!(
@@ -145,6 +147,8 @@ pub(crate) struct TaskCgroup {
     memory: PathBuf,
     pids: PathBuf,
     cpu: PathBuf,
+    /// v1: the thread in the cgroup that starts the task's commands (see [`Spawner`]).
+    pub(crate) spawner: Option<Spawner>,
 }
 
 impl TaskCgroup {
@@ -162,14 +166,14 @@ impl TaskCgroup {
                 at = at.join(part);
                 std::fs::create_dir_all(&at)?;
             }
-            TaskCgroup { v2: true, memory: at.clone(), pids: at.clone(), cpu: at }
+            TaskCgroup { v2: true, memory: at.clone(), pids: at.clone(), cpu: at, spawner: None }
         } else {
             let make = |controller: &str| -> std::io::Result<PathBuf> {
                 let dir = root.join(controller).join(group);
                 std::fs::create_dir_all(&dir)?;
                 Ok(dir)
             };
-            TaskCgroup { v2: false, memory: make("memory")?, pids: make("pids")?, cpu: make("cpuacct")? }
+            TaskCgroup { v2: false, memory: make("memory")?, pids: make("pids")?, cpu: make("cpuacct")?, spawner: None }
         };
         let memory = (c.memory_mib << 20).to_string();
         if cg.v2 {
@@ -181,6 +185,11 @@ impl TaskCgroup {
             std::fs::write(cg.memory.join("memory.memsw.limit_in_bytes"), &memory).ok();
         }
         std::fs::write(cg.pids.join("pids.max"), c.processes.to_string())?;
+        let mut cg = cg;
+        if !cg.v2 {
+            let tasks = [&cg.memory, &cg.pids, &cg.cpu].iter().map(|dir| dir.join("tasks")).collect();
+            cg.spawner = Some(Spawner::start(tasks)?);
+        }
         Ok(cg)
     }
 
@@ -215,7 +224,9 @@ impl TaskCgroup {
             return;
         }
         let procs = std::fs::read_to_string(self.memory.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // v1 lists the worker itself while its spawner thread is still in the cgroup.
+        let worker = std::process::id() as i32;
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|p| *p != worker) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
@@ -223,29 +234,68 @@ impl TaskCgroup {
 
 impl Drop for TaskCgroup {
     fn drop(&mut self) {
+        // The spawner's thread ends and leaves the cgroup, which can then be removed.
+        self.spawner = None;
         self.kill_all();
-        // The directories go once empty: the kernel takes a moment to release killed processes.
-        let dirs = [self.memory.clone(), self.pids.clone(), self.cpu.clone()];
+        // The directories go once empty (the kernel takes a moment to release killed
+        // processes), then the worker's own level if this was its last task.
+        let mut dirs = vec![self.memory.clone(), self.pids.clone(), self.cpu.clone()];
+        dirs.dedup();
+        let parents: Vec<PathBuf> = dirs.iter().filter_map(|d| d.parent().map(Path::to_path_buf)).collect();
         std::thread::spawn(move || {
-            for _ in 0..50 {
-                let mut left = false;
-                for dir in &dirs {
-                    if dir.exists() && std::fs::remove_dir(dir).is_err() {
-                        left = true;
-                    }
-                }
-                if !left {
-                    // And the worker's own level, once its last task is gone.
-                    for dir in &dirs {
-                        if let Some(parent) = dir.parent() {
-                            let _ = std::fs::remove_dir(parent);
-                        }
-                    }
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            remove_when_empty(&dirs);
+            for parent in parents {
+                let _ = std::fs::remove_dir(parent);
             }
         });
+    }
+}
+
+/// The cgroup (below each hierarchy's root) holding this worker's task cgroups.
+pub(crate) fn worker_group() -> String {
+    format!("cloudbuild/{}", std::process::id())
+}
+
+/// Kills what is left in the task cgroups of `group` (the [`worker_group`] of this worker's
+/// previous life, gone in a crash or a `kill -9`) and removes them. Only a group whose worker
+/// is no longer running, so that nothing of a live worker is touched.
+pub(crate) fn reap_cgroups_of(group: &str) {
+    let Some(pid) = group.strip_prefix("cloudbuild/").and_then(|p| p.parse::<u32>().ok()) else { return };
+    if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        return;
+    }
+    let root = Path::new(CGROUP_ROOT);
+    let tops: Vec<PathBuf> = if root.join("cgroup.controllers").is_file() {
+        vec![root.join(group)]
+    } else {
+        ["memory", "pids", "cpuacct"].iter().map(|c| root.join(c).join(group)).collect()
+    };
+    let mut stale = Vec::new();
+    for top in tops.into_iter().filter(|t| t.is_dir()) {
+        for task in std::fs::read_dir(&top).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            let procs = std::fs::read_to_string(task.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            stale.push(task);
+        }
+        stale.push(top);
+    }
+    if !stale.is_empty() {
+        tracing::info!("removing the cgroups of this worker's previous run ({group})");
+        std::thread::spawn(move || remove_when_empty(&stale));
+    }
+}
+
+/// Removes `dirs` (cgroups, children before parents) as their killed processes are released:
+/// retried for up to 5 s.
+fn remove_when_empty(dirs: &[PathBuf]) {
+    for _ in 0..50 {
+        let left = dirs.iter().filter(|d| d.exists() && std::fs::remove_dir(d).is_err()).count();
+        if left == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -21,14 +21,16 @@
 //!   uid outside (an unprivileged worker cannot switch to another user; what protects its
 //!   files then is that they are not in the sandbox's view).
 //!
-//! A fixed shell prelude moves the command's process into the task's cgroup before bwrap
-//! starts, so that everything the sandbox runs is in it. A command that gets a network of its
+//! A command starts in the task's cgroup (cgroup v1: spawned from a thread in it), or a fixed
+//! shell prelude moves it there before bwrap starts (v2), so that everything the sandbox runs
+//! is in it. A command that gets a network of its
 //! own starts under a fixed shell wrapper that says "namespaces ready" on fd 3 and waits on
 //! fd 4 until the network is attached and the command may run (no user string is ever part of
 //! either script). A root worker's commands with network join the task's network instead,
 //! which is attached and fenced once per task, and need no wrapper.
 
 mod limits;
+mod spawner;
 mod start;
 
 use std::path::{Path, PathBuf};
@@ -224,6 +226,15 @@ impl Sandbox {
         std::fs::write(etc_dir.join("resolv.conf"), "nameserver 10.0.2.3\n").map_err(files)?;
         std::fs::write(etc_dir.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n").map_err(files)?;
         std::fs::create_dir_all(&npm_cache).map_err(files)?;
+        if privileged {
+            // The task cgroups of this worker's previous run (same work directory), if it died
+            // with builds running; then this run's, for the next.
+            let record = etc_dir.join("cgroup");
+            if let Ok(previous) = std::fs::read_to_string(&record) {
+                limits::reap_cgroups_of(previous.trim());
+            }
+            std::fs::write(&record, limits::worker_group()).map_err(files)?;
+        }
         Ok(Sandbox(Some(Arc::new(Jail {
             bwrap: find("bwrap", "bubblewrap")?,
             slirp4netns: find("slirp4netns", "slirp4netns")?,
@@ -365,8 +376,9 @@ impl Jail {
         if let Some(net) = joined {
             a.push(&[&path(&self.nsenter), &format!("--net={}", net.namespace()), "--"]);
         }
-        if let Some(cgroup) = c.limits.and_then(|l| l.cgroup.as_ref()) {
-            // Into the task's cgroup before bwrap starts: everything it starts inherits it.
+        if let Some(cgroup) = c.limits.and_then(|l| l.cgroup.as_ref()).filter(|cg| cg.spawner.is_none()) {
+            // Into the task's cgroup before bwrap starts: everything it starts inherits it
+            // (with cgroup v1, the command starts there already: see `spawner`).
             a.push(&["/bin/sh", "-c", JOIN_CGROUP, "sh"]);
             a.0.extend(cgroup.procs_files().iter().map(|f| path(f)));
             a.push(&["--"]);

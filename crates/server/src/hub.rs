@@ -1,14 +1,19 @@
-//! Wakes event followers when a task's log grows, on this server and on the others.
+//! Wakes event followers when a task's log grows, on this server and on the others, and holds
+//! the shared [`Feed`] of each followed task.
 //!
-//! The log itself lives in the store; the hub only carries "task N now ends at seq S" so that
-//! followers re-read the store. Followers therefore always send stored bytes, whether live or
-//! replayed, and a missed wake-up costs latency, never an event. With a shared store (Redis)
-//! every announcement also goes to the other servers as a `Notice::Events`, and theirs arrive
-//! through [`EventHub::remote`], so a follower on any server sees every task's events live.
+//! The log itself lives in the store; the hub carries "task N now ends at seq S". A followed
+//! task has one feed on this server: its stored events in memory, shared by every follower
+//! (SSE, WebSocket, socket.io), taken as this server stores them and read from the store
+//! (by one reader, `domain::follow`) for what it did not see. Followers therefore always send
+//! stored events, whether live or replayed, and a missed wake-up costs latency, never an
+//! event. With a shared store (Redis) every announcement also goes to the other servers as a
+//! `Notice::Events`, and theirs arrive through [`EventHub::remote`], so a follower on any
+//! server sees every task's events live.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use bytes::Bytes;
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::TaskId;
 use cloudbuild_store::Notice;
@@ -18,6 +23,8 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, Default)]
 pub struct EventHub {
     tasks: Mutex<HashMap<TaskId, watch::Sender<u64>>>,
+    /// The feeds of followed tasks; gone when their last follower is.
+    feeds: Mutex<HashMap<TaskId, Weak<Feed>>>,
     /// Announcements for the other servers (drained by `crate::cluster`); none for one server.
     outbox: Option<mpsc::UnboundedSender<Notice>>,
 }
@@ -25,13 +32,17 @@ pub struct EventHub {
 impl EventHub {
     /// A hub that also tells the other servers, through `outbox`.
     pub fn with_outbox(outbox: mpsc::UnboundedSender<Notice>) -> Self {
-        EventHub { tasks: Mutex::default(), outbox: Some(outbox) }
+        EventHub { tasks: Mutex::default(), feeds: Mutex::default(), outbox: Some(outbox) }
     }
 
     /// Announces newly stored events. An `end` event closes the task's signal, which wakes every
     /// follower a last time.
     pub fn published(&self, task: TaskId, events: &[WireEvent]) {
         let Some(last) = events.last() else { return };
+        // The feed first: a reader woken next finds the events there, not only in the store.
+        if let Some(feed) = self.followed(task) {
+            feed.extend(events.iter().cloned());
+        }
         let ended = events.iter().any(|e| e.kind == EventKind::End);
         self.wake(task, last.seq, ended);
         if let Some(outbox) = &self.outbox {
@@ -68,10 +79,155 @@ impl EventHub {
         }
     }
 
+    /// The feed of a followed task, if anyone follows it on this server.
+    fn followed(&self, task: TaskId) -> Option<Arc<Feed>> {
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&task).and_then(Weak::upgrade)
+    }
+
+    /// The task's feed, and whether it was just made (then its caller starts its reader).
+    pub fn feed(&self, task: TaskId) -> (Arc<Feed>, bool) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feeds.get(&task).and_then(Weak::upgrade) {
+            return (feed, false);
+        }
+        // Forget the feeds nobody follows any more.
+        feeds.retain(|_, f| f.strong_count() > 0);
+        let feed = Arc::new(Feed::default());
+        feeds.insert(task, Arc::downgrade(&feed));
+        (feed, true)
+    }
+
     /// A receiver that changes when the task's log grows; `None` once the task has ended or
     /// before its first event was announced (the follower then relies on what the store has).
     pub fn subscribe(&self, task: TaskId) -> Option<watch::Receiver<u64>> {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.get(&task).map(watch::Sender::subscribe)
+    }
+}
+
+/// A stored event as followers share it, with the renderings they send made once.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: WireEvent,
+    sse: OnceLock<Bytes>,
+    ws: OnceLock<Bytes>,
+    literal: OnceLock<Option<(usize, usize)>>,
+}
+
+impl From<WireEvent> for SharedEvent {
+    fn from(event: WireEvent) -> Self {
+        SharedEvent { event, sse: OnceLock::new(), ws: OnceLock::new(), literal: OnceLock::new() }
+    }
+}
+
+impl SharedEvent {
+    /// The SSE frame ([`WireEvent::to_sse`]).
+    pub fn sse(&self) -> Bytes {
+        self.sse.get_or_init(|| Bytes::from(self.event.to_sse())).clone()
+    }
+
+    /// The WebSocket text message ([`WireEvent::to_ws_text`]), UTF-8.
+    pub fn ws_text(&self) -> Bytes {
+        self.ws.get_or_init(|| Bytes::from(self.event.to_ws_text())).clone()
+    }
+
+    /// For an output event its `text`, for a truncation its `message`: the JSON string literal
+    /// as stored (quotes and escapes included, nothing decoded), so that a follower can pass it
+    /// on without parsing and re-escaping it. `None` for other events.
+    pub fn text_literal(&self) -> Option<&str> {
+        let range = self.literal.get_or_init(|| {
+            #[derive(serde::Deserialize)]
+            struct Fields<'a> {
+                #[serde(borrow)]
+                text: Option<&'a serde_json::value::RawValue>,
+                #[serde(borrow)]
+                message: Option<&'a serde_json::value::RawValue>,
+            }
+            if !matches!(self.event.kind, EventKind::Building | EventKind::Truncated) {
+                return None;
+            }
+            let fields: Fields<'_> = serde_json::from_str(&self.event.data).ok()?;
+            let field = if self.event.kind == EventKind::Building { fields.text } else { fields.message };
+            let raw = field?.get();
+            raw.starts_with('"').then(|| {
+                let start = raw.as_ptr() as usize - self.event.data.as_ptr() as usize;
+                (start, start + raw.len())
+            })
+        });
+        range.map(|(start, end)| &self.event.data[start..end])
+    }
+}
+
+/// A followed task's stored events, from the first on, in memory while anyone follows it on
+/// this server: one copy however many follow, bounded by the task's output limit.
+#[derive(Debug, Default)]
+pub struct Feed {
+    log: Mutex<FeedLog>,
+    /// How many events the feed holds; changed as it grows or ends.
+    grown: watch::Sender<usize>,
+}
+
+#[derive(Debug, Default)]
+struct FeedLog {
+    /// Events 1..=n, in order, without gaps.
+    events: Vec<Arc<SharedEvent>>,
+    /// The `end` event is held, or the log cannot be read any further (the store failed).
+    closed: bool,
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends the events that continue the log (each one the next number); others are
+    /// ignored (already held, or after a gap that the feed's reader fills from the store).
+    pub fn extend(&self, events: impl IntoIterator<Item = WireEvent>) {
+        let mut log = self.lock();
+        let before = log.events.len();
+        for event in events {
+            if log.closed || event.seq != log.events.len() as u64 + 1 {
+                continue;
+            }
+            log.closed = event.kind == EventKind::End;
+            log.events.push(Arc::new(SharedEvent::from(event)));
+        }
+        let (len, grew) = (log.events.len(), log.events.len() > before);
+        drop(log);
+        if grew {
+            self.grown.send_replace(len);
+        }
+    }
+
+    /// Ends the feed where it is: its log cannot be read further. Followers stop there.
+    pub fn close(&self) {
+        let mut log = self.lock();
+        log.closed = true;
+        let len = log.events.len();
+        drop(log);
+        self.grown.send_replace(len);
+    }
+
+    /// The number of the last event held (0: none yet).
+    pub fn held(&self) -> u64 {
+        self.lock().events.len() as u64
+    }
+
+    /// Whether the feed holds the `end` event (or was closed).
+    pub fn closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Up to `max` events after event `after`, and whether the feed is closed.
+    pub fn read(&self, after: u64, max: usize) -> (Vec<Arc<SharedEvent>>, bool) {
+        let log = self.lock();
+        let from = (after as usize).min(log.events.len());
+        let to = from.saturating_add(max).min(log.events.len());
+        (log.events[from..to].to_vec(), log.closed)
+    }
+
+    /// A receiver that changes when the feed grows or closes.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.grown.subscribe()
     }
 }

@@ -14,7 +14,7 @@
 //! a dropped connection) is attached to that build and gets the rest of its log, from the
 //! first event its previous socket did not get, instead of a new greeting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,17 +23,18 @@ use axum::extract::Query;
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::{actions, CreateTask, Environment, Stage, TaskId, Trigger};
 use cloudbuild_proto::time::Timestamp;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ProtocolVersion, SocketIo};
 use socketioxide::{SendError, SocketError};
-use tokio::sync::mpsc;
 
 use crate::domain::callers::{identify, Caller};
-use crate::domain::follow::pump;
+use crate::domain::follow::follow;
 use crate::domain::tasks::{self, validate};
+use crate::hub::SharedEvent;
 use crate::state::AppState;
 
 /// The socket.io layer, serving `/socket.io/`. Add it after every route of the router.
@@ -47,6 +48,9 @@ pub fn layer(state: Arc<AppState>) -> SocketIoLayer {
 
 /// How long a client may leave its socket's buffer full before it is disconnected.
 pub const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Events taken from a task's log at a time.
+const READ_BATCH: usize = 256;
 
 /// Output already waiting is sent as one `building` message up to this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -248,37 +252,43 @@ async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, t
     let delivered = Arc::new(AtomicU64::new(from));
     let me = Attached { task, delivered: delivered.clone(), stop: stop_tx };
     attached.lock().insert(key.clone(), me);
-    let (tx, mut rx) = mpsc::channel::<WireEvent>(256);
-    tokio::spawn(pump(state.clone(), task, from, true, tx));
-    let mut peeked: Option<WireEvent> = None;
+    let mut follower = follow(&state, task, from, true);
+    let mut waiting: VecDeque<Arc<SharedEvent>> = VecDeque::new();
     let ended = loop {
-        let ev = match peeked.take() {
+        let ev = match waiting.pop_front() {
             Some(ev) => ev,
             None => tokio::select! {
-                ev = rx.recv() => match ev { Some(ev) => ev, None => break false },
+                events = follower.next(READ_BATCH) => match events {
+                    Some(events) => { waiting.extend(events); continue }
+                    None => break false,
+                },
                 _ = stop.changed() => break false,
             },
         };
-        let mut last = ev.seq;
-        let sent = match ev.kind {
-            EventKind::Build => emit_waiting(&s, "build", &original_build_message(&ev), &mut stop).await,
+        let mut last = ev.event.seq;
+        let sent = match ev.event.kind {
+            EventKind::Build => emit_waiting(&s, "build", &original_build_message(&ev.event), &mut stop).await,
             EventKind::Building | EventKind::Truncated => {
                 // Everything already waiting goes in one message: fewer packets per poll.
-                let mut text = output_text(&ev);
+                let mut text = Output::default();
+                text.push(&ev);
                 while text.len() < COALESCE_BYTES {
-                    match rx.try_recv() {
-                        Ok(next) if matches!(next.kind, EventKind::Building | EventKind::Truncated) => {
-                            text.push_str(&output_text(&next));
-                            last = next.seq;
+                    if waiting.is_empty() {
+                        waiting.extend(follower.ready(READ_BATCH));
+                    }
+                    match waiting.front() {
+                        Some(next) if matches!(next.event.kind, EventKind::Building | EventKind::Truncated) => {
+                            text.push(next);
+                            last = next.event.seq;
+                            waiting.pop_front();
                         }
-                        Ok(next) => {
-                            peeked = Some(next);
-                            break;
-                        }
-                        Err(_) => break,
+                        _ => break,
                     }
                 }
-                emit_waiting(&s, "building", &text, &mut stop).await
+                match text.into_raw() {
+                    Some(raw) => emit_waiting(&s, "building", &*raw, &mut stop).await,
+                    None => false,
+                }
             }
             EventKind::End => break true,
         };
@@ -322,11 +332,34 @@ fn forget_if_mine(attached: &Attachments, key: &str, delivered: &Arc<AtomicU64>)
     }
 }
 
-/// The text of an output or truncation event, as the original `building` message carries it.
-fn output_text(ev: &WireEvent) -> String {
-    let data: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-    let field = if ev.kind == EventKind::Truncated { "message" } else { "text" };
-    data.get(field).and_then(Value::as_str).unwrap_or_default().to_owned()
+/// The text of output and truncation events joined into one `building` message, kept as JSON
+/// string contents (the stored escapes, never decoded and escaped again).
+#[derive(Default)]
+struct Output(String);
+
+impl Output {
+    fn push(&mut self, ev: &SharedEvent) {
+        match ev.text_literal() {
+            Some(literal) => self.0.push_str(&literal[1..literal.len() - 1]),
+            // Not what the server stores; re-read the slow way rather than lose it.
+            None => {
+                let data: Value = serde_json::from_str(&ev.event.data).unwrap_or_default();
+                let field = if ev.event.kind == EventKind::Truncated { "message" } else { "text" };
+                let text = data.get(field).and_then(Value::as_str).unwrap_or_default();
+                let quoted = serde_json::to_string(text).unwrap_or_default();
+                self.0.push_str(&quoted[1..quoted.len() - 1]);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The message's payload: one JSON string.
+    fn into_raw(self) -> Option<Box<RawValue>> {
+        RawValue::from_string(format!("\"{}\"", self.0)).ok()
+    }
 }
 
 /// Emits, waiting for room while the socket's buffer is full. False when the client is gone,

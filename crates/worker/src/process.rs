@@ -106,9 +106,11 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
     if let Some(out) = child.stdout.take() {
+        enlarge_pipe(&out);
         tokio::spawn(read_pipe(out, OutputStream::Stdout, tx.clone()));
     }
     if let Some(err) = child.stderr.take() {
+        enlarge_pipe(&err);
         tokio::spawn(read_pipe(err, OutputStream::Stderr, tx.clone()));
     }
     drop(tx);
@@ -284,12 +286,24 @@ fn group_works_in(pgid: i32, dir: &Path) -> bool {
     })
 }
 
+/// How much of a command's output is read at a time.
+const PIPE_READ_BYTES: usize = 64 * 1024;
+
+/// The pipe capacity asked for a command's stdout and stderr: a build that prints a lot
+/// (20 MB in one write) then writes 1 MiB per system call instead of 64 KiB, with as many fewer
+/// wake-ups on both sides. Best effort: the kernel caps it at `/proc/sys/fs/pipe-max-size`.
+const PIPE_BYTES: i32 = 1 << 20;
+
+fn enlarge_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    let _ = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
+}
+
 async fn read_pipe(
     mut pipe: impl AsyncReadExt + Unpin,
     stream: OutputStream,
     tx: mpsc::Sender<(OutputStream, Vec<u8>)>,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; PIPE_READ_BYTES];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return,

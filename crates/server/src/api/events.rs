@@ -6,21 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cloudbuild_proto::event::WireEvent;
 use cloudbuild_proto::task::TaskId;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::extract::TaskIdParam;
 use crate::domain::callers::Caller;
-use crate::domain::follow::pump;
 use crate::state::AppState;
+
+/// Events taken from a task's log at a time.
+const READ_BATCH: usize = 256;
 
 /// The largest message a WebSocket follower may send (it has nothing to say but pongs).
 const FOLLOWER_FRAME_BYTES: usize = 4 << 10;
@@ -75,12 +75,12 @@ pub async fn events(
         return Ok(Json(body).into_response());
     }
 
-    let (tx, rx) = mpsc::channel::<WireEvent>(64);
-    tokio::spawn(pump(state, id, p.after, follow, tx));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = rx.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(ev.to_sse()), rx))
+    let follower = crate::domain::follow::follow(&state, id, p.after, follow);
+    let batches = futures_util::stream::unfold(follower, |mut f| async move {
+        let events = f.next(READ_BATCH).await?;
+        Some((futures_util::stream::iter(events.into_iter().map(|e| Ok::<_, std::convert::Infallible>(e.sse()))), f))
     });
+    let stream = futures_util::StreamExt::flatten(batches);
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -91,15 +91,17 @@ pub async fn events(
 }
 
 async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, mut socket: WebSocket) {
-    let (tx, mut rx) = mpsc::channel::<WireEvent>(64);
-    tokio::spawn(pump(state, id, after, follow, tx));
+    let mut follower = crate::domain::follow::follow(&state, id, after, follow);
     let every = Duration::from_secs(20);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
+    'follow: loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => if socket.send(Message::Text(ev.to_ws_text().into())).await.is_err() { return },
-                None => break,
+            events = follower.next(READ_BATCH) => match events {
+                Some(events) => for ev in events {
+                    let text = Utf8Bytes::try_from(ev.ws_text()).unwrap_or_default();
+                    if socket.send(Message::Text(text)).await.is_err() { return }
+                },
+                None => break 'follow,
             },
             _ = ping.tick() => if socket.send(Message::Ping(Default::default())).await.is_err() { return },
             incoming = socket.recv() => match incoming {

@@ -1,18 +1,22 @@
 //! Event following: a task's stored event log, from any event on, optionally live.
 //!
-//! Every follower (SSE, WebSocket, JSON, socket.io) reads what the store holds, in order, from
-//! `after + 1`; live following just waits for the hub to say the log grew and reads the store
-//! again. So a follower that connects late, or reconnects with `after=<last seq seen>`,
-//! receives exactly the bytes a follower from the start received.
+//! A live follower (SSE, WebSocket, socket.io) reads the task's shared [`Feed`] (see
+//! `crate::hub`): one per followed task on this server, holding the task's stored events in
+//! memory, taken as this server stores them and read from the store by one reader for the
+//! rest. A hundred followers of a build cost one store reader and one copy of its log, and a
+//! follower that connects late, or reconnects with `after=<last seq seen>`, receives exactly
+//! the bytes a follower from the start received. A follower that does not follow reads the
+//! store's pages directly.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cloudbuild_proto::event::{EventKind, WireEvent};
 use cloudbuild_proto::task::TaskId;
 use cloudbuild_store::StoreError;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
+use crate::hub::{Feed, SharedEvent};
 use crate::state::AppState;
 
 /// Events read from the store at a time.
@@ -23,53 +27,150 @@ pub async fn stored(state: &AppState, task: TaskId, after: u64, limit: u32) -> R
     state.store.events_after(task, after, limit).await
 }
 
-/// Streams stored events into `tx` from `after`, following the live log when `follow`.
-/// Returns when the `end` event was sent, when not following and the log is exhausted, when the
-/// receiver is gone, or at server shutdown.
-pub async fn pump(state: Arc<AppState>, task: TaskId, mut after: u64, follow: bool, tx: mpsc::Sender<WireEvent>) {
+/// One reader of a task's log, from the event after `after` on.
+pub struct Follower {
+    source: Source,
+    after: u64,
+    shutdown: watch::Receiver<bool>,
+    done: bool,
+}
+
+enum Source {
+    /// Live: the task's shared feed.
+    Feed { feed: Arc<Feed>, grown: watch::Receiver<usize> },
+    /// What the store holds now, page by page.
+    Store { state: Arc<AppState>, task: TaskId },
+}
+
+/// Reads `task`'s log after event `after`: live until its `end` event when `follow` (through
+/// the task's feed, whose reader starts with its first follower), else what is stored now.
+pub fn follow(state: &Arc<AppState>, task: TaskId, after: u64, follow: bool) -> Follower {
+    let source = if follow {
+        let (feed, new) = state.hub.feed(task);
+        if new {
+            tokio::spawn(read_into(state.clone(), task, Arc::downgrade(&feed)));
+        }
+        let grown = feed.subscribe();
+        Source::Feed { feed, grown }
+    } else {
+        Source::Store { state: state.clone(), task }
+    };
+    Follower { source, after, shutdown: state.shutdown.clone(), done: false }
+}
+
+impl Follower {
+    /// The next events, at most `max`, waiting for them when following. `None` once the `end`
+    /// event has been returned, when the log cannot be read further, when a non-following
+    /// reader has read what is stored, or at server shutdown.
+    pub async fn next(&mut self, max: usize) -> Option<Vec<Arc<SharedEvent>>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let (events, closed) = match &mut self.source {
+                Source::Feed { feed, .. } => feed.read(self.after, max),
+                Source::Store { state, task } => {
+                    let limit = u32::try_from(max).unwrap_or(PAGE).min(PAGE);
+                    let page = stored(state, *task, self.after, limit).await.unwrap_or_else(|e| {
+                        tracing::error!(task = *task, "event reader: {e}");
+                        Vec::new()
+                    });
+                    let exhausted = page.len() < limit as usize;
+                    (page.into_iter().map(SharedEvent::from).map(Arc::new).collect(), exhausted)
+                }
+            };
+            if let Some(last) = events.last() {
+                self.after = last.event.seq;
+                self.done = last.event.kind == EventKind::End;
+                return Some(events);
+            }
+            if closed {
+                return None;
+            }
+            let Source::Feed { grown, .. } = &mut self.source else { return None };
+            tokio::select! {
+                changed = grown.changed() => if changed.is_err() { return None },
+                _ = self.shutdown.changed() => return None,
+            }
+        }
+    }
+
+    /// The events that are already there after the last one returned, at most `max`, without
+    /// waiting (a live follower coalescing what is waiting).
+    pub fn ready(&mut self, max: usize) -> Vec<Arc<SharedEvent>> {
+        let Source::Feed { feed, .. } = &self.source else { return Vec::new() };
+        if self.done {
+            return Vec::new();
+        }
+        let (events, _) = feed.read(self.after, max);
+        if let Some(last) = events.last() {
+            self.after = last.event.seq;
+            self.done = last.event.kind == EventKind::End;
+        }
+        events
+    }
+
+    /// The number of the last event returned.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+}
+
+/// The one store reader of a task's feed on this server: reads what the feed lacks (events
+/// stored before it existed, or by another server) when the hub says the log grew, until the
+/// `end` event, the feed's last follower leaving, or shutdown. What this server stores itself
+/// reaches the feed directly (`EventHub::published`), without a read.
+async fn read_into(state: Arc<AppState>, task: TaskId, feed: Weak<Feed>) {
     let mut shutdown = state.shutdown.clone();
     loop {
         // Subscribe before reading, so growth between the read and the wait is not missed.
         let mut signal = state.hub.subscribe(task);
-        let events = match state.store.events_after(task, after, PAGE).await {
-            Ok(ev) => ev,
-            // The store is down for a moment (Redis restarting): keep the stream, try again.
-            Err(e @ StoreError::Unavailable { .. }) => {
-                tracing::warn!(task, "event follower waits for the store: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.changed() => return,
-                    _ = tx.closed() => return,
-                }
-            }
-            Err(e) => return tracing::error!(task, "event follower: {e}"),
-        };
-        let n = events.len();
-        for ev in events {
-            after = ev.seq;
-            let is_end = ev.kind == EventKind::End;
-            if tx.send(ev).await.is_err() || is_end {
-                return;
-            }
-        }
-        if n == PAGE as usize {
-            continue;
-        }
-        if !follow {
+        let Some(f) = feed.upgrade() else { return };
+        if f.closed() {
             return;
         }
+        // The hub's signal says how far the log goes; without one (the task ended, or has not
+        // announced yet), only the store knows.
+        let stored_up_to = signal.as_ref().map(|rx| *rx.borrow());
+        if stored_up_to.is_none_or(|last| last > f.held()) {
+            match state.store.events_after(task, f.held(), PAGE).await {
+                Ok(events) => {
+                    let full = events.len() == PAGE as usize;
+                    f.extend(events);
+                    if full {
+                        continue;
+                    }
+                }
+                // The store is down for a moment (Redis restarting): keep the feed, try again.
+                Err(e @ StoreError::Unavailable { .. }) => {
+                    tracing::warn!(task, "event reader waits for the store: {e}");
+                    drop(f);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(task, "event reader: {e}");
+                    return f.close();
+                }
+            }
+        }
+        if f.closed() {
+            return;
+        }
+        // Not kept while waiting: the feed goes with its last follower.
+        drop(f);
         tokio::select! {
             _ = async {
                 match signal.as_mut() {
                     // The timeout re-reads the store even if a wake-up from another server
                     // was lost (its notices are not stored).
                     Some(rx) => { let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await; }
-                    // No live signal: the task ended or has not announced yet; re-read soon.
                     None => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
             } => {}
             _ = shutdown.changed() => return,
-            _ = tx.closed() => return,
         }
     }
 }

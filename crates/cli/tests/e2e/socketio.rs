@@ -512,3 +512,30 @@ fn a_client_that_stops_reading_is_waited_for_and_gets_everything() {
         assert_eq!(lines.last().unwrap()["reason"], "io server disconnect", "{major}: ended by the server");
     }
 }
+
+/// The repository host's DNS check runs when the client emits `build`, not on the connection
+/// path: a client is greeted at once, and a host that resolves to a local address is refused
+/// at `build` with the reason, creating no task.
+#[test]
+fn the_repository_host_is_looked_up_at_build_not_at_connect() {
+    let srv = server("[git]\nallowed_protocols = [\"https\"]\nallow_local_hosts = false\n");
+    // This machine's own name resolves to one of its addresses (loopback or private) through
+    // /etc/hosts, as in inputs.rs.
+    let host = Command::new("hostname").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap();
+    use std::net::ToSocketAddrs;
+    let internal = (host.as_str(), 443)
+        .to_socket_addrs()
+        .is_ok_and(|mut addrs| addrs.any(|a| cloudbuild_proto::validate::is_internal_ip(a.ip())));
+    assert!(internal, "this test needs the machine's name to resolve to one of its own addresses");
+    let q = json!({ "repo": format!("https://{host}/org/app.git"), "name": "sio-dns", "version": "1.0.0", "branch": "main" });
+    let lines = run_client(&srv, "4", "websocket", &q, None, &[]);
+    let greeting = lines.iter().find(|l| l["event"] == "id").expect("a greeting");
+    assert_eq!(greeting["data"]["data"]["action"], "connect", "greeted, not denied at connect: {lines:?}");
+    let refused = build_actions(&lines);
+    assert!(
+        refused.iter().any(|(action, message)| action == "error" && message.contains("resolves to")),
+        "refused at build with the reason: {lines:?}"
+    );
+    let tasks = get_json(&format!("{}/api/v1/tasks", srv.url)).unwrap();
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "no task was created");
+}

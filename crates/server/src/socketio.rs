@@ -12,7 +12,9 @@
 //! as one `building` message; a client that makes no room for [`STALL_LIMIT`] is disconnected.
 //! A client that connects again with the same query while its build runs (a reconnect after
 //! a dropped connection) is attached to that build and gets the rest of its log, from the
-//! first event its previous socket did not get, instead of a new greeting.
+//! first event its previous socket did not get, instead of a new greeting. A client that
+//! connects with `?task=<id>` (and optionally `&after=<seq>`) follows that task's log the same
+//! way, without a build of its own (a dashboard, a second terminal).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +143,18 @@ async fn on_connect(
         Ok(c) => c,
         Err(reason) => return deny(s, &reason),
     };
-    let pending = match parse_query(&state, &query(&s), caller) {
+    let q = query(&s);
+    // Following a task that exists (`?task=<id>&after=<seq>`), as `cloudbuild logs` does.
+    if let Some(raw) = q.get("task") {
+        return match follow_query(&state, raw, q.get("after")).await {
+            Ok((task, after)) => {
+                let key = format!("follow:{}", s.id);
+                tokio::spawn(relay(state, attached, s, task, after, key));
+            }
+            Err(reason) => deny(s, &reason),
+        };
+    }
+    let pending = match parse_query(&state, &q, caller) {
         Ok(p) => p,
         Err(reason) => return deny(s, &reason),
     };
@@ -169,6 +182,18 @@ async fn on_connect(
     );
     let _ = s.emit(s.id.to_string(), &greeting);
     s.on("build", on_build);
+}
+
+/// The task and the event to follow after, of a `?task=<id>&after=<seq>` query; the task must
+/// exist. Any caller the server lets in may read any task's log, as with `GET …/events`.
+async fn follow_query(state: &AppState, task: &str, after: Option<&String>) -> Result<(TaskId, u64), String> {
+    let id = task.parse::<TaskId>().ok().filter(|id| *id > 0).ok_or(format!("`task={task}` is not a task id"))?;
+    let after = match after {
+        Some(a) => a.parse::<u64>().map_err(|_| format!("`after={a}` is not an event number"))?,
+        None => 0,
+    };
+    tasks::get(state, id).await.map_err(|e| e.to_string())?;
+    Ok((id, after))
 }
 
 /// Turns the handshake query into a task request (validated the same way as the REST API),

@@ -25,7 +25,7 @@ fn raw_follow(url: &str, path: &str) -> std::thread::JoinHandle<String> {
 }
 
 /// Removes HTTP framing from a chunked response, leaving the body.
-fn dechunk(raw: &str) -> String {
+pub(crate) fn dechunk(raw: &str) -> String {
     let body = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
     let mut out = String::new();
     let mut rest = body;

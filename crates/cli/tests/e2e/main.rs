@@ -6,7 +6,8 @@ mod browser;
 mod cancel;
 mod cli;
 mod cluster;
-mod events;
+pub(crate) mod events;
+mod fanout;
 mod identity;
 mod inputs;
 mod pipeline;
@@ -15,7 +16,7 @@ mod releases;
 mod sandbox;
 mod secrets;
 mod sites;
-mod socketio;
+pub(crate) mod socketio;
 mod terminal;
 
 use std::path::Path;

@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 
 use crate::server;
 
-fn node_dir() -> PathBuf {
+pub(crate) fn node_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node")
 }
 
 /// Installs the clients once per test run if `.ci/run` has not.
-fn ensure_clients() {
+pub(crate) fn ensure_clients() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         if node_dir().join("node_modules/socket.io-client-v4").is_dir()

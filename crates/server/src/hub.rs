@@ -112,11 +112,12 @@ pub struct SharedEvent {
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     literal: OnceLock<Option<(usize, usize)>>,
+    raw: OnceLock<Option<Box<serde_json::value::RawValue>>>,
 }
 
 impl From<WireEvent> for SharedEvent {
     fn from(event: WireEvent) -> Self {
-        SharedEvent { event, sse: OnceLock::new(), ws: OnceLock::new(), literal: OnceLock::new() }
+        SharedEvent { event, sse: OnceLock::new(), ws: OnceLock::new(), literal: OnceLock::new(), raw: OnceLock::new() }
     }
 }
 
@@ -155,6 +156,14 @@ impl SharedEvent {
             })
         });
         range.map(|(start, end)| &self.event.data[start..end])
+    }
+
+    /// [`Self::text_literal`] as a JSON value, made once: what a socket.io `building` message
+    /// carries, serialized without escaping it again.
+    pub fn text_raw(&self) -> Option<&serde_json::value::RawValue> {
+        let raw =
+            self.raw.get_or_init(|| serde_json::value::RawValue::from_string(self.text_literal()?.to_owned()).ok());
+        raw.as_deref()
     }
 }
 

@@ -54,8 +54,10 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// Events taken from a task's log at a time.
 const READ_BATCH: usize = 256;
 
-/// Output already waiting is sent as one `building` message up to this many bytes.
-const COALESCE_BYTES: usize = 64 * 1024;
+/// Small output events already waiting are joined into one `building` message up to this many
+/// bytes (fewer packets per poll); a larger event is sent as it is stored, its payload made
+/// once for all followers.
+const COALESCE_BYTES: usize = 16 * 1024;
 
 /// Builds followed by socket.io clients, by the query that started them, so that a client
 /// connecting again with the same query is attached to its build.
@@ -294,8 +296,7 @@ async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, t
             EventKind::Build => emit_waiting(&s, "build", &original_build_message(&ev.event), &mut stop).await,
             EventKind::Building | EventKind::Truncated => {
                 // Everything already waiting goes in one message: fewer packets per poll.
-                let mut text = Output::default();
-                text.push(&ev);
+                let mut text = Output::new(ev);
                 while text.len() < COALESCE_BYTES {
                     if waiting.is_empty() {
                         waiting.extend(follower.ready(READ_BATCH));
@@ -309,8 +310,12 @@ async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, t
                         _ => break,
                     }
                 }
-                match text.into_raw() {
-                    Some(raw) => emit_waiting(&s, "building", &*raw, &mut stop).await,
+                match text.payload() {
+                    Some(Payload::Shared(ev)) => match ev.text_raw() {
+                        Some(raw) => emit_waiting(&s, "building", raw, &mut stop).await,
+                        None => false,
+                    },
+                    Some(Payload::Joined(raw)) => emit_waiting(&s, "building", &*raw, &mut stop).await,
                     None => false,
                 }
             }
@@ -356,33 +361,55 @@ fn forget_if_mine(attached: &Attachments, key: &str, delivered: &Arc<AtomicU64>)
     }
 }
 
-/// The text of output and truncation events joined into one `building` message, kept as JSON
-/// string contents (the stored escapes, never decoded and escaped again).
-#[derive(Default)]
-struct Output(String);
+/// The output and truncation events of one `building` message: one event's stored text as it
+/// is, or several joined as JSON string contents (the stored escapes, never decoded and
+/// escaped again).
+struct Output {
+    first: Arc<SharedEvent>,
+    joined: Option<String>,
+}
+
+/// A `building` message's payload, one JSON string.
+enum Payload {
+    /// One event's text, made once for every follower ([`SharedEvent::text_raw`]).
+    Shared(Arc<SharedEvent>),
+    Joined(Box<RawValue>),
+}
 
 impl Output {
+    fn new(first: Arc<SharedEvent>) -> Self {
+        Output { first, joined: None }
+    }
+
     fn push(&mut self, ev: &SharedEvent) {
-        match ev.text_literal() {
-            Some(literal) => self.0.push_str(&literal[1..literal.len() - 1]),
-            // Not what the server stores; re-read the slow way rather than lose it.
-            None => {
-                let data: Value = serde_json::from_str(&ev.event.data).unwrap_or_default();
-                let field = if ev.event.kind == EventKind::Truncated { "message" } else { "text" };
-                let text = data.get(field).and_then(Value::as_str).unwrap_or_default();
-                let quoted = serde_json::to_string(text).unwrap_or_default();
-                self.0.push_str(&quoted[1..quoted.len() - 1]);
-            }
-        }
+        let joined = self.joined.get_or_insert_with(|| contents(&self.first));
+        joined.push_str(&contents(ev));
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        self.joined.as_ref().map_or_else(|| self.first.text_literal().map_or(0, str::len), String::len)
     }
 
-    /// The message's payload: one JSON string.
-    fn into_raw(self) -> Option<Box<RawValue>> {
-        RawValue::from_string(format!("\"{}\"", self.0)).ok()
+    fn payload(self) -> Option<Payload> {
+        match self.joined {
+            None => Some(Payload::Shared(self.first)),
+            Some(joined) => RawValue::from_string(format!("\"{joined}\"")).ok().map(Payload::Joined),
+        }
+    }
+}
+
+/// The text of an output or truncation event as JSON string contents (without the quotes).
+fn contents(ev: &SharedEvent) -> String {
+    match ev.text_literal() {
+        Some(literal) => literal[1..literal.len() - 1].to_owned(),
+        // Not what the server stores; re-read the slow way rather than lose it.
+        None => {
+            let data: Value = serde_json::from_str(&ev.event.data).unwrap_or_default();
+            let field = if ev.event.kind == EventKind::Truncated { "message" } else { "text" };
+            let quoted =
+                serde_json::to_string(data.get(field).and_then(Value::as_str).unwrap_or_default()).unwrap_or_default();
+            quoted[1..quoted.len() - 1].to_owned()
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! The group is killed whole: on timeout or cancel with SIGTERM then, after the grace, SIGKILL;
 //! and after a normal exit with SIGKILL, so that background children a build left behind do not
 //! outlive it (P4). Output is decoded as UTF-8 without ever splitting a character across chunks
-//! (invalid bytes become U+FFFD) and coalesced for up to 25 ms or 16 KiB per chunk, so a chatty
+//! (invalid bytes become U+FFFD) and coalesced for up to 25 ms or 64 KiB per chunk, so a chatty
 //! build costs few events while the log still feels live.
 
 use std::path::Path;
@@ -56,7 +56,7 @@ pub struct RunSpec<'a> {
     pub confinement: Option<Confinement<'a>>,
 }
 
-const FLUSH_BYTES: usize = 16 * 1024;
+const FLUSH_BYTES: usize = 64 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(25);
 /// How often the disk and CPU time of a limited task are measured.
 const LIMITS_EVERY: Duration = Duration::from_secs(2);

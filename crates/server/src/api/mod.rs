@@ -78,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state.clone())
         // Last: a layer added before a later merge or nest would not see `/socket.io/`.
         .layer(socketio)
+        .layer(axum::middleware::map_request(crate::socketio::detach_from_connection))
         // Outermost: a request for `<site>.<env>.<domain>` is the site's, whatever its path.
         .layer(axum::middleware::from_fn_with_state(state, sites::serve::by_host))
 }

@@ -58,17 +58,10 @@ pub fn layer(state: Arc<AppState>) -> SocketIoLayer {
 const WS_READ_BUFFER_BYTES: usize = 1024;
 
 /// The request headers a socket.io connection keeps (the WebSocket upgrade's and the polling
-/// transport's); the query carries everything the protocol itself needs.
-const KEPT_HEADERS: [header::HeaderName; 8] = [
-    header::HOST,
-    header::UPGRADE,
-    header::CONNECTION,
-    header::SEC_WEBSOCKET_KEY,
-    header::SEC_WEBSOCKET_VERSION,
-    header::SEC_WEBSOCKET_EXTENSIONS,
-    header::CONTENT_TYPE,
-    header::CONTENT_LENGTH,
-];
+/// transport's; engineioxide answers the upgrade with the key); the query carries everything
+/// the protocol itself needs.
+const KEPT_HEADERS: [header::HeaderName; 4] =
+    [header::UPGRADE, header::SEC_WEBSOCKET_KEY, header::CONTENT_TYPE, header::CONTENT_LENGTH];
 
 /// Middleware before the socket.io layer: a socket.io request's URI and the headers it needs
 /// are copied out of the connection's read buffer, the other headers dropped. socketioxide keeps
@@ -88,12 +81,12 @@ pub async fn detach_from_connection(req: axum::extract::Request) -> axum::extrac
     }
     parts.headers = headers;
     if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {
-        // The router's copy of the URI shares the buffer too.
-        if let Some(original) = parts.extensions.get_mut::<axum::extract::OriginalUri>() {
-            original.0 = uri.clone();
-        }
         parts.uri = uri;
     }
+    // The router's copy of the URI shares the buffer too; socket.io needs neither it nor the
+    // matched route.
+    parts.extensions.remove::<axum::extract::OriginalUri>();
+    parts.extensions.remove::<axum::extract::MatchedPath>();
     axum::extract::Request::from_parts(parts, body)
 }
 

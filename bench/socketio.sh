@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# socket.io benchmark: idle connections held (and server memory per connection), and the rate
-# of `building` messages delivered to one client. Uses the real socket.io-client 4.8 from
+# socket.io benchmark: idle connections held (server memory per connection, and after they
+# leave), the rate of `building` messages delivered to one client, then the fan-out table of
+# bench/fanout.sh. Uses the real socket.io-client 4.8 from
 # crates/cli/tests/node. Usage: bench/socketio.sh [CONNECTIONS]   (default 10000)
 set -euo pipefail
 n=${1:-10000}
@@ -36,7 +37,8 @@ query="{\"repo\":\"file://$tmp/loud.git\",\"name\":\"loud\",\"version\":\"1.0.0\
 
 rate=$(node "$root/bench/socketio-load.js" rate "$url" "$query")
 
-sleep 1
+# Settled, as after they leave: the rate run's log is released and its memory purged.
+sleep 12
 before=$(rss_kib "$server_pid")
 node "$root/bench/socketio-load.js" idle "$url" "$n" "$query" > "$tmp/idle.out" &
 load_pid=$!
@@ -44,16 +46,26 @@ for _ in $(seq 1200); do [ -s "$tmp/idle.out" ] && break; sleep 0.2; done
 sleep 2
 after=$(rss_kib "$server_pid")
 idle=$(cat "$tmp/idle.out")
+# They leave; the memory should go back (jemalloc purges freed pages on its own thread).
+kill "$load_pid"; load_pid=""
+sleep 12
+left=$(rss_kib "$server_pid")
 
-python3 - "$n" "$before" "$after" "$idle" "$rate" <<'PY'
+python3 - "$n" "$before" "$after" "$idle" "$rate" "$left" <<'PY'
 import json, sys
 n, before, after = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 idle, rate = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+left = int(sys.argv[6])
 print("| metric | value |\n|---|---|")
 print(f"| idle connections requested | {n} |")
 print(f"| connected and greeted (held open) | {idle['greeted']} (failed: {idle['failed']}, in {idle['secs']:.1f} s) |")
 print(f"| server RSS before / after | {before/1024:.1f} MiB / {after/1024:.1f} MiB |")
 print(f"| server memory per idle connection | {(after-before)*1024/max(idle['greeted'],1)/1024:.1f} KiB |")
+print(f"| server RSS 12 s after they left | {left/1024:.1f} MiB ({(left-before)/before*100:+.0f} % of before) |")
 print(f"| `building` messages to one client | {rate['messages']} messages, {rate['lines']} lines, {rate['bytes']/1e6:.1f} MB in {rate['secs']:.2f} s |")
 print(f"| delivery rate | {rate['messages']/rate['secs']:.0f} messages/s, {rate['lines']/rate['secs']:.0f} lines/s, {rate['bytes']/1e6/rate['secs']:.1f} MB/s |")
 PY
+
+# The fan-out row: one build followed by 1, then by 200 followers (bench/fanout.sh).
+echo
+"$root/bench/fanout.sh"

@@ -1,6 +1,8 @@
 //! `GET /api/v1/tasks/{id}/events?after=N`: the task's event log as SSE, WebSocket or JSON
 //! (see `domain::follow`). The stream ends after the `end` event. No keep-alive comments are
 //! interleaved, since they would make streams differ; WebSocket pings keep sockets alive instead.
+//! A follower only costs its place in the task's shared feed: one that reads slowly is paced by
+//! TCP and slows nobody; a WebSocket follower that makes no room for [`STALL_LIMIT`] is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::TaskIdParam;
 use crate::domain::callers::Caller;
+use crate::socketio::STALL_LIMIT;
 use crate::state::AppState;
 
 /// Events taken from a task's log at a time.
@@ -99,7 +102,14 @@ async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, m
             events = follower.next(READ_BATCH) => match events {
                 Some(events) => for ev in events {
                     let text = Utf8Bytes::try_from(ev.ws_text()).unwrap_or_default();
-                    if socket.send(Message::Text(text)).await.is_err() { return }
+                    match tokio::time::timeout(STALL_LIMIT, socket.send(Message::Text(text))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::info!(task = id, "WebSocket follower made no room for {} s; disconnected", STALL_LIMIT.as_secs());
+                            return;
+                        }
+                    }
                 },
                 None => break 'follow,
             },

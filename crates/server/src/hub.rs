@@ -97,6 +97,14 @@ impl EventHub {
         (feed, true)
     }
 
+    /// Forgets `feed` as the task's feed (it failed), so that the next follower makes another.
+    pub fn forget_feed(&self, task: TaskId, feed: &Arc<Feed>) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        if feeds.get(&task).and_then(Weak::upgrade).is_some_and(|f| Arc::ptr_eq(&f, feed)) {
+            feeds.remove(&task);
+        }
+    }
+
     /// A receiver that changes when the task's log grows; `None` once the task has ended or
     /// before its first event was announced (the follower then relies on what the store has).
     pub fn subscribe(&self, task: TaskId) -> Option<watch::Receiver<u64>> {

@@ -192,8 +192,7 @@ async fn on_connect(
     if let Some(raw) = q.get("task") {
         return match follow_query(&state, raw, q.get("after")).await {
             Ok((task, after)) => {
-                let key = format!("follow:{}", s.id);
-                tokio::spawn(relay(state, attached, s, task, after, key));
+                tokio::spawn(relay(state, attached, s, task, after, None));
             }
             Err(reason) => deny(s, &reason),
         };
@@ -213,7 +212,7 @@ async fn on_connect(
             let _ = prev.stop.send(true); // the old socket, if still open, stops and is disconnected
             let from = prev.delivered.load(Ordering::Acquire);
             tracing::info!(socket = %s.id, task = prev.task, from, "socket.io client re-attached to its build");
-            tokio::spawn(relay(state, attached, s, prev.task, from, key));
+            tokio::spawn(relay(state, attached, s, prev.task, from, Some(key)));
             return;
         }
         attached.lock().remove(&key);
@@ -309,17 +308,31 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
         tracing::info!(task = task.id, "socket.io option: {note}");
         tasks::note(&state, task.id, note).await;
     }
-    tokio::spawn(relay(state, attached, s, task.id, 0, key));
+    tokio::spawn(relay(state, attached, s, task.id, 0, Some(key)));
 }
 
 /// Replays the task's log after event `from` onto the socket until the end, then disconnects.
 /// Stops early (the build goes on) if the client goes away, stalls past [`STALL_LIMIT`], or
 /// another socket with the same query takes the build over.
-async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, task: TaskId, from: u64, key: String) {
+async fn relay(
+    state: Arc<AppState>,
+    attached: Arc<Attachments>,
+    s: SocketRef,
+    task: TaskId,
+    from: u64,
+    key: Option<String>,
+) {
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(from));
     let me = Attached { task, delivered: delivered.clone(), stop: stop_tx };
-    attached.lock().insert(key.clone(), me);
+    // A follower of an existing task (`?task=`) is not re-attached to: nothing is registered.
+    let _unregistered = match &key {
+        Some(key) => {
+            attached.lock().insert(key.clone(), me);
+            None
+        }
+        None => Some(me),
+    };
     let mut follower = follow(&state, task, from, true);
     let mut waiting: VecDeque<Arc<SharedEvent>> = VecDeque::new();
     let ended = loop {
@@ -367,6 +380,13 @@ async fn relay(state: Arc<AppState>, attached: Arc<Attachments>, s: SocketRef, t
             break false;
         }
         delivered.store(last, Ordering::Release);
+    };
+    let Some(key) = key else {
+        if ended {
+            disconnect_waiting(&s, &mut stop).await;
+        }
+        let _ = s.disconnect();
+        return;
     };
     let replaced = !is_mine(&attached, &key, &delivered);
     if ended {

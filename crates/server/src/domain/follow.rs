@@ -122,6 +122,9 @@ impl Follower {
 /// reaches the feed directly (`EventHub::published`), without a read.
 async fn read_into(state: Arc<AppState>, task: TaskId, feed: Weak<Feed>) {
     let mut shutdown = state.shutdown.clone();
+    // Whether to read the store whatever the hub says: at the start, and after every wait that
+    // no wake-up ended (a notice lost, or wake-ups of one task arriving out of order).
+    let mut unsure = true;
     loop {
         // Subscribe before reading, so growth between the read and the wait is not missed.
         let mut signal = state.hub.subscribe(task);
@@ -132,9 +135,10 @@ async fn read_into(state: Arc<AppState>, task: TaskId, feed: Weak<Feed>) {
         // The hub's signal says how far the log goes; without one (the task ended, or has not
         // announced yet), only the store knows.
         let stored_up_to = signal.as_ref().map(|rx| *rx.borrow());
-        if stored_up_to.is_none_or(|last| last > f.held()) {
+        if unsure || stored_up_to.is_none_or(|last| last > f.held()) {
             match state.store.events_after(task, f.held(), PAGE).await {
                 Ok(events) => {
+                    unsure = false;
                     let full = events.len() == PAGE as usize;
                     f.extend(events);
                     if full {
@@ -152,6 +156,8 @@ async fn read_into(state: Arc<AppState>, task: TaskId, feed: Weak<Feed>) {
                 }
                 Err(e) => {
                     tracing::error!(task, "event reader: {e}");
+                    // Its followers end here; the next follower gets a new feed and reader.
+                    state.hub.forget_feed(task, &f);
                     return f.close();
                 }
             }
@@ -162,15 +168,67 @@ async fn read_into(state: Arc<AppState>, task: TaskId, feed: Weak<Feed>) {
         // Not kept while waiting: the feed goes with its last follower.
         drop(f);
         tokio::select! {
-            _ = async {
+            woken = async {
                 match signal.as_mut() {
                     // The timeout re-reads the store even if a wake-up from another server
                     // was lost (its notices are not stored).
-                    Some(rx) => { let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await; }
-                    None => tokio::time::sleep(Duration::from_millis(250)).await,
+                    Some(rx) => matches!(tokio::time::timeout(Duration::from_secs(2), rx.changed()).await, Ok(Ok(()))),
+                    None => { tokio::time::sleep(Duration::from_millis(250)).await; false }
                 }
-            } => {}
+            } => unsure = !woken,
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cloudbuild_proto::event::{EventBody, OutputStream};
+    use cloudbuild_proto::task::{Environment, Trigger};
+    use cloudbuild_store::{Fence, Finish, NewTask, SqliteStore, Store};
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    /// A log that grows without a wake-up (a notice lost between servers, or the wake-ups of
+    /// one task handled out of order, so that the signal says less than the store holds) still
+    /// reaches its followers, up to its end.
+    #[tokio::test]
+    async fn followers_get_events_that_were_never_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() }.validate().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+        let (_stop, stopped) = watch::channel(false);
+        let (state, _outbox) = crate::app_state(settings, store.clone(), "http://127.0.0.1:1".into(), stopped).unwrap();
+        let new = NewTask {
+            name: "site".into(),
+            version: "1.0.0".into(),
+            repo: "https://example.com/site.git".into(),
+            branch: "main".into(),
+            commit: None,
+            build_cmd: None,
+            env: Environment::Test,
+            trigger: Trigger::Api,
+            force: false,
+            requested_by: "tester".into(),
+            retry_of: None,
+            output_limit: 1 << 20,
+            labels: Vec::new(),
+        };
+        let (task, first) = store.create_task(new).await.unwrap();
+        state.hub.published(task.id, &[first]);
+        let mut follower = follow(&state, task.id, 0, true);
+        assert_eq!(follower.next(100).await.unwrap().len(), 1, "the announced event");
+        // Stored, never announced: output, then the end.
+        let output = EventBody::Output { stream: OutputStream::Stdout, text: "unannounced\n".into() };
+        store.append_event(task.id, Fence::Server, output).await.unwrap();
+        let finish = Finish::Cancelled { stage: None, reason: "cancelled by request".into() };
+        store.finish(task.id, Fence::Server, finish).await.unwrap();
+        let mut kinds = Vec::new();
+        while let Ok(Some(events)) = tokio::time::timeout(Duration::from_secs(10), follower.next(100)).await {
+            kinds.extend(events.iter().map(|e| e.event.kind));
+        }
+        assert_eq!(kinds.first(), Some(&EventKind::Building), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&EventKind::End), "the follower reached the end: {kinds:?}");
     }
 }

@@ -91,8 +91,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // The writer never checkpoints: `checkpoint_in_background` does.
-        let mut writer = opts.clone().pragma("wal_autocheckpoint", "0").connect().await?;
+        // The writer checkpoints only as a backstop (past 40 MiB of WAL, should the background
+        // checkpoints fail or fall behind): `checkpoint_in_background` does it. The WAL file is
+        // cut back to 64 MiB after a checkpoint that emptied it.
+        let mut writer = opts
+            .clone()
+            .pragma("wal_autocheckpoint", "10000")
+            .pragma("journal_size_limit", (64 << 20).to_string())
+            .connect()
+            .await?;
         sqlx::migrate!("./migrations").run(&mut writer).await?;
         // Readers skip the per-acquire ping: a local file has no connection to lose.
         let reader = SqlitePoolOptions::new()

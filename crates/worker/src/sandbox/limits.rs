@@ -226,7 +226,8 @@ impl TaskCgroup {
         let procs = std::fs::read_to_string(self.memory.join("cgroup.procs")).unwrap_or_default();
         // v1 lists the worker itself while its spawner thread is still in the cgroup.
         let worker = std::process::id() as i32;
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|p| *p != worker) {
+        // v1 lists processes of other PID namespaces as 0, which `kill` would read as our group.
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0 && *p != worker) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
@@ -274,7 +275,7 @@ pub(crate) fn reap_cgroups_of(group: &str) {
     for top in tops.into_iter().filter(|t| t.is_dir()) {
         for task in std::fs::read_dir(&top).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
             let procs = std::fs::read_to_string(task.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
             stale.push(task);

@@ -203,30 +203,18 @@ async fn secrets_are_checked_listed_without_values_and_deleted() {
 
 #[tokio::test]
 async fn blob_uploads_past_the_cap_wait_for_a_free_slot() {
-    use cloudbuild_store::{NewTask, Store};
+    use cloudbuild_store::Store;
     let api = api(|c| c.limits.max_concurrent_uploads = 1).await;
-    let new = NewTask {
-        name: "site".into(),
-        version: "1.0.0".into(),
-        repo: "https://example.com/site.git".into(),
-        branch: "main".into(),
-        commit: None,
-        build_cmd: None,
-        env: cloudbuild_proto::task::Environment::Test,
-        trigger: cloudbuild_proto::task::Trigger::Api,
-        force: false,
-        requested_by: "tester".into(),
-        retry_of: None,
-        output_limit: 1 << 20,
-        labels: Vec::new(),
-    };
-    let (task, _) = api.store.create_task(new).await.unwrap();
+    let body = json!({"repo": "https://example.com/site.git", "branch": "main", "name": "site", "version": "1.0.0"});
+    let (status, task) = api.call("POST", "/api/v1/tasks", None, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let task_id = task["id"].as_i64().unwrap();
     let lease = "lease-secret-0123456789";
     let until = cloudbuild_proto::time::Timestamp(cloudbuild_proto::time::Timestamp::now().0 + 600_000_000);
     let hash = cloudbuild_server::secrets::lease_key_hash(lease);
     api.store.claim_next("w1", &[], until, &hash).await.unwrap().unwrap();
     let upload = |content: Body, of: &[u8]| {
-        let uri = format!("/api/v1/tasks/{}/attempts/1/publish/blobs/{}", task.id, blake3::hash(of).to_hex());
+        let uri = format!("/api/v1/tasks/{task_id}/attempts/1/publish/blobs/{}", blake3::hash(of).to_hex());
         let req = Request::builder()
             .method("PUT")
             .uri(uri)

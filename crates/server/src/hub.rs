@@ -10,7 +10,7 @@
 //! `Notice::Events`, and theirs arrive through [`EventHub::remote`], so a follower on any
 //! server sees every task's events live.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -22,12 +22,25 @@ use tokio::sync::{mpsc, watch};
 /// Per-task "last seq" signals for live tasks.
 #[derive(Debug, Default)]
 pub struct EventHub {
-    tasks: Mutex<HashMap<TaskId, watch::Sender<u64>>>,
+    tasks: Mutex<Signals>,
     /// The feeds of followed tasks; gone when their last follower is.
     feeds: Mutex<HashMap<TaskId, Weak<Feed>>>,
     /// Announcements for the other servers (drained by `crate::cluster`); none for one server.
     outbox: Option<mpsc::UnboundedSender<Notice>>,
 }
+
+/// The live tasks' signals, and the tasks that ended lately: a wake-up that arrives after its
+/// task's end (out of order, from another server) must not make the signal again, which nothing
+/// would ever remove.
+#[derive(Debug, Default)]
+struct Signals {
+    live: HashMap<TaskId, watch::Sender<u64>>,
+    ended: HashSet<TaskId>,
+    ended_order: VecDeque<TaskId>,
+}
+
+/// How many ended tasks are remembered (late wake-ups come within seconds of the end).
+const ENDED_REMEMBERED: usize = 4096;
 
 impl EventHub {
     /// A hub that also tells the other servers, through `outbox`.
@@ -63,13 +76,21 @@ impl EventHub {
     }
 
     fn wake(&self, task: TaskId, last_seq: u64, ended: bool) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut signals = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if ended {
-            if let Some(tx) = tasks.remove(&task) {
+            if let Some(tx) = signals.live.remove(&task) {
                 tx.send_replace(last_seq);
             }
-        } else {
-            let tx = tasks.entry(task).or_insert_with(|| watch::channel(0).0);
+            if signals.ended.insert(task) {
+                signals.ended_order.push_back(task);
+                if signals.ended_order.len() > ENDED_REMEMBERED {
+                    if let Some(oldest) = signals.ended_order.pop_front() {
+                        signals.ended.remove(&oldest);
+                    }
+                }
+            }
+        } else if !signals.ended.contains(&task) {
+            let tx = signals.live.entry(task).or_insert_with(|| watch::channel(0).0);
             // Notices from several servers can arrive out of order; the signal only grows.
             tx.send_if_modified(|seq| {
                 let grew = last_seq > *seq;
@@ -108,8 +129,8 @@ impl EventHub {
     /// A receiver that changes when the task's log grows; `None` once the task has ended or
     /// before its first event was announced (the follower then relies on what the store has).
     pub fn subscribe(&self, task: TaskId) -> Option<watch::Receiver<u64>> {
-        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.get(&task).map(watch::Sender::subscribe)
+        let signals = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        signals.live.get(&task).map(watch::Sender::subscribe)
     }
 }
 
@@ -246,5 +267,21 @@ impl Feed {
     /// A receiver that changes when the feed grows or closes.
     pub fn subscribe(&self) -> watch::Receiver<usize> {
         self.grown.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_up_after_the_end_does_not_bring_the_signal_back() {
+        let hub = EventHub::default();
+        hub.remote(7, 3, false);
+        assert!(hub.subscribe(7).is_some());
+        hub.remote(7, 9, true);
+        assert!(hub.subscribe(7).is_none(), "the end removes the signal");
+        hub.remote(7, 6, false);
+        assert!(hub.subscribe(7).is_none(), "a late wake-up of an ended task is ignored");
     }
 }

@@ -87,9 +87,18 @@ impl EventBody {
                 "meta": { "timestamp": ms, "task": task, "seq": seq },
                 "data": { "action": action, "payload": { "message": message } },
             }),
-            EventBody::Output { stream, text } => serde_json::json!({
-                "seq": seq, "timestamp": ms, "stream": stream, "text": text,
-            }),
+            // The bulk of every log: serialized straight from the text, without copying it into
+            // a JSON value first. Same bytes as `json!` (its keys sorted).
+            EventBody::Output { stream, text } => {
+                #[derive(Serialize)]
+                struct Output<'a> {
+                    seq: u64,
+                    stream: &'a OutputStream,
+                    text: &'a str,
+                    timestamp: i64,
+                }
+                return serde_json::to_string(&Output { seq, stream, text, timestamp: ms }).unwrap_or_default();
+            }
             EventBody::Truncated { limit_bytes } => serde_json::json!({
                 "seq": seq, "timestamp": ms, "limit_bytes": limit_bytes,
                 "message": format!("output limit of {limit_bytes} bytes reached; further output of this task is not kept"),
@@ -152,5 +161,17 @@ mod tests {
         let ev = WireEvent { seq: 3, kind: body.kind(), data };
         assert!(ev.to_sse().starts_with("id: 3\nevent: build\ndata: {"));
         assert_eq!(ev.stage_message(), Some(("install".into(), "installing".into())));
+    }
+
+    #[test]
+    fn output_events_render_as_they_always_did() {
+        // Stored logs must read the same whatever renders them: the bytes of `json!`.
+        let text = "a \"quoted\" line\n\ttab \u{1b}[31mred\u{1b}[0m é 中 \u{7f}\u{0}\\ end\r\n";
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let body = EventBody::Output { stream, text: text.into() };
+            let at = Timestamp(1_700_000_000_123_000);
+            let expected = serde_json::json!({ "seq": 9, "timestamp": at.as_millis(), "stream": stream, "text": text });
+            assert_eq!(body.render(7, 9, at), expected.to_string());
+        }
     }
 }

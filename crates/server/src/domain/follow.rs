@@ -139,8 +139,14 @@ async fn read_into(state: Arc<AppState>, task: TaskId, feed: Weak<Feed>) {
             match state.store.events_after(task, f.held(), PAGE).await {
                 Ok(events) => {
                     unsure = false;
-                    let full = events.len() == PAGE as usize;
+                    let (before, full) = (f.held(), events.len() == PAGE as usize);
                     f.extend(events);
+                    if full && f.held() == before {
+                        // A page that does not continue the log: the store has a gap.
+                        tracing::error!(task, "event reader: the stored log has a gap after event {before}");
+                        state.hub.forget_feed(task, &f);
+                        return f.close();
+                    }
                     if full {
                         continue;
                     }

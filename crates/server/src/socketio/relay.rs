@@ -101,8 +101,9 @@ pub(super) async fn relay(
     let Some(key) = key else {
         if ended {
             disconnect_waiting(&s, &mut stop).await;
+        } else {
+            let _ = s.disconnect();
         }
-        let _ = s.disconnect();
         return;
     };
     let replaced = !is_mine(&attached, &key, &delivered);

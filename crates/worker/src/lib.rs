@@ -9,6 +9,7 @@
 //! - [`process`]: one command as a process group, with timeout, cancel and streamed output.
 //! - [`sandbox`]: bubblewrap and user-mode networking around every build command.
 //! - [`settings`]: build settings from `cloudbuild.toml` and `package.json`.
+//! - [`package_manager`]: npm, pnpm or yarn, from `packageManager` and the lockfile.
 //! - [`publish`]: output collection and upload to the server.
 //! - [`site_check`]: root-absolute URLs in a site that will be served under a path.
 //!
@@ -19,6 +20,7 @@ pub mod cancel;
 pub mod connection;
 pub mod executor;
 pub mod fake;
+pub mod package_manager;
 pub mod pipeline;
 pub mod process;
 pub mod publish;

@@ -2,8 +2,10 @@
 //!
 //! ```toml
 //! [build]
-//! install = "npm ci"          # default: npm ci with package-lock.json, else npm install
-//! command = "npm run build"   # default: npm run build
+//! install = "npm ci"          # default: by the package manager (package_manager.rs):
+//!                             # npm ci, pnpm install --frozen-lockfile, yarn install
+//!                             # --frozen-lockfile or --immutable; without a lockfile, install
+//! command = "npm run build"   # default: <npm|pnpm|yarn> run build
 //! output = "dist"             # default: the first of dist, build that exists
 //!
 //! network = false            # optional: the build command gets no network (installs do)
@@ -72,6 +74,8 @@ pub struct BuildSettings {
     pub install_scripts: InstallScripts,
     /// Whether the build stage has a network (`[build] network`, default true).
     pub network: bool,
+    /// The project's package manager (which decides the default install and build commands).
+    pub package_manager: crate::package_manager::Detected,
 }
 
 /// Why a checkout's build settings could not be read.
@@ -106,9 +110,10 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
     let pkg: serde_json::Value = serde_json::from_str(&pkg_text).map_err(SettingsError::InvalidPackage)?;
     let scripts: BTreeSet<String> =
         pkg.get("scripts").and_then(|s| s.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
-    let lockfile = ["package-lock.json", "npm-shrinkwrap.json"].iter().any(|f| dir.join(f).is_file());
-    let install = file.build.install.unwrap_or_else(|| if lockfile { "npm ci" } else { "npm install" }.to_owned());
-    let build = build_override.map(str::to_owned).or(file.build.command).unwrap_or_else(|| "npm run build".to_owned());
+    let package_manager = crate::package_manager::detect(dir, pkg.get("packageManager").and_then(|v| v.as_str()));
+    let pm = package_manager.manager;
+    let install = file.build.install.unwrap_or_else(|| pm.install(package_manager.locked).to_owned());
+    let build = build_override.map(str::to_owned).or(file.build.command).unwrap_or_else(|| pm.run_build().to_owned());
     if file.checks.iter().any(|c| c.name.trim().is_empty()) {
         return Err(SettingsError::UnnamedCheck);
     }
@@ -126,6 +131,7 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
         output: file.build.output,
         checks: file.checks.into_iter().map(|c| (c.name, c.command)).collect(),
         scripts,
+        package_manager,
     })
 }
 

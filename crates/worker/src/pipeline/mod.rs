@@ -5,11 +5,13 @@
 //! does not trust the network.
 
 mod download;
+mod install;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudbuild_proto::event::OutputStream;
 use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::task::Stage;
 use cloudbuild_proto::text::count;
@@ -18,12 +20,12 @@ use cloudbuild_proto::worker::{Assignment, Outcome};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::build_env::{base_env, install_scripts_rule};
+use crate::build_env::base_env;
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
 use crate::sandbox::{Confinement, Network, Sandbox, TaskLimits, TaskNetwork};
-use crate::settings::{self, BuildSettings};
+use crate::settings::BuildSettings;
 use crate::{publish, site_check};
 use cloudbuild_proto::site::RootAbsolute;
 
@@ -163,6 +165,18 @@ impl Run<'_> {
         argv: &[String],
         env: &[(String, String)],
     ) -> Result<(), StageError> {
+        self.run_in_checkout(stage, argv, env, None).await
+    }
+
+    /// Runs a command in the checkout, in the sandbox; its stdout goes to `capture` when given,
+    /// else to the log (its stderr always to the log).
+    async fn run_in_checkout(
+        &mut self,
+        stage: Stage,
+        argv: &[String],
+        env: &[(String, String)],
+        mut capture: Option<&mut String>,
+    ) -> Result<(), StageError> {
         // The project's secrets of this stage, as environment variables (never git's).
         let mut env = env.to_vec();
         env.extend(
@@ -189,7 +203,10 @@ impl Run<'_> {
                 task_network: self.task_network.as_ref(),
             }),
         };
-        let mut sink = move |s, t| reporter.output(s, t);
+        let mut sink = |s, t: String| match (s, capture.as_deref_mut()) {
+            (OutputStream::Stdout, Some(out)) => out.push_str(&t),
+            _ => reporter.output(s, t),
+        };
         let result = process::run(spec, &mut self.cancel, &mut sink).await;
         self.reporter.flush();
         result.map_err(|e| StageError::of(stage, e))
@@ -225,30 +242,6 @@ impl Run<'_> {
         .map_err(|e| StageError::Failed(e.to_string()))?
         .map_err(|e| StageError::Failed(format!("cannot create the work directory: {e}")))?;
         Ok(format!("work directory ready; publishing to {}", self.a.env.as_str()))
-    }
-
-    async fn install(&mut self) -> Result<String, StageError> {
-        let s = settings::resolve(&self.checkout, self.a.build_cmd.as_deref())
-            .map_err(|e| StageError::Failed(e.to_string()))?;
-        self.settings = Some(s.clone());
-        let line = self.checked("install command", &s.install)?;
-        let Some((whose, allowed)) = install_scripts_rule(&self.a.install_scripts, &s.install_scripts) else {
-            self.reporter.note(format!("$ {line}"));
-            self.exec(Stage::Install, line.argv()).await?;
-            return Ok(format!("dependencies installed with `{line}`"));
-        };
-        let shown = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
-        self.reporter.note(format!("install scripts of dependencies are off ({whose}); they still run for: {shown}"));
-        self.reporter.note(format!("$ {line}"));
-        let mut env = self.env.clone();
-        env.push(("npm_config_ignore_scripts".into(), "true".into()));
-        self.exec_with_env(Stage::Install, line.argv(), &env).await?;
-        if !allowed.is_empty() {
-            let argv: Vec<String> = ["npm", "rebuild"].into_iter().map(str::to_owned).chain(allowed).collect();
-            self.reporter.note(format!("$ {}", argv.join(" ")));
-            self.exec(Stage::Install, &argv).await?;
-        }
-        Ok(format!("dependencies installed with `{line}`, install scripts off ({whose})"))
     }
 
     async fn checks(&mut self) -> Result<String, StageError> {

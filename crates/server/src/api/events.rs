@@ -48,8 +48,9 @@ pub async fn events(
     req: Request,
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    crate::domain::tasks::get(&state, id).await?; // 404 before any upgrade or stream
-    let follow = p.follow.unwrap_or(true);
+    let task = crate::domain::tasks::get(&state, id).await?; // 404 before any upgrade or stream
+                                                             // An ended task's log is read from the store as it is sent, not through a feed.
+    let follow = p.follow.unwrap_or(true) && !task.state.is_terminal();
 
     if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         let (mut parts, _) = req.into_parts();

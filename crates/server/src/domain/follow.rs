@@ -42,10 +42,11 @@ enum Source {
     Store { state: Arc<AppState>, task: TaskId },
 }
 
-/// Reads `task`'s log after event `after`: live until its `end` event when `follow` (through
-/// the task's feed, whose reader starts with its first follower), else what is stored now.
-pub fn follow(state: &Arc<AppState>, task: TaskId, after: u64, follow: bool) -> Follower {
-    let source = if follow {
+/// Reads `task`'s log after event `after`: when `live`, through the task's feed until its `end`
+/// event (the feed's reader starts with its first follower); otherwise what is stored now, page
+/// by page. A task that has ended is read the second way: its whole log, never held in memory.
+pub fn follow(state: &Arc<AppState>, task: TaskId, after: u64, live: bool) -> Follower {
+    let source = if live {
         let (feed, new) = state.hub.feed(task);
         if new {
             tokio::spawn(read_into(state.clone(), task, Arc::downgrade(&feed)));

@@ -182,8 +182,8 @@ async fn on_connect(
     // Following a task that exists (`?task=<id>&after=<seq>`), as `cloudbuild logs` does.
     if let Some(raw) = q.get("task") {
         return match follow_query(&state, raw, q.get("after")).await {
-            Ok((task, after)) => {
-                tokio::spawn(relay(state, attached, s, task, after, None));
+            Ok((task, after, live)) => {
+                tokio::spawn(relay(state, attached, s, task, after, live, None));
             }
             Err(reason) => deny(s, &reason),
         };
@@ -203,7 +203,7 @@ async fn on_connect(
             let _ = prev.stop.send(true); // the old socket, if still open, stops and is disconnected
             let from = prev.delivered.load(Ordering::Acquire);
             tracing::info!(socket = %s.id, task = prev.task, from, "socket.io client re-attached to its build");
-            tokio::spawn(relay(state, attached, s, prev.task, from, Some(key)));
+            tokio::spawn(relay(state, attached, s, prev.task, from, true, Some(key)));
             return;
         }
         attached.lock().remove(&key);
@@ -220,14 +220,15 @@ async fn on_connect(
 
 /// The task and the event to follow after, of a `?task=<id>&after=<seq>` query; the task must
 /// exist. Any caller the server lets in may read any task's log, as with `GET …/events`.
-async fn follow_query(state: &AppState, task: &str, after: Option<&String>) -> Result<(TaskId, u64), String> {
+/// Also whether the task is still live (not ended).
+async fn follow_query(state: &AppState, task: &str, after: Option<&String>) -> Result<(TaskId, u64, bool), String> {
     let id = task.parse::<TaskId>().ok().filter(|id| *id > 0).ok_or(format!("`task={task}` is not a task id"))?;
     let after = match after {
         Some(a) => a.parse::<u64>().map_err(|_| format!("`after={a}` is not an event number"))?,
         None => 0,
     };
-    tasks::get(state, id).await.map_err(|e| e.to_string())?;
-    Ok((id, after))
+    let t = tasks::get(state, id).await.map_err(|e| e.to_string())?;
+    Ok((id, after, !t.state.is_terminal()))
 }
 
 /// Turns the handshake query into a task request (validated the same way as the REST API),
@@ -299,5 +300,5 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
         tracing::info!(task = task.id, "socket.io option: {note}");
         tasks::note(&state, task.id, note).await;
     }
-    tokio::spawn(relay(state, attached, s, task.id, 0, Some(key)));
+    tokio::spawn(relay(state, attached, s, task.id, 0, true, Some(key)));
 }

@@ -37,6 +37,7 @@ pub(super) async fn relay(
     s: SocketRef,
     task: TaskId,
     from: u64,
+    live: bool,
     key: Option<String>,
 ) {
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
@@ -50,7 +51,7 @@ pub(super) async fn relay(
         }
         None => Some(me),
     };
-    let mut follower = follow(&state, task, from, true);
+    let mut follower = follow(&state, task, from, live);
     let mut waiting: VecDeque<Arc<SharedEvent>> = VecDeque::new();
     let ended = loop {
         let ev = match waiting.pop_front() {

@@ -110,11 +110,6 @@ impl Follower {
         }
         events
     }
-
-    /// The number of the last event returned.
-    pub fn position(&self) -> u64 {
-        self.after
-    }
 }
 
 /// The one store reader of a task's feed on this server: reads what the feed lacks (events

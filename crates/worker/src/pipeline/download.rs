@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use cloudbuild_proto::event::OutputStream;
 use cloudbuild_proto::task::Stage;
 use cloudbuild_proto::validate::{CommitSha, GitProtocol, GitRef, RepoPolicy, RepoUrl};
 
 use super::{Run, StageError, CHECKOUT_DIR};
-use crate::process::{self, RunSpec};
-use crate::sandbox::{Confinement, Network};
+use crate::sandbox::Network;
 
 impl Run<'_> {
     pub(super) async fn download(&mut self) -> Result<String, StageError> {
@@ -119,39 +117,14 @@ impl Run<'_> {
         env: &[(String, String)],
         args: &[&str],
         net: Network,
-        mut capture: Option<&mut String>,
+        capture: Option<&mut String>,
     ) -> Result<(), StageError> {
-        self.ensure_network(net).await?;
         let argv: Vec<String> = ["git", "-c", "core.hooksPath=/dev/null", "-c", "http.followRedirects=false"]
             .iter()
             .chain(args)
             .map(|s| s.to_string())
             .collect();
-        let reporter = self.reporter.clone();
-        let spec = RunSpec {
-            argv: &argv,
-            cwd,
-            env,
-            deadline: self.stage_deadline(Stage::DownloadRepo),
-            kill_grace: self.kill_grace(),
-            pgid_file: Some(&self.pgid_file()),
-            confinement: Some(Confinement {
-                sandbox: &self.sandbox,
-                workdir: &self.workdir,
-                network: net,
-                repository: self.local_repo.as_deref(),
-                limits: self.limits.as_ref(),
-                npm_cache: None,
-                task_network: self.task_network.as_ref(),
-            }),
-        };
-        let mut sink = |s, t: String| match (s, capture.as_deref_mut()) {
-            (OutputStream::Stdout, Some(out)) => out.push_str(&t),
-            _ => reporter.output(s, t),
-        };
-        let result = process::run(spec, &mut self.cancel, &mut sink).await;
-        self.reporter.flush();
-        result.map_err(|e| StageError::of(Stage::DownloadRepo, e))
+        self.run_sandboxed(Stage::DownloadRepo, &argv, cwd, env, net, capture).await
     }
 
     /// Checks out exactly `sha`: fetched by id (one commit, no history), or, from a server

@@ -7,7 +7,7 @@
 mod download;
 mod install;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -168,27 +168,42 @@ impl Run<'_> {
         self.run_in_checkout(stage, argv, env, None).await
     }
 
-    /// Runs a command in the checkout, in the sandbox; its stdout goes to `capture` when given,
-    /// else to the log (its stderr always to the log).
+    /// Runs a command in the checkout, in the sandbox, with the project's secrets of `stage`;
+    /// its stdout goes to `capture` when given, else to the log (its stderr always to the log).
     async fn run_in_checkout(
         &mut self,
         stage: Stage,
         argv: &[String],
         env: &[(String, String)],
-        mut capture: Option<&mut String>,
+        capture: Option<&mut String>,
     ) -> Result<(), StageError> {
         // The project's secrets of this stage, as environment variables (never git's).
         let mut env = env.to_vec();
         env.extend(
             self.a.secrets.iter().filter(|s| s.stages.contains(&stage)).map(|s| (s.name.clone(), s.value.clone())),
         );
-        let env = env.as_slice();
-        let reporter = self.reporter.clone();
-        let network = self.network(stage);
+        let (checkout, network) = (self.checkout.clone(), self.network(stage));
+        self.run_sandboxed(stage, argv, &checkout, &env, network, capture).await
+    }
+
+    /// Runs a command of `stage` in `cwd`, in the sandbox with `network`, streaming its output
+    /// (stdout to `capture` when given). The `download repo` stage's commands (git) see a
+    /// `file://` repository and no npm cache; the others the project's npm cache.
+    async fn run_sandboxed(
+        &mut self,
+        stage: Stage,
+        argv: &[String],
+        cwd: &Path,
+        env: &[(String, String)],
+        network: Network,
+        mut capture: Option<&mut String>,
+    ) -> Result<(), StageError> {
         self.ensure_network(network).await?;
+        let git = stage == Stage::DownloadRepo;
+        let reporter = self.reporter.clone();
         let spec = RunSpec {
             argv,
-            cwd: &self.checkout,
+            cwd,
             env,
             deadline: self.stage_deadline(stage),
             kill_grace: self.kill_grace(),
@@ -197,9 +212,9 @@ impl Run<'_> {
                 sandbox: &self.sandbox,
                 workdir: &self.workdir,
                 network,
-                repository: None,
+                repository: if git { self.local_repo.as_deref() } else { None },
                 limits: self.limits.as_ref(),
-                npm_cache: self.npm_cache.as_deref(),
+                npm_cache: if git { None } else { self.npm_cache.as_deref() },
                 task_network: self.task_network.as_ref(),
             }),
         };

@@ -3,8 +3,9 @@
 //! The group is killed whole: on timeout or cancel with SIGTERM then, after the grace, SIGKILL;
 //! and after a normal exit with SIGKILL, so that background children a build left behind do not
 //! outlive it (P4). Output is decoded as UTF-8 without ever splitting a character across chunks
-//! (invalid bytes become U+FFFD) and coalesced for up to 25 ms or 64 KiB per chunk, so a chatty
-//! build costs few events while the log still feels live.
+//! (invalid bytes become U+FFFD) and coalesced for up to 25 ms or 64 KiB per chunk, in the order
+//! it was read across stdout and stderr, so a chatty build costs few events while the log still
+//! feels live.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -355,6 +356,12 @@ const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
 impl Coalescer {
     fn push(&mut self, stream: OutputStream, bytes: &[u8], sink: &mut (dyn FnMut(OutputStream, String) + Send)) {
         let i = idx(stream);
+        // What the other stream printed before this goes first: the log keeps the order in
+        // which the command's output was read, across stdout and stderr.
+        let other = STREAMS[1 - i];
+        if !self.text[1 - i].is_empty() {
+            sink(other, std::mem::take(&mut self.text[1 - i]));
+        }
         let mut buf = std::mem::take(&mut self.partial[i]);
         buf.extend_from_slice(bytes);
         let (text, rest) = decode_utf8(&buf);
@@ -426,6 +433,20 @@ mod tests {
         }
         c.finish(&mut sink);
         assert_eq!(got, "héllo 世界");
+    }
+
+    #[test]
+    fn output_keeps_its_order_across_stdout_and_stderr() {
+        let mut c = Coalescer::default();
+        let mut got = Vec::new();
+        let mut sink = |s: OutputStream, t: String| got.push((s, t));
+        c.push(OutputStream::Stdout, b"one\n", &mut sink);
+        c.push(OutputStream::Stderr, b"two\n", &mut sink);
+        c.push(OutputStream::Stdout, b"three\n", &mut sink);
+        c.flush(&mut sink);
+        let expected =
+            [(OutputStream::Stdout, "one\n"), (OutputStream::Stderr, "two\n"), (OutputStream::Stdout, "three\n")];
+        assert_eq!(got, expected.map(|(s, t)| (s, t.to_owned())));
     }
 
     #[test]

@@ -244,6 +244,30 @@ pub struct CreateTask {
     /// Labels a worker must have to run this task (e.g. `linux`, `node20`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// Build without the worker's dependency and output caches (and save nothing to them).
+    #[serde(default)]
+    pub no_cache: bool,
+}
+
+/// Whether a task reused a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    /// Not used: `--no-cache`, caches off on the worker, or nothing to key it by (no lockfile).
+    Off,
+}
+
+/// What a task's build reused, as its worker reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// The saved `node_modules` (absent: not reached, or skipped by an output hit).
+    pub dependencies: Option<CacheResult>,
+    /// The saved build output.
+    pub output: Option<CacheResult>,
+    /// The task whose build output was reused (an output hit).
+    pub output_of: Option<TaskId>,
 }
 
 /// A task as the API shows it.
@@ -285,6 +309,12 @@ pub struct Task {
     /// Labels a worker must have to run this task.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Whether the publish asked to build without caches (`--no-cache`).
+    #[serde(default)]
+    pub no_cache: bool,
+    /// What the build reused, once the worker knows.
+    #[serde(default)]
+    pub cache: Option<CacheReport>,
 }
 
 /// `GET /api/v1/tasks`: a page of tasks, newest first.

@@ -70,6 +70,8 @@ pub enum WorkerEvent {
     Output { stream: OutputStream, text: String },
     /// `download repo` resolved the branch to this commit.
     Commit { sha: String },
+    /// What the build reused from the worker's caches (sent again as it changes).
+    Cache { report: crate::task::CacheReport },
 }
 
 /// Start or success of a stage; failure is reported through [`Outcome`].
@@ -126,6 +128,40 @@ pub struct Assignment {
     /// `Debug` hides them), given to their stages and masked in all output.
     #[serde(default)]
     pub secrets: Vec<crate::secret::BuildSecret>,
+    /// Which of the worker's build caches the task may read and write (none from a server
+    /// that does not say).
+    #[serde(default)]
+    pub cache: CacheUse,
+}
+
+/// Which build caches (dependencies, output) a task may use. A task reads them unless its
+/// publish said `--no-cache`; it writes them only when its build is trusted (a publish by
+/// the project's callers; never a pull-request preview or a fork), so that an untrusted build
+/// cannot plant a `node_modules` or an output that a release would then use (the Nx "CREEP"
+/// cache-poisoning advisory, CVE-2025-36852).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheUse {
+    pub read: bool,
+    pub write: bool,
+}
+
+/// A worker's cache settings (`[cache]` in the server's config for its embedded worker, flags
+/// of `cloudbuild worker`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Whether builds use the dependency and output caches and git mirrors (the package
+    /// managers' own download caches are always kept).
+    pub enabled: bool,
+    /// The most the saved trees may take, in MiB; the least recently used go first.
+    pub max_size_mib: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { enabled: true, max_size_mib: 10 * 1024 }
+    }
 }
 
 /// Whether an install runs the dependencies' lifecycle scripts (`preinstall`, `install`,

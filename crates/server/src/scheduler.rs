@@ -277,6 +277,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         timeouts: state.settings.timeouts.clone(),
         site_under_path,
         secrets,
+        cache: cache_use(task.trigger, task.no_cache),
     };
     let sent = {
         let mut workers = state.scheduler.lock_workers();
@@ -294,6 +295,19 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         // The worker vanished between the pick and the send: hand the task back at once.
         requeue(state, attempt, &format!("worker {worker} disconnected before the task started")).await;
     }
+}
+
+/// Which caches a task may use: it reads them unless `--no-cache`; it writes them only when
+/// its build is trusted. Every trigger today is a publish by an authorised caller (CLI, API,
+/// socket.io, a retry of one) or a push hook for a branch of the project's own repository;
+/// untrusted builds (pull-request previews, forks) must get `write: false` here when they
+/// exist (CVE-2025-36852, cache poisoning by an untrusted build).
+fn cache_use(trigger: cloudbuild_proto::task::Trigger, no_cache: bool) -> cloudbuild_proto::worker::CacheUse {
+    use cloudbuild_proto::task::Trigger;
+    let trusted = match trigger {
+        Trigger::Cli | Trigger::Api | Trigger::SocketIo | Trigger::Retry | Trigger::Webhook => true,
+    };
+    cloudbuild_proto::worker::CacheUse { read: !no_cache, write: !no_cache && trusted }
 }
 
 async fn requeue(state: &AppState, task: TaskAttempt, why: &str) {

@@ -144,6 +144,11 @@ pub(crate) fn apply(
             l.dirty = true;
             Vec::new()
         }
+        Change::Cache(report) => {
+            l.task.cache = Some(report.clone());
+            l.dirty = true;
+            Vec::new()
+        }
         Change::Append(body @ EventBody::Stage { action, .. }) => {
             if let Some(stage) = Stage::from_action(action) {
                 l.task.stage = Some(stage);
@@ -311,5 +316,7 @@ pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task 
         finished_at: None,
         last_seq: 1,
         labels: new.labels,
+        no_cache: new.no_cache,
+        cache: None,
     }
 }

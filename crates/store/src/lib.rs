@@ -127,6 +127,8 @@ pub struct NewTask {
     pub output_limit: u64,
     /// Labels a worker must have to run this task (validated, sorted, unique).
     pub labels: Vec<String>,
+    /// Build without the worker's caches.
+    pub no_cache: bool,
 }
 
 /// Filters of `list_tasks`; newest first.
@@ -201,6 +203,8 @@ pub enum Change {
     Append(EventBody),
     /// Record the resolved commit.
     Commit(String),
+    /// Record what the build reused from the worker's caches.
+    Cache(cloudbuild_proto::task::CacheReport),
     /// End the task.
     Finish(Finish),
 }

@@ -27,6 +27,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         retry_of: None,
         output_limit,
         labels: Vec::new(),
+        no_cache: false,
     }
 }
 

@@ -122,4 +122,9 @@ impl Reporter {
     pub fn commit(&self, sha: String) {
         self.send(WorkerEvent::Commit { sha });
     }
+
+    /// What the build reused from the worker's caches, for the task's record.
+    pub fn cache(&self, report: cloudbuild_proto::task::CacheReport) {
+        self.send(WorkerEvent::Cache { report });
+    }
 }

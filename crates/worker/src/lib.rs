@@ -10,12 +10,14 @@
 //! - [`sandbox`]: bubblewrap and user-mode networking around every build command.
 //! - [`settings`]: build settings from `cloudbuild.toml` and `package.json`.
 //! - [`package_manager`]: npm, pnpm or yarn, from `packageManager` and the lockfile.
+//! - [`cache`]: git mirrors, saved `node_modules` and build outputs, the trash.
 //! - [`publish`]: output collection and upload to the server.
 //! - [`site_check`]: root-absolute URLs in a site that will be served under a path.
 //!
 //! A worker talks to the server only over the network; it never touches the store.
 
 mod build_env;
+pub mod cache;
 pub mod cancel;
 pub mod connection;
 pub mod executor;
@@ -29,6 +31,7 @@ pub mod sandbox;
 pub mod settings;
 pub mod site_check;
 
+pub use cache::CacheConfig;
 pub use connection::{run, WorkerConfig, WorkerError};
 pub use executor::{Executor, Reporter, TaskContext};
 pub use fake::FakeExecutor;

@@ -22,6 +22,8 @@ pub struct Detected {
     pub manager: PackageManager,
     /// Whether the manager's own lockfile is there (then the install follows it exactly).
     pub locked: bool,
+    /// That lockfile's name (`package-lock.json`), when there.
+    pub lockfile: Option<&'static str>,
     /// What decided it, for the build log: "pnpm-lock.yaml", "packageManager pnpm@9.1.0", ...
     pub reason: String,
 }
@@ -100,8 +102,8 @@ pub fn detect(dir: &Path, package_manager: Option<&str>) -> Detected {
             (PackageManager::Npm, "no lockfile".to_owned())
         }
     });
-    let locked = manager.lockfiles().iter().any(|f| has(f));
-    Detected { manager, locked, reason }
+    let lockfile = manager.lockfiles().iter().find(|f| has(f)).copied();
+    Detected { manager, locked: lockfile.is_some(), lockfile, reason }
 }
 
 #[cfg(test)]

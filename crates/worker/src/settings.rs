@@ -16,6 +16,10 @@
 //!
 //! [site]                      # optional; how the server serves the site (docs/sites.md)
 //! spa = true
+//!
+//! [cache]                     # optional; the worker's caches for this project (docs/caching.md)
+//! dependencies = true         # restore a saved node_modules when the lockfile etc. match
+//! output = true               # reuse a saved output when every input matches
 //! ```
 
 use std::collections::BTreeSet;
@@ -33,6 +37,24 @@ pub struct RepoFile {
     pub build: BuildSection,
     pub checks: Vec<CheckSection>,
     pub site: SiteConfig,
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: which of the worker's caches the project uses (both by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSection {
+    /// Restore a saved `node_modules` instead of installing.
+    pub dependencies: bool,
+    /// Reuse the output of an earlier build with the same inputs. Off for a build whose output
+    /// depends on what is not an input (`CLOUDBUILD_ENV`, the time, a remote API).
+    pub output: bool,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection { dependencies: true, output: true }
+    }
 }
 
 /// `[build]`.
@@ -76,6 +98,8 @@ pub struct BuildSettings {
     pub network: bool,
     /// The project's package manager (which decides the default install and build commands).
     pub package_manager: crate::package_manager::Detected,
+    /// `[cache]`.
+    pub cache: CacheSection,
 }
 
 /// Why a checkout's build settings could not be read.
@@ -123,6 +147,7 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
     }
     let install_scripts = InstallScripts { ignore: file.build.ignore_scripts, allow: file.build.allow_scripts };
     Ok(BuildSettings {
+        cache: file.cache,
         install_scripts,
         network: file.build.network.unwrap_or(true),
         site: file.site,

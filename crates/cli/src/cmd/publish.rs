@@ -37,6 +37,10 @@ pub(crate) struct PublishArgs {
     /// Only workers with all these labels may build it (comma-separated, e.g. linux,node20).
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
+    /// Build from scratch: no saved node_modules, no saved build output, and save nothing to
+    /// the worker's caches (the package manager's download cache is still used).
+    #[arg(long)]
+    no_cache: bool,
     /// Submit and exit; print how to follow the build.
     #[arg(long)]
     detach: bool,
@@ -213,6 +217,7 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
         "trigger": "cli",
         "force": args.force,
         "labels": args.labels,
+        "no_cache": args.no_cache,
     });
     let task: Task = client.post("/api/v1/tasks", Some(&body)).await?;
     if args.detach {

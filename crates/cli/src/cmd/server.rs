@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cloudbuild_server::ServerConfig;
-use cloudbuild_worker::{Pipeline, Sandbox, SandboxConfig, SandboxMode, WorkerConfig};
+use cloudbuild_worker::{CacheConfig, Pipeline, Sandbox, SandboxConfig, SandboxMode, WorkerConfig};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use tokio::sync::watch;
@@ -79,6 +79,14 @@ pub(crate) struct WorkerArgs {
     /// Disk space of one task's work directory, in MiB [default: 20480].
     #[arg(long, value_name = "MIB")]
     limit_disk_mib: Option<u64>,
+    /// Build without git mirrors and saved node_modules / build outputs (the package
+    /// managers' download caches are still kept).
+    #[arg(long)]
+    no_cache: bool,
+    /// The most the saved node_modules and build outputs may take, in MiB; the least recently
+    /// used go first [default: 10240].
+    #[arg(long, value_name = "MIB")]
+    cache_max_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -224,7 +232,8 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
             labels: Vec::new(),
             work_root: settings.data_dir.join("work"),
         };
-        let pipeline = Pipeline::new(sandbox.clone().unwrap_or_else(Sandbox::off));
+        let work_root = settings.data_dir.join("work");
+        let pipeline = Pipeline::new(sandbox.clone().unwrap_or_else(Sandbox::off), &work_root, config.cache.clone());
         Some(tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(pipeline), stop_rx.clone())))
     } else {
         None
@@ -301,7 +310,12 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         work_root: args.work_dir,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(Pipeline::new(sandbox)), stop_rx));
+    let cache = CacheConfig {
+        enabled: !args.no_cache,
+        max_size_mib: args.cache_max_mib.unwrap_or(CacheConfig::default().max_size_mib),
+    };
+    let pipeline = Pipeline::new(sandbox, &cfg.work_root, cache);
+    let mut handle = tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(pipeline), stop_rx));
     tokio::select! {
         _ = terminated() => {}
         // It stops by itself only for good reasons to: its token was refused or revoked.

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub sites: SitesConfig,
     /// `[sandbox]`: how the embedded worker isolates builds (docs/config.md "Build sandbox").
     pub sandbox: cloudbuild_proto::sandbox::SandboxConfig,
+    /// `[cache]`: the embedded worker's build caches (docs/config.md "Build caches").
+    pub cache: cloudbuild_proto::worker::CacheConfig,
 }
 
 /// `[sites]`: how sites on local targets are addressed.
@@ -244,6 +246,7 @@ impl Default for ServerConfig {
             releases: ReleasesConfig::default(),
             sites: SitesConfig::default(),
             sandbox: Default::default(),
+            cache: Default::default(),
         }
     }
 }

@@ -216,6 +216,7 @@ mod tests {
             retry_of: None,
             output_limit: 1 << 20,
             labels: Vec::new(),
+            no_cache: false,
         };
         let (task, first) = store.create_task(new).await.unwrap();
         state.hub.published(task.id, &[first]);

@@ -67,6 +67,7 @@ pub fn validate(
         retry_of,
         output_limit: settings.output_bytes,
         labels: cloudbuild_proto::validate::labels(&req.labels)?,
+        no_cache: req.no_cache,
     })
 }
 
@@ -250,6 +251,7 @@ pub async fn retry(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task
         trigger: Trigger::Retry,
         force: old.force,
         labels: old.labels,
+        no_cache: old.no_cache,
     };
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
     let new = validate(&state.settings, &req, caller, Trigger::Retry, Some(old.id))?;

@@ -149,6 +149,7 @@ pub async fn handle_batch(
                     }
                     WorkerEvent::Output { stream, text } => Change::Append(EventBody::Output { stream, text }),
                     WorkerEvent::Commit { sha } => Change::Commit(sha),
+                    WorkerEvent::Cache { report } => Change::Cache(report),
                 };
                 ops.push(WorkerOp { task: task_id, attempt, worker: worker.to_owned(), seq, change });
             }

@@ -257,6 +257,7 @@ fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) ->
         // The original CLI asked before overwriting; its clients cannot say --force here.
         force: false,
         labels: Vec::new(),
+        no_cache: false,
     };
     // Validate now so that a bad query is denied at connect time and creates no task.
     validate(&state.settings, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.to_string())?;

@@ -61,7 +61,7 @@ pub(super) async fn store_live<'a>(
         sqlx::query(
             "UPDATE tasks SET last_seq = ?, stage = ?, started_us = ?, commit_sha = ?, output_bytes = ?, \
              truncated = ?, state = ?, reason = ?, url = ?, finished_us = ?, worker_seq = ?, attempt = ?, \
-             worker = ?, cancel_requested = ?, \
+             worker = ?, cancel_requested = ?, cache = ?, \
              lease_until_us = CASE WHEN ? THEN lease_until_us ELSE NULL END WHERE id = ?",
         )
         .bind(t.last_seq as i64)
@@ -78,6 +78,7 @@ pub(super) async fn store_live<'a>(
         .bind(i64::from(t.attempt))
         .bind(&t.worker)
         .bind(t.cancel_requested)
+        .bind(t.cache.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default()))
         .bind(t.state == TaskState::Running)
         .bind(t.id)
         .execute(&mut *conn)

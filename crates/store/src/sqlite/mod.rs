@@ -113,7 +113,7 @@ impl SqliteStore {
 }
 
 pub(super) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels";
+     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels, no_cache, cache";
 
 pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
     let bad = |what: &str, v: &str| StoreError::Corrupt(format!("{what} `{v}` in the tasks table"));
@@ -150,6 +150,11 @@ pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
         finished_at: row.try_get::<Option<i64>, _>("finished_us")?.map(Timestamp),
         last_seq: row.try_get::<i64, _>("last_seq")? as u64,
         labels: split_labels(&row.try_get::<String, _>("labels")?),
+        no_cache: row.try_get::<i64, _>("no_cache")? != 0,
+        cache: match row.try_get::<Option<String>, _>("cache")? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| bad("cache", &json))?),
+            None => None,
+        },
     })
 }
 
@@ -188,8 +193,8 @@ impl Store for SqliteStore {
         let mut tx = conn.begin().await?;
         let id: TaskId = sqlx::query_scalar(
             "INSERT INTO tasks (name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-             state, retry_of, output_limit, created_us, last_seq, labels) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?) RETURNING id",
+             state, retry_of, output_limit, created_us, last_seq, labels, no_cache) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?, ?) RETURNING id",
         )
         .bind(&new.name)
         .bind(&new.version)
@@ -205,6 +210,7 @@ impl Store for SqliteStore {
         .bind(i64::try_from(new.output_limit).unwrap_or(i64::MAX))
         .bind(created.0)
         .bind(new.labels.join(","))
+        .bind(new.no_cache)
         .fetch_one(&mut *tx)
         .await?;
         let body = apply::created_event(id, &new);

@@ -46,7 +46,38 @@ impl Run<'_> {
             git_env.retain(|(k, _)| k != "GIT_CONFIG_GLOBAL");
             git_env.push(("GIT_CONFIG_GLOBAL".to_owned(), format!("{}/gitconfig", crate::sandbox::INSIDE_WORKDIR)));
         }
-        match &pinned {
+        let through_mirror = match self.caches.enabled() {
+            true => self.checkout_through_mirror(&repo, &branch, pinned.as_ref(), &git_env).await?,
+            false => None,
+        };
+        let (sha, tree) = match through_mirror {
+            Some(found) => (found.sha, found.tree),
+            None => self.clone_directly(&repo, &branch, pinned.as_ref(), &git_env).await?,
+        };
+        if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StageError::Failed("could not resolve the checked-out commit".into()));
+        }
+        if pinned.as_ref().is_some_and(|p| p.as_str() != sha) {
+            return Err(StageError::Failed(format!("checked out {sha}, not the pinned commit")));
+        }
+        self.cache.tree = Some(tree);
+        self.reporter.commit(sha.clone());
+        check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
+        let how = if pinned.is_some() { "fetched" } else { "cloned" };
+        Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{}", &sha[..12], self.a.name, self.a.version))
+    }
+
+    /// Clones the branch (or fetches the pinned commit) straight from the repository; returns
+    /// the commit and its tree, as git in the sandbox reports them (the repository is the
+    /// build's, not for the worker's own git to read).
+    async fn clone_directly(
+        &mut self,
+        repo: &RepoUrl,
+        branch: &GitRef,
+        pinned: Option<&CommitSha>,
+        git_env: &[(String, String)],
+    ) -> Result<(String, String), StageError> {
+        match pinned {
             None => {
                 // Relative to the work directory: inside the sandbox, it is elsewhere.
                 let (workdir, checkout) = (self.workdir.clone(), CHECKOUT_DIR);
@@ -65,34 +96,18 @@ impl Run<'_> {
                     checkout,
                 ];
                 let net = self.git_network();
-                self.git(&workdir, &git_env, &clone, net).await?;
+                self.git(&workdir, git_env, &clone, net).await?;
             }
-            Some(sha) => self.fetch_commit(&repo, &branch, sha, &git_env).await?,
+            Some(sha) => self.fetch_commit(repo, branch, sha, git_env).await?,
         }
-        // A pinned commit is what `checkout --detach <sha>` just made HEAD; a branch's head is
-        // asked of git, in the sandbox too (the repository is the build's, not for the
-        // worker's own git to read).
-        let sha = match &pinned {
-            Some(p) => p.as_str().to_owned(),
-            None => {
-                let checkout = self.checkout.clone();
-                self.git_output(&checkout, &git_env, &["rev-parse", "HEAD"]).await?.trim().to_owned()
-            }
-        };
-        if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StageError::Failed("could not resolve the checked-out commit".into()));
-        }
-        if pinned.as_ref().is_some_and(|p| p.as_str() != sha) {
-            return Err(StageError::Failed(format!("checked out {sha}, not the pinned commit")));
-        }
-        self.reporter.commit(sha.clone());
-        check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
-        let how = if pinned.is_some() { "fetched" } else { "cloned" };
-        Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{}", &sha[..12], self.a.name, self.a.version))
+        let checkout = self.checkout.clone();
+        let out = self.git_output(&checkout, git_env, &["rev-parse", "HEAD", "HEAD^{tree}"]).await?;
+        let mut lines = out.lines().map(|l| l.trim().to_owned());
+        Ok((lines.next().unwrap_or_default(), lines.next().unwrap_or_default()))
     }
 
     /// Runs a hardened git command (no hooks, no redirects) in `cwd`, streaming its output.
-    async fn git(
+    pub(super) async fn git(
         &mut self,
         cwd: &Path,
         env: &[(String, String)],
@@ -104,7 +119,12 @@ impl Run<'_> {
 
     /// Runs a git command like [`Self::git`], without network, and returns what it printed
     /// on stdout (its stderr goes to the log).
-    async fn git_output(&mut self, cwd: &Path, env: &[(String, String)], args: &[&str]) -> Result<String, StageError> {
+    pub(super) async fn git_output(
+        &mut self,
+        cwd: &Path,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> Result<String, StageError> {
         let mut stdout = String::new();
         self.run_git(cwd, env, args, Network::None, Some(&mut stdout)).await?;
         Ok(stdout)

@@ -4,6 +4,7 @@
 
 use cloudbuild_proto::task::Stage;
 
+use super::caching::Tools;
 use super::{Run, StageError};
 use crate::build_env::install_scripts_rule;
 use crate::package_manager::{Detected, PackageManager};
@@ -16,10 +17,22 @@ impl Run<'_> {
         self.settings = Some(s.clone());
         let line = self.checked("install command", &s.install)?;
         let tools = self.tool_versions(&s.package_manager).await?;
-        self.reporter.note(tools);
-        let Some((whose, allowed)) = install_scripts_rule(&self.a.install_scripts, &s.install_scripts) else {
+        let rule = install_scripts_rule(&self.a.install_scripts, &s.install_scripts);
+        let scripts = match &rule {
+            None => "on".to_owned(),
+            Some((whose, allowed)) => format!("off ({whose}), allowed: {}", allowed.join(",")),
+        };
+        self.plan_caches(&s, &tools, &line.to_string(), &scripts).await;
+        if let Some(skipped) = self.skipped_by_output_cache() {
+            return Ok(skipped);
+        }
+        if self.restore_dependencies(&s).await? {
+            return Ok("node_modules restored from the dependency cache".into());
+        }
+        let Some((whose, allowed)) = rule else {
             self.reporter.note(format!("$ {line}"));
             self.exec(Stage::Install, line.argv()).await?;
+            self.save_dependencies().await;
             return Ok(format!("dependencies installed with `{line}`"));
         };
         let shown = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
@@ -33,13 +46,14 @@ impl Run<'_> {
             self.reporter.note(format!("$ {}", argv.join(" ")));
             self.exec(Stage::Install, &argv).await?;
         }
+        self.save_dependencies().await;
         Ok(format!("dependencies installed with `{line}`, install scripts off ({whose})"))
     }
 
-    /// "package manager: pnpm 9.1.0 (pnpm-lock.yaml); Node v20.20.2", asked of the tools in the
-    /// sandbox, as the install will run them. A manager that is not installed on this worker
-    /// fails the stage, saying so.
-    async fn tool_versions(&mut self, detected: &Detected) -> Result<String, StageError> {
+    /// Notes "package manager: pnpm 9.1.0 (pnpm-lock.yaml); Node v20.20.2", asked of the tools
+    /// in the sandbox, as the install will run them, and returns the versions. A manager that
+    /// is not installed on this worker fails the stage, saying so.
+    async fn tool_versions(&mut self, detected: &Detected) -> Result<Tools, StageError> {
         let program = detected.manager.program();
         let env = self.env.clone();
         let mut pm_version = String::new();
@@ -57,11 +71,11 @@ impl Run<'_> {
         let mut node_version = String::new();
         let node = ["node".to_owned(), "--version".to_owned()];
         self.run_in_checkout(Stage::Install, &node, &env, Some(&mut node_version)).await?;
-        Ok(format!(
+        let tools = Tools { package_manager: pm_version.trim().to_owned(), node: node_version.trim().to_owned() };
+        self.reporter.note(format!(
             "package manager: {program} {} ({}); Node {}",
-            pm_version.trim(),
-            detected.reason,
-            node_version.trim()
-        ))
+            tools.package_manager, detected.reason, tools.node
+        ));
+        Ok(tools)
     }
 }

@@ -4,8 +4,10 @@
 //! that fails ends the pipeline. Values from the assignment are validated again here: a worker
 //! does not trust the network.
 
+mod caching;
 mod download;
 mod install;
+mod mirror;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +23,8 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::build_env::base_env;
+use crate::cache::trash::Trash;
+use crate::cache::{CacheConfig, Caches};
 use crate::cancel::CancelToken;
 use crate::executor::{Executor, Reporter, TaskContext};
 use crate::process::{self, RunError, RunSpec};
@@ -33,12 +37,20 @@ use cloudbuild_proto::site::RootAbsolute;
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     sandbox: Sandbox,
+    caches: Caches,
+    trash: Trash,
+    /// Deletes what is in the trash while no task runs; stops with the pipeline.
+    _sweeper: std::sync::Arc<AbortOnDropHandle<()>>,
 }
 
 impl Pipeline {
-    /// A pipeline whose commands run in `sandbox` ([`Sandbox::off`] for none).
-    pub fn new(sandbox: Sandbox) -> Pipeline {
-        Pipeline { sandbox }
+    /// A pipeline whose commands run in `sandbox` ([`Sandbox::off`] for none), with its work
+    /// directories and caches under `work_root`. Must be called within a Tokio runtime (it
+    /// starts the trash's sweeper).
+    pub fn new(sandbox: Sandbox, work_root: &Path, cache: CacheConfig) -> Pipeline {
+        let trash = Trash::new(work_root);
+        let sweeper = std::sync::Arc::new(AbortOnDropHandle::new(trash.spawn_sweeper()));
+        Pipeline { sandbox, caches: Caches::new(work_root, cache, trash.clone()), trash, _sweeper: sweeper }
     }
 }
 
@@ -100,6 +112,10 @@ struct Run<'a> {
     /// The task's network being made from the task's start, while git runs without it
     /// (it takes about 10 ms); aborted, and the network ended, if the task ends first.
     network_starting: Option<AbortOnDropHandle<Result<Option<TaskNetwork>, String>>>,
+    caches: Caches,
+    cache: caching::CacheState,
+    /// The git mirror git may see now, and whether it may write it (`download repo` only).
+    mirror: Option<(PathBuf, bool)>,
 }
 
 impl Run<'_> {
@@ -213,6 +229,7 @@ impl Run<'_> {
                 workdir: &self.workdir,
                 network,
                 repository: if git { self.local_repo.as_deref() } else { None },
+                mirror: if git { self.mirror.as_ref().map(|(p, w)| (p.as_path(), *w)) } else { None },
                 limits: self.limits.as_ref(),
                 npm_cache: if git { None } else { self.npm_cache.as_deref() },
                 task_network: self.task_network.as_ref(),
@@ -259,6 +276,12 @@ impl Run<'_> {
         Ok(format!("work directory ready; publishing to {}", self.a.env.as_str()))
     }
 
+    /// The message of a stage that an output cache hit skips, if it is one.
+    fn skipped_by_output_cache(&self) -> Option<String> {
+        let entry = self.cache.output_hit.as_ref()?;
+        Some(format!("skipped: the output of task {} is reused (output cache hit)", entry.record.task))
+    }
+
     async fn checks(&mut self) -> Result<String, StageError> {
         let checks = self.settings.as_ref().map(|s| s.checks.clone()).unwrap_or_default();
         for (name, cmd) in &checks {
@@ -288,8 +311,8 @@ impl Run<'_> {
             None => vec!["dist".into(), "build".into()],
         };
         let root = self.checkout.canonicalize().map_err(|e| StageError::Failed(format!("checkout unreadable: {e}")))?;
-        let mut found = None;
-        for c in &candidates {
+        let mut found = self.cache.output_hit.as_ref().map(|e| (e.record.label.clone(), e.tree.clone()));
+        for c in candidates.iter().filter(|_| found.is_none()) {
             let rel = RelPath::parse(c).map_err(|e| StageError::Failed(format!("output directory: {e}")))?;
             let path = self.checkout.join(rel.as_str());
             match path.symlink_metadata() {
@@ -336,10 +359,13 @@ impl Run<'_> {
             self.report_root_absolute(found)?;
         }
         let msg = format!(
-            "output `{name}`: {}, {}",
+            "output `{name}`: {}, {}{}",
             count(manifest.len() as u64, "file", "files"),
-            count(bytes, "byte", "bytes")
+            count(bytes, "byte", "bytes"),
+            if self.cache.output_hit.is_some() { " (from the output cache)" } else { "" }
         );
+        let hashes = manifest.iter().map(|(f, _)| (f.path.clone(), f.hash.clone())).collect();
+        self.save_output(&dir, &name, hashes).await;
         self.output_dir = Some(dir);
         self.manifest = Some(manifest);
         Ok(msg)
@@ -375,6 +401,7 @@ impl Executor for Pipeline {
     async fn run(&self, ctx: TaskContext) -> Outcome {
         let a = &ctx.assignment;
         let workdir = ctx.work_root.join(format!("{}-{}", a.task.task_id, a.task.attempt));
+        let _busy = self.trash.busy();
         let mut env = base_env();
         env.push(("CLOUDBUILD_TASK_ID".into(), a.task.task_id.to_string()));
         env.push(("CLOUDBUILD_ENV".into(), a.env.as_str().into()));
@@ -403,6 +430,9 @@ impl Executor for Pipeline {
                 let sandbox = self.sandbox.clone();
                 async move { sandbox.task_network().await }
             }))),
+            caches: self.caches.clone(),
+            cache: Default::default(),
+            mirror: None,
         };
         let outcome = pipeline(&mut run, &ctx).await;
         reporter.flush();
@@ -411,10 +441,10 @@ impl Executor for Pipeline {
             Outcome::TimedOut { stage, reason } => Outcome::TimedOut { stage, reason: reporter.mask(&reason) },
             other => other,
         };
-        // Removing a large node_modules takes seconds; do it off the task's clock.
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&workdir);
-        });
+        // Removing a large node_modules takes seconds, and slows the next install down while
+        // it runs: into the trash now, deleted while the worker is idle.
+        let trash = self.trash.clone();
+        let _ = tokio::task::spawn_blocking(move || trash.put(&workdir)).await;
         outcome
     }
 }
@@ -425,6 +455,10 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
         if stage == Stage::Check && run.settings.as_ref().is_none_or(|s| s.checks.is_empty()) {
             // Said, not silently skipped: a stage counter (`[4/7]`) must not jump.
             r.started(stage, "skipped: the project has no checks ([checks] in cloudbuild.toml)");
+            continue;
+        }
+        if let (Stage::Check | Stage::Build, Some(skipped)) = (stage, run.skipped_by_output_cache()) {
+            r.started(stage, skipped);
             continue;
         }
         if run.cancel.is_cancelled() {

@@ -52,6 +52,9 @@ pub const INSIDE_WORKDIR: &str = "/build";
 /// Where the project's npm cache appears inside the sandbox.
 pub const INSIDE_NPM_CACHE: &str = "/cache/npm";
 
+/// Where a repository's git mirror appears inside the sandbox (to git only).
+pub const INSIDE_GIT_MIRROR: &str = "/cache/git";
+
 /// The fixed wrapper between the sandbox's start and the command: "ready" on fd 3, then
 /// wait for "go" on fd 4, then replace itself with the command (its arguments, unexpanded).
 const WRAPPER: &str = "printf . >&3; exec 3>&-; read -r _ <&4; exec 4<&-; exec \"$@\"";
@@ -155,6 +158,9 @@ pub struct Confinement<'a> {
     /// A directory the command may read besides the usual ones: the repository of a
     /// `file://` URL (which only a server's `git.allowed_protocols` allows), for git.
     pub repository: Option<&'a Path>,
+    /// The repository's git mirror (see `cache::Caches::git_mirror`), seen at
+    /// [`INSIDE_GIT_MIRROR`], writable when the flag says so: for git, never for a build.
+    pub mirror: Option<(&'a Path, bool)>,
     /// The task's limits (processes, memory, CPU time, disk).
     pub limits: Option<&'a TaskLimits>,
     /// The project's npm cache (see [`Sandbox::npm_cache`]), seen at `/cache/npm`.
@@ -306,6 +312,17 @@ impl Sandbox {
         Ok(Some(dir))
     }
 
+    /// Whether saved trees can be made read-only to builds: the worker is root and builds run
+    /// as another user (hard links into a checkout would otherwise let a build change them).
+    pub fn seals_caches(&self) -> bool {
+        self.0.as_ref().is_some_and(|j| j.privileged)
+    }
+
+    /// The user builds run as, when it is not the worker's own.
+    pub fn build_uid(&self) -> Option<u32> {
+        self.seals_caches().then_some(SANDBOX_UID)
+    }
+
     /// Makes `dir` (a checkout, a HOME, a cache, just created) the sandbox user's, when the
     /// worker is root (otherwise the build's user is the worker's own).
     pub fn own(&self, dir: &Path) -> std::io::Result<()> {
@@ -343,6 +360,7 @@ impl Sandbox {
                 workdir: &dir,
                 network: Network::User,
                 repository: None,
+                mirror: None,
                 limits: None,
                 npm_cache: None,
                 task_network: None,
@@ -447,6 +465,9 @@ impl Jail {
         }
         for dir in &self.shared {
             a.bind("--bind", dir, dir);
+        }
+        if let Some((mirror, writable)) = c.mirror {
+            a.bind(if writable { "--bind" } else { "--ro-bind" }, mirror, Path::new(INSIDE_GIT_MIRROR));
         }
         let home = format!("{INSIDE_WORKDIR}/home");
         a.push(&["--setenv", "HOME", &home, "--unsetenv", "TMPDIR"]);

@@ -1,0 +1,337 @@
+//! The worker's caches in a task's pipeline: the keys of its dependencies and of its output,
+//! the lookups that let `install` restore a saved `node_modules` or skip install, checks and
+//! build altogether, the saves after a trusted build, and what the task's record is told.
+
+use std::path::Path;
+use std::time::Instant as Clock;
+
+use cloudbuild_proto::task::{CacheReport, CacheResult};
+use cloudbuild_proto::text::count;
+
+use super::{Run, StageError};
+use crate::cache::{tree, Entry, Key, Kind};
+use crate::settings::BuildSettings;
+
+/// What the caches are doing for one run.
+#[derive(Debug, Default)]
+pub(super) struct CacheState {
+    pub(super) report: CacheReport,
+    /// The commit's git tree, from `download repo`.
+    pub(super) tree: Option<String>,
+    pub(super) deps_key: Option<Key>,
+    pub(super) output_key: Option<Key>,
+    /// The saved output to publish instead of building.
+    pub(super) output_hit: Option<Entry>,
+}
+
+/// The versions of the tools the install runs with, as the sandbox reports them.
+pub(super) struct Tools {
+    pub(super) package_manager: String,
+    pub(super) node: String,
+}
+
+/// The largest lockfile read for a key: 64 MiB.
+const LOCKFILE_LIMIT: u64 = 64 << 20;
+
+/// The `package.json` fields that decide what an install puts in `node_modules` (not its
+/// version or scripts: a version bump must not invalidate the dependencies).
+const DEPENDENCY_FIELDS: [&str; 9] = [
+    "dependencies",
+    "devDependencies",
+    "optionalDependencies",
+    "peerDependencies",
+    "bundledDependencies",
+    "overrides",
+    "resolutions",
+    "workspaces",
+    "pnpm",
+];
+
+/// Package-manager settings files that change how an install resolves or lays out packages.
+const MANAGER_FILES: [&str; 5] = [".npmrc", ".yarnrc", ".yarnrc.yml", "pnpm-workspace.yaml", ".pnpmfile.cjs"];
+
+fn short_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..16].to_owned()
+}
+
+impl Run<'_> {
+    /// Whether this run reads or writes the caches at all (the worker's `[cache]`, the task's
+    /// `--no-cache`).
+    fn caching(&self) -> bool {
+        self.caches.enabled() && (self.a.cache.read || self.a.cache.write)
+    }
+
+    fn tell(&self) {
+        self.reporter.cache(self.cache.report.clone());
+    }
+
+    /// The key of the dependencies, or why they cannot be cached.
+    fn dependency_key(&self, s: &BuildSettings, tools: &Tools, install: &str, scripts: &str) -> Result<Key, String> {
+        let lockfile = s.package_manager.lockfile.ok_or("no lockfile")?;
+        let read = |name: &str| crate::publish::read_checkout_file(&self.checkout.join(name), LOCKFILE_LIMIT);
+        let lock = read(lockfile).map_err(|e| format!("{lockfile} unreadable: {e}"))?;
+        let pkg: serde_json::Value =
+            read("package.json").ok().and_then(|t| serde_json::from_str(&t).ok()).ok_or("package.json unreadable")?;
+        let fields: Vec<_> = DEPENDENCY_FIELDS.iter().map(|f| pkg.get(f)).collect();
+        let mut config = String::new();
+        for name in MANAGER_FILES {
+            if let Ok(text) = read(name) {
+                config.push_str(&format!("{name} {} ", short_hash(text.as_bytes())));
+            }
+        }
+        Ok(Key::default()
+            .with("lockfile", format!("{lockfile} {}", short_hash(lock.as_bytes())))
+            .with("package.json dependencies", short_hash(&serde_json::to_vec(&fields).unwrap_or_default()))
+            .with("package manager", format!("{} {}", s.package_manager.manager.program(), tools.package_manager))
+            .with("package manager config", if config.is_empty() { "none".into() } else { config.trim().to_owned() })
+            .with("node", tools.node.clone())
+            .with("install command", install)
+            .with("install scripts", scripts)
+            .with("platform", format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)))
+    }
+
+    /// The key of the output: the commit's tree (every file of the checkout, the lockfile and
+    /// `cloudbuild.toml` included), the dependency key's parts, the commands, the secrets the
+    /// build stages see (salted hash) and this worker's version. Not the environment
+    /// (`CLOUDBUILD_ENV`): the same commit publishes the same output to `test` and `prod`.
+    fn output_key(&self, s: &BuildSettings, deps: &Key) -> Option<Key> {
+        let tree = self.cache.tree.clone()?;
+        let checks: Vec<String> = s.checks.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        let stages = [
+            cloudbuild_proto::task::Stage::Install,
+            cloudbuild_proto::task::Stage::Check,
+            cloudbuild_proto::task::Stage::Build,
+        ];
+        let mut secrets: Vec<(&str, &str)> = self
+            .a
+            .secrets
+            .iter()
+            .filter(|x| x.stages.iter().any(|st| stages.contains(st)))
+            .map(|x| (x.name.as_str(), x.value.as_str()))
+            .collect();
+        secrets.sort();
+        let mut key = deps
+            .clone()
+            .with("tree", tree)
+            .with("build command", s.build.clone())
+            .with("checks", if checks.is_empty() { "none".into() } else { checks.join("; ") })
+            .with("output directory", s.output.clone().unwrap_or_else(|| "dist or build".into()))
+            .with("worker", env!("CARGO_PKG_VERSION"));
+        if !secrets.is_empty() {
+            key = key.with("secrets", self.caches.salted(&serde_json::to_vec(&secrets).unwrap_or_default()));
+        }
+        Some(key)
+    }
+
+    /// Computes the task's keys and looks the output up. Returns after logging what it found.
+    pub(super) async fn plan_caches(&mut self, s: &BuildSettings, tools: &Tools, install: &str, scripts: &str) {
+        if !self.caching() {
+            self.cache.report =
+                CacheReport { dependencies: Some(CacheResult::Off), output: Some(CacheResult::Off), output_of: None };
+            let why =
+                if self.caches.enabled() { "this publish said --no-cache" } else { "caches are off on this worker" };
+            self.reporter.note(format!("caches: off ({why})"));
+            return self.tell();
+        }
+        let deps = match self.dependency_key(s, tools, install, scripts) {
+            Ok(k) => Some(k),
+            Err(why) => {
+                self.reporter.note(format!("dependency cache: off ({why})"));
+                None
+            }
+        };
+        // Without a lockfile the output's key still holds: the tree and the tools are in it.
+        let base =
+            deps.clone().unwrap_or_else(|| Key::default().with("lockfile", "none").with("node", tools.node.clone()));
+        let output = if s.cache.output { self.output_key(s, &base) } else { None };
+        self.cache.deps_key = deps.filter(|_| s.cache.dependencies);
+        self.cache.output_key = output.clone();
+        let Some(key) = output else {
+            self.cache.report.output = Some(CacheResult::Off);
+            if !s.cache.output {
+                self.reporter.note("output cache: off ([cache] output = false in cloudbuild.toml)");
+            }
+            return;
+        };
+        let (project, branch) = (self.a.name.clone(), self.a.branch.clone());
+        let found = if self.a.cache.read { self.lookup_output(&key).await } else { None };
+        match found {
+            Some(entry) => {
+                self.reporter.note(format!(
+                    "output cache hit: same inputs as task {} (tree {}, lockfile {}, build `{}`)",
+                    entry.record.task,
+                    key.0.get("tree").map_or("?", |t| &t[..t.len().min(12)]),
+                    key.0.get("lockfile").map_or("none", String::as_str),
+                    s.build
+                ));
+                self.cache.report.output = Some(CacheResult::Hit);
+                self.cache.report.output_of = Some(entry.record.task);
+                self.cache.output_hit = Some(entry);
+            }
+            None => {
+                let why = match self.caches.last_key(Kind::Output, &project, &branch) {
+                    Some(last) if last == key => "the last build of this branch saved nothing".to_owned(),
+                    Some(last) => {
+                        format!("changed since the last build of {branch}: {}", key.changed_since(&last).join(", "))
+                    }
+                    None => format!("no earlier build of {branch} on this worker"),
+                };
+                self.reporter.note(format!("output cache miss: {why}"));
+                self.cache.report.output = Some(CacheResult::Miss);
+            }
+        }
+        self.caches.remember(Kind::Output, &project, &branch, &key);
+        self.tell();
+    }
+
+    /// The saved output of `key`, checked file by file against the hashes it was saved with.
+    async fn lookup_output(&mut self, key: &Key) -> Option<Entry> {
+        let entry = match self.caches.lookup(Kind::Output, &self.a.name, key) {
+            Ok(e) => e?,
+            Err(why) => {
+                self.reporter.note(format!("output cache: the saved output is unusable: {why}"));
+                return None;
+            }
+        };
+        let tree = entry.tree.clone();
+        let hashes = entry.record.hashes.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let files = crate::publish::collect(&tree)?;
+            let manifest = crate::publish::manifest(&files, &tree)?;
+            let mut found: Vec<(String, String)> = manifest.into_iter().map(|(f, _)| (f.path, f.hash)).collect();
+            found.sort();
+            Ok::<_, std::io::Error>(found == hashes)
+        })
+        .await;
+        if matches!(checked, Ok(Ok(true))) {
+            return Some(entry);
+        }
+        let parent = entry.tree.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.caches.discard(&parent);
+        self.reporter.note("output cache: the saved output does not match its hashes; dropped, building");
+        None
+    }
+
+    /// Restores the saved `node_modules` when there is one for the task's key; `Ok(true)` when
+    /// it did (then the root project's install scripts have run too).
+    pub(super) async fn restore_dependencies(&mut self, s: &BuildSettings) -> Result<bool, StageError> {
+        let Some(key) = self.cache.deps_key.clone() else {
+            self.cache.report.dependencies = Some(CacheResult::Off);
+            return Ok(false);
+        };
+        let target = self.checkout.join("node_modules");
+        if !self.sandbox.seals_caches() {
+            self.note_dependencies_off("the worker is not root, so it cannot make a saved tree read-only to builds");
+            return Ok(false);
+        }
+        if target.symlink_metadata().is_ok() {
+            self.note_dependencies_off("the repository has a node_modules of its own");
+            return Ok(false);
+        }
+        let (project, branch) = (self.a.name.clone(), self.a.branch.clone());
+        let last = self.caches.last_key(Kind::Dependencies, &project, &branch);
+        self.caches.remember(Kind::Dependencies, &project, &branch, &key);
+        let entry = match self.caches.lookup(Kind::Dependencies, &project, &key) {
+            Ok(Some(entry)) if self.a.cache.read => entry,
+            Ok(_) => {
+                let why = match last {
+                    Some(last) if last != key => {
+                        format!("changed since the last build of {branch}: {}", key.changed_since(&last).join(", "))
+                    }
+                    _ => "nothing saved for this lockfile and toolchain yet".into(),
+                };
+                self.reporter.note(format!("dependency cache miss: {why}"));
+                self.cache.report.dependencies = Some(CacheResult::Miss);
+                return Ok(false);
+            }
+            Err(why) => {
+                self.reporter.note(format!("dependency cache: the saved node_modules is unusable: {why}"));
+                self.cache.report.dependencies = Some(CacheResult::Miss);
+                return Ok(false);
+            }
+        };
+        let started = Clock::now();
+        let owner = self.sandbox.build_uid();
+        let (saved, listing, to) = (entry.tree.clone(), entry.record.listing.clone(), target.clone());
+        let restored = tokio::task::spawn_blocking(move || tree::restore(&saved, &listing, &to, owner))
+            .await
+            .map_err(|e| StageError::Failed(e.to_string()))?;
+        if let Err(e) = restored {
+            self.reporter.note(format!("dependency cache: restoring failed ({e}); the entry is dropped, installing"));
+            self.caches.discard(entry.tree.parent().unwrap_or(&entry.tree));
+            let t = target.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(t)).await;
+            self.cache.report.dependencies = Some(CacheResult::Miss);
+            return Ok(false);
+        }
+        self.reporter.note(format!(
+            "dependency cache hit: node_modules of task {} restored ({}, {}) in {:.2} s",
+            entry.record.task,
+            count(entry.record.listing.files(), "file", "files"),
+            cloudbuild_proto::text::size(entry.record.listing.bytes()),
+            started.elapsed().as_secs_f64()
+        ));
+        self.cache.report.dependencies = Some(CacheResult::Hit);
+        self.tell();
+        // What an install would have run of the project's own: its lifecycle scripts.
+        for script in ["preinstall", "install", "postinstall", "prepare"].into_iter().filter(|n| s.scripts.contains(*n))
+        {
+            let argv: Vec<String> = vec![s.package_manager.manager.program().into(), "run".into(), script.into()];
+            self.reporter.note(format!("$ {}", argv.join(" ")));
+            self.exec(cloudbuild_proto::task::Stage::Install, &argv).await?;
+        }
+        Ok(true)
+    }
+
+    fn note_dependencies_off(&mut self, why: &str) {
+        self.reporter.note(format!("dependency cache: off ({why})"));
+        self.cache.report.dependencies = Some(CacheResult::Off);
+    }
+
+    /// Saves the checkout's fresh `node_modules` for later builds (trusted builds only).
+    pub(super) async fn save_dependencies(&mut self) {
+        self.tell();
+        let Some(key) = self.cache.deps_key.clone() else { return };
+        if !self.a.cache.write || self.cache.report.dependencies != Some(CacheResult::Miss) {
+            return;
+        }
+        let src = self.checkout.join("node_modules");
+        if !src.is_dir() {
+            return;
+        }
+        let (caches, project, task) = (self.caches.clone(), self.a.name.clone(), self.a.task.task_id);
+        let started = Clock::now();
+        let saved = tokio::task::spawn_blocking(move || {
+            caches.save(Kind::Dependencies, &project, &key, task, &src, "node_modules", Vec::new())
+        })
+        .await;
+        match saved {
+            Ok(Ok(r)) => self.reporter.note(format!(
+                "dependency cache: node_modules saved for later builds ({}, {}) in {:.2} s",
+                count(r.listing.files(), "file", "files"),
+                cloudbuild_proto::text::size(r.listing.bytes()),
+                started.elapsed().as_secs_f64()
+            )),
+            Ok(Err(e)) => self.reporter.note(format!("dependency cache: node_modules not saved: {e}")),
+            Err(e) => self.reporter.note(format!("dependency cache: node_modules not saved: {e}")),
+        }
+    }
+
+    /// Saves the build's output for later builds with the same inputs (trusted builds only).
+    pub(super) async fn save_output(&mut self, dir: &Path, label: &str, hashes: Vec<(String, String)>) {
+        let Some(key) = self.cache.output_key.clone() else { return };
+        if !self.a.cache.write || self.cache.output_hit.is_some() {
+            return;
+        }
+        let (caches, project, task) = (self.caches.clone(), self.a.name.clone(), self.a.task.task_id);
+        let (src, label) = (dir.to_owned(), label.to_owned());
+        let saved =
+            tokio::task::spawn_blocking(move || caches.save(Kind::Output, &project, &key, task, &src, &label, hashes))
+                .await;
+        match saved {
+            Ok(Ok(_)) => self.reporter.note("output cache: output saved for later builds with the same inputs"),
+            Ok(Err(e)) => self.reporter.note(format!("output cache: output not saved: {e}")),
+            Err(e) => self.reporter.note(format!("output cache: output not saved: {e}")),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The `download repo` stage through the worker's bare git mirror of the repository: the
+//! mirror fetches only what is new since the last build, and the task's checkout takes just
+//! its commit from the mirror, on this machine. One task at a time per mirror (a file lock);
+//! a mirror that fails is moved to the trash and the task clones as it would without one.
+
+use std::path::{Path, PathBuf};
+
+use cloudbuild_proto::validate::{CommitSha, GitRef, RepoUrl};
+
+use super::{Run, StageError};
+use crate::sandbox::{Network, INSIDE_GIT_MIRROR};
+
+/// What a checkout from the mirror found.
+pub(super) struct Checkout {
+    pub(super) sha: String,
+    pub(super) tree: String,
+}
+
+/// Waits for the lock of a mirror (an exclusive `flock` on its lock file), held while the
+/// guard lives. Other tasks of the same repository on this worker wait; a cancelled task stops
+/// waiting (the lock, if taken later, is released at once).
+async fn lock(path: PathBuf) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+impl Run<'_> {
+    /// Checks out the task's commit (`pinned`, or the head of `branch`) through the mirror of
+    /// `repo`. `Ok(None)` when the mirror could not be used: the caller clones directly.
+    pub(super) async fn checkout_through_mirror(
+        &mut self,
+        repo: &RepoUrl,
+        branch: &GitRef,
+        pinned: Option<&CommitSha>,
+        env: &[(String, String)],
+    ) -> Result<Option<Checkout>, StageError> {
+        let (dir, lock_path) = self.caches.git_mirror(repo.as_str());
+        let mut cancel = self.cancel.clone();
+        let _lock = tokio::select! {
+            locked = lock(lock_path) => match locked {
+                Ok(l) => l,
+                Err(e) => {
+                    self.reporter.note(format!("git mirror: cannot lock it ({e}); cloning without it"));
+                    return Ok(None);
+                }
+            },
+            _ = cancel.cancelled() => return Err(StageError::Cancelled),
+        };
+        let fresh = !dir.join("HEAD").exists();
+        let result = self.use_mirror(&dir, fresh, repo, branch, pinned, env).await;
+        self.mirror = None;
+        match result {
+            Ok(found) => Ok(Some(found)),
+            Err(StageError::Failed(why)) => {
+                self.reporter.note(format!(
+                    "git mirror failed ({}); it is removed (the next build makes a new one) and the repository cloned",
+                    why.trim()
+                ));
+                self.caches.discard(&dir);
+                // What the failed checkout left: the clone starts from an empty directory.
+                let src = self.checkout.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    std::fs::remove_dir_all(&src)?;
+                    std::fs::create_dir(&src)
+                })
+                .await;
+                self.sandbox.own(&self.checkout).map_err(|e| StageError::Failed(e.to_string()))?;
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn use_mirror(
+        &mut self,
+        dir: &Path,
+        fresh: bool,
+        repo: &RepoUrl,
+        branch: &GitRef,
+        pinned: Option<&CommitSha>,
+        env: &[(String, String)],
+    ) -> Result<Checkout, StageError> {
+        // Git sees the mirror at a fixed path in the sandbox, at its own path without one.
+        let inside = if self.sandbox.is_on() { INSIDE_GIT_MIRROR.to_owned() } else { dir.display().to_string() };
+        let git_dir = format!("--git-dir={inside}");
+        let workdir = self.workdir.clone();
+        self.mirror = Some((dir.to_owned(), true));
+        if fresh {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| self.sandbox.own(dir))
+                .map_err(|e| StageError::Failed(format!("cannot create it: {e}")))?;
+            self.reporter.note("git mirror: none for this repository yet; fetching its history once");
+            self.git(&workdir, env, &["init", "--bare", "--quiet", &inside], Network::None).await?;
+        }
+        // Tags as well as branches: the refspec's source is resolved as `git fetch` does.
+        let refname = format!("refs/cloudbuild/{branch}");
+        let refspec = format!("+{branch}:{refname}");
+        let net = self.git_network();
+        let fetch =
+            [&git_dir, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
+        self.git(&workdir, env, &fetch, net).await?;
+        let wanted = pinned.map_or(refname.clone(), |p| p.as_str().to_owned());
+        let resolve = [git_dir.as_str(), "rev-parse", &format!("{wanted}^{{commit}}"), &format!("{wanted}^{{tree}}")];
+        let found = match self.git_output(&workdir, env, &resolve).await {
+            Ok(out) => out,
+            Err(StageError::Failed(_)) if pinned.is_some() => {
+                // Not on the branch (any more): fetched by id, as a direct checkout would.
+                let by_id = [&git_dir, "fetch", "--quiet", "--no-tags", "--", repo.as_str(), wanted.as_str()];
+                if self.git(&workdir, env, &by_id, net).await.is_err() {
+                    return Err(StageError::Failed(format!(
+                        "commit {wanted} is not in {repo} any more (was {branch} force-pushed, or the commit deleted?); \
+                         publish a commit the repository has"
+                    )));
+                }
+                self.git_output(&workdir, env, &resolve).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut lines = found.lines().map(str::trim);
+        let (Some(sha), Some(tree)) = (lines.next(), lines.next()) else {
+            return Err(StageError::Failed("git did not resolve the commit in the mirror".into()));
+        };
+        let (sha, tree) = (sha.to_owned(), tree.to_owned());
+        // The checkout takes only that commit's objects from the mirror, which it reads only.
+        self.mirror = Some((dir.to_owned(), false));
+        let src = self.checkout.clone();
+        let mut local_env = env.to_vec();
+        local_env.retain(|(k, _)| k != "GIT_ALLOW_PROTOCOL");
+        local_env.push(("GIT_ALLOW_PROTOCOL".into(), "file".into()));
+        let url = format!("file://{inside}");
+        self.git(&src, &local_env, &["init", "--quiet"], Network::None).await?;
+        let take = ["fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", &url, &sha];
+        self.git(&src, &local_env, &take, Network::None).await?;
+        let checkout = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &sha];
+        self.git(&src, &local_env, &checkout, Network::None).await?;
+        Ok(Checkout { sha, tree })
+    }
+}

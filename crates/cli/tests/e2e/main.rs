@@ -3,6 +3,7 @@
 
 mod abuse;
 mod browser;
+mod caching;
 mod cancel;
 mod cli;
 mod cluster;

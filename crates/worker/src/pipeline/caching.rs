@@ -50,6 +50,19 @@ const DEPENDENCY_FIELDS: [&str; 9] = [
 /// Package-manager settings files that change how an install resolves or lays out packages.
 const MANAGER_FILES: [&str; 5] = [".npmrc", ".yarnrc", ".yarnrc.yml", "pnpm-workspace.yaml", ".pnpmfile.cjs"];
 
+/// The first dependency of `package.json` that is a local directory (`file:../lib`,
+/// `link:lib`): npm may copy it into `node_modules` (`install-links`), and its contents are in
+/// no lockfile, so a saved tree could hold an old copy. Tarballs (`file:x.tgz`) are pinned by
+/// their integrity hash in the lockfile and do not count.
+fn local_directory_dependency(pkg: &serde_json::Value) -> Option<String> {
+    let tarball = |spec: &str| [".tgz", ".tar.gz", ".tar"].iter().any(|ext| spec.ends_with(ext));
+    DEPENDENCY_FIELDS[..4].iter().filter_map(|f| pkg.get(f)?.as_object()).flatten().find_map(|(name, spec)| {
+        let spec = spec.as_str()?;
+        let local = spec.starts_with("file:") || spec.starts_with("link:");
+        (local && !tarball(spec)).then(|| name.clone())
+    })
+}
+
 fn short_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex()[..16].to_owned()
 }
@@ -72,6 +85,11 @@ impl Run<'_> {
         let lock = read(lockfile).map_err(|e| format!("{lockfile} unreadable: {e}"))?;
         let pkg: serde_json::Value =
             read("package.json").ok().and_then(|t| serde_json::from_str(&t).ok()).ok_or("package.json unreadable")?;
+        if let Some(name) = local_directory_dependency(&pkg) {
+            return Err(format!(
+                "dependency `{name}` is a local directory (`file:`/`link:`), whose contents the lockfile does not pin"
+            ));
+        }
         let fields: Vec<_> = DEPENDENCY_FIELDS.iter().map(|f| pkg.get(f)).collect();
         let mut config = String::new();
         for name in MANAGER_FILES {
@@ -333,5 +351,19 @@ impl Run<'_> {
             Ok(Err(e)) => self.reporter.note(format!("output cache: output not saved: {e}")),
             Err(e) => self.reporter.note(format!("output cache: output not saved: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_directory_dependency;
+
+    #[test]
+    fn a_local_directory_dependency_is_found_and_a_tarball_is_not() {
+        let pkg = |deps: serde_json::Value| serde_json::json!({ "name": "a", "devDependencies": deps });
+        assert_eq!(local_directory_dependency(&pkg(serde_json::json!({ "lib": "file:../lib" }))), Some("lib".into()));
+        assert_eq!(local_directory_dependency(&pkg(serde_json::json!({ "lib": "link:lib" }))), Some("lib".into()));
+        assert_eq!(local_directory_dependency(&pkg(serde_json::json!({ "dep": "file:dep-1.0.0.tgz" }))), None);
+        assert_eq!(local_directory_dependency(&pkg(serde_json::json!({ "react": "^19.0.0" }))), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Subcommands and their flags. Exit codes: 0 success, 1 the build failed (or was cancelled or
 //! timed out), 2 bad input or an unreachable server, 130 interrupted.
 
+mod cache;
 mod publish;
 mod releases;
 mod secrets;
@@ -85,6 +86,10 @@ pub(crate) enum Command {
     /// Create, list and revoke the tokens remote workers connect with.
     #[command(subcommand)]
     WorkerTokens(workers::TokenCommand),
+    /// List or clear a worker's build caches (saved node_modules, build outputs, git mirrors);
+    /// run on the worker's machine.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 impl Cli {
@@ -100,6 +105,7 @@ impl Cli {
             Command::Workers(a) => a.json,
             Command::WorkerTokens(_) => false,
             Command::Secrets(c) => c.json(),
+            Command::Cache(c) => c.json(),
             Command::Server(_) | Command::Worker(_) | Command::Open(_) => false,
         }
     }
@@ -129,5 +135,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WorkerTokens(c) => workers::tokens(c).await,
         Command::Secrets(c) => secrets::run(c).await,
         Command::Open(a) => tasks::open(a).await,
+        Command::Cache(c) => cache::run(c).await,
     }
 }

@@ -92,6 +92,19 @@ fn the_same_inputs_reuse_the_output_and_a_miss_names_the_input_that_changed() {
     let cache = t.cache.unwrap();
     assert_eq!((cache.dependencies, cache.output), (Some(CacheResult::Off), Some(CacheResult::Off)));
     assert_eq!(entries(&srv, "output", "cached-site").len(), saved, "a --no-cache build saves nothing");
+
+    // On the worker's machine: list, then clear.
+    let data = srv.data.path().join("data");
+    let list = srv.cli(Path::new("."), &["cache", "list", "--data-dir", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success() && text.contains("output") && text.contains("cached-site"), "{text}");
+    assert!(text.contains(&format!("{saved} entries")), "{text}");
+    let clear = srv.cli(Path::new("."), &["cache", "clear", "--data-dir", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&clear.stdout);
+    assert!(clear.status.success() && text.contains(&format!("removed {saved} entries")), "{text}");
+    assert!(entries(&srv, "output", "cached-site").is_empty());
+    let (_, log) = publish(&srv, &body);
+    assert!(log.contains("git mirror: none for this repository yet"), "the mirrors went too:\n{log}");
 }
 
 /// A project with one dependency, a tarball in the repository (`file:dep-1.0.0.tgz`), locked.

@@ -40,7 +40,7 @@ fn output_text(sse: &str) -> String {
 #[test]
 fn two_hundred_followers_of_one_build_all_receive_the_same_complete_log() {
     ensure_clients();
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let go = srv.probe.path().join("go");
     // Waits until every follower is connected, then prints 20,000 lines (about 1 MB) in bursts,
     // some on stderr.

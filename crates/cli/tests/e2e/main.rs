@@ -30,6 +30,11 @@ pub fn bin() -> &'static Path {
 }
 
 /// A server with default settings plus `extra` TOML.
+/// Server configuration for tests about the log of builds that run again on the same commit
+/// (several clients publishing one fixture): without the build caches, each of them builds
+/// instead of reusing the first one's output.
+pub const EVERY_BUILD_RUNS: &str = "[cache]\nenabled = false\n";
+
 pub fn server(extra: &str) -> Server {
     Server::start(bin(), extra).expect("server starts")
 }

@@ -78,7 +78,7 @@ fn build_actions(lines: &[Value]) -> Vec<(String, String)> {
 
 #[test]
 fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let ok = Repo::site("sio-ok", "<h1>socket.io</h1>");
     let bad = Repo::new(&[(
         "package.json",
@@ -122,7 +122,7 @@ fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
 
 #[test]
 fn an_invalid_query_is_denied_and_creates_no_task() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let repo = Repo::new(&[("package.json", &package_json("sio-deny", &[("build", "node -e 0")]))]);
     let cases = [
         ("2", "branch", "--upload-pack=x", "invalid branch"),
@@ -196,7 +196,7 @@ fn tokens_are_required_when_anonymous_is_off() {
 
 #[test]
 fn a_client_that_leaves_mid_build_does_not_stop_it() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let slow = "setTimeout(()=>{require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','stayed')},1500)";
     let repo =
         Repo::new(&[("package.json", &package_json("sio-leave", &[("build", "node slow.js")])), ("slow.js", slow)]);
@@ -214,7 +214,7 @@ fn a_client_that_leaves_mid_build_does_not_stop_it() {
 
 #[test]
 fn checks_are_reported_under_build_actions_and_options_are_noted() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let repo = Repo::new(&[
         ("package.json", &package_json("sio-check", &[("build", "node build.js"), ("lint", "node -e 0")])),
         ("build.js", &build_script("checked")),
@@ -238,7 +238,7 @@ fn checks_are_reported_under_build_actions_and_options_are_noted() {
 
 #[test]
 fn a_client_written_like_the_original_cli_works() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     ensure_clients();
     let ok = Repo::site("orig-ok", "<p>original</p>");
     let bad = Repo::new(&[("package.json", &package_json("orig-bad", &[("build", "node -e \"process.exit(2)\"")]))]);
@@ -277,7 +277,7 @@ fn building_bytes(lines: &[Value]) -> usize {
 
 #[test]
 fn polling_clients_get_a_whole_burst_of_output_and_the_end() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     // 3 MB in one burst: 30,000 lines of 100 bytes.
     let burst = "const l='x'.repeat(99)+'\\n';let s='';for(let i=0;i<30000;i++)s+=l;process.stdout.write(s,()=>{\
                  require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','burst');});";
@@ -298,7 +298,7 @@ fn polling_clients_get_a_whole_burst_of_output_and_the_end() {
 #[test]
 fn a_client_that_comes_back_is_attached_to_its_build_and_gets_the_backlog() {
     // A backlog larger than the socket's buffer even after coalescing (12 MB / 64 KiB > 128).
-    let srv = server("[limits]\noutput_bytes = 16777216\n");
+    let srv = server(&format!("{}[limits]\noutput_bytes = 16777216\n", crate::EVERY_BUILD_RUNS));
     let (burst_gate, end_gate) = (srv.probe.path().join("burst"), srv.probe.path().join("end"));
     // Waits; prints 12 MB (120,000 lines of 100 bytes) and a marker; waits again; publishes.
     let build = format!(
@@ -411,7 +411,7 @@ impl LiveClient {
 
 #[test]
 fn a_client_cut_off_mid_build_reconnects_and_gets_the_rest_of_the_log() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let proxy = TcpProxy::start(srv.url.trim_start_matches("http://")).unwrap();
     let gate = srv.probe.path().join("gate");
     let build = format!(
@@ -467,7 +467,7 @@ fn a_client_cut_off_mid_build_reconnects_and_gets_the_rest_of_the_log() {
 
 #[test]
 fn socket_io_queries_get_the_same_identity_check() {
-    let srv = server("");
+    let srv = server(crate::EVERY_BUILD_RUNS);
     let repo = Repo::site("sio-ident", "<p>x</p>");
     let mut q = query_for(&repo, "sio-ident");
     q["version"] = "1.2.0".into();
@@ -482,7 +482,7 @@ fn socket_io_queries_get_the_same_identity_check() {
 #[test]
 fn a_client_that_stops_reading_is_waited_for_and_gets_everything() {
     // More output than the socket's buffer holds even after coalescing (12 MB / 64 KiB > 128).
-    let srv = server("[limits]\noutput_bytes = 16777216\n");
+    let srv = server(&format!("{}[limits]\noutput_bytes = 16777216\n", crate::EVERY_BUILD_RUNS));
     let gate = srv.probe.path().join("gate");
     let build = format!(
         "const fs=require('fs');while(!fs.existsSync({g:?})){{Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0,20);}}\

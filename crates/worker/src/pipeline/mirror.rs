@@ -57,7 +57,7 @@ impl Run<'_> {
         let result = self.use_mirror(&dir, fresh, repo, branch, pinned, env).await;
         self.mirror = None;
         match result {
-            Ok(found) => Ok(Some(found)),
+            Ok(found) => Ok(found),
             Err(StageError::Failed(why)) => {
                 self.reporter.note(format!(
                     "git mirror failed ({}); it is removed (the next build makes a new one) and the repository cloned",
@@ -78,6 +78,8 @@ impl Run<'_> {
         }
     }
 
+    /// Updates the mirror and checks the commit out of it; `Ok(None)` when the mirror holds a
+    /// pinned commit that its branch no longer leads to (the repository decides then).
     async fn use_mirror(
         &mut self,
         dir: &Path,
@@ -86,7 +88,7 @@ impl Run<'_> {
         branch: &GitRef,
         pinned: Option<&CommitSha>,
         env: &[(String, String)],
-    ) -> Result<Checkout, StageError> {
+    ) -> Result<Option<Checkout>, StageError> {
         // Git sees the mirror at a fixed path in the sandbox, at its own path without one.
         let inside = if self.sandbox.is_on() { INSIDE_GIT_MIRROR.to_owned() } else { dir.display().to_string() };
         let git_dir = format!("--git-dir={inside}");
@@ -106,23 +108,21 @@ impl Run<'_> {
         let fetch =
             [&git_dir, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
         self.git(&workdir, env, &fetch, net).await?;
+        if let Some(sha) = pinned {
+            // The mirror keeps what the repository may have dropped (a force-pushed commit):
+            // it serves a pinned commit only while the branch still leads to it.
+            let ancestor = [git_dir.as_str(), "merge-base", "--is-ancestor", sha.as_str(), &refname];
+            if let Err(StageError::Failed(_)) = self.git(&workdir, env, &ancestor, Network::None).await {
+                self.reporter.note(format!(
+                    "git mirror: commit {} is not on {branch}; asking the repository for it directly",
+                    sha.short()
+                ));
+                return Ok(None);
+            }
+        }
         let wanted = pinned.map_or(refname.clone(), |p| p.as_str().to_owned());
         let resolve = [git_dir.as_str(), "rev-parse", &format!("{wanted}^{{commit}}"), &format!("{wanted}^{{tree}}")];
-        let found = match self.git_output(&workdir, env, &resolve).await {
-            Ok(out) => out,
-            Err(StageError::Failed(_)) if pinned.is_some() => {
-                // Not on the branch (any more): fetched by id, as a direct checkout would.
-                let by_id = [&git_dir, "fetch", "--quiet", "--no-tags", "--", repo.as_str(), wanted.as_str()];
-                if self.git(&workdir, env, &by_id, net).await.is_err() {
-                    return Err(StageError::Failed(format!(
-                        "commit {wanted} is not in {repo} any more (was {branch} force-pushed, or the commit deleted?); \
-                         publish a commit the repository has"
-                    )));
-                }
-                self.git_output(&workdir, env, &resolve).await?
-            }
-            Err(e) => return Err(e),
-        };
+        let found = self.git_output(&workdir, env, &resolve).await?;
         let mut lines = found.lines().map(str::trim);
         let (Some(sha), Some(tree)) = (lines.next(), lines.next()) else {
             return Err(StageError::Failed("git did not resolve the commit in the mirror".into()));
@@ -140,6 +140,6 @@ impl Run<'_> {
         self.git(&src, &local_env, &take, Network::None).await?;
         let checkout = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &sha];
         self.git(&src, &local_env, &checkout, Network::None).await?;
-        Ok(Checkout { sha, tree })
+        Ok(Some(Checkout { sha, tree }))
     }
 }

@@ -458,6 +458,14 @@ impl Jail {
         if let Some(cache) = c.npm_cache {
             a.bind("--bind", cache, Path::new(INSIDE_NPM_CACHE));
             a.push(&["--setenv", "npm_config_cache", INSIDE_NPM_CACHE]);
+            // pnpm's store and yarn's caches there too, so that they outlive the task's HOME.
+            for (key, dir) in [
+                ("npm_config_store_dir", "pnpm-store"),
+                ("YARN_CACHE_FOLDER", "yarn"),
+                ("YARN_GLOBAL_FOLDER", "yarn-berry"),
+            ] {
+                a.push(&["--setenv", key, &format!("{INSIDE_NPM_CACHE}/{dir}")]);
+            }
         }
         // After `/tmp`, so that a directory below it is not hidden by the tmpfs.
         for dir in self.read_only.iter().map(PathBuf::as_path).chain(c.repository.filter(|p| p.is_dir())) {

@@ -17,7 +17,7 @@ export npm_config_cache="$tmp/npm-cache" npm_config_update_notifier=false npm_co
 
 project() { # name, source dir → a bare repo at $tmp/<name>.git and a checkout at $tmp/<name>
   local name=$1 src=$2
-  git init -q --bare "$tmp/$name.git"
+  git init -q --bare -b main "$tmp/$name.git"
   mkdir "$tmp/$name" && cd "$tmp/$name"
   cp -r "$src"/. . && rm -rf node_modules dist
   printf 'node_modules/\ndist/\n' > .gitignore
@@ -81,7 +81,7 @@ measure() { # case, command...
 
 # References, by hand in a fresh clone (npm's cache warmed by the first run, not measured).
 by_hand() {
-  rm -rf "$tmp/hand" && local t0; t0=$(now)
+  cd "$tmp" && rm -rf "$tmp/hand" && local t0; t0=$(now)
   git clone -q "file://$tmp/vite-admin.git" "$tmp/hand" && cd "$tmp/hand" && npm ci --silent >/dev/null && npm run build --silent >/dev/null
   echo "$(since "$t0") - - - -" >"$tmp/result"
 }

@@ -298,14 +298,18 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
 }
 
 /// Which caches a task may use: it reads them unless `--no-cache`; it writes them only when
-/// its build is trusted. Every trigger today is a publish by an authorised caller (CLI, API,
-/// socket.io, a retry of one) or a push hook for a branch of the project's own repository;
-/// untrusted builds (pull-request previews, forks) must get `write: false` here when they
-/// exist (CVE-2025-36852, cache poisoning by an untrusted build).
-fn cache_use(trigger: cloudbuild_proto::task::Trigger, no_cache: bool) -> cloudbuild_proto::worker::CacheUse {
+/// its build is trusted: a publish by an authorised caller (CLI, API, socket.io, a retry of
+/// one). A webhook's build (any branch of a push, and later pull-request previews and forks)
+/// only reads them until the webhook issue tells the default branch and tags apart
+/// (CVE-2025-36852: cache poisoning by an untrusted build).
+pub(crate) fn cache_use(
+    trigger: cloudbuild_proto::task::Trigger,
+    no_cache: bool,
+) -> cloudbuild_proto::worker::CacheUse {
     use cloudbuild_proto::task::Trigger;
     let trusted = match trigger {
-        Trigger::Cli | Trigger::Api | Trigger::SocketIo | Trigger::Retry | Trigger::Webhook => true,
+        Trigger::Cli | Trigger::Api | Trigger::SocketIo | Trigger::Retry => true,
+        Trigger::Webhook => false,
     };
     cloudbuild_proto::worker::CacheUse { read: !no_cache, write: !no_cache && trusted }
 }
@@ -396,5 +400,20 @@ async fn watchdog(state: &AppState) {
                 state.scheduler.slot_freed(w, attempt);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_use;
+    use cloudbuild_proto::task::Trigger;
+    use cloudbuild_proto::worker::CacheUse;
+
+    #[test]
+    fn only_trusted_builds_write_the_caches_and_no_cache_turns_both_off() {
+        assert_eq!(cache_use(Trigger::Cli, false), CacheUse { read: true, write: true });
+        assert_eq!(cache_use(Trigger::Retry, false), CacheUse { read: true, write: true });
+        assert_eq!(cache_use(Trigger::Webhook, false), CacheUse { read: true, write: false });
+        assert_eq!(cache_use(Trigger::Api, true), CacheUse { read: false, write: false });
     }
 }

@@ -92,7 +92,7 @@ pub(crate) async fn run(cmd: CacheCommand) -> Result<ExitCode> {
                     "{:<11} {:<24} {:<12} {:>6} {:>8} {:>10}  {}",
                     e.kind,
                     e.project,
-                    &e.key[..12],
+                    e.key.get(..12).unwrap_or(&e.key),
                     e.task,
                     e.files,
                     size(e.bytes),
@@ -104,7 +104,7 @@ pub(crate) async fn run(cmd: CacheCommand) -> Result<ExitCode> {
         }
         CacheCommand::Clear { place } => {
             let (caches, trash, work) = place.caches()?;
-            let (n, bytes) = caches.clear();
+            let (n, bytes) = caches.clear()?;
             tokio::task::spawn_blocking(move || trash.sweep(true)).await?;
             outln!(
                 "removed {} ({}) and the git mirrors from {}",

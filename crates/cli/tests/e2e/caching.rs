@@ -183,6 +183,16 @@ fn saved_node_modules_are_restored_sealed_against_builds_and_missed_by_their_key
     assert!(log.contains("dependency cache: restoring failed (the saved tree changed: dep/index.js"), "{log}");
     assert!(log.contains("$ npm ci"), "{log}");
     assert!(get_text(&fourth.url.unwrap()).1.starts_with("dep 1.0.1;"));
+
+    // The project's own install script may change node_modules from any of its files, which
+    // no key covers: no dependency cache for it.
+    let path = repo.work.join("package.json");
+    let mut pkg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    pkg["scripts"]["postinstall"] = "node -e 0".into();
+    repo.commit(&[("package.json", &pkg.to_string())], "postinstall");
+    let (fifth, log) = publish(&srv, &body);
+    assert!(log.contains("dependency cache: off (the project's own `postinstall` script runs at install"), "{log}");
+    assert_eq!(fifth.cache.and_then(|c| c.dependencies), Some(CacheResult::Off));
 }
 
 #[test]
@@ -219,7 +229,8 @@ fn the_git_mirror_is_reused_follows_a_force_push_and_is_rebuilt_when_broken() {
     std::fs::write(mirror.join("config"), "[core\nnot git's config").unwrap();
     repo.commit(&[("build.js", &cloudbuild_testkit::build_script("<h1>after</h1>"))], "after");
     let (t, log) = publish(&srv, &body);
-    assert!(log.contains("git mirror failed (") && log.contains("it is removed"), "{log}");
+    assert!(log.contains("git mirror: fetching into it failed ("), "{log}");
+    assert!(log.contains("the repository answered a direct clone, so the mirror was at fault; it is removed"), "{log}");
     assert_eq!(get_text(&t.url.unwrap()).1, "<h1>after</h1>");
     repo.commit(&[("build.js", &cloudbuild_testkit::build_script("<h1>next</h1>"))], "next");
     let (_, log) = publish(&srv, &body);

@@ -97,6 +97,24 @@ pub struct Record {
     /// For an output: each file's path and blake3 hash, sorted, checked before it is used.
     #[serde(default)]
     pub hashes: Vec<(String, String)>,
+    /// For an output: the environment it was built for (`test`).
+    #[serde(default)]
+    pub environment: String,
+}
+
+/// What an entry records besides its key and tree.
+#[derive(Debug, Clone, Default)]
+pub struct EntryMeta {
+    /// The task whose build saved it.
+    pub task: TaskId,
+    /// The output directory's name (`dist`), or `node_modules`.
+    pub label: String,
+    /// Output files' paths and blake3 hashes.
+    pub hashes: Vec<(String, String)>,
+    /// The environment the output was built for.
+    pub environment: String,
+    /// The user every saved file must belong to (the build's, when not the worker's).
+    pub owner: Option<u32>,
 }
 
 /// A usable entry.
@@ -139,7 +157,22 @@ fn project_dir(project: &str) -> String {
 impl Caches {
     /// The caches under `work_root/.cache`, deleting through `trash`.
     pub fn new(work_root: &Path, config: CacheConfig, trash: trash::Trash) -> Caches {
-        Caches { root: work_root.join(".cache"), config, trash }
+        let caches = Caches { root: work_root.join(".cache"), config, trash };
+        caches.drop_unfinished();
+        caches
+    }
+
+    /// Moves to the trash what a save that did not finish left (a worker killed mid-save).
+    fn drop_unfinished(&self) {
+        for kind in [Kind::Dependencies, Kind::Output] {
+            let Ok(projects) = fs::read_dir(self.root.join(kind.dir())) else { continue };
+            for project in projects.flatten() {
+                let Ok(entries) = fs::read_dir(project.path()) else { continue };
+                for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".saving-")) {
+                    self.discard(&e.path());
+                }
+            }
+        }
     }
 
     /// Whether caching is on in this worker's configuration.
@@ -168,7 +201,9 @@ impl Caches {
             Some(fresh.to_vec())
         });
         let Some(salt) = salt.and_then(|s| <[u8; 32]>::try_from(s).ok()) else {
-            return "unsalted".into(); // no randomness: a key that never matches an earlier one
+            // No salt: a part that matches no other key (the entry is simply never reused).
+            let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            return format!("unsalted-{}-{}", std::process::id(), nonce.as_nanos());
         };
         blake3::keyed_hash(&salt, secret).to_hex()[..32].to_owned()
     }
@@ -212,18 +247,10 @@ impl Caches {
     }
 
     /// Saves the tree at `src` as the entry of `key` (hard links, then sealed; see
-    /// [`tree`]); an entry another task saved meanwhile is kept. Then evicts down to the cap.
-    #[allow(clippy::too_many_arguments)] // the entry's parts, each needed once
-    pub fn save(
-        &self,
-        kind: Kind,
-        project: &str,
-        key: &Key,
-        task: TaskId,
-        src: &Path,
-        label: &str,
-        mut hashes: Vec<(String, String)>,
-    ) -> io::Result<Record> {
+    /// [`tree`]), refusing anything in it not owned by `owner` (the build's user, when not the
+    /// worker's); an entry another task saved meanwhile is kept. Then evicts down to the cap.
+    pub fn save(&self, kind: Kind, project: &str, key: &Key, src: &Path, meta: EntryMeta) -> io::Result<Record> {
+        let EntryMeta { task, label, mut hashes, environment, owner } = meta;
         hashes.sort();
         let root = self.project_root(kind, project);
         fs::create_dir_all(&root)?;
@@ -233,10 +260,10 @@ impl Caches {
         }
         fs::create_dir(&staging)?;
         let saved = (|| {
-            let listing = tree::link_tree(src, &staging.join(TREE))?;
+            let listing = tree::link_tree(src, &staging.join(TREE), owner)?;
             tree::seal(&staging.join(TREE), &listing, nix::unistd::geteuid().is_root())?;
             let record =
-                Record { key: key.clone(), task, digest: listing.digest(), listing, label: label.to_owned(), hashes };
+                Record { key: key.clone(), task, digest: listing.digest(), listing, label, hashes, environment };
             fs::write(staging.join(RECORD), serde_json::to_vec(&record)?)?;
             Ok::<_, io::Error>(record)
         })();
@@ -328,13 +355,17 @@ impl Caches {
         gone
     }
 
-    /// Removes every entry and mirror; returns how many entries went and their bytes.
-    pub fn clear(&self) -> (usize, u64) {
+    /// Removes every entry and mirror; returns how many entries went and their bytes, or the
+    /// error of what could not be removed.
+    pub fn clear(&self) -> io::Result<(usize, u64)> {
         let entries = self.list();
         for dir in ["deps", "output", "git"] {
             self.discard(&self.root.join(dir));
+            if self.root.join(dir).exists() {
+                return Err(io::Error::other(format!("cannot remove {}", self.root.join(dir).display())));
+            }
         }
-        (entries.len(), entries.iter().map(|e| e.bytes).sum())
+        Ok((entries.len(), entries.iter().map(|e| e.bytes).sum()))
     }
 }
 
@@ -360,7 +391,7 @@ mod tests {
         let key = Key::default().with("lockfile", "package-lock.json 1234").with("node", "v20.1.0");
         assert!(c.lookup(Kind::Dependencies, "@team/site", &key).unwrap().is_none());
         let src = tree_of(&tmp.path().join("src"), 10);
-        c.save(Kind::Dependencies, "@team/site", &key, 7, &src, "", Vec::new()).unwrap();
+        c.save(Kind::Dependencies, "@team/site", &key, &src, EntryMeta { task: 7, ..Default::default() }).unwrap();
         let hit = c.lookup(Kind::Dependencies, "@team/site", &key).unwrap().unwrap();
         assert_eq!((hit.record.task, hit.record.listing.files()), (7, 1));
         assert_eq!(fs::read(hit.tree.join("pkg/index.js")).unwrap().len(), 10);
@@ -379,7 +410,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let c = caches(tmp.path(), 100);
         let key = Key::default().with("tree", "abc");
-        c.save(Kind::Output, "site", &key, 1, &tree_of(&tmp.path().join("src"), 3), "dist", Vec::new()).unwrap();
+        c.save(Kind::Output, "site", &key, &tree_of(&tmp.path().join("src"), 3), EntryMeta::default()).unwrap();
         let record = tmp.path().join(".cache/output/site").join(key.digest()).join(RECORD);
         let mut r: Record = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
         r.listing.items.pop();
@@ -396,7 +427,7 @@ mod tests {
         let keys: Vec<Key> = (0..3).map(|i| Key::default().with("n", i.to_string())).collect();
         for (i, k) in keys.iter().enumerate() {
             let src = tree_of(&tmp.path().join(format!("src{i}")), 400 << 10);
-            c.save(Kind::Dependencies, "site", k, i as i64, &src, "", Vec::new()).unwrap();
+            c.save(Kind::Dependencies, "site", k, &src, EntryMeta { task: i as i64, ..Default::default() }).unwrap();
             // Entry 0 is used again after entry 1 was saved: entry 1 is then the oldest.
             if i == 1 {
                 let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);

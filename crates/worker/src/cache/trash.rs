@@ -52,7 +52,9 @@ impl Trash {
             return;
         }
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{n}", std::process::id());
+        // Unique across restarts too (a worker in a container is always pid 1).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let name = format!("{}-{}-{n}", now.as_nanos(), std::process::id());
         if std::fs::rename(path, self.dir.join(name)).is_err() {
             let _ = std::fs::remove_dir_all(path);
         }

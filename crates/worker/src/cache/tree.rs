@@ -68,9 +68,27 @@ fn rel(path: &Path) -> io::Result<String> {
 }
 
 /// Copies the tree at `src` to `dst` (which must not exist) by hard links, without following
-/// symbolic links (they are copied as links); other kinds of files (sockets, FIFOs) are left
-/// out. Returns what it copied.
-pub fn link_tree(src: &Path, dst: &Path) -> io::Result<Listing> {
+/// symbolic links (they are copied as links, `src` itself must be a real directory); other
+/// kinds of files (sockets, FIFOs) are left out. With `owner`, every file and directory must
+/// belong to that user (the build's): a tree a build left is refused if it holds anything
+/// else (a hard link to a file of the worker's, say), which sealing would otherwise take over.
+/// Called when no build process runs any more, so nothing changes the tree meanwhile. Returns
+/// what it copied.
+pub fn link_tree(src: &Path, dst: &Path, owner: Option<u32>) -> io::Result<Listing> {
+    let top = fs::symlink_metadata(src)?;
+    if !top.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", src.display())));
+    }
+    let foreign = |path: &Path, meta: &fs::Metadata| -> io::Result<()> {
+        match owner {
+            Some(uid) if meta.uid() != uid && !meta.file_type().is_symlink() => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} does not belong to the build's user", path.display()),
+            )),
+            _ => Ok(()),
+        }
+    };
+    foreign(src, &top)?;
     let mut listing = Listing::default();
     fs::create_dir(dst)?;
     let mut stack = vec![std::path::PathBuf::new()];
@@ -81,6 +99,7 @@ pub fn link_tree(src: &Path, dst: &Path) -> io::Result<Listing> {
             let relative = dir.join(child.file_name());
             let (from, to) = (src.join(&relative), dst.join(&relative));
             let meta = fs::symlink_metadata(&from)?;
+            foreign(&from, &meta)?;
             let path = rel(&relative)?;
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&from)?;
@@ -189,7 +208,7 @@ mod tests {
     fn a_tree_is_saved_sealed_and_restored_with_its_links_and_modes() {
         let tmp = tempfile::tempdir().unwrap();
         sample(&tmp.path().join("src"));
-        let listing = link_tree(&tmp.path().join("src"), &tmp.path().join("saved")).unwrap();
+        let listing = link_tree(&tmp.path().join("src"), &tmp.path().join("saved"), None).unwrap();
         assert_eq!((listing.files(), listing.bytes()), (2, 18 + 19));
         seal(&tmp.path().join("saved"), &listing, false).unwrap();
         let mode = fs::metadata(tmp.path().join("src/a/index.js")).unwrap().permissions().mode();
@@ -202,10 +221,23 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_for_the_tree_or_a_file_of_another_user_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        sample(&tmp.path().join("src"));
+        std::os::unix::fs::symlink(tmp.path().join("src"), tmp.path().join("link")).unwrap();
+        let e = link_tree(&tmp.path().join("link"), &tmp.path().join("saved"), None).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(link_tree(&tmp.path().join("src"), &tmp.path().join("saved"), Some(me)).is_ok());
+        let e = link_tree(&tmp.path().join("src"), &tmp.path().join("saved2"), Some(me + 1)).unwrap_err();
+        assert!(e.to_string().contains("does not belong to the build's user"), "{e}");
+    }
+
+    #[test]
     fn a_changed_or_missing_file_stops_the_restore() {
         let tmp = tempfile::tempdir().unwrap();
         sample(&tmp.path().join("src"));
-        let listing = link_tree(&tmp.path().join("src"), &tmp.path().join("saved")).unwrap();
+        let listing = link_tree(&tmp.path().join("src"), &tmp.path().join("saved"), None).unwrap();
         fs::write(tmp.path().join("saved/a/index.js"), "module.exports = 2; // changed").unwrap();
         let e = restore(&tmp.path().join("saved"), &listing, &tmp.path().join("dst"), None).unwrap_err();
         assert!(matches!(&e, RestoreError::Changed(m) if m.contains("a/index.js")), "{e}");

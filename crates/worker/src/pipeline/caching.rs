@@ -9,7 +9,9 @@ use cloudbuild_proto::task::{CacheReport, CacheResult};
 use cloudbuild_proto::text::count;
 
 use super::{Run, StageError};
-use crate::cache::{tree, Entry, Key, Kind};
+use cloudbuild_proto::task::Stage;
+
+use crate::cache::{tree, Entry, EntryMeta, Key, Kind};
 use crate::settings::BuildSettings;
 
 /// What the caches are doing for one run.
@@ -47,6 +49,9 @@ const DEPENDENCY_FIELDS: [&str; 9] = [
     "pnpm",
 ];
 
+/// The project's own scripts an install runs (npm, pnpm and yarn alike).
+const ROOT_INSTALL_SCRIPTS: [&str; 4] = ["preinstall", "install", "postinstall", "prepare"];
+
 /// Package-manager settings files that change how an install resolves or lays out packages.
 const MANAGER_FILES: [&str; 5] = [".npmrc", ".yarnrc", ".yarnrc.yml", "pnpm-workspace.yaml", ".pnpmfile.cjs"];
 
@@ -70,7 +75,7 @@ fn short_hash(bytes: &[u8]) -> String {
 impl Run<'_> {
     /// Whether this run reads or writes the caches at all (the worker's `[cache]`, the task's
     /// `--no-cache`).
-    fn caching(&self) -> bool {
+    pub(super) fn caching(&self) -> bool {
         self.caches.enabled() && (self.a.cache.read || self.a.cache.write)
     }
 
@@ -78,18 +83,14 @@ impl Run<'_> {
         self.reporter.cache(self.cache.report.clone());
     }
 
-    /// The key of the dependencies, or why they cannot be cached.
-    fn dependency_key(&self, s: &BuildSettings, tools: &Tools, install: &str, scripts: &str) -> Result<Key, String> {
-        let lockfile = s.package_manager.lockfile.ok_or("no lockfile")?;
+    /// What decides an install besides the lockfile: the repository, the package manager and
+    /// its settings files, Node, the install command and scripts rule, the secrets the install
+    /// sees (salted hash), the platform, and the dependency fields of `package.json` (not its
+    /// version or scripts: a version bump keeps the cache).
+    fn install_key(&self, s: &BuildSettings, tools: &Tools, install: &str, scripts: &str) -> Key {
         let read = |name: &str| crate::publish::read_checkout_file(&self.checkout.join(name), LOCKFILE_LIMIT);
-        let lock = read(lockfile).map_err(|e| format!("{lockfile} unreadable: {e}"))?;
         let pkg: serde_json::Value =
-            read("package.json").ok().and_then(|t| serde_json::from_str(&t).ok()).ok_or("package.json unreadable")?;
-        if let Some(name) = local_directory_dependency(&pkg) {
-            return Err(format!(
-                "dependency `{name}` is a local directory (`file:`/`link:`), whose contents the lockfile does not pin"
-            ));
-        }
+            read("package.json").ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let fields: Vec<_> = DEPENDENCY_FIELDS.iter().map(|f| pkg.get(f)).collect();
         let mut config = String::new();
         for name in MANAGER_FILES {
@@ -97,29 +98,20 @@ impl Run<'_> {
                 config.push_str(&format!("{name} {} ", short_hash(text.as_bytes())));
             }
         }
-        Ok(Key::default()
-            .with("lockfile", format!("{lockfile} {}", short_hash(lock.as_bytes())))
+        let key = Key::default()
+            .with("repository", self.a.repo.clone())
             .with("package.json dependencies", short_hash(&serde_json::to_vec(&fields).unwrap_or_default()))
             .with("package manager", format!("{} {}", s.package_manager.manager.program(), tools.package_manager))
             .with("package manager config", if config.is_empty() { "none".into() } else { config.trim().to_owned() })
             .with("node", tools.node.clone())
             .with("install command", install)
             .with("install scripts", scripts)
-            .with("platform", format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)))
+            .with("platform", format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
+        self.with_secrets(key, "install secrets", &[Stage::Install])
     }
 
-    /// The key of the output: the commit's tree (every file of the checkout, the lockfile and
-    /// `cloudbuild.toml` included), the dependency key's parts, the commands, the secrets the
-    /// build stages see (salted hash) and this worker's version. Not the environment
-    /// (`CLOUDBUILD_ENV`): the same commit publishes the same output to `test` and `prod`.
-    fn output_key(&self, s: &BuildSettings, deps: &Key) -> Option<Key> {
-        let tree = self.cache.tree.clone()?;
-        let checks: Vec<String> = s.checks.iter().map(|(n, c)| format!("{n}: {c}")).collect();
-        let stages = [
-            cloudbuild_proto::task::Stage::Install,
-            cloudbuild_proto::task::Stage::Check,
-            cloudbuild_proto::task::Stage::Build,
-        ];
+    /// `key` with a salted hash of the secrets `stages` see, when there are any.
+    fn with_secrets(&self, key: Key, part: &str, stages: &[Stage]) -> Key {
         let mut secrets: Vec<(&str, &str)> = self
             .a
             .secrets
@@ -127,18 +119,61 @@ impl Run<'_> {
             .filter(|x| x.stages.iter().any(|st| stages.contains(st)))
             .map(|x| (x.name.as_str(), x.value.as_str()))
             .collect();
+        if secrets.is_empty() {
+            return key;
+        }
         secrets.sort();
-        let mut key = deps
-            .clone()
+        key.with(part, self.caches.salted(&serde_json::to_vec(&secrets).unwrap_or_default()))
+    }
+
+    /// The lockfile part of the keys, or why the dependencies cannot be cached.
+    fn lockfile_part(&self, s: &BuildSettings) -> Result<String, String> {
+        let lockfile = s.package_manager.lockfile.ok_or("no lockfile")?;
+        let lock = crate::publish::read_checkout_file(&self.checkout.join(lockfile), LOCKFILE_LIMIT)
+            .map_err(|e| format!("{lockfile} unreadable: {e}"))?;
+        Ok(format!("{lockfile} {}", short_hash(lock.as_bytes())))
+    }
+
+    /// Why a saved `node_modules` could be wrong for this checkout although the key matches,
+    /// if it could: what the key cannot see.
+    fn dependencies_uncacheable(&self, s: &BuildSettings) -> Option<String> {
+        let pkg: serde_json::Value =
+            crate::publish::read_checkout_file(&self.checkout.join("package.json"), LOCKFILE_LIMIT)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        if let Some(name) = local_directory_dependency(&pkg) {
+            return Some(format!(
+                "dependency `{name}` is a local directory (`file:`/`link:`), whose contents no lockfile pins"
+            ));
+        }
+        if let Some(script) = ROOT_INSTALL_SCRIPTS.iter().find(|n| s.scripts.contains(**n)) {
+            return Some(format!(
+                "the project's own `{script}` script runs at install and may change node_modules from files the key does not cover"
+            ));
+        }
+        if pkg.get("workspaces").is_some() || self.checkout.join("pnpm-workspace.yaml").exists() {
+            return Some("a workspace: the node_modules of its packages are not saved".into());
+        }
+        None
+    }
+
+    /// The key of the output: the commit's tree (every file of the checkout, the lockfile and
+    /// `cloudbuild.toml` included), everything that decides the install, the commands, the
+    /// secrets the build stages see (salted hash) and this worker's version. Not the
+    /// environment's name (`CLOUDBUILD_ENV`): the same commit publishes the same output to
+    /// `test` and `prod`, and a hit from another environment says so.
+    fn output_key(&self, s: &BuildSettings, install: Key, lockfile: &str) -> Option<Key> {
+        let tree = self.cache.tree.clone()?;
+        let checks: Vec<String> = s.checks.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        let key = install
+            .with("lockfile", lockfile)
             .with("tree", tree)
             .with("build command", s.build.clone())
             .with("checks", if checks.is_empty() { "none".into() } else { checks.join("; ") })
             .with("output directory", s.output.clone().unwrap_or_else(|| "dist or build".into()))
             .with("worker", env!("CARGO_PKG_VERSION"));
-        if !secrets.is_empty() {
-            key = key.with("secrets", self.caches.salted(&serde_json::to_vec(&secrets).unwrap_or_default()));
-        }
-        Some(key)
+        Some(self.with_secrets(key, "secrets", &[Stage::Install, Stage::Check, Stage::Build]))
     }
 
     /// Computes the task's keys and looks the output up. Returns after logging what it found.
@@ -151,18 +186,23 @@ impl Run<'_> {
             self.reporter.note(format!("caches: off ({why})"));
             return self.tell();
         }
-        let deps = match self.dependency_key(s, tools, install, scripts) {
-            Ok(k) => Some(k),
-            Err(why) => {
+        let base = self.install_key(s, tools, install, scripts);
+        let lockfile = self.lockfile_part(s);
+        let uncacheable = lockfile.as_ref().err().cloned().or_else(|| self.dependencies_uncacheable(s));
+        self.cache.deps_key = match (uncacheable, s.cache.dependencies) {
+            (Some(why), _) => {
                 self.reporter.note(format!("dependency cache: off ({why})"));
                 None
             }
+            (None, false) => {
+                self.reporter.note("dependency cache: off ([cache] dependencies = false in cloudbuild.toml)");
+                None
+            }
+            (None, true) => lockfile.clone().ok().map(|l| base.clone().with("lockfile", l)),
         };
         // Without a lockfile the output's key still holds: the tree and the tools are in it.
-        let base =
-            deps.clone().unwrap_or_else(|| Key::default().with("lockfile", "none").with("node", tools.node.clone()));
-        let output = if s.cache.output { self.output_key(s, &base) } else { None };
-        self.cache.deps_key = deps.filter(|_| s.cache.dependencies);
+        let lockfile = lockfile.unwrap_or_else(|_| "none".into());
+        let output = if s.cache.output { self.output_key(s, base, &lockfile) } else { None };
         self.cache.output_key = output.clone();
         let Some(key) = output else {
             self.cache.report.output = Some(CacheResult::Off);
@@ -175,11 +215,19 @@ impl Run<'_> {
         let found = if self.a.cache.read { self.lookup_output(&key).await } else { None };
         match found {
             Some(entry) => {
+                let env = self.a.env.as_str();
+                let other = match entry.record.environment.as_str() {
+                    built if built != env && !built.is_empty() => format!(
+                        "; built for {built}: CLOUDBUILD_ENV is not an input, so a build that reads it sets \
+                         [cache] output = false"
+                    ),
+                    _ => String::new(),
+                };
                 self.reporter.note(format!(
-                    "output cache hit: same inputs as task {} (tree {}, lockfile {}, build `{}`)",
+                    "output cache hit: same inputs as task {} (tree {}, {}, build `{}`){other}",
                     entry.record.task,
                     key.0.get("tree").map_or("?", |t| &t[..t.len().min(12)]),
-                    key.0.get("lockfile").map_or("none", String::as_str),
+                    key.0.get("lockfile").map_or("no lockfile", String::as_str),
                     s.build
                 ));
                 self.cache.report.output = Some(CacheResult::Hit);
@@ -221,18 +269,32 @@ impl Run<'_> {
             Ok::<_, std::io::Error>(found == hashes)
         })
         .await;
-        if matches!(checked, Ok(Ok(true))) {
-            return Some(entry);
-        }
         let parent = entry.tree.parent().map(Path::to_path_buf).unwrap_or_default();
-        self.caches.discard(&parent);
-        self.reporter.note("output cache: the saved output does not match its hashes; dropped, building");
-        None
+        if !matches!(checked, Ok(Ok(true))) {
+            self.caches.discard(&parent);
+            self.reporter.note("output cache: the saved output does not match its hashes; dropped, building");
+            return None;
+        }
+        // Linked into the work directory: the entry may be evicted while the task publishes.
+        let (from, to) = (entry.tree.clone(), self.workdir.join("cached-output"));
+        match tokio::task::spawn_blocking(move || tree::link_tree(&from, &to, None).map(|_| to)).await {
+            Ok(Ok(copy)) => Some(Entry { tree: copy, record: entry.record }),
+            _ => {
+                self.reporter.note("output cache: the saved output went away meanwhile; building");
+                None
+            }
+        }
     }
 
     /// Restores the saved `node_modules` when there is one for the task's key; `Ok(true)` when
-    /// it did (then the root project's install scripts have run too).
-    pub(super) async fn restore_dependencies(&mut self, s: &BuildSettings) -> Result<bool, StageError> {
+    /// it did. The task's record is told either way.
+    pub(super) async fn restore_dependencies(&mut self) -> Result<bool, StageError> {
+        let restored = self.try_restore_dependencies().await;
+        self.tell();
+        restored
+    }
+
+    async fn try_restore_dependencies(&mut self) -> Result<bool, StageError> {
         let Some(key) = self.cache.deps_key.clone() else {
             self.cache.report.dependencies = Some(CacheResult::Off);
             return Ok(false);
@@ -249,6 +311,7 @@ impl Run<'_> {
         let (project, branch) = (self.a.name.clone(), self.a.branch.clone());
         let last = self.caches.last_key(Kind::Dependencies, &project, &branch);
         self.caches.remember(Kind::Dependencies, &project, &branch, &key);
+        self.cache.report.dependencies = Some(CacheResult::Miss);
         let entry = match self.caches.lookup(Kind::Dependencies, &project, &key) {
             Ok(Some(entry)) if self.a.cache.read => entry,
             Ok(_) => {
@@ -259,12 +322,10 @@ impl Run<'_> {
                     _ => "nothing saved for this lockfile and toolchain yet".into(),
                 };
                 self.reporter.note(format!("dependency cache miss: {why}"));
-                self.cache.report.dependencies = Some(CacheResult::Miss);
                 return Ok(false);
             }
             Err(why) => {
                 self.reporter.note(format!("dependency cache: the saved node_modules is unusable: {why}"));
-                self.cache.report.dependencies = Some(CacheResult::Miss);
                 return Ok(false);
             }
         };
@@ -279,7 +340,6 @@ impl Run<'_> {
             self.caches.discard(entry.tree.parent().unwrap_or(&entry.tree));
             let t = target.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(t)).await;
-            self.cache.report.dependencies = Some(CacheResult::Miss);
             return Ok(false);
         }
         self.reporter.note(format!(
@@ -290,20 +350,12 @@ impl Run<'_> {
             started.elapsed().as_secs_f64()
         ));
         self.cache.report.dependencies = Some(CacheResult::Hit);
-        self.tell();
-        // What an install would have run of the project's own: its lifecycle scripts.
-        for script in ["preinstall", "install", "postinstall", "prepare"].into_iter().filter(|n| s.scripts.contains(*n))
-        {
-            let argv: Vec<String> = vec![s.package_manager.manager.program().into(), "run".into(), script.into()];
-            self.reporter.note(format!("$ {}", argv.join(" ")));
-            self.exec(cloudbuild_proto::task::Stage::Install, &argv).await?;
-        }
         Ok(true)
     }
 
     fn note_dependencies_off(&mut self, why: &str) {
-        self.reporter.note(format!("dependency cache: off ({why})"));
         self.cache.report.dependencies = Some(CacheResult::Off);
+        self.reporter.note(format!("dependency cache: off ({why})"));
     }
 
     /// Saves the checkout's fresh `node_modules` for later builds (trusted builds only).
@@ -319,10 +371,10 @@ impl Run<'_> {
         }
         let (caches, project, task) = (self.caches.clone(), self.a.name.clone(), self.a.task.task_id);
         let started = Clock::now();
-        let saved = tokio::task::spawn_blocking(move || {
-            caches.save(Kind::Dependencies, &project, &key, task, &src, "node_modules", Vec::new())
-        })
-        .await;
+        let meta =
+            EntryMeta { task, label: "node_modules".into(), owner: self.sandbox.build_uid(), ..Default::default() };
+        let saved =
+            tokio::task::spawn_blocking(move || caches.save(Kind::Dependencies, &project, &key, &src, meta)).await;
         match saved {
             Ok(Ok(r)) => self.reporter.note(format!(
                 "dependency cache: node_modules saved for later builds ({}, {}) in {:.2} s",
@@ -342,10 +394,15 @@ impl Run<'_> {
             return;
         }
         let (caches, project, task) = (self.caches.clone(), self.a.name.clone(), self.a.task.task_id);
-        let (src, label) = (dir.to_owned(), label.to_owned());
-        let saved =
-            tokio::task::spawn_blocking(move || caches.save(Kind::Output, &project, &key, task, &src, &label, hashes))
-                .await;
+        let src = dir.to_owned();
+        let meta = EntryMeta {
+            task,
+            label: label.to_owned(),
+            hashes,
+            environment: self.a.env.as_str().to_owned(),
+            owner: self.sandbox.build_uid(),
+        };
+        let saved = tokio::task::spawn_blocking(move || caches.save(Kind::Output, &project, &key, &src, meta)).await;
         match saved {
             Ok(Ok(_)) => self.reporter.note("output cache: output saved for later builds with the same inputs"),
             Ok(Err(e)) => self.reporter.note(format!("output cache: output not saved: {e}")),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use cloudbuild_proto::task::Stage;
 use cloudbuild_proto::validate::{CommitSha, GitProtocol, GitRef, RepoPolicy, RepoUrl};
 
+use super::mirror::ThroughMirror;
 use super::{Run, StageError, CHECKOUT_DIR};
 use crate::sandbox::Network;
 
@@ -46,15 +47,22 @@ impl Run<'_> {
             git_env.retain(|(k, _)| k != "GIT_CONFIG_GLOBAL");
             git_env.push(("GIT_CONFIG_GLOBAL".to_owned(), format!("{}/gitconfig", crate::sandbox::INSIDE_WORKDIR)));
         }
-        let through_mirror = match self.caches.enabled() {
+        let through_mirror = match self.caching() {
             true => self.checkout_through_mirror(&repo, &branch, pinned.as_ref(), &git_env).await?,
-            false => None,
+            false => ThroughMirror::Direct,
         };
         let (sha, tree) = match through_mirror {
-            Some(found) => (found.sha, found.tree),
-            None => self.clone_directly(&repo, &branch, pinned.as_ref(), &git_env).await?,
+            ThroughMirror::Done(found) => (found.sha, found.tree),
+            ThroughMirror::Direct => self.clone_directly(&repo, &branch, pinned.as_ref(), &git_env).await?,
+            ThroughMirror::FetchFailed(mirror) => {
+                let cloned = self.clone_directly(&repo, &branch, pinned.as_ref(), &git_env).await?;
+                self.reporter.note("git mirror: the repository answered a direct clone, so the mirror was at fault; it is removed (the next build makes a new one)");
+                self.caches.discard(&mirror);
+                cloned
+            }
         };
-        if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let hex = |s: &str| s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(&sha) || !hex(&tree) {
             return Err(StageError::Failed("could not resolve the checked-out commit".into()));
         }
         if pinned.as_ref().is_some_and(|p| p.as_str() != sha) {

@@ -24,9 +24,14 @@ impl Run<'_> {
         };
         self.plan_caches(&s, &tools, &line.to_string(), &scripts).await;
         if let Some(skipped) = self.skipped_by_output_cache() {
+            // The commands it skips must still pass today's policy.
+            self.checked("build command", &s.build)?;
+            for (_, cmd) in &s.checks {
+                self.checked("check command", cmd)?;
+            }
             return Ok(skipped);
         }
-        if self.restore_dependencies(&s).await? {
+        if self.restore_dependencies().await? {
             return Ok("node_modules restored from the dependency cache".into());
         }
         let Some((whose, allowed)) = rule else {

@@ -16,6 +16,23 @@ pub(super) struct Checkout {
     pub(super) tree: String,
 }
 
+/// How `download repo` went through the mirror.
+pub(super) enum ThroughMirror {
+    Done(Checkout),
+    /// Not through the mirror: clone directly (a pinned commit its branch no longer leads to,
+    /// a mirror that failed on this machine and was removed, a lock that could not be taken).
+    Direct,
+    /// Fetching into the mirror failed: clone directly; if that works, the mirror (at this
+    /// path) was at fault and is removed, else the repository was (and the mirror is kept).
+    FetchFailed(PathBuf),
+}
+
+/// Which step of using the mirror failed.
+enum Step {
+    Fetch,
+    Local,
+}
+
 /// Waits for the lock of a mirror (an exclusive `flock` on its lock file), held while the
 /// guard lives. Other tasks of the same repository on this worker wait; a cancelled task stops
 /// waiting (the lock, if taken later, is released at once).
@@ -33,14 +50,14 @@ async fn lock(path: PathBuf) -> std::io::Result<nix::fcntl::Flock<std::fs::File>
 
 impl Run<'_> {
     /// Checks out the task's commit (`pinned`, or the head of `branch`) through the mirror of
-    /// `repo`. `Ok(None)` when the mirror could not be used: the caller clones directly.
+    /// `repo`, or says how the caller should go on without it.
     pub(super) async fn checkout_through_mirror(
         &mut self,
         repo: &RepoUrl,
         branch: &GitRef,
         pinned: Option<&CommitSha>,
         env: &[(String, String)],
-    ) -> Result<Option<Checkout>, StageError> {
+    ) -> Result<ThroughMirror, StageError> {
         let (dir, lock_path) = self.caches.git_mirror(repo.as_str());
         let mut cancel = self.cancel.clone();
         let _lock = tokio::select! {
@@ -48,7 +65,7 @@ impl Run<'_> {
                 Ok(l) => l,
                 Err(e) => {
                     self.reporter.note(format!("git mirror: cannot lock it ({e}); cloning without it"));
-                    return Ok(None);
+                    return Ok(ThroughMirror::Direct);
                 }
             },
             _ = cancel.cancelled() => return Err(StageError::Cancelled),
@@ -57,8 +74,13 @@ impl Run<'_> {
         let result = self.use_mirror(&dir, fresh, repo, branch, pinned, env).await;
         self.mirror = None;
         match result {
-            Ok(found) => Ok(found),
-            Err(StageError::Failed(why)) => {
+            Ok(Some(found)) => Ok(ThroughMirror::Done(found)),
+            Ok(None) => Ok(ThroughMirror::Direct),
+            Err((Step::Fetch, StageError::Failed(why))) => {
+                self.reporter.note(format!("git mirror: fetching into it failed ({}); cloning directly", why.trim()));
+                Ok(ThroughMirror::FetchFailed(dir))
+            }
+            Err((Step::Local, StageError::Failed(why))) => {
                 self.reporter.note(format!(
                     "git mirror failed ({}); it is removed (the next build makes a new one) and the repository cloned",
                     why.trim()
@@ -72,9 +94,9 @@ impl Run<'_> {
                 })
                 .await;
                 self.sandbox.own(&self.checkout).map_err(|e| StageError::Failed(e.to_string()))?;
-                Ok(None)
+                Ok(ThroughMirror::Direct)
             }
-            Err(other) => Err(other),
+            Err((_, other)) => Err(other),
         }
     }
 
@@ -88,7 +110,8 @@ impl Run<'_> {
         branch: &GitRef,
         pinned: Option<&CommitSha>,
         env: &[(String, String)],
-    ) -> Result<Option<Checkout>, StageError> {
+    ) -> Result<Option<Checkout>, (Step, StageError)> {
+        let local = |e| (Step::Local, e);
         // Git sees the mirror at a fixed path in the sandbox, at its own path without one.
         let inside = if self.sandbox.is_on() { INSIDE_GIT_MIRROR.to_owned() } else { dir.display().to_string() };
         let git_dir = format!("--git-dir={inside}");
@@ -97,9 +120,9 @@ impl Run<'_> {
         if fresh {
             std::fs::create_dir_all(dir)
                 .and_then(|()| self.sandbox.own(dir))
-                .map_err(|e| StageError::Failed(format!("cannot create it: {e}")))?;
+                .map_err(|e| local(StageError::Failed(format!("cannot create it: {e}"))))?;
             self.reporter.note("git mirror: none for this repository yet; fetching its history once");
-            self.git(&workdir, env, &["init", "--bare", "--quiet", &inside], Network::None).await?;
+            self.git(&workdir, env, &["init", "--bare", "--quiet", &inside], Network::None).await.map_err(local)?;
         }
         // Tags as well as branches: the refspec's source is resolved as `git fetch` does.
         let refname = format!("refs/cloudbuild/{branch}");
@@ -107,7 +130,7 @@ impl Run<'_> {
         let net = self.git_network();
         let fetch =
             [&git_dir, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
-        self.git(&workdir, env, &fetch, net).await?;
+        self.git(&workdir, env, &fetch, net).await.map_err(|e| (Step::Fetch, e))?;
         if let Some(sha) = pinned {
             // The mirror keeps what the repository may have dropped (a force-pushed commit):
             // it serves a pinned commit only while the branch still leads to it.
@@ -122,10 +145,10 @@ impl Run<'_> {
         }
         let wanted = pinned.map_or(refname.clone(), |p| p.as_str().to_owned());
         let resolve = [git_dir.as_str(), "rev-parse", &format!("{wanted}^{{commit}}"), &format!("{wanted}^{{tree}}")];
-        let found = self.git_output(&workdir, env, &resolve).await?;
+        let found = self.git_output(&workdir, env, &resolve).await.map_err(local)?;
         let mut lines = found.lines().map(str::trim);
         let (Some(sha), Some(tree)) = (lines.next(), lines.next()) else {
-            return Err(StageError::Failed("git did not resolve the commit in the mirror".into()));
+            return Err(local(StageError::Failed("git did not resolve the commit in the mirror".into())));
         };
         let (sha, tree) = (sha.to_owned(), tree.to_owned());
         // The checkout takes only that commit's objects from the mirror, which it reads only.
@@ -135,11 +158,11 @@ impl Run<'_> {
         local_env.retain(|(k, _)| k != "GIT_ALLOW_PROTOCOL");
         local_env.push(("GIT_ALLOW_PROTOCOL".into(), "file".into()));
         let url = format!("file://{inside}");
-        self.git(&src, &local_env, &["init", "--quiet"], Network::None).await?;
+        self.git(&src, &local_env, &["init", "--quiet"], Network::None).await.map_err(local)?;
         let take = ["fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", &url, &sha];
-        self.git(&src, &local_env, &take, Network::None).await?;
+        self.git(&src, &local_env, &take, Network::None).await.map_err(local)?;
         let checkout = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &sha];
-        self.git(&src, &local_env, &checkout, Network::None).await?;
+        self.git(&src, &local_env, &checkout, Network::None).await.map_err(local)?;
         Ok(Some(Checkout { sha, tree }))
     }
 }

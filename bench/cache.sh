@@ -122,12 +122,16 @@ small() { # name, manager
   case $pm in pnpm) pnpm install --silent --lockfile-only >/dev/null ;; yarn) yarn install --silent --mode update-lockfile >/dev/null 2>&1 || yarn install --silent >/dev/null; rm -rf node_modules ;; esac
   project "$name" "$dir"
   publish
+  # Its floor: the build alone, by hand, in an installed checkout.
+  git clone -q "file://$tmp/$name.git" "$tmp/hand-$name" && cd "$tmp/hand-$name" && "$pm" install --silent >/dev/null 2>&1
 }
+small_floor() { cd "$tmp/hand-small-$pm" && rm -rf dist && local t0; t0=$(now); "$pm" run --silent build >/dev/null; echo "$(since "$t0") - - - -" >"$tmp/result"; }
 for pm in pnpm yarn; do
   small "small-$pm" "$pm"
   sc() { cd "$tmp/small-$pm"; echo "// $RANDOM$RANDOM" >> build.js; commit source; publish; }
   sm() { cd "$tmp/small-$pm"; n=$((n + 1)); publish --env "${envs[$((n % 2))]}" --force; }
   vb() { cd "$tmp/small-$pm"; bump=$((bump + 1)); node -e "const f='package.json',p=JSON.parse(require('fs').readFileSync(f));p.version='1.0.$bump';require('fs').writeFileSync(f,JSON.stringify(p))"; commit v; publish; }
+  measure "$pm: by hand, build alone (the floor)" small_floor
   measure "$pm: one source file changed" sc
   measure "$pm: the same commit again" sm
   measure "$pm: after a version bump only" vb
@@ -137,8 +141,9 @@ printf '| case | whole task (s) | install (s) | build (s) | dependencies | outpu
 for c in "by hand: clone + npm ci (warm npm cache) + build" "by hand: build alone (the floor)" \
   "publish, cold worker (no caches)" "publish, one source file changed" "publish of the same commit again" \
   "publish after a version bump only" "publish, lockfile changed (one dependency bumped)" \
-  "pnpm: one source file changed" "pnpm: the same commit again" "pnpm: after a version bump only" \
-  "yarn: one source file changed" "yarn: the same commit again" "yarn: after a version bump only"; do
+  "pnpm: by hand, build alone (the floor)" "pnpm: one source file changed" "pnpm: the same commit again" \
+  "pnpm: after a version bump only" "yarn: by hand, build alone (the floor)" "yarn: one source file changed" \
+  "yarn: the same commit again" "yarn: after a version bump only"; do
   printf '| %s | %s | %s | %s | %s | %s |\n' "$c" "${whole[$c]}" "${install[$c]}" "${build[$c]}" "${deps[$c]}" "${output[$c]}"
 done
 echo "(runs: $runs, median; $(node --version), npm $(npm --version), pnpm $(pnpm --version), yarn $(yarn --version))"

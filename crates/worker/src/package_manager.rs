@@ -24,11 +24,25 @@ pub struct Detected {
     pub locked: bool,
     /// That lockfile's name (`package-lock.json`), when there.
     pub lockfile: Option<&'static str>,
+    /// The major version `packageManager` declares (`pnpm@9.15.9` → 9), when it decided.
+    pub declared_major: Option<u32>,
     /// What decided it, for the build log: "pnpm-lock.yaml", "packageManager pnpm@9.1.0", ...
     pub reason: String,
 }
 
 impl PackageManager {
+    /// Whether `installed` (what `<program> --version` printed) can run a project that
+    /// declares major version `declared`, or yarn berry's: a yarn 1 must not install a yarn 4
+    /// project (it would not read its lockfile), nor pnpm 8 a pnpm 9 lockfile.
+    pub fn runs(self, installed: &str, declared: Option<u32>) -> bool {
+        let major: Option<u32> = installed.trim().split('.').next().and_then(|m| m.parse().ok());
+        match (major, declared) {
+            (Some(have), Some(want)) => have == want,
+            (Some(have), None) => self != PackageManager::YarnBerry || have >= 2,
+            (None, _) => false,
+        }
+    }
+
     /// The program that runs it.
     pub fn program(self) -> &'static str {
         match self {
@@ -86,8 +100,10 @@ pub fn detect(dir: &Path, package_manager: Option<&str>) -> Detected {
             "yarn" => PackageManager::YarnBerry,
             _ => return None,
         };
-        Some((manager, format!("packageManager {}", field.split('+').next().unwrap_or(field))))
+        Some((manager, format!("packageManager {}", field.split('+').next().unwrap_or(field)), major))
     });
+    let declared_major = declared.as_ref().map(|d| d.2);
+    let declared = declared.map(|(m, r, _)| (m, r));
     let has = |file: &str| dir.join(file).is_file();
     let (manager, reason) = declared.unwrap_or_else(|| {
         if has("pnpm-lock.yaml") {
@@ -103,7 +119,7 @@ pub fn detect(dir: &Path, package_manager: Option<&str>) -> Detected {
         }
     });
     let lockfile = manager.lockfiles().iter().find(|f| has(f)).copied();
-    Detected { manager, locked: lockfile.is_some(), lockfile, reason }
+    Detected { manager, locked: lockfile.is_some(), lockfile, reason, declared_major }
 }
 
 #[cfg(test)]
@@ -144,6 +160,20 @@ mod tests {
         // Not a manager we run, or not a version: the lockfile decides.
         assert_eq!(detected(&["yarn.lock"], Some("bun@1.0.0")).0, Yarn);
         assert_eq!(detected(&["pnpm-lock.yaml"], Some("pnpm")).0, Pnpm);
+    }
+
+    #[test]
+    fn an_installed_manager_of_another_major_version_does_not_run_the_project() {
+        use PackageManager::*;
+        assert!(Pnpm.runs("9.15.9\n", Some(9)));
+        assert!(!Pnpm.runs("8.6.0", Some(9)));
+        assert!(!YarnBerry.runs("1.22.22", Some(4)));
+        assert!(!YarnBerry.runs("1.22.22", None), "yarn.lock with .yarnrc.yml is yarn 2+");
+        assert!(Yarn.runs("1.22.22", None) && Npm.runs("10.8.2", None));
+        assert!(!Npm.runs("not a version", None));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(detect(dir.path(), Some("yarn@4.5.0+sha224.abc")).declared_major, Some(4));
+        assert_eq!(detect(dir.path(), None).declared_major, None);
     }
 
     #[test]

@@ -161,6 +161,19 @@ fn saved_node_modules_are_restored_sealed_against_builds_and_missed_by_their_key
     assert_eq!(second.cache.as_ref().and_then(|c| c.dependencies), Some(CacheResult::Hit));
     assert_eq!(get_text(&second.url.unwrap()).1, "dep 1.0.0;; refused: EACCES", "the saved tree is unchanged");
 
+    // Another install command: a miss that names it.
+    repo.commit(&[("cloudbuild.toml", "[build]\ninstall = \"npm install\"\n")], "install");
+    let (_, log) = publish(&srv, &body);
+    assert!(
+        log.contains(
+            "dependency cache miss: changed since the last build of main: install command (npm ci → npm install)"
+        ),
+        "{log}"
+    );
+    repo.commit(&[("cloudbuild.toml", "")], "install back");
+    let (_, log) = publish(&srv, &body);
+    assert!(log.contains("dependency cache hit"), "the first key's tree again:\n{log}");
+
     // A dependency bumped: the lockfile changed, which the miss names.
     depend_on(&repo, "deps-site", "1.0.1");
     let (third, log) = publish(&srv, &body);

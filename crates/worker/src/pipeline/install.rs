@@ -60,10 +60,10 @@ impl Run<'_> {
     /// is not installed on this worker fails the stage, saying so.
     async fn tool_versions(&mut self, detected: &Detected) -> Result<Tools, StageError> {
         let program = detected.manager.program();
-        let env = self.env.clone();
-        let mut pm_version = String::new();
-        let asked = [program.to_owned(), "--version".to_owned()];
-        if self.run_in_checkout(Stage::Install, &asked, &env, Some(&mut pm_version)).await.is_err() {
+        // pnpm and yarn may answer for the checkout (a yarn berry `yarnPath`, pnpm's managed
+        // versions); npm and node do not, so theirs are asked once per installed binary.
+        let memo = detected.manager == PackageManager::Npm;
+        let Ok(pm_version) = self.version_of(program, memo).await else {
             let hint = match detected.manager {
                 PackageManager::Npm => "npm comes with Node.js".to_owned(),
                 other => format!("install it on the worker (`npm install -g {}`) or enable corepack", other.program()),
@@ -72,10 +72,17 @@ impl Run<'_> {
                 "the project uses {program} ({}), which does not run on this worker: {hint}",
                 detected.reason
             )));
+        };
+        if !detected.manager.runs(&pm_version, detected.declared_major) {
+            let want = detected.declared_major.map_or("2 or later".to_owned(), |m| m.to_string());
+            return Err(StageError::Failed(format!(
+                "the project needs {program} {want} ({}), but this worker has {program} {}: install that version on \
+                 the worker (`npm install -g {program}@{want}`, or enable corepack)",
+                detected.reason,
+                pm_version.trim()
+            )));
         }
-        let mut node_version = String::new();
-        let node = ["node".to_owned(), "--version".to_owned()];
-        self.run_in_checkout(Stage::Install, &node, &env, Some(&mut node_version)).await?;
+        let node_version = self.version_of("node", true).await?;
         let tools = Tools { package_manager: pm_version.trim().to_owned(), node: node_version.trim().to_owned() };
         self.reporter.note(format!(
             "package manager: {program} {} ({}); Node {}",
@@ -83,4 +90,31 @@ impl Run<'_> {
         ));
         Ok(tools)
     }
+
+    /// What `<program> --version` prints in the sandbox, in the checkout; with `memo`, asked
+    /// once per installed binary (the file it resolves to on `PATH`, with its size and time).
+    async fn version_of(&mut self, program: &str, memo: bool) -> Result<String, StageError> {
+        let path = self.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+        let stamp = memo.then(|| binary_stamp(program, &path)).flatten();
+        if let Some(known) = stamp.as_ref().and_then(|s| self.versions.get(s)) {
+            return Ok(known);
+        }
+        let (env, mut version) = (self.env.clone(), String::new());
+        let asked = [program.to_owned(), "--version".to_owned()];
+        self.run_in_checkout(Stage::Install, &asked, &env, Some(&mut version)).await?;
+        if let Some(stamp) = stamp {
+            self.versions.put(stamp, version.clone());
+        }
+        Ok(version)
+    }
+}
+
+/// The file `program` resolves to on `path` (symbolic links followed), with its size and
+/// modification time: a new install of it changes the stamp.
+fn binary_stamp(program: &str, path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let file = path.split(':').map(|dir| std::path::Path::new(dir).join(program)).find(|p| p.is_file())?;
+    let real = file.canonicalize().ok()?;
+    let meta = real.metadata().ok()?;
+    Some(format!("{}:{}:{}:{}", real.display(), meta.len(), meta.mtime(), meta.mtime_nsec()))
 }

@@ -41,6 +41,21 @@ pub struct Pipeline {
     trash: Trash,
     /// Deletes what is in the trash while no task runs; stops with the pipeline.
     _sweeper: std::sync::Arc<AbortOnDropHandle<()>>,
+    versions: Versions,
+}
+
+/// Versions tools printed, by the stamp of their binary (see `install.rs`).
+#[derive(Debug, Clone, Default)]
+struct Versions(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>);
+
+impl Versions {
+    fn get(&self, stamp: &str) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(stamp).cloned()
+    }
+
+    fn put(&self, stamp: String, version: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(stamp, version);
+    }
 }
 
 impl Pipeline {
@@ -50,7 +65,8 @@ impl Pipeline {
     pub fn new(sandbox: Sandbox, work_root: &Path, cache: CacheConfig) -> Pipeline {
         let trash = Trash::new(work_root);
         let sweeper = std::sync::Arc::new(AbortOnDropHandle::new(trash.spawn_sweeper()));
-        Pipeline { sandbox, caches: Caches::new(work_root, cache, trash.clone()), trash, _sweeper: sweeper }
+        let caches = Caches::new(work_root, cache, trash.clone());
+        Pipeline { sandbox, caches, trash, _sweeper: sweeper, versions: Versions::default() }
     }
 }
 
@@ -116,6 +132,7 @@ struct Run<'a> {
     cache: caching::CacheState,
     /// The git mirror git may see now, and whether it may write it (`download repo` only).
     mirror: Option<(PathBuf, bool)>,
+    versions: Versions,
 }
 
 impl Run<'_> {
@@ -433,6 +450,7 @@ impl Executor for Pipeline {
             caches: self.caches.clone(),
             cache: Default::default(),
             mirror: None,
+            versions: self.versions.clone(),
         };
         let outcome = pipeline(&mut run, &ctx).await;
         reporter.flush();

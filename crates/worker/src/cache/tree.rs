@@ -9,7 +9,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -79,44 +79,95 @@ pub fn link_tree(src: &Path, dst: &Path, owner: Option<u32>) -> io::Result<Listi
     if !top.is_dir() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", src.display())));
     }
-    let foreign = |path: &Path, meta: &fs::Metadata| -> io::Result<()> {
-        match owner {
-            Some(uid) if meta.uid() != uid && !meta.file_type().is_symlink() => Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("{} does not belong to the build's user", path.display()),
-            )),
-            _ => Ok(()),
-        }
-    };
-    foreign(src, &top)?;
-    let mut listing = Listing::default();
+    check_owner(owner, src, &top)?;
     fs::create_dir(dst)?;
-    let mut stack = vec![std::path::PathBuf::new()];
-    while let Some(dir) = stack.pop() {
-        let mut children: Vec<_> = fs::read_dir(src.join(&dir))?.collect::<Result<_, _>>()?;
-        children.sort_by_key(|e| e.file_name());
-        for child in children {
-            let relative = dir.join(child.file_name());
-            let (from, to) = (src.join(&relative), dst.join(&relative));
-            let meta = fs::symlink_metadata(&from)?;
-            foreign(&from, &meta)?;
-            let path = rel(&relative)?;
-            if meta.file_type().is_symlink() {
-                let target = fs::read_link(&from)?;
-                std::os::unix::fs::symlink(&target, &to)?;
-                listing.items.push(Item::Symlink { path, target: rel(&target)? });
-            } else if meta.is_dir() {
-                fs::create_dir(&to)?;
-                listing.items.push(Item::Dir { path });
-                stack.push(relative);
-            } else if meta.is_file() {
-                fs::hard_link(&from, &to)?;
-                let executable = meta.permissions().mode() & 0o111 != 0;
-                listing.items.push(Item::File { path, size: meta.len(), mtime_ns: mtime_ns(&meta), executable });
-            }
+    let mut children: Vec<PathBuf> =
+        fs::read_dir(src)?.map(|e| e.map(|e| PathBuf::from(e.file_name()))).collect::<Result<_, _>>()?;
+    children.sort();
+    let halves = in_two(children.into_iter().enumerate().map(|(i, c)| (i % 2, c)));
+    let [a, b] = both(halves, |roots| link_walk(src, dst, roots, owner))?;
+    Ok(Listing { items: a.into_iter().chain(b).collect() })
+}
+
+/// With `owner`, refuses what is not that user's (symbolic links aside).
+fn check_owner(owner: Option<u32>, path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    match owner {
+        Some(uid) if meta.uid() != uid && !meta.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} does not belong to the build's user", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Links the subtrees at `roots` (paths relative to `src`), each a directory before what is in it.
+fn link_walk(src: &Path, dst: &Path, roots: Vec<PathBuf>, owner: Option<u32>) -> io::Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let mut pending: Vec<PathBuf> = roots.into_iter().rev().collect();
+    while let Some(relative) = pending.pop() {
+        let (from, to) = (src.join(&relative), dst.join(&relative));
+        let meta = fs::symlink_metadata(&from)?;
+        check_owner(owner, &from, &meta)?;
+        let path = rel(&relative)?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&from)?;
+            std::os::unix::fs::symlink(&target, &to)?;
+            items.push(Item::Symlink { path, target: rel(&target)? });
+        } else if meta.is_dir() {
+            fs::create_dir(&to)?;
+            items.push(Item::Dir { path });
+            let mut children: Vec<PathBuf> =
+                fs::read_dir(&from)?.map(|e| e.map(|e| relative.join(e.file_name()))).collect::<Result<_, _>>()?;
+            children.sort();
+            pending.extend(children.into_iter().rev());
+        } else if meta.is_file() {
+            fs::hard_link(&from, &to)?;
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            items.push(Item::File { path, size: meta.len(), mtime_ns: mtime_ns(&meta), executable });
         }
     }
-    Ok(listing)
+    Ok(items)
+}
+
+/// Splits `(half, value)` pairs into two lists.
+fn in_two<T>(tagged: impl Iterator<Item = (usize, T)>) -> [Vec<T>; 2] {
+    let mut halves = [Vec::new(), Vec::new()];
+    for (half, value) in tagged {
+        halves[half % 2].push(value);
+    }
+    halves
+}
+
+/// Runs `work` on both halves at once, on two threads: linking, sealing and restoring are
+/// tens of thousands of system calls, which two cores share.
+fn both<T: Send, R: Send>(halves: [Vec<T>; 2], work: impl Fn(Vec<T>) -> io::Result<R> + Sync) -> io::Result<[R; 2]> {
+    let [first, second] = halves;
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| work(second));
+        let mine = work(first);
+        let theirs = other.join().map_err(|_| io::Error::other("a worker thread panicked"))?;
+        Ok([mine?, theirs?])
+    })
+}
+
+/// The first component of an item's path: items under one stay on one thread (a directory
+/// is made before what is in it).
+fn top_of(item: &Item) -> &str {
+    let path = match item {
+        Item::Dir { path } | Item::File { path, .. } | Item::Symlink { path, .. } => path,
+    };
+    path.split('/').next().unwrap_or(path)
+}
+
+/// Splits items into two halves by their top-level name, keeping each half in order.
+fn halves_by_top(items: &[Item]) -> [Vec<&Item>; 2] {
+    let mut side = std::collections::HashMap::new();
+    let mut counts = [0usize; 2];
+    in_two(items.iter().map(|item| {
+        let half = *side.entry(top_of(item)).or_insert_with(|| if counts[0] <= counts[1] { 0 } else { 1 });
+        counts[half] += 1;
+        (half, item)
+    }))
 }
 
 /// Makes a saved tree the worker's (when it is root) and read-only: its files, and so every
@@ -124,22 +175,25 @@ pub fn link_tree(src: &Path, dst: &Path, owner: Option<u32>) -> io::Result<Listi
 /// change, so the listing stays true.
 pub fn seal(root: &Path, listing: &Listing, privileged: bool) -> io::Result<()> {
     let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-    for item in &listing.items {
-        let path = root.join(match item {
-            Item::Dir { path } | Item::File { path, .. } | Item::Symlink { path, .. } => path,
-        });
-        match item {
-            Item::File { executable, .. } => {
-                if privileged {
-                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+    both(halves_by_top(&listing.items), |items| {
+        for item in items {
+            let path = root.join(match item {
+                Item::Dir { path } | Item::File { path, .. } | Item::Symlink { path, .. } => path,
+            });
+            match item {
+                Item::File { executable, .. } => {
+                    if privileged {
+                        std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                    }
+                    fs::set_permissions(&path, fs::Permissions::from_mode(if *executable { 0o555 } else { 0o444 }))?;
                 }
-                fs::set_permissions(&path, fs::Permissions::from_mode(if *executable { 0o555 } else { 0o444 }))?;
+                Item::Dir { .. } if privileged => std::os::unix::fs::chown(&path, Some(uid), Some(gid))?,
+                Item::Symlink { .. } if privileged => std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?,
+                _ => {}
             }
-            Item::Dir { .. } if privileged => std::os::unix::fs::chown(&path, Some(uid), Some(gid))?,
-            Item::Symlink { .. } if privileged => std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?,
-            _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -167,28 +221,39 @@ pub fn restore(saved: &Path, listing: &Listing, dst: &Path, owner: Option<u32>) 
     };
     fs::create_dir(dst)?;
     give(dst, false)?;
-    for item in &listing.items {
-        match item {
-            Item::Dir { path } => {
-                let to = dst.join(path);
-                fs::create_dir(&to)?;
-                give(&to, false)?;
-            }
-            Item::Symlink { path, target } => {
-                let to = dst.join(path);
-                std::os::unix::fs::symlink(target, &to)?;
-                give(&to, true)?;
-            }
-            Item::File { path, size, mtime_ns: mtime, .. } => {
-                let from = saved.join(path);
-                let meta = fs::symlink_metadata(&from).map_err(|e| RestoreError::Changed(format!("{path}: {e}")))?;
-                if !meta.is_file() || meta.len() != *size || mtime_ns(&meta) != *mtime {
-                    return Err(RestoreError::Changed(format!("{path} is not the file that was saved")));
+    let changed = std::sync::Mutex::new(None);
+    let restored = both(halves_by_top(&listing.items), |items| {
+        for item in items {
+            match item {
+                Item::Dir { path } => {
+                    let to = dst.join(path);
+                    fs::create_dir(&to)?;
+                    give(&to, false)?;
                 }
-                fs::hard_link(&from, dst.join(path))?;
+                Item::Symlink { path, target } => {
+                    let to = dst.join(path);
+                    std::os::unix::fs::symlink(target, &to)?;
+                    give(&to, true)?;
+                }
+                Item::File { path, size, mtime_ns: mtime, .. } => {
+                    let from = saved.join(path);
+                    let same = fs::symlink_metadata(&from)
+                        .map(|m| m.is_file() && m.len() == *size && mtime_ns(&m) == *mtime)
+                        .unwrap_or(false);
+                    if !same {
+                        *changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
+                        return Err(io::Error::other("changed"));
+                    }
+                    fs::hard_link(&from, dst.join(path))?;
+                }
             }
         }
+        Ok(())
+    });
+    if let Some(path) = changed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(RestoreError::Changed(format!("{path} is not the file that was saved")));
     }
+    restored?;
     Ok(())
 }
 

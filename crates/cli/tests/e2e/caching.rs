@@ -50,6 +50,8 @@ fn the_same_inputs_reuse_the_output_and_a_miss_names_the_input_that_changed() {
     assert_eq!(first.cache.as_ref().and_then(|c| c.output), Some(CacheResult::Miss));
     // No lockfile: nothing decides node_modules, so it is not cached.
     assert!(log.contains("dependency cache: off (no lockfile)"), "{log}");
+    // Where the package managers keep their caches is said in ways npm does not warn about.
+    assert!(log.contains("$ npm install") && !log.contains("Unknown env config"), "{log}");
 
     // The same commit again, to the other environment: the saved output, no install, no build.
     let mut prod = body.clone();

@@ -458,9 +458,12 @@ impl Jail {
         if let Some(cache) = c.npm_cache {
             a.bind("--bind", cache, Path::new(INSIDE_NPM_CACHE));
             a.push(&["--setenv", "npm_config_cache", INSIDE_NPM_CACHE]);
-            // pnpm's store and yarn's caches there too, so that they outlive the task's HOME.
+            // pnpm's store and yarn's caches there too, so that they outlive the task's HOME
+            // (pnpm's under XDG_DATA_HOME: `npm_config_store_dir` would make npm warn about an
+            // unknown setting in every build).
             for (key, dir) in [
-                ("npm_config_store_dir", "pnpm-store"),
+                ("XDG_DATA_HOME", "xdg-data"),
+                ("XDG_CACHE_HOME", "xdg-cache"),
                 ("YARN_CACHE_FOLDER", "yarn"),
                 ("YARN_GLOBAL_FOLDER", "yarn-berry"),
             ] {

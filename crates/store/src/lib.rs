@@ -12,6 +12,7 @@ mod sqlite;
 
 use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, WireEvent};
+use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
@@ -343,6 +344,18 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_secret(&self, project: &str, env: Environment, name: &str) -> Result<bool>;
     /// A project's secrets, every environment, by environment then name.
     async fn list_secrets(&self, project: &str) -> Result<Vec<StoredSecret>>;
+
+    /// Registers a project unless one of its name exists (atomically: of two servers
+    /// registering one name, one wins); false if it existed.
+    async fn create_project(&self, project: &Project) -> Result<bool>;
+    /// The project of that name, if registered.
+    async fn get_project(&self, name: &str) -> Result<Option<Project>>;
+    /// Every project, by name.
+    async fn list_projects(&self) -> Result<Vec<Project>>;
+    /// Replaces a registered project's record; false if it is not registered.
+    async fn update_project(&self, project: &Project) -> Result<bool>;
+    /// Removes a project's record (not its releases or sites); false if there was none.
+    async fn delete_project(&self, name: &str) -> Result<bool>;
 
     /// Takes (or, for the same `holder`, extends) a lock shared by every server on this store,
     /// expiring after `ttl` unless extended; false while another holder has it. A single-server

@@ -135,6 +135,7 @@ async fn all_stories(store: &dyn Store) {
     worker_story(store).await;
     holder_story(store).await;
     secret_story(store).await;
+    project_story(store).await;
 }
 
 /// Only the worker holding a task's lease changes it: another worker's messages are refused
@@ -276,6 +277,38 @@ async fn worker_story(store: &dyn Store) {
     let tokens = store.list_worker_tokens().await.unwrap();
     assert_eq!(tokens.len(), 1);
     assert!(tokens[0].revoked_at.is_some());
+}
+
+/// A project's name is registered once; its record is replaced only while it exists.
+async fn project_story(store: &dyn Store) {
+    use cloudbuild_proto::project::{Project, Visibility};
+    let project = |name: &str, repo: &str| Project {
+        name: name.into(),
+        repo: format!("https://{repo}.git"),
+        repo_identity: repo.into(),
+        default_branch: "main".into(),
+        visibility: Visibility::Private,
+        created_by: "alice".into(),
+        created_at: Timestamp(1),
+        updated_at: Timestamp(1),
+    };
+    let site = project("@team/site", "github.com/team/site");
+    assert!(store.create_project(&site).await.unwrap());
+    assert!(!store.create_project(&project("@team/site", "github.com/other/site")).await.unwrap(), "once");
+    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(site.clone()), "the first one stays");
+    assert!(store.create_project(&project("blog", "gitlab.com/a/blog")).await.unwrap());
+    let names: Vec<String> = store.list_projects().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["@team/site", "blog"]);
+    let mut edited = site.clone();
+    edited.default_branch = "release".into();
+    edited.visibility = Visibility::Internal;
+    assert!(store.update_project(&edited).await.unwrap());
+    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited));
+    assert!(!store.update_project(&project("ghost", "x.org/y")).await.unwrap(), "no record appears by an update");
+    assert_eq!(store.get_project("ghost").await.unwrap(), None);
+    assert!(store.delete_project("blog").await.unwrap());
+    assert!(!store.delete_project("blog").await.unwrap());
+    assert_eq!(store.list_projects().await.unwrap().len(), 1);
 }
 
 /// Secrets are kept per project and environment, replaced by name, listed in order.

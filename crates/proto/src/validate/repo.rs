@@ -194,6 +194,25 @@ impl RepoUrl {
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
     }
+
+    /// The repository it names, whatever the transport: `github.com/org/site` for
+    /// `https://github.com/org/site.git`, `ssh://git@github.com/org/site` and
+    /// `git@github.com:org/site.git` alike (host in lower case, no port, user, `.git` or
+    /// trailing `/`); `file:/srv/git/site` for a local one. Two URLs of one repository have
+    /// the same identity, which is what a project is bound to.
+    pub fn identity(&self) -> String {
+        let trim = |p: &str| p.trim_end_matches('/').trim_end_matches(".git").trim_matches('/').to_owned();
+        match (&self.host, self.protocol) {
+            (None, _) => format!("file:{}", trim(self.local_path().unwrap_or_default())),
+            (Some(host), _) => {
+                let path = match self.raw.split_once("://") {
+                    Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+                    None => self.raw.split_once(':').map_or("", |(_, p)| p), // scp-like
+                };
+                format!("{host}/{}", trim(path))
+            }
+        }
+    }
 }
 
 impl fmt::Display for RepoUrl {
@@ -292,6 +311,24 @@ fn is_internal_v4(v4: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_urls_of_one_repository_have_one_identity() {
+        let p = open_policy();
+        let id = |s: &str| RepoUrl::parse(s, &p).unwrap().identity();
+        let same = [
+            "https://github.com/org/site.git",
+            "ssh://git@github.com/org/site",
+            "git@GitHub.com:org/site.git",
+            "https://github.com:443/org/site/",
+        ];
+        for url in same {
+            assert_eq!(id(url), "github.com/org/site", "{url}");
+        }
+        assert_ne!(id("https://github.com/org/site-2.git"), "github.com/org/site");
+        assert_ne!(id("https://gitlab.com/org/site.git"), "github.com/org/site");
+        assert_eq!(id("file:///srv/git/site.git"), "file:srv/git/site");
+    }
 
     fn open_policy() -> RepoPolicy {
         RepoPolicy {

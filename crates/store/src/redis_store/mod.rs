@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
+use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
@@ -37,6 +38,7 @@ use tokio::sync::broadcast;
 mod cas;
 mod keys;
 mod notices;
+mod projects;
 mod releases;
 mod scripts;
 mod secrets;
@@ -450,6 +452,26 @@ impl Store for RedisStore {
 
     async fn list_secrets(&self, project: &str) -> Result<Vec<StoredSecret>> {
         secrets::list(self, project).await
+    }
+
+    async fn create_project(&self, project: &Project) -> Result<bool> {
+        projects::create(self, project).await
+    }
+
+    async fn get_project(&self, name: &str) -> Result<Option<Project>> {
+        projects::get(self, name).await
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        projects::list(self).await
+    }
+
+    async fn update_project(&self, project: &Project) -> Result<bool> {
+        projects::update(self, project).await
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<bool> {
+        projects::delete(self, name).await
     }
 
     async fn extend_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {

@@ -12,7 +12,9 @@
 //! every 4 MiB of WAL), a build printing 20 MB stalled its own log five times.
 
 mod batch;
+mod projects;
 mod releases;
+mod rows;
 mod secrets;
 
 use std::path::Path;
@@ -21,9 +23,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
-use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
+use cloudbuild_proto::project::Project;
+use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+pub(super) use rows::{split_labels, task_from_row, TASK_COLUMNS};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -110,56 +114,6 @@ impl SqliteStore {
         let checkpoints = Checkpoints(tokio::spawn(checkpoint_in_background(opts.connect().await?)));
         Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), reader, _checkpoints: Arc::new(checkpoints) })
     }
-}
-
-pub(super) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels, no_cache, cache";
-
-pub(super) fn task_from_row(row: &SqliteRow) -> Result<Task> {
-    let bad = |what: &str, v: &str| StoreError::Corrupt(format!("{what} `{v}` in the tasks table"));
-    let env: String = row.try_get("env")?;
-    let trigger: String = row.try_get("trigger_kind")?;
-    let state: String = row.try_get("state")?;
-    let stage: Option<String> = row.try_get("stage")?;
-    let stage = match stage {
-        Some(s) => Some(Stage::from_action(&s).ok_or_else(|| bad("stage", &s))?),
-        None => None,
-    };
-    Ok(Task {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        version: row.try_get("version")?,
-        repo: row.try_get("repo")?,
-        branch: row.try_get("branch")?,
-        commit: row.try_get("commit_sha")?,
-        build_cmd: row.try_get("build_cmd")?,
-        env: Environment::parse(&env).ok_or_else(|| bad("env", &env))?,
-        trigger: Trigger::parse(&trigger).ok_or_else(|| bad("trigger", &trigger))?,
-        force: row.try_get::<i64, _>("force")? != 0,
-        requested_by: row.try_get("requested_by")?,
-        state: TaskState::parse(&state).ok_or_else(|| bad("state", &state))?,
-        stage,
-        reason: row.try_get("reason")?,
-        attempt: row.try_get::<i64, _>("attempt")? as u32,
-        worker: row.try_get("worker")?,
-        retry_of: row.try_get("retry_of")?,
-        url: row.try_get("url")?,
-        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
-        created_at: Timestamp(row.try_get("created_us")?),
-        started_at: row.try_get::<Option<i64>, _>("started_us")?.map(Timestamp),
-        finished_at: row.try_get::<Option<i64>, _>("finished_us")?.map(Timestamp),
-        last_seq: row.try_get::<i64, _>("last_seq")? as u64,
-        labels: split_labels(&row.try_get::<String, _>("labels")?),
-        no_cache: row.try_get::<i64, _>("no_cache")? != 0,
-        cache: match row.try_get::<Option<String>, _>("cache")? {
-            Some(json) => Some(serde_json::from_str(&json).map_err(|_| bad("cache", &json))?),
-            None => None,
-        },
-    })
-}
-
-fn split_labels(s: &str) -> Vec<String> {
-    s.split(',').filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 async fn load(conn: &mut SqliteConnection, id: TaskId) -> Result<Task> {
@@ -577,5 +531,25 @@ impl Store for SqliteStore {
 
     async fn list_secrets(&self, project: &str) -> Result<Vec<StoredSecret>> {
         secrets::list(&self.reader, project).await
+    }
+
+    async fn create_project(&self, project: &Project) -> Result<bool> {
+        projects::create(self, project).await
+    }
+
+    async fn get_project(&self, name: &str) -> Result<Option<Project>> {
+        projects::get(&self.reader, name).await
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        projects::list(&self.reader).await
+    }
+
+    async fn update_project(&self, project: &Project) -> Result<bool> {
+        projects::update(self, project).await
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<bool> {
+        projects::delete(self, name).await
     }
 }

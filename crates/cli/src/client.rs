@@ -133,6 +133,13 @@ impl Client {
         self.decode(resp).await
     }
 
+    /// PATCH JSON and decode the answer.
+    pub(crate) async fn patch<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T> {
+        let req = self.http.patch(format!("{}{path}", self.base)).timeout(Duration::from_secs(30)).json(body);
+        let resp = self.send(req).await?;
+        self.decode(resp).await
+    }
+
     /// DELETE a resource; success carries no body.
     pub(crate) async fn delete(&self, path: &str) -> Result<()> {
         let req = self.http.delete(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));

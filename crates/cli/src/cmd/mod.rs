@@ -2,6 +2,7 @@
 //! timed out), 2 bad input or an unreachable server, 130 interrupted.
 
 mod cache;
+mod projects;
 mod publish;
 mod releases;
 mod secrets;
@@ -86,6 +87,10 @@ pub(crate) enum Command {
     /// Create, list and revoke the tokens remote workers connect with.
     #[command(subcommand)]
     WorkerTokens(workers::TokenCommand),
+    /// Registered projects and the repository each builds from: list, show, create, edit,
+    /// delete.
+    #[command(subcommand)]
+    Projects(projects::ProjectsCommand),
     /// List or clear a worker's build caches (saved node_modules, build outputs, git mirrors);
     /// run on the worker's machine.
     #[command(subcommand)]
@@ -106,6 +111,7 @@ impl Cli {
             Command::WorkerTokens(_) => false,
             Command::Secrets(c) => c.json(),
             Command::Cache(c) => c.json(),
+            Command::Projects(c) => c.json(),
             Command::Server(_) | Command::Worker(_) | Command::Open(_) => false,
         }
     }
@@ -136,5 +142,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secrets(c) => secrets::run(c).await,
         Command::Open(a) => tasks::open(a).await,
         Command::Cache(c) => cache::run(c).await,
+        Command::Projects(c) => projects::run(c).await,
     }
 }

@@ -12,6 +12,7 @@ mod fanout;
 mod identity;
 mod inputs;
 mod pipeline;
+mod projects;
 mod recovery;
 mod releases;
 mod sandbox;

@@ -9,6 +9,7 @@ use cloudbuild_proto::ApiErrorBody;
 use cloudbuild_store::StoreError;
 
 use crate::domain::callers::AuthError;
+use crate::domain::projects::ProjectError;
 use crate::domain::releases::lock::LockError;
 use crate::domain::releases::ReleaseError;
 use crate::domain::secrets::SecretError;
@@ -106,6 +107,22 @@ impl From<SecretError> for ApiError {
     }
 }
 
+impl From<ProjectError> for ApiError {
+    fn from(e: ProjectError) -> Self {
+        let message = e.to_string();
+        match e {
+            ProjectError::Invalid(v) => v.into(),
+            ProjectError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ProjectError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "project_exists", message),
+            ProjectError::OtherRepository { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "project_repository_mismatch", message)
+            }
+            ProjectError::NotRegistered(_) => ApiError::new(StatusCode::FORBIDDEN, "project_not_registered", message),
+            ProjectError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<TaskError> for ApiError {
     fn from(e: TaskError) -> Self {
         let message = e.to_string();
@@ -115,6 +132,7 @@ impl From<TaskError> for ApiError {
             TaskError::AlreadyFinished { .. } => ApiError::new(StatusCode::CONFLICT, "already_finished", message),
             TaskError::NotFinished { .. } => ApiError::new(StatusCode::CONFLICT, "not_finished", message),
             TaskError::Release(r) => r.into(),
+            TaskError::Project(p) => p.into(),
             TaskError::Store(s) => s.into(),
         }
     }

@@ -5,6 +5,7 @@ pub mod compat;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod projects;
 pub mod releases;
 pub mod secrets;
 pub mod tasks;
@@ -58,6 +59,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/tasks/{id}/attempts/{attempt}/publish/commit",
             post(releases::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )
+        .route("/projects", get(projects::list).post(projects::create))
+        .route("/projects/{name}", get(projects::get).patch(projects::edit).delete(projects::delete))
         .route("/projects/{name}/secrets", get(secrets::list))
         .route("/projects/{name}/secrets/{env}/{secret}", put(secrets::set).delete(secrets::delete))
         .route("/releases", get(releases::list))

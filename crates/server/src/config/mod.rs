@@ -3,7 +3,9 @@
 //! `ServerConfig` mirrors the file one to one and does no I/O; `ServerConfig::validate` turns it
 //! into `Settings`, the form the rest of the server uses, refusing bad values at start-up.
 
+mod publishing;
 mod secret;
+pub use publishing::*;
 
 pub use secret::{redact_url, Secret};
 
@@ -41,104 +43,9 @@ pub struct ServerConfig {
     pub sites: SitesConfig,
     /// `[sandbox]`: how the embedded worker isolates builds (docs/config.md "Build sandbox").
     pub sandbox: cloudbuild_proto::sandbox::SandboxConfig,
-    /// `[cache]`: the embedded worker's build caches (docs/config.md "Build caches").
+    /// `[cache]`: the embedded worker's build caches (docs/caching.md).
     pub cache: cloudbuild_proto::worker::CacheConfig,
-}
-
-/// `[sites]`: how sites on local targets are addressed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SitesConfig {
-    /// Sites answer at `<site>.<env>.<domain>` (a wildcard DNS record `*.<domain>` points at
-    /// this server or the proxy in front of it). Default: `localhost` while the server listens
-    /// on loopback (browsers and curl resolve `*.localhost` to loopback), else none. `""`:
-    /// by path only (`/sites/<env>/<name>/`).
-    pub domain: Option<String>,
-    /// Scheme of printed site URLs; default: that of `public_url`.
-    pub scheme: Option<String>,
-    /// Port of printed site URLs; default: that of `public_url` (none for 80 / 443).
-    pub port: Option<u16>,
-    /// `[[sites.custom_domains]]`: a project's `prod` site at a domain of its own.
-    pub custom_domains: Vec<CustomDomain>,
-}
-
-/// One `[[sites.custom_domains]]` entry: `domain` (a host name whose DNS points at the server or
-/// its proxy) serves the current `prod` release of `project`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CustomDomain {
-    pub domain: String,
-    pub project: String,
-}
-
-/// `[targets]`: where each environment publishes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TargetsConfig {
-    pub test: TargetConfig,
-    pub prod: TargetConfig,
-}
-
-/// `[targets.test]` or `[targets.prod]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum TargetConfig {
-    /// A directory in the data dir, served by the server at `/sites/<env>/<name>/`.
-    #[default]
-    Local,
-    /// An S3-compatible bucket (AWS S3, Aliyun OSS, Tencent COS, MinIO) behind a CDN.
-    S3 {
-        /// e.g. `https://oss-cn-hangzhou.aliyuncs.com`; AWS's own when absent.
-        #[serde(default)]
-        endpoint: Option<String>,
-        #[serde(default = "default_region")]
-        region: String,
-        bucket: String,
-        /// Key prefix inside the bucket.
-        #[serde(default)]
-        prefix: String,
-        /// `https://<bucket>.<endpoint>/…` requests; Aliyun OSS requires them.
-        #[serde(default)]
-        virtual_hosted_style: bool,
-        /// Allow a plain-http endpoint (MinIO or a test server on loopback).
-        #[serde(default)]
-        allow_http: bool,
-        /// The public base URL of the CDN (or bucket) the files are served from.
-        public_url: String,
-        /// Environment variable holding the access key id.
-        #[serde(default = "default_key_env")]
-        access_key_id_env: String,
-        /// Environment variable holding the secret access key.
-        #[serde(default = "default_secret_env")]
-        secret_access_key_env: String,
-    },
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
-fn default_key_env() -> String {
-    "AWS_ACCESS_KEY_ID".into()
-}
-
-fn default_secret_env() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
-}
-
-/// `[releases]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReleasesConfig {
-    /// Releases kept per project and environment; older ones are removed from the target
-    /// (never the current one).
-    pub keep: u32,
-}
-
-impl Default for ReleasesConfig {
-    fn default() -> Self {
-        ReleasesConfig { keep: 10 }
-    }
+    pub projects: ProjectsConfig,
 }
 
 /// `[auth]`: who may create and follow tasks.
@@ -247,6 +154,7 @@ impl Default for ServerConfig {
             sites: SitesConfig::default(),
             sandbox: Default::default(),
             cache: Default::default(),
+            projects: Default::default(),
         }
     }
 }
@@ -407,6 +315,8 @@ pub struct Settings {
     /// `(domain, project)`: custom domains of `prod` sites (a project may have several; the
     /// first is the one printed).
     pub custom_domains: Vec<(String, cloudbuild_proto::validate::ProjectName)>,
+    /// `[projects] auto_create`.
+    pub auto_create_projects: bool,
 }
 
 impl ServerConfig {
@@ -585,6 +495,7 @@ impl ServerConfig {
             sites_scheme: self.sites.scheme.clone(),
             sites_port: self.sites.port,
             custom_domains,
+            auto_create_projects: self.projects.auto_create,
         })
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! Each service takes the shared [`AppState`](crate::state::AppState) and validated inputs,
 //! and returns its own typed error ([`callers::AuthError`], [`tasks::TaskError`],
-//! [`workers::WorkerError`], [`releases::ReleaseError`], [`secrets::SecretError`]). The adapters over them (the HTTP
+//! [`workers::WorkerError`], [`releases::ReleaseError`], [`secrets::SecretError`], [`projects::ProjectError`]). The adapters over them (the HTTP
 //! handlers in `api/`, the socket.io bridge in `socketio/`, later the dashboard) turn
 //! requests into calls and errors into answers; no module here imports `axum`, `api` or
 //! `socketio` (the tidy test checks it).
 
 pub mod callers;
 pub mod follow;
+pub mod projects;
 pub mod releases;
 pub mod secrets;
 pub mod tasks;

@@ -32,6 +32,9 @@ pub enum TaskError {
     /// The release could not be published (a `prod` version that exists).
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    /// The project is another repository's, or not registered.
+    #[error(transparent)]
+    Project(#[from] super::projects::ProjectError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -98,6 +101,7 @@ pub async fn create(state: &AppState, caller: &Caller, req: &CreateTask) -> Resu
     }
     let new = validate(&state.settings, req, caller, req.trigger, None)?;
     check_repo_host(&state.settings, &new.repo).await?;
+    super::projects::admit(state, caller, &new.name, &new.repo).await?;
     // Fail fast: a build that could not be published is not started.
     releases::check_version_free(state, new.env, &new.name, &new.version, new.force).await?;
     submit(state, new).await
@@ -256,5 +260,6 @@ pub async fn retry(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
     let new = validate(&state.settings, &req, caller, Trigger::Retry, Some(old.id))?;
     check_repo_host(&state.settings, &new.repo).await?;
+    super::projects::admit(state, caller, &new.name, &new.repo).await?;
     submit(state, new).await
 }

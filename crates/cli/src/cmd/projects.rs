@@ -1,0 +1,144 @@
+//! `cloudbuild projects list|show|create|edit|delete`: registered projects and the repository
+//! each builds from.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use cloudbuild_proto::project::{Project, ProjectList};
+
+use super::ServerArg;
+use crate::client::query_encode;
+use crate::output::outln;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ProjectsCommand {
+    /// List projects: name, repository, default branch, visibility.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one project.
+    Show {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The project's name (`site`, `@team/site`).
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a project, bound to the repository it builds from (publishes from any other
+    /// repository are refused). The first publish of an unknown name does this too, unless the
+    /// server says `[projects] auto_create = false`.
+    Create {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        /// The repository URL it builds from (https, ssh, or what the server allows).
+        #[arg(long)]
+        repo: String,
+        /// Its default branch [default: main].
+        #[arg(long)]
+        default_branch: Option<String>,
+        /// `private` (default) or `internal`.
+        #[arg(long, value_parser = ["private", "internal"])]
+        visibility: Option<String>,
+    },
+    /// Change a project's repository, default branch or visibility.
+    Edit {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        default_branch: Option<String>,
+        #[arg(long, value_parser = ["private", "internal"])]
+        visibility: Option<String>,
+    },
+    /// Remove a project's registration (its releases and sites stay; the name can be
+    /// registered again, from any repository).
+    Delete {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+    },
+}
+
+impl ProjectsCommand {
+    pub(crate) fn json(&self) -> bool {
+        matches!(self, ProjectsCommand::List { json: true, .. } | ProjectsCommand::Show { json: true, .. })
+    }
+}
+
+fn path(name: &str) -> String {
+    format!("/api/v1/projects/{}", query_encode(name))
+}
+
+fn show(p: &Project) {
+    outln!("{}", p.name);
+    outln!("  repository:     {}", p.repo);
+    outln!("  default branch: {}", p.default_branch);
+    outln!(
+        "  visibility:     {}",
+        serde_json::to_value(p.visibility).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    );
+    outln!("  registered:     {} by {}", p.created_at, p.created_by);
+}
+
+pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
+    match cmd {
+        ProjectsCommand::List { server, json } => {
+            let list: ProjectList = server.client()?.get("/api/v1/projects").await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.projects.is_empty() {
+                outln!(
+                    "no projects yet: the first publish of a project registers it (or `cloudbuild projects create`)"
+                );
+            } else {
+                outln!("{:<32} {:<16} {:<9} REPOSITORY", "NAME", "DEFAULT BRANCH", "VISIBLE");
+                for p in &list.projects {
+                    let visibility = serde_json::to_value(p.visibility)?.as_str().unwrap_or_default().to_owned();
+                    outln!("{:<32} {:<16} {:<9} {}", p.name, p.default_branch, visibility, p.repo);
+                }
+            }
+        }
+        ProjectsCommand::Show { server, name, json } => {
+            let p: Project = server.client()?.get(&path(&name)).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                show(&p);
+            }
+        }
+        ProjectsCommand::Create { server, name, repo, default_branch, visibility } => {
+            let body = serde_json::json!({
+                "name": name, "repo": repo, "default_branch": default_branch, "visibility": visibility,
+            });
+            let p: Project = server.client()?.post("/api/v1/projects", Some(&body)).await?;
+            outln!("registered {} (builds from {})", p.name, p.repo);
+        }
+        ProjectsCommand::Edit { server, name, repo, default_branch, visibility } => {
+            if repo.is_none() && default_branch.is_none() && visibility.is_none() {
+                bail!("nothing to change: give --repo, --default-branch or --visibility");
+            }
+            let mut body = serde_json::Map::new();
+            for (k, v) in [("repo", repo), ("default_branch", default_branch), ("visibility", visibility)] {
+                if let Some(v) = v {
+                    body.insert(k.into(), v.into());
+                }
+            }
+            let p: Project = server.client()?.patch(&path(&name), &body.into()).await?;
+            show(&p);
+        }
+        ProjectsCommand::Delete { server, name } => {
+            server.client()?.delete(&path(&name)).await?;
+            outln!("{name} is no longer registered (its releases and sites stay)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

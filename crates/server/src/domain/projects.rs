@@ -1,0 +1,143 @@
+//! Projects: registered names bound to the repository they build from. A publish of a
+//! registered project from another repository is refused (anyone could otherwise overwrite
+//! another team's site by reusing its name); the first publish of an unknown name registers it
+//! (`[projects] auto_create`, on by default), else only `cloudbuild projects create` does.
+
+use cloudbuild_proto::project::{CreateProject, EditProject, Project};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::validate::{GitRef, ProjectName, RepoUrl, ValidationError};
+use cloudbuild_store::StoreError;
+
+use super::callers::Caller;
+use crate::state::AppState;
+
+/// Why a project could not be registered, changed or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("no project named {0}")]
+    NotFound(String),
+    #[error("a project named {0} exists already")]
+    Exists(String),
+    /// A publish from a repository that is not the project's.
+    #[error(
+        "project {project} builds from {registered}, not from {requested}: a project's site is published only from \
+         its own repository (publish under another name, or change the project's repository with \
+         `cloudbuild projects edit {project} --repo URL`)"
+    )]
+    OtherRepository { project: String, registered: String, requested: String },
+    /// An unknown name while the server registers projects only on request.
+    #[error(
+        "project {0} is not registered, and this server registers projects only on request \
+         ([projects] auto_create = false): `cloudbuild projects create {0} --repo URL`"
+    )]
+    NotRegistered(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn repo_url(state: &AppState, repo: &str) -> Result<RepoUrl, ValidationError> {
+    RepoUrl::parse(repo.trim(), &state.settings.repo_policy)
+}
+
+/// Checks that a task of `name` may build from `repo` (both validated), registering the
+/// project on its first publish when the server allows it.
+pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) -> Result<(), ProjectError> {
+    let url = repo_url(state, repo)?;
+    let project = match state.store.get_project(name).await? {
+        Some(p) => p,
+        None if !state.settings.auto_create_projects => return Err(ProjectError::NotRegistered(name.to_owned())),
+        None => {
+            let new = record(name, &url, "main", Default::default(), caller);
+            if state.store.create_project(&new).await? {
+                tracing::info!(project = name, repo = %url, by = %caller.0, "project registered by its first publish");
+                return Ok(());
+            }
+            // Registered meanwhile (another publish, another server): its repository decides.
+            state.store.get_project(name).await?.ok_or_else(|| ProjectError::NotFound(name.to_owned()))?
+        }
+    };
+    if project.repo_identity != url.identity() {
+        return Err(ProjectError::OtherRepository {
+            project: project.name,
+            registered: project.repo,
+            requested: url.as_str().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn record(
+    name: &str,
+    url: &RepoUrl,
+    branch: &str,
+    visibility: cloudbuild_proto::project::Visibility,
+    caller: &Caller,
+) -> Project {
+    let now = Timestamp::now();
+    Project {
+        name: name.to_owned(),
+        repo: url.as_str().to_owned(),
+        repo_identity: url.identity(),
+        default_branch: branch.to_owned(),
+        visibility,
+        created_by: caller.0.clone(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Registers a project.
+pub async fn create(state: &AppState, caller: &Caller, req: CreateProject) -> Result<Project, ProjectError> {
+    let name = ProjectName::parse(&req.name)?;
+    let url = repo_url(state, &req.repo)?;
+    let branch = GitRef::parse(req.default_branch.as_deref().unwrap_or("main"))?;
+    let project = record(name.as_str(), &url, branch.as_str(), req.visibility.unwrap_or_default(), caller);
+    if !state.store.create_project(&project).await? {
+        return Err(ProjectError::Exists(project.name));
+    }
+    Ok(project)
+}
+
+/// Every project, by name.
+pub async fn list(state: &AppState) -> Result<Vec<Project>, ProjectError> {
+    Ok(state.store.list_projects().await?)
+}
+
+/// One project.
+pub async fn get(state: &AppState, name: &str) -> Result<Project, ProjectError> {
+    let name = ProjectName::parse(name)?;
+    state.store.get_project(name.as_str()).await?.ok_or_else(|| ProjectError::NotFound(name.to_string()))
+}
+
+/// Changes what the request gives (repository, default branch, visibility).
+pub async fn edit(state: &AppState, name: &str, req: EditProject) -> Result<Project, ProjectError> {
+    let mut project = get(state, name).await?;
+    if let Some(repo) = &req.repo {
+        let url = repo_url(state, repo)?;
+        project.repo = url.as_str().to_owned();
+        project.repo_identity = url.identity();
+    }
+    if let Some(branch) = &req.default_branch {
+        project.default_branch = GitRef::parse(branch)?.to_string();
+    }
+    if let Some(visibility) = req.visibility {
+        project.visibility = visibility;
+    }
+    project.updated_at = Timestamp::now();
+    if !state.store.update_project(&project).await? {
+        return Err(ProjectError::NotFound(project.name));
+    }
+    Ok(project)
+}
+
+/// Removes a project's registration (its releases and sites stay; the name can be registered
+/// again).
+pub async fn delete(state: &AppState, name: &str) -> Result<(), ProjectError> {
+    let name = ProjectName::parse(name)?;
+    if !state.store.delete_project(name.as_str()).await? {
+        return Err(ProjectError::NotFound(name.to_string()));
+    }
+    Ok(())
+}

@@ -19,7 +19,8 @@ fn cancel(srv: &Server, id: i64) -> (u16, serde_json::Value) {
 }
 
 /// A project whose `stage` hangs, recording the hanging process's pid in `pid_file`.
-fn hanging_repo(stage: Stage, pid_file: &Path) -> Repo {
+/// A project named `name` (each name is bound to its own repository) whose `stage` hangs.
+fn hanging_repo(name: &str, stage: Stage, pid_file: &Path) -> Repo {
     let hang = hang_script(pid_file.to_str().unwrap());
     let (scripts, toml): (Vec<(&str, &str)>, &str) = match stage {
         Stage::Install => (
@@ -33,7 +34,7 @@ fn hanging_repo(stage: Stage, pid_file: &Path) -> Repo {
         _ => (vec![("build", "node hang.js")], ""),
     };
     Repo::new(&[
-        ("package.json", &package_json("site-cancel", &scripts)),
+        ("package.json", &package_json(name, &scripts)),
         ("hang.js", &hang),
         ("build.js", &build_script("x")),
         ("cloudbuild.toml", toml),
@@ -61,8 +62,9 @@ fn cancel_in_install_check_and_build() {
     let srv = server("[workers]\nembedded_slots = 1\n[timeouts]\nkill_grace_secs = 2\n");
     for stage in [Stage::Install, Stage::Check, Stage::Build] {
         let pid_file = srv.probe.path().join(format!("{}.pid", stage.action().replace(' ', "-")));
-        let repo = hanging_repo(stage, &pid_file);
-        let (_, task) = srv.create(&repo.task_body("site-cancel"));
+        let name = format!("site-cancel-{}", stage.action().replace(' ', "-"));
+        let repo = hanging_repo(&name, stage, &pid_file);
+        let (_, task) = srv.create(&repo.task_body(&name));
         assert_cancelled_in(&srv, task["id"].as_i64().unwrap(), stage, &pid_file);
     }
 }
@@ -71,7 +73,7 @@ fn cancel_in_install_check_and_build() {
 fn a_queued_task_cancelled_never_runs() {
     let srv = server("[workers]\nembedded_slots = 1\n");
     let pid_file = srv.probe.path().join("busy.pid");
-    let busy = hanging_repo(Stage::Build, &pid_file);
+    let busy = hanging_repo("site-cancel", Stage::Build, &pid_file);
     let (_, first) = srv.create(&busy.task_body("site-cancel"));
     let first = first["id"].as_i64().unwrap();
     wait_file(&pid_file, Duration::from_secs(60)).expect("first task is building");

@@ -164,13 +164,15 @@ fn commands_outside_the_policy_are_refused_and_never_run() {
         ("[build]\ncommand = \"npm run deploy\"\n".to_string(), Stage::Build, "no script `deploy`"),
         ("[build]\ncommand = \"npm exec -- touch x\"\n".to_string(), Stage::Build, "not allowed"),
     ];
-    for (toml, stage, why) in cases {
+    for (n, (toml, stage, why)) in cases.into_iter().enumerate() {
+        // A project per case: a name is bound to the repository it was first published from.
+        let name = format!("site-policy-{n}");
         let repo = Repo::new(&[
-            ("package.json", &package_json("site-policy", &[("build", "node build.js")])),
+            ("package.json", &package_json(&name, &[("build", "node build.js")])),
             ("build.js", &build_script("x")),
             ("cloudbuild.toml", &toml),
         ]);
-        let (_, task) = srv.create(&repo.task_body("site-policy"));
+        let (_, task) = srv.create(&repo.task_body(&name));
         let t = srv.wait_done(task["id"].as_i64().unwrap());
         let reason = t.reason.clone().unwrap_or_default();
         assert_eq!((t.state, t.stage), (TaskState::Failed, Some(stage)), "{toml}: {t:?}");

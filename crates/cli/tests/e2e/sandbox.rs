@@ -142,14 +142,16 @@ fn the_build_network_can_be_turned_off_by_the_project() {
         .on('timeout',()=>{console.log('NET: none (timeout)');process.exit(0)})\
         .on('error',(e)=>{console.log('NET: none ('+e.code+')');process.exit(0)});";
     let build = "require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','x');";
-    for (toml, expect) in [("", "NET: reachable"), ("[build]\nnetwork = false\n", "NET: none")] {
+    for (name, toml, expect) in
+        [("netful", "", "NET: reachable"), ("netless", "[build]\nnetwork = false\n", "NET: none")]
+    {
         let repo = Repo::new(&[
-            ("package.json", &package_json("netless", &[("build", "node probe.js && node build.js")])),
+            ("package.json", &package_json(name, &[("build", "node probe.js && node build.js")])),
             ("probe.js", probe),
             ("build.js", build),
             ("cloudbuild.toml", toml),
         ]);
-        let (_, t) = srv.create(&repo.task_body("netless"));
+        let (_, t) = srv.create(&repo.task_body(name));
         let t = srv.wait_done(t["id"].as_i64().unwrap());
         let out = srv.output(t.id);
         assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{out}");

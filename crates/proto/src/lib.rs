@@ -8,12 +8,14 @@
 //! - [`event`]: the per-task event log and its exact wire form (SSE / WebSocket).
 //! - [`worker`]: the worker protocol (one WebSocket per worker).
 //! - [`release`]: releases, rollback, and the incremental publish messages.
+//! - [`audit`]: the audit log's entries.
 //! - [`project`]: registered projects (repository, default branch, visibility).
 //! - [`secret`], [`mask`]: project secrets (names, values, listings) and their masking in output.
 //! - [`sandbox`]: the build sandbox's settings (mode, shared and read-only directories).
 //! - [`site`]: site labels (`<site>.<env>.<domain>`), `[site]` settings, the cache rule.
 //! - [`time`]: microsecond timestamps rendered as RFC 3339.
 
+pub mod audit;
 pub mod event;
 pub mod mask;
 pub mod project;

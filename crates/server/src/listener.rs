@@ -38,9 +38,9 @@ pub async fn serve(
             },
             () = stopped(stop.clone()) => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, usually: wait for some to close.
                     tracing::warn!("cannot accept a connection: {e}");
@@ -53,7 +53,13 @@ pub async fn serve(
         // No Nagle: worker acks and event pushes are small writes that must not wait ~40 ms
         // for the peer's delayed ACK.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address, for who-did-what records (`ConnectInfo`, as axum's own server
+        // gives), on each request of the connection.
+        let app = tower::ServiceExt::map_request(app.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        });
+        let service = TowerToHyperService::new(app);
         let connection =
             graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned());
         tokio::spawn(async move {

@@ -11,6 +11,7 @@ mod redis_store;
 mod sqlite;
 
 use async_trait::async_trait;
+use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::event::{EventBody, WireEvent};
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
@@ -130,6 +131,28 @@ pub struct NewTask {
     pub labels: Vec<String>,
     /// Build without the worker's caches.
     pub no_cache: bool,
+}
+
+/// An audit entry to append (the store numbers it).
+#[derive(Debug, Clone)]
+pub struct NewAudit {
+    pub at: Timestamp,
+    pub actor: String,
+    pub address: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub project: Option<String>,
+    pub outcome: String,
+}
+
+/// Filters of `list_audit`: all given must match; entries with an id below `before`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub project: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub before: Option<i64>,
+    pub limit: u32,
 }
 
 /// Filters of `list_tasks`; newest first.
@@ -356,6 +379,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_project(&self, project: &Project) -> Result<bool>;
     /// Removes a project's record (not its releases or sites); false if there was none.
     async fn delete_project(&self, name: &str) -> Result<bool>;
+
+    /// Appends an entry to the audit log (numbered in order; never changed afterwards).
+    async fn append_audit(&self, entry: &NewAudit) -> Result<()>;
+    /// Entries matching the query, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
 
     /// Takes (or, for the same `holder`, extends) a lock shared by every server on this store,
     /// expiring after `ttl` unless extended; false while another holder has it. A single-server

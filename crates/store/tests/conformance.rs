@@ -136,6 +136,7 @@ async fn all_stories(store: &dyn Store) {
     holder_story(store).await;
     secret_story(store).await;
     project_story(store).await;
+    audit_story(store).await;
 }
 
 /// Only the worker holding a task's lease changes it: another worker's messages are refused
@@ -277,6 +278,37 @@ async fn worker_story(store: &dyn Store) {
     let tokens = store.list_worker_tokens().await.unwrap();
     assert_eq!(tokens.len(), 1);
     assert!(tokens[0].revoked_at.is_some());
+}
+
+/// The audit log keeps entries in order, numbered, and filters and pages them.
+async fn audit_story(store: &dyn Store) {
+    use cloudbuild_store::{AuditQuery, NewAudit};
+    let entry = |actor: &str, action: &str, project: Option<&str>| NewAudit {
+        at: Timestamp::now(),
+        actor: actor.into(),
+        address: Some("192.0.2.7".into()),
+        action: action.into(),
+        target: project.map_or("worker token ci".into(), |p| format!("project {p}")),
+        project: project.map(str::to_owned),
+        outcome: "ok".into(),
+    };
+    store.append_audit(&entry("alice", "project.create", Some("site"))).await.unwrap();
+    store.append_audit(&entry("bob", "task.create", Some("site"))).await.unwrap();
+    store.append_audit(&entry("alice", "worker_token.create", None)).await.unwrap();
+    store.append_audit(&entry("alice", "task.create", Some("blog"))).await.unwrap();
+    let all = store.list_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["task.create", "worker_token.create", "task.create", "project.create"], "newest first");
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+    assert_eq!(all[0].address.as_deref(), Some("192.0.2.7"));
+    let site = store.list_audit(&AuditQuery { project: Some("site".into()), limit: 10, ..Default::default() }).await;
+    assert_eq!(site.unwrap().len(), 2);
+    let alice = AuditQuery { actor: Some("alice".into()), limit: 2, ..Default::default() };
+    let page = store.list_audit(&alice).await.unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = AuditQuery { before: Some(page[1].id), ..alice };
+    let rest = store.list_audit(&rest).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["project.create"]);
 }
 
 /// A project's name is registered once; its record is replaced only while it exists.

@@ -1,6 +1,7 @@
 //! Subcommands and their flags. Exit codes: 0 success, 1 the build failed (or was cancelled or
 //! timed out), 2 bad input or an unreachable server, 130 interrupted.
 
+mod audit;
 mod cache;
 mod projects;
 mod publish;
@@ -87,6 +88,9 @@ pub(crate) enum Command {
     /// Create, list and revoke the tokens remote workers connect with.
     #[command(subcommand)]
     WorkerTokens(workers::TokenCommand),
+    /// The audit log: who changed what (tasks, releases, projects, worker tokens), from where,
+    /// and how it ended; newest first.
+    Audit(audit::AuditArgs),
     /// Registered projects and the repository each builds from: list, show, create, edit,
     /// delete.
     #[command(subcommand)]
@@ -112,6 +116,7 @@ impl Cli {
             Command::Secrets(c) => c.json(),
             Command::Cache(c) => c.json(),
             Command::Projects(c) => c.json(),
+            Command::Audit(a) => a.json,
             Command::Server(_) | Command::Worker(_) | Command::Open(_) => false,
         }
     }
@@ -143,5 +148,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Open(a) => tasks::open(a).await,
         Command::Cache(c) => cache::run(c).await,
         Command::Projects(c) => projects::run(c).await,
+        Command::Audit(a) => audit::audit(a).await,
     }
 }

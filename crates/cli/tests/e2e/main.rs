@@ -2,6 +2,7 @@
 //! by the tests, everything on loopback. One binary, one module per area.
 
 mod abuse;
+mod audit;
 mod browser;
 mod caching;
 mod cancel;

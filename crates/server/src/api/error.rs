@@ -8,6 +8,7 @@ use cloudbuild_proto::validate::ValidationError;
 use cloudbuild_proto::ApiErrorBody;
 use cloudbuild_store::StoreError;
 
+use crate::domain::audit::AuditError;
 use crate::domain::callers::AuthError;
 use crate::domain::projects::ProjectError;
 use crate::domain::releases::lock::LockError;
@@ -103,6 +104,15 @@ impl From<SecretError> for ApiError {
             SecretError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             SecretError::Vault(ref v) => ApiError::internal("project secrets", v),
             SecretError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Invalid(v) => v.into(),
+            AuditError::Store(s) => s.into(),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Extractors of the HTTP adapter: the calling client, the calling worker, ids in the path,
 //! and JSON bodies and queries whose rejections are `ApiError`s (JSON, stable codes).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::Json;
@@ -22,7 +23,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        Ok(callers::identify(&state.settings, bearer(&parts.headers))?)
+        let mut caller = callers::identify(&state.settings, bearer(&parts.headers))?;
+        // Put there by the listener for each connection.
+        caller.1 = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(caller)
     }
 }
 

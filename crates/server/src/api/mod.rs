@@ -1,6 +1,7 @@
 //! The HTTP adapter: `router(state)` builds every route, so tests can drive it without a socket.
 //! Handlers are thin: extract (`extract.rs`), call a domain service, map its error (`error.rs`).
 
+pub mod audit;
 pub mod compat;
 pub mod error;
 pub mod events;
@@ -59,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/tasks/{id}/attempts/{attempt}/publish/commit",
             post(releases::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )
+        .route("/audit", get(audit::list))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).patch(projects::edit).delete(projects::delete))
         .route("/projects/{name}/secrets", get(secrets::list))

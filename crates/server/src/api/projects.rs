@@ -39,19 +39,19 @@ pub async fn get(
 /// `PATCH /api/v1/projects/{name}` with any of `{"repo", "default_branch", "visibility"}`.
 pub async fn edit(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<EditProject>,
 ) -> Result<Json<Project>, ApiError> {
-    Ok(Json(projects::edit(&state, &name, req).await?))
+    Ok(Json(projects::edit(&state, &caller, &name, req).await?))
 }
 
 /// `DELETE /api/v1/projects/{name}`.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    projects::delete(&state, &name).await?;
+    projects::delete(&state, &caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

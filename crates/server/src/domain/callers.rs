@@ -6,9 +6,10 @@ use cloudbuild_store::StoreError;
 use crate::config::{Secret, Settings};
 use crate::state::AppState;
 
-/// The name of an authenticated caller (a token's name), or `anonymous`.
+/// The name of an authenticated caller (a token's name), or `anonymous`; and the address it
+/// called from, when it came over HTTP (for the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub String);
+pub struct Caller(pub String, pub Option<std::net::IpAddr>);
 
 /// Why a caller or a worker was not let in.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +43,10 @@ fn configured_name(tokens: &[(String, Secret)], given: &str) -> Option<String> {
 /// Identifies a client from an optional API token (`api_tokens`, or anonymous when allowed).
 pub fn identify(settings: &Settings, token: Option<&str>) -> Result<Caller, AuthError> {
     match token.filter(|t| !t.is_empty()) {
-        Some(given) => configured_name(&settings.api_tokens, given).map(Caller).ok_or(AuthError::UnknownToken),
-        None if settings.allow_anonymous => Ok(Caller("anonymous".into())),
+        Some(given) => {
+            configured_name(&settings.api_tokens, given).map(|n| Caller(n, None)).ok_or(AuthError::UnknownToken)
+        }
+        None if settings.allow_anonymous => Ok(Caller("anonymous".into(), None)),
         None => Err(AuthError::TokenRequired),
     }
 }

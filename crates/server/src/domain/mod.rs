@@ -7,6 +7,7 @@
 //! requests into calls and errors into answers; no module here imports `axum`, `api` or
 //! `socketio` (the tidy test checks it).
 
+pub mod audit;
 pub mod callers;
 pub mod follow;
 pub mod projects;

@@ -52,6 +52,9 @@ pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) ->
             let new = record(name, &url, "main", Default::default(), caller);
             if state.store.create_project(&new).await? {
                 tracing::info!(project = name, repo = %url, by = %caller.0, "project registered by its first publish");
+                let target = format!("project {name} (by its first publish, from {url})");
+                super::audit::record(state, caller, "project.create", target, Some(name), &Ok::<(), ProjectError>(()))
+                    .await;
                 return Ok(());
             }
             // Registered meanwhile (another publish, another server): its repository decides.
@@ -90,6 +93,13 @@ fn record(
 
 /// Registers a project.
 pub async fn create(state: &AppState, caller: &Caller, req: CreateProject) -> Result<Project, ProjectError> {
+    let name = req.name.clone();
+    let result = register(state, caller, req).await;
+    super::audit::record(state, caller, "project.create", format!("project {name}"), Some(&name), &result).await;
+    result
+}
+
+async fn register(state: &AppState, caller: &Caller, req: CreateProject) -> Result<Project, ProjectError> {
     let name = ProjectName::parse(&req.name)?;
     let url = repo_url(state, &req.repo)?;
     let branch = GitRef::parse(req.default_branch.as_deref().unwrap_or("main"))?;
@@ -112,7 +122,13 @@ pub async fn get(state: &AppState, name: &str) -> Result<Project, ProjectError> 
 }
 
 /// Changes what the request gives (repository, default branch, visibility).
-pub async fn edit(state: &AppState, name: &str, req: EditProject) -> Result<Project, ProjectError> {
+pub async fn edit(state: &AppState, caller: &Caller, name: &str, req: EditProject) -> Result<Project, ProjectError> {
+    let result = change(state, name, req).await;
+    super::audit::record(state, caller, "project.edit", format!("project {name}"), Some(name), &result).await;
+    result
+}
+
+async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Project, ProjectError> {
     let mut project = get(state, name).await?;
     if let Some(repo) = &req.repo {
         let url = repo_url(state, repo)?;
@@ -134,7 +150,13 @@ pub async fn edit(state: &AppState, name: &str, req: EditProject) -> Result<Proj
 
 /// Removes a project's registration (its releases and sites stay; the name can be registered
 /// again).
-pub async fn delete(state: &AppState, name: &str) -> Result<(), ProjectError> {
+pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> Result<(), ProjectError> {
+    let result = unregister(state, name).await;
+    super::audit::record(state, caller, "project.delete", format!("project {name}"), Some(name), &result).await;
+    result
+}
+
+async fn unregister(state: &AppState, name: &str) -> Result<(), ProjectError> {
     let name = ProjectName::parse(name)?;
     if !state.store.delete_project(name.as_str()).await? {
         return Err(ProjectError::NotFound(name.to_string()));

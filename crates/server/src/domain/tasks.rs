@@ -96,6 +96,13 @@ pub async fn check_repo_host(settings: &Settings, repo: &str) -> Result<(), Task
 /// Creates a task from a client's request (REST or socket.io): validated, its repository
 /// host checked, and refused before it runs when its `prod` version is already published.
 pub async fn create(state: &AppState, caller: &Caller, req: &CreateTask) -> Result<Task, TaskError> {
+    let result = create_checked(state, caller, req).await;
+    let target = result.as_ref().map_or_else(|_| "a new task".to_owned(), |t| format!("task {}", t.id));
+    super::audit::record(state, caller, "task.create", target, Some(&req.name), &result).await;
+    result
+}
+
+async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> Result<Task, TaskError> {
     if req.trigger == Trigger::Retry {
         return Err(TaskError::Refused("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only".into()));
     }
@@ -213,6 +220,16 @@ pub enum Cancelled {
 
 /// Cancels a task: at once when it is queued, through its worker when it runs.
 pub async fn cancel(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
+    let result = cancel_task(state, caller, id).await;
+    let project = match &result {
+        Ok(Cancelled::Done(t) | Cancelled::Requested(t)) => Some(t.name.clone()),
+        Err(_) => None,
+    };
+    super::audit::record(state, caller, "task.cancel", format!("task {id}"), project.as_deref(), &result).await;
+    result
+}
+
+async fn cancel_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
     Ok(match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledQueued(task, events) => {
             state.hub.published(id, &events);
@@ -240,6 +257,13 @@ pub async fn cancel(state: &AppState, caller: &Caller, id: TaskId) -> Result<Can
 /// cloning) is retried from the branch's head; the worker's identity check (the built
 /// `package.json` must carry the task's name and version) still holds.
 pub async fn retry(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, TaskError> {
+    let result = retry_task(state, caller, id).await;
+    let project = result.as_ref().ok().map(|t| t.name.clone());
+    super::audit::record(state, caller, "task.retry", format!("task {id}"), project.as_deref(), &result).await;
+    result
+}
+
+async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, TaskError> {
     let old = state.store.get_task(id).await?;
     if !old.state.is_terminal() {
         return Err(TaskError::NotFinished { id: old.id, state: old.state });

@@ -254,6 +254,12 @@ pub async fn list(state: &AppState) -> Result<Vec<WorkerInfo>, WorkerError> {
 
 /// A new worker token. The secret is in the answer only; the store keeps its blake3 hash.
 pub async fn create_token(state: &AppState, caller: &Caller, name: &str) -> Result<CreatedWorkerToken, WorkerError> {
+    let result = make_token(state, caller, name).await;
+    super::audit::record(state, caller, "worker_token.create", format!("worker token {name}"), None, &result).await;
+    result
+}
+
+async fn make_token(state: &AppState, caller: &Caller, name: &str) -> Result<CreatedWorkerToken, WorkerError> {
     let name = validate::identifier("token name", name)?;
     let token = format!("cbw_{}", random_hex(32)?);
     let hash = blake3::hash(token.as_bytes()).to_hex().to_string();
@@ -270,6 +276,12 @@ pub async fn list_tokens(state: &AppState) -> Result<Vec<WorkerToken>, WorkerErr
 /// Revokes a token; connected workers using it are disconnected (on every server) and cannot
 /// reconnect. Their tasks are requeued when their leases expire.
 pub async fn revoke_token(state: &AppState, caller: &Caller, name: &str) -> Result<(), WorkerError> {
+    let result = drop_token(state, caller, name).await;
+    super::audit::record(state, caller, "worker_token.revoke", format!("worker token {name}"), None, &result).await;
+    result
+}
+
+async fn drop_token(state: &AppState, caller: &Caller, name: &str) -> Result<(), WorkerError> {
     let name = validate::identifier("token name", name)?;
     if !state.store.revoke_worker_token(&name).await? {
         return Err(WorkerError::NoSuchToken(name));

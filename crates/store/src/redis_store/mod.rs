@@ -25,6 +25,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
@@ -35,6 +36,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
+mod audit;
 mod cas;
 mod keys;
 mod notices;
@@ -46,8 +48,8 @@ mod workers;
 
 use crate::apply::{self, CancelEffect, Live, Op, RequeueEffect};
 use crate::{
-    labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, Notice, RequeueOutcome, Result,
-    Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
+    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewAudit, NewRelease, NewTask, Notice,
+    RequeueOutcome, Result, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cas::{record_json, Plan};
 use keys::*;
@@ -472,6 +474,14 @@ impl Store for RedisStore {
 
     async fn delete_project(&self, name: &str) -> Result<bool> {
         projects::delete(self, name).await
+    }
+
+    async fn append_audit(&self, entry: &NewAudit) -> Result<()> {
+        audit::append(self, entry).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        audit::list(self, query).await
     }
 
     async fn extend_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {

@@ -11,6 +11,7 @@
 //! connection of their own, once a second: left to the writer (SQLite's automatic checkpoint
 //! every 4 MiB of WAL), a build printing 20 MB stalled its own log five times.
 
+mod audit;
 mod batch;
 mod projects;
 mod releases;
@@ -22,6 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
@@ -34,8 +36,8 @@ use tokio::sync::Mutex;
 
 use crate::apply::{self, CancelEffect, Op, RequeueEffect};
 use crate::{
-    labels_match, Appended, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RequeueOutcome, Result, Store,
-    StoreError, StoredSecret, TaskQuery, WorkerOp,
+    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewAudit, NewRelease, NewTask,
+    RequeueOutcome, Result, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
@@ -551,5 +553,13 @@ impl Store for SqliteStore {
 
     async fn delete_project(&self, name: &str) -> Result<bool> {
         projects::delete(self, name).await
+    }
+
+    async fn append_audit(&self, entry: &NewAudit) -> Result<()> {
+        audit::append(self, entry).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        audit::list(&self.reader, query).await
     }
 }

@@ -438,6 +438,13 @@ pub async fn rollback(
     caller: &Caller,
     req: &RollbackRequest,
 ) -> Result<RollbackResult, ReleaseError> {
+    let result = roll_back(state, caller, req).await;
+    let target = format!("project {} {}", req.name, req.env.as_str());
+    crate::domain::audit::record(state, caller, "release.rollback", target, Some(&req.name), &result).await;
+    result
+}
+
+async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> Result<RollbackResult, ReleaseError> {
     let name = ProjectName::parse(&req.name)?;
     let env = req.env.as_str();
     let guard = project_guard(state, req.env, name.as_str()).await?;

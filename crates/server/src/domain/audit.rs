@@ -1,0 +1,72 @@
+//! The audit log: every change of state is appended with who asked (a token's name), from
+//! where, what (action and target) and how it ended. Appending never fails the change it
+//! records: a store failure is logged.
+
+use cloudbuild_proto::audit::AuditPage;
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::validate::ValidationError;
+use cloudbuild_store::{AuditQuery, NewAudit, StoreError};
+
+use super::callers::Caller;
+use crate::state::AppState;
+
+/// Appends what `caller` did to `target` (`task 12`, `project site`) of `project`, and how it
+/// ended (`Ok`, or the error it was refused with).
+pub async fn record<T, E: std::fmt::Display>(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    target: impl Into<String>,
+    project: Option<&str>,
+    result: &Result<T, E>,
+) {
+    let entry = NewAudit {
+        at: Timestamp::now(),
+        actor: caller.0.clone(),
+        address: caller.1.map(|a| a.to_string()),
+        action: action.to_owned(),
+        target: target.into(),
+        project: project.map(str::to_owned),
+        outcome: match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("refused: {e}"),
+        },
+    };
+    if let Err(e) = state.store.append_audit(&entry).await {
+        tracing::error!(action, target = %entry.target, "cannot append to the audit log: {e}");
+    }
+}
+
+/// Filters of [`list`].
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    pub project: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub before: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// Why the audit log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A page of entries, newest first (at most 200 a page, 50 by default).
+pub async fn list(state: &AppState, f: AuditFilter) -> Result<AuditPage, AuditError> {
+    let limit = f.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ValidationError { field: "limit", reason: "must be 1 to 200".into() }.into());
+    }
+    if let Some(p) = &f.project {
+        cloudbuild_proto::validate::ProjectName::parse(p)?;
+    }
+    let query = AuditQuery { project: f.project, actor: f.actor, action: f.action, before: f.before, limit };
+    let entries = state.store.list_audit(&query).await?;
+    let next_before = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
+    Ok(AuditPage { entries, next_before })
+}

@@ -185,6 +185,11 @@ async fn secrets_are_checked_listed_without_values_and_deleted() {
     let (status, v) = api.call("PUT", &uri, None, Some(body)).await;
     assert!(status == StatusCode::BAD_REQUEST && v["message"].as_str().unwrap().contains("shorter than 6"), "{v}");
     let (uri, body) = put("NPM_TOKEN", "npm_0123456789abcdef");
+    let (status, v) = api.call("PUT", &uri, None, Some(body.clone())).await;
+    assert_eq!((status, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "a project's secrets need the project: {v}");
+    let project = json!({"name": "site", "repo": "https://github.com/org/site.git"});
+    let (status, v) = api.call("POST", "/api/v1/projects", None, Some(project)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
     let (status, v) = api.call("PUT", &uri, None, Some(body)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["stages"], json!(["install", "check", "build"]));

@@ -43,18 +43,6 @@ fn cli_with_env(srv: &cloudbuild_testkit::Server, args: &[&str], env: &[(&str, &
 #[test]
 fn a_secret_reaches_its_stages_and_no_output_channel() {
     let srv = server("");
-    // Too short: refused, with the reason.
-    let out =
-        cli_with_env(&srv, &["secrets", "set", "leaky", "test", "API_TOKEN", "--from-env", "V"], &[("V", "abc12")]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("shorter than 6 characters"), "{err}");
-    let out = cli_with_env(
-        &srv,
-        &["secrets", "set", "leaky", "test", "API_TOKEN", "--from-env", "V", "--stages", "build"],
-        &[("V", CANARY)],
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
     let repo = Repo::new(&[
         (
             "package.json",
@@ -68,6 +56,25 @@ fn a_secret_reaches_its_stages_and_no_output_channel() {
         ),
         ("leak.js", LEAKY_BUILD),
     ]);
+    // A project's secrets belong to a registered project.
+    let out =
+        cli_with_env(&srv, &["secrets", "set", "leaky", "test", "API_TOKEN", "--from-env", "V"], &[("V", CANARY)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no project named leaky"), "{err}");
+    let register = srv.cli(std::path::Path::new("."), &["projects", "create", "leaky", "--repo", &repo.url]);
+    assert!(register.status.success(), "{}", String::from_utf8_lossy(&register.stderr));
+    // Too short: refused, with the reason.
+    let out =
+        cli_with_env(&srv, &["secrets", "set", "leaky", "test", "API_TOKEN", "--from-env", "V"], &[("V", "abc12")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("shorter than 6 characters"), "{err}");
+    let out = cli_with_env(
+        &srv,
+        &["secrets", "set", "leaky", "test", "API_TOKEN", "--from-env", "V", "--stages", "build"],
+        &[("V", CANARY)],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     let (_, t) = srv.create(&repo.task_body("leaky"));
     let id = t["id"].as_i64().unwrap();
     let t = srv.wait_done(id);

@@ -101,7 +101,9 @@ impl From<SecretError> for ApiError {
         let message = e.to_string();
         match e {
             SecretError::Invalid(v) => v.into(),
-            SecretError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            SecretError::NotFound { .. } | SecretError::NoProject(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
             SecretError::Vault(ref v) => ApiError::internal("project secrets", v),
             SecretError::Store(s) => s.into(),
         }

@@ -19,6 +19,13 @@ pub enum SecretError {
     Invalid(#[from] ValidationError),
     #[error("{project} has no {env} secret named {name}")]
     NotFound { project: String, env: &'static str, name: String },
+    /// Secrets belong to registered projects (registered by a first publish, or `cloudbuild
+    /// projects create`).
+    #[error(
+        "no project named {0}: publish it once, or register it with `cloudbuild projects create {0} --repo URL`, \
+         before setting its secrets"
+    )]
+    NoProject(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -48,6 +55,9 @@ pub async fn set(
     let project = ProjectName::parse(project)?;
     check_name(name)?;
     check_value(&req.value)?;
+    if state.store.get_project(project.as_str()).await?.is_none() {
+        return Err(SecretError::NoProject(project.to_string()));
+    }
     let mut stages = req.stages.unwrap_or_else(|| SECRET_STAGES.to_vec());
     if let Some(bad) = stages.iter().find(|s| !SECRET_STAGES.contains(s)) {
         return Err(ValidationError {

@@ -195,6 +195,16 @@ impl Display {
     }
 }
 
+/// A time to the second, marked as UTC (`2026-11-30T14:16:25Z`): listings show times of
+/// servers and workers in other zones, so they say which zone they are in.
+pub(crate) fn utc(t: cloudbuild_proto::time::Timestamp) -> String {
+    let full = t.to_string();
+    match full.get(..19) {
+        Some(seconds) if full.ends_with('Z') => format!("{seconds}Z"),
+        _ => full,
+    }
+}
+
 /// A duration in milliseconds as seconds with one decimal (`19.2 s`), or minutes past 100 s.
 pub(crate) fn seconds(ms: i64) -> String {
     let ms = ms.max(0);

@@ -56,13 +56,12 @@ pub(crate) async fn audit(args: AuditArgs) -> Result<ExitCode> {
         outln!("no audit entries");
         return Ok(ExitCode::SUCCESS);
     }
-    outln!("{:>6}  {:<20} {:<14} {:<15} {:<20} {:<32} OUTCOME", "ID", "WHEN (UTC)", "WHO", "FROM", "ACTION", "TARGET");
+    outln!("{:>6}  {:<20} {:<14} {:<15} {:<20} {:<32} OUTCOME", "ID", "WHEN", "WHO", "FROM", "ACTION", "TARGET");
     for e in &page.entries {
-        let at = e.at.to_string();
         outln!(
             "{:>6}  {:<20} {:<14} {:<15} {:<20} {:<32} {}",
             e.id,
-            &at[..at.len().min(19)],
+            crate::display::utc(e.at),
             e.actor,
             e.address.as_deref().unwrap_or("-"),
             e.action,

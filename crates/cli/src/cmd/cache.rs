@@ -78,7 +78,7 @@ pub(crate) async fn run(cmd: CacheCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
-                "{:<11} {:<24} {:<12} {:>6} {:>8} {:>10}  last used (UTC)",
+                "{:<11} {:<24} {:<12} {:>6} {:>8} {:>10}  LAST USED",
                 "kind",
                 "project",
                 "key",
@@ -87,7 +87,6 @@ pub(crate) async fn run(cmd: CacheCommand) -> Result<ExitCode> {
                 "size"
             );
             for e in &entries {
-                let used = Timestamp(e.used * 1_000_000).to_string();
                 outln!(
                     "{:<11} {:<24} {:<12} {:>6} {:>8} {:>10}  {}",
                     e.kind,
@@ -96,7 +95,7 @@ pub(crate) async fn run(cmd: CacheCommand) -> Result<ExitCode> {
                     e.task,
                     e.files,
                     size(e.bytes),
-                    &used[..used.len().min(19)]
+                    crate::display::utc(Timestamp(e.used * 1_000_000))
                 );
             }
             let total: u64 = entries.iter().map(|e| e.bytes).sum();

@@ -74,7 +74,7 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
             "available"
         };
         outln!(
-            "{:<5} {:<12} {:>6}  {:<9} {:>6} {:>10}  {:<14} {:<19} {}",
+            "{:<5} {:<12} {:>6}  {:<9} {:>6} {:>10}  {:<14} {:<20} {}",
             r.env.as_str(),
             r.version,
             r.task_id,
@@ -82,7 +82,7 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
             r.files,
             r.bytes,
             r.requested_by,
-            &r.created_at.to_string()[..19],
+            crate::display::utc(r.created_at),
             r.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-")
         );
     }

@@ -134,7 +134,7 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<ExitCode> {
             t.version,
             t.branch,
             duration(t),
-            &t.created_at.to_string()[..19]
+            crate::display::utc(t.created_at)
         );
     }
     if let Some(next) = page.next_before {

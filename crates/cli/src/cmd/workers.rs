@@ -116,10 +116,10 @@ pub(crate) async fn tokens(cmd: TokenCommand) -> Result<ExitCode> {
             }
             for t in list.tokens {
                 let state = match t.revoked_at {
-                    Some(at) => format!("revoked {}", &at.to_string()[..19]),
+                    Some(at) => format!("revoked {}", crate::display::utc(at)),
                     None => "live".to_owned(),
                 };
-                outln!("{:<24} created {}  {state}", t.name, &t.created_at.to_string()[..19]);
+                outln!("{:<24} created {}  {state}", t.name, crate::display::utc(t.created_at));
             }
         }
         TokenCommand::Revoke { server, name } => {

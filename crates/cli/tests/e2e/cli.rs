@@ -36,6 +36,9 @@ fn publish_streams_the_build_and_prints_the_url() {
     assert_eq!(page["tasks"][0]["state"], "succeeded");
     let table = text(&srv.cli(&repo.work, &["tasks"]));
     assert!(table.contains("succeeded") && table.contains("cli-site"), "{table}");
+    // Times say their zone: the server may be in another one.
+    let created = page["tasks"][0]["created_at"].as_str().unwrap();
+    assert!(table.contains(&format!("{}Z", &created[..19])), "{table}");
 }
 
 #[test]

@@ -62,6 +62,41 @@ fn a_project_is_bound_to_the_repository_of_its_first_publish() {
     assert!(!gone.status.success() && text(&gone).contains("no project named bound-site"), "{}", text(&gone));
 }
 
+/// Forges serve a pull request's commits from the parent repository's URL (`refs/pull/7/head`),
+/// so the repository's URL alone does not make code the project's: a task builds a branch or a
+/// tag, and a pinned commit must be on its branch.
+#[test]
+fn a_pull_requests_code_is_not_built_under_the_projects_name() {
+    let srv = server("");
+    let repo = Repo::site("pr-site", "<h1>ours</h1>");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(&repo.work).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["checkout", "-q", "-b", "contribution"]);
+    std::fs::write(repo.work.join("build.js"), cloudbuild_testkit::build_script("<h1>theirs</h1>")).unwrap();
+    git(&["-c", "user.email=x@x", "-c", "user.name=x", "commit", "-qam", "a pull request"]);
+    git(&["push", "-q", "origin", "HEAD:refs/pull/7/head"]);
+    let theirs = repo.head();
+    git(&["checkout", "-q", "main"]);
+    let (status, t) = srv.create(&repo.task_body("pr-site"));
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(srv.wait_done(t["id"].as_i64().unwrap()).state, TaskState::Succeeded);
+
+    let mut by_ref = repo.task_body("pr-site");
+    by_ref["branch"] = "pull/7/head".into();
+    let (_, t) = srv.create(&by_ref);
+    let t = srv.wait_done(t["id"].as_i64().unwrap());
+    assert_eq!((t.state, t.stage), (TaskState::Failed, Some(cloudbuild_proto::task::Stage::DownloadRepo)), "{t:?}");
+    let mut by_commit = repo.task_body("pr-site");
+    by_commit["commit"] = theirs.clone().into();
+    let (_, t) = srv.create(&by_commit);
+    let t = srv.wait_done(t["id"].as_i64().unwrap());
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    assert!(t.reason.as_deref().unwrap_or_default().contains(&format!("commit {theirs} is not in")), "{t:?}");
+    assert_eq!(cloudbuild_testkit::get_text(&srv.site_url("test", "pr-site")).1, "<h1>ours</h1>");
+}
+
 #[test]
 fn without_auto_create_only_a_registered_project_publishes() {
     let srv = server("[projects]\nauto_create = false\n");

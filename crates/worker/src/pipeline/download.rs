@@ -155,9 +155,37 @@ impl Run<'_> {
         self.run_sandboxed(Stage::DownloadRepo, &argv, cwd, env, net, capture).await
     }
 
-    /// Checks out exactly `sha`: fetched by id (one commit, no history), or, from a server
-    /// that does not serve commits by id, with the branch's history. A commit that is in
-    /// neither (force-pushed away, deleted) fails clearly.
+    /// Fetches branch `branch` of `repo` (or, when it has no such branch, its tag `branch`)
+    /// into the local ref `into`, with git run in `cwd` (`git_dir` first when given). Never
+    /// another kind of ref: `pull/7/head` would be a pull request's code, which a forge serves
+    /// from the parent repository's URL.
+    pub(super) async fn fetch_branch_or_tag(
+        &mut self,
+        cwd: &Path,
+        git_dir: Option<&str>,
+        repo: &RepoUrl,
+        branch: &GitRef,
+        into: &str,
+        env: &[(String, String)],
+    ) -> Result<(), StageError> {
+        let net = self.git_network();
+        let mut tried = None;
+        for kind in ["heads", "tags"] {
+            let refspec = format!("+refs/{kind}/{branch}:{into}");
+            let mut args: Vec<&str> = git_dir.into_iter().collect();
+            args.extend(["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec]);
+            match self.git(cwd, env, &args, net).await {
+                Ok(()) => return Ok(()),
+                Err(StageError::Failed(e)) => tried = Some(e),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StageError::Failed(tried.unwrap_or_default()))
+    }
+
+    /// Checks out exactly `sha`, which must be on the task's branch (or be its tag's commit):
+    /// a commit the repository serves by id only (a pull request's, another fork's) is not
+    /// the project's code, and one force-pushed away is not there any more.
     async fn fetch_commit(
         &mut self,
         repo: &RepoUrl,
@@ -169,43 +197,17 @@ impl Run<'_> {
         tokio::fs::create_dir_all(&src)
             .await
             .map_err(|e| StageError::Failed(format!("cannot create the checkout: {e}")))?;
-        // Only the fetches go out; the rest is local.
+        // Only the fetch goes out; the rest is local.
         self.git(&src, env, &["init", "--quiet"], Network::None).await?;
-        let net = self.git_network();
-        let by_id = [
-            "fetch",
-            "--quiet",
-            "--depth",
-            "1",
-            "--no-tags",
-            "--no-recurse-submodules",
-            "--",
-            repo.as_str(),
-            sha.as_str(),
-        ];
-        match self.git(&src, env, &by_id, net).await {
-            Ok(()) => {}
-            Err(StageError::Failed(_)) => {
-                self.reporter.note(format!(
-                    "commit {} could not be fetched by id; fetching branch {branch} to find it",
-                    sha.short()
-                ));
-                let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-                let whole = ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
-                let fetched = self.git(&src, env, &whole, net).await;
-                let present = fetched.is_ok()
-                    && self
-                        .git(&src, env, &["cat-file", "-e", &format!("{sha}^{{commit}}")], Network::None)
-                        .await
-                        .is_ok();
-                if !present {
-                    return Err(StageError::Failed(format!(
-                        "commit {sha} is not in {repo} any more (was {branch} force-pushed, or the commit deleted?); \
-                         publish a commit the repository has"
-                    )));
-                }
-            }
-            Err(other) => return Err(other),
+        let into = "refs/cloudbuild/branch";
+        let fetched = self.fetch_branch_or_tag(&src, None, repo, branch, into, env).await;
+        let on_branch = fetched.is_ok()
+            && self.git(&src, env, &["merge-base", "--is-ancestor", sha.as_str(), into], Network::None).await.is_ok();
+        if !on_branch {
+            return Err(StageError::Failed(format!(
+                "commit {sha} is not in {repo} on {branch} (was {branch} force-pushed, the commit deleted, or is it \
+                 another branch's or a pull request's?); publish a commit of the branch"
+            )));
         }
         let checkout = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha.as_str()];
         self.git(&src, env, &checkout, Network::None).await

@@ -124,13 +124,10 @@ impl Run<'_> {
             self.reporter.note("git mirror: none for this repository yet; fetching its history once");
             self.git(&workdir, env, &["init", "--bare", "--quiet", &inside], Network::None).await.map_err(local)?;
         }
-        // Tags as well as branches: the refspec's source is resolved as `git fetch` does.
         let refname = format!("refs/cloudbuild/{branch}");
-        let refspec = format!("+{branch}:{refname}");
-        let net = self.git_network();
-        let fetch =
-            [&git_dir, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec];
-        self.git(&workdir, env, &fetch, net).await.map_err(|e| (Step::Fetch, e))?;
+        self.fetch_branch_or_tag(&workdir, Some(&git_dir), repo, branch, &refname, env)
+            .await
+            .map_err(|e| (Step::Fetch, e))?;
         if let Some(sha) = pinned {
             // The mirror keeps what the repository may have dropped (a force-pushed commit):
             // it serves a pinned commit only while the branch still leads to it.

@@ -143,6 +143,9 @@ pub async fn run(
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (state, outbox) = app_state(settings, store, public_url, stop_rx.clone())?;
+    if let Err(e) = domain::projects::adopt_existing(&state).await {
+        tracing::error!("cannot register the projects of earlier tasks: {e}");
+    }
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
     let app = router(state.clone());

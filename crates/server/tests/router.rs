@@ -244,3 +244,54 @@ async fn blob_uploads_past_the_cap_wait_for_a_free_slot() {
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::NO_CONTENT);
     assert_eq!(quick.await.unwrap().unwrap().status(), StatusCode::NO_CONTENT, "served once the slot was free");
 }
+
+#[tokio::test]
+async fn a_name_with_secrets_or_releases_is_not_claimed_by_the_next_publish_after_its_registration_goes() {
+    let api = api(|_| {}).await;
+    let project = json!({"name": "site", "repo": "https://github.com/org/site.git"});
+    assert_eq!(api.call("POST", "/api/v1/projects", None, Some(project)).await.0, StatusCode::CREATED);
+    let secret = json!({"value": "npm_0123456789abcdef"});
+    let (status, v) = api.call("PUT", "/api/v1/projects/site/secrets/prod/NPM_TOKEN", None, Some(secret)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(api.call("DELETE", "/api/v1/projects/site", None, None).await.0, StatusCode::NO_CONTENT);
+    let task =
+        json!({"repo": "https://github.com/mallory/site.git", "branch": "main", "name": "site", "version": "1.0.0"});
+    let (status, v) = api.call("POST", "/api/v1/tasks", None, Some(task)).await;
+    assert_eq!((status, code(&v)), (StatusCode::FORBIDDEN, "project_not_registered"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("has releases or secrets"), "{v}");
+}
+
+#[tokio::test]
+async fn the_projects_of_earlier_tasks_are_registered_with_their_newest_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
+    config.git.allow_local_hosts = true;
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+    // Tasks stored by a version without projects.
+    for repo in ["https://github.com/org/old.git", "https://github.com/org/site.git"] {
+        let new = cloudbuild_store::NewTask {
+            name: "site".into(),
+            version: "1.0.0".into(),
+            repo: repo.into(),
+            branch: "main".into(),
+            commit: None,
+            build_cmd: None,
+            env: cloudbuild_proto::task::Environment::Test,
+            trigger: cloudbuild_proto::task::Trigger::Api,
+            force: false,
+            requested_by: "ci".into(),
+            retry_of: None,
+            output_limit: 1 << 20,
+            labels: Vec::new(),
+            no_cache: false,
+        };
+        cloudbuild_store::Store::create_task(&*store, new).await.unwrap();
+    }
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let (state, _outbox) =
+        app_state(config.validate().unwrap(), store.clone(), "http://127.0.0.1:7001".into(), stopped).unwrap();
+    assert_eq!(cloudbuild_server::domain::projects::adopt_existing(&state).await.unwrap(), 1);
+    let project = cloudbuild_store::Store::get_project(&*store, "site").await.unwrap().unwrap();
+    assert_eq!(project.repo, "https://github.com/org/site.git", "the newest task's repository");
+    assert_eq!(cloudbuild_server::domain::projects::adopt_existing(&state).await.unwrap(), 0, "once");
+}

@@ -197,20 +197,34 @@ impl RepoUrl {
 
     /// The repository it names, whatever the transport: `github.com/org/site` for
     /// `https://github.com/org/site.git`, `ssh://git@github.com/org/site` and
-    /// `git@github.com:org/site.git` alike (host in lower case, no port, user, `.git` or
-    /// trailing `/`); `file:/srv/git/site` for a local one. Two URLs of one repository have
-    /// the same identity, which is what a project is bound to.
+    /// `git@github.com:org/site.git` alike (host in lower case; no user, one trailing `.git`
+    /// and `/` dropped; a port other than the transport's default kept, since another port
+    /// may be another server); `file:/srv/git/site` for a local one. Two URLs of one
+    /// repository have the same identity, which is what a project is bound to.
     pub fn identity(&self) -> String {
-        let trim = |p: &str| p.trim_end_matches('/').trim_end_matches(".git").trim_matches('/').to_owned();
-        match (&self.host, self.protocol) {
-            (None, _) => format!("file:{}", trim(self.local_path().unwrap_or_default())),
-            (Some(host), _) => {
-                let path = match self.raw.split_once("://") {
-                    Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
-                    None => self.raw.split_once(':').map_or("", |(_, p)| p), // scp-like
-                };
-                format!("{host}/{}", trim(path))
-            }
+        let trim = |p: &str| {
+            let p = p.trim_matches('/');
+            p.strip_suffix(".git").unwrap_or(p).trim_end_matches('/').to_owned()
+        };
+        let Some(host) = &self.host else {
+            return format!("file:{}", trim(self.local_path().unwrap_or_default()));
+        };
+        let (authority, path) = match self.raw.split_once("://") {
+            Some((_, rest)) => rest.split_once('/').unwrap_or((rest, "")),
+            None => ("", self.raw.split_once(':').map_or("", |(_, p)| p)), // scp-like: no port
+        };
+        let default = match self.protocol {
+            GitProtocol::Https => "443",
+            GitProtocol::Http => "80",
+            GitProtocol::Ssh => "22",
+            GitProtocol::Git => "9418",
+            GitProtocol::File => "",
+        };
+        let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
+        let port = after_host.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty() && *p != default);
+        match port {
+            Some(port) => format!("{host}:{port}/{}", trim(path)),
+            None => format!("{host}/{}", trim(path)),
         }
     }
 }
@@ -326,6 +340,8 @@ mod tests {
             assert_eq!(id(url), "github.com/org/site", "{url}");
         }
         assert_ne!(id("https://github.com/org/site-2.git"), "github.com/org/site");
+        assert_eq!(id("https://git.example.com:8443/org/site.git"), "git.example.com:8443/org/site", "another port");
+        assert_eq!(id("https://github.com/org/site.git.git"), "github.com/org/site.git", "one .git only");
         assert_ne!(id("https://gitlab.com/org/site.git"), "github.com/org/site");
         assert_eq!(id("file:///srv/git/site.git"), "file:srv/git/site");
     }

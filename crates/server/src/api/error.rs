@@ -129,7 +129,9 @@ impl From<ProjectError> for ApiError {
             ProjectError::OtherRepository { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "project_repository_mismatch", message)
             }
-            ProjectError::NotRegistered(_) => ApiError::new(StatusCode::FORBIDDEN, "project_not_registered", message),
+            ProjectError::NotRegistered(_) | ProjectError::Unregistered(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "project_not_registered", message)
+            }
             ProjectError::Store(s) => s.into(),
         }
     }

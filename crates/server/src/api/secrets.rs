@@ -37,19 +37,19 @@ pub async fn list(
 /// `PUT /api/v1/projects/{name}/secrets/{env}/{secret}` with `{"value": …, "stages": […]}`.
 pub async fn set(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     Path((project, e, name)): Path<(String, String, String)>,
     ApiJson(req): ApiJson<SetSecret>,
 ) -> Result<Json<SecretInfo>, ApiError> {
-    Ok(Json(secrets::set(&state, &project, env(&e)?, &name, req).await?))
+    Ok(Json(secrets::set(&state, &caller, &project, env(&e)?, &name, req).await?))
 }
 
 /// `DELETE /api/v1/projects/{name}/secrets/{env}/{secret}`.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     Path((project, e, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    secrets::delete(&state, &project, env(&e)?, &name).await?;
+    secrets::delete(&state, &caller, &project, env(&e)?, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -25,16 +25,27 @@ pub async fn record<T, E: std::fmt::Display>(
         actor: caller.0.clone(),
         address: caller.1.map(|a| a.to_string()),
         action: action.to_owned(),
-        target: target.into(),
-        project: project.map(str::to_owned),
+        target: clip(&target.into()),
+        project: project.map(clip),
         outcome: match result {
             Ok(_) => "ok".to_owned(),
-            Err(e) => format!("refused: {e}"),
+            Err(e) => clip(&format!("refused: {e}")),
         },
     };
     if let Err(e) = state.store.append_audit(&entry).await {
         tracing::error!(action, target = %entry.target, "cannot append to the audit log: {e}");
     }
+}
+
+/// What an entry keeps of a value a caller gave (a name that failed validation, an error
+/// quoting it): at most 300 characters, control characters as `?` (they would reach the
+/// terminals of those who read the log).
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(300).map(|c| if c.is_control() { '?' } else { c }).collect();
+    if s.chars().count() > 300 {
+        out.push('…');
+    }
+    out
 }
 
 /// Filters of [`list`].
@@ -69,4 +80,16 @@ pub async fn list(state: &AppState, f: AuditFilter) -> Result<AuditPage, AuditEr
     let entries = state.store.list_audit(&query).await?;
     let next_before = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
     Ok(AuditPage { entries, next_before })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn what_a_caller_gave_is_clipped_and_made_printable() {
+        assert_eq!(clip("project \u{1b}[2Jsite\n"), "project ?[2Jsite?");
+        let long = "x".repeat(1000);
+        assert_eq!(clip(&long).chars().count(), 301);
+    }
 }

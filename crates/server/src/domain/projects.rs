@@ -33,8 +33,48 @@ pub enum ProjectError {
          ([projects] auto_create = false): `cloudbuild projects create {0} --repo URL`"
     )]
     NotRegistered(String),
+    /// An unregistered name that has releases or secrets.
+    #[error(
+        "project {0} has releases or secrets but is not registered: an admin registers it again with \
+         `cloudbuild projects create {0} --repo URL`"
+    )]
+    Unregistered(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether `name` has releases or secrets (its registration was deleted).
+async fn has_history(state: &AppState, name: &str) -> Result<bool, StoreError> {
+    Ok(!state.store.list_releases(None, name).await?.is_empty() || !state.store.list_secrets(name).await?.is_empty())
+}
+
+/// Registers the projects that tasks built before projects existed (a store of an earlier
+/// version): each name is bound to the repository of its newest task. Runs when no project is
+/// registered yet; without it, the first publish after an upgrade could claim any live site.
+pub async fn adopt_existing(state: &AppState) -> Result<usize, ProjectError> {
+    if !state.store.list_projects().await?.is_empty() {
+        return Ok(0);
+    }
+    let (mut seen, mut adopted, mut before) = (std::collections::HashSet::new(), 0, None);
+    loop {
+        let page =
+            state.store.list_tasks(&cloudbuild_store::TaskQuery { before, limit: 500, ..Default::default() }).await?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        for task in page.iter().filter(|t| seen.insert(t.name.clone())) {
+            let Ok(url) = repo_url(state, &task.repo) else { continue };
+            let by = Caller(format!("{} (adopted)", task.requested_by), None);
+            let mut project = record(&task.name, &url, "main", Default::default(), &by);
+            project.created_at = task.created_at;
+            if state.store.create_project(&project).await? {
+                adopted += 1;
+            }
+        }
+    }
+    if adopted > 0 {
+        tracing::info!(adopted, "registered the projects of earlier tasks, each bound to its newest task's repository");
+    }
+    Ok(adopted)
 }
 
 fn repo_url(state: &AppState, repo: &str) -> Result<RepoUrl, ValidationError> {
@@ -48,6 +88,9 @@ pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) ->
     let project = match state.store.get_project(name).await? {
         Some(p) => p,
         None if !state.settings.auto_create_projects => return Err(ProjectError::NotRegistered(name.to_owned())),
+        // A name with releases or secrets but no registration (its registration was deleted)
+        // is not up for grabs by whoever publishes it next.
+        None if has_history(state, name).await? => return Err(ProjectError::Unregistered(name.to_owned())),
         None => {
             let new = record(name, &url, "main", Default::default(), caller);
             if state.store.create_project(&new).await? {

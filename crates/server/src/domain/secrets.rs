@@ -9,6 +9,7 @@ use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::{ProjectName, ValidationError};
 use cloudbuild_store::{StoreError, StoredSecret};
 
+use super::callers::Caller;
 use crate::state::AppState;
 use crate::vault::{slot, Vault, VaultError};
 
@@ -46,6 +47,20 @@ fn info(s: &StoredSecret) -> SecretInfo {
 /// Sets (adds or replaces) `name` for `project` in `env`. The value is checked (6 bytes at
 /// least, one line) and sealed; stages default to install, check and build.
 pub async fn set(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    env: Environment,
+    name: &str,
+    req: SetSecret,
+) -> Result<SecretInfo, SecretError> {
+    let result = seal_and_store(state, project, env, name, req).await;
+    let target = format!("secret {name} of {project} {}", env.as_str());
+    super::audit::record(state, caller, "secret.set", target, Some(project), &result).await;
+    result
+}
+
+async fn seal_and_store(
     state: &AppState,
     project: &str,
     env: Environment,
@@ -88,7 +103,20 @@ pub async fn list(state: &AppState, project: &str) -> Result<Vec<SecretInfo>, Se
 }
 
 /// Deletes a secret.
-pub async fn delete(state: &AppState, project: &str, env: Environment, name: &str) -> Result<(), SecretError> {
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    env: Environment,
+    name: &str,
+) -> Result<(), SecretError> {
+    let result = remove(state, project, env, name).await;
+    let target = format!("secret {name} of {project} {}", env.as_str());
+    super::audit::record(state, caller, "secret.delete", target, Some(project), &result).await;
+    result
+}
+
+async fn remove(state: &AppState, project: &str, env: Environment, name: &str) -> Result<(), SecretError> {
     let project = ProjectName::parse(project)?;
     check_name(name)?;
     if state.store.delete_secret(project.as_str(), env, name).await? {

@@ -108,9 +108,9 @@ async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> 
     }
     let new = validate(&state.settings, req, caller, req.trigger, None)?;
     check_repo_host(&state.settings, &new.repo).await?;
-    super::projects::admit(state, caller, &new.name, &new.repo).await?;
-    // Fail fast: a build that could not be published is not started.
+    // Fail fast: a build that could not be published is not started (and registers nothing).
     releases::check_version_free(state, new.env, &new.name, &new.version, new.force).await?;
+    super::projects::admit(state, caller, &new.name, &new.repo).await?;
     submit(state, new).await
 }
 

@@ -111,6 +111,14 @@ fn v2_and_v4_clients_build_publish_and_fail_like_the_original() {
         assert_eq!(lines.last().unwrap()["type"], "disconnect", "{what}: the server disconnects at the end");
         let t = srv.task(id);
         assert_eq!((t.state, t.trigger), (TaskState::Succeeded, cloudbuild_proto::task::Trigger::SocketIo));
+        // Audited like any publish, with the client's address.
+        let audit = get_json(&format!("{}/api/v1/audit?action=task.create&limit=1", srv.url)).unwrap();
+        let entry = &audit["entries"][0];
+        assert_eq!(
+            (entry["target"].as_str(), entry["address"].as_str()),
+            (Some(format!("task {id}").as_str()), Some("127.0.0.1")),
+            "{what}: {audit}"
+        );
 
         let lines = run_client(&srv, major, transport, &query_for(&bad, "sio-bad"), None, &[]);
         let actions: Vec<String> = build_actions(&lines).into_iter().map(|a| a.0).collect();

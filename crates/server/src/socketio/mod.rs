@@ -143,7 +143,10 @@ fn query(s: &SocketRef) -> HashMap<String, String> {
 fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result<Caller, String> {
     let from_auth = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str).map(str::to_owned);
     let token = from_auth.or_else(|| query(s).get("token").cloned());
-    identify(&state.settings, token.as_deref()).map_err(|e| e.to_string())
+    let mut caller = identify(&state.settings, token.as_deref()).map_err(|e| e.to_string())?;
+    // The listener's record of the peer, kept by `detach_from_connection` (for the audit log).
+    caller.1 = s.req_parts().extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    Ok(caller)
 }
 
 /// Connect middleware: refuses 3.x/4.x clients with `connect_error`. A 2.x client cannot

@@ -10,8 +10,13 @@ use crate::server;
 
 #[test]
 fn changes_and_refusals_are_recorded_with_who_from_where_and_the_outcome() {
-    let srv = server("");
+    let srv = server("[releases]\nkeep = 1\n");
     let ours = Repo::site("audit-site", "<h1>ours</h1>");
+    let (_, t) = srv.create(&ours.task_body("audit-site"));
+    let first = t["id"].as_i64().unwrap();
+    assert_eq!(srv.wait_done(first).state, TaskState::Succeeded);
+    // A second release switches the site and, keeping one, prunes the first.
+    ours.commit(&[("build.js", &cloudbuild_testkit::build_script("<h1>ours, again</h1>"))], "again");
     let (_, t) = srv.create(&ours.task_body("audit-site"));
     let id = t["id"].as_i64().unwrap();
     assert_eq!(srv.wait_done(id).state, TaskState::Succeeded);
@@ -44,7 +49,16 @@ fn changes_and_refusals_are_recorded_with_who_from_where_and_the_outcome() {
     );
     assert_eq!(outcome("task.create", 1), Some("ok"));
     assert!(outcome("project.create", 0).is_some(), "the first publish registered it: {seen:?}");
-    assert!(entries.iter().all(|e| e["actor"] == "anonymous" && e["address"] == "127.0.0.1"), "{page}");
+    assert_eq!((outcome("release.switch", 0), outcome("release.switch", 1)), (Some("ok"), Some("ok")), "{seen:?}");
+    assert_eq!(outcome("release.prune", 0), Some("ok"), "{seen:?}");
+    assert!(entries.iter().all(|e| e["actor"] == "anonymous"), "{page}");
+    // What callers asked for has their address; what the server did on a task's behalf (the
+    // switch and the pruning at its publish) has none.
+    for e in entries {
+        let by_server = e["action"].as_str().unwrap().starts_with("release.");
+        assert_eq!(e["address"].is_null(), by_server, "{e}");
+        assert!(by_server || e["address"] == "127.0.0.1", "{e}");
+    }
     assert!(!page.to_string().contains("cbw_"), "no token secret in the log");
 
     // Filters and pages.

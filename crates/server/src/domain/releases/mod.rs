@@ -281,9 +281,21 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
         requested_by: task.requested_by.clone(),
     };
     let release = state.store.record_release(new, &plan.files).await?;
+    // Done on the task's behalf: the audit log names whoever asked for the task.
+    let asker = Caller(task.requested_by.clone(), None);
     if newer.is_none() {
         guard.ensure_held().await?;
-        let previous = switch(state, &release).await?;
+        let switched = switch(state, &release).await;
+        let target = format!(
+            "release {} ({} {} of task {}) in {}",
+            release.id,
+            task.name,
+            task.version,
+            task.id,
+            task.env.as_str()
+        );
+        crate::domain::audit::record(state, &asker, "release.switch", target, Some(&task.name), &switched).await;
+        let previous = switched?;
         tracing::info!(
             task = task.id,
             release = release.id,
@@ -296,7 +308,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
     } else {
         tracing::info!(task = task.id, release = release.id, newer = ?newer, "recorded; a newer task's release stays current");
     }
-    prune(state, task.env, &task.name).await;
+    prune(state, &asker, task.env, &task.name).await;
     drop(guard);
     let _ = tokio::fs::remove_dir_all(&staged).await;
     let release = state.store.get_release(release.id).await?.unwrap_or(release);
@@ -374,7 +386,7 @@ async fn switch(state: &AppState, release: &Release) -> Result<Option<Release>, 
 
 /// Removes releases beyond `releases.keep` from the target (never the current one). Failures are
 /// logged and retried at the next publish.
-async fn prune(state: &AppState, env: Environment, name: &str) {
+async fn prune(state: &AppState, asker: &Caller, env: Environment, name: &str) {
     let Ok(all) = state.store.list_releases(Some(env), name).await else { return };
     let keep = state.settings.keep_releases as usize;
     let old: Vec<&Release> = all.iter().filter(|r| !r.pruned).skip(keep).filter(|r| !r.current).collect();
@@ -396,6 +408,9 @@ async fn prune(state: &AppState, env: Environment, name: &str) {
     }
     if !pruned.is_empty() {
         tracing::info!(%name, env = env.as_str(), count = pruned.len(), "pruned old releases");
+        let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
+        let target = format!("releases {} of {name} in {} (keeping {keep})", ids.join(", "), env.as_str());
+        crate::domain::audit::record(state, asker, "release.prune", target, Some(name), &Ok::<(), String>(())).await;
         if let Err(e) = state.store.mark_pruned(&pruned).await {
             tracing::warn!("recording pruned releases failed: {e}");
         }

@@ -10,9 +10,59 @@ use cloudbuild_store::{AuditQuery, NewAudit, StoreError};
 use super::callers::Caller;
 use crate::state::AppState;
 
+/// What an error may say in the audit log, which callers read: a refusal is told as the
+/// caller was told it; a failure of the server's own (its store, a target, the disk) only as a
+/// failure, its details staying in the server's log (as `ApiError` keeps them from clients).
+pub trait Outcome: std::fmt::Display {
+    /// Whether it is the server's own failure rather than a refusal of the request.
+    fn internal(&self) -> bool;
+}
+
+impl Outcome for super::tasks::TaskError {
+    fn internal(&self) -> bool {
+        match self {
+            Self::Store(_) => true,
+            Self::Release(r) => r.internal(),
+            Self::Project(p) => p.internal(),
+            _ => false,
+        }
+    }
+}
+
+impl Outcome for super::releases::ReleaseError {
+    fn internal(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::Target(_) | Self::Io { .. } | Self::Lock(_))
+    }
+}
+
+impl Outcome for super::projects::ProjectError {
+    fn internal(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+}
+
+impl Outcome for super::workers::WorkerError {
+    fn internal(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::Random(_))
+    }
+}
+
+impl Outcome for super::secrets::SecretError {
+    fn internal(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::Vault(_))
+    }
+}
+
+/// For what never fails.
+impl Outcome for std::convert::Infallible {
+    fn internal(&self) -> bool {
+        false
+    }
+}
+
 /// Appends what `caller` did to `target` (`task 12`, `project site`) of `project`, and how it
 /// ended (`Ok`, or the error it was refused with).
-pub async fn record<T, E: std::fmt::Display>(
+pub async fn record<T, E: Outcome>(
     state: &AppState,
     caller: &Caller,
     action: &str,
@@ -29,6 +79,7 @@ pub async fn record<T, E: std::fmt::Display>(
         project: project.map(clip),
         outcome: match result {
             Ok(_) => "ok".to_owned(),
+            Err(e) if e.internal() => "failed: an error of the server's own (its log has the details)".to_owned(),
             Err(e) => clip(&format!("refused: {e}")),
         },
     };
@@ -84,12 +135,20 @@ pub async fn list(state: &AppState, f: AuditFilter) -> Result<AuditPage, AuditEr
 
 #[cfg(test)]
 mod tests {
-    use super::clip;
+    use super::{clip, Outcome};
+    use crate::domain::tasks::TaskError;
 
     #[test]
     fn what_a_caller_gave_is_clipped_and_made_printable() {
         assert_eq!(clip("project \u{1b}[2Jsite\n"), "project ?[2Jsite?");
         let long = "x".repeat(1000);
         assert_eq!(clip(&long).chars().count(), 301);
+    }
+
+    #[test]
+    fn a_failure_of_the_servers_own_is_not_told_in_detail() {
+        let store = TaskError::Store(cloudbuild_store::StoreError::Corrupt("row 7 of tasks".into()));
+        assert!(store.internal());
+        assert!(!TaskError::Refused("a reserved trigger".into()).internal());
     }
 }

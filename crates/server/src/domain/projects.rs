@@ -96,8 +96,15 @@ pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) ->
             if state.store.create_project(&new).await? {
                 tracing::info!(project = name, repo = %url, by = %caller.0, "project registered by its first publish");
                 let target = format!("project {name} (by its first publish, from {url})");
-                super::audit::record(state, caller, "project.create", target, Some(name), &Ok::<(), ProjectError>(()))
-                    .await;
+                super::audit::record(
+                    state,
+                    caller,
+                    "project.create",
+                    target,
+                    Some(name),
+                    &Ok::<(), std::convert::Infallible>(()),
+                )
+                .await;
                 return Ok(());
             }
             // Registered meanwhile (another publish, another server): its repository decides.

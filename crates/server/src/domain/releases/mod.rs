@@ -410,7 +410,15 @@ async fn prune(state: &AppState, asker: &Caller, env: Environment, name: &str) {
         tracing::info!(%name, env = env.as_str(), count = pruned.len(), "pruned old releases");
         let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
         let target = format!("releases {} of {name} in {} (keeping {keep})", ids.join(", "), env.as_str());
-        crate::domain::audit::record(state, asker, "release.prune", target, Some(name), &Ok::<(), String>(())).await;
+        crate::domain::audit::record(
+            state,
+            asker,
+            "release.prune",
+            target,
+            Some(name),
+            &Ok::<(), std::convert::Infallible>(()),
+        )
+        .await;
         if let Err(e) = state.store.mark_pruned(&pruned).await {
             tracing::warn!("recording pruned releases failed: {e}");
         }

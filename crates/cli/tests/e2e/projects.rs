@@ -97,6 +97,32 @@ fn a_pull_requests_code_is_not_built_under_the_projects_name() {
     assert_eq!(cloudbuild_testkit::get_text(&srv.site_url("test", "pr-site")).1, "<h1>ours</h1>");
 }
 
+/// A task created before its project moved to another repository does not publish the old
+/// repository's build under the project's name.
+#[test]
+fn a_build_does_not_publish_once_its_project_moved_to_another_repository() {
+    let srv = server("");
+    let gate = srv.probe.path().join("go");
+    let wait = format!(
+        "const fs=require('fs');const t=()=>fs.existsSync({:?})?(fs.mkdirSync('dist'),fs.writeFileSync('dist/index.html','old')):setTimeout(t,20);t();",
+        gate.to_str().unwrap()
+    );
+    let old = Repo::new(&[
+        ("package.json", &cloudbuild_testkit::package_json("moving-site", &[("build", "node build.js")])),
+        ("build.js", &wait),
+    ]);
+    let (_, t) = srv.create(&old.task_body("moving-site"));
+    let id = t["id"].as_i64().unwrap();
+    srv.wait_until(id, |t| t.stage == Some(cloudbuild_proto::task::Stage::Build), "the build waits at its gate");
+    let new = Repo::site("moving-site", "<h1>new home</h1>");
+    let edit = srv.cli(Path::new("."), &["projects", "edit", "moving-site", "--repo", &new.url]);
+    assert!(edit.status.success(), "{}", text(&edit));
+    std::fs::write(&gate, "").unwrap();
+    let t = srv.wait_done(id);
+    assert_eq!((t.state, t.stage), (TaskState::Failed, Some(cloudbuild_proto::task::Stage::Publish)), "{t:?}");
+    assert!(t.reason.as_deref().unwrap_or_default().contains(&format!("now builds from {}", new.url)), "{t:?}");
+}
+
 #[test]
 fn without_auto_create_only_a_registered_project_publishes() {
     let srv = server("[projects]\nauto_create = false\n");

@@ -126,7 +126,7 @@ impl From<ProjectError> for ApiError {
             ProjectError::Invalid(v) => v.into(),
             ProjectError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             ProjectError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "project_exists", message),
-            ProjectError::OtherRepository { .. } => {
+            ProjectError::OtherRepository { .. } | ProjectError::Moved { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "project_repository_mismatch", message)
             }
             ProjectError::NotRegistered(_) | ProjectError::Unregistered(_) => {
@@ -198,6 +198,7 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::FileTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message),
             ReleaseError::Lock(l) => l.into(),
             ReleaseError::Store(s) => s.into(),
+            ReleaseError::Project(p) => p.into(),
             ReleaseError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 tracing::error!("{message}");
                 ApiError::new(

@@ -31,7 +31,10 @@ impl Outcome for super::tasks::TaskError {
 
 impl Outcome for super::releases::ReleaseError {
     fn internal(&self) -> bool {
-        matches!(self, Self::Store(_) | Self::Target(_) | Self::Io { .. } | Self::Lock(_))
+        match self {
+            Self::Project(p) => p.internal(),
+            other => matches!(other, Self::Store(_) | Self::Target(_) | Self::Io { .. } | Self::Lock(_)),
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub enum ProjectError {
          ([projects] auto_create = false): `cloudbuild projects create {0} --repo URL`"
     )]
     NotRegistered(String),
+    /// A task's project moved to another repository while the task ran.
+    #[error(
+        "project {project} now builds from {now}; this build is of {built}, so it is not published \
+         (the project's repository changed after the task was created)"
+    )]
+    Moved { project: String, now: String, built: String },
     /// An unregistered name that has releases or secrets.
     #[error(
         "project {0} has releases or secrets but is not registered: an admin registers it again with \
@@ -119,6 +125,18 @@ pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) ->
         });
     }
     Ok(())
+}
+
+/// Checks, as a task publishes, that its project still builds from the task's repository: a
+/// task created before its project moved to another repository (or lost its registration)
+/// must not publish the old repository's build under the project's name.
+pub async fn check_still_bound(state: &AppState, name: &str, repo: &str) -> Result<(), ProjectError> {
+    let url = repo_url(state, repo)?;
+    match state.store.get_project(name).await? {
+        Some(p) if p.repo_identity == url.identity() => Ok(()),
+        Some(p) => Err(ProjectError::Moved { project: p.name, now: p.repo, built: url.as_str().to_owned() }),
+        None => Err(ProjectError::NotFound(name.to_owned())),
+    }
 }
 
 fn record(

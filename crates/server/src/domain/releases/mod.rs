@@ -60,6 +60,9 @@ pub enum ReleaseError {
     /// The environment's target (local directory or bucket) failed.
     #[error("{0}")]
     Target(String),
+    /// The task's project builds from another repository now.
+    #[error(transparent)]
+    Project(#[from] crate::domain::projects::ProjectError),
     #[error("a file is larger than limits.max_file_bytes ({0})")]
     FileTooLarge(u64),
     #[error(transparent)]
@@ -171,6 +174,8 @@ fn check_manifest(files: &[ManifestFile]) -> Result<(), ReleaseError> {
 pub async fn plan(state: &AppState, who: &Publisher, body: &[u8]) -> Result<PlanAnswer, ReleaseError> {
     let started = std::time::Instant::now();
     let (task, plan) = accept_plan(state, who, body).await?;
+    // Before anything is uploaded; checked again at the commit, under the project's lock.
+    crate::domain::projects::check_still_bound(state, &task.name, &task.repo).await?;
     let wanted: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
     let known: HashSet<String> =
         state.store.find_contents(task.env, &wanted).await?.into_iter().map(|holder| holder.hash).collect();
@@ -280,6 +285,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
         commit: task.commit.clone(),
         requested_by: task.requested_by.clone(),
     };
+    crate::domain::projects::check_still_bound(state, &task.name, &task.repo).await?;
     let release = state.store.record_release(new, &plan.files).await?;
     // Done on the task's behalf: the audit log names whoever asked for the task.
     let asker = Caller(task.requested_by.clone(), None);

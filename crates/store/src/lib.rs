@@ -375,8 +375,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_project(&self, name: &str) -> Result<Option<Project>>;
     /// Every project, by name.
     async fn list_projects(&self) -> Result<Vec<Project>>;
-    /// Replaces a registered project's record; false if it is not registered.
-    async fn update_project(&self, project: &Project) -> Result<bool>;
+    /// Replaces a project's record `old` by `new` if the stored one is still `old`
+    /// (compare-and-set); false if it changed meanwhile or is not registered any more.
+    async fn update_project(&self, old: &Project, new: &Project) -> Result<bool>;
     /// Removes a project's record (not its releases or sites); false if there was none.
     async fn delete_project(&self, name: &str) -> Result<bool>;
 

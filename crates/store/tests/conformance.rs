@@ -334,9 +334,15 @@ async fn project_story(store: &dyn Store) {
     let mut edited = site.clone();
     edited.default_branch = "release".into();
     edited.visibility = Visibility::Internal;
-    assert!(store.update_project(&edited).await.unwrap());
+    assert!(store.update_project(&site, &edited).await.unwrap());
+    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited.clone()));
+    // Compare-and-set: an update from a stale copy changes nothing.
+    let mut stale = site.clone();
+    stale.default_branch = "stale".into();
+    assert!(!store.update_project(&site, &stale).await.unwrap(), "the stored record is no longer `site`");
     assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited));
-    assert!(!store.update_project(&project("ghost", "x.org/y")).await.unwrap(), "no record appears by an update");
+    let ghost = project("ghost", "x.org/y");
+    assert!(!store.update_project(&ghost, &ghost).await.unwrap(), "no record appears by an update");
     assert_eq!(store.get_project("ghost").await.unwrap(), None);
     assert!(store.delete_project("blog").await.unwrap());
     assert!(!store.delete_project("blog").await.unwrap());

@@ -126,6 +126,7 @@ impl From<ProjectError> for ApiError {
             ProjectError::Invalid(v) => v.into(),
             ProjectError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             ProjectError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "project_exists", message),
+            ProjectError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "contended", message),
             ProjectError::OtherRepository { .. } | ProjectError::Moved { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "project_repository_mismatch", message)
             }

@@ -33,6 +33,9 @@ pub enum ProjectError {
          ([projects] auto_create = false): `cloudbuild projects create {0} --repo URL`"
     )]
     NotRegistered(String),
+    /// Other edits kept landing between this edit's read and write.
+    #[error("project {0} kept changing while it was edited; try again")]
+    Contended(String),
     /// A task's project moved to another repository while the task ran.
     #[error(
         "project {project} now builds from {now}; this build is of {built}, so it is not published \
@@ -197,23 +200,29 @@ pub async fn edit(state: &AppState, caller: &Caller, name: &str, req: EditProjec
 }
 
 async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Project, ProjectError> {
-    let mut project = get(state, name).await?;
-    if let Some(repo) = &req.repo {
-        let url = repo_url(state, repo)?;
-        project.repo = url.as_str().to_owned();
-        project.repo_identity = url.identity();
+    let url = req.repo.as_deref().map(|r| repo_url(state, r)).transpose()?;
+    let branch = req.default_branch.as_deref().map(GitRef::parse).transpose()?;
+    // Compare-and-set on the whole record: an edit made meanwhile (another caller, another
+    // server) is never overwritten with this one's stale copy; the change is made again on it.
+    for _ in 0..8 {
+        let old = get(state, name).await?;
+        let mut project = old.clone();
+        if let Some(url) = &url {
+            project.repo = url.as_str().to_owned();
+            project.repo_identity = url.identity();
+        }
+        if let Some(branch) = &branch {
+            project.default_branch = branch.to_string();
+        }
+        if let Some(visibility) = req.visibility {
+            project.visibility = visibility;
+        }
+        project.updated_at = Timestamp::now();
+        if state.store.update_project(&old, &project).await? {
+            return Ok(project);
+        }
     }
-    if let Some(branch) = &req.default_branch {
-        project.default_branch = GitRef::parse(branch)?.to_string();
-    }
-    if let Some(visibility) = req.visibility {
-        project.visibility = visibility;
-    }
-    project.updated_at = Timestamp::now();
-    if !state.store.update_project(&project).await? {
-        return Err(ProjectError::NotFound(project.name));
-    }
-    Ok(project)
+    Err(ProjectError::Contended(name.to_owned()))
 }
 
 /// Removes a project's registration (its releases and sites stay; the name can be registered

@@ -32,13 +32,13 @@ pub(super) async fn list(s: &RedisStore) -> Result<Vec<Project>> {
     Ok(out)
 }
 
-/// Replaces the record only while the name is registered (a Lua script: check and set at once).
-pub(super) async fn update(s: &RedisStore, p: &Project) -> Result<bool> {
-    let data = serde_json::to_string(p).map_err(db_err)?;
+/// Replaces the record only while it is still `old` (a Lua script: compare and set at once).
+pub(super) async fn update(s: &RedisStore, old: &Project, new: &Project) -> Result<bool> {
+    let (was, now) = (serde_json::to_string(old).map_err(db_err)?, serde_json::to_string(new).map_err(db_err)?);
     let script = redis::Script::new(
-        "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 else return 0 end",
+        "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 else return 0 end",
     );
-    let done: i64 = script.key(key()).arg(&p.name).arg(data).invoke_async(&mut s.con()).await?;
+    let done: i64 = script.key(key()).arg(&old.name).arg(was).arg(now).invoke_async(&mut s.con()).await?;
     Ok(done == 1)
 }
 

@@ -547,8 +547,8 @@ impl Store for SqliteStore {
         projects::list(&self.reader).await
     }
 
-    async fn update_project(&self, project: &Project) -> Result<bool> {
-        projects::update(self, project).await
+    async fn update_project(&self, old: &Project, new: &Project) -> Result<bool> {
+        projects::update(self, old, new).await
     }
 
     async fn delete_project(&self, name: &str) -> Result<bool> {

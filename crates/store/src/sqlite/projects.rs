@@ -33,10 +33,11 @@ pub(super) async fn list(reader: &SqlitePool) -> Result<Vec<Project>> {
     rows.iter().map(|r| from_json(&r.try_get::<String, _>("data")?)).collect()
 }
 
-pub(super) async fn update(s: &SqliteStore, p: &Project) -> Result<bool> {
-    let res = sqlx::query("UPDATE projects SET data = ? WHERE name = ?")
-        .bind(to_json(p)?)
-        .bind(&p.name)
+pub(super) async fn update(s: &SqliteStore, old: &Project, new: &Project) -> Result<bool> {
+    let res = sqlx::query("UPDATE projects SET data = ? WHERE name = ? AND data = ?")
+        .bind(to_json(new)?)
+        .bind(&old.name)
+        .bind(to_json(old)?)
         .execute(&mut *s.writer.lock().await)
         .await?;
     Ok(res.rows_affected() == 1)

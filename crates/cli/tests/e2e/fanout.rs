@@ -30,9 +30,15 @@ fn sse_follower(addr: &str, path: &str) -> std::thread::JoinHandle<String> {
 
 /// The output text of an SSE log, in order (what a socket.io client receives as `building`).
 fn output_text(sse: &str) -> String {
+    stream_text(sse, None)
+}
+
+/// The output of one stream (`stdout`, `stderr`), or of both.
+fn stream_text(sse: &str, stream: Option<&str>) -> String {
     sse.split("\n\n")
         .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
         .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter(|v| stream.is_none_or(|s| v.get("stream").and_then(Value::as_str) == Some(s)))
         .filter_map(|v| v.get("text").and_then(Value::as_str).map(str::to_owned))
         .collect()
 }
@@ -83,9 +89,13 @@ fn two_hundred_followers_of_one_build_all_receive_the_same_complete_log() {
     assert!(logs[0].contains("event: end"), "{}", &logs[0][logs[0].len().saturating_sub(500)..]);
     assert!(logs.iter().all(|l| *l == logs[0]), "the SSE followers' logs differ");
     let text = output_text(&logs[0]);
-    let printed = (0..20).map(|b| (0..1000).map(move |i| format!("burst {b} line {i} {}\n", "x".repeat(30))));
-    let printed: String = printed.flatten().collect();
-    assert!(text.contains(&printed[..1000]) && text.ends_with(&printed[printed.len() - 1000..]), "complete output");
+    // Each stream whole and in order. Across the two pipes, order is the order the worker read
+    // them in: under load, the rest of a stdout burst can be read after the next stderr burst.
+    let burst = |b: usize| (0..1000).map(move |i| format!("burst {b} line {i} {}\n", "x".repeat(30)));
+    for (stream, on_stderr) in [("stdout", false), ("stderr", true)] {
+        let printed: String = (0..20).filter(|b| (b % 5 == 4) == on_stderr).flat_map(burst).collect();
+        assert!(stream_text(&logs[0], Some(stream)).contains(&printed), "the whole {stream}, in order");
+    }
     assert_eq!(text.matches(" line ").count(), 20_000, "every line, once");
     // Every socket.io follower got that output, byte for byte, and was let go at the end.
     let results = done["results"].as_array().unwrap_or_else(|| panic!("{done}"));

@@ -133,18 +133,6 @@ pub struct NewTask {
     pub no_cache: bool,
 }
 
-/// An audit entry to append (the store numbers it).
-#[derive(Debug, Clone)]
-pub struct NewAudit {
-    pub at: Timestamp,
-    pub actor: String,
-    pub address: Option<String>,
-    pub action: String,
-    pub target: String,
-    pub project: Option<String>,
-    pub outcome: String,
-}
-
 /// Filters of `list_audit`: all given must match; entries with an id below `before`.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -381,8 +369,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a project's record (not its releases or sites); false if there was none.
     async fn delete_project(&self, name: &str) -> Result<bool>;
 
-    /// Appends an entry to the audit log (numbered in order; never changed afterwards).
-    async fn append_audit(&self, entry: &NewAudit) -> Result<()>;
+    /// Appends an entry to the audit log; the store numbers it in order (the entry's `id` is
+    /// ignored), and it is never changed afterwards.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
     /// Entries matching the query, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
 

@@ -282,8 +282,10 @@ async fn worker_story(store: &dyn Store) {
 
 /// The audit log keeps entries in order, numbered, and filters and pages them.
 async fn audit_story(store: &dyn Store) {
-    use cloudbuild_store::{AuditQuery, NewAudit};
-    let entry = |actor: &str, action: &str, project: Option<&str>| NewAudit {
+    use cloudbuild_proto::audit::AuditEntry;
+    use cloudbuild_store::AuditQuery;
+    let entry = |actor: &str, action: &str, project: Option<&str>| AuditEntry {
+        id: 0,
         at: Timestamp::now(),
         actor: actor.into(),
         address: Some("192.0.2.7".into()),

@@ -2,10 +2,11 @@
 //! where, what (action and target) and how it ended. Appending never fails the change it
 //! records: a store failure is logged.
 
+use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::audit::AuditPage;
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::ValidationError;
-use cloudbuild_store::{AuditQuery, NewAudit, StoreError};
+use cloudbuild_store::{AuditQuery, StoreError};
 
 use super::callers::Caller;
 use crate::state::AppState;
@@ -73,7 +74,8 @@ pub async fn record<T, E: Outcome>(
     project: Option<&str>,
     result: &Result<T, E>,
 ) {
-    let entry = NewAudit {
+    let entry = AuditEntry {
+        id: 0, // the store numbers it
         at: Timestamp::now(),
         actor: caller.0.clone(),
         address: caller.1.map(|a| a.to_string()),

@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 
 use super::keys::P;
 use super::{db_err, RedisStore};
-use crate::{AuditQuery, NewAudit, Result};
+use crate::{AuditQuery, Result};
 
 fn key() -> String {
     format!("{P}audit")
@@ -17,7 +17,7 @@ fn counter() -> String {
     format!("{P}audit:id")
 }
 
-/// Numbers the entry (ARGV[1] is its JSON with `"id":0`) and appends it.
+/// Numbers the entry (ARGV[1] is its JSON; its `id` is replaced) and appends it.
 const APPEND: &str = r#"
 local id = redis.call('INCR', KEYS[2])
 local entry = cjson.decode(ARGV[1])
@@ -26,18 +26,8 @@ redis.call('RPUSH', KEYS[1], cjson.encode(entry))
 return id
 "#;
 
-pub(super) async fn append(s: &RedisStore, e: &NewAudit) -> Result<()> {
-    let entry = AuditEntry {
-        id: 0,
-        at: e.at,
-        actor: e.actor.clone(),
-        address: e.address.clone(),
-        action: e.action.clone(),
-        target: e.target.clone(),
-        project: e.project.clone(),
-        outcome: e.outcome.clone(),
-    };
-    let json = serde_json::to_string(&entry).map_err(db_err)?;
+pub(super) async fn append(s: &RedisStore, entry: &AuditEntry) -> Result<()> {
+    let json = serde_json::to_string(entry).map_err(db_err)?;
     let _: i64 = redis::Script::new(APPEND).key(key()).key(counter()).arg(json).invoke_async(&mut s.con()).await?;
     Ok(())
 }

@@ -48,7 +48,7 @@ mod workers;
 
 use crate::apply::{self, CancelEffect, Live, Op, RequeueEffect};
 use crate::{
-    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewAudit, NewRelease, NewTask, Notice,
+    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, Notice,
     RequeueOutcome, Result, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cas::{record_json, Plan};
@@ -476,7 +476,7 @@ impl Store for RedisStore {
         projects::delete(self, name).await
     }
 
-    async fn append_audit(&self, entry: &NewAudit) -> Result<()> {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
         audit::append(self, entry).await
     }
 

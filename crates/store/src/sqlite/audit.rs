@@ -5,9 +5,9 @@ use cloudbuild_proto::time::Timestamp;
 use sqlx::{Row, SqlitePool};
 
 use super::SqliteStore;
-use crate::{AuditQuery, NewAudit, Result};
+use crate::{AuditQuery, Result};
 
-pub(super) async fn append(s: &SqliteStore, e: &NewAudit) -> Result<()> {
+pub(super) async fn append(s: &SqliteStore, e: &AuditEntry) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit (at_us, actor, address, action, target, project, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )

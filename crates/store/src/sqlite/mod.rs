@@ -36,8 +36,8 @@ use tokio::sync::Mutex;
 
 use crate::apply::{self, CancelEffect, Op, RequeueEffect};
 use crate::{
-    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewAudit, NewRelease, NewTask,
-    RequeueOutcome, Result, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
+    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, RequeueOutcome,
+    Result, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
@@ -555,7 +555,7 @@ impl Store for SqliteStore {
         projects::delete(self, name).await
     }
 
-    async fn append_audit(&self, entry: &NewAudit) -> Result<()> {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
         audit::append(self, entry).await
     }
 

@@ -100,6 +100,18 @@ pub struct Record {
     /// For an output: the environment it was built for (`test`).
     #[serde(default)]
     pub environment: String,
+    /// The listing's file count and bytes, for listings and eviction that need no more.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What listing and eviction read of a record: serde skips the rest (a `node_modules`
+/// listing is megabytes of JSON) without building it.
+#[derive(Deserialize)]
+struct RecordHead {
+    task: TaskId,
+    files: u64,
+    bytes: u64,
 }
 
 /// What an entry records besides its key and tree.
@@ -262,8 +274,17 @@ impl Caches {
         let saved = (|| {
             let listing = tree::link_tree(src, &staging.join(TREE), owner)?;
             tree::seal(&staging.join(TREE), &listing, nix::unistd::geteuid().is_root())?;
-            let record =
-                Record { key: key.clone(), task, digest: listing.digest(), listing, label, hashes, environment };
+            let record = Record {
+                key: key.clone(),
+                task,
+                digest: listing.digest(),
+                files: listing.files(),
+                bytes: listing.bytes(),
+                listing,
+                label,
+                hashes,
+                environment,
+            };
             fs::write(staging.join(RECORD), serde_json::to_vec(&record)?)?;
             Ok::<_, io::Error>(record)
         })();
@@ -317,7 +338,8 @@ impl Caches {
                         .ok()
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map_or(0, |d| d.as_secs() as i64);
-                    let Some(r) = fs::read(&record).ok().and_then(|t| serde_json::from_slice::<Record>(&t).ok()) else {
+                    let Some(r) = fs::read(&record).ok().and_then(|t| serde_json::from_slice::<RecordHead>(&t).ok())
+                    else {
                         continue;
                     };
                     all.push(Summary {
@@ -325,8 +347,8 @@ impl Caches {
                         project: project.file_name().to_string_lossy().replace('+', "/"),
                         key: name,
                         task: r.task,
-                        files: r.listing.files(),
-                        bytes: r.listing.bytes(),
+                        files: r.files,
+                        bytes: r.bytes,
                         used,
                     });
                 }

@@ -87,10 +87,15 @@ impl Run<'_> {
     /// its settings files, Node, the install command and scripts rule, the secrets the install
     /// sees (salted hash), the platform, and the dependency fields of `package.json` (not its
     /// version or scripts: a version bump keeps the cache).
-    fn install_key(&self, s: &BuildSettings, tools: &Tools, install: &str, scripts: &str) -> Key {
+    fn install_key(
+        &self,
+        s: &BuildSettings,
+        pkg: &serde_json::Value,
+        tools: &Tools,
+        install: &str,
+        scripts: &str,
+    ) -> Key {
         let read = |name: &str| crate::publish::read_checkout_file(&self.checkout.join(name), LOCKFILE_LIMIT);
-        let pkg: serde_json::Value =
-            read("package.json").ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let fields: Vec<_> = DEPENDENCY_FIELDS.iter().map(|f| pkg.get(f)).collect();
         let mut config = String::new();
         for name in MANAGER_FILES {
@@ -136,13 +141,8 @@ impl Run<'_> {
 
     /// Why a saved `node_modules` could be wrong for this checkout although the key matches,
     /// if it could: what the key cannot see.
-    fn dependencies_uncacheable(&self, s: &BuildSettings) -> Option<String> {
-        let pkg: serde_json::Value =
-            crate::publish::read_checkout_file(&self.checkout.join("package.json"), LOCKFILE_LIMIT)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-        if let Some(name) = local_directory_dependency(&pkg) {
+    fn dependencies_uncacheable(&self, s: &BuildSettings, pkg: &serde_json::Value) -> Option<String> {
+        if let Some(name) = local_directory_dependency(pkg) {
             return Some(format!(
                 "dependency `{name}` is a local directory (`file:`/`link:`), whose contents no lockfile pins"
             ));
@@ -186,9 +186,17 @@ impl Run<'_> {
             self.reporter.note(format!("caches: off ({why})"));
             return self.tell();
         }
-        let base = self.install_key(s, tools, install, scripts);
+        // Read once for both keys (it was read and checked by `settings::resolve` already).
+        let pkg: serde_json::Value = crate::publish::read_checkout_file(
+            &self.checkout.join("package.json"),
+            crate::settings::SETTINGS_FILE_LIMIT,
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+        let base = self.install_key(s, &pkg, tools, install, scripts);
         let lockfile = self.lockfile_part(s);
-        let uncacheable = lockfile.as_ref().err().cloned().or_else(|| self.dependencies_uncacheable(s));
+        let uncacheable = lockfile.as_ref().err().cloned().or_else(|| self.dependencies_uncacheable(s, &pkg));
         self.cache.deps_key = match (uncacheable, s.cache.dependencies) {
             (Some(why), _) => {
                 self.reporter.note(format!("dependency cache: off ({why})"));

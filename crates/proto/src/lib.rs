@@ -13,6 +13,7 @@
 //! - [`secret`], [`mask`]: project secrets (names, values, listings) and their masking in output.
 //! - [`sandbox`]: the build sandbox's settings (mode, shared and read-only directories).
 //! - [`site`]: site labels (`<site>.<env>.<domain>`), `[site]` settings, the cache rule.
+//! - [`user`]: users, roles, project members, personal API tokens.
 //! - [`time`]: microsecond timestamps rendered as RFC 3339.
 
 pub mod audit;
@@ -26,6 +27,7 @@ pub mod site;
 pub mod task;
 pub mod text;
 pub mod time;
+pub mod user;
 pub mod validate;
 pub mod worker;
 

@@ -27,6 +27,9 @@ pub struct Project {
     pub repo_identity: String,
     pub default_branch: String,
     pub visibility: Visibility,
+    /// Its members and their roles, by user name (admins need none).
+    #[serde(default)]
+    pub members: Vec<crate::user::Member>,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,

@@ -17,6 +17,7 @@ use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::user::{ApiTokenRecord, UserRecord};
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -368,6 +369,27 @@ pub trait Store: Send + Sync + 'static {
     async fn update_project(&self, old: &Project, new: &Project) -> Result<bool>;
     /// Removes a project's record (not its releases or sites); false if there was none.
     async fn delete_project(&self, name: &str) -> Result<bool>;
+
+    /// Adds a user unless one of that name exists (atomically); false if it existed.
+    async fn create_user(&self, user: &UserRecord) -> Result<bool>;
+    /// The user of that name.
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>>;
+    /// Every user, by name.
+    async fn list_users(&self) -> Result<Vec<UserRecord>>;
+    /// Replaces a user's record `old` by `new` if the stored one is still `old`
+    /// (compare-and-set); false if it changed meanwhile.
+    async fn update_user(&self, old: &UserRecord, new: &UserRecord) -> Result<bool>;
+
+    /// Keeps a personal API token unless its user has one of that name; false if they had.
+    async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<bool>;
+    /// The token whose secret hashes to `hash`.
+    async fn api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>>;
+    /// A user's tokens, by name.
+    async fn list_api_tokens(&self, user: &str) -> Result<Vec<ApiTokenRecord>>;
+    /// Removes a user's token by name; false if there was none.
+    async fn delete_api_token(&self, user: &str, name: &str) -> Result<bool>;
+    /// Records that the token `hash` was presented at `at`.
+    async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()>;
 
     /// Appends an entry to the audit log; the store numbers it in order (the entry's `id` is
     /// ignored), and it is never changed afterwards.

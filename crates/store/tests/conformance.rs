@@ -12,6 +12,10 @@ use cloudbuild_store::{
     RequeueOutcome, SqliteStore, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 
+#[path = "conformance/users.rs"]
+mod users;
+use users::user_story;
+
 fn new_task(name: &str, output_limit: u64) -> NewTask {
     NewTask {
         name: name.into(),
@@ -137,6 +141,7 @@ async fn all_stories(store: &dyn Store) {
     secret_story(store).await;
     project_story(store).await;
     audit_story(store).await;
+    user_story(store).await;
 }
 
 /// Only the worker holding a task's lease changes it: another worker's messages are refused
@@ -322,6 +327,7 @@ async fn project_story(store: &dyn Store) {
         repo_identity: repo.into(),
         default_branch: "main".into(),
         visibility: Visibility::Private,
+        members: vec![cloudbuild_proto::user::Member { user: "alice".into(), role: cloudbuild_proto::user::ProjectRole::Maintainer }],
         created_by: "alice".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

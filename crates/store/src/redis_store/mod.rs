@@ -15,7 +15,8 @@
 //! `release:{id}`, `release_files:{id}`, `releases:{name}`, `current` (`env/name` → id),
 //! `holders:{env}:{hash}` (set of `id path`: every release holding a content); `lease_key:{id}`
 //! (`attempt hash` of the running attempt's lease secret); `workers`; `worker_tokens`,
-//! `worker_token_hash`.
+//! `worker_token_hash`; `projects` and `users` (name → JSON record); `api_tokens`,
+//! `user_tokens:{user}`, `api_token_used` (personal tokens, see `tokens`).
 //!
 //! Layout, mirroring `sqlite/`: the `Store` implementation and task changes here; the key names
 //! (`keys`), the Lua scripts (`scripts`), the compare-and-set machinery (`cas`), releases and
@@ -31,6 +32,7 @@ use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::user::{ApiTokenRecord, UserRecord};
 use cloudbuild_proto::worker::{WorkerInfo, WorkerToken};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -40,10 +42,11 @@ mod audit;
 mod cas;
 mod keys;
 mod notices;
-mod projects;
+mod records;
 mod releases;
 mod scripts;
 mod secrets;
+mod tokens;
 mod workers;
 
 use crate::apply::{self, CancelEffect, Live, Op, RequeueEffect};
@@ -457,23 +460,59 @@ impl Store for RedisStore {
     }
 
     async fn create_project(&self, project: &Project) -> Result<bool> {
-        projects::create(self, project).await
+        records::create(self, records::PROJECTS, &project.name, project).await
     }
 
     async fn get_project(&self, name: &str) -> Result<Option<Project>> {
-        projects::get(self, name).await
+        records::get(self, records::PROJECTS, name).await
     }
 
     async fn list_projects(&self) -> Result<Vec<Project>> {
-        projects::list(self).await
+        records::list(self, records::PROJECTS).await
     }
 
     async fn update_project(&self, old: &Project, new: &Project) -> Result<bool> {
-        projects::update(self, old, new).await
+        records::update(self, records::PROJECTS, &old.name, old, new).await
     }
 
     async fn delete_project(&self, name: &str) -> Result<bool> {
-        projects::delete(self, name).await
+        records::delete(self, records::PROJECTS, name).await
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> Result<bool> {
+        records::create(self, records::USERS, &user.user.name, user).await
+    }
+
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>> {
+        records::get(self, records::USERS, name).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        records::list(self, records::USERS).await
+    }
+
+    async fn update_user(&self, old: &UserRecord, new: &UserRecord) -> Result<bool> {
+        records::update(self, records::USERS, &old.user.name, old, new).await
+    }
+
+    async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<bool> {
+        tokens::create(self, token).await
+    }
+
+    async fn api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>> {
+        tokens::by_hash(self, hash).await
+    }
+
+    async fn list_api_tokens(&self, user: &str) -> Result<Vec<ApiTokenRecord>> {
+        tokens::list(self, user).await
+    }
+
+    async fn delete_api_token(&self, user: &str, name: &str) -> Result<bool> {
+        tokens::delete(self, user, name).await
+    }
+
+    async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()> {
+        tokens::touch(self, hash, at).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {

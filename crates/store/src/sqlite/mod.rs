@@ -13,10 +13,11 @@
 
 mod audit;
 mod batch;
-mod projects;
+mod records;
 mod releases;
 mod rows;
 mod secrets;
+mod tokens;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -28,6 +29,7 @@ use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::user::{ApiTokenRecord, UserRecord};
 pub(super) use rows::{split_labels, task_from_row, TASK_COLUMNS};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
@@ -536,23 +538,59 @@ impl Store for SqliteStore {
     }
 
     async fn create_project(&self, project: &Project) -> Result<bool> {
-        projects::create(self, project).await
+        records::create(self, records::PROJECTS, &project.name, project).await
     }
 
     async fn get_project(&self, name: &str) -> Result<Option<Project>> {
-        projects::get(&self.reader, name).await
+        records::get(&self.reader, records::PROJECTS, name).await
     }
 
     async fn list_projects(&self) -> Result<Vec<Project>> {
-        projects::list(&self.reader).await
+        records::list(&self.reader, records::PROJECTS).await
     }
 
     async fn update_project(&self, old: &Project, new: &Project) -> Result<bool> {
-        projects::update(self, old, new).await
+        records::update(self, records::PROJECTS, &old.name, old, new).await
     }
 
     async fn delete_project(&self, name: &str) -> Result<bool> {
-        projects::delete(self, name).await
+        records::delete(self, records::PROJECTS, name).await
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> Result<bool> {
+        records::create(self, records::USERS, &user.user.name, user).await
+    }
+
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>> {
+        records::get(&self.reader, records::USERS, name).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        records::list(&self.reader, records::USERS).await
+    }
+
+    async fn update_user(&self, old: &UserRecord, new: &UserRecord) -> Result<bool> {
+        records::update(self, records::USERS, &old.user.name, old, new).await
+    }
+
+    async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<bool> {
+        tokens::create(self, token).await
+    }
+
+    async fn api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>> {
+        tokens::by_hash(&self.reader, hash).await
+    }
+
+    async fn list_api_tokens(&self, user: &str) -> Result<Vec<ApiTokenRecord>> {
+        tokens::list(&self.reader, user).await
+    }
+
+    async fn delete_api_token(&self, user: &str, name: &str) -> Result<bool> {
+        tokens::delete(self, user, name).await
+    }
+
+    async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()> {
+        tokens::touch(self, hash, at).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {

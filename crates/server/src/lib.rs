@@ -128,6 +128,7 @@ pub fn app_state(
         public_url,
         shutdown,
         sites,
+        login_limits: Default::default(),
     });
     Ok((state, outbox))
 }

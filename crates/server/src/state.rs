@@ -27,6 +27,8 @@ pub struct AppState {
     pub sites: crate::sites::Sites,
     /// The keys project secrets are sealed with.
     pub vault: Arc<crate::vault::Vault>,
+    /// Sign-in attempts per account and per address.
+    pub login_limits: crate::domain::users::LoginLimits,
 }
 
 impl AppState {

@@ -27,9 +27,9 @@ pub struct AuditParams {
 /// `GET /api/v1/audit?project=&actor=&action=&before=&limit=`: newest first.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let filter = AuditFilter { project: p.project, actor: p.actor, action: p.action, before: p.before, limit: p.limit };
-    Ok(Json(audit::list(&state, filter).await?))
+    Ok(Json(audit::list(&state, &caller, filter).await?))
 }

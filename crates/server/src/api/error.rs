@@ -10,6 +10,8 @@ use cloudbuild_store::StoreError;
 
 use crate::domain::audit::AuditError;
 use crate::domain::callers::AuthError;
+use crate::domain::policy::{Denied, PolicyError};
+use crate::domain::users::UserError;
 use crate::domain::projects::ProjectError;
 use crate::domain::releases::lock::LockError;
 use crate::domain::releases::ReleaseError;
@@ -96,6 +98,38 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Denied(d @ Denied::Hidden(_)) => ApiError::new(StatusCode::NOT_FOUND, "not_found", d.to_string()),
+            PolicyError::Denied(d @ Denied::Forbidden(_)) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", d.to_string())
+            }
+            PolicyError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        let message = e.to_string();
+        match e {
+            UserError::Invalid(v) => v.into(),
+            UserError::Policy(p) => p.into(),
+            UserError::BadCredentials | UserError::Setup(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
+            }
+            UserError::TooManyAttempts(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", message),
+            UserError::NotFound(_) | UserError::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            UserError::Exists(_) | UserError::TokenExists(_) => ApiError::new(StatusCode::CONFLICT, "exists", message),
+            UserError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "refused", message),
+            UserError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "contended", message),
+            UserError::Random(_) | UserError::Hashing(_) => ApiError::internal("signing in", &e),
+            UserError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<SecretError> for ApiError {
     fn from(e: SecretError) -> Self {
         let message = e.to_string();
@@ -105,6 +139,7 @@ impl From<SecretError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
             }
             SecretError::Vault(ref v) => ApiError::internal("project secrets", v),
+            SecretError::Policy(p) => p.into(),
             SecretError::Store(s) => s.into(),
         }
     }
@@ -114,6 +149,7 @@ impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         match e {
             AuditError::Invalid(v) => v.into(),
+            AuditError::Policy(p) => p.into(),
             AuditError::Store(s) => s.into(),
         }
     }
@@ -133,6 +169,9 @@ impl From<ProjectError> for ApiError {
             ProjectError::NotRegistered(_) | ProjectError::Unregistered(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "project_not_registered", message)
             }
+            ProjectError::LastMaintainer(_) => ApiError::new(StatusCode::CONFLICT, "last_maintainer", message),
+            ProjectError::NoSuchUser(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ProjectError::Policy(p) => p.into(),
             ProjectError::Store(s) => s.into(),
         }
     }
@@ -148,6 +187,7 @@ impl From<TaskError> for ApiError {
             TaskError::NotFinished { .. } => ApiError::new(StatusCode::CONFLICT, "not_finished", message),
             TaskError::Release(r) => r.into(),
             TaskError::Project(p) => p.into(),
+            TaskError::Policy(p) => p.into(),
             TaskError::Store(s) => s.into(),
         }
     }
@@ -161,6 +201,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::BadHello(_) => ApiError::bad_request(message),
             WorkerError::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             WorkerError::Random(_) => ApiError::internal("making a token", &e),
+            WorkerError::Policy(p) => p.into(),
             WorkerError::Store(s) => s.into(),
         }
     }

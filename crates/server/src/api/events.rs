@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::TaskIdParam;
 use crate::domain::callers::Caller;
+use crate::domain::policy::ProjectAction;
 use crate::socketio::STALL_LIMIT;
 use crate::state::AppState;
 
@@ -41,15 +42,16 @@ pub struct EventParams {
 /// `GET /api/v1/tasks/{id}/events`
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     TaskIdParam(id): TaskIdParam,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let task = crate::domain::tasks::get(&state, id).await?; // 404 before any upgrade or stream
-                                                             // An ended task's log is read from the store as it is sent, not through a feed.
+    // 404 before any upgrade or stream, also for a task of a project the caller may not read.
+    let task = crate::domain::tasks::get(&state, &caller, id, ProjectAction::Read).await?;
+    // An ended task's log is read from the store as it is sent, not through a feed.
     let follow = p.follow.unwrap_or(true) && !task.state.is_terminal();
 
     if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
@@ -60,7 +62,8 @@ pub async fn events(
         // A follower only reads: what it may send (pongs, a close) is small, and a larger
         // frame ends the connection instead of being held in memory.
         let ws = ws.max_message_size(FOLLOWER_FRAME_BYTES).max_frame_size(FOLLOWER_FRAME_BYTES);
-        return Ok(ws.on_upgrade(move |socket| ws_follow(state, id, p.after, follow, socket)));
+        let follower = crate::domain::follow::follow(&state, &caller, &task.name, id, p.after, follow);
+        return Ok(ws.on_upgrade(move |socket| ws_follow(id, follower, socket)));
     }
 
     let wants_json = headers
@@ -79,7 +82,7 @@ pub async fn events(
         return Ok(Json(body).into_response());
     }
 
-    let follower = crate::domain::follow::follow(&state, id, p.after, follow);
+    let follower = crate::domain::follow::follow(&state, &caller, &task.name, id, p.after, follow);
     let batches = futures_util::stream::unfold(follower, |mut f| async move {
         let events = f.next(READ_BATCH).await?;
         Some((futures_util::stream::iter(events.into_iter().map(|e| Ok::<_, std::convert::Infallible>(e.sse()))), f))
@@ -94,8 +97,7 @@ pub async fn events(
     Ok(resp)
 }
 
-async fn ws_follow(state: Arc<AppState>, id: TaskId, after: u64, follow: bool, mut socket: WebSocket) {
-    let mut follower = crate::domain::follow::follow(&state, id, after, follow);
+async fn ws_follow(id: TaskId, mut follower: crate::domain::follow::Follower, mut socket: WebSocket) {
     let every = Duration::from_secs(20);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     'follow: loop {

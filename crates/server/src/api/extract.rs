@@ -23,10 +23,27 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let mut caller = callers::identify(&state.settings, bearer(&parts.headers))?;
-        // Put there by the listener for each connection.
-        caller.1 = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let mut caller = callers::identify(state, bearer(&parts.headers)).await?;
+        caller.address = peer(parts);
         Ok(caller)
+    }
+}
+
+/// The peer's address, put there by the listener for each connection (absent when a test
+/// drives the router without one).
+fn peer(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// The address a request came from, for callers not yet identified (sign-in).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(peer(parts)))
     }
 }
 

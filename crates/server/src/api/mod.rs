@@ -10,6 +10,7 @@ pub mod projects;
 pub mod releases;
 pub mod secrets;
 pub mod tasks;
+pub mod users;
 pub mod workers;
 
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{any, delete, get, post, put};
+use axum::routing::{any, delete, get, patch, post, put};
 use axum::{Json, Router};
 
 use crate::domain::releases::BUNDLE_BYTES;
@@ -63,10 +64,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/audit", get(audit::list))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).patch(projects::edit).delete(projects::delete))
+        .route("/projects/{name}/members", get(projects::members))
+        .route("/projects/{name}/members/{user}", put(projects::set_member).delete(projects::remove_member))
         .route("/projects/{name}/secrets", get(secrets::list))
         .route("/projects/{name}/secrets/{env}/{secret}", put(secrets::set).delete(secrets::delete))
         .route("/releases", get(releases::list))
         .route("/releases/rollback", post(releases::rollback))
+        .route("/login", post(users::login))
+        .route("/logout", post(users::logout))
+        .route("/setup", post(users::setup))
+        .route("/user", get(users::whoami))
+        .route("/user/tokens", get(users::list_tokens).post(users::create_token))
+        .route("/user/tokens/{name}", delete(users::revoke_token))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{name}", patch(users::edit))
         .route("/workers", get(workers::list))
         .route("/workers/connect", get(workers::connect))
         .route("/worker-tokens", post(workers::create_token).get(workers::list_tokens))

@@ -1,4 +1,5 @@
-//! Project endpoints (over `domain::projects`): register, list, show, edit, delete.
+//! Project endpoints (over `domain::projects`): register, list, show, edit, delete, and
+//! the members of a project.
 
 use std::sync::Arc;
 
@@ -6,16 +7,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cloudbuild_proto::project::{CreateProject, EditProject, Project, ProjectList};
+use cloudbuild_proto::user::{MemberList, SetMember};
 
 use super::error::ApiError;
 use super::extract::ApiJson;
 use crate::domain::callers::Caller;
+use crate::domain::policy::ProjectAction;
 use crate::domain::projects;
 use crate::state::AppState;
 
 /// `GET /api/v1/projects`.
-pub async fn list(State(state): State<Arc<AppState>>, _caller: Caller) -> Result<Json<ProjectList>, ApiError> {
-    Ok(Json(ProjectList { projects: projects::list(&state).await? }))
+pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<ProjectList>, ApiError> {
+    Ok(Json(ProjectList { projects: projects::list(&state, &caller).await? }))
 }
 
 /// `POST /api/v1/projects` with `{"name", "repo", "default_branch"?, "visibility"?}`.
@@ -30,10 +33,10 @@ pub async fn create(
 /// `GET /api/v1/projects/{name}` (a scoped name's `/` percent-encoded).
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Project>, ApiError> {
-    Ok(Json(projects::get(&state, &name).await?))
+    Ok(Json(projects::get(&state, &caller, &name, ProjectAction::Read).await?))
 }
 
 /// `PATCH /api/v1/projects/{name}` with any of `{"repo", "default_branch", "visibility"}`.
@@ -54,4 +57,35 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     projects::delete(&state, &caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/projects/{name}/members`.
+pub async fn members(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<MemberList>, ApiError> {
+    Ok(Json(MemberList { members: projects::members(&state, &caller, &name).await? }))
+}
+
+/// `PUT /api/v1/projects/{name}/members/{user}` with `{"role"}`: adds a member or changes
+/// their role.
+pub async fn set_member(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, user)): Path<(String, String)>,
+    ApiJson(req): ApiJson<SetMember>,
+) -> Result<Json<MemberList>, ApiError> {
+    let project = projects::set_member(&state, &caller, &name, &user, req.role).await?;
+    Ok(Json(MemberList { members: project.members }))
+}
+
+/// `DELETE /api/v1/projects/{name}/members/{user}`.
+pub async fn remove_member(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, user)): Path<(String, String)>,
+) -> Result<Json<MemberList>, ApiError> {
+    let project = projects::remove_member(&state, &caller, &name, &user).await?;
+    Ok(Json(MemberList { members: project.members }))
 }

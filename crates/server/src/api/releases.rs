@@ -72,10 +72,10 @@ pub struct ListParams {
 /// `GET /api/v1/releases?name=&env=`
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<ReleaseList>, ApiError> {
-    Ok(Json(ReleaseList { releases: releases::list(&state, &p.name, p.env).await? }))
+    Ok(Json(ReleaseList { releases: releases::list(&state, &caller, &p.name, p.env).await? }))
 }
 
 /// `POST /api/v1/releases/rollback`: switches to an earlier release, without rebuilding.

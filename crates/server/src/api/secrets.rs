@@ -28,10 +28,10 @@ fn env(s: &str) -> Result<Environment, ApiError> {
 /// `GET /api/v1/projects/{name}/secrets`: names, environments, stages, dates; never values.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     Path(project): Path<String>,
 ) -> Result<Json<SecretList>, ApiError> {
-    Ok(Json(SecretList { secrets: secrets::list(&state, &project).await? }))
+    Ok(Json(SecretList { secrets: secrets::list(&state, &caller, &project).await? }))
 }
 
 /// `PUT /api/v1/projects/{name}/secrets/{env}/{secret}` with `{"value": …, "stages": […]}`.

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, TaskIdParam};
 use crate::domain::callers::Caller;
+use crate::domain::policy::ProjectAction;
 use crate::domain::tasks::{self, Cancelled, ListQuery};
 use crate::state::AppState;
 
@@ -32,10 +33,10 @@ pub async fn create(
 /// `GET /api/v1/tasks/{id}`
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     TaskIdParam(id): TaskIdParam,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(tasks::get(&state, id).await?))
+    Ok(Json(tasks::get(&state, &caller, id, ProjectAction::Read).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,11 +51,11 @@ pub struct ListParams {
 /// `GET /api/v1/tasks?name=&state=&before=&limit=`
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<TaskPage>, ApiError> {
     let query = ListQuery { name: p.name, state: p.state, before: p.before, limit: p.limit };
-    Ok(Json(tasks::list(&state, query).await?))
+    Ok(Json(tasks::list(&state, &caller, query).await?))
 }
 
 /// `POST /api/v1/tasks/{id}/cancel`: 200 when it is (or was already) cancelled, 202 while the

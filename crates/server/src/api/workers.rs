@@ -120,8 +120,8 @@ fn take_message(msg: Option<Result<Message, axum::Error>>, batch: &mut Vec<Worke
 }
 
 /// `GET /api/v1/workers`: the registry.
-pub async fn list(State(state): State<Arc<AppState>>, _caller: Caller) -> Result<Json<WorkerList>, ApiError> {
-    Ok(Json(WorkerList { workers: workers::list(&state).await? }))
+pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<WorkerList>, ApiError> {
+    Ok(Json(WorkerList { workers: workers::list(&state, &caller).await? }))
 }
 
 /// `POST /api/v1/worker-tokens {name}`: a new worker token, its secret in this answer only.
@@ -136,9 +136,9 @@ pub async fn create_token(
 /// `GET /api/v1/worker-tokens`: names and dates, never secrets.
 pub async fn list_tokens(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<WorkerTokenList>, ApiError> {
-    Ok(Json(WorkerTokenList { tokens: workers::list_tokens(&state).await? }))
+    Ok(Json(WorkerTokenList { tokens: workers::list_tokens(&state, &caller).await? }))
 }
 
 /// `DELETE /api/v1/worker-tokens/{name}`: revokes a token and disconnects its workers.

@@ -59,12 +59,28 @@ pub struct AuthConfig {
     pub allow_anonymous: Option<bool>,
 }
 
-/// One `[[auth.tokens]]` entry.
+/// One `[[auth.tokens]]` entry: a service token (a CI system, a script), not a person's.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiToken {
     pub name: String,
     pub token: String,
+    /// What it may do: `admin` (the default, as before users existed) or `user` (only what
+    /// the projects' `internal` visibility gives every signed-in caller: reading).
+    #[serde(default = "admin_role")]
+    pub role: cloudbuild_proto::user::GlobalRole,
+}
+
+fn admin_role() -> cloudbuild_proto::user::GlobalRole {
+    cloudbuild_proto::user::GlobalRole::Admin
+}
+
+/// A validated service token of [`Settings::api_tokens`].
+#[derive(Debug, Clone)]
+pub struct ServiceToken {
+    pub name: String,
+    pub token: Secret,
+    pub role: cloudbuild_proto::user::GlobalRole,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -303,8 +319,8 @@ pub struct Settings {
     pub worker_tokens: Vec<(String, Secret)>,
     pub lease_secs: u64,
     pub heartbeat_secs: u64,
-    /// `(name, token)` pairs of API clients.
-    pub api_tokens: Vec<(String, Secret)>,
+    /// The service tokens of `[[auth.tokens]]`.
+    pub api_tokens: Vec<ServiceToken>,
     pub allow_anonymous: bool,
     pub targets: TargetsConfig,
     pub keep_releases: u32,
@@ -317,6 +333,9 @@ pub struct Settings {
     pub custom_domains: Vec<(String, cloudbuild_proto::validate::ProjectName)>,
     /// `[projects] auto_create`.
     pub auto_create_projects: bool,
+    /// The one-time token that makes the first admin (`POST /api/v1/setup`), set by
+    /// `cloudbuild server` when the store has no admin; `None`: setup is closed.
+    pub setup_token: Option<Secret>,
 }
 
 impl ServerConfig {
@@ -487,7 +506,12 @@ impl ServerConfig {
                 .collect(),
             lease_secs: self.workers.lease_secs,
             heartbeat_secs: self.workers.heartbeat_secs,
-            api_tokens: self.auth.tokens.iter().map(|t| (t.name.clone(), Secret::new(t.token.clone()))).collect(),
+            api_tokens: self
+                .auth
+                .tokens
+                .iter()
+                .map(|t| ServiceToken { name: t.name.clone(), token: Secret::new(t.token.clone()), role: t.role })
+                .collect(),
             allow_anonymous: self.auth.allow_anonymous.unwrap_or_else(|| self.listen.ip().is_loopback()),
             targets: self.targets.clone(),
             keep_releases: self.releases.keep,
@@ -496,6 +520,7 @@ impl ServerConfig {
             sites_port: self.sites.port,
             custom_domains,
             auto_create_projects: self.projects.auto_create,
+            setup_token: None,
         })
     }
 }

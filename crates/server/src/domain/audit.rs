@@ -9,7 +9,9 @@ use cloudbuild_proto::validate::ValidationError;
 use cloudbuild_store::{AuditQuery, StoreError};
 
 use super::callers::Caller;
+use super::policy::{self, Denied};
 use crate::state::AppState;
+use cloudbuild_proto::user::ProjectRole;
 
 /// What an error may say in the audit log, which callers read: a refusal is told as the
 /// caller was told it; a failure of the server's own (its store, a target, the disk) only as a
@@ -19,10 +21,17 @@ pub trait Outcome: std::fmt::Display {
     fn internal(&self) -> bool;
 }
 
+impl Outcome for policy::PolicyError {
+    fn internal(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+}
+
 impl Outcome for super::tasks::TaskError {
     fn internal(&self) -> bool {
         match self {
             Self::Store(_) => true,
+            Self::Policy(p) => p.internal(),
             Self::Release(r) => r.internal(),
             Self::Project(p) => p.internal(),
             _ => false,
@@ -41,19 +50,31 @@ impl Outcome for super::releases::ReleaseError {
 
 impl Outcome for super::projects::ProjectError {
     fn internal(&self) -> bool {
-        matches!(self, Self::Store(_))
+        matches!(self, Self::Store(_)) || matches!(self, Self::Policy(p) if p.internal())
     }
 }
 
 impl Outcome for super::workers::WorkerError {
     fn internal(&self) -> bool {
-        matches!(self, Self::Store(_) | Self::Random(_))
+        matches!(self, Self::Store(_) | Self::Random(_)) || matches!(self, Self::Policy(p) if p.internal())
     }
 }
 
 impl Outcome for super::secrets::SecretError {
     fn internal(&self) -> bool {
-        matches!(self, Self::Store(_) | Self::Vault(_))
+        matches!(self, Self::Store(_) | Self::Vault(_)) || matches!(self, Self::Policy(p) if p.internal())
+    }
+}
+
+impl Outcome for super::users::UserError {
+    fn internal(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::Random(_) | Self::Hashing(_)) || matches!(self, Self::Policy(p) if p.internal())
+    }
+}
+
+impl<E: Outcome> Outcome for &E {
+    fn internal(&self) -> bool {
+        (*self).internal()
     }
 }
 
@@ -77,8 +98,8 @@ pub async fn record<T, E: Outcome>(
     let entry = AuditEntry {
         id: 0, // the store numbers it
         at: Timestamp::now(),
-        actor: caller.0.clone(),
-        address: caller.1.map(|a| a.to_string()),
+        actor: caller.name.clone(),
+        address: caller.address.map(|a| a.to_string()),
         action: action.to_owned(),
         target: clip(&target.into()),
         project: project.map(clip),
@@ -120,11 +141,14 @@ pub enum AuditError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// A page of entries, newest first (at most 200 a page, 50 by default).
-pub async fn list(state: &AppState, f: AuditFilter) -> Result<AuditPage, AuditError> {
+/// A page of entries, newest first (at most 200 a page, 50 by default): every entry for
+/// admins, the entries of the projects they maintain for maintainers.
+pub async fn list(state: &AppState, caller: &Caller, f: AuditFilter) -> Result<AuditPage, AuditError> {
     let limit = f.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ValidationError { field: "limit", reason: "must be 1 to 200".into() }.into());
@@ -132,8 +156,38 @@ pub async fn list(state: &AppState, f: AuditFilter) -> Result<AuditPage, AuditEr
     if let Some(p) = &f.project {
         cloudbuild_proto::validate::ProjectName::parse(p)?;
     }
-    let query = AuditQuery { project: f.project, actor: f.actor, action: f.action, before: f.before, limit };
-    let entries = state.store.list_audit(&query).await?;
+    let maintained = policy::readable(state, caller, ProjectRole::Maintainer).await?;
+    match (&maintained, &f.project) {
+        (Some(m), Some(p)) if !m.contains(p) => {
+            let hidden = policy::project_role(caller, state.store.get_project(p).await?.as_ref()).is_none();
+            let denied = if hidden {
+                Denied::Hidden(format!("project {p}"))
+            } else {
+                Denied::Forbidden(format!("the audit log of project {p} is for its maintainers"))
+            };
+            return Err(policy::PolicyError::from(denied).into());
+        }
+        (Some(m), None) if m.is_empty() => {
+            let denied = Denied::Forbidden("the audit log is for admins and the maintainers of a project".into());
+            return Err(policy::PolicyError::from(denied).into());
+        }
+        _ => {}
+    }
+    let step = if maintained.is_some() { 200 } else { limit };
+    let mut query = AuditQuery { project: f.project, actor: f.actor, action: f.action, before: f.before, limit: step };
+    let mut entries = Vec::new();
+    // Pages of the whole log, filtered to the maintained projects' entries, until this page is full.
+    loop {
+        let page = state.store.list_audit(&query).await?;
+        let full = page.len() == step as usize;
+        query.before = page.last().map(|e| e.id);
+        let mine = |e: &AuditEntry| maintained.as_ref().is_none_or(|m| e.project.as_ref().is_some_and(|p| m.contains(p)));
+        entries.extend(page.into_iter().filter(mine));
+        if !full || entries.len() >= limit as usize {
+            break;
+        }
+    }
+    entries.truncate(limit as usize);
     let next_before = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
     Ok(AuditPage { entries, next_before })
 }

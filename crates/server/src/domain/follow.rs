@@ -7,6 +7,10 @@
 //! follower that connects late, or reconnects with `after=<last seq seen>`, receives exactly
 //! the bytes a follower from the start received. A follower that does not follow reads the
 //! store's pages directly.
+//!
+//! A follower signed in with a personal token checks every [`RECHECK_EVERY`] that it still may
+//! read the task (token not revoked or expired, user not disabled, still a reader of the
+//! project), and ends when it may not: revocation cuts open streams, not only the next connect.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,8 +20,12 @@ use cloudbuild_proto::task::TaskId;
 use cloudbuild_store::StoreError;
 use tokio::sync::watch;
 
+use super::callers::Caller;
 use crate::hub::{Feed, SharedEvent};
 use crate::state::AppState;
+
+/// How often a follower that can lose its access checks it.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Events read from the store at a time.
 const PAGE: u32 = 500;
@@ -33,6 +41,26 @@ pub struct Follower {
     after: u64,
     shutdown: watch::Receiver<bool>,
     done: bool,
+    access: Option<Access>,
+}
+
+/// The caller a follower reads for, when its access can be taken away while it reads.
+struct Access {
+    state: Arc<AppState>,
+    caller: Caller,
+    project: String,
+    next_check: tokio::time::Instant,
+}
+
+impl Access {
+    /// Whether the caller still may read, checked at most every [`RECHECK_EVERY`].
+    async fn still_allowed(&mut self) -> bool {
+        if tokio::time::Instant::now() < self.next_check {
+            return true;
+        }
+        self.next_check = tokio::time::Instant::now() + RECHECK_EVERY;
+        super::policy::still_reads(&self.state, &self.caller, &self.project).await
+    }
 }
 
 enum Source {
@@ -42,10 +70,11 @@ enum Source {
     Store { state: Arc<AppState>, task: TaskId },
 }
 
-/// Reads `task`'s log after event `after`: when `live`, through the task's feed until its `end`
-/// event (the feed's reader starts with its first follower); otherwise what is stored now, page
-/// by page. A task that has ended is read the second way: its whole log, never held in memory.
-pub fn follow(state: &Arc<AppState>, task: TaskId, after: u64, live: bool) -> Follower {
+/// Reads `task` (of project `project`)'s log after event `after` for `caller`, who was allowed
+/// to read it: when `live`, through the task's feed until its `end` event (the feed's reader
+/// starts with its first follower); otherwise what is stored now, page by page. A task that has
+/// ended is read the second way: its whole log, never held in memory.
+pub fn follow(state: &Arc<AppState>, caller: &Caller, project: &str, task: TaskId, after: u64, live: bool) -> Follower {
     let source = if live {
         let (feed, new) = state.hub.feed(task);
         if new {
@@ -56,7 +85,13 @@ pub fn follow(state: &Arc<AppState>, task: TaskId, after: u64, live: bool) -> Fo
     } else {
         Source::Store { state: state.clone(), task }
     };
-    Follower { source, after, shutdown: state.shutdown.clone(), done: false }
+    let access = super::policy::can_lose_access(caller).then(|| Access {
+        state: state.clone(),
+        caller: caller.clone(),
+        project: project.to_owned(),
+        next_check: tokio::time::Instant::now() + RECHECK_EVERY,
+    });
+    Follower { source, after, shutdown: state.shutdown.clone(), done: false, access }
 }
 
 impl Follower {
@@ -67,6 +102,13 @@ impl Follower {
         loop {
             if self.done {
                 return None;
+            }
+            if let Some(access) = &mut self.access {
+                if !access.still_allowed().await {
+                    tracing::info!(caller = %access.caller.name, "a follower's access was revoked; its stream ends");
+                    self.done = true;
+                    return None;
+                }
             }
             let (events, closed) = match &mut self.source {
                 Source::Feed { feed, .. } => feed.read(self.after, max),
@@ -89,9 +131,12 @@ impl Follower {
                 return None;
             }
             let Source::Feed { grown, .. } = &mut self.source else { return None };
+            let recheck = self.access.as_ref().map(|a| a.next_check);
             tokio::select! {
                 changed = grown.changed() => if changed.is_err() { return None },
                 _ = self.shutdown.changed() => return None,
+                // Woken to check access while the log is quiet.
+                _ = async { tokio::time::sleep_until(recheck?).await; Some(()) }, if recheck.is_some() => {}
             }
         }
     }

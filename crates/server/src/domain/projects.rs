@@ -4,11 +4,13 @@
 //! (`[projects] auto_create`, on by default), else only `cloudbuild projects create` does.
 
 use cloudbuild_proto::project::{CreateProject, EditProject, Project};
+use cloudbuild_proto::user::{Member, ProjectRole};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::{GitRef, ProjectName, RepoUrl, ValidationError};
 use cloudbuild_store::StoreError;
 
 use super::callers::Caller;
+use super::policy::{self, PolicyError, ProjectAction};
 use crate::state::AppState;
 
 /// Why a project could not be registered, changed or used.
@@ -49,8 +51,16 @@ pub enum ProjectError {
     )]
     Unregistered(String),
     #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A member change that would leave the project without a maintainer.
+    #[error("{0}")]
+    LastMaintainer(String),
+    #[error("no user named {0}")]
+    NoSuchUser(String),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
+
 
 /// Whether `name` has releases or secrets (its registration was deleted).
 async fn has_history(state: &AppState, name: &str) -> Result<bool, StoreError> {
@@ -72,7 +82,7 @@ pub async fn adopt_existing(state: &AppState) -> Result<usize, ProjectError> {
         before = Some(last.id);
         for task in page.iter().filter(|t| seen.insert(t.name.clone())) {
             let Ok(url) = repo_url(state, &task.repo) else { continue };
-            let by = Caller(format!("{} (adopted)", task.requested_by), None);
+            let by = Caller::on_behalf_of(format!("{} (adopted)", task.requested_by));
             let mut project = record(&task.name, &url, "main", Default::default(), &by);
             project.created_at = task.created_at;
             if state.store.create_project(&project).await? {
@@ -90,8 +100,25 @@ fn repo_url(state: &AppState, repo: &str) -> Result<RepoUrl, ValidationError> {
     RepoUrl::parse(repo.trim(), &state.settings.repo_policy)
 }
 
+/// Checks, before anything is stored, that `caller` may publish a task of `name` to `env`:
+/// its role in the registered project, or its right to register an unknown name.
+pub async fn may_publish(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    env: cloudbuild_proto::task::Environment,
+) -> Result<(), ProjectError> {
+    match state.store.get_project(name).await? {
+        Some(p) => policy::authorize(caller, name, Some(&p), ProjectAction::Publish(env), || format!("project {name}"))?,
+        None if !state.settings.auto_create_projects => return Err(ProjectError::NotRegistered(name.to_owned())),
+        None => policy::may_register(state, caller)?,
+    }
+    Ok(())
+}
+
 /// Checks that a task of `name` may build from `repo` (both validated), registering the
-/// project on its first publish when the server allows it.
+/// project on its first publish when the server allows it, with the publishing user as its
+/// maintainer. The caller's role was checked by [`may_publish`].
 pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) -> Result<(), ProjectError> {
     let url = repo_url(state, repo)?;
     let project = match state.store.get_project(name).await? {
@@ -103,7 +130,7 @@ pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) ->
         None => {
             let new = record(name, &url, "main", Default::default(), caller);
             if state.store.create_project(&new).await? {
-                tracing::info!(project = name, repo = %url, by = %caller.0, "project registered by its first publish");
+                tracing::info!(project = name, repo = %url, by = %caller.name, "project registered by its first publish");
                 let target = format!("project {name} (by its first publish, from {url})");
                 super::audit::record(
                     state,
@@ -150,13 +177,17 @@ fn record(
     caller: &Caller,
 ) -> Project {
     let now = Timestamp::now();
+    // Its first maintainer is the user who registered it; admins and service tokens need none.
+    let members =
+        caller.user().map(|u| Member { user: u.to_owned(), role: ProjectRole::Maintainer }).into_iter().collect();
     Project {
         name: name.to_owned(),
         repo: url.as_str().to_owned(),
         repo_identity: url.identity(),
         default_branch: branch.to_owned(),
         visibility,
-        created_by: caller.0.clone(),
+        members,
+        created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,
     }
@@ -171,6 +202,7 @@ pub async fn create(state: &AppState, caller: &Caller, req: CreateProject) -> Re
 }
 
 async fn register(state: &AppState, caller: &Caller, req: CreateProject) -> Result<Project, ProjectError> {
+    policy::may_register(state, caller)?;
     let name = ProjectName::parse(&req.name)?;
     let url = repo_url(state, &req.repo)?;
     let branch = GitRef::parse(req.default_branch.as_deref().unwrap_or("main"))?;
@@ -181,20 +213,26 @@ async fn register(state: &AppState, caller: &Caller, req: CreateProject) -> Resu
     Ok(project)
 }
 
-/// Every project, by name.
-pub async fn list(state: &AppState) -> Result<Vec<Project>, ProjectError> {
-    Ok(state.store.list_projects().await?)
+/// The projects `caller` may read, by name.
+pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<Project>, ProjectError> {
+    let all = state.store.list_projects().await?;
+    Ok(all.into_iter().filter(|p| policy::project_role(caller, Some(p)).is_some()).collect())
 }
 
-/// One project.
-pub async fn get(state: &AppState, name: &str) -> Result<Project, ProjectError> {
+/// One project, if `caller` may do `action` in it (a project it may not read does not exist).
+pub async fn get(state: &AppState, caller: &Caller, name: &str, action: ProjectAction) -> Result<Project, ProjectError> {
     let name = ProjectName::parse(name)?;
-    state.store.get_project(name.as_str()).await?.ok_or_else(|| ProjectError::NotFound(name.to_string()))
+    let hidden = || ProjectError::NotFound(name.to_string());
+    policy::project(state, caller, name.as_str(), action, || format!("project {name}")).await?.ok_or_else(hidden)
 }
 
 /// Changes what the request gives (repository, default branch, visibility).
 pub async fn edit(state: &AppState, caller: &Caller, name: &str, req: EditProject) -> Result<Project, ProjectError> {
-    let result = change(state, name, req).await;
+    let result = async {
+        get(state, caller, name, ProjectAction::Maintain).await?;
+        change(state, name, req).await
+    }
+    .await;
     super::audit::record(state, caller, "project.edit", format!("project {name}"), Some(name), &result).await;
     result
 }
@@ -202,11 +240,7 @@ pub async fn edit(state: &AppState, caller: &Caller, name: &str, req: EditProjec
 async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Project, ProjectError> {
     let url = req.repo.as_deref().map(|r| repo_url(state, r)).transpose()?;
     let branch = req.default_branch.as_deref().map(GitRef::parse).transpose()?;
-    // Compare-and-set on the whole record: an edit made meanwhile (another caller, another
-    // server) is never overwritten with this one's stale copy; the change is made again on it.
-    for _ in 0..8 {
-        let old = get(state, name).await?;
-        let mut project = old.clone();
+    update(state, name, |project| {
         if let Some(url) = &url {
             project.repo = url.as_str().to_owned();
             project.repo_identity = url.identity();
@@ -217,6 +251,23 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
         if let Some(visibility) = req.visibility {
             project.visibility = visibility;
         }
+        Ok(())
+    })
+    .await
+}
+
+/// Applies `edit` to the stored record by compare-and-set: an edit made meanwhile (another
+/// caller, another server) is never overwritten with a stale copy; the change is made again on
+/// the new record.
+async fn update(
+    state: &AppState,
+    name: &str,
+    mut edit: impl FnMut(&mut Project) -> Result<(), ProjectError>,
+) -> Result<Project, ProjectError> {
+    for _ in 0..8 {
+        let old = state.store.get_project(name).await?.ok_or_else(|| ProjectError::NotFound(name.to_owned()))?;
+        let mut project = old.clone();
+        edit(&mut project)?;
         project.updated_at = Timestamp::now();
         if state.store.update_project(&old, &project).await? {
             return Ok(project);
@@ -228,7 +279,12 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
 /// Removes a project's registration (its releases and sites stay; the name can be registered
 /// again).
 pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> Result<(), ProjectError> {
-    let result = unregister(state, name).await;
+    let result = async {
+        get(state, caller, name, ProjectAction::Read).await?;
+        policy::require_admin(caller, "deleting a project's registration")?;
+        unregister(state, name).await
+    }
+    .await;
     super::audit::record(state, caller, "project.delete", format!("project {name}"), Some(name), &result).await;
     result
 }
@@ -237,6 +293,75 @@ async fn unregister(state: &AppState, name: &str) -> Result<(), ProjectError> {
     let name = ProjectName::parse(name)?;
     if !state.store.delete_project(name.as_str()).await? {
         return Err(ProjectError::NotFound(name.to_string()));
+    }
+    Ok(())
+}
+
+/// A project's members (readers of the project).
+pub async fn members(state: &AppState, caller: &Caller, name: &str) -> Result<Vec<Member>, ProjectError> {
+    Ok(get(state, caller, name, ProjectAction::Read).await?.members)
+}
+
+/// Adds a member or changes their role (maintainers). A project keeps at least one maintainer.
+pub async fn set_member(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    user: &str,
+    role: ProjectRole,
+) -> Result<Project, ProjectError> {
+    let result = async {
+        get(state, caller, name, ProjectAction::Maintain).await?;
+        if state.store.get_user(user).await?.is_none() {
+            return Err(ProjectError::NoSuchUser(user.to_owned()));
+        }
+        update(state, name, |p| {
+            let had = has_maintainer(p);
+            p.members.retain(|m| m.user != user);
+            p.members.push(Member { user: user.to_owned(), role });
+            p.members.sort_by(|a, b| a.user.cmp(&b.user));
+            keeps_a_maintainer(p, had)
+        })
+        .await
+    }
+    .await;
+    let target = format!("member {user} of project {name} as {role}");
+    super::audit::record(state, caller, "member.set", target, Some(name), &result).await;
+    result
+}
+
+/// Removes a member (maintainers). A project keeps at least one maintainer.
+pub async fn remove_member(state: &AppState, caller: &Caller, name: &str, user: &str) -> Result<Project, ProjectError> {
+    let result = async {
+        get(state, caller, name, ProjectAction::Maintain).await?;
+        update(state, name, |p| {
+            let (had, before) = (has_maintainer(p), p.members.len());
+            p.members.retain(|m| m.user != user);
+            if p.members.len() == before {
+                return Err(ProjectError::NoSuchUser(format!("{user} among the members of {name}")));
+            }
+            keeps_a_maintainer(p, had)
+        })
+        .await
+    }
+    .await;
+    let target = format!("member {user} of project {name}");
+    super::audit::record(state, caller, "member.remove", target, Some(name), &result).await;
+    result
+}
+
+fn has_maintainer(p: &Project) -> bool {
+    p.members.iter().any(|m| m.role == ProjectRole::Maintainer)
+}
+
+/// Refuses a member change that takes a project's last maintainer away (a project registered
+/// by an admin may have none: admins maintain every project).
+fn keeps_a_maintainer(p: &Project, had: bool) -> Result<(), ProjectError> {
+    if had && !has_maintainer(p) {
+        return Err(ProjectError::LastMaintainer(format!(
+            "project {} would be left without a maintainer; make another member maintainer first",
+            p.name
+        )));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use cloudbuild_proto::validate::{ProjectName, ValidationError};
 use cloudbuild_store::{StoreError, StoredSecret};
 
 use super::callers::Caller;
+use super::policy::{self, PolicyError, ProjectAction};
 use crate::state::AppState;
 use crate::vault::{slot, Vault, VaultError};
 
@@ -27,6 +28,8 @@ pub enum SecretError {
          before setting its secrets"
     )]
     NoProject(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -54,7 +57,7 @@ pub async fn set(
     name: &str,
     req: SetSecret,
 ) -> Result<SecretInfo, SecretError> {
-    let result = seal_and_store(state, project, env, name, req).await;
+    let result = seal_and_store(state, caller, project, env, name, req).await;
     let target = format!("secret {name} of {project} {}", env.as_str());
     super::audit::record(state, caller, "secret.set", target, Some(project), &result).await;
     result
@@ -62,6 +65,7 @@ pub async fn set(
 
 async fn seal_and_store(
     state: &AppState,
+    caller: &Caller,
     project: &str,
     env: Environment,
     name: &str,
@@ -70,9 +74,7 @@ async fn seal_and_store(
     let project = ProjectName::parse(project)?;
     check_name(name)?;
     check_value(&req.value)?;
-    if state.store.get_project(project.as_str()).await?.is_none() {
-        return Err(SecretError::NoProject(project.to_string()));
-    }
+    maintained(state, caller, &project).await?;
     let mut stages = req.stages.unwrap_or_else(|| SECRET_STAGES.to_vec());
     if let Some(bad) = stages.iter().find(|s| !SECRET_STAGES.contains(s)) {
         return Err(ValidationError {
@@ -96,9 +98,20 @@ async fn seal_and_store(
     Ok(info(&stored))
 }
 
-/// The project's secrets, every environment: names, stages and dates, never values.
-pub async fn list(state: &AppState, project: &str) -> Result<Vec<SecretInfo>, SecretError> {
+/// Checks that `caller` maintains the registered project (secrets are its maintainers').
+async fn maintained(state: &AppState, caller: &Caller, project: &ProjectName) -> Result<(), SecretError> {
+    let what = || format!("project {project}");
+    if policy::project(state, caller, project.as_str(), ProjectAction::Maintain, what).await?.is_none() {
+        return Err(SecretError::NoProject(project.to_string()));
+    }
+    Ok(())
+}
+
+/// The project's secrets, every environment: names, stages and dates, never values
+/// (maintainers).
+pub async fn list(state: &AppState, caller: &Caller, project: &str) -> Result<Vec<SecretInfo>, SecretError> {
     let project = ProjectName::parse(project)?;
+    maintained(state, caller, &project).await?;
     Ok(state.store.list_secrets(project.as_str()).await?.iter().map(info).collect())
 }
 
@@ -110,15 +123,16 @@ pub async fn delete(
     env: Environment,
     name: &str,
 ) -> Result<(), SecretError> {
-    let result = remove(state, project, env, name).await;
+    let result = remove(state, caller, project, env, name).await;
     let target = format!("secret {name} of {project} {}", env.as_str());
     super::audit::record(state, caller, "secret.delete", target, Some(project), &result).await;
     result
 }
 
-async fn remove(state: &AppState, project: &str, env: Environment, name: &str) -> Result<(), SecretError> {
+async fn remove(state: &AppState, caller: &Caller, project: &str, env: Environment, name: &str) -> Result<(), SecretError> {
     let project = ProjectName::parse(project)?;
     check_name(name)?;
+    maintained(state, caller, &project).await?;
     if state.store.delete_secret(project.as_str(), env, name).await? {
         Ok(())
     } else {

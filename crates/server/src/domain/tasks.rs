@@ -9,6 +9,7 @@ use cloudbuild_proto::worker::{TaskAttempt, WorkerState};
 use cloudbuild_store::{Appended, CancelOutcome, Fence, NewTask, Notice, StoreError, TaskQuery};
 
 use super::callers::Caller;
+use super::policy::{self, PolicyError, ProjectAction};
 use super::releases::{self, ReleaseError};
 use crate::config::Settings;
 use crate::state::AppState;
@@ -36,8 +37,11 @@ pub enum TaskError {
     #[error(transparent)]
     Project(#[from] super::projects::ProjectError),
     #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
+
 
 /// Validates a request into a store row. Every field is checked before anything is stored.
 pub fn validate(
@@ -66,7 +70,7 @@ pub fn validate(
         env: req.env,
         trigger,
         force: req.force,
-        requested_by: caller.0.clone(),
+        requested_by: caller.name.clone(),
         retry_of,
         output_limit: settings.output_bytes,
         labels: cloudbuild_proto::validate::labels(&req.labels)?,
@@ -107,6 +111,8 @@ async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> 
         return Err(TaskError::Refused("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only".into()));
     }
     let new = validate(&state.settings, req, caller, req.trigger, None)?;
+    // Before anything else: a caller who may not publish learns nothing about the project.
+    super::projects::may_publish(state, caller, &new.name, new.env).await?;
     check_repo_host(&state.settings, &new.repo).await?;
     // Fail fast: a build that could not be published is not started (and registers nothing).
     releases::check_version_free(state, new.env, &new.name, &new.version, new.force).await?;
@@ -168,9 +174,12 @@ pub async fn note(state: &AppState, id: TaskId, note: &str) {
     }
 }
 
-/// One task by id.
-pub async fn get(state: &AppState, id: TaskId) -> Result<Task, TaskError> {
-    Ok(state.store.get_task(id).await?)
+/// One task by id, if `caller` may do `action` in its project (a task of a project it may not
+/// read does not exist).
+pub async fn get(state: &AppState, caller: &Caller, id: TaskId, action: ProjectAction) -> Result<Task, TaskError> {
+    let task = state.store.get_task(id).await?;
+    policy::project(state, caller, &task.name, action, || format!("task {id}")).await?;
+    Ok(task)
 }
 
 /// A page of the task list: newest first, filtered by project name and state.
@@ -185,8 +194,8 @@ pub struct ListQuery {
     pub limit: Option<u32>,
 }
 
-/// Lists tasks; `next_before` is set when there are more.
-pub async fn list(state: &AppState, q: ListQuery) -> Result<TaskPage, TaskError> {
+/// Lists the tasks of the projects `caller` may read; `next_before` is set when there are more.
+pub async fn list(state: &AppState, caller: &Caller, q: ListQuery) -> Result<TaskPage, TaskError> {
     let task_state = match q.state.as_deref() {
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
             let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
@@ -198,8 +207,21 @@ pub async fn list(state: &AppState, q: ListQuery) -> Result<TaskPage, TaskError>
     if !(1..=200).contains(&limit) {
         return Err(TaskError::Refused("limit must be between 1 and 200".into()));
     }
-    let query = TaskQuery { name: q.name, state: task_state, before: q.before, limit: limit + 1 };
-    let mut tasks = state.store.list_tasks(&query).await?;
+    let readable = policy::readable(state, caller, cloudbuild_proto::user::ProjectRole::Reporter).await?;
+    // Filtered pages are read in large steps: most rows may be another team's.
+    let step = if readable.is_some() { 200 } else { limit + 1 };
+    let mut query = TaskQuery { name: q.name, state: task_state, before: q.before, limit: step };
+    let mut tasks = Vec::new();
+    // Pages of the whole list, filtered to what the caller may read, until this page is full.
+    loop {
+        let page = state.store.list_tasks(&query).await?;
+        let full = page.len() as u32 == query.limit;
+        query.before = page.last().map(|t| t.id);
+        tasks.extend(page.into_iter().filter(|t| readable.as_ref().is_none_or(|r| r.contains(&t.name))));
+        if !full || tasks.len() > limit as usize {
+            break;
+        }
+    }
     let next_before = if tasks.len() > limit as usize {
         tasks.truncate(limit as usize);
         tasks.last().map(|t| t.id)
@@ -230,10 +252,11 @@ pub async fn cancel(state: &AppState, caller: &Caller, id: TaskId) -> Result<Can
 }
 
 async fn cancel_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
+    get(state, caller, id, ProjectAction::Cancel).await?;
     Ok(match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledQueued(task, events) => {
             state.hub.published(id, &events);
-            tracing::info!(task = id, by = %caller.0, "cancelled while queued");
+            tracing::info!(task = id, by = %caller.name, "cancelled while queued");
             Cancelled::Done(task)
         }
         CancelOutcome::Requested(task) => {
@@ -243,7 +266,7 @@ async fn cancel_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Ca
                 // Its worker is connected to another server: that one forwards the cancel.
                 state.hub.announce(Notice::Cancel { task: id, attempt: task.attempt, worker });
             }
-            tracing::info!(task = id, by = %caller.0, "cancel sent to worker");
+            tracing::info!(task = id, by = %caller.name, "cancel sent to worker");
             Cancelled::Requested(task)
         }
         CancelOutcome::AlreadyCancelled(task) => Cancelled::Done(task),
@@ -264,7 +287,8 @@ pub async fn retry(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task
 }
 
 async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, TaskError> {
-    let old = state.store.get_task(id).await?;
+    let old = get(state, caller, id, ProjectAction::Read).await?;
+    policy::project(state, caller, &old.name, ProjectAction::Publish(old.env), || format!("task {id}")).await?;
     if !old.state.is_terminal() {
         return Err(TaskError::NotFinished { id: old.id, state: old.state });
     }

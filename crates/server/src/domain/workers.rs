@@ -30,6 +30,8 @@ pub enum WorkerError {
     #[error("no randomness for a token: {0}")]
     Random(#[from] getrandom::Error),
     #[error(transparent)]
+    Policy(#[from] super::policy::PolicyError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -240,7 +242,8 @@ async fn heartbeat(
 
 /// Every registered worker, newest state. A worker registered as connected whose heartbeats
 /// stopped for longer than a lease is shown as `lost`.
-pub async fn list(state: &AppState) -> Result<Vec<WorkerInfo>, WorkerError> {
+pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<WorkerInfo>, WorkerError> {
+    super::policy::require_admin(caller, "the worker registry")?;
     let lease = state.settings.lease_secs as i64 * 1_000_000;
     let now = Timestamp::now();
     let mut workers = state.store.list_workers().await?;
@@ -260,16 +263,18 @@ pub async fn create_token(state: &AppState, caller: &Caller, name: &str) -> Resu
 }
 
 async fn make_token(state: &AppState, caller: &Caller, name: &str) -> Result<CreatedWorkerToken, WorkerError> {
+    super::policy::require_admin(caller, "managing worker tokens")?;
     let name = validate::identifier("token name", name)?;
     let token = format!("cbw_{}", random_hex(32)?);
     let hash = blake3::hash(token.as_bytes()).to_hex().to_string();
     state.store.create_worker_token(&name, &hash).await?;
-    tracing::info!(token = %name, by = %caller.0, "worker token created");
+    tracing::info!(token = %name, by = %caller.name, "worker token created");
     Ok(CreatedWorkerToken { name, token })
 }
 
 /// Names and dates of the revocable worker tokens, never secrets.
-pub async fn list_tokens(state: &AppState) -> Result<Vec<WorkerToken>, WorkerError> {
+pub async fn list_tokens(state: &AppState, caller: &Caller) -> Result<Vec<WorkerToken>, WorkerError> {
+    super::policy::require_admin(caller, "managing worker tokens")?;
     Ok(state.store.list_worker_tokens().await?)
 }
 
@@ -282,12 +287,13 @@ pub async fn revoke_token(state: &AppState, caller: &Caller, name: &str) -> Resu
 }
 
 async fn drop_token(state: &AppState, caller: &Caller, name: &str) -> Result<(), WorkerError> {
+    super::policy::require_admin(caller, "managing worker tokens")?;
     let name = validate::identifier("token name", name)?;
     if !state.store.revoke_worker_token(&name).await? {
         return Err(WorkerError::NoSuchToken(name));
     }
     state.scheduler.revoke(&name);
     state.hub.announce(Notice::TokenRevoked { name: name.clone() });
-    tracing::info!(token = %name, by = %caller.0, "worker token revoked");
+    tracing::info!(token = %name, by = %caller.name, "worker token revoked");
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::extract::Query;
 use axum::http::header;
-use cloudbuild_proto::task::{actions, CreateTask, Environment, TaskId, Trigger};
+use cloudbuild_proto::task::{Task, actions, CreateTask, Environment, TaskId, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use serde_json::{json, Value};
 use socketioxide::extract::{SocketRef, State, TryData};
@@ -33,6 +33,8 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ProtocolVersion, SocketIo};
 
 use crate::domain::callers::{identify, Caller};
+use crate::domain::follow::follow;
+use crate::domain::policy::ProjectAction;
 use crate::domain::tasks::{self, validate};
 use crate::state::AppState;
 use relay::relay;
@@ -117,7 +119,7 @@ impl Attachments {
 /// What identifies "the same build" across reconnects: the caller and every query value.
 fn attach_key(p: &Pending) -> String {
     let r = &p.request;
-    json!([p.caller.0, r.repo, r.branch, r.name, r.version, r.build_cmd, r.env]).to_string()
+    json!([p.caller.name, r.repo, r.branch, r.name, r.version, r.build_cmd, r.env]).to_string()
 }
 
 /// What a connection asked for, kept on the socket until it emits `build`.
@@ -140,12 +142,12 @@ fn query(s: &SocketRef) -> HashMap<String, String> {
 
 /// The caller, from the socket.io `auth` payload (3.x/4.x clients) or the `token` query field
 /// (2.x clients, which have no auth payload).
-fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result<Caller, String> {
+async fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result<Caller, String> {
     let from_auth = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str).map(str::to_owned);
     let token = from_auth.or_else(|| query(s).get("token").cloned());
-    let mut caller = identify(&state.settings, token.as_deref()).map_err(|e| e.to_string())?;
+    let mut caller = identify(state, token.as_deref()).await.map_err(|e| e.to_string())?;
     // The listener's record of the peer, kept by `detach_from_connection` (for the audit log).
-    caller.1 = s.req_parts().extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    caller.address = s.req_parts().extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     Ok(caller)
 }
 
@@ -159,7 +161,7 @@ async fn authenticate(
     if s.protocol() == ProtocolVersion::V4 {
         return Ok(());
     }
-    caller(&state, &s, &auth.ok()).map(|_| ())
+    caller(&state, &s, &auth.ok()).await.map(|_| ())
 }
 
 /// Sends the original `deny` message on the socket-id event, then disconnects.
@@ -177,16 +179,17 @@ async fn on_connect(
     State(attached): State<Arc<Attachments>>,
     TryData(auth): TryData<Value>,
 ) {
-    let caller = match caller(&state, &s, &auth.ok()) {
+    let caller = match caller(&state, &s, &auth.ok()).await {
         Ok(c) => c,
         Err(reason) => return deny(s, &reason),
     };
     let q = query(&s);
     // Following a task that exists (`?task=<id>&after=<seq>`), as `cloudbuild logs` does.
     if let Some(raw) = q.get("task") {
-        return match follow_query(&state, raw, q.get("after")).await {
+        return match follow_query(&state, &caller, raw, q.get("after")).await {
             Ok((task, after, live)) => {
-                tokio::spawn(relay(state, attached, s, task, after, live, None));
+                let follower = follow(&state, &caller, &task.name, task.id, after, live);
+                tokio::spawn(relay(state, attached, s, task.id, follower, after, None));
             }
             Err(reason) => deny(s, &reason),
         };
@@ -201,12 +204,13 @@ async fn on_connect(
     let key = attach_key(&pending);
     let previous = attached.lock().get(&key).cloned();
     if let Some(prev) = previous {
-        let running = tasks::get(&state, prev.task).await.is_ok_and(|t| !t.state.is_terminal());
-        if running {
+        let task = tasks::get(&state, &pending.caller, prev.task, ProjectAction::Read).await;
+        if let Some(task) = task.ok().filter(|t| !t.state.is_terminal()) {
             let _ = prev.stop.send(true); // the old socket, if still open, stops and is disconnected
             let from = prev.delivered.load(Ordering::Acquire);
             tracing::info!(socket = %s.id, task = prev.task, from, "socket.io client re-attached to its build");
-            tokio::spawn(relay(state, attached, s, prev.task, from, true, Some(key)));
+            let follower = follow(&state, &pending.caller, &task.name, task.id, from, true);
+            tokio::spawn(relay(state, attached, s, prev.task, follower, from, Some(key)));
             return;
         }
         attached.lock().remove(&key);
@@ -222,16 +226,22 @@ async fn on_connect(
 }
 
 /// The task and the event to follow after, of a `?task=<id>&after=<seq>` query; the task must
-/// exist. Any caller the server lets in may read any task's log, as with `GET …/events`.
-/// Also whether the task is still live (not ended).
-async fn follow_query(state: &AppState, task: &str, after: Option<&String>) -> Result<(TaskId, u64, bool), String> {
+/// exist and the caller may read it, as with `GET …/events`. Also whether the task is still
+/// live (not ended).
+async fn follow_query(
+    state: &AppState,
+    caller: &Caller,
+    task: &str,
+    after: Option<&String>,
+) -> Result<(Task, u64, bool), String> {
     let id = task.parse::<TaskId>().ok().filter(|id| *id > 0).ok_or(format!("`task={task}` is not a task id"))?;
     let after = match after {
         Some(a) => a.parse::<u64>().map_err(|_| format!("`after={a}` is not an event number"))?,
         None => 0,
     };
-    let t = tasks::get(state, id).await.map_err(|e| e.to_string())?;
-    Ok((id, after, !t.state.is_terminal()))
+    let t = tasks::get(state, caller, id, ProjectAction::Read).await.map_err(|e| e.to_string())?;
+    let live = !t.state.is_terminal();
+    Ok((t, after, live))
 }
 
 /// Turns the handshake query into a task request (validated the same way as the REST API),
@@ -304,5 +314,6 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
         tracing::info!(task = task.id, "socket.io option: {note}");
         tasks::note(&state, task.id, note).await;
     }
-    tokio::spawn(relay(state, attached, s, task.id, 0, true, Some(key)));
+    let follower = follow(&state, &pending.caller, &task.name, task.id, 0, true);
+    tokio::spawn(relay(state, attached, s, task.id, follower, 0, Some(key)));
 }

@@ -15,8 +15,6 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 
 use super::{Attached, Attachments, STALL_LIMIT};
-use crate::domain::follow::follow;
-use crate::domain::tasks;
 use crate::hub::SharedEvent;
 use crate::state::AppState;
 
@@ -36,8 +34,8 @@ pub(super) async fn relay(
     attached: Arc<Attachments>,
     s: SocketRef,
     task: TaskId,
+    mut follower: crate::domain::follow::Follower,
     from: u64,
-    live: bool,
     key: Option<String>,
 ) {
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
@@ -51,7 +49,6 @@ pub(super) async fn relay(
         }
         None => Some(me),
     };
-    let mut follower = follow(&state, task, from, live);
     let mut waiting: VecDeque<Arc<SharedEvent>> = VecDeque::new();
     let ended = loop {
         let ev = match waiting.pop_front() {
@@ -119,7 +116,7 @@ pub(super) async fn relay(
         // Kept while the build runs, so the client can come back to it; forgotten at its end.
         let state = state.clone();
         tokio::spawn(async move {
-            while tasks::get(&state, task).await.is_ok_and(|t| !t.state.is_terminal()) {
+            while state.store.get_task(task).await.is_ok_and(|t| !t.state.is_terminal()) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             forget_if_mine(&attached, &key, &delivered);

@@ -30,6 +30,8 @@ use cloudbuild_store::StoreError;
 use futures_util::StreamExt;
 
 use super::callers::Caller;
+use super::policy::{self, ProjectAction};
+use super::projects::ProjectError;
 use crate::state::AppState;
 
 /// Why a publish call, a rollback or a release listing was refused or failed.
@@ -288,7 +290,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
     crate::domain::projects::check_still_bound(state, &task.name, &task.repo).await?;
     let release = state.store.record_release(new, &plan.files).await?;
     // Done on the task's behalf: the audit log names whoever asked for the task.
-    let asker = Caller(task.requested_by.clone(), None);
+    let asker = Caller::on_behalf_of(task.requested_by.clone());
     if newer.is_none() {
         guard.ensure_held().await?;
         let switched = switch(state, &release).await;
@@ -442,9 +444,17 @@ pub async fn current_files(
     Ok(Some(state.store.release_files(current.id).await?))
 }
 
-/// A project's releases in one environment or both, newest first.
-pub async fn list(state: &AppState, name: &str, env: Option<Environment>) -> Result<Vec<Release>, ReleaseError> {
+/// A project's releases in one environment or both, newest first (its readers).
+pub async fn list(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    env: Option<Environment>,
+) -> Result<Vec<Release>, ReleaseError> {
     let name = ProjectName::parse(name)?;
+    policy::project(state, caller, name.as_str(), ProjectAction::Read, || format!("project {name}"))
+        .await
+        .map_err(ProjectError::from)?;
     Ok(state.store.list_releases(env, name.as_str()).await?)
 }
 
@@ -475,6 +485,9 @@ pub async fn rollback(
 
 async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> Result<RollbackResult, ReleaseError> {
     let name = ProjectName::parse(&req.name)?;
+    policy::project(state, caller, name.as_str(), ProjectAction::Rollback, || format!("project {name}"))
+        .await
+        .map_err(ProjectError::from)?;
     let env = req.env.as_str();
     let guard = project_guard(state, req.env, name.as_str()).await?;
     let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
@@ -512,7 +525,7 @@ async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> 
     guard.ensure_held().await?;
     let previous = switch(state, &chosen).await?;
     drop(guard);
-    tracing::info!(by = %caller.0, %name, env, release = chosen.id, "rolled back");
+    tracing::info!(by = %caller.name, %name, env, release = chosen.id, "rolled back");
     let target = state.targets.get(req.env);
     let release = state.store.get_release(chosen.id).await?.unwrap_or(chosen);
     Ok(RollbackResult {

@@ -142,8 +142,16 @@ impl Client {
 
     /// DELETE a resource; success carries no body.
     pub(crate) async fn delete(&self, path: &str) -> Result<()> {
-        let req = self.http.delete(format!("{}{path}", self.base)).timeout(Duration::from_secs(30));
-        let resp = self.send(req).await?;
+        self.no_content(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// POST nothing; success carries no body (`/logout`).
+    pub(crate) async fn post_empty(&self, path: &str) -> Result<()> {
+        self.no_content(self.http.post(format!("{}{path}", self.base))).await
+    }
+
+    async fn no_content(&self, req: reqwest::RequestBuilder) -> Result<()> {
+        let resp = self.send(req.timeout(Duration::from_secs(30))).await?;
         if resp.status().is_success() {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 
 mod client;
 mod cmd;
+mod credentials;
 mod display;
 mod output;
 

@@ -127,7 +127,7 @@ async fn task_requests_are_validated_before_anything_is_stored() {
 async fn callers_and_workers_prove_who_they_are() {
     let api = api(|c| {
         c.auth.allow_anonymous = Some(false);
-        c.auth.tokens.push(ApiToken { name: "ci".into(), token: TOKEN.into() });
+        c.auth.tokens.push(ApiToken { name: "ci".into(), token: TOKEN.into(), role: cloudbuild_proto::user::GlobalRole::Admin });
     })
     .await;
     let (status, body) = api.get("/api/v1/tasks").await;

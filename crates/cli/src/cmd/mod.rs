@@ -9,6 +9,7 @@ mod releases;
 mod secrets;
 mod server;
 mod tasks;
+mod users;
 mod workers;
 
 use std::process::ExitCode;
@@ -45,15 +46,20 @@ pub(crate) struct ServerArg {
         global = true
     )]
     pub(crate) server: String,
-    /// API token, when the server requires one (it does unless it listens on loopback).
+    /// API token (a personal or service token) [default: the one `cloudbuild login` kept for
+    /// this server]; the server requires one unless it listens on loopback.
     #[arg(long, env = "CLOUDBUILD_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
 }
 
 impl ServerArg {
-    /// A client for this server and token.
+    /// A client for this server with `--token`, `CLOUDBUILD_TOKEN`, or the kept sign-in.
     pub(crate) fn client(&self) -> anyhow::Result<crate::client::Client> {
-        crate::client::Client::new(&self.server, self.token.as_deref())
+        let token = match &self.token {
+            Some(t) => Some(t.clone()),
+            None => crate::credentials::Credentials::token_for(&self.server)?,
+        };
+        crate::client::Client::new(&self.server, token.as_deref())
     }
 }
 
@@ -95,6 +101,28 @@ pub(crate) enum Command {
     /// delete.
     #[command(subcommand)]
     Projects(projects::ProjectsCommand),
+    /// Sign in to a server: your password for a personal token, kept for the client commands
+    /// (mode 0600 in your config directory).
+    Login(users::LoginArgs),
+    /// Sign out: revoke the kept token and forget it.
+    Logout(ServerArg),
+    /// Who the server takes you for (user, role, token).
+    Whoami(users::WhoamiArgs),
+    /// Make the first admin of a new server with the setup token it printed, and sign in.
+    Setup(users::SetupArgs),
+    /// Users (admins): list, create, disable, enable, set-role.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Your API tokens for scripts and CI: list, create, revoke.
+    #[command(subcommand)]
+    Tokens(users::TokensCommand),
+    /// A project's members and their roles (reporter, developer, maintainer): list, add,
+    /// remove, set-role.
+    #[command(subcommand)]
+    Members(projects::MembersCommand),
+    /// On the server's machine: create an admin directly in its store.
+    #[command(subcommand)]
+    Admin(users::AdminCommand),
     /// List or clear a worker's build caches (saved node_modules, build outputs, git mirrors);
     /// run on the worker's machine.
     #[command(subcommand)]
@@ -117,6 +145,11 @@ impl Cli {
             Command::Cache(c) => c.json(),
             Command::Projects(c) => c.json(),
             Command::Audit(a) => a.json,
+            Command::Whoami(a) => users::whoami_json(a),
+            Command::Users(c) => c.json(),
+            Command::Tokens(c) => c.json(),
+            Command::Members(c) => c.json(),
+            Command::Login(_) | Command::Logout(_) | Command::Setup(_) | Command::Admin(_) => false,
             Command::Server(_) | Command::Worker(_) | Command::Open(_) => false,
         }
     }
@@ -148,6 +181,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Open(a) => tasks::open(a).await,
         Command::Cache(c) => cache::run(c).await,
         Command::Projects(c) => projects::run(c).await,
+        Command::Login(a) => users::login(a).await,
+        Command::Logout(a) => users::logout(a).await,
+        Command::Whoami(a) => users::whoami(a).await,
+        Command::Setup(a) => users::setup(a).await,
+        Command::Users(c) => users::users(c).await,
+        Command::Tokens(c) => users::tokens(c).await,
+        Command::Members(c) => projects::members(c).await,
+        Command::Admin(c) => users::admin(c).await,
         Command::Audit(a) => audit::audit(a).await,
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use cloudbuild_proto::project::{Project, ProjectList};
+use cloudbuild_proto::user::MemberList;
 
 use super::ServerArg;
 use crate::client::query_encode;
@@ -87,6 +88,8 @@ fn show(p: &Project) {
         serde_json::to_value(p.visibility).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
     );
     outln!("  registered:     {} by {}", p.created_at, p.created_by);
+    let members: Vec<String> = p.members.iter().map(|m| format!("{} ({})", m.user, m.role)).collect();
+    outln!("  members:        {}", if members.is_empty() { "none (admins manage it)".to_owned() } else { members.join(", ") });
 }
 
 pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
@@ -138,6 +141,87 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
         ProjectsCommand::Delete { server, name } => {
             server.client()?.delete(&path(&name)).await?;
             outln!("{name} is no longer registered (its releases and sites stay)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum MembersCommand {
+    /// List a project's members and their roles.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+        project: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a user to a project with a role (maintainers).
+    Add {
+        #[command(flatten)]
+        server: ServerArg,
+        project: String,
+        user: String,
+        /// `reporter` (reads), `developer` (also publishes to test, cancels, retries) or
+        /// `maintainer` (also publishes to prod, rolls back, manages the project).
+        #[arg(long, value_parser = ["reporter", "developer", "maintainer"])]
+        role: String,
+    },
+    /// Change a member's role (maintainers).
+    SetRole {
+        #[command(flatten)]
+        server: ServerArg,
+        project: String,
+        user: String,
+        #[arg(value_parser = ["reporter", "developer", "maintainer"])]
+        role: String,
+    },
+    /// Remove a member (maintainers); a project keeps at least one maintainer.
+    Remove {
+        #[command(flatten)]
+        server: ServerArg,
+        project: String,
+        user: String,
+    },
+}
+
+impl MembersCommand {
+    pub(crate) fn json(&self) -> bool {
+        matches!(self, MembersCommand::List { json: true, .. })
+    }
+}
+
+fn member_path(project: &str, user: &str) -> String {
+    format!("{}/members/{}", path(project), query_encode(user))
+}
+
+fn show_members(list: &MemberList) {
+    if list.members.is_empty() {
+        outln!("no members (admins manage it)");
+    }
+    for m in &list.members {
+        outln!("{:<32} {}", m.user, m.role);
+    }
+}
+
+pub(crate) async fn members(cmd: MembersCommand) -> Result<ExitCode> {
+    match cmd {
+        MembersCommand::List { server, project, json } => {
+            let list: MemberList = server.client()?.get(&format!("{}/members", path(&project))).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                show_members(&list);
+            }
+        }
+        MembersCommand::Add { server, project, user, role } | MembersCommand::SetRole { server, project, user, role } => {
+            let body = serde_json::json!({ "role": role });
+            let list: MemberList = server.client()?.put(&member_path(&project, &user), &body).await?;
+            show_members(&list);
+        }
+        MembersCommand::Remove { server, project, user } => {
+            server.client()?.delete(&member_path(&project, &user)).await?;
+            outln!("{user} is no longer a member of {project}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -195,6 +195,11 @@ async fn terminated() {
     }
 }
 
+/// The validated settings of a server started with `args` (also read by `admin create`).
+pub(crate) fn settings(args: &ServerArgs) -> Result<cloudbuild_server::config::Settings> {
+    load_config(args)?.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
 pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     let config = load_config(&args)?;
     let mut settings = config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -211,6 +216,11 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
         None
     };
     let store = cloudbuild_server::open_store(&settings).await?;
+    // A fresh server has no admin: a one-time token lets the first one be made remotely.
+    let needs_setup = cloudbuild_server::domain::users::needs_setup(store.as_ref()).await?;
+    if needs_setup {
+        settings.setup_token = Some(cloudbuild_server::config::Secret::new(random_token()?));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -239,6 +249,19 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
         None
     };
     eprintln!("cloudbuild server listening on http://{addr} (data in {})", settings.data_dir.display());
+    if settings.allow_anonymous {
+        eprintln!(
+            "callers without a token act as admin (anonymous mode, for development; the default on loopback; \
+             `[auth] allow_anonymous = false` requires sign-in)"
+        );
+    }
+    if let Some(token) = &settings.setup_token {
+        eprintln!(
+            "no admin yet: make the first one with\n  cloudbuild setup --server http://{addr} --setup-token {} --user NAME\n\
+             (this token works once, until the server restarts; or, on this machine: cloudbuild admin create NAME)",
+            token.expose()
+        );
+    }
     match &sandbox {
         Some(s) => eprintln!("embedded worker {}", s.describe()),
         None => eprintln!("no embedded worker ([workers] embedded = false): builds run on remote workers"),
@@ -258,12 +281,12 @@ pub(crate) async fn server(args: ServerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into())
 }
 
 /// A host name as a worker-name part: lower case, other characters as `-`.
-fn sanitize_name(s: &str) -> String {
+pub(crate) fn sanitize_name(s: &str) -> String {
     let out: String =
         s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
     let out = out.trim_matches('-').to_owned();

@@ -265,7 +265,7 @@ mod tests {
         };
         let (task, first) = store.create_task(new).await.unwrap();
         state.hub.published(task.id, &[first]);
-        let mut follower = follow(&state, task.id, 0, true);
+        let mut follower = follow(&state, &Caller::anonymous(), &task.name, task.id, 0, true);
         assert_eq!(follower.next(100).await.unwrap().len(), 1, "the announced event");
         // Stored, never announced: output, then the end.
         let output = EventBody::Output { stream: OutputStream::Stdout, text: "unannounced\n".into() };

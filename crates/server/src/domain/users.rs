@@ -14,7 +14,7 @@ use cloudbuild_proto::user::{
     Setup, User, UserRecord,
 };
 use cloudbuild_proto::validate::{identifier, ValidationError};
-use cloudbuild_store::StoreError;
+use cloudbuild_store::{Store, StoreError};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -140,7 +140,7 @@ pub async fn create(state: &AppState, caller: &Caller, req: CreateUser) -> Resul
     let name = req.name.clone();
     let result = async {
         policy::require_admin(caller, "creating users")?;
-        add(state, &req.name, &req.password, req.role.unwrap_or_default()).await
+        add(state.store.as_ref(), &req.name, &req.password, req.role.unwrap_or_default()).await
     }
     .await;
     super::audit::record(state, caller, "user.create", format!("user {name}"), None, &result).await;
@@ -149,7 +149,7 @@ pub async fn create(state: &AppState, caller: &Caller, req: CreateUser) -> Resul
 
 /// Adds a user without asking who may (setup, and `cloudbuild admin create` on the server's
 /// machine).
-pub async fn add(state: &AppState, name: &str, password: &str, role: GlobalRole) -> Result<User, UserError> {
+pub async fn add(store: &dyn Store, name: &str, password: &str, role: GlobalRole) -> Result<User, UserError> {
     let name = user::user_name(name)?;
     let password_hash = hash_password(password).await?;
     let now = Timestamp::now();
@@ -157,7 +157,7 @@ pub async fn add(state: &AppState, name: &str, password: &str, role: GlobalRole)
         user: User { name: name.clone(), role, disabled: false, created_at: now, updated_at: now },
         password_hash,
     };
-    if !state.store.create_user(&rec).await? {
+    if !store.create_user(&rec).await? {
         return Err(UserError::Exists(name));
     }
     Ok(rec.user)
@@ -197,7 +197,7 @@ async fn change(state: &AppState, name: &str, req: EditUser) -> Result<User, Use
         new.user.updated_at = Timestamp::now();
         let was_admin = old.user.role == GlobalRole::Admin && !old.user.disabled;
         let is_admin = new.user.role == GlobalRole::Admin && !new.user.disabled;
-        if was_admin && !is_admin && enabled_admins(state).await? <= 1 {
+        if was_admin && !is_admin && enabled_admins(state.store.as_ref()).await? <= 1 {
             return Err(UserError::Refused(format!("{name} is the last enabled admin; make another admin first")));
         }
         if state.store.update_user(&old, &new).await? {
@@ -207,14 +207,14 @@ async fn change(state: &AppState, name: &str, req: EditUser) -> Result<User, Use
     Err(UserError::Contended(name.to_owned()))
 }
 
-async fn enabled_admins(state: &AppState) -> Result<usize, StoreError> {
-    Ok(state.store.list_users().await?.iter().filter(|u| u.user.role == GlobalRole::Admin && !u.user.disabled).count())
+async fn enabled_admins(store: &dyn Store) -> Result<usize, StoreError> {
+    Ok(store.list_users().await?.iter().filter(|u| u.user.role == GlobalRole::Admin && !u.user.disabled).count())
 }
 
 /// Whether the server still needs its first admin (then `cloudbuild server` prints a setup
 /// token).
-pub async fn needs_setup(state: &AppState) -> Result<bool, StoreError> {
-    Ok(enabled_admins(state).await? == 0)
+pub async fn needs_setup(store: &dyn Store) -> Result<bool, StoreError> {
+    Ok(enabled_admins(store).await? == 0)
 }
 
 /// Signs in: checks the password (rate-limited per account and per address; every failure is
@@ -264,10 +264,10 @@ async fn first_admin(state: &AppState, req: &Setup) -> Result<CreatedApiToken, U
     if !constant_time_eq(expected.expose().as_bytes(), req.setup_token.as_bytes()) {
         return Err(UserError::Setup("wrong setup token (it is printed by `cloudbuild server` when it starts)"));
     }
-    if !needs_setup(state).await? {
+    if !needs_setup(state.store.as_ref()).await? {
         return Err(UserError::Setup("an admin exists already; sign in with `cloudbuild login`"));
     }
-    let admin = add(state, &req.user, &req.password, GlobalRole::Admin).await?;
+    let admin = add(state.store.as_ref(), &req.user, &req.password, GlobalRole::Admin).await?;
     make_token(state, &admin.name, "login", Some(LOGIN_TOKEN_DAYS)).await?.ok_or(UserError::TokenExists("login".into()))
 }
 

@@ -27,7 +27,7 @@ fn token(user: &str, name: &str, hash: &str) -> ApiTokenRecord {
 
 /// Users are created once by name, changed by compare-and-set; a user's token names are unique,
 /// tokens are found by hash, their last use is kept, and a removed token is gone everywhere.
-pub async fn user_story(store: &dyn Store) {
+pub(crate) async fn user_story(store: &dyn Store) {
     let root = user("root", GlobalRole::Admin);
     assert!(store.create_user(&root).await.unwrap());
     assert!(!store.create_user(&user("root", GlobalRole::User)).await.unwrap(), "a name is taken once");

@@ -1,0 +1,94 @@
+//! The personal tokens `cloudbuild login` keeps, one per server, in
+//! `<config dir>/cloudbuild/credentials.json` (mode 0600 in a 0700 directory, like `gh`'s
+//! hosts file): client commands send the token of their `--server` when no `--token` or
+//! `CLOUDBUILD_TOKEN` is given.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The kept sign-ins, by server URL (without a trailing slash).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Credentials {
+    #[serde(default)]
+    pub(crate) servers: BTreeMap<String, SignIn>,
+}
+
+/// One server's sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SignIn {
+    pub(crate) user: String,
+    pub(crate) token: String,
+}
+
+/// Where the file is: `$CLOUDBUILD_CONFIG_DIR`, else the platform's config directory
+/// (`$XDG_CONFIG_HOME` or `~/.config` on Linux) + `cloudbuild`.
+fn dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("CLOUDBUILD_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    Ok(dirs::config_dir().ok_or_else(|| anyhow!("no config directory: set HOME or CLOUDBUILD_CONFIG_DIR"))?.join("cloudbuild"))
+}
+
+fn file() -> Result<PathBuf> {
+    Ok(dir()?.join("credentials.json"))
+}
+
+/// How a server is named in the file.
+pub(crate) fn key(server: &str) -> String {
+    server.trim_end_matches('/').to_owned()
+}
+
+impl Credentials {
+    /// The kept sign-ins; none when the file does not exist. A file others may read is refused
+    /// (its tokens may have leaked; sign in again after fixing its mode).
+    pub(crate) fn load() -> Result<Self> {
+        let path = file()?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(anyhow!(
+                "{} is readable by others (mode {:o}); run `chmod 600 {}` and sign in again",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+        serde_json::from_str(&text).with_context(|| format!("{} is not a credentials file", path.display()))
+    }
+
+    /// Writes the file whole (a temporary file renamed over it), mode 0600.
+    pub(crate) fn save(&self) -> Result<PathBuf> {
+        let (dir, path) = (dir()?, file()?);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(".credentials.{}.tmp", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The token kept for `server`.
+    pub(crate) fn token_for(server: &str) -> Result<Option<String>> {
+        Ok(Self::load()?.servers.get(&key(server)).map(|s| s.token.clone()))
+    }
+}

@@ -31,7 +31,9 @@ fn dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("CLOUDBUILD_CONFIG_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    Ok(dirs::config_dir().ok_or_else(|| anyhow!("no config directory: set HOME or CLOUDBUILD_CONFIG_DIR"))?.join("cloudbuild"))
+    Ok(dirs::config_dir()
+        .ok_or_else(|| anyhow!("no config directory: set HOME or CLOUDBUILD_CONFIG_DIR"))?
+        .join("cloudbuild"))
 }
 
 fn file() -> Result<PathBuf> {

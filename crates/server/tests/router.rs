@@ -1,69 +1,18 @@
 //! The HTTP adapter driven in-process with `tower::ServiceExt::oneshot` (no socket, no worker):
 //! extractors, the mapping of domain errors to statuses and stable codes, authentication.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
+use cloudbuild_server::app_state;
 use cloudbuild_server::config::{ApiToken, ServerConfig};
-use cloudbuild_server::{app_state, router};
 use cloudbuild_store::SqliteStore;
-use serde_json::{json, Value};
+use common::{api, code, TOKEN, WORKER_TOKEN};
+use serde_json::json;
 use tower::ServiceExt;
-
-/// A server on a fresh SQLite store, configured by `configure`.
-struct Api {
-    app: axum::Router,
-    store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
-const TOKEN: &str = "api-token-0123456789";
-const WORKER_TOKEN: &str = "worker-token-0123456789";
-
-async fn api(configure: impl FnOnce(&mut ServerConfig)) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
-    config.workers.tokens.push(WORKER_TOKEN.into());
-    // No DNS lookups of the example repositories: these tests stay in-process.
-    config.git.allow_local_hosts = true;
-    configure(&mut config);
-    let settings = config.validate().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (state, _outbox) = app_state(settings, store.clone(), "http://127.0.0.1:7001".into(), stopped).unwrap();
-    Api { app: router(state), store, _dir: dir, _stop: stop }
-}
-
-impl Api {
-    /// Sends a request; returns the status and the JSON body (`Value::Null` when empty).
-    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri).header(header::HOST, "127.0.0.1:7001");
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self.app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.call("GET", uri, None, None).await
-    }
-}
-
-fn code(body: &Value) -> &str {
-    body["code"].as_str().unwrap_or_default()
-}
 
 #[tokio::test]
 async fn task_ids_and_queries_are_checked_at_the_edge() {
@@ -127,7 +76,11 @@ async fn task_requests_are_validated_before_anything_is_stored() {
 async fn callers_and_workers_prove_who_they_are() {
     let api = api(|c| {
         c.auth.allow_anonymous = Some(false);
-        c.auth.tokens.push(ApiToken { name: "ci".into(), token: TOKEN.into(), role: cloudbuild_proto::user::GlobalRole::Admin });
+        c.auth.tokens.push(ApiToken {
+            name: "ci".into(),
+            token: TOKEN.into(),
+            role: cloudbuild_proto::user::GlobalRole::Admin,
+        });
     })
     .await;
     let (status, body) = api.get("/api/v1/tasks").await;

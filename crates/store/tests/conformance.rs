@@ -327,7 +327,10 @@ async fn project_story(store: &dyn Store) {
         repo_identity: repo.into(),
         default_branch: "main".into(),
         visibility: Visibility::Private,
-        members: vec![cloudbuild_proto::user::Member { user: "alice".into(), role: cloudbuild_proto::user::ProjectRole::Maintainer }],
+        members: vec![cloudbuild_proto::user::Member {
+            user: "alice".into(),
+            role: cloudbuild_proto::user::ProjectRole::Maintainer,
+        }],
         created_by: "alice".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

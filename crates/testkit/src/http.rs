@@ -61,9 +61,22 @@ pub fn get_json(url: &str) -> Result<serde_json::Value> {
 
 /// Any request with an optional JSON body; returns status and parsed body (Null if not JSON).
 pub fn request(method: &str, url: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    request_as(method, url, None, body)
+}
+
+/// [`request`] with `Authorization: Bearer <token>` when a token is given.
+pub fn request_as(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     reqwest::runtime().block_on(async {
         let client = client();
         let mut req = client.request(method.parse().expect("method"), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -22,6 +22,9 @@ pub struct Server {
     /// their view.
     pub probe: TempDir,
     pub bin: PathBuf,
+    /// The API token [`Server::task`] (and so the waits) read tasks with, on a server that
+    /// requires sign-in.
+    pub token: Option<String>,
     env: Vec<(String, String)>,
     /// `--data-dir` when several servers share one (sites on a shared file system).
     data_dir: Option<PathBuf>,
@@ -85,7 +88,8 @@ impl Server {
         let data_dir = opts.data_dir.map(Path::to_path_buf);
         let (child, url) = spawn(bin, data.path(), data_dir.as_deref(), &env)?;
         let expect_worker = !opts.no_worker;
-        let server = Server { child, url, data, probe, bin: bin.to_path_buf(), env, data_dir, expect_worker };
+        let server =
+            Server { child, url, data, probe, bin: bin.to_path_buf(), token: None, env, data_dir, expect_worker };
         server.wait_for_worker()?;
         Ok(server)
     }
@@ -161,8 +165,9 @@ impl Server {
 
     /// A task by id.
     pub fn task(&self, id: i64) -> Task {
-        serde_json::from_value(get_json(&format!("{}/api/v1/tasks/{id}", self.url)).expect("get task"))
-            .expect("task json")
+        let (status, task) =
+            crate::http::request_as("GET", &format!("{}/api/v1/tasks/{id}", self.url), self.token.as_deref(), None);
+        serde_json::from_value(task.clone()).unwrap_or_else(|e| panic!("task {id}: {status} {task}: {e}"))
     }
 
     /// Waits until the task reaches a terminal state (up to 120 s).

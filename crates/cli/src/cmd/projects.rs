@@ -89,7 +89,10 @@ fn show(p: &Project) {
     );
     outln!("  registered:     {} by {}", p.created_at, p.created_by);
     let members: Vec<String> = p.members.iter().map(|m| format!("{} ({})", m.user, m.role)).collect();
-    outln!("  members:        {}", if members.is_empty() { "none (admins manage it)".to_owned() } else { members.join(", ") });
+    outln!(
+        "  members:        {}",
+        if members.is_empty() { "none (admins manage it)".to_owned() } else { members.join(", ") }
+    );
 }
 
 pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
@@ -214,7 +217,8 @@ pub(crate) async fn members(cmd: MembersCommand) -> Result<ExitCode> {
                 show_members(&list);
             }
         }
-        MembersCommand::Add { server, project, user, role } | MembersCommand::SetRole { server, project, user, role } => {
+        MembersCommand::Add { server, project, user, role }
+        | MembersCommand::SetRole { server, project, user, role } => {
             let body = serde_json::json!({ "role": role });
             let list: MemberList = server.client()?.put(&member_path(&project, &user), &body).await?;
             show_members(&list);

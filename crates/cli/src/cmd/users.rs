@@ -181,7 +181,13 @@ fn keep(server: &str, made: &CreatedApiToken) -> Result<()> {
     creds.servers.insert(key(server), SignIn { user: made.token.user.clone(), token: made.secret.clone() });
     let path = creds.save()?;
     let expires = made.token.expires_at.map(|t| format!(", expires {}", crate::display::utc(t))).unwrap_or_default();
-    outln!("signed in to {} as {} (token {} in {}{expires})", key(server), made.token.user, made.token.name, path.display());
+    outln!(
+        "signed in to {} as {} (token {} in {}{expires})",
+        key(server),
+        made.token.user,
+        made.token.name,
+        path.display()
+    );
     Ok(())
 }
 
@@ -268,7 +274,9 @@ pub(crate) async fn users(cmd: UsersCommand) -> Result<ExitCode> {
         }
         UsersCommand::Disable { server, name } => edit(&server, &name, serde_json::json!({ "disabled": true })).await?,
         UsersCommand::Enable { server, name } => edit(&server, &name, serde_json::json!({ "disabled": false })).await?,
-        UsersCommand::SetRole { server, name, role } => edit(&server, &name, serde_json::json!({ "role": role })).await?,
+        UsersCommand::SetRole { server, name, role } => {
+            edit(&server, &name, serde_json::json!({ "role": role })).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,7 +300,12 @@ pub(crate) async fn tokens(cmd: TokensCommand) -> Result<ExitCode> {
                 };
                 for t in &list.tokens {
                     let created = crate::display::utc(t.created_at);
-                    outln!("{:<32} {created:<21} {:<21} {}", t.name, when(t.expires_at, "never"), when(t.last_used_at, "never"));
+                    outln!(
+                        "{:<32} {created:<21} {:<21} {}",
+                        t.name,
+                        when(t.expires_at, "never"),
+                        when(t.last_used_at, "never")
+                    );
                 }
             }
         }
@@ -318,6 +331,11 @@ pub(crate) async fn admin(cmd: AdminCommand) -> Result<ExitCode> {
     let user = cloudbuild_server::domain::users::add(store.as_ref(), &name, &password, GlobalRole::Admin)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    outln!("created admin {} in {}; sign in with `cloudbuild login --user {}`", user.name, settings.data_dir.display(), user.name);
+    outln!(
+        "created admin {} in {}; sign in with `cloudbuild login --user {}`",
+        user.name,
+        settings.data_dir.display(),
+        user.name
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,7 @@ mod secrets;
 mod sites;
 pub(crate) mod socketio;
 mod terminal;
+mod users;
 
 use std::path::Path;
 

@@ -11,12 +11,12 @@ use cloudbuild_store::StoreError;
 use crate::domain::audit::AuditError;
 use crate::domain::callers::AuthError;
 use crate::domain::policy::{Denied, PolicyError};
-use crate::domain::users::UserError;
 use crate::domain::projects::ProjectError;
 use crate::domain::releases::lock::LockError;
 use crate::domain::releases::ReleaseError;
 use crate::domain::secrets::SecretError;
 use crate::domain::tasks::TaskError;
+use crate::domain::users::UserError;
 use crate::domain::workers::WorkerError;
 
 /// An HTTP error. Internal details are logged, never sent.
@@ -101,7 +101,9 @@ impl From<AuthError> for ApiError {
 impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> Self {
         match e {
-            PolicyError::Denied(d @ Denied::Hidden(_)) => ApiError::new(StatusCode::NOT_FOUND, "not_found", d.to_string()),
+            PolicyError::Denied(d @ Denied::Hidden(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", d.to_string())
+            }
             PolicyError::Denied(d @ Denied::Forbidden(_)) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", d.to_string())
             }
@@ -120,7 +122,9 @@ impl From<UserError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
             }
             UserError::TooManyAttempts(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", message),
-            UserError::NotFound(_) | UserError::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            UserError::NotFound(_) | UserError::NoSuchToken(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
             UserError::Exists(_) | UserError::TokenExists(_) => ApiError::new(StatusCode::CONFLICT, "exists", message),
             UserError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "refused", message),
             UserError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "contended", message),

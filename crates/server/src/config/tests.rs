@@ -67,7 +67,11 @@ fn custom_domains_are_checked() {
 #[test]
 fn settings_debug_shows_no_secret() {
     let settings = with(|c| {
-        c.auth.tokens.push(ApiToken { name: "ci".into(), token: "api-secret-0123456789".into(), role: cloudbuild_proto::user::GlobalRole::Admin });
+        c.auth.tokens.push(ApiToken {
+            name: "ci".into(),
+            token: "api-secret-0123456789".into(),
+            role: cloudbuild_proto::user::GlobalRole::Admin,
+        });
         c.workers.tokens.push("worker-secret-0123456789".into());
         c.store = "redis://:redis-password@127.0.0.1:6379".into();
     })

@@ -68,7 +68,8 @@ impl Outcome for super::secrets::SecretError {
 
 impl Outcome for super::users::UserError {
     fn internal(&self) -> bool {
-        matches!(self, Self::Store(_) | Self::Random(_) | Self::Hashing(_)) || matches!(self, Self::Policy(p) if p.internal())
+        matches!(self, Self::Store(_) | Self::Random(_) | Self::Hashing(_))
+            || matches!(self, Self::Policy(p) if p.internal())
     }
 }
 
@@ -181,7 +182,8 @@ pub async fn list(state: &AppState, caller: &Caller, f: AuditFilter) -> Result<A
         let page = state.store.list_audit(&query).await?;
         let full = page.len() == step as usize;
         query.before = page.last().map(|e| e.id);
-        let mine = |e: &AuditEntry| maintained.as_ref().is_none_or(|m| e.project.as_ref().is_some_and(|p| m.contains(p)));
+        let mine =
+            |e: &AuditEntry| maintained.as_ref().is_none_or(|m| e.project.as_ref().is_some_and(|p| m.contains(p)));
         entries.extend(page.into_iter().filter(mine));
         if !full || entries.len() >= limit as usize {
             break;

@@ -30,7 +30,13 @@ impl Caller {
     /// The anonymous caller of a server that allows one: an admin (a development convenience on
     /// loopback, stated in the startup line).
     pub fn anonymous() -> Self {
-        Caller { name: "anonymous".into(), kind: CallerKind::Anonymous, role: GlobalRole::Admin, token: None, address: None }
+        Caller {
+            name: "anonymous".into(),
+            kind: CallerKind::Anonymous,
+            role: GlobalRole::Admin,
+            token: None,
+            address: None,
+        }
     }
 
     /// The server acting on its own for `name` (pruning after a task's publish, adopting the
@@ -96,7 +102,13 @@ pub async fn identify(state: &AppState, token: Option<&str>) -> Result<Caller, A
         return if state.settings.allow_anonymous { Ok(Caller::anonymous()) } else { Err(AuthError::TokenRequired) };
     };
     if let Some(t) = service_token(&state.settings.api_tokens, given) {
-        return Ok(Caller { name: t.name.clone(), kind: CallerKind::Service, role: t.role, token: None, address: None });
+        return Ok(Caller {
+            name: t.name.clone(),
+            kind: CallerKind::Service,
+            role: t.role,
+            token: None,
+            address: None,
+        });
     }
     if !given.starts_with(PERSONAL_TOKEN_PREFIX) {
         return Err(AuthError::UnknownToken);

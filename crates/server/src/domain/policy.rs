@@ -140,14 +140,16 @@ pub fn require_admin(caller: &Caller, doing: &str) -> Result<(), PolicyError> {
 }
 
 /// The names of the projects `caller` may read; `None`: every one (an admin).
-pub async fn readable(state: &AppState, caller: &Caller, at_least: ProjectRole) -> Result<Option<HashSet<String>>, StoreError> {
+pub async fn readable(
+    state: &AppState,
+    caller: &Caller,
+    at_least: ProjectRole,
+) -> Result<Option<HashSet<String>>, StoreError> {
     if caller.is_admin() {
         return Ok(None);
     }
     let projects = state.store.list_projects().await?;
-    Ok(Some(
-        projects.into_iter().filter(|p| project_role(caller, Some(p)) >= Some(at_least)).map(|p| p.name).collect(),
-    ))
+    Ok(Some(projects.into_iter().filter(|p| project_role(caller, Some(p)) >= Some(at_least)).map(|p| p.name).collect()))
 }
 
 /// Whether `caller`'s access can be taken away while it reads (a user's personal token can be
@@ -241,7 +243,10 @@ mod tests {
     fn internal_projects_are_read_by_every_signed_in_caller_and_unregistered_ones_by_admins() {
         let stranger = user("stranger", GlobalRole::User);
         assert_eq!(project_role(&stranger, Some(&project(Visibility::Internal))), Some(ProjectRole::Reporter));
-        assert_eq!(project_role(&user("dev", GlobalRole::User), Some(&project(Visibility::Internal))), Some(ProjectRole::Developer));
+        assert_eq!(
+            project_role(&user("dev", GlobalRole::User), Some(&project(Visibility::Internal))),
+            Some(ProjectRole::Developer)
+        );
         assert_eq!(project_role(&stranger, None), None);
         assert_eq!(project_role(&user("root", GlobalRole::Admin), None), Some(ProjectRole::Maintainer));
         let service = Caller { kind: CallerKind::Service, ..user("max", GlobalRole::User) };

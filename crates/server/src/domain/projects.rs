@@ -4,8 +4,8 @@
 //! (`[projects] auto_create`, on by default), else only `cloudbuild projects create` does.
 
 use cloudbuild_proto::project::{CreateProject, EditProject, Project};
-use cloudbuild_proto::user::{Member, ProjectRole};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::user::{Member, ProjectRole};
 use cloudbuild_proto::validate::{GitRef, ProjectName, RepoUrl, ValidationError};
 use cloudbuild_store::StoreError;
 
@@ -61,7 +61,6 @@ pub enum ProjectError {
     Store(#[from] StoreError),
 }
 
-
 /// Whether `name` has releases or secrets (its registration was deleted).
 async fn has_history(state: &AppState, name: &str) -> Result<bool, StoreError> {
     Ok(!state.store.list_releases(None, name).await?.is_empty() || !state.store.list_secrets(name).await?.is_empty())
@@ -109,7 +108,9 @@ pub async fn may_publish(
     env: cloudbuild_proto::task::Environment,
 ) -> Result<(), ProjectError> {
     match state.store.get_project(name).await? {
-        Some(p) => policy::authorize(caller, name, Some(&p), ProjectAction::Publish(env), || format!("project {name}"))?,
+        Some(p) => {
+            policy::authorize(caller, name, Some(&p), ProjectAction::Publish(env), || format!("project {name}"))?
+        }
         None if !state.settings.auto_create_projects => return Err(ProjectError::NotRegistered(name.to_owned())),
         None => policy::may_register(state, caller)?,
     }
@@ -220,7 +221,12 @@ pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<Project>, Pro
 }
 
 /// One project, if `caller` may do `action` in it (a project it may not read does not exist).
-pub async fn get(state: &AppState, caller: &Caller, name: &str, action: ProjectAction) -> Result<Project, ProjectError> {
+pub async fn get(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    action: ProjectAction,
+) -> Result<Project, ProjectError> {
     let name = ProjectName::parse(name)?;
     let hidden = || ProjectError::NotFound(name.to_string());
     policy::project(state, caller, name.as_str(), action, || format!("project {name}")).await?.ok_or_else(hidden)

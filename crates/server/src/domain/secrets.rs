@@ -129,7 +129,13 @@ pub async fn delete(
     result
 }
 
-async fn remove(state: &AppState, caller: &Caller, project: &str, env: Environment, name: &str) -> Result<(), SecretError> {
+async fn remove(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    env: Environment,
+    name: &str,
+) -> Result<(), SecretError> {
     let project = ProjectName::parse(project)?;
     check_name(name)?;
     maintained(state, caller, &project).await?;

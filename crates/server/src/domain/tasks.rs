@@ -42,7 +42,6 @@ pub enum TaskError {
     Store(#[from] StoreError),
 }
 
-
 /// Validates a request into a store row. Every field is checked before anything is stored.
 pub fn validate(
     settings: &Settings,

@@ -10,7 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::user::{
-    self as user, ApiToken, ApiTokenRecord, CreateApiToken, CreatedApiToken, CreateUser, EditUser, GlobalRole, Login,
+    self as user, ApiToken, ApiTokenRecord, CreateApiToken, CreateUser, CreatedApiToken, EditUser, GlobalRole, Login,
     Setup, User, UserRecord,
 };
 use cloudbuild_proto::validate::{identifier, ValidationError};
@@ -57,7 +57,6 @@ pub enum UserError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
 
 /// How long the token made by a sign-in works (`cloudbuild login` again after that).
 pub const LOGIN_TOKEN_DAYS: u32 = 90;
@@ -133,7 +132,8 @@ pub async fn verify_password(password: &str, hash: &str) -> bool {
 
 /// A hash no password matches, verified for unknown users so that they cost as much time as
 /// known ones (no user enumeration by timing).
-const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$J6g1bTT4rgdqWQGiBJVfSitq8vbL7JYFyHu5IXkKhxg";
+const DECOY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$J6g1bTT4rgdqWQGiBJVfSitq8vbL7JYFyHu5IXkKhxg";
 
 /// A new user (admins).
 pub async fn create(state: &AppState, caller: &Caller, req: CreateUser) -> Result<User, UserError> {
@@ -258,9 +258,10 @@ pub async fn setup(state: &AppState, address: Option<IpAddr>, req: Setup) -> Res
 }
 
 async fn first_admin(state: &AppState, req: &Setup) -> Result<CreatedApiToken, UserError> {
-    let expected = state.settings.setup_token.as_ref().ok_or(UserError::Setup(
-        "this server was started with an admin already; sign in with `cloudbuild login`",
-    ))?;
+    let expected =
+        state.settings.setup_token.as_ref().ok_or(UserError::Setup(
+            "this server was started with an admin already; sign in with `cloudbuild login`",
+        ))?;
     if !constant_time_eq(expected.expose().as_bytes(), req.setup_token.as_bytes()) {
         return Err(UserError::Setup("wrong setup token (it is printed by `cloudbuild server` when it starts)"));
     }
@@ -300,7 +301,11 @@ fn own_user<'a>(caller: &'a Caller, doing: &str) -> Result<&'a str, UserError> {
 }
 
 /// A new personal token of the calling user (its secret is in the answer only).
-pub async fn create_token(state: &AppState, caller: &Caller, req: CreateApiToken) -> Result<CreatedApiToken, UserError> {
+pub async fn create_token(
+    state: &AppState,
+    caller: &Caller,
+    req: CreateApiToken,
+) -> Result<CreatedApiToken, UserError> {
     let result = async {
         let user = own_user(caller, "making API tokens")?;
         let name = identifier("token name", &req.name)?;

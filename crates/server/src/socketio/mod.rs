@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::extract::Query;
 use axum::http::header;
-use cloudbuild_proto::task::{Task, actions, CreateTask, Environment, TaskId, Trigger};
+use cloudbuild_proto::task::{actions, CreateTask, Environment, Task, TaskId, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use serde_json::{json, Value};
 use socketioxide::extract::{SocketRef, State, TryData};
@@ -147,7 +147,8 @@ async fn caller(state: &AppState, s: &SocketRef, auth: &Option<Value>) -> Result
     let token = from_auth.or_else(|| query(s).get("token").cloned());
     let mut caller = identify(state, token.as_deref()).await.map_err(|e| e.to_string())?;
     // The listener's record of the peer, kept by `detach_from_connection` (for the audit log).
-    caller.address = s.req_parts().extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    caller.address =
+        s.req_parts().extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     Ok(caller)
 }
 

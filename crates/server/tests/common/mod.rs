@@ -1,0 +1,73 @@
+//! What the router-level tests share: a server on a fresh SQLite store driven in-process with
+//! `tower::ServiceExt::oneshot` (no socket, no worker), and its callers.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use cloudbuild_server::config::ServerConfig;
+use cloudbuild_server::{app_state, router};
+use cloudbuild_store::SqliteStore;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// A server on a fresh SQLite store, configured by `configure`.
+pub(crate) struct Api {
+    pub(crate) app: axum::Router,
+    pub(crate) store: Arc<SqliteStore>,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+pub(crate) const TOKEN: &str = "api-token-0123456789";
+pub(crate) const WORKER_TOKEN: &str = "worker-token-0123456789";
+
+pub(crate) async fn api(configure: impl FnOnce(&mut ServerConfig)) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
+    config.workers.tokens.push(WORKER_TOKEN.into());
+    // No DNS lookups of the example repositories: these tests stay in-process.
+    config.git.allow_local_hosts = true;
+    configure(&mut config);
+    let settings = config.validate().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (state, _outbox) = app_state(settings, store.clone(), "http://127.0.0.1:7001".into(), stopped).unwrap();
+    Api { app: router(state), store, _dir: dir, _stop: stop }
+}
+
+impl Api {
+    /// Sends a request; returns the status and the JSON body (`Value::Null` when empty).
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri).header(header::HOST, "127.0.0.1:7001");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = self.app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, None, None).await
+    }
+}
+
+pub(crate) fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or_default()
+}

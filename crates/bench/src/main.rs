@@ -3,7 +3,10 @@
 //! are measured.
 //!
 //! Run with `cargo run --release -p cloudbuild-bench -- [--tasks N] [--workers W] [--slots S]
-//! [--store redis://…]` (`bench/cluster.sh` runs the SQLite / Redis × 1, 2, 4 workers matrix).
+//! [--store redis://…] [--auth anonymous|user]` (`bench/cluster.sh` runs the SQLite / Redis ×
+//! 1, 2, 4 workers matrix). `--auth user` requires sign-in and submits as a signed-in user who
+//! maintains the project (each request then reads its token, user and project), and also
+//! measures a password verification and the sign-in rate limit.
 //! Prints a table:
 //! - dispatch latency: from `created_at` (the task is queued, store clock) to `started_at`
 //!   (the server stored the worker's `prepare` event), one task at a time on an idle system;
@@ -24,10 +27,12 @@ struct Args {
     workers: usize,
     slots: u32,
     store: String,
+    /// Submit as a signed-in user (`user`) or anonymously (`anonymous`, the default).
+    auth: String,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { tasks: 2000, workers: 1, slots: 32, store: "sqlite".into() };
+    let mut a = Args { tasks: 2000, workers: 1, slots: 32, store: "sqlite".into(), auth: "anonymous".into() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().context("flag needs a value")?;
@@ -36,10 +41,50 @@ fn parse_args() -> Result<Args> {
             "--workers" => a.workers = v.parse()?,
             "--slots" => a.slots = v.parse()?,
             "--store" => a.store = v,
-            other => anyhow::bail!("unknown flag {other} (use --tasks, --workers, --slots, --store)"),
+            "--auth" if v == "anonymous" || v == "user" => a.auth = v,
+            other => {
+                anyhow::bail!("unknown flag {other} (use --tasks, --workers, --slots, --store, --auth anonymous|user)")
+            }
         }
     }
     Ok(a)
+}
+
+const PASSWORD: &str = "bench password 0123456789";
+
+/// A client signed in as `bench` (its first publish makes it the project's maintainer).
+async fn signed_in_client(base: &str) -> Result<reqwest::Client> {
+    let body = serde_json::json!({ "user": "bench", "password": PASSWORD });
+    let made: serde_json::Value =
+        reqwest::Client::new().post(format!("{base}/api/v1/login")).json(&body).send().await?.json().await?;
+    let token = made["secret"].as_str().context("signed in")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+}
+
+/// Prints what a password verification costs (argon2id, the server's parameters) and how many
+/// sign-ins of one account pass before the rate limit answers 429.
+async fn auth_figures(base: &str) -> Result<()> {
+    let hash = cloudbuild_server::domain::users::hash_password(PASSWORD).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runs = 20;
+    let started = Instant::now();
+    for _ in 0..runs {
+        anyhow::ensure!(cloudbuild_server::domain::users::verify_password(PASSWORD, &hash).await);
+    }
+    let verify_ms = started.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+    println!("| password verification (argon2id, m=19 MiB, t=2, p=1), mean of {runs} | {verify_ms:.1} ms |");
+    let (client, mut passed, mut limited) = (reqwest::Client::new(), 0, 0);
+    let wrong = serde_json::json!({ "user": "bench", "password": "not the password" });
+    for _ in 0..15 {
+        match client.post(format!("{base}/api/v1/login")).json(&wrong).send().await?.status().as_u16() {
+            401 => passed += 1,
+            429 => limited += 1,
+            other => anyhow::bail!("sign-in answered {other}"),
+        }
+    }
+    println!("| wrong sign-ins of one account in a burst of 15: checked / refused with 429 | {passed} / {limited} |");
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -75,8 +120,16 @@ async fn main() -> Result<()> {
     let mut config =
         ServerConfig { data_dir: dir.path().to_path_buf(), store: args.store.clone(), ..Default::default() };
     config.workers.tokens = vec![token.clone()];
+    let signed_in = args.auth == "user";
+    config.auth.allow_anonymous = Some(!signed_in);
     let settings = config.validate()?;
     let store = cloudbuild_server::open_store(&settings).await?;
+    if signed_in {
+        let role = cloudbuild_proto::user::GlobalRole::User;
+        cloudbuild_server::domain::users::add(store.as_ref(), "bench", PASSWORD, role)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -95,7 +148,7 @@ async fn main() -> Result<()> {
         };
         tokio::spawn(cloudbuild_worker::run(cfg, Arc::new(FakeExecutor::default()), stop_rx.clone()));
     }
-    let client = reqwest::Client::new();
+    let client = if signed_in { signed_in_client(&base).await? } else { reqwest::Client::new() };
     for _ in 0..200 {
         let health: serde_json::Value = client.get(format!("{base}/healthz")).send().await?.json().await?;
         if health["workers"].as_u64() == Some(args.workers as u64) {
@@ -155,6 +208,9 @@ async fn main() -> Result<()> {
         submitted as f64 / elapsed.as_secs_f64()
     );
     println!("| all tasks succeeded | {ok} |");
+    if signed_in {
+        auth_figures(&base).await?;
+    }
 
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

@@ -76,10 +76,11 @@ impl Credentials {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!(".credentials.{}.tmp", std::process::id()));
+        // A new file, so that its mode is ours (a leftover would keep the mode it had).
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;

@@ -129,6 +129,7 @@ pub fn app_state(
         shutdown,
         sites,
         login_limits: Default::default(),
+        setup_spent: Default::default(),
     });
     Ok((state, outbox))
 }

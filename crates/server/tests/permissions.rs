@@ -186,7 +186,15 @@ async fn user(store: &dyn Store, name: &str, role: GlobalRole, disabled: bool, s
 /// A server that requires sign-in, its users, the project `site` with its members, and one
 /// queued task of `site`.
 async fn world() -> Api {
-    let api = api(|c| c.auth.allow_anonymous = Some(false)).await;
+    world_with(|_| {}).await
+}
+
+async fn world_with(configure: impl FnOnce(&mut cloudbuild_server::config::ServerConfig)) -> Api {
+    let api = api(|c| {
+        c.auth.allow_anonymous = Some(false);
+        configure(c);
+    })
+    .await;
     let store: &dyn Store = api.store.as_ref();
     for (name, role, disabled) in [
         ("stranger", GlobalRole::User, false),
@@ -359,4 +367,35 @@ async fn members_and_users_refuse_what_would_lock_everyone_out_and_fields_they_d
     let (status, _) = api.call("PATCH", "/api/v1/users/dev", Some("cbp_root"), Some(json!({"disabled": true}))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(api.call("GET", "/api/v1/user", Some("cbp_dev"), None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_new_password_revokes_the_users_tokens_and_expiries_are_bounded() {
+    let api = world().await;
+    assert_eq!(api.call("GET", "/api/v1/user", Some("cbp_dev"), None).await.0, StatusCode::OK);
+    let reset = json!({"password": "a brand new password"});
+    assert_eq!(api.call("PATCH", "/api/v1/users/dev", Some("cbp_root"), Some(reset)).await.0, StatusCode::OK);
+    let (status, _) = api.call("GET", "/api/v1/user", Some("cbp_dev"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a password reset revokes the tokens that may have leaked with it");
+    for days in [0, 3651, u32::MAX] {
+        let body = json!({"name": format!("t{days}"), "expires_in_days": days});
+        let (status, e) = api.call("POST", "/api/v1/user/tokens", Some("cbp_rep"), Some(body)).await;
+        assert_eq!((status, code(&e)), (StatusCode::CONFLICT, "refused"), "{days}: {e}");
+    }
+    let body = json!({"name": "ten-years", "expires_in_days": 3650});
+    assert_eq!(api.call("POST", "/api/v1/user/tokens", Some("cbp_rep"), Some(body)).await.0, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn without_auto_create_a_stranger_cannot_tell_a_private_project_from_an_unregistered_name() {
+    let api = world_with(|c| c.projects.auto_create = false).await;
+    let mut other = task_body();
+    other["name"] = "unregistered".into();
+    other["repo"] = "https://example.com/unregistered.git".into();
+    let (s1, taken) = api.call("POST", "/api/v1/tasks", Some("cbp_stranger"), Some(task_body())).await;
+    let (s2, free) = api.call("POST", "/api/v1/tasks", Some("cbp_stranger"), Some(other)).await;
+    assert_eq!((s1, code(&taken)), (s2, code(&free)), "{taken} / {free}");
+    assert_eq!(code(&free), "project_not_registered");
+    let (status, _) = api.call("POST", "/api/v1/tasks", Some("cbp_dev"), Some(task_body())).await;
+    assert_eq!(status, StatusCode::CREATED, "members publish as before");
 }

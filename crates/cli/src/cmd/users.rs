@@ -53,8 +53,9 @@ pub(crate) struct LoginArgs {
 pub(crate) struct SetupArgs {
     #[command(flatten)]
     server: ServerArg,
-    /// The one-time setup token `cloudbuild server` printed at its start.
-    #[arg(long)]
+    /// The one-time setup token `cloudbuild server` printed at its start (or set
+    /// CLOUDBUILD_SETUP_TOKEN, which keeps it out of the shell's history).
+    #[arg(long, env = "CLOUDBUILD_SETUP_TOKEN", hide_env_values = true)]
     setup_token: String,
     /// The first admin's user name.
     #[arg(long, short)]
@@ -176,9 +177,10 @@ fn login_token_name() -> String {
     format!("cli.{}", super::server::sanitize_name(&super::server::hostname()))
 }
 
-fn keep(server: &str, made: &CreatedApiToken) -> Result<()> {
+async fn keep(server: &str, made: &CreatedApiToken) -> Result<()> {
     let mut creds = Credentials::load()?;
-    creds.servers.insert(key(server), SignIn { user: made.token.user.clone(), token: made.secret.clone() });
+    let previous =
+        creds.servers.insert(key(server), SignIn { user: made.token.user.clone(), token: made.secret.clone() });
     let path = creds.save()?;
     let expires = made.token.expires_at.map(|t| format!(", expires {}", crate::display::utc(t))).unwrap_or_default();
     outln!(
@@ -188,6 +190,12 @@ fn keep(server: &str, made: &CreatedApiToken) -> Result<()> {
         made.token.name,
         path.display()
     );
+    // The token of the sign-in this one replaces is revoked, not left working until it expires.
+    if let Some(old) = previous.filter(|p| p.token != made.secret) {
+        if let Ok(client) = crate::client::Client::new(server, Some(&old.token)) {
+            let _ = client.post_empty("/api/v1/logout").await;
+        }
+    }
     Ok(())
 }
 
@@ -207,7 +215,7 @@ pub(crate) async fn login(a: LoginArgs) -> Result<ExitCode> {
     let client = crate::client::Client::new(&a.server.server, None)?;
     let body = serde_json::json!({ "user": user, "password": password, "token_name": login_token_name() });
     let made: CreatedApiToken = client.post("/api/v1/login", Some(&body)).await?;
-    keep(&a.server.server, &made)?;
+    keep(&a.server.server, &made).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -216,7 +224,7 @@ pub(crate) async fn setup(a: SetupArgs) -> Result<ExitCode> {
     let client = crate::client::Client::new(&a.server.server, None)?;
     let body = serde_json::json!({ "setup_token": a.setup_token, "user": a.user, "password": password });
     let made: CreatedApiToken = client.post("/api/v1/setup", Some(&body)).await?;
-    keep(&a.server.server, &made)?;
+    keep(&a.server.server, &made).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -100,6 +100,9 @@ pub async fn events(
 async fn ws_follow(id: TaskId, mut follower: crate::domain::follow::Follower, mut socket: WebSocket) {
     let every = Duration::from_secs(20);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // Frames from the client interrupt the wait for events, so access is checked here too.
+    let recheck = crate::domain::follow::RECHECK_EVERY;
+    let mut access = tokio::time::interval_at(tokio::time::Instant::now() + recheck, recheck);
     'follow: loop {
         tokio::select! {
             events = follower.next(READ_BATCH) => match events {
@@ -117,6 +120,7 @@ async fn ws_follow(id: TaskId, mut follower: crate::domain::follow::Follower, mu
                 None => break 'follow,
             },
             _ = ping.tick() => if socket.send(Message::Ping(Default::default())).await.is_err() { return },
+            _ = access.tick() => if !follower.still_allowed().await { break 'follow },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}

@@ -176,21 +176,31 @@ pub async fn list(state: &AppState, caller: &Caller, f: AuditFilter) -> Result<A
     }
     let step = if maintained.is_some() { 200 } else { limit };
     let mut query = AuditQuery { project: f.project, actor: f.actor, action: f.action, before: f.before, limit: step };
-    let mut entries = Vec::new();
-    // Pages of the whole log, filtered to the maintained projects' entries, until this page is full.
-    loop {
+    let (mut entries, mut scanned) = (Vec::new(), 0);
+    // Pages of the whole log, filtered to the maintained projects' entries, until this page is
+    // full or as many pages as a task listing reads were read (then it says where to go on).
+    let mine = |e: &AuditEntry| maintained.as_ref().is_none_or(|m| e.project.as_ref().is_some_and(|p| m.contains(p)));
+    let cut_short = loop {
         let page = state.store.list_audit(&query).await?;
         let full = page.len() == step as usize;
         query.before = page.last().map(|e| e.id);
-        let mine =
-            |e: &AuditEntry| maintained.as_ref().is_none_or(|m| e.project.as_ref().is_some_and(|p| m.contains(p)));
         entries.extend(page.into_iter().filter(mine));
+        scanned += 1;
         if !full || entries.len() >= limit as usize {
-            break;
+            break false;
         }
-    }
+        if scanned == super::tasks::MAX_SCANNED_PAGES {
+            break true;
+        }
+    };
     entries.truncate(limit as usize);
-    let next_before = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
+    let next_before = if entries.len() == limit as usize {
+        entries.last().map(|e| e.id)
+    } else if cut_short {
+        query.before
+    } else {
+        None
+    };
     Ok(AuditPage { entries, next_before })
 }
 

@@ -53,13 +53,16 @@ struct Access {
 }
 
 impl Access {
-    /// Whether the caller still may read, checked at most every [`RECHECK_EVERY`].
+    /// Whether the caller still may read, checked at most every [`RECHECK_EVERY`]. The next
+    /// check is due only once this one has finished: a caller that keeps interrupting the
+    /// wait (a WebSocket client sending frames) cannot skip it.
     async fn still_allowed(&mut self) -> bool {
         if tokio::time::Instant::now() < self.next_check {
             return true;
         }
+        let allowed = super::policy::still_reads(&self.state, &self.caller, &self.project).await;
         self.next_check = tokio::time::Instant::now() + RECHECK_EVERY;
-        super::policy::still_reads(&self.state, &self.caller, &self.project).await
+        allowed
     }
 }
 
@@ -139,6 +142,17 @@ impl Follower {
                 _ = async { tokio::time::sleep_until(recheck?).await; Some(()) }, if recheck.is_some() => {}
             }
         }
+    }
+
+    /// Whether the caller may still read the log (see [`RECHECK_EVERY`]); once not, the
+    /// follower is done. For adapters whose wait for [`Follower::next`] other events can
+    /// interrupt.
+    pub async fn still_allowed(&mut self) -> bool {
+        let Some(access) = &mut self.access else { return true };
+        if !access.still_allowed().await {
+            self.done = true;
+        }
+        !self.done
     }
 
     /// The events that are already there after the last one returned, at most `max`, without

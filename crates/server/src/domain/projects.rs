@@ -107,11 +107,18 @@ pub async fn may_publish(
     name: &str,
     env: cloudbuild_proto::task::Environment,
 ) -> Result<(), ProjectError> {
+    let not_registered = || ProjectError::NotRegistered(name.to_owned());
     match state.store.get_project(name).await? {
         Some(p) => {
-            policy::authorize(caller, name, Some(&p), ProjectAction::Publish(env), || format!("project {name}"))?
+            match policy::authorize(caller, name, Some(&p), ProjectAction::Publish(env), || format!("project {name}")) {
+                // Said as for a name that is not registered: a stranger learns nothing either way.
+                Err(PolicyError::Denied(policy::Denied::Hidden(_))) if !state.settings.auto_create_projects => {
+                    return Err(not_registered())
+                }
+                other => other?,
+            }
         }
-        None if !state.settings.auto_create_projects => return Err(ProjectError::NotRegistered(name.to_owned())),
+        None if !state.settings.auto_create_projects => return Err(not_registered()),
         None => policy::may_register(state, caller)?,
     }
     Ok(())

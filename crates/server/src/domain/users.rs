@@ -61,6 +61,9 @@ pub enum UserError {
 /// How long the token made by a sign-in works (`cloudbuild login` again after that).
 pub const LOGIN_TOKEN_DAYS: u32 = 90;
 
+/// The longest expiry a token can be made with (ten years; or none at all).
+pub const MAX_TOKEN_DAYS: u32 = 3650;
+
 /// Sign-in attempts allowed per account per minute (a burst of this many, then one every
 /// 60/N s), and per address.
 pub const LOGINS_PER_ACCOUNT_PER_MINUTE: u32 = 10;
@@ -71,6 +74,8 @@ pub const LOGINS_PER_ADDRESS_PER_MINUTE: u32 = 30;
 pub struct LoginLimits {
     accounts: DefaultKeyedRateLimiter<String>,
     addresses: DefaultKeyedRateLimiter<IpAddr>,
+    /// Attempts since the maps were last pruned.
+    since_pruned: std::sync::atomic::AtomicU32,
 }
 
 impl Default for LoginLimits {
@@ -79,28 +84,54 @@ impl Default for LoginLimits {
         LoginLimits {
             accounts: governor::RateLimiter::keyed(per_minute(LOGINS_PER_ACCOUNT_PER_MINUTE)),
             addresses: governor::RateLimiter::keyed(per_minute(LOGINS_PER_ADDRESS_PER_MINUTE)),
+            since_pruned: Default::default(),
         }
     }
 }
 
 impl LoginLimits {
     /// Takes one attempt from the account's and the address's allowance; `Err(seconds)` until
-    /// the next is allowed when either is spent.
-    fn take(&self, account: &str, address: Option<IpAddr>) -> Result<(), u64> {
+    /// the next is allowed when either is spent. `account` is a valid user name (at most 63
+    /// bytes), so the keys stay small; an IPv6 address counts by its /64, which one host
+    /// usually holds whole.
+    fn take(&self, account: Option<&str>, address: Option<IpAddr>) -> Result<(), u64> {
         let now = DefaultClock::default().now();
         let wait = |d: Duration| d.as_secs().max(1);
-        if let Some(ip) = address {
+        if let Some(ip) = address.map(network) {
             self.addresses.check_key(&ip).map_err(|n| wait(n.wait_time_from(now)))?;
         }
-        self.accounts.check_key(&account.to_owned()).map_err(|n| wait(n.wait_time_from(now)))?;
-        // Keys of accounts and addresses that recovered their full allowance are dropped.
-        if self.accounts.len() > 10_000 {
+        if let Some(account) = account {
+            self.accounts.check_key(&account.to_owned()).map_err(|n| wait(n.wait_time_from(now)))?;
+        }
+        // Every 1,000 attempts, the keys that recovered their full allowance are dropped.
+        if self.since_pruned.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 1_000 {
+            self.since_pruned.store(0, std::sync::atomic::Ordering::Relaxed);
             self.accounts.retain_recent();
             self.addresses.retain_recent();
         }
         Ok(())
     }
 }
+
+/// The key an address is limited by: itself (IPv4), or its /64 (IPv6).
+fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+    }
+}
+
+/// Password hashes computed at once: each takes 19 MiB and a core for tens of milliseconds,
+/// so a burst of sign-ins waits its turn instead of taking the machine's memory.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Runs one argon2 computation off the async threads, within [`HASHING`].
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let _permit = HASHING.acquire().await.ok()?;
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+impl LoginLimits {}
 
 /// The argon2id PHC string of a password (the crate's defaults: OWASP's m = 19 MiB, t = 2,
 /// p = 1), computed off the async threads (tens of milliseconds).
@@ -109,7 +140,7 @@ pub async fn hash_password(password: &str) -> Result<String, UserError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt)?;
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Hashing(e.to_string()))?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -117,13 +148,13 @@ pub async fn hash_password(password: &str) -> Result<String, UserError> {
             .map_err(|e| UserError::Hashing(e.to_string()))
     })
     .await
-    .map_err(|e| UserError::Hashing(e.to_string()))?
+    .unwrap_or_else(|| Err(UserError::Hashing("the hashing thread stopped".into())))
 }
 
 /// Whether `password` matches the PHC string `hash` (constant-time in the crate).
 pub async fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_owned(), hash.to_owned());
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
     })
     .await
@@ -201,6 +232,12 @@ async fn change(state: &AppState, name: &str, req: EditUser) -> Result<User, Use
             return Err(UserError::Refused(format!("{name} is the last enabled admin; make another admin first")));
         }
         if state.store.update_user(&old, &new).await? {
+            if password_hash.is_some() {
+                // A new password is usually set because the old one leaked: so may its tokens.
+                for t in state.store.list_api_tokens(name).await? {
+                    state.store.delete_api_token(name, &t.token.name).await?;
+                }
+            }
             return Ok(new.user);
         }
     }
@@ -221,17 +258,22 @@ pub async fn needs_setup(store: &dyn Store) -> Result<bool, StoreError> {
 /// audited) and makes a personal token that expires in [`LOGIN_TOKEN_DAYS`].
 pub async fn login(state: &AppState, address: Option<IpAddr>, req: Login) -> Result<CreatedApiToken, UserError> {
     let result = sign_in(state, address, &req).await;
-    if let Err(e) = &result {
+    // Refusals by the rate limit are not recorded one by one: they would flood the log.
+    if !matches!(result, Err(UserError::TooManyAttempts(_))) {
         let who = Caller { address, ..Caller::on_behalf_of(req.user.chars().take(63).collect::<String>()) };
-        let failed: Result<(), &UserError> = Err(e);
-        super::audit::record(state, &who, "user.login", format!("user {}", who.name), None, &failed).await;
+        let target = match &result {
+            Ok(made) => format!("user {} (token {})", who.name, made.token.name),
+            Err(_) => format!("user {}", who.name),
+        };
+        super::audit::record(state, &who, "user.login", target, None, &result).await;
     }
     result
 }
 
 async fn sign_in(state: &AppState, address: Option<IpAddr>, req: &Login) -> Result<CreatedApiToken, UserError> {
-    state.login_limits.take(&req.user, address).map_err(UserError::TooManyAttempts)?;
-    if req.password.len() > user::MAX_PASSWORD_BYTES {
+    let account = user::user_name(&req.user).ok();
+    state.login_limits.take(account.as_deref(), address).map_err(UserError::TooManyAttempts)?;
+    if account.is_none() || req.password.len() > user::MAX_PASSWORD_BYTES {
         return Err(UserError::BadCredentials);
     }
     let rec = state.store.get_user(&req.user).await?;
@@ -251,7 +293,15 @@ async fn sign_in(state: &AppState, address: Option<IpAddr>, req: &Login) -> Resu
 /// Makes the first admin with the setup token `cloudbuild server` printed (once; refused as
 /// soon as an enabled admin exists), and signs them in.
 pub async fn setup(state: &AppState, address: Option<IpAddr>, req: Setup) -> Result<CreatedApiToken, UserError> {
+    // Guessing the token is limited like a password, per address.
+    state.login_limits.take(None, address).map_err(UserError::TooManyAttempts)?;
+    // One at a time, and once: the token is spent by the first success.
+    let mut spent = state.setup_spent.lock().await;
+    if *spent {
+        return Err(UserError::Setup("this server's setup token was used; sign in with `cloudbuild login`"));
+    }
     let result = first_admin(state, &req).await;
+    *spent = result.is_ok();
     let who = Caller { address, ..Caller::on_behalf_of(req.user.chars().take(63).collect::<String>()) };
     super::audit::record(state, &who, "user.setup", format!("user {}", who.name), None, &result).await;
     result
@@ -309,8 +359,10 @@ pub async fn create_token(
     let result = async {
         let user = own_user(caller, "making API tokens")?;
         let name = identifier("token name", &req.name)?;
-        if req.expires_in_days == Some(0) {
-            return Err(UserError::Refused("expires_in_days must be at least 1 (omit it for no expiry)".into()));
+        if req.expires_in_days.is_some_and(|d| !(1..=MAX_TOKEN_DAYS).contains(&d)) {
+            return Err(UserError::Refused(format!(
+                "expires_in_days must be 1 to {MAX_TOKEN_DAYS} (omit it for no expiry)"
+            )));
         }
         make_token(state, user, &name, req.expires_in_days).await?.ok_or(UserError::TokenExists(name))
     }
@@ -368,15 +420,21 @@ mod tests {
         let limits = LoginLimits::default();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..LOGINS_PER_ACCOUNT_PER_MINUTE {
-            limits.take("alice", Some(ip)).unwrap();
+            limits.take(Some("alice"), Some(ip)).unwrap();
         }
-        let wait = limits.take("alice", Some(ip)).unwrap_err();
+        let wait = limits.take(Some("alice"), Some(ip)).unwrap_err();
         assert!((1..=60).contains(&wait), "{wait}");
-        limits.take("bob", Some(ip)).expect("another account from the same address");
+        limits.take(Some("bob"), Some(ip)).expect("another account from the same address");
         for i in 0..LOGINS_PER_ADDRESS_PER_MINUTE {
-            let _ = limits.take(&format!("user{i}"), Some(ip));
+            let _ = limits.take(Some(&format!("user{i}")), Some(ip));
         }
-        assert!(limits.take("carol", Some(ip)).is_err(), "the address's allowance is spent");
-        limits.take("carol", Some("192.0.2.2".parse().unwrap())).expect("from elsewhere");
+        assert!(limits.take(Some("carol"), Some(ip)).is_err(), "the address's allowance is spent");
+        limits.take(Some("carol"), Some("192.0.2.2".parse().unwrap())).expect("from elsewhere");
+        // An IPv6 host counts by its /64: rotating the low bits does not buy more attempts.
+        let v6 = |last: u16| Some(IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last)));
+        for i in 0..LOGINS_PER_ADDRESS_PER_MINUTE {
+            let _ = limits.take(None, v6(i as u16));
+        }
+        assert!(limits.take(None, v6(999)).is_err());
     }
 }

@@ -299,6 +299,13 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
     let Some(pending) = s.extensions.remove::<Pending>() else {
         return;
     };
+    // The caller was identified at connect: its token may have been revoked since.
+    if !crate::domain::callers::still_valid(&state, &pending.caller).await.unwrap_or(false) {
+        let message = "your API token was revoked or expired since this connection opened; sign in again";
+        let _ = s.emit("build", &envelope(actions::ERROR, json!({ "message": message })));
+        let _ = s.disconnect();
+        return;
+    }
     let task = match tasks::create(&state, &pending.caller, &pending.request).await {
         Ok(t) => t,
         Err(e) => {

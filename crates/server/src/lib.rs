@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod scheduler;
 pub mod secrets;

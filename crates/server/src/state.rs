@@ -28,7 +28,7 @@ pub struct AppState {
     /// The keys project secrets are sealed with.
     pub vault: Arc<crate::vault::Vault>,
     /// Sign-in attempts per account and per address.
-    pub login_limits: crate::domain::users::LoginLimits,
+    pub login_limits: crate::limits::LoginLimits,
     /// Whether the setup token was used (it makes one admin, once); held while setup runs.
     pub setup_spent: tokio::sync::Mutex<bool>,
 }

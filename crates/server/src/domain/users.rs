@@ -3,8 +3,6 @@
 //! address), and the tokens a user makes, lists and revokes.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -15,8 +13,6 @@ use cloudbuild_proto::user::{
 };
 use cloudbuild_proto::validate::{identifier, ValidationError};
 use cloudbuild_store::{Store, StoreError};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::callers::{constant_time_eq, token_hash, Caller, PERSONAL_TOKEN_PREFIX};
 use super::policy::{self, PolicyError};
@@ -64,63 +60,6 @@ pub const LOGIN_TOKEN_DAYS: u32 = 90;
 /// The longest expiry a token can be made with (ten years; or none at all).
 pub const MAX_TOKEN_DAYS: u32 = 3650;
 
-/// Sign-in attempts allowed per account per minute (a burst of this many, then one every
-/// 60/N s), and per address.
-pub const LOGINS_PER_ACCOUNT_PER_MINUTE: u32 = 10;
-pub const LOGINS_PER_ADDRESS_PER_MINUTE: u32 = 30;
-
-/// The sign-in rate limits of one server (`governor`'s GCRA, in memory: each server of a
-/// Redis cluster counts its own attempts).
-pub struct LoginLimits {
-    accounts: DefaultKeyedRateLimiter<String>,
-    addresses: DefaultKeyedRateLimiter<IpAddr>,
-    /// Attempts since the maps were last pruned.
-    since_pruned: std::sync::atomic::AtomicU32,
-}
-
-impl Default for LoginLimits {
-    fn default() -> Self {
-        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
-        LoginLimits {
-            accounts: governor::RateLimiter::keyed(per_minute(LOGINS_PER_ACCOUNT_PER_MINUTE)),
-            addresses: governor::RateLimiter::keyed(per_minute(LOGINS_PER_ADDRESS_PER_MINUTE)),
-            since_pruned: Default::default(),
-        }
-    }
-}
-
-impl LoginLimits {
-    /// Takes one attempt from the account's and the address's allowance; `Err(seconds)` until
-    /// the next is allowed when either is spent. `account` is a valid user name (at most 63
-    /// bytes), so the keys stay small; an IPv6 address counts by its /64, which one host
-    /// usually holds whole.
-    fn take(&self, account: Option<&str>, address: Option<IpAddr>) -> Result<(), u64> {
-        let now = DefaultClock::default().now();
-        let wait = |d: Duration| d.as_secs().max(1);
-        if let Some(ip) = address.map(network) {
-            self.addresses.check_key(&ip).map_err(|n| wait(n.wait_time_from(now)))?;
-        }
-        if let Some(account) = account {
-            self.accounts.check_key(&account.to_owned()).map_err(|n| wait(n.wait_time_from(now)))?;
-        }
-        // Every 1,000 attempts, the keys that recovered their full allowance are dropped.
-        if self.since_pruned.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 1_000 {
-            self.since_pruned.store(0, std::sync::atomic::Ordering::Relaxed);
-            self.accounts.retain_recent();
-            self.addresses.retain_recent();
-        }
-        Ok(())
-    }
-}
-
-/// The key an address is limited by: itself (IPv4), or its /64 (IPv6).
-fn network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
-    }
-}
-
 /// Password hashes computed at once: each takes 19 MiB and a core for tens of milliseconds,
 /// so a burst of sign-ins waits its turn instead of taking the machine's memory.
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
@@ -130,8 +69,6 @@ async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     let _permit = HASHING.acquire().await.ok()?;
     tokio::task::spawn_blocking(work).await.ok()
 }
-
-impl LoginLimits {}
 
 /// The argon2id PHC string of a password (the crate's defaults: OWASP's m = 19 MiB, t = 2,
 /// p = 1), computed off the async threads (tens of milliseconds).
@@ -413,28 +350,5 @@ mod tests {
         assert_ne!(hash, hash_password("correct horse battery").await.unwrap(), "salted");
         assert!(!verify_password("anything", DECOY_HASH).await);
         assert!(PasswordHash::new(DECOY_HASH).is_ok(), "the decoy is a real hash (it costs the same)");
-    }
-
-    #[test]
-    fn sign_in_attempts_are_limited_per_account_and_per_address() {
-        let limits = LoginLimits::default();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..LOGINS_PER_ACCOUNT_PER_MINUTE {
-            limits.take(Some("alice"), Some(ip)).unwrap();
-        }
-        let wait = limits.take(Some("alice"), Some(ip)).unwrap_err();
-        assert!((1..=60).contains(&wait), "{wait}");
-        limits.take(Some("bob"), Some(ip)).expect("another account from the same address");
-        for i in 0..LOGINS_PER_ADDRESS_PER_MINUTE {
-            let _ = limits.take(Some(&format!("user{i}")), Some(ip));
-        }
-        assert!(limits.take(Some("carol"), Some(ip)).is_err(), "the address's allowance is spent");
-        limits.take(Some("carol"), Some("192.0.2.2".parse().unwrap())).expect("from elsewhere");
-        // An IPv6 host counts by its /64: rotating the low bits does not buy more attempts.
-        let v6 = |last: u16| Some(IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last)));
-        for i in 0..LOGINS_PER_ADDRESS_PER_MINUTE {
-            let _ = limits.take(None, v6(i as u16));
-        }
-        assert!(limits.take(None, v6(999)).is_err());
     }
 }

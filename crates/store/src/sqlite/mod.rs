@@ -504,25 +504,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>> {
-        let rows = sqlx::query("SELECT name, created_us, revoked_us FROM worker_tokens ORDER BY name")
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerToken {
-                    name: r.try_get("name")?,
-                    created_at: Timestamp(r.try_get("created_us")?),
-                    revoked_at: r.try_get::<Option<i64>, _>("revoked_us")?.map(Timestamp),
-                })
-            })
-            .collect()
+        tokens::list_worker_tokens(&self.reader).await
     }
 
     async fn worker_token_name(&self, hash: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM worker_tokens WHERE hash = ? AND revoked_us IS NULL")
-            .bind(hash)
-            .fetch_optional(&self.reader)
-            .await?)
+        tokens::worker_token_name(&self.reader, hash).await
     }
 
     async fn put_secret(&self, secret: &StoredSecret) -> Result<()> {

@@ -1,8 +1,10 @@
-//! Personal API tokens in the SQLite backend: one row per token, keyed by its hash, unique by
-//! (user, name); the last use in a column of its own so that a use rewrites no record.
+//! Tokens in the SQLite backend. Personal API tokens: one row per token, keyed by its hash,
+//! unique by (user, name); the last use in a column of its own so that a use rewrites no
+//! record. Worker tokens' reads (their writes are in `mod.rs`).
 
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::user::ApiTokenRecord;
+use cloudbuild_proto::worker::WorkerToken;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 
@@ -63,4 +65,25 @@ pub(super) async fn touch(s: &SqliteStore, hash: &str, at: Timestamp) -> Result<
         .execute(&mut *s.writer.lock().await)
         .await?;
     Ok(())
+}
+
+pub(super) async fn list_worker_tokens(reader: &SqlitePool) -> Result<Vec<WorkerToken>> {
+    let rows =
+        sqlx::query("SELECT name, created_us, revoked_us FROM worker_tokens ORDER BY name").fetch_all(reader).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(WorkerToken {
+                name: r.try_get("name")?,
+                created_at: Timestamp(r.try_get("created_us")?),
+                revoked_at: r.try_get::<Option<i64>, _>("revoked_us")?.map(Timestamp),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn worker_token_name(reader: &SqlitePool, hash: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT name FROM worker_tokens WHERE hash = ? AND revoked_us IS NULL")
+        .bind(hash)
+        .fetch_optional(reader)
+        .await?)
 }

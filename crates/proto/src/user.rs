@@ -30,7 +30,7 @@ pub enum ProjectRole {
 
 impl std::fmt::Display for ProjectRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             ProjectRole::Reporter => "reporter",
             ProjectRole::Developer => "developer",
             ProjectRole::Maintainer => "maintainer",
@@ -40,7 +40,7 @@ impl std::fmt::Display for ProjectRole {
 
 impl std::fmt::Display for GlobalRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             GlobalRole::User => "user",
             GlobalRole::Admin => "admin",
         })
@@ -252,6 +252,8 @@ mod tests {
     #[test]
     fn roles_include_the_ones_before() {
         assert!(ProjectRole::Maintainer > ProjectRole::Developer && ProjectRole::Developer > ProjectRole::Reporter);
+        // Table columns pad them.
+        assert_eq!(format!("{:<6}|{:<10}|", GlobalRole::User, ProjectRole::Reporter), "user  |reporter  |");
         let edit: Result<EditUser, _> = serde_json::from_str(r#"{"name":"root"}"#);
         assert!(edit.is_err(), "unknown fields are refused (no mass assignment)");
     }

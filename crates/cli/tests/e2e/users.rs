@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{hang_script, package_json, request_as, Repo, Server};
+use cloudbuild_testkit::{hang_script, package_json, request_as, Repo, Server, ServerOptions};
 use serde_json::{json, Value};
 
 use crate::server;
@@ -248,10 +248,32 @@ fn a_revoked_token_or_a_disabled_user_ends_open_streams_within_seconds() {
     let id = task["id"].as_i64().unwrap();
     srv.wait_until(id, |t| t.state == TaskState::Running, "running");
 
-    // A stranger cannot follow it over any stream.
+    // A stranger cannot follow it over any stream, nor publish under its name.
     let carol = login("carol");
+    let hidden = format!("task {id} does not exist");
     let (status, e) = api(&srv, "GET", &format!("/api/v1/tasks/{id}/events?follow=false"), &carol, None);
-    assert_eq!((status, e["message"].as_str()), (404, Some(format!("task {id} does not exist").as_str())));
+    assert_eq!((status, e["message"].as_str()), (404, Some(hidden.as_str())));
+    let ws = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/api/v1/tasks/{id}/events", srv.url.replace("http://", "ws://"));
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {carol}").parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.err().map(|e| e.to_string())
+    });
+    assert!(ws.as_deref().is_some_and(|e| e.contains("404")), "no WebSocket upgrade for a stranger: {ws:?}");
+    let sio = |query: Value| {
+        let out = Command::new("node")
+            .arg("client.js")
+            .args(["4", "websocket", &srv.url, &query.to_string(), &json!({"token": carol}).to_string()])
+            .current_dir(node_dir())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let follow = sio(json!({"task": id.to_string()}));
+    assert!(follow.contains(&hidden) && !follow.contains("\"build\""), "{follow}");
+    let publish = sio(json!({"repo": repo.url, "name": "bobs-site", "version": "1.0.0", "branch": "main"}));
+    assert!(publish.contains("project bobs-site does not exist"), "{publish}");
 
     // Bob follows it three ways; his token is revoked; every stream ends while the build runs.
     let (tx, started) = std::sync::mpsc::channel();
@@ -337,4 +359,32 @@ fn a_revoked_token_or_a_disabled_user_ends_open_streams_within_seconds() {
     assert!(disabled.elapsed() < Duration::from_secs(10), "{:?}", disabled.elapsed());
     assert_eq!(api(&srv, "POST", &format!("/api/v1/tasks/{id}/cancel"), &root, None).0, 202);
     srv.wait_done(id);
+}
+
+#[test]
+fn an_admin_made_on_the_servers_machine_signs_in_and_no_setup_token_is_offered() {
+    let data = tempfile::tempdir().unwrap();
+    let (config, data_dir) = (tempfile::tempdir().unwrap(), data.path().join("data"));
+    let mut create = Command::new(crate::bin())
+        .args(["admin", "create", "ops", "--password-stdin", "--data-dir"])
+        .arg(&data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    create.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let out = create.wait_with_output().unwrap();
+    assert!(out.status.success() && text(&out).contains("created admin ops"), "{}", text(&out));
+    let opts = ServerOptions {
+        extra_toml: "[auth]\nallow_anonymous = false\n",
+        data_dir: Some(&data_dir),
+        ..Default::default()
+    };
+    let srv = Server::start_with(crate::bin(), opts).unwrap();
+    assert!(!srv.log().contains("setup-token"), "an admin exists: no setup is offered\n{}", srv.log());
+    let login = cli(&srv, config.path(), &["login", "--user", "ops", "--password-stdin"], &format!("{PASSWORD}\n"));
+    assert!(login.status.success(), "{}", text(&login));
+    let who = cli(&srv, config.path(), &["whoami"], "");
+    assert!(text(&who).contains("ops (user, admin"), "{}", text(&who));
 }

@@ -100,17 +100,19 @@ fn repo_url(state: &AppState, repo: &str) -> Result<RepoUrl, ValidationError> {
 }
 
 /// Checks, before anything is stored, that `caller` may publish a task of `name` to `env`:
-/// its role in the registered project, or its right to register an unknown name.
+/// its role in the registered project, or its right to register an unknown name. Returns the
+/// project's record, for [`admit`].
 pub async fn may_publish(
     state: &AppState,
     caller: &Caller,
     name: &str,
     env: cloudbuild_proto::task::Environment,
-) -> Result<(), ProjectError> {
+) -> Result<Option<Project>, ProjectError> {
     let not_registered = || ProjectError::NotRegistered(name.to_owned());
-    match state.store.get_project(name).await? {
+    let project = state.store.get_project(name).await?;
+    match &project {
         Some(p) => {
-            match policy::authorize(caller, name, Some(&p), ProjectAction::Publish(env), || format!("project {name}")) {
+            match policy::authorize(caller, name, Some(p), ProjectAction::Publish(env), || format!("project {name}")) {
                 // Said as for a name that is not registered: a stranger learns nothing either way.
                 Err(PolicyError::Denied(policy::Denied::Hidden(_))) if !state.settings.auto_create_projects => {
                     return Err(not_registered())
@@ -121,15 +123,25 @@ pub async fn may_publish(
         None if !state.settings.auto_create_projects => return Err(not_registered()),
         None => policy::may_register(state, caller)?,
     }
-    Ok(())
+    Ok(project)
 }
 
 /// Checks that a task of `name` may build from `repo` (both validated), registering the
 /// project on its first publish when the server allows it, with the publishing user as its
-/// maintainer. The caller's role was checked by [`may_publish`].
-pub async fn admit(state: &AppState, caller: &Caller, name: &str, repo: &str) -> Result<(), ProjectError> {
+/// maintainer. The caller's role was checked by [`may_publish`], which read `known`.
+pub async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    repo: &str,
+    known: Option<Project>,
+) -> Result<(), ProjectError> {
     let url = repo_url(state, repo)?;
-    let project = match state.store.get_project(name).await? {
+    let known = match known {
+        Some(p) => Some(p),
+        None => state.store.get_project(name).await?,
+    };
+    let project = match known {
         Some(p) => p,
         None if !state.settings.auto_create_projects => return Err(ProjectError::NotRegistered(name.to_owned())),
         // A name with releases or secrets but no registration (its registration was deleted)

@@ -112,11 +112,11 @@ async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> 
     }
     let new = validate(&state.settings, req, caller, req.trigger, None)?;
     // Before anything else: a caller who may not publish learns nothing about the project.
-    super::projects::may_publish(state, caller, &new.name, new.env).await?;
+    let project = super::projects::may_publish(state, caller, &new.name, new.env).await?;
     check_repo_host(&state.settings, &new.repo).await?;
     // Fail fast: a build that could not be published is not started (and registers nothing).
     releases::check_version_free(state, new.env, &new.name, &new.version, new.force).await?;
-    super::projects::admit(state, caller, &new.name, &new.repo).await?;
+    super::projects::admit(state, caller, &new.name, &new.repo, project).await?;
     submit(state, new).await
 }
 
@@ -307,7 +307,8 @@ pub async fn retry(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task
 
 async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, TaskError> {
     let old = get(state, caller, id, ProjectAction::Read).await?;
-    policy::project(state, caller, &old.name, ProjectAction::Publish(old.env), || format!("task {id}")).await?;
+    let project =
+        policy::project(state, caller, &old.name, ProjectAction::Publish(old.env), || format!("task {id}")).await?;
     if !old.state.is_terminal() {
         return Err(TaskError::NotFinished { id: old.id, state: old.state });
     }
@@ -327,6 +328,6 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
     let new = validate(&state.settings, &req, caller, Trigger::Retry, Some(old.id))?;
     check_repo_host(&state.settings, &new.repo).await?;
-    super::projects::admit(state, caller, &new.name, &new.repo).await?;
+    super::projects::admit(state, caller, &new.name, &new.repo, project).await?;
     submit(state, new).await
 }

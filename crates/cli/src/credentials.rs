@@ -25,15 +25,16 @@ pub(crate) struct SignIn {
     pub(crate) token: String,
 }
 
-/// Where the file is: `$CLOUDBUILD_CONFIG_DIR`, else the platform's config directory
-/// (`$XDG_CONFIG_HOME` or `~/.config` on Linux) + `cloudbuild`.
+/// Where the file is: `$CLOUDBUILD_CONFIG_DIR`, else the XDG config directory (`etcetera`:
+/// `$XDG_CONFIG_HOME`, or `~/.config`) + `cloudbuild`.
 fn dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("CLOUDBUILD_CONFIG_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    Ok(dirs::config_dir()
-        .ok_or_else(|| anyhow!("no config directory: set HOME or CLOUDBUILD_CONFIG_DIR"))?
-        .join("cloudbuild"))
+    use etcetera::BaseStrategy;
+    let xdg = etcetera::choose_base_strategy()
+        .map_err(|e| anyhow!("no config directory ({e}): set HOME or CLOUDBUILD_CONFIG_DIR"))?;
+    Ok(xdg.config_dir().join("cloudbuild"))
 }
 
 fn file() -> Result<PathBuf> {

@@ -31,6 +31,7 @@ pub mod state;
 pub mod targets;
 pub mod uploads;
 pub mod vault;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -117,6 +118,8 @@ pub fn app_state(
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| ServerError::DataDir { path: settings.data_dir.display().to_string(), source })?;
     let vault = Arc::new(vault::Vault::open_or_create(&settings.data_dir.join("secrets.key"))?);
+    let mut csrf_key = [0u8; 32];
+    getrandom::fill(&mut csrf_key).map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
     let (outbox_tx, outbox) = tokio::sync::mpsc::unbounded_channel();
     let hub = if store.notices().is_some() { hub::EventHub::with_outbox(outbox_tx) } else { hub::EventHub::default() };
     let state = Arc::new(AppState {
@@ -131,6 +134,7 @@ pub fn app_state(
         sites,
         login_limits: Default::default(),
         setup_spent: Default::default(),
+        csrf_key,
     });
     Ok((state, outbox))
 }

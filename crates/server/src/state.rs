@@ -29,6 +29,8 @@ pub struct AppState {
     pub vault: Arc<crate::vault::Vault>,
     /// Sign-in attempts per account and per address.
     pub login_limits: crate::limits::LoginLimits,
+    /// The key dashboard forms' CSRF tokens are made with (random at each start).
+    pub csrf_key: [u8; 32],
     /// Whether the setup token was used (it makes one admin, once); held while setup runs.
     pub setup_spent: tokio::sync::Mutex<bool>,
 }

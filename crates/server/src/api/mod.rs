@@ -91,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api/v1", api)
         .route("/sites/{env}/{*path}", any(sites::serve::site_by_path))
         .route("/releases/{env}/{*path}", any(sites::serve::release_by_path))
+        .merge(crate::web::router().layer(axum::middleware::from_fn(crate::web::remember_locale)))
         .with_state(state.clone())
         // Last: a layer added before a later merge or nest would not see `/socket.io/`.
         .layer(socketio)

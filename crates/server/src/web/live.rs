@@ -1,0 +1,199 @@
+//! A build's log for the dashboard: rendered once on the server into escaped, numbered HTML
+//! lines (the tail of a finished log; the raw log has all), and live over SSE while the build
+//! runs, each message's id `<event seq>.<next line>` so that a reconnect (`Last-Event-ID`)
+//! resumes exactly where the page stopped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cloudbuild_proto::event::{EventKind, WireEvent};
+use cloudbuild_proto::task::{Stage, Task, TaskId};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::log::LogHtml;
+use super::pages::refused;
+use super::session::Viewer;
+use crate::domain::follow;
+use crate::domain::policy::ProjectAction;
+use crate::domain::tasks;
+use crate::state::AppState;
+
+/// Events read from the store at a time.
+const PAGE: u32 = 1_000;
+
+/// A log rendered for the build page.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    /// The last `keep` lines' HTML.
+    pub html: String,
+    /// Lines before those (not rendered into the page).
+    pub skipped_lines: u64,
+    /// The number the next line gets, and the last event read: where the live stream starts.
+    pub next_line: u64,
+    pub last_seq: u64,
+    /// Each stage's first event: `(stage, µs)`.
+    pub stages: Vec<(String, i64)>,
+}
+
+/// Adds one event to the log's HTML; returns the lines it completed. Notes the first event of
+/// each stage in `stages`.
+fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>) -> String {
+    let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+    match ev.kind {
+        EventKind::Building => log.push(data["text"].as_str().unwrap_or_default()),
+        EventKind::Build => {
+            let action = data["data"]["action"].as_str().unwrap_or_default();
+            let message = data["data"]["payload"]["message"].as_str().unwrap_or_default();
+            let at = data["meta"]["timestamp"].as_i64().unwrap_or_default() * 1000;
+            if Stage::ALL.iter().any(|s| s.action() == action) && !stages.iter().any(|(s, _)| s == action) {
+                stages.push((action.to_owned(), at));
+            }
+            log.stage(&format!("==> {action}: {message}"))
+        }
+        EventKind::Truncated => log.stage(data["message"].as_str().unwrap_or_default()),
+        EventKind::End => {
+            let mut out = log.finish();
+            let state = data["state"].as_str().unwrap_or_default();
+            let reason = data["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+            out.push_str(&log.stage(&format!("==> {state}{reason}")));
+            out
+        }
+    }
+}
+
+/// Reads the whole stored log of `task` and renders its last `keep` lines.
+pub async fn render_all(state: &AppState, task: &Task, keep: u64) -> Result<Rendered, crate::domain::tasks::TaskError> {
+    let (mut log, mut stages, mut tail) = (LogHtml::starting_at(1), Vec::new(), VecDeque::new());
+    let mut after = 0;
+    loop {
+        let page = follow::stored(state, task.id, after, PAGE).await?;
+        for ev in &page {
+            for line in render(&mut log, ev, &mut stages).lines() {
+                tail.push_back(line.to_owned());
+                if tail.len() as u64 > keep {
+                    tail.pop_front();
+                }
+            }
+            after = ev.seq;
+        }
+        if (page.len() as u32) < PAGE {
+            break;
+        }
+    }
+    // An unfinished last line is shown as a line; the live stream numbers on after it.
+    for line in log.finish().lines() {
+        tail.push_back(line.to_owned());
+        if tail.len() as u64 > keep {
+            tail.pop_front();
+        }
+    }
+    let html: String = tail.iter().map(|l| format!("{l}\n")).collect();
+    let shown = tail.len() as u64;
+    let next_line = log.next_line;
+    Ok(Rendered { html, skipped_lines: (next_line - 1).saturating_sub(shown), next_line, last_seq: after, stages })
+}
+
+#[derive(Deserialize)]
+pub struct LiveQuery {
+    after: Option<u64>,
+    line: Option<u64>,
+}
+
+/// `GET /tasks/{id}/live?after=SEQ&line=N`: the log's HTML lines after event `SEQ`, numbered
+/// from `N`, as SSE `log` messages until the build ends (then one `end` message with the
+/// state). `Last-Event-ID` (`SEQ.N`) wins over the query, for the browser's own reconnects.
+pub async fn live(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    Path(id): Path<TaskId>,
+    Query(q): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let task = match tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
+        Ok(t) => t,
+        Err(e) => return refused(e),
+    };
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('.'))
+        .and_then(|(s, l)| Some((s.parse().ok()?, l.parse().ok()?)));
+    let (after, line) = resume.unwrap_or((q.after.unwrap_or(0), q.line.unwrap_or(1)));
+    let follower = follow::follow(&state, &viewer.caller, &task.name, id, after, !task.state.is_terminal());
+    let log = LogHtml::starting_at(line);
+    let stream = futures_util::stream::unfold((follower, log, false), move |(mut f, mut log, done)| async move {
+        if done {
+            return None;
+        }
+        let events = f.next(256).await?;
+        let mut frames = String::new();
+        let mut stages = Vec::new();
+        let mut ended = None;
+        let mut html = String::new();
+        let mut last = 0;
+        for ev in &events {
+            html.push_str(&render(&mut log, &ev.event, &mut stages));
+            last = ev.event.seq;
+            if ev.event.kind == EventKind::End {
+                let data: Value = serde_json::from_str(&ev.event.data).unwrap_or(Value::Null);
+                ended = Some(data["state"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        if !html.is_empty() {
+            frames.push_str(&format!("id: {last}.{}\nevent: log\n", log.next_line));
+            for l in html.lines() {
+                frames.push_str("data: ");
+                frames.push_str(l);
+                frames.push('\n');
+            }
+            frames.push('\n');
+        }
+        if let Some(state) = &ended {
+            frames.push_str(&format!("event: end\ndata: {state}\n\n"));
+        }
+        Some((Ok::<_, std::convert::Infallible>(frames), (f, log, ended.is_some())))
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// `GET /tasks/{id}/raw`: the build's output as plain text (a download).
+pub async fn raw(State(state): State<Arc<AppState>>, viewer: Viewer, Path(id): Path<TaskId>) -> Response {
+    if let Err(e) = tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
+        return refused(e);
+    }
+    let mut text = String::new();
+    let mut after = 0;
+    loop {
+        let page = match follow::stored(&state, id, after, PAGE).await {
+            Ok(p) => p,
+            Err(e) => return refused(crate::domain::tasks::TaskError::from(e)),
+        };
+        for ev in &page {
+            if ev.kind == EventKind::Building {
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                text.push_str(data["text"].as_str().unwrap_or_default());
+            }
+            after = ev.seq;
+        }
+        if (page.len() as u32) < PAGE {
+            break;
+        }
+    }
+    let disposition = format!("attachment; filename=\"task-{id}.log\"");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
+        text,
+    )
+        .into_response()
+}

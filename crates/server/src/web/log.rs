@@ -1,0 +1,198 @@
+//! A build log as HTML: every byte escaped, SGR colours and bold as classes, every other
+//! escape sequence (cursor moves, OSC titles and hyperlinks) dropped, each line numbered with
+//! its anchor (`#L120`).
+
+use std::fmt::Write;
+
+/// Turns a log's text into HTML lines, numbering them from `first`; keeps the colour state of
+/// an unfinished line for the next call.
+#[derive(Debug, Default)]
+pub struct LogHtml {
+    /// The number the next line gets.
+    pub next_line: u64,
+    /// The open line's text so far (HTML), and the SGR classes in force.
+    open: String,
+    classes: Vec<&'static str>,
+    /// An escape sequence cut between two chunks.
+    pending: String,
+}
+
+impl LogHtml {
+    pub fn starting_at(line: u64) -> Self {
+        LogHtml { next_line: line, ..Default::default() }
+    }
+
+    /// Adds text; returns the HTML of the lines it completed.
+    pub fn push(&mut self, text: &str) -> String {
+        let mut out = String::new();
+        let joined;
+        let text = if self.pending.is_empty() {
+            text
+        } else {
+            joined = std::mem::take(&mut self.pending) + text;
+            &joined
+        };
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\n' => self.end_line(&mut out),
+                '\r' => {}
+                '\u{1b}' => {
+                    let rest = &text[i..];
+                    match escape_len(rest) {
+                        Some(len) => {
+                            self.apply(&rest[..len]);
+                            // Skip the sequence's remaining characters.
+                            while chars.peek().is_some_and(|(j, _)| *j < i + len) {
+                                chars.next();
+                            }
+                        }
+                        None => {
+                            self.pending = rest.to_owned();
+                            break;
+                        }
+                    }
+                }
+                c if c.is_control() && c != '\t' => {}
+                c => self.put(c),
+            }
+        }
+        out
+    }
+
+    /// A line of the server's own (a stage's message), after whatever line is open.
+    pub fn stage(&mut self, text: &str) -> String {
+        let mut out = self.finish();
+        let saved = std::mem::take(&mut self.classes);
+        for c in text.chars().filter(|c| !c.is_control()) {
+            self.put(c);
+        }
+        self.classes = saved;
+        let n = self.next_line;
+        let _ =
+            writeln!(out, "<div class=\"l st\" id=\"L{n}\"><a href=\"#L{n}\">{n}</a><code>{}</code></div>", self.open);
+        self.open.clear();
+        self.next_line += 1;
+        out
+    }
+
+    /// The HTML of the unfinished last line, if any (at the end of a log).
+    pub fn finish(&mut self) -> String {
+        let mut out = String::new();
+        if !self.open.is_empty() {
+            self.end_line(&mut out);
+        }
+        out
+    }
+
+    fn put(&mut self, c: char) {
+        if self.open.is_empty() && !self.classes.is_empty() {
+            let _ = write!(self.open, "<span class=\"{}\">", self.classes.join(" "));
+        }
+        match c {
+            '<' => self.open.push_str("&lt;"),
+            '>' => self.open.push_str("&gt;"),
+            '&' => self.open.push_str("&amp;"),
+            '"' => self.open.push_str("&quot;"),
+            '\'' => self.open.push_str("&#39;"),
+            c => self.open.push(c),
+        }
+    }
+
+    fn end_line(&mut self, out: &mut String) {
+        let n = self.next_line;
+        let spans = self.open.matches("<span").count().saturating_sub(self.open.matches("</span>").count());
+        let _ = write!(out, "<div class=\"l\" id=\"L{n}\"><a href=\"#L{n}\">{n}</a><code>{}", self.open);
+        out.push_str(&"</span>".repeat(spans));
+        out.push_str("</code></div>\n");
+        self.open.clear();
+        self.next_line += 1;
+    }
+
+    /// An SGR sequence changes the classes in force (a new span); anything else is dropped.
+    fn apply(&mut self, seq: &str) {
+        let Some(params) = seq.strip_prefix("\u{1b}[").and_then(|s| s.strip_suffix('m')) else { return };
+        for p in params.split(';') {
+            match p {
+                "" | "0" => self.classes.clear(),
+                "1" => self.classes.push("b"),
+                "22" => self.classes.retain(|c| *c != "b"),
+                "39" => self.classes.retain(|c| !c.starts_with("fg")),
+                p => {
+                    if let Some(class) = colour(p) {
+                        self.classes.retain(|c| !c.starts_with("fg"));
+                        self.classes.push(class);
+                    }
+                }
+            }
+        }
+        self.classes.dedup();
+        if !self.open.is_empty() {
+            // Close what is open and reopen with the new classes.
+            let spans = self.open.matches("<span").count().saturating_sub(self.open.matches("</span>").count());
+            self.open.push_str(&"</span>".repeat(spans));
+            if !self.classes.is_empty() {
+                let _ = write!(self.open, "<span class=\"{}\">", self.classes.join(" "));
+            }
+        }
+    }
+}
+
+fn colour(p: &str) -> Option<&'static str> {
+    const FG: [&str; 8] = ["fg0", "fg1", "fg2", "fg3", "fg4", "fg5", "fg6", "fg7"];
+    let n: usize = p.parse().ok()?;
+    match n {
+        30..=37 => Some(FG[n - 30]),
+        90..=97 => Some(FG[n - 90]),
+        _ => None,
+    }
+}
+
+/// The length of the escape sequence at the start of `s` (which starts with ESC); `None` when
+/// it is cut off. CSI: `ESC [` parameters, final byte 0x40–0x7e. OSC: `ESC ]` up to BEL or
+/// `ESC \`. Other escapes: two characters.
+fn escape_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    match b.get(1)? {
+        b'[' => b[2..].iter().position(|c| (0x40..=0x7e).contains(c)).map(|p| p + 3),
+        b']' => {
+            let body = &b[2..];
+            let bel = body.iter().position(|c| *c == 0x07).map(|p| p + 3);
+            let st = body.windows(2).position(|w| w == b"\x1b\\").map(|p| p + 4);
+            match (bel, st) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        _ => Some(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_byte_is_escaped_and_escapes_are_dropped_or_coloured() {
+        let mut log = LogHtml::starting_at(1);
+        let html = log.push("<script>alert('x')</script> & \"q\"\n\u{1b}]0;title\u{7}\u{1b}]8;;http://evil\u{1b}\\link\u{1b}]8;;\u{1b}\\\n");
+        assert!(!html.contains("<script"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"), "{html}");
+        assert!(html.contains("id=\"L2\"") && html.contains("<code>link</code>"), "OSC dropped: {html}");
+        assert!(!html.contains("evil") && !html.contains("title"), "{html}");
+        let html = log.push("\u{1b}[1;31merror\u{1b}[0m done\u{1b}[2K\n");
+        assert!(html.contains("<span class=\"b fg1\">error</span> done</code>"), "{html}");
+        assert!(html.contains("id=\"L3\""));
+    }
+
+    #[test]
+    fn sequences_and_lines_cut_between_chunks_are_joined() {
+        let mut log = LogHtml::starting_at(10);
+        assert_eq!(log.push("par"), "");
+        assert_eq!(log.push("tial \u{1b}[3"), "");
+        let html = log.push("2mgreen\n");
+        assert!(html.contains("partial <span class=\"fg2\">green</span>"), "{html}");
+        assert!(log.push("tail").is_empty());
+        assert!(log.finish().contains("id=\"L11\""));
+    }
+}

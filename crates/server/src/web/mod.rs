@@ -1,0 +1,217 @@
+//! The web dashboard at `/`: server-rendered pages (askama templates compiled into the
+//! binary) over the same domain services and policy as the API, with the live log streamed
+//! by SSE (htmx and its SSE extension, vendored under `assets/`). A third adapter beside
+//! `api` and `socketio`: handlers are thin, access is `domain::policy`'s.
+//!
+//! - `session`: who looks (the `cb_session` cookie, a personal token), CSRF tokens.
+//! - `i18n`: en-US / zh-CN (Fluent), the request's language.
+//! - `pages`: projects, project, build page; `live`: the build's log as HTML, live.
+//! - `log`: a log's text as escaped, coloured, numbered HTML lines; `format`: dates, rows.
+
+pub mod format;
+pub mod i18n;
+pub mod live;
+pub mod log;
+pub mod pages;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use crate::domain::users::{self, UserError};
+use crate::state::AppState;
+use i18n::Lang;
+use session::{Viewer, SESSION_COOKIE};
+
+/// The dashboard's routes (merged into the server's router).
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/projects") }))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/projects", get(pages::projects))
+        .route("/projects/{name}", get(pages::project))
+        .route("/projects/{name}/rollback", post(pages::rollback))
+        .route("/tasks/{id}", get(pages::task))
+        .route("/tasks/{id}/cancel", post(pages::cancel))
+        .route("/tasks/{id}/retry", post(pages::retry))
+        .route("/tasks/{id}/live", get(live::live))
+        .route("/tasks/{id}/raw", get(live::raw))
+        .route("/assets/{file}", get(asset))
+}
+
+/// The vendored and own static files, compiled in.
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &str) = match file.as_str() {
+        "htmx-2.0.11.min.js" => (include_bytes!("../../assets/htmx-2.0.11.min.js"), "text/javascript"),
+        "htmx-ext-sse-2.2.4.min.js" => (include_bytes!("../../assets/htmx-ext-sse-2.2.4.min.js"), "text/javascript"),
+        "log.js" => (include_bytes!("../../assets/log.js"), "text/javascript"),
+        "app.css" => (include_bytes!("../../assets/app.css"), "text/css"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    // Versioned vendor files never change; the own ones change with the server.
+    let cache = if file.starts_with("htmx") { "public, max-age=31536000, immutable" } else { "no-cache" };
+    let kind = format!("{kind}; charset=utf-8");
+    ([(header::CONTENT_TYPE, kind.as_str()), (header::CACHE_CONTROL, cache)], body).into_response()
+}
+
+/// A page with the `Content-Type` of HTML, or a 500 when a template fails (it cannot, for
+/// compiled templates with owned data, but the error is not swallowed).
+pub(crate) fn html(page: Result<String, askama::Error>) -> Response {
+    match page {
+        Ok(body) => {
+            let mut resp = body.into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!("rendering a dashboard page: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The chrome every page shares: its language, who is signed in, the CSRF token.
+pub(crate) struct Chrome {
+    pub(crate) lang: Lang,
+    pub(crate) who: Option<String>,
+    pub(crate) signed_in: bool,
+    pub(crate) csrf: String,
+}
+
+impl Chrome {
+    pub(crate) fn of(lang: Lang, viewer: Option<&Viewer>) -> Self {
+        Chrome {
+            lang,
+            who: viewer.map(|v| v.caller.name.clone()),
+            signed_in: viewer.is_some_and(|v| v.caller.token.is_some()),
+            csrf: viewer.map(|v| v.csrf.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    lang: Lang,
+    who: Option<String>,
+    signed_in: bool,
+    csrf: String,
+    next: String,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// Where to go after signing in: a path of this site only (no open redirect).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/projects".to_owned(),
+    }
+}
+
+async fn login_page(lang: Lang, axum::extract::Query(q): axum::extract::Query<NextQuery>) -> Response {
+    let page = LoginPage {
+        lang,
+        who: None,
+        signed_in: false,
+        csrf: String::new(),
+        next: safe_next(q.next.as_deref()),
+        error: None,
+    };
+    html(askama::Template::render(&page))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// The login form: a password for a personal token (named `web`), kept in an `HttpOnly`,
+/// `SameSite=Lax` cookie (`Secure` when the server is reached over https).
+async fn login(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    crate::api::extract::Peer(peer): crate::api::extract::Peer,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(form.next.as_deref());
+    let req =
+        cloudbuild_proto::user::Login { user: form.user, password: form.password, token_name: Some("web".into()) };
+    match users::login(&state, peer, req).await {
+        Ok(made) => {
+            let secure = if state.public_url.starts_with("https://") { "; Secure" } else { "" };
+            let max_age = i64::from(users::LOGIN_TOKEN_DAYS) * 86_400;
+            let cookie =
+                format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}", made.secret);
+            ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+        }
+        Err(e) => {
+            let error = match e {
+                UserError::TooManyAttempts(s) => lang.t1("login-limited", "seconds", s),
+                UserError::BadCredentials | UserError::Invalid(_) => lang.t("login-failed"),
+                other => {
+                    tracing::warn!("dashboard sign-in: {other}");
+                    lang.t("login-failed")
+                }
+            };
+            let page = LoginPage { lang, who: None, signed_in: false, csrf: String::new(), next, error: Some(error) };
+            let mut resp = html(askama::Template::render(&page));
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            resp
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    pub csrf: String,
+}
+
+/// A form refused for its CSRF token.
+pub(crate) fn csrf_refused(lang: &Lang) -> Response {
+    (StatusCode::FORBIDDEN, lang.t("csrf-refused")).into_response()
+}
+
+/// Signing out revokes the session's token and clears the cookie.
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !viewer.csrf_ok(&form.csrf) {
+        return csrf_refused(&lang);
+    }
+    if let Err(e) = users::logout(&state, &viewer.caller).await {
+        tracing::info!("dashboard sign-out: {e}");
+    }
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
+    ([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response()
+}
+
+/// `?locale=` also sets the language cookie, so the choice sticks on the next pages.
+pub async fn remember_locale(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let chosen = i18n::query_locale(&parts).and_then(|l| Lang::negotiate(&l)).map(|l| l.tag());
+    let mut resp = next.run(axum::extract::Request::from_parts(parts, body)).await;
+    if let Some(tag) = chosen {
+        let cookie = format!("{}={tag}; Path=/; SameSite=Lax; Max-Age=31536000", i18n::LOCALE_COOKIE);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}

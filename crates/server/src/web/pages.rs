@@ -1,0 +1,310 @@
+//! The dashboard's pages: projects (each with its last build), a project (its releases with
+//! rollback, builds, members), a build (header, stages, log) and the forms of their buttons.
+//! What a viewer sees and may press is `domain::policy`'s, as in the API.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use cloudbuild_proto::task::{Environment, Task, TaskId};
+use cloudbuild_proto::user::ProjectRole;
+use serde::Deserialize;
+
+use super::format::{duration, when, TaskRow};
+use super::i18n::Lang;
+use super::session::{url_encode, Viewer};
+use super::{csrf_refused, html, Chrome, CsrfForm};
+use crate::api::error::ApiError;
+use crate::domain::policy::{self, ProjectAction};
+use crate::domain::{projects, releases, tasks};
+use crate::state::AppState;
+
+/// How many lines of a finished log the build page renders (the tail; the raw log has all).
+pub const PAGE_LINES: u64 = 2_000;
+
+/// A domain refusal or failure as a page answer, with the API's status and message (404 for
+/// what the viewer may not read, 403 for what its role does not allow; a failure of the
+/// server's own only as such): `api/error.rs` is the one mapping of domain errors.
+pub(crate) fn refused(e: impl Into<ApiError>) -> Response {
+    let e = e.into();
+    (e.status, e.message).into_response()
+}
+
+/// A project name in a URL path (a scoped name's `/` encoded).
+fn path_of(name: &str) -> String {
+    url_encode(name).replace('/', "%2F")
+}
+
+struct ProjectRow {
+    name: String,
+    path: String,
+    last: Option<TaskRow>,
+}
+
+#[derive(Template)]
+#[template(path = "projects.html")]
+struct ProjectsPage {
+    lang: Lang,
+    who: Option<String>,
+    signed_in: bool,
+    csrf: String,
+    q: String,
+    rows: Vec<ProjectRow>,
+}
+
+#[derive(Deserialize)]
+pub struct ProjectsQuery {
+    q: Option<String>,
+}
+
+/// `GET /projects?q=`: the projects the viewer may read, each with its last build.
+pub async fn projects(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Query(query): Query<ProjectsQuery>,
+) -> Response {
+    let q = query.q.unwrap_or_default();
+    let all = match projects::list(&state, &viewer.caller).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let mut rows = Vec::new();
+    for p in all.into_iter().filter(|p| p.name.contains(q.trim())) {
+        let last = tasks::list(
+            &state,
+            &viewer.caller,
+            tasks::ListQuery { name: Some(p.name.clone()), limit: Some(1), ..Default::default() },
+        )
+        .await
+        .ok()
+        .and_then(|page| page.tasks.first().map(|t| TaskRow::of(&lang, t)));
+        rows.push(ProjectRow { path: path_of(&p.name), name: p.name, last });
+    }
+    let Chrome { lang, who, signed_in, csrf } = Chrome::of(lang, Some(&viewer));
+    html(ProjectsPage { lang, who, signed_in, csrf, q, rows }.render())
+}
+
+struct ReleaseRow {
+    env: &'static str,
+    version: String,
+    task: TaskId,
+    who: String,
+    when: String,
+    current: bool,
+    pruned: bool,
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+struct ProjectPage {
+    lang: Lang,
+    who: Option<String>,
+    signed_in: bool,
+    csrf: String,
+    name: String,
+    path: String,
+    repo: String,
+    default_branch: String,
+    releases: Vec<ReleaseRow>,
+    builds: Vec<TaskRow>,
+    members: Vec<(String, String)>,
+    can_rollback: bool,
+}
+
+/// `GET /projects/{name}`: releases per environment (rollback for maintainers), builds,
+/// members.
+pub async fn project(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Path(name): Path<String>,
+) -> Response {
+    let p = match projects::get(&state, &viewer.caller, &name, ProjectAction::Read).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let role = policy::project_role(&viewer.caller, Some(&p));
+    let list = releases::list(&state, &viewer.caller, &p.name, None).await.unwrap_or_default();
+    let releases = list
+        .into_iter()
+        .map(|r| ReleaseRow {
+            env: r.env.as_str(),
+            version: r.version,
+            task: r.task_id,
+            who: r.requested_by,
+            when: when(&lang, r.created_at),
+            current: r.current,
+            pruned: r.pruned,
+        })
+        .collect();
+    let query = tasks::ListQuery { name: Some(p.name.clone()), limit: Some(50), ..Default::default() };
+    let builds = match tasks::list(&state, &viewer.caller, query).await {
+        Ok(page) => page.tasks.iter().map(|t| TaskRow::of(&lang, t)).collect(),
+        Err(e) => return refused(e),
+    };
+    let members = p.members.iter().map(|m| (m.user.clone(), m.role.to_string())).collect();
+    let Chrome { lang, who, signed_in, csrf } = Chrome::of(lang, Some(&viewer));
+    let page = ProjectPage {
+        lang,
+        who,
+        signed_in,
+        csrf,
+        path: path_of(&p.name),
+        name: p.name,
+        repo: p.repo,
+        default_branch: p.default_branch,
+        releases,
+        builds,
+        members,
+        can_rollback: role >= Some(ProjectRole::Maintainer),
+    };
+    html(page.render())
+}
+
+#[derive(Deserialize)]
+pub struct RollbackForm {
+    csrf: String,
+    env: Environment,
+    to: String,
+}
+
+/// `POST /projects/{name}/rollback`: switches an environment to a version (maintainers).
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Form(form): Form<RollbackForm>,
+) -> Response {
+    if !viewer.csrf_ok(&form.csrf) {
+        return csrf_refused(&lang);
+    }
+    let req = cloudbuild_proto::release::RollbackRequest { name: name.clone(), env: form.env, to: Some(form.to) };
+    match releases::rollback(&state, &viewer.caller, &req).await {
+        Ok(_) => Redirect::to(&format!("/projects/{}", path_of(&name))).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "task.html")]
+struct TaskPage {
+    lang: Lang,
+    who: Option<String>,
+    signed_in: bool,
+    csrf: String,
+    id: TaskId,
+    title: String,
+    row: TaskRow,
+    project_path: String,
+    commit: String,
+    attempt: u32,
+    worker: String,
+    site: Option<String>,
+    can_cancel: bool,
+    can_retry: bool,
+    /// `(stage, duration or state, class)`.
+    stages: Vec<(String, String, &'static str)>,
+    live: bool,
+    log_html: String,
+    earlier: u64,
+    after: u64,
+    next_line: u64,
+}
+
+/// `GET /tasks/{id}`: the build's header, stages and log (its tail; live while it runs).
+pub async fn task(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let Some(id) = id.parse::<TaskId>().ok().filter(|i| *i > 0) else { return StatusCode::NOT_FOUND.into_response() };
+    let t = match tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
+        Ok(t) => t,
+        Err(e) => return refused(e),
+    };
+    let project = state.store.get_project(&t.name).await.ok().flatten();
+    let role = policy::project_role(&viewer.caller, project.as_ref());
+    let rendered = match super::live::render_all(&state, &t, PAGE_LINES).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let live = !t.state.is_terminal();
+    let publish_role = ProjectAction::Publish(t.env).needs();
+    let Chrome { lang, who, signed_in, csrf } = Chrome::of(lang, Some(&viewer));
+    let page = TaskPage {
+        id,
+        title: lang.t1("build-title", "id", id),
+        row: TaskRow::of(&lang, &t),
+        project_path: path_of(&t.name),
+        commit: t.commit.clone().unwrap_or_else(|| "–".into()),
+        attempt: t.attempt,
+        worker: t.worker.clone().unwrap_or_else(|| "–".into()),
+        site: t.url.clone(),
+        can_cancel: live && role >= Some(ProjectAction::Cancel.needs()),
+        can_retry: !live && role >= Some(publish_role),
+        stages: stages(&lang, &t, &rendered.stages),
+        live,
+        earlier: rendered.skipped_lines,
+        after: rendered.last_seq,
+        next_line: rendered.next_line,
+        log_html: rendered.html,
+        lang,
+        who,
+        signed_in,
+        csrf,
+    };
+    html(page.render())
+}
+
+/// The stage timeline: each stage's duration from its first event to the next stage's.
+fn stages(lang: &Lang, t: &Task, seen: &[(String, i64)]) -> Vec<(String, String, &'static str)> {
+    let end = t.finished_at.map_or(cloudbuild_proto::time::Timestamp::now().0, |f| f.0);
+    seen.iter()
+        .enumerate()
+        .map(|(i, (stage, start))| {
+            let until = seen.get(i + 1).map_or(end, |n| n.1);
+            let last = i + 1 == seen.len();
+            let class = match (last, t.state.as_str()) {
+                (false, _) | (true, "succeeded") => "done",
+                (true, "failed" | "timed_out") => "failed",
+                _ => "",
+            };
+            (stage.clone(), duration(lang, until - start), class)
+        })
+        .collect()
+}
+
+/// `POST /tasks/{id}/cancel` (developers).
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Path(id): Path<TaskId>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !viewer.csrf_ok(&form.csrf) {
+        return csrf_refused(&lang);
+    }
+    match tasks::cancel(&state, &viewer.caller, id).await {
+        Ok(_) => Redirect::to(&format!("/tasks/{id}")).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /tasks/{id}/retry` (developers; maintainers for `prod`): to the new build's page.
+pub async fn retry(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Path(id): Path<TaskId>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !viewer.csrf_ok(&form.csrf) {
+        return csrf_refused(&lang);
+    }
+    match tasks::retry(&state, &viewer.caller, id).await {
+        Ok(t) => Redirect::to(&format!("/tasks/{}", t.id)).into_response(),
+        Err(e) => refused(e),
+    }
+}

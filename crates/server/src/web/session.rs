@@ -1,0 +1,76 @@
+//! Who is looking at a dashboard page: a signed-in session (the `cb_session` cookie holds a
+//! personal token made by the login form, so revocation, expiry and the audit log work as for
+//! any token), or the anonymous admin of a loopback server; a guest is sent to the login page.
+//! Every form carries a CSRF token bound to the session.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::i18n::cookie;
+use crate::domain::callers::{self, constant_time_eq, Caller};
+use crate::state::AppState;
+
+/// The cookie holding a dashboard session's personal token.
+pub const SESSION_COOKIE: &str = "cb_session";
+
+/// The caller of a page, with the CSRF token its forms carry.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub caller: Caller,
+    pub csrf: String,
+}
+
+/// The CSRF token of a session: a keyed hash of its token (or of `anonymous`) with this
+/// server's key, which a page of another site can neither read nor compute.
+pub fn csrf_token(state: &AppState, session: Option<&str>) -> String {
+    blake3::keyed_hash(&state.csrf_key, session.unwrap_or("anonymous").as_bytes()).to_hex().to_string()
+}
+
+impl Viewer {
+    /// Whether a form's `csrf` field is this session's.
+    pub fn csrf_ok(&self, given: &str) -> bool {
+        constant_time_eq(self.csrf.as_bytes(), given.as_bytes())
+    }
+}
+
+/// Where a guest goes: the login page, back to `path` after signing in.
+pub fn to_login(path: &str) -> Response {
+    let next: String = url_encode(path);
+    Redirect::to(&format!("/login?next={next}")).into_response()
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl FromRequestParts<Arc<AppState>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let session = cookie(parts, SESSION_COOKIE).filter(|t| !t.is_empty()).map(str::to_owned);
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        match callers::identify(state, session.as_deref()).await {
+            Ok(mut caller) => {
+                caller.address =
+                    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+                Ok(Viewer { csrf: csrf_token(state, session.as_deref()), caller })
+            }
+            Err(callers::AuthError::Store(e)) => {
+                tracing::warn!("a dashboard page could not identify its caller: {e}");
+                Err((StatusCode::SERVICE_UNAVAILABLE, "the server cannot reach its store right now; try again shortly")
+                    .into_response())
+            }
+            Err(_) => Err(to_login(&path)),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The web dashboard driven in-process: guests sent to the login page, the login form's
+//! session cookie, CSRF on every form, what each role sees and may press (buttons absent and
+//! the POST refused), build logs escaped, the language by `?locale=`, cookie and
+//! `Accept-Language`, the live log resuming from `Last-Event-ID`.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use cloudbuild_proto::event::{EventBody, OutputStream};
+use cloudbuild_proto::project::{Project, Visibility};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::user::{ApiToken, ApiTokenRecord, GlobalRole, Member, ProjectRole, User, UserRecord};
+use cloudbuild_server::domain::callers::token_hash;
+use cloudbuild_store::{Fence, Store};
+use common::{api, Api};
+use serde_json::json;
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A response's status, headers and body text.
+struct Page {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn header(&self, name: &str) -> String {
+        self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The CSRF token of the page's forms.
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
+        self.body[at..at + 64].to_owned()
+    }
+}
+
+async fn send(
+    api: &Api,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Page {
+    let mut req = Request::builder().method(method).uri(uri).header(header::HOST, "127.0.0.1:7001");
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let body = match form {
+        Some(f) => {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            Body::from(f.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let resp = api.app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
+    Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+fn session(name: &str) -> String {
+    format!("cb_session=cbp_{name}")
+}
+
+/// Users with personal tokens `cbp_<name>`, the project `site` (rep reporter, dev developer,
+/// max maintainer), and one task of it with some output.
+async fn world() -> Api {
+    let api = api(|c| c.auth.allow_anonymous = Some(false)).await;
+    let store: &dyn Store = api.store.as_ref();
+    let now = Timestamp::now();
+    for (name, role) in [
+        ("rep", GlobalRole::User),
+        ("dev", GlobalRole::User),
+        ("max", GlobalRole::User),
+        ("stranger", GlobalRole::User),
+    ] {
+        let password_hash = cloudbuild_server::domain::users::hash_password(PASSWORD).await.unwrap();
+        let user = User { name: name.into(), role, disabled: false, created_at: now, updated_at: now };
+        assert!(store.create_user(&UserRecord { user, password_hash }).await.unwrap());
+        let token =
+            ApiToken { user: name.into(), name: "t".into(), created_at: now, expires_at: None, last_used_at: None };
+        let hash = token_hash(&format!("cbp_{name}"));
+        assert!(store.create_api_token(&ApiTokenRecord { token, hash }).await.unwrap());
+    }
+    let member = |user: &str, role| Member { user: user.into(), role };
+    let site = Project {
+        name: "site".into(),
+        repo: "https://example.com/site.git".into(),
+        repo_identity: "example.com/site".into(),
+        default_branch: "main".into(),
+        visibility: Visibility::Private,
+        members: vec![
+            member("dev", ProjectRole::Developer),
+            member("max", ProjectRole::Maintainer),
+            member("rep", ProjectRole::Reporter),
+        ],
+        created_by: "max".into(),
+        created_at: now,
+        updated_at: now,
+    };
+    assert!(store.create_project(&site).await.unwrap());
+    let body = json!({"repo": "https://example.com/site.git", "branch": "main", "name": "site", "version": "1.0.0"});
+    let (status, _) = api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let text = "<script>alert('x')</script>\n\u{1b}[31mred\u{1b}[0m \u{1b}]0;owned\u{7}done\n".to_owned();
+    store.append_event(1, Fence::Server, EventBody::Output { stream: OutputStream::Stdout, text }).await.unwrap();
+    api
+}
+
+#[tokio::test]
+async fn guests_sign_in_with_the_form_and_get_an_http_only_session() {
+    let api = world().await;
+    let guest = send(&api, "GET", "/tasks/1", None, None, &[]).await;
+    assert_eq!((guest.status, guest.header("location")), (StatusCode::SEE_OTHER, "/login?next=/tasks/1".to_owned()));
+    let form = send(&api, "GET", "/login?next=/tasks/1", None, None, &[]).await;
+    assert!(form.body.contains("name=\"password\"") && form.body.contains("value=\"/tasks/1\""), "{}", form.body);
+    let wrong = send(&api, "POST", "/login", None, Some("user=dev&password=nope&next=/tasks/1"), &[]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("Wrong user name or password."), "{}", wrong.body);
+    // An off-site `next` is not followed (no open redirect).
+    let body = format!("user=dev&password={}&next=//evil.example/", PASSWORD.replace(' ', "+"));
+    let ok = send(&api, "POST", "/login", None, Some(&body), &[]).await;
+    assert_eq!((ok.status, ok.header("location")), (StatusCode::SEE_OTHER, "/projects".to_owned()));
+    let cookie = ok.header("set-cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.starts_with("cb_session=cbp_"));
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = send(&api, "GET", "/projects", Some(&session), None, &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Signed in as dev") && page.body.contains("href=\"/projects/site\""), "{}", page.body);
+    // Signing out needs the form's CSRF token, revokes the session's token and clears the cookie.
+    let refused = send(&api, "POST", "/logout", Some(&session), Some("csrf=forged"), &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let out = send(&api, "POST", "/logout", Some(&session), Some(&format!("csrf={}", page.csrf())), &[]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.header("set-cookie").contains("Max-Age=0"));
+    assert_eq!(send(&api, "GET", "/projects", Some(&session), None, &[]).await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn each_role_sees_only_the_buttons_it_may_press_and_the_posts_are_refused_otherwise() {
+    let api = world().await;
+    let stranger = send(&api, "GET", "/tasks/1", Some(&session("stranger")), None, &[]).await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND, "a stranger learns nothing");
+    assert_eq!(
+        send(&api, "GET", "/projects/site", Some(&session("stranger")), None, &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let listed = send(&api, "GET", "/projects", Some(&session("stranger")), None, &[]).await;
+    assert!(!listed.body.contains("/projects/site"), "{}", listed.body);
+
+    let rep = send(&api, "GET", "/tasks/1", Some(&session("rep")), None, &[]).await;
+    assert_eq!(rep.status, StatusCode::OK);
+    assert!(!rep.body.contains("/tasks/1/cancel"), "no cancel button for a reporter");
+    let posted =
+        send(&api, "POST", "/tasks/1/cancel", Some(&session("rep")), Some(&format!("csrf={}", rep.csrf())), &[]).await;
+    assert_eq!(posted.status, StatusCode::FORBIDDEN, "{}", posted.body);
+
+    let dev = send(&api, "GET", "/tasks/1", Some(&session("dev")), None, &[]).await;
+    assert!(dev.body.contains("action=\"/tasks/1/cancel\""), "a developer may cancel");
+    let forged = send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some("csrf=0000"), &[]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(api.store.get_task(1).await.unwrap().state.as_str() == "queued", "a forged form changed nothing");
+    let cancel =
+        send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
+    assert_eq!((cancel.status, cancel.header("location")), (StatusCode::SEE_OTHER, "/tasks/1".to_owned()));
+    assert_eq!(api.store.get_task(1).await.unwrap().state.as_str(), "cancelled");
+    // Each session has its own CSRF token: another's does not pass.
+    let other =
+        send(&api, "POST", "/tasks/1/retry", Some(&session("max")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_log_is_escaped_numbered_and_coloured_and_the_page_speaks_the_asked_language() {
+    let api = world().await;
+    let page = send(&api, "GET", "/tasks/1", Some(&session("rep")), None, &[]).await;
+    assert!(!page.body.contains("<script>alert"), "the log is text, not markup");
+    assert!(page.body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"), "{}", page.body);
+    assert!(page.body.contains("<span class=\"fg1\">red</span>") && !page.body.contains("owned"), "{}", page.body);
+    assert!(page.body.contains("id=\"L2\""), "lines are numbered with anchors");
+
+    let zh = send(&api, "GET", "/tasks/1?locale=zh-CN", Some(&session("rep")), None, &[]).await;
+    assert!(zh.body.contains("<html lang=\"zh-CN\">") && zh.body.contains("构建 1"), "{}", zh.body);
+    assert!(zh.header("set-cookie").contains("cb_locale=zh-CN"), "the choice is remembered");
+    let cookie = format!("{}; cb_locale=zh-CN", session("rep"));
+    assert!(send(&api, "GET", "/projects", Some(&cookie), None, &[]).await.body.contains("项目"));
+    let accept = [("accept-language", "zh-CN,zh;q=0.9,en;q=0.5")];
+    assert!(send(&api, "GET", "/projects", Some(&session("rep")), None, &accept).await.body.contains("lang=\"zh-CN\""));
+    let default = send(&api, "GET", "/projects", Some(&session("rep")), None, &[("accept-language", "fr")]).await;
+    assert!(default.body.contains("lang=\"en-US\""));
+}
+
+#[tokio::test]
+async fn the_live_log_resumes_after_its_last_event_without_repeating_lines() {
+    let api = world().await;
+    let dev = send(&api, "GET", "/tasks/1", Some(&session("dev")), None, &[]).await;
+    send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
+    let all = send(&api, "GET", "/tasks/1/live?after=0&line=1", Some(&session("rep")), None, &[]).await;
+    assert_eq!(all.header("content-type"), "text/event-stream");
+    assert!(all.body.contains("event: end\ndata: cancelled"), "{}", all.body);
+    let ids: Vec<&str> = all.body.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert!(!ids.is_empty());
+    // Resuming after the first event (the task's creation, line 1) starts at line 2.
+    let resumed = send(&api, "GET", "/tasks/1/live", Some(&session("rep")), None, &[("last-event-id", "1.2")]).await;
+    assert!(!resumed.body.contains("id=\\\"L1\\\"") && !resumed.body.contains("id=\"L1\""), "{}", resumed.body);
+    assert!(resumed.body.contains("id=\"L2\""), "{}", resumed.body);
+    assert!(resumed.body.contains("&lt;script&gt;"), "{}", resumed.body);
+    let stranger = send(&api, "GET", "/tasks/1/live", Some(&session("stranger")), None, &[]).await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND);
+    let raw = send(&api, "GET", "/tasks/1/raw", Some(&session("rep")), None, &[]).await;
+    assert!(raw.body.starts_with("<script>alert('x')</script>\n"), "the raw log is the output as it was: {}", raw.body);
+    assert!(raw.header("content-disposition").contains("task-1.log"));
+}

@@ -20,12 +20,13 @@
       }
     });
     log.addEventListener('htmx:afterSwap', stick);
-    log.addEventListener('htmx:sseMessage', function (e) {
-      stick();
-      if (e.detail && e.detail.type === 'end') {
+    log.addEventListener('htmx:sseMessage', stick);
+    // The build's end: the state badge says how it ended (the stream closes on it).
+    log.addEventListener('htmx:sseOpen', function (e) {
+      e.detail.source.addEventListener('end', function (m) {
         var state = document.getElementById('state');
-        if (state) { state.textContent = e.detail.data; state.className = 'state s-' + e.detail.data.split(' ')[0]; }
-      }
+        if (state) { state.textContent = m.data; state.className = 'state s-' + m.data; }
+      });
     });
   }
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', setup); else setup();

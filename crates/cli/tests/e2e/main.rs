@@ -8,6 +8,7 @@ mod caching;
 mod cancel;
 mod cli;
 mod cluster;
+mod dashboard;
 pub(crate) mod events;
 mod fanout;
 mod identity;

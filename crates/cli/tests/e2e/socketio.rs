@@ -17,17 +17,17 @@ pub(crate) fn node_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node")
 }
 
-/// Installs the clients once per test run if `.ci/run` has not.
+/// Installs the test clients (socket.io 2.x and 4.x, playwright-core) once per test run if
+/// `.ci/run` has not.
 pub(crate) fn ensure_clients() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
-        if node_dir().join("node_modules/socket.io-client-v4").is_dir()
-            && node_dir().join("node_modules/socket.io-client-v2").is_dir()
-        {
+        let installed = ["socket.io-client-v4", "socket.io-client-v2", "playwright-core"];
+        if installed.iter().all(|m| node_dir().join("node_modules").join(m).is_dir()) {
             return;
         }
         // Written to stderr directly: the test harness captures `eprintln!` of passing tests.
-        let line = format!("installing the socket.io clients (npm ci in {}, once)\n", node_dir().display());
+        let line = format!("installing the test clients (npm ci in {}, once)\n", node_dir().display());
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         let out = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])

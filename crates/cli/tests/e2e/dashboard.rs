@@ -1,0 +1,83 @@
+//! The dashboard in a real browser (Debian's Chromium driven by playwright-core): a build's
+//! log grows in the open page while the build runs, over SSE, without a reload; the final page
+//! holds every line `cloudbuild logs` prints, in order; markup in the log stays text. Screenshots
+//! of the build page (light and dark) are left under `target/dashboard-screens/`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use cloudbuild_proto::task::TaskState;
+use cloudbuild_testkit::{package_json, Repo};
+use serde_json::Value;
+
+use crate::server;
+use crate::socketio::{ensure_clients, node_dir};
+
+/// A build printing a line every 100 ms for 4 s (one of them markup, one coloured), then its site.
+const SLOW_BUILD: &str = "const fs=require('fs');let i=0;const t=setInterval(()=>{i++;\
+    if(i===5)console.log('<script>alert(1)</script>');else if(i===6)console.log('\\x1b[32mgreen line\\x1b[0m');\
+    else console.log('line '+i);if(i===40){clearInterval(t);fs.mkdirSync('dist',{recursive:true});\
+    fs.writeFileSync('dist/index.html','<h1>ok</h1>');}},100);";
+
+#[test]
+fn a_builds_log_grows_live_in_the_browser_and_ends_equal_to_cloudbuild_logs() {
+    ensure_clients();
+    let srv = server(crate::EVERY_BUILD_RUNS);
+    let repo = Repo::new(&[
+        ("package.json", &package_json("live-page", &[("build", "node build.js")])),
+        ("build.js", SLOW_BUILD),
+    ]);
+    let (status, task) = srv.create(&repo.task_body("live-page"));
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_i64().unwrap();
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screens");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg("dashboard.js")
+        .arg(format!("{}/tasks/{id}", srv.url))
+        .arg(&shots)
+        .current_dir(node_dir())
+        .output()
+        .expect("running node");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("the driver's report");
+    assert_eq!(seen["state"], "succeeded", "{seen}");
+    assert_eq!(srv.task(id).state, TaskState::Succeeded);
+    let counts: Vec<u64> = seen["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "lines only ever added: {counts:?}");
+    let distinct = counts.windows(2).filter(|w| w[0] < w[1]).count();
+    assert!(distinct >= 3, "the log grew several times while the page was open: {counts:?}");
+    assert_eq!(seen["scriptRan"], false, "markup in the log did not run");
+    // Every line `cloudbuild logs` shows of the output is on the page, in order.
+    let page: Vec<String> = seen["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned()).collect();
+    let logs = srv.cli(&repo.work, &["logs", &id.to_string()]);
+    let printed = String::from_utf8_lossy(&logs.stdout).into_owned();
+    let mut at = 0;
+    for line in srv.output(id).lines().filter(|l| !l.trim().is_empty()) {
+        let plain: String = strip_ansi(line);
+        assert!(printed.contains(plain.trim_end()), "`cloudbuild logs` shows {plain:?}");
+        let found = page[at..].iter().position(|p| p.trim_end() == plain.trim_end());
+        assert!(found.is_some(), "{plain:?} is on the page after line {at}: {page:?}");
+        at += found.unwrap() + 1;
+    }
+    assert!(page.iter().any(|l| l == "<script>alert(1)</script>"), "shown as text");
+    assert!(shots.join("build-light.png").is_file() && shots.join("build-dark.png").is_file());
+}
+
+/// The text of a line without its SGR sequences (what the page shows).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -219,3 +219,17 @@ async fn the_live_log_resumes_after_its_last_event_without_repeating_lines() {
     assert!(raw.body.starts_with("<script>alert('x')</script>\n"), "the raw log is the output as it was: {}", raw.body);
     assert!(raw.header("content-disposition").contains("task-1.log"));
 }
+
+#[tokio::test]
+async fn a_long_log_puts_only_its_tail_in_the_page() {
+    let api = world().await;
+    let text: String = (1..=5_000).map(|i| format!("line {i}\n")).collect();
+    api.store.append_event(1, Fence::Server, EventBody::Output { stream: OutputStream::Stdout, text }).await.unwrap();
+    let page = send(&api, "GET", "/tasks/1", Some(&session("rep")), None, &[]).await;
+    let lines = page.body.matches("<div class=\"l").count() as u64;
+    assert_eq!(lines, cloudbuild_server::web::pages::PAGE_LINES, "a bounded number of line nodes");
+    // 2 stage lines (created, waiting for a worker), 2 of the world's output, 5,000 here.
+    assert!(page.body.contains("id=\"L5004\"><a href=\"#L5004\">5004</a><code>line 5000</code>"), "the tail, numbered");
+    assert!(page.body.contains("3004 earlier lines are not shown"), "{}", &page.body[..2000.min(page.body.len())]);
+    assert!(!page.body.contains("<code>line 3000</code>") && page.body.contains("<code>line 3001</code>"));
+}

@@ -3,7 +3,6 @@
 //! runs, each message's id `<event seq>.<next line>` so that a reconnect (`Last-Event-ID`)
 //! resumes exactly where the page stopped.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -66,36 +65,45 @@ fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>) ->
     }
 }
 
-/// Reads the whole stored log of `task` and renders its last `keep` lines.
+/// Reads the stored log of `task` and renders its last `keep` lines: a first pass counts the
+/// lines (no HTML), the second renders only the tail, so a 200,000-line log costs the HTML of
+/// `keep` lines. Reads up to event `until` (the first pass's end), so both passes agree.
 pub async fn render_all(state: &AppState, task: &Task, keep: u64) -> Result<Rendered, crate::domain::tasks::TaskError> {
-    let (mut log, mut stages, mut tail) = (LogHtml::starting_at(1), Vec::new(), VecDeque::new());
+    let mut counter = LogHtml::rendering_from(u64::MAX);
+    let until = read(state, task.id, u64::MAX, |ev| {
+        render(&mut counter, ev, &mut Vec::new());
+    })
+    .await?;
+    counter.finish();
+    let total = counter.next_line - 1;
+    let render_from = (total + 1).saturating_sub(keep).max(1);
+    let mut log = LogHtml::rendering_from(render_from);
+    let (mut html, mut stages) = (String::new(), Vec::new());
+    read(state, task.id, until, |ev| html.push_str(&render(&mut log, ev, &mut stages))).await?;
+    // An unfinished last line is shown as a line; the live stream numbers on after it.
+    html.push_str(&log.finish());
+    Ok(Rendered { html, skipped_lines: render_from - 1, next_line: log.next_line, last_seq: until, stages })
+}
+
+/// Hands every stored event of `task` up to event `until` to `each`, page by page; returns
+/// the last event's number.
+async fn read(
+    state: &AppState,
+    task: TaskId,
+    until: u64,
+    mut each: impl FnMut(&WireEvent),
+) -> Result<u64, crate::domain::tasks::TaskError> {
     let mut after = 0;
     loop {
-        let page = follow::stored(state, task.id, after, PAGE).await?;
-        for ev in &page {
-            for line in render(&mut log, ev, &mut stages).lines() {
-                tail.push_back(line.to_owned());
-                if tail.len() as u64 > keep {
-                    tail.pop_front();
-                }
-            }
+        let page = follow::stored(state, task, after, PAGE).await?;
+        for ev in page.iter().take_while(|e| e.seq <= until) {
+            each(ev);
             after = ev.seq;
         }
-        if (page.len() as u32) < PAGE {
-            break;
+        if (page.len() as u32) < PAGE || after >= until {
+            return Ok(after);
         }
     }
-    // An unfinished last line is shown as a line; the live stream numbers on after it.
-    for line in log.finish().lines() {
-        tail.push_back(line.to_owned());
-        if tail.len() as u64 > keep {
-            tail.pop_front();
-        }
-    }
-    let html: String = tail.iter().map(|l| format!("{l}\n")).collect();
-    let shown = tail.len() as u64;
-    let next_line = log.next_line;
-    Ok(Rendered { html, skipped_lines: (next_line - 1).saturating_sub(shown), next_line, last_seq: after, stages })
 }
 
 #[derive(Deserialize)]

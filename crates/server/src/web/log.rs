@@ -15,11 +15,21 @@ pub struct LogHtml {
     classes: Vec<&'static str>,
     /// An escape sequence cut between two chunks.
     pending: String,
+    /// Lines numbered below this are counted, not rendered (the part of a long log the page
+    /// leaves out); 0 renders every line.
+    render_from: u64,
+    /// Whether an uncounted line has text (lines below `render_from`).
+    quiet_open: bool,
 }
 
 impl LogHtml {
     pub fn starting_at(line: u64) -> Self {
         LogHtml { next_line: line, ..Default::default() }
+    }
+
+    /// Lines numbered from 1, rendered from line `first` on (the ones before only counted).
+    pub fn rendering_from(first: u64) -> Self {
+        LogHtml { next_line: 1, render_from: first, ..Default::default() }
     }
 
     /// Adds text; returns the HTML of the lines it completed.
@@ -63,6 +73,10 @@ impl LogHtml {
     /// A line of the server's own (a stage's message), after whatever line is open.
     pub fn stage(&mut self, text: &str) -> String {
         let mut out = self.finish();
+        if self.quiet() {
+            self.next_line += 1;
+            return out;
+        }
         let saved = std::mem::take(&mut self.classes);
         for c in text.chars().filter(|c| !c.is_control()) {
             self.put(c);
@@ -79,13 +93,21 @@ impl LogHtml {
     /// The HTML of the unfinished last line, if any (at the end of a log).
     pub fn finish(&mut self) -> String {
         let mut out = String::new();
-        if !self.open.is_empty() {
+        if !self.open.is_empty() || self.quiet_open {
             self.end_line(&mut out);
         }
         out
     }
 
+    fn quiet(&self) -> bool {
+        self.next_line < self.render_from
+    }
+
     fn put(&mut self, c: char) {
+        if self.quiet() {
+            self.quiet_open = true;
+            return;
+        }
         if self.open.is_empty() && !self.classes.is_empty() {
             let _ = write!(self.open, "<span class=\"{}\">", self.classes.join(" "));
         }
@@ -100,6 +122,11 @@ impl LogHtml {
     }
 
     fn end_line(&mut self, out: &mut String) {
+        if self.quiet() {
+            self.quiet_open = false;
+            self.next_line += 1;
+            return;
+        }
         let n = self.next_line;
         let spans = self.open.matches("<span").count().saturating_sub(self.open.matches("</span>").count());
         let _ = write!(out, "<div class=\"l\" id=\"L{n}\"><a href=\"#L{n}\">{n}</a><code>{}", self.open);
@@ -183,6 +210,16 @@ mod tests {
         let html = log.push("\u{1b}[1;31merror\u{1b}[0m done\u{1b}[2K\n");
         assert!(html.contains("<span class=\"b fg1\">error</span> done</code>"), "{html}");
         assert!(html.contains("id=\"L3\""));
+    }
+
+    #[test]
+    fn lines_before_render_from_are_counted_not_rendered() {
+        let mut log = LogHtml::rendering_from(3);
+        let html = log.push("one\ntwo\nthree\n") + &log.stage("==> stage") + &log.push("tail");
+        assert!(!html.contains("one") && !html.contains("two"), "{html}");
+        assert!(html.contains("id=\"L3\"><a href=\"#L3\">3</a><code>three"), "{html}");
+        assert!(html.contains("id=\"L4\"") && html.contains("==&gt; stage"), "{html}");
+        assert!(log.finish().contains("id=\"L5\""));
     }
 
     #[test]

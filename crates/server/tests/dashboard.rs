@@ -233,3 +233,31 @@ async fn a_long_log_puts_only_its_tail_in_the_page() {
     assert!(page.body.contains("3004 earlier lines are not shown"), "{}", &page.body[..2000.min(page.body.len())]);
     assert!(!page.body.contains("<code>line 3000</code>") && page.body.contains("<code>line 3001</code>"));
 }
+
+#[tokio::test]
+async fn workers_are_the_admins_the_audit_log_the_maintainers_and_tokens_their_owners() {
+    let api = world().await;
+    let dev = send(&api, "GET", "/workers", Some(&session("dev")), None, &[]).await;
+    assert_eq!(dev.status, StatusCode::FORBIDDEN, "{}", dev.body);
+    let page = send(&api, "GET", "/projects", Some(&session("dev")), None, &[]).await;
+    assert!(!page.body.contains("href=\"/workers\""), "no link to what a user may not open");
+    // The audit log: the maintainer sees their project's entries; a developer is refused.
+    let max = send(&api, "GET", "/audit", Some(&session("max")), None, &[]).await;
+    assert_eq!(max.status, StatusCode::OK);
+    assert!(max.body.contains("task.create") && max.body.contains("task 1"), "{}", max.body);
+    assert_eq!(send(&api, "GET", "/audit", Some(&session("dev")), None, &[]).await.status, StatusCode::FORBIDDEN);
+    // Tokens: made with the form (shown once, not cached), listed, revoked.
+    let tokens = send(&api, "GET", "/tokens", Some(&session("rep")), None, &[]).await;
+    let form = format!("csrf={}&name=ci&days=30", tokens.csrf());
+    let made = send(&api, "POST", "/tokens", Some(&session("rep")), Some(&form), &[]).await;
+    assert_eq!(made.header("cache-control"), "no-store");
+    let at = made.body.find("<code>cbp_").expect("the new secret") + 6;
+    let secret = made.body[at..at + 68].to_owned();
+    assert_eq!(api.call("GET", "/api/v1/user", Some(&secret), None).await.0, StatusCode::OK);
+    let again = send(&api, "GET", "/tokens", Some(&session("rep")), None, &[]).await;
+    assert!(again.body.contains("<td>ci</td>") && !again.body.contains(&secret), "listed, never shown again");
+    let revoke = format!("csrf={}", again.csrf());
+    let gone = send(&api, "POST", "/tokens/ci/revoke", Some(&session("rep")), Some(&revoke), &[]).await;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER);
+    assert_eq!(api.call("GET", "/api/v1/user", Some(&secret), None).await.0, StatusCode::UNAUTHORIZED);
+}

@@ -5,9 +5,11 @@
 //!
 //! - `session`: who looks (the `cb_session` cookie, a personal token), CSRF tokens.
 //! - `i18n`: en-US / zh-CN (Fluent), the request's language.
-//! - `pages`: projects, project, build page; `live`: the build's log as HTML, live.
+//! - `pages`: projects, project, build page; `live`: the build's log as HTML, live;
+//!   `admin`: workers, the audit log, a user's API tokens.
 //! - `log`: a log's text as escaped, coloured, numbered HTML lines; `format`: dates, rows.
 
+pub mod admin;
 pub mod format;
 pub mod i18n;
 pub mod live;
@@ -43,6 +45,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/tasks/{id}/retry", post(pages::retry))
         .route("/tasks/{id}/live", get(live::live))
         .route("/tasks/{id}/raw", get(live::raw))
+        .route("/workers", get(admin::workers))
+        .route("/audit", get(admin::audit))
+        .route("/tokens", get(admin::tokens).post(admin::create_token))
+        .route("/tokens/{name}/revoke", post(admin::revoke_token))
         .route("/assets/{file}", get(asset))
 }
 
@@ -83,6 +89,8 @@ pub(crate) struct Chrome {
     pub(crate) who: Option<String>,
     pub(crate) signed_in: bool,
     pub(crate) csrf: String,
+    /// Whether to show the admins' links (workers).
+    pub(crate) admin: bool,
 }
 
 impl Chrome {
@@ -92,6 +100,7 @@ impl Chrome {
             who: viewer.map(|v| v.caller.name.clone()),
             signed_in: viewer.is_some_and(|v| v.caller.token.is_some()),
             csrf: viewer.map(|v| v.csrf.clone()).unwrap_or_default(),
+            admin: viewer.is_some_and(|v| v.caller.is_admin()),
         }
     }
 }
@@ -103,6 +112,7 @@ struct LoginPage {
     who: Option<String>,
     signed_in: bool,
     csrf: String,
+    admin: bool,
     next: String,
     error: Option<String>,
 }
@@ -126,6 +136,7 @@ async fn login_page(lang: Lang, axum::extract::Query(q): axum::extract::Query<Ne
         who: None,
         signed_in: false,
         csrf: String::new(),
+        admin: false,
         next: safe_next(q.next.as_deref()),
         error: None,
     };
@@ -167,7 +178,15 @@ async fn login(
                     lang.t("login-failed")
                 }
             };
-            let page = LoginPage { lang, who: None, signed_in: false, csrf: String::new(), next, error: Some(error) };
+            let page = LoginPage {
+                lang,
+                who: None,
+                signed_in: false,
+                csrf: String::new(),
+                admin: false,
+                next,
+                error: Some(error),
+            };
             let mut resp = html(askama::Template::render(&page));
             *resp.status_mut() = StatusCode::UNAUTHORIZED;
             resp

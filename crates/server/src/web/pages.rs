@@ -51,6 +51,7 @@ struct ProjectsPage {
     who: Option<String>,
     signed_in: bool,
     csrf: String,
+    admin: bool,
     q: String,
     rows: Vec<ProjectRow>,
 }
@@ -84,8 +85,8 @@ pub async fn projects(
         .and_then(|page| page.tasks.first().map(|t| TaskRow::of(&lang, t)));
         rows.push(ProjectRow { path: path_of(&p.name), name: p.name, last });
     }
-    let Chrome { lang, who, signed_in, csrf } = Chrome::of(lang, Some(&viewer));
-    html(ProjectsPage { lang, who, signed_in, csrf, q, rows }.render())
+    let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
+    html(ProjectsPage { lang, who, signed_in, csrf, admin, q, rows }.render())
 }
 
 struct ReleaseRow {
@@ -105,6 +106,7 @@ struct ProjectPage {
     who: Option<String>,
     signed_in: bool,
     csrf: String,
+    admin: bool,
     name: String,
     path: String,
     repo: String,
@@ -147,12 +149,13 @@ pub async fn project(
         Err(e) => return refused(e),
     };
     let members = p.members.iter().map(|m| (m.user.clone(), m.role.to_string())).collect();
-    let Chrome { lang, who, signed_in, csrf } = Chrome::of(lang, Some(&viewer));
+    let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
     let page = ProjectPage {
         lang,
         who,
         signed_in,
         csrf,
+        admin,
         path: path_of(&p.name),
         name: p.name,
         repo: p.repo,
@@ -197,6 +200,7 @@ struct TaskPage {
     who: Option<String>,
     signed_in: bool,
     csrf: String,
+    admin: bool,
     id: TaskId,
     title: String,
     row: TaskRow,
@@ -231,7 +235,7 @@ pub async fn task(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer
     };
     let live = !t.state.is_terminal();
     let publish_role = ProjectAction::Publish(t.env).needs();
-    let Chrome { lang, who, signed_in, csrf } = Chrome::of(lang, Some(&viewer));
+    let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
     let page = TaskPage {
         id,
         title: lang.t1("build-title", "id", id),
@@ -253,6 +257,7 @@ pub async fn task(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer
         who,
         signed_in,
         csrf,
+        admin,
     };
     html(page.render())
 }

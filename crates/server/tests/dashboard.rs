@@ -261,3 +261,27 @@ async fn workers_are_the_admins_the_audit_log_the_maintainers_and_tokens_their_o
     assert_eq!(gone.status, StatusCode::SEE_OTHER);
     assert_eq!(api.call("GET", "/api/v1/user", Some(&secret), None).await.0, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn pages_refuse_framing_and_forms_from_other_sites_and_a_finished_live_log_says_it_ended() {
+    let api = world().await;
+    let page = send(&api, "GET", "/projects", Some(&session("rep")), None, &[]).await;
+    assert_eq!(page.header("x-frame-options"), "DENY");
+    assert_eq!(page.header("content-security-policy"), "frame-ancestors 'none'");
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    // Login CSRF: a form posted from another site is refused before any password is checked.
+    let body = format!("user=dev&password={}", PASSWORD.replace(' ', "+"));
+    let evil = [("origin", "https://evil.example")];
+    let refused = send(&api, "POST", "/login", None, Some(&body), &evil).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.header("set-cookie").is_empty());
+    let own = [("origin", "http://127.0.0.1:7001")];
+    assert_eq!(send(&api, "POST", "/login", None, Some(&body), &own).await.status, StatusCode::SEE_OTHER);
+    // A page asking for the live log after its end gets the end, not an empty stream to reconnect to.
+    let dev = send(&api, "GET", "/tasks/1", Some(&session("dev")), None, &[]).await;
+    send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
+    let last = api.store.get_task(1).await.unwrap().last_seq;
+    let uri = format!("/tasks/1/live?after={last}&line=99");
+    let after_end = send(&api, "GET", &uri, Some(&session("rep")), None, &[]).await;
+    assert_eq!(after_end.body, "event: end\ndata: cancelled\n\n");
+}

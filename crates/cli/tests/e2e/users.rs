@@ -135,6 +135,13 @@ fn the_first_admin_signs_up_with_the_setup_token_and_users_sign_in_and_out() {
     assert_eq!(api(&srv, "GET", "/api/v1/user", &token, None).0, 401, "the signed-out token is revoked");
     srv.token = Some(kept_token(&srv, root));
     srv.wait_done(task["id"].as_i64().unwrap());
+    // Its site by path shares the server's origin with the dashboard's sessions: it runs
+    // sandboxed (an opaque origin), and its files may be fetched from there.
+    let url = format!("{}/sites/test/alices-site/", srv.url);
+    let (status, csp, _) = cloudbuild_testkit::get_with_header(&url, "content-security-policy");
+    assert_eq!(status, 200);
+    let csp = csp.unwrap_or_default();
+    assert!(csp.starts_with("sandbox allow-scripts") && !csp.contains("allow-same-origin"), "{csp}");
 }
 
 /// Reads an SSE stream with `token` until it ends; returns how many bytes came.

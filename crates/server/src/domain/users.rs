@@ -217,6 +217,13 @@ async fn sign_in(state: &AppState, address: Option<IpAddr>, req: &Login) -> Resu
     let hash = rec.as_ref().map_or(DECOY_HASH, |r| r.password_hash.as_str());
     let matches = verify_password(&req.password, hash).await;
     let Some(rec) = rec.filter(|r| matches && !r.user.disabled) else { return Err(UserError::BadCredentials) };
+    // Expired tokens are dropped: their names (`login`, `web`, …) are free again.
+    let now = Timestamp::now();
+    for t in state.store.list_api_tokens(&rec.user.name).await? {
+        if t.token.expires_at.is_some_and(|at| at <= now) {
+            state.store.delete_api_token(&rec.user.name, &t.token.name).await?;
+        }
+    }
     let base = identifier("token name", req.token_name.as_deref().unwrap_or("login"))?;
     for n in 1..=100 {
         let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };

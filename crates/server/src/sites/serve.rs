@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cloudbuild_proto::site::{parse_label, HostLabel};
@@ -309,10 +309,28 @@ pub async fn site_by_path(State(state): State<Arc<AppState>>, req: Request) -> R
         Err(missing) => return missing.into_response(),
     };
     let raw = raw.to_owned();
-    match current_site(&state, env, &name, &project_dir(&root, &name), prefix).await {
+    let resp = match current_site(&state, env, &name, &project_dir(&root, &name), prefix).await {
         Ok(site) => super::compressed_at(site, raw, req).await,
         Err(missing) => missing.into_response(),
+    };
+    sandboxed(&state, resp)
+}
+
+/// A site served by path shares the server's origin with the dashboard, whose sessions are
+/// cookies: on a server where people sign in, its pages run in a sandbox (an opaque origin:
+/// no access to the dashboard's cookies or pages, scripts still run), and its files may be
+/// fetched from there (`Access-Control-Allow-Origin: *`: they are public). Sites by host
+/// (`<site>.<env>.<domain>`) are their own origin and need none of this.
+fn sandboxed(state: &AppState, mut resp: Response) -> Response {
+    if !state.settings.allow_anonymous {
+        let h = resp.headers_mut();
+        h.insert(
+            "content-security-policy",
+            HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"),
+        );
+        h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
     }
+    resp
 }
 
 /// `GET /releases/{env}/{name}/{version}/{task}/…`: one immutable release by path.
@@ -343,10 +361,11 @@ pub async fn release_by_path(State(state): State<Arc<AppState>>, req: Request) -
         Err(missing) => return missing.into_response(),
     };
     let dir = project_dir(&root, &name).join(version).join(task);
-    match release_site(&state, env, &name, dir, prefix).await {
+    let resp = match release_site(&state, env, &name, dir, prefix).await {
         Ok(site) => super::compressed_at(site, raw, req).await,
         Err(missing) => missing.into_response(),
-    }
+    };
+    sandboxed(&state, resp)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::format::when;
 use super::i18n::Lang;
 use super::pages::refused;
-use super::session::Viewer;
+use super::session::{url_encode, Viewer};
 use super::{csrf_refused, html, Chrome, CsrfForm};
 use crate::domain::{audit, users, workers};
 use crate::state::AppState;
@@ -80,6 +80,8 @@ struct AuditPage {
     project: String,
     actor: String,
     action: String,
+    /// The filters as a URL query (for the next page's link).
+    query: String,
     /// `(when, who, from, action, target, outcome)`.
     entries: Vec<(String, String, String, String, String, String)>,
     next: Option<i64>,
@@ -124,6 +126,12 @@ pub async fn audit(
         signed_in,
         csrf,
         admin,
+        query: ["project", "actor", "action"]
+            .iter()
+            .zip([&q.project, &q.actor, &q.action])
+            .map(|(k, v)| format!("{k}={}", url_encode(v.as_deref().unwrap_or_default())))
+            .collect::<Vec<_>>()
+            .join("&"),
         project: q.project.unwrap_or_default(),
         actor: q.actor.unwrap_or_default(),
         action: q.action.unwrap_or_default(),

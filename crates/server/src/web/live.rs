@@ -134,37 +134,51 @@ pub async fn live(
     let (after, line) = resume.unwrap_or((q.after.unwrap_or(0), q.line.unwrap_or(1)));
     let follower = follow::follow(&state, &viewer.caller, &task.name, id, after, !task.state.is_terminal());
     let log = LogHtml::starting_at(line);
-    let stream = futures_util::stream::unfold((follower, log, false), move |(mut f, mut log, done)| async move {
-        if done {
-            return None;
-        }
-        let events = f.next(256).await?;
-        let mut frames = String::new();
-        let mut stages = Vec::new();
-        let mut ended = None;
-        let mut html = String::new();
-        let mut last = 0;
-        for ev in &events {
-            html.push_str(&render(&mut log, &ev.event, &mut stages));
-            last = ev.event.seq;
-            if ev.event.kind == EventKind::End {
-                let data: Value = serde_json::from_str(&ev.event.data).unwrap_or(Value::Null);
-                ended = Some(data["state"].as_str().unwrap_or_default().to_owned());
+    let store = state.clone();
+    let stream = futures_util::stream::unfold((follower, log, false), move |(mut f, mut log, done)| {
+        let store = store.clone();
+        async move {
+            if done {
+                return None;
             }
-        }
-        if !html.is_empty() {
-            frames.push_str(&format!("id: {last}.{}\nevent: log\n", log.next_line));
-            for l in html.lines() {
-                frames.push_str("data: ");
-                frames.push_str(l);
+            let Some(events) = f.next(256).await else {
+                // Nothing more to send without an `end` (the page asked after the log's end, or the
+                // viewer's access ended): say how the task stands, so the page stops reconnecting.
+                let state = store.store.get_task(id).await.map(|t| t.state).ok()?;
+                let frame = if state.is_terminal() {
+                    format!("event: end\ndata: {}\n\n", state.as_str())
+                } else {
+                    String::new()
+                };
+                return Some((Ok(frame), (f, log, true)));
+            };
+            let mut frames = String::new();
+            let mut stages = Vec::new();
+            let mut ended = None;
+            let mut html = String::new();
+            let mut last = 0;
+            for ev in &events {
+                html.push_str(&render(&mut log, &ev.event, &mut stages));
+                last = ev.event.seq;
+                if ev.event.kind == EventKind::End {
+                    let data: Value = serde_json::from_str(&ev.event.data).unwrap_or(Value::Null);
+                    ended = Some(data["state"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            if !html.is_empty() {
+                frames.push_str(&format!("id: {last}.{}\nevent: log\n", log.next_line));
+                for l in html.lines() {
+                    frames.push_str("data: ");
+                    frames.push_str(l);
+                    frames.push('\n');
+                }
                 frames.push('\n');
             }
-            frames.push('\n');
+            if let Some(state) = &ended {
+                frames.push_str(&format!("event: end\ndata: {state}\n\n"));
+            }
+            Some((Ok::<_, std::convert::Infallible>(frames), (f, log, ended.is_some())))
         }
-        if let Some(state) = &ended {
-            frames.push_str(&format!("event: end\ndata: {state}\n\n"));
-        }
-        Some((Ok::<_, std::convert::Infallible>(frames), (f, log, ended.is_some())))
     });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();

@@ -49,7 +49,10 @@ impl LogHtml {
                 '\r' => {}
                 '\u{1b}' => {
                     let rest = &text[i..];
-                    match escape_len(rest) {
+                    // A sequence never ended (a stray `ESC ]`) is dropped after 4 KiB, its text
+                    // kept: it must not swallow the rest of the log.
+                    let len = escape_len(rest).or_else(|| (rest.len() > MAX_ESCAPE).then_some(1));
+                    match len {
                         Some(len) => {
                             self.apply(&rest[..len]);
                             // Skip the sequence's remaining characters.
@@ -175,13 +178,23 @@ fn colour(p: &str) -> Option<&'static str> {
     }
 }
 
+/// The longest escape sequence waited for across chunks.
+const MAX_ESCAPE: usize = 4096;
+
 /// The length of the escape sequence at the start of `s` (which starts with ESC); `None` when
-/// it is cut off. CSI: `ESC [` parameters, final byte 0x40–0x7e. OSC: `ESC ]` up to BEL or
-/// `ESC \`. Other escapes: two characters.
+/// it is cut off. CSI: `ESC [` parameters and intermediates (0x20–0x3f), final byte 0x40–0x7e;
+/// any other byte ends it malformed (the byte is kept). OSC: `ESC ]` up to BEL or `ESC \`.
+/// Other escapes: ESC and the character after it.
 fn escape_len(s: &str) -> Option<usize> {
     let b = s.as_bytes();
     match b.get(1)? {
-        b'[' => b[2..].iter().position(|c| (0x40..=0x7e).contains(c)).map(|p| p + 3),
+        b'[' => b[2..].iter().position(|c| !(0x20..=0x3f).contains(c)).map(|p| {
+            if (0x40..=0x7e).contains(&b[p + 2]) {
+                p + 3
+            } else {
+                p + 2
+            }
+        }),
         b']' => {
             let body = &b[2..];
             let bel = body.iter().position(|c| *c == 0x07).map(|p| p + 3);
@@ -191,7 +204,7 @@ fn escape_len(s: &str) -> Option<usize> {
                 (a, b) => a.or(b),
             }
         }
-        _ => Some(2),
+        _ => Some(1 + s[1..].chars().next()?.len_utf8()),
     }
 }
 
@@ -210,6 +223,22 @@ mod tests {
         let html = log.push("\u{1b}[1;31merror\u{1b}[0m done\u{1b}[2K\n");
         assert!(html.contains("<span class=\"b fg1\">error</span> done</code>"), "{html}");
         assert!(html.contains("id=\"L3\""));
+    }
+
+    #[test]
+    fn broken_escapes_neither_panic_nor_swallow_the_log() {
+        let mut log = LogHtml::starting_at(1);
+        let html = log.push("a\u{1b}\u{e9}b\n");
+        assert!(html.contains("<code>ab</code>"), "ESC before a non-ASCII character: {html}");
+        let html = log.push("x\u{1b}[12\nnext line\n");
+        assert!(html.contains("<code>x</code>") && html.contains("next line"), "a CSI cut by a newline ends: {html}");
+        let mut log = LogHtml::starting_at(1);
+        let mut html = log.push("\u{1b}]0;never ended");
+        for _ in 0..100 {
+            html.push_str(&log.push(&"text\n".repeat(10)));
+        }
+        assert!(html.contains("text"), "the log after a stray OSC is shown");
+        assert!(log.pending.len() <= MAX_ESCAPE + 60);
     }
 
     #[test]

@@ -31,8 +31,40 @@ use crate::state::AppState;
 use i18n::Lang;
 use session::{Viewer, SESSION_COOKIE};
 
-/// The dashboard's routes (merged into the server's router).
+/// The dashboard's routes (merged into the server's router), each answer with the headers
+/// of [`guard`].
 pub fn router() -> Router<Arc<AppState>> {
+    dashboard_routes().layer(axum::middleware::from_fn(guard))
+}
+
+/// Refuses a form posted from another origin (`Origin` not this server's `Host`: the login
+/// form too, against signing a victim into an attacker's account), and tells browsers never to
+/// frame a dashboard page or guess its types.
+async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::POST && !same_origin(req.headers()) {
+        return (StatusCode::FORBIDDEN, "a form of another site was refused").into_response();
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("content-security-policy", HeaderValue::from_static("frame-ancestors 'none'"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    resp
+}
+
+/// Whether a request's `Origin` (when it has one; browsers send it on every POST) is the host
+/// it was sent to (`Host`, or `X-Forwarded-Host` behind a reverse proxy that rewrites `Host`).
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h).unwrap_or_default();
+    ["host", "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .any(|host| !host.is_empty() && origin_host.eq_ignore_ascii_case(host))
+}
+
+fn dashboard_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/projects") }))
         .route("/login", get(login_page).post(login))
@@ -125,7 +157,12 @@ struct NextQuery {
 /// Where to go after signing in: a path of this site only (no open redirect).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        // Printable ASCII only: a tab or newline a browser strips could make `/\t/evil` `//evil`.
+        Some(n)
+            if n.starts_with('/') && !n.starts_with("//") && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_owned()
+        }
         _ => "/projects".to_owned(),
     }
 }
@@ -156,6 +193,7 @@ async fn login(
     State(state): State<Arc<AppState>>,
     lang: Lang,
     crate::api::extract::Peer(peer): crate::api::extract::Peer,
+    headers: axum::http::HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref());
@@ -163,6 +201,12 @@ async fn login(
         cloudbuild_proto::user::Login { user: form.user, password: form.password, token_name: Some("web".into()) };
     match users::login(&state, peer, req).await {
         Ok(made) => {
+            // The session this one replaces (same browser) is revoked, not left to expire.
+            if let Some(old) = old_session(&headers) {
+                if let Ok(caller) = crate::domain::callers::identify(&state, Some(&old)).await {
+                    let _ = users::logout(&state, &caller).await;
+                }
+            }
             let secure = if state.public_url.starts_with("https://") { "; Secure" } else { "" };
             let max_age = i64::from(users::LOGIN_TOKEN_DAYS) * 86_400;
             let cookie =
@@ -192,6 +236,18 @@ async fn login(
             resp
         }
     }
+}
+
+/// The session token a request's cookie holds.
+fn old_session(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == SESSION_COOKIE && !v.is_empty())
+        .map(|(_, v)| v.to_owned())
 }
 
 #[derive(Deserialize)]
@@ -233,4 +289,36 @@ pub async fn remember_locale(req: axum::extract::Request, next: axum::middleware
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_sites_paths_are_followed_after_signing_in() {
+        assert_eq!(safe_next(Some("/tasks/12#L3")), "/tasks/12#L3");
+        for bad in ["//evil.example/", "/\t/evil.example", "/\\evil.example", "https://evil.example/", "/a b", ""] {
+            assert_eq!(safe_next(Some(bad)), "/projects", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/projects");
+    }
+
+    #[test]
+    fn forms_are_taken_from_this_origin_only() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = axum::http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(same_origin(&headers(&[("host", "ci.example:7001")])), "no Origin: not a cross-site browser form");
+        assert!(same_origin(&headers(&[("host", "ci.example:7001"), ("origin", "https://ci.example:7001")])));
+        assert!(!same_origin(&headers(&[("host", "ci.example:7001"), ("origin", "https://evil.example")])));
+        assert!(!same_origin(&headers(&[("host", "ci.example:7001"), ("origin", "null")])));
+        let proxied =
+            [("host", "127.0.0.1:7001"), ("x-forwarded-host", "ci.example"), ("origin", "https://ci.example")];
+        assert!(same_origin(&headers(&proxied)));
+    }
 }

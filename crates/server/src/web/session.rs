@@ -24,10 +24,17 @@ pub struct Viewer {
     pub csrf: String,
 }
 
-/// The CSRF token of a session: a keyed hash of its token (or of `anonymous`) with this
-/// server's key, which a page of another site can neither read nor compute.
+/// The CSRF token of a session, which a page of another site can neither read nor compute: a
+/// key derived from the session's own token (so it survives restarts and holds on every
+/// server of a cluster), or, without a session (the anonymous admin), a hash keyed with this
+/// server's random key.
 pub fn csrf_token(state: &AppState, session: Option<&str>) -> String {
-    blake3::keyed_hash(&state.csrf_key, session.unwrap_or("anonymous").as_bytes()).to_hex().to_string()
+    match session {
+        Some(token) => blake3::Hash::from(blake3::derive_key("cloudbuild 2026 dashboard csrf", token.as_bytes()))
+            .to_hex()
+            .to_string(),
+        None => blake3::keyed_hash(&state.csrf_key, b"anonymous").to_hex().to_string(),
+    }
 }
 
 impl Viewer {

@@ -8,16 +8,11 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use cloudbuild_proto::event::{EventBody, OutputStream};
-use cloudbuild_proto::project::{Project, Visibility};
-use cloudbuild_proto::time::Timestamp;
-use cloudbuild_proto::user::{ApiToken, ApiTokenRecord, GlobalRole, Member, ProjectRole, User, UserRecord};
-use cloudbuild_server::domain::callers::token_hash;
+use cloudbuild_proto::user::{GlobalRole, ProjectRole};
 use cloudbuild_store::{Fence, Store};
-use common::{api, Api};
+use common::{add_user, api, site, Api, PASSWORD};
 use serde_json::json;
 use tower::ServiceExt;
-
-const PASSWORD: &str = "correct horse battery";
 
 /// A response's status, headers and body text.
 struct Page {
@@ -75,38 +70,11 @@ fn session(name: &str) -> String {
 async fn world() -> Api {
     let api = api(|c| c.auth.allow_anonymous = Some(false)).await;
     let store: &dyn Store = api.store.as_ref();
-    let now = Timestamp::now();
-    for (name, role) in [
-        ("rep", GlobalRole::User),
-        ("dev", GlobalRole::User),
-        ("max", GlobalRole::User),
-        ("stranger", GlobalRole::User),
-    ] {
-        let password_hash = cloudbuild_server::domain::users::hash_password(PASSWORD).await.unwrap();
-        let user = User { name: name.into(), role, disabled: false, created_at: now, updated_at: now };
-        assert!(store.create_user(&UserRecord { user, password_hash }).await.unwrap());
-        let token =
-            ApiToken { user: name.into(), name: "t".into(), created_at: now, expires_at: None, last_used_at: None };
-        let hash = token_hash(&format!("cbp_{name}"));
-        assert!(store.create_api_token(&ApiTokenRecord { token, hash }).await.unwrap());
+    for name in ["rep", "dev", "max", "stranger"] {
+        add_user(store, name, GlobalRole::User, false).await;
     }
-    let member = |user: &str, role| Member { user: user.into(), role };
-    let site = Project {
-        name: "site".into(),
-        repo: "https://example.com/site.git".into(),
-        repo_identity: "example.com/site".into(),
-        default_branch: "main".into(),
-        visibility: Visibility::Private,
-        members: vec![
-            member("dev", ProjectRole::Developer),
-            member("max", ProjectRole::Maintainer),
-            member("rep", ProjectRole::Reporter),
-        ],
-        created_by: "max".into(),
-        created_at: now,
-        updated_at: now,
-    };
-    assert!(store.create_project(&site).await.unwrap());
+    let members = [("dev", ProjectRole::Developer), ("max", ProjectRole::Maintainer), ("rep", ProjectRole::Reporter)];
+    assert!(store.create_project(&site(&members)).await.unwrap());
     let body = json!({"repo": "https://example.com/site.git", "branch": "main", "name": "site", "version": "1.0.0"});
     let (status, _) = api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(body)).await;
     assert_eq!(status, StatusCode::CREATED);

@@ -7,12 +7,9 @@
 mod common;
 
 use axum::http::StatusCode;
-use cloudbuild_proto::project::{Project, Visibility};
-use cloudbuild_proto::time::Timestamp;
-use cloudbuild_proto::user::{ApiToken, ApiTokenRecord, GlobalRole, Member, ProjectRole, User, UserRecord};
-use cloudbuild_server::domain::callers::token_hash;
+use cloudbuild_proto::user::{GlobalRole, ProjectRole};
 use cloudbuild_store::Store;
-use common::{api, code, Api, WORKER_TOKEN};
+use common::{add_user, api, code, site, Api, WORKER_TOKEN};
 use serde_json::{json, Value};
 
 /// Who may call a route.
@@ -174,15 +171,6 @@ fn got(status: StatusCode, body: &Value) -> Expect {
     }
 }
 
-async fn user(store: &dyn Store, name: &str, role: GlobalRole, disabled: bool, secret: &str) {
-    let now = Timestamp::now();
-    let password_hash = cloudbuild_server::domain::users::hash_password("correct horse battery").await.unwrap();
-    let user = User { name: name.into(), role, disabled, created_at: now, updated_at: now };
-    assert!(store.create_user(&UserRecord { user, password_hash }).await.unwrap());
-    let token = ApiToken { user: name.into(), name: "t".into(), created_at: now, expires_at: None, last_used_at: None };
-    assert!(store.create_api_token(&ApiTokenRecord { token, hash: token_hash(secret) }).await.unwrap());
-}
-
 /// A server that requires sign-in, its users, the project `site` with its members, and one
 /// queued task of `site`.
 async fn world() -> Api {
@@ -206,27 +194,16 @@ async fn world_with(configure: impl FnOnce(&mut cloudbuild_server::config::Serve
         ("revoked", GlobalRole::User, false),
         ("newbie", GlobalRole::User, false),
     ] {
-        user(store, name, role, disabled, &format!("cbp_{name}")).await;
+        add_user(store, name, role, disabled).await;
     }
     assert!(store.delete_api_token("revoked", "t").await.unwrap());
-    let member = |user: &str, role| Member { user: user.into(), role };
-    let site = Project {
-        name: "site".into(),
-        repo: "https://example.com/site.git".into(),
-        repo_identity: "example.com/site".into(),
-        default_branch: "main".into(),
-        visibility: Visibility::Private,
-        members: vec![
-            member("dev", ProjectRole::Developer),
-            member("disabled", ProjectRole::Developer),
-            member("max", ProjectRole::Maintainer),
-            member("rep", ProjectRole::Reporter),
-        ],
-        created_by: "max".into(),
-        created_at: Timestamp(1),
-        updated_at: Timestamp(1),
-    };
-    assert!(store.create_project(&site).await.unwrap());
+    let members = [
+        ("dev", ProjectRole::Developer),
+        ("disabled", ProjectRole::Developer),
+        ("max", ProjectRole::Maintainer),
+        ("rep", ProjectRole::Reporter),
+    ];
+    assert!(store.create_project(&site(&members)).await.unwrap());
     let body = task_body();
     let (status, task) = api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(body)).await;
     assert_eq!((status, task["id"].as_i64()), (StatusCode::CREATED, Some(1)), "{task}");

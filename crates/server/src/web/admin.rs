@@ -7,14 +7,13 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 
 use super::format::when;
 use super::i18n::Lang;
 use super::pages::refused;
-use super::session::{url_encode, Viewer};
-use super::{csrf_refused, html, Chrome, CsrfForm};
+use super::session::{url_encode, Checked, Viewer, WithCsrf};
+use super::{html, Chrome, CsrfForm};
 use crate::domain::{audit, users, workers};
 use crate::state::AppState;
 
@@ -187,16 +186,18 @@ pub struct NewToken {
     days: Option<String>,
 }
 
+impl WithCsrf for NewToken {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// `POST /tokens`: a new token, its secret shown on the page this once.
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
     lang: Lang,
-    viewer: Viewer,
-    Form(form): Form<NewToken>,
+    Checked(viewer, form): Checked<NewToken>,
 ) -> Response {
-    if !viewer.csrf_ok(&form.csrf) {
-        return csrf_refused(&lang);
-    }
     let days = form.days.as_deref().map(str::trim).filter(|d| !d.is_empty());
     let expires_in_days = match days.map(str::parse::<u32>).transpose() {
         Ok(d) => d,
@@ -212,14 +213,9 @@ pub async fn create_token(
 /// `POST /tokens/{name}/revoke`.
 pub async fn revoke_token(
     State(state): State<Arc<AppState>>,
-    lang: Lang,
-    viewer: Viewer,
     Path(name): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Checked(viewer, _): Checked<CsrfForm>,
 ) -> Response {
-    if !viewer.csrf_ok(&form.csrf) {
-        return csrf_refused(&lang);
-    }
     match users::revoke_token(&state, &viewer.caller, &name).await {
         // Revoking the session's own token signs it out: the next page asks to sign in.
         Ok(()) => Redirect::to("/tokens").into_response(),

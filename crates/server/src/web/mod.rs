@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::domain::users::{self, UserError};
 use crate::state::AppState;
 use i18n::Lang;
-use session::{Viewer, SESSION_COOKIE};
+use session::{Checked, Viewer, SESSION_COOKIE};
 
 /// The dashboard's routes (merged into the server's router), each answer with the headers
 /// of [`guard`].
@@ -168,15 +168,12 @@ fn safe_next(next: Option<&str>) -> String {
 }
 
 async fn login_page(lang: Lang, axum::extract::Query(q): axum::extract::Query<NextQuery>) -> Response {
-    let page = LoginPage {
-        lang,
-        who: None,
-        signed_in: false,
-        csrf: String::new(),
-        admin: false,
-        next: safe_next(q.next.as_deref()),
-        error: None,
-    };
+    login_form(lang, safe_next(q.next.as_deref()), None)
+}
+
+/// The login page, with the error of a failed attempt.
+fn login_form(lang: Lang, next: String, error: Option<String>) -> Response {
+    let page = LoginPage { lang, who: None, signed_in: false, csrf: String::new(), admin: false, next, error };
     html(askama::Template::render(&page))
 }
 
@@ -222,16 +219,7 @@ async fn login(
                     lang.t("login-failed")
                 }
             };
-            let page = LoginPage {
-                lang,
-                who: None,
-                signed_in: false,
-                csrf: String::new(),
-                admin: false,
-                next,
-                error: Some(error),
-            };
-            let mut resp = html(askama::Template::render(&page));
+            let mut resp = login_form(lang, next, Some(error));
             *resp.status_mut() = StatusCode::UNAUTHORIZED;
             resp
         }
@@ -250,26 +238,20 @@ fn old_session(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// A form with nothing but its CSRF token (a button).
 #[derive(Deserialize)]
 pub struct CsrfForm {
     pub csrf: String,
 }
 
-/// A form refused for its CSRF token.
-pub(crate) fn csrf_refused(lang: &Lang) -> Response {
-    (StatusCode::FORBIDDEN, lang.t("csrf-refused")).into_response()
+impl session::WithCsrf for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// Signing out revokes the session's token and clears the cookie.
-async fn logout(
-    State(state): State<Arc<AppState>>,
-    lang: Lang,
-    viewer: Viewer,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if !viewer.csrf_ok(&form.csrf) {
-        return csrf_refused(&lang);
-    }
+async fn logout(State(state): State<Arc<AppState>>, Checked(viewer, _): Checked<CsrfForm>) -> Response {
     if let Err(e) = users::logout(&state, &viewer.caller).await {
         tracing::info!("dashboard sign-out: {e}");
     }

@@ -8,15 +8,14 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use cloudbuild_proto::task::{Environment, Task, TaskId};
 use cloudbuild_proto::user::ProjectRole;
 use serde::Deserialize;
 
 use super::format::{duration, when, TaskRow};
 use super::i18n::Lang;
-use super::session::{url_encode, Viewer};
-use super::{csrf_refused, html, Chrome, CsrfForm};
+use super::session::{url_encode, Checked, Viewer, WithCsrf};
+use super::{html, Chrome, CsrfForm};
 use crate::api::error::ApiError;
 use crate::domain::policy::{self, ProjectAction};
 use crate::domain::{projects, releases, tasks};
@@ -175,17 +174,18 @@ pub struct RollbackForm {
     to: String,
 }
 
+impl WithCsrf for RollbackForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// `POST /projects/{name}/rollback`: switches an environment to a version (maintainers).
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
-    lang: Lang,
-    viewer: Viewer,
     Path(name): Path<String>,
-    Form(form): Form<RollbackForm>,
+    Checked(viewer, form): Checked<RollbackForm>,
 ) -> Response {
-    if !viewer.csrf_ok(&form.csrf) {
-        return csrf_refused(&lang);
-    }
     let req = cloudbuild_proto::release::RollbackRequest { name: name.clone(), env: form.env, to: Some(form.to) };
     match releases::rollback(&state, &viewer.caller, &req).await {
         Ok(_) => Redirect::to(&format!("/projects/{}", path_of(&name))).into_response(),
@@ -283,14 +283,9 @@ fn stages(lang: &Lang, t: &Task, seen: &[(String, i64)]) -> Vec<(String, String,
 /// `POST /tasks/{id}/cancel` (developers).
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    lang: Lang,
-    viewer: Viewer,
     Path(id): Path<TaskId>,
-    Form(form): Form<CsrfForm>,
+    Checked(viewer, _): Checked<CsrfForm>,
 ) -> Response {
-    if !viewer.csrf_ok(&form.csrf) {
-        return csrf_refused(&lang);
-    }
     match tasks::cancel(&state, &viewer.caller, id).await {
         Ok(_) => Redirect::to(&format!("/tasks/{id}")).into_response(),
         Err(e) => refused(e),
@@ -300,14 +295,9 @@ pub async fn cancel(
 /// `POST /tasks/{id}/retry` (developers; maintainers for `prod`): to the new build's page.
 pub async fn retry(
     State(state): State<Arc<AppState>>,
-    lang: Lang,
-    viewer: Viewer,
     Path(id): Path<TaskId>,
-    Form(form): Form<CsrfForm>,
+    Checked(viewer, _): Checked<CsrfForm>,
 ) -> Response {
-    if !viewer.csrf_ok(&form.csrf) {
-        return csrf_refused(&lang);
-    }
     match tasks::retry(&state, &viewer.caller, id).await {
         Ok(t) => Redirect::to(&format!("/tasks/{}", t.id)).into_response(),
         Err(e) => refused(e),

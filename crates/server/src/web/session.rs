@@ -60,6 +60,31 @@ pub fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// A form that carries a CSRF token (its `csrf` field).
+pub trait WithCsrf {
+    fn csrf(&self) -> &str;
+}
+
+/// A form posted by a viewer, its CSRF token checked: the extractor of every state-changing
+/// dashboard route. A forged or missing token is refused (403) before the handler runs.
+pub struct Checked<T>(pub Viewer, pub T);
+
+impl<T: serde::de::DeserializeOwned + WithCsrf + Send> axum::extract::FromRequest<Arc<AppState>> for Checked<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let viewer = Viewer::from_request_parts(&mut parts, state).await?;
+        let Ok(lang) = super::i18n::Lang::from_request_parts(&mut parts, state).await;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let axum::Form(form) = axum::Form::<T>::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        if !viewer.csrf_ok(form.csrf()) {
+            return Err((StatusCode::FORBIDDEN, lang.t("csrf-refused")).into_response());
+        }
+        Ok(Checked(viewer, form))
+    }
+}
+
 impl FromRequestParts<Arc<AppState>> for Viewer {
     type Rejection = Response;
 

@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
+use cloudbuild_proto::project::{Project, Visibility};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::user::{ApiToken, ApiTokenRecord, GlobalRole, Member, ProjectRole, User, UserRecord};
 use cloudbuild_server::config::ServerConfig;
 use cloudbuild_server::{app_state, router};
 use cloudbuild_store::SqliteStore;
+use cloudbuild_store::Store;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -70,4 +74,33 @@ impl Api {
 
 pub(crate) fn code(body: &Value) -> &str {
     body["code"].as_str().unwrap_or_default()
+}
+
+/// The password of the users [`add_user`] makes.
+pub(crate) const PASSWORD: &str = "correct horse battery";
+
+/// Adds a user with [`PASSWORD`] and one personal token, `cbp_<name>` (named `t`).
+pub(crate) async fn add_user(store: &dyn Store, name: &str, role: GlobalRole, disabled: bool) {
+    let now = Timestamp::now();
+    let password_hash = cloudbuild_server::domain::users::hash_password(PASSWORD).await.unwrap();
+    let user = User { name: name.into(), role, disabled, created_at: now, updated_at: now };
+    assert!(store.create_user(&UserRecord { user, password_hash }).await.unwrap());
+    let token = ApiToken { user: name.into(), name: "t".into(), created_at: now, expires_at: None, last_used_at: None };
+    let hash = cloudbuild_server::domain::callers::token_hash(&format!("cbp_{name}"));
+    assert!(store.create_api_token(&ApiTokenRecord { token, hash }).await.unwrap());
+}
+
+/// The private project `site` (from `https://example.com/site.git`) with these members.
+pub(crate) fn site(members: &[(&str, ProjectRole)]) -> Project {
+    Project {
+        name: "site".into(),
+        repo: "https://example.com/site.git".into(),
+        repo_identity: "example.com/site".into(),
+        default_branch: "main".into(),
+        visibility: Visibility::Private,
+        members: members.iter().map(|(user, role)| Member { user: (*user).into(), role: *role }).collect(),
+        created_by: "max".into(),
+        created_at: Timestamp(1),
+        updated_at: Timestamp(1),
+    }
 }

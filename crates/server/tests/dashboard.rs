@@ -198,8 +198,17 @@ async fn a_long_log_puts_only_its_tail_in_the_page() {
     assert_eq!(lines, cloudbuild_server::web::pages::PAGE_LINES, "a bounded number of line nodes");
     // 2 stage lines (created, waiting for a worker), 2 of the world's output, 5,000 here.
     assert!(page.body.contains("id=\"L5004\"><a href=\"#L5004\">5004</a><code>line 5000</code>"), "the tail, numbered");
-    assert!(page.body.contains("3004 earlier lines are not shown"), "{}", &page.body[..2000.min(page.body.len())]);
+    assert!(page.body.contains("href=\"/tasks/1?from=1005#log\">3004 earlier lines: show the page before"));
     assert!(!page.body.contains("<code>line 3000</code>") && page.body.contains("<code>line 3001</code>"));
+    // The pages before the tail: from a line on, 2,000 lines, with links both ways, not live.
+    let first = send(&api, "GET", "/tasks/1?from=1", Some(&session("rep")), None, &[]).await;
+    assert_eq!(first.body.matches("<div class=\"l").count(), 2000);
+    assert!(first.body.contains("id=\"L1\"") && first.body.contains("<code>line 1996</code>"));
+    assert!(!first.body.contains("<code>line 1997</code>") && !first.body.contains("earlier lines"));
+    assert!(first.body.contains("href=\"/tasks/1?from=2001#log\">3004 later lines: show the page after"));
+    assert!(!first.body.contains("sse-connect"), "a page of earlier lines is not followed live");
+    let past = send(&api, "GET", "/tasks/1?from=99999", Some(&session("rep")), None, &[]).await;
+    assert!(past.body.contains("id=\"L5004\"") && !past.body.contains("later lines"), "clamped to the tail");
 }
 
 #[tokio::test]

@@ -30,8 +30,9 @@ const PAGE: u32 = 1_000;
 pub struct Rendered {
     /// The last `keep` lines' HTML.
     pub html: String,
-    /// Lines before those (not rendered into the page).
+    /// Lines before those, and after them (not rendered into the page).
     pub skipped_lines: u64,
+    pub later_lines: u64,
     /// The number the next line gets, and the last event read: where the live stream starts.
     pub next_line: u64,
     pub last_seq: u64,
@@ -65,10 +66,16 @@ fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>) ->
     }
 }
 
-/// Reads the stored log of `task` and renders its last `keep` lines: a first pass counts the
-/// lines (no HTML), the second renders only the tail, so a 200,000-line log costs the HTML of
-/// `keep` lines. Reads up to event `until` (the first pass's end), so both passes agree.
-pub async fn render_all(state: &AppState, task: &Task, keep: u64) -> Result<Rendered, crate::domain::tasks::TaskError> {
+/// Reads the stored log of `task` and renders `keep` lines of it: from line `from`, or its
+/// last ones. A first pass counts the lines (no HTML), the second renders only the window, so
+/// a 200,000-line log costs the HTML of `keep` lines. Reads up to event `until` (the first
+/// pass's end), so both passes agree.
+pub async fn render_all(
+    state: &AppState,
+    task: &Task,
+    keep: u64,
+    from: Option<u64>,
+) -> Result<Rendered, crate::domain::tasks::TaskError> {
     let mut counter = LogHtml::rendering_from(u64::MAX);
     let until = read(state, task.id, u64::MAX, |ev| {
         render(&mut counter, ev, &mut Vec::new());
@@ -76,13 +83,22 @@ pub async fn render_all(state: &AppState, task: &Task, keep: u64) -> Result<Rend
     .await?;
     counter.finish();
     let total = counter.next_line - 1;
-    let render_from = (total + 1).saturating_sub(keep).max(1);
-    let mut log = LogHtml::rendering_from(render_from);
+    let tail_from = (total + 1).saturating_sub(keep).max(1);
+    let render_from = from.map_or(tail_from, |f| f.clamp(1, tail_from));
+    let mut log = LogHtml::rendering_window(render_from, render_from + keep);
     let (mut html, mut stages) = (String::new(), Vec::new());
     read(state, task.id, until, |ev| html.push_str(&render(&mut log, ev, &mut stages))).await?;
     // An unfinished last line is shown as a line; the live stream numbers on after it.
     html.push_str(&log.finish());
-    Ok(Rendered { html, skipped_lines: render_from - 1, next_line: log.next_line, last_seq: until, stages })
+    let later_lines = total.saturating_sub(render_from + keep - 1);
+    Ok(Rendered {
+        html,
+        skipped_lines: render_from - 1,
+        later_lines,
+        next_line: log.next_line,
+        last_seq: until,
+        stages,
+    })
 }
 
 /// Hands every stored event of `task` up to event `until` to `each`, page by page; returns

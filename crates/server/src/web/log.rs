@@ -18,6 +18,8 @@ pub struct LogHtml {
     /// Lines numbered below this are counted, not rendered (the part of a long log the page
     /// leaves out); 0 renders every line.
     render_from: u64,
+    /// Lines numbered from this on are counted, not rendered (0: no bound).
+    render_to: u64,
     /// Whether an uncounted line has text (lines below `render_from`).
     quiet_open: bool,
 }
@@ -30,6 +32,12 @@ impl LogHtml {
     /// Lines numbered from 1, rendered from line `first` on (the ones before only counted).
     pub fn rendering_from(first: u64) -> Self {
         LogHtml { next_line: 1, render_from: first, ..Default::default() }
+    }
+
+    /// Lines numbered from 1, rendered from line `first` to before line `end` (the others only
+    /// counted): one page of a long log.
+    pub fn rendering_window(first: u64, end: u64) -> Self {
+        LogHtml { next_line: 1, render_from: first, render_to: end, ..Default::default() }
     }
 
     /// Adds text; returns the HTML of the lines it completed.
@@ -103,7 +111,7 @@ impl LogHtml {
     }
 
     fn quiet(&self) -> bool {
-        self.next_line < self.render_from
+        self.next_line < self.render_from || (self.render_to > 0 && self.next_line >= self.render_to)
     }
 
     fn put(&mut self, c: char) {

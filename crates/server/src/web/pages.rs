@@ -216,12 +216,29 @@ struct TaskPage {
     live: bool,
     log_html: String,
     earlier: u64,
+    /// Where the page of earlier lines starts; the later lines' count and start.
+    earlier_from: u64,
+    later: u64,
+    later_from: u64,
     after: u64,
     next_line: u64,
 }
 
-/// `GET /tasks/{id}`: the build's header, stages and log (its tail; live while it runs).
-pub async fn task(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer, Path(id): Path<String>) -> Response {
+#[derive(Deserialize)]
+pub struct TaskQuery {
+    /// Show the log from this line (a page of [`PAGE_LINES`]) instead of its tail.
+    from: Option<u64>,
+}
+
+/// `GET /tasks/{id}?from=N`: the build's header, stages and log (its tail, live while it runs;
+/// or the page of lines from `N`, with links to the pages before and after).
+pub async fn task(
+    State(state): State<Arc<AppState>>,
+    lang: Lang,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Query(q): Query<TaskQuery>,
+) -> Response {
     let Some(id) = id.parse::<TaskId>().ok().filter(|i| *i > 0) else { return StatusCode::NOT_FOUND.into_response() };
     let t = match tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
         Ok(t) => t,
@@ -229,11 +246,12 @@ pub async fn task(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer
     };
     let project = state.store.get_project(&t.name).await.ok().flatten();
     let role = policy::project_role(&viewer.caller, project.as_ref());
-    let rendered = match super::live::render_all(&state, &t, PAGE_LINES).await {
+    let rendered = match super::live::render_all(&state, &t, PAGE_LINES, q.from).await {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
-    let live = !t.state.is_terminal();
+    // A page of earlier lines is not followed live; the tail is, while the build runs.
+    let live = !t.state.is_terminal() && rendered.later_lines == 0;
     let publish_role = ProjectAction::Publish(t.env).needs();
     let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
     let page = TaskPage {
@@ -250,6 +268,9 @@ pub async fn task(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer
         stages: stages(&lang, &t, &rendered.stages),
         live,
         earlier: rendered.skipped_lines,
+        earlier_from: rendered.skipped_lines.saturating_sub(PAGE_LINES) + 1,
+        later: rendered.later_lines,
+        later_from: rendered.skipped_lines + PAGE_LINES + 1,
         after: rendered.last_seq,
         next_line: rendered.next_line,
         log_html: rendered.html,

@@ -262,3 +262,28 @@ async fn pages_refuse_framing_and_forms_from_other_sites_and_a_finished_live_log
     let after_end = send(&api, "GET", &uri, Some(&session("rep")), None, &[]).await;
     assert_eq!(after_end.body, "event: end\ndata: cancelled\n\n");
 }
+
+#[tokio::test]
+async fn admins_manage_users_from_the_users_page() {
+    let api = world().await;
+    add_user(api.store.as_ref(), "root", GlobalRole::Admin, false).await;
+    assert_eq!(send(&api, "GET", "/users", Some(&session("rep")), None, &[]).await.status, StatusCode::FORBIDDEN);
+    let page = send(&api, "GET", "/users", Some(&session("root")), None, &[]).await;
+    assert!(page.body.contains("<td>rep</td>") && page.body.contains("href=\"/users\""), "{}", page.body);
+    let csrf = page.csrf();
+    let form = format!("csrf={csrf}&name=newbie&password={}", PASSWORD.replace(' ', "+"));
+    let made = send(&api, "POST", "/users", Some(&session("root")), Some(&form), &[]).await;
+    assert_eq!((made.status, made.header("location")), (StatusCode::SEE_OTHER, "/users".to_owned()));
+    assert!(api.store.get_user("newbie").await.unwrap().is_some());
+    let forged = send(&api, "POST", "/users/rep", Some(&session("root")), Some("csrf=x&change=disable"), &[]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let off =
+        send(&api, "POST", "/users/rep", Some(&session("root")), Some(&format!("csrf={csrf}&change=disable")), &[])
+            .await;
+    assert_eq!(off.status, StatusCode::SEE_OTHER);
+    let rep = send(&api, "GET", "/projects", Some(&session("rep")), None, &[]).await;
+    assert_eq!(rep.status, StatusCode::SEE_OTHER, "a disabled user's session ends");
+    let last =
+        send(&api, "POST", "/users/root", Some(&session("root")), Some(&format!("csrf={csrf}&change=user")), &[]).await;
+    assert_eq!(last.status, StatusCode::CONFLICT, "the last admin stays one: {}", last.body);
+}

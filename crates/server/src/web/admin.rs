@@ -1,6 +1,6 @@
 //! The dashboard's pages about the server rather than one project: workers and worker tokens
-//! (admins), the audit log (admins: all; maintainers: their projects), and a user's own API
-//! tokens. Access is `domain::policy`'s, through the same services as the API.
+//! (admins), users (admins), the audit log (admins: all; maintainers: their projects), and a
+//! user's own API tokens. Access is `domain::policy`'s, through the same services as the API.
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use super::session::{url_encode, Checked, Viewer, WithCsrf};
 use super::{html, Chrome, CsrfForm};
 use crate::domain::{audit, users, workers};
 use crate::state::AppState;
+use cloudbuild_proto::user::{EditUser, GlobalRole};
 
 struct WorkerRow {
     name: String,
@@ -219,6 +220,86 @@ pub async fn revoke_token(
     match users::revoke_token(&state, &viewer.caller, &name).await {
         // Revoking the session's own token signs it out: the next page asks to sign in.
         Ok(()) => Redirect::to("/tokens").into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+struct UsersPage {
+    lang: Lang,
+    who: Option<String>,
+    signed_in: bool,
+    csrf: String,
+    admin: bool,
+    /// `(name, role, disabled, created)`.
+    users: Vec<(String, String, bool, String)>,
+}
+
+/// `GET /users` (admins): every user, with buttons to disable or enable them and change their
+/// role, and a form for a new one.
+pub async fn users(State(state): State<Arc<AppState>>, lang: Lang, viewer: Viewer) -> Response {
+    let list = match users::list(&state, &viewer.caller).await {
+        Ok(l) => l,
+        Err(e) => return refused(e),
+    };
+    let users = list.into_iter().map(|u| (u.name, u.role.to_string(), u.disabled, when(&lang, u.created_at))).collect();
+    let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
+    html(UsersPage { lang, who, signed_in, csrf, admin, users }.render())
+}
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    csrf: String,
+    name: String,
+    password: String,
+    admin: Option<String>,
+}
+
+impl WithCsrf for NewUser {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// `POST /users` (admins).
+pub async fn create_user(State(state): State<Arc<AppState>>, Checked(viewer, form): Checked<NewUser>) -> Response {
+    let role = if form.admin.is_some() { GlobalRole::Admin } else { GlobalRole::User };
+    let req = cloudbuild_proto::user::CreateUser { name: form.name, password: form.password, role: Some(role) };
+    match users::create(&state, &viewer.caller, req).await {
+        Ok(_) => Redirect::to("/users").into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ChangeUser {
+    csrf: String,
+    /// `enable`, `disable`, `admin` or `user`.
+    change: String,
+}
+
+impl WithCsrf for ChangeUser {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// `POST /users/{name}` (admins): enable, disable, or change the role.
+pub async fn change_user(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Checked(viewer, form): Checked<ChangeUser>,
+) -> Response {
+    let edit = match form.change.as_str() {
+        "enable" => EditUser { disabled: Some(false), ..Default::default() },
+        "disable" => EditUser { disabled: Some(true), ..Default::default() },
+        "admin" => EditUser { role: Some(GlobalRole::Admin), ..Default::default() },
+        "user" => EditUser { role: Some(GlobalRole::User), ..Default::default() },
+        other => return refused(users::UserError::Refused(format!("unknown change `{other}`"))),
+    };
+    match users::edit(&state, &viewer.caller, &name, edit).await {
+        Ok(_) => Redirect::to("/users").into_response(),
         Err(e) => refused(e),
     }
 }

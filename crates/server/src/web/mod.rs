@@ -78,6 +78,8 @@ fn dashboard_routes() -> Router<Arc<AppState>> {
         .route("/tasks/{id}/live", get(live::live))
         .route("/tasks/{id}/raw", get(live::raw))
         .route("/workers", get(admin::workers))
+        .route("/users", get(admin::users).post(admin::create_user))
+        .route("/users/{name}", post(admin::change_user))
         .route("/audit", get(admin::audit))
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{name}/revoke", post(admin::revoke_token))

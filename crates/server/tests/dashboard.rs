@@ -287,3 +287,19 @@ async fn admins_manage_users_from_the_users_page() {
         send(&api, "POST", "/users/root", Some(&session("root")), Some(&format!("csrf={csrf}&change=user")), &[]).await;
     assert_eq!(last.status, StatusCode::CONFLICT, "the last admin stays one: {}", last.body);
 }
+
+#[tokio::test]
+async fn a_projects_builds_are_filtered_by_state_branch_environment_trigger_and_who() {
+    let api = world().await;
+    let shows = |body: &str| body.contains("href=\"/tasks/1\">1</a>");
+    let rep = session("rep");
+    let get = |q: &'static str| send(&api, "GET", q, Some(&rep), None, &[]);
+    assert!(shows(&get("/projects/site").await.body));
+    assert!(shows(&get("/projects/site?state=queued&branch=main&env=test&trigger=api&who=max").await.body));
+    for q in ["state=failed", "branch=dev", "env=prod", "trigger=webhook", "who=rep"] {
+        let page = send(&api, "GET", &format!("/projects/site?{q}"), Some(&session("rep")), None, &[]).await;
+        assert!(!shows(&page.body) && page.body.contains("No builds yet."), "{q}");
+    }
+    let kept = get("/projects/site?who=max").await;
+    assert!(kept.body.contains("name=\"who\" value=\"max\""), "the filter is kept in the form");
+}

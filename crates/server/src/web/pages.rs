@@ -114,6 +114,9 @@ struct ProjectPage {
     builds: Vec<TaskRow>,
     members: Vec<(String, String)>,
     can_rollback: bool,
+    filter: BuildFilter,
+    /// The query of the next page of builds, if there are more.
+    older_query: Option<String>,
 }
 
 /// `GET /projects/{name}`: releases per environment (rollback for maintainers), builds,
@@ -123,6 +126,7 @@ pub async fn project(
     lang: Lang,
     viewer: Viewer,
     Path(name): Path<String>,
+    Query(f): Query<BuildFilter>,
 ) -> Response {
     let p = match projects::get(&state, &viewer.caller, &name, ProjectAction::Read).await {
         Ok(p) => p,
@@ -142,9 +146,8 @@ pub async fn project(
             pruned: r.pruned,
         })
         .collect();
-    let query = tasks::ListQuery { name: Some(p.name.clone()), limit: Some(50), ..Default::default() };
-    let builds = match tasks::list(&state, &viewer.caller, query).await {
-        Ok(page) => page.tasks.iter().map(|t| TaskRow::of(&lang, t)).collect(),
+    let (builds, older) = match filtered_builds(&state, &viewer, &p.name, &f).await {
+        Ok((tasks, older)) => (tasks.iter().map(|t| TaskRow::of(&lang, t)).collect(), older),
         Err(e) => return refused(e),
     };
     let members = p.members.iter().map(|m| (m.user.clone(), m.role.to_string())).collect();
@@ -163,8 +166,87 @@ pub async fn project(
         builds,
         members,
         can_rollback: role >= Some(ProjectRole::Maintainer),
+        older_query: older.map(|before| format!("{}&before={before}", f.query())),
+        filter: f,
     };
     html(page.render())
+}
+
+/// The build filters of a project page (`?state=&branch=&env=&trigger=&who=&before=`).
+#[derive(Debug, Default, Deserialize)]
+pub struct BuildFilter {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub branch: String,
+    #[serde(default)]
+    pub env: String,
+    #[serde(default)]
+    pub trigger: String,
+    #[serde(default)]
+    pub who: String,
+    pub before: Option<TaskId>,
+}
+
+impl BuildFilter {
+    fn keeps(&self, t: &Task) -> bool {
+        let is = |want: &str, have: &str| want.is_empty() || want == have;
+        is(&self.branch, &t.branch)
+            && is(&self.env, t.env.as_str())
+            && is(&self.trigger, t.trigger.as_str())
+            && is(&self.who, &t.requested_by)
+    }
+
+    /// The filters as a URL query (without `before`).
+    fn query(&self) -> String {
+        [
+            ("state", &self.state),
+            ("branch", &self.branch),
+            ("env", &self.env),
+            ("trigger", &self.trigger),
+            ("who", &self.who),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={}", url_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+/// How many builds a project page lists.
+const BUILDS_PER_PAGE: usize = 50;
+
+/// A page of the project's builds that pass the filter (the state by the store's query, the
+/// rest here, over at most 10 pages of 200), and where the next page starts.
+async fn filtered_builds(
+    state: &AppState,
+    viewer: &Viewer,
+    name: &str,
+    f: &BuildFilter,
+) -> Result<(Vec<Task>, Option<TaskId>), tasks::TaskError> {
+    let (mut kept, mut before) = (Vec::new(), f.before);
+    for _ in 0..10 {
+        let query = tasks::ListQuery {
+            name: Some(name.to_owned()),
+            state: Some(f.state.clone()).filter(|s| !s.is_empty()),
+            before,
+            limit: Some(200),
+        };
+        let page = tasks::list(state, &viewer.caller, query).await?;
+        for t in page.tasks {
+            before = Some(t.id);
+            if f.keeps(&t) {
+                kept.push(t);
+                if kept.len() == BUILDS_PER_PAGE {
+                    return Ok((kept, before));
+                }
+            }
+        }
+        if page.next_before.is_none() {
+            return Ok((kept, None));
+        }
+    }
+    Ok((kept, before))
 }
 
 #[derive(Deserialize)]

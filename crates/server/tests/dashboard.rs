@@ -209,6 +209,22 @@ async fn a_long_log_puts_only_its_tail_in_the_page() {
     assert!(!first.body.contains("sse-connect"), "a page of earlier lines is not followed live");
     let past = send(&api, "GET", "/tasks/1?from=99999", Some(&session("rep")), None, &[]).await;
     assert!(past.body.contains("id=\"L5004\"") && !past.body.contains("later lines"), "clamped to the tail");
+    // Searched on the server over the whole log, ignoring case; each hit links into its page.
+    let one = send(&api, "GET", "/tasks/1/search?q=LINE+4242", Some(&session("rep")), None, &[]).await;
+    assert!(one.body.contains("1 matching lines"), "{}", one.body);
+    assert!(one.body.contains("href=\"/tasks/1?from=3246#L4246\">4246</a><code>line 4242</code>"), "{}", one.body);
+    let many = send(&api, "GET", "/tasks/1/search?q=line+1", Some(&session("rep")), None, &[]).await;
+    assert_eq!(many.body.matches("<div class=\"l\">").count(), 500);
+    assert!(many.body.contains("(the first 500 are shown)"));
+    let markup = send(&api, "GET", "/tasks/1/search?q=%3Cscript", Some(&session("rep")), None, &[]).await;
+    assert!(
+        markup.body.contains("<code>&#60;script&#62;") || markup.body.contains("<code>&lt;script&gt;"),
+        "{}",
+        markup.body
+    );
+    assert!(!markup.body.contains("<code><script>"));
+    let stranger = send(&api, "GET", "/tasks/1/search?q=line", Some(&session("stranger")), None, &[]).await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -90,3 +90,7 @@ users-make-admin = Make admin
 users-make-user = Make user
 users-new = New user
 users-create = Create
+build-search = Search the log
+search-title = Search
+search-count = { $count } matching lines
+search-capped = (the first { $count } are shown)

@@ -89,3 +89,7 @@ users-make-admin = 设为管理员
 users-make-user = 设为普通用户
 users-new = 新建用户
 users-create = 创建
+build-search = 搜索日志
+search-title = 搜索
+search-count = 共 { $count } 行匹配
+search-capped = （只显示前 { $count } 行）

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use askama::Template;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -234,4 +235,68 @@ pub async fn raw(State(state): State<Arc<AppState>>, viewer: Viewer, Path(id): P
         text,
     )
         .into_response()
+}
+
+/// The most matching lines a search of a log shows.
+pub const MAX_MATCHES: usize = 500;
+
+#[derive(Template)]
+#[template(path = "search.html")]
+struct SearchPage {
+    lang: super::i18n::Lang,
+    who: Option<String>,
+    signed_in: bool,
+    csrf: String,
+    admin: bool,
+    id: TaskId,
+    title: String,
+    q: String,
+    /// `(line, text, the page it is on)`.
+    hits: Vec<(u64, String, u64)>,
+    capped: bool,
+}
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+/// `GET /tasks/{id}/search?q=`: the lines of the whole log that contain `q` (ignoring case),
+/// searched on the server (the page holds only a window of a long log), each linking to its
+/// line in the page of lines around it; at most [`MAX_MATCHES`].
+pub async fn search(
+    State(state): State<Arc<AppState>>,
+    lang: super::i18n::Lang,
+    viewer: Viewer,
+    Path(id): Path<TaskId>,
+    Query(query): Query<SearchQuery>,
+) -> Response {
+    if let Err(e) = tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
+        return refused(e);
+    }
+    let q = query.q.unwrap_or_default().trim().to_owned();
+    let needle = q.to_lowercase();
+    let (mut hits, mut capped, mut log) = (Vec::new(), false, LogHtml::plain());
+    let mut take = |lines: String, hits: &mut Vec<(u64, String, u64)>| {
+        for (n, text) in lines.lines().filter_map(|l| l.split_once('\t')) {
+            if hits.len() == MAX_MATCHES {
+                capped = true;
+                return;
+            }
+            if text.to_lowercase().contains(&needle) {
+                let n: u64 = n.parse().unwrap_or_default();
+                hits.push((n, text.to_owned(), n.saturating_sub(super::pages::PAGE_LINES / 2).max(1)));
+            }
+        }
+    };
+    if !needle.is_empty() {
+        let read = read(&state, id, u64::MAX, |ev| take(render(&mut log, ev, &mut Vec::new()), &mut hits)).await;
+        if let Err(e) = read {
+            return refused(e);
+        }
+        take(log.finish(), &mut hits);
+    }
+    let title = lang.t1("build-title", "id", id);
+    let super::Chrome { lang, who, signed_in, csrf, admin } = super::Chrome::of(lang, Some(&viewer));
+    super::html(SearchPage { lang, who, signed_in, csrf, admin, id, title, q, hits, capped }.render())
 }

@@ -22,6 +22,8 @@ pub struct LogHtml {
     render_to: u64,
     /// Whether an uncounted line has text (lines below `render_from`).
     quiet_open: bool,
+    /// Lines as `<number>\t<text>\n`, without markup or escaping (for searching a log).
+    plain: bool,
 }
 
 impl LogHtml {
@@ -32,6 +34,12 @@ impl LogHtml {
     /// Lines numbered from 1, rendered from line `first` on (the ones before only counted).
     pub fn rendering_from(first: u64) -> Self {
         LogHtml { next_line: 1, render_from: first, ..Default::default() }
+    }
+
+    /// Lines numbered from 1 as plain text, `<number>\t<text>\n` each (escape sequences
+    /// dropped, nothing escaped): what a search of the log matches.
+    pub fn plain() -> Self {
+        LogHtml { next_line: 1, plain: true, ..Default::default() }
     }
 
     /// Lines numbered from 1, rendered from line `first` to before line `end` (the others only
@@ -94,6 +102,12 @@ impl LogHtml {
         }
         self.classes = saved;
         let n = self.next_line;
+        if self.plain {
+            let _ = writeln!(out, "{n}\t{}", self.open);
+            self.open.clear();
+            self.next_line += 1;
+            return out;
+        }
         let _ =
             writeln!(out, "<div class=\"l st\" id=\"L{n}\"><a href=\"#L{n}\">{n}</a><code>{}</code></div>", self.open);
         self.open.clear();
@@ -119,6 +133,10 @@ impl LogHtml {
             self.quiet_open = true;
             return;
         }
+        if self.plain {
+            self.open.push(c);
+            return;
+        }
         if self.open.is_empty() && !self.classes.is_empty() {
             let _ = write!(self.open, "<span class=\"{}\">", self.classes.join(" "));
         }
@@ -139,6 +157,12 @@ impl LogHtml {
             return;
         }
         let n = self.next_line;
+        if self.plain {
+            let _ = writeln!(out, "{n}\t{}", self.open);
+            self.open.clear();
+            self.next_line += 1;
+            return;
+        }
         let spans = self.open.matches("<span").count().saturating_sub(self.open.matches("</span>").count());
         let _ = write!(out, "<div class=\"l\" id=\"L{n}\"><a href=\"#L{n}\">{n}</a><code>{}", self.open);
         out.push_str(&"</span>".repeat(spans));
@@ -165,7 +189,7 @@ impl LogHtml {
             }
         }
         self.classes.dedup();
-        if !self.open.is_empty() {
+        if !self.open.is_empty() && !self.plain {
             // Close what is open and reopen with the new classes.
             let spans = self.open.matches("<span").count().saturating_sub(self.open.matches("</span>").count());
             self.open.push_str(&"</span>".repeat(spans));

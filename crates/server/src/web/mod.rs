@@ -77,6 +77,7 @@ fn dashboard_routes() -> Router<Arc<AppState>> {
         .route("/tasks/{id}/retry", post(pages::retry))
         .route("/tasks/{id}/live", get(live::live))
         .route("/tasks/{id}/raw", get(live::raw))
+        .route("/tasks/{id}/search", get(live::search))
         .route("/workers", get(admin::workers))
         .route("/users", get(admin::users).post(admin::create_user))
         .route("/users/{name}", post(admin::change_user))

@@ -58,10 +58,9 @@ impl Lang {
     }
 }
 
-/// Reads a cookie's value from the request's `Cookie` headers.
-pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+/// Reads a cookie's value from a request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -88,7 +87,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Lang {
         let accept = parts.headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let chosen = query_locale(parts)
             .and_then(|l| Lang::negotiate(&l))
-            .or_else(|| cookie(parts, LOCALE_COOKIE).and_then(Lang::negotiate))
+            .or_else(|| cookie(&parts.headers, LOCALE_COOKIE).and_then(Lang::negotiate))
             .or_else(|| accept.as_deref().and_then(Lang::negotiate))
             .unwrap_or(Lang(LANGUAGES[0].clone()));
         Ok(chosen)

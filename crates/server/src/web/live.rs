@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudbuild_proto::event::{EventKind, WireEvent};
@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::log::LogHtml;
 use super::pages::refused;
 use super::session::Viewer;
+use crate::api::extract::TaskIdParam;
 use crate::domain::follow;
 use crate::domain::policy::ProjectAction;
 use crate::domain::tasks;
@@ -135,7 +136,7 @@ pub struct LiveQuery {
 pub async fn live(
     State(state): State<Arc<AppState>>,
     viewer: Viewer,
-    Path(id): Path<TaskId>,
+    TaskIdParam(id): TaskIdParam,
     Query(q): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
@@ -206,27 +207,20 @@ pub async fn live(
 }
 
 /// `GET /tasks/{id}/raw`: the build's output as plain text (a download).
-pub async fn raw(State(state): State<Arc<AppState>>, viewer: Viewer, Path(id): Path<TaskId>) -> Response {
+pub async fn raw(State(state): State<Arc<AppState>>, viewer: Viewer, TaskIdParam(id): TaskIdParam) -> Response {
     if let Err(e) = tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
         return refused(e);
     }
     let mut text = String::new();
-    let mut after = 0;
-    loop {
-        let page = match follow::stored(&state, id, after, PAGE).await {
-            Ok(p) => p,
-            Err(e) => return refused(crate::domain::tasks::TaskError::from(e)),
-        };
-        for ev in &page {
-            if ev.kind == EventKind::Building {
-                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                text.push_str(data["text"].as_str().unwrap_or_default());
-            }
-            after = ev.seq;
+    let read = read(&state, id, u64::MAX, |ev| {
+        if ev.kind == EventKind::Building {
+            let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+            text.push_str(data["text"].as_str().unwrap_or_default());
         }
-        if (page.len() as u32) < PAGE {
-            break;
-        }
+    })
+    .await;
+    if let Err(e) = read {
+        return refused(e);
     }
     let disposition = format!("attachment; filename=\"task-{id}.log\"");
     (
@@ -268,7 +262,7 @@ pub async fn search(
     State(state): State<Arc<AppState>>,
     lang: super::i18n::Lang,
     viewer: Viewer,
-    Path(id): Path<TaskId>,
+    TaskIdParam(id): TaskIdParam,
     Query(query): Query<SearchQuery>,
 ) -> Response {
     if let Err(e) = tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {

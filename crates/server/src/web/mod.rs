@@ -202,8 +202,8 @@ async fn login(
     match users::login(&state, peer, req).await {
         Ok(made) => {
             // The session this one replaces (same browser) is revoked, not left to expire.
-            if let Some(old) = old_session(&headers) {
-                if let Ok(caller) = crate::domain::callers::identify(&state, Some(&old)).await {
+            if let Some(old) = i18n::cookie(&headers, SESSION_COOKIE).filter(|t| !t.is_empty()) {
+                if let Ok(caller) = crate::domain::callers::identify(&state, Some(old)).await {
                     let _ = users::logout(&state, &caller).await;
                 }
             }
@@ -227,18 +227,6 @@ async fn login(
             resp
         }
     }
-}
-
-/// The session token a request's cookie holds.
-fn old_session(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, v)| *k == SESSION_COOKIE && !v.is_empty())
-        .map(|(_, v)| v.to_owned())
 }
 
 /// A form with nothing but its CSRF token (a button).

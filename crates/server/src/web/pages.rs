@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use cloudbuild_proto::task::{Environment, Task, TaskId};
 use cloudbuild_proto::user::ProjectRole;
@@ -14,9 +13,10 @@ use serde::Deserialize;
 
 use super::format::{duration, when, TaskRow};
 use super::i18n::Lang;
-use super::session::{url_encode, Checked, Viewer, WithCsrf};
+use super::session::{path_segment, url_encode, Checked, Viewer, WithCsrf};
 use super::{html, Chrome, CsrfForm};
 use crate::api::error::ApiError;
+use crate::api::extract::TaskIdParam;
 use crate::domain::policy::{self, ProjectAction};
 use crate::domain::{projects, releases, tasks};
 use crate::state::AppState;
@@ -34,7 +34,7 @@ pub(crate) fn refused(e: impl Into<ApiError>) -> Response {
 
 /// A project name in a URL path (a scoped name's `/` encoded).
 fn path_of(name: &str) -> String {
-    url_encode(name).replace('/', "%2F")
+    path_segment(name)
 }
 
 struct ProjectRow {
@@ -318,10 +318,9 @@ pub async fn task(
     State(state): State<Arc<AppState>>,
     lang: Lang,
     viewer: Viewer,
-    Path(id): Path<String>,
+    TaskIdParam(id): TaskIdParam,
     Query(q): Query<TaskQuery>,
 ) -> Response {
-    let Some(id) = id.parse::<TaskId>().ok().filter(|i| *i > 0) else { return StatusCode::NOT_FOUND.into_response() };
     let t = match tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
         Ok(t) => t,
         Err(e) => return refused(e),
@@ -386,7 +385,7 @@ fn stages(lang: &Lang, t: &Task, seen: &[(String, i64)]) -> Vec<(String, String,
 /// `POST /tasks/{id}/cancel` (developers).
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<TaskId>,
+    TaskIdParam(id): TaskIdParam,
     Checked(viewer, _): Checked<CsrfForm>,
 ) -> Response {
     match tasks::cancel(&state, &viewer.caller, id).await {
@@ -398,7 +397,7 @@ pub async fn cancel(
 /// `POST /tasks/{id}/retry` (developers; maintainers for `prod`): to the new build's page.
 pub async fn retry(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<TaskId>,
+    TaskIdParam(id): TaskIdParam,
     Checked(viewer, _): Checked<CsrfForm>,
 ) -> Response {
     match tasks::retry(&state, &viewer.caller, id).await {

@@ -50,14 +50,21 @@ pub fn to_login(path: &str) -> Response {
     Redirect::to(&format!("/login?next={next}")).into_response()
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+/// What a query value keeps unencoded: RFC 3986's unreserved characters and `/`.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
+/// What a path segment keeps unencoded: the same but `/`.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &QUERY_VALUE.add(b'/');
+
+/// Percent-encodes a query value.
 pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
+}
+
+/// Percent-encodes one path segment (a scoped project name's `/` too).
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
 
 /// A form that carries a CSRF token (its `csrf` field).
@@ -89,7 +96,7 @@ impl FromRequestParts<Arc<AppState>> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let session = cookie(parts, SESSION_COOKIE).filter(|t| !t.is_empty()).map(str::to_owned);
+        let session = cookie(&parts.headers, SESSION_COOKIE).filter(|t| !t.is_empty()).map(str::to_owned);
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         match callers::identify(state, session.as_deref()).await {
             Ok(mut caller) => {

@@ -99,7 +99,12 @@ async fn guests_sign_in_with_the_form_and_get_an_http_only_session() {
     assert_eq!((ok.status, ok.header("location")), (StatusCode::SEE_OTHER, "/projects".to_owned()));
     let cookie = ok.header("set-cookie");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.starts_with("cb_session=cbp_"));
-    let session = cookie.split(';').next().unwrap().to_owned();
+    let first = cookie.split(';').next().unwrap().to_owned();
+    // Signing in again in the same browser revokes the session it replaces.
+    let again = send(&api, "POST", "/login", Some(&first), Some(&body), &[]).await;
+    let session = again.header("set-cookie").split(';').next().unwrap().to_owned();
+    assert_ne!(session, first);
+    assert_eq!(send(&api, "GET", "/projects", Some(&first), None, &[]).await.status, StatusCode::SEE_OTHER);
     let page = send(&api, "GET", "/projects", Some(&session), None, &[]).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("Signed in as dev") && page.body.contains("href=\"/projects/site\""), "{}", page.body);

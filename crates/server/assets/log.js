@@ -1,7 +1,11 @@
-// The build page's log: stays at the bottom while "follow" is on (a scroll up turns it off, a
-// scroll back to the bottom on again), and keeps the live stream's resume point in its URL so
-// that a reconnect after a dropped connection neither repeats nor skips lines.
+// The build page's log: live lines from the SSE stream (htmx's SSE extension holds the
+// connection), merged by line id so that a line still being written is replaced when it grows
+// or ends; stays at the bottom while "follow" is on (a scroll up turns it off, a scroll back to
+// the bottom on again); keeps at most MAX_LINES line nodes (the oldest leave; the raw log and the
+// pages of earlier lines have them); keeps the stream's resume point in its URL so that a
+// reconnect after a dropped connection neither repeats nor skips lines.
 (function () {
+  var MAX_LINES = 5000;
   function setup() {
     var log = document.getElementById('log');
     var follow = document.getElementById('follow');
@@ -11,21 +15,42 @@
     if (!location.hash) stick();
     log.addEventListener('scroll', function () { follow.checked = atBottom(); });
     follow.addEventListener('change', stick);
-    log.addEventListener('htmx:sseBeforeMessage', function (e) {
-      var id = e.detail && e.detail.lastEventId;
-      var url = log.getAttribute('sse-connect');
-      if (id && url) {
-        var parts = id.split('.');
-        log.setAttribute('sse-connect', url.replace(/after=\d+/, 'after=' + parts[0]).replace(/line=\d+/, 'line=' + parts[1]));
+    var merge = function (html) {
+      var t = document.createElement('template');
+      t.innerHTML = html;
+      var line;
+      while ((line = t.content.firstElementChild)) {
+        var old = line.id && document.getElementById(line.id);
+        if (old && old.parentNode === log) old.replaceWith(line); else log.appendChild(line);
       }
-    });
-    log.addEventListener('htmx:afterSwap', stick);
-    log.addEventListener('htmx:sseMessage', stick);
-    // The build's end: the state badge says how it ended (the stream closes on it).
+      var dropped = 0;
+      while (log.childElementCount > MAX_LINES) { log.firstElementChild.remove(); dropped++; }
+      if (dropped) {
+        var note = document.getElementById('trimmed');
+        if (note) { note.hidden = false; note.dataset.count = (+note.dataset.count || 0) + dropped; }
+      }
+    };
     log.addEventListener('htmx:sseOpen', function (e) {
-      e.detail.source.addEventListener('end', function (m) {
+      var source = e.detail.source;
+      if (source.cbWired) return;
+      source.cbWired = true;
+      source.addEventListener('log', function (m) {
+        merge(m.data);
+        var url = log.getAttribute('sse-connect');
+        var at = (m.lastEventId || '').split('.');
+        if (at.length === 3 && url) {
+          log.setAttribute('sse-connect', url.replace(/after=\d+/, 'after=' + at[0])
+            .replace(/skip=\d+/, 'skip=' + at[1]).replace(/line=\d+/, 'line=' + at[2]));
+        }
+        stick();
+      });
+      // The build's end: the state badge says how it ended, in the page's language.
+      source.addEventListener('end', function (m) {
+        var end = JSON.parse(m.data);
         var state = document.getElementById('state');
-        if (state) { state.textContent = m.data; state.className = 'state s-' + m.data; }
+        if (state) { state.textContent = end.text; state.className = 'state s-' + end.state; }
+        var open = log.querySelectorAll('.l.open');
+        for (var i = 0; i < open.length; i++) open[i].classList.remove('open');
       });
     });
   }

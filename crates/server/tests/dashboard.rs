@@ -1,7 +1,8 @@
 //! The web dashboard driven in-process: guests sent to the login page, the login form's
 //! session cookie, CSRF on every form, what each role sees and may press (buttons absent and
 //! the POST refused), build logs escaped, the language by `?locale=`, cookie and
-//! `Accept-Language`, the live log resuming from `Last-Event-ID`.
+//! `Accept-Language`, the live log resuming from `Last-Event-ID` (an unfinished line shown open
+//! and completed in place), keep-alive comments on a quiet live log.
 
 mod common;
 
@@ -178,11 +179,11 @@ async fn the_live_log_resumes_after_its_last_event_without_repeating_lines() {
     send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
     let all = send(&api, "GET", "/tasks/1/live?after=0&line=1", Some(&session("rep")), None, &[]).await;
     assert_eq!(all.header("content-type"), "text/event-stream");
-    assert!(all.body.contains("event: end\ndata: cancelled"), "{}", all.body);
+    assert!(all.body.contains("event: end\ndata: {\"state\":\"cancelled\",\"text\":\"cancelled\"}"), "{}", all.body);
     let ids: Vec<&str> = all.body.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
     assert!(!ids.is_empty());
     // Resuming after the first event (the task's creation, line 1) starts at line 2.
-    let resumed = send(&api, "GET", "/tasks/1/live", Some(&session("rep")), None, &[("last-event-id", "1.2")]).await;
+    let resumed = send(&api, "GET", "/tasks/1/live", Some(&session("rep")), None, &[("last-event-id", "1.0.2")]).await;
     assert!(!resumed.body.contains("id=\\\"L1\\\"") && !resumed.body.contains("id=\"L1\""), "{}", resumed.body);
     assert!(resumed.body.contains("id=\"L2\""), "{}", resumed.body);
     assert!(resumed.body.contains("&lt;script&gt;"), "{}", resumed.body);
@@ -280,8 +281,11 @@ async fn pages_refuse_framing_and_forms_from_other_sites_and_a_finished_live_log
     send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
     let last = api.store.get_task(1).await.unwrap().last_seq;
     let uri = format!("/tasks/1/live?after={last}&line=99");
-    let after_end = send(&api, "GET", &uri, Some(&session("rep")), None, &[]).await;
-    assert_eq!(after_end.body, "event: end\ndata: cancelled\n\n");
+    let after_end = send(&api, "GET", &uri, Some(&session("rep")), None, &[("accept-language", "zh-CN")]).await;
+    assert_eq!(
+        after_end.body, "event: end\ndata: {\"state\":\"cancelled\",\"text\":\"已取消\"}\n\n",
+        "in the page's language"
+    );
 }
 
 #[tokio::test]
@@ -323,4 +327,137 @@ async fn a_projects_builds_are_filtered_by_state_branch_environment_trigger_and_
     }
     let kept = get("/projects/site?who=max").await;
     assert!(kept.body.contains("name=\"who\" value=\"max\""), "the filter is kept in the form");
+}
+
+async fn output(api: &Api, text: &str) {
+    let body = EventBody::Output { stream: OutputStream::Stdout, text: text.to_owned() };
+    api.store.append_event(1, Fence::Server, body).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_line_still_being_written_is_shown_open_and_completed_in_place_not_split() {
+    let api = world().await;
+    // Two stage lines and two lines of output come before: the open line is line 5.
+    output(&api, "progress 10%\rprogress 50%").await;
+    let page = send(&api, "GET", "/tasks/1", Some(&session("rep")), None, &[]).await;
+    assert!(
+        page.body.contains("<div class=\"l open\" id=\"L5\"><a href=\"#L5\">5</a><code>progress 50%</code>"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("10%"), "a progress bar shows its last state");
+    let at = page.body.find("sse-connect=\"").unwrap() + 13;
+    let live = page.body[at..at + page.body[at..].find('"').unwrap()].replace("&amp;", "&");
+    output(&api, " done\nnext\n").await;
+    let dev = send(&api, "GET", "/tasks/1", Some(&session("dev")), None, &[]).await;
+    send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
+    let rest = send(&api, "GET", &live, Some(&session("rep")), None, &[]).await;
+    assert!(
+        rest.body.contains("data: <div class=\"l\" id=\"L5\"><a href=\"#L5\">5</a><code>progress 50% done</code>"),
+        "{}",
+        rest.body
+    );
+    assert!(rest.body.contains("<code>next</code>") && !rest.body.contains("id=\"L4\""), "{}", rest.body);
+    assert!(rest.body.contains("id=\"L6\"><a href=\"#L6\">6</a><code>next"), "numbered on, not split: {}", rest.body);
+    // A reconnect from a message's id renders its open line again (the page replaces it by id).
+    let ids: Vec<&str> = rest.body.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let again = send(&api, "GET", "/tasks/1/live", Some(&session("rep")), None, &[("last-event-id", ids[0])]).await;
+    assert!(!again.body.contains("id=\"L5\"") && again.body.contains("cancelled"), "{}", again.body);
+}
+
+#[tokio::test]
+async fn a_quiet_live_log_sends_keep_alive_comments() {
+    use futures_util::StreamExt;
+    // The anonymous admin of a loopback server: no personal token, so no access re-checks (store
+    // reads) run on the paused clock.
+    let api = api(|_| {}).await;
+    let body = json!({"repo": "https://example.com/site.git", "branch": "main", "name": "site", "version": "1.0.0"});
+    assert_eq!(api.call("POST", "/api/v1/tasks", None, Some(body)).await.0, StatusCode::CREATED);
+    let last = api.store.get_task(1).await.unwrap().last_seq;
+    let req = Request::get(format!("/tasks/1/live?after={last}&skip=0&line=9"))
+        .header(header::HOST, "127.0.0.1:7001")
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::pause();
+    let mut body = resp.into_body().into_data_stream();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), body.next()).await;
+    let first = first.expect("a frame within a minute of silence").unwrap().unwrap();
+    assert_eq!(first, ": keep-alive\n\n");
+}
+
+#[tokio::test]
+async fn the_raw_log_streams_every_page_of_a_long_log_in_order() {
+    let api = world().await;
+    for i in 0..2_500 {
+        output(&api, &format!("chunk {i}\n")).await;
+    }
+    let raw = send(&api, "GET", "/tasks/1/raw", Some(&session("rep")), None, &[]).await;
+    let chunks: Vec<&str> = raw.body.lines().filter(|l| l.starts_with("chunk ")).collect();
+    assert_eq!(chunks.len(), 2_500);
+    assert!(chunks.iter().enumerate().all(|(i, l)| *l == format!("chunk {i}")));
+}
+
+#[tokio::test]
+async fn maintainers_edit_members_and_settings_from_the_project_page_and_no_one_else_can() {
+    let api = world().await;
+    let dev = send(&api, "GET", "/projects/site", Some(&session("dev")), None, &[]).await;
+    assert!(!dev.body.contains("id=\"settings\"") && !dev.body.contains("/members/"), "no forms for a developer");
+    let csrf = format!("csrf={}", dev.csrf());
+    for (uri, form) in [
+        ("/projects/site/members", format!("{csrf}&user=stranger&role=maintainer")),
+        ("/projects/site/members/max/remove", csrf.clone()),
+        (
+            "/projects/site/settings",
+            format!("{csrf}&repo=https://example.com/other.git&default_branch=x&visibility=internal"),
+        ),
+    ] {
+        let posted = send(&api, "POST", uri, Some(&session("dev")), Some(&form), &[]).await;
+        assert_eq!(posted.status, StatusCode::FORBIDDEN, "{uri}: {}", posted.body);
+    }
+    let max = send(&api, "GET", "/projects/site", Some(&session("max")), None, &[]).await;
+    assert!(max.body.contains("id=\"settings\"") && max.body.contains("action=\"/projects/site/members/dev/remove\""));
+    let csrf = format!("csrf={}", max.csrf());
+    let added = send(
+        &api,
+        "POST",
+        "/projects/site/members",
+        Some(&session("max")),
+        Some(&format!("{csrf}&user=stranger&role=reporter")),
+        &[],
+    )
+    .await;
+    assert_eq!((added.status, added.header("location")), (StatusCode::SEE_OTHER, "/projects/site#manage".to_owned()));
+    assert_eq!(send(&api, "GET", "/tasks/1", Some(&session("stranger")), None, &[]).await.status, StatusCode::OK);
+    let nobody = send(
+        &api,
+        "POST",
+        "/projects/site/members",
+        Some(&session("max")),
+        Some(&format!("{csrf}&user=ghost&role=reporter")),
+        &[],
+    )
+    .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{}", nobody.body);
+    let last = send(&api, "POST", "/projects/site/members/max/remove", Some(&session("max")), Some(&csrf), &[]).await;
+    assert_eq!(last.status, StatusCode::CONFLICT, "the last maintainer stays: {}", last.body);
+    let bad = format!("{csrf}&repo=-oProxyCommand%3Devil&default_branch=main&visibility=private");
+    let refused = send(&api, "POST", "/projects/site/settings", Some(&session("max")), Some(&bad), &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    let good = format!("{csrf}&repo=https%3A%2F%2Fexample.com%2Fsite.git&default_branch=release&visibility=internal");
+    let saved = send(&api, "POST", "/projects/site/settings", Some(&session("max")), Some(&good), &[]).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let stored = api.store.get_project("site").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.default_branch.as_str(), stored.visibility),
+        ("release", cloudbuild_proto::project::Visibility::Internal)
+    );
+    let removed =
+        send(&api, "POST", "/projects/site/members/stranger/remove", Some(&session("max")), Some(&csrf), &[]).await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER);
+    assert!(!api.store.get_project("site").await.unwrap().unwrap().members.iter().any(|m| m.user == "stranger"));
+    let audit = api.call("GET", "/api/v1/audit?project=site", Some("cbp_max"), None).await.1;
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"member.set") && actions.contains(&"project.edit"), "{actions:?}");
 }

@@ -1,9 +1,11 @@
 //! A build's log for the dashboard: rendered once on the server into escaped, numbered HTML
 //! lines (the tail of a finished log; the raw log has all), and live over SSE while the build
-//! runs, each message's id `<event seq>.<next line>` so that a reconnect (`Last-Event-ID`)
-//! resumes exactly where the page stopped.
+//! runs. Each message's id is where its open (unfinished) line began (`log::Resume`), and a
+//! message carries that line as it stands: a reconnect (`Last-Event-ID`) renders the line again
+//! and the page replaces it by its id, so nothing is repeated, skipped or split.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use askama::Template;
 use axum::body::Body;
@@ -11,11 +13,11 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudbuild_proto::event::{EventKind, WireEvent};
-use cloudbuild_proto::task::{Stage, Task, TaskId};
+use cloudbuild_proto::task::{Stage, Task, TaskId, TaskState};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::log::LogHtml;
+use super::log::{LogHtml, Resume};
 use super::pages::refused;
 use super::session::Viewer;
 use crate::api::extract::TaskIdParam;
@@ -35,19 +37,20 @@ pub struct Rendered {
     /// Lines before those, and after them (not rendered into the page).
     pub skipped_lines: u64,
     pub later_lines: u64,
-    /// The number the next line gets, and the last event read: where the live stream starts.
-    pub next_line: u64,
-    pub last_seq: u64,
+    /// Where the live stream starts: at the open line, which is in `html` as it stands.
+    pub resume: Resume,
     /// Each stage's first event: `(stage, µs)`.
     pub stages: Vec<(String, i64)>,
 }
 
-/// Adds one event to the log's HTML; returns the lines it completed. Notes the first event of
-/// each stage in `stages`.
-fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>) -> String {
+/// Adds one event to the log's HTML, leaving out the first `skip` bytes of its output (where
+/// a resumed view starts); returns the lines it completed. Notes the first event of each stage
+/// in `stages`.
+fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>, skip: usize) -> String {
     let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+    log.at_event(ev.seq);
     match ev.kind {
-        EventKind::Building => log.push(data["text"].as_str().unwrap_or_default()),
+        EventKind::Building => log.push(data["text"].as_str().unwrap_or_default().get(skip..).unwrap_or_default()),
         EventKind::Build => {
             let action = data["data"]["action"].as_str().unwrap_or_default();
             let message = data["data"]["payload"]["message"].as_str().unwrap_or_default();
@@ -71,7 +74,8 @@ fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>) ->
 /// Reads the stored log of `task` and renders `keep` lines of it: from line `from`, or its
 /// last ones. A first pass counts the lines (no HTML), the second renders only the window, so
 /// a 200,000-line log costs the HTML of `keep` lines. Reads up to event `until` (the first
-/// pass's end), so both passes agree.
+/// pass's end), so both passes agree. The unfinished last line of a running build is rendered
+/// as open (`class="l open"`), for the live stream to replace.
 pub async fn render_all(
     state: &AppState,
     task: &Task,
@@ -80,7 +84,7 @@ pub async fn render_all(
 ) -> Result<Rendered, crate::domain::tasks::TaskError> {
     let mut counter = LogHtml::rendering_from(u64::MAX);
     let until = read(state, task.id, u64::MAX, |ev| {
-        render(&mut counter, ev, &mut Vec::new());
+        render(&mut counter, ev, &mut Vec::new(), 0);
     })
     .await?;
     counter.finish();
@@ -89,18 +93,15 @@ pub async fn render_all(
     let render_from = from.map_or(tail_from, |f| f.clamp(1, tail_from));
     let mut log = LogHtml::rendering_window(render_from, render_from + keep);
     let (mut html, mut stages) = (String::new(), Vec::new());
-    read(state, task.id, until, |ev| html.push_str(&render(&mut log, ev, &mut stages))).await?;
-    // An unfinished last line is shown as a line; the live stream numbers on after it.
-    html.push_str(&log.finish());
+    read(state, task.id, until, |ev| html.push_str(&render(&mut log, ev, &mut stages, 0))).await?;
+    let resume = log.open_at();
+    if task.state.is_terminal() {
+        html.push_str(&log.finish());
+    } else {
+        html.push_str(&log.open_html());
+    }
     let later_lines = total.saturating_sub(render_from + keep - 1);
-    Ok(Rendered {
-        html,
-        skipped_lines: render_from - 1,
-        later_lines,
-        next_line: log.next_line,
-        last_seq: until,
-        stages,
-    })
+    Ok(Rendered { html, skipped_lines: render_from - 1, later_lines, resume, stages })
 }
 
 /// Hands every stored event of `task` up to event `until` to `each`, page by page; returns
@@ -127,14 +128,22 @@ async fn read(
 #[derive(Deserialize)]
 pub struct LiveQuery {
     after: Option<u64>,
+    skip: Option<usize>,
     line: Option<u64>,
 }
 
-/// `GET /tasks/{id}/live?after=SEQ&line=N`: the log's HTML lines after event `SEQ`, numbered
-/// from `N`, as SSE `log` messages until the build ends (then one `end` message with the
-/// state). `Last-Event-ID` (`SEQ.N`) wins over the query, for the browser's own reconnects.
+/// How long a live log stays silent before a comment keeps proxies from closing it.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /tasks/{id}/live?after=SEQ&skip=K&line=N`: the log's HTML lines from event `SEQ + 1`
+/// (less its first `K` bytes of output), numbered from `N`, as SSE `log` messages until the
+/// build ends; then one `end` message, `{"state": "succeeded", "text": <in the page's
+/// language>}`. Each message ends with the open line as it stands; its id is where that line
+/// began (`SEQ.K.N`). `Last-Event-ID` wins over the query, for the browser's own reconnects.
+/// A comment is sent after [`KEEP_ALIVE`] of silence.
 pub async fn live(
     State(state): State<Arc<AppState>>,
+    lang: super::i18n::Lang,
     viewer: Viewer,
     TaskIdParam(id): TaskIdParam,
     Query(q): Query<LiveQuery>,
@@ -144,60 +153,60 @@ pub async fn live(
         Ok(t) => t,
         Err(e) => return refused(e),
     };
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once('.'))
-        .and_then(|(s, l)| Some((s.parse().ok()?, l.parse().ok()?)));
-    let (after, line) = resume.unwrap_or((q.after.unwrap_or(0), q.line.unwrap_or(1)));
-    let follower = follow::follow(&state, &viewer.caller, &task.name, id, after, !task.state.is_terminal());
-    let log = LogHtml::starting_at(line);
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let at =
+        resume.unwrap_or(Resume { after: q.after.unwrap_or(0), skip: q.skip.unwrap_or(0), line: q.line.unwrap_or(1) });
+    let follower = follow::follow(&state, &viewer.caller, &task.name, id, at.after, !task.state.is_terminal());
+    let log = LogHtml::resuming(at);
     let store = state.clone();
-    let stream = futures_util::stream::unfold((follower, log, false), move |(mut f, mut log, done)| {
-        let store = store.clone();
-        async move {
-            if done {
-                return None;
-            }
-            let Some(events) = f.next(256).await else {
-                // Nothing more to send without an `end` (the page asked after the log's end, or the
-                // viewer's access ended): say how the task stands, so the page stops reconnecting.
-                let state = store.store.get_task(id).await.map(|t| t.state).ok()?;
-                let frame = if state.is_terminal() {
-                    format!("event: end\ndata: {}\n\n", state.as_str())
-                } else {
-                    String::new()
-                };
-                return Some((Ok(frame), (f, log, true)));
-            };
-            let mut frames = String::new();
-            let mut stages = Vec::new();
-            let mut ended = None;
-            let mut html = String::new();
-            let mut last = 0;
-            for ev in &events {
-                html.push_str(&render(&mut log, &ev.event, &mut stages));
-                last = ev.event.seq;
-                if ev.event.kind == EventKind::End {
-                    let data: Value = serde_json::from_str(&ev.event.data).unwrap_or(Value::Null);
-                    ended = Some(data["state"].as_str().unwrap_or_default().to_owned());
+    let end_frame = move |state: TaskState| {
+        let text = lang.t(&format!("state-{}", state.as_str()));
+        format!("event: end\ndata: {}\n\n", serde_json::json!({"state": state.as_str(), "text": text}))
+    };
+    let stream =
+        futures_util::stream::unfold((follower, log, at.skip, false), move |(mut f, mut log, mut skip, done)| {
+            let (store, end_frame) = (store.clone(), end_frame.clone());
+            async move {
+                if done {
+                    return None;
                 }
-            }
-            if !html.is_empty() {
-                frames.push_str(&format!("id: {last}.{}\nevent: log\n", log.next_line));
-                for l in html.lines() {
-                    frames.push_str("data: ");
-                    frames.push_str(l);
+                let Ok(next) = tokio::time::timeout(KEEP_ALIVE, f.next(256)).await else {
+                    return Some((Ok(": keep-alive\n\n".to_owned()), (f, log, skip, false)));
+                };
+                let Some(events) = next else {
+                    // Nothing more to send without an `end` (the page asked after the log's end, or the
+                    // viewer's access ended): say how the task stands, so the page stops reconnecting.
+                    let state = store.store.get_task(id).await.map(|t| t.state).ok()?;
+                    let frame = if state.is_terminal() { end_frame(state) } else { String::new() };
+                    return Some((Ok(frame), (f, log, 0, true)));
+                };
+                let mut frames = String::new();
+                let mut stages = Vec::new();
+                let mut ended = None;
+                let mut html = String::new();
+                for ev in &events {
+                    html.push_str(&render(&mut log, &ev.event, &mut stages, std::mem::take(&mut skip)));
+                    if ev.event.kind == EventKind::End {
+                        let data: Value = serde_json::from_str(&ev.event.data).unwrap_or(Value::Null);
+                        ended = data["state"].as_str().and_then(TaskState::parse);
+                    }
+                }
+                html.push_str(&log.open_html());
+                if !html.is_empty() {
+                    frames.push_str(&format!("id: {}\nevent: log\n", log.open_at()));
+                    for l in html.lines() {
+                        frames.push_str("data: ");
+                        frames.push_str(l);
+                        frames.push('\n');
+                    }
                     frames.push('\n');
                 }
-                frames.push('\n');
+                if let Some(state) = ended {
+                    frames.push_str(&end_frame(state));
+                }
+                Some((Ok::<_, std::convert::Infallible>(frames), (f, log, 0, ended.is_some())))
             }
-            if let Some(state) = &ended {
-                frames.push_str(&format!("event: end\ndata: {state}\n\n"));
-            }
-            Some((Ok::<_, std::convert::Infallible>(frames), (f, log, ended.is_some())))
-        }
-    });
+        });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -206,27 +215,37 @@ pub async fn live(
     resp
 }
 
-/// `GET /tasks/{id}/raw`: the build's output as plain text (a download).
+/// `GET /tasks/{id}/raw`: the build's output as plain text (a download), streamed page by page
+/// of events as it is read, so a 20 MB log is never held whole. A store failure halfway ends
+/// the download early (the body is cut; the error is logged).
 pub async fn raw(State(state): State<Arc<AppState>>, viewer: Viewer, TaskIdParam(id): TaskIdParam) -> Response {
     if let Err(e) = tasks::get(&state, &viewer.caller, id, ProjectAction::Read).await {
         return refused(e);
     }
-    let mut text = String::new();
-    let read = read(&state, id, u64::MAX, |ev| {
-        if ev.kind == EventKind::Building {
-            let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-            text.push_str(data["text"].as_str().unwrap_or_default());
+    let pages = futures_util::stream::unfold(Some(0), move |after| {
+        let state = state.clone();
+        async move {
+            let page = match follow::stored(&state, id, after?, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(task = id, "reading the raw log: {e}");
+                    return Some((Err(std::io::Error::other("the log could not be read")), None));
+                }
+            };
+            let next = (page.len() as u32 == PAGE).then(|| page.last().map_or(0, |e| e.seq));
+            let mut text = String::new();
+            for ev in page.iter().filter(|e| e.kind == EventKind::Building) {
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                text.push_str(data["text"].as_str().unwrap_or_default());
+            }
+            Some((Ok(text), next))
         }
-    })
-    .await;
-    if let Err(e) = read {
-        return refused(e);
-    }
+    });
     let disposition = format!("attachment; filename=\"task-{id}.log\"");
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
-        text,
+        Body::from_stream(pages),
     )
         .into_response()
 }
@@ -284,7 +303,7 @@ pub async fn search(
         }
     };
     if !needle.is_empty() {
-        let read = read(&state, id, u64::MAX, |ev| take(render(&mut log, ev, &mut Vec::new()), &mut hits)).await;
+        let read = read(&state, id, u64::MAX, |ev| take(render(&mut log, ev, &mut Vec::new(), 0), &mut hits)).await;
         if let Err(e) = read {
             return refused(e);
         }

@@ -1,6 +1,8 @@
 //! A build log as HTML: every byte escaped, SGR colours and bold as classes, every other
-//! escape sequence (cursor moves, OSC titles and hyperlinks) dropped, each line numbered with
-//! its anchor (`#L120`).
+//! escape sequence (cursor moves, OSC titles and hyperlinks) dropped, a carriage return that
+//! rewrites its line (a progress bar) collapsed to the line's last state, each line numbered
+//! with its anchor (`#L120`); and where in the event log the open (unfinished) line began, so
+//! that a live view can resume by rendering that line again.
 
 use std::fmt::Write;
 
@@ -24,11 +26,71 @@ pub struct LogHtml {
     quiet_open: bool,
     /// Lines as `<number>\t<text>\n`, without markup or escaping (for searching a log).
     plain: bool,
+    /// The event being rendered (set by [`LogHtml::at_event`]) and where the open line began.
+    event: u64,
+    open_at: Resume,
+}
+
+/// Where in a task's event log a line begins: after event `after`, skipping the first `skip`
+/// bytes of the next event's text; that line is numbered `line`. Written `after.skip.line`
+/// (the live stream's SSE ids).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub after: u64,
+    pub skip: usize,
+    pub line: u64,
+}
+
+impl std::fmt::Display for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.after, self.skip, self.line)
+    }
+}
+
+impl std::str::FromStr for Resume {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut parts = s.splitn(3, '.').map(|p| p.parse::<u64>().map_err(|_| ()));
+        let (after, skip, line) = (parts.next().ok_or(())??, parts.next().ok_or(())??, parts.next().ok_or(())??);
+        Ok(Resume { after, skip: usize::try_from(skip).map_err(|_| ())?, line: line.max(1) })
+    }
 }
 
 impl LogHtml {
     pub fn starting_at(line: u64) -> Self {
         LogHtml { next_line: line, ..Default::default() }
+    }
+
+    /// A log resuming at `at` (its line number; the caller skips `at.skip` bytes of the first
+    /// event's text).
+    pub fn resuming(at: Resume) -> Self {
+        LogHtml { next_line: at.line, open_at: at, ..Default::default() }
+    }
+
+    /// The events pushed from now on are event `seq`'s (for [`LogHtml::open_at`]).
+    pub fn at_event(&mut self, seq: u64) {
+        self.event = seq;
+    }
+
+    /// Where the open line began (the point to resume a live view from, rendering that line again).
+    pub fn open_at(&self) -> Resume {
+        Resume { line: self.next_line, ..self.open_at }
+    }
+
+    /// The open line so far as `<div class="l open" id="L{n}">`, or nothing when no line is
+    /// open or it is outside the rendered window. A later rendering of the same line replaces it.
+    pub fn open_html(&self) -> String {
+        if self.open.is_empty() || self.quiet() || self.plain {
+            return String::new();
+        }
+        let n = self.next_line;
+        let spans = self.open.matches("<span").count().saturating_sub(self.open.matches("</span>").count());
+        format!(
+            "<div class=\"l open\" id=\"L{n}\"><a href=\"#L{n}\">{n}</a><code>{}{}</code></div>\n",
+            self.open,
+            "</span>".repeat(spans)
+        )
     }
 
     /// Lines numbered from 1, rendered from line `first` on (the ones before only counted).
@@ -52,6 +114,8 @@ impl LogHtml {
     pub fn push(&mut self, text: &str) -> String {
         let mut out = String::new();
         let joined;
+        // Offsets below are in `text`; the event's own text starts `carried` bytes in.
+        let carried = self.pending.len();
         let text = if self.pending.is_empty() {
             text
         } else {
@@ -61,8 +125,21 @@ impl LogHtml {
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
             match c {
-                '\n' => self.end_line(&mut out),
-                '\r' => {}
+                '\n' => {
+                    self.end_line(&mut out);
+                    self.open_at =
+                        Resume { after: self.event.saturating_sub(1), skip: (i + 1).saturating_sub(carried), line: 0 };
+                }
+                // A carriage return before more text rewrites the line (a progress bar): only the
+                // line's last state is kept, as a terminal shows it. `\r\n` ends a line.
+                '\r' => match chars.peek() {
+                    None => {
+                        self.pending = "\r".to_owned();
+                        break;
+                    }
+                    Some((_, '\n')) => {}
+                    Some(_) => self.rewind(),
+                },
                 '\u{1b}' => {
                     let rest = &text[i..];
                     // A sequence never ended (a stray `ESC ]`) is dropped after 4 KiB, its text
@@ -92,6 +169,7 @@ impl LogHtml {
     /// A line of the server's own (a stage's message), after whatever line is open.
     pub fn stage(&mut self, text: &str) -> String {
         let mut out = self.finish();
+        self.open_at = Resume { after: self.event, skip: 0, line: 0 };
         if self.quiet() {
             self.next_line += 1;
             return out;
@@ -117,11 +195,18 @@ impl LogHtml {
 
     /// The HTML of the unfinished last line, if any (at the end of a log).
     pub fn finish(&mut self) -> String {
+        self.pending.clear();
         let mut out = String::new();
         if !self.open.is_empty() || self.quiet_open {
             self.end_line(&mut out);
         }
         out
+    }
+
+    /// Back to the start of the open line: what follows overwrites it. The colours in force
+    /// stay (a terminal keeps them too).
+    fn rewind(&mut self) {
+        self.open.clear();
     }
 
     fn quiet(&self) -> bool {
@@ -292,5 +377,31 @@ mod tests {
         assert!(html.contains("partial <span class=\"fg2\">green</span>"), "{html}");
         assert!(log.push("tail").is_empty());
         assert!(log.finish().contains("id=\"L11\""));
+    }
+
+    #[test]
+    fn a_carriage_return_rewrites_its_line_and_the_open_line_says_where_it_began() {
+        let mut log = LogHtml::starting_at(1);
+        log.at_event(7);
+        let html = log.push("first\r\n 10%\r 50%\r");
+        assert!(html.contains("<code>first</code>"), "\\r\\n ends a line: {html}");
+        assert_eq!(log.open_at(), Resume { after: 6, skip: 7, line: 2 });
+        log.at_event(8);
+        let html = log.push("\r100%\ndone");
+        assert!(html.contains("id=\"L2\"><a href=\"#L2\">2</a><code>100%</code>"), "{html}");
+        assert!(!html.contains("50%"));
+        // Line 3 began 6 bytes into event 8: resuming there renders it again, whole.
+        assert_eq!(log.open_at(), Resume { after: 7, skip: 6, line: 3 });
+        assert_eq!("7.6.3".parse(), Ok(log.open_at()));
+        assert!(
+            log.open_html().contains("class=\"l open\" id=\"L3\"") && log.open_html().contains("<code>done</code>")
+        );
+        let mut resumed = LogHtml::resuming(log.open_at());
+        resumed.at_event(8);
+        resumed.push(&"\r100%\ndone"[6..]);
+        assert_eq!(resumed.open_html(), log.open_html());
+        assert!(log.stage("==> end").contains("<code>done</code>"));
+        let mut plain = LogHtml::plain();
+        assert_eq!(plain.push("a\rb\r\n"), "1\tb\n", "searches see what the page shows");
     }
 }

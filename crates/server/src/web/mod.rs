@@ -6,6 +6,7 @@
 //! - `session`: who looks (the `cb_session` cookie, a personal token), CSRF tokens.
 //! - `i18n`: en-US / zh-CN (Fluent), the request's language.
 //! - `pages`: projects, project, build page; `live`: the build's log as HTML, live;
+//!   `settings`: a project's members and settings, edited by its maintainers;
 //!   `admin`: workers, the audit log, a user's API tokens.
 //! - `log`: a log's text as escaped, coloured, numbered HTML lines; `format`: dates, rows.
 
@@ -16,6 +17,7 @@ pub mod live;
 pub mod log;
 pub mod pages;
 pub mod session;
+pub mod settings;
 
 use std::sync::Arc;
 
@@ -72,6 +74,9 @@ fn dashboard_routes() -> Router<Arc<AppState>> {
         .route("/projects", get(pages::projects))
         .route("/projects/{name}", get(pages::project))
         .route("/projects/{name}/rollback", post(pages::rollback))
+        .route("/projects/{name}/settings", post(settings::settings))
+        .route("/projects/{name}/members", post(settings::set_member))
+        .route("/projects/{name}/members/{user}/remove", post(settings::remove_member))
         .route("/tasks/{id}", get(pages::task))
         .route("/tasks/{id}/cancel", post(pages::cancel))
         .route("/tasks/{id}/retry", post(pages::retry))

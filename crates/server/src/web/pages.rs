@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::format::{duration, when, TaskRow};
 use super::i18n::Lang;
+use super::log::Resume;
 use super::session::{path_segment, url_encode, Checked, Viewer, WithCsrf};
 use super::{html, Chrome, CsrfForm};
 use crate::api::error::ApiError;
@@ -33,7 +34,7 @@ pub(crate) fn refused(e: impl Into<ApiError>) -> Response {
 }
 
 /// A project name in a URL path (a scoped name's `/` encoded).
-fn path_of(name: &str) -> String {
+pub(crate) fn path_of(name: &str) -> String {
     path_segment(name)
 }
 
@@ -112,8 +113,12 @@ struct ProjectPage {
     default_branch: String,
     releases: Vec<ReleaseRow>,
     builds: Vec<TaskRow>,
-    members: Vec<(String, String)>,
+    /// `(user, role, the user's name in a URL path)`.
+    members: Vec<(String, String, String)>,
+    internal: bool,
     can_rollback: bool,
+    /// Whether the caller may edit members and settings (maintainers).
+    can_manage: bool,
     filter: BuildFilter,
     /// The query of the next page of builds, if there are more.
     older_query: Option<String>,
@@ -150,7 +155,8 @@ pub async fn project(
         Ok((tasks, older)) => (tasks.iter().map(|t| TaskRow::of(&lang, t)).collect(), older),
         Err(e) => return refused(e),
     };
-    let members = p.members.iter().map(|m| (m.user.clone(), m.role.to_string())).collect();
+    let members = p.members.iter().map(|m| (m.user.clone(), m.role.to_string(), path_segment(&m.user))).collect();
+    let maintainer = role >= Some(ProjectRole::Maintainer);
     let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
     let page = ProjectPage {
         lang,
@@ -165,7 +171,9 @@ pub async fn project(
         releases,
         builds,
         members,
-        can_rollback: role >= Some(ProjectRole::Maintainer),
+        internal: p.visibility == cloudbuild_proto::project::Visibility::Internal,
+        can_rollback: maintainer,
+        can_manage: maintainer,
         older_query: older.map(|before| format!("{}&before={before}", f.query())),
         filter: f,
     };
@@ -302,8 +310,8 @@ struct TaskPage {
     earlier_from: u64,
     later: u64,
     later_from: u64,
-    after: u64,
-    next_line: u64,
+    /// Where the live stream starts (the open line).
+    resume: Resume,
 }
 
 #[derive(Deserialize)]
@@ -352,8 +360,7 @@ pub async fn task(
         earlier_from: rendered.skipped_lines.saturating_sub(PAGE_LINES) + 1,
         later: rendered.later_lines,
         later_from: rendered.skipped_lines + PAGE_LINES + 1,
-        after: rendered.last_seq,
-        next_line: rendered.next_line,
+        resume: rendered.resume,
         log_html: rendered.html,
         lang,
         who,

@@ -9,6 +9,7 @@ mod cancel;
 mod cli;
 mod cluster;
 mod dashboard;
+mod dashboard_tour;
 pub(crate) mod events;
 mod fanout;
 mod identity;

@@ -1,5 +1,6 @@
 //! HTTP client for the server's REST API and event stream, with errors users can act on.
 
+use crate::i18n::tr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -55,16 +56,12 @@ impl Client {
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
         // The whole-request timeout (30 s) of a server that started answering but stalled.
-        let why = if e.is_timeout() { "the answer stalled".to_string() } else { root_cause(&e) };
+        let why = if e.is_timeout() { tr!("answer-stalled") } else { root_cause(&e) };
         self.unreachable_because(&why)
     }
 
     fn unreachable_because(&self, why: &str) -> anyhow::Error {
-        anyhow!(
-            "cannot reach the cloudbuild server at {} ({why}); is `cloudbuild server` running there? \
-             (set --server or CLOUDBUILD_SERVER)",
-            self.base
-        )
+        anyhow!(tr!("unreachable", url = self.base, why = why))
     }
 
     /// Sends a request; the server must start answering within [`ANSWER_TIMEOUT`] (the body of
@@ -73,7 +70,7 @@ impl Client {
         match tokio::time::timeout(ANSWER_TIMEOUT, req.send()).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(self.unreachable(e)),
-            Err(_) => Err(self.unreachable_because(&format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))),
+            Err(_) => Err(self.unreachable_because(&tr!("no-answer-within", seconds = ANSWER_TIMEOUT.as_secs()))),
         }
     }
 
@@ -83,18 +80,9 @@ impl Client {
         if status.is_server_error() {
             // A cloudbuild server answers its own failures in JSON: this one came from a proxy
             // in front of it (or a server that crashed mid-answer).
-            return anyhow!(
-                "{} answered HTTP {status} without a cloudbuild error: a proxy in front of the server, or the \
-                 server itself, failed; try again, or see the server's log",
-                self.base
-            );
+            return anyhow!(tr!("proxy-failed", url = self.base, status = status));
         }
-        anyhow!(
-            "{} answered HTTP {status} as no cloudbuild server would: it is not a cloudbuild server, or not its \
-             root URL. Use the URL `cloudbuild server` prints when it starts (`listening on http://…`), \
-             with --server or CLOUDBUILD_SERVER",
-            self.base
-        )
+        anyhow!(tr!("not-cloudbuild", url = self.base, status = status))
     }
 
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T> {
@@ -211,9 +199,7 @@ impl Client {
                 return Ok(());
             }
             let Some(delay) = delays.next() else {
-                return Err(anyhow!(
-                    "lost the event stream of task {task}; follow it again with `cloudbuild logs {task} --follow`"
-                ));
+                return Err(anyhow!(tr!("lost-stream", id = task)));
             };
             tokio::time::sleep(delay).await;
         }

@@ -2,6 +2,7 @@
 //! the final verdict; a spinner with the running stage's elapsed time on a terminal, and a
 //! line when the build has been quiet for a while.
 
+use crate::i18n::tr;
 use std::time::{Duration, Instant};
 
 use cloudbuild_proto::event::{EventKind, WireEvent};
@@ -118,7 +119,8 @@ impl Display {
             return None;
         }
         self.quiet_said = Some(now);
-        Some(self.paint("2", &format!("    … {action} still running: no output for {} s\n", quiet.as_secs())))
+        let said = tr!("still-running", stage = action, seconds = quiet.as_secs());
+        Some(self.paint("2", &format!("    {said}\n")))
     }
 
     /// The text of one event.

@@ -4,6 +4,7 @@ mod client;
 mod cmd;
 mod credentials;
 mod display;
+mod i18n;
 mod output;
 
 use std::process::ExitCode;
@@ -57,8 +58,9 @@ fn report(e: &anyhow::Error, verbose: bool, json: bool) {
         }});
         eprintln!("{body}");
     } else if let (Some(api), true) = (api, verbose) {
-        eprintln!("error: {e:#} ({}, HTTP {})", api.code, api.status);
+        let message = format!("{e:#} ({}, HTTP {})", api.code, api.status);
+        eprintln!("{}", i18n::tr!("error", message = message));
     } else {
-        eprintln!("error: {e:#}");
+        eprintln!("{}", i18n::tr!("error", message = format!("{e:#}")));
     }
 }

@@ -153,6 +153,8 @@ impl Server {
             .current_dir(cwd)
             .env("CLOUDBUILD_SERVER", &self.url)
             .env("NO_COLOR", "1")
+            // The CLI's messages in English, whatever the machine's locale.
+            .env("CLOUDBUILD_LANG", "en-US")
             .stdin(Stdio::null())
             .output()
             .expect("running the cli")

@@ -1,12 +1,12 @@
 //! `cloudbuild publish`: submit the current checkout and stream its build.
 
+use crate::i18n::tr;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cloudbuild_proto::task::{Environment, Task};
-use cloudbuild_proto::text::count;
 
 use super::ServerArg;
 use crate::client::Client;
@@ -60,21 +60,20 @@ pub(crate) fn current_project(what: &str) -> Result<String> {
     let root = git(&cwd, &["rev-parse", "--show-toplevel"]).map(PathBuf::from).unwrap_or(cwd);
     let path = root.join("package.json");
     let text = std::fs::read_to_string(&path)
-        .map_err(|_| anyhow!("no package.json in {}, so no project here: pass {what}", root.display()))?;
-    let pkg: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        .map_err(|_| anyhow!(tr!("no-package-json", dir = root.display(), what = what)))?;
+    let pkg: serde_json::Value = serde_json::from_str(&text).with_context(|| tr!("not-json", what = path.display()))?;
     pkg.get("name")
         .and_then(|n| n.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| anyhow!("{} has no \"name\"; pass {what}", path.display()))
+        .ok_or_else(|| anyhow!(tr!("no-name", path = path.display(), what = what)))
 }
 
 /// Opens `url` in the user's browser (`open` crate: xdg-open, open, start…).
 pub(crate) fn open_in_browser(url: &str) -> Result<()> {
-    eprintln!("opening {url}");
+    eprintln!("{}", tr!("opening", url = url));
     open::that_detached(url).map_err(|e| {
         tracing::debug!("opening a browser: {e}");
-        anyhow!("no browser could be opened here (xdg-open, open, …); the site is at {url}")
+        anyhow!(tr!("no-browser", url = url))
     })
 }
 
@@ -84,7 +83,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()
-        .context("cannot run git; is it installed?")?;
+        .with_context(|| tr!("no-git"))?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -105,8 +104,7 @@ struct Checkout {
 fn remote_commit(root: &Path, branch: &str) -> Result<Option<String>> {
     let heads = format!("refs/heads/{branch}");
     let tags = format!("refs/tags/{branch}");
-    let listing = git(root, &["ls-remote", "--", "origin", &heads, &tags])
-        .with_context(|| "cannot ask `origin` for its commits (git ls-remote origin)")?;
+    let listing = git(root, &["ls-remote", "--", "origin", &heads, &tags]).with_context(|| tr!("no-ls-remote"))?;
     let refs: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once('\t')).collect();
     let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(sha, _)| sha.to_string());
     Ok(find(&heads).or_else(|| find(&format!("{tags}^{{}}"))).or_else(|| find(&tags)))
@@ -115,57 +113,41 @@ fn remote_commit(root: &Path, branch: &str) -> Result<Option<String>> {
 /// Finds what to publish, refusing local work the server would not see (unless
 /// `allow_dirty`): uncommitted changes to tracked files, commits not pushed to `origin`.
 fn inspect(cwd: &Path, branch: Option<String>, allow_dirty: bool) -> Result<Checkout> {
-    let root = PathBuf::from(
-        git(cwd, &["rev-parse", "--show-toplevel"])
-            .map_err(|_| anyhow!("not inside a git checkout: run publish in your project's repository"))?,
-    );
-    let repo = git(&root, &["remote", "get-url", "origin"]).map_err(|_| {
-        anyhow!("the checkout has no remote `origin`; the server clones from it (git remote add origin <url>)")
-    })?;
+    let root = PathBuf::from(git(cwd, &["rev-parse", "--show-toplevel"]).map_err(|_| anyhow!(tr!("not-a-checkout")))?);
+    let repo = git(&root, &["remote", "get-url", "origin"]).map_err(|_| anyhow!(tr!("no-origin")))?;
     if git(&root, &["rev-parse", "--verify", "--quiet", "HEAD"]).is_err() {
-        bail!(
-            "the repository has no commits yet: commit your project and push it, then publish \
-             (git add -A && git commit -m \"first commit\" && git push -u origin HEAD)"
-        );
+        bail!(tr!("no-commits"));
     }
     let current = git(&root, &["rev-parse", "--abbrev-ref", "HEAD"]).ok().filter(|b| b != "HEAD");
     let branch = match branch.or_else(|| current.clone()) {
         Some(b) => b,
-        None => bail!("HEAD is detached; pass --branch <branch or tag>"),
+        None => bail!(tr!("detached")),
     };
     let Some(commit) = remote_commit(&root, &branch)? else {
-        bail!("`origin` ({repo}) has no branch or tag `{branch}`: push it first (git push -u origin {branch})");
+        bail!(tr!("not-pushed-branch", repo = repo, branch = branch));
     };
     // Local work only matters when publishing the branch checked out here.
     if current.as_deref() == Some(branch.as_str()) {
         let mut problems = Vec::new();
         let status = git(&root, &["status", "--porcelain", "--untracked-files=no"])?;
         if !status.is_empty() {
-            let n = status.lines().count();
-            let files = count(n as u64, "file has", "files have");
-            problems.push(format!("{files} uncommitted changes"));
+            problems.push(tr!("uncommitted", count = status.lines().count()));
         }
         let head = git(&root, &["rev-parse", "HEAD"])?;
         if head != commit {
             let ahead = git(&root, &["rev-list", "--count", &format!("{commit}..HEAD")]).ok();
             problems.push(match ahead {
-                Some(n) if n != "0" => format!(
-                    "{} not pushed to origin/{branch}",
-                    count(n.parse::<u64>().unwrap_or(0), "commit is", "commits are")
-                ),
-                _ => format!("HEAD ({}) is not origin/{branch} ({})", &head[..12.min(head.len())], &commit[..12]),
+                Some(n) if n != "0" => tr!("ahead", count = n, branch = branch),
+                _ => tr!("head-differs", head = &head[..12.min(head.len())], branch = branch, commit = &commit[..12]),
             });
         }
         if !problems.is_empty() {
-            let what = problems.join(", and ");
+            let what = problems.join(&format!("{} ", tr!("problems-joiner")));
             if !allow_dirty {
-                bail!(
-                    "{what}; the server builds what `origin` has (commit {}), without them.\n\
-                     Commit and push (git push), then publish again; or pass --allow-dirty to publish origin/{branch} as it is.",
-                    &commit[..12]
-                );
+                bail!(tr!("dirty-refused", what = what, commit = &commit[..12], branch = branch));
             }
-            eprintln!("warning: {what}; publishing origin/{branch} (commit {}) without them", &commit[..12]);
+            let warning = tr!("dirty-warning", what = what, branch = branch, commit = &commit[..12]);
+            eprintln!("{}", tr!("warning", message = warning));
         }
     }
     // Name and version come from the commit that is built, when this checkout has it.
@@ -173,19 +155,19 @@ fn inspect(cwd: &Path, branch: Option<String>, allow_dirty: bool) -> Result<Chec
     let (text, from) = if has_commit {
         (
             git(&root, &["show", &format!("{commit}:package.json")]).ok(),
-            format!("package.json at commit {}", &commit[..12]),
+            tr!("package-at-commit", commit = &commit[..12]),
         )
     } else {
         let path = root.join("package.json");
         (std::fs::read_to_string(&path).ok(), path.display().to_string())
     };
-    let text = text.ok_or_else(|| anyhow!("cannot read {from}; the project's name and version come from it"))?;
-    let pkg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
+    let text = text.ok_or_else(|| anyhow!(tr!("no-package", from = from)))?;
+    let pkg: serde_json::Value = serde_json::from_str(&text).with_context(|| tr!("not-json", what = from))?;
     let field = |k: &str| {
         pkg.get(k)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
-            .ok_or_else(|| anyhow!("{from} has no \"{k}\" field; the project's name and version come from it"))
+            .ok_or_else(|| anyhow!(tr!("no-field", from = from, field = k)))
     };
     Ok(Checkout { name: field("name")?, version: field("version")?, repo, branch, commit })
 }
@@ -196,14 +178,19 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let env = Environment::parse(&args.env).unwrap_or_default();
     if !args.json {
+        let c = &checkout;
+        let (name, version, repo, branch, commit) = (&c.name, &c.version, &c.repo, &c.branch, &c.commit[..12]);
         eprintln!(
-            "publishing {}@{} to {}: {} branch {} at commit {}",
-            checkout.name,
-            checkout.version,
-            env.as_str(),
-            checkout.repo,
-            checkout.branch,
-            &checkout.commit[..12]
+            "{}",
+            tr!(
+                "publishing",
+                name = name,
+                version = version,
+                env = env.as_str(),
+                repo = repo,
+                branch = branch,
+                commit = commit
+            )
         );
     }
     let body = serde_json::json!({
@@ -224,8 +211,12 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
         if args.json {
             outln!("{}", serde_json::to_string_pretty(&task)?);
         } else {
-            outln!("task {} queued: {}@{} ({} {})", task.id, task.name, task.version, task.repo, task.branch);
-            outln!("follow it with: cloudbuild logs {} --follow", task.id);
+            let t = &task;
+            outln!(
+                "{}",
+                tr!("queued", id = t.id, name = t.name, version = t.version, repo = t.repo, branch = t.branch)
+            );
+            outln!("{}", tr!("follow-hint", id = t.id));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -276,13 +267,13 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
         if !json {
             let url = end.get("url").and_then(|v| v.as_str()).unwrap_or("");
             // The end event carries no environment; the URL names it (`/sites/<env>/…`).
-            outln!("\npublished: {url}");
+            outln!("\n{}", tr!("published", url = url));
         }
         ExitCode::SUCCESS
     } else {
         if !json {
             let reason = end.get("reason").and_then(|v| v.as_str()).unwrap_or("");
-            eprintln!("\ntask {id} {state}: {reason}");
+            eprintln!("\n{}", tr!("task-ended", id = id, state = state, reason = reason));
         }
         ExitCode::from(1)
     }
@@ -290,12 +281,10 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
 
 async fn interrupted(client: &Client, id: i64) -> Result<ExitCode> {
     if !std::io::stdin().is_terminal() {
-        eprintln!(
-            "\ninterrupted; task {id} keeps running on the server. Follow it with: cloudbuild logs {id} --follow"
-        );
+        eprintln!("\n{}", tr!("interrupted", id = id));
         return Ok(ExitCode::from(130));
     }
-    eprint!("\nCancel task {id} on the server? [y/N] ");
+    eprint!("\n{} ", tr!("ask-cancel", id = id));
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line)
@@ -304,12 +293,12 @@ async fn interrupted(client: &Client, id: i64) -> Result<ExitCode> {
     if answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
         let task: Task = client.post(&format!("/api/v1/tasks/{id}/cancel"), None).await?;
         if task.state.is_terminal() {
-            eprintln!("task {id} is {}", task.state);
+            eprintln!("{}", tr!("task-is", id = id, state = task.state));
         } else {
-            eprintln!("cancel requested: the worker is stopping task {id} (see `cloudbuild logs {id}`)");
+            eprintln!("{}", tr!("cancel-requested", id = id));
         }
     } else {
-        eprintln!("task {id} keeps running. Follow it with: cloudbuild logs {id} --follow");
+        eprintln!("{}", tr!("keeps-running", id = id));
     }
     Ok(ExitCode::from(130))
 }

@@ -1,5 +1,6 @@
 //! `cloudbuild logs`, `tasks`, `cancel`, `retry`.
 
+use crate::i18n::tr;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
@@ -65,7 +66,7 @@ pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let id = match args.id {
         Some(id) => id,
-        None => latest_task(&client, &current_project("a task id")?, None).await?.id,
+        None => latest_task(&client, &current_project(&tr!("pass-task-id"))?, None).await?.id,
     };
     let mut display = Display::new(args.json);
     client.follow(id, args.after, args.follow, &mut |ev| display.show(ev)).await?;
@@ -187,7 +188,7 @@ pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
     let name = match args.name {
         Some(n) => n,
-        None => current_project("a project name")?,
+        None => current_project(&tr!("pass-project-name"))?,
     };
     let task = latest_task(&client, &name, Some("succeeded")).await?;
     let url = task.url.ok_or_else(|| anyhow!("task {} of {name} has no site URL", task.id))?;

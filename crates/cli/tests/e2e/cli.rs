@@ -13,6 +13,29 @@ fn text(out: &std::process::Output) -> String {
 }
 
 #[test]
+fn the_clis_own_messages_follow_cloudbuild_lang_then_the_locale() {
+    let srv = server("");
+    let repo = Repo::site("zh-site", "<h1>zh</h1>");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(args).current_dir(&repo.work).env("CLOUDBUILD_SERVER", &srv.url).env("NO_COLOR", "1");
+        for var in ["CLOUDBUILD_LANG", "LC_ALL", "LC_MESSAGES", "LANG"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied()).output().unwrap()
+    };
+    let out = run(&[("LANG", "zh_CN.UTF-8")], &["publish"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("正在发布 zh-site@1.0.0 到 test："), "{all}");
+    assert!(all.contains(&format!("已发布：{}", srv.site_url("test", "zh-site"))), "{all}");
+    let zh = text(&run(&[("CLOUDBUILD_LANG", "zh-CN"), ("LC_ALL", "C")], &["publish", "--branch", "nope"]));
+    assert!(zh.starts_with("错误：`origin`") && zh.contains("没有分支或标签 `nope`"), "{zh}");
+    let en = text(&run(&[("LANG", "zh_CN.UTF-8"), ("LC_ALL", "C.UTF-8")], &["publish", "--branch", "nope"]));
+    assert!(en.starts_with("error: `origin`") && en.contains("has no branch or tag `nope`"), "LC_ALL wins: {en}");
+}
+
+#[test]
 fn publish_streams_the_build_and_prints_the_url() {
     let srv = server("");
     let repo = Repo::site("cli-site", "<h1>cli</h1>");

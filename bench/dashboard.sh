@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The dashboard's build page on a large log and under many live viewers (issue: a 200,000-line,
-# ≈ 20 MB finished log opens in under 1 s; the server's memory with 200 open live pages).
+# ≈ 20 MB finished log opens in under 1 s; the server's memory with 200 open live pages; a live
+# page on a build printing 5,000 lines a second stays bounded and keeps up).
 # Prints a table. Usage: bench/dashboard.sh   (release build; Chromium and playwright-core as
 # .ci/run installs them)
 set -euo pipefail
@@ -61,6 +62,14 @@ exec {VIEWERS[1]}>&-
 sleep 2
 after=$(rss)
 
+# 3. A build printing 5,000 lines a second for 40 s, its page open in Chromium all along.
+project firehose "let i=0;const t=setInterval(()=>{let b='';for(let k=0;k<50;k++){b+='fire '+(++i)+' '+Date.now()+'\\n';}process.stdout.write(b);if(i>=200000){clearInterval(t);require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/index.html','ok');}},10);"
+"$bin" publish --server "$url" --detach >/dev/null
+wait_state 3 running
+fire=$(NODE_DIR="$node_dir" node "$root/bench/dashboard-load.js" firehose "$url/tasks/3" 40)
+wait_state 3 succeeded
+at() { echo "$fire" | grep "\"t\":$1," | sed 's/.*"lines":\([0-9]*\),"nodes":\([0-9]*\),"heap_mb":\([0-9.]*\),"lag_ms":\([0-9-]*\).*/\1 line nodes, \2 elements, JS heap \3 MiB, last line \4 ms old/'; }
+
 echo "| metric | value |"
 echo "|---|---|"
 echo "| finished log | $(printf "%'d" "$bytes") bytes, 200,000 lines |"
@@ -70,3 +79,5 @@ echo "| build page in Chromium: goto to load (ms), line nodes in the DOM | $(ech
 echo "| server RSS: one running build, no viewer | $((before / 1024)) MiB |"
 echo "| server RSS: 200 open live pages (SSE) on it | $((during / 1024)) MiB ($(( (during - before) / 200 )) KiB each) |"
 echo "| server RSS: after they left | $((after / 1024)) MiB |"
+echo "| live page of a build printing 5,000 lines/s, after 10 s | $(at 10) |"
+echo "| the same page after 40 s | $(at 40) |"

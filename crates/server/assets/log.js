@@ -23,11 +23,18 @@
         var old = line.id && document.getElementById(line.id);
         if (old && old.parentNode === log) old.replaceWith(line); else log.appendChild(line);
       }
-      var dropped = 0;
-      while (log.childElementCount > MAX_LINES) { log.firstElementChild.remove(); dropped++; }
-      if (dropped) {
+      // The oldest lines leave; a reader scrolled up keeps seeing the same lines.
+      var removed = 0;
+      while (log.childElementCount > MAX_LINES) {
+        removed += log.firstElementChild.offsetHeight;
+        log.firstElementChild.remove();
+      }
+      if (removed) {
+        if (!follow.checked) log.scrollTop = Math.max(0, log.scrollTop - removed);
         var note = document.getElementById('trimmed');
-        if (note) { note.hidden = false; note.dataset.count = (+note.dataset.count || 0) + dropped; }
+        if (note) note.hidden = false;
+        var earlier = document.getElementById('earlier');
+        if (earlier) earlier.hidden = true;
       }
     };
     log.addEventListener('htmx:sseOpen', function (e) {
@@ -38,9 +45,9 @@
         merge(m.data);
         var url = log.getAttribute('sse-connect');
         var at = (m.lastEventId || '').split('.');
-        if (at.length === 3 && url) {
-          log.setAttribute('sse-connect', url.replace(/after=\d+/, 'after=' + at[0])
-            .replace(/skip=\d+/, 'skip=' + at[1]).replace(/line=\d+/, 'line=' + at[2]));
+        if (at.length === 4 && url) {
+          log.setAttribute('sse-connect', url.replace(/after=\d+/, 'after=' + at[0]).replace(/skip=\d+/, 'skip=' + at[1])
+            .replace(/line=\d+/, 'line=' + at[2]).replace(/style=\d+/, 'style=' + at[3]));
         }
         stick();
       });

@@ -334,6 +334,23 @@ async fn output(api: &Api, text: &str) {
     api.store.append_event(1, Fence::Server, body).await.unwrap();
 }
 
+/// The first SSE message (up to its blank line) of a live log that keeps running.
+async fn first_message(api: &Api, uri: &str, extra: &[(&str, &str)]) -> String {
+    use futures_util::StreamExt;
+    let mut req = Request::get(uri).header(header::HOST, "127.0.0.1:7001").header(header::COOKIE, session("rep"));
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = api.app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), body.next()).await;
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("a message").unwrap().unwrap()));
+    }
+    text
+}
+
 #[tokio::test]
 async fn a_line_still_being_written_is_shown_open_and_completed_in_place_not_split() {
     let api = world().await;
@@ -348,21 +365,28 @@ async fn a_line_still_being_written_is_shown_open_and_completed_in_place_not_spl
     assert!(!page.body.contains("10%"), "a progress bar shows its last state");
     let at = page.body.find("sse-connect=\"").unwrap() + 13;
     let live = page.body[at..at + page.body[at..].find('"').unwrap()].replace("&amp;", "&");
-    output(&api, " done\nnext\n").await;
-    let dev = send(&api, "GET", "/tasks/1", Some(&session("dev")), None, &[]).await;
-    send(&api, "POST", "/tasks/1/cancel", Some(&session("dev")), Some(&format!("csrf={}", dev.csrf())), &[]).await;
-    let rest = send(&api, "GET", &live, Some(&session("rep")), None, &[]).await;
+    output(&api, " done\nnext\n\u{1b}[33mhalf").await;
+    let first = first_message(&api, &live, &[]).await;
     assert!(
-        rest.body.contains("data: <div class=\"l\" id=\"L5\"><a href=\"#L5\">5</a><code>progress 50% done</code>"),
-        "{}",
-        rest.body
+        first.contains("data: <div class=\"l\" id=\"L5\"><a href=\"#L5\">5</a><code>progress 50% done</code>"),
+        "{first}"
     );
-    assert!(rest.body.contains("<code>next</code>") && !rest.body.contains("id=\"L4\""), "{}", rest.body);
-    assert!(rest.body.contains("id=\"L6\"><a href=\"#L6\">6</a><code>next"), "numbered on, not split: {}", rest.body);
-    // A reconnect from a message's id renders its open line again (the page replaces it by id).
-    let ids: Vec<&str> = rest.body.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
-    let again = send(&api, "GET", "/tasks/1/live", Some(&session("rep")), None, &[("last-event-id", ids[0])]).await;
-    assert!(!again.body.contains("id=\"L5\"") && again.body.contains("cancelled"), "{}", again.body);
+    assert!(first.contains("id=\"L6\"><a href=\"#L6\">6</a><code>next"), "numbered on, not split: {first}");
+    assert!(
+        first.contains("<div class=\"l open\" id=\"L7\"><a href=\"#L7\">7</a><code><span class=\"fg3\">half"),
+        "{first}"
+    );
+    assert!(!first.contains("id=\"L4\""), "{first}");
+    // A reconnect from that message's id renders its open line again, in its colours, and
+    // nothing before it; the page replaces the line by its id.
+    let id = first.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().to_owned();
+    output(&api, "-way\n").await;
+    let again = first_message(&api, "/tasks/1/live", &[("last-event-id", &id)]).await;
+    assert!(!again.contains("id=\"L6\""), "{again}");
+    assert!(
+        again.contains("<div class=\"l\" id=\"L7\"><a href=\"#L7\">7</a><code><span class=\"fg3\">half-way</span>"),
+        "{again}"
+    );
 }
 
 #[tokio::test]
@@ -394,6 +418,7 @@ async fn the_raw_log_streams_every_page_of_a_long_log_in_order() {
         output(&api, &format!("chunk {i}\n")).await;
     }
     let raw = send(&api, "GET", "/tasks/1/raw", Some(&session("rep")), None, &[]).await;
+    assert_eq!(raw.header("content-length"), "", "streamed, not sized in advance");
     let chunks: Vec<&str> = raw.body.lines().filter(|l| l.starts_with("chunk ")).collect();
     assert_eq!(chunks.len(), 2_500);
     assert!(chunks.iter().enumerate().all(|(i, l)| *l == format!("chunk {i}")));
@@ -417,6 +442,10 @@ async fn maintainers_edit_members_and_settings_from_the_project_page_and_no_one_
         assert_eq!(posted.status, StatusCode::FORBIDDEN, "{uri}: {}", posted.body);
     }
     let max = send(&api, "GET", "/projects/site", Some(&session("max")), None, &[]).await;
+    let forged = "csrf=0000&repo=https://example.com/other.git&default_branch=x&visibility=internal";
+    let posted = send(&api, "POST", "/projects/site/settings", Some(&session("max")), Some(forged), &[]).await;
+    assert_eq!(posted.status, StatusCode::FORBIDDEN, "a form without the session's CSRF token");
+    assert_eq!(api.store.get_project("site").await.unwrap().unwrap().default_branch, "main");
     assert!(max.body.contains("id=\"settings\"") && max.body.contains("action=\"/projects/site/members/dev/remove\""));
     let csrf = format!("csrf={}", max.csrf());
     let added = send(

@@ -48,9 +48,12 @@ pub struct Rendered {
 /// in `stages`.
 fn render(log: &mut LogHtml, ev: &WireEvent, stages: &mut Vec<(String, i64)>, skip: usize) -> String {
     let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-    log.at_event(ev.seq);
+    let text = data["text"].as_str().unwrap_or_default();
+    // A resume point inside a character (a hand-made one) starts at that character.
+    let skip = (0..=skip.min(text.len())).rev().find(|at| text.is_char_boundary(*at)).unwrap_or(0);
+    log.at_event(ev.seq, skip);
     match ev.kind {
-        EventKind::Building => log.push(data["text"].as_str().unwrap_or_default().get(skip..).unwrap_or_default()),
+        EventKind::Building => log.push(&text[skip..]),
         EventKind::Build => {
             let action = data["data"]["action"].as_str().unwrap_or_default();
             let message = data["data"]["payload"]["message"].as_str().unwrap_or_default();
@@ -130,16 +133,17 @@ pub struct LiveQuery {
     after: Option<u64>,
     skip: Option<usize>,
     line: Option<u64>,
+    style: Option<u8>,
 }
 
 /// How long a live log stays silent before a comment keeps proxies from closing it.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// `GET /tasks/{id}/live?after=SEQ&skip=K&line=N`: the log's HTML lines from event `SEQ + 1`
-/// (less its first `K` bytes of output), numbered from `N`, as SSE `log` messages until the
+/// `GET /tasks/{id}/live?after=SEQ&skip=K&line=N&style=S`: the log's HTML lines from event
+/// `SEQ + 1` (less its first `K` bytes of output), numbered from `N`, starting in colours `S`, as SSE `log` messages until the
 /// build ends; then one `end` message, `{"state": "succeeded", "text": <in the page's
 /// language>}`. Each message ends with the open line as it stands; its id is where that line
-/// began (`SEQ.K.N`). `Last-Event-ID` wins over the query, for the browser's own reconnects.
+/// began (`SEQ.K.N.S`). `Last-Event-ID` wins over the query, for the browser's own reconnects.
 /// A comment is sent after [`KEEP_ALIVE`] of silence.
 pub async fn live(
     State(state): State<Arc<AppState>>,
@@ -154,8 +158,13 @@ pub async fn live(
         Err(e) => return refused(e),
     };
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let at =
-        resume.unwrap_or(Resume { after: q.after.unwrap_or(0), skip: q.skip.unwrap_or(0), line: q.line.unwrap_or(1) });
+    let asked = Resume {
+        after: q.after.unwrap_or(0),
+        skip: q.skip.unwrap_or(0),
+        line: q.line.unwrap_or(1),
+        style: q.style.unwrap_or(0),
+    };
+    let at = resume.unwrap_or(asked);
     let follower = follow::follow(&state, &viewer.caller, &task.name, id, at.after, !task.state.is_terminal());
     let log = LogHtml::resuming(at);
     let store = state.clone();

@@ -26,24 +26,36 @@ pub struct LogHtml {
     quiet_open: bool,
     /// Lines as `<number>\t<text>\n`, without markup or escaping (for searching a log).
     plain: bool,
-    /// The event being rendered (set by [`LogHtml::at_event`]) and where the open line began.
+    /// The event being rendered and the offset of the text pushed next in that event's output
+    /// (set by [`LogHtml::at_event`]); where the open line began.
     event: u64,
+    base: usize,
     open_at: Resume,
+    /// A carriage return was seen on the open line: the next character starts it again.
+    returned: bool,
+    /// Characters on the open line (rendered or not): a line is broken after [`MAX_LINE`].
+    open_chars: usize,
 }
 
+/// The longest line kept whole; a longer one continues on the next line (a line without an
+/// end, such as a test reporter's dots, must not make every live update resend all of it).
+pub const MAX_LINE: usize = 16 * 1024;
+
 /// Where in a task's event log a line begins: after event `after`, skipping the first `skip`
-/// bytes of the next event's text; that line is numbered `line`. Written `after.skip.line`
-/// (the live stream's SSE ids).
+/// bytes of the next event's text; that line is numbered `line` and starts with the colours
+/// `style` in force ([`LogHtml::style`]). Written `after.skip.line.style` (the live stream's
+/// SSE ids; `style` may be left out).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
     pub after: u64,
     pub skip: usize,
     pub line: u64,
+    pub style: u8,
 }
 
 impl std::fmt::Display for Resume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.after, self.skip, self.line)
+        write!(f, "{}.{}.{}.{}", self.after, self.skip, self.line, self.style)
     }
 }
 
@@ -51,9 +63,14 @@ impl std::str::FromStr for Resume {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        let mut parts = s.splitn(3, '.').map(|p| p.parse::<u64>().map_err(|_| ()));
+        let mut parts = s.split('.').map(|p| p.parse::<u64>().map_err(|_| ()));
         let (after, skip, line) = (parts.next().ok_or(())??, parts.next().ok_or(())??, parts.next().ok_or(())??);
-        Ok(Resume { after, skip: usize::try_from(skip).map_err(|_| ())?, line: line.max(1) })
+        let style = parts.next().transpose()?.unwrap_or(0);
+        if parts.next().is_some() {
+            return Err(());
+        }
+        let skip = usize::try_from(skip).map_err(|_| ())?;
+        Ok(Resume { after, skip, line: line.max(1), style: u8::try_from(style).map_err(|_| ())? })
     }
 }
 
@@ -62,20 +79,40 @@ impl LogHtml {
         LogHtml { next_line: line, ..Default::default() }
     }
 
-    /// A log resuming at `at` (its line number; the caller skips `at.skip` bytes of the first
-    /// event's text).
+    /// A log resuming at `at`: its line number and colours (the caller skips `at.skip` bytes
+    /// of the first event's text).
     pub fn resuming(at: Resume) -> Self {
-        LogHtml { next_line: at.line, open_at: at, ..Default::default() }
+        LogHtml { next_line: at.line, open_at: at, classes: classes_of(at.style), ..Default::default() }
     }
 
-    /// The events pushed from now on are event `seq`'s (for [`LogHtml::open_at`]).
-    pub fn at_event(&mut self, seq: u64) {
+    /// The text pushed from now on is event `seq`'s output from byte `base` on (for
+    /// [`LogHtml::open_at`]).
+    pub fn at_event(&mut self, seq: u64, base: usize) {
         self.event = seq;
+        self.base = base;
     }
 
     /// Where the open line began (the point to resume a live view from, rendering that line again).
     pub fn open_at(&self) -> Resume {
         Resume { line: self.next_line, ..self.open_at }
+    }
+
+    /// The colours in force as a number: bit 0 bold, bits 1–4 the foreground colour + 1.
+    fn style(&self) -> u8 {
+        self.classes.iter().fold(0, |acc, c| match *c {
+            "b" => acc | 1,
+            fg => acc | fg.strip_prefix("fg").and_then(|n| n.parse::<u8>().ok()).map_or(0, |n| (n + 1) << 1),
+        })
+    }
+
+    /// Marks the start of the next line: at byte `offset` of the pushed text (`None`: after
+    /// the current event).
+    fn line_starts(&mut self, offset: Option<usize>) {
+        let style = self.style();
+        self.open_at = match offset {
+            Some(at) => Resume { after: self.event.saturating_sub(1), skip: self.base + at, line: 0, style },
+            None => Resume { after: self.event, skip: 0, line: 0, style },
+        };
     }
 
     /// The open line so far as `<div class="l open" id="L{n}">`, or nothing when no line is
@@ -127,19 +164,13 @@ impl LogHtml {
             match c {
                 '\n' => {
                     self.end_line(&mut out);
-                    self.open_at =
-                        Resume { after: self.event.saturating_sub(1), skip: (i + 1).saturating_sub(carried), line: 0 };
+                    // A newline carried over from the event before (inside a long broken escape)
+                    // counts as this event's start.
+                    self.line_starts(Some((i + 1).saturating_sub(carried)));
                 }
-                // A carriage return before more text rewrites the line (a progress bar): only the
-                // line's last state is kept, as a terminal shows it. `\r\n` ends a line.
-                '\r' => match chars.peek() {
-                    None => {
-                        self.pending = "\r".to_owned();
-                        break;
-                    }
-                    Some((_, '\n')) => {}
-                    Some(_) => self.rewind(),
-                },
+                // A carriage return rewrites the line (a progress bar) once more text comes: only
+                // the line's last state is kept, as a terminal shows it. `\r\n` ends a line.
+                '\r' => self.returned = true,
                 '\u{1b}' => {
                     let rest = &text[i..];
                     // A sequence never ended (a stray `ESC ]`) is dropped after 4 KiB, its text
@@ -160,7 +191,13 @@ impl LogHtml {
                     }
                 }
                 c if c.is_control() && c != '\t' => {}
-                c => self.put(c),
+                c => {
+                    if self.open_chars >= MAX_LINE && !self.returned {
+                        self.end_line(&mut out);
+                        self.line_starts(Some(i.saturating_sub(carried)));
+                    }
+                    self.put(c);
+                }
             }
         }
         out
@@ -169,7 +206,7 @@ impl LogHtml {
     /// A line of the server's own (a stage's message), after whatever line is open.
     pub fn stage(&mut self, text: &str) -> String {
         let mut out = self.finish();
-        self.open_at = Resume { after: self.event, skip: 0, line: 0 };
+        self.line_starts(None);
         if self.quiet() {
             self.next_line += 1;
             return out;
@@ -207,6 +244,7 @@ impl LogHtml {
     /// stay (a terminal keeps them too).
     fn rewind(&mut self) {
         self.open.clear();
+        self.open_chars = 0;
     }
 
     fn quiet(&self) -> bool {
@@ -214,6 +252,10 @@ impl LogHtml {
     }
 
     fn put(&mut self, c: char) {
+        if std::mem::take(&mut self.returned) {
+            self.rewind();
+        }
+        self.open_chars += 1;
         if self.quiet() {
             self.quiet_open = true;
             return;
@@ -236,6 +278,8 @@ impl LogHtml {
     }
 
     fn end_line(&mut self, out: &mut String) {
+        self.returned = false;
+        self.open_chars = 0;
         if self.quiet() {
             self.quiet_open = false;
             self.next_line += 1;
@@ -283,6 +327,19 @@ impl LogHtml {
             }
         }
     }
+}
+
+/// The classes of a [`LogHtml::style`] number.
+fn classes_of(style: u8) -> Vec<&'static str> {
+    const FG: [&str; 8] = ["fg0", "fg1", "fg2", "fg3", "fg4", "fg5", "fg6", "fg7"];
+    let mut classes = Vec::new();
+    if style & 1 == 1 {
+        classes.push("b");
+    }
+    if let Some(fg) = FG.get(usize::from(style >> 1).wrapping_sub(1)) {
+        classes.push(fg);
+    }
+    classes
 }
 
 fn colour(p: &str) -> Option<&'static str> {
@@ -382,26 +439,70 @@ mod tests {
     #[test]
     fn a_carriage_return_rewrites_its_line_and_the_open_line_says_where_it_began() {
         let mut log = LogHtml::starting_at(1);
-        log.at_event(7);
+        log.at_event(7, 0);
         let html = log.push("first\r\n 10%\r 50%\r");
         assert!(html.contains("<code>first</code>"), "\\r\\n ends a line: {html}");
-        assert_eq!(log.open_at(), Resume { after: 6, skip: 7, line: 2 });
-        log.at_event(8);
+        assert_eq!(log.open_at(), Resume { after: 6, skip: 7, line: 2, style: 0 });
+        log.at_event(8, 0);
         let html = log.push("\r100%\ndone");
         assert!(html.contains("id=\"L2\"><a href=\"#L2\">2</a><code>100%</code>"), "{html}");
         assert!(!html.contains("50%"));
         // Line 3 began 6 bytes into event 8: resuming there renders it again, whole.
-        assert_eq!(log.open_at(), Resume { after: 7, skip: 6, line: 3 });
-        assert_eq!("7.6.3".parse(), Ok(log.open_at()));
+        assert_eq!(log.open_at(), Resume { after: 7, skip: 6, line: 3, style: 0 });
+        assert_eq!("7.6.3.0".parse(), Ok(log.open_at()));
+        assert_eq!("7.6.3".parse(), Ok(log.open_at()), "the style may be left out");
+        assert!("7.6".parse::<Resume>().is_err() && "1.2.3.4.5".parse::<Resume>().is_err());
         assert!(
             log.open_html().contains("class=\"l open\" id=\"L3\"") && log.open_html().contains("<code>done</code>")
         );
         let mut resumed = LogHtml::resuming(log.open_at());
-        resumed.at_event(8);
+        resumed.at_event(8, 6);
         resumed.push(&"\r100%\ndone"[6..]);
         assert_eq!(resumed.open_html(), log.open_html());
         assert!(log.stage("==> end").contains("<code>done</code>"));
         let mut plain = LogHtml::plain();
         assert_eq!(plain.push("a\rb\r\n"), "1\tb\n", "searches see what the page shows");
+    }
+
+    #[test]
+    fn a_carriage_return_keeps_the_line_until_text_overwrites_it() {
+        let mut log = LogHtml::starting_at(1);
+        let html = log.push("abc\r\r\nok\r\u{1b}[0m\n");
+        assert!(html.contains("<code>abc</code>") && html.contains("<code>ok</code>"), "{html}");
+        // Counting lines (a page's window) and rendering them agree, whatever follows a `\r`.
+        let text = "one\rtwo\u{1b}[K\r\u{1b}[2K";
+        let mut counted = LogHtml::rendering_from(u64::MAX);
+        let mut rendered = LogHtml::starting_at(1);
+        for log in [&mut counted, &mut rendered] {
+            log.push(text);
+            log.stage("==> next");
+            log.push("last\n");
+        }
+        assert_eq!(counted.next_line, rendered.next_line);
+    }
+
+    #[test]
+    fn a_line_without_an_end_is_broken_after_max_line_characters() {
+        let mut log = LogHtml::starting_at(1);
+        log.at_event(3, 0);
+        let html = log.push(&".".repeat(MAX_LINE + 10));
+        assert_eq!(html.matches("<div").count(), 1);
+        assert!(html.contains(&format!("<code>{}</code>", ".".repeat(MAX_LINE))));
+        assert_eq!(log.open_at(), Resume { after: 2, skip: MAX_LINE, line: 2, style: 0 });
+        assert!(log.open_html().contains(&format!("<code>{}</code>", ".".repeat(10))));
+    }
+
+    #[test]
+    fn a_resumed_line_starts_in_the_colours_in_force_where_it_began() {
+        let mut log = LogHtml::starting_at(1);
+        log.at_event(4, 0);
+        log.push("\u{1b}[1;31mred\nstill red");
+        let at = log.open_at();
+        assert_eq!((at.after, at.skip, at.style), (3, 11, 1 | (2 << 1)));
+        let mut resumed = LogHtml::resuming(at);
+        resumed.at_event(4, at.skip);
+        resumed.push("still red");
+        assert_eq!(resumed.open_html(), log.open_html());
+        assert!(resumed.open_html().contains("<span class=\"b fg1\">still red</span>"), "{}", resumed.open_html());
     }
 }

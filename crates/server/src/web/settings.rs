@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::pages::{path_of, refused};
 use super::session::{Checked, WithCsrf};
 use super::CsrfForm;
+use crate::domain::policy::ProjectAction;
 use crate::domain::projects;
 use crate::state::AppState;
 
@@ -72,16 +73,23 @@ impl WithCsrf for SettingsForm {
 }
 
 /// `POST /projects/{name}/settings`: the repository, default branch and visibility
-/// (maintainers; validated by the domain as through the API).
+/// (maintainers; what changed is validated by the domain as through the API).
 pub async fn settings(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Checked(viewer, form): Checked<SettingsForm>,
 ) -> Response {
+    let now = match projects::get(&state, &viewer.caller, &name, ProjectAction::Read).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    // Only what the form changed: an unchanged repository is not checked against today's rules
+    // again (nor its stored spelling rewritten) because the visibility changed.
+    let changed = |new: &str, old: &str| (new.trim() != old).then(|| new.trim().to_owned());
     let edit = EditProject {
-        repo: Some(form.repo.trim().to_owned()),
-        default_branch: Some(form.default_branch.trim().to_owned()),
-        visibility: Some(form.visibility),
+        repo: changed(&form.repo, &now.repo),
+        default_branch: changed(&form.default_branch, &now.default_branch),
+        visibility: (form.visibility != now.visibility).then_some(form.visibility),
     };
     match projects::edit(&state, &viewer.caller, &name, edit).await {
         Ok(_) => back(&name),

@@ -41,12 +41,12 @@ impl Client {
     pub(crate) fn new(server: &str, token: Option<&str>) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(anyhow!("--server must be an http:// or https:// URL, not `{server}`"));
+            return Err(anyhow!(tr!("bad-server-url", server = server)));
         }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token.filter(|t| !t.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| anyhow!("the API token contains characters that cannot be sent in a header"))?;
+                .map_err(|_| anyhow!(tr!("bad-token")))?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }

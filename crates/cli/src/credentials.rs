@@ -3,6 +3,7 @@
 //! hosts file): client commands send the token of their `--server` when no `--token` or
 //! `CLOUDBUILD_TOKEN` is given.
 
+use crate::i18n::tr;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -32,8 +33,7 @@ fn dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(d));
     }
     use etcetera::BaseStrategy;
-    let xdg = etcetera::choose_base_strategy()
-        .map_err(|e| anyhow!("no config directory ({e}): set HOME or CLOUDBUILD_CONFIG_DIR"))?;
+    let xdg = etcetera::choose_base_strategy().map_err(|e| anyhow!(tr!("no-config-dir", why = e)))?;
     Ok(xdg.config_dir().join("cloudbuild"))
 }
 
@@ -54,18 +54,14 @@ impl Credentials {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => return Err(e).with_context(|| tr!("reading", path = path.display())),
         };
         let mode = std::fs::metadata(&path)?.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(anyhow!(
-                "{} is readable by others (mode {:o}); run `chmod 600 {}` and sign in again",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            ));
+            let mode = format!("{:o}", mode & 0o777);
+            return Err(anyhow!(tr!("credentials-readable", path = path.display(), mode = mode)));
         }
-        serde_json::from_str(&text).with_context(|| format!("{} is not a credentials file", path.display()))
+        serde_json::from_str(&text).with_context(|| tr!("not-credentials", path = path.display()))
     }
 
     /// Writes the file whole (a temporary file renamed over it), mode 0600.
@@ -75,7 +71,7 @@ impl Credentials {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .with_context(|| tr!("creating", path = dir.display()))?;
         let tmp = dir.join(format!(".credentials.{}.tmp", std::process::id()));
         // A new file, so that its mode is ours (a leftover would keep the mode it had).
         let _ = std::fs::remove_file(&tmp);
@@ -84,10 +80,10 @@ impl Credentials {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .with_context(|| tr!("writing", path = tmp.display()))?;
         f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| tr!("writing", path = path.display()))?;
         Ok(path)
     }
 

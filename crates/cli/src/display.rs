@@ -189,7 +189,8 @@ impl Display {
                 shown
             }
             EventKind::Truncated => {
-                let msg = data.get("message").and_then(|t| t.as_str()).unwrap_or("output truncated");
+                let msg =
+                    data.get("message").and_then(|t| t.as_str()).map_or_else(|| tr!("output-truncated"), str::to_owned);
                 format!("{}\n", self.paint("1;33", &format!("!!! {msg}")))
             }
             EventKind::End => String::new(),

@@ -36,10 +36,11 @@ fn choose(var: impl Fn(&str) -> Option<String>) -> LanguageIdentifier {
     }
 }
 
-/// The language of this process's messages.
+/// The language of this process's messages (English in unit tests, whatever the machine's
+/// locale).
 fn language() -> &'static LanguageIdentifier {
     static CHOSEN: OnceLock<LanguageIdentifier> = OnceLock::new();
-    CHOSEN.get_or_init(|| choose(|name| std::env::var(name).ok()))
+    CHOSEN.get_or_init(|| if cfg!(test) { EN } else { choose(|name| std::env::var(name).ok()) })
 }
 
 /// The message `key` with its arguments, in the process's language.
@@ -59,6 +60,17 @@ fn lookup(lang: &LanguageIdentifier, key: &str, args: &[(&'static str, String)])
     let args: HashMap<Cow<'static, str>, FluentValue<'_>> =
         args.iter().map(|(k, v)| (Cow::Borrowed(*k), value(k, v))).collect();
     LOCALES.lookup_with_args(lang, key, &args)
+}
+
+/// A task state's name (`succeeded`, `timed_out`) in words; an unknown one as it is.
+pub(crate) fn state(name: &str) -> String {
+    let key = format!("state-{name}");
+    let words = text(&key, &[]);
+    if words == key {
+        name.to_owned()
+    } else {
+        words
+    }
 }
 
 /// `tr!("key", name = value, …)`: the message `key` of `locales/*/cli.ftl` with its arguments

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("{}", i18n::tr!("error", message = i18n::tr!("no-runtime", why = e)));
             return ExitCode::from(2);
         }
     };

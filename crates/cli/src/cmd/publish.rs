@@ -273,6 +273,7 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
     } else {
         if !json {
             let reason = end.get("reason").and_then(|v| v.as_str()).unwrap_or("");
+            let state = crate::i18n::state(state);
             eprintln!("\n{}", tr!("task-ended", id = id, state = state, reason = reason));
         }
         ExitCode::from(1)
@@ -293,7 +294,7 @@ async fn interrupted(client: &Client, id: i64) -> Result<ExitCode> {
     if answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
         let task: Task = client.post(&format!("/api/v1/tasks/{id}/cancel"), None).await?;
         if task.state.is_terminal() {
-            eprintln!("{}", tr!("task-is", id = id, state = task.state));
+            eprintln!("{}", tr!("task-is", id = id, state = crate::i18n::state(task.state.as_str())));
         } else {
             eprintln!("{}", tr!("cancel-requested", id = id));
         }

@@ -115,6 +115,11 @@ async fn sandbox(config: &SandboxConfig, work_root: &std::path::Path, how_off: &
 }
 
 /// Layers defaults, the file, the environment and the flags.
+/// The `CLOUDBUILD_*` variables that are not server settings, without their prefix: the
+/// client commands' server, tokens, config directory and language, and logging. A shell that
+/// sets them for the CLI must not stop `cloudbuild server` with an unknown key.
+const CLIENT_VARIABLES: [&str; 6] = ["server", "token", "worker_token", "log", "config_dir", "lang"];
+
 fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
     let mut fig = Figment::from(Serialized::defaults(ServerConfig::default()));
     if let Some(path) = &args.config {
@@ -123,9 +128,7 @@ fn load_config(args: &ServerArgs) -> Result<ServerConfig> {
         }
         fig = fig.merge(Toml::file(path));
     }
-    // CLOUDBUILD_SERVER, CLOUDBUILD_TOKEN and CLOUDBUILD_WORKER_TOKEN belong to the client
-    // commands, CLOUDBUILD_LOG to logging.
-    fig = fig.merge(Env::prefixed("CLOUDBUILD_").split("__").ignore(&["server", "token", "worker_token", "log"]));
+    fig = fig.merge(Env::prefixed("CLOUDBUILD_").split("__").ignore(&CLIENT_VARIABLES));
     if let Some(listen) = args.listen {
         fig = fig.merge(Serialized::default("listen", listen));
     }

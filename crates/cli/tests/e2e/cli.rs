@@ -6,7 +6,7 @@ use std::time::Duration;
 use cloudbuild_proto::task::TaskState;
 use cloudbuild_testkit::{get_text, package_json, Repo};
 
-use crate::{bin, server};
+use crate::server;
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -17,7 +17,7 @@ fn the_clis_own_messages_follow_cloudbuild_lang_then_the_locale() {
     let srv = server("");
     let repo = Repo::site("zh-site", "<h1>zh</h1>");
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        let mut cmd = std::process::Command::new(bin());
+        let mut cmd = crate::cli_command();
         cmd.args(args).current_dir(&repo.work).env("CLOUDBUILD_SERVER", &srv.url).env("NO_COLOR", "1");
         for var in ["CLOUDBUILD_LANG", "LC_ALL", "LC_MESSAGES", "LANG"] {
             cmd.env_remove(var);
@@ -112,8 +112,7 @@ fn user_errors_are_clear() {
     assert!(text(&out).contains("invalid version"), "{}", text(&out));
     // A server that does not answer.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let out =
-        std::process::Command::new(bin()).args(["tasks", "--server", &format!("http://{closed}")]).output().unwrap();
+    let out = crate::cli_command().args(["tasks", "--server", &format!("http://{closed}")]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("cannot reach the cloudbuild server"), "{}", text(&out));
     // A server that accepts the connection but never answers.
@@ -125,8 +124,7 @@ fn user_errors_are_clear() {
             held.push(conn);
         }
     });
-    let out =
-        std::process::Command::new(bin()).args(["tasks", "--server", &format!("http://{addr}")]).output().unwrap();
+    let out = crate::cli_command().args(["tasks", "--server", &format!("http://{addr}")]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("no answer within 5 s"), "{}", text(&out));
 }
@@ -139,7 +137,7 @@ fn non_interactive_interrupt_leaves_the_build_running() {
         ("package.json", &package_json("cli-int", &[("build", "node hang.js")])),
         ("hang.js", &cloudbuild_testkit::hang_script(pid_file.to_str().unwrap())),
     ]);
-    let child = std::process::Command::new(bin())
+    let child = crate::cli_command()
         .arg("publish")
         .current_dir(&repo.work)
         .env("CLOUDBUILD_SERVER", &srv.url)
@@ -188,7 +186,7 @@ fn bad_configuration_stops_the_server_with_the_key_named() {
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[limits]\noutput_byte = 10\n").unwrap();
     let run = |env: &[(&str, &str)]| {
-        std::process::Command::new(bin())
+        crate::cli_command()
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--config")
@@ -197,9 +195,11 @@ fn bad_configuration_stops_the_server_with_the_key_named() {
             .output()
             .unwrap()
     };
-    let out = run(&[]);
+    // The client commands' own variables are not server settings.
+    let out = run(&[("CLOUDBUILD_LANG", "zh-CN"), ("CLOUDBUILD_CONFIG_DIR", "/nonexistent")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("output_byte"), "a typo in the file is named: {}", text(&out));
+    assert!(text(&out).contains("output_byte") && !text(&out).contains("`lang`"), "{}", text(&out));
+    assert!(!text(&out).contains("config_dir"), "{}", text(&out));
     // In the key's own words: no figment profile prefix, no doubled backticks.
     std::fs::write(&config, "[sandbox]\nmode = \"of\"\n").unwrap();
     let out = run(&[]);

@@ -217,7 +217,7 @@ fn a_server_killed_mid_build_loses_no_event_and_duplicates_none() {
     let id = task["id"].as_i64().unwrap();
     srv.wait_until(id, |t| t.stage == Some(cloudbuild_proto::task::Stage::Build), "build");
     // A user following with the CLI through the crash.
-    let cli_follower = std::process::Command::new(bin())
+    let cli_follower = crate::cli_command()
         .args(["logs", &id.to_string(), "--follow"])
         .env("CLOUDBUILD_SERVER", &srv.url)
         .env("NO_COLOR", "1")

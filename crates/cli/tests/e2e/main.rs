@@ -34,6 +34,14 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cloudbuild"))
 }
 
+/// The binary under test as a command whose own messages are in English, whatever the
+/// machine's locale (the tests read them).
+pub fn cli_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("CLOUDBUILD_LANG", "en-US");
+    cmd
+}
+
 /// A server with default settings plus `extra` TOML.
 /// Server configuration for tests about the log of builds that run again on the same commit
 /// (several clients publishing one fixture): without the build caches, each of them builds

@@ -184,7 +184,7 @@ fn sandbox_off_is_explicit_and_said_at_startup() {
 fn a_machine_that_cannot_sandbox_refuses_to_run_builds_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     // No bwrap on this PATH.
-    let out = std::process::Command::new(bin())
+    let out = crate::cli_command()
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("PATH", dir.path())

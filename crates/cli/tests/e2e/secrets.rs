@@ -2,13 +2,13 @@
 //! stages chosen, and masked in every output channel, whatever form a build prints them in.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine;
 use cloudbuild_proto::task::TaskState;
 use cloudbuild_testkit::{get_json, package_json, Repo};
 
-use crate::{bin, server};
+use crate::server;
 
 const CANARY: &str = "cb-canary-7f3a9c2e51d04b8b";
 
@@ -31,7 +31,7 @@ setTimeout(() => {
 "#;
 
 fn cli_with_env(srv: &cloudbuild_testkit::Server, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(bin())
+    crate::cli_command()
         .args(args)
         .env("CLOUDBUILD_SERVER", &srv.url)
         .envs(env.iter().copied())

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use cloudbuild_testkit::{package_json, Repo};
 
-use crate::{bin, server};
+use crate::server;
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -14,7 +14,7 @@ fn text(out: &std::process::Output) -> String {
 
 /// Runs the CLI with stdout a pipe whose reader is already gone (`| head -0`).
 fn with_closed_stdout(url: &str, cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(bin())
+    let mut child = crate::cli_command()
         .args(args)
         .current_dir(cwd)
         .env("CLOUDBUILD_SERVER", url)
@@ -95,7 +95,7 @@ fn a_server_that_is_not_cloudbuild_is_named_as_such() {
         let url = foreign_server(status, body);
         let args =
             if command == "logs" { vec!["logs", "1", "--server", &url] } else { vec![command, "--server", &url] };
-        let out = Command::new(bin()).args(&args).current_dir(dir.path()).output().unwrap();
+        let out = crate::cli_command().args(&args).current_dir(dir.path()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{command} against {status}");
         let said = text(&out);
         assert!(said.contains("is not a cloudbuild server") && said.contains("cloudbuild server"), "{said}");
@@ -103,7 +103,7 @@ fn a_server_that_is_not_cloudbuild_is_named_as_such() {
     }
     // A proxy's failure in front of a real server is not blamed on --server.
     let url = foreign_server("502 Bad Gateway", "<html>bad gateway</html>");
-    let out = Command::new(bin()).args(["tasks", "--server", &url]).current_dir(dir.path()).output().unwrap();
+    let out = crate::cli_command().args(["tasks", "--server", &url]).current_dir(dir.path()).output().unwrap();
     let said = text(&out);
     assert!(said.contains("HTTP 502") && said.contains("a proxy") && !said.contains("not a cloudbuild"), "{said}");
 }
@@ -128,7 +128,7 @@ fn a_repository_without_commits_says_what_to_do() {
 #[test]
 fn help_names_environment_variables_without_values_and_tokens_apart() {
     let help = |args: &[&str]| {
-        let out = Command::new(bin()).args(args).env("CLOUDBUILD_SERVER", "").output().unwrap();
+        let out = crate::cli_command().args(args).env("CLOUDBUILD_SERVER", "").output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let tasks = help(&["tasks", "--help"]);
@@ -149,7 +149,7 @@ fn build_colours_reach_a_pipe_as_plain_text() {
         ("build.js", colourful),
     ]);
     // NO_COLOR unset: that stdout is a pipe must be enough to drop the colours.
-    let out = Command::new(bin())
+    let out = crate::cli_command()
         .arg("publish")
         .current_dir(&repo.work)
         .env("CLOUDBUILD_SERVER", &srv.url)
@@ -198,7 +198,7 @@ fn logs_and_open_find_the_project_of_the_current_directory() {
     std::fs::write(&opener, format!("#!/bin/sh\necho \"$1\" > {}\n", seen.display())).unwrap();
     std::fs::set_permissions(&opener, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin_dir.path().display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new(bin())
+    let out = crate::cli_command()
         .arg("open")
         .current_dir(&repo.work)
         .env("CLOUDBUILD_SERVER", &srv.url)

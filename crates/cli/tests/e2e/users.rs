@@ -25,6 +25,7 @@ fn text(out: &Output) -> String {
 /// Runs the CLI with its own config directory (where `login` keeps its token) and `stdin`.
 fn cli(srv: &Server, config: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(&srv.bin)
+        .env("CLOUDBUILD_LANG", "en-US")
         .args(args)
         .env("CLOUDBUILD_SERVER", &srv.url)
         .env("CLOUDBUILD_CONFIG_DIR", config)

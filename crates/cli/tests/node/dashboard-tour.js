@@ -76,10 +76,17 @@ async function tour(browser) {
     await signIn(page, 'dev');
     report.dev_buttons = await buttons(page, 'tour', tasks.running);
     report.dev_posts = { rollback: await forged(page, '/projects/tour/rollback', { env: 'test', to: '1.0.0' }) };
+    // A second tab, in Chinese, watches the build: its badge must change live, without a reload.
+    const watcher = await ctx.newPage();
+    await watcher.goto(`${url}/tasks/${tasks.running}?locale=zh-CN`);
+    await watcher.evaluate(() => { window.notReloaded = true; });
     await page.goto(`${url}/tasks/${tasks.running}`);
     await Promise.all([page.waitForURL(new RegExp(`/tasks/${tasks.running}$`)), page.click('form[action$="/cancel"] button')]);
-    await page.waitForFunction(() => /cancelled/.test(document.getElementById('state').className), null, { timeout: 60000 });
-    report.dev_cancelled = await page.locator('#state').textContent();
+    await watcher.waitForFunction(() => /s-cancelled/.test(document.getElementById('state').className), null, { timeout: 60000 });
+    report.dev_cancelled = {
+      badge: (await watcher.locator('#state').textContent()).trim(),
+      live: await watcher.evaluate(() => window.notReloaded === true),
+    };
     await ctx.close();
   }
   // A maintainer rolls the test site back to 1.0.0 from the project page.

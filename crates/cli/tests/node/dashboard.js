@@ -1,7 +1,7 @@
 // Drives the dashboard's build page in Debian's Chromium (playwright-core, no downloaded
 // browser) while the build runs, for cloudbuild's browser test. Prints one JSON line:
-//   {"counts": [log lines seen over time], "lines": [final log line texts], "state": "...",
-//    "scriptRan": false}
+//   {"counts": [the last line number shown, over time], "lines": [final log line texts], "state": "...",
+//    "scriptRan": false, "trimmed": whether the note about lines that left the page shows}
 //
 //   node dashboard.js <page url> <screenshot dir>
 const { chromium } = require('playwright-core');
@@ -23,7 +23,12 @@ const [url, shots] = process.argv.slice(2);
       // without reloading).
       const deadline = Date.now() + 90000;
       for (;;) {
-        out.counts.push(await page.locator('#log .l').count());
+        // The number of the last line shown (the page keeps at most 5,000 line nodes, so their
+        // count stops growing; the numbers go on).
+        out.counts.push(await page.evaluate(() => {
+          const last = document.querySelector('#log .l:last-child');
+          return last ? Number(last.id.slice(1)) : 0;
+        }));
         const state = (await page.locator('#state').textContent()).trim();
         if (/succeeded|failed|cancelled|timed out/.test(state)) { out.state = state; break; }
         if (Date.now() > deadline) { out.state = 'timeout: ' + state; break; }
@@ -31,6 +36,7 @@ const [url, shots] = process.argv.slice(2);
       }
       await page.waitForTimeout(300);
       out.lines = await page.locator('#log .l code').allTextContents();
+      out.trimmed = await page.locator('#trimmed').isVisible();
     }
     await page.screenshot({ path: `${shots}/build-${scheme}.png`, fullPage: true });
     await page.close();

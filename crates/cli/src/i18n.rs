@@ -85,21 +85,12 @@ pub(crate) use tr;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(ftl: &str) -> Vec<String> {
-        let mut keys: Vec<String> = ftl
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with(' '))
-            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_owned()))
-            .collect();
-        keys.sort();
-        keys
-    }
+    use cloudbuild_testkit::fluent_keys;
 
     #[test]
     fn every_message_is_in_both_languages() {
-        let en = keys(include_str!("../locales/en-US/cli.ftl"));
-        let zh = keys(include_str!("../locales/zh-CN/cli.ftl"));
+        let en = fluent_keys(include_str!("../locales/en-US/cli.ftl"));
+        let zh = fluent_keys(include_str!("../locales/zh-CN/cli.ftl"));
         assert!(en.len() > 20, "{en:?}");
         assert_eq!(en, zh, "the same keys in en-US and zh-CN");
         for lang in [&EN, &ZH] {

@@ -4,6 +4,7 @@
 //! Everything runs on loopback with real git, real npm and the real binary; nothing is mocked.
 
 mod browser;
+mod fluent;
 mod http;
 mod nginx;
 mod process;
@@ -15,6 +16,7 @@ mod server;
 mod worker;
 
 pub use browser::*;
+pub use fluent::*;
 pub use http::*;
 pub use nginx::*;
 pub use process::*;

@@ -97,21 +97,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Lang {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(ftl: &str) -> Vec<String> {
-        let mut keys: Vec<String> = ftl
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with(' '))
-            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_owned()))
-            .collect();
-        keys.sort();
-        keys
-    }
+    use cloudbuild_testkit::fluent_keys;
 
     #[test]
     fn every_key_is_in_both_languages() {
-        let en = keys(include_str!("../../locales/en-US/dashboard.ftl"));
-        let zh = keys(include_str!("../../locales/zh-CN/dashboard.ftl"));
+        let en = fluent_keys(include_str!("../../locales/en-US/dashboard.ftl"));
+        let zh = fluent_keys(include_str!("../../locales/zh-CN/dashboard.ftl"));
         assert!(en.len() > 30, "{en:?}");
         let missing_zh: Vec<_> = en.iter().filter(|k| !zh.contains(k)).collect();
         let missing_en: Vec<_> = zh.iter().filter(|k| !en.contains(k)).collect();

@@ -70,6 +70,9 @@ pub enum WorkerEvent {
     Output { stream: OutputStream, text: String },
     /// `download repo` resolved the branch to this commit.
     Commit { sha: String },
+    /// `download repo` read the version from the commit's `package.json`, for a task that
+    /// publishes whatever version its commit carries (a webhook's; its version is empty).
+    Version { version: String },
     /// What the build reused from the worker's caches (sent again as it changes).
     Cache { report: crate::task::CacheReport },
 }

@@ -144,6 +144,13 @@ pub(crate) fn apply(
             l.dirty = true;
             Vec::new()
         }
+        Change::Version(version) => {
+            if l.task.version.is_empty() {
+                l.task.version = version.clone();
+                l.dirty = true;
+            }
+            Vec::new()
+        }
         Change::Cache(report) => {
             l.task.cache = Some(report.clone());
             l.dirty = true;
@@ -278,10 +285,12 @@ pub(crate) fn requeue(
 pub(crate) fn created_event(id: TaskId, new: &NewTask) -> EventBody {
     let retry = new.retry_of.map(|r| format!(" (retry of task {r})")).unwrap_or_default();
     let commit = new.commit.as_deref().map(|c| format!(" at commit {}", &c[..c.len().min(12)])).unwrap_or_default();
+    // A webhook's task publishes the version its commit carries, known once it is checked out.
+    let version = if new.version.is_empty() { "<the commit's version>" } else { &new.version };
     let message = format!(
         "task {id} created: {}@{} from {} branch {}{commit} for {}{retry}",
         new.name,
-        new.version,
+        version,
         new.repo,
         new.branch,
         new.env.as_str()

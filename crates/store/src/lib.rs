@@ -216,6 +216,9 @@ pub enum Change {
     Append(EventBody),
     /// Record the resolved commit.
     Commit(String),
+    /// Record the version read from the commit, for a task created without one (ignored once
+    /// the task has a version).
+    Version(String),
     /// Record what the build reused from the worker's caches.
     Cache(cloudbuild_proto::task::CacheReport),
     /// End the task.

@@ -123,6 +123,11 @@ impl Reporter {
         self.send(WorkerEvent::Commit { sha });
     }
 
+    /// The version the commit's `package.json` carries, for a task that takes it from there.
+    pub fn version(&self, version: String) {
+        self.send(WorkerEvent::Version { version });
+    }
+
     /// What the build reused from the worker's caches, for the task's record.
     pub fn cache(&self, report: cloudbuild_proto::task::CacheReport) {
         self.send(WorkerEvent::Cache { report });

@@ -151,6 +151,15 @@ pub async fn handle_batch(
                     }
                     WorkerEvent::Output { stream, text } => Change::Append(EventBody::Output { stream, text }),
                     WorkerEvent::Commit { sha } => Change::Commit(sha),
+                    // Checked like a client's: it names a release's directory.
+                    WorkerEvent::Version { version } => match cloudbuild_proto::validate::Version::parse(&version) {
+                        Ok(v) => Change::Version(v.to_string()),
+                        // Still applied in its place (messages are numbered), as a line saying so.
+                        Err(e) => Change::Append(EventBody::Output {
+                            stream: cloudbuild_proto::event::OutputStream::Stderr,
+                            text: format!("[cloudbuild] the worker reported an invalid version: {e}\n"),
+                        }),
+                    },
                     WorkerEvent::Cache { report } => Change::Cache(report),
                 };
                 ops.push(WorkerOp { task: task_id, attempt, worker: worker.to_owned(), seq, change });

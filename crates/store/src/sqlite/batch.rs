@@ -59,7 +59,7 @@ pub(super) async fn store_live<'a>(
     for l in live.filter(|l| l.dirty) {
         let t = &l.task;
         sqlx::query(
-            "UPDATE tasks SET last_seq = ?, stage = ?, started_us = ?, commit_sha = ?, output_bytes = ?, \
+            "UPDATE tasks SET last_seq = ?, stage = ?, started_us = ?, commit_sha = ?, version = ?, output_bytes = ?, \
              truncated = ?, state = ?, reason = ?, url = ?, finished_us = ?, worker_seq = ?, attempt = ?, \
              worker = ?, cancel_requested = ?, cache = ?, \
              lease_until_us = CASE WHEN ? THEN lease_until_us ELSE NULL END WHERE id = ?",
@@ -68,6 +68,7 @@ pub(super) async fn store_live<'a>(
         .bind(t.stage.map(Stage::action))
         .bind(t.started_at.map(|s| s.0))
         .bind(&t.commit)
+        .bind(&t.version)
         .bind(l.output_bytes)
         .bind(l.truncated)
         .bind(t.state.as_str())

@@ -70,9 +70,13 @@ impl Run<'_> {
         }
         self.cache.tree = Some(tree);
         self.reporter.commit(sha.clone());
-        check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
+        let version =
+            check_identity(&self.checkout, &self.a.name, &self.a.version, &sha[..12]).map_err(StageError::Failed)?;
+        if self.a.version.is_empty() {
+            self.reporter.version(version.clone());
+        }
         let how = if pinned.is_some() { "fetched" } else { "cloned" };
-        Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{}", &sha[..12], self.a.name, self.a.version))
+        Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{version}", &sha[..12], self.a.name))
     }
 
     /// Clones the branch (or fetches the pinned commit) straight from the repository; returns
@@ -217,8 +221,9 @@ impl Run<'_> {
 /// Checks that the checkout's `package.json` carries the task's name and version: a release is
 /// named after the commit it holds, so a request for another name or version (a version bumped
 /// but not committed or pushed, another project's name) fails here, before anything is
-/// installed. `short_sha` names the commit in the message.
-fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -> Result<(), String> {
+/// installed. An empty `version` takes the commit's (a webhook's task), which must then be a
+/// valid semver version. `short_sha` names the commit in the message. Returns the version built.
+fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -> Result<String, String> {
     let path = checkout.join("package.json");
     let text = crate::publish::read_checkout_file(&path, crate::settings::SETTINGS_FILE_LIMIT).map_err(|e| {
         format!("commit {short_sha} has no readable package.json ({e}); the project's name and version come from it")
@@ -234,6 +239,11 @@ fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -
              `name` in package.json, commit and push"
         ));
     }
+    if version.is_empty() {
+        return cloudbuild_proto::validate::Version::parse(&built_version)
+            .map(|v| v.to_string())
+            .map_err(|e| format!("package.json at commit {short_sha}: {e}"));
+    }
     if built_version != version {
         return Err(format!(
             "package.json at commit {short_sha} has version {built_version}, but this task publishes {version}: \
@@ -241,7 +251,7 @@ fn check_identity(checkout: &Path, name: &str, version: &str, short_sha: &str) -
              (or publish {built_version})"
         ));
     }
-    Ok(())
+    Ok(built_version)
 }
 
 #[cfg(test)]
@@ -256,6 +266,10 @@ mod tests {
         let bumped = check_identity(dir.path(), "@team/site", "1.2.0", "abc").unwrap_err();
         assert!(bumped.contains("has version 1.1.0, but this task publishes 1.2.0"), "{bumped}");
         assert!(bumped.contains("Commit and push"), "{bumped}");
+        assert_eq!(check_identity(dir.path(), "@team/site", "", "abc"), Ok("1.1.0".to_owned()), "the commit's version");
+        std::fs::write(dir.path().join("package.json"), r#"{"name":"@team/site","version":"../x"}"#).unwrap();
+        assert!(check_identity(dir.path(), "@team/site", "", "abc").is_err(), "a version is a path segment: checked");
+        std::fs::write(dir.path().join("package.json"), r#"{"name":"@team/site","version":"1.1.0"}"#).unwrap();
         let other = check_identity(dir.path(), "someone-else", "1.1.0", "abc").unwrap_err();
         assert!(other.contains("names the project `@team/site`"), "{other}");
         std::fs::write(dir.path().join("package.json"), "{").unwrap();

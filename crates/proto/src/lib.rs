@@ -29,6 +29,7 @@ pub mod text;
 pub mod time;
 pub mod user;
 pub mod validate;
+pub mod webhook;
 pub mod worker;
 
 /// The JSON body of every API error: a stable machine code and a human message.

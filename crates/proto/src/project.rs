@@ -1,9 +1,13 @@
 //! Projects: the registered things builds belong to (name, the repository they build from,
-//! default branch, visibility) and the requests that create and edit them.
+//! default branch, visibility, which forge pushes build, the webhook secret) and the requests
+//! that create and edit them.
 
+use globset::{Glob, GlobBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::task::Environment;
 use crate::time::Timestamp;
+use crate::webhook::RefTarget;
 
 /// Who may read a project (once users exist: `private` for its members, `internal` for every
 /// signed-in user).
@@ -30,6 +34,13 @@ pub struct Project {
     /// Its members and their roles, by user name (admins need none).
     #[serde(default)]
     pub members: Vec<crate::user::Member>,
+    /// Which pushes of its forge build (webhooks).
+    #[serde(default)]
+    pub triggers: TriggerRules,
+    /// The secret its forge signs webhook deliveries with: sealed in the store; in the clear
+    /// only in answers to its maintainers; absent until first asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,
@@ -60,10 +71,101 @@ pub struct EditProject {
     pub default_branch: Option<String>,
     #[serde(default)]
     pub visibility: Option<Visibility>,
+    #[serde(default)]
+    pub triggers: Option<TriggerRules>,
+}
+
+/// Which forge pushes build, and where: a push to a branch matching `branches` builds for
+/// `test`, a tag matching `tags` for `prod` (globs: `*` within a path segment, `**` across).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRules {
+    /// Branch globs; empty: the project's default branch only.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    #[serde(default = "default_tags")]
+    pub tags: Vec<String>,
+    /// A newer push to a branch cancels that branch's older build still queued (not running).
+    #[serde(default = "default_supersede")]
+    pub supersede: bool,
+}
+
+/// A ref pattern: `*` does not cross a `/` (as in GitLab's and GitHub's branch filters).
+fn glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern).literal_separator(true).build()
+}
+
+fn default_tags() -> Vec<String> {
+    vec!["v*".to_owned()]
+}
+
+fn default_supersede() -> bool {
+    true
+}
+
+impl Default for TriggerRules {
+    fn default() -> Self {
+        TriggerRules { branches: Vec::new(), tags: default_tags(), supersede: true }
+    }
+}
+
+impl TriggerRules {
+    /// Checks every glob (at most 32, each at most 200 characters).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.branches.len() + self.tags.len() > 32 {
+            return Err("at most 32 branch and tag patterns".into());
+        }
+        for g in self.branches.iter().chain(&self.tags) {
+            if g.is_empty() || g.len() > 200 {
+                return Err(format!("`{g}` is not a pattern of 1 to 200 characters"));
+            }
+            glob(g).map_err(|e| format!("`{g}` is not a valid pattern: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The environment a push to `target` builds for, if any.
+    pub fn environment(&self, target: &RefTarget, default_branch: &str) -> Option<Environment> {
+        let matches = |globs: &[String], name: &str| {
+            globs.iter().any(|g| glob(g).is_ok_and(|g| g.compile_matcher().is_match(name)))
+        };
+        match target {
+            RefTarget::Branch(b) if self.branches.is_empty() => {
+                (b.as_str() == default_branch).then_some(Environment::Test)
+            }
+            RefTarget::Branch(b) => matches(&self.branches, b.as_str()).then_some(Environment::Test),
+            RefTarget::Tag(t) => matches(&self.tags, t.as_str()).then_some(Environment::Prod),
+        }
+    }
 }
 
 /// `GET /api/v1/projects`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProjectList {
     pub projects: Vec<Project>,
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+    use crate::validate::GitRef;
+
+    #[test]
+    fn pushes_build_by_branch_and_tag_globs() {
+        let branch = |b: &str| RefTarget::Branch(GitRef::parse(b).unwrap());
+        let tag = |t: &str| RefTarget::Tag(GitRef::parse(t).unwrap());
+        let rules = TriggerRules::default();
+        assert_eq!(rules.environment(&branch("main"), "main"), Some(Environment::Test));
+        assert_eq!(rules.environment(&branch("feature"), "main"), None);
+        assert_eq!(rules.environment(&tag("v1.2.0"), "main"), Some(Environment::Prod));
+        assert_eq!(rules.environment(&tag("nightly"), "main"), None);
+        let rules = TriggerRules { branches: vec!["release/*".into(), "main".into()], ..Default::default() };
+        assert_eq!(rules.environment(&branch("release/2.0"), "trunk"), Some(Environment::Test));
+        assert_eq!(rules.environment(&branch("release/2.0/hotfix"), "trunk"), None, "`*` stays in its segment");
+        assert_eq!(rules.environment(&branch("trunk"), "trunk"), None, "the list replaces the default branch");
+        assert!(rules.validate().is_ok());
+        assert!(TriggerRules { tags: vec!["v[".into()], ..Default::default() }.validate().is_err());
+        let json: TriggerRules = serde_json::from_str("{}").unwrap();
+        assert_eq!(json, TriggerRules::default());
+    }
 }

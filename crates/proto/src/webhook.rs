@@ -2,8 +2,10 @@
 //! says, read from the forges' documented payloads into one shape, every ref and commit checked
 //! as a client's would be. Pure: the server checks signatures and decides what to build.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::task::TaskId;
+use crate::time::Timestamp;
 use crate::validate::{CommitSha, GitRef, ValidationError};
 
 /// A forge that delivers webhooks, named as in `POST /api/v1/hooks/{forge}`.
@@ -93,6 +95,37 @@ impl RefTarget {
             RefTarget::Branch(r) | RefTarget::Tag(r) => r.as_str(),
         }
     }
+}
+
+/// A delivery as recorded (`GET /api/v1/projects/{name}/deliveries`): what came, and what
+/// cloudbuild did with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `github`, `gitlab`, `gitea`.
+    pub forge: String,
+    /// The forge's delivery id (empty when it sent none).
+    pub id: String,
+    pub project: String,
+    /// The event header's value (`push`, `Tag Push Hook`).
+    pub event: String,
+    /// The pushed branch or tag, and the commit it points at (none: deleted).
+    #[serde(default)]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub after: Option<String>,
+    pub received_at: Timestamp,
+    /// What happened: `queued`, `skipped`, `duplicate`, `ignored`, `deleted`, `failed`.
+    pub outcome: String,
+    /// Why, in words (`[skip ci] in the head commit`, `no trigger rule matches branch dev`).
+    pub detail: String,
+    #[serde(default)]
+    pub task: Option<TaskId>,
+}
+
+/// `GET /api/v1/projects/{name}/deliveries`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
 }
 
 /// Why a delivery's body was refused.

@@ -26,6 +26,9 @@ pub use apply::labels_match;
 pub use redis_store::{RedisOptions, RedisStore};
 pub use sqlite::SqliteStore;
 
+/// How long a webhook delivery's record (and so its deduplication) is kept, in days.
+pub const DELIVERY_DAYS: i64 = 30;
+
 /// Where a content (by hash) can be copied from: a live release holding it, and its path there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContentHolder {
@@ -393,6 +396,14 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_api_token(&self, user: &str, name: &str) -> Result<bool>;
     /// Records that the token `hash` was presented at `at`.
     async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()>;
+
+    /// Records a webhook delivery under `key` unless one is recorded there (from any server,
+    /// since a restart too, for [`DELIVERY_DAYS`]); false when it was: a repeat.
+    async fn claim_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<bool>;
+    /// Replaces the record of a claimed delivery (its outcome).
+    async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()>;
+    /// A project's newest deliveries, newest first, at most `limit` (at most 200 are kept listed).
+    async fn list_deliveries(&self, project: &str, limit: u32) -> Result<Vec<cloudbuild_proto::webhook::Delivery>>;
 
     /// Appends an entry to the audit log; the store numbers it in order (the entry's `id` is
     /// ignored), and it is never changed afterwards.

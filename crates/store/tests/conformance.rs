@@ -15,6 +15,9 @@ use cloudbuild_store::{
 #[path = "conformance/users.rs"]
 mod users;
 use users::user_story;
+#[path = "conformance/deliveries.rs"]
+mod deliveries;
+use deliveries::delivery_story;
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
     NewTask {
@@ -142,6 +145,7 @@ async fn all_stories(store: &dyn Store) {
     project_story(store).await;
     audit_story(store).await;
     user_story(store).await;
+    delivery_story(store).await;
 }
 
 /// Only the worker holding a task's lease changes it: another worker's messages are refused
@@ -331,6 +335,8 @@ async fn project_story(store: &dyn Store) {
             user: "alice".into(),
             role: cloudbuild_proto::user::ProjectRole::Maintainer,
         }],
+        triggers: Default::default(),
+        webhook_secret: None,
         created_by: "alice".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

@@ -175,6 +175,11 @@ impl From<ProjectError> for ApiError {
             }
             ProjectError::LastMaintainer(_) => ApiError::new(StatusCode::CONFLICT, "last_maintainer", message),
             ProjectError::NoSuchUser(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ProjectError::BadTriggers(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_triggers", message),
+            ProjectError::Vault(_) => {
+                tracing::error!("{message}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server could not open its key file")
+            }
             ProjectError::Policy(p) => p.into(),
             ProjectError::Store(s) => s.into(),
         }

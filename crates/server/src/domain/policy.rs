@@ -208,6 +208,8 @@ mod tests {
                 Member { user: "dev".into(), role: ProjectRole::Developer },
                 Member { user: "max".into(), role: ProjectRole::Maintainer },
             ],
+            triggers: Default::default(),
+            webhook_secret: None,
             created_by: "max".into(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1),

@@ -57,6 +57,11 @@ pub enum ProjectError {
     LastMaintainer(String),
     #[error("no user named {0}")]
     NoSuchUser(String),
+    #[error("the trigger rules: {0}")]
+    BadTriggers(String),
+    /// The webhook secret could not be sealed or opened (the vault's key file).
+    #[error("the project's webhook secret: {0}")]
+    Vault(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -207,6 +212,8 @@ fn record(
         default_branch: branch.to_owned(),
         visibility,
         members,
+        triggers: Default::default(),
+        webhook_secret: None,
         created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,
@@ -265,6 +272,9 @@ pub async fn edit(state: &AppState, caller: &Caller, name: &str, req: EditProjec
 async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Project, ProjectError> {
     let url = req.repo.as_deref().map(|r| repo_url(state, r)).transpose()?;
     let branch = req.default_branch.as_deref().map(GitRef::parse).transpose()?;
+    if let Some(rules) = &req.triggers {
+        rules.validate().map_err(ProjectError::BadTriggers)?;
+    }
     update(state, name, |project| {
         if let Some(url) = &url {
             project.repo = url.as_str().to_owned();
@@ -276,6 +286,9 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
         if let Some(visibility) = req.visibility {
             project.visibility = visibility;
         }
+        if let Some(rules) = &req.triggers {
+            project.triggers = rules.clone();
+        }
         Ok(())
     })
     .await
@@ -284,7 +297,7 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
 /// Applies `edit` to the stored record by compare-and-set: an edit made meanwhile (another
 /// caller, another server) is never overwritten with a stale copy; the change is made again on
 /// the new record.
-async fn update(
+pub(crate) async fn update(
     state: &AppState,
     name: &str,
     mut edit: impl FnMut(&mut Project) -> Result<(), ProjectError>,

@@ -99,6 +99,8 @@ pub(crate) fn site(members: &[(&str, ProjectRole)]) -> Project {
         default_branch: "main".into(),
         visibility: Visibility::Private,
         members: members.iter().map(|(user, role)| Member { user: (*user).into(), role: *role }).collect(),
+        triggers: Default::default(),
+        webhook_secret: None,
         created_by: "max".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

@@ -40,6 +40,7 @@ use tokio::sync::broadcast;
 
 mod audit;
 mod cas;
+mod deliveries;
 mod keys;
 mod notices;
 mod records;
@@ -521,6 +522,18 @@ impl Store for RedisStore {
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         audit::list(self, query).await
+    }
+
+    async fn claim_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<bool> {
+        deliveries::claim(self, key, delivery).await
+    }
+
+    async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()> {
+        deliveries::set(self, key, delivery).await
+    }
+
+    async fn list_deliveries(&self, project: &str, limit: u32) -> Result<Vec<cloudbuild_proto::webhook::Delivery>> {
+        deliveries::list(self, project, limit).await
     }
 
     async fn extend_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {

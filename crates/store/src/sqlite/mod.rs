@@ -13,6 +13,7 @@
 
 mod audit;
 mod batch;
+mod deliveries;
 mod records;
 mod releases;
 mod rows;
@@ -585,5 +586,17 @@ impl Store for SqliteStore {
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         audit::list(&self.reader, query).await
+    }
+
+    async fn claim_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<bool> {
+        deliveries::claim(self, key, delivery).await
+    }
+
+    async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()> {
+        deliveries::set(self, key, delivery).await
+    }
+
+    async fn list_deliveries(&self, project: &str, limit: u32) -> Result<Vec<cloudbuild_proto::webhook::Delivery>> {
+        deliveries::list(&self.reader, project, limit).await
     }
 }

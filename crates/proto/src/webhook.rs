@@ -57,8 +57,8 @@ impl Forge {
 /// What a delivery asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookEvent {
-    /// The forge checking the hook (GitHub's `ping`).
-    Ping,
+    /// The forge checking the hook (GitHub's `ping`), with the repository's URLs when it says.
+    Ping { repo_urls: Vec<String> },
     /// Commits pushed to a branch or tag, or the ref deleted.
     Push(Push),
     /// An event cloudbuild does not act on, by its name.
@@ -196,7 +196,10 @@ fn is_zero(sha: &str) -> bool {
 /// Reads a delivery of `forge` whose event header said `event`.
 pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookError> {
     let push_event = match (forge, event) {
-        (Forge::GitHub, "ping") => return Ok(HookEvent::Ping),
+        (Forge::GitHub, "ping") => {
+            let p: PushPayload = serde_json::from_slice(body).map_err(|e| HookError::Json(e.to_string()))?;
+            return Ok(HookEvent::Ping { repo_urls: urls(&p) });
+        }
         (Forge::GitHub | Forge::Gitea, "push") | (Forge::GitLab, "Push Hook" | "Tag Push Hook") => true,
         (Forge::Gitea, "delete") => false,
         (_, other) => return Ok(HookEvent::Other(other.to_owned())),
@@ -227,19 +230,23 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
         p.commits.iter().flat_map(|c| c.added.iter().chain(&c.modified).chain(&c.removed)).cloned().collect();
     changed.sort();
     changed.dedup();
-    let repo = p.project.as_ref().unwrap_or(&p.repository);
-    let repo_urls =
-        [&repo.clone_url, &repo.ssh_url, &repo.html_url, &repo.git_http_url, &repo.git_ssh_url, &repo.web_url]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+    let repo_urls = urls(&p);
     let pusher = [p.user_username, p.pusher.login, p.pusher.username, p.pusher.name, p.sender.login]
         .into_iter()
         .flatten()
         .find(|n| !n.is_empty())
         .unwrap_or_default();
     Ok(HookEvent::Push(Push { repo_urls, target, after, message, changed, pusher }))
+}
+
+/// The repository's URLs a payload gives (GitLab's under `project`).
+fn urls(p: &PushPayload) -> Vec<String> {
+    let repo = p.project.as_ref().unwrap_or(&p.repository);
+    [&repo.clone_url, &repo.ssh_url, &repo.html_url, &repo.git_http_url, &repo.git_ssh_url, &repo.web_url]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
 }
 
 /// Whether a commit message asks for no build: `[skip ci]` or `[ci skip]` (as GitHub Actions,
@@ -270,7 +277,7 @@ mod tests {
         assert_eq!(p.repo_urls.len(), 3);
         assert_eq!((p.pusher.as_str(), p.changed.clone()), ("octocat", vec!["a.js".to_owned(), "src/b.js".to_owned()]));
         assert!(skips_ci(&p.message));
-        assert_eq!(parse(Forge::GitHub, "ping", b"{}").unwrap(), HookEvent::Ping);
+        assert_eq!(parse(Forge::GitHub, "ping", b"{}").unwrap(), HookEvent::Ping { repo_urls: vec![] });
         assert_eq!(parse(Forge::GitHub, "issues", b"{}").unwrap(), HookEvent::Other("issues".into()));
         let gone = format!(r#"{{"ref":"refs/heads/feature","after":"{}","deleted":true}}"#, "0".repeat(40));
         let HookEvent::Push(p) = parse(Forge::GitHub, "push", gone.as_bytes()).unwrap() else { panic!() };

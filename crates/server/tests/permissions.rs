@@ -37,13 +37,16 @@ fn rule(method: &str, path: &str) -> Option<Rule> {
     use Rule::*;
     Some(match (method, path) {
         (_, "/healthz" | "/project/oss" | "/oss/get" | "/sites/{env}/{*path}" | "/releases/{env}/{*path}") => Guest,
-        ("POST", "/api/v1/login" | "/api/v1/setup") => Guest,
+        // Webhooks: the delivery's signature is the credential (tests/hooks.rs).
+        ("POST", "/api/v1/login" | "/api/v1/setup" | "/api/v1/hooks/{forge}") => Guest,
         (_, p) if p.contains("/publish/") || p == "/api/v1/workers/connect" => Worker,
         ("GET", "/api/v1/tasks" | "/api/v1/projects" | "/api/v1/user" | "/api/v1/user/tokens") => SignedIn,
         ("POST", "/api/v1/logout" | "/api/v1/user/tokens" | "/api/v1/projects") => SignedIn,
         ("DELETE", "/api/v1/user/tokens/{name}") => SignedIn,
         ("GET", "/api/v1/tasks/{id}" | "/api/v1/tasks/{id}/events" | "/api/v1/releases") => Project(Reporter),
         ("GET", "/api/v1/projects/{name}" | "/api/v1/projects/{name}/members") => Project(Reporter),
+        ("GET", "/api/v1/projects/{name}/deliveries") => Project(Reporter),
+        ("POST", "/api/v1/projects/{name}/webhook-secret") => Project(Maintainer),
         ("POST", "/api/v1/tasks" | "/api/v1/tasks/{id}/cancel" | "/api/v1/tasks/{id}/retry") => Project(Developer),
         ("POST", "/api/v1/releases/rollback") => Project(Maintainer),
         ("PATCH", "/api/v1/projects/{name}") => Project(Maintainer),

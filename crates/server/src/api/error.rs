@@ -159,6 +159,24 @@ impl From<AuditError> for ApiError {
     }
 }
 
+impl From<crate::domain::hooks::HookError> for ApiError {
+    fn from(e: crate::domain::hooks::HookError) -> Self {
+        use crate::domain::hooks::HookError;
+        let message = e.to_string();
+        match e {
+            HookError::UnsupportedEvent(_) => ApiError::new(StatusCode::BAD_REQUEST, "unsupported_event", message),
+            HookError::Payload(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", message),
+            HookError::NoProject(_) => ApiError::new(StatusCode::NOT_FOUND, "no_project", message),
+            HookError::Unsigned(_) | HookError::Sha1Only | HookError::BadSignature(_) | HookError::NoSecret(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", message)
+            }
+            HookError::Project(p) => p.into(),
+            HookError::Task(t) => t.into(),
+            HookError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<ProjectError> for ApiError {
     fn from(e: ProjectError) -> Self {
         let message = e.to_string();

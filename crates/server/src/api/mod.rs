@@ -6,6 +6,7 @@ pub mod compat;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod hooks;
 pub mod projects;
 pub mod releases;
 pub mod secrets;
@@ -67,6 +68,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/projects/{name}/members", get(projects::members))
         .route("/projects/{name}/members/{user}", put(projects::set_member).delete(projects::remove_member))
         .route("/projects/{name}/secrets", get(secrets::list))
+        .route("/projects/{name}/deliveries", get(hooks::deliveries))
+        .route("/projects/{name}/webhook-secret", post(hooks::regenerate_secret))
+        .route("/hooks/{forge}", post(hooks::receive).layer(DefaultBodyLimit::max(hooks::HOOK_BYTES)))
         .route("/projects/{name}/secrets/{env}/{secret}", put(secrets::set).delete(secrets::delete))
         .route("/releases", get(releases::list))
         .route("/releases/rollback", post(releases::rollback))

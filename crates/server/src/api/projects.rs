@@ -13,12 +13,15 @@ use super::error::ApiError;
 use super::extract::ApiJson;
 use crate::domain::callers::Caller;
 use crate::domain::policy::ProjectAction;
-use crate::domain::projects;
+use crate::domain::{hooks, projects};
 use crate::state::AppState;
 
 /// `GET /api/v1/projects`.
 pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<ProjectList>, ApiError> {
-    Ok(Json(ProjectList { projects: projects::list(&state, &caller).await? }))
+    let mut list = projects::list(&state, &caller).await?;
+    // Webhook secrets only in a project's own answer, to its maintainers.
+    list.iter_mut().for_each(|p| p.webhook_secret = None);
+    Ok(Json(ProjectList { projects: list }))
 }
 
 /// `POST /api/v1/projects` with `{"name", "repo", "default_branch"?, "visibility"?}`.
@@ -27,7 +30,8 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateProject>,
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
-    Ok((StatusCode::CREATED, Json(projects::create(&state, &caller, req).await?)))
+    let project = projects::create(&state, &caller, req).await?;
+    Ok((StatusCode::CREATED, Json(hooks::present(&state, &caller, project).await?)))
 }
 
 /// `GET /api/v1/projects/{name}` (a scoped name's `/` percent-encoded).
@@ -36,7 +40,8 @@ pub async fn get(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Project>, ApiError> {
-    Ok(Json(projects::get(&state, &caller, &name, ProjectAction::Read).await?))
+    let project = projects::get(&state, &caller, &name, ProjectAction::Read).await?;
+    Ok(Json(hooks::present(&state, &caller, project).await?))
 }
 
 /// `PATCH /api/v1/projects/{name}` with any of `{"repo", "default_branch", "visibility"}`.
@@ -46,7 +51,8 @@ pub async fn edit(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<EditProject>,
 ) -> Result<Json<Project>, ApiError> {
-    Ok(Json(projects::edit(&state, &caller, &name, req).await?))
+    let project = projects::edit(&state, &caller, &name, req).await?;
+    Ok(Json(hooks::present(&state, &caller, project).await?))
 }
 
 /// `DELETE /api/v1/projects/{name}`.

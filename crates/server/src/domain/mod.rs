@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod callers;
 pub mod follow;
+pub mod hooks;
 pub mod policy;
 pub mod projects;
 pub mod releases;

@@ -87,6 +87,21 @@ pub fn request_as(
     })
 }
 
+/// POST `body` as JSON with extra headers (a forge's webhook delivery); returns status and
+/// parsed body (Null if not JSON).
+pub fn post_with_headers(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {
+    reqwest::runtime().block_on(async {
+        let mut req = client().post(url).header("content-type", "application/json").body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("post");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    })
+}
+
 /// GET a URL; returns status, the value of one header, and the body text.
 pub fn get_with_header(url: &str, header: &str) -> (u16, Option<String>, String) {
     reqwest::runtime().block_on(async {

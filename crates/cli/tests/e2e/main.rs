@@ -12,6 +12,7 @@ mod dashboard;
 mod dashboard_tour;
 pub(crate) mod events;
 mod fanout;
+mod hooks;
 mod identity;
 mod inputs;
 mod pipeline;

@@ -37,6 +37,11 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// The server's root URL (`http://host:port`).
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     /// A client for `server` (`http://host:port`). Connecting gives up after 5 s.
     pub(crate) fn new(server: &str, token: Option<&str>) -> Result<Self> {
         let base = server.trim_end_matches('/').to_owned();

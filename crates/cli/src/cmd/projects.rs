@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use cloudbuild_proto::project::{Project, ProjectList};
 use cloudbuild_proto::user::MemberList;
+use cloudbuild_proto::webhook::DeliveryList;
 
 use super::ServerArg;
 use crate::client::query_encode;
@@ -59,6 +60,33 @@ pub(crate) enum ProjectsCommand {
         default_branch: Option<String>,
         #[arg(long, value_parser = ["private", "internal"])]
         visibility: Option<String>,
+        /// Which branches' pushes build for `test` (a glob, repeatable; replaces the list;
+        /// none given: the default branch only).
+        #[arg(long = "trigger-branch", value_name = "GLOB")]
+        trigger_branches: Vec<String>,
+        /// Which tags' pushes build for `prod` (a glob, repeatable; replaces the list) [default: v*].
+        #[arg(long = "trigger-tag", value_name = "GLOB")]
+        trigger_tags: Vec<String>,
+        /// Whether a newer push to a branch cancels its older queued webhook build.
+        #[arg(long)]
+        supersede: Option<bool>,
+    },
+    /// Show the webhook secret the forge signs deliveries with (maintainers), or make a new one.
+    WebhookSecret {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        /// Make a new secret; the old one stops working at once.
+        #[arg(long)]
+        regenerate: bool,
+    },
+    /// The project's recent webhook deliveries and what each did.
+    Deliveries {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a project's registration (its releases and sites stay; the name can be
     /// registered again, from any repository).
@@ -71,7 +99,12 @@ pub(crate) enum ProjectsCommand {
 
 impl ProjectsCommand {
     pub(crate) fn json(&self) -> bool {
-        matches!(self, ProjectsCommand::List { json: true, .. } | ProjectsCommand::Show { json: true, .. })
+        matches!(
+            self,
+            ProjectsCommand::List { json: true, .. }
+                | ProjectsCommand::Show { json: true, .. }
+                | ProjectsCommand::Deliveries { json: true, .. }
+        )
     }
 }
 
@@ -93,6 +126,12 @@ fn show(p: &Project) {
         "  members:        {}",
         if members.is_empty() { "none (admins manage it)".to_owned() } else { members.join(", ") }
     );
+    let t = &p.triggers;
+    let branches = if t.branches.is_empty() { p.default_branch.clone() } else { t.branches.join(", ") };
+    outln!("  push builds:    branches {branches} → test; tags {} → prod", t.tags.join(", "));
+    if let Some(secret) = &p.webhook_secret {
+        outln!("  webhook secret: {secret}");
+    }
 }
 
 pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
@@ -128,18 +167,91 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
             let p: Project = server.client()?.post("/api/v1/projects", Some(&body)).await?;
             outln!("registered {} (builds from {})", p.name, p.repo);
         }
-        ProjectsCommand::Edit { server, name, repo, default_branch, visibility } => {
-            if repo.is_none() && default_branch.is_none() && visibility.is_none() {
-                bail!("nothing to change: give --repo, --default-branch or --visibility");
+        ProjectsCommand::Edit {
+            server,
+            name,
+            repo,
+            default_branch,
+            visibility,
+            trigger_branches,
+            trigger_tags,
+            supersede,
+        } => {
+            let triggers = !trigger_branches.is_empty() || !trigger_tags.is_empty() || supersede.is_some();
+            if repo.is_none() && default_branch.is_none() && visibility.is_none() && !triggers {
+                bail!(
+                    "nothing to change: give --repo, --default-branch, --visibility, --trigger-branch, \
+                     --trigger-tag or --supersede"
+                );
             }
+            let client = server.client()?;
             let mut body = serde_json::Map::new();
             for (k, v) in [("repo", repo), ("default_branch", default_branch), ("visibility", visibility)] {
                 if let Some(v) = v {
                     body.insert(k.into(), v.into());
                 }
             }
-            let p: Project = server.client()?.patch(&path(&name), &body.into()).await?;
+            if triggers {
+                // The rules are replaced whole: start from the project's.
+                let mut rules = client.get::<Project>(&path(&name)).await?.triggers;
+                if !trigger_branches.is_empty() {
+                    rules.branches = trigger_branches;
+                }
+                if !trigger_tags.is_empty() {
+                    rules.tags = trigger_tags;
+                }
+                rules.supersede = supersede.unwrap_or(rules.supersede);
+                body.insert("triggers".into(), serde_json::to_value(rules)?);
+            }
+            let p: Project = client.patch(&path(&name), &body.into()).await?;
             show(&p);
+        }
+        ProjectsCommand::WebhookSecret { server, name, regenerate } => {
+            let client = server.client()?;
+            let secret = if regenerate {
+                let answer: serde_json::Value = client.post(&format!("{}/webhook-secret", path(&name)), None).await?;
+                answer["webhook_secret"].as_str().unwrap_or_default().to_owned()
+            } else {
+                let p: Project = client.get(&path(&name)).await?;
+                p.webhook_secret.ok_or_else(|| anyhow::anyhow!("only {name}'s maintainers see its webhook secret"))?
+            };
+            outln!("{secret}");
+            eprintln!(
+                "hook URLs: {}/api/v1/hooks/{{github,gitlab,gitea}}; the forge sends JSON push (and tag) events signed with this secret",
+                client.base()
+            );
+        }
+        ProjectsCommand::Deliveries { server, name, json } => {
+            let list: DeliveryList = server.client()?.get(&format!("{}/deliveries", path(&name))).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.deliveries.is_empty() {
+                outln!("no deliveries yet (`cloudbuild projects webhook-secret {name}` says how to set a hook up)");
+            } else {
+                outln!(
+                    "{:<22} {:<7} {:<14} {:<20} {:<10} {:<6} DETAIL",
+                    "RECEIVED",
+                    "FORGE",
+                    "EVENT",
+                    "REF",
+                    "OUTCOME",
+                    "TASK"
+                );
+                for d in &list.deliveries {
+                    let task = d.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+                    let reference = d.reference.clone().unwrap_or_default();
+                    outln!(
+                        "{:<22} {:<7} {:<14} {:<20} {:<10} {:<6} {}",
+                        d.received_at,
+                        d.forge,
+                        d.event,
+                        reference,
+                        d.outcome,
+                        task,
+                        d.detail
+                    );
+                }
+            }
         }
         ProjectsCommand::Delete { server, name } => {
             server.client()?.delete(&path(&name)).await?;

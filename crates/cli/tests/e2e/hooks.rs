@@ -1,7 +1,8 @@
 //! A forge's push builds and publishes with the real binary: a GitHub delivery signed with the
 //! project's webhook secret, for a `file://` repository, queues a build of the pushed commit
 //! that publishes the version its `package.json` carries (bumped and pushed without anyone
-//! saying so); the site serves it; the delivery is recorded with its task.
+//! saying so); the site serves it; the delivery is recorded with its task; the CLI shows the
+//! secret and the deliveries and edits the trigger rules.
 
 use cloudbuild_proto::task::TaskState;
 use cloudbuild_testkit::{get_text, post_with_headers, request, Repo};
@@ -48,4 +49,13 @@ fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
     assert_eq!(get_text(&srv.site_url("test", "hooked")).1, "<h1>two</h1>");
     let (_, releases) = request("GET", &format!("{}/api/v1/releases?name=hooked", srv.url), None);
     assert_eq!(releases["releases"][0]["version"], "1.4.2", "{releases}");
+    // The CLI: the secret, the deliveries, the trigger rules.
+    let shown = srv.cli(&repo.work, &["projects", "webhook-secret", "hooked"]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), secret);
+    let listed =
+        String::from_utf8_lossy(&srv.cli(&repo.work, &["projects", "deliveries", "hooked"]).stdout).into_owned();
+    assert!(listed.contains("queued") && listed.contains(&format!("task {id} builds branch main")), "{listed}");
+    let edit = ["projects", "edit", "hooked", "--trigger-branch", "release/*", "--trigger-tag", "prod-*"];
+    let edited = String::from_utf8_lossy(&srv.cli(&repo.work, &edit).stdout).into_owned();
+    assert!(edited.contains("push builds:    branches release/* → test; tags prod-* → prod"), "{edited}");
 }

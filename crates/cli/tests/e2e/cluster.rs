@@ -19,7 +19,7 @@ use crate::bin;
 
 /// A server on `redis` without an embedded worker; `shared` is the data directory all servers
 /// of a test use (sites on a shared file system).
-fn cluster_server(redis: &RedisServer, shared: &Path, extra: &str) -> Server {
+pub(crate) fn cluster_server(redis: &RedisServer, shared: &Path, extra: &str) -> Server {
     let toml = format!("store = \"{}\"\n[workers]\nembedded = false\n{extra}", redis.url());
     Server::start_with(
         bin(),

@@ -2,15 +2,73 @@
 //! project's webhook secret, for a `file://` repository, queues a build of the pushed commit
 //! that publishes the version its `package.json` carries (bumped and pushed without anyone
 //! saying so); the site serves it; the delivery is recorded with its task; the CLI shows the
-//! secret and the deliveries and edits the trigger rules.
+//! secret and the deliveries and edits the trigger rules. Two servers on one Redis receiving
+//! the same delivery, or the same push under two ids, at once, queue one build.
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{get_text, post_with_headers, request, Repo};
+use cloudbuild_testkit::{get_text, post_with_headers, request, RedisServer, Repo};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
 use crate::server;
+
+/// A signed GitHub push of `after` on `main` from `repo_url`: its body and headers.
+fn signed_push(secret: &str, repo_url: &str, after: &str, delivery: &str) -> (String, Vec<(&'static str, String)>) {
+    let payload = json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": after,
+        "repository": {"clone_url": repo_url}, "pusher": {"name": "octocat"},
+        "head_commit": {"id": after, "message": "change"}, "commits": [],
+    })
+    .to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(payload.as_bytes());
+    let headers = vec![
+        ("x-github-event", "push".to_owned()),
+        ("x-github-delivery", delivery.to_owned()),
+        ("x-hub-signature-256", format!("sha256={}", hex::encode(mac.finalize().into_bytes()))),
+    ];
+    (payload, headers)
+}
+
+#[test]
+fn two_servers_on_redis_queue_one_build_for_a_delivery_they_both_receive() {
+    let redis = RedisServer::start().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        crate::cluster::cluster_server(&redis, shared.path(), ""),
+        crate::cluster::cluster_server(&redis, shared.path(), ""),
+    );
+    let repo = Repo::site("shared-hook", "<h1>x</h1>");
+    let body = json!({"name": "shared-hook", "repo": repo.url});
+    let (status, created) = request("POST", &format!("{}/api/v1/projects", a.url), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    let secret = created["webhook_secret"].as_str().unwrap().to_owned();
+    let head = repo.head();
+    // The same delivery at both servers at once, then the same push under two ids.
+    // The first round queues one build; the second (the same push again) none.
+    for (id_a, id_b, want) in [("same-id", "same-id", [200, 202]), ("id-1", "id-2", [200, 200])] {
+        let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+            let sends: Vec<_> = [(&a, id_a), (&b, id_b)]
+                .into_iter()
+                .map(|(srv, id)| {
+                    let (payload, headers) = signed_push(&secret, &repo.url, &head, id);
+                    let url = format!("{}/api/v1/hooks/github", srv.url);
+                    s.spawn(move || {
+                        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        post_with_headers(&url, &headers, &payload)
+                    })
+                })
+                .collect();
+            sends.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+        statuses.sort();
+        assert_eq!(statuses, want, "{answers:?}");
+    }
+    let (_, tasks) = request("GET", &format!("{}/api/v1/tasks", b.url), None);
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1, "one build for one push: {tasks}");
+}
 
 #[test]
 fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {

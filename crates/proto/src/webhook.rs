@@ -71,8 +71,12 @@ pub struct Push {
     /// The repository's URLs as the payload gives them (clone, SSH, web).
     pub repo_urls: Vec<String>,
     pub target: RefTarget,
-    /// The commit the ref now points at; `None` when the push deleted the ref.
+    /// The commit to build: the one the ref now points at (for an annotated tag, the tagged
+    /// commit, not the tag object); `None` when the push deleted the ref.
     pub after: Option<CommitSha>,
+    /// The ref's commit before the push, as the forge says it (hex digits only; empty if none):
+    /// with `after`, what tells one push from another to the same commit (a force-push back).
+    pub before: String,
     /// The head commit's message (for `[skip ci]`).
     pub message: String,
     /// Every path the pushed commits added, modified or removed.
@@ -174,7 +178,10 @@ struct User {
 struct PushPayload {
     #[serde(rename = "ref")]
     reference: String,
+    before: String,
     after: String,
+    // GitLab: the commit a tag points at (`after` is the tag object for an annotated tag).
+    checkout_sha: Option<String>,
     deleted: bool,
     commits: Vec<Commit>,
     head_commit: Option<Commit>,
@@ -223,7 +230,17 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
         }
     };
     let deleted = !push_event || p.deleted || is_zero(&p.after);
-    let after = if deleted { None } else { Some(CommitSha::parse(&p.after).map_err(invalid("after"))?) };
+    // An annotated tag's `after` is the tag object: GitLab says the commit in `checkout_sha`,
+    // GitHub and Gitea in `head_commit`.
+    let built = p
+        .checkout_sha
+        .as_deref()
+        .or(p.head_commit.as_ref().map(|c| c.id.as_str()))
+        .filter(|c| !c.is_empty() && !is_zero(c))
+        .unwrap_or(&p.after);
+    let after = if deleted { None } else { Some(CommitSha::parse(built).map_err(invalid("after"))?) };
+    let hex = p.before.len() <= 64 && p.before.bytes().all(|b| b.is_ascii_hexdigit());
+    let before = if hex { p.before.clone() } else { String::new() };
     let head = after.as_ref().and_then(|a| p.commits.iter().find(|c| c.id.eq_ignore_ascii_case(a.as_str())));
     let message = head.or(p.head_commit.as_ref()).or(p.commits.last()).map(|c| c.message.clone()).unwrap_or_default();
     let mut changed: Vec<String> =
@@ -236,7 +253,7 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
         .flatten()
         .find(|n| !n.is_empty())
         .unwrap_or_default();
-    Ok(HookEvent::Push(Push { repo_urls, target, after, message, changed, pusher }))
+    Ok(HookEvent::Push(Push { repo_urls, target, after, before, message, changed, pusher }))
 }
 
 /// The repository's URLs a payload gives (GitLab's under `project`).
@@ -303,6 +320,23 @@ mod tests {
         let deleted = br#"{"ref":"dev","ref_type":"branch","sender":{"login":"u"},"repository":{"clone_url":"http://gitea.example/o/r.git"}}"#;
         let HookEvent::Push(p) = parse(Forge::Gitea, "delete", deleted).unwrap() else { panic!() };
         assert_eq!((p.target.name(), p.after.clone()), ("dev", None));
+    }
+
+    #[test]
+    fn an_annotated_tag_builds_the_tagged_commit_not_the_tag_object() {
+        let tag_object = "9".repeat(40);
+        let github = format!(
+            r#"{{"ref":"refs/tags/v2.0.0","before":"{z}","after":"{tag_object}","head_commit":{{"id":"{SHA}","message":"m"}}}}"#,
+            z = "0".repeat(40)
+        );
+        let HookEvent::Push(p) = parse(Forge::GitHub, "push", github.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(p.after.unwrap().as_str(), SHA);
+        let gitlab = format!(r#"{{"ref":"refs/tags/v2.0.0","after":"{tag_object}","checkout_sha":"{SHA}"}}"#);
+        let HookEvent::Push(p) = parse(Forge::GitLab, "Tag Push Hook", gitlab.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(p.after.unwrap().as_str(), SHA);
+        let gone = format!(r#"{{"ref":"refs/tags/v2.0.0","after":"{}","checkout_sha":null}}"#, "0".repeat(40));
+        let HookEvent::Push(p) = parse(Forge::GitLab, "Tag Push Hook", gone.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(p.after, None, "a deleted tag");
     }
 
     #[test]

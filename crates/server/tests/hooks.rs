@@ -113,7 +113,13 @@ async fn a_signed_github_push_queues_one_build_and_repeats_create_nothing() {
     assert_eq!(status, StatusCode::OK);
     let outcomes: Vec<&str> =
         list["deliveries"].as_array().unwrap().iter().map(|d| d["outcome"].as_str().unwrap()).collect();
-    assert!(outcomes.contains(&"queued") && outcomes.contains(&"duplicate"), "{list}");
+    // d-1 replayed is d-1 (one record); d-2 is the same push under another id.
+    assert_eq!(outcomes, ["duplicate", "queued"], "each delivery listed once, newest first: {list}");
+    // A force-push back to the same commit (another `before`) is a new push: it builds.
+    let mut back = push.clone();
+    back["before"] = json!(B);
+    let (status, rebuilt) = github(&api, &secret, "push", "d-9", &back).await;
+    assert_eq!((status, rebuilt["outcome"].as_str()), (StatusCode::ACCEPTED, Some("queued")), "{rebuilt}");
     let (_, ping) =
         github(&api, &secret, "ping", "d-3", &json!({"zen": "Keep it simple.", "repository": push["repository"]}))
             .await;
@@ -143,7 +149,9 @@ async fn unverified_deliveries_are_refused_and_create_nothing() {
     let mut elsewhere = push.clone();
     elsewhere["repository"] = json!({"clone_url": "https://example.com/unknown.git"});
     let (status, body) = github(&api, &secret, "push", "d-5", &elsewhere).await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "no_project"), "{body}");
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "bad_signature"), "names nothing: {body}");
+    let wrong = github(&api, "wrong", "push", "d-7", &push).await.1;
+    assert_eq!(body["message"], wrong["message"], "one answer for an unknown repository and a wrong secret");
     let bad_ref = github_push("refs/heads/--upload-pack=x", A, "x");
     let (status, body) = github(&api, &secret, "push", "d-6", &bad_ref).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_payload"), "{body}");
@@ -259,4 +267,28 @@ async fn the_webhook_secret_is_the_maintainers_and_regenerating_it_retires_the_o
         actions.contains(&"project.webhook_secret.regenerate") && actions.contains(&"hook.delivery"),
         "{actions:?}"
     );
+}
+
+#[tokio::test]
+async fn a_delivery_that_could_not_be_acted_on_is_not_taken_for_a_duplicate_later() {
+    // A project whose repository today's policy refuses (a loopback host): its build cannot be
+    // queued, and the forge's retry must be tried again, not answered "duplicate".
+    let api = api(|c| {
+        c.auth.allow_anonymous = Some(false);
+        c.git.allow_local_hosts = false;
+    })
+    .await;
+    let store: &dyn Store = api.store.as_ref();
+    add_user(store, "max", GlobalRole::User, false).await;
+    let mut project = site(&[("max", ProjectRole::Maintainer)]);
+    project.repo = "https://127.0.0.1/site.git".into();
+    project.repo_identity = "127.0.0.1/site".into();
+    assert!(store.create_project(&project).await.unwrap());
+    let secret = secret(&api).await;
+    let mut push = github_push("refs/heads/main", A, "x");
+    push["repository"] = json!({"clone_url": "https://127.0.0.1/site.git"});
+    let first = github(&api, &secret, "push", "d-1", &push).await;
+    assert!(first.0.is_client_error() && first.1["outcome"].is_null(), "refused: {first:?}");
+    let again = github(&api, &secret, "push", "d-1", &push).await;
+    assert_eq!(again, first, "tried again, not a duplicate");
 }

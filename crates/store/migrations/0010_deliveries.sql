@@ -5,6 +5,8 @@ CREATE TABLE deliveries (
     key TEXT PRIMARY KEY NOT NULL,
     project TEXT NOT NULL,
     received_us INTEGER NOT NULL,
+    -- 1 for the key a delivery is listed under (a delivery claims up to two keys)
+    listed INTEGER NOT NULL,
     data TEXT NOT NULL
 );
 CREATE INDEX deliveries_by_project ON deliveries (project, received_us);

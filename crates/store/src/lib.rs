@@ -398,8 +398,16 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()>;
 
     /// Records a webhook delivery under `key` unless one is recorded there (from any server,
-    /// since a restart too, for [`DELIVERY_DAYS`]); false when it was: a repeat.
-    async fn claim_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<bool>;
+    /// since a restart too, for [`DELIVERY_DAYS`]); false when it was: a repeat. A delivery
+    /// claimed under several keys is `listed` under one.
+    async fn claim_delivery(
+        &self,
+        key: &str,
+        delivery: &cloudbuild_proto::webhook::Delivery,
+        listed: bool,
+    ) -> Result<bool>;
+    /// Gives a claimed key back (the delivery could not be acted on: the forge's retry may).
+    async fn release_delivery(&self, key: &str) -> Result<()>;
     /// Replaces the record of a claimed delivery (its outcome).
     async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()>;
     /// A project's newest deliveries, newest first, at most `limit` (at most 200 are kept listed).

@@ -129,8 +129,8 @@ fn show(p: &Project) {
     let t = &p.triggers;
     let branches = if t.branches.is_empty() { p.default_branch.clone() } else { t.branches.join(", ") };
     outln!("  push builds:    branches {branches} → test; tags {} → prod", t.tags.join(", "));
-    if let Some(secret) = &p.webhook_secret {
-        outln!("  webhook secret: {secret}");
+    if p.webhook_secret.is_some() {
+        outln!("  webhook secret: set (`cloudbuild projects webhook-secret {}` shows it)", p.name);
     }
 }
 

@@ -166,8 +166,7 @@ impl From<crate::domain::hooks::HookError> for ApiError {
         match e {
             HookError::UnsupportedEvent(_) => ApiError::new(StatusCode::BAD_REQUEST, "unsupported_event", message),
             HookError::Payload(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", message),
-            HookError::NoProject(_) => ApiError::new(StatusCode::NOT_FOUND, "no_project", message),
-            HookError::Unsigned(_) | HookError::Sha1Only | HookError::BadSignature(_) | HookError::NoSecret(_) => {
+            HookError::Unsigned(_) | HookError::Sha1Only | HookError::NotVerified => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", message)
             }
             HookError::Project(p) => p.into(),

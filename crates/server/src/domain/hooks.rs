@@ -44,16 +44,17 @@ pub enum HookError {
     UnsupportedEvent(String),
     #[error(transparent)]
     Payload(#[from] webhook::HookError),
-    #[error("no registered project builds from {0}: register it (`cloudbuild projects create NAME --repo URL`), or name it with ?project=NAME")]
-    NoProject(String),
     #[error("the delivery has no signature ({0}); set the project's webhook secret in the forge's hook settings")]
     Unsigned(&'static str),
     #[error("GitHub sent only X-Hub-Signature (SHA-1), which is refused: cloudbuild checks X-Hub-Signature-256 (HMAC-SHA256)")]
     Sha1Only,
-    #[error("the signature does not match project {0}'s webhook secret")]
-    BadSignature(String),
-    #[error("project {0} has no webhook secret yet: a maintainer sees it with `cloudbuild projects show {0}`")]
-    NoSecret(String),
+    /// One answer whether no project builds from the repository, none has a secret yet, or the
+    /// signature is wrong: an unsigned caller learns no project's name or settings.
+    #[error(
+        "no project builds from this repository (or is named by ?project=) with a webhook secret that signs this \
+         delivery: check the hook's URL and secret (`cloudbuild projects webhook-secret NAME`)"
+    )]
+    NotVerified,
     #[error(transparent)]
     Project(#[from] ProjectError),
     #[error(transparent)]
@@ -77,12 +78,17 @@ pub async fn secret(state: &AppState, caller: &Caller, name: &str, regenerate: b
     let result = async {
         let fresh = crate::secrets::random_hex(32).map_err(|e| ProjectError::Vault(e.to_string()))?;
         let sealed = state.vault.seal(&slot(name), &fresh).map_err(|e| ProjectError::Vault(e.to_string()))?;
-        projects::update(state, name, |p| {
-            p.webhook_secret = Some(sealed.clone());
+        // Two first sights at once (two maintainers, two servers) make one secret: the first
+        // one stored is kept and returned to both.
+        let project = projects::update(state, name, |p| {
+            if regenerate || p.webhook_secret.is_none() {
+                p.webhook_secret = Some(sealed.clone());
+            }
             Ok(())
         })
         .await?;
-        Ok(fresh)
+        let kept = project.webhook_secret.unwrap_or(sealed);
+        state.vault.open(&slot(name), &kept).map_err(|e| ProjectError::Vault(e.to_string()))
     }
     .await;
     let action = if regenerate { "project.webhook_secret.regenerate" } else { "project.webhook_secret.create" };
@@ -137,23 +143,16 @@ async fn project_for(state: &AppState, incoming: &Incoming<'_>, urls: &[String])
             state.store.list_projects().await?.into_iter().filter(|p| identities.contains(&p.repo_identity)).collect()
         }
     };
-    let named = || incoming.project.map(str::to_owned).or_else(|| urls.first().cloned()).unwrap_or_default();
-    let Some(first) = candidates.first() else { return Err(HookError::NoProject(named())) };
-    let mut secretless = None;
+    // Unsigned deliveries are refused first, whatever project they name.
+    verify(incoming, "")?;
     for project in &candidates {
-        let Some(sealed) = &project.webhook_secret else {
-            secretless.get_or_insert(project.name.clone());
-            continue;
-        };
+        let Some(sealed) = &project.webhook_secret else { continue };
         let secret = state.vault.open(&slot(&project.name), sealed).map_err(|e| ProjectError::Vault(e.to_string()))?;
         if verify(incoming, &secret)? {
             return Ok(project.clone());
         }
     }
-    match secretless {
-        Some(name) if candidates.len() == 1 => Err(HookError::NoSecret(name)),
-        _ => Err(HookError::BadSignature(first.name.clone())),
-    }
+    Err(HookError::NotVerified)
 }
 
 /// Takes a delivery: refuses what is not verified, records the rest once, and says what was
@@ -185,19 +184,29 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
     let by_id = incoming.delivery.map(|id| format!("id:{}:{}:{id}", incoming.forge.as_str(), project.name));
     let kind = if matches!(push.target, RefTarget::Tag(_)) { "tag" } else { "branch" };
     let after = record.after.as_deref().unwrap_or("deleted");
-    let by_content = format!("push:{}:{kind}:{}:{after}", project.name, push.target.name());
+    // `before` too: a force-push back to an earlier commit is a new push.
+    let by_content = format!("push:{}:{kind}:{}:{}:{after}", project.name, push.target.name(), push.before);
+    record.outcome = "received".into();
+    record.detail = "being acted on".into();
+    // Listed once: under its id when it has one.
     if let Some(key) = &by_id {
-        if !state.store.claim_delivery(key, &record).await? {
+        if !state.store.claim_delivery(key, &record, true).await? {
             record.outcome = "duplicate".into();
             record.detail = format!("delivery {} was received before", record.id);
             return Ok(record);
         }
     }
-    if !state.store.claim_delivery(&by_content, &record).await? {
+    if !state.store.claim_delivery(&by_content, &record, by_id.is_none()).await? {
         record.outcome = "duplicate".into();
         record.detail = format!("this push ({kind} {} at {after}) was received before", push.target.name());
+    } else if let Err(e) = act(state, &project, &push, &mut record).await {
+        // Not acted on: the keys go back, so that the forge's retry (or a redelivery) may be.
+        state.store.release_delivery(&by_content).await?;
+        if let Some(key) = &by_id {
+            state.store.release_delivery(key).await?;
+        }
+        return Err(e);
     } else {
-        act(state, &project, &push, &mut record).await?;
         state.store.set_delivery(&by_content, &record).await?;
     }
     if let Some(key) = &by_id {
@@ -211,7 +220,7 @@ async fn act(state: &AppState, project: &Project, push: &Push, record: &mut Deli
     let caller = Caller::on_behalf_of(format!("webhook:{}", record.forge));
     let (outcome, detail) = match (&push.after, &push.target) {
         (None, RefTarget::Branch(branch)) => {
-            let cancelled = cancel_queued(state, &caller, &project.name, branch.as_str(), None).await?;
+            let cancelled = cancel_queued(state, &caller, &project.name, branch.as_str(), Environment::Test).await?;
             ("deleted", format!("branch {branch} was deleted; {cancelled} queued builds of it cancelled"))
         }
         (None, RefTarget::Tag(tag)) => ("ignored", format!("tag {tag} was deleted")),
@@ -272,7 +281,7 @@ async fn build(
     new.version = String::new();
     tasks::check_repo_host(&state.settings, &new.repo).await?;
     if project.triggers.supersede && matches!(push.target, RefTarget::Branch(_)) {
-        cancel_queued(state, caller, &project.name, push.target.name(), Some(env)).await?;
+        cancel_queued(state, caller, &project.name, push.target.name(), env).await?;
     }
     let task = tasks::submit(state, new).await?;
     let by = if push.pusher.is_empty() { String::new() } else { format!(" by {}", push.pusher) };
@@ -281,14 +290,14 @@ async fn build(
     Ok(task.id)
 }
 
-/// Cancels the project's queued builds of `branch` (webhook builds of `env` only, when given:
-/// a newer push supersedes them, but not someone's own publish); returns how many.
+/// Cancels the project's queued webhook builds of `branch` for `env` (a newer push supersedes
+/// them, a deletion ends them; someone's own publish is never touched); returns how many.
 async fn cancel_queued(
     state: &AppState,
     caller: &Caller,
     project: &str,
     branch: &str,
-    env: Option<Environment>,
+    env: Environment,
 ) -> Result<usize, HookError> {
     let query = tasks::ListQuery {
         name: Some(project.to_owned()),
@@ -298,10 +307,7 @@ async fn cancel_queued(
     };
     let page = tasks::list(state, caller, query).await?;
     let mut cancelled = 0;
-    for t in page.tasks.iter().filter(|t| t.branch == branch) {
-        if env.is_some_and(|e| t.env != e || t.trigger != Trigger::Webhook) {
-            continue;
-        }
+    for t in page.tasks.iter().filter(|t| t.branch == branch && t.env == env && t.trigger == Trigger::Webhook) {
         if tasks::cancel(state, caller, t.id).await.is_ok() {
             cancelled += 1;
         }

@@ -325,8 +325,14 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
         labels: old.labels,
         no_cache: old.no_cache,
     };
+    // A webhook's task that ended before its commit's version was read retries the same way.
+    let from_commit = req.version.is_empty();
+    let req = CreateTask { version: if from_commit { "0.0.0".into() } else { req.version }, ..req };
     // Re-validated against today's policy: a retry must not bypass a tightened configuration.
-    let new = validate(&state.settings, &req, caller, Trigger::Retry, Some(old.id))?;
+    let mut new = validate(&state.settings, &req, caller, Trigger::Retry, Some(old.id))?;
+    if from_commit {
+        new.version = String::new();
+    }
     check_repo_host(&state.settings, &new.repo).await?;
     super::projects::admit(state, caller, &new.name, &new.repo, project).await?;
     submit(state, new).await

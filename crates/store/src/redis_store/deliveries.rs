@@ -20,7 +20,7 @@ fn list_key(project: &str) -> String {
     format!("{P}deliveries:{project}")
 }
 
-pub(super) async fn claim(s: &RedisStore, k: &str, d: &Delivery) -> Result<bool> {
+pub(super) async fn claim(s: &RedisStore, k: &str, d: &Delivery, listed: bool) -> Result<bool> {
     let data = serde_json::to_string(d).map_err(db_err)?;
     let ttl = (DELIVERY_DAYS * 86_400) as u64;
     let opts = redis::SetOptions::default()
@@ -29,6 +29,9 @@ pub(super) async fn claim(s: &RedisStore, k: &str, d: &Delivery) -> Result<bool>
     let claimed: Option<String> = s.con().set_options(key(k), data, opts).await?;
     if claimed.is_none() {
         return Ok(false);
+    }
+    if !listed {
+        return Ok(true);
     }
     let mut pipe = redis::pipe();
     pipe.lpush(list_key(&d.project), k).ignore().ltrim(list_key(&d.project), 0, LISTED - 1).ignore();
@@ -42,6 +45,12 @@ pub(super) async fn set(s: &RedisStore, k: &str, d: &Delivery) -> Result<()> {
         .conditional_set(redis::ExistenceCheck::XX)
         .with_expiration(redis::SetExpiry::KEEPTTL);
     let _: Option<String> = s.con().set_options(key(k), data, opts).await?;
+    Ok(())
+}
+
+pub(super) async fn release(s: &RedisStore, k: &str) -> Result<()> {
+    // Its place in the project's list stays; a key that is gone is skipped when listing.
+    let _: u32 = s.con().del(key(k)).await?;
     Ok(())
 }
 

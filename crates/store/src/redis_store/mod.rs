@@ -524,8 +524,17 @@ impl Store for RedisStore {
         audit::list(self, query).await
     }
 
-    async fn claim_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<bool> {
-        deliveries::claim(self, key, delivery).await
+    async fn claim_delivery(
+        &self,
+        key: &str,
+        delivery: &cloudbuild_proto::webhook::Delivery,
+        listed: bool,
+    ) -> Result<bool> {
+        deliveries::claim(self, key, delivery, listed).await
+    }
+
+    async fn release_delivery(&self, key: &str) -> Result<()> {
+        deliveries::release(self, key).await
     }
 
     async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()> {

@@ -12,16 +12,18 @@ fn to_json(d: &Delivery) -> Result<String> {
     serde_json::to_string(d).map_err(|e| StoreError::Corrupt(format!("a delivery record: {e}")))
 }
 
-pub(super) async fn claim(s: &SqliteStore, key: &str, d: &Delivery) -> Result<bool> {
+pub(super) async fn claim(s: &SqliteStore, key: &str, d: &Delivery, listed: bool) -> Result<bool> {
     let mut conn = s.writer.lock().await;
     let oldest = d.received_at.0 - DELIVERY_DAYS * 86_400_000_000;
     sqlx::query("DELETE FROM deliveries WHERE received_us < ?").bind(oldest).execute(&mut *conn).await?;
     let res = sqlx::query(
-        "INSERT INTO deliveries (key, project, received_us, data) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+        "INSERT INTO deliveries (key, project, received_us, listed, data) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (key) DO NOTHING",
     )
     .bind(key)
     .bind(&d.project)
     .bind(d.received_at.0)
+    .bind(listed)
     .bind(to_json(d)?)
     .execute(&mut *conn)
     .await?;
@@ -37,13 +39,19 @@ pub(super) async fn set(s: &SqliteStore, key: &str, d: &Delivery) -> Result<()> 
     Ok(())
 }
 
+pub(super) async fn release(s: &SqliteStore, key: &str) -> Result<()> {
+    sqlx::query("DELETE FROM deliveries WHERE key = ?").bind(key).execute(&mut *s.writer.lock().await).await?;
+    Ok(())
+}
+
 pub(super) async fn list(reader: &SqlitePool, project: &str, limit: u32) -> Result<Vec<Delivery>> {
-    let rows =
-        sqlx::query("SELECT data FROM deliveries WHERE project = ? ORDER BY received_us DESC, rowid DESC LIMIT ?")
-            .bind(project)
-            .bind(limit)
-            .fetch_all(reader)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT data FROM deliveries WHERE project = ? AND listed ORDER BY received_us DESC, rowid DESC LIMIT ?",
+    )
+    .bind(project)
+    .bind(limit)
+    .fetch_all(reader)
+    .await?;
     rows.iter()
         .map(|r| {
             let data: String = r.try_get("data")?;

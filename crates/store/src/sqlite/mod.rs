@@ -31,6 +31,7 @@ use cloudbuild_proto::project::Project;
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::user::{ApiTokenRecord, UserRecord};
+use cloudbuild_proto::webhook::Delivery;
 pub(super) use rows::{split_labels, task_from_row, TASK_COLUMNS};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
@@ -481,27 +482,11 @@ impl Store for SqliteStore {
     }
 
     async fn create_worker_token(&self, name: &str, hash: &str) -> Result<WorkerToken> {
-        let created = Timestamp::now();
-        let res =
-            sqlx::query("INSERT INTO worker_tokens (name, hash, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-                .bind(name)
-                .bind(hash)
-                .bind(created.0)
-                .execute(&mut *self.writer.lock().await)
-                .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::Conflict { what: format!("a worker token named `{name}`") });
-        }
-        Ok(WorkerToken { name: name.to_owned(), created_at: created, revoked_at: None })
+        tokens::create_worker_token(self, name, hash).await
     }
 
     async fn revoke_worker_token(&self, name: &str) -> Result<bool> {
-        let res = sqlx::query("UPDATE worker_tokens SET revoked_us = ? WHERE name = ? AND revoked_us IS NULL")
-            .bind(Timestamp::now().0)
-            .bind(name)
-            .execute(&mut *self.writer.lock().await)
-            .await?;
-        Ok(res.rows_affected() == 1)
+        tokens::revoke_worker_token(self, name).await
     }
 
     async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>> {
@@ -588,15 +573,16 @@ impl Store for SqliteStore {
         audit::list(&self.reader, query).await
     }
 
-    async fn claim_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<bool> {
-        deliveries::claim(self, key, delivery).await
+    async fn claim_delivery(&self, key: &str, d: &Delivery, listed: bool) -> Result<bool> {
+        deliveries::claim(self, key, d, listed).await
     }
-
-    async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()> {
-        deliveries::set(self, key, delivery).await
+    async fn set_delivery(&self, key: &str, d: &Delivery) -> Result<()> {
+        deliveries::set(self, key, d).await
     }
-
-    async fn list_deliveries(&self, project: &str, limit: u32) -> Result<Vec<cloudbuild_proto::webhook::Delivery>> {
+    async fn release_delivery(&self, key: &str) -> Result<()> {
+        deliveries::release(self, key).await
+    }
+    async fn list_deliveries(&self, project: &str, limit: u32) -> Result<Vec<Delivery>> {
         deliveries::list(&self.reader, project, limit).await
     }
 }

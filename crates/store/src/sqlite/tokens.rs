@@ -1,6 +1,6 @@
 //! Tokens in the SQLite backend. Personal API tokens: one row per token, keyed by its hash,
 //! unique by (user, name); the last use in a column of its own so that a use rewrites no
-//! record. Worker tokens' reads (their writes are in `mod.rs`).
+//! record. Worker tokens: created, revoked, listed, looked up by hash.
 
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::user::ApiTokenRecord;
@@ -86,4 +86,27 @@ pub(super) async fn worker_token_name(reader: &SqlitePool, hash: &str) -> Result
         .bind(hash)
         .fetch_optional(reader)
         .await?)
+}
+
+pub(super) async fn create_worker_token(s: &SqliteStore, name: &str, hash: &str) -> Result<WorkerToken> {
+    let created = Timestamp::now();
+    let res = sqlx::query("INSERT INTO worker_tokens (name, hash, created_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .bind(hash)
+        .bind(created.0)
+        .execute(&mut *s.writer.lock().await)
+        .await?;
+    if res.rows_affected() == 0 {
+        return Err(StoreError::Conflict { what: format!("a worker token named `{name}`") });
+    }
+    Ok(WorkerToken { name: name.to_owned(), created_at: created, revoked_at: None })
+}
+
+pub(super) async fn revoke_worker_token(s: &SqliteStore, name: &str) -> Result<bool> {
+    let res = sqlx::query("UPDATE worker_tokens SET revoked_us = ? WHERE name = ? AND revoked_us IS NULL")
+        .bind(Timestamp::now().0)
+        .bind(name)
+        .execute(&mut *s.writer.lock().await)
+        .await?;
+    Ok(res.rows_affected() == 1)
 }

@@ -23,12 +23,18 @@ fn delivery(id: &str, project: &str, at: i64) -> Delivery {
 pub(crate) async fn delivery_story(store: &dyn Store) {
     let now = Timestamp::now().0;
     let first = delivery("d-1", "hooked", now);
-    assert!(store.claim_delivery("github:d-1", &first).await.unwrap());
-    assert!(!store.claim_delivery("github:d-1", &delivery("d-1", "hooked", now + 1)).await.unwrap(), "a replay");
+    assert!(store.claim_delivery("github:d-1", &first, true).await.unwrap());
+    assert!(!store.claim_delivery("github:d-1", &delivery("d-1", "hooked", now + 1), true).await.unwrap(), "a replay");
+    // The same delivery under a second key: claimed once too, not listed twice.
+    assert!(store.claim_delivery("push:hooked:main:a", &first, false).await.unwrap());
+    assert!(!store.claim_delivery("push:hooked:main:a", &first, false).await.unwrap());
     let done = Delivery { outcome: "queued".into(), task: Some(7), ..first.clone() };
     store.set_delivery("github:d-1", &done).await.unwrap();
-    assert!(store.claim_delivery("github:d-2", &delivery("d-2", "hooked", now + 2)).await.unwrap());
-    assert!(store.claim_delivery("github:d-3", &delivery("d-3", "other", now + 3)).await.unwrap());
+    assert!(store.claim_delivery("github:d-2", &delivery("d-2", "hooked", now + 2), true).await.unwrap());
+    assert!(store.claim_delivery("github:d-3", &delivery("d-3", "other", now + 3), true).await.unwrap());
+    // A released key can be claimed again (a delivery that could not be acted on).
+    store.release_delivery("push:hooked:main:a").await.unwrap();
+    assert!(store.claim_delivery("push:hooked:main:a", &first, false).await.unwrap());
     let listed = store.list_deliveries("hooked", 10).await.unwrap();
     assert_eq!(listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d-2", "d-1"], "newest first");
     assert_eq!((listed[1].outcome.as_str(), listed[1].task), ("queued", Some(7)));

@@ -233,6 +233,15 @@ async fn a_newer_push_supersedes_a_queued_build_and_a_deleted_branch_cancels_its
     };
     assert_eq!(state(&first["task"]).await, "cancelled", "superseded by the newer push");
     assert_eq!(state(&second["task"]).await, "queued");
+    // A build a worker took is not superseded: it runs on.
+    let later = cloudbuild_proto::time::Timestamp(cloudbuild_proto::time::Timestamp::now().0 + 60_000_000);
+    let taken = api.store.claim_next("w1", &[], later, "key").await.unwrap().unwrap();
+    assert_eq!(taken.id, second["task"].as_i64().unwrap());
+    const C: &str = "3333333333333333333333333333333333333333";
+    let (_, third) = github(&api, &secret, "push", "d-4", &github_push("refs/heads/main", C, "three")).await;
+    let running = api.store.get_task(taken.id).await.unwrap();
+    assert_eq!((running.state.as_str(), running.cancel_requested), ("running", false), "left alone");
+    let second = third;
     let (status, gone) =
         github(&api, &secret, "push", "d-3", &github_push("refs/heads/main", &"0".repeat(40), "")).await;
     assert_eq!((status, gone["outcome"].as_str()), (StatusCode::OK, Some("deleted")), "{gone}");

@@ -219,13 +219,22 @@ pub(crate) enum CancelEffect {
     EndedQueued,
     /// Running: flagged for its worker.
     Flagged,
+    /// Running, and only a queued task was to be cancelled: left alone.
+    NotQueued,
 }
 
-/// Cancels a queued task at once or flags a running one.
-pub(crate) fn cancel(l: &mut Live, now: Timestamp, written: &mut Vec<(TaskId, WireEvent)>) -> CancelEffect {
+/// Cancels a queued task at once or flags a running one (unless `queued_only`: a newer push
+/// supersedes a build that has not started, never one that runs).
+pub(crate) fn cancel(
+    l: &mut Live,
+    now: Timestamp,
+    written: &mut Vec<(TaskId, WireEvent)>,
+    queued_only: bool,
+) -> CancelEffect {
     match l.task.state {
         TaskState::Cancelled => CancelEffect::AlreadyCancelled,
         s if s.is_terminal() => CancelEffect::AlreadyFinished,
+        TaskState::Running if queued_only => CancelEffect::NotQueued,
         TaskState::Queued => {
             let finish = Finish::Cancelled { stage: None, reason: "cancelled while queued; it never ran".into() };
             end(l, &finish, now, written);

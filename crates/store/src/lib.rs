@@ -253,6 +253,8 @@ pub enum CancelOutcome {
     AlreadyCancelled(Task),
     /// It ended otherwise (succeeded, failed, timed out) and cannot be cancelled.
     AlreadyFinished(Task),
+    /// It runs, and only a queued task was to be cancelled: nothing changed.
+    NotQueued(Task),
 }
 
 /// The result of returning a lost worker's task to the queue.
@@ -319,7 +321,7 @@ pub trait Store: Send + Sync + 'static {
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
     /// Cancels a queued task at once, or flags a running one; idempotent.
-    async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome>;
+    async fn request_cancel(&self, id: TaskId, queued_only: bool) -> Result<CancelOutcome>;
     /// Returns a running task whose worker was lost to the queue with attempt + 1, or fails it
     /// when `max_attempts` is reached.
     async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome>;

@@ -60,8 +60,8 @@ async fn story(store: &dyn Store) {
     assert_eq!(page2[0].id, b.id);
 
     // Cancelling a queued task ends it at once; it is never claimed; cancel is idempotent.
-    assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::CancelledQueued(..)));
-    assert!(matches!(store.request_cancel(b.id).await.unwrap(), CancelOutcome::AlreadyCancelled(..)));
+    assert!(matches!(store.request_cancel(b.id, false).await.unwrap(), CancelOutcome::CancelledQueued(..)));
+    assert!(matches!(store.request_cancel(b.id, false).await.unwrap(), CancelOutcome::AlreadyCancelled(..)));
 
     let claimed = store.claim_next("w1", &[], later(30), "key").await.unwrap().unwrap();
     assert_eq!((claimed.id, claimed.state), (a.id, TaskState::Running));
@@ -108,7 +108,14 @@ async fn story(store: &dyn Store) {
     assert!(c_final.reason.unwrap().contains("worker lost"));
 
     // Running cancel sets the flag; finishing is once-only; the log ends with `end`.
-    assert!(matches!(store.request_cancel(a.id).await.unwrap(), CancelOutcome::Requested(t) if t.cancel_requested));
+    // A cancel of queued tasks only leaves a running one alone.
+    assert!(
+        matches!(store.request_cancel(a.id, true).await.unwrap(), CancelOutcome::NotQueued(t) if !t.cancel_requested)
+    );
+    assert!(!store.get_task(a.id).await.unwrap().cancel_requested);
+    assert!(
+        matches!(store.request_cancel(a.id, false).await.unwrap(), CancelOutcome::Requested(t) if t.cancel_requested)
+    );
     let fin = store
         .finish(a.id, Fence::Attempt(1), Finish::Cancelled { stage: Some(Stage::Prepare), reason: "by user".into() })
         .await
@@ -116,7 +123,7 @@ async fn story(store: &dyn Store) {
         .unwrap();
     assert_eq!(fin.last().unwrap().kind, EventKind::End);
     assert!(store.finish(a.id, Fence::Server, Finish::Succeeded { url: "x".into() }).await.unwrap().is_none());
-    assert!(matches!(store.request_cancel(a.id).await.unwrap(), CancelOutcome::AlreadyCancelled(_)));
+    assert!(matches!(store.request_cancel(a.id, false).await.unwrap(), CancelOutcome::AlreadyCancelled(_)));
 
     // The log is gapless and replayable from any point.
     let log = store.events_after(a.id, 0, 100).await.unwrap();
@@ -128,7 +135,7 @@ async fn story(store: &dyn Store) {
     let (d, _) = store.create_task(new_task("app-d", 10)).await.unwrap();
     store.claim_next("w1", &[], later(30), "key").await.unwrap();
     store.finish(d.id, Fence::Attempt(1), Finish::Succeeded { url: "http://x/".into() }).await.unwrap();
-    assert!(matches!(store.request_cancel(d.id).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
+    assert!(matches!(store.request_cancel(d.id, false).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
     assert!(matches!(store.get_task(9999).await, Err(StoreError::NotFound(Missing::Task(9999)))));
 }
 
@@ -481,7 +488,7 @@ async fn release_story(store: &dyn Store) {
     assert_eq!(older.iter().map(|c| (c.release.id, c.path.as_str())).collect::<Vec<_>>(), vec![(r2.id, "app.js")]);
     assert!(store.get_release(r1.id).await.unwrap().unwrap().pruned);
     // Leave the queue empty for the next story.
-    store.request_cancel(task.id).await.unwrap();
+    store.request_cancel(task.id, false).await.unwrap();
 }
 
 #[tokio::test]

@@ -210,6 +210,7 @@ impl From<TaskError> for ApiError {
             TaskError::Invalid(v) => v.into(),
             TaskError::Refused(_) | TaskError::InternalHost { .. } => ApiError::bad_request(message),
             TaskError::AlreadyFinished { .. } => ApiError::new(StatusCode::CONFLICT, "already_finished", message),
+            TaskError::NotQueued { .. } => ApiError::new(StatusCode::CONFLICT, "not_queued", message),
             TaskError::NotFinished { .. } => ApiError::new(StatusCode::CONFLICT, "not_finished", message),
             TaskError::Release(r) => r.into(),
             TaskError::Project(p) => p.into(),

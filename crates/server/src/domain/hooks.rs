@@ -308,7 +308,8 @@ async fn cancel_queued(
     let page = tasks::list(state, caller, query).await?;
     let mut cancelled = 0;
     for t in page.tasks.iter().filter(|t| t.branch == branch && t.env == env && t.trigger == Trigger::Webhook) {
-        if tasks::cancel(state, caller, t.id).await.is_ok() {
+        // Only while still queued: a worker may have taken it since the listing.
+        if tasks::cancel_if_queued(state, caller, t.id).await.is_ok() {
             cancelled += 1;
         }
     }

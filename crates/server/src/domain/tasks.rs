@@ -31,6 +31,9 @@ pub enum TaskError {
     AlreadyFinished { id: TaskId, state: TaskState },
     #[error("task {id} is still {state}; cancel it or wait before retrying")]
     NotFinished { id: TaskId, state: TaskState },
+    /// A cancel of queued tasks only found this one running.
+    #[error("task {id} started meanwhile; it runs on")]
+    NotQueued { id: TaskId },
     /// The release could not be published (a `prod` version that exists).
     #[error(transparent)]
     Release(#[from] ReleaseError),
@@ -261,7 +264,22 @@ pub enum Cancelled {
 
 /// Cancels a task: at once when it is queued, through its worker when it runs.
 pub async fn cancel(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
-    let result = cancel_task(state, caller, id).await;
+    cancel_audited(state, caller, id, false).await
+}
+
+/// Cancels a task only while it is queued (a newer push superseding it): one that a worker
+/// took meanwhile runs on ([`TaskError::NotQueued`]).
+pub async fn cancel_if_queued(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
+    cancel_audited(state, caller, id, true).await
+}
+
+async fn cancel_audited(
+    state: &AppState,
+    caller: &Caller,
+    id: TaskId,
+    queued_only: bool,
+) -> Result<Cancelled, TaskError> {
+    let result = cancel_task(state, caller, id, queued_only).await;
     let project = match &result {
         Ok(Cancelled::Done(t) | Cancelled::Requested(t)) => Some(t.name.clone()),
         Err(_) => None,
@@ -270,9 +288,9 @@ pub async fn cancel(state: &AppState, caller: &Caller, id: TaskId) -> Result<Can
     result
 }
 
-async fn cancel_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Cancelled, TaskError> {
+async fn cancel_task(state: &AppState, caller: &Caller, id: TaskId, queued_only: bool) -> Result<Cancelled, TaskError> {
     get(state, caller, id, ProjectAction::Cancel).await?;
-    Ok(match state.store.request_cancel(id).await? {
+    Ok(match state.store.request_cancel(id, queued_only).await? {
         CancelOutcome::CancelledQueued(task, events) => {
             state.hub.published(id, &events);
             tracing::info!(task = id, by = %caller.name, "cancelled while queued");
@@ -290,6 +308,7 @@ async fn cancel_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Ca
         }
         CancelOutcome::AlreadyCancelled(task) => Cancelled::Done(task),
         CancelOutcome::AlreadyFinished(task) => return Err(TaskError::AlreadyFinished { id, state: task.state }),
+        CancelOutcome::NotQueued(_) => return Err(TaskError::NotQueued { id }),
     })
 }
 

@@ -348,10 +348,10 @@ impl Store for RedisStore {
         Ok(if events.is_empty() { None } else { Some(events) })
     }
 
-    async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome> {
+    async fn request_cancel(&self, id: TaskId, queued_only: bool) -> Result<CancelOutcome> {
         let (effect, task, events) = self
             .update_one(id, |l, plan, written| {
-                let effect = apply::cancel(l, Timestamp::now(), written);
+                let effect = apply::cancel(l, Timestamp::now(), written, queued_only);
                 if effect == CancelEffect::EndedQueued {
                     plan.zrem.push((queue_key(), id.to_string()));
                 }
@@ -364,6 +364,7 @@ impl Store for RedisStore {
             CancelEffect::AlreadyFinished => CancelOutcome::AlreadyFinished(task),
             CancelEffect::EndedQueued => CancelOutcome::CancelledQueued(task, events),
             CancelEffect::Flagged => CancelOutcome::Requested(task),
+            CancelEffect::NotQueued => CancelOutcome::NotQueued(task),
         })
     }
 

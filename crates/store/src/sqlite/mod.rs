@@ -300,13 +300,13 @@ impl Store for SqliteStore {
         Ok(if events.is_empty() { None } else { Some(events) })
     }
 
-    async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome> {
+    async fn request_cancel(&self, id: TaskId, queued_only: bool) -> Result<CancelOutcome> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
         let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
         let l = live.get_mut(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
         let mut rows = Vec::new();
-        let effect = apply::cancel(l, Timestamp::now(), &mut rows);
+        let effect = apply::cancel(l, Timestamp::now(), &mut rows, queued_only);
         batch::store_live(&mut tx, live.values(), &rows).await?;
         tx.commit().await?;
         let task = live.remove(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?.task;
@@ -317,6 +317,7 @@ impl Store for SqliteStore {
                 CancelOutcome::CancelledQueued(task, rows.into_iter().map(|(_, e)| e).collect())
             }
             CancelEffect::Flagged => CancelOutcome::Requested(task),
+            CancelEffect::NotQueued => CancelOutcome::NotQueued(task),
         })
     }
 

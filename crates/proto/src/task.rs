@@ -284,6 +284,9 @@ pub struct Task {
     pub build_cmd: Option<String>,
     pub env: Environment,
     pub trigger: Trigger,
+    /// What caused it beyond its trigger: the forge's delivery (`github delivery <id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// Whether an existing `prod` release of this version may be replaced.
     pub force: bool,
     pub requested_by: String,

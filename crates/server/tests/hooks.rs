@@ -102,6 +102,7 @@ async fn a_signed_github_push_queues_one_build_and_repeats_create_nothing() {
         "the commit's version, read when built"
     );
     assert_eq!(task["requested_by"], "webhook:github");
+    assert_eq!(task["cause"], "github delivery d-1", "the delivery that caused it");
     // The same delivery again, and the same push under another delivery id: nothing new.
     let (status, again) = github(&api, &secret, "push", "d-1", &push).await;
     assert_eq!((status, again["outcome"].as_str()), (StatusCode::OK, Some("duplicate")), "{again}");

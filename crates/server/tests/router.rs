@@ -231,6 +231,7 @@ async fn the_projects_of_earlier_tasks_are_registered_with_their_newest_reposito
             build_cmd: None,
             env: cloudbuild_proto::task::Environment::Test,
             trigger: cloudbuild_proto::task::Trigger::Api,
+            cause: None,
             force: false,
             requested_by: "ci".into(),
             retry_of: None,

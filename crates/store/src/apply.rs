@@ -319,6 +319,7 @@ pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task 
         build_cmd: new.build_cmd,
         env: new.env,
         trigger: new.trigger,
+        cause: new.cause,
         force: new.force,
         requested_by: new.requested_by,
         state: TaskState::Queued,

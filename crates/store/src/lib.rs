@@ -126,6 +126,8 @@ pub struct NewTask {
     pub build_cmd: Option<String>,
     pub env: Environment,
     pub trigger: Trigger,
+    /// What caused it beyond its trigger (a forge's delivery), for the record.
+    pub cause: Option<String>,
     pub force: bool,
     pub requested_by: String,
     pub retry_of: Option<TaskId>,

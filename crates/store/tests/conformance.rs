@@ -29,6 +29,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         build_cmd: None,
         env: Environment::Test,
         trigger: Trigger::Api,
+        cause: None,
         force: false,
         requested_by: "tester".into(),
         retry_of: None,

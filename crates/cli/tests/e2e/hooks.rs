@@ -103,6 +103,7 @@ fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
     let task = srv.wait_done(id);
     assert_eq!(task.state, TaskState::Succeeded, "{}", srv.output(id));
     assert_eq!((task.version.as_str(), task.commit.as_deref()), ("1.4.2", Some(after.as_str())));
+    assert_eq!(task.cause.as_deref(), Some("github delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958"));
     assert!(srv.output(id).contains("built for github delivery 72d3162e"), "{}", srv.output(id));
     assert_eq!(get_text(&srv.site_url("test", "hooked")).1, "<h1>two</h1>");
     let (_, releases) = request("GET", &format!("{}/api/v1/releases?name=hooked", srv.url), None);

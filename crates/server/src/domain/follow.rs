@@ -270,6 +270,7 @@ mod tests {
             build_cmd: None,
             env: Environment::Test,
             trigger: Trigger::Api,
+            cause: None,
             force: false,
             requested_by: "tester".into(),
             retry_of: None,

@@ -279,6 +279,11 @@ async fn build(
     };
     let mut new = tasks::validate(&state.settings, &req, caller, Trigger::Webhook, None)?;
     new.version = String::new();
+    new.cause = Some(if record.id.is_empty() {
+        format!("{} push to {}", record.forge, describe(&push.target))
+    } else {
+        format!("{} delivery {}", record.forge, record.id)
+    });
     tasks::check_repo_host(&state.settings, &new.repo).await?;
     if project.triggers.supersede && matches!(push.target, RefTarget::Branch(_)) {
         cancel_queued(state, caller, &project.name, push.target.name(), env).await?;

@@ -72,6 +72,7 @@ pub fn validate(
         build_cmd,
         env: req.env,
         trigger,
+        cause: None,
         force: req.force,
         requested_by: caller.name.clone(),
         retry_of,

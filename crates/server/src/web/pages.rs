@@ -296,6 +296,8 @@ struct TaskPage {
     row: TaskRow,
     project_path: String,
     commit: String,
+    /// What caused it beyond its trigger (a forge's delivery).
+    cause: Option<String>,
     attempt: u32,
     worker: String,
     site: Option<String>,
@@ -349,6 +351,7 @@ pub async fn task(
         row: TaskRow::of(&lang, &t),
         project_path: path_of(&t.name),
         commit: t.commit.clone().unwrap_or_else(|| "–".into()),
+        cause: t.cause.clone(),
         attempt: t.attempt,
         worker: t.worker.clone().unwrap_or_else(|| "–".into()),
         site: t.url.clone(),

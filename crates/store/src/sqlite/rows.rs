@@ -8,7 +8,7 @@ use sqlx::Row;
 use crate::{Result, StoreError};
 
 pub(crate) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels, no_cache, cache";
+     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels, no_cache, cache, cause";
 
 pub(crate) fn task_from_row(row: &SqliteRow) -> Result<Task> {
     let bad = |what: &str, v: &str| StoreError::Corrupt(format!("{what} `{v}` in the tasks table"));
@@ -30,6 +30,7 @@ pub(crate) fn task_from_row(row: &SqliteRow) -> Result<Task> {
         build_cmd: row.try_get("build_cmd")?,
         env: Environment::parse(&env).ok_or_else(|| bad("env", &env))?,
         trigger: Trigger::parse(&trigger).ok_or_else(|| bad("trigger", &trigger))?,
+        cause: row.try_get("cause")?,
         force: row.try_get::<i64, _>("force")? != 0,
         requested_by: row.try_get("requested_by")?,
         state: TaskState::parse(&state).ok_or_else(|| bad("state", &state))?,

@@ -216,6 +216,16 @@ async fn gitlab_and_gitea_deliveries_follow_the_trigger_rules() {
     assert_eq!(api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(rules)).await.0, StatusCode::OK);
     let (status, body) = send_gitea(gitea("refs/heads/release/2.0", B, "ship"), "g-3").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // A forge that sends no delivery id: the same push twice is one build, and the repeat
+    // leaves the first one's record as it was.
+    let unnamed = gitea("refs/heads/release/2.0", A, "again");
+    let signature = hmac_hex(&secret, &unnamed);
+    let headers = [("x-gitea-event", "push"), ("x-gitea-signature", signature.as_str())];
+    assert_eq!(post(&api, "/api/v1/hooks/gitea", &headers, unnamed.clone()).await.0, StatusCode::ACCEPTED);
+    let (status, repeat) = post(&api, "/api/v1/hooks/gitea", &headers, unnamed).await;
+    assert_eq!((status, repeat["outcome"].as_str()), (StatusCode::OK, Some("duplicate")), "{repeat}");
+    let (_, list) = api.call("GET", "/api/v1/projects/site/deliveries", Some("cbp_max"), None).await;
+    assert_eq!(list["deliveries"][0]["outcome"], "queued", "{list}");
     let bad = json!({"triggers": {"branches": ["release/["]}});
     let (status, body) = api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(bad)).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_triggers"), "{body}");

@@ -104,29 +104,32 @@ pub async fn present(state: &AppState, caller: &Caller, mut project: Project) ->
     Ok(project)
 }
 
-/// Checks the delivery's signature with `secret` (constant time).
-fn verify(incoming: &Incoming<'_>, secret: &str) -> Result<bool, HookError> {
-    let hmac_hex = |given: &str| {
-        let Ok(given) = hex::decode(given.trim()) else { return false };
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(incoming.body);
-        mac.verify_slice(&given).is_ok()
-    };
-    let Some(signature) = incoming.signature else {
-        if incoming.sha1_only {
-            return Err(HookError::Sha1Only);
-        }
-        return Err(HookError::Unsigned(match incoming.forge {
+/// The delivery's signature, or why there is none.
+fn signature<'a>(incoming: &Incoming<'a>) -> Result<&'a str, HookError> {
+    match incoming.signature {
+        Some(signature) => Ok(signature),
+        None if incoming.sha1_only => Err(HookError::Sha1Only),
+        None => Err(HookError::Unsigned(match incoming.forge {
             Forge::GitHub => "X-Hub-Signature-256",
             Forge::GitLab => "X-Gitlab-Token",
             Forge::Gitea => "X-Gitea-Signature",
-        }));
+        })),
+    }
+}
+
+/// Whether `signature` is the forge's signature of `body` with `secret` (constant time).
+fn signed_by(forge: Forge, signature: &str, body: &[u8], secret: &str) -> bool {
+    let hmac_hex = |given: &str| {
+        let Ok(given) = hex::decode(given.trim()) else { return false };
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(body);
+        mac.verify_slice(&given).is_ok()
     };
-    Ok(match incoming.forge {
+    match forge {
         Forge::GitHub => signature.strip_prefix("sha256=").is_some_and(hmac_hex),
         Forge::Gitea => hmac_hex(signature),
         Forge::GitLab => constant_time_eq(signature.as_bytes(), secret.as_bytes()),
-    })
+    }
 }
 
 /// The project the delivery is for: the one named, or those whose repository is the payload's
@@ -144,11 +147,11 @@ async fn project_for(state: &AppState, incoming: &Incoming<'_>, urls: &[String])
         }
     };
     // Unsigned deliveries are refused first, whatever project they name.
-    verify(incoming, "")?;
+    let signature = signature(incoming)?;
     for project in &candidates {
         let Some(sealed) = &project.webhook_secret else { continue };
         let secret = state.vault.open(&slot(&project.name), sealed).map_err(|e| ProjectError::Vault(e.to_string()))?;
-        if verify(incoming, &secret)? {
+        if signed_by(incoming.forge, signature, incoming.body, &secret) {
             return Ok(project.clone());
         }
     }
@@ -199,6 +202,10 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
     if !state.store.claim_delivery(&by_content, &record, by_id.is_none()).await? {
         record.outcome = "duplicate".into();
         record.detail = format!("this push ({kind} {} at {after}) was received before", push.target.name());
+        if by_id.is_none() {
+            // Without an id of its own it has no record: the first one's stays as it was.
+            return Ok(record);
+        }
     } else if let Err(e) = act(state, &project, &push, &mut record).await {
         // Not acted on: the keys go back, so that the forge's retry (or a redelivery) may be.
         state.store.release_delivery(&by_content).await?;
@@ -206,12 +213,9 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
             state.store.release_delivery(key).await?;
         }
         return Err(e);
-    } else {
-        state.store.set_delivery(&by_content, &record).await?;
     }
-    if let Some(key) = &by_id {
-        state.store.set_delivery(key, &record).await?;
-    }
+    // The outcome goes where the delivery is listed; the other key only deduplicates.
+    state.store.set_delivery(by_id.as_ref().unwrap_or(&by_content), &record).await?;
     Ok(record)
 }
 

@@ -14,8 +14,11 @@ fn to_json(d: &Delivery) -> Result<String> {
 
 pub(super) async fn claim(s: &SqliteStore, key: &str, d: &Delivery, listed: bool) -> Result<bool> {
     let mut conn = s.writer.lock().await;
-    let oldest = d.received_at.0 - DELIVERY_DAYS * 86_400_000_000;
-    sqlx::query("DELETE FROM deliveries WHERE received_us < ?").bind(oldest).execute(&mut *conn).await?;
+    // Once per delivery (at its listed key), not at each of its keys.
+    if listed {
+        let oldest = d.received_at.0 - DELIVERY_DAYS * 86_400_000_000;
+        sqlx::query("DELETE FROM deliveries WHERE received_us < ?").bind(oldest).execute(&mut *conn).await?;
+    }
     let res = sqlx::query(
         "INSERT INTO deliveries (key, project, received_us, listed, data) VALUES (?, ?, ?, ?, ?) \
          ON CONFLICT (key) DO NOTHING",

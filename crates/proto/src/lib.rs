@@ -11,6 +11,7 @@
 //! - [`audit`]: the audit log's entries.
 //! - [`project`]: registered projects (repository, default branch, visibility).
 //! - [`secret`], [`mask`]: project secrets (names, values, listings) and their masking in output.
+//! - [`schedule`]: project schedules (cron in an IANA zone), when they are due and run next.
 //! - [`sandbox`]: the build sandbox's settings (mode, shared and read-only directories).
 //! - [`site`]: site labels (`<site>.<env>.<domain>`), `[site]` settings, the cache rule.
 //! - [`user`]: users, roles, project members, personal API tokens.
@@ -22,6 +23,7 @@ pub mod mask;
 pub mod project;
 pub mod release;
 pub mod sandbox;
+pub mod schedule;
 pub mod secret;
 pub mod site;
 pub mod task;

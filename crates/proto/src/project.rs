@@ -41,6 +41,9 @@ pub struct Project {
     /// only in answers to its maintainers; absent until first asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// Its schedules (cron builds), with the last due time each one ran.
+    #[serde(default)]
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
+use crate::webhook::Forge;
 
 /// A task id: a positive integer assigned by the store, easy to type in `cloudbuild logs 42`.
 pub type TaskId = i64;
@@ -37,39 +38,79 @@ impl Environment {
     }
 }
 
-/// What created a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+/// What created a task, stored and shown as `cli`, `socket.io`, `webhook:<forge>`, `preview`,
+/// `schedule`, `api` (the default) or `retry`. A client's own request says `cli`, `api` or
+/// `socket.io`; the server sets the others (webhooks, previews, schedules, retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Trigger {
     Cli,
     SocketIo,
-    Webhook,
+    /// A push delivered by this forge's webhook.
+    Webhook(Forge),
+    /// A pull or merge request's preview build.
+    Preview,
+    /// A project's schedule.
+    Schedule,
     #[default]
     Api,
     Retry,
 }
 
 impl Trigger {
-    /// The snake_case name stored and shown.
+    /// The name stored and shown (`webhook:github`).
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Cli => "cli",
-            Trigger::SocketIo => "socket_io",
-            Trigger::Webhook => "webhook",
+            Trigger::SocketIo => "socket.io",
+            Trigger::Webhook(Forge::GitHub) => "webhook:github",
+            Trigger::Webhook(Forge::GitLab) => "webhook:gitlab",
+            Trigger::Webhook(Forge::Gitea) => "webhook:gitea",
+            Trigger::Preview => "preview",
+            Trigger::Schedule => "schedule",
             Trigger::Api => "api",
             Trigger::Retry => "retry",
         }
     }
 
-    /// Parses a stored name.
+    /// Parses a stored name (also `socket_io`, as tasks stored before 2026-11 spell it).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "cli" => Trigger::Cli,
-            "socket_io" => Trigger::SocketIo,
-            "webhook" => Trigger::Webhook,
+            "socket.io" | "socket_io" => Trigger::SocketIo,
+            "preview" => Trigger::Preview,
+            "schedule" => Trigger::Schedule,
             "api" => Trigger::Api,
             "retry" => Trigger::Retry,
-            _ => return None,
+            _ => Trigger::Webhook(Forge::parse(s.strip_prefix("webhook:")?)?),
+        })
+    }
+
+    /// Whether a client's request may name this trigger (`cli`, `api`, `socket.io`): the
+    /// others say the server itself started the task.
+    pub fn client_may_claim(self) -> bool {
+        matches!(self, Trigger::Cli | Trigger::Api | Trigger::SocketIo)
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Trigger {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Trigger {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Trigger::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown trigger `{s}`: expected cli, socket.io, webhook:<forge>, preview, schedule, api or retry"
+            ))
         })
     }
 }
@@ -326,4 +367,38 @@ pub struct TaskPage {
     pub tasks: Vec<Task>,
     /// Pass as `before=` to get the next page; absent on the last page.
     pub next_before: Option<TaskId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_round_trip_by_their_stored_names() {
+        let all = [
+            Trigger::Cli,
+            Trigger::SocketIo,
+            Trigger::Webhook(Forge::GitHub),
+            Trigger::Webhook(Forge::GitLab),
+            Trigger::Webhook(Forge::Gitea),
+            Trigger::Preview,
+            Trigger::Schedule,
+            Trigger::Api,
+            Trigger::Retry,
+        ];
+        for t in all {
+            assert_eq!(Trigger::parse(t.as_str()), Some(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<Trigger>(&json).unwrap(), t, "{json}");
+        }
+        assert_eq!(serde_json::to_string(&Trigger::Webhook(Forge::GitLab)).unwrap(), r#""webhook:gitlab""#);
+        assert_eq!(Trigger::parse("socket_io"), Some(Trigger::SocketIo), "as stored before");
+        for bad in ["webhook", "webhook:bitbucket", "Webhook:github", ""] {
+            assert_eq!(Trigger::parse(bad), None, "{bad}");
+        }
+        let err = serde_json::from_str::<Trigger>(r#""cron""#).unwrap_err().to_string();
+        assert!(err.contains("unknown trigger `cron`"), "{err}");
+        let claimed: Vec<_> = all.iter().filter(|t| t.client_may_claim()).map(|t| t.as_str()).collect();
+        assert_eq!(claimed, ["cli", "socket.io", "api"]);
+    }
 }

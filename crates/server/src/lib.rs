@@ -155,6 +155,7 @@ pub async fn run(
     }
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
+    let schedules = tokio::spawn(domain::schedules::run(state.clone()));
     let app = router(state.clone());
     tracing::info!("listening on http://{addr}");
     tokio::spawn(async move {
@@ -165,5 +166,6 @@ pub async fn run(
     listener::serve(listener, app, s.max_connections, s.header_read_timeout, stop_rx).await;
     sched.abort();
     cluster.abort();
+    schedules.abort();
     Ok(())
 }

@@ -309,7 +309,7 @@ pub(crate) fn cache_use(
     use cloudbuild_proto::task::Trigger;
     let trusted = match trigger {
         Trigger::Cli | Trigger::Api | Trigger::SocketIo | Trigger::Retry => true,
-        Trigger::Webhook => false,
+        Trigger::Webhook(_) | Trigger::Preview | Trigger::Schedule => false,
     };
     cloudbuild_proto::worker::CacheUse { read: !no_cache, write: !no_cache && trusted }
 }
@@ -413,7 +413,10 @@ mod tests {
     fn only_trusted_builds_write_the_caches_and_no_cache_turns_both_off() {
         assert_eq!(cache_use(Trigger::Cli, false), CacheUse { read: true, write: true });
         assert_eq!(cache_use(Trigger::Retry, false), CacheUse { read: true, write: true });
-        assert_eq!(cache_use(Trigger::Webhook, false), CacheUse { read: true, write: false });
+        assert_eq!(
+            cache_use(Trigger::Webhook(cloudbuild_proto::webhook::Forge::GitLab), false),
+            CacheUse { read: true, write: false }
+        );
         assert_eq!(cache_use(Trigger::Api, true), CacheUse { read: false, write: false });
     }
 }

@@ -94,7 +94,7 @@ async fn a_signed_github_push_queues_one_build_and_repeats_create_nothing() {
     let (_, task) = api.call("GET", &format!("/api/v1/tasks/{id}"), Some("cbp_max"), None).await;
     assert_eq!(
         (task["trigger"].as_str(), task["branch"].as_str(), task["commit"].as_str()),
-        (Some("webhook"), Some("main"), Some(A))
+        (Some("webhook:github"), Some("main"), Some(A))
     );
     assert_eq!(
         (task["env"].as_str(), task["version"].as_str()),

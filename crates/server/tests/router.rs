@@ -47,6 +47,10 @@ async fn task_requests_are_validated_before_anything_is_stored() {
         ("version", json!("1.0.0-01"), "invalid version"),
         ("build_cmd", json!("npm;id"), "invalid build command"),
         ("trigger", json!("retry"), "trigger `retry`"),
+        // What only the server starts: a client cannot pass its build off as one.
+        ("trigger", json!("webhook:github"), "trigger `webhook:github` is set by the server"),
+        ("trigger", json!("schedule"), "trigger `schedule` is set by the server"),
+        ("trigger", json!("preview"), "trigger `preview` is set by the server"),
     ];
     for (field, value, said) in cases {
         let mut body = good.clone();

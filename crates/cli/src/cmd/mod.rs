@@ -6,6 +6,7 @@ mod cache;
 mod projects;
 mod publish;
 mod releases;
+mod schedules;
 mod secrets;
 mod server;
 mod tasks;
@@ -101,6 +102,10 @@ pub(crate) enum Command {
     /// delete.
     #[command(subcommand)]
     Projects(projects::ProjectsCommand),
+    /// A project's schedules (cron builds in a time zone): list with the next run, add,
+    /// remove, run-now.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Sign in to a server: your password for a personal token, kept for the client commands
     /// (mode 0600 in your config directory).
     Login(users::LoginArgs),
@@ -144,6 +149,7 @@ impl Cli {
             Command::Secrets(c) => c.json(),
             Command::Cache(c) => c.json(),
             Command::Projects(c) => c.json(),
+            Command::Schedules(c) => c.json(),
             Command::Audit(a) => a.json,
             Command::Whoami(a) => users::whoami_json(a),
             Command::Users(c) => c.json(),
@@ -181,6 +187,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Open(a) => tasks::open(a).await,
         Command::Cache(c) => cache::run(c).await,
         Command::Projects(c) => projects::run(c).await,
+        Command::Schedules(c) => schedules::run(c).await,
         Command::Login(a) => users::login(a).await,
         Command::Logout(a) => users::logout(a).await,
         Command::Whoami(a) => users::whoami(a).await,

@@ -29,14 +29,14 @@ pub(crate) fn cluster_server(redis: &RedisServer, shared: &Path, extra: &str) ->
 }
 
 /// Creates a worker token through the CLI (as an admin would) and returns the secret.
-fn worker_token(srv: &Server, name: &str) -> String {
+pub(crate) fn worker_token(srv: &Server, name: &str) -> String {
     let out = srv.cli(Path::new("."), &["worker-tokens", "create", name]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A remote worker of `srv`, whose builds share the server's probe directory (pid files, gates).
-fn worker(srv: &Server, token: &str, name: &str, extra: &[&str]) -> Worker {
+pub(crate) fn worker(srv: &Server, token: &str, name: &str, extra: &[&str]) -> Worker {
     let probe = srv.probe.path().to_str().unwrap();
     let args: Vec<&str> = ["--sandbox-shared", probe].into_iter().chain(extra.iter().copied()).collect();
     Worker::start(bin(), &srv.url, token, name, &args).expect("worker starts")

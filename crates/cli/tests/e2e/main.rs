@@ -20,6 +20,7 @@ mod projects;
 mod recovery;
 mod releases;
 mod sandbox;
+mod schedules;
 mod secrets;
 mod sites;
 pub(crate) mod socketio;

@@ -176,6 +176,20 @@ impl From<crate::domain::hooks::HookError> for ApiError {
     }
 }
 
+impl From<crate::domain::schedules::ScheduleError> for ApiError {
+    fn from(e: crate::domain::schedules::ScheduleError) -> Self {
+        use crate::domain::schedules::ScheduleError;
+        let message = e.to_string();
+        match e {
+            ScheduleError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ScheduleError::Exists { .. } => ApiError::new(StatusCode::CONFLICT, "schedule_exists", message),
+            ScheduleError::TooMany(_) => ApiError::new(StatusCode::CONFLICT, "too_many_schedules", message),
+            ScheduleError::Project(p) => p.into(),
+            ScheduleError::Task(t) => t.into(),
+        }
+    }
+}
+
 impl From<ProjectError> for ApiError {
     fn from(e: ProjectError) -> Self {
         let message = e.to_string();

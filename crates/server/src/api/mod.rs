@@ -9,6 +9,7 @@ pub mod extract;
 pub mod hooks;
 pub mod projects;
 pub mod releases;
+pub mod schedules;
 pub mod secrets;
 pub mod tasks;
 pub mod users;
@@ -70,6 +71,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/projects/{name}/secrets", get(secrets::list))
         .route("/projects/{name}/deliveries", get(hooks::deliveries))
         .route("/projects/{name}/webhook-secret", post(hooks::regenerate_secret))
+        .route("/projects/{name}/schedules", get(schedules::list).post(schedules::add))
+        .route("/projects/{name}/schedules/{schedule}", delete(schedules::remove))
+        .route("/projects/{name}/schedules/{schedule}/run", post(schedules::run_now))
         .route("/hooks/{forge}", post(hooks::receive).layer(DefaultBodyLimit::max(hooks::HOOK_BYTES)))
         .route("/projects/{name}/secrets/{env}/{secret}", put(secrets::set).delete(secrets::delete))
         .route("/releases", get(releases::list))

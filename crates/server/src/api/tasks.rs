@@ -16,7 +16,7 @@ use crate::domain::policy::ProjectAction;
 use crate::domain::tasks::{self, Cancelled, ListQuery};
 use crate::state::AppState;
 
-fn created(task: Task) -> Response {
+pub(super) fn created(task: Task) -> Response {
     let location = format!("/api/v1/tasks/{}", task.id);
     (StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response()
 }

@@ -84,7 +84,7 @@ pub async fn secret(state: &AppState, caller: &Caller, name: &str, regenerate: b
             if regenerate || p.webhook_secret.is_none() {
                 p.webhook_secret = Some(sealed.clone());
             }
-            Ok(())
+            Ok::<_, ProjectError>(())
         })
         .await?;
         let kept = project.webhook_secret.unwrap_or(sealed);
@@ -206,7 +206,7 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
             // Without an id of its own it has no record: the first one's stays as it was.
             return Ok(record);
         }
-    } else if let Err(e) = act(state, &project, &push, &mut record).await {
+    } else if let Err(e) = act(state, incoming.forge, &project, &push, &mut record).await {
         // Not acted on: the keys go back, so that the forge's retry (or a redelivery) may be.
         state.store.release_delivery(&by_content).await?;
         if let Some(key) = &by_id {
@@ -220,8 +220,15 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
 }
 
 /// What a new push does: cancel a deleted branch's queued builds, skip, or build.
-async fn act(state: &AppState, project: &Project, push: &Push, record: &mut Delivery) -> Result<(), HookError> {
-    let caller = Caller::on_behalf_of(format!("webhook:{}", record.forge));
+async fn act(
+    state: &AppState,
+    forge: Forge,
+    project: &Project,
+    push: &Push,
+    record: &mut Delivery,
+) -> Result<(), HookError> {
+    let trigger = Trigger::Webhook(forge);
+    let caller = Caller::on_behalf_of(trigger.to_string());
     let (outcome, detail) = match (&push.after, &push.target) {
         (None, RefTarget::Branch(branch)) => {
             let cancelled = cancel_queued(state, &caller, &project.name, branch.as_str(), Environment::Test).await?;
@@ -234,7 +241,7 @@ async fn act(state: &AppState, project: &Project, push: &Push, record: &mut Deli
         (Some(commit), target) => match project.triggers.environment(target, &project.default_branch) {
             None => ("ignored", format!("no trigger rule of the project matches {}", describe(target))),
             Some(env) => {
-                let id = build(state, &caller, project, push, commit.as_str(), env, record).await?;
+                let id = build(state, (&caller, trigger), project, push, (commit.as_str(), env), record).await?;
                 record.task = Some(id);
                 ("queued", format!("task {id} builds {} for {}", describe(target), env.as_str()))
             }
@@ -260,11 +267,10 @@ fn describe(target: &RefTarget) -> String {
 /// builds first, unless the project says otherwise.
 async fn build(
     state: &AppState,
-    caller: &Caller,
+    (caller, trigger): (&Caller, Trigger),
     project: &Project,
     push: &Push,
-    commit: &str,
-    env: Environment,
+    (commit, env): (&str, Environment),
     record: &Delivery,
 ) -> Result<TaskId, HookError> {
     let req = CreateTask {
@@ -276,12 +282,12 @@ async fn build(
         version: "0.0.0".into(),
         build_cmd: None,
         env,
-        trigger: Trigger::Webhook,
+        trigger,
         force: false,
         labels: Vec::new(),
         no_cache: false,
     };
-    let mut new = tasks::validate(&state.settings, &req, caller, Trigger::Webhook, None)?;
+    let mut new = tasks::validate(&state.settings, &req, caller, trigger, None)?;
     new.version = String::new();
     new.cause = Some(if record.id.is_empty() {
         format!("{} push to {}", record.forge, describe(&push.target))
@@ -316,7 +322,9 @@ async fn cancel_queued(
     };
     let page = tasks::list(state, caller, query).await?;
     let mut cancelled = 0;
-    for t in page.tasks.iter().filter(|t| t.branch == branch && t.env == env && t.trigger == Trigger::Webhook) {
+    for t in
+        page.tasks.iter().filter(|t| t.branch == branch && t.env == env && matches!(t.trigger, Trigger::Webhook(_)))
+    {
         // Only while still queued: a worker may have taken it since the listing.
         if tasks::cancel_if_queued(state, caller, t.id).await.is_ok() {
             cancelled += 1;

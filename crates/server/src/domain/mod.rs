@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod policy;
 pub mod projects;
 pub mod releases;
+pub mod schedules;
 pub mod secrets;
 pub mod tasks;
 pub mod users;

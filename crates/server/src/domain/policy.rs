@@ -210,6 +210,7 @@ mod tests {
             ],
             triggers: Default::default(),
             webhook_secret: None,
+            schedules: Vec::new(),
             created_by: "max".into(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1),

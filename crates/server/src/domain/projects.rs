@@ -214,6 +214,7 @@ fn record(
         members,
         triggers: Default::default(),
         webhook_secret: None,
+        schedules: Vec::new(),
         created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,
@@ -297,21 +298,22 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
 /// Applies `edit` to the stored record by compare-and-set: an edit made meanwhile (another
 /// caller, another server) is never overwritten with a stale copy; the change is made again on
 /// the new record.
-pub(crate) async fn update(
+pub(crate) async fn update<E: From<ProjectError>>(
     state: &AppState,
     name: &str,
-    mut edit: impl FnMut(&mut Project) -> Result<(), ProjectError>,
-) -> Result<Project, ProjectError> {
+    mut edit: impl FnMut(&mut Project) -> Result<(), E>,
+) -> Result<Project, E> {
     for _ in 0..8 {
-        let old = state.store.get_project(name).await?.ok_or_else(|| ProjectError::NotFound(name.to_owned()))?;
+        let old = state.store.get_project(name).await.map_err(ProjectError::from)?;
+        let old = old.ok_or_else(|| ProjectError::NotFound(name.to_owned()))?;
         let mut project = old.clone();
         edit(&mut project)?;
         project.updated_at = Timestamp::now();
-        if state.store.update_project(&old, &project).await? {
+        if state.store.update_project(&old, &project).await.map_err(ProjectError::from)? {
             return Ok(project);
         }
     }
-    Err(ProjectError::Contended(name.to_owned()))
+    Err(ProjectError::Contended(name.to_owned()).into())
 }
 
 /// Removes a project's registration (its releases and sites stay; the name can be registered

@@ -111,8 +111,11 @@ pub async fn create(state: &AppState, caller: &Caller, req: &CreateTask) -> Resu
 }
 
 async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> Result<Task, TaskError> {
-    if req.trigger == Trigger::Retry {
-        return Err(TaskError::Refused("trigger `retry` is set by POST /api/v1/tasks/{id}/retry only".into()));
+    if !req.trigger.client_may_claim() {
+        return Err(TaskError::Refused(format!(
+            "trigger `{}` is set by the server itself (a client names `cli` or `api`)",
+            req.trigger
+        )));
     }
     let new = validate(&state.settings, req, caller, req.trigger, None)?;
     // Before anything else: a caller who may not publish learns nothing about the project.

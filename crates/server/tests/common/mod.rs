@@ -20,6 +20,8 @@ use tower::ServiceExt;
 pub(crate) struct Api {
     pub(crate) app: axum::Router,
     pub(crate) store: Arc<SqliteStore>,
+    /// The server's state, for calling domain services the router does not reach (loops).
+    pub(crate) state: Arc<cloudbuild_server::state::AppState>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -38,7 +40,7 @@ pub(crate) async fn api(configure: impl FnOnce(&mut ServerConfig)) -> Api {
     let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (state, _outbox) = app_state(settings, store.clone(), "http://127.0.0.1:7001".into(), stopped).unwrap();
-    Api { app: router(state), store, _dir: dir, _stop: stop }
+    Api { app: router(state.clone()), store, state, _dir: dir, _stop: stop }
 }
 
 impl Api {
@@ -101,6 +103,7 @@ pub(crate) fn site(members: &[(&str, ProjectRole)]) -> Project {
         members: members.iter().map(|(user, role)| Member { user: (*user).into(), role: *role }).collect(),
         triggers: Default::default(),
         webhook_secret: None,
+        schedules: Vec::new(),
         created_by: "max".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

@@ -41,13 +41,27 @@ pub(super) async fn list<T: DeserializeOwned>(s: &RedisStore, hash: &str) -> Res
     Ok(named.into_iter().map(|(_, r)| r).collect())
 }
 
-/// Replaces the record only while it is still `old` (a Lua script: compare and set at once).
-pub(super) async fn update<T: Serialize>(s: &RedisStore, hash: &str, name: &str, old: &T, new: &T) -> Result<bool> {
-    let (was, now) = (serde_json::to_string(old).map_err(db_err)?, serde_json::to_string(new).map_err(db_err)?);
+/// Replaces the record only while it is still `old`. The stored record is compared as this
+/// version writes it (one stored before a field was added still matches the `old` read from
+/// it); the Lua script then sets it only if it is still those stored bytes.
+pub(super) async fn update<T: Serialize + DeserializeOwned>(
+    s: &RedisStore,
+    hash: &str,
+    name: &str,
+    old: &T,
+    new: &T,
+) -> Result<bool> {
+    let stored: Option<String> = s.con().hget(key(hash), name).await?;
+    let Some(stored) = stored else { return Ok(false) };
+    let normalised = serde_json::to_string(&serde_json::from_str::<T>(&stored).map_err(db_err)?).map_err(db_err)?;
+    if normalised != serde_json::to_string(old).map_err(db_err)? {
+        return Ok(false);
+    }
+    let now = serde_json::to_string(new).map_err(db_err)?;
     let script = redis::Script::new(
         "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 else return 0 end",
     );
-    let done: i64 = script.key(key(hash)).arg(name).arg(was).arg(now).invoke_async(&mut s.con()).await?;
+    let done: i64 = script.key(key(hash)).arg(name).arg(stored).arg(now).invoke_async(&mut s.con()).await?;
     Ok(done == 1)
 }
 

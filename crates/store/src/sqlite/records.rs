@@ -46,15 +46,26 @@ pub(super) async fn list<T: DeserializeOwned>(reader: &SqlitePool, t: Table) -> 
     rows.iter().map(|r| from_json(t, &r.try_get::<String, _>("data")?)).collect()
 }
 
-/// Replaces the record of `name` by `new` while it is still `old`.
-pub(super) async fn update<T: Serialize>(s: &SqliteStore, t: Table, name: &str, old: &T, new: &T) -> Result<bool> {
-    let sql = format!("UPDATE {} SET data = ? WHERE name = ? AND data = ?", t.name);
-    let res = sqlx::query(&sql)
-        .bind(to_json(t, new)?)
-        .bind(name)
-        .bind(to_json(t, old)?)
-        .execute(&mut *s.writer.lock().await)
-        .await?;
+/// Replaces the record of `name` by `new` while it is still `old`. The stored record is
+/// compared as this version writes it, so one stored before a field was added (which `old`,
+/// read from it, now carries with its default) still matches.
+pub(super) async fn update<T: Serialize + DeserializeOwned>(
+    s: &SqliteStore,
+    t: Table,
+    name: &str,
+    old: &T,
+    new: &T,
+) -> Result<bool> {
+    // One write connection: nothing changes the row between this read and the write.
+    let mut writer = s.writer.lock().await;
+    let sql = format!("SELECT data FROM {} WHERE name = ?", t.name);
+    let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(&mut *writer).await? else { return Ok(false) };
+    let stored: String = row.try_get("data")?;
+    if to_json(t, &from_json::<T>(t, &stored)?)? != to_json(t, old)? {
+        return Ok(false);
+    }
+    let sql = format!("UPDATE {} SET data = ? WHERE name = ?", t.name);
+    let res = sqlx::query(&sql).bind(to_json(t, new)?).bind(name).execute(&mut *writer).await?;
     Ok(res.rows_affected() == 1)
 }
 

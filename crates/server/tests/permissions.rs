@@ -47,6 +47,11 @@ fn rule(method: &str, path: &str) -> Option<Rule> {
         ("GET", "/api/v1/projects/{name}" | "/api/v1/projects/{name}/members") => Project(Reporter),
         ("GET", "/api/v1/projects/{name}/deliveries") => Project(Reporter),
         ("POST", "/api/v1/projects/{name}/webhook-secret") => Project(Maintainer),
+        ("GET", "/api/v1/projects/{name}/schedules") => Project(Reporter),
+        ("POST", "/api/v1/projects/{name}/schedules") => Project(Maintainer),
+        ("DELETE", "/api/v1/projects/{name}/schedules/{schedule}") => Project(Maintainer),
+        // The schedule `nightly` builds for test.
+        ("POST", "/api/v1/projects/{name}/schedules/{schedule}/run") => Project(Developer),
         ("POST", "/api/v1/tasks" | "/api/v1/tasks/{id}/cancel" | "/api/v1/tasks/{id}/retry") => Project(Developer),
         ("POST", "/api/v1/releases/rollback") => Project(Maintainer),
         ("PATCH", "/api/v1/projects/{name}") => Project(Maintainer),
@@ -210,6 +215,9 @@ async fn world_with(configure: impl FnOnce(&mut cloudbuild_server::config::Serve
     let body = task_body();
     let (status, task) = api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(body)).await;
     assert_eq!((status, task["id"].as_i64()), (StatusCode::CREATED, Some(1)), "{task}");
+    let nightly = json!({"name": "nightly", "cron": "0 3 * * *"});
+    let (status, made) = api.call("POST", "/api/v1/projects/site/schedules", Some("cbp_max"), Some(nightly)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
     api
 }
 
@@ -228,6 +236,7 @@ fn request_for(method: &str, path: &str, who: &Who) -> (String, Option<Value>) {
         .replace("/worker-tokens/{name}", "/worker-tokens/nope")
         .replace("/user/tokens/{name}", "/user/tokens/nope")
         .replace("{name}", "site")
+        .replace("{schedule}", "nightly")
         .replace("{env}", "test")
         .replace("{secret}", "API_KEY")
         .replace("{*path}", "site/index.html");
@@ -249,6 +258,7 @@ fn request_for(method: &str, path: &str, who: &Who) -> (String, Option<Value>) {
             Some(json!({"name": format!("p-{}", who.name), "repo": format!("https://example.com/{}.git", who.name)}))
         }
         ("PATCH", "/api/v1/projects/{name}") => Some(json!({"default_branch": "main"})),
+        ("POST", "/api/v1/projects/{name}/schedules") => Some(json!({"name": format!("s-{}", who.name), "cron": "@daily"})),
         ("PUT", "/api/v1/projects/{name}/members/{user}") => Some(json!({"role": "reporter"})),
         ("PUT", _) if path.contains("/secrets/") => Some(json!({"value": "s3cr3t-value"})),
         ("POST", "/api/v1/releases/rollback") => Some(json!({"name": "site", "env": "test"})),

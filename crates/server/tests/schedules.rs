@@ -106,7 +106,7 @@ async fn a_due_time_fires_one_build_and_downtime_fires_one_more() {
     assert_eq!(tasks(&api).await.len(), 2);
     let (_, list) = api.call("GET", path, Some("cbp_rep"), None).await;
     let shown = &list["schedules"][0];
-    assert_eq!(shown["last_due"].as_str().map(|t| at(t)), Some(at("2026-01-03T01:00:00Z")));
+    assert_eq!(shown["last_due"].as_str().map(at), Some(at("2026-01-03T01:00:00Z")));
     assert_eq!(shown["last_task"].as_i64(), tasks(&api).await[0]["id"].as_i64());
     // Firing is the schedule's bookkeeping, not an edit of the project.
     assert_eq!(api.store.get_project("site").await.unwrap().unwrap().updated_at, edited);

@@ -41,6 +41,9 @@ pub struct Project {
     /// only in answers to its maintainers; absent until first asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// Where its commit statuses go: the forge, its repository there, the token (sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<ForgeLink>,
     /// Its schedules (cron builds), with the last due time each one ran.
     #[serde(default)]
     pub schedules: Vec<crate::schedule::Schedule>,
@@ -170,5 +173,75 @@ mod trigger_tests {
         assert!(TriggerRules { tags: vec!["v[".into()], ..Default::default() }.validate().is_err());
         let json: TriggerRules = serde_json::from_str("{}").unwrap();
         assert_eq!(json, TriggerRules::default());
+    }
+}
+
+/// A project's repository on its forge, for commit statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgeLink {
+    pub forge: crate::webhook::Forge,
+    /// The repository's path there: `owner/repo` (GitLab: `group/subgroup/project`).
+    pub path: String,
+    /// The API token, sealed in the store; empty in every answer (it is never shown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    pub set_by: String,
+    pub set_at: Timestamp,
+}
+
+/// `PUT /api/v1/projects/{name}/forge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetForgeLink {
+    pub forge: crate::webhook::Forge,
+    /// Default: the path of the project's repository URL (`github.com/org/site` → `org/site`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A token that may set commit statuses (GitHub: a fine-grained token with "Commit
+    /// statuses: write"; GitLab: `api` scope; Gitea: `write:repository`).
+    pub token: String,
+}
+
+/// Checks a repository path on a forge: `owner/repo` for GitHub and Gitea, two or more
+/// segments for GitLab; each segment of letters, digits, `-`, `_`, `.`, not `.` or `..`.
+pub fn forge_path(forge: crate::webhook::Forge, path: &str) -> Result<String, crate::validate::ValidationError> {
+    let refuse = |reason: String| Err(crate::validate::ValidationError { field: "forge path", reason });
+    let path = path.trim_matches('/');
+    let segments: Vec<&str> = path.split('/').collect();
+    let count_ok = match forge {
+        crate::webhook::Forge::GitLab => (2..=20).contains(&segments.len()),
+        _ => segments.len() == 2,
+    };
+    if !count_ok || path.len() > 255 {
+        return refuse(format!("`{}` is not owner/repository (GitLab: group/…/project)", path.escape_debug()));
+    }
+    for seg in &segments {
+        let ok = !seg.is_empty()
+            && *seg != "."
+            && *seg != ".."
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return refuse(format!(
+                "`{}` has a segment that is not letters, digits, `-`, `_`, `.`",
+                path.escape_debug()
+            ));
+        }
+    }
+    Ok(path.to_owned())
+}
+
+#[cfg(test)]
+mod forge_tests {
+    use super::*;
+    use crate::webhook::Forge;
+
+    #[test]
+    fn forge_paths_are_owner_and_repository() {
+        assert_eq!(forge_path(Forge::GitHub, "octo/site").unwrap(), "octo/site");
+        assert_eq!(forge_path(Forge::GitLab, "group/sub/site").unwrap(), "group/sub/site");
+        for bad in ["octo", "octo/site/x", "../site", "octo/..", "octo/si te", "octo/site?x=1", "octo/%2e%2e", ""] {
+            assert!(forge_path(Forge::GitHub, bad).is_err(), "{bad}");
+        }
+        assert!(forge_path(Forge::GitLab, "group").is_err());
     }
 }

@@ -9,7 +9,8 @@ use crate::time::Timestamp;
 use crate::validate::{CommitSha, GitRef, ValidationError};
 
 /// A forge that delivers webhooks, named as in `POST /api/v1/hooks/{forge}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Forge {
     GitHub,
     GitLab,

@@ -156,6 +156,7 @@ pub async fn run(
     let sched = tokio::spawn(scheduler::run(state.clone()));
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
     let schedules = tokio::spawn(domain::schedules::run(state.clone()));
+    let statuses = tokio::spawn(domain::statuses::run(state.clone()));
     let app = router(state.clone());
     tracing::info!("listening on http://{addr}");
     tokio::spawn(async move {
@@ -167,5 +168,6 @@ pub async fn run(
     sched.abort();
     cluster.abort();
     schedules.abort();
+    statuses.abort();
     Ok(())
 }

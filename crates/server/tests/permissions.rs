@@ -47,6 +47,7 @@ fn rule(method: &str, path: &str) -> Option<Rule> {
         ("GET", "/api/v1/projects/{name}" | "/api/v1/projects/{name}/members") => Project(Reporter),
         ("GET", "/api/v1/projects/{name}/deliveries") => Project(Reporter),
         ("POST", "/api/v1/projects/{name}/webhook-secret") => Project(Maintainer),
+        ("PUT" | "DELETE", "/api/v1/projects/{name}/forge") => Project(Maintainer),
         ("GET", "/api/v1/projects/{name}/schedules") => Project(Reporter),
         ("POST", "/api/v1/projects/{name}/schedules") => Project(Maintainer),
         ("DELETE", "/api/v1/projects/{name}/schedules/{schedule}") => Project(Maintainer),
@@ -258,8 +259,13 @@ fn request_for(method: &str, path: &str, who: &Who) -> (String, Option<Value>) {
             Some(json!({"name": format!("p-{}", who.name), "repo": format!("https://example.com/{}.git", who.name)}))
         }
         ("PATCH", "/api/v1/projects/{name}") => Some(json!({"default_branch": "main"})),
-        ("POST", "/api/v1/projects/{name}/schedules") => Some(json!({"name": format!("s-{}", who.name), "cron": "@daily"})),
+        ("POST", "/api/v1/projects/{name}/schedules") => {
+            Some(json!({"name": format!("s-{}", who.name), "cron": "@daily"}))
+        }
         ("PUT", "/api/v1/projects/{name}/members/{user}") => Some(json!({"role": "reporter"})),
+        ("PUT", "/api/v1/projects/{name}/forge") => {
+            Some(json!({"forge": "github", "path": "octo/site", "token": "ghp_example"}))
+        }
         ("PUT", _) if path.contains("/secrets/") => Some(json!({"value": "s3cr3t-value"})),
         ("POST", "/api/v1/releases/rollback") => Some(json!({"name": "site", "env": "test"})),
         ("POST", "/api/v1/worker-tokens") => Some(json!({"name": format!("w-{}", who.name)})),

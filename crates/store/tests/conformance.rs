@@ -345,6 +345,7 @@ async fn project_story(store: &dyn Store) {
         }],
         triggers: Default::default(),
         webhook_secret: None,
+        forge: None,
         schedules: Vec::new(),
         created_by: "alice".into(),
         created_at: Timestamp(1),

@@ -5,6 +5,7 @@
 
 mod browser;
 mod fluent;
+mod forge;
 mod http;
 mod nginx;
 mod process;
@@ -17,6 +18,7 @@ mod worker;
 
 pub use browser::*;
 pub use fluent::*;
+pub use forge::*;
 pub use http::*;
 pub use nginx::*;
 pub use process::*;

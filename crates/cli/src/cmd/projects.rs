@@ -80,7 +80,29 @@ pub(crate) enum ProjectsCommand {
         #[arg(long)]
         regenerate: bool,
     },
-    /// The project's recent webhook deliveries and what each did.
+    /// Link the project to its repository on a forge so that its webhook builds set commit
+    /// statuses there (maintainers): `pending`, then `success`, `failure` or `error`, linking
+    /// to the build. The token is read without echo from the terminal, from stdin, or from
+    /// --from-env, and is never shown again.
+    Forge {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        /// The forge whose pushes build the project.
+        #[arg(long, value_parser = ["github", "gitlab", "gitea"], required_unless_present = "remove")]
+        forge: Option<String>,
+        /// The repository there (`owner/repo`; GitLab `group/…/project`) [default: the path of
+        /// the project's repository URL].
+        #[arg(long)]
+        path: Option<String>,
+        /// Read the token from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        from_env: Option<String>,
+        /// Unlink: no more statuses.
+        #[arg(long, conflicts_with_all = ["forge", "path", "from_env"])]
+        remove: bool,
+    },
+    /// The project's recent webhook deliveries (and commit statuses sent) and what each did.
     Deliveries {
         #[command(flatten)]
         server: ServerArg,
@@ -129,6 +151,15 @@ fn show(p: &Project) {
     let t = &p.triggers;
     let branches = if t.branches.is_empty() { p.default_branch.clone() } else { t.branches.join(", ") };
     outln!("  push builds:    branches {branches} → test; tags {} → prod", t.tags.join(", "));
+    if let Some(link) = &p.forge {
+        outln!(
+            "  commit statuses: {} {} (token set by {} at {})",
+            link.forge.as_str(),
+            link.path,
+            link.set_by,
+            link.set_at
+        );
+    }
     if p.webhook_secret.is_some() {
         outln!("  webhook secret: set (`cloudbuild projects webhook-secret {}` shows it)", p.name);
     }
@@ -219,6 +250,23 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
             eprintln!(
                 "hook URLs: {}/api/v1/hooks/{{github,gitlab,gitea}}; the forge sends JSON push (and tag) events signed with this secret",
                 client.base()
+            );
+        }
+        ProjectsCommand::Forge { server, name, forge, path: repo_path, from_env, remove } => {
+            let client = server.client()?;
+            let url = format!("{}/forge", path(&name));
+            if remove {
+                client.delete(&url).await?;
+                outln!("{name} sends no more commit statuses");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let token = super::secrets::read_value(from_env.as_deref())?;
+            let body = serde_json::json!({"forge": forge, "path": repo_path, "token": token});
+            let link: cloudbuild_proto::project::ForgeLink = client.put(&url, &body).await?;
+            outln!(
+                "{name}'s webhook builds set commit statuses on {} {} (see `cloudbuild projects deliveries {name}`)",
+                link.forge.as_str(),
+                link.path
             );
         }
         ProjectsCommand::Deliveries { server, name, json } => {

@@ -81,7 +81,7 @@ fn path(name: &str, env: &str, secret: &str) -> String {
 
 /// The value: from `--from-env`, else the terminal (no echo), else all of stdin (one trailing
 /// newline removed).
-fn read_value(from_env: Option<&str>) -> Result<String> {
+pub(crate) fn read_value(from_env: Option<&str>) -> Result<String> {
     if let Some(var) = from_env {
         return std::env::var(var).with_context(|| format!("environment variable {var} is not set"));
     }

@@ -1,12 +1,13 @@
 //! A forge's push builds and publishes with the real binary: a GitHub delivery signed with the
 //! project's webhook secret, for a `file://` repository, queues a build of the pushed commit
 //! that publishes the version its `package.json` carries (bumped and pushed without anyone
-//! saying so); the site serves it; the delivery is recorded with its task; the CLI shows the
+//! saying so); the site serves it; the forge is told pending then success (a recording forge
+//! on loopback); the delivery is recorded with its task; the CLI shows the
 //! secret and the deliveries and edits the trigger rules. Two servers on one Redis receiving
 //! the same delivery, or the same push under two ids, at once, queue one build.
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{get_text, post_with_headers, request, RedisServer, Repo};
+use cloudbuild_testkit::{get_text, post_with_headers, request, ForgeRecorder, RedisServer, Repo};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -72,12 +73,16 @@ fn two_servers_on_redis_queue_one_build_for_a_delivery_they_both_receive() {
 
 #[test]
 fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
-    let srv = server("");
+    let forge = ForgeRecorder::start();
+    let srv = server(&format!("[forges.github]\napi_url = \"{}/api/v3\"\n", forge.url));
     let repo = Repo::site("hooked", "<h1>one</h1>");
     let (status, created) =
         request("POST", &format!("{}/api/v1/projects", srv.url), Some(&json!({"name": "hooked", "repo": repo.url})));
     assert_eq!(status, 201, "{created}");
     let secret = created["webhook_secret"].as_str().expect("shown to its maintainer (the local admin)").to_owned();
+    let link = json!({"forge": "github", "path": "octo/hooked", "token": "ghp_e2e"});
+    let (status, linked) = request("PUT", &format!("{}/api/v1/projects/hooked/forge", srv.url), Some(&link));
+    assert_eq!(status, 200, "{linked}");
     repo.commit(&[("build.js", &cloudbuild_testkit::build_script("<h1>two</h1>"))], "second page");
     repo.set_version("1.4.2");
     let after = repo.head();
@@ -106,6 +111,16 @@ fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
     assert_eq!(task.cause.as_deref(), Some("github delivery 72d3162e-cc78-11e3-81ab-4c9367dc0958"));
     assert!(srv.output(id).contains("built for github delivery 72d3162e"), "{}", srv.output(id));
     assert_eq!(get_text(&srv.site_url("test", "hooked")).1, "<h1>two</h1>");
+    // The forge was told: pending, then success with the site's URL, for the pushed commit.
+    let calls = forge.wait_calls(2, std::time::Duration::from_secs(30));
+    let told: Vec<(&str, &str)> =
+        calls.iter().map(|c| (c.path.as_str(), c.body["state"].as_str().unwrap_or_default())).collect();
+    let status_path = format!("/api/v3/repos/octo/hooked/statuses/{after}");
+    assert_eq!(told, [(status_path.as_str(), "pending"), (status_path.as_str(), "success")], "{calls:?}");
+    let site = srv.site_url("test", "hooked");
+    assert_eq!(calls[1].body["description"], format!("published 1.4.2 at {site}"));
+    assert_eq!(calls[1].body["target_url"], format!("{}/tasks/{id}", srv.url));
+    assert_eq!(calls[1].header("authorization"), Some("Bearer ghp_e2e"));
     let (_, releases) = request("GET", &format!("{}/api/v1/releases?name=hooked", srv.url), None);
     assert_eq!(releases["releases"][0]["version"], "1.4.2", "{releases}");
     // The CLI: the secret, the deliveries, the trigger rules.
@@ -114,6 +129,9 @@ fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
     let listed =
         String::from_utf8_lossy(&srv.cli(&repo.work, &["projects", "deliveries", "hooked"]).stdout).into_owned();
     assert!(listed.contains("queued") && listed.contains(&format!("task {id} builds branch main")), "{listed}");
+    assert!(listed.contains("commit status") && listed.contains("success → HTTP 201"), "{listed}");
+    let shown = String::from_utf8_lossy(&srv.cli(&repo.work, &["projects", "show", "hooked"]).stdout).into_owned();
+    assert!(shown.contains("commit statuses: github octo/hooked") && !shown.contains("ghp_e2e"), "{shown}");
     let edit = ["projects", "edit", "hooked", "--trigger-branch", "release/*", "--trigger-tag", "prod-*"];
     let edited = String::from_utf8_lossy(&srv.cli(&repo.work, &edit).stdout).into_owned();
     assert!(edited.contains("push builds:    branches release/* → test; tags prod-* → prod"), "{edited}");

@@ -71,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/projects/{name}/secrets", get(secrets::list))
         .route("/projects/{name}/deliveries", get(hooks::deliveries))
         .route("/projects/{name}/webhook-secret", post(hooks::regenerate_secret))
+        .route("/projects/{name}/forge", put(projects::set_forge).delete(projects::remove_forge))
         .route("/projects/{name}/schedules", get(schedules::list).post(schedules::add))
         .route("/projects/{name}/schedules/{schedule}", delete(schedules::remove))
         .route("/projects/{name}/schedules/{schedule}/run", post(schedules::run_now))

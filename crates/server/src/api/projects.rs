@@ -20,7 +20,12 @@ use crate::state::AppState;
 pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<ProjectList>, ApiError> {
     let mut list = projects::list(&state, &caller).await?;
     // Webhook secrets only in a project's own answer, to its maintainers.
-    list.iter_mut().for_each(|p| p.webhook_secret = None);
+    list.iter_mut().for_each(|p| {
+        p.webhook_secret = None;
+        if let Some(link) = &mut p.forge {
+            link.token.clear();
+        }
+    });
     Ok(Json(ProjectList { projects: list }))
 }
 
@@ -94,4 +99,25 @@ pub async fn remove_member(
 ) -> Result<Json<MemberList>, ApiError> {
     let project = projects::remove_member(&state, &caller, &name, &user).await?;
     Ok(Json(MemberList { members: project.members }))
+}
+
+/// `PUT /api/v1/projects/{name}/forge` with `{"forge", "path"?, "token"}`: commit statuses go
+/// to that repository (maintainers). The answer carries no token.
+pub async fn set_forge(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<cloudbuild_proto::project::SetForgeLink>,
+) -> Result<Json<cloudbuild_proto::project::ForgeLink>, ApiError> {
+    Ok(Json(crate::domain::statuses::link(&state, &caller, &name, req).await?))
+}
+
+/// `DELETE /api/v1/projects/{name}/forge`: no more commit statuses (maintainers).
+pub async fn remove_forge(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::domain::statuses::unlink(&state, &caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -3,8 +3,10 @@
 //! `ServerConfig` mirrors the file one to one and does no I/O; `ServerConfig::validate` turns it
 //! into `Settings`, the form the rest of the server uses, refusing bad values at start-up.
 
+mod forges;
 mod publishing;
 mod secret;
+pub use forges::{ForgeApi, ForgesConfig};
 pub use publishing::*;
 
 pub use secret::{redact_url, Secret};
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     /// `[cache]`: the embedded worker's build caches (docs/caching.md).
     pub cache: cloudbuild_proto::worker::CacheConfig,
     pub projects: ProjectsConfig,
+    /// Where commit statuses go (`[forges.github] api_url`, ...).
+    pub forges: ForgesConfig,
 }
 
 /// `[auth]`: who may create and follow tasks.
@@ -171,6 +175,7 @@ impl Default for ServerConfig {
             sandbox: Default::default(),
             cache: Default::default(),
             projects: Default::default(),
+            forges: Default::default(),
         }
     }
 }
@@ -333,6 +338,8 @@ pub struct Settings {
     pub custom_domains: Vec<(String, cloudbuild_proto::validate::ProjectName)>,
     /// `[projects] auto_create`.
     pub auto_create_projects: bool,
+    /// Each forge's API base, checked.
+    pub forges: ForgesConfig,
     /// The one-time token that makes the first admin (`POST /api/v1/setup`), set by
     /// `cloudbuild server` when the store has no admin; `None`: setup is closed.
     pub setup_token: Option<Secret>,
@@ -520,6 +527,10 @@ impl ServerConfig {
             sites_port: self.sites.port,
             custom_domains,
             auto_create_projects: self.projects.auto_create,
+            forges: {
+                self.forges.validate()?;
+                self.forges.clone()
+            },
             setup_token: None,
         })
     }

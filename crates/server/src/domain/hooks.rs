@@ -97,10 +97,14 @@ pub async fn secret(state: &AppState, caller: &Caller, name: &str, regenerate: b
 }
 
 /// A project as its caller may see it: the webhook secret in the clear for maintainers (made
-/// on first sight), none for anyone else.
+/// on first sight), none for anyone else; never the forge token.
 pub async fn present(state: &AppState, caller: &Caller, mut project: Project) -> Result<Project, ProjectError> {
     let maintainer = super::policy::project_role(caller, Some(&project)) >= Some(ProjectAction::Maintain.needs());
     project.webhook_secret = if maintainer { Some(secret(state, caller, &project.name, false).await?) } else { None };
+    // The forge token is never shown, sealed or not.
+    if let Some(link) = &mut project.forge {
+        link.token.clear();
+    }
     Ok(project)
 }
 

@@ -18,6 +18,7 @@ pub mod projects;
 pub mod releases;
 pub mod schedules;
 pub mod secrets;
+pub mod statuses;
 pub mod tasks;
 pub mod users;
 pub mod workers;

@@ -210,6 +210,7 @@ mod tests {
             ],
             triggers: Default::default(),
             webhook_secret: None,
+            forge: None,
             schedules: Vec::new(),
             created_by: "max".into(),
             created_at: Timestamp(1),

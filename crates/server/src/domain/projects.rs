@@ -214,6 +214,7 @@ fn record(
         members,
         triggers: Default::default(),
         webhook_secret: None,
+        forge: None,
         schedules: Vec::new(),
         created_by: caller.name.clone(),
         created_at: now,

@@ -2,6 +2,9 @@
 //! `tower::ServiceExt::oneshot` (no socket, no worker), and its callers.
 #![allow(dead_code)] // each test file uses its own part
 
+mod deliveries;
+pub(crate) use deliveries::*;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -103,6 +106,7 @@ pub(crate) fn site(members: &[(&str, ProjectRole)]) -> Project {
         members: members.iter().map(|(user, role)| Member { user: (*user).into(), role: *role }).collect(),
         triggers: Default::default(),
         webhook_secret: None,
+        forge: None,
         schedules: Vec::new(),
         created_by: "max".into(),
         created_at: Timestamp(1),

@@ -1,0 +1,440 @@
+//! Commit statuses back to the forge: a project linked to its repository on a forge (with a
+//! token, sealed like a secret and never shown) gets `pending` when a push's build is queued
+//! and `success` / `failure` / `error` when it ends, with the build's page as the link and the
+//! site's URL in the description, through the forge's statuses API. Each (task, state) is
+//! sent once across servers (claimed in the deliveries' store), retried with backoff, and
+//! recorded where the project's deliveries are listed. Only the API base configured for the
+//! forge is called. Knows no HTTP of its own callers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use cloudbuild_proto::project::{forge_path, ForgeLink, Project, SetForgeLink};
+use cloudbuild_proto::task::{Task, TaskId, TaskState, Trigger};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::webhook::{Delivery, Forge};
+use cloudbuild_store::TaskQuery;
+
+use super::callers::Caller;
+use super::policy::ProjectAction;
+use super::projects::{self, ProjectError};
+use crate::state::AppState;
+
+/// How often each server looks for builds whose state its forge has not been told.
+pub const TICK: Duration = Duration::from_secs(2);
+
+/// The vault slot of a project's forge token.
+fn slot(project: &str) -> String {
+    format!("forge-token/{project}")
+}
+
+/// Links a project to its repository on a forge, with a token that may set commit statuses
+/// (maintainers; audited). The answer carries no token.
+pub async fn link(state: &AppState, caller: &Caller, name: &str, req: SetForgeLink) -> Result<ForgeLink, ProjectError> {
+    let result = async {
+        let project = projects::get(state, caller, name, ProjectAction::Maintain).await?;
+        let default_path = project.repo_identity.split_once('/').map(|(_, p)| p.to_owned()).unwrap_or_default();
+        let path = forge_path(req.forge, req.path.as_deref().unwrap_or(&default_path))?;
+        let token = req.token.trim();
+        if token.is_empty() || token.len() > 1024 || token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(ProjectError::Invalid(cloudbuild_proto::validate::ValidationError {
+                field: "token",
+                reason: "must be the forge's token: 1 to 1024 characters, no spaces".into(),
+            }));
+        }
+        let sealed = state.vault.seal(&slot(name), token).map_err(|e| ProjectError::Vault(e.to_string()))?;
+        let link =
+            ForgeLink { forge: req.forge, path, token: sealed, set_by: caller.name.clone(), set_at: Timestamp::now() };
+        projects::update(state, name, |p| {
+            p.forge = Some(link.clone());
+            Ok::<_, ProjectError>(())
+        })
+        .await?;
+        Ok(ForgeLink { token: String::new(), ..link })
+    }
+    .await;
+    super::audit::record(state, caller, "project.forge.set", format!("project {name}"), Some(name), &result).await;
+    result
+}
+
+/// Unlinks a project from its forge: no more statuses (maintainers; audited).
+pub async fn unlink(state: &AppState, caller: &Caller, name: &str) -> Result<(), ProjectError> {
+    let result = async {
+        projects::get(state, caller, name, ProjectAction::Maintain).await?;
+        projects::update(state, name, |p| {
+            p.forge = None;
+            Ok::<_, ProjectError>(())
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    super::audit::record(state, caller, "project.forge.remove", format!("project {name}"), Some(name), &result).await;
+    result
+}
+
+/// The state a forge is told for a task state: `pending`, or the end.
+fn status_of(task: &Task) -> &'static str {
+    match task.state {
+        TaskState::Queued | TaskState::Running => "pending",
+        TaskState::Succeeded => "success",
+        TaskState::Failed | TaskState::TimedOut => "failure",
+        TaskState::Cancelled => "error",
+    }
+}
+
+/// The forge's own word for `status` (GitLab says `failed` and `canceled`).
+fn forge_state(forge: Forge, status: &'static str) -> &'static str {
+    match (forge, status) {
+        (Forge::GitLab, "failure") => "failed",
+        (Forge::GitLab, "error") => "canceled",
+        (_, s) => s,
+    }
+}
+
+/// One status call's request: URL, headers, JSON body.
+pub struct StatusCall {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: serde_json::Value,
+}
+
+/// The statuses API call for `status` of `task` at `api` (the forge's API base).
+pub fn call(
+    api: &str,
+    link: &ForgeLink,
+    token: &str,
+    task: &Task,
+    status: &'static str,
+    links: &Links,
+) -> Option<StatusCall> {
+    let sha = task.commit.as_deref()?;
+    let context = format!("cloudbuild/{}", task.env.as_str());
+    let description = truncate(&links.description, 140);
+    let state = forge_state(link.forge, status);
+    Some(match link.forge {
+        Forge::GitHub => StatusCall {
+            url: format!("{api}/repos/{}/statuses/{sha}", link.path),
+            headers: vec![
+                ("authorization", format!("Bearer {token}")),
+                ("accept", "application/vnd.github+json".into()),
+                ("x-github-api-version", "2022-11-28".into()),
+            ],
+            body: serde_json::json!({"state": state, "target_url": links.build, "description": description, "context": context}),
+        },
+        Forge::GitLab => StatusCall {
+            url: format!("{api}/projects/{}/statuses/{sha}", link.path.replace('/', "%2F")),
+            headers: vec![("private-token", token.to_owned())],
+            body: serde_json::json!({
+                "state": state, "target_url": links.build, "description": description, "name": context, "ref": task.branch,
+            }),
+        },
+        Forge::Gitea => StatusCall {
+            url: format!("{api}/repos/{}/statuses/{sha}", link.path),
+            headers: vec![("authorization", format!("token {token}"))],
+            body: serde_json::json!({"state": state, "target_url": links.build, "description": description, "context": context}),
+        },
+    })
+}
+
+/// What a status links to and says.
+pub struct Links {
+    /// The build's dashboard page.
+    pub build: String,
+    pub description: String,
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+fn links(state: &AppState, task: &Task, status: &str) -> Links {
+    let build = format!("{}/tasks/{}", state.public_url.trim_end_matches('/'), task.id);
+    Links { build, description: describe(task, status) }
+}
+
+fn describe(task: &Task, status: &str) -> String {
+    match (status, &task.url) {
+        ("pending", _) => format!("cloudbuild: building for {}", task.env.as_str()),
+        ("success", Some(site)) => format!("published {} at {site}", task.version),
+        ("success", None) => format!("published {}", task.version),
+        ("error", _) => "cloudbuild: cancelled".to_owned(),
+        _ => format!("cloudbuild: {}", task.state.as_str().replace('_', " ")),
+    }
+}
+
+/// Why a call failed, and whether trying again may help.
+#[derive(Debug)]
+struct CallError {
+    message: String,
+    transient: bool,
+}
+
+/// Sends one status, retrying transport errors, 429 and 5xx answers with backoff (1 s, 2 s,
+/// 4 s, 8 s); returns the answer's status and how many tries it took.
+async fn send(client: &reqwest::Client, call: &StatusCall) -> (Result<u16, String>, u32) {
+    let tries = AtomicU32::new(0);
+    let attempt = || async {
+        tries.fetch_add(1, Ordering::Relaxed);
+        let mut req = client.post(&call.url).json(&call.body);
+        for (k, v) in &call.headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.map_err(|e| CallError { message: e.without_url().to_string(), transient: true })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(status.as_u16());
+        }
+        let text: String = resp.text().await.unwrap_or_default().chars().take(200).collect();
+        let transient = status.is_server_error() || status.as_u16() == 429;
+        Err(CallError { message: format!("HTTP {}: {}", status.as_u16(), text.trim()), transient })
+    };
+    let policy = ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_times(4).with_jitter();
+    let result = attempt.retry(policy).when(|e: &CallError| e.transient).await.map_err(|e| e.message);
+    (result, tries.load(Ordering::Relaxed))
+}
+
+/// Reports what changed every [`TICK`] until the server stops.
+pub async fn run(state: Arc<AppState>) {
+    let mut reporter = match Reporter::new() {
+        Ok(r) => r,
+        Err(e) => return tracing::error!("no HTTP client for commit statuses: {e}"),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if let Err(e) = reporter.report(&state).await {
+            tracing::warn!("reporting commit statuses: {e}");
+        }
+    }
+}
+
+/// The statuses one server has told (or seen told), and its HTTP client.
+pub struct Reporter {
+    client: reqwest::Client,
+    told: HashMap<TaskId, &'static str>,
+}
+
+impl Reporter {
+    /// A client that follows no redirect (only the configured API base is ever called) and
+    /// gives up on an answer after 10 s.
+    pub fn new() -> Result<Reporter, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cloudbuild/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Reporter { client, told: HashMap::new() })
+    }
+
+    /// Tells the forges what changed since the last look: the newest tasks, the unfinished
+    /// ones, and those told `pending` here, each once per status.
+    pub async fn report(&mut self, state: &AppState) -> Result<(), cloudbuild_store::StoreError> {
+        let mut seen: HashMap<TaskId, Task> = HashMap::new();
+        let newest = state.store.list_tasks(&TaskQuery { limit: 100, ..Default::default() }).await?;
+        seen.extend(newest.into_iter().map(|t| (t.id, t)));
+        for s in [TaskState::Queued, TaskState::Running] {
+            let open = state.store.list_tasks(&TaskQuery { state: Some(s), limit: 500, ..Default::default() }).await?;
+            seen.extend(open.into_iter().map(|t| (t.id, t)));
+        }
+        let waiting: Vec<TaskId> =
+            self.told.iter().filter(|(id, s)| **s == "pending" && !seen.contains_key(id)).map(|(id, _)| *id).collect();
+        for id in waiting {
+            match state.store.get_task(id).await {
+                Ok(task) => {
+                    seen.insert(id, task);
+                }
+                Err(_) => {
+                    self.told.remove(&id);
+                }
+            }
+        }
+        let mut projects: HashMap<String, Option<Project>> = HashMap::new();
+        let mut ids: Vec<TaskId> = seen.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let task = &seen[&id];
+            let Trigger::Webhook(forge) = task.trigger else { continue };
+            let status = status_of(task);
+            if self.told.get(&id) == Some(&status) || task.commit.is_none() {
+                continue;
+            }
+            if !projects.contains_key(&task.name) {
+                projects.insert(task.name.clone(), state.store.get_project(&task.name).await?);
+            }
+            let Some(project) = projects[&task.name].as_ref() else { continue };
+            let Some(link) = project.forge.as_ref().filter(|l| l.forge == forge) else { continue };
+            // A build that ended before it was first seen is told pending first all the same.
+            if status != "pending" && !self.told.contains_key(&id) {
+                deliver(state, &self.client, project, link, task, "pending").await?;
+            }
+            deliver(state, &self.client, project, link, task, status).await?;
+            self.told.insert(id, status);
+        }
+        // An end is remembered while its task is among those looked at (so it is not claimed
+        // again on every tick); a pending one until its end is told.
+        self.told.retain(|id, s| *s == "pending" || seen.contains_key(id));
+        Ok(())
+    }
+}
+
+/// Sends `status` of `task` once across servers: the first server to claim it sends it and
+/// records the outcome where the project's deliveries are listed.
+async fn deliver(
+    state: &AppState,
+    client: &reqwest::Client,
+    project: &Project,
+    link: &ForgeLink,
+    task: &Task,
+    status: &'static str,
+) -> Result<(), cloudbuild_store::StoreError> {
+    let key = format!("status:{}:{}:{status}", project.name, task.id);
+    let mut record = Delivery {
+        forge: link.forge.as_str().to_owned(),
+        id: String::new(),
+        project: project.name.clone(),
+        event: "commit status".into(),
+        reference: Some(task.branch.clone()),
+        after: task.commit.clone(),
+        received_at: Timestamp::now(),
+        outcome: "sending".into(),
+        detail: format!("{status} for task {}", task.id),
+        task: Some(task.id),
+    };
+    if !state.store.claim_delivery(&key, &record, true).await? {
+        return Ok(());
+    }
+    let Some(api) = state.settings.forges.api_url(link.forge) else {
+        record.outcome = "not sent".into();
+        record.detail = format!("{status}: no [forges.{}] api_url is configured", link.forge.as_str());
+        return state.store.set_delivery(&key, &record).await;
+    };
+    let token = match state.vault.open(&slot(&project.name), &link.token) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(project = %project.name, "cannot open the forge token: {e}");
+            record.outcome = "not sent".into();
+            record.detail = format!("{status}: the forge token could not be opened (set it again)");
+            return state.store.set_delivery(&key, &record).await;
+        }
+    };
+    let links = links(state, task, status);
+    let Some(call) = call(api, link, &token, task, status, &links) else { return Ok(()) };
+    let (result, tries) = send(client, &call).await;
+    let after = if tries == 1 { String::new() } else { format!(" after {tries} tries") };
+    (record.outcome, record.detail) = match result {
+        Ok(code) => ("sent".into(), format!("{status} → HTTP {code}{after}: {}", links.description)),
+        Err(e) => {
+            tracing::warn!(project = %project.name, task = task.id, "commit status not delivered: {e}");
+            ("failed".into(), format!("{status} not delivered{after}: {e}"))
+        }
+    };
+    record.received_at = Timestamp::now();
+    state.store.set_delivery(&key, &record).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(state: &str) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "name": "site", "version": "1.2.0", "repo": "https://gitlab.example.com/g/site.git",
+            "branch": "main", "commit": "a".repeat(40), "build_cmd": null, "env": "prod", "trigger": "webhook:gitlab",
+            "force": false, "requested_by": "webhook:gitlab", "state": state, "stage": null, "reason": null,
+            "attempt": 1, "worker": null, "retry_of": null, "url": "https://site.prod.example.com/",
+            "cancel_requested": false, "created_at": "2026-01-01T00:00:00Z", "started_at": null,
+            "finished_at": null, "last_seq": 3,
+        }))
+        .unwrap()
+    }
+
+    fn link(forge: Forge, path: &str) -> ForgeLink {
+        ForgeLink { forge, path: path.into(), token: String::new(), set_by: "max".into(), set_at: Timestamp(0) }
+    }
+
+    #[test]
+    fn each_forge_gets_its_own_call() {
+        let links =
+            |t: &Task, s: &str| Links { build: "https://cb.example.com/tasks/7".into(), description: describe(t, s) };
+        let failed = task("failed");
+        let call = super::call(
+            "https://gitlab.example.com/api/v4",
+            &link(Forge::GitLab, "g/sub/site"),
+            "glpat-x",
+            &failed,
+            "failure",
+            &links(&failed, "failure"),
+        )
+        .unwrap();
+        assert_eq!(
+            call.url,
+            format!("https://gitlab.example.com/api/v4/projects/g%2Fsub%2Fsite/statuses/{}", "a".repeat(40))
+        );
+        assert_eq!(call.headers, [("private-token", "glpat-x".to_owned())]);
+        assert_eq!(call.body["state"], "failed");
+        assert_eq!((call.body["name"].as_str(), call.body["ref"].as_str()), (Some("cloudbuild/prod"), Some("main")));
+        let cancelled = task("cancelled");
+        let call = super::call(
+            "https://gitlab.example.com/api/v4",
+            &link(Forge::GitLab, "g/site"),
+            "t",
+            &cancelled,
+            "error",
+            &links(&cancelled, "error"),
+        )
+        .unwrap();
+        assert_eq!(call.body["state"], "canceled");
+
+        let done = task("succeeded");
+        let call = super::call(
+            "https://git.example.com/api/v1",
+            &link(Forge::Gitea, "o/site"),
+            "gt",
+            &done,
+            "success",
+            &links(&done, "success"),
+        )
+        .unwrap();
+        assert_eq!(call.url, format!("https://git.example.com/api/v1/repos/o/site/statuses/{}", "a".repeat(40)));
+        assert_eq!(call.headers, [("authorization", "token gt".to_owned())]);
+        assert_eq!(call.body["state"], "success");
+        assert_eq!(call.body["context"], "cloudbuild/prod");
+        assert_eq!(call.body["description"], "published 1.2.0 at https://site.prod.example.com/");
+        assert_eq!(call.body["target_url"], "https://cb.example.com/tasks/7");
+
+        let mut long = task("succeeded");
+        long.url = Some(format!("https://{}.example.com/", "x".repeat(200)));
+        let description = links(&long, "success").description;
+        let call = super::call(
+            "https://api.github.com",
+            &link(Forge::GitHub, "o/site"),
+            "t",
+            &long,
+            "success",
+            &Links { build: String::new(), description },
+        )
+        .unwrap();
+        assert_eq!(call.body["description"].as_str().unwrap().chars().count(), 140, "GitHub's limit");
+        let mut unpinned = task("queued");
+        unpinned.commit = None;
+        assert!(super::call(
+            "https://api.github.com",
+            &link(Forge::GitHub, "o/site"),
+            "t",
+            &unpinned,
+            "pending",
+            &links(&unpinned, "pending")
+        )
+        .is_none());
+    }
+}

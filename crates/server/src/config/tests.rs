@@ -82,3 +82,19 @@ fn settings_debug_shows_no_secret() {
     }
     assert!(shown.contains("\"ci\""), "names stay visible: {shown}");
 }
+
+#[test]
+fn forge_api_urls_are_checked() {
+    use cloudbuild_proto::webhook::Forge;
+    let defaults = with(|_| {}).unwrap();
+    assert_eq!(defaults.forges.api_url(Forge::GitHub), Some("https://api.github.com"));
+    assert_eq!(defaults.forges.api_url(Forge::Gitea), None, "no Gitea statuses until it is set");
+    let set = with(|c| c.forges.gitea.api_url = "https://git.example.com/api/v1/".into()).unwrap();
+    assert_eq!(set.forges.api_url(Forge::Gitea), Some("https://git.example.com/api/v1"));
+    for bad in
+        ["git.example.com/api", "ftp://git.example.com", "https://u:p@git.example.com", "https://g.example.com/?x=1"]
+    {
+        let e = with(|c| c.forges.gitlab.api_url = bad.into()).unwrap_err();
+        assert_eq!(e.field, "forges", "{bad}");
+    }
+}

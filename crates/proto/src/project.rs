@@ -151,6 +151,51 @@ pub struct ProjectList {
     pub projects: Vec<Project>,
 }
 
+/// `[trigger]` in a repository's `cloudbuild.toml`: which changed files make a push build
+/// (as GitHub's `paths` / `paths-ignore` and GitLab's `rules:changes`). A file counts when it
+/// matches `paths` (or `paths` is empty) and no `ignore_paths` pattern; a push builds when one
+/// of its files counts. Globs as for the trigger rules (`docs/**`, `*.md` at the top only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathFilters {
+    pub paths: Vec<String>,
+    pub ignore_paths: Vec<String>,
+}
+
+impl PathFilters {
+    /// Why a push that changed `changed` is not built (`None`: it is).
+    ///
+    /// # Errors
+    /// A pattern that is not a valid glob, named.
+    pub fn skip_reason(&self, changed: &[String]) -> Result<Option<String>, String> {
+        if self.paths.is_empty() && self.ignore_paths.is_empty() {
+            return Ok(None);
+        }
+        let set = |globs: &[String]| -> Result<globset::GlobSet, String> {
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                b.add(glob(g).map_err(|e| format!("[trigger] pattern `{g}` is not valid: {e}"))?);
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        let (paths, ignored) = (set(&self.paths)?, set(&self.ignore_paths)?);
+        let counts = |f: &String| (self.paths.is_empty() || paths.is_match(f)) && !ignored.is_match(f);
+        if changed.iter().any(counts) {
+            return Ok(None);
+        }
+        let files = match changed.len() {
+            1 => format!("the 1 file it changed ({})", changed[0]),
+            n => format!("the {n} files it changed"),
+        };
+        let rule = match (self.paths.is_empty(), self.ignore_paths.is_empty()) {
+            (false, true) => format!("paths = {:?}", self.paths),
+            (true, false) => format!("ignore_paths = {:?}", self.ignore_paths),
+            _ => format!("paths = {:?} without ignore_paths = {:?}", self.paths, self.ignore_paths),
+        };
+        Ok(Some(format!("none of {files} matches [trigger] {rule} in cloudbuild.toml")))
+    }
+}
+
 #[cfg(test)]
 mod trigger_tests {
     use super::*;
@@ -234,6 +279,31 @@ pub fn forge_path(forge: crate::webhook::Forge, path: &str) -> Result<String, cr
 mod forge_tests {
     use super::*;
     use crate::webhook::Forge;
+
+    #[test]
+    fn path_filters_build_a_push_when_one_changed_file_counts() {
+        let f = |paths: &[&str], ignore: &[&str]| PathFilters {
+            paths: paths.iter().map(|s| s.to_string()).collect(),
+            ignore_paths: ignore.iter().map(|s| s.to_string()).collect(),
+        };
+        let changed = |files: &[&str]| files.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let docs = changed(&["docs/guide.md", "README.md"]);
+        let code = changed(&["src/app.tsx", "docs/guide.md"]);
+        assert_eq!(f(&[], &[]).skip_reason(&docs), Ok(None), "no filter: every push builds");
+        let src = f(&["src/**", "package.json"], &[]);
+        assert_eq!(src.skip_reason(&code), Ok(None));
+        let why = src.skip_reason(&docs).unwrap().unwrap();
+        assert!(why.contains("none of the 2 files it changed matches [trigger] paths"), "{why}");
+        let no_docs = f(&[], &["docs/**", "*.md"]);
+        assert_eq!(no_docs.skip_reason(&code), Ok(None));
+        assert!(no_docs.skip_reason(&docs).unwrap().is_some());
+        // `*` stays in its directory: a Markdown file deeper down still counts.
+        assert_eq!(no_docs.skip_reason(&changed(&["src/notes.md"])), Ok(None));
+        let both = f(&["src/**"], &["src/**/*.test.ts"]);
+        assert!(both.skip_reason(&changed(&["src/a.test.ts"])).unwrap().is_some());
+        assert_eq!(both.skip_reason(&changed(&["src/a.ts"])), Ok(None));
+        assert!(f(&["src/[a"], &[]).skip_reason(&code).unwrap_err().contains("`src/[a` is not valid"));
+    }
 
     #[test]
     fn forge_paths_are_owner_and_repository() {

@@ -115,13 +115,16 @@ impl<'de> Deserialize<'de> for Trigger {
     }
 }
 
-/// The lifecycle state of a task. `queued → running → succeeded | failed | cancelled | timed_out`.
+/// The lifecycle state of a task. `queued → running → succeeded | skipped | failed | cancelled | timed_out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Queued,
     Running,
     Succeeded,
+    /// Ended before installing: its `[trigger]` path filters match none of the files its
+    /// push changed. Nothing was built or published.
+    Skipped,
     Failed,
     Cancelled,
     TimedOut,
@@ -129,10 +132,11 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Succeeded,
+        TaskState::Skipped,
         TaskState::Failed,
         TaskState::Cancelled,
         TaskState::TimedOut,
@@ -149,6 +153,7 @@ impl TaskState {
             TaskState::Queued => "queued",
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
+            TaskState::Skipped => "skipped",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
             TaskState::TimedOut => "timed_out",
@@ -244,6 +249,8 @@ pub mod actions {
     pub const BUILD_SUCCESS: &str = "build success";
     /// A task cancelled by a user.
     pub const CANCELLED: &str = "cancelled";
+    /// A push's build that its path filters skip; the message says why.
+    pub const SKIPPED: &str = "skipped";
     /// A task that ran past its task timeout.
     pub const TIMED_OUT: &str = "timed out";
     /// An unexpected error (worker lost after the last attempt, internal fault).
@@ -359,7 +366,15 @@ pub struct Task {
     /// What the build reused, once the worker knows.
     #[serde(default)]
     pub cache: Option<CacheReport>,
+    /// The files its push changed, for the project's `[trigger]` path filters (webhook
+    /// builds of a branch push; at most [`MAX_CHANGED`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<String>>,
 }
+
+/// The most changed paths a task keeps; a push that changed more is built whatever its path
+/// filters say.
+pub const MAX_CHANGED: usize = 300;
 
 /// `GET /api/v1/tasks`: a page of tasks, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -80,7 +80,8 @@ pub struct Push {
     pub before: String,
     /// The head commit's message (for `[skip ci]`).
     pub message: String,
-    /// Every path the pushed commits added, modified or removed.
+    /// Every path the pushed commits added, modified or removed; empty when the payload
+    /// does not list every pushed commit (GitLab lists 20), so that no filter is applied.
     pub changed: Vec<String>,
     /// Who pushed (the forge's user name), for the task's record.
     pub pusher: String,
@@ -185,6 +186,8 @@ struct PushPayload {
     checkout_sha: Option<String>,
     deleted: bool,
     commits: Vec<Commit>,
+    // GitLab (and Gitea): how many commits were pushed; `commits` lists at most 20 of them.
+    total_commits_count: Option<usize>,
     head_commit: Option<Commit>,
     repository: Repository,
     pusher: User,
@@ -248,6 +251,9 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
         p.commits.iter().flat_map(|c| c.added.iter().chain(&c.modified).chain(&c.removed)).cloned().collect();
     changed.sort();
     changed.dedup();
+    if p.total_commits_count.is_some_and(|n| n > p.commits.len()) {
+        changed.clear();
+    }
     let repo_urls = urls(&p);
     let pusher = [p.user_username, p.pusher.login, p.pusher.username, p.pusher.name, p.sender.login]
         .into_iter()
@@ -300,6 +306,22 @@ mod tests {
         let gone = format!(r#"{{"ref":"refs/heads/feature","after":"{}","deleted":true}}"#, "0".repeat(40));
         let HookEvent::Push(p) = parse(Forge::GitHub, "push", gone.as_bytes()).unwrap() else { panic!() };
         assert_eq!(p.after, None);
+    }
+
+    #[test]
+    fn a_push_listing_only_some_of_its_commits_names_no_changed_files() {
+        let commit = format!(r#"{{"id":"{SHA}","message":"m","added":["docs/a.md"],"modified":[],"removed":[]}}"#);
+        let body = |total: usize| {
+            format!(
+                r#"{{"ref":"refs/heads/main","before":"{z}","after":"{SHA}","total_commits_count":{total},
+                  "project":{{"git_http_url":"https://gitlab.com/o/r.git"}},"commits":[{commit}]}}"#,
+                z = "0".repeat(40)
+            )
+        };
+        let HookEvent::Push(all) = parse(Forge::GitLab, "Push Hook", body(1).as_bytes()).unwrap() else { panic!() };
+        assert_eq!(all.changed, ["docs/a.md"]);
+        let HookEvent::Push(some) = parse(Forge::GitLab, "Push Hook", body(21).as_bytes()).unwrap() else { panic!() };
+        assert!(some.changed.is_empty(), "20 of 21 commits listed: the files are not known");
     }
 
     #[test]

@@ -89,10 +89,24 @@ pub enum StagePhase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
-    Succeeded { url: String },
-    Failed { stage: Stage, reason: String },
-    Cancelled { stage: Option<Stage> },
-    TimedOut { stage: Stage, reason: String },
+    Succeeded {
+        url: String,
+    },
+    /// Nothing to build: the push changed no file the project's path filters name.
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        stage: Stage,
+        reason: String,
+    },
+    Cancelled {
+        stage: Option<Stage>,
+    },
+    TimedOut {
+        stage: Stage,
+        reason: String,
+    },
 }
 
 /// Everything a worker needs to run a task; values were validated by the server and are
@@ -135,6 +149,10 @@ pub struct Assignment {
     /// that does not say).
     #[serde(default)]
     pub cache: CacheUse,
+    /// The files the push that caused the task changed (repository paths), for the project's
+    /// `[trigger]` path filters; none: not a push, or too many files to list (no filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<String>>,
 }
 
 /// Which build caches (dependencies, output) a task may use. A task reads them unless its

@@ -278,6 +278,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         site_under_path,
         secrets,
         cache: cache_use(task.trigger, task.no_cache),
+        changed: task.changed,
     };
     let sent = {
         let mut workers = state.scheduler.lock_workers();

@@ -242,6 +242,7 @@ async fn the_projects_of_earlier_tasks_are_registered_with_their_newest_reposito
             output_limit: 1 << 20,
             labels: Vec::new(),
             no_cache: false,
+            changed: None,
         };
         cloudbuild_store::Store::create_task(&*store, new).await.unwrap();
     }

@@ -64,7 +64,7 @@ pub(crate) fn finish_fields(
         Finish::Cancelled { stage, reason } | Finish::TimedOut { stage, reason } => {
             (stage.or(task.stage), Some(reason.clone()), None)
         }
-        Finish::Error { reason } => (task.stage, Some(reason.clone()), None),
+        Finish::Error { reason } | Finish::Skipped { reason } => (task.stage, Some(reason.clone()), None),
     };
     (finish.state(), stage, reason, url)
 }
@@ -337,5 +337,6 @@ pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task 
         labels: new.labels,
         no_cache: new.no_cache,
         cache: None,
+        changed: new.changed,
     }
 }

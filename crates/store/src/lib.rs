@@ -137,6 +137,8 @@ pub struct NewTask {
     pub labels: Vec<String>,
     /// Build without the worker's caches.
     pub no_cache: bool,
+    /// The files its push changed (for path filters), at most `task::MAX_CHANGED`.
+    pub changed: Option<Vec<String>>,
 }
 
 /// Filters of `list_audit`: all given must match; entries with an id below `before`.
@@ -180,6 +182,10 @@ pub enum Finish {
     },
     Cancelled {
         stage: Option<Stage>,
+        reason: String,
+    },
+    /// Ended before building: the path filters match no changed file.
+    Skipped {
         reason: String,
     },
     TimedOut {
@@ -467,6 +473,7 @@ pub fn final_stage_event(finish: &Finish) -> EventBody {
         Finish::Succeeded { url } => (actions::BUILD_SUCCESS.to_owned(), format!("published: {url}")),
         Finish::Failed { stage, reason } => (stage.failed_action().to_owned(), reason.clone()),
         Finish::Cancelled { reason, .. } => (actions::CANCELLED.to_owned(), reason.clone()),
+        Finish::Skipped { reason } => (actions::SKIPPED.to_owned(), reason.clone()),
         Finish::TimedOut { reason, .. } => (actions::TIMED_OUT.to_owned(), reason.clone()),
         Finish::Error { reason } => (actions::ERROR.to_owned(), reason.clone()),
     };
@@ -480,6 +487,7 @@ impl Finish {
             Finish::Succeeded { .. } => TaskState::Succeeded,
             Finish::Failed { .. } | Finish::Error { .. } => TaskState::Failed,
             Finish::Cancelled { .. } => TaskState::Cancelled,
+            Finish::Skipped { .. } => TaskState::Skipped,
             Finish::TimedOut { .. } => TaskState::TimedOut,
         }
     }

@@ -36,6 +36,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         output_limit,
         labels: Vec::new(),
         no_cache: false,
+        changed: None,
     }
 }
 
@@ -150,6 +151,7 @@ async fn all_stories(store: &dyn Store) {
     worker_story(store).await;
     holder_story(store).await;
     secret_story(store).await;
+    changed_files_story(store).await;
     project_story(store).await;
     audit_story(store).await;
     user_story(store).await;
@@ -595,6 +597,15 @@ const LEGACY_PROJECT: &str = r#"{"name":"old","repo":"https://example.com/old.gi
 
 /// A record stored before a field was added is still changed by compare-and-set (read with
 /// the field's default, compared as this version writes it), and a stale copy still is not.
+/// A push's changed files are kept with its task, and a task without them has none.
+async fn changed_files_story(store: &dyn Store) {
+    let files = vec!["docs/a.md".to_owned(), "src/b.ts".to_owned()];
+    let (t, _) = store.create_task(NewTask { changed: Some(files.clone()), ..new_task("pushed", 10) }).await.unwrap();
+    assert_eq!(store.get_task(t.id).await.unwrap().changed, Some(files));
+    let (u, _) = store.create_task(new_task("published", 10)).await.unwrap();
+    assert_eq!(store.get_task(u.id).await.unwrap().changed, None);
+}
+
 async fn legacy_record_story(store: &dyn Store) {
     let old = store.get_project("old").await.unwrap().expect("the legacy record reads");
     assert!(old.schedules.is_empty() && old.members.is_empty());

@@ -17,6 +17,10 @@
 //! [site]                      # optional; how the server serves the site (docs/sites.md)
 //! spa = true
 //!
+//! [trigger]                   # optional; which changed files make a push build (docs/webhooks.md)
+//! paths = ["src/**", "package.json"]
+//! ignore_paths = ["docs/**", "*.md"]
+//!
 //! [cache]                     # optional; the worker's caches for this project (docs/caching.md)
 //! dependencies = true         # restore a saved node_modules when the lockfile etc. match
 //! output = true               # reuse a saved output when every input matches
@@ -38,6 +42,7 @@ pub struct RepoFile {
     pub checks: Vec<CheckSection>,
     pub site: SiteConfig,
     pub cache: CacheSection,
+    pub trigger: cloudbuild_proto::project::PathFilters,
 }
 
 /// `[cache]`: which of the worker's caches the project uses (both by default).
@@ -158,6 +163,13 @@ pub fn resolve(dir: &Path, build_override: Option<&str>) -> Result<BuildSettings
         scripts,
         package_manager,
     })
+}
+
+/// The `[trigger]` path filters of the checkout at `dir`; none when `cloudbuild.toml` is
+/// absent or cannot be read (the install stage then says why).
+pub fn path_filters(dir: &Path) -> Option<cloudbuild_proto::project::PathFilters> {
+    let text = crate::publish::read_checkout_file(&dir.join("cloudbuild.toml"), SETTINGS_FILE_LIMIT).ok()?;
+    toml::from_str::<RepoFile>(&text).ok().map(|f| f.trigger)
 }
 
 #[cfg(test)]

@@ -270,6 +270,13 @@ pub(crate) fn verdict(display: &Display, id: i64, json: bool) -> ExitCode {
             outln!("\n{}", tr!("published", url = url));
         }
         ExitCode::SUCCESS
+    } else if state == "skipped" {
+        // Nothing failed: the push changed nothing the project builds for.
+        if !json {
+            let reason = end.get("reason").and_then(|v| v.as_str()).unwrap_or("");
+            outln!("\n{}", tr!("task-skipped", id = id, reason = reason));
+        }
+        ExitCode::SUCCESS
     } else {
         if !json {
             let reason = end.get("reason").and_then(|v| v.as_str()).unwrap_or("");

@@ -136,3 +136,54 @@ fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
     let edited = String::from_utf8_lossy(&srv.cli(&repo.work, &edit).stdout).into_owned();
     assert!(edited.contains("push builds:    branches release/* → test; tags prod-* → prod"), "{edited}");
 }
+
+/// A signed GitHub push of `after` on `main` whose one commit changed `files`.
+fn push_changing(srv: &cloudbuild_testkit::Server, secret: &str, repo: &Repo, id: &str, files: &[&str]) -> i64 {
+    let after = repo.head();
+    let payload = json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": after,
+        "repository": {"clone_url": repo.url}, "pusher": {"name": "octocat"},
+        "head_commit": {"id": after, "message": "change"},
+        "commits": [{"id": after, "message": "change", "added": files, "modified": [], "removed": []}],
+    })
+    .to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(payload.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let headers = [("x-github-event", "push"), ("x-github-delivery", id), ("x-hub-signature-256", signature.as_str())];
+    let (status, delivery) = post_with_headers(&format!("{}/api/v1/hooks/github", srv.url), &headers, &payload);
+    assert_eq!(status, 202, "{delivery}");
+    delivery["task"].as_i64().unwrap()
+}
+
+#[test]
+fn path_filters_skip_a_push_that_changes_nothing_the_project_builds_for() {
+    let srv = server("");
+    let repo = Repo::site("filtered", "<h1>one</h1>");
+    repo.commit(&[("cloudbuild.toml", "[trigger]\nignore_paths = [\"docs/**\", \"*.md\"]\n")], "path filters");
+    let (status, created) =
+        request("POST", &format!("{}/api/v1/projects", srv.url), Some(&json!({"name": "filtered", "repo": repo.url})));
+    assert_eq!(status, 201, "{created}");
+    let secret = created["webhook_secret"].as_str().unwrap().to_owned();
+
+    repo.commit(&[("docs/guide.md", "# Guide\n"), ("README.md", "# filtered\n")], "docs only");
+    let id = push_changing(&srv, &secret, &repo, "docs", &["docs/guide.md", "README.md"]);
+    let task = srv.wait_done(id);
+    assert_eq!(task.state, TaskState::Skipped, "{}", srv.output(id));
+    let reason = task.reason.clone().unwrap_or_default();
+    assert!(reason.contains("none of the 2 files it changed matches [trigger] ignore_paths"), "{reason}");
+    let actions: Vec<String> = srv.actions(id).into_iter().map(|(a, _)| a).collect();
+    assert!(!actions.iter().any(|a| a.starts_with("install")), "nothing installed: {actions:?}");
+    let (_, releases) = request("GET", &format!("{}/api/v1/releases?name=filtered", srv.url), None);
+    assert_eq!(releases["releases"], json!([]), "nothing published");
+    // Following it says so and is not a failure.
+    let logs = srv.cli(&repo.work, &["logs", &id.to_string()]);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    assert!(String::from_utf8_lossy(&logs.stdout).contains(&format!("task {id} skipped")));
+
+    repo.commit(&[("build.js", &cloudbuild_testkit::build_script("<h1>two</h1>")), ("docs/more.md", "x")], "code");
+    let id = push_changing(&srv, &secret, &repo, "code", &["build.js", "docs/more.md"]);
+    let task = srv.wait_done(id);
+    assert_eq!(task.state, TaskState::Succeeded, "{}", srv.output(id));
+    assert_eq!(get_text(&srv.site_url("test", "filtered")).1, "<h1>two</h1>");
+}

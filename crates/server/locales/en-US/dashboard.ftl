@@ -49,6 +49,7 @@ build-live = live
 state-queued = queued
 state-running = running
 state-succeeded = succeeded
+state-skipped = skipped
 state-failed = failed
 state-cancelled = cancelled
 state-timed_out = timed out

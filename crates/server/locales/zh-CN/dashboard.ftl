@@ -48,6 +48,7 @@ build-live = 实时
 state-queued = 排队中
 state-running = 运行中
 state-succeeded = 成功
+state-skipped = 已跳过
 state-failed = 失败
 state-cancelled = 已取消
 state-timed_out = 超时

@@ -277,6 +277,7 @@ mod tests {
             output_limit: 1 << 20,
             labels: Vec::new(),
             no_cache: false,
+            changed: None,
         };
         let (task, first) = store.create_task(new).await.unwrap();
         state.hub.published(task.id, &[first]);

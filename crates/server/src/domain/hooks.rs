@@ -6,7 +6,7 @@
 //! maintainers, regenerated on request. Knows no HTTP: the adapter passes the headers it needs.
 
 use cloudbuild_proto::project::Project;
-use cloudbuild_proto::task::{CreateTask, Environment, TaskId, Trigger};
+use cloudbuild_proto::task::{CreateTask, Environment, TaskId, Trigger, MAX_CHANGED};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::RepoUrl;
 use cloudbuild_proto::webhook::{self, Delivery, Forge, HookEvent, Push, RefTarget};
@@ -293,6 +293,14 @@ async fn build(
     };
     let mut new = tasks::validate(&state.settings, &req, caller, trigger, None)?;
     new.version = String::new();
+    // A branch push's changed files, for the project's path filters (a tag builds whatever
+    // it changed; a list too long to keep, or none, filters nothing).
+    new.changed = match push.target {
+        RefTarget::Branch(_) if !push.changed.is_empty() && push.changed.len() <= MAX_CHANGED => {
+            Some(push.changed.clone())
+        }
+        _ => None,
+    };
     new.cause = Some(if record.id.is_empty() {
         format!("{} push to {}", record.forge, describe(&push.target))
     } else {

@@ -80,7 +80,8 @@ pub async fn unlink(state: &AppState, caller: &Caller, name: &str) -> Result<(),
 fn status_of(task: &Task) -> &'static str {
     match task.state {
         TaskState::Queued | TaskState::Running => "pending",
-        TaskState::Succeeded => "success",
+        // Nothing to build is not a failure: the commit's checks pass.
+        TaskState::Succeeded | TaskState::Skipped => "success",
         TaskState::Failed | TaskState::TimedOut => "failure",
         TaskState::Cancelled => "error",
     }
@@ -164,6 +165,9 @@ fn links(state: &AppState, task: &Task, status: &str) -> Links {
 fn describe(task: &Task, status: &str) -> String {
     match (status, &task.url) {
         ("pending", _) => format!("cloudbuild: building for {}", task.env.as_str()),
+        ("success", _) if task.state == TaskState::Skipped => {
+            format!("skipped: {}", task.reason.as_deref().unwrap_or("nothing to build"))
+        }
         ("success", Some(site)) => format!("published {} at {site}", task.version),
         ("success", None) => format!("published {}", task.version),
         ("error", _) => "cloudbuild: cancelled".to_owned(),

@@ -79,6 +79,7 @@ pub fn validate(
         output_limit: settings.output_bytes,
         labels: cloudbuild_proto::validate::labels(&req.labels)?,
         no_cache: req.no_cache,
+        changed: None,
     })
 }
 

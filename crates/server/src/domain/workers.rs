@@ -167,6 +167,7 @@ pub async fn handle_batch(
             WorkerMessage::Finished { task, seq, outcome } => {
                 let finish = match outcome {
                     Outcome::Succeeded { url } => Finish::Succeeded { url },
+                    Outcome::Skipped { reason } => Finish::Skipped { reason },
                     Outcome::Failed { stage, reason } => Finish::Failed { stage, reason },
                     Outcome::Cancelled { stage } => Finish::Cancelled { stage, reason: "cancelled by request".into() },
                     Outcome::TimedOut { stage, reason } => Finish::TimedOut { stage: Some(stage), reason },

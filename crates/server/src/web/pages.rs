@@ -383,7 +383,7 @@ fn stages(lang: &Lang, t: &Task, seen: &[(String, i64)]) -> Vec<(String, String,
             let until = seen.get(i + 1).map_or(end, |n| n.1);
             let last = i + 1 == seen.len();
             let class = match (last, t.state.as_str()) {
-                (false, _) | (true, "succeeded") => "done",
+                (false, _) | (true, "succeeded" | "skipped") => "done",
                 (true, "failed" | "timed_out") => "failed",
                 _ => "",
             };

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses its own part
 
 mod deliveries;
+#[allow(unused_imports)] // used by the webhook and status tests only
 pub(crate) use deliveries::*;
 
 use std::sync::Arc;

@@ -153,8 +153,8 @@ impl Store for SqliteStore {
         let mut tx = conn.begin().await?;
         let id: TaskId = sqlx::query_scalar(
             "INSERT INTO tasks (name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-             state, retry_of, output_limit, created_us, last_seq, labels, no_cache, cause) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?, ?, ?) RETURNING id",
+             state, retry_of, output_limit, created_us, last_seq, labels, no_cache, cause, changed) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&new.name)
         .bind(&new.version)
@@ -172,6 +172,7 @@ impl Store for SqliteStore {
         .bind(new.labels.join(","))
         .bind(new.no_cache)
         .bind(&new.cause)
+        .bind(new.changed.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default()))
         .fetch_one(&mut *tx)
         .await?;
         let body = apply::created_event(id, &new);

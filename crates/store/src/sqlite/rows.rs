@@ -8,7 +8,7 @@ use sqlx::Row;
 use crate::{Result, StoreError};
 
 pub(crate) const TASK_COLUMNS: &str = "id, name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
-     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels, no_cache, cache, cause";
+     state, stage, reason, attempt, worker, retry_of, url, cancel_requested, created_us, started_us, finished_us, last_seq, labels, no_cache, cache, cause, changed";
 
 pub(crate) fn task_from_row(row: &SqliteRow) -> Result<Task> {
     let bad = |what: &str, v: &str| StoreError::Corrupt(format!("{what} `{v}` in the tasks table"));
@@ -49,6 +49,10 @@ pub(crate) fn task_from_row(row: &SqliteRow) -> Result<Task> {
         no_cache: row.try_get::<i64, _>("no_cache")? != 0,
         cache: match row.try_get::<Option<String>, _>("cache")? {
             Some(json) => Some(serde_json::from_str(&json).map_err(|_| bad("cache", &json))?),
+            None => None,
+        },
+        changed: match row.try_get::<Option<String>, _>("changed")? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| bad("changed", &json))?),
             None => None,
         },
     })

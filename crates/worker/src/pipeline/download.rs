@@ -79,6 +79,20 @@ impl Run<'_> {
         Ok(format!("{how} {repo} at {branch} ({}); package.json is {}@{version}", &sha[..12], self.a.name))
     }
 
+    /// Why the push this task builds is not built (`[trigger]` path filters over the files it
+    /// changed), if it is not; a filter that does not parse is said in the log and ignored.
+    pub(super) fn skipped_by_path_filters(&self) -> Option<String> {
+        let changed = self.a.changed.as_ref()?;
+        let filters = crate::settings::path_filters(&self.checkout)?;
+        match filters.skip_reason(changed) {
+            Ok(reason) => reason,
+            Err(e) => {
+                self.reporter.note(format!("{e}; building whatever the push changed"));
+                None
+            }
+        }
+    }
+
     /// Clones the branch (or fetches the pinned commit) straight from the repository; returns
     /// the commit and its tree, as git in the sandbox reports them (the repository is the
     /// build's, not for the worker's own git to read).

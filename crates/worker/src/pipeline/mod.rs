@@ -541,6 +541,12 @@ async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
             Err(StageError::TimedOut(reason)) => return Outcome::TimedOut { stage, reason },
             Err(StageError::Cancelled) => return Outcome::Cancelled { stage: Some(stage) },
         }
+        if stage == Stage::DownloadRepo {
+            // Before anything is installed: a push whose changes the project does not build for.
+            if let Some(reason) = run.skipped_by_path_filters() {
+                return Outcome::Skipped { reason };
+            }
+        }
     }
     Outcome::Failed { stage: Stage::Publish, reason: "the pipeline ended without publishing".into() }
 }

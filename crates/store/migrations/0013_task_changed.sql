@@ -1,0 +1,2 @@
+-- The files a push changed (a JSON array of paths), for the project's path filters.
+ALTER TABLE tasks ADD COLUMN changed TEXT;

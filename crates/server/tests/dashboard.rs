@@ -490,3 +490,29 @@ async fn maintainers_edit_members_and_settings_from_the_project_page_and_no_one_
     let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"member.set") && actions.contains(&"project.edit"), "{actions:?}");
 }
+
+#[tokio::test]
+async fn the_project_page_shows_schedules_with_their_next_run_and_the_deliveries() {
+    let api = world().await;
+    let nightly = json!({"name": "nightly", "cron": "30 2 * * *", "timezone": "Asia/Shanghai"});
+    let (status, made) = api.call("POST", "/api/v1/projects/site/schedules", Some("cbp_max"), Some(nightly)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let (_, project) = api.call("GET", "/api/v1/projects/site", Some("cbp_max"), None).await;
+    let secret = project["webhook_secret"].as_str().unwrap().to_owned();
+    let push = common::github_push("refs/heads/main", &"a".repeat(40), "docs [skip ci]");
+    let (status, _) = common::github(&api, &secret, "push", "d-page", &push).await;
+    assert_eq!(status, StatusCode::OK);
+    for (locale, heading) in [("en-US", "Schedules"), ("zh-CN", "定时构建")] {
+        let page =
+            send(&api, "GET", &format!("/projects/site?locale={locale}"), Some(&session("rep")), None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains(heading), "{locale}");
+        let next = made["next_run_local"].as_str().unwrap();
+        assert!(page.body.contains("<code>30 2 * * *</code>") && page.body.contains(next), "{}", page.body);
+        assert!(
+            page.body.contains("github push") && page.body.contains("[skip ci] in the head commit"),
+            "{}",
+            page.body
+        );
+    }
+}

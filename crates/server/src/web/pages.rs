@@ -122,6 +122,31 @@ struct ProjectPage {
     filter: BuildFilter,
     /// The query of the next page of builds, if there are more.
     older_query: Option<String>,
+    schedules: Vec<ScheduleRow>,
+    /// The newest webhook deliveries and commit statuses.
+    deliveries: Vec<DeliveryRow>,
+}
+
+/// A schedule on the project page: its next run in its own zone.
+struct ScheduleRow {
+    name: String,
+    cron: String,
+    timezone: String,
+    branch: String,
+    env: &'static str,
+    next_run: String,
+    last_task: Option<i64>,
+}
+
+/// A delivery on the project page.
+struct DeliveryRow {
+    when: String,
+    forge: String,
+    event: String,
+    reference: String,
+    outcome: String,
+    detail: String,
+    task: Option<i64>,
 }
 
 /// `GET /projects/{name}`: releases per environment (rollback for maintainers), builds,
@@ -157,6 +182,39 @@ pub async fn project(
     };
     let members = p.members.iter().map(|m| (m.user.clone(), m.role.to_string(), path_segment(&m.user))).collect();
     let maintainer = role >= Some(ProjectRole::Maintainer);
+    let now = cloudbuild_proto::time::Timestamp::now();
+    let schedules = p
+        .schedules
+        .iter()
+        .cloned()
+        .map(|s| {
+            let view = s.view(now);
+            ScheduleRow {
+                next_run: view.next_run_local.unwrap_or_else(|| "-".into()),
+                name: view.schedule.name,
+                cron: view.schedule.cron,
+                timezone: view.schedule.timezone,
+                branch: view.schedule.branch,
+                env: view.schedule.env.as_str(),
+                last_task: view.schedule.last_task,
+            }
+        })
+        .collect();
+    let deliveries = crate::domain::hooks::deliveries(&state, &viewer.caller, &p.name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .take(10)
+        .map(|d| DeliveryRow {
+            when: when(&lang, d.received_at),
+            forge: d.forge,
+            event: d.event,
+            reference: d.reference.unwrap_or_default(),
+            outcome: d.outcome,
+            detail: d.detail,
+            task: d.task,
+        })
+        .collect();
     let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
     let page = ProjectPage {
         lang,
@@ -176,6 +234,8 @@ pub async fn project(
         can_manage: maintainer,
         older_query: older.map(|before| format!("{}&before={before}", f.query())),
         filter: f,
+        schedules,
+        deliveries,
     };
     html(page.render())
 }

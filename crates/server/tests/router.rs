@@ -51,6 +51,7 @@ async fn task_requests_are_validated_before_anything_is_stored() {
         ("trigger", json!("webhook:github"), "trigger `webhook:github` is set by the server"),
         ("trigger", json!("schedule"), "trigger `schedule` is set by the server"),
         ("trigger", json!("preview"), "trigger `preview` is set by the server"),
+        ("trigger", json!("socket.io"), "trigger `socket.io` is set by the server"),
     ];
     for (field, value, said) in cases {
         let mut body = good.clone();

@@ -418,6 +418,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Gives a claimed key back (the delivery could not be acted on: the forge's retry may).
     async fn release_delivery(&self, key: &str) -> Result<()>;
+    /// The record kept under `key`, if any.
+    async fn get_delivery(&self, key: &str) -> Result<Option<cloudbuild_proto::webhook::Delivery>>;
     /// Replaces the record of a claimed delivery (its outcome).
     async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()>;
     /// A project's newest deliveries, newest first, at most `limit` (at most 200 are kept listed).

@@ -74,7 +74,8 @@ fn two_servers_on_redis_queue_one_build_for_a_delivery_they_both_receive() {
 #[test]
 fn a_signed_push_builds_the_pushed_commit_and_publishes_its_version() {
     let forge = ForgeRecorder::start();
-    let srv = server(&format!("[forges.github]\napi_url = \"{}/api/v3\"\n", forge.url));
+    // The repository is a `file://` one: its host is `file`.
+    let srv = server(&format!("[forges.github]\napi_url = \"{}/api/v3\"\nhosts = [\"file\"]\n", forge.url));
     let repo = Repo::site("hooked", "<h1>one</h1>");
     let (status, created) =
         request("POST", &format!("{}/api/v1/projects", srv.url), Some(&json!({"name": "hooked", "repo": repo.url})));

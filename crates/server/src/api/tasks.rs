@@ -27,6 +27,12 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<Response, ApiError> {
+    // `socket.io` is the bridge's word for its own clients' tasks, not a REST client's.
+    if req.trigger == cloudbuild_proto::task::Trigger::SocketIo {
+        let message =
+            "invalid trigger: trigger `socket.io` is set by the server itself (a client names `cli` or `api`)";
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message));
+    }
     Ok(created(tasks::create(&state, &caller, &req).await?))
 }
 

@@ -22,13 +22,18 @@ pub struct ForgeApi {
     /// Its REST API's base (`https://api.github.com`, `https://gitlab.example.com/api/v4`,
     /// `https://gitea.example.com/api/v1`); empty: no statuses go to this forge.
     pub api_url: String,
+    /// The hosts of the repositories this forge serves: only a project whose repository is
+    /// on one may be linked to it (its token goes to `api_url`). Default: the API's host, less
+    /// a leading `api.` (`api.github.com` serves `github.com`). A `file://` repository's
+    /// host is `file`.
+    pub hosts: Vec<String>,
 }
 
 impl Default for ForgesConfig {
     fn default() -> Self {
         ForgesConfig {
-            github: ForgeApi { api_url: "https://api.github.com".into() },
-            gitlab: ForgeApi { api_url: "https://gitlab.com/api/v4".into() },
+            github: ForgeApi { api_url: "https://api.github.com".into(), hosts: Vec::new() },
+            gitlab: ForgeApi { api_url: "https://gitlab.com/api/v4".into(), hosts: Vec::new() },
             // Gitea has no public instance everyone uses: set yours.
             gitea: ForgeApi::default(),
         }
@@ -36,14 +41,31 @@ impl Default for ForgesConfig {
 }
 
 impl ForgesConfig {
-    /// The API base of `forge` without its trailing `/`, if statuses go there.
-    pub fn api_url(&self, forge: Forge) -> Option<&str> {
-        let api = match forge {
+    fn of(&self, forge: Forge) -> &ForgeApi {
+        match forge {
             Forge::GitHub => &self.github,
             Forge::GitLab => &self.gitlab,
             Forge::Gitea => &self.gitea,
+        }
+    }
+
+    /// The API base of `forge` without its trailing `/`, if statuses go there.
+    pub fn api_url(&self, forge: Forge) -> Option<&str> {
+        Some(self.of(forge).api_url.trim_end_matches('/')).filter(|u| !u.is_empty())
+    }
+
+    /// Whether `forge` serves repositories on `host` (see [`ForgeApi::hosts`]).
+    pub fn serves(&self, forge: Forge, host: &str) -> bool {
+        let api = self.of(forge);
+        if !api.hosts.is_empty() {
+            return api.hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
+        }
+        let Some(api_host) = self.api_url(forge).and_then(|u| url::Url::parse(u).ok()?.host_str().map(str::to_owned))
+        else {
+            return false;
         };
-        Some(api.api_url.trim_end_matches('/')).filter(|u| !u.is_empty())
+        api_host.eq_ignore_ascii_case(host)
+            || api_host.strip_prefix("api.").is_some_and(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// Checks that each URL given is an absolute `http(s)` URL without credentials or query.

@@ -15,6 +15,7 @@ use backon::{ExponentialBuilder, Retryable};
 use cloudbuild_proto::project::{forge_path, ForgeLink, Project, SetForgeLink};
 use cloudbuild_proto::task::{Task, TaskId, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::validate::ValidationError;
 use cloudbuild_proto::webhook::{Delivery, Forge};
 use cloudbuild_store::TaskQuery;
 
@@ -38,12 +39,25 @@ pub async fn link(state: &AppState, caller: &Caller, name: &str, req: SetForgeLi
         let project = projects::get(state, caller, name, ProjectAction::Maintain).await?;
         let default_path = project.repo_identity.split_once('/').map(|(_, p)| p.to_owned()).unwrap_or_default();
         let path = forge_path(req.forge, req.path.as_deref().unwrap_or(&default_path))?;
+        let invalid = |field, reason: String| ProjectError::Invalid(ValidationError { field, reason });
+        // The token goes to the forge's API: only for a repository that forge serves.
+        let host = project.repo_identity.split('/').next().unwrap_or_default().trim_end_matches(':');
+        if !state.settings.forges.serves(req.forge, host) {
+            let forge = req.forge.as_str();
+            return Err(invalid(
+                "forge",
+                match state.settings.forges.api_url(req.forge) {
+                    Some(api) => format!(
+                        "project {name}'s repository is on {host}, which [forges.{forge}] ({api}) does not serve: \
+                         set its api_url (and hosts) in the server's configuration"
+                    ),
+                    None => format!("no [forges.{forge}] api_url is configured on this server"),
+                },
+            ));
+        }
         let token = req.token.trim();
-        if token.is_empty() || token.len() > 1024 || token.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(ProjectError::Invalid(cloudbuild_proto::validate::ValidationError {
-                field: "token",
-                reason: "must be the forge's token: 1 to 1024 characters, no spaces".into(),
-            }));
+        if token.is_empty() || token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("token", "must be the forge's token: 1 to 1024 visible ASCII characters".into()));
         }
         let sealed = state.vault.seal(&slot(name), token).map_err(|e| ProjectError::Vault(e.to_string()))?;
         let link =
@@ -265,6 +279,7 @@ impl Reporter {
         let mut projects: HashMap<String, Option<Project>> = HashMap::new();
         let mut ids: Vec<TaskId> = seen.keys().copied().collect();
         ids.sort();
+        let long_ago = Timestamp(Timestamp::now().0 - OLD_END.as_micros() as i64);
         for id in ids {
             let task = &seen[&id];
             let Trigger::Webhook(forge) = task.trigger else { continue };
@@ -275,14 +290,27 @@ impl Reporter {
             if !projects.contains_key(&task.name) {
                 projects.insert(task.name.clone(), state.store.get_project(&task.name).await?);
             }
-            let Some(project) = projects[&task.name].as_ref() else { continue };
-            let Some(link) = project.forge.as_ref().filter(|l| l.forge == forge) else { continue };
-            // A build that ended before it was first seen is told pending first all the same.
-            if status != "pending" && !self.told.contains_key(&id) {
-                deliver(state, &self.client, project, link, task, "pending").await?;
+            let link = projects[&task.name].as_ref().and_then(|p| p.forge.as_ref().filter(|l| l.forge == forge));
+            // Not (or no longer) linked, a build from before the link, or one that ended long
+            // ago (its record may be gone): nothing to tell.
+            let Some(link) = link.filter(|l| task.created_at >= l.set_at) else {
+                self.told.remove(&id);
+                continue;
+            };
+            if task.finished_at.is_some_and(|f| f < long_ago) {
+                continue;
             }
-            deliver(state, &self.client, project, link, task, status).await?;
-            self.told.insert(id, status);
+            let project = projects[&task.name].as_ref().expect("looked up above");
+            let told = match status {
+                "pending" => deliver(state, &self.client, project, link, task, status).await?,
+                // The end waits while another server is still sending `pending`, which would
+                // otherwise land last and stay on the commit.
+                _ if sending(state, project, task, "pending").await? => false,
+                _ => deliver(state, &self.client, project, link, task, status).await?,
+            };
+            if told {
+                self.told.insert(id, status);
+            }
         }
         // An end is remembered while its task is among those looked at (so it is not claimed
         // again on every tick); a pending one until its end is told.
@@ -291,8 +319,33 @@ impl Reporter {
     }
 }
 
+/// How long a claimed status may stay `sending` before another server takes it over (its
+/// sender died with the claim).
+const STALE_SENDING: Duration = Duration::from_secs(120);
+
+/// How long after its end a build is no longer told (its record may be gone).
+const OLD_END: Duration = Duration::from_secs(86_400);
+
+fn status_key(project: &str, task: TaskId, status: &str) -> String {
+    format!("status:{project}:{task}:{status}")
+}
+
+/// Whether `status` of `task` is claimed by a server that is still sending it.
+async fn sending(
+    state: &AppState,
+    project: &Project,
+    task: &Task,
+    status: &str,
+) -> Result<bool, cloudbuild_store::StoreError> {
+    let record = state.store.get_delivery(&status_key(&project.name, task.id, status)).await?;
+    let fresh = Timestamp(Timestamp::now().0 - STALE_SENDING.as_micros() as i64);
+    Ok(record.is_some_and(|r| r.outcome == "sending" && r.received_at > fresh))
+}
+
 /// Sends `status` of `task` once across servers: the first server to claim it sends it and
-/// records the outcome where the project's deliveries are listed.
+/// records the outcome where the project's deliveries are listed (a claim left `sending` by
+/// a server that died is taken over). Returns whether the status is told (sent, or handled
+/// by another server).
 async fn deliver(
     state: &AppState,
     client: &reqwest::Client,
@@ -300,8 +353,8 @@ async fn deliver(
     link: &ForgeLink,
     task: &Task,
     status: &'static str,
-) -> Result<(), cloudbuild_store::StoreError> {
-    let key = format!("status:{}:{}:{status}", project.name, task.id);
+) -> Result<bool, cloudbuild_store::StoreError> {
+    let key = status_key(&project.name, task.id, status);
     let mut record = Delivery {
         forge: link.forge.as_str().to_owned(),
         id: String::new(),
@@ -315,12 +368,28 @@ async fn deliver(
         task: Some(task.id),
     };
     if !state.store.claim_delivery(&key, &record, true).await? {
-        return Ok(());
+        if sending(state, project, task, status).await?
+            || state.store.get_delivery(&key).await?.is_none_or(|r| r.outcome != "sending")
+        {
+            return Ok(true);
+        }
+        state.store.release_delivery(&key).await?;
+        if !state.store.claim_delivery(&key, &record, true).await? {
+            return Ok(true);
+        }
+    }
+    if status == "pending" && state.store.get_task(task.id).await.is_ok_and(|t| t.state.is_terminal()) {
+        // Ended meanwhile: its end is told next, and a late `pending` would stay on the commit.
+        record.outcome = "not sent".into();
+        record.detail = format!("pending: task {} ended before it was sent", task.id);
+        state.store.set_delivery(&key, &record).await?;
+        return Ok(true);
     }
     let Some(api) = state.settings.forges.api_url(link.forge) else {
         record.outcome = "not sent".into();
         record.detail = format!("{status}: no [forges.{}] api_url is configured", link.forge.as_str());
-        return state.store.set_delivery(&key, &record).await;
+        state.store.set_delivery(&key, &record).await?;
+        return Ok(true);
     };
     let token = match state.vault.open(&slot(&project.name), &link.token) {
         Ok(t) => t,
@@ -328,11 +397,12 @@ async fn deliver(
             tracing::error!(project = %project.name, "cannot open the forge token: {e}");
             record.outcome = "not sent".into();
             record.detail = format!("{status}: the forge token could not be opened (set it again)");
-            return state.store.set_delivery(&key, &record).await;
+            state.store.set_delivery(&key, &record).await?;
+            return Ok(true);
         }
     };
     let links = links(state, task, status);
-    let Some(call) = call(api, link, &token, task, status, &links) else { return Ok(()) };
+    let Some(call) = call(api, link, &token, task, status, &links) else { return Ok(true) };
     let (result, tries) = send(client, &call).await;
     let after = if tries == 1 { String::new() } else { format!(" after {tries} tries") };
     (record.outcome, record.detail) = match result {
@@ -343,7 +413,8 @@ async fn deliver(
         }
     };
     record.received_at = Timestamp::now();
-    state.store.set_delivery(&key, &record).await
+    state.store.set_delivery(&key, &record).await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -261,7 +261,9 @@ impl BuildFilter {
         let is = |want: &str, have: &str| want.is_empty() || want == have;
         is(&self.branch, &t.branch)
             && is(&self.env, t.env.as_str())
-            && is(&self.trigger, t.trigger.as_str())
+            // `webhook` keeps every forge's (`webhook:github`, …).
+            && (is(&self.trigger, t.trigger.as_str())
+                || t.trigger.as_str().strip_prefix(self.trigger.as_str()).is_some_and(|rest| rest.starts_with(':')))
             && is(&self.who, &t.requested_by)
     }
 

@@ -34,6 +34,8 @@ pub(super) async fn claim(s: &RedisStore, k: &str, d: &Delivery, listed: bool) -
         return Ok(true);
     }
     let mut pipe = redis::pipe();
+    // A key claimed again after it was given back is listed once, as the newest.
+    pipe.lrem(list_key(&d.project), 0, k).ignore();
     pipe.lpush(list_key(&d.project), k).ignore().ltrim(list_key(&d.project), 0, LISTED - 1).ignore();
     let () = pipe.query_async(&mut s.con()).await?;
     Ok(true)
@@ -52,6 +54,11 @@ pub(super) async fn release(s: &RedisStore, k: &str) -> Result<()> {
     // Its place in the project's list stays; a key that is gone is skipped when listing.
     let _: u32 = s.con().del(key(k)).await?;
     Ok(())
+}
+
+pub(super) async fn get(s: &RedisStore, k: &str) -> Result<Option<Delivery>> {
+    let data: Option<String> = s.con().get(key(k)).await?;
+    data.map(|d| serde_json::from_str(&d).map_err(db_err)).transpose()
 }
 
 pub(super) async fn list(s: &RedisStore, project: &str, limit: u32) -> Result<Vec<Delivery>> {

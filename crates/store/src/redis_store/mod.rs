@@ -534,6 +534,10 @@ impl Store for RedisStore {
         deliveries::claim(self, key, delivery, listed).await
     }
 
+    async fn get_delivery(&self, key: &str) -> Result<Option<cloudbuild_proto::webhook::Delivery>> {
+        deliveries::get(self, key).await
+    }
+
     async fn release_delivery(&self, key: &str) -> Result<()> {
         deliveries::release(self, key).await
     }

@@ -47,6 +47,15 @@ pub(super) async fn release(s: &SqliteStore, key: &str) -> Result<()> {
     Ok(())
 }
 
+pub(super) async fn get(reader: &SqlitePool, key: &str) -> Result<Option<Delivery>> {
+    let row = sqlx::query("SELECT data FROM deliveries WHERE key = ?").bind(key).fetch_optional(reader).await?;
+    row.map(|r| {
+        let data: String = r.try_get("data")?;
+        serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("a delivery record: {e}")))
+    })
+    .transpose()
+}
+
 pub(super) async fn list(reader: &SqlitePool, project: &str, limit: u32) -> Result<Vec<Delivery>> {
     let rows = sqlx::query(
         "SELECT data FROM deliveries WHERE project = ? AND listed ORDER BY received_us DESC, rowid DESC LIMIT ?",

@@ -582,6 +582,10 @@ impl Store for SqliteStore {
     async fn set_delivery(&self, key: &str, d: &Delivery) -> Result<()> {
         deliveries::set(self, key, d).await
     }
+    async fn get_delivery(&self, key: &str) -> Result<Option<Delivery>> {
+        deliveries::get(&self.reader, key).await
+    }
+
     async fn release_delivery(&self, key: &str) -> Result<()> {
         deliveries::release(self, key).await
     }

@@ -1,5 +1,6 @@
 //! The conformance story of webhook deliveries, run by `conformance.rs` on both backends: a
-//! key is claimed once, the outcome replaced, a project's deliveries listed newest first.
+//! key is claimed once, the outcome replaced, read back by key, a project's deliveries listed
+//! newest first (a key claimed again once).
 
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::webhook::Delivery;
@@ -40,4 +41,11 @@ pub(crate) async fn delivery_story(store: &dyn Store) {
     assert_eq!((listed[1].outcome.as_str(), listed[1].task), ("queued", Some(7)));
     assert_eq!(store.list_deliveries("hooked", 1).await.unwrap().len(), 1);
     assert!(store.list_deliveries("nobody", 10).await.unwrap().is_empty());
+    // Read back by key; a listed key given back and claimed again is listed once.
+    assert_eq!(store.get_delivery("github:d-1").await.unwrap().map(|d| d.outcome), Some("queued".into()));
+    assert_eq!(store.get_delivery("github:nope").await.unwrap(), None);
+    store.release_delivery("github:d-2").await.unwrap();
+    assert!(store.claim_delivery("github:d-2", &delivery("d-2", "hooked", now + 4), true).await.unwrap());
+    let listed = store.list_deliveries("hooked", 10).await.unwrap();
+    assert_eq!(listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d-2", "d-1"], "{listed:?}");
 }

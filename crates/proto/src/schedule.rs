@@ -164,7 +164,12 @@ impl Schedule {
     /// the schedule was made and after the last one claimed. After downtime that is the most
     /// recent missed time only: one run, never one per missed time.
     pub fn due(&self, now: Timestamp) -> Option<Timestamp> {
-        let due = self.cron().ok()?.latest_at_or_before(now)?;
+        let cron = self.cron().ok()?;
+        let latest = cron.latest_at_or_before(now)?;
+        // In a spring gap croner's latest time is the second before the gap ends, its next
+        // one the end itself (what `next_run` showed): the due time is the latter, once it
+        // has come, so that the time claimed is the one shown and is claimed once.
+        let due = cron.next_after(Timestamp(latest.0 - 1_000_000)).filter(|d| *d <= now)?;
         let after = self.last_due.map_or(self.created_at, |last| last.max(self.created_at));
         (due > after).then_some(due)
     }
@@ -240,6 +245,12 @@ mod tests {
             runs("30 1 * * *", "America/New_York", "2027-11-06T12:00:00Z", 2),
             ["2027-11-07T05:30Z", "2027-11-08T06:30Z"]
         );
+        // An expression naming several hours does not move the skipped one: that day has
+        // its 14:30 only (croner's behaviour; docs/schedules.md says so).
+        assert_eq!(
+            runs("30 2,14 * * *", "Europe/Berlin", "2027-03-27T12:00:00Z", 3),
+            ["2027-03-27T13:30Z", "2027-03-28T12:30Z", "2027-03-29T00:30Z"]
+        );
         // Shanghai has no change: the same UTC time every day.
         assert_eq!(
             runs("30 2 * * *", "Asia/Shanghai", "2027-03-27T12:00:00Z", 2),
@@ -269,6 +280,23 @@ mod tests {
         for later in ["2026-11-01T19:00:30.250Z", "2026-11-01T19:00:59.999999Z"] {
             assert_eq!(s.due(at(later)), None, "{later}");
         }
+        // Across the spring change in Berlin: 02:30 runs once, at 03:00 CEST (01:00 UTC), the
+        // time `next_run` showed, and is not due a second before it.
+        let mut berlin = NewSchedule {
+            name: "b".into(),
+            cron: "30 2 * * *".into(),
+            timezone: Some("Europe/Berlin".into()),
+            branch: None,
+            env: None,
+        }
+        .into_schedule("main", "max", at("2027-03-27T12:00:00Z"))
+        .unwrap();
+        assert_eq!(berlin.clone().view(at("2027-03-27T12:00:00Z")).next_run, Some(at("2027-03-28T01:00:00Z")));
+        assert_eq!(berlin.due(at("2027-03-28T00:59:59.500Z")), None);
+        assert_eq!(berlin.due(at("2027-03-28T01:00:02Z")), Some(at("2027-03-28T01:00:00Z")));
+        berlin.last_due = berlin.due(at("2027-03-28T01:00:02Z"));
+        assert_eq!(berlin.due(at("2027-03-28T01:30:00Z")), None, "once");
+        assert_eq!(berlin.due(at("2027-03-29T00:30:01Z")), Some(at("2027-03-29T00:30:00Z")), "CEST from then on");
         // Ten days down: one run, for the latest time missed.
         assert_eq!(s.due(at("2026-11-11T20:00:00Z")), Some(at("2026-11-11T19:00:00Z")));
         let view = s.view(at("2026-11-11T20:00:00Z"));

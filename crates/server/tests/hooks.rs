@@ -194,7 +194,13 @@ async fn a_newer_push_supersedes_a_queued_build_and_a_deleted_branch_cancels_its
     let api = world().await;
     let secret = secret(&api).await;
     let (_, first) = github(&api, &secret, "push", "d-1", &github_push("refs/heads/main", A, "one")).await;
-    let (_, second) = github(&api, &secret, "push", "d-2", &github_push("refs/heads/main", B, "two")).await;
+    // The second push changed only docs: its build counts the first one's files too, so
+    // that path filters do not drop what the cancelled build would have built.
+    let mut docs_only = github_push("refs/heads/main", B, "two");
+    docs_only["commits"][0]["added"] = json!(["docs/guide.md"]);
+    let (_, second) = github(&api, &secret, "push", "d-2", &docs_only).await;
+    let changed = api.store.get_task(second["task"].as_i64().unwrap()).await.unwrap().changed;
+    assert_eq!(changed, Some(vec!["docs/guide.md".to_owned(), "src/new.js".to_owned()]));
     let state = |id: &Value| {
         let api = &api;
         let id = id.as_i64().unwrap();

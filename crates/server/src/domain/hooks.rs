@@ -6,7 +6,7 @@
 //! maintainers, regenerated on request. Knows no HTTP: the adapter passes the headers it needs.
 
 use cloudbuild_proto::project::Project;
-use cloudbuild_proto::task::{CreateTask, Environment, TaskId, Trigger, MAX_CHANGED};
+use cloudbuild_proto::task::{CreateTask, Environment, Task, TaskId, Trigger, MAX_CHANGED};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::RepoUrl;
 use cloudbuild_proto::webhook::{self, Delivery, Forge, HookEvent, Push, RefTarget};
@@ -235,7 +235,8 @@ async fn act(
     let caller = Caller::on_behalf_of(trigger.to_string());
     let (outcome, detail) = match (&push.after, &push.target) {
         (None, RefTarget::Branch(branch)) => {
-            let cancelled = cancel_queued(state, &caller, &project.name, branch.as_str(), Environment::Test).await?;
+            let cancelled =
+                cancel_queued(state, &caller, &project.name, branch.as_str(), Environment::Test).await?.len();
             ("deleted", format!("branch {branch} was deleted; {cancelled} queued builds of it cancelled"))
         }
         (None, RefTarget::Tag(tag)) => ("ignored", format!("tag {tag} was deleted")),
@@ -308,7 +309,20 @@ async fn build(
     });
     tasks::check_repo_host(&state.settings, &new.repo).await?;
     if project.triggers.supersede && matches!(push.target, RefTarget::Branch(_)) {
-        cancel_queued(state, caller, &project.name, push.target.name(), env).await?;
+        let superseded = cancel_queued(state, caller, &project.name, push.target.name(), env).await?;
+        // What the cancelled builds would have built is built now: their changed files count
+        // for the path filters too (a build without a list filters nothing).
+        for older in superseded {
+            new.changed = match (new.changed.take(), older.changed) {
+                (Some(mut mine), Some(theirs)) => {
+                    mine.extend(theirs);
+                    mine.sort();
+                    mine.dedup();
+                    (mine.len() <= MAX_CHANGED).then_some(mine)
+                }
+                _ => None,
+            };
+        }
     }
     let task = tasks::submit(state, new).await?;
     let by = if push.pusher.is_empty() { String::new() } else { format!(" by {}", push.pusher) };
@@ -318,14 +332,14 @@ async fn build(
 }
 
 /// Cancels the project's queued webhook builds of `branch` for `env` (a newer push supersedes
-/// them, a deletion ends them; someone's own publish is never touched); returns how many.
+/// them, a deletion ends them; someone's own publish is never touched); returns those cancelled.
 async fn cancel_queued(
     state: &AppState,
     caller: &Caller,
     project: &str,
     branch: &str,
     env: Environment,
-) -> Result<usize, HookError> {
+) -> Result<Vec<Task>, HookError> {
     let query = tasks::ListQuery {
         name: Some(project.to_owned()),
         state: Some("queued".into()),
@@ -333,13 +347,13 @@ async fn cancel_queued(
         limit: Some(200),
     };
     let page = tasks::list(state, caller, query).await?;
-    let mut cancelled = 0;
+    let mut cancelled = Vec::new();
     for t in
         page.tasks.iter().filter(|t| t.branch == branch && t.env == env && matches!(t.trigger, Trigger::Webhook(_)))
     {
         // Only while still queued: a worker may have taken it since the listing.
         if tasks::cancel_if_queued(state, caller, t.id).await.is_ok() {
-            cancelled += 1;
+            cancelled.push(t.clone());
         }
     }
     Ok(cancelled)

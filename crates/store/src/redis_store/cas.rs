@@ -61,8 +61,7 @@ impl RedisStore {
         let mut out = HashMap::with_capacity(ids.len());
         for (id, (rev, data)) in ids.iter().zip(rows) {
             let (Some(rev), Some(data)) = (rev, data) else { continue };
-            let r: Record =
-                serde_json::from_str(&data).map_err(|e| StoreError::database("decoding a task record", e))?;
+            let r = decode(&data).map_err(|e| StoreError::database("decoding a task record", e))?;
             let live = Live {
                 task: r.task,
                 output_bytes: r.output_bytes,
@@ -138,5 +137,59 @@ impl RedisStore {
             None => Err(StoreError::NotFound(crate::Missing::Task(id))),
         })
         .await?
+    }
+}
+
+/// Reads a task record. One written before webhook triggers named their forge says
+/// `"trigger":"webhook"`; its forge is in `requested_by` (`webhook:<forge>`), as migration
+/// 0012 reads it for SQLite.
+fn decode(data: &str) -> serde_json::Result<Record> {
+    if !data.contains(r#""trigger":"webhook""#) {
+        return serde_json::from_str(data);
+    }
+    let mut record: serde_json::Value = serde_json::from_str(data)?;
+    if let Some(task) = record.get_mut("task") {
+        let by = task["requested_by"].as_str().filter(|b| b.starts_with("webhook:")).map(str::to_owned);
+        if let Some(by) = by {
+            task["trigger"] = by.into();
+        }
+    }
+    serde_json::from_value(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use cloudbuild_proto::task::Trigger;
+    use cloudbuild_proto::webhook::Forge;
+
+    #[test]
+    fn a_webhook_task_stored_before_triggers_named_their_forge_is_read_with_its_forge() {
+        let new = crate::NewTask {
+            name: "site".into(),
+            version: String::new(),
+            repo: "https://gitlab.com/o/site.git".into(),
+            branch: "main".into(),
+            commit: None,
+            build_cmd: None,
+            env: cloudbuild_proto::task::Environment::Test,
+            trigger: Trigger::Webhook(Forge::GitLab),
+            cause: None,
+            force: false,
+            requested_by: "webhook:gitlab".into(),
+            retry_of: None,
+            output_limit: 10,
+            labels: Vec::new(),
+            no_cache: false,
+            changed: None,
+        };
+        let task = crate::apply::queued_task(3, new, cloudbuild_proto::time::Timestamp(0));
+        let record = super::Record { task, output_bytes: 0, output_limit: 10, truncated: false, worker_seq: 0 };
+        let now = serde_json::to_string(&record).unwrap();
+        let before = now.replace(r#""trigger":"webhook:gitlab""#, r#""trigger":"webhook""#);
+        assert_ne!(before, now);
+        assert_eq!(super::decode(&before).unwrap().task.trigger, Trigger::Webhook(Forge::GitLab));
+        assert_eq!(super::decode(&now).unwrap().task.trigger, Trigger::Webhook(Forge::GitLab));
+        let old_socket_io = now.replace(r#""trigger":"webhook:gitlab""#, r#""trigger":"socket_io""#);
+        assert_eq!(super::decode(&old_socket_io).unwrap().task.trigger, Trigger::SocketIo);
     }
 }

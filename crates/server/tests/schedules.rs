@@ -128,6 +128,9 @@ async fn run_now_needs_the_right_to_publish_to_the_schedules_environment() {
     assert_eq!(status, StatusCode::CREATED, "{task}");
     assert_eq!(task["trigger"], "schedule");
     assert!(task["cause"].as_str().unwrap().contains("run now by dev"), "{task}");
+    let (_, list) = api.call("GET", path, Some("cbp_rep"), None).await;
+    let t = list["schedules"].as_array().unwrap().iter().find(|s| s["name"] == "t").unwrap().clone();
+    assert_eq!((t["last_task"].as_i64(), t.get("last_due")), (task["id"].as_i64(), None), "shown as its last build");
     let (status, body) = api.call("POST", &format!("{path}/nope/run"), Some("cbp_dev"), None).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(tasks(&api).await.len(), 1);

@@ -124,7 +124,9 @@ pub async fn run_now(state: &AppState, caller: &Caller, project: &str, name: &st
         let schedule = find(&found, name)?;
         projects::get(state, caller, project, ProjectAction::Publish(schedule.env)).await?;
         let cause = format!("schedule {name}, run now by {}", caller.name);
-        Ok(start(state, caller, &found, &schedule, cause).await?)
+        let task = start(state, caller, &found, &schedule, cause).await?;
+        remember(state, project, name, None, task.id).await;
+        Ok(task)
     }
     .await;
     let target = format!("schedule {name} of project {project}");
@@ -204,7 +206,7 @@ pub async fn fire_due(state: &AppState, now: Timestamp) -> Result<usize, Schedul
             match result {
                 Ok(task) => {
                     started += 1;
-                    remember(state, &project.name, &schedule.name, due, task.id).await;
+                    remember(state, &project.name, &schedule.name, Some(due), task.id).await;
                 }
                 // A run that cannot start (the repository's host refused, say) is not retried
                 // until its next due time; the audit log says why.
@@ -236,12 +238,14 @@ async fn claim(state: &AppState, project: &str, name: &str, due: Timestamp) -> R
     Ok(false)
 }
 
-/// Notes which task the claimed due time started (shown with the schedule).
-async fn remember(state: &AppState, project: &str, name: &str, due: Timestamp, task: i64) {
+/// Notes the schedule's last task (shown with it): the one a claimed due time started (still
+/// that due time's), or one run now (`due` none).
+async fn remember(state: &AppState, project: &str, name: &str, due: Option<Timestamp>, task: i64) {
     for _ in 0..8 {
         let Ok(Some(old)) = state.store.get_project(project).await else { return };
         let mut new = old.clone();
-        let Some(schedule) = new.schedules.iter_mut().find(|s| s.name == name && s.last_due == Some(due)) else {
+        let Some(schedule) = new.schedules.iter_mut().find(|s| s.name == name && (due.is_none() || s.last_due == due))
+        else {
             return;
         };
         schedule.last_task = Some(task);

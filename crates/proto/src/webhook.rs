@@ -119,6 +119,9 @@ pub struct Delivery {
     pub reference: Option<String>,
     #[serde(default)]
     pub after: Option<String>,
+    /// The commit the ref pointed at before the push (none: new, or not a push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     pub received_at: Timestamp,
     /// What happened: `queued`, `skipped`, `duplicate`, `ignored`, `deleted`, `failed`.
     pub outcome: String,

@@ -276,3 +276,27 @@ async fn a_delivery_that_could_not_be_acted_on_is_not_taken_for_a_duplicate_late
     let again = github(&api, &secret, "push", "d-1", &push).await;
     assert_eq!(again, first, "tried again, not a duplicate");
 }
+
+#[tokio::test]
+async fn an_older_push_arriving_late_builds_nothing_but_a_force_push_back_builds() {
+    let api = world().await;
+    let secret = secret(&api).await;
+    const Z: &str = "9999999999999999999999999999999999999999";
+    let push = |before: &str, after: &str| {
+        let mut p = github_push("refs/heads/main", after, "change");
+        p["before"] = json!(before);
+        p
+    };
+    // A→B is delivered first; Z→A, pushed before it, comes late.
+    let (status, newer) = github(&api, &secret, "push", "d-new", &push(A, B)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{newer}");
+    let (status, late) = github(&api, &secret, "push", "d-old", &push(Z, A)).await;
+    assert_eq!((status, late["outcome"].as_str()), (StatusCode::OK, Some("ignored")), "{late}");
+    assert!(late["detail"].as_str().unwrap().contains("older push arriving late: delivery d-new"), "{late}");
+    assert_eq!(task_count(&api).await, 1);
+    let kept = api.store.get_task(newer["task"].as_i64().unwrap()).await.unwrap();
+    assert_eq!(kept.state.as_str(), "queued", "the newer build is not superseded by the older push");
+    // B→A is a force-push back to A: it builds.
+    let (status, back) = github(&api, &secret, "push", "d-back", &push(B, A)).await;
+    assert_eq!((status, back["outcome"].as_str()), (StatusCode::ACCEPTED, Some("queued")), "{back}");
+}

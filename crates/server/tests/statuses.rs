@@ -152,6 +152,7 @@ fn claim(task: i64, outcome: &str, age_secs: i64) -> cloudbuild_proto::webhook::
         event: "commit status".into(),
         reference: Some("main".into()),
         after: Some(A.into()),
+        before: None,
         received_at: cloudbuild_proto::time::Timestamp(
             cloudbuild_proto::time::Timestamp::now().0 - age_secs * 1_000_000,
         ),

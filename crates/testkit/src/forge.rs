@@ -61,12 +61,12 @@ impl ForgeRecorder {
         self.calls.lock().unwrap().clone()
     }
 
-    /// Waits (up to `timeout`) until `n` requests arrived; returns them all.
-    pub fn wait_calls(&self, n: usize, timeout: Duration) -> Vec<ForgeCall> {
+    /// Waits (up to `timeout`) until a request satisfies `done`; returns them all.
+    pub fn wait_for(&self, done: impl Fn(&ForgeCall) -> bool, timeout: Duration) -> Vec<ForgeCall> {
         let deadline = Instant::now() + timeout;
         loop {
             let calls = self.calls();
-            if calls.len() >= n || Instant::now() > deadline {
+            if calls.iter().any(&done) || Instant::now() > deadline {
                 return calls;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -179,6 +179,7 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
         event: incoming.event.to_owned(),
         reference: None,
         after: None,
+        before: None,
         received_at: Timestamp::now(),
         outcome: "pong".into(),
         detail: "the hook reaches cloudbuild and its signature matches".into(),
@@ -187,6 +188,7 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
     let HookEvent::Push(push) = event else { return Ok(record) };
     record.reference = Some(push.target.name().to_owned());
     record.after = push.after.as_ref().map(|a| a.as_str().to_owned());
+    record.before = Some(push.before.clone()).filter(|b| !b.is_empty() && !b.bytes().all(|c| c == b'0'));
     // The same delivery again (a redelivery, a retry), then the same push under another id.
     let by_id = incoming.delivery.map(|id| format!("id:{}:{}:{id}", incoming.forge.as_str(), project.name));
     let kind = if matches!(push.target, RefTarget::Tag(_)) { "tag" } else { "branch" };
@@ -242,6 +244,11 @@ async fn act(
         (None, RefTarget::Tag(tag)) => ("ignored", format!("tag {tag} was deleted")),
         (Some(_), _) if webhook::skips_ci(&push.message) => {
             ("skipped", "[skip ci] in the head commit's message".into())
+        }
+        (Some(commit), RefTarget::Branch(branch))
+            if let Some(newer) = pushed_on_top(state, project, record, branch.as_str(), commit.as_str()).await? =>
+        {
+            ("ignored", format!("an older push arriving late: delivery {newer} already pushed on top of {commit}"))
         }
         (Some(commit), target) => match project.triggers.environment(target, &project.default_branch) {
             None => ("ignored", format!("no trigger rule of the project matches {}", describe(target))),
@@ -329,6 +336,29 @@ async fn build(
     let note = format!("built for {} delivery {} (push to {}{by})", record.forge, record.id, describe(&push.target));
     tasks::note(state, task.id, &note).await;
     Ok(task.id)
+}
+
+/// The id of a delivery received earlier that pushed `branch` on top of `commit` (its
+/// `before` is this push's `after`): this push is older and came late (forges do not promise
+/// order), so building it would put an older commit above a newer one. A force-push back
+/// (whose `before` is that delivery's `after`) is not older.
+async fn pushed_on_top(
+    state: &AppState,
+    project: &Project,
+    record: &Delivery,
+    branch: &str,
+    commit: &str,
+) -> Result<Option<String>, StoreError> {
+    let recent = state.store.list_deliveries(&project.name, 100).await?;
+    Ok(recent
+        .into_iter()
+        .find(|d| {
+            d.event == record.event
+                && d.reference.as_deref() == Some(branch)
+                && d.before.as_deref() == Some(commit)
+                && d.after != record.before
+        })
+        .map(|d| if d.id.is_empty() { format!("of {}", d.received_at) } else { d.id }))
 }
 
 /// Cancels the project's queued webhook builds of `branch` for `env` (a newer push supersedes

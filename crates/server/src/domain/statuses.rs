@@ -41,7 +41,9 @@ pub async fn link(state: &AppState, caller: &Caller, name: &str, req: SetForgeLi
         let path = forge_path(req.forge, req.path.as_deref().unwrap_or(&default_path))?;
         let invalid = |field, reason: String| ProjectError::Invalid(ValidationError { field, reason });
         // The token goes to the forge's API: only for a repository that forge serves.
-        let host = project.repo_identity.split('/').next().unwrap_or_default().trim_end_matches(':');
+        // `github.com/org/site`; a local repository's identity is `file:<path>`.
+        let identity = project.repo_identity.as_str();
+        let host = if identity.starts_with("file:") { "file" } else { identity.split('/').next().unwrap_or_default() };
         if !state.settings.forges.serves(req.forge, host) {
             let forge = req.forge.as_str();
             return Err(invalid(
@@ -362,6 +364,7 @@ async fn deliver(
         event: "commit status".into(),
         reference: Some(task.branch.clone()),
         after: task.commit.clone(),
+        before: None,
         received_at: Timestamp::now(),
         outcome: "sending".into(),
         detail: format!("{status} for task {}", task.id),

@@ -14,6 +14,7 @@ fn delivery(id: &str, project: &str, at: i64) -> Delivery {
         event: "push".into(),
         reference: Some("main".into()),
         after: Some("a".repeat(40)),
+        before: None,
         received_at: Timestamp(at),
         outcome: "received".into(),
         detail: String::new(),

@@ -187,12 +187,17 @@ impl PathFilters {
             1 => format!("the 1 file it changed ({})", changed[0]),
             n => format!("the {n} files it changed"),
         };
-        let rule = match (self.paths.is_empty(), self.ignore_paths.is_empty()) {
-            (false, true) => format!("paths = {:?}", self.paths),
-            (true, false) => format!("ignore_paths = {:?}", self.ignore_paths),
-            _ => format!("paths = {:?} without ignore_paths = {:?}", self.paths, self.ignore_paths),
-        };
-        Ok(Some(format!("none of {files} matches [trigger] {rule} in cloudbuild.toml")))
+        Ok(Some(match (self.paths.is_empty(), self.ignore_paths.is_empty()) {
+            (false, true) => format!("none of {files} matches [trigger] paths = {:?} in cloudbuild.toml", self.paths),
+            (true, false) => {
+                let all = if changed.len() == 1 { "matches" } else { "all match" };
+                format!("{files} {all} [trigger] ignore_paths = {:?} in cloudbuild.toml", self.ignore_paths)
+            }
+            _ => format!(
+                "none of {files} matches [trigger] paths = {:?} outside ignore_paths = {:?} in cloudbuild.toml",
+                self.paths, self.ignore_paths
+            ),
+        }))
     }
 }
 
@@ -296,7 +301,8 @@ mod forge_tests {
         assert!(why.contains("none of the 2 files it changed matches [trigger] paths"), "{why}");
         let no_docs = f(&[], &["docs/**", "*.md"]);
         assert_eq!(no_docs.skip_reason(&code), Ok(None));
-        assert!(no_docs.skip_reason(&docs).unwrap().is_some());
+        let why = no_docs.skip_reason(&docs).unwrap().unwrap();
+        assert!(why.starts_with("the 2 files it changed all match [trigger] ignore_paths"), "{why}");
         // `*` stays in its directory: a Markdown file deeper down still counts.
         assert_eq!(no_docs.skip_reason(&changed(&["src/notes.md"])), Ok(None));
         let both = f(&["src/**"], &["src/**/*.test.ts"]);

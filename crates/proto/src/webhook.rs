@@ -246,8 +246,12 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
         .filter(|c| !c.is_empty() && !is_zero(c))
         .unwrap_or(&p.after);
     let after = if deleted { None } else { Some(CommitSha::parse(built).map_err(invalid("after"))?) };
-    let hex = p.before.len() <= 64 && p.before.bytes().all(|b| b.is_ascii_hexdigit());
-    let before = if hex { p.before.clone() } else { String::new() };
+    // `before` is part of what makes a push the same as another: a full commit id (or none).
+    let before = if p.before.is_empty() || is_zero(&p.before) {
+        p.before.clone()
+    } else {
+        CommitSha::parse(&p.before).map_err(invalid("before"))?.as_str().to_owned()
+    };
     let head = after.as_ref().and_then(|a| p.commits.iter().find(|c| c.id.eq_ignore_ascii_case(a.as_str())));
     let message = head.or(p.head_commit.as_ref()).or(p.commits.last()).map(|c| c.message.clone()).unwrap_or_default();
     let mut changed: Vec<String> =

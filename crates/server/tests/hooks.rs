@@ -299,4 +299,17 @@ async fn an_older_push_arriving_late_builds_nothing_but_a_force_push_back_builds
     // B→A is a force-push back to A: it builds.
     let (status, back) = github(&api, &secret, "push", "d-back", &push(B, A)).await;
     assert_eq!((status, back["outcome"].as_str()), (StatusCode::ACCEPTED, Some("queued")), "{back}");
+    // Onwards A→C→D, then a force-push back over both, D→A: it moves the branch on from its
+    // newest push, so it builds (the ignored late delivery and the older pushes do not count).
+    const C: &str = "3333333333333333333333333333333333333333";
+    const D: &str = "4444444444444444444444444444444444444444";
+    for (id, before, after) in [("d-c", A, C), ("d-d", C, D)] {
+        let (status, answer) = github(&api, &secret, "push", id, &push(before, after)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    let (status, far_back) = github(&api, &secret, "push", "d-far", &push(D, A)).await;
+    assert_eq!((status, far_back["outcome"].as_str()), (StatusCode::ACCEPTED, Some("queued")), "{far_back}");
+    // A `before` that is not a full commit id is refused, not dropped.
+    let (status, short) = github(&api, &secret, "push", "d-short", &push("a23644d", C)).await;
+    assert_eq!((status, code(&short)), (StatusCode::BAD_REQUEST, "invalid_payload"), "{short}");
 }

@@ -192,3 +192,21 @@ async fn the_end_waits_for_a_pending_still_being_sent_and_a_dead_senders_claim_i
     assert_eq!((calls.len(), calls[1].body["state"].as_str()), (2, Some("pending")), "{calls:?}");
     assert_eq!(api.store.get_delivery(&key).await.unwrap().map(|d| d.outcome), Some("sent".into()));
 }
+
+#[tokio::test]
+async fn the_token_goes_only_to_a_forge_that_still_serves_the_repository() {
+    let forge = ForgeRecorder::start();
+    let api = world(&forge).await;
+    let link = json!({"forge": "github", "path": "octo/site", "token": TOKEN});
+    assert_eq!(api.call("PUT", "/api/v1/projects/site/forge", Some("cbp_max"), Some(link)).await.0, StatusCode::OK);
+    let id = push(&api, "d-1", A).await;
+    // The repository moved to a host this forge does not serve, after the link was made.
+    let old = api.store.get_project("site").await.unwrap().unwrap();
+    let moved = cloudbuild_proto::project::Project { repo_identity: "elsewhere.example/site".into(), ..old.clone() };
+    assert!(api.store.update_project(&old, &moved).await.unwrap());
+    Reporter::new().unwrap().report(&api.state).await.unwrap();
+    assert!(forge.calls().is_empty(), "nothing sent");
+    let record = api.store.get_delivery(&format!("status:site:{id}:pending")).await.unwrap().unwrap();
+    assert_eq!(record.outcome, "not sent");
+    assert!(record.detail.contains("does not serve elsewhere.example"), "{}", record.detail);
+}

@@ -92,7 +92,7 @@ pub(crate) fn read_value(from_env: Option<&str>) -> Result<String> {
     std::io::stdin().read_to_string(&mut value).context("reading the value from stdin")?;
     let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_owned();
     if value.is_empty() {
-        bail!("no value on stdin: pipe it in (printf %s \"$TOKEN\" | cloudbuild secrets set …) or use --from-env VAR");
+        bail!("no value on stdin: pipe it in (printf %s \"$TOKEN\" | cloudbuild …) or use --from-env VAR");
     }
     Ok(value)
 }

@@ -350,15 +350,29 @@ async fn pushed_on_top(
     commit: &str,
 ) -> Result<Option<String>, StoreError> {
     let recent = state.store.list_deliveries(&project.name, 100).await?;
-    Ok(recent
+    // Pushes of this branch that were acted on (a delivery ignored or repeated moved nothing),
+    // newest first, this one aside.
+    let acted: Vec<Delivery> = recent
         .into_iter()
-        .find(|d| {
+        .filter(|d| {
             d.event == record.event
                 && d.reference.as_deref() == Some(branch)
-                && d.before.as_deref() == Some(commit)
-                && d.after != record.before
+                && !(d.id == record.id && d.received_at == record.received_at)
+                && !matches!(d.outcome.as_str(), "ignored" | "duplicate" | "received")
         })
-        .map(|d| if d.id.is_empty() { format!("of {}", d.received_at) } else { d.id }))
+        .collect();
+    // In order: it moves the branch on from where the newest push left it (a force-push back
+    // over any number of pushes too).
+    if record.before.is_some() && acted.first().is_some_and(|newest| newest.after == record.before) {
+        return Ok(None);
+    }
+    Ok(acted.into_iter().find(|d| d.before.as_deref() == Some(commit) && d.after != record.before).map(|d| {
+        if d.id.is_empty() {
+            format!("of {}", d.received_at)
+        } else {
+            d.id
+        }
+    }))
 }
 
 /// Cancels the project's queued webhook builds of `branch` for `env` (a newer push supersedes

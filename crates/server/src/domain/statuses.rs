@@ -41,9 +41,7 @@ pub async fn link(state: &AppState, caller: &Caller, name: &str, req: SetForgeLi
         let path = forge_path(req.forge, req.path.as_deref().unwrap_or(&default_path))?;
         let invalid = |field, reason: String| ProjectError::Invalid(ValidationError { field, reason });
         // The token goes to the forge's API: only for a repository that forge serves.
-        // `github.com/org/site`; a local repository's identity is `file:<path>`.
-        let identity = project.repo_identity.as_str();
-        let host = if identity.starts_with("file:") { "file" } else { identity.split('/').next().unwrap_or_default() };
+        let host = repo_host(&project);
         if !state.settings.forges.serves(req.forge, host) {
             let forge = req.forge.as_str();
             return Err(invalid(
@@ -74,6 +72,17 @@ pub async fn link(state: &AppState, caller: &Caller, name: &str, req: SetForgeLi
     .await;
     super::audit::record(state, caller, "project.forge.set", format!("project {name}"), Some(name), &result).await;
     result
+}
+
+/// The host of a project's repository (`github.com` of `github.com/org/site`; `file` for a
+/// local repository, whose identity is `file:<path>`).
+fn repo_host(project: &Project) -> &str {
+    let identity = project.repo_identity.as_str();
+    if identity.starts_with("file:") {
+        "file"
+    } else {
+        identity.split('/').next().unwrap_or_default()
+    }
 }
 
 /// Unlinks a project from its forge: no more statuses (maintainers; audited).
@@ -385,6 +394,18 @@ async fn deliver(
         // Ended meanwhile: its end is told next, and a late `pending` would stay on the commit.
         record.outcome = "not sent".into();
         record.detail = format!("pending: task {} ended before it was sent", task.id);
+        state.store.set_delivery(&key, &record).await?;
+        return Ok(true);
+    }
+    // Checked again at each send: the configuration or the project's repository may have
+    // changed since the link was made, and the token goes only where its repository is.
+    if !state.settings.forges.serves(link.forge, repo_host(project)) {
+        record.outcome = "not sent".into();
+        record.detail = format!(
+            "{status}: [forges.{}] does not serve {} (the configuration or the repository changed since the link)",
+            link.forge.as_str(),
+            repo_host(project)
+        );
         state.store.set_delivery(&key, &record).await?;
         return Ok(true);
     }

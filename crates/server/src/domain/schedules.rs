@@ -219,18 +219,22 @@ pub async fn fire_due(state: &AppState, now: Timestamp) -> Result<usize, Schedul
     Ok(started)
 }
 
-/// Claims `due` for the schedule by compare-and-set on the project's record: true for the one
-/// server (and the one tick) that moved its last due time there. Not an edit of the project:
-/// `updated_at` stays.
-async fn claim(state: &AppState, project: &str, name: &str, due: Timestamp) -> Result<bool, StoreError> {
+/// Changes the schedule `name` of `project` by compare-and-set on the project's record:
+/// `change` says whether it changed it (false: nothing to write). Not an edit of the project:
+/// `updated_at` stays. True when the change was written.
+async fn bookkeep(
+    state: &AppState,
+    project: &str,
+    name: &str,
+    mut change: impl FnMut(&mut Schedule) -> bool,
+) -> Result<bool, StoreError> {
     for _ in 0..8 {
         let Some(old) = state.store.get_project(project).await? else { return Ok(false) };
         let mut new = old.clone();
         let Some(schedule) = new.schedules.iter_mut().find(|s| s.name == name) else { return Ok(false) };
-        if schedule.last_due.is_some_and(|last| last >= due) {
+        if !change(schedule) {
             return Ok(false);
         }
-        schedule.last_due = Some(due);
         if state.store.update_project(&old, &new).await? {
             return Ok(true);
         }
@@ -238,19 +242,31 @@ async fn claim(state: &AppState, project: &str, name: &str, due: Timestamp) -> R
     Ok(false)
 }
 
-/// Notes the schedule's last task (shown with it): the one a claimed due time started (still
-/// that due time's), or one run now (`due` none).
-async fn remember(state: &AppState, project: &str, name: &str, due: Option<Timestamp>, task: i64) {
-    for _ in 0..8 {
-        let Ok(Some(old)) = state.store.get_project(project).await else { return };
-        let mut new = old.clone();
-        let Some(schedule) = new.schedules.iter_mut().find(|s| s.name == name && (due.is_none() || s.last_due == due))
-        else {
-            return;
-        };
-        schedule.last_task = Some(task);
-        if state.store.update_project(&old, &new).await.unwrap_or(true) {
-            return;
+/// Claims `due` for the schedule: true for the one server (and the one look) that moved its
+/// last due time there.
+async fn claim(state: &AppState, project: &str, name: &str, due: Timestamp) -> Result<bool, StoreError> {
+    bookkeep(state, project, name, |s| {
+        let newer = s.last_due.is_none_or(|last| last < due);
+        if newer {
+            s.last_due = Some(due);
         }
+        newer
+    })
+    .await
+}
+
+/// Notes the schedule's last task (shown with it): the one a claimed due time started (while
+/// the schedule is still at that due time), or one run now (`due` none). Best effort.
+async fn remember(state: &AppState, project: &str, name: &str, due: Option<Timestamp>, task: i64) {
+    let noted = bookkeep(state, project, name, |s| {
+        let ours = due.is_none() || s.last_due == due;
+        if ours {
+            s.last_task = Some(task);
+        }
+        ours
+    })
+    .await;
+    if let Err(e) = noted {
+        tracing::warn!(project, schedule = name, task, "cannot note the schedule's last task: {e}");
     }
 }

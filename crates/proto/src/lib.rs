@@ -20,6 +20,7 @@
 pub mod audit;
 pub mod event;
 pub mod mask;
+pub mod preview;
 pub mod project;
 pub mod release;
 pub mod sandbox;

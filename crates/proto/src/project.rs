@@ -47,6 +47,9 @@ pub struct Project {
     /// Its schedules (cron builds), with the last due time each one ran.
     #[serde(default)]
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// Its open pull requests' previews, by number.
+    #[serde(default)]
+    pub previews: Vec<crate::preview::Preview>,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,
@@ -94,6 +97,26 @@ pub struct TriggerRules {
     /// A newer push to a branch cancels that branch's older build still queued (not running).
     #[serde(default = "default_supersede")]
     pub supersede: bool,
+    /// Pull (merge) requests get a preview site, built from their head.
+    #[serde(default = "default_previews")]
+    pub previews: bool,
+    /// Pull requests from forks get one too (built without the project's secrets).
+    #[serde(default)]
+    pub fork_previews: bool,
+    /// Days a preview lives after its pull request's last update before the sweep removes it.
+    #[serde(default = "default_preview_days")]
+    pub preview_days: u32,
+}
+
+/// The most days a preview may be kept without an update.
+pub const MAX_PREVIEW_DAYS: u32 = 365;
+
+fn default_previews() -> bool {
+    true
+}
+
+fn default_preview_days() -> u32 {
+    14
 }
 
 /// A ref pattern: `*` does not cross a `/` (as in GitLab's and GitHub's branch filters).
@@ -111,7 +134,14 @@ fn default_supersede() -> bool {
 
 impl Default for TriggerRules {
     fn default() -> Self {
-        TriggerRules { branches: Vec::new(), tags: default_tags(), supersede: true }
+        TriggerRules {
+            branches: Vec::new(),
+            tags: default_tags(),
+            supersede: true,
+            previews: true,
+            fork_previews: false,
+            preview_days: default_preview_days(),
+        }
     }
 }
 
@@ -120,6 +150,9 @@ impl TriggerRules {
     pub fn validate(&self) -> Result<(), String> {
         if self.branches.len() + self.tags.len() > 32 {
             return Err("at most 32 branch and tag patterns".into());
+        }
+        if !(1..=MAX_PREVIEW_DAYS).contains(&self.preview_days) {
+            return Err(format!("preview_days must be from 1 to {MAX_PREVIEW_DAYS}"));
         }
         for g in self.branches.iter().chain(&self.tags) {
             if g.is_empty() || g.len() > 200 {

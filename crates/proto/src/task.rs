@@ -10,31 +10,83 @@ use crate::webhook::Forge;
 /// A task id: a positive integer assigned by the store, easy to type in `cloudbuild logs 42`.
 pub type TaskId = i64;
 
-/// Where a task publishes, like the original's test and production buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// Where a task publishes, like the original's test and production buckets, plus one preview
+/// environment per open pull (merge) request: `test`, `prod`, `preview/pr-<N>`.
+///
+/// Like GitLab's dynamic environments, each pull request's preview has its own releases and
+/// current release, so everything keyed by environment (releases, switch locks, retention)
+/// keeps previews apart without knowing about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Environment {
     #[default]
     Test,
     Prod,
+    /// The preview of pull (merge) request number `N` (GitLab's `iid`), from 1.
+    Preview(u32),
 }
 
 impl Environment {
-    /// `test` or `prod`.
-    pub fn as_str(self) -> &'static str {
+    /// `test`, `prod` or `preview/pr-<N>`: the name stored, shown and accepted by `--env`.
+    pub fn as_str(self) -> std::borrow::Cow<'static, str> {
         match self {
-            Environment::Test => "test",
-            Environment::Prod => "prod",
+            Environment::Preview(n) => format!("preview/pr-{n}").into(),
+            other => other.kind().into(),
         }
     }
 
-    /// Parses `test` or `prod`.
+    /// `test`, `prod` or `preview`: which target, secrets scope and status context it uses.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Environment::Test => "test",
+            Environment::Prod => "prod",
+            Environment::Preview(_) => "preview",
+        }
+    }
+
+    /// The pull request number of a preview.
+    pub fn pull_request(self) -> Option<u32> {
+        match self {
+            Environment::Preview(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Parses `test`, `prod` or `preview/pr-<N>` (`N` from 1, without leading zeros).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "test" => Some(Environment::Test),
             "prod" => Some(Environment::Prod),
-            _ => None,
+            _ => s.strip_prefix("preview/pr-").and_then(parse_pull_request).map(Environment::Preview),
         }
+    }
+}
+
+/// A pull request number as written in names (`12`): from 1, digits only, no leading zero.
+pub fn parse_pull_request(s: &str) -> Option<u32> {
+    if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl Serialize for Environment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Environment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Environment::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown environment `{s}`: expected test, prod or preview/pr-<N>"))
+        })
     }
 }
 

@@ -1,6 +1,6 @@
 //! Forge webhook deliveries (GitHub, GitLab, Gitea): which forge, which event, and what a push
-//! says, read from the forges' documented payloads into one shape, every ref and commit checked
-//! as a client's would be. Pure: the server checks signatures and decides what to build.
+//! says (pull requests: [`crate::preview`]), read from the forges' documented payloads into one
+//! shape, every ref and commit checked as a client's would be. Pure: the server checks signatures and decides what to build.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,8 @@ pub enum HookEvent {
     Ping { repo_urls: Vec<String> },
     /// Commits pushed to a branch or tag, or the ref deleted.
     Push(Push),
+    /// A pull (merge) request opened, updated or closed.
+    PullRequest(crate::preview::PullRequest),
     /// An event cloudbuild does not act on, by its name.
     Other(String),
 }
@@ -213,6 +215,9 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
         (Forge::GitHub, "ping") => {
             let p: PushPayload = serde_json::from_slice(body).map_err(|e| HookError::Json(e.to_string()))?;
             return Ok(HookEvent::Ping { repo_urls: urls(&p) });
+        }
+        (Forge::GitHub | Forge::Gitea, "pull_request") | (Forge::GitLab, "Merge Request Hook") => {
+            return crate::preview::parse(forge, body).map(HookEvent::PullRequest);
         }
         (Forge::GitHub | Forge::Gitea, "push") | (Forge::GitLab, "Push Hook" | "Tag Push Hook") => true,
         (Forge::Gitea, "delete") => false,

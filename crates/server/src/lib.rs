@@ -106,6 +106,13 @@ pub fn app_state(
     let targets = targets::Targets::new(
         targets::Target::new(&settings.targets.test, targets_dir.join("test"), urls(Environment::Test), "test")?,
         targets::Target::new(&settings.targets.prod, targets_dir.join("prod"), urls(Environment::Prod), "prod")?,
+        // Each pull request's preview is this target under `pr-<N>/` (Targets::get).
+        targets::Target::new(
+            &settings.targets.preview,
+            targets_dir.join("preview"),
+            urls(Environment::Preview(0)),
+            "preview",
+        )?,
     );
     let sites = sites::Sites {
         domain: settings.sites_domain.clone(),
@@ -157,6 +164,7 @@ pub async fn run(
     let cluster = tokio::spawn(cluster::run(state.clone(), outbox));
     let schedules = tokio::spawn(domain::schedules::run(state.clone()));
     let statuses = tokio::spawn(domain::statuses::run(state.clone()));
+    let previews = tokio::spawn(domain::previews::run(state.clone()));
     let app = router(state.clone());
     tracing::info!("listening on http://{addr}");
     tokio::spawn(async move {
@@ -169,5 +177,6 @@ pub async fn run(
     cluster.abort();
     schedules.abort();
     statuses.abort();
+    previews.abort();
     Ok(())
 }

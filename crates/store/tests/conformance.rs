@@ -352,6 +352,7 @@ async fn project_story(store: &dyn Store) {
         webhook_secret: None,
         forge: None,
         schedules: Vec::new(),
+        previews: Vec::new(),
         created_by: "alice".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),
@@ -397,7 +398,7 @@ async fn secret_story(store: &dyn Store) {
     store.put_secret(&secret(Environment::Test, "API_KEY", "v1:d")).await.unwrap();
     let listed = store.list_secrets("site").await.unwrap();
     let keys: Vec<(&str, &str, &str)> =
-        listed.iter().map(|s| (s.env.as_str(), s.name.as_str(), s.sealed.as_str())).collect();
+        listed.iter().map(|s| (s.env.kind(), s.name.as_str(), s.sealed.as_str())).collect();
     assert_eq!(keys, vec![("prod", "NPM_TOKEN", "v1:a"), ("test", "API_KEY", "v1:d"), ("test", "NPM_TOKEN", "v1:b")]);
     assert_eq!(listed[0].stages, vec![Stage::Build]);
     assert!(store.list_secrets("other").await.unwrap().is_empty());

@@ -118,6 +118,7 @@ async fn main() -> Result<()> {
             webhook_secret: None,
             forge: None,
             schedules: vec![schedule("nightly", "Europe/Berlin")?, schedule("weekly", "America/New_York")?],
+            previews: Vec::new(),
             created_by: "bench".into(),
             created_at: now,
             updated_at: now,

@@ -54,7 +54,8 @@ pub async fn project(State(state): State<Arc<AppState>>, Query(p): Query<OssPara
     let Some(files) = current_files(&state, env, &name).await else {
         return failure(format!("project {name} has no {} release", env.as_str()));
     };
-    let urls = state.targets.get(env).urls();
+    let target = state.targets.get(env);
+    let urls = target.urls();
     let data: Vec<Value> = files
         .into_iter()
         .map(|f| json!({ "name": format!("{name}/{}", f.path), "url": urls.file(&name, &f.path), "size": f.size }))

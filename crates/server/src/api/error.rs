@@ -171,7 +171,31 @@ impl From<crate::domain::hooks::HookError> for ApiError {
             }
             HookError::Project(p) => p.into(),
             HookError::Task(t) => t.into(),
+            HookError::Preview(p) => p.into(),
             HookError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<crate::domain::previews::PreviewError> for ApiError {
+    fn from(e: crate::domain::previews::PreviewError) -> Self {
+        use crate::domain::previews::PreviewError;
+        let message = e.to_string();
+        match e {
+            PreviewError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            PreviewError::Target(_) => {
+                tracing::error!("{message}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "removing the preview failed; see the server's log",
+                )
+            }
+            PreviewError::Invalid(v) => v.into(),
+            PreviewError::Project(p) => p.into(),
+            PreviewError::Task(t) => t.into(),
+            PreviewError::Release(r) => r.into(),
+            PreviewError::Store(s) => s.into(),
         }
     }
 }
@@ -277,6 +301,7 @@ impl From<ReleaseError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back_to", message)
             }
             ReleaseError::AlreadyCurrent { .. } => ApiError::new(StatusCode::CONFLICT, "already_current", message),
+            ReleaseError::PreviewClosed(_) => ApiError::new(StatusCode::CONFLICT, "preview_closed", message),
             ReleaseError::Target(_) => ApiError::new(StatusCode::BAD_GATEWAY, "target_failed", message),
             ReleaseError::FileTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message),
             ReleaseError::Lock(l) => l.into(),

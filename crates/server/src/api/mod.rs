@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod hooks;
+pub mod previews;
 pub mod projects;
 pub mod releases;
 pub mod schedules;
@@ -72,6 +73,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/projects/{name}/deliveries", get(hooks::deliveries))
         .route("/projects/{name}/webhook-secret", post(hooks::regenerate_secret))
         .route("/projects/{name}/forge", put(projects::set_forge).delete(projects::remove_forge))
+        .route("/projects/{name}/previews", get(previews::list))
+        .route("/projects/{name}/previews/{number}", delete(previews::remove))
         .route("/projects/{name}/schedules", get(schedules::list).post(schedules::add))
         .route("/projects/{name}/schedules/{schedule}", delete(schedules::remove))
         .route("/projects/{name}/schedules/{schedule}/run", post(schedules::run_now))

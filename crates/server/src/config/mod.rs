@@ -415,7 +415,10 @@ impl ServerConfig {
         if self.releases.keep == 0 {
             return Err(bad("releases.keep", "must be at least 1".into()));
         }
-        for (env, t) in [("targets.test", &self.targets.test), ("targets.prod", &self.targets.prod)] {
+        let targets = &self.targets;
+        for (env, t) in
+            [("targets.test", &targets.test), ("targets.prod", &targets.prod), ("targets.preview", &targets.preview)]
+        {
             if let TargetConfig::S3 { bucket, public_url, .. } = t {
                 if bucket.len() < 3 {
                     return Err(bad(env, "an S3 bucket name has at least 3 characters".into()));

@@ -29,15 +29,17 @@ pub struct CustomDomain {
     pub project: String,
 }
 
-/// `[targets]`: where each environment publishes.
+/// `[targets]`: where each environment publishes. `preview` holds every pull request's
+/// preview, each under `pr-<N>/` (a directory, or a key prefix in the bucket).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TargetsConfig {
     pub test: TargetConfig,
     pub prod: TargetConfig,
+    pub preview: TargetConfig,
 }
 
-/// `[targets.test]` or `[targets.prod]`.
+/// `[targets.test]`, `[targets.prod]` or `[targets.preview]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TargetConfig {

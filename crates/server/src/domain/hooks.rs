@@ -40,7 +40,7 @@ pub struct Incoming<'a> {
 /// Why a delivery was refused (nothing was recorded or created).
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error("event `{0}` is not one cloudbuild acts on (it takes push and tag push events, and ping)")]
+    #[error("event `{0}` is not one cloudbuild acts on (it takes push, tag push, pull request and merge request events, and ping)")]
     UnsupportedEvent(String),
     #[error(transparent)]
     Payload(#[from] webhook::HookError),
@@ -59,6 +59,8 @@ pub enum HookError {
     Project(#[from] ProjectError),
     #[error(transparent)]
     Task(#[from] TaskError),
+    #[error(transparent)]
+    Preview(#[from] super::previews::PreviewError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -170,6 +172,7 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
         HookEvent::Other(name) => return Err(HookError::UnsupportedEvent(name.clone())),
         HookEvent::Ping { repo_urls } => repo_urls.clone(),
         HookEvent::Push(push) => push.repo_urls.clone(),
+        HookEvent::PullRequest(pr) => pr.repo_urls.clone(),
     };
     let project = project_for(state, &incoming, &urls).await?;
     let mut record = Delivery {
@@ -185,16 +188,31 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
         detail: "the hook reaches cloudbuild and its signature matches".into(),
         task: None,
     };
-    let HookEvent::Push(push) = event else { return Ok(record) };
-    record.reference = Some(push.target.name().to_owned());
-    record.after = push.after.as_ref().map(|a| a.as_str().to_owned());
-    record.before = Some(push.before.clone()).filter(|b| !b.is_empty() && !b.bytes().all(|c| c == b'0'));
-    // The same delivery again (a redelivery, a retry), then the same push under another id.
+    // What makes this event the same as another (the same push, or the same change of a pull
+    // request, under another delivery id), and how to say it.
+    let (by_content, what) = match &event {
+        HookEvent::Push(push) => {
+            record.reference = Some(push.target.name().to_owned());
+            record.after = push.after.as_ref().map(|a| a.as_str().to_owned());
+            record.before = Some(push.before.clone()).filter(|b| !b.is_empty() && !b.bytes().all(|c| c == b'0'));
+            let kind = if matches!(push.target, RefTarget::Tag(_)) { "tag" } else { "branch" };
+            let after = record.after.as_deref().unwrap_or("deleted");
+            // `before` too: a force-push back to an earlier commit is a new push.
+            let key = format!("push:{}:{kind}:{}:{}:{after}", project.name, push.target.name(), push.before);
+            (key, format!("this push ({kind} {} at {after})", push.target.name()))
+        }
+        HookEvent::PullRequest(pr) => {
+            record.reference = Some(pr.head_ref.to_string());
+            record.after = pr.head.as_ref().map(|h| h.as_str().to_owned());
+            let head = record.after.as_deref().unwrap_or("none");
+            // The forge's time of the change too: closed and reopened at one head is new.
+            let key = format!("pr:{}:{}:{:?}:{head}:{}", project.name, pr.number, pr.action, pr.updated_at);
+            (key, format!("this change of pull request #{} (at {head})", pr.number))
+        }
+        HookEvent::Ping { .. } | HookEvent::Other(_) => return Ok(record),
+    };
+    // The same delivery again (a redelivery, a retry), then the same event under another id.
     let by_id = incoming.delivery.map(|id| format!("id:{}:{}:{id}", incoming.forge.as_str(), project.name));
-    let kind = if matches!(push.target, RefTarget::Tag(_)) { "tag" } else { "branch" };
-    let after = record.after.as_deref().unwrap_or("deleted");
-    // `before` too: a force-push back to an earlier commit is a new push.
-    let by_content = format!("push:{}:{kind}:{}:{}:{after}", project.name, push.target.name(), push.before);
     record.outcome = "received".into();
     record.detail = "being acted on".into();
     // Listed once: under its id when it has one.
@@ -207,18 +225,31 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
     }
     if !state.store.claim_delivery(&by_content, &record, by_id.is_none()).await? {
         record.outcome = "duplicate".into();
-        record.detail = format!("this push ({kind} {} at {after}) was received before", push.target.name());
+        record.detail = format!("{what} was received before");
         if by_id.is_none() {
             // Without an id of its own it has no record: the first one's stays as it was.
             return Ok(record);
         }
-    } else if let Err(e) = act(state, incoming.forge, &project, &push, &mut record).await {
-        // Not acted on: the keys go back, so that the forge's retry (or a redelivery) may be.
-        state.store.release_delivery(&by_content).await?;
-        if let Some(key) = &by_id {
-            state.store.release_delivery(key).await?;
+    } else {
+        let acted = match &event {
+            HookEvent::PullRequest(pr) => {
+                super::previews::act(state, incoming.forge, &project, pr, &mut record).await.map_err(HookError::from)
+            }
+            HookEvent::Push(push) => act(state, incoming.forge, &project, push, &mut record).await,
+            HookEvent::Ping { .. } | HookEvent::Other(_) => Ok(()),
+        };
+        if let Err(e) = acted {
+            // Not acted on: the keys go back, so that the forge's retry (or a redelivery) may be.
+            state.store.release_delivery(&by_content).await?;
+            if let Some(key) = &by_id {
+                state.store.release_delivery(key).await?;
+            }
+            return Err(e);
         }
-        return Err(e);
+        let caller = Caller::on_behalf_of(Trigger::Webhook(incoming.forge).to_string());
+        let done: Result<(), std::convert::Infallible> = Ok(());
+        let target = format!("{} delivery {} for project {}: {}", record.forge, record.id, project.name, record.detail);
+        super::audit::record(state, &caller, "hook.delivery", target, Some(&project.name), &done).await;
     }
     // The outcome goes where the delivery is listed; the other key only deduplicates.
     state.store.set_delivery(by_id.as_ref().unwrap_or(&by_content), &record).await?;
@@ -261,9 +292,6 @@ async fn act(
     };
     record.outcome = outcome.into();
     record.detail = detail;
-    let done: Result<(), std::convert::Infallible> = Ok(());
-    let target = format!("{} delivery {} for project {}: {}", record.forge, record.id, project.name, record.detail);
-    super::audit::record(state, &caller, "hook.delivery", target, Some(&project.name), &done).await;
     Ok(())
 }
 
@@ -375,15 +403,16 @@ async fn pushed_on_top(
     }))
 }
 
-/// Cancels the project's queued webhook builds of `branch` for `env` (a newer push supersedes
-/// them, a deletion ends them; someone's own publish is never touched); returns those cancelled.
-async fn cancel_queued(
+/// Cancels the project's queued webhook (or preview) builds of `branch` for `env` (a newer push
+/// supersedes them, a deletion ends them; someone's own publish is never touched); returns
+/// those cancelled.
+pub(crate) async fn cancel_queued(
     state: &AppState,
     caller: &Caller,
     project: &str,
     branch: &str,
     env: Environment,
-) -> Result<Vec<Task>, HookError> {
+) -> Result<Vec<Task>, TaskError> {
     let query = tasks::ListQuery {
         name: Some(project.to_owned()),
         state: Some("queued".into()),
@@ -392,8 +421,10 @@ async fn cancel_queued(
     };
     let page = tasks::list(state, caller, query).await?;
     let mut cancelled = Vec::new();
-    for t in
-        page.tasks.iter().filter(|t| t.branch == branch && t.env == env && matches!(t.trigger, Trigger::Webhook(_)))
+    for t in page
+        .tasks
+        .iter()
+        .filter(|t| t.branch == branch && t.env == env && matches!(t.trigger, Trigger::Webhook(_) | Trigger::Preview))
     {
         // Only while still queued: a worker may have taken it since the listing.
         if tasks::cancel_if_queued(state, caller, t.id).await.is_ok() {

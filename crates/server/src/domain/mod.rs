@@ -14,6 +14,7 @@ pub mod callers;
 pub mod follow;
 pub mod hooks;
 pub mod policy;
+pub mod previews;
 pub mod projects;
 pub mod releases;
 pub mod schedules;

@@ -49,7 +49,9 @@ impl ProjectAction {
     pub fn needs(self) -> ProjectRole {
         match self {
             ProjectAction::Read => ProjectRole::Reporter,
-            ProjectAction::Publish(Environment::Test) | ProjectAction::Cancel => ProjectRole::Developer,
+            ProjectAction::Publish(Environment::Test | Environment::Preview(_)) | ProjectAction::Cancel => {
+                ProjectRole::Developer
+            }
             ProjectAction::Publish(Environment::Prod) | ProjectAction::Rollback | ProjectAction::Maintain => {
                 ProjectRole::Maintainer
             }
@@ -61,6 +63,7 @@ impl ProjectAction {
             ProjectAction::Read => "reading",
             ProjectAction::Publish(Environment::Test) => "publishing to test",
             ProjectAction::Publish(Environment::Prod) => "publishing to prod",
+            ProjectAction::Publish(Environment::Preview(_)) => "building a preview",
             ProjectAction::Cancel => "cancelling a task",
             ProjectAction::Rollback => "rolling back",
             ProjectAction::Maintain => "changing the project's settings, members or secrets",
@@ -212,6 +215,7 @@ mod tests {
             webhook_secret: None,
             forge: None,
             schedules: Vec::new(),
+            previews: Vec::new(),
             created_by: "max".into(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1),

@@ -216,6 +216,7 @@ fn record(
         webhook_secret: None,
         forge: None,
         schedules: Vec::new(),
+        previews: Vec::new(),
         created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,
@@ -405,4 +406,25 @@ fn keeps_a_maintainer(p: &Project, had: bool) -> Result<(), ProjectError> {
         )));
     }
     Ok(())
+}
+
+/// Changes a project's record by compare-and-set, retried on conflict: `change` says whether
+/// it changed anything (false: nothing to write). Bookkeeping (a schedule's last run, a
+/// preview's record), not an edit of the project: `updated_at` stays. True when written.
+pub(crate) async fn bookkeep(
+    state: &AppState,
+    name: &str,
+    mut change: impl FnMut(&mut Project) -> bool,
+) -> Result<bool, StoreError> {
+    for _ in 0..8 {
+        let Some(old) = state.store.get_project(name).await? else { return Ok(false) };
+        let mut new = old.clone();
+        if !change(&mut new) {
+            return Ok(false);
+        }
+        if state.store.update_project(&old, &new).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

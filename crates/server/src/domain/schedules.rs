@@ -219,27 +219,16 @@ pub async fn fire_due(state: &AppState, now: Timestamp) -> Result<usize, Schedul
     Ok(started)
 }
 
-/// Changes the schedule `name` of `project` by compare-and-set on the project's record:
-/// `change` says whether it changed it (false: nothing to write). Not an edit of the project:
-/// `updated_at` stays. True when the change was written.
+/// Changes the schedule `name` of `project` in its record ([`projects::bookkeep`]): `change`
+/// says whether it changed it. True when the change was written.
 async fn bookkeep(
     state: &AppState,
     project: &str,
     name: &str,
     mut change: impl FnMut(&mut Schedule) -> bool,
 ) -> Result<bool, StoreError> {
-    for _ in 0..8 {
-        let Some(old) = state.store.get_project(project).await? else { return Ok(false) };
-        let mut new = old.clone();
-        let Some(schedule) = new.schedules.iter_mut().find(|s| s.name == name) else { return Ok(false) };
-        if !change(schedule) {
-            return Ok(false);
-        }
-        if state.store.update_project(&old, &new).await? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    projects::bookkeep(state, project, |p| p.schedules.iter_mut().find(|s| s.name == name).is_some_and(&mut change))
+        .await
 }
 
 /// Claims `due` for the schedule: true for the one server (and the one look) that moved its

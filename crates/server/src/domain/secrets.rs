@@ -20,7 +20,7 @@ pub enum SecretError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("{project} has no {env} secret named {name}")]
-    NotFound { project: String, env: &'static str, name: String },
+    NotFound { project: String, env: String, name: String },
     /// Secrets belong to registered projects (registered by a first publish, or `cloudbuild
     /// projects create`).
     #[error(
@@ -142,6 +142,6 @@ async fn remove(
     if state.store.delete_secret(project.as_str(), env, name).await? {
         Ok(())
     } else {
-        Err(SecretError::NotFound { project: project.as_str().to_owned(), env: env.as_str(), name: name.to_owned() })
+        Err(SecretError::NotFound { project: project.as_str().to_owned(), env: env.to_string(), name: name.to_owned() })
     }
 }

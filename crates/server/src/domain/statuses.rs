@@ -138,7 +138,8 @@ pub fn call(
     links: &Links,
 ) -> Option<StatusCall> {
     let sha = task.commit.as_deref()?;
-    let context = format!("cloudbuild/{}", task.env.as_str());
+    // One context per kind: a pull request's head gets `cloudbuild/preview`.
+    let context = format!("cloudbuild/{}", task.env.kind());
     let description = truncate(&links.description, 140);
     let state = forge_state(link.forge, status);
     Some(match link.forge {
@@ -151,13 +152,20 @@ pub fn call(
             ],
             body: serde_json::json!({"state": state, "target_url": links.build, "description": description, "context": context}),
         },
-        Forge::GitLab => StatusCall {
-            url: format!("{api}/projects/{}/statuses/{sha}", link.path.replace('/', "%2F")),
-            headers: vec![("private-token", token.to_owned())],
-            body: serde_json::json!({
-                "state": state, "target_url": links.build, "description": description, "name": context, "ref": task.branch,
-            }),
-        },
+        Forge::GitLab => {
+            let mut body = serde_json::json!({
+                "state": state, "target_url": links.build, "description": description, "name": context,
+            });
+            // A merge request's head is not a branch of the project: no `ref` for it.
+            if task.env.pull_request().is_none() {
+                body["ref"] = task.branch.clone().into();
+            }
+            StatusCall {
+                url: format!("{api}/projects/{}/statuses/{sha}", link.path.replace('/', "%2F")),
+                headers: vec![("private-token", token.to_owned())],
+                body,
+            }
+        }
         Forge::Gitea => StatusCall {
             url: format!("{api}/repos/{}/statuses/{sha}", link.path),
             headers: vec![("authorization", format!("token {token}"))],
@@ -293,7 +301,12 @@ impl Reporter {
         let long_ago = Timestamp(Timestamp::now().0 - OLD_END.as_micros() as i64);
         for id in ids {
             let task = &seen[&id];
-            let Trigger::Webhook(forge) = task.trigger else { continue };
+            // A push's build tells its forge; a preview's, the forge the project is linked to.
+            let forge = match task.trigger {
+                Trigger::Webhook(forge) => Some(forge),
+                Trigger::Preview => None,
+                _ => continue,
+            };
             let status = status_of(task);
             if self.told.get(&id) == Some(&status) || task.commit.is_none() {
                 continue;
@@ -301,7 +314,9 @@ impl Reporter {
             if !projects.contains_key(&task.name) {
                 projects.insert(task.name.clone(), state.store.get_project(&task.name).await?);
             }
-            let link = projects[&task.name].as_ref().and_then(|p| p.forge.as_ref().filter(|l| l.forge == forge));
+            let link = projects[&task.name]
+                .as_ref()
+                .and_then(|p| p.forge.as_ref().filter(|l| forge.is_none_or(|f| l.forge == f)));
             // Not (or no longer) linked, a build from before the link, or one that ended long
             // ago (its record may be gone): nothing to tell.
             let Some(link) = link.filter(|l| task.created_at >= l.set_at) else {

@@ -119,6 +119,17 @@ async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> 
         )));
     }
     let new = validate(&state.settings, req, caller, req.trigger, None)?;
+    if new.env.pull_request().is_some() {
+        return Err(TaskError::Refused(
+            "previews are built from pull requests, by the forge's webhook; publish to test or prod".into(),
+        ));
+    }
+    if new.branch.starts_with("refs/") {
+        return Err(TaskError::Refused(format!(
+            "`{}` is a ref, not a branch: name the branch (or tag) to build",
+            new.branch
+        )));
+    }
     // Before anything else: a caller who may not publish learns nothing about the project.
     let project = super::projects::may_publish(state, caller, &new.name, new.env).await?;
     check_repo_host(&state.settings, &new.repo).await?;

@@ -1,6 +1,7 @@
 //! Finds the release a site request is for, by host (`<site>.<env>.<domain>`,
-//! `<site>---<task>.<env>.<domain>`) or by path (`/sites/<env>/<name>/…`,
-//! `/releases/<env>/<name>/<version>/<task>/…`), then answers it with [`respond`].
+//! `<site>---<task>.<env>.<domain>`, a preview's `pr-<N>--<site>.preview.<domain>`) or by path
+//! (`/sites/<env>/<name>/…`, `/releases/<env>/<name>/<version>/<task>/…`, a preview's
+//! `/sites/preview/<name>/pr-<N>/…`), then answers it with [`respond`].
 //!
 //! The links it follows are those of [`crate::targets::layout`]. `current` and `previous` are
 //! read once per request, so each answer comes from one release. Links are read with plain
@@ -15,7 +16,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cloudbuild_proto::site::{parse_label, HostLabel};
-use cloudbuild_proto::task::Environment;
+use cloudbuild_proto::task::{parse_pull_request, Environment};
 use cloudbuild_proto::validate::{ProjectName, Version};
 use percent_encoding::percent_decode_str;
 
@@ -46,7 +47,15 @@ fn host_site<'h>(host: &'h str, domain: &str) -> Option<Result<(Environment, Hos
     let host = host.trim_end_matches('.');
     let rest = host.strip_suffix(domain)?.strip_suffix('.')?;
     let Some((label, env)) = rest.split_once('.') else { return Some(Err(())) };
-    let found = Environment::parse(env).zip(parse_label(label));
+    if env == "preview" {
+        // `pr-<N>--<site label>`: the number, then any site's label (which may hold `--` too).
+        let found = label
+            .strip_prefix("pr-")
+            .and_then(|l| l.split_once("--"))
+            .and_then(|(n, site)| Some((Environment::Preview(parse_pull_request(n)?), parse_label(site)?)));
+        return Some(found.ok_or(()));
+    }
+    let found = Environment::parse(env).filter(|e| e.pull_request().is_none()).zip(parse_label(label));
     Some(found.ok_or(()))
 }
 
@@ -287,19 +296,35 @@ fn split_name(raw: &str) -> Option<(ProjectName, &str)> {
     Some((ProjectName::parse(&name).ok()?, &raw[end..]))
 }
 
-/// The raw path after `/<kind>/<env>/`, with the environment.
-fn after_env<'p>(path: &'p str, kind: &str) -> Option<(Environment, &'p str)> {
+/// The environment, project and the raw rest of a path under `/<kind>/`: `<env>/<name>/…`, or
+/// a preview's `preview/<name>/pr-<N>/…`. The rest keeps its leading `/` (empty when the path
+/// ends at the site); the prefix is the path up to it.
+fn site_path<'p>(path: &'p str, kind: &str) -> Option<(Environment, ProjectName, &'p str, String)> {
     let rest = path.strip_prefix('/')?.strip_prefix(kind)?.strip_prefix('/')?;
     let (env, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    Some((Environment::parse(env)?, rest))
+    let (name, raw) = split_name(rest)?;
+    let (env, raw) = match env {
+        "test" | "prod" => (Environment::parse(env)?, raw),
+        "preview" => {
+            let after = raw.strip_prefix("/pr-")?;
+            let end = after.find('/').unwrap_or(after.len());
+            (Environment::Preview(parse_pull_request(&after[..end])?), &after[end..])
+        }
+        _ => return None,
+    };
+    let prefix = match env.pull_request() {
+        Some(n) => format!("/{kind}/preview/{}/pr-{n}", name.as_str()),
+        None => format!("/{kind}/{}/{}", env.as_str(), name.as_str()),
+    };
+    Some((env, name, raw, prefix))
 }
 
 /// `GET /sites/{env}/{name}/…`: the current release by path.
 pub async fn site_by_path(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some((env, rest)) = after_env(&path, "sites") else { return not_found("not a site path").into_response() };
-    let Some((name, raw)) = split_name(rest) else { return not_found("not a site path").into_response() };
-    let prefix = format!("/sites/{}/{}", env.as_str(), name.as_str());
+    let Some((env, name, raw, prefix)) = site_path(&path, "sites") else {
+        return not_found("not a site path").into_response();
+    };
     if raw.is_empty() {
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         return axum::response::Redirect::permanent(&format!("{prefix}/{query}")).into_response();
@@ -336,10 +361,9 @@ fn sandboxed(state: &AppState, mut resp: Response) -> Response {
 /// `GET /releases/{env}/{name}/{version}/{task}/…`: one immutable release by path.
 pub async fn release_by_path(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some((env, rest)) = after_env(&path, "releases") else {
+    let Some((env, name, raw, prefix)) = site_path(&path, "releases") else {
         return not_found("not a release path").into_response();
     };
-    let Some((name, raw)) = split_name(rest) else { return not_found("not a release path").into_response() };
     let mut parts = raw.trim_start_matches('/').splitn(3, '/');
     let (Some(version), Some(task)) = (parts.next(), parts.next()) else {
         return not_found("not a release path").into_response();
@@ -347,7 +371,7 @@ pub async fn release_by_path(State(state): State<Arc<AppState>>, req: Request) -
     if Version::parse(version).is_err() || task.is_empty() || !task.bytes().all(|b| b.is_ascii_digit()) {
         return not_found("not a release path").into_response();
     }
-    let prefix = format!("/releases/{}/{}/{version}/{task}", env.as_str(), name.as_str());
+    let prefix = format!("{prefix}/{version}/{task}");
     let raw = match parts.next() {
         Some(r) => format!("/{r}"),
         None if raw.ends_with('/') => "/".to_owned(),
@@ -400,5 +424,32 @@ mod tests {
         assert_eq!(ok("evil-localhost"), None);
         assert_eq!(ok("app.staging.localhost"), Some(Err(())));
         assert_eq!(ok("test.localhost"), Some(Err(())));
+        assert_eq!(
+            ok("pr-12--team--admin---42.preview.localhost"),
+            Some(Ok((Environment::Preview(12), HostLabel { site: "team--admin", task: Some(42) })))
+        );
+        assert_eq!(
+            ok("pr-3--pr-4--x.preview.localhost"),
+            Some(Ok((Environment::Preview(3), HostLabel { site: "pr-4--x", task: None })))
+        );
+        for bad in ["app.preview.localhost", "pr-0--app.preview.localhost", "pr-01--app.preview.localhost"] {
+            assert_eq!(ok(bad), Some(Err(())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn preview_paths_name_their_pull_request() {
+        let (env, name, raw, prefix) = site_path("/sites/preview/@team/portal/pr-12/a.js", "sites").unwrap();
+        assert_eq!(
+            (env, name.as_str(), raw, prefix.as_str()),
+            (Environment::Preview(12), "@team/portal", "/a.js", "/sites/preview/@team/portal/pr-12")
+        );
+        assert_eq!(site_path("/sites/preview/app/pr-3", "sites").unwrap().2, "");
+        assert_eq!(site_path("/sites/test/app/x", "sites").unwrap().3, "/sites/test/app");
+        for bad in
+            ["/sites/preview/app/", "/sites/preview/app/pr-0/", "/sites/preview/pr-1/app/", "/sites/staging/app/"]
+        {
+            assert!(site_path(bad, "sites").is_none(), "{bad}");
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! - [`urls`]: site, release and file URLs, by host, by path or under a CDN.
 //! - [`headers`]: the Content-Type of published files.
 //!
-//! Keys are `<name>/<version>/<task>/<path>` (a release never changes once written).
+//! Keys are `<name>/<version>/<task>/<path>` (a release never changes once written); a preview's
+//! are under `pr-<N>/` of the preview target.
 //! - `local`: a directory in the data dir, served by the server. The current release is the
 //!   symlink `<name>/current`, replaced by `rename(2)`: every request is answered from one
 //!   release, old or new, never a mix.
@@ -24,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudbuild_proto::release::ManifestFile;
-use cloudbuild_proto::site::cache_class;
-use futures_util::StreamExt;
+use cloudbuild_proto::site::{cache_class, site_label};
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
@@ -369,6 +370,50 @@ impl Target {
         }
     }
 
+    /// The same target for pull request `number`'s preview: under `pr-<N>/`.
+    fn for_pull_request(&self, number: u32) -> Target {
+        let dir = format!("pr-{number}");
+        match self {
+            Target::Local { root, urls } => {
+                Target::Local { root: root.join(&dir), urls: urls.for_pull_request(number) }
+            }
+            Target::S3 { store, prefix, urls } => Target::S3 {
+                store: store.clone(),
+                prefix: if prefix.is_empty() { dir } else { format!("{prefix}/{dir}") },
+                urls: urls.for_pull_request(number),
+            },
+        }
+    }
+
+    /// Removes every file of `name` under this target (a preview's whole site, when its pull
+    /// request is closed or its time is up): a local directory and its label link, or every
+    /// key under `<name>/` in the bucket.
+    pub async fn remove_site(&self, name: &ProjectName) -> Result<(), TargetError> {
+        match self {
+            Target::Local { root, .. } => {
+                let _ = tokio::fs::remove_file(root.join(layout::LABELS_DIR).join(site_label(name))).await;
+                let dir = layout::project_dir(root, name);
+                // Releases are read-only files in writable directories: removable as they are.
+                match tokio::fs::remove_dir_all(&dir).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                    _ => Ok(()),
+                }
+            }
+            Target::S3 { store, prefix, .. } => {
+                let under = Self::object_path(prefix, name.as_str());
+                let keys: Vec<object_store::path::Path> =
+                    store.list(Some(&under)).map_ok(|m| m.location).try_collect().await?;
+                for key in keys {
+                    match store.delete(&key).await {
+                        Err(object_store::Error::NotFound { .. }) | Ok(()) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The local root, if this target is served by the server.
     pub fn local_root(&self) -> Option<&FsPath> {
         match self {
@@ -381,19 +426,21 @@ impl Target {
 /// Held while a project's release is recorded and switched in one environment.
 pub type SwitchLock = std::sync::Arc<tokio::sync::Mutex<()>>;
 
-/// The targets of the two environments.
+/// The targets of the environments.
 #[derive(Debug)]
 pub struct Targets {
     pub test: Target,
     pub prod: Target,
+    /// Every preview's: pull request `N`'s is this one under `pr-<N>/` (see [`Targets::get`]).
+    pub preview: Target,
     /// One lock per project and environment, held while a release is recorded and switched.
     pub locks: std::sync::Mutex<std::collections::HashMap<(Environment, String), SwitchLock>>,
 }
 
 impl Targets {
-    /// Both targets, with no switch in progress.
-    pub fn new(test: Target, prod: Target) -> Self {
-        Targets { test, prod, locks: Default::default() }
+    /// The targets, with no switch in progress.
+    pub fn new(test: Target, prod: Target, preview: Target) -> Self {
+        Targets { test, prod, preview, locks: Default::default() }
     }
 
     /// The switch lock of a project in an environment.
@@ -402,11 +449,14 @@ impl Targets {
         locks.entry((env, name.to_owned())).or_default().clone()
     }
 
-    /// The target of an environment.
-    pub fn get(&self, env: Environment) -> &Target {
+    /// The target of an environment. A preview's is the preview target under `pr-<N>/`: each
+    /// pull request's releases, `current` link and labels are apart from every other's, so
+    /// removing one preview is removing one directory (or key prefix).
+    pub fn get(&self, env: Environment) -> std::borrow::Cow<'_, Target> {
         match env {
-            Environment::Test => &self.test,
-            Environment::Prod => &self.prod,
+            Environment::Test => std::borrow::Cow::Borrowed(&self.test),
+            Environment::Prod => std::borrow::Cow::Borrowed(&self.prod),
+            Environment::Preview(n) => std::borrow::Cow::Owned(self.preview.for_pull_request(n)),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The public URLs of sites, releases and files: by host (`<site>.<env>.<domain>`), by path
-//! (`/sites/<env>/<name>/`), or under an object store's public URL.
+//! The public URLs of sites, releases and files: by host (`<site>.<env>.<domain>`, a preview at
+//! `pr-<N>--<site>.preview.<domain>`), by path (`/sites/<env>/<name>/`, a preview at
+//! `/sites/preview/<name>/pr-<N>/`), or under an object store's public URL.
 
 pub use cloudbuild_proto::site::encode_path;
 use cloudbuild_proto::site::{release_label, site_label};
@@ -65,16 +66,29 @@ impl SiteUrls {
         self
     }
 
+    /// The same URLs for pull request `number`'s preview (from the preview target's).
+    pub fn for_pull_request(&self, number: u32) -> Self {
+        let form = match &self.form {
+            Form::Host { scheme, domain, port, .. } => Form::Host {
+                scheme: scheme.clone(),
+                domain: domain.clone(),
+                port: *port,
+                env: Environment::Preview(number),
+            },
+            Form::Path { server, .. } => Form::Path { server: server.clone(), env: Environment::Preview(number) },
+            Form::Bucket { public_url } => Form::Bucket { public_url: format!("{public_url}/pr-{number}") },
+        };
+        SiteUrls { form, custom: BTreeMap::new() }
+    }
+
     /// The URL that follows the current release of `name`.
     pub fn site(&self, name: &ProjectName) -> String {
         if let Some(url) = self.custom.get(name.as_str()) {
             return url.clone();
         }
         match &self.form {
-            Form::Host { scheme, domain, port, env } => {
-                origin(scheme, &format!("{}.{}.{domain}", site_label(name), env.as_str()), *port)
-            }
-            Form::Path { server, env } => format!("{server}/sites/{}/{}/", env.as_str(), encode_path(name.as_str())),
+            Form::Host { scheme, domain, port, env } => origin(scheme, &host(&site_label(name), *env, domain), *port),
+            Form::Path { server, env } => format!("{server}/sites/{}/", env_and_name(*env, name)),
             Form::Bucket { public_url } => format!("{public_url}/{}/", encode_path(name.as_str())),
         }
     }
@@ -83,15 +97,11 @@ impl SiteUrls {
     pub fn release(&self, name: &ProjectName, version: &str, task: TaskId) -> String {
         match &self.form {
             Form::Host { scheme, domain, port, env } => {
-                let label = release_label(&site_label(name), task);
-                origin(scheme, &format!("{label}.{}.{domain}", env.as_str()), *port)
+                origin(scheme, &host(&release_label(&site_label(name), task), *env, domain), *port)
             }
-            Form::Path { server, env } => format!(
-                "{server}/releases/{}/{}/{}/{task}/",
-                env.as_str(),
-                encode_path(name.as_str()),
-                encode_path(version)
-            ),
+            Form::Path { server, env } => {
+                format!("{server}/releases/{}/{}/{task}/", env_and_name(*env, name), encode_path(version))
+            }
             Form::Bucket { public_url } => {
                 format!("{public_url}/{}/{}/{task}/", encode_path(name.as_str()), encode_path(version))
             }
@@ -106,6 +116,23 @@ impl SiteUrls {
     /// Whether `name`'s site is served under a path (so root-absolute URLs in its build miss).
     pub fn under_path(&self, name: &ProjectName) -> bool {
         !matches!(self.form, Form::Host { .. }) && !self.custom.contains_key(name.as_str())
+    }
+}
+
+/// A site's host name: `<label>.<env>.<domain>`, a preview's `pr-<N>--<label>.preview.<domain>`.
+fn host(label: &str, env: Environment, domain: &str) -> String {
+    match env.pull_request() {
+        Some(n) => format!("pr-{n}--{label}.preview.{domain}"),
+        None => format!("{label}.{}.{domain}", env.as_str()),
+    }
+}
+
+/// The path of a site under `/sites/` or `/releases/`: `<env>/<name>`, a preview's
+/// `preview/<name>/pr-<N>`.
+fn env_and_name(env: Environment, name: &ProjectName) -> String {
+    match env.pull_request() {
+        Some(n) => format!("preview/{}/pr-{n}", encode_path(name.as_str())),
+        None => format!("{}/{}", env.as_str(), encode_path(name.as_str())),
     }
 }
 
@@ -139,5 +166,19 @@ mod tests {
         assert!(path.under_path(&other) && !path.under_path(&name));
         let bucket = SiteUrls::in_bucket("https://cdn.example.com");
         assert_eq!(bucket.file(&name, "a b.js"), "https://cdn.example.com/@team/admin/a%20b.js");
+    }
+
+    #[test]
+    fn previews_have_their_own_origin_path_and_prefix() {
+        let name = ProjectName::parse("@team/admin").unwrap();
+        let base = Environment::Preview(0);
+        let host = SiteUrls::by_host("http", "localhost", Some(7001), base).for_pull_request(12);
+        assert_eq!(host.site(&name), "http://pr-12--team--admin.preview.localhost:7001/");
+        assert_eq!(host.release(&name, "1.0.0", 42), "http://pr-12--team--admin---42.preview.localhost:7001/");
+        let path = SiteUrls::by_path("http://h:1", base).for_pull_request(3);
+        assert_eq!(path.site(&name), "http://h:1/sites/preview/@team/admin/pr-3/");
+        assert_eq!(path.release(&name, "1.0.0", 9), "http://h:1/releases/preview/@team/admin/pr-3/1.0.0/9/");
+        let bucket = SiteUrls::in_bucket("https://cdn.example.com/web").for_pull_request(7);
+        assert_eq!(bucket.site(&name), "https://cdn.example.com/web/pr-7/@team/admin/");
     }
 }

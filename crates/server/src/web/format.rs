@@ -40,7 +40,7 @@ pub struct TaskRow {
     pub state: &'static str,
     /// The state in words, in the page's language.
     pub state_text: String,
-    pub env: &'static str,
+    pub env: String,
     pub branch: String,
     pub version: String,
     pub trigger: &'static str,
@@ -58,7 +58,7 @@ impl TaskRow {
             name: t.name.clone(),
             state: t.state.as_str(),
             state_text: lang.t(&format!("state-{}", t.state.as_str())),
-            env: t.env.as_str(),
+            env: t.env.to_string(),
             branch: t.branch.clone(),
             version: t.version.clone(),
             trigger: t.trigger.as_str(),

@@ -90,7 +90,7 @@ pub async fn projects(
 }
 
 struct ReleaseRow {
-    env: &'static str,
+    env: String,
     version: String,
     task: TaskId,
     who: String,
@@ -133,7 +133,7 @@ struct ScheduleRow {
     cron: String,
     timezone: String,
     branch: String,
-    env: &'static str,
+    env: String,
     next_run: String,
     last_task: Option<i64>,
 }
@@ -167,7 +167,7 @@ pub async fn project(
     let releases = list
         .into_iter()
         .map(|r| ReleaseRow {
-            env: r.env.as_str(),
+            env: r.env.to_string(),
             version: r.version,
             task: r.task_id,
             who: r.requested_by,
@@ -195,7 +195,7 @@ pub async fn project(
                 cron: view.schedule.cron,
                 timezone: view.schedule.timezone,
                 branch: view.schedule.branch,
-                env: view.schedule.env.as_str(),
+                env: view.schedule.env.to_string(),
                 last_task: view.schedule.last_task,
             }
         })
@@ -260,7 +260,7 @@ impl BuildFilter {
     fn keeps(&self, t: &Task) -> bool {
         let is = |want: &str, have: &str| want.is_empty() || want == have;
         is(&self.branch, &t.branch)
-            && is(&self.env, t.env.as_str())
+            && is(&self.env, &t.env.as_str())
             // `webhook` keeps every forge's (`webhook:github`, …).
             && (is(&self.trigger, t.trigger.as_str())
                 || t.trigger.as_str().strip_prefix(self.trigger.as_str()).is_some_and(|rest| rest.starts_with(':')))

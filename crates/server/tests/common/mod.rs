@@ -109,6 +109,7 @@ pub(crate) fn site(members: &[(&str, ProjectRole)]) -> Project {
         webhook_secret: None,
         forge: None,
         schedules: Vec::new(),
+        previews: Vec::new(),
         created_by: "max".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

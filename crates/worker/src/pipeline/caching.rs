@@ -407,7 +407,7 @@ impl Run<'_> {
             task,
             label: label.to_owned(),
             hashes,
-            environment: self.a.env.as_str().to_owned(),
+            environment: self.a.env.to_string(),
             owner: self.sandbox.build_uid(),
         };
         let saved = tokio::task::spawn_blocking(move || caches.save(Kind::Output, &project, &key, &src, meta)).await;

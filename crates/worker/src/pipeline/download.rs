@@ -188,8 +188,14 @@ impl Run<'_> {
     ) -> Result<(), StageError> {
         let net = self.git_network();
         let mut tried = None;
-        for kind in ["heads", "tags"] {
-            let refspec = format!("+refs/{kind}/{branch}:{into}");
+        // A full ref (a pull request's head, `refs/pull/12/head`) is fetched as it is; a
+        // name is a branch, else a tag.
+        let refspecs: Vec<String> = if branch.as_str().starts_with("refs/") {
+            vec![format!("+{branch}:{into}")]
+        } else {
+            ["heads", "tags"].iter().map(|kind| format!("+refs/{kind}/{branch}:{into}")).collect()
+        };
+        for refspec in refspecs {
             let mut args: Vec<&str> = git_dir.into_iter().collect();
             args.extend(["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", repo.as_str(), &refspec]);
             match self.git(cwd, env, &args, net).await {

@@ -52,13 +52,15 @@ pub enum ReleaseError {
     #[error("{name}@{version} is already published to prod; publish with --force to release a new build of it, or bump the version")]
     VersionExists { name: String, version: String },
     #[error("{name} has no {env} release of version {version} (available: {available})")]
-    NoSuchVersion { name: String, env: &'static str, version: String, available: String },
+    NoSuchVersion { name: String, env: String, version: String, available: String },
     #[error("{name} has no {env} release before the current one{hint}")]
-    NothingToRollBack { name: String, env: &'static str, hint: String },
+    NothingToRollBack { name: String, env: String, hint: String },
     #[error("{name} has no {env} release yet: there is nothing to roll back")]
-    NoReleases { name: String, env: &'static str },
+    NoReleases { name: String, env: String },
+    #[error("pull request #{0} was closed (or its preview expired): its preview is not published")]
+    PreviewClosed(u32),
     #[error("{name}@{version} is already current in {env}")]
-    AlreadyCurrent { name: String, version: String, env: &'static str },
+    AlreadyCurrent { name: String, version: String, env: String },
     /// The environment's target (local directory or bucket) failed.
     #[error("{0}")]
     Target(String),
@@ -258,6 +260,12 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
     // Still this attempt's to publish? (Its lease may have moved on while it uploaded; two
     // attempts must not both describe one release directory.)
     running_attempt(state, who).await?;
+    if let Some(n) = task.env.pull_request() {
+        // Removed while it built: publishing would bring the site back with no record of it.
+        if !crate::domain::previews::is_open(state, &task.name, n).await? {
+            return Err(ReleaseError::PreviewClosed(n));
+        }
+    }
     check_version_free(state, task.env, &task.name, &task.version, task.force).await?;
     target
         .describe_release(&name, &task.version, task.id, &plan.site, &plan.files)
@@ -352,7 +360,11 @@ impl ProjectGuard {
 }
 
 /// Serialises recording and switching of a project in an environment, across servers.
-async fn project_guard(state: &AppState, env: Environment, name: &str) -> Result<ProjectGuard, ReleaseError> {
+pub(crate) async fn project_guard(
+    state: &AppState,
+    env: Environment,
+    name: &str,
+) -> Result<ProjectGuard, ReleaseError> {
     static HOLDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let local = state.targets.project_lock(env, name).lock_owned().await;
     let lock_name = format!("release/{}/{name}", env.as_str());
@@ -415,7 +427,7 @@ async fn prune(state: &AppState, asker: &Caller, env: Environment, name: &str) {
         }
     }
     if !pruned.is_empty() {
-        tracing::info!(%name, env = env.as_str(), count = pruned.len(), "pruned old releases");
+        tracing::info!(%name, %env, count = pruned.len(), "pruned old releases");
         let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
         let target = format!("releases {} of {name} in {} (keeping {keep})", ids.join(", "), env.as_str());
         crate::domain::audit::record(
@@ -488,7 +500,7 @@ async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> 
     policy::project(state, caller, name.as_str(), ProjectAction::Rollback, || format!("project {name}"))
         .await
         .map_err(ProjectError::from)?;
-    let env = req.env.as_str();
+    let env = req.env.to_string();
     let guard = project_guard(state, req.env, name.as_str()).await?;
     let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
     let current = all.iter().find(|r| r.current).cloned();
@@ -500,14 +512,14 @@ async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> 
                 let versions = distinct_versions(live());
                 ReleaseError::NoSuchVersion {
                     name: name.to_string(),
-                    env,
+                    env: env.clone(),
                     version: v.clone(),
                     available: if versions.is_empty() { "none".into() } else { versions.join(", ") },
                 }
             })?
         }
         // The release before the current one (releases are newest first).
-        None if current.is_none() => return Err(ReleaseError::NoReleases { name: name.to_string(), env }),
+        None if current.is_none() => return Err(ReleaseError::NoReleases { name: name.to_string(), env: env.clone() }),
         None => live().skip_while(|r| !r.current).nth(1).ok_or_else(|| {
             // Rolled back to the oldest: the newer ones are still there, by version.
             let newer = distinct_versions(live().take_while(|r| !r.current));
@@ -515,17 +527,17 @@ async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> 
                 Some(v) => format!(" (newer: {}; switch with --to {v})", newer.join(", ")),
                 None => String::new(),
             };
-            ReleaseError::NothingToRollBack { name: name.to_string(), env, hint }
+            ReleaseError::NothingToRollBack { name: name.to_string(), env: env.clone(), hint }
         })?,
     }
     .clone();
     if chosen.current {
-        return Err(ReleaseError::AlreadyCurrent { name: name.to_string(), version: chosen.version, env });
+        return Err(ReleaseError::AlreadyCurrent { name: name.to_string(), version: chosen.version, env: env.clone() });
     }
     guard.ensure_held().await?;
     let previous = switch(state, &chosen).await?;
     drop(guard);
-    tracing::info!(by = %caller.name, %name, env, release = chosen.id, "rolled back");
+    tracing::info!(by = %caller.name, %name, %env, release = chosen.id, "rolled back");
     let target = state.targets.get(req.env);
     let release = state.store.get_release(chosen.id).await?.unwrap_or(chosen);
     Ok(RollbackResult {

@@ -1,0 +1,316 @@
+//! Pull-request previews: a pull request opened, reopened or updated builds its head into its
+//! own environment (`preview/pr-<N>`, published at its own origin or path); closed or merged,
+//! its preview is removed; one not updated for the project's `preview_days` is removed by the
+//! sweep. Each open preview is recorded in its project's record, and a publish to a preview
+//! whose record is gone is refused, so a build finishing after the close cannot bring the site
+//! back. Knows no HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudbuild_proto::preview::{Preview, PreviewList, PreviewView, PullRequest, PullRequestAction, MAX_OPEN};
+use cloudbuild_proto::project::Project;
+use cloudbuild_proto::task::{CreateTask, Environment, TaskId, Trigger};
+use cloudbuild_proto::time::Timestamp;
+use cloudbuild_proto::validate::{ProjectName, ValidationError};
+use cloudbuild_proto::webhook::{Delivery, Forge};
+use cloudbuild_store::StoreError;
+
+use super::callers::Caller;
+use super::policy::ProjectAction;
+use super::projects::{self, ProjectError};
+use super::releases::{self, ReleaseError};
+use super::tasks::{self, TaskError};
+use crate::state::AppState;
+
+/// How often each server looks for expired previews.
+pub const SWEEP: Duration = Duration::from_secs(60);
+
+const DAY_MICROS: i64 = 86_400 * 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("project {project} has no open preview of pull request #{number}")]
+    NotFound { project: String, number: u32 },
+    #[error("removing the preview's site failed: {0}")]
+    Target(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl super::audit::Outcome for PreviewError {
+    fn internal(&self) -> bool {
+        match self {
+            Self::NotFound { .. } | Self::Invalid(_) => false,
+            Self::Project(p) => p.internal(),
+            Self::Task(t) => t.internal(),
+            Self::Release(r) => r.internal(),
+            Self::Target(_) | Self::Store(_) => true,
+        }
+    }
+}
+
+/// What a verified, first-seen pull request event does to its preview; sets the delivery's
+/// outcome (`queued`, `deleted`, `ignored`), detail and task.
+pub(crate) async fn act(
+    state: &AppState,
+    forge: Forge,
+    project: &Project,
+    pr: &PullRequest,
+    record: &mut Delivery,
+) -> Result<(), PreviewError> {
+    let caller = Caller::on_behalf_of(Trigger::Webhook(forge).to_string());
+    let n = pr.number;
+    let (outcome, detail) = match &pr.action {
+        PullRequestAction::Other(what) => ("ignored", format!("pull request #{n} {what}: nothing to build or remove")),
+        PullRequestAction::Close => {
+            let why = format!("pull request #{n} was closed");
+            match remove(state, &caller, &project.name, n, &why, None).await? {
+                Some(releases) => ("deleted", format!("{why}; its preview was removed ({releases} releases)")),
+                None => ("deleted", format!("{why}; it had no preview")),
+            }
+        }
+        PullRequestAction::Build => match refusal(project, pr) {
+            Some(why) => ("ignored", why),
+            None => {
+                let task = build(state, &caller, forge, project, pr, record).await?;
+                record.task = Some(task);
+                let head = pr.head.as_ref().map(|h| h.short()).unwrap_or_default();
+                ("queued", format!("task {task} builds pull request #{n} at {head} for preview/pr-{n}"))
+            }
+        },
+    };
+    record.outcome = outcome.into();
+    record.detail = detail;
+    Ok(())
+}
+
+/// Why the project does not build this pull request's preview, if it does not.
+fn refusal(project: &Project, pr: &PullRequest) -> Option<String> {
+    let n = pr.number;
+    if !project.triggers.previews {
+        return Some(format!("pull request #{n}: the project builds no previews (triggers.previews is off)"));
+    }
+    if pr.fork && !project.triggers.fork_previews {
+        return Some(format!(
+            "pull request #{n} comes from a fork; the project builds no fork previews (triggers.fork_previews is off)"
+        ));
+    }
+    let open = project.previews.iter().any(|p| p.number == n);
+    if !open && project.previews.len() >= MAX_OPEN {
+        return Some(format!("pull request #{n}: the project has {MAX_OPEN} open previews, the most it may have"));
+    }
+    None
+}
+
+/// Queues the build of a pull request's head into its preview, superseding its older queued
+/// build, and records the preview (its time to live starts again).
+async fn build(
+    state: &AppState,
+    caller: &Caller,
+    forge: Forge,
+    project: &Project,
+    pr: &PullRequest,
+    record: &Delivery,
+) -> Result<TaskId, PreviewError> {
+    let n = pr.number;
+    let env = Environment::Preview(n);
+    let head = pr.head.clone().ok_or_else(|| ValidationError {
+        field: "head",
+        reason: "a pull request to build names its head commit".into(),
+    })?;
+    let req = CreateTask {
+        repo: project.repo.clone(),
+        // The base repository keeps the head here, a fork's too: the build never fetches
+        // from the fork's repository.
+        branch: pr.head_ref.to_string(),
+        commit: Some(head.to_string()),
+        name: project.name.clone(),
+        // Replaced below: the worker reads it from the commit.
+        version: "0.0.0".into(),
+        build_cmd: None,
+        env,
+        trigger: Trigger::Preview,
+        force: false,
+        labels: Vec::new(),
+        no_cache: false,
+    };
+    let mut new = tasks::validate(&state.settings, &req, caller, Trigger::Preview, None)?;
+    new.version = String::new();
+    new.cause = Some(if record.id.is_empty() {
+        format!("{} pull request #{n}", forge.as_str())
+    } else {
+        format!("{} delivery {} (pull request #{n})", forge.as_str(), record.id)
+    });
+    tasks::check_repo_host(&state.settings, &new.repo).await?;
+    if project.triggers.supersede {
+        super::hooks::cancel_queued(state, caller, &project.name, pr.head_ref.as_str(), env).await?;
+    }
+    let task = tasks::submit(state, new).await?;
+    let from = if pr.fork { " from a fork" } else { "" };
+    let by = if pr.author.is_empty() { String::new() } else { format!(" by {}", pr.author) };
+    let note =
+        format!("preview of pull request #{n} \"{}\"{by}{from} ({} {})", pr.title, pr.source_branch, head.short());
+    tasks::note(state, task.id, &note).await;
+    let now = Timestamp::now();
+    let expires_at = Timestamp(now.0 + i64::from(project.triggers.preview_days) * DAY_MICROS);
+    projects::bookkeep(state, &project.name, |p| {
+        let opened_at = p.previews.iter().find(|x| x.number == n).map_or(now, |x| x.opened_at);
+        p.previews.retain(|x| x.number != n);
+        p.previews.push(Preview {
+            number: n,
+            forge,
+            title: pr.title.clone(),
+            web_url: pr.web_url.clone(),
+            source_branch: pr.source_branch.clone(),
+            author: pr.author.clone(),
+            fork: pr.fork,
+            head: head.to_string(),
+            task: Some(task.id),
+            opened_at,
+            updated_at: now,
+            expires_at,
+        });
+        p.previews.sort_by_key(|x| x.number);
+        true
+    })
+    .await?;
+    Ok(task.id)
+}
+
+/// Removes pull request `number`'s preview of `project`: stops its builds, deletes its site
+/// from the target, marks its releases removed and drops its record, under the project's
+/// release lock (a publish of it waits, then finds it closed). With `expired_at`, only if the
+/// record is still there and expired at that time (the sweep: another server may have removed
+/// or the pull request renewed it meanwhile). Returns how many releases it removed; `None`
+/// when there was nothing to remove.
+pub async fn remove(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    number: u32,
+    why: &str,
+    expired_at: Option<Timestamp>,
+) -> Result<Option<usize>, PreviewError> {
+    let env = Environment::Preview(number);
+    let result = async {
+        let name = ProjectName::parse(project)?;
+        let guard = releases::project_guard(state, env, project).await?;
+        let record =
+            state.store.get_project(project).await?.and_then(|p| p.previews.into_iter().find(|x| x.number == number));
+        if let Some(at) = expired_at {
+            if !record.as_ref().is_some_and(|r| r.expires_at <= at) {
+                return Ok(None);
+            }
+        }
+        stop_builds(state, caller, project, env).await?;
+        state.targets.get(env).remove_site(&name).await.map_err(|e| PreviewError::Target(e.to_string()))?;
+        let live: Vec<i64> =
+            state.store.list_releases(Some(env), project).await?.iter().filter(|r| !r.pruned).map(|r| r.id).collect();
+        state.store.mark_pruned(&live).await?;
+        projects::bookkeep(state, project, |p| {
+            let before = p.previews.len();
+            p.previews.retain(|x| x.number != number);
+            p.previews.len() != before
+        })
+        .await?;
+        drop(guard);
+        Ok((record.is_some() || !live.is_empty()).then_some(live.len()))
+    }
+    .await;
+    if !matches!(result, Ok(None)) {
+        let target = format!("preview {env} of project {project}: {why}");
+        super::audit::record(state, caller, "preview.remove", target, Some(project), &result).await;
+    }
+    result
+}
+
+/// Cancels the preview's queued and running builds.
+async fn stop_builds(state: &AppState, caller: &Caller, project: &str, env: Environment) -> Result<(), PreviewError> {
+    for task_state in ["queued", "running"] {
+        let query = tasks::ListQuery {
+            name: Some(project.to_owned()),
+            state: Some(task_state.into()),
+            before: None,
+            limit: Some(200),
+        };
+        for t in tasks::list(state, caller, query).await?.tasks.into_iter().filter(|t| t.env == env) {
+            // It may have ended meanwhile: that is what was wanted.
+            let _ = tasks::cancel(state, caller, t.id).await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `project` still has pull request `number`'s preview open (a publish to it is
+/// refused otherwise).
+pub(crate) async fn is_open(state: &AppState, project: &str, number: u32) -> Result<bool, StoreError> {
+    Ok(state.store.get_project(project).await?.is_some_and(|p| p.previews.iter().any(|x| x.number == number)))
+}
+
+/// A project's open previews with their sites' URLs (its readers).
+pub async fn list(state: &AppState, caller: &Caller, project: &str) -> Result<PreviewList, PreviewError> {
+    let found = projects::get(state, caller, project, ProjectAction::Read).await?;
+    let name = ProjectName::parse(&found.name)?;
+    let previews = found
+        .previews
+        .into_iter()
+        .map(|preview| {
+            let env = Environment::Preview(preview.number);
+            let url = state.targets.get(env).urls().site(&name);
+            PreviewView { preview, env: env.to_string(), url }
+        })
+        .collect();
+    Ok(PreviewList { previews })
+}
+
+/// Removes a preview on request (whoever may build previews of the project).
+pub async fn remove_now(state: &AppState, caller: &Caller, project: &str, number: u32) -> Result<usize, PreviewError> {
+    projects::get(state, caller, project, ProjectAction::Publish(Environment::Preview(number))).await?;
+    let why = format!("removed by {}", caller.name);
+    remove(state, caller, project, number, &why, None)
+        .await?
+        .ok_or_else(|| PreviewError::NotFound { project: project.to_owned(), number })
+}
+
+/// The sweep: every [`SWEEP`], removes the previews whose time is up.
+pub async fn run(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep(&state, Timestamp::now()).await {
+            tracing::warn!("looking for expired previews: {e}");
+        }
+    }
+}
+
+/// Removes every preview expired at `now`; returns how many this server removed.
+pub async fn sweep(state: &AppState, now: Timestamp) -> Result<usize, StoreError> {
+    let caller = Caller::on_behalf_of("preview sweep");
+    let mut removed = 0;
+    for project in state.store.list_projects().await? {
+        for p in project.previews.iter().filter(|p| p.expires_at <= now) {
+            let why = format!(
+                "not updated since {} (triggers.preview_days = {})",
+                p.updated_at, project.triggers.preview_days
+            );
+            match remove(state, &caller, &project.name, p.number, &why, Some(now)).await {
+                Ok(Some(_)) => removed += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(project = %project.name, number = p.number, "removing an expired preview: {e}")
+                }
+            }
+        }
+    }
+    Ok(removed)
+}

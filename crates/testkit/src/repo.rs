@@ -92,6 +92,22 @@ impl Repo {
         self.commit(&[("package.json", &pkg.to_string())], &format!("version {version}"));
     }
 
+    /// Commits `files` on top of `main` on a branch of its own and pushes it to the origin as
+    /// `refs/pull/<number>/head`, as a forge keeps a pull request's head (a fork's too) in the
+    /// base repository; the checkout goes back to `main`. Returns the head commit.
+    pub fn pull_request(&self, number: u32, files: &[(&str, &str)], message: &str) -> String {
+        git(&self.work, &["checkout", "-q", "-B", &format!("pr-{number}")]);
+        for (path, content) in files {
+            std::fs::write(self.work.join(path), content).expect("write");
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        git(&self.work, &["push", "-q", "-f", "origin", &format!("HEAD:refs/pull/{number}/head")]);
+        let head = self.head();
+        git(&self.work, &["checkout", "-q", "main"]);
+        head
+    }
+
     /// The checkout's HEAD commit.
     pub fn head(&self) -> String {
         let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&self.work).output().expect("git");

@@ -3,6 +3,7 @@
 
 mod audit;
 mod cache;
+mod previews;
 mod projects;
 mod publish;
 mod releases;
@@ -106,6 +107,10 @@ pub(crate) enum Command {
     /// remove, run-now.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
+    /// A project's pull-request previews (each at its own URL, removed when the pull request
+    /// closes or expires): list, remove.
+    #[command(subcommand)]
+    Previews(previews::PreviewsCommand),
     /// Sign in to a server: your password for a personal token, kept for the client commands
     /// (mode 0600 in your config directory).
     Login(users::LoginArgs),
@@ -150,6 +155,7 @@ impl Cli {
             Command::Cache(c) => c.json(),
             Command::Projects(c) => c.json(),
             Command::Schedules(c) => c.json(),
+            Command::Previews(c) => c.json(),
             Command::Audit(a) => a.json,
             Command::Whoami(a) => users::whoami_json(a),
             Command::Users(c) => c.json(),
@@ -188,6 +194,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache(c) => cache::run(c).await,
         Command::Projects(c) => projects::run(c).await,
         Command::Schedules(c) => schedules::run(c).await,
+        Command::Previews(c) => previews::run(c).await,
         Command::Login(a) => users::login(a).await,
         Command::Logout(a) => users::logout(a).await,
         Command::Whoami(a) => users::whoami(a).await,

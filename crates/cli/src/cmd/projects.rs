@@ -70,6 +70,16 @@ pub(crate) enum ProjectsCommand {
         /// Whether a newer push to a branch cancels its older queued webhook build.
         #[arg(long)]
         supersede: Option<bool>,
+        /// Whether pull (merge) requests get a preview site [default: true].
+        #[arg(long)]
+        previews: Option<bool>,
+        /// Whether pull requests from forks get one too (built without the project's secrets)
+        /// [default: false].
+        #[arg(long)]
+        fork_previews: Option<bool>,
+        /// Days a preview lives after its pull request's last update (1 to 365) [default: 14].
+        #[arg(long, value_name = "DAYS")]
+        preview_days: Option<u32>,
     },
     /// Show the webhook secret the forge signs deliveries with (maintainers), or make a new one.
     WebhookSecret {
@@ -151,6 +161,18 @@ fn show(p: &Project) {
     let t = &p.triggers;
     let branches = if t.branches.is_empty() { p.default_branch.clone() } else { t.branches.join(", ") };
     outln!("  push builds:    branches {branches} → test; tags {} → prod", t.tags.join(", "));
+    let previews = match (t.previews, t.fork_previews) {
+        (false, _) => "off".to_owned(),
+        (true, forks) => {
+            let forks = if forks { "forks too" } else { "not forks" };
+            format!("pull requests ({forks}), kept {} days after their last update", t.preview_days)
+        }
+    };
+    outln!("  previews:       {previews}");
+    if !p.previews.is_empty() {
+        let open: Vec<String> = p.previews.iter().map(|x| format!("#{}", x.number)).collect();
+        outln!("  open previews:  {} (`cloudbuild previews list {}`)", open.join(", "), p.name);
+    }
     if let Some(link) = &p.forge {
         outln!(
             "  commit statuses: {} {} (token set by {} at {})",
@@ -207,12 +229,20 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
             trigger_branches,
             trigger_tags,
             supersede,
+            previews,
+            fork_previews,
+            preview_days,
         } => {
-            let triggers = !trigger_branches.is_empty() || !trigger_tags.is_empty() || supersede.is_some();
+            let triggers = !trigger_branches.is_empty()
+                || !trigger_tags.is_empty()
+                || supersede.is_some()
+                || previews.is_some()
+                || fork_previews.is_some()
+                || preview_days.is_some();
             if repo.is_none() && default_branch.is_none() && visibility.is_none() && !triggers {
                 bail!(
                     "nothing to change: give --repo, --default-branch, --visibility, --trigger-branch, \
-                     --trigger-tag or --supersede"
+                     --trigger-tag, --supersede, --previews, --fork-previews or --preview-days"
                 );
             }
             let client = server.client()?;
@@ -232,6 +262,9 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
                     rules.tags = trigger_tags;
                 }
                 rules.supersede = supersede.unwrap_or(rules.supersede);
+                rules.previews = previews.unwrap_or(rules.previews);
+                rules.fork_previews = fork_previews.unwrap_or(rules.fork_previews);
+                rules.preview_days = preview_days.unwrap_or(rules.preview_days);
                 body.insert("triggers".into(), serde_json::to_value(rules)?);
             }
             let p: Project = client.patch(&path(&name), &body.into()).await?;

@@ -16,6 +16,7 @@ mod hooks;
 mod identity;
 mod inputs;
 mod pipeline;
+mod previews;
 mod projects;
 mod recovery;
 mod releases;

@@ -48,7 +48,8 @@ fn rule(method: &str, path: &str) -> Option<Rule> {
         ("GET", "/api/v1/projects/{name}/deliveries") => Project(Reporter),
         ("POST", "/api/v1/projects/{name}/webhook-secret") => Project(Maintainer),
         ("PUT" | "DELETE", "/api/v1/projects/{name}/forge") => Project(Maintainer),
-        ("GET", "/api/v1/projects/{name}/schedules") => Project(Reporter),
+        ("GET", "/api/v1/projects/{name}/schedules" | "/api/v1/projects/{name}/previews") => Project(Reporter),
+        ("DELETE", "/api/v1/projects/{name}/previews/{number}") => Project(Developer),
         ("POST", "/api/v1/projects/{name}/schedules") => Project(Maintainer),
         ("DELETE", "/api/v1/projects/{name}/schedules/{schedule}") => Project(Maintainer),
         // The schedule `nightly` builds for test.
@@ -238,6 +239,7 @@ fn request_for(method: &str, path: &str, who: &Who) -> (String, Option<Value>) {
         .replace("/user/tokens/{name}", "/user/tokens/nope")
         .replace("{name}", "site")
         .replace("{schedule}", "nightly")
+        .replace("{number}", "12")
         .replace("{env}", "test")
         .replace("{secret}", "API_KEY")
         .replace("{*path}", "site/index.html");

@@ -158,6 +158,12 @@ async fn secrets_are_checked_listed_without_values_and_deleted() {
     let (status, v) =
         api.call("PUT", "/api/v1/projects/site/secrets/staging/X_KEY", None, Some(json!({"value": "abcdefgh"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let preview = "/api/v1/projects/site/secrets/preview%2Fpr-3/X_KEY";
+    let (status, v) = api.call("PUT", preview, None, Some(json!({"value": "abcdefgh"}))).await;
+    assert!(
+        status == StatusCode::BAD_REQUEST && v["message"].as_str().unwrap().contains("previews get no secrets"),
+        "{v}"
+    );
     let (status, _) = api.call("DELETE", "/api/v1/projects/site/secrets/test/NPM_TOKEN", None, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, v) = api.call("DELETE", "/api/v1/projects/site/secrets/test/NPM_TOKEN", None, None).await;

@@ -4,21 +4,50 @@
 //! (`pr-12--<site>.preview.localhost`) and under `/sites/preview/<name>/pr-12/`, leaving
 //! `test` untouched; new commits publish again; the forge is told with context
 //! `cloudbuild/preview`; the CLI lists the preview; closing the pull request removes the site.
+//! With an S3 preview target, the preview is under `<prefix>/pr-<N>/` and its removal deletes
+//! every key there.
 
 use cloudbuild_proto::task::TaskState;
-use cloudbuild_testkit::{build_script, get_text, post_with_headers, request, ForgeRecorder, Repo};
+use cloudbuild_testkit::{build_script, get_text, post_with_headers, request, ForgeRecorder, Repo, S3Server, Server};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
 use crate::server;
 
-/// A signed GitHub `pull_request` delivery (number 12) of `head` from `repo_url`.
-fn delivery(secret: &str, repo_url: &str, action: &str, head: &str, id: &str) -> (String, Vec<(&'static str, String)>) {
+/// Registers `name` building from `repo`; returns its webhook secret.
+fn register(srv: &Server, name: &str, repo: &Repo) -> String {
+    let body = json!({"name": name, "repo": repo.url});
+    let (status, created) = request("POST", &format!("{}/api/v1/projects", srv.url), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    created["webhook_secret"].as_str().unwrap().to_owned()
+}
+
+/// Sends a signed GitHub `pull_request` delivery of pull request `number`.
+fn send(
+    srv: &Server,
+    secret: &str,
+    repo: &Repo,
+    (number, action, head, id): (u32, &str, &str, &str),
+) -> (u16, serde_json::Value) {
+    let (payload, headers) = delivery(secret, &repo.url, number, action, head, id);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    post_with_headers(&format!("{}/api/v1/hooks/github", srv.url), &headers, &payload)
+}
+
+/// A signed GitHub `pull_request` delivery of `head` from `repo_url`.
+fn delivery(
+    secret: &str,
+    repo_url: &str,
+    number: u32,
+    action: &str,
+    head: &str,
+    id: &str,
+) -> (String, Vec<(&'static str, String)>) {
     let payload = json!({
-        "action": action, "number": 12,
+        "action": action, "number": number,
         "pull_request": {
-            "number": 12, "title": "A new front page", "html_url": "https://example.com/o/previewed/pull/12",
+            "number": number, "title": "A new front page", "html_url": "https://example.com/o/previewed/pull/12",
             "updated_at": id, "merged": false,
             "head": {"ref": "feature/front", "sha": head, "repo": {"full_name": "o/previewed"}},
             "base": {"ref": "main", "sha": head, "repo": {"full_name": "o/previewed"}},
@@ -42,17 +71,10 @@ fn a_pull_request_is_previewed_at_its_own_origin_updated_and_removed_on_close() 
     let forge = ForgeRecorder::start();
     let srv = server(&format!("[forges.github]\napi_url = \"{}/api/v3\"\nhosts = [\"file\"]\n", forge.url));
     let repo = Repo::site("previewed", "<h1>main</h1>");
-    let body = json!({"name": "previewed", "repo": repo.url});
-    let (status, created) = request("POST", &format!("{}/api/v1/projects", srv.url), Some(&body));
-    assert_eq!(status, 201, "{created}");
-    let secret = created["webhook_secret"].as_str().unwrap().to_owned();
+    let secret = register(&srv, "previewed", &repo);
     let link = json!({"forge": "github", "path": "o/previewed", "token": "ghp_preview"});
     assert_eq!(request("PUT", &format!("{}/api/v1/projects/previewed/forge", srv.url), Some(&link)).0, 200);
-    let send = |action: &str, head: &str, id: &str| {
-        let (payload, headers) = delivery(&secret, &repo.url, action, head, id);
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        post_with_headers(&format!("{}/api/v1/hooks/github", srv.url), &headers, &payload)
-    };
+    let send = |action: &str, head: &str, id: &str| send(&srv, &secret, &repo, (12, action, head, id));
     let port = srv.url.rsplit(':').next().unwrap().to_owned();
     let origin = format!("http://pr-12--previewed.preview.localhost:{port}/");
     let by_path = format!("{}/sites/preview/previewed/pr-12/", srv.url);
@@ -95,4 +117,37 @@ fn a_pull_request_is_previewed_at_its_own_origin_updated_and_removed_on_close() 
     assert_eq!(get_text(&by_path).0, 404);
     let (_, previews) = request("GET", &format!("{}/api/v1/projects/previewed/previews", srv.url), None);
     assert_eq!(previews["previews"], json!([]));
+}
+
+#[test]
+fn an_s3_preview_target_holds_each_preview_under_its_pull_requests_prefix() {
+    let s3 = S3Server::start("previews-bucket").unwrap();
+    let toml = format!(
+        "[targets.preview]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"previews-bucket\"\nprefix = \"web\"\nallow_http = true\npublic_url = \"https://cdn.example.com/web\"\n",
+        s3.endpoint
+    );
+    let env = [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
+    let srv = Server::start_with_env(crate::bin(), &toml, &env).unwrap();
+    let repo = Repo::site("bucketed", "<h1>main</h1>");
+    let secret = register(&srv, "bucketed", &repo);
+    let head = repo.pull_request(4, &[("build.js", &build_script("<h1>in the bucket</h1>"))], "change");
+    let (status, opened) = send(&srv, &secret, &repo, (4, "opened", &head, "s-1"));
+    assert_eq!(status, 202, "{opened}");
+    let id = opened["task"].as_i64().unwrap();
+    let task = srv.wait_done(id);
+    assert_eq!(task.state, TaskState::Succeeded, "{}", srv.output(id));
+    assert_eq!(task.url.as_deref(), Some("https://cdn.example.com/web/pr-4/bucketed/"));
+    let site = s3.root.path().join("previews-bucket/web/pr-4/bucketed");
+    assert_eq!(std::fs::read_to_string(site.join("index.html")).unwrap(), "<h1>in the bucket</h1>", "current copy");
+    assert!(site.join(format!("1.0.0/{id}/index.html")).exists(), "the immutable release");
+    let (_, closed) = send(&srv, &secret, &repo, (4, "closed", &head, "s-2"));
+    assert_eq!(closed["outcome"], "deleted", "{closed}");
+    let left: Vec<_> = walkdir(&site);
+    assert!(left.is_empty(), "every key of the preview is deleted: {left:?}");
+}
+
+/// The files under `dir` (none when it is gone).
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { walkdir(&e.path()) } else { vec![e.path()] }).collect()
 }

@@ -74,6 +74,15 @@ async fn seal_and_store(
     let project = ProjectName::parse(project)?;
     check_name(name)?;
     check_value(&req.value)?;
+    if env.pull_request().is_some() {
+        // A preview builds a pull request's unreviewed code: the scheduler gives it none.
+        return Err(ValidationError {
+            field: "env",
+            reason: "previews get no secrets (they build a pull request's code before review): set it for test or prod"
+                .into(),
+        }
+        .into());
+    }
     maintained(state, caller, &project).await?;
     let mut stages = req.stages.unwrap_or_else(|| SECRET_STAGES.to_vec());
     if let Some(bad) = stages.iter().find(|s| !SECRET_STAGES.contains(s)) {

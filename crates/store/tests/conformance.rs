@@ -20,7 +20,7 @@ mod deliveries;
 use deliveries::delivery_story;
 #[path = "conformance/records.rs"]
 mod records;
-use records::changed_files_story;
+use records::{changed_files_story, preview_story};
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
     NewTask {
@@ -159,6 +159,8 @@ async fn all_stories(store: &dyn Store) {
     audit_story(store).await;
     user_story(store).await;
     delivery_story(store).await;
+    // Last: it leaves a queued task behind.
+    preview_story(store).await;
 }
 
 /// Only the worker holding a task's lease changes it: another worker's messages are refused

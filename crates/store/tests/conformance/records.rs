@@ -1,8 +1,10 @@
 //! Conformance stories of stored records over time, run on both backends: a project record
 //! written by an earlier version is still changed by compare-and-set; a push's changed files
-//! are kept with its task.
+//! are kept with its task; each pull request's preview is an environment of its own.
 
-use cloudbuild_store::{NewTask, RedisOptions, RedisStore, SqliteStore, Store};
+use cloudbuild_proto::release::ManifestFile;
+use cloudbuild_proto::task::Environment;
+use cloudbuild_store::{NewRelease, NewTask, RedisOptions, RedisStore, SqliteStore, Store};
 
 use super::new_task;
 
@@ -18,6 +20,41 @@ pub(crate) async fn changed_files_story(store: &dyn Store) {
     assert_eq!(store.get_task(t.id).await.unwrap().changed, Some(files));
     let (u, _) = store.create_task(new_task("published", 10)).await.unwrap();
     assert_eq!(store.get_task(u.id).await.unwrap().changed, None);
+}
+
+/// Tasks and releases of `preview/pr-<N>` round-trip, and each pull request's releases,
+/// current release and contents are apart from every other's and from `test`.
+pub(crate) async fn preview_story(store: &dyn Store) {
+    let (p3, p4) = (Environment::Preview(3), Environment::Preview(4));
+    let (t, _) = store.create_task(NewTask { env: p3, ..new_task("previewed", 10) }).await.unwrap();
+    assert_eq!(store.get_task(t.id).await.unwrap().env, p3);
+    let file = |hash: char| ManifestFile {
+        path: "index.html".into(),
+        size: 3,
+        hash: hash.to_string().repeat(64),
+        fingerprinted: false,
+    };
+    let release = |env: Environment, hash: char| {
+        let new = NewRelease {
+            env,
+            name: "previewed".into(),
+            version: "1.0.0".into(),
+            task_id: t.id,
+            commit: None,
+            requested_by: "webhook:github".into(),
+        };
+        async move { store.record_release(new, &[file(hash)]).await.unwrap() }
+    };
+    let (a, b, c) = (release(p3, 'a').await, release(p4, 'b').await, release(Environment::Test, 'c').await);
+    for r in [&a, &b, &c] {
+        store.set_current(r.id).await.unwrap();
+    }
+    let listed = store.list_releases(Some(p3), "previewed").await.unwrap();
+    assert_eq!(listed.iter().map(|r| (r.id, r.env, r.current)).collect::<Vec<_>>(), vec![(a.id, p3, true)]);
+    assert!(store.get_release(b.id).await.unwrap().unwrap().current, "each preview has its own current");
+    assert_eq!(store.list_releases(None, "previewed").await.unwrap().len(), 3);
+    let held = store.find_contents(p3, &["b".repeat(64), "a".repeat(64)]).await.unwrap();
+    assert_eq!(held.iter().map(|h| h.release.id).collect::<Vec<_>>(), vec![a.id], "another preview's contents are not");
 }
 
 async fn legacy_record_story(store: &dyn Store) {

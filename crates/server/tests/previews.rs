@@ -2,7 +2,8 @@
 //! request event signed as the forge signs it builds the head into `preview/pr-<N>`, a newer
 //! head supersedes the queued build, closing removes the preview, fork pull requests build only
 //! when the project allows, the sweep removes expired previews, and clients cannot publish to
-//! a preview themselves.
+//! a preview themselves, and a build still running when its pull request closes cannot
+//! publish the preview back.
 
 mod common;
 
@@ -10,7 +11,7 @@ use axum::http::StatusCode;
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::user::{GlobalRole, ProjectRole};
 use cloudbuild_store::Store;
-use common::{add_user, api, code, github, hmac_hex, post, site, Api};
+use common::{add_user, api, code, github, hmac_hex, post, site, Api, WORKER_TOKEN};
 use serde_json::{json, Value};
 
 const A: &str = "1111111111111111111111111111111111111111";
@@ -214,4 +215,61 @@ async fn clients_cannot_publish_to_a_preview_or_a_ref() {
     let (status, body) =
         api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(task("test", "refs/pull/1/head"))).await;
     assert!(status.is_client_error() && body["message"].as_str().unwrap().contains("ref"), "{status} {body}");
+}
+
+/// Sends a worker's publish call for `task` at attempt 1 with `lease`.
+async fn publish_call(
+    api: &Api,
+    task: i64,
+    lease: &str,
+    method: &str,
+    step: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    use axum::body::Body;
+    use axum::http::{header, Request};
+    use tower::ServiceExt;
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("/api/v1/tasks/{task}/attempts/1/publish/{step}"))
+        .header(header::HOST, "127.0.0.1:7001")
+        .header(header::AUTHORIZATION, format!("Bearer {WORKER_TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-cloudbuild-lease", lease)
+        .body(Body::from(body))
+        .unwrap();
+    let resp = api.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_build_still_running_when_its_pull_request_closes_does_not_publish_the_preview_back() {
+    use cloudbuild_store::{Change, WorkerOp};
+    let api = world().await;
+    let secret = secret(&api).await;
+    let (_, opened) = github(&api, &secret, "pull_request", "r-1", &github_pr("opened", A, "o/site", "t1")).await;
+    let task = opened["task"].as_i64().unwrap();
+    // A worker took it and read its version; then the pull request is closed.
+    let lease = "lease-secret-0123456789";
+    let until = Timestamp(Timestamp::now().0 + 600_000_000);
+    let hash = cloudbuild_server::secrets::lease_key_hash(lease);
+    api.store.claim_next("w1", &[], until, &hash).await.unwrap().unwrap();
+    let op = WorkerOp { task, attempt: 1, worker: "w1".into(), seq: 1, change: Change::Version("1.0.0".into()) };
+    api.store.apply_worker_ops(vec![op]).await.unwrap().remove(0).unwrap();
+    let (_, closed) = github(&api, &secret, "pull_request", "r-2", &github_pr("closed", A, "o/site", "t2")).await;
+    assert_eq!(closed["outcome"], "deleted", "{closed}");
+    // It publishes anyway (its worker has not stopped yet): refused, nothing recorded.
+    let content = b"<h1>pr</h1>";
+    let file = json!({"path": "index.html", "size": content.len(), "hash": blake3::hash(content).to_hex().to_string()});
+    let plan = json!({"files": [file]}).to_string().into_bytes();
+    let (status, answer) = publish_call(&api, task, lease, "POST", "plan", plan.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let blob = format!("blobs/{}", blake3::hash(content).to_hex());
+    assert_eq!(publish_call(&api, task, lease, "PUT", &blob, content.to_vec()).await.0, StatusCode::NO_CONTENT);
+    let (status, refused) = publish_call(&api, task, lease, "POST", "commit", plan).await;
+    assert_eq!((status, code(&refused)), (StatusCode::CONFLICT, "preview_closed"), "{refused}");
+    let (_, releases) = api.call("GET", "/api/v1/releases?name=site", Some("cbp_max"), None).await;
+    assert_eq!(releases["releases"], json!([]), "{releases}");
 }

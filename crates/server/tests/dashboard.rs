@@ -516,3 +516,27 @@ async fn the_project_page_shows_schedules_with_their_next_run_and_the_deliveries
         );
     }
 }
+
+#[tokio::test]
+async fn the_project_page_lists_open_previews_escaped_with_their_sites() {
+    let api = world().await;
+    let (_, project) = api.call("GET", "/api/v1/projects/site", Some("cbp_max"), None).await;
+    let secret = project["webhook_secret"].as_str().unwrap().to_owned();
+    let pr = json!({
+        "action": "opened", "number": 7,
+        "pull_request": {"number": 7, "title": "<script>alert(1)</script> login", "html_url": "javascript:alert(1)",
+                         "updated_at": "t1", "head": {"ref": "login", "sha": "b".repeat(40), "repo": {"full_name": "o/site"}},
+                         "base": {"ref": "main", "repo": {"full_name": "o/site"}}, "user": {"login": "octocat"}},
+        "repository": {"clone_url": "https://example.com/site.git"},
+    });
+    let (status, delivery) = common::github(&api, &secret, "pull_request", "d-pr", &pr).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{delivery}");
+    for (locale, heading) in [("en-US", "Pull request previews"), ("zh-CN", "拉取请求预览")] {
+        let page =
+            send(&api, "GET", &format!("/projects/site?locale={locale}"), Some(&session("rep")), None, &[]).await;
+        assert!(page.body.contains(heading), "{locale}");
+        assert!(page.body.contains("&#60;script&#62;alert(1)") && !page.body.contains("<script>alert"), "escaped");
+        assert!(!page.body.contains("javascript:"), "no script link: {}", page.body);
+        assert!(page.body.contains("pr-7--site.preview."), "the preview's site: {}", page.body);
+    }
+}

@@ -123,6 +123,7 @@ struct ProjectPage {
     /// The query of the next page of builds, if there are more.
     older_query: Option<String>,
     schedules: Vec<ScheduleRow>,
+    previews: Vec<PreviewRow>,
     /// The newest webhook deliveries and commit statuses.
     deliveries: Vec<DeliveryRow>,
 }
@@ -136,6 +137,19 @@ struct ScheduleRow {
     env: String,
     next_run: String,
     last_task: Option<i64>,
+}
+
+/// An open pull request's preview on the project page.
+struct PreviewRow {
+    number: u32,
+    title: String,
+    /// The pull request's page on the forge (`http(s)` only; empty when unknown).
+    web_url: String,
+    url: String,
+    source: String,
+    fork: bool,
+    task: Option<i64>,
+    expires: String,
 }
 
 /// A delivery on the project page.
@@ -166,6 +180,8 @@ pub async fn project(
     let list = releases::list(&state, &viewer.caller, &p.name, None).await.unwrap_or_default();
     let releases = list
         .into_iter()
+        // A removed preview's releases are history only its builds need show.
+        .filter(|r| !(r.pruned && r.env.pull_request().is_some()))
         .map(|r| ReleaseRow {
             env: r.env.to_string(),
             version: r.version,
@@ -198,6 +214,22 @@ pub async fn project(
                 env: view.schedule.env.to_string(),
                 last_task: view.schedule.last_task,
             }
+        })
+        .collect();
+    let previews = crate::domain::previews::list(&state, &viewer.caller, &p.name)
+        .await
+        .map(|l| l.previews)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| PreviewRow {
+            number: v.preview.number,
+            title: v.preview.title,
+            web_url: v.preview.web_url,
+            url: v.url,
+            source: format!("{} {}", v.preview.source_branch, v.preview.head.get(..12).unwrap_or_default()),
+            fork: v.preview.fork,
+            task: v.preview.task,
+            expires: when(&lang, v.preview.expires_at),
         })
         .collect();
     let deliveries = crate::domain::hooks::deliveries(&state, &viewer.caller, &p.name)
@@ -235,6 +267,7 @@ pub async fn project(
         older_query: older.map(|before| format!("{}&before={before}", f.query())),
         filter: f,
         schedules,
+        previews,
         deliveries,
     };
     html(page.render())

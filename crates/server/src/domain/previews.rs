@@ -207,7 +207,7 @@ pub async fn remove(
         let record =
             state.store.get_project(project).await?.and_then(|p| p.previews.into_iter().find(|x| x.number == number));
         if let Some(at) = expired_at {
-            if !record.as_ref().is_some_and(|r| r.expires_at <= at) {
+            if record.as_ref().is_none_or(|r| r.expires_at > at) {
                 return Ok(None);
             }
         }

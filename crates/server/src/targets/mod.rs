@@ -395,9 +395,20 @@ impl Target {
                 let dir = layout::project_dir(root, name);
                 // Releases are read-only files in writable directories: removable as they are.
                 match tokio::fs::remove_dir_all(&dir).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                    _ => Ok(()),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
                 }
+                // What held only this site goes too (a scope's directory, the labels, a
+                // preview's `pr-<N>/`); `remove_dir` leaves any directory another site uses.
+                let mut emptied = vec![root.join(layout::LABELS_DIR)];
+                emptied.extend(
+                    dir.ancestors().skip(1).take_while(|d| d.starts_with(root) && *d != root).map(FsPath::to_path_buf),
+                );
+                emptied.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                for d in emptied.iter().chain(std::iter::once(root)) {
+                    let _ = tokio::fs::remove_dir(d).await;
+                }
+                Ok(())
             }
             Target::S3 { store, prefix, .. } => {
                 let under = Self::object_path(prefix, name.as_str());

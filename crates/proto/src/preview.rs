@@ -68,6 +68,10 @@ pub struct Preview {
     pub fork: bool,
     /// The head commit last built (or being built).
     pub head: String,
+    /// The forge's time of the update that built it ([`PullRequest::updated_at`]): an update
+    /// older than this arriving late is not built over it.
+    #[serde(default)]
+    pub forge_updated_at: String,
     /// Its newest build.
     pub task: Option<TaskId>,
     pub opened_at: Timestamp,

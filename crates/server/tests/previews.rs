@@ -87,6 +87,12 @@ async fn a_pull_request_builds_its_preview_a_newer_head_supersedes_and_closing_r
     let listed = previews(&api).await;
     assert_eq!((listed[0]["head"].as_str(), listed[0]["task"].as_i64()), (Some(B), second["task"].as_i64()));
     assert!(listed[0]["expires_at"].as_str().unwrap() >= expires.as_str(), "renewed on update");
+    // An older update arriving late (forges do not promise order) is not built over it.
+    let late = github_pr("synchronize", "3".repeat(40).as_str(), "o/site", "2026-11-30T10:30:00Z");
+    let (_, late) = github(&api, &secret, "pull_request", "p-late", &late).await;
+    assert_eq!(late["outcome"], "ignored", "{late}");
+    assert!(late["detail"].as_str().unwrap().contains("older update"), "{late}");
+    assert_eq!(previews(&api).await[0]["head"], B);
     // The same change under another delivery id creates nothing.
     let (_, again) = github(&api, &secret, "pull_request", "p-3", &pushed).await;
     assert_eq!(again["outcome"], "duplicate", "{again}");

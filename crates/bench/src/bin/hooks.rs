@@ -2,6 +2,10 @@
 //! deliveries, 32 at a time, each verified (HMAC-SHA256 over the body), claimed once in the
 //! store, and turned into a queued build (superseding the branch's previous queued one). No
 //! worker runs: only the intake is measured. Then the same deliveries again, all duplicates.
+//! Then pull request deliveries: 100 pull requests opened and updated (each queues its preview's
+//! build, supersedes the pull request's queued one and renews the preview's record), checked
+//! afterwards (every preview recorded with its newest build), and the 100 closed (each preview
+//! removed: builds stopped, site deleted, record dropped).
 //!
 //! Run with `cargo run --release -p cloudbuild-bench --bin cloudbuild-bench-hooks -- [--deliveries N]`
 //! (`bench/hooks.sh`). Prints a table: deliveries per second, and the latency of each delivery
@@ -36,11 +40,41 @@ fn delivery(secret: &str, i: usize) -> (String, String, String) {
     (body, format!("d-{i}"), format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
 }
 
-/// Sends every delivery, 32 at a time; returns each one's latency (ms), the statuses seen, and
-/// the elapsed time.
+/// The pull requests the benchmark opens.
+const PULL_REQUESTS: usize = 100;
+
+/// A signed `pull_request` delivery `i`: pull request `i % 100 + 1`, opened the first time,
+/// updated to a new head after; `closed` ends them.
+fn pull_request(secret: &str, i: usize, closed: bool) -> (String, String, String) {
+    let number = i % PULL_REQUESTS + 1;
+    let action = match (closed, i < PULL_REQUESTS) {
+        (true, _) => "closed",
+        (false, true) => "opened",
+        (false, false) => "synchronize",
+    };
+    let head = format!("{:040x}", 1_000_000 + i);
+    // The forge's time of each update, later for each (closing after every update).
+    let at = if closed { 86_399 } else { i % 86_000 };
+    let updated_at = format!("2026-12-01T{:02}:{:02}:{:02}Z", at / 3600, at / 60 % 60, at % 60);
+    let body = serde_json::json!({
+        "action": action, "number": number,
+        "pull_request": {"number": number, "title": format!("change {number}"), "updated_at": updated_at,
+                         "head": {"ref": format!("b{number}"), "sha": head, "repo": {"full_name": "o/bench"}},
+                         "base": {"ref": "main", "repo": {"full_name": "o/bench"}}, "user": {"login": "bench"}},
+        "repository": {"clone_url": "https://203.0.113.10/bench.git"},
+    })
+    .to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    (body, format!("pr-{action}-{i}"), format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+}
+
+/// Sends every delivery of `event`, 32 at a time; returns each one's latency (ms), the
+/// statuses seen, and the elapsed time.
 async fn send_all(
     client: &reqwest::Client,
     url: &str,
+    event: &str,
     all: &[(String, String, String)],
 ) -> Result<(Vec<f64>, Vec<u16>, Duration)> {
     let started = Instant::now();
@@ -50,7 +84,7 @@ async fn send_all(
             let resp = client
                 .post(url)
                 .header("content-type", "application/json")
-                .header("x-github-event", "push")
+                .header("x-github-event", event)
                 .header("x-github-delivery", id)
                 .header("x-hub-signature-256", signature)
                 .body(body.clone())
@@ -108,14 +142,14 @@ async fn main() -> Result<()> {
     let secret = created["webhook_secret"].as_str().context("the project's webhook secret")?.to_owned();
     let url = format!("{base}/api/v1/hooks/github");
     let warm: Vec<_> = (n..n + 50).map(|i| delivery(&secret, i)).collect();
-    send_all(&client, &url, &warm).await?;
+    send_all(&client, &url, "push", &warm).await?;
     let all: Vec<_> = (0..n).map(|i| delivery(&secret, i)).collect();
-    let (lat, statuses, elapsed) = send_all(&client, &url, &all).await?;
+    let (lat, statuses, elapsed) = send_all(&client, &url, "push", &all).await?;
     let queued = statuses.iter().filter(|s| **s == 202).count();
     let mut others: Vec<u16> = statuses.iter().copied().filter(|s| *s != 202).collect();
     others.sort_unstable();
     others.dedup();
-    let (dup_lat, dup_statuses, dup_elapsed) = send_all(&client, &url, &all).await?;
+    let (dup_lat, dup_statuses, dup_elapsed) = send_all(&client, &url, "push", &all).await?;
     let duplicates = dup_statuses.iter().filter(|s| **s == 200).count();
 
     println!("| metric | value |");
@@ -137,6 +171,43 @@ async fn main() -> Result<()> {
         "| duplicate latency p50 / p99 | {:.2} / {:.2} ms |",
         percentile(&dup_lat, 0.5),
         percentile(&dup_lat, 0.99)
+    );
+
+    // Pull requests: opened, then updated, over 100 of them; then all closed.
+    let opened: Vec<_> = (0..n).map(|i| pull_request(&secret, i, false)).collect();
+    let (pr_lat, pr_statuses, pr_elapsed) = send_all(&client, &url, "pull_request", &opened).await?;
+    let pr_queued = pr_statuses.iter().filter(|s| **s == 202).count();
+    let previews: serde_json::Value =
+        client.get(format!("{base}/api/v1/projects/bench/previews")).send().await?.json().await?;
+    let previews = previews["previews"].as_array().cloned().unwrap_or_default();
+    let mut newest_built = 0;
+    for p in &previews {
+        let task: serde_json::Value =
+            client.get(format!("{base}/api/v1/tasks/{}", p["task"])).send().await?.json().await?;
+        newest_built += usize::from(task["commit"] == p["head"] && task["state"] == "queued");
+    }
+    let closing: Vec<_> = (0..PULL_REQUESTS).map(|i| pull_request(&secret, i, true)).collect();
+    let (close_lat, close_statuses, close_elapsed) = send_all(&client, &url, "pull_request", &closing).await?;
+    let removed = close_statuses.iter().filter(|s| **s == 200).count();
+    println!("| pull request deliveries accepted (202, preview build queued) | {pr_queued} of {n} |");
+    println!(
+        "| pull request intake: verify + dedupe + supersede + task + preview record, 32 concurrent | {:.0} deliveries/s |",
+        n as f64 / pr_elapsed.as_secs_f64()
+    );
+    println!(
+        "| pull request latency p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |",
+        percentile(&pr_lat, 0.5),
+        percentile(&pr_lat, 0.99),
+        pr_lat.last().copied().unwrap_or_default()
+    );
+    println!(
+        "| previews recorded afterwards, each with its newest head's queued build | {} and {newest_built} of {PULL_REQUESTS} |",
+        previews.len()
+    );
+    println!(
+        "| closing: previews removed (200) | {removed} of {PULL_REQUESTS}, {:.0}/s, p99 {:.2} ms |",
+        PULL_REQUESTS as f64 / close_elapsed.as_secs_f64(),
+        percentile(&close_lat, 0.99)
     );
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

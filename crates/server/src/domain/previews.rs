@@ -78,15 +78,22 @@ pub(crate) async fn act(
                 None => ("deleted", format!("{why}; it had no preview")),
             }
         }
-        PullRequestAction::Build => match refusal(project, pr) {
-            Some(why) => ("ignored", why),
-            None => {
-                let task = build(state, &caller, forge, project, pr, record).await?;
-                record.task = Some(task);
-                let head = pr.head.as_ref().map(|h| h.short()).unwrap_or_default();
-                ("queued", format!("task {task} builds pull request #{n} at {head} for preview/pr-{n}"))
+        PullRequestAction::Build => {
+            // One update of a pull request at a time, across servers (the preview's release
+            // lock): of two in flight, the later forge time is built last and kept.
+            let _guard = releases::project_guard(state, Environment::Preview(n), &project.name).await?;
+            let project = &state.store.get_project(&project.name).await?.unwrap_or_else(|| project.clone());
+            match refusal(project, pr) {
+                Some(why) => ("ignored", why),
+                None if let Some(newer) = newer_update(project, pr) => ("ignored", newer),
+                None => {
+                    let task = build(state, &caller, forge, project, pr, record).await?;
+                    record.task = Some(task);
+                    let head = pr.head.as_ref().map(|h| h.short()).unwrap_or_default();
+                    ("queued", format!("task {task} builds pull request #{n} at {head} for preview/pr-{n}"))
+                }
             }
-        },
+        }
     };
     record.outcome = outcome.into();
     record.detail = detail;
@@ -109,6 +116,22 @@ fn refusal(project: &Project, pr: &PullRequest) -> Option<String> {
         return Some(format!("pull request #{n}: the project has {MAX_OPEN} open previews, the most it may have"));
     }
     None
+}
+
+/// Why an update is older than the one the preview was last built from (forges do not promise
+/// the order of deliveries): its forge time is earlier. Times of one forge compare as text.
+fn newer_update(project: &Project, pr: &PullRequest) -> Option<String> {
+    let built = project.previews.iter().find(|p| p.number == pr.number)?;
+    let older = !pr.updated_at.is_empty() && pr.updated_at < built.forge_updated_at;
+    older.then(|| {
+        format!(
+            "an older update of pull request #{} arriving late (updated {}; its preview builds {} of {})",
+            pr.number,
+            pr.updated_at,
+            &built.head[..built.head.len().min(12)],
+            built.forge_updated_at
+        )
+    })
 }
 
 /// Queues the build of a pull request's head into its preview, superseding its older queued
@@ -163,7 +186,12 @@ async fn build(
     let now = Timestamp::now();
     let expires_at = Timestamp(now.0 + i64::from(project.triggers.preview_days) * DAY_MICROS);
     projects::bookkeep(state, &project.name, |p| {
-        let opened_at = p.previews.iter().find(|x| x.number == n).map_or(now, |x| x.opened_at);
+        let earlier = p.previews.iter().find(|x| x.number == n);
+        // Two updates built at once: the record keeps the newer build (which wins the site).
+        if earlier.is_some_and(|x| x.task.is_some_and(|t| t > task.id)) {
+            return false;
+        }
+        let opened_at = earlier.map_or(now, |x| x.opened_at);
         p.previews.retain(|x| x.number != n);
         p.previews.push(Preview {
             number: n,
@@ -174,6 +202,7 @@ async fn build(
             author: pr.author.clone(),
             fork: pr.fork,
             head: head.to_string(),
+            forge_updated_at: pr.updated_at.clone(),
             task: Some(task.id),
             opened_at,
             updated_at: now,

@@ -410,13 +410,18 @@ fn keeps_a_maintainer(p: &Project, had: bool) -> Result<(), ProjectError> {
 
 /// Changes a project's record by compare-and-set, retried on conflict: `change` says whether
 /// it changed anything (false: nothing to write). Bookkeeping (a schedule's last run, a
-/// preview's record), not an edit of the project: `updated_at` stays. True when written.
+/// preview's record), not an edit of the project: `updated_at` stays. True when written;
+/// false when `change` wrote nothing or the project is gone.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when other writers changed the record at every one of 64 tries
+/// (each waits a little longer), so that a lost change is never taken for a written one.
 pub(crate) async fn bookkeep(
     state: &AppState,
     name: &str,
     mut change: impl FnMut(&mut Project) -> bool,
 ) -> Result<bool, StoreError> {
-    for _ in 0..8 {
+    for attempt in 0..64u64 {
         let Some(old) = state.store.get_project(name).await? else { return Ok(false) };
         let mut new = old.clone();
         if !change(&mut new) {
@@ -425,6 +430,12 @@ pub(crate) async fn bookkeep(
         if state.store.update_project(&old, &new).await? {
             return Ok(true);
         }
+        // Writers that met here go apart: each waits a different time (its place in line
+        // is random), longer at each try.
+        let mut byte = [0u8; 1];
+        let _ = getrandom::fill(&mut byte);
+        let spread = u64::from(byte[0] % 8);
+        tokio::time::sleep(std::time::Duration::from_millis(attempt.min(16) + spread)).await;
     }
-    Ok(false)
+    Err(StoreError::Conflict { what: format!("a change of project {name} (others kept changing it)") })
 }

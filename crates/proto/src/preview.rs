@@ -80,6 +80,19 @@ pub struct Preview {
     pub expires_at: Timestamp,
 }
 
+/// A pull request closed recently, kept so that an update of it delivered late (forges do not
+/// promise order) does not build its preview again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedPullRequest {
+    pub number: u32,
+    /// The forge's time of the close ([`PullRequest::updated_at`]).
+    pub forge_updated_at: String,
+    pub closed_at: Timestamp,
+}
+
+/// How many closed pull requests a project remembers (the newest).
+pub const MAX_CLOSED: usize = 200;
+
 /// A preview as listed: the record and where its site is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreviewView {

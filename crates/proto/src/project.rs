@@ -50,6 +50,9 @@ pub struct Project {
     /// Its open pull requests' previews, by number.
     #[serde(default)]
     pub previews: Vec<crate::preview::Preview>,
+    /// Its pull requests closed lately (at most [`crate::preview::MAX_CLOSED`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closed_pull_requests: Vec<crate::preview::ClosedPullRequest>,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,

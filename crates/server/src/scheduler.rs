@@ -283,7 +283,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         timeouts: state.settings.timeouts.clone(),
         site_under_path,
         secrets,
-        cache: cache_use(task.trigger, task.no_cache),
+        cache: cache_use(task.trigger, task.env, task.no_cache),
         changed: task.changed,
     };
     let sent = {
@@ -306,16 +306,17 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
 
 /// Which caches a task may use: it reads them unless `--no-cache`; it writes them only when
 /// its build is trusted: a publish by an authorised caller (CLI, API, socket.io, a retry of
-/// one). A webhook's build (any branch of a push, and later pull-request previews and forks)
-/// only reads them until the webhook issue tells the default branch and tags apart
-/// (CVE-2025-36852: cache poisoning by an untrusted build).
+/// one). A webhook's build (any branch of a push) only reads them, and a pull request's
+/// preview, a fork's included, never writes them, retried or not (CVE-2025-36852: cache
+/// poisoning by an untrusted build).
 pub(crate) fn cache_use(
     trigger: cloudbuild_proto::task::Trigger,
+    env: cloudbuild_proto::task::Environment,
     no_cache: bool,
 ) -> cloudbuild_proto::worker::CacheUse {
     use cloudbuild_proto::task::Trigger;
     let trusted = match trigger {
-        Trigger::Cli | Trigger::Api | Trigger::SocketIo | Trigger::Retry => true,
+        Trigger::Cli | Trigger::Api | Trigger::SocketIo | Trigger::Retry => env.pull_request().is_none(),
         Trigger::Webhook(_) | Trigger::Preview | Trigger::Schedule => false,
     };
     cloudbuild_proto::worker::CacheUse { read: !no_cache, write: !no_cache && trusted }
@@ -413,17 +414,25 @@ async fn watchdog(state: &AppState) {
 #[cfg(test)]
 mod tests {
     use super::cache_use;
-    use cloudbuild_proto::task::Trigger;
+    use cloudbuild_proto::task::{Environment, Trigger};
     use cloudbuild_proto::worker::CacheUse;
 
     #[test]
     fn only_trusted_builds_write_the_caches_and_no_cache_turns_both_off() {
-        assert_eq!(cache_use(Trigger::Cli, false), CacheUse { read: true, write: true });
-        assert_eq!(cache_use(Trigger::Retry, false), CacheUse { read: true, write: true });
+        let test = Environment::Test;
+        assert_eq!(cache_use(Trigger::Cli, test, false), CacheUse { read: true, write: true });
+        assert_eq!(cache_use(Trigger::Retry, test, false), CacheUse { read: true, write: true });
         assert_eq!(
-            cache_use(Trigger::Webhook(cloudbuild_proto::webhook::Forge::GitLab), false),
+            cache_use(Trigger::Webhook(cloudbuild_proto::webhook::Forge::GitLab), test, false),
             CacheUse { read: true, write: false }
         );
-        assert_eq!(cache_use(Trigger::Api, true), CacheUse { read: false, write: false });
+        assert_eq!(cache_use(Trigger::Api, test, true), CacheUse { read: false, write: false });
+        let preview = Environment::Preview(3);
+        assert_eq!(cache_use(Trigger::Preview, preview, false), CacheUse { read: true, write: false });
+        assert_eq!(
+            cache_use(Trigger::Retry, preview, false),
+            CacheUse { read: true, write: false },
+            "a retried preview is the same unreviewed code"
+        );
     }
 }

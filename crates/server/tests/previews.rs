@@ -22,6 +22,7 @@ async fn world() -> Api {
     let store: &dyn Store = api.store.as_ref();
     add_user(store, "max", GlobalRole::User, false).await;
     add_user(store, "dev", GlobalRole::User, false).await;
+    add_user(store, "root", GlobalRole::Admin, false).await;
     let members = [("max", ProjectRole::Maintainer), ("dev", ProjectRole::Developer)];
     assert!(store.create_project(&site(&members)).await.unwrap());
     api
@@ -135,7 +136,9 @@ async fn fork_pull_requests_build_only_when_the_project_allows_and_previews_can_
     let listed = previews(&api).await;
     assert_eq!(listed[0]["fork"], true);
     let off = json!({"triggers": {"previews": false}});
-    api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(off)).await;
+    let (status, body) = api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(off)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(previews(&api).await.is_empty(), "turned off: the open ones go too");
     let (_, off) = github(&api, &secret, "pull_request", "f-3", &github_pr("synchronize", B, "o/site", "t3")).await;
     assert_eq!(off["outcome"], "ignored", "{off}");
     let bad = json!({"triggers": {"preview_days": 0}});
@@ -264,9 +267,8 @@ async fn a_build_still_running_when_its_pull_request_closes_does_not_publish_the
     api.store.claim_next("w1", &[], until, &hash).await.unwrap().unwrap();
     let op = WorkerOp { task, attempt: 1, worker: "w1".into(), seq: 1, change: Change::Version("1.0.0".into()) };
     api.store.apply_worker_ops(vec![op]).await.unwrap().remove(0).unwrap();
-    let (_, closed) = github(&api, &secret, "pull_request", "r-2", &github_pr("closed", A, "o/site", "t2")).await;
-    assert_eq!(closed["outcome"], "deleted", "{closed}");
-    // It publishes anyway (its worker has not stopped yet): refused, nothing recorded.
+    // It had planned and uploaded when the pull request is closed; its worker has not stopped
+    // yet and commits: refused, nothing written or recorded.
     let content = b"<h1>pr</h1>";
     let file = json!({"path": "index.html", "size": content.len(), "hash": blake3::hash(content).to_hex().to_string()});
     let plan = json!({"files": [file]}).to_string().into_bytes();
@@ -274,8 +276,57 @@ async fn a_build_still_running_when_its_pull_request_closes_does_not_publish_the
     assert_eq!(status, StatusCode::OK, "{answer}");
     let blob = format!("blobs/{}", blake3::hash(content).to_hex());
     assert_eq!(publish_call(&api, task, lease, "PUT", &blob, content.to_vec()).await.0, StatusCode::NO_CONTENT);
-    let (status, refused) = publish_call(&api, task, lease, "POST", "commit", plan).await;
+    let (_, closed) = github(&api, &secret, "pull_request", "r-2", &github_pr("closed", A, "o/site", "t2")).await;
+    assert_eq!(closed["outcome"], "deleted", "{closed}");
+    let (status, refused) = publish_call(&api, task, lease, "POST", "commit", plan.clone()).await;
     assert_eq!((status, code(&refused)), (StatusCode::CONFLICT, "preview_closed"), "{refused}");
+    let (status, refused) = publish_call(&api, task, lease, "POST", "plan", plan).await;
+    assert_eq!((status, code(&refused)), (StatusCode::CONFLICT, "preview_closed"), "planning too: {refused}");
+    let site = api.state.settings.data_dir.join("targets/preview/pr-12/site");
+    assert!(!site.exists(), "nothing written for the closed preview");
     let (_, releases) = api.call("GET", "/api/v1/releases?name=site", Some("cbp_max"), None).await;
     assert_eq!(releases["releases"], json!([]), "{releases}");
+}
+
+#[tokio::test]
+async fn late_deliveries_neither_revive_a_closed_preview_nor_close_a_reopened_one_and_retries_follow_the_head() {
+    let api = world().await;
+    let secret = secret(&api).await;
+    let send = |action: &'static str, head: &'static str, at: &'static str, id: &'static str| {
+        let api = &api;
+        let secret = secret.clone();
+        async move { github(api, &secret, "pull_request", id, &github_pr(action, head, "o/site", at)).await.1 }
+    };
+    assert_eq!(send("opened", A, "2026-11-30T10:00:00Z", "l-1").await["outcome"], "queued");
+    assert_eq!(send("closed", A, "2026-11-30T12:00:00Z", "l-2").await["outcome"], "deleted");
+    // An update from before the close, delivered after it: the preview stays closed.
+    let late = send("synchronize", B, "2026-11-30T11:00:00Z", "l-3").await;
+    assert_eq!(late["outcome"], "ignored", "{late}");
+    assert!(late["detail"].as_str().unwrap().contains("after its close"), "{late}");
+    assert!(previews(&api).await.is_empty());
+    // Reopened; then a close from before the reopening arrives: the preview stays.
+    let reopened = send("reopened", B, "2026-11-30T14:00:00Z", "l-4").await;
+    assert_eq!(reopened["outcome"], "queued", "{reopened}");
+    let stale = send("closed", B, "2026-11-30T13:00:00Z", "l-5").await;
+    assert_eq!(stale["outcome"], "ignored", "{stale}");
+    assert_eq!(previews(&api).await.len(), 1);
+
+    // A retry builds the preview's head again and becomes its newest build; once the pull
+    // request moved on, a retry of the older head is refused.
+    let built = reopened["task"].as_i64().unwrap();
+    let (status, _) = api.call("POST", &format!("/api/v1/tasks/{built}/cancel"), Some("cbp_dev"), None).await;
+    assert!(status.is_success());
+    let (status, retry) = api.call("POST", &format!("/api/v1/tasks/{built}/retry"), Some("cbp_dev"), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{retry}");
+    assert_eq!((retry["env"].as_str(), retry["trigger"].as_str()), (Some("preview/pr-12"), Some("retry")));
+    assert_eq!(previews(&api).await[0]["task"], retry["id"]);
+    send("synchronize", "3333333333333333333333333333333333333333", "2026-11-30T15:00:00Z", "l-6").await;
+    let (status, refused) = api.call("POST", &format!("/api/v1/tasks/{built}/retry"), Some("cbp_dev"), None).await;
+    assert!(status.is_client_error() && refused["message"].as_str().unwrap().contains("moved on"), "{refused}");
+
+    // Deleting the project's registration removes its previews first.
+    let (status, body) = api.call("DELETE", "/api/v1/projects/site", Some("cbp_root"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (_, audit) = api.call("GET", "/api/v1/audit?action=preview.remove", Some("cbp_root"), None).await;
+    assert!(audit.to_string().contains("registration was deleted"), "{audit}");
 }

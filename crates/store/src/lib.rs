@@ -351,6 +351,7 @@ pub trait Store: Send + Sync + 'static {
     /// holder is chosen; a hash whose newest holder was pruned is still found in an older live one.
     async fn find_contents(&self, env: Environment, hashes: &[String]) -> Result<Vec<ContentHolder>>;
     /// Marks releases as removed from their target.
+    /// A pruned release that was its environment's current one leaves it without one.
     async fn mark_pruned(&self, ids: &[i64]) -> Result<()>;
 
     /// Records a worker's registration, heartbeat or departure (keyed by its name).

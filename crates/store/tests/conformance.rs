@@ -355,6 +355,7 @@ async fn project_story(store: &dyn Store) {
         forge: None,
         schedules: Vec::new(),
         previews: Vec::new(),
+        closed_pull_requests: Vec::new(),
         created_by: "alice".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

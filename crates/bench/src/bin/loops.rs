@@ -119,6 +119,7 @@ async fn main() -> Result<()> {
             forge: None,
             schedules: vec![schedule("nightly", "Europe/Berlin")?, schedule("weekly", "America/New_York")?],
             previews: Vec::new(),
+            closed_pull_requests: Vec::new(),
             created_by: "bench".into(),
             created_at: now,
             updated_at: now,

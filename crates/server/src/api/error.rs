@@ -235,6 +235,14 @@ impl From<ProjectError> for ApiError {
                 tracing::error!("{message}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server could not open its key file")
             }
+            ProjectError::Previews(_) => {
+                tracing::error!("{message}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "target_failed",
+                    "removing the project's previews failed; nothing was changed",
+                )
+            }
             ProjectError::Policy(p) => p.into(),
             ProjectError::Store(s) => s.into(),
         }

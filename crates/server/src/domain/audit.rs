@@ -50,7 +50,7 @@ impl Outcome for super::releases::ReleaseError {
 
 impl Outcome for super::projects::ProjectError {
     fn internal(&self) -> bool {
-        matches!(self, Self::Store(_)) || matches!(self, Self::Policy(p) if p.internal())
+        matches!(self, Self::Store(_) | Self::Previews(_)) || matches!(self, Self::Policy(p) if p.internal())
     }
 }
 

@@ -216,6 +216,7 @@ mod tests {
             forge: None,
             schedules: Vec::new(),
             previews: Vec::new(),
+            closed_pull_requests: Vec::new(),
             created_by: "max".into(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1),

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudbuild_proto::preview::{Preview, PreviewList, PreviewView, PullRequest, PullRequestAction, MAX_OPEN};
+use cloudbuild_proto::preview::{
+    ClosedPullRequest, Preview, PreviewList, PreviewView, PullRequest, PullRequestAction, MAX_CLOSED, MAX_OPEN,
+};
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::task::{CreateTask, Environment, TaskId, Trigger};
 use cloudbuild_proto::time::Timestamp;
@@ -73,9 +75,18 @@ pub(crate) async fn act(
         PullRequestAction::Other(what) => ("ignored", format!("pull request #{n} {what}: nothing to build or remove")),
         PullRequestAction::Close => {
             let why = format!("pull request #{n} was closed");
-            match remove(state, &caller, &project.name, n, &why, None).await? {
-                Some(releases) => ("deleted", format!("{why}; its preview was removed ({releases} releases)")),
-                None => ("deleted", format!("{why}; it had no preview")),
+            match remove(state, &caller, &project.name, n, Removal::Closed { forge_updated_at: &pr.updated_at }).await?
+            {
+                Removed::Releases(releases) => {
+                    ("deleted", format!("{why}; its preview was removed ({releases} releases)"))
+                }
+                Removed::Nothing => ("deleted", format!("{why}; it had no preview")),
+                Removed::Stale(newer) => (
+                    "ignored",
+                    format!(
+                        "a close of pull request #{n} arriving late: it was updated since ({newer}); its preview stays"
+                    ),
+                ),
             }
         }
         PullRequestAction::Build => {
@@ -118,9 +129,18 @@ fn refusal(project: &Project, pr: &PullRequest) -> Option<String> {
     None
 }
 
-/// Why an update is older than the one the preview was last built from (forges do not promise
-/// the order of deliveries): its forge time is earlier. Times of one forge compare as text.
+/// Why an update is older than the one the preview was last built from, or than the pull
+/// request's close (forges do not promise the order of deliveries): its forge time is earlier.
+/// Times of one forge compare as text.
 fn newer_update(project: &Project, pr: &PullRequest) -> Option<String> {
+    if let Some(closed) = project.closed_pull_requests.iter().find(|c| c.number == pr.number) {
+        if !pr.updated_at.is_empty() && pr.updated_at <= closed.forge_updated_at {
+            return Some(format!(
+                "an update of pull request #{} (at {}) arriving after its close (at {})",
+                pr.number, pr.updated_at, closed.forge_updated_at
+            ));
+        }
+    }
     let built = project.previews.iter().find(|p| p.number == pr.number)?;
     let older = !pr.updated_at.is_empty() && pr.updated_at < built.forge_updated_at;
     older.then(|| {
@@ -215,47 +235,101 @@ async fn build(
     Ok(task.id)
 }
 
+/// Why a preview is removed.
+#[derive(Debug, Clone, Copy)]
+pub enum Removal<'a> {
+    /// Its pull request was closed or merged, at this forge time: remembered, so that an update
+    /// delivered late does not build it again; ignored when the preview was built from a later
+    /// update (a close delivered after a reopen).
+    Closed { forge_updated_at: &'a str },
+    /// The sweep: only if it is still expired at `at` (another server may have removed it, or
+    /// an update renewed it, meanwhile).
+    Expired { at: Timestamp },
+    /// Someone asked (`previews remove`, a project removed or its previews turned off).
+    Requested { by: &'a str, why: &'a str },
+}
+
+impl Removal<'_> {
+    fn describe(&self, project: &Project, number: u32) -> String {
+        match self {
+            Removal::Closed { .. } => format!("pull request #{number} was closed"),
+            Removal::Expired { .. } => {
+                let since = project.previews.iter().find(|p| p.number == number).map(|p| p.updated_at);
+                let since = since.map(|t| t.to_string()).unwrap_or_else(|| "long ago".into());
+                format!("not updated since {since} (triggers.preview_days = {})", project.triggers.preview_days)
+            }
+            Removal::Requested { by, why } => format!("removed by {by}: {why}"),
+        }
+    }
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    /// The preview was removed, with this many releases.
+    Releases(usize),
+    /// There was none to remove (or, for the sweep, none expired any more).
+    Nothing,
+    /// A close older than the update the preview was built from: nothing was removed.
+    Stale(String),
+}
+
 /// Removes pull request `number`'s preview of `project`: stops its builds, deletes its site
-/// from the target, marks its releases removed and drops its record, under the project's
-/// release lock (a publish of it waits, then finds it closed). With `expired_at`, only if the
-/// record is still there and expired at that time (the sweep: another server may have removed
-/// or the pull request renewed it meanwhile). Returns how many releases it removed; `None`
-/// when there was nothing to remove.
+/// from the target, marks its releases removed (none stays current) and drops its record,
+/// under the preview's release lock (a publish of it waits, then finds it closed).
 pub async fn remove(
     state: &AppState,
     caller: &Caller,
     project: &str,
     number: u32,
-    why: &str,
-    expired_at: Option<Timestamp>,
-) -> Result<Option<usize>, PreviewError> {
+    how: Removal<'_>,
+) -> Result<Removed, PreviewError> {
     let env = Environment::Preview(number);
+    let mut why = String::new();
     let result = async {
         let name = ProjectName::parse(project)?;
         let guard = releases::project_guard(state, env, project).await?;
-        let record =
-            state.store.get_project(project).await?.and_then(|p| p.previews.into_iter().find(|x| x.number == number));
-        if let Some(at) = expired_at {
-            if record.as_ref().is_none_or(|r| r.expires_at > at) {
-                return Ok(None);
+        let Some(found) = state.store.get_project(project).await? else { return Ok(Removed::Nothing) };
+        why = how.describe(&found, number);
+        let record = found.previews.iter().find(|x| x.number == number);
+        match (how, record) {
+            (Removal::Expired { at }, _) if record.is_none_or(|r| r.expires_at > at) => return Ok(Removed::Nothing),
+            (Removal::Closed { forge_updated_at }, Some(r))
+                if !forge_updated_at.is_empty() && forge_updated_at < r.forge_updated_at.as_str() =>
+            {
+                return Ok(Removed::Stale(format!("updated at {}", r.forge_updated_at)));
             }
+            _ => {}
         }
+        let had_record = record.is_some();
         stop_builds(state, caller, project, env).await?;
         state.targets.get(env).remove_site(&name).await.map_err(|e| PreviewError::Target(e.to_string()))?;
         let live: Vec<i64> =
             state.store.list_releases(Some(env), project).await?.iter().filter(|r| !r.pruned).map(|r| r.id).collect();
         state.store.mark_pruned(&live).await?;
         projects::bookkeep(state, project, |p| {
-            let before = p.previews.len();
+            let before = (p.previews.len(), p.closed_pull_requests.len());
             p.previews.retain(|x| x.number != number);
-            p.previews.len() != before
+            if let Removal::Closed { forge_updated_at } = how {
+                p.closed_pull_requests.retain(|c| c.number != number);
+                p.closed_pull_requests.push(ClosedPullRequest {
+                    number,
+                    forge_updated_at: forge_updated_at.to_owned(),
+                    closed_at: Timestamp::now(),
+                });
+                p.closed_pull_requests.sort_by_key(|c| std::cmp::Reverse(c.closed_at));
+                p.closed_pull_requests.truncate(MAX_CLOSED);
+            }
+            (p.previews.len(), p.closed_pull_requests.len()) != before || matches!(how, Removal::Closed { .. })
         })
         .await?;
+        state.sites.forget_labels(env);
         drop(guard);
-        Ok((record.is_some() || !live.is_empty()).then_some(live.len()))
+        state.targets.forget_lock(env, project);
+        Ok(if had_record || !live.is_empty() { Removed::Releases(live.len()) } else { Removed::Nothing })
     }
     .await;
-    if !matches!(result, Ok(None)) {
+    if matches!(result, Ok(Removed::Releases(_)) | Err(_)) {
         let target = format!("preview {env} of project {project}: {why}");
         super::audit::record(state, caller, "preview.remove", target, Some(project), &result).await;
     }
@@ -276,6 +350,37 @@ async fn stop_builds(state: &AppState, caller: &Caller, project: &str, env: Envi
             let _ = tasks::cancel(state, caller, t.id).await;
         }
     }
+    Ok(())
+}
+
+/// Refuses the retry of a preview's build unless the preview is open and still at that
+/// build's head: a retry of an older head would put it back over the newer one.
+pub(crate) async fn may_retry(state: &AppState, task: &cloudbuild_proto::task::Task, n: u32) -> Result<(), TaskError> {
+    let record =
+        state.store.get_project(&task.name).await?.and_then(|p| p.previews.into_iter().find(|x| x.number == n));
+    match record {
+        Some(r) if task.commit.as_deref() == Some(r.head.as_str()) => Ok(()),
+        Some(r) => Err(TaskError::Refused(format!(
+            "pull request #{n} has moved on to {} since task {}: its preview builds that head",
+            &r.head[..r.head.len().min(12)],
+            task.id
+        ))),
+        None => Err(TaskError::Refused(format!(
+            "pull request #{n} was closed (or its preview removed): its next update builds a preview again"
+        ))),
+    }
+}
+
+/// Records a retry as the preview's newest build.
+pub(crate) async fn retried(state: &AppState, task: &cloudbuild_proto::task::Task, n: u32) -> Result<(), StoreError> {
+    projects::bookkeep(state, &task.name, |p| match p.previews.iter_mut().find(|x| x.number == n) {
+        Some(x) if x.task.is_none_or(|t| t < task.id) => {
+            x.task = Some(task.id);
+            true
+        }
+        _ => false,
+    })
+    .await?;
     Ok(())
 }
 
@@ -304,10 +409,30 @@ pub async fn list(state: &AppState, caller: &Caller, project: &str) -> Result<Pr
 /// Removes a preview on request (whoever may build previews of the project).
 pub async fn remove_now(state: &AppState, caller: &Caller, project: &str, number: u32) -> Result<usize, PreviewError> {
     projects::get(state, caller, project, ProjectAction::Publish(Environment::Preview(number))).await?;
-    let why = format!("removed by {}", caller.name);
-    remove(state, caller, project, number, &why, None)
-        .await?
-        .ok_or_else(|| PreviewError::NotFound { project: project.to_owned(), number })
+    let how = Removal::Requested { by: &caller.name, why: "previews remove" };
+    match remove(state, caller, project, number, how).await? {
+        Removed::Releases(n) => Ok(n),
+        _ => Err(PreviewError::NotFound { project: project.to_owned(), number }),
+    }
+}
+
+/// Removes the open previews of `project` that `which` selects (a project removed, or its
+/// previews, or its forks' previews, turned off); returns how many.
+pub(crate) async fn remove_all(
+    state: &AppState,
+    caller: &Caller,
+    project: &Project,
+    why: &str,
+    which: impl Fn(&Preview) -> bool,
+) -> Result<usize, PreviewError> {
+    let mut removed = 0;
+    for p in project.previews.iter().filter(|p| which(p)) {
+        let how = Removal::Requested { by: &caller.name, why };
+        if matches!(remove(state, caller, &project.name, p.number, how).await?, Removed::Releases(_)) {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The sweep: every [`SWEEP`], removes the previews whose time is up.
@@ -328,13 +453,9 @@ pub async fn sweep(state: &AppState, now: Timestamp) -> Result<usize, StoreError
     let mut removed = 0;
     for project in state.store.list_projects().await? {
         for p in project.previews.iter().filter(|p| p.expires_at <= now) {
-            let why = format!(
-                "not updated since {} (triggers.preview_days = {})",
-                p.updated_at, project.triggers.preview_days
-            );
-            match remove(state, &caller, &project.name, p.number, &why, Some(now)).await {
-                Ok(Some(_)) => removed += 1,
-                Ok(None) => {}
+            match remove(state, &caller, &project.name, p.number, Removal::Expired { at: now }).await {
+                Ok(Removed::Releases(_)) => removed += 1,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(project = %project.name, number = p.number, "removing an expired preview: {e}")
                 }

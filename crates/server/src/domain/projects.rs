@@ -62,6 +62,9 @@ pub enum ProjectError {
     /// The webhook secret could not be sealed or opened (the vault's key file).
     #[error("the project's webhook secret: {0}")]
     Vault(String),
+    /// Its previews could not all be removed (the target failed): the project is left as it was.
+    #[error("removing the project's previews failed: {0}")]
+    Previews(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -217,6 +220,7 @@ fn record(
         forge: None,
         schedules: Vec::new(),
         previews: Vec::new(),
+        closed_pull_requests: Vec::new(),
         created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,
@@ -278,6 +282,22 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
     if let Some(rules) = &req.triggers {
         rules.validate().map_err(ProjectError::BadTriggers)?;
     }
+    // What the new settings no longer allow is not left up: another repository's pull
+    // requests, previews turned off, forks' previews turned off.
+    if let Some(old) = state.store.get_project(name).await? {
+        let moved = url.as_ref().is_some_and(|u| u.identity() != old.repo_identity);
+        let rules = req.triggers.as_ref().unwrap_or(&old.triggers);
+        let (why, which): (&str, fn(&cloudbuild_proto::preview::Preview, bool) -> bool) = match (moved, rules) {
+            (true, _) => ("the project builds from another repository now", |_, _| true),
+            (_, r) if !r.previews => ("the project's previews were turned off", |_, _| true),
+            (_, r) if !r.fork_previews => ("the project's fork previews were turned off", |p, _| p.fork),
+            _ => ("", |_, _| false),
+        };
+        let caller = Caller::on_behalf_of("project settings");
+        super::previews::remove_all(state, &caller, &old, why, |p| which(p, moved))
+            .await
+            .map_err(|e| ProjectError::Previews(e.to_string()))?;
+    }
     update(state, name, |project| {
         if let Some(url) = &url {
             project.repo = url.as_str().to_owned();
@@ -333,6 +353,13 @@ pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> Result<(),
 
 async fn unregister(state: &AppState, name: &str) -> Result<(), ProjectError> {
     let name = ProjectName::parse(name)?;
+    // Its previews first: nothing would ever remove them once the record that lists them is gone.
+    if let Some(project) = state.store.get_project(name.as_str()).await? {
+        let caller = Caller::on_behalf_of("project removal");
+        super::previews::remove_all(state, &caller, &project, "the project's registration was deleted", |_| true)
+            .await
+            .map_err(|e| ProjectError::Previews(e.to_string()))?;
+    }
     if !state.store.delete_project(name.as_str()).await? {
         return Err(ProjectError::NotFound(name.to_string()));
     }

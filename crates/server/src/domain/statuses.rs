@@ -302,9 +302,9 @@ impl Reporter {
         for id in ids {
             let task = &seen[&id];
             // A push's build tells its forge; a preview's, the forge the project is linked to.
-            let forge = match task.trigger {
-                Trigger::Webhook(forge) => Some(forge),
-                Trigger::Preview => None,
+            let forge = match (task.trigger, task.env.pull_request()) {
+                (Trigger::Webhook(forge), _) => Some(forge),
+                (Trigger::Preview, _) | (Trigger::Retry, Some(_)) => None,
                 _ => continue,
             };
             let status = status_of(task);

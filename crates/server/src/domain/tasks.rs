@@ -347,6 +347,9 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
     if !old.state.is_terminal() {
         return Err(TaskError::NotFinished { id: old.id, state: old.state });
     }
+    if let Some(n) = old.env.pull_request() {
+        super::previews::may_retry(state, &old, n).await?;
+    }
     let req = CreateTask {
         repo: old.repo,
         branch: old.branch,
@@ -370,5 +373,9 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
     }
     check_repo_host(&state.settings, &new.repo).await?;
     super::projects::admit(state, caller, &new.name, &new.repo, project).await?;
-    submit(state, new).await
+    let task = submit(state, new).await?;
+    if let Some(n) = task.env.pull_request() {
+        super::previews::retried(state, &task, n).await?;
+    }
+    Ok(task)
 }

@@ -45,6 +45,13 @@ pub struct Sites {
     >,
 }
 
+impl Sites {
+    /// Forgets the labels seen in `env` (a preview removed: its labels name nothing now).
+    pub fn forget_labels(&self, env: cloudbuild_proto::task::Environment) {
+        self.labels.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != env);
+    }
+}
+
 /// Answers a request by host: the whole path is the site's.
 async fn compressed(site: Site, req: Request) -> Response {
     let raw = req.uri().path().to_owned();

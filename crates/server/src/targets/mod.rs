@@ -460,6 +460,15 @@ impl Targets {
         locks.entry((env, name.to_owned())).or_default().clone()
     }
 
+    /// Drops the switch lock of a project in an environment that nobody holds or waits for (a
+    /// removed preview's: one per pull request would otherwise stay forever).
+    pub fn forget_lock(&self, env: Environment, name: &str) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.get(&(env, name.to_owned())).is_some_and(|l| std::sync::Arc::strong_count(l) == 1) {
+            locks.remove(&(env, name.to_owned()));
+        }
+    }
+
     /// The target of an environment. A preview's is the preview target under `pr-<N>/`: each
     /// pull request's releases, `current` link and labels are apart from every other's, so
     /// removing one preview is removing one directory (or key prefix).

@@ -139,6 +139,15 @@ pub(super) async fn mark_pruned(s: &RedisStore, ids: &[i64]) -> Result<()> {
                 }
                 pipe.query_async::<()>(&mut s.con()).await?;
             }
+            if r.current {
+                // A removed release is nobody's current one (a removed preview's last).
+                let field = current_field(r.env, &r.name);
+                let script = redis::Script::new(
+                    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end",
+                );
+                let _: () =
+                    script.key(format!("{P}current")).arg(field).arg(id.to_string()).invoke_async(&mut s.con()).await?;
+            }
             r.pruned = true;
             r.current = false;
             let _: () = s.con().set(format!("{P}release:{id}"), serde_json::to_string(&r).map_err(db_err)?).await?;

@@ -460,6 +460,8 @@ impl Store for SqliteStore {
         let mut conn = self.writer.lock().await;
         for id in ids {
             sqlx::query("UPDATE releases SET pruned = 1 WHERE id = ?").bind(id).execute(&mut *conn).await?;
+            // A removed release is nobody's current one (a removed preview's last).
+            sqlx::query("DELETE FROM current_releases WHERE release_id = ?").bind(id).execute(&mut *conn).await?;
         }
         Ok(())
     }

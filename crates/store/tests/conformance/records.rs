@@ -55,6 +55,12 @@ pub(crate) async fn preview_story(store: &dyn Store) {
     assert_eq!(store.list_releases(None, "previewed").await.unwrap().len(), 3);
     let held = store.find_contents(p3, &["b".repeat(64), "a".repeat(64)]).await.unwrap();
     assert_eq!(held.iter().map(|h| h.release.id).collect::<Vec<_>>(), vec![a.id], "another preview's contents are not");
+    // A preview removed whole: its last release is nobody's current one any more.
+    store.mark_pruned(&[a.id]).await.unwrap();
+    let gone = store.list_releases(Some(p3), "previewed").await.unwrap();
+    assert_eq!(gone.iter().map(|r| (r.pruned, r.current)).collect::<Vec<_>>(), vec![(true, false)]);
+    assert!(!store.get_release(a.id).await.unwrap().unwrap().current);
+    assert!(store.get_release(b.id).await.unwrap().unwrap().current, "the other preview keeps its own");
 }
 
 async fn legacy_record_story(store: &dyn Store) {

@@ -134,12 +134,22 @@ impl NewSchedule {
     /// Checks every field and makes the record: the branch defaults to `default_branch`.
     ///
     /// # Errors
-    /// The first field that is not valid (`name`, `cron`, `timezone`, `branch`).
+    /// The first field that is not valid (`name`, `cron`, `timezone`, `branch`, `env`: a
+    /// schedule builds a branch for `test` or `prod`, never a ref or a pull request's preview).
     pub fn into_schedule(self, default_branch: &str, by: &str, now: Timestamp) -> Result<Schedule, ValidationError> {
         let name = identifier("schedule name", &self.name)?;
         let timezone = self.timezone.unwrap_or_else(|| "UTC".to_owned());
         Cron::parse(&self.cron, &timezone)?;
         let branch = GitRef::parse(self.branch.as_deref().unwrap_or(default_branch))?;
+        if branch.as_str().starts_with("refs/") {
+            return Err(ValidationError { field: "branch", reason: "a branch name, not a ref (`refs/…`)".into() });
+        }
+        if self.env.is_some_and(|e| e.pull_request().is_some()) {
+            return Err(ValidationError {
+                field: "env",
+                reason: "a schedule builds for test or prod; previews are built by their pull requests".into(),
+            });
+        }
         Ok(Schedule {
             name,
             cron: self.cron.trim().to_owned(),
@@ -270,6 +280,18 @@ mod tests {
         .into_schedule("main", "max", at("2026-11-01T00:00:00Z"))
         .unwrap();
         assert_eq!((s.branch.as_str(), s.env), ("main", Environment::Test));
+        let new = |branch: &str, env| NewSchedule {
+            name: "n".into(),
+            cron: "@daily".into(),
+            timezone: None,
+            branch: Some(branch.into()),
+            env: Some(env),
+        };
+        for (bad, field) in
+            [(new("main", Environment::Preview(3)), "env"), (new("refs/pull/3/head", Environment::Test), "branch")]
+        {
+            assert_eq!(bad.into_schedule("main", "max", at("2026-11-01T00:00:00Z")).unwrap_err().field, field);
+        }
         // 03:00 in Shanghai is 19:00 UTC the day before.
         assert_eq!(s.due(at("2026-11-01T18:59:00Z")), None, "not yet");
         let first = s.due(at("2026-11-01T19:00:30Z"));

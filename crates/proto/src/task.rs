@@ -26,7 +26,8 @@ pub enum Environment {
 }
 
 impl Environment {
-    /// `test`, `prod` or `preview/pr-<N>`: the name stored, shown and accepted by `--env`.
+    /// `test`, `prod` or `preview/pr-<N>`: the name stored and shown (and taken by `releases
+    /// --env` and `rollback --env`; publishing and secrets take `test` and `prod` only).
     pub fn as_str(self) -> std::borrow::Cow<'static, str> {
         match self {
             Environment::Preview(n) => format!("preview/pr-{n}").into(),

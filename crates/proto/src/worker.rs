@@ -18,8 +18,10 @@ use crate::event::OutputStream;
 use crate::task::{Environment, Stage, TaskId};
 use crate::time::Timestamp;
 
-/// The version of this protocol; the server refuses workers that speak another one.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The version of this protocol; the server refuses workers that speak another one. 4: an
+/// assignment's environment may be a preview (`preview/pr-<N>`), built from its pull
+/// request's ref.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Worker → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,14 +8,22 @@ use cloudbuild_proto::release::{ReleaseList, RollbackResult};
 use super::ServerArg;
 use crate::output::outln;
 
+/// An environment's name as the server spells it.
+fn environment(s: &str) -> Result<String, String> {
+    cloudbuild_proto::task::Environment::parse(s)
+        .map(|e| e.to_string())
+        .ok_or_else(|| format!("`{s}` is not an environment: test, prod or preview/pr-<N>"))
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReleasesArgs {
     #[command(flatten)]
     server: ServerArg,
     /// Project name (as in package.json).
     name: String,
-    /// Only this environment (test or prod); both when absent.
-    #[arg(long, value_parser = ["test", "prod"])]
+    /// Only this environment (`test`, `prod`, or a pull request's `preview/pr-<N>`); all when
+    /// absent.
+    #[arg(long, value_parser = environment)]
     env: Option<String>,
     /// Print JSON.
     #[arg(long)]
@@ -28,8 +36,9 @@ pub(crate) struct RollbackArgs {
     server: ServerArg,
     /// Project name (as in package.json).
     name: String,
-    /// Environment to switch (required: rolling back `prod` by accident is worse than typing it).
-    #[arg(long, required = true, value_parser = ["test", "prod"])]
+    /// Environment to switch (required: rolling back `prod` by accident is worse than typing
+    /// it): `test`, `prod` or `preview/pr-<N>`.
+    #[arg(long, required = true, value_parser = environment)]
     env: String,
     /// Version to switch to (its latest build) [default: the release before the current one].
     #[arg(long)]

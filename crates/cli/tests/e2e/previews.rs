@@ -115,8 +115,9 @@ fn a_pull_request_is_previewed_at_its_own_origin_updated_and_removed_on_close() 
     assert_eq!((status, closed["outcome"].as_str()), (200, Some("deleted")), "{closed}");
     assert_eq!(get_text(&origin).0, 404, "removed with its pull request");
     assert_eq!(get_text(&by_path).0, 404);
-    let previews_dir = srv.data.path().join("data/targets/preview");
-    assert!(previews_dir.is_dir() && !previews_dir.join("pr-12").exists(), "nothing is left of it on disk");
+    let pr_dir = srv.data.path().join("data/targets/preview/pr-12");
+    assert!(!pr_dir.join("previewed").exists(), "nothing is left of it on disk");
+    assert!(std::fs::symlink_metadata(pr_dir.join(".labels/previewed")).is_err(), "nor its host label");
     let (_, previews) = request("GET", &format!("{}/api/v1/projects/previewed/previews", srv.url), None);
     assert_eq!(previews["previews"], json!([]));
 }

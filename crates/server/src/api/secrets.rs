@@ -22,7 +22,8 @@ pub struct SecretList {
 }
 
 fn env(s: &str) -> Result<Environment, ApiError> {
-    Environment::parse(s).ok_or_else(|| ApiError::bad_request(format!("invalid env: `{s}` is not test or prod")))
+    Environment::parse(s)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid env: `{s}` is not test, prod or preview/pr-<N>")))
 }
 
 /// `GET /api/v1/projects/{name}/secrets`: names, environments, stages, dates; never values.

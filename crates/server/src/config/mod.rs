@@ -428,6 +428,25 @@ impl ServerConfig {
                 }
             }
         }
+        // Removing a preview deletes every key under `<prefix>/pr-<N>/<name>/`: in a place
+        // another environment also uses, that could be one of its sites.
+        if let TargetConfig::S3 { endpoint, bucket, prefix, .. } = &targets.preview {
+            for (env, other) in [("test", &targets.test), ("prod", &targets.prod)] {
+                if let TargetConfig::S3 { endpoint: e, bucket: b, prefix: p, .. } = other {
+                    let (mine, theirs) =
+                        (format!("{}/", prefix.trim_matches('/')), format!("{}/", p.trim_matches('/')));
+                    let nested = mine == "/" || theirs == "/" || mine.starts_with(&theirs) || theirs.starts_with(&mine);
+                    if e == endpoint && b == bucket && nested {
+                        return Err(bad(
+                            "targets.preview",
+                            format!(
+                                "its bucket and prefix overlap the {env} target's: give previews a prefix of their own"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(bad("public_url", "must start with http:// or https://".into()));

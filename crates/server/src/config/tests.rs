@@ -65,6 +65,33 @@ fn custom_domains_are_checked() {
 }
 
 #[test]
+fn a_preview_bucket_does_not_overlap_another_environments() {
+    let bucket = |prefix: &str| TargetConfig::S3 {
+        endpoint: None,
+        region: "r".into(),
+        bucket: "sites".into(),
+        prefix: prefix.into(),
+        virtual_hosted_style: false,
+        allow_http: false,
+        public_url: "https://cdn.example.com".into(),
+        access_key_id_env: "K".into(),
+        secret_access_key_env: "S".into(),
+    };
+    for (test, preview) in [("web", "web"), ("", "previews"), ("web", "web/previews"), ("web/", "/web")] {
+        let overlap = with(|c| {
+            c.targets.test = bucket(test);
+            c.targets.preview = bucket(preview);
+        });
+        assert_eq!(overlap.unwrap_err().field, "targets.preview", "{test:?} and {preview:?}");
+    }
+    assert!(with(|c| {
+        c.targets.test = bucket("web");
+        c.targets.preview = bucket("previews");
+    })
+    .is_ok());
+}
+
+#[test]
 fn settings_debug_shows_no_secret() {
     let settings = with(|c| {
         c.auth.tokens.push(ApiToken {

@@ -336,18 +336,26 @@ pub async fn remove(
     result
 }
 
-/// Cancels the preview's queued and running builds.
+/// Cancels the preview's queued and running builds (every page of the project's).
 async fn stop_builds(state: &AppState, caller: &Caller, project: &str, env: Environment) -> Result<(), PreviewError> {
     for task_state in ["queued", "running"] {
-        let query = tasks::ListQuery {
-            name: Some(project.to_owned()),
-            state: Some(task_state.into()),
-            before: None,
-            limit: Some(200),
-        };
-        for t in tasks::list(state, caller, query).await?.tasks.into_iter().filter(|t| t.env == env) {
-            // It may have ended meanwhile: that is what was wanted.
-            let _ = tasks::cancel(state, caller, t.id).await;
+        let mut before = None;
+        loop {
+            let query = tasks::ListQuery {
+                name: Some(project.to_owned()),
+                state: Some(task_state.into()),
+                before,
+                limit: Some(200),
+            };
+            let page = tasks::list(state, caller, query).await?;
+            for t in page.tasks.iter().filter(|t| t.env == env) {
+                // It may have ended meanwhile: that is what was wanted.
+                let _ = tasks::cancel(state, caller, t.id).await;
+            }
+            match page.next_before {
+                Some(next) => before = Some(next),
+                None => break,
+            }
         }
     }
     Ok(())

@@ -156,9 +156,8 @@ pub fn call(
             let mut body = serde_json::json!({
                 "state": state, "target_url": links.build, "description": description, "name": context,
             });
-            // A merge request's head is not a branch of the project: no `ref` for it.
-            if task.env.pull_request().is_none() {
-                body["ref"] = task.branch.clone().into();
+            if let Some(git_ref) = &links.git_ref {
+                body["ref"] = git_ref.clone().into();
             }
             StatusCall {
                 url: format!("{api}/projects/{}/statuses/{sha}", link.path.replace('/', "%2F")),
@@ -179,6 +178,9 @@ pub struct Links {
     /// The build's dashboard page.
     pub build: String,
     pub description: String,
+    /// The branch GitLab files the status under (`ref`): the pushed one, or a same-project
+    /// merge request's source branch; none for a fork's (its branch is not the project's).
+    pub git_ref: Option<String>,
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -190,9 +192,13 @@ fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-fn links(state: &AppState, task: &Task, status: &str) -> Links {
+fn links(state: &AppState, project: &Project, task: &Task, status: &str) -> Links {
     let build = format!("{}/tasks/{}", state.public_url.trim_end_matches('/'), task.id);
-    Links { build, description: describe(task, status) }
+    let git_ref = match task.env.pull_request() {
+        None => Some(task.branch.clone()),
+        Some(n) => project.previews.iter().find(|p| p.number == n && !p.fork).map(|p| p.source_branch.clone()),
+    };
+    Links { build, description: describe(task, status), git_ref }
 }
 
 fn describe(task: &Task, status: &str) -> String {
@@ -440,7 +446,7 @@ async fn deliver(
             return Ok(true);
         }
     };
-    let links = links(state, task, status);
+    let links = links(state, project, task, status);
     let Some(call) = call(api, link, &token, task, status, &links) else { return Ok(true) };
     let (result, tries) = send(client, &call).await;
     let after = if tries == 1 { String::new() } else { format!(" after {tries} tries") };
@@ -478,8 +484,11 @@ mod tests {
 
     #[test]
     fn each_forge_gets_its_own_call() {
-        let links =
-            |t: &Task, s: &str| Links { build: "https://cb.example.com/tasks/7".into(), description: describe(t, s) };
+        let links = |t: &Task, s: &str| Links {
+            build: "https://cb.example.com/tasks/7".into(),
+            description: describe(t, s),
+            git_ref: Some(t.branch.clone()),
+        };
         let failed = task("failed");
         let call = super::call(
             "https://gitlab.example.com/api/v4",
@@ -508,6 +517,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(call.body["state"], "canceled");
+        let fork_mr = Links { git_ref: None, ..links(&cancelled, "error") };
+        let call = super::call(
+            "https://gitlab.example.com/api/v4",
+            &link(Forge::GitLab, "g/site"),
+            "t",
+            &cancelled,
+            "error",
+            &fork_mr,
+        )
+        .unwrap();
+        assert!(call.body.get("ref").is_none(), "a fork's merge request names no branch of the project");
 
         let done = task("succeeded");
         let call = super::call(
@@ -535,7 +555,7 @@ mod tests {
             "t",
             &long,
             "success",
-            &Links { build: String::new(), description },
+            &Links { build: String::new(), description, git_ref: None },
         )
         .unwrap();
         assert_eq!(call.body["description"].as_str().unwrap().chars().count(), 140, "GitHub's limit");

@@ -49,8 +49,10 @@ fn host_site<'h>(host: &'h str, domain: &str) -> Option<Result<(Environment, Hos
     let Some((label, env)) = rest.split_once('.') else { return Some(Err(())) };
     if env == "preview" {
         // `pr-<N>--<site label>`: the number, then any site's label (which may hold `--` too).
-        let found = label
-            .strip_prefix("pr-")
+        // A DNS label is at most 63 characters, the whole of it.
+        let found = (label.len() <= 63)
+            .then_some(label)
+            .and_then(|l| l.strip_prefix("pr-"))
             .and_then(|l| l.split_once("--"))
             .and_then(|(n, site)| Some((Environment::Preview(parse_pull_request(n)?), parse_label(site)?)));
         return Some(found.ok_or(()));

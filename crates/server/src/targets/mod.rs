@@ -398,14 +398,10 @@ impl Target {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 }
-                // What held only this site goes too (a scope's directory, the labels, a
-                // preview's `pr-<N>/`); `remove_dir` leaves any directory another site uses.
-                let mut emptied = vec![root.join(layout::LABELS_DIR)];
-                emptied.extend(
-                    dir.ancestors().skip(1).take_while(|d| d.starts_with(root) && *d != root).map(FsPath::to_path_buf),
-                );
-                emptied.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-                for d in emptied.iter().chain(std::iter::once(root)) {
+                // A scope's directory that held only this site goes too. The root and its labels
+                // stay: another project's pull request of the same number may be publishing
+                // into them under its own lock.
+                for d in dir.ancestors().skip(1).take_while(|d| d.starts_with(root) && *d != root) {
                     let _ = tokio::fs::remove_dir(d).await;
                 }
                 Ok(())

@@ -22,6 +22,18 @@ impl Run<'_> {
         let policy = RepoPolicy { allowed_protocols: protocols, allow_local_hosts: self.a.allow_local_hosts };
         let repo = RepoUrl::parse(&self.a.repo, &policy).map_err(|e| StageError::Failed(e.to_string()))?;
         let branch = GitRef::parse(&self.a.branch).map_err(|e| StageError::Failed(e.to_string()))?;
+        // A full ref is a preview's only, and only its own pull request's head.
+        if branch.as_str().starts_with("refs/") {
+            let n = self.a.env.pull_request();
+            let own = n.is_some_and(|n| {
+                [format!("refs/pull/{n}/head"), format!("refs/merge-requests/{n}/head")].contains(&branch.to_string())
+            });
+            if !own {
+                return Err(StageError::Failed(format!(
+                    "{branch} is not a branch: only a pull request's preview builds from its own head ref"
+                )));
+            }
+        }
         self.local_repo = repo.local_path().map(PathBuf::from);
         let pinned = match &self.a.commit {
             Some(c) => Some(CommitSha::parse(c).map_err(|e| StageError::Failed(e.to_string()))?),
@@ -174,9 +186,9 @@ impl Run<'_> {
     }
 
     /// Fetches branch `branch` of `repo` (or, when it has no such branch, its tag `branch`)
-    /// into the local ref `into`, with git run in `cwd` (`git_dir` first when given). Never
-    /// another kind of ref: `pull/7/head` would be a pull request's code, which a forge serves
-    /// from the parent repository's URL.
+    /// into the local ref `into`, with git run in `cwd` (`git_dir` first when given). A full
+    /// ref (`refs/pull/7/head`: a pull request's code, which a forge serves from the parent
+    /// repository's URL) only for a preview of that pull request (checked in `download`).
     pub(super) async fn fetch_branch_or_tag(
         &mut self,
         cwd: &Path,

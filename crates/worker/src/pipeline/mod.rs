@@ -421,7 +421,11 @@ impl Executor for Pipeline {
         let _busy = self.trash.busy();
         let mut env = base_env();
         env.push(("CLOUDBUILD_TASK_ID".into(), a.task.task_id.to_string()));
-        env.push(("CLOUDBUILD_ENV".into(), a.env.as_str().into()));
+        // `test`, `prod` or `preview`; a preview's pull request number apart.
+        env.push(("CLOUDBUILD_ENV".into(), a.env.kind().into()));
+        if let Some(n) = a.env.pull_request() {
+            env.push(("CLOUDBUILD_PULL_REQUEST".into(), n.to_string()));
+        }
         // Every message of the task is masked for its secrets.
         let reporter = ctx.reporter.clone().with_secrets(a.secrets.iter().map(|s| s.value.as_str()));
         let mut run = Run {

@@ -52,16 +52,28 @@ pub async fn receive(
         Forge::GitLab => "x-gitlab-token",
         Forge::Gitea => "x-gitea-signature",
     });
-    let incoming = Incoming {
-        forge,
-        event,
-        delivery: forge.delivery_headers().iter().find_map(|h| header(h)),
-        signature,
-        sha1_only: forge == Forge::GitHub && signature.is_none() && header("x-hub-signature").is_some(),
-        project: q.project.as_deref(),
-        body: &body,
-    };
-    let delivery = hooks::receive(&state, incoming).await?;
+    let owned = |v: Option<&str>| v.map(str::to_owned);
+    let (event, signature) = (event.to_owned(), owned(signature));
+    let delivery = owned(forge.delivery_headers().iter().find_map(|h| header(h)));
+    let sha1_only = forge == Forge::GitHub && signature.is_none() && header("x-hub-signature").is_some();
+    // Taken to its end even if the forge hangs up first (it gives up after 10 s): a delivery
+    // dropped half-way would stay claimed, and its redelivery be taken for a duplicate.
+    let work = tokio::spawn(async move {
+        let incoming = Incoming {
+            forge,
+            event: &event,
+            delivery: delivery.as_deref(),
+            signature: signature.as_deref(),
+            sha1_only,
+            project: q.project.as_deref(),
+            body: &body,
+        };
+        hooks::receive(&state, incoming).await
+    });
+    let delivery = work.await.map_err(|e| {
+        tracing::error!("a webhook delivery's work ended abnormally: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the delivery could not be taken; send it again")
+    })??;
     let status = if delivery.outcome == "queued" { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((status, Json(delivery)))
 }

@@ -408,11 +408,12 @@ impl Target {
             }
             Target::S3 { store, prefix, .. } => {
                 let under = Self::object_path(prefix, name.as_str());
-                let keys: Vec<object_store::path::Path> =
-                    store.list(Some(&under)).map_ok(|m| m.location).try_collect().await?;
-                for key in keys {
-                    match store.delete(&key).await {
-                        Err(object_store::Error::NotFound { .. }) | Ok(()) => {}
+                // As they are listed, in batches (S3's DeleteObjects takes 1,000 keys a request).
+                let keys = store.list(Some(&under)).map_ok(|m| m.location).boxed();
+                let mut deleted = store.delete_stream(keys);
+                while let Some(done) = deleted.next().await {
+                    match done {
+                        Err(object_store::Error::NotFound { .. }) | Ok(_) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The background loops every server runs (schedule scan, commit status reporter), measured per
+# The background loops every server runs (schedule scan, preview sweep, commit status reporter), measured per
 # look. Prints a table. Usage: bench/loops.sh [--projects N] [--tasks M]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

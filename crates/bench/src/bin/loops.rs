@@ -1,5 +1,7 @@
 //! The background loops every server runs, measured per look: the schedule scan (every 5 s;
-//! `domain::schedules::fire_due`) over many projects with schedules, none due; and the commit
+//! `domain::schedules::fire_due`) over many projects with schedules, none due; the preview
+//! sweep (every 60 s; `domain::previews::sweep`) over the same projects' open previews, none
+//! expired; and the commit
 //! status reporter (every 2 s; `domain::statuses::Reporter`) over many open webhook builds of
 //! linked projects, first telling each `pending` to a local forge stand-in, then with all of
 //! them told. SQLite store in a temporary directory, no HTTP in front of the server.
@@ -18,7 +20,7 @@ use cloudbuild_proto::task::{Environment, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::webhook::Forge;
 use cloudbuild_server::domain::callers::Caller;
-use cloudbuild_server::domain::{schedules, statuses};
+use cloudbuild_server::domain::{previews, schedules, statuses};
 use cloudbuild_server::ServerConfig;
 use cloudbuild_store::NewTask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,6 +72,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// An open preview of pull request `number`, updated at `now`.
+fn preview(number: u32, now: Timestamp) -> cloudbuild_proto::preview::Preview {
+    cloudbuild_proto::preview::Preview {
+        number,
+        forge: Forge::GitHub,
+        title: format!("change {number}"),
+        web_url: String::new(),
+        source_branch: format!("b{number}"),
+        author: "bench".into(),
+        fork: false,
+        head: format!("{number:040x}"),
+        forge_updated_at: now.to_string(),
+        task: None,
+        opened_at: now,
+        updated_at: now,
+        expires_at: Timestamp(now.0 + 14 * 86_400 * 1_000_000),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let (mut projects, mut tasks) = (1000usize, 500usize);
@@ -118,7 +139,8 @@ async fn main() -> Result<()> {
             webhook_secret: None,
             forge: None,
             schedules: vec![schedule("nightly", "Europe/Berlin")?, schedule("weekly", "America/New_York")?],
-            previews: Vec::new(),
+            // Five open pull requests' previews each, updated now (14 days to live).
+            previews: (1..=5).map(|n| preview(n, now)).collect(),
             closed_pull_requests: Vec::new(),
             created_by: "bench".into(),
             created_at: now,
@@ -161,6 +183,13 @@ async fn main() -> Result<()> {
         scan.push(t.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(started == 0, "nothing is due");
     }
+    let mut sweeps = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let removed = previews::sweep(&state, Timestamp::now()).await?;
+        sweeps.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(removed == 0, "nothing is expired");
+    }
     let mut reporter = statuses::Reporter::new()?;
     let t = Instant::now();
     reporter.report(&state).await?;
@@ -179,6 +208,10 @@ async fn main() -> Result<()> {
     println!(
         "| schedule scan, {projects} projects × 2 schedules, none due (every 5 s) | {:.1} ms a look (median of 20) |",
         median(scan)
+    );
+    println!(
+        "| preview sweep, {projects} projects × 5 open previews, none expired (every 60 s) | {:.1} ms a look (median of 20) |",
+        median(sweeps)
     );
     println!(
         "| status reporter, first look: {tasks} open webhook builds of 10 linked projects | {sent} `pending` sent in {:.0} ms ({:.0}/s) |",

@@ -19,6 +19,7 @@
 
 pub mod audit;
 pub mod event;
+pub mod freeze;
 pub mod mask;
 pub mod preview;
 pub mod project;

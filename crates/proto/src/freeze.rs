@@ -22,13 +22,13 @@ pub enum FreezeTiming {
     Range { from: Timestamp, to: Timestamp },
     /// Each period starts at a time `start` names and ends at the first time `end` names after
     /// it, or `duration` after it.
-    Recurring { start: Cron, end: PeriodEnd },
+    Recurring { start: Box<Cron>, end: PeriodEnd },
 }
 
 /// How a recurring period ends.
 #[derive(Debug, Clone)]
 pub enum PeriodEnd {
-    At(Cron),
+    At(Box<Cron>),
     After(Duration),
 }
 
@@ -55,9 +55,9 @@ impl FreezeTiming {
         duration: Option<Duration>,
         zone: &str,
     ) -> Result<Self, ValidationError> {
-        let start = Cron::parse(start, zone)?;
+        let start = Box::new(Cron::parse(start, zone)?);
         let end = match (end, duration) {
-            (Some(end), None) => PeriodEnd::At(Cron::parse(end, zone)?),
+            (Some(end), None) => PeriodEnd::At(Box::new(Cron::parse(end, zone)?)),
             (None, Some(d)) if !d.is_zero() => PeriodEnd::After(d),
             (None, Some(_)) => return Err(ValidationError { field: "duration", reason: "must be more than 0".into() }),
             _ => {

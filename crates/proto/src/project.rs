@@ -292,7 +292,9 @@ pub struct SetForgeLink {
 /// segments for GitLab; each segment of letters, digits, `-`, `_`, `.`, not `.` or `..`.
 pub fn forge_path(forge: crate::webhook::Forge, path: &str) -> Result<String, crate::validate::ValidationError> {
     let refuse = |reason: String| Err(crate::validate::ValidationError { field: "forge path", reason });
+    // As copied from a clone URL: `octo/site.git` is the repository `octo/site`.
     let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
     let segments: Vec<&str> = path.split('/').collect();
     let count_ok = match forge {
         crate::webhook::Forge::GitLab => (2..=20).contains(&segments.len()),
@@ -351,6 +353,7 @@ mod forge_tests {
     fn forge_paths_are_owner_and_repository() {
         assert_eq!(forge_path(Forge::GitHub, "octo/site").unwrap(), "octo/site");
         assert_eq!(forge_path(Forge::GitLab, "group/sub/site").unwrap(), "group/sub/site");
+        assert_eq!(forge_path(Forge::GitHub, "/octo/site.git").unwrap(), "octo/site", "as in a clone URL");
         for bad in ["octo", "octo/site/x", "../site", "octo/..", "octo/si te", "octo/site?x=1", "octo/%2e%2e", ""] {
             assert!(forge_path(Forge::GitHub, bad).is_err(), "{bad}");
         }

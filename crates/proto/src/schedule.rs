@@ -139,7 +139,12 @@ impl NewSchedule {
     pub fn into_schedule(self, default_branch: &str, by: &str, now: Timestamp) -> Result<Schedule, ValidationError> {
         let name = identifier("schedule name", &self.name)?;
         let timezone = self.timezone.unwrap_or_else(|| "UTC".to_owned());
-        Cron::parse(&self.cron, &timezone)?;
+        if Cron::parse(&self.cron, &timezone)?.next_after(now).is_none() {
+            return Err(ValidationError {
+                field: "cron",
+                reason: format!("`{}` names no time from now on (February 30th?)", self.cron.trim()),
+            });
+        }
         let branch = GitRef::parse(self.branch.as_deref().unwrap_or(default_branch))?;
         if branch.as_str().starts_with("refs/") {
             return Err(ValidationError { field: "branch", reason: "a branch name, not a ref (`refs/…`)".into() });
@@ -343,6 +348,7 @@ mod tests {
             (new("n", "0\n3 * * *", "UTC", "main"), "cron"),
             (new("n", "0 3 * * *", "Mars/Olympus", "main"), "timezone"),
             (new("n", "0 3 * * *", "UTC", "-x"), "branch"),
+            (new("n", "0 0 30 2 *", "UTC", "main"), "cron"),
         ];
         for (bad, field) in cases {
             let shown = format!("{bad:?}");

@@ -45,6 +45,9 @@ pub(crate) enum SchedulesCommand {
         /// Where it publishes [default: test].
         #[arg(long, value_parser = ["test", "prod"])]
         env: Option<String>,
+        /// Print the schedule as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a schedule (maintainers); a build it started goes on.
     Remove {
@@ -67,7 +70,12 @@ pub(crate) enum SchedulesCommand {
 
 impl SchedulesCommand {
     pub(crate) fn json(&self) -> bool {
-        matches!(self, SchedulesCommand::List { json: true, .. } | SchedulesCommand::RunNow { json: true, .. })
+        matches!(
+            self,
+            SchedulesCommand::List { json: true, .. }
+                | SchedulesCommand::Add { json: true, .. }
+                | SchedulesCommand::RunNow { json: true, .. }
+        )
     }
 }
 
@@ -107,11 +115,15 @@ pub(crate) async fn run(cmd: SchedulesCommand) -> Result<ExitCode> {
                 }
             }
         }
-        SchedulesCommand::Add { server, project, name, cron, timezone, branch, env } => {
+        SchedulesCommand::Add { server, project, name, cron, timezone, branch, env, json } => {
             let body = serde_json::json!({
                 "name": name, "cron": cron, "timezone": timezone, "branch": branch, "env": env,
             });
             let v: ScheduleView = server.client()?.post(&path(&project), Some(&body)).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let s = &v.schedule;
             outln!(
                 "schedule {} of {project} builds {} for {}; next run {}",

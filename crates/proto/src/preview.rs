@@ -50,9 +50,10 @@ pub struct PullRequest {
     pub web_url: String,
     /// Who opened it.
     pub author: String,
-    /// The forge's own time of this change: with the action and head, what tells one event
-    /// from another (a pull request closed and reopened at the same head builds again).
-    pub updated_at: String,
+    /// The forge's own time of this change ([`forge_time`]; none when it sent none it could
+    /// be read as): with the action and head, what tells one event from another (a pull
+    /// request closed and reopened at the same head builds again), and what orders them.
+    pub updated_at: Option<Timestamp>,
 }
 
 /// An open preview, kept in its project's record (`GET /api/v1/projects/{name}/previews`).
@@ -71,7 +72,7 @@ pub struct Preview {
     /// The forge's time of the update that built it ([`PullRequest::updated_at`]): an update
     /// older than this arriving late is not built over it.
     #[serde(default)]
-    pub forge_updated_at: String,
+    pub forge_updated_at: Option<Timestamp>,
     /// Its newest build.
     pub task: Option<TaskId>,
     pub opened_at: Timestamp,
@@ -86,7 +87,7 @@ pub struct Preview {
 pub struct ClosedPullRequest {
     pub number: u32,
     /// The forge's time of the close ([`PullRequest::updated_at`]).
-    pub forge_updated_at: String,
+    pub forge_updated_at: Option<Timestamp>,
     pub closed_at: Timestamp,
 }
 
@@ -100,7 +101,11 @@ pub struct PreviewView {
     pub preview: Preview,
     /// `preview/pr-<N>`.
     pub env: String,
+    /// Where its site is (answers once a build has published).
     pub url: String,
+    /// The state of its newest build (`succeeded`: the site shows its head).
+    #[serde(default)]
+    pub build: Option<crate::task::TaskState>,
 }
 
 /// `GET /api/v1/projects/{name}/previews`: by number.
@@ -200,13 +205,25 @@ fn repo_urls(r: &Repo) -> Vec<String> {
         .collect()
 }
 
-fn number(n: u64) -> Result<u32, HookError> {
-    u32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| HookError::Json(format!("pull request number {n}")))
+/// A forge's time of a change, as an instant: RFC 3339 (GitHub, Gitea, with any offset) or
+/// GitLab's `2026-11-30 10:00:00 UTC` (or `+0100`). `None` for anything else: such an event is
+/// not ordered against others.
+pub fn forge_time(s: &str) -> Option<Timestamp> {
+    let s = s.trim();
+    Timestamp::parse(s).or_else(|| {
+        let utc = s.strip_suffix(" UTC").map(|t| format!("{t} +0000"));
+        let with_zone = utc.as_deref().unwrap_or(s);
+        chrono::DateTime::parse_from_str(with_zone, "%Y-%m-%d %H:%M:%S %z")
+            .ok()
+            .map(|t| Timestamp(t.timestamp_micros()))
+    })
 }
 
-/// A title for display: control characters dropped, cut at [`MAX_TITLE`] bytes.
-fn clean_title(title: &str) -> String {
-    let mut out: String = title.chars().filter(|c| !c.is_control()).collect();
+/// A name for display (an author, a branch): control and bidirectional-override characters
+/// dropped (they would rewrite a terminal or reorder what a reader sees), cut at 200 bytes.
+fn clean(s: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+    let mut out: String = s.chars().filter(|c| !c.is_control() && !bidi(*c)).collect();
     if out.len() > MAX_TITLE {
         let mut cut = MAX_TITLE;
         while !out.is_char_boundary(cut) {
@@ -215,6 +232,15 @@ fn clean_title(title: &str) -> String {
         out.truncate(cut);
     }
     out
+}
+
+fn number(n: u64) -> Result<u32, HookError> {
+    u32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| HookError::Json(format!("pull request number {n}")))
+}
+
+/// A title for display: see [`clean`].
+fn clean_title(title: &str) -> String {
+    clean(title)
 }
 
 /// A link for display: kept only when it is an `http(s)` URL (never `javascript:`).
@@ -238,6 +264,12 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
         Forge::GitHub | Forge::Gitea => {
             let p: GitHubPayload = serde_json::from_slice(body).map_err(json)?;
             let pull = &p.pull_request;
+            if p.number != 0 && pull.number != 0 && p.number != pull.number {
+                return Err(HookError::Json(format!(
+                    "number {} and pull_request.number {} disagree",
+                    p.number, pull.number
+                )));
+            }
             let n = number(if p.number != 0 { p.number } else { pull.number })?;
             let action = match p.action.as_str() {
                 "opened" | "reopened" | "synchronize" | "synchronized" => PullRequestAction::Build,
@@ -261,12 +293,12 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
                 action,
                 head: None,
                 head_ref: GitRef::parse(&format!("refs/pull/{n}/head")).map_err(invalid("number"))?,
-                source_branch: pull.head.reference.clone(),
+                source_branch: clean(&pull.head.reference),
                 fork,
                 title: clean_title(&pull.title),
                 web_url: clean_url(&pull.html_url),
-                author: pull.user.login.clone().or(pull.user.username.clone()).unwrap_or_default(),
-                updated_at: pull.updated_at.clone().unwrap_or_default(),
+                author: clean(&pull.user.login.clone().or(pull.user.username.clone()).unwrap_or_default()),
+                updated_at: pull.updated_at.as_deref().and_then(forge_time),
             };
             (pr, pull.head.sha.clone())
         }
@@ -288,12 +320,12 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
                 action,
                 head: None,
                 head_ref: GitRef::parse(&format!("refs/merge-requests/{n}/head")).map_err(invalid("iid"))?,
-                source_branch: mr.source_branch.clone(),
+                source_branch: clean(&mr.source_branch),
                 fork: mr.source_project_id != mr.target_project_id,
                 title: clean_title(&mr.title),
                 web_url: clean_url(&mr.url),
-                author: p.user.username.clone().or(p.user.login.clone()).unwrap_or_default(),
-                updated_at: mr.updated_at.clone().unwrap_or_default(),
+                author: clean(&p.user.username.clone().or(p.user.login.clone()).unwrap_or_default()),
+                updated_at: mr.updated_at.as_deref().and_then(forge_time),
             };
             (pr, mr.last_commit.id.clone())
         }
@@ -302,6 +334,13 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
         (PullRequestAction::Build, _) | (_, false) => Some(CommitSha::parse(&head).map_err(invalid("head"))?),
         _ => None,
     };
+    if head.as_ref().is_some_and(|h| h.as_str().bytes().all(|b| b == b'0')) {
+        let reason = "the all-zero commit names no head".into();
+        return Err(HookError::Invalid {
+            field: "head",
+            source: crate::validate::ValidationError { field: "head", reason },
+        });
+    }
     Ok(PullRequest { head, ..pr })
 }
 
@@ -379,12 +418,28 @@ mod tests {
     }
 
     #[test]
+    fn forge_times_are_instants_whatever_their_offset() {
+        let utc = forge_time("2026-12-01T04:30:00Z").unwrap();
+        assert_eq!(forge_time("2026-12-01T06:30:00+02:00"), Some(utc), "Gitea with the server's offset");
+        assert_eq!(forge_time("2026-12-01 04:30:00 UTC"), Some(utc), "GitLab");
+        assert_eq!(forge_time("2026-12-01 05:30:00 +0100"), Some(utc));
+        assert!(forge_time("2026-12-01T05:10:00+02:00").unwrap() < utc);
+        assert_eq!(forge_time("garbage"), None);
+        assert_eq!(forge_time(""), None);
+    }
+
+    #[test]
     fn heads_and_numbers_are_checked() {
         let bad = github("opened", "o/r").replace(SHA, "HEAD~1");
         assert!(matches!(parse(Forge::GitHub, bad.as_bytes()), Err(HookError::Invalid { field: "head", .. })));
         let zero = github("opened", "o/r").replace("\"number\":12", "\"number\":0");
         assert!(matches!(parse(Forge::GitHub, zero.as_bytes()), Err(HookError::Json(_))));
         assert!(matches!(parse(Forge::GitHub, b"[]"), Err(HookError::Json(_))));
+        let disagree = github("opened", "o/r").replacen("\"number\":12", "\"number\":13", 1);
+        assert!(matches!(parse(Forge::GitHub, disagree.as_bytes()), Err(HookError::Json(_))));
+        let zero = github("opened", "o/r").replace(SHA, &"0".repeat(40));
+        assert!(matches!(parse(Forge::GitHub, zero.as_bytes()), Err(HookError::Invalid { field: "head", .. })));
+        assert_eq!(clean("bob\u{1b}[2J\u{9b}\u{202e}x"), "bob[2Jx", "no terminal or bidi controls");
         let long = "é".repeat(300);
         assert!(clean_title(&long).len() <= MAX_TITLE && clean_title(&long).starts_with('é'));
     }

@@ -91,6 +91,10 @@ pub struct RollbackRequest {
     /// The version to switch to (its latest build); default: the release before the current one.
     #[serde(default)]
     pub to: Option<String>,
+    /// The build to switch to, by its task: one build of several of a version (a pull
+    /// request's preview builds one version again and again). Not with `to`.
+    #[serde(default)]
+    pub task: Option<crate::task::TaskId>,
 }
 
 /// The answer to a rollback.

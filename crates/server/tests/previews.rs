@@ -174,12 +174,20 @@ async fn gitlab_merge_requests_and_gitea_pull_requests() {
             post(api, "/api/v1/hooks/gitlab", &headers, body.to_string().into_bytes()).await.1
         }
     };
-    let opened = gitlab(mr("open", None, "u1"), "g-1").await;
+    let opened = gitlab(mr("open", None, "2026-11-30 10:00:00 UTC"), "g-1").await;
     assert_eq!(opened["outcome"], "queued", "{opened}");
     assert_eq!(task(&api, opened["task"].as_i64().unwrap()).await["branch"], "refs/merge-requests/5/head");
-    assert_eq!(gitlab(mr("update", None, "u2"), "g-2").await["outcome"], "ignored", "a title edit");
-    assert_eq!(gitlab(mr("update", Some(B), "u3"), "g-3").await["outcome"], "queued", "new commits");
-    assert_eq!(gitlab(mr("merge", None, "u4"), "g-4").await["outcome"], "deleted");
+    assert_eq!(
+        gitlab(mr("update", None, "2026-11-30 10:05:00 UTC"), "g-2").await["outcome"],
+        "ignored",
+        "a title edit"
+    );
+    assert_eq!(
+        gitlab(mr("update", Some(B), "2026-11-30 10:10:00 UTC"), "g-3").await["outcome"],
+        "queued",
+        "new commits"
+    );
+    assert_eq!(gitlab(mr("merge", None, "2026-11-30 10:15:00 UTC"), "g-4").await["outcome"], "deleted");
 
     let gitea = json!({
         "action": "synchronized", "number": 7,
@@ -309,6 +317,9 @@ async fn late_deliveries_neither_revive_a_closed_preview_nor_close_a_reopened_on
     assert_eq!(reopened["outcome"], "queued", "{reopened}");
     let stale = send("closed", B, "2026-11-30T13:00:00Z", "l-5").await;
     assert_eq!(stale["outcome"], "ignored", "{stale}");
+    // Times are instants whatever their offset: 15:30+02:00 is 13:30Z, before the reopening.
+    let offset = send("closed", B, "2026-11-30T15:30:00+02:00", "l-5b").await;
+    assert_eq!(offset["outcome"], "ignored", "{offset}");
     assert_eq!(previews(&api).await.len(), 1);
 
     // A retry builds the preview's head again and becomes its newest build; once the pull

@@ -57,7 +57,11 @@ pub(crate) async fn run(cmd: PreviewsCommand) -> Result<ExitCode> {
                     let p = &v.preview;
                     let fork = if p.fork { " (fork)" } else { "" };
                     let head = p.head.get(..12).unwrap_or(&p.head);
-                    let task = p.task.map(|t| format!("task {t}")).unwrap_or_else(|| "no build".into());
+                    let task = match (p.task, v.build) {
+                        (Some(t), Some(state)) => format!("task {t} {}", state.as_str().replace('_', " ")),
+                        (Some(t), None) => format!("task {t}"),
+                        (None, _) => "no build".into(),
+                    };
                     outln!("#{} {}{fork}", p.number, p.title);
                     outln!("    {} ({} at {head}, {task}, by {})", v.url, p.source_branch, p.author);
                     outln!("    expires {} unless updated", p.expires_at);

@@ -43,6 +43,10 @@ pub(crate) struct RollbackArgs {
     /// Version to switch to (its latest build) [default: the release before the current one].
     #[arg(long)]
     to: Option<String>,
+    /// The build to switch to, by its task id (one version may have several builds, as a
+    /// pull request's preview has); not with --to.
+    #[arg(long, conflicts_with = "to")]
+    task: Option<i64>,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -100,7 +104,7 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
 
 pub(crate) async fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
-    let body = serde_json::json!({ "name": args.name, "env": args.env, "to": args.to });
+    let body = serde_json::json!({ "name": args.name, "env": args.env, "to": args.to, "task": args.task });
     let result: RollbackResult = client.post("/api/v1/releases/rollback", Some(&body)).await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&result)?);

@@ -74,14 +74,15 @@ pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {
     Ok(if display.end.is_some() { verdict(&display, id, args.json) } else { ExitCode::SUCCESS })
 }
 
-/// The newest task of project `name` (in `state`, when given).
+/// The newest task of project `name` for `test` or `prod` (in `state`, when given): what a
+/// checkout's `logs` and `open` mean, not a pull request's preview built meanwhile.
 pub(crate) async fn latest_task(client: &Client, name: &str, state: Option<&str>) -> Result<Task> {
-    let mut query = format!("/api/v1/tasks?limit=1&name={}", crate::client::query_encode(name));
+    let mut query = format!("/api/v1/tasks?limit=100&name={}", crate::client::query_encode(name));
     if let Some(state) = state {
         query.push_str(&format!("&state={state}"));
     }
     let page: TaskPage = client.get(&query).await?;
-    page.tasks.into_iter().next().ok_or_else(|| match state {
+    page.tasks.into_iter().find(|t| t.env.pull_request().is_none()).ok_or_else(|| match state {
         Some(state) => anyhow!("{name} has no {state} task yet (see `cloudbuild tasks --name {name}`)"),
         None => anyhow!("{name} has no tasks yet: publish it with `cloudbuild publish`"),
     })

@@ -86,6 +86,7 @@ fn a_pull_request_is_previewed_at_its_own_origin_updated_and_removed_on_close() 
     let task = srv.wait_done(id);
     assert_eq!(task.state, TaskState::Succeeded, "{}", srv.output(id));
     assert_eq!(task.commit.as_deref(), Some(first.as_str()));
+    let first_build = id;
     assert!(
         srv.output(id).contains("preview of pull request #12 \"A new front page\" by octocat"),
         "{}",
@@ -107,9 +108,18 @@ fn a_pull_request_is_previewed_at_its_own_origin_updated_and_removed_on_close() 
     let last = calls.last().unwrap();
     assert_eq!(last.body["context"], "cloudbuild/preview", "{calls:?}");
     assert!(last.body["description"].as_str().unwrap().ends_with(&origin), "{calls:?}");
+    // Both builds are version 1.0.0: the older one is switched back to by its task.
+    let back = ["rollback", "previewed", "--env", "preview/pr-12", "--task", &first_build.to_string()];
+    let rolled = srv.cli(&repo.work, &back);
+    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    assert_eq!(get_text(&origin).1, "<h1>pull request one</h1>");
     let listed = srv.cli(&repo.work, &["previews", "list", "previewed"]);
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(listed.contains("#12") && listed.contains(&origin) && listed.contains("A new front page"), "{listed}");
+    assert!(listed.contains("succeeded"), "its newest build's state: {listed}");
+    // In the checkout, `logs` and `open` mean the project's own publishes, not previews.
+    let open = srv.cli(&repo.work, &["open", "--print"]);
+    assert!(!String::from_utf8_lossy(&open.stdout).contains("preview"), "{}", String::from_utf8_lossy(&open.stdout));
 
     let (status, closed) = send("closed", &second, "d-3");
     assert_eq!((status, closed["outcome"].as_str()), (200, Some("deleted")), "{closed}");

@@ -95,7 +95,8 @@ async function tour(browser) {
     await signIn(page, 'max');
     report.max_buttons = await buttons(page, 'tour', tasks.second);
     await page.goto(`${url}/projects/tour`);
-    const form = page.locator('form[action$="/rollback"]').filter({ has: page.locator('input[name=to][value="1.0.0"]') });
+    const release = page.locator(`input[name=task][value="${tasks.first}"]`);
+    const form = page.locator('form[action$="/rollback"]').filter({ has: release });
     await Promise.all([page.waitForURL(/\/projects\/tour$/), form.locator('button').click()]);
     await page.goto(plan.site);
     report.site_after_rollback = await page.locator('body').innerText();

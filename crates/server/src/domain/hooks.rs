@@ -214,7 +214,8 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
             record.after = pr.head.as_ref().map(|h| h.as_str().to_owned());
             let head = record.after.as_deref().unwrap_or("none");
             // The forge's time of the change too: closed and reopened at one head is new.
-            let key = format!("pr:{}:{}:{:?}:{head}:{}", project.name, pr.number, pr.action, pr.updated_at);
+            let at = pr.updated_at.map_or(0, |t| t.0);
+            let key = format!("pr:{}:{}:{:?}:{head}:{at}", project.name, pr.number, pr.action);
             (key, format!("this change of pull request #{} (at {head})", pr.number))
         }
         HookEvent::Ping { .. } | HookEvent::Other(_) => return Ok(record),
@@ -261,6 +262,14 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
     }
     // The outcome goes where the delivery is listed; the other key only deduplicates.
     state.store.set_delivery(by_id.as_ref().unwrap_or(&by_content), &record).await?;
+    // A pull request the project's settings did not build (previews off, a fork, the cap):
+    // the same event sent again under another id, once they allow it, is acted on.
+    if by_id.is_some() && record.outcome == "ignored" && matches!(event, HookEvent::PullRequest(_)) {
+        let listed_here = state.store.get_delivery(&by_content).await?;
+        if listed_here.is_some_and(|d| d.id == record.id && d.received_at == record.received_at) {
+            state.store.release_delivery(&by_content).await?;
+        }
+    }
     Ok(record)
 }
 

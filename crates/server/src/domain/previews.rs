@@ -30,6 +30,12 @@ pub const SWEEP: Duration = Duration::from_secs(60);
 
 const DAY_MICROS: i64 = 86_400 * 1_000_000;
 
+/// When a preview expires under the project's current `preview_days` (a changed setting
+/// applies to the open previews too).
+fn expires_at(preview: &Preview, days: u32) -> Timestamp {
+    Timestamp(preview.updated_at.0 + i64::from(days) * DAY_MICROS)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PreviewError {
     #[error("project {project} has no open preview of pull request #{number}")]
@@ -75,7 +81,7 @@ pub(crate) async fn act(
         PullRequestAction::Other(what) => ("ignored", format!("pull request #{n} {what}: nothing to build or remove")),
         PullRequestAction::Close => {
             let why = format!("pull request #{n} was closed");
-            match remove(state, &caller, &project.name, n, Removal::Closed { forge_updated_at: &pr.updated_at }).await?
+            match remove(state, &caller, &project.name, n, Removal::Closed { forge_updated_at: forge_time(pr) }).await?
             {
                 Removed::Releases(releases) => {
                     ("deleted", format!("{why}; its preview was removed ({releases} releases)"))
@@ -129,29 +135,33 @@ fn refusal(project: &Project, pr: &PullRequest) -> Option<String> {
     None
 }
 
+/// The forge's time of the event, to order it by: none when it sent none, or one more than an
+/// hour ahead of this server's clock (which would hold every later event back).
+fn forge_time(pr: &PullRequest) -> Option<Timestamp> {
+    let ahead = Timestamp(Timestamp::now().0 + 3_600_000_000);
+    pr.updated_at.filter(|t| *t <= ahead)
+}
+
 /// Why an update is older than the one the preview was last built from, or than the pull
 /// request's close (forges do not promise the order of deliveries): its forge time is earlier.
-/// Times of one forge compare as text.
+/// An event without a time is not ordered.
 fn newer_update(project: &Project, pr: &PullRequest) -> Option<String> {
+    let at = forge_time(pr)?;
     if let Some(closed) = project.closed_pull_requests.iter().find(|c| c.number == pr.number) {
-        if !pr.updated_at.is_empty() && pr.updated_at <= closed.forge_updated_at {
+        if let Some(closed_at) = closed.forge_updated_at.filter(|c| at <= *c) {
             return Some(format!(
-                "an update of pull request #{} (at {}) arriving after its close (at {})",
-                pr.number, pr.updated_at, closed.forge_updated_at
+                "an update of pull request #{} (at {at}) arriving after its close (at {closed_at})",
+                pr.number
             ));
         }
     }
     let built = project.previews.iter().find(|p| p.number == pr.number)?;
-    let older = !pr.updated_at.is_empty() && pr.updated_at < built.forge_updated_at;
-    older.then(|| {
-        format!(
-            "an older update of pull request #{} arriving late (updated {}; its preview builds {} of {})",
-            pr.number,
-            pr.updated_at,
-            &built.head[..built.head.len().min(12)],
-            built.forge_updated_at
-        )
-    })
+    let newer = built.forge_updated_at.filter(|b| at < *b)?;
+    Some(format!(
+        "an older update of pull request #{} arriving late (updated {at}; its preview builds {} of {newer})",
+        pr.number,
+        &built.head[..built.head.len().min(12)],
+    ))
 }
 
 /// Queues the build of a pull request's head into its preview, superseding its older queued
@@ -222,7 +232,7 @@ async fn build(
             author: pr.author.clone(),
             fork: pr.fork,
             head: head.to_string(),
-            forge_updated_at: pr.updated_at.clone(),
+            forge_updated_at: forge_time(pr),
             task: Some(task.id),
             opened_at,
             updated_at: now,
@@ -241,7 +251,7 @@ pub enum Removal<'a> {
     /// Its pull request was closed or merged, at this forge time: remembered, so that an update
     /// delivered late does not build it again; ignored when the preview was built from a later
     /// update (a close delivered after a reopen).
-    Closed { forge_updated_at: &'a str },
+    Closed { forge_updated_at: Option<Timestamp> },
     /// The sweep: only if it is still expired at `at` (another server may have removed it, or
     /// an update renewed it, meanwhile).
     Expired { at: Timestamp },
@@ -293,11 +303,14 @@ pub async fn remove(
         why = how.describe(&found, number);
         let record = found.previews.iter().find(|x| x.number == number);
         match (how, record) {
-            (Removal::Expired { at }, _) if record.is_none_or(|r| r.expires_at > at) => return Ok(Removed::Nothing),
-            (Removal::Closed { forge_updated_at }, Some(r))
-                if !forge_updated_at.is_empty() && forge_updated_at < r.forge_updated_at.as_str() =>
+            (Removal::Expired { at }, _) if record.is_none_or(|r| expires_at(r, found.triggers.preview_days) > at) => {
+                return Ok(Removed::Nothing)
+            }
+            (Removal::Closed { forge_updated_at: Some(closed) }, Some(r))
+                if r.forge_updated_at.is_some_and(|built| closed < built) =>
             {
-                return Ok(Removed::Stale(format!("updated at {}", r.forge_updated_at)));
+                let built = r.forge_updated_at.map(|t| t.to_string()).unwrap_or_default();
+                return Ok(Removed::Stale(format!("updated at {built}")));
             }
             _ => {}
         }
@@ -314,7 +327,7 @@ pub async fn remove(
                 p.closed_pull_requests.retain(|c| c.number != number);
                 p.closed_pull_requests.push(ClosedPullRequest {
                     number,
-                    forge_updated_at: forge_updated_at.to_owned(),
+                    forge_updated_at,
                     closed_at: Timestamp::now(),
                 });
                 p.closed_pull_requests.sort_by_key(|c| std::cmp::Reverse(c.closed_at));
@@ -402,15 +415,17 @@ pub(crate) async fn is_open(state: &AppState, project: &str, number: u32) -> Res
 pub async fn list(state: &AppState, caller: &Caller, project: &str) -> Result<PreviewList, PreviewError> {
     let found = projects::get(state, caller, project, ProjectAction::Read).await?;
     let name = ProjectName::parse(&found.name)?;
-    let previews = found
-        .previews
-        .into_iter()
-        .map(|preview| {
-            let env = Environment::Preview(preview.number);
-            let url = state.targets.get(env).urls().site(&name);
-            PreviewView { preview, env: env.to_string(), url }
-        })
-        .collect();
+    let mut previews = Vec::new();
+    for mut preview in found.previews {
+        preview.expires_at = expires_at(&preview, found.triggers.preview_days);
+        let env = Environment::Preview(preview.number);
+        let url = state.targets.get(env).urls().site(&name);
+        let build = match preview.task {
+            Some(id) => state.store.get_task(id).await.ok().map(|t| t.state),
+            None => None,
+        };
+        previews.push(PreviewView { preview, env: env.to_string(), url, build });
+    }
     Ok(PreviewList { previews })
 }
 
@@ -460,7 +475,7 @@ pub async fn sweep(state: &AppState, now: Timestamp) -> Result<usize, StoreError
     let caller = Caller::on_behalf_of("preview sweep");
     let mut removed = 0;
     for project in state.store.list_projects().await? {
-        for p in project.previews.iter().filter(|p| p.expires_at <= now) {
+        for p in project.previews.iter().filter(|p| expires_at(p, project.triggers.preview_days) <= now) {
             match remove(state, &caller, &project.name, p.number, Removal::Expired { at: now }).await {
                 Ok(Removed::Releases(_)) => removed += 1,
                 Ok(_) => {}

@@ -356,7 +356,12 @@ async fn filtered_builds(
 pub struct RollbackForm {
     csrf: String,
     env: Environment,
-    to: String,
+    /// The build to switch to (its task; the page's buttons say it): one version may have
+    /// several builds. Or a version (its latest build).
+    #[serde(default)]
+    task: Option<TaskId>,
+    #[serde(default)]
+    to: Option<String>,
 }
 
 impl WithCsrf for RollbackForm {
@@ -371,7 +376,8 @@ pub async fn rollback(
     Path(name): Path<String>,
     Checked(viewer, form): Checked<RollbackForm>,
 ) -> Response {
-    let req = cloudbuild_proto::release::RollbackRequest { name: name.clone(), env: form.env, to: Some(form.to) };
+    let req =
+        cloudbuild_proto::release::RollbackRequest { name: name.clone(), env: form.env, to: form.to, task: form.task };
     match releases::rollback(&state, &viewer.caller, &req).await {
         Ok(_) => Redirect::to(&format!("/projects/{}", path_of(&name))).into_response(),
         Err(e) => refused(e),

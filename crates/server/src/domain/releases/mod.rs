@@ -520,8 +520,25 @@ async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> 
     let all = state.store.list_releases(Some(req.env), name.as_str()).await?;
     let current = all.iter().find(|r| r.current).cloned();
     let live = || all.iter().filter(|r| !r.pruned);
-    let chosen = match &req.to {
-        Some(v) => {
+    let chosen = match (&req.to, req.task) {
+        (Some(_), Some(_)) => {
+            let reason = "give the version (`to`) or the build (`task`) to switch to, not both".into();
+            return Err(ValidationError { field: "task", reason }.into());
+        }
+        (None, Some(task)) => live().find(|r| r.task_id == task).ok_or_else(|| ReleaseError::NoSuchVersion {
+            name: name.to_string(),
+            env: env.clone(),
+            version: format!("of task {task}"),
+            available: {
+                let tasks: Vec<String> = live().map(|r| r.task_id.to_string()).collect();
+                if tasks.is_empty() {
+                    "none".into()
+                } else {
+                    format!("tasks {}", tasks.join(", "))
+                }
+            },
+        })?,
+        (Some(v), None) => {
             Version::parse(v)?;
             live().find(|r| &r.version == v).ok_or_else(|| {
                 let versions = distinct_versions(live());
@@ -534,8 +551,10 @@ async fn roll_back(state: &AppState, caller: &Caller, req: &RollbackRequest) -> 
             })?
         }
         // The release before the current one (releases are newest first).
-        None if current.is_none() => return Err(ReleaseError::NoReleases { name: name.to_string(), env: env.clone() }),
-        None => live().skip_while(|r| !r.current).nth(1).ok_or_else(|| {
+        (None, None) if current.is_none() => {
+            return Err(ReleaseError::NoReleases { name: name.to_string(), env: env.clone() })
+        }
+        (None, None) => live().skip_while(|r| !r.current).nth(1).ok_or_else(|| {
             // Rolled back to the oldest: the newer ones are still there, by version.
             let newer = distinct_versions(live().take_while(|r| !r.current));
             let hint = match newer.first() {

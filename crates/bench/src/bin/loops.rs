@@ -83,7 +83,7 @@ fn preview(number: u32, now: Timestamp) -> cloudbuild_proto::preview::Preview {
         author: "bench".into(),
         fork: false,
         head: format!("{number:040x}"),
-        forge_updated_at: now.to_string(),
+        forge_updated_at: Some(now),
         task: None,
         opened_at: now,
         updated_at: now,

@@ -28,6 +28,7 @@ pub(crate) enum PreviewsCommand {
     Remove {
         #[command(flatten)]
         server: ServerArg,
+        /// The project's name.
         project: String,
         /// The pull (merge) request's number (`12` or `pr-12`).
         number: String,
@@ -69,8 +70,9 @@ pub(crate) async fn run(cmd: PreviewsCommand) -> Result<ExitCode> {
             }
         }
         PreviewsCommand::Remove { server, project, number } => {
-            let n = number.strip_prefix("pr-").unwrap_or(&number).to_owned();
-            server.client()?.delete(&format!("{}/{}", path(&project), query_encode(&n))).await?;
+            let n = cloudbuild_proto::task::parse_pull_request(number.strip_prefix("pr-").unwrap_or(&number))
+                .ok_or_else(|| anyhow::anyhow!("`{number}` is not a pull request number (12 or pr-12)"))?;
+            server.client()?.delete(&format!("{}/{n}", path(&project))).await?;
             outln!("the preview of pull request #{n} of {project} was removed");
         }
     }

@@ -49,7 +49,8 @@ pub(crate) enum ProjectsCommand {
         #[arg(long, value_parser = ["private", "internal"])]
         visibility: Option<String>,
     },
-    /// Change a project's repository, default branch or visibility.
+    /// Change a project's repository, default branch, visibility, push trigger rules or
+    /// preview settings; what is not given stays as it is.
     Edit {
         #[command(flatten)]
         server: ServerArg,
@@ -70,14 +71,15 @@ pub(crate) enum ProjectsCommand {
         /// Whether a newer push to a branch cancels its older queued webhook build.
         #[arg(long)]
         supersede: Option<bool>,
-        /// Whether pull (merge) requests get a preview site [default: true].
+        /// Whether pull (merge) requests get a preview site (new projects: true).
         #[arg(long)]
         previews: Option<bool>,
-        /// Whether pull requests from forks get one too (built without the project's secrets)
-        /// [default: false].
+        /// Whether pull requests from forks get one too, built without the project's secrets
+        /// (new projects: false).
         #[arg(long)]
         fork_previews: Option<bool>,
-        /// Days a preview lives after its pull request's last update (1 to 365) [default: 14].
+        /// Days a preview lives after its pull request's last update, 1 to 365 (new projects:
+        /// 14); applies to the open previews too.
         #[arg(long, value_name = "DAYS")]
         preview_days: Option<u32>,
     },
@@ -120,8 +122,9 @@ pub(crate) enum ProjectsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a project's registration (its releases and sites stay; the name can be
-    /// registered again, from any repository).
+    /// Remove a project's registration (its test and prod releases and sites stay; its
+    /// pull-request previews are removed; the name can be registered again, from any
+    /// repository).
     Delete {
         #[command(flatten)]
         server: ServerArg,
@@ -165,7 +168,8 @@ fn show(p: &Project) {
         (false, _) => "off".to_owned(),
         (true, forks) => {
             let forks = if forks { "forks too" } else { "not forks" };
-            format!("pull requests ({forks}), kept {} days after their last update", t.preview_days)
+            let days = cloudbuild_proto::text::count(t.preview_days, "day", "days");
+            format!("pull requests ({forks}), kept {days} after their last update")
         }
     };
     outln!("  previews:       {previews}");
@@ -281,7 +285,7 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
             };
             outln!("{secret}");
             eprintln!(
-                "hook URLs: {}/api/v1/hooks/{{github,gitlab,gitea}}; the forge sends JSON push (and tag) events signed with this secret",
+                "hook URLs: {}/api/v1/hooks/{{github,gitlab,gitea}}; the forge sends JSON push, tag and pull (merge) request events signed with this secret",
                 client.base()
             );
         }
@@ -336,7 +340,9 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
         }
         ProjectsCommand::Delete { server, name } => {
             server.client()?.delete(&path(&name)).await?;
-            outln!("{name} is no longer registered (its releases and sites stay)");
+            outln!(
+                "{name} is no longer registered (its test and prod releases and sites stay; its previews were removed)"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

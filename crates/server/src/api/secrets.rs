@@ -23,7 +23,7 @@ pub struct SecretList {
 
 fn env(s: &str) -> Result<Environment, ApiError> {
     Environment::parse(s)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid env: `{s}` is not test, prod or preview/pr-<N>")))
+        .ok_or_else(|| ApiError::bad_request(format!("invalid env: `{s}` is not an environment (test or prod)")))
 }
 
 /// `GET /api/v1/projects/{name}/secrets`: names, environments, stages, dates; never values.

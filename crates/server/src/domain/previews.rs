@@ -84,7 +84,8 @@ pub(crate) async fn act(
             match remove(state, &caller, &project.name, n, Removal::Closed { forge_updated_at: forge_time(pr) }).await?
             {
                 Removed::Releases(releases) => {
-                    ("deleted", format!("{why}; its preview was removed ({releases} releases)"))
+                    let releases = cloudbuild_proto::text::count(releases as u64, "release", "releases");
+                    ("deleted", format!("{why}; its preview was removed ({releases})"))
                 }
                 Removed::Nothing => ("deleted", format!("{why}; it had no preview")),
                 Removed::Stale(newer) => (

@@ -338,7 +338,8 @@ pub(crate) async fn update<E: From<ProjectError>>(
     Err(ProjectError::Contended(name.to_owned()).into())
 }
 
-/// Removes a project's registration (its releases and sites stay; the name can be registered
+/// Removes a project's registration (its test and prod releases and sites stay, its previews
+/// are removed; the name can be registered
 /// again).
 pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> Result<(), ProjectError> {
     let result = async {

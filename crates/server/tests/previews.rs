@@ -131,8 +131,11 @@ async fn fork_pull_requests_build_only_when_the_project_allows_and_previews_can_
     let allow = json!({"triggers": {"fork_previews": true, "preview_days": 3}});
     let (status, body) = api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(allow)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, built) = github(&api, &secret, "pull_request", "f-2", &github_pr("opened", A, "alice/site", "t2")).await;
+    // The forge sends the same delivery again (GitHub's Redeliver keeps its id): built now.
+    let (_, built) = github(&api, &secret, "pull_request", "f-1", &fork).await;
     assert_eq!(built["outcome"], "queued", "{built}");
+    let (_, again) = github(&api, &secret, "pull_request", "f-1", &fork).await;
+    assert_eq!(again["outcome"], "duplicate", "once built, a delivery is not built twice: {again}");
     let listed = previews(&api).await;
     assert_eq!(listed[0]["fork"], true);
     let off = json!({"triggers": {"previews": false}});

@@ -104,7 +104,11 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
 
 pub(crate) async fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     let client = args.server.client()?;
-    let body = serde_json::json!({ "name": args.name, "env": args.env, "to": args.to, "task": args.task });
+    let mut body = serde_json::json!({ "name": args.name, "env": args.env, "to": args.to });
+    // Only when given: a server from before `task` refuses fields it does not know.
+    if let Some(task) = args.task {
+        body["task"] = task.into();
+    }
     let result: RollbackResult = client.post("/api/v1/releases/rollback", Some(&body)).await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&result)?);

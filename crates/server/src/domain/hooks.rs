@@ -226,7 +226,11 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
     record.detail = "being acted on".into();
     // Listed once: under its id when it has one.
     if let Some(key) = &by_id {
-        if !state.store.claim_delivery(key, &record, true).await? {
+        // A pull request event the project's settings did not build may be sent again under
+        // its id (GitHub's Redeliver keeps it) once they allow it: acted on again.
+        let again = matches!(event, HookEvent::PullRequest(_))
+            && state.store.get_delivery(key).await?.is_some_and(|d| d.outcome == "ignored");
+        if !again && !state.store.claim_delivery(key, &record, true).await? {
             record.outcome = "duplicate".into();
             record.detail = format!("delivery {} was received before", record.id);
             return Ok(record);

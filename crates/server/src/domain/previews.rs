@@ -100,7 +100,11 @@ pub(crate) async fn act(
             // One update of a pull request at a time, across servers (the preview's release
             // lock): of two in flight, the later forge time is built last and kept.
             let _guard = releases::project_guard(state, Environment::Preview(n), &project.name).await?;
-            let project = &state.store.get_project(&project.name).await?.unwrap_or_else(|| project.clone());
+            let Some(project) = &state.store.get_project(&project.name).await? else {
+                record.outcome = "ignored".into();
+                record.detail = format!("pull request #{n}: the project's registration was deleted");
+                return Ok(());
+            };
             match refusal(project, pr) {
                 Some(why) => ("ignored", why),
                 None if let Some(newer) = newer_update(project, pr) => ("ignored", newer),
@@ -149,7 +153,9 @@ fn forge_time(pr: &PullRequest) -> Option<Timestamp> {
 fn newer_update(project: &Project, pr: &PullRequest) -> Option<String> {
     let at = forge_time(pr)?;
     if let Some(closed) = project.closed_pull_requests.iter().find(|c| c.number == pr.number) {
-        if let Some(closed_at) = closed.forge_updated_at.filter(|c| at <= *c) {
+        // Strictly before: a reopening in the same second as the close (forges' times are in
+        // seconds) is taken as after it.
+        if let Some(closed_at) = closed.forge_updated_at.filter(|c| at < *c) {
             return Some(format!(
                 "an update of pull request #{} (at {at}) arriving after its close (at {closed_at})",
                 pr.number
@@ -396,7 +402,7 @@ pub(crate) async fn may_retry(state: &AppState, task: &cloudbuild_proto::task::T
 /// Records a retry as the preview's newest build.
 pub(crate) async fn retried(state: &AppState, task: &cloudbuild_proto::task::Task, n: u32) -> Result<(), StoreError> {
     projects::bookkeep(state, &task.name, |p| match p.previews.iter_mut().find(|x| x.number == n) {
-        Some(x) if x.task.is_none_or(|t| t < task.id) => {
+        Some(x) if x.task.is_none_or(|t| t < task.id) && task.commit.as_deref() == Some(x.head.as_str()) => {
             x.task = Some(task.id);
             true
         }
@@ -404,6 +410,15 @@ pub(crate) async fn retried(state: &AppState, task: &cloudbuild_proto::task::Tas
     })
     .await?;
     Ok(())
+}
+
+/// Refuses a publish to a preview that was removed (its pull request closed, its time up)
+/// while it built: publishing would bring the site back with no record of it.
+pub(crate) async fn ensure_open(state: &AppState, task: &cloudbuild_proto::task::Task) -> Result<(), ReleaseError> {
+    match task.env.pull_request() {
+        Some(n) if !is_open(state, &task.name, n).await? => Err(ReleaseError::PreviewClosed(n)),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `project` still has pull request `number`'s preview open (a publish to it is

@@ -282,24 +282,13 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
     if let Some(rules) = &req.triggers {
         rules.validate().map_err(ProjectError::BadTriggers)?;
     }
-    // What the new settings no longer allow is not left up: another repository's pull
-    // requests, previews turned off, forks' previews turned off.
-    if let Some(old) = state.store.get_project(name).await? {
-        let moved = url.as_ref().is_some_and(|u| u.identity() != old.repo_identity);
-        let rules = req.triggers.as_ref().unwrap_or(&old.triggers);
-        let (why, which): (&str, fn(&cloudbuild_proto::preview::Preview, bool) -> bool) = match (moved, rules) {
-            (true, _) => ("the project builds from another repository now", |_, _| true),
-            (_, r) if !r.previews => ("the project's previews were turned off", |_, _| true),
-            (_, r) if !r.fork_previews => ("the project's fork previews were turned off", |p, _| p.fork),
-            _ => ("", |_, _| false),
-        };
-        let caller = Caller::on_behalf_of("project settings");
-        super::previews::remove_all(state, &caller, &old, why, |p| which(p, moved))
-            .await
-            .map_err(|e| ProjectError::Previews(e.to_string()))?;
-    }
-    update(state, name, |project| {
+    let old = state.store.get_project(name).await?;
+    let new = update(state, name, |project| {
         if let Some(url) = &url {
+            if url.identity() != project.repo_identity {
+                // Another repository's pull requests are not these.
+                project.closed_pull_requests.clear();
+            }
             project.repo = url.as_str().to_owned();
             project.repo_identity = url.identity();
         }
@@ -312,9 +301,24 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
         if let Some(rules) = &req.triggers {
             project.triggers = rules.clone();
         }
-        Ok(())
+        Ok::<_, ProjectError>(())
     })
-    .await
+    .await?;
+    // What the new settings no longer allow is not left up (after they are written, so that
+    // no pull request is built under the old ones meanwhile): another repository's previews,
+    // previews turned off, forks' previews turned off.
+    let moved = old.is_some_and(|o| o.repo_identity != new.repo_identity);
+    let (why, which): (&str, fn(&cloudbuild_proto::preview::Preview) -> bool) = match &new.triggers {
+        _ if moved => ("the project builds from another repository now", |_| true),
+        r if !r.previews => ("the project's previews were turned off", |_| true),
+        r if !r.fork_previews => ("the project's fork previews were turned off", |p| p.fork),
+        _ => return Ok(new),
+    };
+    let caller = Caller::on_behalf_of("project settings");
+    super::previews::remove_all(state, &caller, &new, why, which)
+        .await
+        .map_err(|e| ProjectError::Previews(e.to_string()))?;
+    Ok(state.store.get_project(name).await?.unwrap_or(new))
 }
 
 /// Applies `edit` to the stored record by compare-and-set: an edit made meanwhile (another
@@ -354,7 +358,9 @@ pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> Result<(),
 
 async fn unregister(state: &AppState, name: &str) -> Result<(), ProjectError> {
     let name = ProjectName::parse(name)?;
-    // Its previews first: nothing would ever remove them once the record that lists them is gone.
+    // Its previews first: nothing would ever remove them once the record that lists them is
+    // gone. No new one is built meanwhile: previews are turned off first.
+    bookkeep(state, name.as_str(), |p| std::mem::replace(&mut p.triggers.previews, false)).await?;
     if let Some(project) = state.store.get_project(name.as_str()).await? {
         let caller = Caller::on_behalf_of("project removal");
         super::previews::remove_all(state, &caller, &project, "the project's registration was deleted", |_| true)

@@ -194,8 +194,14 @@ pub async fn fire_due(state: &AppState, now: Timestamp) -> Result<usize, Schedul
     for project in state.store.list_projects().await? {
         for schedule in &project.schedules {
             let Some(due) = schedule.due(now) else { continue };
-            if !claim(state, &project.name, &schedule.name, due).await? {
-                continue;
+            match claim(state, &project.name, &schedule.name, due).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                // One record too busy to claim in: the other projects' schedules still run.
+                Err(e) => {
+                    tracing::warn!(project = %project.name, schedule = %schedule.name, "claiming a due time: {e}");
+                    continue;
+                }
             }
             let caller = Caller::on_behalf_of(format!("schedule:{}/{}", project.name, schedule.name));
             let when = schedule.cron().ok().and_then(|c| c.render_local(due)).unwrap_or_else(|| due.to_string());

@@ -347,9 +347,16 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
     if !old.state.is_terminal() {
         return Err(TaskError::NotFinished { id: old.id, state: old.state });
     }
-    if let Some(n) = old.env.pull_request() {
-        super::previews::may_retry(state, &old, n).await?;
-    }
+    // A preview's retry is one update of it: under its lock, so that a push built meanwhile
+    // cannot be put under an older head.
+    let _preview = match old.env.pull_request() {
+        Some(n) => {
+            let guard = releases::project_guard(state, old.env, &old.name).await.map_err(TaskError::Release)?;
+            super::previews::may_retry(state, &old, n).await?;
+            Some(guard)
+        }
+        None => None,
+    };
     let req = CreateTask {
         repo: old.repo,
         branch: old.branch,

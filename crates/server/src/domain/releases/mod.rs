@@ -180,7 +180,7 @@ pub async fn plan(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Plan
     let (task, plan) = accept_plan(state, who, body).await?;
     // Before anything is uploaded; checked again at the commit, under the project's lock.
     crate::domain::projects::check_still_bound(state, &task.name, &task.repo).await?;
-    preview_open(state, &task).await?;
+    crate::domain::previews::ensure_open(state, &task).await?;
     let wanted: Vec<String> = plan.files.iter().map(|f| f.hash.clone()).collect::<HashSet<_>>().into_iter().collect();
     let known: HashSet<String> =
         state.store.find_contents(task.env, &wanted).await?.into_iter().map(|holder| holder.hash).collect();
@@ -197,7 +197,7 @@ pub async fn plan(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Plan
 pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<PublishResult, ReleaseError> {
     let (task, plan) = accept_plan(state, who, body).await?;
     // Before anything is written: a closed preview's target directory stays removed.
-    preview_open(state, &task).await?;
+    crate::domain::previews::ensure_open(state, &task).await?;
     let attempt = who.attempt;
     let name = ProjectName::parse(&task.name)?;
     Version::parse(&task.version)?;
@@ -263,7 +263,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
     // Still this attempt's to publish? (Its lease may have moved on while it uploaded; two
     // attempts must not both describe one release directory.)
     running_attempt(state, who).await?;
-    if let Err(closed) = preview_open(state, &task).await {
+    if let Err(closed) = crate::domain::previews::ensure_open(state, &task).await {
         // Removed while this upload ran: what it wrote goes, and the site stays removed.
         if let Err(e) = target.remove_site(&name).await {
             tracing::warn!(task = task.id, "removing what a closed preview's publish wrote failed: {e}");
@@ -360,17 +360,6 @@ impl ProjectGuard {
     /// lock's TTL (Redis stalled) may have lost it to another server, and must not switch.
     async fn ensure_held(&self) -> Result<(), ReleaseError> {
         Ok(self.shared.ensure_held().await?)
-    }
-}
-
-/// Refuses a publish to a preview that was removed (its pull request closed, its time up)
-/// while it built: publishing would bring the site back with no record of it.
-async fn preview_open(state: &AppState, task: &Task) -> Result<(), ReleaseError> {
-    match task.env.pull_request() {
-        Some(n) if !crate::domain::previews::is_open(state, &task.name, n).await? => {
-            Err(ReleaseError::PreviewClosed(n))
-        }
-        _ => Ok(()),
     }
 }
 

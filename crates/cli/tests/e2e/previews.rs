@@ -121,6 +121,15 @@ fn a_pull_request_is_previewed_at_its_own_origin_updated_and_removed_on_close() 
     let open = srv.cli(&repo.work, &["open", "--print"]);
     assert!(!String::from_utf8_lossy(&open.stdout).contains("preview"), "{}", String::from_utf8_lossy(&open.stdout));
 
+    // A head the pull request's ref no longer holds (pushed over before the build ran) fails
+    // with a reason about the pull request, not a branch.
+    let gone = "ab".repeat(20);
+    let (_, stale) = send("synchronize", &gone, "d-2b");
+    let id = stale["task"].as_i64().unwrap();
+    let failed = srv.wait_done(id);
+    assert_eq!(failed.state, TaskState::Failed);
+    let reason = failed.reason.unwrap_or_default();
+    assert!(reason.contains("is not refs/pull/12/head"), "{reason}");
     let (status, closed) = send("closed", &second, "d-3");
     assert_eq!((status, closed["outcome"].as_str()), (200, Some("deleted")), "{closed}");
     assert_eq!(get_text(&origin).0, 404, "removed with its pull request");

@@ -239,6 +239,12 @@ impl Run<'_> {
         let fetched = self.fetch_branch_or_tag(&src, None, repo, branch, into, env).await;
         let on_branch = fetched.is_ok()
             && self.git(&src, env, &["merge-base", "--is-ancestor", sha.as_str(), into], Network::None).await.is_ok();
+        if !on_branch && self.a.env.pull_request().is_some() {
+            return Err(StageError::Failed(format!(
+                "commit {sha} is not {branch} in {repo} any more (the pull request was pushed to again, or closed): \
+                 its next update builds the new head"
+            )));
+        }
         if !on_branch {
             return Err(StageError::Failed(format!(
                 "commit {sha} is not in {repo} on {branch} (was {branch} force-pushed, the commit deleted, or is it \

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::task::TaskId;
 use crate::time::Timestamp;
 use crate::validate::{CommitSha, GitRef};
-use crate::webhook::{Forge, HookError};
+use crate::webhook::{Forge, HookError, Repository};
 
 /// The most previews one project keeps open; a pull request opened beyond it is not built.
 pub const MAX_OPEN: usize = 100;
@@ -116,25 +116,11 @@ pub struct PreviewList {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Repo {
-    full_name: Option<String>,
-    id: Option<u64>,
-    clone_url: Option<String>,
-    ssh_url: Option<String>,
-    html_url: Option<String>,
-    // GitLab
-    git_http_url: Option<String>,
-    git_ssh_url: Option<String>,
-    web_url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
 struct Side {
     #[serde(rename = "ref")]
     reference: String,
     sha: String,
-    repo: Option<Repo>,
+    repo: Option<Repository>,
     repo_id: Option<u64>,
 }
 
@@ -164,7 +150,7 @@ struct GitHubPayload {
     action: String,
     number: u64,
     pull_request: GitHubPull,
-    repository: Repo,
+    repository: Repository,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,16 +179,8 @@ struct MergeRequest {
 #[serde(default)]
 struct GitLabPayload {
     object_attributes: MergeRequest,
-    project: Repo,
+    project: Repository,
     user: Login,
-}
-
-fn repo_urls(r: &Repo) -> Vec<String> {
-    [&r.clone_url, &r.ssh_url, &r.html_url, &r.git_http_url, &r.git_ssh_url, &r.web_url]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
 }
 
 /// A forge's time of a change, as an instant: RFC 3339 (GitHub, Gitea, with any offset) or
@@ -277,7 +255,7 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
                 other => PullRequestAction::Other(other.to_owned()),
             };
             // A fork's head is in another repository; a deleted fork's head repository is null.
-            let same = |h: &Repo, b: &Repo| match (&h.full_name, &b.full_name, h.id, b.id) {
+            let same = |h: &Repository, b: &Repository| match (&h.full_name, &b.full_name, h.id, b.id) {
                 (Some(h), Some(b), _, _) => h.eq_ignore_ascii_case(b),
                 (_, _, Some(h), Some(b)) => h == b,
                 _ => false,
@@ -288,7 +266,7 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
                 _ => true,
             };
             let pr = PullRequest {
-                repo_urls: repo_urls(&p.repository),
+                repo_urls: p.repository.urls(),
                 number: n,
                 action,
                 head: None,
@@ -315,7 +293,7 @@ pub fn parse(forge: Forge, body: &[u8]) -> Result<PullRequest, HookError> {
                 other => PullRequestAction::Other(other.to_owned()),
             };
             let pr = PullRequest {
-                repo_urls: repo_urls(&p.project),
+                repo_urls: p.project.urls(),
                 number: n,
                 action,
                 head: None,

@@ -158,10 +158,13 @@ struct Commit {
     removed: Vec<String>,
 }
 
+/// A repository as the forges describe one (also a pull request's sides: [`crate::preview`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Repository {
+pub(crate) struct Repository {
     // GitHub, Gitea
+    pub(crate) full_name: Option<String>,
+    pub(crate) id: Option<u64>,
     clone_url: Option<String>,
     ssh_url: Option<String>,
     html_url: Option<String>,
@@ -277,12 +280,18 @@ pub fn parse(forge: Forge, event: &str, body: &[u8]) -> Result<HookEvent, HookEr
 
 /// The repository's URLs a payload gives (GitLab's under `project`).
 fn urls(p: &PushPayload) -> Vec<String> {
-    let repo = p.project.as_ref().unwrap_or(&p.repository);
-    [&repo.clone_url, &repo.ssh_url, &repo.html_url, &repo.git_http_url, &repo.git_ssh_url, &repo.web_url]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+    p.project.as_ref().unwrap_or(&p.repository).urls()
+}
+
+impl Repository {
+    /// Its clone, SSH and web URLs, as given.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        [&self.clone_url, &self.ssh_url, &self.html_url, &self.git_http_url, &self.git_ssh_url, &self.web_url]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Whether a commit message asks for no build: `[skip ci]` or `[ci skip]` (as GitHub Actions,

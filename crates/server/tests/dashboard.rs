@@ -539,4 +539,12 @@ async fn the_project_page_lists_open_previews_escaped_with_their_sites() {
         assert!(!page.body.contains("javascript:"), "no script link: {}", page.body);
         assert!(page.body.contains("pr-7--site.preview."), "the preview's site: {}", page.body);
     }
+    // The builds filter keeps every pull request's preview under `preview`.
+    let filtered = |env: &str| {
+        let uri = format!("/projects/site?env={env}");
+        let api = &api;
+        async move { send(api, "GET", &uri, Some(&session("rep")), None, &[]).await.body }
+    };
+    assert!(filtered("preview").await.contains("<td>preview/pr-7</td>"));
+    assert!(!filtered("test").await.contains("<td>preview/pr-7</td>"));
 }

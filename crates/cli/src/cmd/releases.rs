@@ -64,7 +64,10 @@ pub(crate) async fn releases(args: ReleasesArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if list.releases.is_empty() {
-        outln!("{} has no releases", args.name);
+        match &args.env {
+            Some(env) => outln!("{} has no {env} releases", args.name),
+            None => outln!("{} has no releases", args.name),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     outln!(

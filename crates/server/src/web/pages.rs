@@ -293,7 +293,8 @@ impl BuildFilter {
     fn keeps(&self, t: &Task) -> bool {
         let is = |want: &str, have: &str| want.is_empty() || want == have;
         is(&self.branch, &t.branch)
-            && is(&self.env, &t.env.as_str())
+            // `preview` keeps every pull request's (`preview/pr-12`, …).
+            && (is(&self.env, &t.env.as_str()) || self.env == t.env.kind())
             // `webhook` keeps every forge's (`webhook:github`, …).
             && (is(&self.trigger, t.trigger.as_str())
                 || t.trigger.as_str().strip_prefix(self.trigger.as_str()).is_some_and(|rest| rest.starts_with(':')))

@@ -59,6 +59,13 @@ pub struct Project {
     pub updated_at: Timestamp,
 }
 
+impl Project {
+    /// The record of pull request `number`'s open preview.
+    pub fn preview(&self, number: u32) -> Option<&crate::preview::Preview> {
+        self.previews.iter().find(|p| p.number == number)
+    }
+}
+
 /// `POST /api/v1/projects`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

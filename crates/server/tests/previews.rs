@@ -338,6 +338,11 @@ async fn late_deliveries_neither_revive_a_closed_preview_nor_close_a_reopened_on
     let (status, refused) = api.call("POST", &format!("/api/v1/tasks/{built}/retry"), Some("cbp_dev"), None).await;
     assert!(status.is_client_error() && refused["message"].as_str().unwrap().contains("moved on"), "{refused}");
 
+    // A rollback names a version or a build, not both.
+    let both = json!({"name": "site", "env": "preview/pr-12", "to": "1.0.0", "task": built});
+    let (status, body) = api.call("POST", "/api/v1/releases/rollback", Some("cbp_max"), Some(both)).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"), "{body}");
+
     // Deleting the project's registration removes its previews first.
     let (status, body) = api.call("DELETE", "/api/v1/projects/site", Some("cbp_root"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");

@@ -206,7 +206,7 @@ pub async fn receive(state: &AppState, incoming: Incoming<'_>) -> Result<Deliver
             // Labels, assignees, edits: answered, not recorded (they would push the pushes that
             // tell a late push out of the deliveries' list).
             record.outcome = "ignored".into();
-            record.detail = format!("pull request #{} {what}: nothing to build or remove", pr.number);
+            record.detail = super::previews::nothing_to_do(pr.number, what);
             return Ok(record);
         }
         HookEvent::PullRequest(pr) => {

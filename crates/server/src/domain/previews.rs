@@ -30,10 +30,15 @@ pub const SWEEP: Duration = Duration::from_secs(60);
 
 const DAY_MICROS: i64 = 86_400 * 1_000_000;
 
-/// When a preview expires under the project's current `preview_days` (a changed setting
-/// applies to the open previews too).
-fn expires_at(preview: &Preview, days: u32) -> Timestamp {
-    Timestamp(preview.updated_at.0 + i64::from(days) * DAY_MICROS)
+/// When a preview updated at `updated_at` expires under the project's current
+/// `preview_days` (a changed setting applies to the open previews too).
+fn expires_at(updated_at: Timestamp, days: u32) -> Timestamp {
+    Timestamp(updated_at.0 + i64::from(days) * DAY_MICROS)
+}
+
+/// What a pull request event that neither builds nor removes is answered (a label, an edit).
+pub(crate) fn nothing_to_do(number: u32, action: &str) -> String {
+    format!("pull request #{number} {action}: nothing to build or remove")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +83,7 @@ pub(crate) async fn act(
     let caller = Caller::on_behalf_of(Trigger::Webhook(forge).to_string());
     let n = pr.number;
     let (outcome, detail) = match &pr.action {
-        PullRequestAction::Other(what) => ("ignored", format!("pull request #{n} {what}: nothing to build or remove")),
+        PullRequestAction::Other(what) => ("ignored", nothing_to_do(n, what)),
         PullRequestAction::Close => {
             let why = format!("pull request #{n} was closed");
             match remove(state, &caller, &project.name, n, Removal::Closed { forge_updated_at: forge_time(pr) }).await?
@@ -133,7 +138,7 @@ fn refusal(project: &Project, pr: &PullRequest) -> Option<String> {
             "pull request #{n} comes from a fork; the project builds no fork previews (triggers.fork_previews is off)"
         ));
     }
-    let open = project.previews.iter().any(|p| p.number == n);
+    let open = project.preview(n).is_some();
     if !open && project.previews.len() >= MAX_OPEN {
         return Some(format!("pull request #{n}: the project has {MAX_OPEN} open previews, the most it may have"));
     }
@@ -162,7 +167,7 @@ fn newer_update(project: &Project, pr: &PullRequest) -> Option<String> {
             ));
         }
     }
-    let built = project.previews.iter().find(|p| p.number == pr.number)?;
+    let built = project.preview(pr.number)?;
     let newer = built.forge_updated_at.filter(|b| at < *b)?;
     Some(format!(
         "an older update of pull request #{} arriving late (updated {at}; its preview builds {} of {newer})",
@@ -221,9 +226,8 @@ async fn build(
         format!("preview of pull request #{n} \"{}\"{by}{from} ({} {})", pr.title, pr.source_branch, head.short());
     tasks::note(state, task.id, &note).await;
     let now = Timestamp::now();
-    let expires_at = Timestamp(now.0 + i64::from(project.triggers.preview_days) * DAY_MICROS);
     projects::bookkeep(state, &project.name, |p| {
-        let earlier = p.previews.iter().find(|x| x.number == n);
+        let earlier = p.preview(n);
         // Two updates built at once: the record keeps the newer build (which wins the site).
         if earlier.is_some_and(|x| x.task.is_some_and(|t| t > task.id)) {
             return false;
@@ -243,7 +247,7 @@ async fn build(
             task: Some(task.id),
             opened_at,
             updated_at: now,
-            expires_at,
+            expires_at: expires_at(now, project.triggers.preview_days),
         });
         p.previews.sort_by_key(|x| x.number);
         true
@@ -271,7 +275,7 @@ impl Removal<'_> {
         match self {
             Removal::Closed { .. } => format!("pull request #{number} was closed"),
             Removal::Expired { .. } => {
-                let since = project.previews.iter().find(|p| p.number == number).map(|p| p.updated_at);
+                let since = project.preview(number).map(|p| p.updated_at);
                 let since = since.map(|t| t.to_string()).unwrap_or_else(|| "long ago".into());
                 format!("not updated since {since} (triggers.preview_days = {})", project.triggers.preview_days)
             }
@@ -308,9 +312,11 @@ pub async fn remove(
         let guard = releases::project_guard(state, env, project).await?;
         let Some(found) = state.store.get_project(project).await? else { return Ok(Removed::Nothing) };
         why = how.describe(&found, number);
-        let record = found.previews.iter().find(|x| x.number == number);
+        let record = found.preview(number);
         match (how, record) {
-            (Removal::Expired { at }, _) if record.is_none_or(|r| expires_at(r, found.triggers.preview_days) > at) => {
+            (Removal::Expired { at }, _)
+                if record.is_none_or(|r| expires_at(r.updated_at, found.triggers.preview_days) > at) =>
+            {
                 return Ok(Removed::Nothing)
             }
             (Removal::Closed { forge_updated_at: Some(closed) }, Some(r))
@@ -384,9 +390,8 @@ async fn stop_builds(state: &AppState, caller: &Caller, project: &str, env: Envi
 /// Refuses the retry of a preview's build unless the preview is open and still at that
 /// build's head: a retry of an older head would put it back over the newer one.
 pub(crate) async fn may_retry(state: &AppState, task: &cloudbuild_proto::task::Task, n: u32) -> Result<(), TaskError> {
-    let record =
-        state.store.get_project(&task.name).await?.and_then(|p| p.previews.into_iter().find(|x| x.number == n));
-    match record {
+    let project = state.store.get_project(&task.name).await?;
+    match project.as_ref().and_then(|p| p.preview(n)) {
         Some(r) if task.commit.as_deref() == Some(r.head.as_str()) => Ok(()),
         Some(r) => Err(TaskError::Refused(format!(
             "pull request #{n} has moved on to {} since task {}: its preview builds that head",
@@ -424,7 +429,7 @@ pub(crate) async fn ensure_open(state: &AppState, task: &cloudbuild_proto::task:
 /// Whether `project` still has pull request `number`'s preview open (a publish to it is
 /// refused otherwise).
 pub(crate) async fn is_open(state: &AppState, project: &str, number: u32) -> Result<bool, StoreError> {
-    Ok(state.store.get_project(project).await?.is_some_and(|p| p.previews.iter().any(|x| x.number == number)))
+    Ok(state.store.get_project(project).await?.is_some_and(|p| p.preview(number).is_some()))
 }
 
 /// A project's open previews with their sites' URLs (its readers).
@@ -433,7 +438,7 @@ pub async fn list(state: &AppState, caller: &Caller, project: &str) -> Result<Pr
     let name = ProjectName::parse(&found.name)?;
     let mut previews = Vec::new();
     for mut preview in found.previews {
-        preview.expires_at = expires_at(&preview, found.triggers.preview_days);
+        preview.expires_at = expires_at(preview.updated_at, found.triggers.preview_days);
         let env = Environment::Preview(preview.number);
         let url = state.targets.get(env).urls().site(&name);
         let build = match preview.task {
@@ -491,7 +496,7 @@ pub async fn sweep(state: &AppState, now: Timestamp) -> Result<usize, StoreError
     let caller = Caller::on_behalf_of("preview sweep");
     let mut removed = 0;
     for project in state.store.list_projects().await? {
-        for p in project.previews.iter().filter(|p| expires_at(p, project.triggers.preview_days) <= now) {
+        for p in project.previews.iter().filter(|p| expires_at(p.updated_at, project.triggers.preview_days) <= now) {
             match remove(state, &caller, &project.name, p.number, Removal::Expired { at: now }).await {
                 Ok(Removed::Releases(_)) => removed += 1,
                 Ok(_) => {}

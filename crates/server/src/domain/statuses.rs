@@ -196,7 +196,7 @@ fn links(state: &AppState, project: &Project, task: &Task, status: &str) -> Link
     let build = format!("{}/tasks/{}", state.public_url.trim_end_matches('/'), task.id);
     let git_ref = match task.env.pull_request() {
         None => Some(task.branch.clone()),
-        Some(n) => project.previews.iter().find(|p| p.number == n && !p.fork).map(|p| p.source_branch.clone()),
+        Some(n) => project.preview(n).filter(|p| !p.fork).map(|p| p.source_branch.clone()),
     };
     Links { build, description: describe(task, status), git_ref }
 }

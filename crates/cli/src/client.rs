@@ -36,6 +36,15 @@ pub(crate) struct Client {
     base: String,
 }
 
+/// The caller's IANA time zone: `TZ` when it names one (`Asia/Shanghai`, `:Europe/Berlin`),
+/// else the system's.
+pub(crate) fn local_zone() -> Option<String> {
+    let from_env = std::env::var("TZ").ok().map(|z| z.trim_start_matches(':').to_owned());
+    from_env
+        .filter(|z| cloudbuild_proto::gate::zone_is_known(z))
+        .or_else(|| iana_time_zone::get_timezone().ok().filter(|z| cloudbuild_proto::gate::zone_is_known(z)))
+}
+
 impl Client {
     /// The server's root URL (`http://host:port`).
     pub(crate) fn base(&self) -> &str {
@@ -54,6 +63,10 @@ impl Client {
                 .map_err(|_| anyhow!(tr!("bad-token")))?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        // Times the server tells (when a freeze window opens) are then in the caller's zone.
+        if let Some(zone) = local_zone().and_then(|z| reqwest::header::HeaderValue::from_str(&z).ok()) {
+            headers.insert("time-zone", zone);
         }
         let http = reqwest::Client::builder().connect_timeout(ANSWER_TIMEOUT).default_headers(headers).build()?;
         Ok(Client { http, base })

@@ -11,6 +11,7 @@
 //! - [`audit`]: the audit log's entries.
 //! - [`project`]: registered projects (repository, default branch, visibility).
 //! - [`secret`], [`mask`]: project secrets (names, values, listings) and their masking in output.
+//! - [`freeze`], [`gate`]: freeze windows, when they hold releases, what a publish asks of them.
 //! - [`schedule`]: project schedules (cron in an IANA zone), when they are due and run next.
 //! - [`sandbox`]: the build sandbox's settings (mode, shared and read-only directories).
 //! - [`site`]: site labels (`<site>.<env>.<domain>`), `[site]` settings, the cache rule.
@@ -20,6 +21,7 @@
 pub mod audit;
 pub mod event;
 pub mod freeze;
+pub mod gate;
 pub mod mask;
 pub mod preview;
 pub mod project;

@@ -53,6 +53,9 @@ pub struct Project {
     /// Its pull requests closed lately (at most [`crate::preview::MAX_CLOSED`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closed_pull_requests: Vec<crate::preview::ClosedPullRequest>,
+    /// The project's own freeze windows (its maintainers'; global ones are kept apart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<crate::gate::FreezeWindow>,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,

@@ -95,6 +95,10 @@ pub struct RollbackRequest {
     /// request's preview builds one version again and again). Not with `to`.
     #[serde(default)]
     pub task: Option<crate::task::TaskId>,
+    /// Roll back through a freeze window that holds rollbacks, with this reason (admins, or
+    /// the role the window names; audited).
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub gate_override: Option<String>,
 }
 
 /// The answer to a rollback.

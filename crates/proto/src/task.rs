@@ -172,6 +172,9 @@ impl<'de> Deserialize<'de> for Trigger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Held by a freeze window (`gate: queue`): not dispatched until every window holding it
+    /// opens, or an override releases it; then `queued`.
+    Gated,
     Queued,
     Running,
     Succeeded,
@@ -185,7 +188,8 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Gated,
         TaskState::Queued,
         TaskState::Running,
         TaskState::Succeeded,
@@ -197,12 +201,13 @@ impl TaskState {
 
     /// Whether no further change can happen.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskState::Queued | TaskState::Running)
+        !matches!(self, TaskState::Gated | TaskState::Queued | TaskState::Running)
     }
 
     /// The snake_case name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Gated => "gated",
             TaskState::Queued => "queued",
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
@@ -312,6 +317,12 @@ pub mod actions {
     pub const REQUEUED: &str = "requeued";
     /// The task waits for a worker with its labels, and none is registered.
     pub const WAITING: &str = "waiting";
+    /// A freeze window holds the task (`gate: queue`); the message says which and until when.
+    pub const GATED: &str = "gated";
+    /// The windows that held a gated task opened (or an override released it): it is queued.
+    pub const GATE_OPEN: &str = "gate open";
+    /// A freeze window was overridden for this task; the message says by whom and why.
+    pub const GATE_OVERRIDE: &str = "gate override";
 }
 
 /// `POST /api/v1/tasks`: what to build.
@@ -348,6 +359,18 @@ pub struct CreateTask {
     /// Build without the worker's dependency and output caches (and save nothing to them).
     #[serde(default)]
     pub no_cache: bool,
+    /// What to do when a freeze window holds the environment: `refuse` (default) or `queue`
+    /// (wait as `gated` until it opens).
+    #[serde(default, skip_serializing_if = "is_refuse")]
+    pub gate: crate::gate::GateMode,
+    /// Publish through any freeze window holding it, for this task only, with this reason
+    /// (admins, or the role a window names; audited).
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub gate_override: Option<String>,
+}
+
+fn is_refuse(m: &crate::gate::GateMode) -> bool {
+    *m == crate::gate::GateMode::Refuse
 }
 
 /// Whether a task reused a cache.

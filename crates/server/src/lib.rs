@@ -165,6 +165,7 @@ pub async fn run(
     let schedules = tokio::spawn(domain::schedules::run(state.clone()));
     let statuses = tokio::spawn(domain::statuses::run(state.clone()));
     let previews = tokio::spawn(domain::previews::run(state.clone()));
+    let gates = tokio::spawn(domain::freeze::run(state.clone()));
     let app = router(state.clone());
     tracing::info!("listening on http://{addr}");
     tokio::spawn(async move {
@@ -178,5 +179,6 @@ pub async fn run(
     schedules.abort();
     statuses.abort();
     previews.abort();
+    gates.abort();
     Ok(())
 }

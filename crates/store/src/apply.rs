@@ -235,8 +235,9 @@ pub(crate) fn cancel(
         TaskState::Cancelled => CancelEffect::AlreadyCancelled,
         s if s.is_terminal() => CancelEffect::AlreadyFinished,
         TaskState::Running if queued_only => CancelEffect::NotQueued,
-        TaskState::Queued => {
-            let finish = Finish::Cancelled { stage: None, reason: "cancelled while queued; it never ran".into() };
+        waiting @ (TaskState::Queued | TaskState::Gated) => {
+            let reason = format!("cancelled while {waiting}; it never ran");
+            let finish = Finish::Cancelled { stage: None, reason };
             end(l, &finish, now, written);
             l.task.cancel_requested = true;
             CancelEffect::EndedQueued
@@ -247,6 +248,21 @@ pub(crate) fn cancel(
             CancelEffect::Flagged
         }
     }
+}
+
+/// Queues a gated task, with `body` saying why; false when it is not gated.
+pub(crate) fn release_gated(
+    l: &mut Live,
+    body: &EventBody,
+    now: Timestamp,
+    written: &mut Vec<(TaskId, WireEvent)>,
+) -> bool {
+    if l.task.state != TaskState::Gated {
+        return false;
+    }
+    emit(l, body, now, written);
+    l.task.state = TaskState::Queued;
+    true
 }
 
 /// What requeueing a lost worker's task did.
@@ -307,8 +323,9 @@ pub(crate) fn created_event(id: TaskId, new: &NewTask) -> EventBody {
     EventBody::Stage { action: actions::CREATE_TASK.into(), message }
 }
 
-/// A new task as stored: queued, attempt 1, its log holding the `create task` event.
+/// A new task as stored: queued (or gated), attempt 1, its log holding the `create task` event.
 pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task {
+    let state = if new.gated { TaskState::Gated } else { TaskState::Queued };
     Task {
         id,
         name: new.name,
@@ -322,7 +339,7 @@ pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task 
         cause: new.cause,
         force: new.force,
         requested_by: new.requested_by,
-        state: TaskState::Queued,
+        state,
         stage: None,
         reason: None,
         attempt: 1,

@@ -13,6 +13,7 @@ mod sqlite;
 use async_trait::async_trait;
 use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::event::{EventBody, WireEvent};
+use cloudbuild_proto::gate::FreezeWindow;
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Stage, Task, TaskId, TaskState, Trigger};
@@ -139,6 +140,9 @@ pub struct NewTask {
     pub no_cache: bool,
     /// The files its push changed (for path filters), at most `task::MAX_CHANGED`.
     pub changed: Option<Vec<String>>,
+    /// Created `gated` (a freeze window holds it; [`Store::release_gated`] queues it) instead
+    /// of `queued`.
+    pub gated: bool,
 }
 
 /// Filters of `list_audit`: all given must match; entries with an id below `before`.
@@ -328,7 +332,10 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a task: sets the terminal state and appends the final events atomically.
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
-    /// Cancels a queued task at once, or flags a running one; idempotent.
+    /// Moves a `gated` task to the queue, appending `body` (the reason) to its log in the same
+    /// change; `None` when it is not gated (released or cancelled meanwhile, by any server).
+    async fn release_gated(&self, id: TaskId, body: EventBody) -> Result<Option<Vec<WireEvent>>>;
+    /// Cancels a queued or gated task at once, or flags a running one; idempotent.
     async fn request_cancel(&self, id: TaskId, queued_only: bool) -> Result<CancelOutcome>;
     /// Returns a running task whose worker was lost to the queue with attempt + 1, or fails it
     /// when `max_attempts` is reached.
@@ -425,6 +432,13 @@ pub trait Store: Send + Sync + 'static {
     async fn set_delivery(&self, key: &str, delivery: &cloudbuild_proto::webhook::Delivery) -> Result<()>;
     /// A project's newest deliveries, newest first, at most `limit` (at most 200 are kept listed).
     async fn list_deliveries(&self, project: &str, limit: u32) -> Result<Vec<cloudbuild_proto::webhook::Delivery>>;
+
+    /// Keeps a global freeze window unless one of its id exists; false if it did.
+    async fn create_freeze_window(&self, window: &FreezeWindow) -> Result<bool>;
+    /// Every global freeze window, by id.
+    async fn list_freeze_windows(&self) -> Result<Vec<FreezeWindow>>;
+    /// Removes a global freeze window; false if there was none.
+    async fn delete_freeze_window(&self, id: &str) -> Result<bool>;
 
     /// Appends an entry to the audit log; the store numbers it in order (the entry's `id` is
     /// ignored), and it is never changed afterwards.

@@ -20,7 +20,10 @@ mod deliveries;
 use deliveries::delivery_story;
 #[path = "conformance/records.rs"]
 mod records;
-use records::{changed_files_story, preview_story};
+use records::{changed_files_story, preview_story, project_story};
+#[path = "conformance/gates.rs"]
+mod gates;
+use gates::gate_story;
 
 fn new_task(name: &str, output_limit: u64) -> NewTask {
     NewTask {
@@ -40,6 +43,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         labels: Vec::new(),
         no_cache: false,
         changed: None,
+        gated: false,
     }
 }
 
@@ -159,6 +163,7 @@ async fn all_stories(store: &dyn Store) {
     audit_story(store).await;
     user_story(store).await;
     delivery_story(store).await;
+    gate_story(store).await;
     // Last: it leaves a queued task behind.
     preview_story(store).await;
 }
@@ -335,54 +340,6 @@ async fn audit_story(store: &dyn Store) {
     let rest = AuditQuery { before: Some(page[1].id), ..alice };
     let rest = store.list_audit(&rest).await.unwrap();
     assert_eq!(rest.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["project.create"]);
-}
-
-/// A project's name is registered once; its record is replaced only while it exists.
-async fn project_story(store: &dyn Store) {
-    use cloudbuild_proto::project::{Project, Visibility};
-    let project = |name: &str, repo: &str| Project {
-        name: name.into(),
-        repo: format!("https://{repo}.git"),
-        repo_identity: repo.into(),
-        default_branch: "main".into(),
-        visibility: Visibility::Private,
-        members: vec![cloudbuild_proto::user::Member {
-            user: "alice".into(),
-            role: cloudbuild_proto::user::ProjectRole::Maintainer,
-        }],
-        triggers: Default::default(),
-        webhook_secret: None,
-        forge: None,
-        schedules: Vec::new(),
-        previews: Vec::new(),
-        closed_pull_requests: Vec::new(),
-        created_by: "alice".into(),
-        created_at: Timestamp(1),
-        updated_at: Timestamp(1),
-    };
-    let site = project("@team/site", "github.com/team/site");
-    assert!(store.create_project(&site).await.unwrap());
-    assert!(!store.create_project(&project("@team/site", "github.com/other/site")).await.unwrap(), "once");
-    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(site.clone()), "the first one stays");
-    assert!(store.create_project(&project("blog", "gitlab.com/a/blog")).await.unwrap());
-    let names: Vec<String> = store.list_projects().await.unwrap().into_iter().map(|p| p.name).collect();
-    assert_eq!(names, ["@team/site", "blog"]);
-    let mut edited = site.clone();
-    edited.default_branch = "release".into();
-    edited.visibility = Visibility::Internal;
-    assert!(store.update_project(&site, &edited).await.unwrap());
-    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited.clone()));
-    // Compare-and-set: an update from a stale copy changes nothing.
-    let mut stale = site.clone();
-    stale.default_branch = "stale".into();
-    assert!(!store.update_project(&site, &stale).await.unwrap(), "the stored record is no longer `site`");
-    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited));
-    let ghost = project("ghost", "x.org/y");
-    assert!(!store.update_project(&ghost, &ghost).await.unwrap(), "no record appears by an update");
-    assert_eq!(store.get_project("ghost").await.unwrap(), None);
-    assert!(store.delete_project("blog").await.unwrap());
-    assert!(!store.delete_project("blog").await.unwrap());
-    assert_eq!(store.list_projects().await.unwrap().len(), 1);
 }
 
 /// Secrets are kept per project and environment, replaced by name, listed in order.

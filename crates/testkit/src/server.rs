@@ -148,7 +148,13 @@ impl Server {
 
     /// Runs the CLI against this server from `cwd`.
     pub fn cli(&self, cwd: &Path, args: &[&str]) -> std::process::Output {
+        self.cli_with(cwd, args, &[])
+    }
+
+    /// [`Server::cli`] with more environment variables (`TZ`, `CLOUDBUILD_TOKEN`).
+    pub fn cli_with(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         Command::new(&self.bin)
+            .envs(env.iter().copied())
             .args(args)
             .current_dir(cwd)
             .env("CLOUDBUILD_SERVER", &self.url)

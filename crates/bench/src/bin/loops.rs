@@ -142,6 +142,7 @@ async fn main() -> Result<()> {
             // Five open pull requests' previews each, updated now (14 days to live).
             previews: (1..=5).map(|n| preview(n, now)).collect(),
             closed_pull_requests: Vec::new(),
+            freeze: Vec::new(),
             created_by: "bench".into(),
             created_at: now,
             updated_at: now,
@@ -172,6 +173,7 @@ async fn main() -> Result<()> {
             labels: Vec::new(),
             no_cache: false,
             changed: None,
+            gated: false,
         };
         store.create_task(new).await?;
     }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod cache;
+mod freeze;
 mod previews;
 mod projects;
 mod publish;
@@ -107,6 +108,10 @@ pub(crate) enum Command {
     /// remove, run-now.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
+    /// Freeze windows (封网) that hold releases: list, add, remove, status, and the override
+    /// that starts one gated task.
+    #[command(subcommand)]
+    Freeze(freeze::FreezeCommand),
     /// A project's pull-request previews (each at its own URL, removed when the pull request
     /// closes or expires): list, remove.
     #[command(subcommand)]
@@ -156,6 +161,7 @@ impl Cli {
             Command::Projects(c) => c.json(),
             Command::Schedules(c) => c.json(),
             Command::Previews(c) => c.json(),
+            Command::Freeze(c) => c.json(),
             Command::Audit(a) => a.json,
             Command::Whoami(a) => users::whoami_json(a),
             Command::Users(c) => c.json(),
@@ -195,6 +201,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projects(c) => projects::run(c).await,
         Command::Schedules(c) => schedules::run(c).await,
         Command::Previews(c) => previews::run(c).await,
+        Command::Freeze(c) => freeze::run(c).await,
         Command::Login(a) => users::login(a).await,
         Command::Logout(a) => users::logout(a).await,
         Command::Whoami(a) => users::whoami(a).await,

@@ -50,6 +50,14 @@ pub(crate) struct PublishArgs {
     /// Open the published site in the browser when the build succeeds.
     #[arg(long, conflicts_with = "detach")]
     open: bool,
+    /// When a freeze window holds the environment, wait (the task is `gated`) and start by
+    /// itself when the window opens, instead of being refused. Cancel it like any task.
+    #[arg(long)]
+    queue_until_open: bool,
+    /// Publish through an active freeze window, for this task only, with this reason (admins,
+    /// or the role the window names; recorded in the audit log and the build's log).
+    #[arg(long, value_name = "REASON")]
+    override_freeze: Option<String>,
 }
 
 /// The name in the `package.json` of the checkout (or directory) `cwd` is in: the project that
@@ -193,7 +201,7 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
             )
         );
     }
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "repo": checkout.repo,
         "branch": checkout.branch,
         "commit": checkout.commit,
@@ -206,6 +214,13 @@ pub(crate) async fn publish(args: PublishArgs) -> Result<ExitCode> {
         "labels": args.labels,
         "no_cache": args.no_cache,
     });
+    // Only when given: a server from before the gates refuses fields it does not know.
+    if args.queue_until_open {
+        body["gate"] = "queue".into();
+    }
+    if let Some(reason) = &args.override_freeze {
+        body["override"] = reason.as_str().into();
+    }
     let task: Task = client.post("/api/v1/tasks", Some(&body)).await?;
     if args.detach {
         if args.json {

@@ -47,6 +47,10 @@ pub(crate) struct RollbackArgs {
     /// pull request's preview has); not with --to.
     #[arg(long, conflicts_with = "to")]
     task: Option<i64>,
+    /// Roll back through a freeze window that holds rollbacks, with this reason (admins, or
+    /// the role the window names; audited).
+    #[arg(long, value_name = "REASON")]
+    override_freeze: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -111,6 +115,9 @@ pub(crate) async fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     // Only when given: a server from before `task` refuses fields it does not know.
     if let Some(task) = args.task {
         body["task"] = task.into();
+    }
+    if let Some(reason) = &args.override_freeze {
+        body["override"] = reason.as_str().into();
     }
     let result: RollbackResult = client.post("/api/v1/releases/rollback", Some(&body)).await?;
     if args.json {

@@ -12,6 +12,7 @@ mod dashboard;
 mod dashboard_tour;
 pub(crate) mod events;
 mod fanout;
+mod freeze;
 mod hooks;
 mod identity;
 mod inputs;

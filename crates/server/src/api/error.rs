@@ -10,6 +10,7 @@ use cloudbuild_store::StoreError;
 
 use crate::domain::audit::AuditError;
 use crate::domain::callers::AuthError;
+use crate::domain::freeze::FreezeError;
 use crate::domain::policy::{Denied, PolicyError};
 use crate::domain::projects::ProjectError;
 use crate::domain::releases::lock::LockError;
@@ -261,7 +262,25 @@ impl From<TaskError> for ApiError {
             TaskError::Release(r) => r.into(),
             TaskError::Project(p) => p.into(),
             TaskError::Policy(p) => p.into(),
+            TaskError::Gate(g) => (*g).into(),
             TaskError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<FreezeError> for ApiError {
+    fn from(e: FreezeError) -> Self {
+        let message = e.to_string();
+        match e {
+            FreezeError::Invalid(v) => v.into(),
+            FreezeError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            FreezeError::TooMany(_) => ApiError::new(StatusCode::CONFLICT, "too_many_windows", message),
+            FreezeError::Frozen(_) => ApiError::new(StatusCode::CONFLICT, "frozen", message),
+            FreezeError::OverrideDenied(_) => ApiError::new(StatusCode::FORBIDDEN, "override_denied", message),
+            FreezeError::NotGated { .. } => ApiError::new(StatusCode::CONFLICT, "not_gated", message),
+            FreezeError::Random(_) => ApiError::internal("adding a freeze window", &e),
+            FreezeError::Project(p) => p.into(),
+            FreezeError::Store(s) => s.into(),
         }
     }
 }
@@ -313,6 +332,7 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::Target(_) => ApiError::new(StatusCode::BAD_GATEWAY, "target_failed", message),
             ReleaseError::FileTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message),
             ReleaseError::Lock(l) => l.into(),
+            ReleaseError::Gate(g) => (*g).into(),
             ReleaseError::Store(s) => s.into(),
             ReleaseError::Project(p) => p.into(),
             ReleaseError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {

@@ -35,6 +35,21 @@ fn peer(parts: &Parts) -> Option<std::net::IpAddr> {
     parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
+/// The caller's IANA time zone from the `Time-Zone` header (as GitHub's API takes it), for the
+/// times a refusal tells; an unknown zone is ignored (times are then told in UTC).
+#[derive(Debug, Clone, Default)]
+pub struct ClientZone(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientZone {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let zone = parts.headers.get("time-zone").and_then(|v| v.to_str().ok());
+        let known = zone.filter(|z| z.len() <= 64 && cloudbuild_proto::gate::zone_is_known(z));
+        Ok(ClientZone(known.map(str::to_owned)))
+    }
+}
+
 /// The address a request came from, for callers not yet identified (sign-in).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<std::net::IpAddr>);

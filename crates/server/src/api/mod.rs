@@ -6,6 +6,7 @@ pub mod compat;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod freeze;
 pub mod hooks;
 pub mod previews;
 pub mod projects;
@@ -43,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}", get(tasks::get))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/tasks/{id}/override", post(freeze::override_task))
         .route("/tasks/{id}/events", get(events::events))
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/plan",
@@ -65,6 +67,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(releases::commit).layer(DefaultBodyLimit::max(MANIFEST_BYTES)),
         )
         .route("/audit", get(audit::list))
+        .route("/freeze", get(freeze::list).post(freeze::add))
+        .route("/freeze/status", get(freeze::status))
+        .route("/freeze/{id}", delete(freeze::remove))
+        .route("/projects/{name}/freeze", get(freeze::list_project).post(freeze::add_project))
+        .route("/projects/{name}/freeze/{id}", delete(freeze::remove_project))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).patch(projects::edit).delete(projects::delete))
         .route("/projects/{name}/members", get(projects::members))

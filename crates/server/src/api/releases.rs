@@ -82,7 +82,8 @@ pub async fn list(
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    super::extract::ClientZone(zone): super::extract::ClientZone,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<Json<RollbackResult>, ApiError> {
-    Ok(Json(releases::rollback(&state, &caller, &req).await?))
+    Ok(Json(releases::rollback(&state, &caller, &req, zone.as_deref()).await?))
 }

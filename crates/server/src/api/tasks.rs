@@ -10,7 +10,7 @@ use cloudbuild_proto::task::{CreateTask, Task, TaskId, TaskPage};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, TaskIdParam};
+use super::extract::{ApiJson, ApiQuery, ClientZone, TaskIdParam};
 use crate::domain::callers::Caller;
 use crate::domain::policy::ProjectAction;
 use crate::domain::tasks::{self, Cancelled, ListQuery};
@@ -25,6 +25,7 @@ pub(super) fn created(task: Task) -> Response {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    ClientZone(zone): ClientZone,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<Response, ApiError> {
     // `socket.io` is the bridge's word for its own clients' tasks, not a REST client's.
@@ -33,7 +34,7 @@ pub async fn create(
             "invalid trigger: trigger `socket.io` is set by the server itself (a client names `cli` or `api`)";
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message));
     }
-    Ok(created(tasks::create(&state, &caller, &req).await?))
+    Ok(created(tasks::create(&state, &caller, &req, zone.as_deref()).await?))
 }
 
 /// `GET /api/v1/tasks/{id}`

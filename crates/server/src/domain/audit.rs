@@ -34,6 +34,7 @@ impl Outcome for super::tasks::TaskError {
             Self::Policy(p) => p.internal(),
             Self::Release(r) => r.internal(),
             Self::Project(p) => p.internal(),
+            Self::Gate(g) => g.internal(),
             _ => false,
         }
     }
@@ -43,6 +44,7 @@ impl Outcome for super::releases::ReleaseError {
     fn internal(&self) -> bool {
         match self {
             Self::Project(p) => p.internal(),
+            Self::Gate(g) => g.internal(),
             other => matches!(other, Self::Store(_) | Self::Target(_) | Self::Io { .. } | Self::Lock(_)),
         }
     }

@@ -347,6 +347,8 @@ async fn build(
         force: false,
         labels: Vec::new(),
         no_cache: false,
+        gate: Default::default(),
+        gate_override: None,
     };
     let mut new = tasks::validate(&state.settings, &req, caller, trigger, None)?;
     new.version = String::new();
@@ -380,7 +382,7 @@ async fn build(
             };
         }
     }
-    let task = tasks::submit(state, new).await?;
+    let task = tasks::submit(state, caller, new, &super::freeze::GateRequest::queue()).await?;
     let by = if push.pusher.is_empty() { String::new() } else { format!(" by {}", push.pusher) };
     let note = format!("built for {} delivery {} (push to {}{by})", record.forge, record.id, describe(&push.target));
     tasks::note(state, task.id, &note).await;
@@ -424,9 +426,9 @@ async fn pushed_on_top(
     }))
 }
 
-/// Cancels the project's queued webhook (or preview) builds of `branch` for `env` (a newer push
-/// supersedes them, a deletion ends them; someone's own publish is never touched); returns
-/// those cancelled.
+/// Cancels the project's queued (or gated) webhook and preview builds of `branch` for `env` (a
+/// newer push supersedes them, a deletion ends them; someone's own publish is never touched);
+/// returns those cancelled.
 pub(crate) async fn cancel_queued(
     state: &AppState,
     caller: &Caller,
@@ -434,22 +436,22 @@ pub(crate) async fn cancel_queued(
     branch: &str,
     env: Environment,
 ) -> Result<Vec<Task>, TaskError> {
-    let query = tasks::ListQuery {
-        name: Some(project.to_owned()),
-        state: Some("queued".into()),
-        before: None,
-        limit: Some(200),
-    };
-    let page = tasks::list(state, caller, query).await?;
     let mut cancelled = Vec::new();
-    for t in page
-        .tasks
-        .iter()
-        .filter(|t| t.branch == branch && t.env == env && matches!(t.trigger, Trigger::Webhook(_) | Trigger::Preview))
-    {
-        // Only while still queued: a worker may have taken it since the listing.
-        if tasks::cancel_if_queued(state, caller, t.id).await.is_ok() {
-            cancelled.push(t.clone());
+    for waiting in ["gated", "queued"] {
+        let query = tasks::ListQuery {
+            name: Some(project.to_owned()),
+            state: Some(waiting.into()),
+            before: None,
+            limit: Some(200),
+        };
+        let page = tasks::list(state, caller, query).await?;
+        for t in page.tasks.iter().filter(|t| {
+            t.branch == branch && t.env == env && matches!(t.trigger, Trigger::Webhook(_) | Trigger::Preview)
+        }) {
+            // Only while still waiting: a worker may have taken it since the listing.
+            if tasks::cancel_if_queued(state, caller, t.id).await.is_ok() {
+                cancelled.push(t.clone());
+            }
         }
     }
     Ok(cancelled)

@@ -3,7 +3,7 @@
 //! Each service takes the shared [`AppState`](crate::state::AppState) and validated inputs,
 //! and returns its own typed error ([`callers::AuthError`], [`tasks::TaskError`],
 //! [`workers::WorkerError`], [`releases::ReleaseError`], [`secrets::SecretError`], [`projects::ProjectError`],
-//! [`users::UserError`]). What a caller may do is decided in [`policy`] only, which every
+//! [`users::UserError`], [`freeze::FreezeError`] and others). What a caller may do is decided in [`policy`] only, which every
 //! service asks; its refusals travel in each error's `Policy` variant. The adapters over them (the HTTP
 //! handlers in `api/`, the socket.io bridge in `socketio/`, later the dashboard) turn
 //! requests into calls and errors into answers; no module here imports `axum`, `api` or
@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod callers;
 pub mod follow;
+pub mod freeze;
 pub mod hooks;
 pub mod policy;
 pub mod previews;

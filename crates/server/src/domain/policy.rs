@@ -217,6 +217,7 @@ mod tests {
             schedules: Vec::new(),
             previews: Vec::new(),
             closed_pull_requests: Vec::new(),
+            freeze: Vec::new(),
             created_by: "max".into(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1),

@@ -207,6 +207,8 @@ async fn build(
         force: false,
         labels: Vec::new(),
         no_cache: false,
+        gate: Default::default(),
+        gate_override: None,
     };
     let mut new = tasks::validate(&state.settings, &req, caller, Trigger::Preview, None)?;
     new.version = String::new();
@@ -219,7 +221,7 @@ async fn build(
     if project.triggers.supersede {
         super::hooks::cancel_queued(state, caller, &project.name, pr.head_ref.as_str(), env).await?;
     }
-    let task = tasks::submit(state, new).await?;
+    let task = tasks::submit(state, caller, new, &super::freeze::GateRequest::queue()).await?;
     let from = if pr.fork { " from a fork" } else { "" };
     let by = if pr.author.is_empty() { String::new() } else { format!(" by {}", pr.author) };
     let note =
@@ -364,7 +366,7 @@ pub async fn remove(
 
 /// Cancels the preview's queued and running builds (every page of the project's).
 async fn stop_builds(state: &AppState, caller: &Caller, project: &str, env: Environment) -> Result<(), PreviewError> {
-    for task_state in ["queued", "running"] {
+    for task_state in ["gated", "queued", "running"] {
         let mut before = None;
         loop {
             let query = tasks::ListQuery {

@@ -221,6 +221,7 @@ fn record(
         schedules: Vec::new(),
         previews: Vec::new(),
         closed_pull_requests: Vec::new(),
+        freeze: Vec::new(),
         created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,

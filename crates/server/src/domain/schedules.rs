@@ -165,12 +165,14 @@ async fn start(
         force: false,
         labels: Vec::new(),
         no_cache: false,
+        gate: Default::default(),
+        gate_override: None,
     };
     let mut new = tasks::validate(&state.settings, &req, caller, Trigger::Schedule, None)?;
     new.version = String::new();
     new.cause = Some(cause.clone());
     tasks::check_repo_host(&state.settings, &new.repo).await?;
-    let task = tasks::submit(state, new).await?;
+    let task = tasks::submit(state, caller, new, &super::freeze::GateRequest::queue()).await?;
     tasks::note(state, task.id, &format!("built by {cause}")).await;
     Ok(task)
 }

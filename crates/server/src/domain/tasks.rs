@@ -9,6 +9,7 @@ use cloudbuild_proto::worker::{TaskAttempt, WorkerState};
 use cloudbuild_store::{Appended, CancelOutcome, Fence, NewTask, Notice, StoreError, TaskQuery};
 
 use super::callers::Caller;
+use super::freeze::{self, Admission, FreezeError, GateRequest};
 use super::policy::{self, PolicyError, ProjectAction};
 use super::releases::{self, ReleaseError};
 use crate::config::Settings;
@@ -42,8 +43,17 @@ pub enum TaskError {
     Project(#[from] super::projects::ProjectError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A freeze window holds the environment (refused, or an override not allowed).
+    #[error(transparent)]
+    Gate(#[from] Box<FreezeError>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<FreezeError> for TaskError {
+    fn from(e: FreezeError) -> Self {
+        TaskError::Gate(Box::new(e))
+    }
 }
 
 /// Validates a request into a store row. Every field is checked before anything is stored.
@@ -80,6 +90,7 @@ pub fn validate(
         labels: cloudbuild_proto::validate::labels(&req.labels)?,
         no_cache: req.no_cache,
         changed: None,
+        gated: false,
     })
 }
 
@@ -104,14 +115,24 @@ pub async fn check_repo_host(settings: &Settings, repo: &str) -> Result<(), Task
 
 /// Creates a task from a client's request (REST or socket.io): validated, its repository
 /// host checked, and refused before it runs when its `prod` version is already published.
-pub async fn create(state: &AppState, caller: &Caller, req: &CreateTask) -> Result<Task, TaskError> {
-    let result = create_checked(state, caller, req).await;
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    req: &CreateTask,
+    zone: Option<&str>,
+) -> Result<Task, TaskError> {
+    let result = create_checked(state, caller, req, zone).await;
     let target = result.as_ref().map_or_else(|_| "a new task".to_owned(), |t| format!("task {}", t.id));
     super::audit::record(state, caller, "task.create", target, Some(&req.name), &result).await;
     result
 }
 
-async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> Result<Task, TaskError> {
+async fn create_checked(
+    state: &AppState,
+    caller: &Caller,
+    req: &CreateTask,
+    zone: Option<&str>,
+) -> Result<Task, TaskError> {
     if !req.trigger.client_may_claim() {
         return Err(TaskError::Refused(format!(
             "trigger `{}` is set by the server itself (a client names `cli` or `api`)",
@@ -136,13 +157,28 @@ async fn create_checked(state: &AppState, caller: &Caller, req: &CreateTask) -> 
     // Fail fast: a build that could not be published is not started (and registers nothing).
     releases::check_version_free(state, new.env, &new.name, &new.version, new.force).await?;
     super::projects::admit(state, caller, &new.name, &new.repo, project).await?;
-    submit(state, new).await
+    let gate =
+        GateRequest { mode: req.gate, override_reason: req.gate_override.clone(), zone: zone.map(str::to_owned) };
+    submit(state, caller, new, &gate).await
 }
 
-/// Stores a validated task, announces its first event and wakes the schedulers.
-pub async fn submit(state: &AppState, new: NewTask) -> Result<Task, TaskError> {
+/// Stores a validated task once the freeze windows let it in ([`freeze::admit`]: refused,
+/// `gated`, or overridden), announces its first events and wakes the schedulers.
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    mut new: NewTask,
+    gate: &GateRequest,
+) -> Result<Task, TaskError> {
+    let admission = freeze::admit(state, caller, &new, gate).await?;
+    new.gated = matches!(admission, Admission::Gated(_));
     let (task, event) = state.store.create_task(new).await?;
     state.hub.published(task.id, std::slice::from_ref(&event));
+    freeze::admitted(state, caller, &task, &admission).await;
+    if task.state == TaskState::Gated {
+        tracing::info!(task = task.id, name = %task.name, "task gated by a freeze window");
+        return Ok(task);
+    }
     state.scheduler.task_queued();
     state.hub.announce(Notice::Queued);
     tracing::info!(task = task.id, name = %task.name, version = %task.version, "task queued");
@@ -369,6 +405,8 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
         force: old.force,
         labels: old.labels,
         no_cache: old.no_cache,
+        gate: Default::default(),
+        gate_override: None,
     };
     // A webhook's task that ended before its commit's version was read retries the same way.
     let from_commit = req.version.is_empty();
@@ -380,7 +418,7 @@ async fn retry_task(state: &AppState, caller: &Caller, id: TaskId) -> Result<Tas
     }
     check_repo_host(&state.settings, &new.repo).await?;
     super::projects::admit(state, caller, &new.name, &new.repo, project).await?;
-    let task = submit(state, new).await?;
+    let task = submit(state, caller, new, &GateRequest::default()).await?;
     if let Some(n) = task.env.pull_request() {
         super::previews::retried(state, &task, n).await?;
     }

@@ -272,6 +272,8 @@ fn parse_query(state: &AppState, q: &HashMap<String, String>, caller: Caller) ->
         force: false,
         labels: Vec::new(),
         no_cache: false,
+        gate: Default::default(),
+        gate_override: None,
     };
     // Validate now so that a bad query is denied at connect time and creates no task.
     validate(&state.settings, &request, &caller, Trigger::SocketIo, None).map_err(|e| e.to_string())?;
@@ -306,7 +308,7 @@ async fn on_build(s: SocketRef, State(state): State<Arc<AppState>>, State(attach
         let _ = s.disconnect();
         return;
     }
-    let task = match tasks::create(&state, &pending.caller, &pending.request).await {
+    let task = match tasks::create(&state, &pending.caller, &pending.request, None).await {
         Ok(t) => t,
         Err(e) => {
             // The API's rules for what a client may see: a store failure is logged, and the

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod format;
+pub mod freeze;
 pub mod i18n;
 pub mod live;
 pub mod log;
@@ -87,6 +88,7 @@ fn dashboard_routes() -> Router<Arc<AppState>> {
         .route("/users", get(admin::users).post(admin::create_user))
         .route("/users/{name}", post(admin::change_user))
         .route("/audit", get(admin::audit))
+        .route("/freeze", get(freeze::page))
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{name}/revoke", post(admin::revoke_token))
         .route("/assets/{file}", get(asset))

@@ -377,9 +377,14 @@ pub async fn rollback(
     Path(name): Path<String>,
     Checked(viewer, form): Checked<RollbackForm>,
 ) -> Response {
-    let req =
-        cloudbuild_proto::release::RollbackRequest { name: name.clone(), env: form.env, to: form.to, task: form.task };
-    match releases::rollback(&state, &viewer.caller, &req).await {
+    let req = cloudbuild_proto::release::RollbackRequest {
+        name: name.clone(),
+        env: form.env,
+        to: form.to,
+        task: form.task,
+        gate_override: None,
+    };
+    match releases::rollback(&state, &viewer.caller, &req, None).await {
         Ok(_) => Redirect::to(&format!("/projects/{}", path_of(&name))).into_response(),
         Err(e) => refused(e),
     }

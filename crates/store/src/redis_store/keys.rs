@@ -18,6 +18,11 @@ pub(super) fn queue_key() -> String {
     format!("{P}queue")
 }
 
+/// Gated tasks (held by a freeze window), score = id: listed without scanning history.
+pub(super) fn gated_key() -> String {
+    format!("{P}gated")
+}
+
 pub(super) fn running_key() -> String {
     format!("{P}running")
 }

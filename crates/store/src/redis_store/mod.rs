@@ -11,15 +11,15 @@
 //!
 //! Keys (prefix `cb:`): `task:{id}` hash {rev, data}; `ev:{id}` list of `"<kind> <json>"`
 //! (event `seq` = index + 1); `tasks` and `tasks:name:{name}` sorted sets of ids; `queue`
-//! (queued ids, score = id, so FIFO); `running` (running ids, score = lease end in µs);
+//! (queued ids, score = id, so FIFO); `gated` (ids held by a freeze window); `running` (running ids, score = lease end in µs);
 //! `release:{id}`, `release_files:{id}`, `releases:{name}`, `current` (`env/name` → id),
 //! `holders:{env}:{hash}` (set of `id path`: every release holding a content); `lease_key:{id}`
 //! (`attempt hash` of the running attempt's lease secret); `workers`; `worker_tokens`,
-//! `worker_token_hash`; `projects` and `users` (name → JSON record); `api_tokens`,
+//! `worker_token_hash`; `projects`, `users` and `freeze_windows` (name → JSON record); `api_tokens`,
 //! `user_tokens:{user}`, `api_token_used` (personal tokens, see `tokens`).
 //!
 //! Layout, mirroring `sqlite/`: the `Store` implementation and task changes here; the key names
-//! (`keys`), the Lua scripts (`scripts`), the compare-and-set machinery (`cas`), releases and
+//! (`keys`), the Lua scripts (`scripts`), the compare-and-set machinery (`cas`), claims from the queue (`queue`), releases and
 //! the content index (`releases`), the worker registry, tokens and shared locks (`workers`),
 //! notices between servers (`notices`).
 
@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
+use cloudbuild_proto::gate::FreezeWindow;
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::release::{ManifestFile, Release};
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
@@ -43,6 +44,7 @@ mod cas;
 mod deliveries;
 mod keys;
 mod notices;
+mod queue;
 mod records;
 mod releases;
 mod scripts;
@@ -52,8 +54,8 @@ mod workers;
 
 use crate::apply::{self, CancelEffect, Live, Op, RequeueEffect};
 use crate::{
-    labels_match, Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, Notice,
-    RequeueOutcome, Result, Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
+    Appended, AuditQuery, CancelOutcome, Change, Fence, Finish, NewRelease, NewTask, Notice, RequeueOutcome, Result,
+    Store, StoreError, StoredSecret, TaskQuery, WorkerOp,
 };
 use cas::{record_json, Plan};
 use keys::*;
@@ -162,6 +164,8 @@ impl Store for RedisStore {
         let body = apply::created_event(id, &new);
         let event = WireEvent { seq: 1, kind: body.kind(), data: body.render(id, 1, created) };
         let task = apply::queued_task(id, new, created);
+        // A gated task waits apart from the queue: no worker may take it.
+        let waiting = if task.state == TaskState::Gated { gated_key() } else { queue_key() };
         let live =
             Live { task: task.clone(), output_bytes: 0, output_limit, truncated: false, worker_seq: 0, dirty: true };
         let plan = Plan {
@@ -171,7 +175,7 @@ impl Store for RedisStore {
             zadd: vec![
                 (format!("{P}tasks"), id.to_string(), id.to_string()),
                 (format!("{P}tasks:name:{}", task.name), id.to_string(), id.to_string()),
-                (queue_key(), id.to_string(), id.to_string()),
+                (waiting, id.to_string(), id.to_string()),
             ],
             zrem: Vec::new(),
         };
@@ -199,6 +203,7 @@ impl Store for RedisStore {
             (Some(name), _) => format!("{P}tasks:name:{name}"),
             // The queue's score is the id too, so it pages like the history.
             (None, Some(TaskState::Queued)) => queue_key(),
+            (None, Some(TaskState::Gated)) => gated_key(),
             (None, _) => format!("{P}tasks"),
         };
         let mut max = q.before.map(|b| (b - 1).to_string()).unwrap_or_else(|| "+inf".into());
@@ -233,40 +238,7 @@ impl Store for RedisStore {
         lease_until: Timestamp,
         lease_key: &str,
     ) -> Result<Option<Task>> {
-        let mut offset = 0;
-        loop {
-            let ids: Vec<TaskId> = self.con().zrange(queue_key(), offset, offset + 63).await?;
-            if ids.is_empty() {
-                return Ok(None);
-            }
-            offset += 64;
-            for task in self.load_tasks(&ids).await? {
-                if task.state != TaskState::Queued || !labels_match(&task.labels, labels) {
-                    continue;
-                }
-                // Another server may claim it first: then the revision check fails and the
-                // recomputation sees it running and skips it.
-                let claimed = self
-                    .update_one(task.id, |l, plan, _| {
-                        if l.task.state != TaskState::Queued {
-                            return Ok(None);
-                        }
-                        l.task.state = TaskState::Running;
-                        l.task.worker = Some(worker.to_owned());
-                        l.dirty = true;
-                        plan.zrem.push((queue_key(), l.task.id.to_string()));
-                        plan.zadd.push((running_key(), lease_until.0.to_string(), l.task.id.to_string()));
-                        Ok(Some(l.task.clone()))
-                    })
-                    .await?;
-                if let Some(task) = claimed {
-                    // Written before the worker hears of the claim, so its publish finds it.
-                    let value = format!("{} {lease_key}", task.attempt);
-                    let _: () = self.con().set_ex(lease_key_key(task.id), value, LEASE_KEY_TTL_SECS).await?;
-                    return Ok(Some(task));
-                }
-            }
-        }
+        queue::claim_next(self, worker, labels, lease_until, lease_key).await
     }
 
     async fn extend_lease(&self, id: TaskId, attempt: u32, worker: &str, until: Timestamp) -> Result<bool> {
@@ -341,6 +313,7 @@ impl Store for RedisStore {
                 if !res.is_empty() {
                     plan.zrem.push((running_key(), id.to_string()));
                     plan.zrem.push((queue_key(), id.to_string()));
+                    plan.zrem.push((gated_key(), id.to_string()));
                 }
                 Ok(res)
             })
@@ -354,6 +327,7 @@ impl Store for RedisStore {
                 let effect = apply::cancel(l, Timestamp::now(), written, queued_only);
                 if effect == CancelEffect::EndedQueued {
                     plan.zrem.push((queue_key(), id.to_string()));
+                    plan.zrem.push((gated_key(), id.to_string()));
                 }
                 let events: Vec<WireEvent> = written.iter().map(|(_, e)| e.clone()).collect();
                 Ok((effect, l.task.clone(), events))
@@ -366,6 +340,18 @@ impl Store for RedisStore {
             CancelEffect::Flagged => CancelOutcome::Requested(task),
             CancelEffect::NotQueued => CancelOutcome::NotQueued(task),
         })
+    }
+
+    async fn release_gated(&self, id: TaskId, body: EventBody) -> Result<Option<Vec<WireEvent>>> {
+        self.update_one(id, |l, plan, written| {
+            if !apply::release_gated(l, &body, Timestamp::now(), written) {
+                return Ok(None);
+            }
+            plan.zrem.push((gated_key(), id.to_string()));
+            plan.zadd.push((queue_key(), id.to_string(), id.to_string()));
+            Ok(Some(written.iter().map(|(_, e)| e.clone()).collect()))
+        })
+        .await
     }
 
     async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome> {
@@ -515,6 +501,18 @@ impl Store for RedisStore {
 
     async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()> {
         tokens::touch(self, hash, at).await
+    }
+
+    async fn create_freeze_window(&self, window: &FreezeWindow) -> Result<bool> {
+        records::create(self, records::FREEZE_WINDOWS, &window.id, window).await
+    }
+
+    async fn list_freeze_windows(&self) -> Result<Vec<FreezeWindow>> {
+        records::list(self, records::FREEZE_WINDOWS).await
+    }
+
+    async fn delete_freeze_window(&self, id: &str) -> Result<bool> {
+        records::delete(self, records::FREEZE_WINDOWS, id).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {

@@ -1,4 +1,4 @@
-//! Records kept as JSON in one hash keyed by name (projects, users) in the Redis backend:
+//! Records kept as JSON in one hash keyed by name (projects, users, global freeze windows) in the Redis backend:
 //! `HSETNX` registers a name once, whichever server asks first; updates are compare-and-set.
 
 use std::collections::HashMap;
@@ -15,6 +15,8 @@ use crate::Result;
 pub(super) const PROJECTS: &str = "projects";
 /// The hash of users (`cb:users`).
 pub(super) const USERS: &str = "users";
+/// The hash of global freeze windows, by id (`cb:freeze_windows`).
+pub(super) const FREEZE_WINDOWS: &str = "freeze_windows";
 
 fn key(hash: &str) -> String {
     format!("{P}{hash}")

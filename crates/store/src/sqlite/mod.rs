@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudbuild_proto::audit::AuditEntry;
 use cloudbuild_proto::event::{EventBody, EventKind, WireEvent};
+use cloudbuild_proto::gate::FreezeWindow;
 use cloudbuild_proto::project::Project;
 use cloudbuild_proto::task::{Environment, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
@@ -154,7 +155,7 @@ impl Store for SqliteStore {
         let id: TaskId = sqlx::query_scalar(
             "INSERT INTO tasks (name, version, repo, branch, commit_sha, build_cmd, env, trigger_kind, force, requested_by, \
              state, retry_of, output_limit, created_us, last_seq, labels, no_cache, cause, changed) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 1, ?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&new.name)
         .bind(&new.version)
@@ -166,6 +167,7 @@ impl Store for SqliteStore {
         .bind(new.trigger.as_str())
         .bind(new.force)
         .bind(&new.requested_by)
+        .bind(if new.gated { TaskState::Gated } else { TaskState::Queued }.as_str())
         .bind(new.retry_of)
         .bind(i64::try_from(new.output_limit).unwrap_or(i64::MAX))
         .bind(created.0)
@@ -323,6 +325,20 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn release_gated(&self, id: TaskId, body: EventBody) -> Result<Option<Vec<WireEvent>>> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
+        let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
+        let l = live.get_mut(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
+        let mut rows = Vec::new();
+        if !apply::release_gated(l, &body, Timestamp::now(), &mut rows) {
+            return Ok(None);
+        }
+        batch::store_live(&mut tx, live.values(), &rows).await?;
+        tx.commit().await?;
+        Ok(Some(rows.into_iter().map(|(_, e)| e).collect()))
+    }
+
     async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
@@ -360,68 +376,11 @@ impl Store for SqliteStore {
     }
 
     async fn record_release(&self, new: NewRelease, files: &[ManifestFile]) -> Result<Release> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await?;
-        let bytes: u64 = files.iter().map(|f| f.size).sum();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO releases (env, name, version, task_id, commit_sha, requested_by, created_us, files, bytes) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(new.env.as_str())
-        .bind(&new.name)
-        .bind(&new.version)
-        .bind(new.task_id)
-        .bind(&new.commit)
-        .bind(&new.requested_by)
-        .bind(Timestamp::now().0)
-        .bind(files.len() as i64)
-        .bind(bytes as i64)
-        .fetch_one(&mut *tx)
-        .await?;
-        for chunk in files.chunks(200) {
-            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = format!("INSERT INTO release_files (release_id, path, hash, size) VALUES {values}");
-            let mut insert = sqlx::query(&sql);
-            for f in chunk {
-                insert = insert.bind(id).bind(&f.path).bind(&f.hash).bind(f.size as i64);
-            }
-            insert.execute(&mut *tx).await?;
-        }
-        let release = releases::load(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("release {id} vanished while it was recorded")))?;
-        tx.commit().await?;
-        Ok(release)
+        releases::record(&mut *self.writer.lock().await, new, files).await
     }
 
     async fn set_current(&self, release_id: i64) -> Result<Option<Release>> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await?;
-        let release = releases::load(&mut tx, release_id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("release {release_id} is not in the store")))?;
-        let previous: Option<i64> =
-            sqlx::query_scalar("SELECT release_id FROM current_releases WHERE env = ? AND name = ?")
-                .bind(release.env.as_str())
-                .bind(&release.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        sqlx::query(
-            "INSERT INTO current_releases (env, name, release_id, switched_us) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (env, name) DO UPDATE SET release_id = excluded.release_id, switched_us = excluded.switched_us",
-        )
-        .bind(release.env.as_str())
-        .bind(&release.name)
-        .bind(release_id)
-        .bind(Timestamp::now().0)
-        .execute(&mut *tx)
-        .await?;
-        let previous = match previous.filter(|p| *p != release_id) {
-            Some(p) => releases::load(&mut tx, p).await?,
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(previous)
+        releases::set_current(&mut *self.writer.lock().await, release_id).await
     }
 
     async fn list_releases(&self, env: Option<Environment>, name: &str) -> Result<Vec<Release>> {
@@ -568,6 +527,18 @@ impl Store for SqliteStore {
 
     async fn touch_api_token(&self, hash: &str, at: Timestamp) -> Result<()> {
         tokens::touch(self, hash, at).await
+    }
+
+    async fn create_freeze_window(&self, window: &FreezeWindow) -> Result<bool> {
+        records::create(self, records::FREEZE_WINDOWS, &window.id, window).await
+    }
+
+    async fn list_freeze_windows(&self) -> Result<Vec<FreezeWindow>> {
+        records::list(&self.reader, records::FREEZE_WINDOWS).await
+    }
+
+    async fn delete_freeze_window(&self, id: &str) -> Result<bool> {
+        records::delete(self, records::FREEZE_WINDOWS, id).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {

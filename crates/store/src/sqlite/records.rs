@@ -1,4 +1,4 @@
-//! Records kept as JSON in a table keyed by name (projects, users) in the SQLite backend:
+//! Records kept as JSON in a table keyed by name (projects, users, global freeze windows) in the SQLite backend:
 //! registered once, replaced only by compare-and-set, removed by name.
 
 use serde::de::DeserializeOwned;
@@ -17,6 +17,7 @@ pub(super) struct Table {
 
 pub(super) const PROJECTS: Table = Table { name: "projects", what: "a project record" };
 pub(super) const USERS: Table = Table { name: "users", what: "a user record" };
+pub(super) const FREEZE_WINDOWS: Table = Table { name: "freeze_windows", what: "a freeze window" };
 
 fn to_json(t: Table, r: &impl Serialize) -> Result<String> {
     serde_json::to_string(r).map_err(|e| StoreError::Corrupt(format!("{}: {e}", t.what)))

@@ -1,12 +1,13 @@
 //! Release queries of the SQLite backend.
 
+use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::release::Release;
 use cloudbuild_proto::task::Environment;
 use cloudbuild_proto::time::Timestamp;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Connection, Row, SqliteConnection};
 
-use crate::{Result, StoreError};
+use crate::{NewRelease, Result, StoreError};
 
 const RELEASE_COLUMNS: &str = "r.id, r.env, r.name, r.version, r.task_id, r.commit_sha, r.requested_by, r.created_us, \
      r.files, r.bytes, r.pruned, (c.release_id IS NOT NULL) AS current";
@@ -77,4 +78,69 @@ pub(super) async fn find_contents(
         }
     }
     Ok(out)
+}
+
+/// Records a release and its files in one transaction.
+pub(super) async fn record(conn: &mut SqliteConnection, new: NewRelease, files: &[ManifestFile]) -> Result<Release> {
+    let mut tx = conn.begin().await?;
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO releases (env, name, version, task_id, commit_sha, requested_by, created_us, files, bytes) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(new.env.as_str())
+    .bind(&new.name)
+    .bind(&new.version)
+    .bind(new.task_id)
+    .bind(&new.commit)
+    .bind(&new.requested_by)
+    .bind(Timestamp::now().0)
+    .bind(files.len() as i64)
+    .bind(bytes as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    for chunk in files.chunks(200) {
+        let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO release_files (release_id, path, hash, size) VALUES {values}");
+        let mut insert = sqlx::query(&sql);
+        for f in chunk {
+            insert = insert.bind(id).bind(&f.path).bind(&f.hash).bind(f.size as i64);
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    let release = load(&mut tx, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("release {id} vanished while it was recorded")))?;
+    tx.commit().await?;
+    Ok(release)
+}
+
+/// Makes a release current; the one it replaced.
+pub(super) async fn set_current(conn: &mut SqliteConnection, release_id: i64) -> Result<Option<Release>> {
+    let mut tx = conn.begin().await?;
+    let release = load(&mut tx, release_id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("release {release_id} is not in the store")))?;
+    let previous: Option<i64> =
+        sqlx::query_scalar("SELECT release_id FROM current_releases WHERE env = ? AND name = ?")
+            .bind(release.env.as_str())
+            .bind(&release.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO current_releases (env, name, release_id, switched_us) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (env, name) DO UPDATE SET release_id = excluded.release_id, switched_us = excluded.switched_us",
+    )
+    .bind(release.env.as_str())
+    .bind(&release.name)
+    .bind(release_id)
+    .bind(Timestamp::now().0)
+    .execute(&mut *tx)
+    .await?;
+    let previous = match previous.filter(|p| *p != release_id) {
+        Some(p) => load(&mut tx, p).await?,
+        None => None,
+    };
+    tx.commit().await?;
+    Ok(previous)
 }

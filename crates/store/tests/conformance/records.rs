@@ -1,4 +1,5 @@
-//! Conformance stories of stored records over time, run on both backends: a project record
+//! Conformance stories of stored records over time, run on both backends: a project's name is
+//! registered once and its record replaced only by compare-and-set; a project record
 //! written by an earlier version is still changed by compare-and-set; a push's changed files
 //! are kept with its task; each pull request's preview is an environment of its own.
 
@@ -97,4 +98,53 @@ async fn redis_changes_records_stored_by_earlier_versions() {
     let mut con = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::AsyncCommands::hset(&mut con, "cb:projects", "old", LEGACY_PROJECT).await.unwrap();
     legacy_record_story(&store).await;
+}
+
+/// A project's name is registered once; its record is replaced only while it exists.
+pub(crate) async fn project_story(store: &dyn Store) {
+    use cloudbuild_proto::project::{Project, Visibility};
+    let project = |name: &str, repo: &str| Project {
+        name: name.into(),
+        repo: format!("https://{repo}.git"),
+        repo_identity: repo.into(),
+        default_branch: "main".into(),
+        visibility: Visibility::Private,
+        members: vec![cloudbuild_proto::user::Member {
+            user: "alice".into(),
+            role: cloudbuild_proto::user::ProjectRole::Maintainer,
+        }],
+        triggers: Default::default(),
+        webhook_secret: None,
+        forge: None,
+        schedules: Vec::new(),
+        previews: Vec::new(),
+        closed_pull_requests: Vec::new(),
+        freeze: Vec::new(),
+        created_by: "alice".into(),
+        created_at: cloudbuild_proto::time::Timestamp(1),
+        updated_at: cloudbuild_proto::time::Timestamp(1),
+    };
+    let site = project("@team/site", "github.com/team/site");
+    assert!(store.create_project(&site).await.unwrap());
+    assert!(!store.create_project(&project("@team/site", "github.com/other/site")).await.unwrap(), "once");
+    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(site.clone()), "the first one stays");
+    assert!(store.create_project(&project("blog", "gitlab.com/a/blog")).await.unwrap());
+    let names: Vec<String> = store.list_projects().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["@team/site", "blog"]);
+    let mut edited = site.clone();
+    edited.default_branch = "release".into();
+    edited.visibility = Visibility::Internal;
+    assert!(store.update_project(&site, &edited).await.unwrap());
+    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited.clone()));
+    // Compare-and-set: an update from a stale copy changes nothing.
+    let mut stale = site.clone();
+    stale.default_branch = "stale".into();
+    assert!(!store.update_project(&site, &stale).await.unwrap(), "the stored record is no longer `site`");
+    assert_eq!(store.get_project("@team/site").await.unwrap(), Some(edited));
+    let ghost = project("ghost", "x.org/y");
+    assert!(!store.update_project(&ghost, &ghost).await.unwrap(), "no record appears by an update");
+    assert_eq!(store.get_project("ghost").await.unwrap(), None);
+    assert!(store.delete_project("blog").await.unwrap());
+    assert!(!store.delete_project("blog").await.unwrap());
+    assert_eq!(store.list_projects().await.unwrap().len(), 1);
 }

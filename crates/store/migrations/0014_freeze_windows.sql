@@ -1,0 +1,6 @@
+-- Global freeze windows (a project's own are in its record): JSON (`FreezeWindow`) keyed by
+-- the window's id. Tasks may now be `gated` (held by a window), a state stored as text.
+CREATE TABLE freeze_windows (
+    name TEXT PRIMARY KEY NOT NULL,
+    data TEXT NOT NULL
+);

@@ -61,6 +61,13 @@ fn rule(method: &str, path: &str) -> Option<Rule> {
         ("GET", "/api/v1/projects/{name}/secrets") => Project(Maintainer),
         ("PUT" | "DELETE", "/api/v1/projects/{name}/secrets/{env}/{secret}") => Project(Maintainer),
         ("GET", "/api/v1/audit") => SomeMaintainer,
+        ("GET", "/api/v1/freeze" | "/api/v1/freeze/status") => SignedIn,
+        ("POST", "/api/v1/freeze") | ("DELETE", "/api/v1/freeze/{id}") => Admin,
+        ("GET", "/api/v1/projects/{name}/freeze") => Project(Reporter),
+        ("POST", "/api/v1/projects/{name}/freeze") => Project(Maintainer),
+        ("DELETE", "/api/v1/projects/{name}/freeze/{id}") => Project(Maintainer),
+        // Task 1 publishes to test: those who may publish there may override its gate.
+        ("POST", "/api/v1/tasks/{id}/override") => Project(Developer),
         ("DELETE", "/api/v1/projects/{name}") => ProjectAdmin,
         (_, "/api/v1/workers" | "/api/v1/worker-tokens" | "/api/v1/worker-tokens/{name}") => Admin,
         (_, "/api/v1/users" | "/api/v1/users/{name}") => Admin,
@@ -270,6 +277,10 @@ fn request_for(method: &str, path: &str, who: &Who) -> (String, Option<Value>) {
         }
         ("PUT", _) if path.contains("/secrets/") => Some(json!({"value": "s3cr3t-value"})),
         ("POST", "/api/v1/releases/rollback") => Some(json!({"name": "site", "env": "test"})),
+        ("POST", "/api/v1/freeze" | "/api/v1/projects/{name}/freeze") => {
+            Some(json!({"reason": "launch", "from": "2030-01-01T00:00:00Z", "to": "2030-01-02T00:00:00Z"}))
+        }
+        ("POST", "/api/v1/tasks/{id}/override") => Some(json!({"reason": "incident"})),
         ("POST", "/api/v1/worker-tokens") => Some(json!({"name": format!("w-{}", who.name)})),
         ("POST", "/api/v1/users") => {
             Some(json!({"name": format!("u-{}", who.name), "password": "correct horse battery"}))

@@ -38,7 +38,7 @@ pub(crate) struct TasksArgs {
     #[arg(long)]
     name: Option<String>,
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["queued", "running", "succeeded", "skipped", "failed", "cancelled", "timed_out"])]
+    #[arg(long, value_parser = ["gated", "queued", "running", "succeeded", "skipped", "failed", "cancelled", "timed_out"])]
     state: Option<String>,
     /// How many to show.
     #[arg(long, default_value_t = 20)]

@@ -42,7 +42,7 @@ fn detached(out: Output) -> Task {
 }
 
 fn gate_actions(srv: &Server, id: i64) -> Vec<String> {
-    srv.actions(id).into_iter().filter(|(a, _)| a.starts_with("gate")).map(|(a, m)| format!("{a}: {m}")).collect()
+    srv.actions(id).into_iter().filter(|(a, _)| a.starts_with("gate ")).map(|(a, m)| format!("{a}: {m}")).collect()
 }
 
 #[test]
@@ -216,4 +216,34 @@ fn an_override_needs_a_reason_and_an_allowed_role_and_is_audited_and_logged() {
     ok(cli_as(&srv, &repo.work, &max, &["publish", "--env", "prod", "--override-freeze", "team lead approved"]));
     let audit = ok(cli_as(&srv, &repo.work, &ops, &["audit", "--action", "gate.override"]));
     assert!(audit.contains("team lead approved") && audit.contains("max"), "{audit}");
+}
+
+#[test]
+fn a_build_that_finishes_inside_a_window_that_began_while_it_ran_is_not_published() {
+    let srv = crate::server("");
+    let (building, go) = (srv.probe.path().join("building"), srv.probe.path().join("go"));
+    // The build says it runs, then waits for the test's go-ahead before writing the site.
+    let wait = format!(
+        "const fs=require('fs');fs.writeFileSync({b:?},'1');\
+         const t=setInterval(()=>{{if(fs.existsSync({g:?})){{clearInterval(t);{build}}}}},100);",
+        b = building.to_str().unwrap(),
+        g = go.to_str().unwrap(),
+        build = cloudbuild_testkit::build_script("<h1>late</h1>"),
+    );
+    let pkg = cloudbuild_testkit::package_json("late", &[("build", "node wait.js")]);
+    let repo = Repo::new(&[("package.json", &pkg), ("wait.js", &wait)]);
+    let mut body = repo.task_body("late");
+    body["env"] = json!("prod");
+    let (status, task) = srv.create(&body);
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_i64().unwrap();
+    cloudbuild_testkit::wait_file(&building, std::time::Duration::from_secs(60)).expect("the build runs");
+    ok(srv.cli(&repo.work, &["freeze", "add", "--reason", "incident freeze", "--from", &at(-1), "--to", &at(3600)]));
+    std::fs::write(&go, "1").unwrap();
+    let done = srv.wait_done(id);
+    assert_eq!(done.state, TaskState::Failed, "{}", srv.output(id));
+    let reason = done.reason.unwrap_or_default();
+    assert!(reason.contains("incident freeze") && reason.contains(&format!("began while task {id} was building")), "{reason}");
+    let (status, _) = cloudbuild_testkit::get_text(&srv.site_url("prod", "late"));
+    assert_eq!(status, 404, "nothing was switched");
 }

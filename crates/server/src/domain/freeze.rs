@@ -228,6 +228,25 @@ async fn note(state: &AppState, id: TaskId, action: &str, message: String) {
     }
 }
 
+/// Refuses to switch an environment a window holds now to a task let in before the window
+/// began (a long build), unless the task was overridden: its log says so among its first
+/// events (the override is written right after `create task`, or where it released the task).
+pub async fn check_commit(state: &AppState, task: &Task) -> Result<(), FreezeError> {
+    let record = state.store.get_project(&task.name).await?;
+    let windows = windows_for(state, record.as_ref()).await?;
+    let Some(hold) = holding(&windows, task.env, Release::Publish, Timestamp::now()) else { return Ok(()) };
+    let first = state.store.events_after(task.id, 0, 8).await?;
+    let overridden = first.iter().any(|e| {
+        serde_json::from_str::<serde_json::Value>(&e.data)
+            .is_ok_and(|v| v["data"]["action"].as_str() == Some(actions::GATE_OVERRIDE))
+    });
+    if overridden {
+        return Ok(());
+    }
+    let refused = refusal(task.env, Release::Publish, &hold, None);
+    Err(FreezeError::Frozen(format!("{refused} (the window began while task {} was building)", task.id)))
+}
+
 /// Refuses a rollback of `env` that a window holding rollbacks forbids, unless overridden;
 /// the override is audited. Rollbacks pass windows that do not name them.
 pub async fn check_rollback(

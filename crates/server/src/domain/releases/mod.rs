@@ -201,6 +201,7 @@ pub async fn commit(state: &AppState, who: &Publisher, body: &[u8]) -> Result<Pu
     let (task, plan) = accept_plan(state, who, body).await?;
     // Before anything is written: a closed preview's target directory stays removed.
     crate::domain::previews::ensure_open(state, &task).await?;
+    crate::domain::freeze::check_commit(state, &task).await.map_err(Box::new)?;
     let attempt = who.attempt;
     let name = ProjectName::parse(&task.name)?;
     Version::parse(&task.version)?;

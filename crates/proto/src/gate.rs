@@ -170,6 +170,56 @@ impl NewFreezeWindow {
     }
 }
 
+/// A project's approval rule (its maintainers set it): `prod` publishes wait
+/// `awaiting_approval` until a maintainer other than the requester, or an admin, approves; one
+/// not approved within `expire_hours` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    #[serde(default)]
+    pub prod: bool,
+    /// Hours a publish waits for its approval (1 to [`MAX_APPROVAL_HOURS`]; default 24).
+    #[serde(default = "default_approval_hours")]
+    pub expire_hours: u32,
+}
+
+/// The longest a publish may wait for its approval: 30 days.
+pub const MAX_APPROVAL_HOURS: u32 = 720;
+
+fn default_approval_hours() -> u32 {
+    24
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Approvals { prod: false, expire_hours: default_approval_hours() }
+    }
+}
+
+impl Approvals {
+    /// # Errors
+    /// `expire_hours` outside 1 to [`MAX_APPROVAL_HOURS`].
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(1..=MAX_APPROVAL_HOURS).contains(&self.expire_hours) {
+            return refuse("expire_hours", format!("must be between 1 and {MAX_APPROVAL_HOURS}"));
+        }
+        Ok(())
+    }
+
+    /// Whether a publish to `env` waits for an approval.
+    pub fn required(&self, env: Environment) -> bool {
+        self.prod && env == Environment::Prod
+    }
+}
+
+/// `POST /api/v1/tasks/{id}/approve` (reason optional) and `…/reject` (reason required).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// What is asked of the windows: a publish (a new task) or a rollback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
@@ -346,9 +396,18 @@ pub fn zone_is_known(zone: &str) -> bool {
 /// # Errors
 /// `reason` when it is empty or not one line of at most 500 characters.
 pub fn override_reason(reason: &str) -> Result<String, ValidationError> {
+    required_reason("an override", reason)
+}
+
+/// Checks the reason `what` (`an override`, `a rejection`) needs: one line of 1 to 500
+/// characters, kept in the audit log and the build's log.
+///
+/// # Errors
+/// `reason` when it is empty or not one line of at most 500 characters.
+pub fn required_reason(what: &str, reason: &str) -> Result<String, ValidationError> {
     let r = reason.trim();
     if r.is_empty() {
-        return refuse("reason", "an override needs a reason (it goes to the audit log and the build's log)");
+        return refuse("reason", format!("{what} needs a reason (it goes to the audit log and the build's log)"));
     }
     if r.chars().count() > 500 || has_control(r) {
         return refuse("reason", "must be one line of at most 500 characters");

@@ -56,6 +56,9 @@ pub struct Project {
     /// The project's own freeze windows (its maintainers'; global ones are kept apart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<crate::gate::FreezeWindow>,
+    /// Whether `prod` publishes wait for an approval, and how long.
+    #[serde(default)]
+    pub approvals: crate::gate::Approvals,
     /// Who registered it (a caller's name), and when.
     pub created_by: String,
     pub created_at: Timestamp,
@@ -95,6 +98,8 @@ pub struct EditProject {
     pub visibility: Option<Visibility>,
     #[serde(default)]
     pub triggers: Option<TriggerRules>,
+    #[serde(default)]
+    pub approvals: Option<crate::gate::Approvals>,
 }
 
 /// Which forge pushes build, and where: a push to a branch matching `branches` builds for

@@ -175,6 +175,10 @@ pub enum TaskState {
     /// Held by a freeze window (`gate: queue`): not dispatched until every window holding it
     /// opens, or an override releases it; then `queued`.
     Gated,
+    /// A `prod` publish of a project that requires approval: not dispatched until a
+    /// maintainer other than its requester (or an admin) approves it; rejected or expired, it
+    /// ends `cancelled` with the reason.
+    AwaitingApproval,
     Queued,
     Running,
     Succeeded,
@@ -188,7 +192,8 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
+        TaskState::AwaitingApproval,
         TaskState::Gated,
         TaskState::Queued,
         TaskState::Running,
@@ -201,13 +206,14 @@ impl TaskState {
 
     /// Whether no further change can happen.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskState::Gated | TaskState::Queued | TaskState::Running)
+        !matches!(self, TaskState::AwaitingApproval | TaskState::Gated | TaskState::Queued | TaskState::Running)
     }
 
     /// The snake_case name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Gated => "gated",
+            TaskState::AwaitingApproval => "awaiting_approval",
             TaskState::Queued => "queued",
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
@@ -323,6 +329,10 @@ pub mod actions {
     pub const GATE_OPEN: &str = "gate open";
     /// A freeze window was overridden for this task; the message says by whom and why.
     pub const GATE_OVERRIDE: &str = "gate override";
+    /// A `prod` publish waits for a maintainer's approval; the message says how to give it.
+    pub const AWAITING_APPROVAL: &str = "awaiting approval";
+    /// It was approved; the message says by whom and why.
+    pub const APPROVED: &str = "approved";
 }
 
 /// `POST /api/v1/tasks`: what to build.

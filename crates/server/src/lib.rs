@@ -166,6 +166,7 @@ pub async fn run(
     let statuses = tokio::spawn(domain::statuses::run(state.clone()));
     let previews = tokio::spawn(domain::previews::run(state.clone()));
     let gates = tokio::spawn(domain::freeze::run(state.clone()));
+    let approvals = tokio::spawn(domain::approvals::run(state.clone()));
     let app = router(state.clone());
     tracing::info!("listening on http://{addr}");
     tokio::spawn(async move {
@@ -180,5 +181,6 @@ pub async fn run(
     statuses.abort();
     previews.abort();
     gates.abort();
+    approvals.abort();
     Ok(())
 }

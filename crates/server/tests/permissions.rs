@@ -67,7 +67,9 @@ fn rule(method: &str, path: &str) -> Option<Rule> {
         ("POST", "/api/v1/projects/{name}/freeze") => Project(Maintainer),
         ("DELETE", "/api/v1/projects/{name}/freeze/{id}") => Project(Maintainer),
         // Task 1 publishes to test: those who may publish there may override its gate.
-        ("POST", "/api/v1/tasks/{id}/override") => Project(Developer),
+        ("POST", "/api/v1/tasks/{id}/override" | "/api/v1/tasks/{id}/approve" | "/api/v1/tasks/{id}/reject") => {
+            Project(Developer)
+        }
         ("DELETE", "/api/v1/projects/{name}") => ProjectAdmin,
         (_, "/api/v1/workers" | "/api/v1/worker-tokens" | "/api/v1/worker-tokens/{name}") => Admin,
         (_, "/api/v1/users" | "/api/v1/users/{name}") => Admin,
@@ -280,7 +282,9 @@ fn request_for(method: &str, path: &str, who: &Who) -> (String, Option<Value>) {
         ("POST", "/api/v1/freeze" | "/api/v1/projects/{name}/freeze") => {
             Some(json!({"reason": "launch", "from": "2030-01-01T00:00:00Z", "to": "2030-01-02T00:00:00Z"}))
         }
-        ("POST", "/api/v1/tasks/{id}/override") => Some(json!({"reason": "incident"})),
+        ("POST", "/api/v1/tasks/{id}/override" | "/api/v1/tasks/{id}/approve" | "/api/v1/tasks/{id}/reject") => {
+            Some(json!({"reason": "incident"}))
+        }
         ("POST", "/api/v1/worker-tokens") => Some(json!({"name": format!("w-{}", who.name)})),
         ("POST", "/api/v1/users") => {
             Some(json!({"name": format!("u-{}", who.name), "password": "correct horse battery"}))

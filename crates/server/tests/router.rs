@@ -250,7 +250,7 @@ async fn the_projects_of_earlier_tasks_are_registered_with_their_newest_reposito
             labels: Vec::new(),
             no_cache: false,
             changed: None,
-            gated: false,
+            held: None,
         };
         cloudbuild_store::Store::create_task(&*store, new).await.unwrap();
     }

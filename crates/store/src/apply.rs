@@ -235,7 +235,7 @@ pub(crate) fn cancel(
         TaskState::Cancelled => CancelEffect::AlreadyCancelled,
         s if s.is_terminal() => CancelEffect::AlreadyFinished,
         TaskState::Running if queued_only => CancelEffect::NotQueued,
-        waiting @ (TaskState::Queued | TaskState::Gated) => {
+        waiting @ (TaskState::Queued | TaskState::Gated | TaskState::AwaitingApproval) => {
             let reason = format!("cancelled while {waiting}; it never ran");
             let finish = Finish::Cancelled { stage: None, reason };
             end(l, &finish, now, written);
@@ -250,19 +250,40 @@ pub(crate) fn cancel(
     }
 }
 
-/// Queues a gated task, with `body` saying why; false when it is not gated.
-pub(crate) fn release_gated(
+/// Moves a held task from `from` to `to`, with `body` saying why; false when it is not in `from`.
+pub(crate) fn release_held(
     l: &mut Live,
+    (from, to): (TaskState, TaskState),
     body: &EventBody,
     now: Timestamp,
     written: &mut Vec<(TaskId, WireEvent)>,
 ) -> bool {
-    if l.task.state != TaskState::Gated {
+    if l.task.state != from {
         return false;
     }
     emit(l, body, now, written);
-    l.task.state = TaskState::Queued;
+    l.task.state = to;
     true
+}
+
+/// Ends a task still in the held state `from` as cancelled with `reason`; false otherwise.
+pub(crate) fn end_held(
+    l: &mut Live,
+    from: TaskState,
+    reason: String,
+    now: Timestamp,
+    written: &mut Vec<(TaskId, WireEvent)>,
+) -> bool {
+    if l.task.state != from || !is_held(from) {
+        return false;
+    }
+    end(l, &Finish::Cancelled { stage: None, reason }, now, written);
+    true
+}
+
+/// Whether a task in this state waits apart from the queue (no worker may take it).
+pub(crate) fn is_held(state: TaskState) -> bool {
+    matches!(state, TaskState::Gated | TaskState::AwaitingApproval)
 }
 
 /// What requeueing a lost worker's task did.
@@ -325,7 +346,7 @@ pub(crate) fn created_event(id: TaskId, new: &NewTask) -> EventBody {
 
 /// A new task as stored: queued (or gated), attempt 1, its log holding the `create task` event.
 pub(crate) fn queued_task(id: TaskId, new: NewTask, created: Timestamp) -> Task {
-    let state = if new.gated { TaskState::Gated } else { TaskState::Queued };
+    let state = new.held.unwrap_or(TaskState::Queued);
     Task {
         id,
         name: new.name,

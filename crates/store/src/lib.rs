@@ -140,9 +140,9 @@ pub struct NewTask {
     pub no_cache: bool,
     /// The files its push changed (for path filters), at most `task::MAX_CHANGED`.
     pub changed: Option<Vec<String>>,
-    /// Created `gated` (a freeze window holds it; [`Store::release_gated`] queues it) instead
-    /// of `queued`.
-    pub gated: bool,
+    /// Created held instead of `queued`: `gated` (a freeze window holds it) or
+    /// `awaiting_approval`; [`Store::release_held`] moves it on. Any other state is refused.
+    pub held: Option<TaskState>,
 }
 
 /// Filters of `list_audit`: all given must match; entries with an id below `before`.
@@ -332,10 +332,20 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a task: sets the terminal state and appends the final events atomically.
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
-    /// Moves a `gated` task to the queue, appending `body` (the reason) to its log in the same
-    /// change; `None` when it is not gated (released or cancelled meanwhile, by any server).
-    async fn release_gated(&self, id: TaskId, body: EventBody) -> Result<Option<Vec<WireEvent>>>;
-    /// Cancels a queued or gated task at once, or flags a running one; idempotent.
+    /// Moves a held task from state `from` to `to` (`queued`, or from awaiting approval to
+    /// `gated`), appending `body` (the reason) to its log in the same change; `None` when it is
+    /// not in `from` any more (moved on or ended meanwhile, by any server).
+    async fn release_held(
+        &self,
+        id: TaskId,
+        from: TaskState,
+        to: TaskState,
+        body: EventBody,
+    ) -> Result<Option<Vec<WireEvent>>>;
+    /// Ends a held task as `cancelled` with `reason` (a rejected or expired approval) while it
+    /// is still in `from`; `None` when it moved on or ended meanwhile.
+    async fn end_held(&self, id: TaskId, from: TaskState, reason: String) -> Result<Option<Vec<WireEvent>>>;
+    /// Cancels a queued or held task at once, or flags a running one; idempotent.
     async fn request_cancel(&self, id: TaskId, queued_only: bool) -> Result<CancelOutcome>;
     /// Returns a running task whose worker was lost to the queue with attempt + 1, or fails it
     /// when `max_attempts` is reached.

@@ -43,7 +43,7 @@ fn new_task(name: &str, output_limit: u64) -> NewTask {
         labels: Vec::new(),
         no_cache: false,
         changed: None,
-        gated: false,
+        held: None,
     }
 }
 

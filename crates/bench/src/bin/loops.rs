@@ -143,6 +143,7 @@ async fn main() -> Result<()> {
             previews: (1..=5).map(|n| preview(n, now)).collect(),
             closed_pull_requests: Vec::new(),
             freeze: Vec::new(),
+            approvals: Default::default(),
             created_by: "bench".into(),
             created_at: now,
             updated_at: now,
@@ -173,7 +174,7 @@ async fn main() -> Result<()> {
             labels: Vec::new(),
             no_cache: false,
             changed: None,
-            gated: false,
+            held: None,
         };
         store.create_task(new).await?;
     }

@@ -59,6 +59,7 @@ writing = writing { $path }
 not-credentials = { $path } is not a credentials file
 credentials-readable = { $path } is readable by others (mode { $mode }); run `chmod 600 { $path }` and sign in again
 output-truncated = output truncated
+state-awaiting_approval = awaiting approval
 state-gated = gated (freeze window)
 state-queued = queued
 state-running = running

@@ -53,6 +53,7 @@ writing = 写入 { $path }
 not-credentials = { $path } 不是凭据文件
 credentials-readable = { $path } 可被他人读取（权限 { $mode }）；请运行 `chmod 600 { $path }` 后重新登录
 output-truncated = 输出已截断
+state-awaiting_approval = 待审批
 state-gated = 封网等待中
 state-queued = 排队中
 state-running = 运行中

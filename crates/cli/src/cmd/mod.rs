@@ -82,6 +82,11 @@ pub(crate) enum Command {
     Cancel(tasks::IdArgs),
     /// Run a finished task again as a new task.
     Retry(tasks::IdArgs),
+    /// Approve a `prod` publish awaiting approval (a maintainer other than its requester, or
+    /// an admin): it starts, or waits while a freeze window holds prod.
+    Approve(tasks::DecisionArgs),
+    /// Reject a `prod` publish awaiting approval, with --reason: it ends and never runs.
+    Reject(tasks::DecisionArgs),
     /// List a project's releases: version, build, who, when, commit, which is current.
     Releases(releases::ReleasesArgs),
     /// Switch an environment back to an earlier release, instantly (no rebuild).
@@ -152,6 +157,7 @@ impl Cli {
             Command::Logs(a) => a.json,
             Command::Tasks(a) => a.json,
             Command::Cancel(a) | Command::Retry(a) => a.json,
+            Command::Approve(a) | Command::Reject(a) => a.json,
             Command::Releases(a) => a.json,
             Command::Rollback(a) => a.json,
             Command::Workers(a) => a.json,
@@ -191,6 +197,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tasks(a) => tasks::tasks(a).await,
         Command::Cancel(a) => tasks::cancel(a).await,
         Command::Retry(a) => tasks::retry(a).await,
+        Command::Approve(a) => tasks::decide(a, true).await,
+        Command::Reject(a) => tasks::decide(a, false).await,
         Command::Releases(a) => releases::releases(a).await,
         Command::Rollback(a) => releases::rollback(a).await,
         Command::Workers(a) => workers::workers(a).await,

@@ -82,6 +82,13 @@ pub(crate) enum ProjectsCommand {
         /// 14); applies to the open previews too.
         #[arg(long, value_name = "DAYS")]
         preview_days: Option<u32>,
+        /// Whether prod publishes wait for the approval of a maintainer other than their
+        /// requester, or an admin (`cloudbuild approve ID`) (new projects: false).
+        #[arg(long)]
+        require_approval: Option<bool>,
+        /// Hours a publish waits for its approval before it ends, 1 to 720 (new projects: 24).
+        #[arg(long, value_name = "HOURS")]
+        approval_hours: Option<u32>,
     },
     /// Show the webhook secret the forge signs deliveries with (maintainers), or make a new one.
     WebhookSecret {
@@ -173,6 +180,13 @@ fn show(p: &Project) {
         }
     };
     outln!("  previews:       {previews}");
+    if p.approvals.prod {
+        outln!("  approvals:      prod publishes wait for a maintainer's approval ({} h)", p.approvals.expire_hours);
+    }
+    if !p.freeze.is_empty() {
+        let ids: Vec<&str> = p.freeze.iter().map(|w| w.id.as_str()).collect();
+        outln!("  freeze windows: {} (cloudbuild freeze list --project {})", ids.join(", "), p.name);
+    }
     if !p.previews.is_empty() {
         let open: Vec<String> = p.previews.iter().map(|x| format!("#{}", x.number)).collect();
         outln!("  open previews:  {} (`cloudbuild previews list {}`)", open.join(", "), p.name);
@@ -236,17 +250,21 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
             previews,
             fork_previews,
             preview_days,
+            require_approval,
+            approval_hours,
         } => {
+            let approvals = require_approval.is_some() || approval_hours.is_some();
             let triggers = !trigger_branches.is_empty()
                 || !trigger_tags.is_empty()
                 || supersede.is_some()
                 || previews.is_some()
                 || fork_previews.is_some()
                 || preview_days.is_some();
-            if repo.is_none() && default_branch.is_none() && visibility.is_none() && !triggers {
+            if repo.is_none() && default_branch.is_none() && visibility.is_none() && !triggers && !approvals {
                 bail!(
                     "nothing to change: give --repo, --default-branch, --visibility, --trigger-branch, \
-                     --trigger-tag, --supersede, --previews, --fork-previews or --preview-days"
+                     --trigger-tag, --supersede, --previews, --fork-previews, --preview-days, \
+                     --require-approval or --approval-hours"
                 );
             }
             let client = server.client()?;
@@ -270,6 +288,12 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> Result<ExitCode> {
                 rules.fork_previews = fork_previews.unwrap_or(rules.fork_previews);
                 rules.preview_days = preview_days.unwrap_or(rules.preview_days);
                 body.insert("triggers".into(), serde_json::to_value(rules)?);
+            }
+            if approvals {
+                let mut rule = client.get::<Project>(&path(&name)).await?.approvals;
+                rule.prod = require_approval.unwrap_or(rule.prod);
+                rule.expire_hours = approval_hours.unwrap_or(rule.expire_hours);
+                body.insert("approvals".into(), serde_json::to_value(rule)?);
             }
             let p: Project = client.patch(&path(&name), &body.into()).await?;
             show(&p);

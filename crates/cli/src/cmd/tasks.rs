@@ -38,7 +38,7 @@ pub(crate) struct TasksArgs {
     #[arg(long)]
     name: Option<String>,
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["gated", "queued", "running", "succeeded", "skipped", "failed", "cancelled", "timed_out"])]
+    #[arg(long, value_parser = ["awaiting_approval", "gated", "queued", "running", "succeeded", "skipped", "failed", "cancelled", "timed_out"])]
     state: Option<String>,
     /// How many to show.
     #[arg(long, default_value_t = 20)]
@@ -60,6 +60,41 @@ pub(crate) struct IdArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DecisionArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// The id of the task awaiting approval.
+    id: i64,
+    /// Why (kept in the audit log and the build's log; required to reject).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `approve` / `reject`: a decision on a `prod` publish awaiting approval.
+pub(crate) async fn decide(args: DecisionArgs, approve: bool) -> Result<ExitCode> {
+    let client = args.server.client()?;
+    let verb = if approve { "approve" } else { "reject" };
+    let body = serde_json::json!({ "reason": args.reason });
+    let task: Task = client.post(&format!("/api/v1/tasks/{}/{verb}", args.id), Some(&body)).await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&task)?);
+    } else if approve {
+        outln!(
+            "task {} approved; it is {} (follow it with: cloudbuild logs {} --follow)",
+            task.id,
+            task.state,
+            task.id
+        );
+    } else {
+        outln!("task {} rejected: {}", task.id, task.reason.unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn logs(args: LogsArgs) -> Result<ExitCode> {

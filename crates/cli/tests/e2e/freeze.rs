@@ -243,7 +243,59 @@ fn a_build_that_finishes_inside_a_window_that_began_while_it_ran_is_not_publishe
     let done = srv.wait_done(id);
     assert_eq!(done.state, TaskState::Failed, "{}", srv.output(id));
     let reason = done.reason.unwrap_or_default();
-    assert!(reason.contains("incident freeze") && reason.contains(&format!("began while task {id} was building")), "{reason}");
+    assert!(
+        reason.contains("incident freeze") && reason.contains(&format!("began while task {id} was building")),
+        "{reason}"
+    );
     let (status, _) = cloudbuild_testkit::get_text(&srv.site_url("prod", "late"));
     assert_eq!(status, 404, "nothing was switched");
+}
+
+#[test]
+fn a_prod_publish_waits_for_another_maintainers_approval_with_the_cli() {
+    let (srv, _data) = signed_server();
+    let ops = login(&srv, "ops");
+    for user in ["max", "mia"] {
+        assert_eq!(api(&srv, "POST", "/api/v1/users", &ops, json!({"name": user, "password": PASSWORD})).0, 201);
+    }
+    let (max, mia) = (login(&srv, "max"), login(&srv, "mia"));
+    let repo = Repo::site("approved", "<h1>approved</h1>");
+    assert_eq!(api(&srv, "POST", "/api/v1/projects", &ops, json!({"name": "approved", "repo": repo.url})).0, 201);
+    for user in ["max", "mia"] {
+        let path = format!("/api/v1/projects/approved/members/{user}");
+        assert_eq!(api(&srv, "PUT", &path, &ops, json!({"role": "maintainer"})).0, 200);
+    }
+    let shown = ok(cli_as(&srv, &repo.work, &max, &["projects", "edit", "approved", "--require-approval", "true"]));
+    assert!(shown.contains("prod publishes wait for a maintainer's approval (24 h)"), "{shown}");
+
+    let publish = ["publish", "--env", "prod", "--detach", "--json"];
+    let task: Task = serde_json::from_str(&ok(cli_as(&srv, &repo.work, &max, &publish))).unwrap();
+    assert_eq!(task.state, TaskState::AwaitingApproval);
+    let waiting = ok(cli_as(&srv, &repo.work, &mia, &["tasks", "--state", "awaiting_approval"]));
+    assert!(waiting.contains(&task.id.to_string()), "{waiting}");
+    let own = cli_as(&srv, &repo.work, &max, &["approve", &task.id.to_string()]);
+    assert_eq!(own.status.code(), Some(2));
+    assert!(text(&own).contains("another maintainer (or an admin) approves it"), "{}", text(&own));
+    let approved = ok(cli_as(&srv, &repo.work, &mia, &["approve", &task.id.to_string(), "--reason", "checked"]));
+    assert!(approved.contains(&format!("task {} approved", task.id)), "{approved}");
+    let done = loop {
+        let (_, t) = api(&srv, "GET", &format!("/api/v1/tasks/{}", task.id), &mia, Value::Null);
+        let t: Task = serde_json::from_value(t).unwrap();
+        if t.state.is_terminal() {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(get_text(&srv.site_url("prod", "approved")).1, "<h1>approved</h1>");
+
+    // A rejection needs a reason, and ends the publish.
+    repo.set_version("1.0.1");
+    let task: Task = serde_json::from_str(&ok(cli_as(&srv, &repo.work, &max, &publish))).unwrap();
+    let bare = cli_as(&srv, &repo.work, &mia, &["reject", &task.id.to_string()]);
+    assert_eq!(bare.status.code(), Some(2), "{}", text(&bare));
+    let rejected = ok(cli_as(&srv, &repo.work, &mia, &["reject", &task.id.to_string(), "--reason", "not today"]));
+    assert!(rejected.contains("rejected: rejected by mia: not today"), "{rejected}");
+    let audit = ok(cli_as(&srv, &repo.work, &ops, &["audit", "--action", "approval.reject"]));
+    assert!(audit.contains("not today"), "{audit}");
 }

@@ -63,6 +63,7 @@ build-earlier = { $count } earlier lines: show the page before
 build-trimmed = Earlier lines left the page to keep it fast; the raw log has every line.
 build-later = { $count } later lines: show the page after
 build-live = live
+state-awaiting_approval = awaiting approval
 state-gated = gated (freeze window)
 state-queued = queued
 state-running = running

@@ -62,6 +62,7 @@ build-earlier = 前面还有 { $count } 行：显示上一页
 build-trimmed = 为保持页面流畅，较早的行已移出页面；原始日志包含全部内容。
 build-later = 后面还有 { $count } 行：显示下一页
 build-live = 实时
+state-awaiting_approval = 待审批
 state-gated = 封网等待中
 state-queued = 排队中
 state-running = 运行中

@@ -285,6 +285,21 @@ impl From<FreezeError> for ApiError {
     }
 }
 
+impl From<crate::domain::approvals::ApprovalError> for ApiError {
+    fn from(e: crate::domain::approvals::ApprovalError) -> Self {
+        use crate::domain::approvals::ApprovalError;
+        let message = e.to_string();
+        match e {
+            ApprovalError::Invalid(v) => v.into(),
+            ApprovalError::NotAwaiting { .. } => ApiError::new(StatusCode::CONFLICT, "not_awaiting_approval", message),
+            ApprovalError::OwnTask { .. } => ApiError::new(StatusCode::FORBIDDEN, "own_task", message),
+            ApprovalError::Policy(p) => p.into(),
+            ApprovalError::Gate(g) => g.into(),
+            ApprovalError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         let message = e.to_string();

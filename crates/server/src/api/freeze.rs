@@ -1,20 +1,21 @@
-//! Freeze window endpoints (over `domain::freeze`): global windows (admins change them),
-//! a project's own (its maintainers), whether releases are frozen now, and the override that
-//! releases one gated task.
+//! Release gate endpoints (over `domain::freeze` and `domain::approvals`): global freeze
+//! windows (admins change them), a project's own (its maintainers), whether releases are
+//! frozen now, the override that releases one gated task, and approving or rejecting a publish
+//! that awaits approval.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use cloudbuild_proto::gate::{FreezeList, FreezeStatus, FreezeView, NewFreezeWindow, OverrideRequest};
+use cloudbuild_proto::gate::{Decision, FreezeList, FreezeStatus, FreezeView, NewFreezeWindow, OverrideRequest};
 use cloudbuild_proto::task::Task;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, TaskIdParam};
 use crate::domain::callers::Caller;
-use crate::domain::freeze;
+use crate::domain::{approvals, freeze};
 use crate::state::AppState;
 
 /// `GET /api/v1/freeze`: the global windows, whether each holds now and its next period.
@@ -96,4 +97,25 @@ pub async fn override_task(
     ApiJson(req): ApiJson<OverrideRequest>,
 ) -> Result<Json<Task>, ApiError> {
     Ok(Json(freeze::override_gated(&state, &caller, id, &req.reason).await?))
+}
+
+/// `POST /api/v1/tasks/{id}/approve` with `{"reason"?}`: a maintainer other than the requester
+/// (or an admin) lets a `prod` publish go on: queued, or gated while a window holds it.
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    TaskIdParam(id): TaskIdParam,
+    ApiJson(req): ApiJson<Decision>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(approvals::approve(&state, &caller, id, req.reason.as_deref()).await?))
+}
+
+/// `POST /api/v1/tasks/{id}/reject` with `{"reason"}`: ends a publish awaiting approval.
+pub async fn reject(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    TaskIdParam(id): TaskIdParam,
+    ApiJson(req): ApiJson<Decision>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(approvals::reject(&state, &caller, id, req.reason.as_deref().unwrap_or_default()).await?))
 }

@@ -45,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
         .route("/tasks/{id}/override", post(freeze::override_task))
+        .route("/tasks/{id}/approve", post(freeze::approve))
+        .route("/tasks/{id}/reject", post(freeze::reject))
         .route("/tasks/{id}/events", get(events::events))
         .route(
             "/tasks/{id}/attempts/{attempt}/publish/plan",

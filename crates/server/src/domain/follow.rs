@@ -278,7 +278,7 @@ mod tests {
             labels: Vec::new(),
             no_cache: false,
             changed: None,
-            gated: false,
+            held: None,
         };
         let (task, first) = store.create_task(new).await.unwrap();
         state.hub.published(task.id, &[first]);

@@ -232,19 +232,29 @@ async fn note(state: &AppState, id: TaskId, action: &str, message: String) {
 /// began (a long build), unless the task was overridden: its log says so among its first
 /// events (the override is written right after `create task`, or where it released the task).
 pub async fn check_commit(state: &AppState, task: &Task) -> Result<(), FreezeError> {
+    let Some(hold) = hold_on(state, task).await? else { return Ok(()) };
+    let refused = refusal(task.env, Release::Publish, &hold, None);
+    Err(FreezeError::Frozen(format!("{refused} (the window began while task {} was building)", task.id)))
+}
+
+/// What holds an existing task's publish now: the windows holding its environment, unless the
+/// task was overridden (its log says so among its first events).
+pub async fn hold_on(state: &AppState, task: &Task) -> Result<Option<Hold>, FreezeError> {
     let record = state.store.get_project(&task.name).await?;
     let windows = windows_for(state, record.as_ref()).await?;
-    let Some(hold) = holding(&windows, task.env, Release::Publish, Timestamp::now()) else { return Ok(()) };
+    let Some(hold) = holding(&windows, task.env, Release::Publish, Timestamp::now()) else { return Ok(None) };
     let first = state.store.events_after(task.id, 0, 8).await?;
     let overridden = first.iter().any(|e| {
         serde_json::from_str::<serde_json::Value>(&e.data)
             .is_ok_and(|v| v["data"]["action"].as_str() == Some(actions::GATE_OVERRIDE))
     });
-    if overridden {
-        return Ok(());
-    }
-    let refused = refusal(task.env, Release::Publish, &hold, None);
-    Err(FreezeError::Frozen(format!("{refused} (the window began while task {} was building)", task.id)))
+    Ok((!overridden).then_some(hold))
+}
+
+/// `freeze window 1a2b3c4d holds it until <time>`, for logs.
+pub fn describe(hold: &Hold) -> String {
+    let until = hold.opens.map_or_else(|| "until an admin removes the window".into(), |t| format!("until {t}"));
+    format!("{} holds it {until}", ids(hold))
 }
 
 /// Refuses a rollback of `env` that a window holding rollbacks forbids, unless overridden;
@@ -310,7 +320,7 @@ pub async fn override_gated(state: &AppState, caller: &Caller, id: TaskId, reaso
 /// was first.
 async fn release(state: &AppState, id: TaskId, action: &str, message: String) -> Result<(), FreezeError> {
     let body = EventBody::Stage { action: action.into(), message };
-    let Some(events) = state.store.release_gated(id, body).await? else {
+    let Some(events) = state.store.release_held(id, TaskState::Gated, TaskState::Queued, body).await? else {
         let now = state.store.get_task(id).await?;
         return Err(FreezeError::NotGated { id, state: now.state });
     };

@@ -426,7 +426,7 @@ async fn pushed_on_top(
     }))
 }
 
-/// Cancels the project's queued (or gated) webhook and preview builds of `branch` for `env` (a
+/// Cancels the project's waiting (queued, gated or awaiting approval) webhook and preview builds of `branch` for `env` (a
 /// newer push supersedes them, a deletion ends them; someone's own publish is never touched);
 /// returns those cancelled.
 pub(crate) async fn cancel_queued(
@@ -437,7 +437,7 @@ pub(crate) async fn cancel_queued(
     env: Environment,
 ) -> Result<Vec<Task>, TaskError> {
     let mut cancelled = Vec::new();
-    for waiting in ["gated", "queued"] {
+    for waiting in ["awaiting_approval", "gated", "queued"] {
         let query = tasks::ListQuery {
             name: Some(project.to_owned()),
             state: Some(waiting.into()),

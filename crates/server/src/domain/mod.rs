@@ -9,6 +9,7 @@
 //! requests into calls and errors into answers; no module here imports `axum`, `api` or
 //! `socketio` (the tidy test checks it).
 
+pub mod approvals;
 pub mod audit;
 pub mod callers;
 pub mod follow;

@@ -218,6 +218,7 @@ mod tests {
             previews: Vec::new(),
             closed_pull_requests: Vec::new(),
             freeze: Vec::new(),
+            approvals: Default::default(),
             created_by: "max".into(),
             created_at: Timestamp(1),
             updated_at: Timestamp(1),

@@ -222,6 +222,7 @@ fn record(
         previews: Vec::new(),
         closed_pull_requests: Vec::new(),
         freeze: Vec::new(),
+        approvals: Default::default(),
         created_by: caller.name.clone(),
         created_at: now,
         updated_at: now,
@@ -283,6 +284,9 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
     if let Some(rules) = &req.triggers {
         rules.validate().map_err(ProjectError::BadTriggers)?;
     }
+    if let Some(approvals) = &req.approvals {
+        approvals.validate()?;
+    }
     let old = state.store.get_project(name).await?;
     let new = update(state, name, |project| {
         if let Some(url) = &url {
@@ -301,6 +305,9 @@ async fn change(state: &AppState, name: &str, req: EditProject) -> Result<Projec
         }
         if let Some(rules) = &req.triggers {
             project.triggers = rules.clone();
+        }
+        if let Some(approvals) = req.approvals {
+            project.approvals = approvals;
         }
         Ok::<_, ProjectError>(())
     })

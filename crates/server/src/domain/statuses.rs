@@ -104,7 +104,7 @@ pub async fn unlink(state: &AppState, caller: &Caller, name: &str) -> Result<(),
 /// The state a forge is told for a task state: `pending`, or the end.
 fn status_of(task: &Task) -> &'static str {
     match task.state {
-        TaskState::Gated | TaskState::Queued | TaskState::Running => "pending",
+        TaskState::AwaitingApproval | TaskState::Gated | TaskState::Queued | TaskState::Running => "pending",
         // Nothing to build is not a failure: the commit's checks pass.
         TaskState::Succeeded | TaskState::Skipped => "success",
         TaskState::Failed | TaskState::TimedOut => "failure",
@@ -285,7 +285,7 @@ impl Reporter {
         let mut seen: HashMap<TaskId, Task> = HashMap::new();
         let newest = state.store.list_tasks(&TaskQuery { limit: 100, ..Default::default() }).await?;
         seen.extend(newest.into_iter().map(|t| (t.id, t)));
-        for s in [TaskState::Gated, TaskState::Queued, TaskState::Running] {
+        for s in [TaskState::AwaitingApproval, TaskState::Gated, TaskState::Queued, TaskState::Running] {
             let open = state.store.list_tasks(&TaskQuery { state: Some(s), limit: 500, ..Default::default() }).await?;
             seen.extend(open.into_iter().map(|t| (t.id, t)));
         }

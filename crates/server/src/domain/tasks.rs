@@ -90,7 +90,7 @@ pub fn validate(
         labels: cloudbuild_proto::validate::labels(&req.labels)?,
         no_cache: req.no_cache,
         changed: None,
-        gated: false,
+        held: None,
     })
 }
 
@@ -171,10 +171,23 @@ pub async fn submit(
     gate: &GateRequest,
 ) -> Result<Task, TaskError> {
     let admission = freeze::admit(state, caller, &new, gate).await?;
-    new.gated = matches!(admission, Admission::Gated(_));
+    let project = state.store.get_project(&new.name).await?;
+    let approval = project.as_ref().map(|p| p.approvals).filter(|a| a.required(new.env));
+    new.held = match (&approval, &admission) {
+        (Some(_), _) => Some(TaskState::AwaitingApproval),
+        (None, Admission::Gated(_)) => Some(TaskState::Gated),
+        _ => None,
+    };
     let (task, event) = state.store.create_task(new).await?;
     state.hub.published(task.id, std::slice::from_ref(&event));
-    freeze::admitted(state, caller, &task, &admission).await;
+    // A window holding it is looked at again once it is approved.
+    if approval.is_none() || matches!(admission, Admission::Overridden { .. }) {
+        freeze::admitted(state, caller, &task, &admission).await;
+    }
+    if let Some(rule) = approval {
+        super::approvals::requested(state, caller, &task, &rule).await;
+        return Ok(task);
+    }
     if task.state == TaskState::Gated {
         tracing::info!(task = task.id, name = %task.name, "task gated by a freeze window");
         return Ok(task);

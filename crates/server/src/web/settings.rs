@@ -91,6 +91,7 @@ pub async fn settings(
         default_branch: changed(&form.default_branch, &now.default_branch),
         visibility: (form.visibility != now.visibility).then_some(form.visibility),
         triggers: None,
+        approvals: None,
     };
     match projects::edit(&state, &viewer.caller, &name, edit).await {
         Ok(_) => back(&name),

@@ -112,6 +112,7 @@ pub(crate) fn site(members: &[(&str, ProjectRole)]) -> Project {
         previews: Vec::new(),
         closed_pull_requests: Vec::new(),
         freeze: Vec::new(),
+        approvals: Default::default(),
         created_by: "max".into(),
         created_at: Timestamp(1),
         updated_at: Timestamp(1),

@@ -181,7 +181,7 @@ mod tests {
             labels: Vec::new(),
             no_cache: false,
             changed: None,
-            gated: false,
+            held: None,
         };
         let task = crate::apply::queued_task(3, new, cloudbuild_proto::time::Timestamp(0));
         let record = super::Record { task, output_bytes: 0, output_limit: 10, truncated: false, worker_seq: 0 };

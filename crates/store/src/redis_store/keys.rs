@@ -18,9 +18,10 @@ pub(super) fn queue_key() -> String {
     format!("{P}queue")
 }
 
-/// Gated tasks (held by a freeze window), score = id: listed without scanning history.
-pub(super) fn gated_key() -> String {
-    format!("{P}gated")
+/// Held tasks (gated by a freeze window, or awaiting approval), score = id: listed without
+/// scanning history, never claimed.
+pub(super) fn held_key() -> String {
+    format!("{P}held")
 }
 
 pub(super) fn running_key() -> String {

@@ -11,7 +11,7 @@
 //!
 //! Keys (prefix `cb:`): `task:{id}` hash {rev, data}; `ev:{id}` list of `"<kind> <json>"`
 //! (event `seq` = index + 1); `tasks` and `tasks:name:{name}` sorted sets of ids; `queue`
-//! (queued ids, score = id, so FIFO); `gated` (ids held by a freeze window); `running` (running ids, score = lease end in µs);
+//! (queued ids, score = id, so FIFO); `held` (ids gated by a freeze window or awaiting approval); `running` (running ids, score = lease end in µs);
 //! `release:{id}`, `release_files:{id}`, `releases:{name}`, `current` (`env/name` → id),
 //! `holders:{env}:{hash}` (set of `id path`: every release holding a content); `lease_key:{id}`
 //! (`attempt hash` of the running attempt's lease secret); `workers`; `worker_tokens`,
@@ -165,7 +165,10 @@ impl Store for RedisStore {
         let event = WireEvent { seq: 1, kind: body.kind(), data: body.render(id, 1, created) };
         let task = apply::queued_task(id, new, created);
         // A gated task waits apart from the queue: no worker may take it.
-        let waiting = if task.state == TaskState::Gated { gated_key() } else { queue_key() };
+        if !apply::is_held(task.state) && task.state != TaskState::Queued {
+            return Err(StoreError::InvalidChange("a new task is queued, gated or awaiting approval"));
+        }
+        let waiting = if apply::is_held(task.state) { held_key() } else { queue_key() };
         let live =
             Live { task: task.clone(), output_bytes: 0, output_limit, truncated: false, worker_seq: 0, dirty: true };
         let plan = Plan {
@@ -203,7 +206,7 @@ impl Store for RedisStore {
             (Some(name), _) => format!("{P}tasks:name:{name}"),
             // The queue's score is the id too, so it pages like the history.
             (None, Some(TaskState::Queued)) => queue_key(),
-            (None, Some(TaskState::Gated)) => gated_key(),
+            (None, Some(s)) if apply::is_held(s) => held_key(),
             (None, _) => format!("{P}tasks"),
         };
         let mut max = q.before.map(|b| (b - 1).to_string()).unwrap_or_else(|| "+inf".into());
@@ -313,7 +316,7 @@ impl Store for RedisStore {
                 if !res.is_empty() {
                     plan.zrem.push((running_key(), id.to_string()));
                     plan.zrem.push((queue_key(), id.to_string()));
-                    plan.zrem.push((gated_key(), id.to_string()));
+                    plan.zrem.push((held_key(), id.to_string()));
                 }
                 Ok(res)
             })
@@ -327,7 +330,7 @@ impl Store for RedisStore {
                 let effect = apply::cancel(l, Timestamp::now(), written, queued_only);
                 if effect == CancelEffect::EndedQueued {
                     plan.zrem.push((queue_key(), id.to_string()));
-                    plan.zrem.push((gated_key(), id.to_string()));
+                    plan.zrem.push((held_key(), id.to_string()));
                 }
                 let events: Vec<WireEvent> = written.iter().map(|(_, e)| e.clone()).collect();
                 Ok((effect, l.task.clone(), events))
@@ -342,13 +345,32 @@ impl Store for RedisStore {
         })
     }
 
-    async fn release_gated(&self, id: TaskId, body: EventBody) -> Result<Option<Vec<WireEvent>>> {
+    async fn release_held(
+        &self,
+        id: TaskId,
+        from: TaskState,
+        to: TaskState,
+        body: EventBody,
+    ) -> Result<Option<Vec<WireEvent>>> {
         self.update_one(id, |l, plan, written| {
-            if !apply::release_gated(l, &body, Timestamp::now(), written) {
+            if !apply::release_held(l, (from, to), &body, Timestamp::now(), written) {
                 return Ok(None);
             }
-            plan.zrem.push((gated_key(), id.to_string()));
-            plan.zadd.push((queue_key(), id.to_string(), id.to_string()));
+            if to == TaskState::Queued {
+                plan.zrem.push((held_key(), id.to_string()));
+                plan.zadd.push((queue_key(), id.to_string(), id.to_string()));
+            }
+            Ok(Some(written.iter().map(|(_, e)| e.clone()).collect()))
+        })
+        .await
+    }
+
+    async fn end_held(&self, id: TaskId, from: TaskState, reason: String) -> Result<Option<Vec<WireEvent>>> {
+        self.update_one(id, |l, plan, written| {
+            if !apply::end_held(l, from, reason.clone(), Timestamp::now(), written) {
+                return Ok(None);
+            }
+            plan.zrem.push((held_key(), id.to_string()));
             Ok(Some(written.iter().map(|(_, e)| e.clone()).collect()))
         })
         .await

@@ -84,6 +84,25 @@ async fn checkpoint_in_background(mut conn: SqliteConnection) {
 }
 
 impl SqliteStore {
+    /// Changes one held task in a transaction when `change` says it applies; the events written.
+    async fn change_held(
+        &self,
+        id: TaskId,
+        change: impl FnOnce(&mut apply::Live, &mut Vec<(TaskId, WireEvent)>) -> bool,
+    ) -> Result<Option<Vec<WireEvent>>> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
+        let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
+        let l = live.get_mut(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
+        let mut rows = Vec::new();
+        if !change(l, &mut rows) {
+            return Ok(None);
+        }
+        batch::store_live(&mut tx, live.values(), &rows).await?;
+        tx.commit().await?;
+        Ok(Some(rows.into_iter().map(|(_, e)| e).collect()))
+    }
+
     /// Applies one operation in its own transaction.
     async fn apply_one(&self, op: Op) -> Result<Vec<WireEvent>> {
         let mut conn = self.writer.lock().await;
@@ -149,6 +168,9 @@ async fn insert_event(conn: &mut SqliteConnection, id: TaskId, seq: u64, body: &
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_task(&self, new: NewTask) -> Result<(Task, WireEvent)> {
+        if new.held.is_some_and(|s| !apply::is_held(s)) {
+            return Err(StoreError::InvalidChange("a new task is queued, gated or awaiting approval"));
+        }
         let created = Timestamp::now();
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
@@ -167,7 +189,7 @@ impl Store for SqliteStore {
         .bind(new.trigger.as_str())
         .bind(new.force)
         .bind(&new.requested_by)
-        .bind(if new.gated { TaskState::Gated } else { TaskState::Queued }.as_str())
+        .bind(new.held.unwrap_or(TaskState::Queued).as_str())
         .bind(new.retry_of)
         .bind(i64::try_from(new.output_limit).unwrap_or(i64::MAX))
         .bind(created.0)
@@ -325,18 +347,18 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn release_gated(&self, id: TaskId, body: EventBody) -> Result<Option<Vec<WireEvent>>> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await?;
-        let mut live = batch::load_live(&mut tx, &BTreeSet::from([id])).await?;
-        let l = live.get_mut(&id).ok_or(StoreError::NotFound(crate::Missing::Task(id)))?;
-        let mut rows = Vec::new();
-        if !apply::release_gated(l, &body, Timestamp::now(), &mut rows) {
-            return Ok(None);
-        }
-        batch::store_live(&mut tx, live.values(), &rows).await?;
-        tx.commit().await?;
-        Ok(Some(rows.into_iter().map(|(_, e)| e).collect()))
+    async fn release_held(
+        &self,
+        id: TaskId,
+        from: TaskState,
+        to: TaskState,
+        body: EventBody,
+    ) -> Result<Option<Vec<WireEvent>>> {
+        self.change_held(id, |l, rows| apply::release_held(l, (from, to), &body, Timestamp::now(), rows)).await
+    }
+
+    async fn end_held(&self, id: TaskId, from: TaskState, reason: String) -> Result<Option<Vec<WireEvent>>> {
+        self.change_held(id, |l, rows| apply::end_held(l, from, reason, Timestamp::now(), rows)).await
     }
 
     async fn requeue(&self, id: TaskId, attempt: u32, max_attempts: u32, why: &str) -> Result<RequeueOutcome> {

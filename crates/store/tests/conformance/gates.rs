@@ -17,7 +17,8 @@ pub(crate) async fn gate_story(store: &dyn Store) {
         let end = cloudbuild_store::Finish::Error { reason: "cleared".into() };
         store.finish(t.id, cloudbuild_store::Fence::Server, end).await.unwrap();
     }
-    let (gated, _) = store.create_task(NewTask { gated: true, ..new_task("frozen", 100) }).await.unwrap();
+    let (gated, _) =
+        store.create_task(NewTask { held: Some(TaskState::Gated), ..new_task("frozen", 100) }).await.unwrap();
     assert_eq!(gated.state, TaskState::Gated);
     assert_eq!(store.get_task(gated.id).await.unwrap().state, TaskState::Gated);
     let gated_query = TaskQuery { state: Some(TaskState::Gated), limit: 10, ..Default::default() };
@@ -26,26 +27,35 @@ pub(crate) async fn gate_story(store: &dyn Store) {
     assert!(claim().await.unwrap().is_none(), "a gated task is not dispatched");
 
     let body = |m: &str| EventBody::Stage { action: "gate open".into(), message: m.into() };
-    let events = store.release_gated(gated.id, body("opened")).await.unwrap().expect("released");
+    let events = store
+        .release_held(gated.id, TaskState::Gated, TaskState::Queued, body("opened"))
+        .await
+        .unwrap()
+        .expect("released");
     assert_eq!((events.len(), events[0].seq), (1, 2), "its event, after `create task`");
-    assert!(store.release_gated(gated.id, body("again")).await.unwrap().is_none(), "released once");
+    assert!(
+        store.release_held(gated.id, TaskState::Gated, TaskState::Queued, body("again")).await.unwrap().is_none(),
+        "released once"
+    );
     let t = store.get_task(gated.id).await.unwrap();
     assert_eq!((t.state, t.last_seq), (TaskState::Queued, 2));
     let claimed = claim().await.unwrap().expect("queued now");
     assert_eq!(claimed.id, gated.id);
     assert!(store.list_tasks(&gated_query).await.unwrap().is_empty());
-    store.finish(gated.id, cloudbuild_store::Fence::Server, cloudbuild_store::Finish::Error { reason: "x".into() })
+    store
+        .finish(gated.id, cloudbuild_store::Fence::Server, cloudbuild_store::Finish::Error { reason: "x".into() })
         .await
         .unwrap();
 
     // Cancelled while gated: ended at once, never released, never claimed.
-    let (waiting, _) = store.create_task(NewTask { gated: true, ..new_task("frozen", 100) }).await.unwrap();
+    let (waiting, _) =
+        store.create_task(NewTask { held: Some(TaskState::Gated), ..new_task("frozen", 100) }).await.unwrap();
     let CancelOutcome::CancelledQueued(t, events) = store.request_cancel(waiting.id, true).await.unwrap() else {
         panic!("a gated task is cancelled at once");
     };
     assert_eq!((t.state, t.reason.as_deref()), (TaskState::Cancelled, Some("cancelled while gated; it never ran")));
     assert_eq!(events.len(), 2);
-    assert!(store.release_gated(waiting.id, body("late")).await.unwrap().is_none());
+    assert!(store.release_held(waiting.id, TaskState::Gated, TaskState::Queued, body("late")).await.unwrap().is_none());
     assert!(claim().await.unwrap().is_none());
 
     // Global freeze windows, by id.

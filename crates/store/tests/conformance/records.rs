@@ -120,6 +120,7 @@ pub(crate) async fn project_story(store: &dyn Store) {
         previews: Vec::new(),
         closed_pull_requests: Vec::new(),
         freeze: Vec::new(),
+        approvals: Default::default(),
         created_by: "alice".into(),
         created_at: cloudbuild_proto::time::Timestamp(1),
         updated_at: cloudbuild_proto::time::Timestamp(1),

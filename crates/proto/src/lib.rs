@@ -9,6 +9,7 @@
 //! - [`worker`]: the worker protocol (one WebSocket per worker).
 //! - [`release`]: releases, rollback, and the incremental publish messages.
 //! - [`audit`]: the audit log's entries.
+//! - [`checks`]: the server's mandatory pre-release checks and which apply to a task.
 //! - [`project`]: registered projects (repository, default branch, visibility).
 //! - [`secret`], [`mask`]: project secrets (names, values, listings) and their masking in output.
 //! - [`freeze`], [`gate`]: freeze windows, when they hold releases, what a publish asks of them.
@@ -19,6 +20,7 @@
 //! - [`time`]: microsecond timestamps rendered as RFC 3339.
 
 pub mod audit;
+pub mod checks;
 pub mod event;
 pub mod freeze;
 pub mod gate;

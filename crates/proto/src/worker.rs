@@ -20,8 +20,9 @@ use crate::time::Timestamp;
 
 /// The version of this protocol; the server refuses workers that speak another one. 4: an
 /// assignment's environment may be a preview (`preview/pr-<N>`), built from its pull
-/// request's ref.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// request's ref. 5: an assignment carries the server's mandatory checks, which a worker of
+/// an earlier version would not run.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Worker → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +156,10 @@ pub struct Assignment {
     /// `[trigger]` path filters; none: not a push, or too many files to list (no filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<Vec<String>>,
+    /// The server's mandatory checks for this task (its `[[checks]]` that apply to the project
+    /// and environment); the repository's settings cannot remove them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::checks::MandatoryCheck>,
 }
 
 /// Which build caches (dependencies, output) a task may use. A task reads them unless its

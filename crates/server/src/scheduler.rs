@@ -266,6 +266,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
     let site_under_path = cloudbuild_proto::validate::ProjectName::parse(&task.name)
         .map(|n| state.targets.get(task.env).urls().under_path(&n))
         .unwrap_or(true);
+    let checks = cloudbuild_proto::checks::applicable(&state.settings.checks, &task.name, task.env);
     let assignment = Assignment {
         task: attempt,
         name: task.name,
@@ -284,6 +285,7 @@ async fn assign(state: &AppState, worker: &str, task: cloudbuild_proto::task::Ta
         site_under_path,
         secrets,
         cache: cache_use(task.trigger, task.env, task.no_cache),
+        checks,
         changed: task.changed,
     };
     let sent = {

@@ -19,6 +19,7 @@
 mod build_env;
 pub mod cache;
 pub mod cancel;
+pub mod checks;
 pub mod connection;
 pub mod executor;
 pub mod fake;

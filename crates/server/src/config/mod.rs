@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub projects: ProjectsConfig,
     /// Where commit statuses go (`[forges.github] api_url`, ...).
     pub forges: ForgesConfig,
+    /// `[[checks]]`: mandatory pre-release checks, for every project (or those `projects`
+    /// names) and environment (or those `environments` names); docs/gates.md.
+    pub checks: Vec<cloudbuild_proto::checks::CheckRule>,
 }
 
 /// `[auth]`: who may create and follow tasks.
@@ -176,6 +179,7 @@ impl Default for ServerConfig {
             cache: Default::default(),
             projects: Default::default(),
             forges: Default::default(),
+            checks: Vec::new(),
         }
     }
 }
@@ -340,6 +344,8 @@ pub struct Settings {
     pub auto_create_projects: bool,
     /// Each forge's API base, checked.
     pub forges: ForgesConfig,
+    /// `[[checks]]`, checked.
+    pub checks: Vec<cloudbuild_proto::checks::CheckRule>,
     /// The one-time token that makes the first admin (`POST /api/v1/setup`), set by
     /// `cloudbuild server` when the store has no admin; `None`: setup is closed.
     pub setup_token: Option<Secret>,
@@ -552,6 +558,10 @@ impl ServerConfig {
             forges: {
                 self.forges.validate()?;
                 self.forges.clone()
+            },
+            checks: {
+                self.checks.iter().try_for_each(|c| c.validate())?;
+                self.checks.clone()
             },
             setup_token: None,
         })

@@ -219,6 +219,12 @@ impl Run<'_> {
             }
             return;
         };
+        // A reused output skips `check`, where the server's required scripts run: it is saved,
+        // never reused, while the server requires any.
+        if self.has_mandatory_scripts() {
+            self.reporter.note("output cache: not reused (the server requires scripts to pass in `check`)");
+            return;
+        }
         let (project, branch) = (self.a.name.clone(), self.a.branch.clone());
         let found = if self.a.cache.read { self.lookup_output(&key).await } else { None };
         match found {

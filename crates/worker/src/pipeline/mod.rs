@@ -7,6 +7,7 @@
 mod caching;
 mod download;
 mod install;
+mod mandatory;
 mod mirror;
 
 use std::path::{Path, PathBuf};
@@ -300,6 +301,8 @@ impl Run<'_> {
     }
 
     async fn checks(&mut self) -> Result<String, StageError> {
+        // The server's first: the repository cannot skip or reorder them.
+        let mandatory = self.mandatory_checks().await?;
         let checks = self.settings.as_ref().map(|s| s.checks.clone()).unwrap_or_default();
         for (name, cmd) in &checks {
             let line = self.checked("check command", cmd)?;
@@ -309,8 +312,9 @@ impl Run<'_> {
                 other => other,
             })?;
         }
-        let names: Vec<_> = checks.iter().map(|(n, _)| n.as_str()).collect();
-        Ok(format!("{} check(s) passed: {}", checks.len(), names.join(", ")))
+        let names: Vec<_> =
+            mandatory.iter().map(String::as_str).chain(checks.iter().map(|(n, _)| n.as_str())).collect();
+        Ok(format!("{} check(s) passed: {}", names.len(), names.join(", ")))
     }
 
     async fn build(&mut self) -> Result<String, StageError> {
@@ -366,6 +370,8 @@ impl Run<'_> {
             .await
             .map_err(|e| StageError::Failed(e.to_string()))?
             .map_err(|e| StageError::Failed(format!("cannot read the output: {e}")))?;
+        // Before the output is saved to the cache or published.
+        self.mandatory_output(&manifest).await?;
         let bytes: u64 = manifest.iter().map(|(f, _)| f.size).sum();
         if self.a.site_under_path {
             // It reads files: off the async threads.
@@ -474,7 +480,10 @@ impl Executor for Pipeline {
 async fn pipeline(run: &mut Run<'_>, ctx: &TaskContext) -> Outcome {
     let r = run.reporter;
     for stage in Stage::ALL {
-        if stage == Stage::Check && run.settings.as_ref().is_none_or(|s| s.checks.is_empty()) {
+        if stage == Stage::Check
+            && run.settings.as_ref().is_none_or(|s| s.checks.is_empty())
+            && !run.has_mandatory_checks()
+        {
             // Said, not silently skipped: a stage counter (`[4/7]`) must not jump.
             r.started(stage, "skipped: the project has no checks ([checks] in cloudbuild.toml)");
             continue;

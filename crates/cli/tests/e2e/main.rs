@@ -6,6 +6,7 @@ mod audit;
 mod browser;
 mod caching;
 mod cancel;
+mod checks;
 mod cli;
 mod cluster;
 mod dashboard;

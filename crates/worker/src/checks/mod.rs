@@ -116,7 +116,9 @@ fn check_one(check: &MandatoryCheck, files: &[(ManifestFile, std::path::PathBuf)
         MandatoryCheck::NoDebugCode => {
             for (path, text) in texts().filter(|(p, _)| is_script(p)) {
                 for m in DEBUGGER.find_iter(&text) {
-                    problems.push(format!("{path}:{}: a debugger statement", line_of(&text, m.start())));
+                    // The match may begin with the character before the keyword (a newline).
+                    let at = m.start() + m.as_str().find("debugger").unwrap_or(0);
+                    problems.push(format!("{path}:{}: a debugger statement", line_of(&text, at)));
                 }
             }
         }

@@ -50,7 +50,7 @@ fn each_check_passes_a_clean_output() {
 
 #[test]
 fn each_check_fails_with_the_offending_files_and_lines() {
-    let js = "function f(){\n  debugger;\n  return 1 }\n//# sourceMappingURL=app.js.map\n";
+    let js = "function f(){\ndebugger;\n  return 1 }\n//# sourceMappingURL=app.js.map\n";
     let with =
         [("index.html", "<p>hi</p>"), ("assets/app.js", js), ("assets/app.js.map", "{}"), ("config/.env", "A=1")];
     let r = run(MandatoryCheck::NoDebugCode, &with);

@@ -27,7 +27,7 @@ async fn task_ids_and_queries_are_checked_at_the_edge() {
     assert_eq!(body["message"], "task 99 does not exist");
     let (status, body) = api.get("/api/v1/tasks?state=done").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["message"].as_str().unwrap().contains("one of queued, running"), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("one of awaiting_approval, gated, queued, running"), "{body}");
     let (status, body) = api.get("/api/v1/tasks?colour=red").await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_input"), "{body}");
     let (status, body) = api.get("/api/v1/tasks?limit=0").await;

@@ -148,3 +148,6 @@ freeze-when = When
 freeze-active = holds until
 freeze-inactive = not now
 freeze-hint = Windows are added and removed with `cloudbuild freeze` or the API; a publish they hold is refused, or waits as gated with --queue-until-open.
+approval-reason = Reason
+approval-approve = Approve
+approval-reject = Reject

@@ -147,3 +147,6 @@ freeze-when = 时间
 freeze-active = 封网至
 freeze-inactive = 当前未生效
 freeze-hint = 用 `cloudbuild freeze` 或 API 添加、删除窗口；被封住的发布会被拒绝，或在使用 --queue-until-open 时以“封网等待中”状态排队。
+approval-reason = 原因
+approval-approve = 批准
+approval-reject = 驳回

@@ -1,20 +1,22 @@
-//! The dashboard's freeze page: every window that applies (global ones, and a project's own
-//! with `?project=`), whether it holds now and until when, its next close and open, and whether
-//! test, prod and previews are frozen now. Windows are changed with the CLI or the API.
+//! The dashboard's release gates: the freeze page (every window that applies, global ones and
+//! a project's own with `?project=`, whether it holds now and until when, its next close and
+//! open, and whether test, prod and previews are frozen now; windows are changed with the CLI
+//! or the API), and a build's approve and reject buttons.
 
 use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::format::when;
 use super::i18n::Lang;
 use super::pages::refused;
-use super::session::Viewer;
+use super::session::{Checked, Viewer, WithCsrf};
 use super::{html, Chrome};
-use crate::domain::freeze;
+use crate::api::extract::TaskIdParam;
+use crate::domain::{approvals, freeze};
 use crate::state::AppState;
 
 struct WindowRow {
@@ -119,4 +121,43 @@ pub async fn page(
     let Chrome { lang, who, signed_in, csrf, admin } = Chrome::of(lang, Some(&viewer));
     let project = f.project;
     html(FreezePage { lang, who, signed_in, csrf, admin, project, windows, environments }.render())
+}
+
+/// The approve and reject forms: the reason (optional to approve, required to reject).
+#[derive(Debug, Deserialize)]
+pub struct DecisionForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+impl WithCsrf for DecisionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// `POST /tasks/{id}/approve`: back to the build's page.
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    TaskIdParam(id): TaskIdParam,
+    Checked(viewer, form): Checked<DecisionForm>,
+) -> Response {
+    let reason = Some(form.reason.as_str()).filter(|r| !r.trim().is_empty());
+    match approvals::approve(&state, &viewer.caller, id, reason).await {
+        Ok(_) => Redirect::to(&format!("/tasks/{id}")).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /tasks/{id}/reject`: back to the build's page.
+pub async fn reject(
+    State(state): State<Arc<AppState>>,
+    TaskIdParam(id): TaskIdParam,
+    Checked(viewer, form): Checked<DecisionForm>,
+) -> Response {
+    match approvals::reject(&state, &viewer.caller, id, &form.reason).await {
+        Ok(_) => Redirect::to(&format!("/tasks/{id}")).into_response(),
+        Err(e) => refused(e),
+    }
 }

@@ -81,6 +81,8 @@ fn dashboard_routes() -> Router<Arc<AppState>> {
         .route("/tasks/{id}", get(pages::task))
         .route("/tasks/{id}/cancel", post(pages::cancel))
         .route("/tasks/{id}/retry", post(pages::retry))
+        .route("/tasks/{id}/approve", post(freeze::approve))
+        .route("/tasks/{id}/reject", post(freeze::reject))
         .route("/tasks/{id}/live", get(live::live))
         .route("/tasks/{id}/raw", get(live::raw))
         .route("/tasks/{id}/search", get(live::search))

@@ -410,6 +410,8 @@ struct TaskPage {
     site: Option<String>,
     can_cancel: bool,
     can_retry: bool,
+    /// It awaits approval and the viewer may give it (another maintainer, or an admin).
+    can_decide: bool,
     /// `(stage, duration or state, class)`.
     stages: Vec<(String, String, &'static str)>,
     live: bool,
@@ -464,6 +466,9 @@ pub async fn task(
         site: t.url.clone(),
         can_cancel: live && role >= Some(ProjectAction::Cancel.needs()),
         can_retry: !live && role >= Some(publish_role),
+        can_decide: t.state == cloudbuild_proto::task::TaskState::AwaitingApproval
+            && role >= Some(publish_role)
+            && (t.requested_by != viewer.caller.name || viewer.caller.is_admin()),
         stages: stages(&lang, &t, &rendered.stages),
         live,
         earlier: rendered.skipped_lines,

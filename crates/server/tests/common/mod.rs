@@ -3,8 +3,11 @@
 #![allow(dead_code)] // each test file uses its own part
 
 mod deliveries;
+mod pages;
 #[allow(unused_imports)] // used by the webhook and status tests only
 pub(crate) use deliveries::*;
+#[allow(unused_imports)] // used by the dashboard tests only
+pub(crate) use pages::*;
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::task::Environment;
-use crate::validate::{identifier, refuse, RelPath, ValidationError};
+use crate::validate::{refuse, RelPath, ValidationError};
 
 /// One mandatory check and what it needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,11 +59,11 @@ impl MandatoryCheck {
     }
 
     /// # Errors
-    /// A script name that is not a plain identifier, a budget with no limit or a zero one, a
+    /// A script name `npm run` would not take, a budget with no limit or a zero one, a
     /// required file that is not a relative path, a glob that does not parse, an empty list.
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
-            MandatoryCheck::Script { script } => identifier("script", script).map(|_| ()),
+            MandatoryCheck::Script { script } => script_name(script),
             MandatoryCheck::SizeBudget { total_gzip_bytes: None, file_gzip_bytes: None } => {
                 refuse("size-budget", "give total_gzip_bytes, file_gzip_bytes or both")
             }
@@ -79,6 +79,19 @@ impl MandatoryCheck {
             _ => Ok(()),
         }
     }
+}
+
+/// A `package.json` script's name as `npm run` takes it (`lint`, `test:unit`, `check-types`):
+/// letters, digits, `:`, `-`, `_`, `.`, not starting with `-`, at most 64 characters.
+fn script_name(s: &str) -> Result<(), ValidationError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || ":-_.".contains(c);
+    if s.is_empty() || s.len() > 64 || s.starts_with('-') || !s.chars().all(ok) {
+        return refuse(
+            "script",
+            format!("`{}` is not a script name (letters, digits, `:`, `-`, `_`, `.`)", s.escape_debug()),
+        );
+    }
+    Ok(())
 }
 
 /// The globs of a `forbidden-paths` check, compiled: a pattern without a `/` matches that name
@@ -208,6 +221,7 @@ mod tests {
             let e = check.validate().unwrap_err();
             assert_eq!(e.field, field, "{check:?}: {e}");
         }
+        assert!(MandatoryCheck::Script { script: "test:unit".into() }.validate().is_ok());
         let rule = CheckRule {
             check: MandatoryCheck::NoDebugCode,
             environments: Some(vec!["staging".into()]),

@@ -297,7 +297,9 @@ pub fn holding<'a>(
             (true, None) => return Some(Hold { windows: held, opens: None }),
         }
     }
-    (!held.is_empty()).then_some(Hold { windows: held, opens: Some(at) })
+    // Still closed after following that many periods: no end that can be told.
+    let still = covering.iter().any(|w| w.closed_until(at).is_some());
+    (!held.is_empty()).then_some(Hold { windows: held, opens: (!still).then_some(at) })
 }
 
 /// What a publish asks when a window holds it: refused (the default), or queued as `gated`

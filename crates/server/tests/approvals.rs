@@ -73,6 +73,13 @@ async fn a_prod_publish_waits_for_another_maintainers_approval() {
     let (status, _) =
         api.call("PATCH", "/api/v1/projects/site", Some("cbp_dev"), Some(json!({"approvals": {"prod": false}}))).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "developers do not set the rule");
+    // One maintainer alone may not turn the rule off (and publish unapproved); an admin may.
+    let off = json!({"approvals": {"prod": false}});
+    let (status, body) = api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(off.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(api.call("PATCH", "/api/v1/projects/site", Some("cbp_root"), Some(off)).await.0, StatusCode::OK);
+    let on = json!({"approvals": {"prod": true, "expire_hours": 2}});
+    assert_eq!(api.call("PATCH", "/api/v1/projects/site", Some("cbp_max"), Some(on)).await.0, StatusCode::OK);
 
     let test = submit(&api, "cbp_max", publish("test")).await;
     assert_eq!(test["state"], "queued", "test needs no approval");

@@ -300,3 +300,43 @@ async fn rollbacks_pass_a_window_unless_it_holds_them() {
     let (_, body) = api.call("POST", "/api/v1/releases/rollback", Some("cbp_max"), Some(test)).await;
     assert_eq!(code(&body), "nothing_to_roll_back_to", "{body}");
 }
+
+#[tokio::test]
+async fn a_window_begun_after_a_task_was_queued_holds_it_unless_overridden_for_that_window() {
+    let api = world().await;
+    let (_, queued) = api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(publish("prod"))).await;
+    let queued = queued["id"].as_i64().unwrap();
+    let (_, a) = api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("window a", 60, json!({})))).await;
+    let mut overridden = publish("prod");
+    overridden["override"] = json!("ship the fix");
+    let (_, through) = api.call("POST", "/api/v1/tasks", Some("cbp_root"), Some(overridden)).await;
+    let through = through["id"].as_i64().unwrap();
+    assert_eq!(freeze::release_open(&api.state, Timestamp::now()).await.unwrap(), 0);
+    let t = api.store.get_task(queued).await.unwrap();
+    assert_eq!(t.state.as_str(), "gated", "held again before a worker took it");
+    assert!(actions(&api, queued).await.iter().any(|(a, m)| a == "gated" && m.contains("began before it started")));
+    assert_eq!(api.store.get_task(through).await.unwrap().state.as_str(), "queued", "overridden for window a");
+    // A stricter window added afterwards is not covered by that override.
+    let (_, b) = api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("window b", 90, json!({})))).await;
+    freeze::release_open(&api.state, Timestamp::now()).await.unwrap();
+    assert_eq!(api.store.get_task(through).await.unwrap().state.as_str(), "gated");
+    let later = Timestamp::parse(b["active_until"].as_str().unwrap()).unwrap();
+    assert!(later > Timestamp::parse(a["active_until"].as_str().unwrap()).unwrap());
+    assert_eq!(freeze::release_open(&api.state, Timestamp(later.0 + 1)).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_schedules_newer_run_supersedes_its_run_still_waiting_for_a_window() {
+    let api = world().await;
+    let nightly = json!({"name": "nightly", "cron": "0 3 * * *", "env": "prod"});
+    let (status, body) = api.call("POST", "/api/v1/projects/site/schedules", Some("cbp_max"), Some(nightly)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("freeze", 60, json!({})))).await;
+    let run = || api.call("POST", "/api/v1/projects/site/schedules/nightly/run", Some("cbp_max"), None);
+    let (status, first) = run().await;
+    assert_eq!((status, first["state"].as_str()), (StatusCode::CREATED, Some("gated")), "{first}");
+    let (_, second) = run().await;
+    assert_eq!(second["state"], "gated");
+    let first = api.store.get_task(first["id"].as_i64().unwrap()).await.unwrap();
+    assert_eq!(first.state.as_str(), "cancelled", "one run waits for the window, not one per due time");
+}

@@ -250,7 +250,9 @@ pub(crate) fn cancel(
     }
 }
 
-/// Moves a held task from `from` to `to`, with `body` saying why; false when it is not in `from`.
+/// Moves a waiting task from `from` to `to` (held to queued, queued to gated, awaiting
+/// approval to gated), with `body` saying why; false when it is not in `from` or the move is
+/// not one of those.
 pub(crate) fn release_held(
     l: &mut Live,
     (from, to): (TaskState, TaskState),
@@ -258,7 +260,8 @@ pub(crate) fn release_held(
     now: Timestamp,
     written: &mut Vec<(TaskId, WireEvent)>,
 ) -> bool {
-    if l.task.state != from {
+    let waiting = |s: TaskState| s == TaskState::Queued || is_held(s);
+    if l.task.state != from || !waiting(from) || !matches!(to, TaskState::Queued | TaskState::Gated) || from == to {
         return false;
     }
     emit(l, body, now, written);

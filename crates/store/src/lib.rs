@@ -332,9 +332,10 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a task: sets the terminal state and appends the final events atomically.
     /// Returns `Ok(None)` if it had already ended (the first ending wins).
     async fn finish(&self, id: TaskId, fence: Fence, finish: Finish) -> Result<Option<Vec<WireEvent>>>;
-    /// Moves a held task from state `from` to `to` (`queued`, or from awaiting approval to
-    /// `gated`), appending `body` (the reason) to its log in the same change; `None` when it is
-    /// not in `from` any more (moved on or ended meanwhile, by any server).
+    /// Moves a waiting task from state `from` to `to`: a held one to `queued`, one awaiting
+    /// approval to `gated`, a queued one (not yet claimed) to `gated`; appending `body` (the
+    /// reason) to its log in the same change. `None` when it is not in `from` any more (moved
+    /// on, claimed or ended meanwhile, by any server).
     async fn release_held(
         &self,
         id: TaskId,

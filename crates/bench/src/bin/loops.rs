@@ -4,7 +4,10 @@
 //! expired; and the commit
 //! status reporter (every 2 s; `domain::statuses::Reporter`) over many open webhook builds of
 //! linked projects, first telling each `pending` to a local forge stand-in, then with all of
-//! them told. SQLite store in a temporary directory, no HTTP in front of the server.
+//! them told; the release gates' loops (`domain::freeze::release_open`, every second, and
+//! `domain::approvals::expire_due`, every 30 s) over many gated and awaiting tasks while a
+//! global freeze window holds prod, then the look that releases them all once it has opened.
+//! SQLite store in a temporary directory, no HTTP in front of the server.
 //!
 //! Run with `cargo run --release -p cloudbuild-bench --bin cloudbuild-bench-loops -- [--projects N] [--tasks M]`
 //! (`bench/loops.sh`). Prints a table.
@@ -16,11 +19,11 @@ use std::time::Instant;
 use anyhow::Result;
 use cloudbuild_proto::project::{Project, SetForgeLink, Visibility};
 use cloudbuild_proto::schedule::NewSchedule;
-use cloudbuild_proto::task::{Environment, Trigger};
+use cloudbuild_proto::task::{Environment, TaskState, Trigger};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::webhook::Forge;
 use cloudbuild_server::domain::callers::Caller;
-use cloudbuild_server::domain::{previews, schedules, statuses};
+use cloudbuild_server::domain::{approvals, freeze, previews, schedules, statuses};
 use cloudbuild_server::ServerConfig;
 use cloudbuild_store::NewTask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,6 +182,62 @@ async fn main() -> Result<()> {
         store.create_task(new).await?;
     }
 
+    // A global window holding prod for an hour; gated and awaiting prod tasks of ten other
+    // projects (not linked to the forge, so the reporter's figures stay as they were).
+    let opens = Timestamp(now.0 + 3_600_000_000);
+    let window = cloudbuild_proto::gate::NewFreezeWindow {
+        reason: "bench".into(),
+        when: cloudbuild_proto::gate::WindowTime {
+            from: Some(Timestamp(now.0 - 1)),
+            to: Some(opens),
+            ..Default::default()
+        },
+        environments: None,
+        rollbacks: false,
+        override_role: None,
+    }
+    .into_window("0bench00".into(), None, "bench", now)?;
+    store.create_freeze_window(&window).await?;
+    for i in 0..2 * tasks {
+        let held = if i % 2 == 0 { TaskState::Gated } else { TaskState::AwaitingApproval };
+        let new = NewTask {
+            name: format!("p{}", 20 + i % 10),
+            version: "1.0.0".into(),
+            repo: format!("https://example.com/p{}.git", 20 + i % 10),
+            branch: "main".into(),
+            commit: None,
+            build_cmd: None,
+            env: Environment::Prod,
+            trigger: Trigger::Cli,
+            cause: None,
+            force: false,
+            requested_by: "bench".into(),
+            retry_of: None,
+            output_limit: 1 << 20,
+            labels: Vec::new(),
+            no_cache: false,
+            changed: None,
+            held: Some(held),
+        };
+        store.create_task(new).await?;
+    }
+    let mut held_looks = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        anyhow::ensure!(freeze::release_open(&state, Timestamp::now()).await? == 0, "the window holds");
+        held_looks.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut expiry_looks = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        anyhow::ensure!(approvals::expire_due(&state, Timestamp::now()).await? == 0, "none expired");
+        expiry_looks.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let t = Instant::now();
+    let released = freeze::release_open(&state, Timestamp(opens.0 + 1)).await?;
+    let release_all = t.elapsed();
+    anyhow::ensure!(released == tasks, "every gated task released once: {released}");
+
     let mut scan = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
@@ -224,6 +283,19 @@ async fn main() -> Result<()> {
     println!(
         "| status reporter, every later look (all told; every 2 s) | {:.1} ms a look (median of 20) |",
         median(steady)
+    );
+    println!(
+        "| gate loop, {tasks} gated prod tasks, a global window holding (every 1 s) | {:.1} ms a look (median of 20) |",
+        median(held_looks)
+    );
+    println!(
+        "| approval expiry, {tasks} awaiting tasks, none expired (every 30 s) | {:.1} ms a look (median of 20) |",
+        median(expiry_looks)
+    );
+    println!(
+        "| gate loop, the look after the window opens | {released} tasks queued in {:.0} ms ({:.0}/s) |",
+        release_all.as_secs_f64() * 1000.0,
+        released as f64 / release_all.as_secs_f64().max(1e-9)
     );
     Ok(())
 }

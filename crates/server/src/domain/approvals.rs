@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use cloudbuild_proto::event::EventBody;
 use cloudbuild_proto::gate::Approvals;
-use cloudbuild_proto::project::Project;
 use cloudbuild_proto::task::{actions, Task, TaskId, TaskState};
 use cloudbuild_proto::time::Timestamp;
 use cloudbuild_proto::validate::ValidationError;
-use cloudbuild_store::{Notice, StoreError, TaskQuery};
+use cloudbuild_store::{Notice, StoreError};
 
 use super::callers::Caller;
 use super::freeze::{self, FreezeError};
@@ -50,11 +49,6 @@ impl super::audit::Outcome for ApprovalError {
             _ => false,
         }
     }
-}
-
-/// Whether a new task of `project` for its environment waits for an approval.
-pub fn required(project: Option<&Project>, env: cloudbuild_proto::task::Environment) -> bool {
-    project.is_some_and(|p| p.approvals.required(env))
 }
 
 /// Writes that a new task waits for its approval, and until when.
@@ -105,7 +99,7 @@ pub async fn approve(
         }
         let reason = reason.map(str::trim).filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default();
         let own = if task.requested_by == caller.name { " (an admin approving their own publish)" } else { "" };
-        let hold = freeze::hold_on(state, &task).await?;
+        let hold = freeze::hold_on(state, &task, Timestamp::now()).await?;
         let (to, then) = match &hold {
             Some(h) => (TaskState::Gated, format!("; {}", freeze::describe(h))),
             None => (TaskState::Queued, String::new()),
@@ -160,9 +154,8 @@ async fn audited(
 
 /// Ends every task whose approval has waited longer than its project allows; how many.
 pub async fn expire_due(state: &AppState, now: Timestamp) -> Result<usize, StoreError> {
-    let query = TaskQuery { state: Some(TaskState::AwaitingApproval), limit: 500, ..Default::default() };
     let mut expired = 0;
-    for task in state.store.list_tasks(&query).await? {
+    for task in freeze::all_in_state(state, TaskState::AwaitingApproval).await? {
         let hours = state
             .store
             .get_project(&task.name)

@@ -184,7 +184,7 @@ fn refusal(env: Environment, what: Release, hold: &Hold, zone: Option<&str>) -> 
         hold.windows.iter().map(|w| format!("window {} ({}): {}", w.id, w.scope(), w.reason)).collect();
     let until = match hold.opens {
         Some(t) => format!("until {} [{t}]", render_in_zone(t, zone)),
-        None => "until an admin removes the window".into(),
+        None => "until the window is removed".into(),
     };
     let doing = match what {
         Release::Publish => "publishes",
@@ -198,12 +198,18 @@ fn refusal(env: Environment, what: Release, hold: &Hold, zone: Option<&str>) -> 
 }
 
 /// Writes what the gate decided into the new task's log and the audit log.
-pub async fn admitted(state: &AppState, caller: &Caller, task: &Task, admission: &Admission) {
+/// `approval`: it awaits an approval first (the windows are looked at again then).
+pub async fn admitted(state: &AppState, caller: &Caller, task: &Task, admission: &Admission, approval: bool) {
     let (action, audit_action, message) = match admission {
         Admission::Open => return,
         Admission::Gated(hold) => {
-            let until = hold.opens.map_or_else(|| "until an admin removes the window".into(), |t| format!("until {t}"));
-            (actions::GATED, "gate.queue", format!("held by {} {until}; it starts by itself then", ids(hold)))
+            let until = hold.opens.map_or_else(|| "until the window is removed".into(), |t| format!("until {t}"));
+            let then = if approval {
+                "once approved, it waits for the window if it still holds"
+            } else {
+                "it starts by itself then"
+            };
+            (actions::GATED, "gate.queue", format!("held by {} {until}; {then}", ids(hold)))
         }
         Admission::Overridden { hold, reason } => {
             (actions::GATE_OVERRIDE, "gate.override", format!("{} overridden by {}: {reason}", ids(hold), caller.name))
@@ -229,31 +235,46 @@ async fn note(state: &AppState, id: TaskId, action: &str, message: String) {
 }
 
 /// Refuses to switch an environment a window holds now to a task let in before the window
-/// began (a long build), unless the task was overridden: its log says so among its first
-/// events (the override is written right after `create task`, or where it released the task).
+/// began (a long build), unless the task was overridden for that window.
 pub async fn check_commit(state: &AppState, task: &Task) -> Result<(), FreezeError> {
-    let Some(hold) = hold_on(state, task).await? else { return Ok(()) };
-    let refused = refusal(task.env, Release::Publish, &hold, None);
-    Err(FreezeError::Frozen(format!("{refused} (the window began while task {} was building)", task.id)))
+    let Some(hold) = hold_on(state, task, Timestamp::now()).await? else { return Ok(()) };
+    let windows: Vec<String> =
+        hold.windows.iter().map(|w| format!("window {} ({}): {}", w.id, w.scope(), w.reason)).collect();
+    let until = hold.opens.map_or_else(|| "until the window is removed".into(), |t| format!("until {t}"));
+    Err(FreezeError::Frozen(format!(
+        "{} is frozen by {} {until}; the window began while task {} was building, so it was not published. \
+         Run it again once the window opens (cloudbuild retry {}), or have it overridden with a reason",
+        task.env,
+        windows.join("; "),
+        task.id,
+        task.id
+    )))
 }
 
-/// What holds an existing task's publish now: the windows holding its environment, unless the
-/// task was overridden (its log says so among its first events).
-pub async fn hold_on(state: &AppState, task: &Task) -> Result<Option<Hold>, FreezeError> {
+/// What holds an existing task's publish at `now`: the windows holding its environment, but
+/// those the task was overridden for (its log's `gate override` events name them).
+pub async fn hold_on(state: &AppState, task: &Task, now: Timestamp) -> Result<Option<Hold>, FreezeError> {
     let record = state.store.get_project(&task.name).await?;
     let windows = windows_for(state, record.as_ref()).await?;
-    let Some(hold) = holding(&windows, task.env, Release::Publish, Timestamp::now()) else { return Ok(None) };
-    let first = state.store.events_after(task.id, 0, 8).await?;
-    let overridden = first.iter().any(|e| {
-        serde_json::from_str::<serde_json::Value>(&e.data)
-            .is_ok_and(|v| v["data"]["action"].as_str() == Some(actions::GATE_OVERRIDE))
-    });
-    Ok((!overridden).then_some(hold))
+    if holding(&windows, task.env, Release::Publish, now).is_none() {
+        return Ok(None);
+    }
+    // An override is for the windows it names (its message lists their ids), not for a window
+    // added afterwards.
+    let first = state.store.events_after(task.id, 0, 32).await?;
+    let overrides: Vec<String> = first
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+        .filter(|v| v["data"]["action"].as_str() == Some(actions::GATE_OVERRIDE))
+        .filter_map(|v| v["data"]["payload"]["message"].as_str().map(str::to_owned))
+        .collect();
+    let left = windows.iter().filter(|w| !overrides.iter().any(|m| m.contains(&w.id)));
+    Ok(holding(left, task.env, Release::Publish, now))
 }
 
 /// `freeze window 1a2b3c4d holds it until <time>`, for logs.
 pub fn describe(hold: &Hold) -> String {
-    let until = hold.opens.map_or_else(|| "until an admin removes the window".into(), |t| format!("until {t}"));
+    let until = hold.opens.map_or_else(|| "until the window is removed".into(), |t| format!("until {t}"));
     format!("{} holds it {until}", ids(hold))
 }
 
@@ -342,19 +363,59 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
-/// Queues every gated task that no window holds at `now`; returns how many this server queued.
-pub async fn release_open(state: &AppState, now: Timestamp) -> Result<usize, FreezeError> {
-    let mut query = TaskQuery { state: Some(TaskState::Gated), limit: 500, ..Default::default() };
-    let mut gated = Vec::new();
+/// Every task in `task_state`, oldest first (page by page of the store's list).
+pub async fn all_in_state(state: &AppState, task_state: TaskState) -> Result<Vec<Task>, StoreError> {
+    let mut query = TaskQuery { state: Some(task_state), limit: 500, ..Default::default() };
+    let mut all = Vec::new();
     loop {
         let page = state.store.list_tasks(&query).await?;
         let full = page.len() == query.limit as usize;
         query.before = page.last().map(|t| t.id);
-        gated.extend(page);
+        all.extend(page);
         if !full {
-            break;
+            all.reverse();
+            return Ok(all);
         }
     }
+}
+
+/// Holds again each queued task (not yet taken by a worker) that a window begun since it was
+/// queued now holds, unless it was overridden for that window; returns how many.
+async fn hold_queued(state: &AppState, now: Timestamp) -> Result<usize, FreezeError> {
+    let global = state.store.list_freeze_windows().await?;
+    let mut held = 0;
+    for task in all_in_state(state, TaskState::Queued).await? {
+        // Cheap first: most queued tasks are in no held environment.
+        let any = global.iter().any(|w| w.covers(task.env, Release::Publish))
+            || state
+                .store
+                .get_project(&task.name)
+                .await?
+                .is_some_and(|p| p.freeze.iter().any(|w| w.covers(task.env, Release::Publish)));
+        if !any {
+            continue;
+        }
+        let Some(hold) = hold_on(state, &task, now).await? else { continue };
+        let message =
+            format!("{} began before it started: it waits (it was queued at {})", describe(&hold), task.created_at);
+        let body = EventBody::Stage { action: actions::GATED.into(), message: message.clone() };
+        if let Some(events) = state.store.release_held(task.id, TaskState::Queued, TaskState::Gated, body).await? {
+            state.hub.published(task.id, &events);
+            held += 1;
+            let system = Caller::on_behalf_of("cloudbuild");
+            let target = format!("task {}: {message}", task.id);
+            super::audit::record(state, &system, "gate.queue", target, Some(&task.name), &Ok::<(), FreezeError>(()))
+                .await;
+        }
+    }
+    Ok(held)
+}
+
+/// One look of the gate loop: holds queued tasks a window now holds, and queues every gated
+/// task that no window holds at `now`; returns how many this server queued.
+pub async fn release_open(state: &AppState, now: Timestamp) -> Result<usize, FreezeError> {
+    hold_queued(state, now).await?;
+    let gated = all_in_state(state, TaskState::Gated).await?;
     if gated.is_empty() {
         return Ok(0);
     }
@@ -362,7 +423,7 @@ pub async fn release_open(state: &AppState, now: Timestamp) -> Result<usize, Fre
     let mut records: HashMap<String, Option<Project>> = HashMap::new();
     let mut released = 0;
     // Oldest first: they were queued in that order.
-    for task in gated.iter().rev() {
+    for task in &gated {
         if !records.contains_key(&task.name) {
             records.insert(task.name.clone(), state.store.get_project(&task.name).await?);
         }

@@ -270,7 +270,11 @@ pub async fn get(
 /// Changes what the request gives (repository, default branch, visibility).
 pub async fn edit(state: &AppState, caller: &Caller, name: &str, req: EditProject) -> Result<Project, ProjectError> {
     let result = async {
-        get(state, caller, name, ProjectAction::Maintain).await?;
+        let now = get(state, caller, name, ProjectAction::Maintain).await?;
+        // Else one maintainer could turn approvals off, publish alone, and turn them on again.
+        if now.approvals.prod && req.approvals.is_some_and(|a| !a.prod) {
+            policy::require_admin(caller, "turning a project's prod approvals off")?;
+        }
         change(state, name, req).await
     }
     .await;

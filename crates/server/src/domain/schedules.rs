@@ -172,6 +172,16 @@ async fn start(
     new.version = String::new();
     new.cause = Some(cause.clone());
     tasks::check_repo_host(&state.settings, &new.repo).await?;
+    // One run waits for a freeze window, not one per due time: a newer run supersedes the
+    // schedule's older one still gated (or awaiting its approval).
+    for waiting in ["gated", "awaiting_approval"] {
+        let query = tasks::ListQuery { name: Some(project.name.clone()), state: Some(waiting.into()), before: None, limit: Some(200) };
+        for old in tasks::list(state, caller, query).await?.tasks {
+            if old.trigger == Trigger::Schedule && old.branch == new.branch && old.env == new.env {
+                let _ = tasks::cancel_if_queued(state, caller, old.id).await;
+            }
+        }
+    }
     let task = tasks::submit(state, caller, new, &super::freeze::GateRequest::queue()).await?;
     tasks::note(state, task.id, &format!("built by {cause}")).await;
     Ok(task)

@@ -180,10 +180,7 @@ pub async fn submit(
     };
     let (task, event) = state.store.create_task(new).await?;
     state.hub.published(task.id, std::slice::from_ref(&event));
-    // A window holding it is looked at again once it is approved.
-    if approval.is_none() || matches!(admission, Admission::Overridden { .. }) {
-        freeze::admitted(state, caller, &task, &admission).await;
-    }
+    freeze::admitted(state, caller, &task, &admission, approval.is_some()).await;
     if let Some(rule) = approval {
         super::approvals::requested(state, caller, &task, &rule).await;
         return Ok(task);

@@ -356,9 +356,10 @@ impl Store for RedisStore {
             if !apply::release_held(l, (from, to), &body, Timestamp::now(), written) {
                 return Ok(None);
             }
-            if to == TaskState::Queued {
-                plan.zrem.push((held_key(), id.to_string()));
-                plan.zadd.push((queue_key(), id.to_string(), id.to_string()));
+            let key = |s: TaskState| if s == TaskState::Queued { queue_key() } else { held_key() };
+            if key(from) != key(to) {
+                plan.zrem.push((key(from), id.to_string()));
+                plan.zadd.push((key(to), id.to_string(), id.to_string()));
             }
             Ok(Some(written.iter().map(|(_, e)| e.clone()).collect()))
         })

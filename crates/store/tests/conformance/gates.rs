@@ -47,6 +47,25 @@ pub(crate) async fn gate_story(store: &dyn Store) {
         .await
         .unwrap();
 
+    // A queued task not yet claimed is held again (a window began); then released.
+    let (late, _) = store.create_task(new_task("frozen", 100)).await.unwrap();
+    let held = store.release_held(late.id, TaskState::Queued, TaskState::Gated, body("held")).await.unwrap();
+    assert!(held.is_some());
+    assert!(claim().await.unwrap().is_none(), "held again: not claimed");
+    assert_eq!(store.list_tasks(&gated_query).await.unwrap()[0].id, late.id);
+    assert!(store.release_held(late.id, TaskState::Gated, TaskState::Running, body("no")).await.unwrap().is_none());
+    store.release_held(late.id, TaskState::Gated, TaskState::Queued, body("opened")).await.unwrap().unwrap();
+    let t = claim().await.unwrap().expect("queued again");
+    assert_eq!(t.id, late.id);
+    assert!(
+        store.release_held(late.id, TaskState::Queued, TaskState::Gated, body("too late")).await.unwrap().is_none(),
+        "a claimed task is not held"
+    );
+    store
+        .finish(late.id, cloudbuild_store::Fence::Server, cloudbuild_store::Finish::Error { reason: "x".into() })
+        .await
+        .unwrap();
+
     // Cancelled while gated: ended at once, never released, never claimed.
     let (waiting, _) =
         store.create_task(NewTask { held: Some(TaskState::Gated), ..new_task("frozen", 100) }).await.unwrap();

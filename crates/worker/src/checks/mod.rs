@@ -17,10 +17,39 @@ use cloudbuild_proto::release::ManifestFile;
 use cloudbuild_proto::text::{count, size};
 use regex::Regex;
 
-/// The largest file the content checks read; bigger ones are named as not scanned.
-const MAX_SCANNED_BYTES: u64 = 8 << 20;
+/// The largest file the content checks read: a bigger text file fails them (it could hide
+/// what they look for), as a binary file (a NUL in its first 8 KiB) is skipped, as gitleaks does.
+const MAX_SCANNED_BYTES: u64 = 32 << 20;
 /// How many offending files or lines a failure lists.
 const SHOWN: usize = 10;
+/// How many problems a check collects before it stops looking: a file of a million
+/// `debugger;` lines costs no more than the first hundred.
+const MAX_PROBLEMS: usize = 100;
+
+/// Where each line of a text starts, for line numbers in one pass however many matches.
+pub(crate) struct Lines(Vec<usize>);
+
+impl Lines {
+    pub(crate) fn of(text: &str) -> Self {
+        Lines(std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect())
+    }
+
+    /// The number (from 1) and the text of the line holding byte `at`.
+    pub(crate) fn line<'t>(&self, text: &'t str, at: usize) -> (usize, &'t str) {
+        let n = self.0.partition_point(|start| *start <= at);
+        let start = self.0[n - 1];
+        let end = self.0.get(n).map_or(text.len(), |next| next - 1);
+        (n, &text[start..end])
+    }
+}
+
+/// A file as the content checks read it.
+enum Content {
+    Text(String),
+    Binary,
+    /// Over [`MAX_SCANNED_BYTES`], or unreadable: the checks fail closed on it.
+    Unread(String),
+}
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,17 +88,37 @@ impl CheckResult {
     }
 }
 
-/// Reads a file for scanning: `None` for one too large, or binary (a NUL in its first 8 KiB).
-fn read_text(path: &Path, len: u64) -> Option<String> {
+/// Reads a file for scanning (without following a symlink).
+fn read(path: &Path, len: u64) -> Content {
+    let too_large = || Content::Unread(format!("over {}, too large to check", size(MAX_SCANNED_BYTES)));
     if len > MAX_SCANNED_BYTES {
-        return None;
+        return too_large();
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    crate::publish::open_no_follow(path).ok()?.take(MAX_SCANNED_BYTES).read_to_end(&mut bytes).ok()?;
-    if bytes.iter().take(8192).any(|b| *b == 0) {
-        return None;
+    let read = crate::publish::open_no_follow(path).and_then(|f| f.take(MAX_SCANNED_BYTES + 1).read_to_end(&mut bytes));
+    match read {
+        Err(e) => Content::Unread(format!("unreadable: {e}")),
+        Ok(_) if bytes.len() as u64 > MAX_SCANNED_BYTES => too_large(),
+        Ok(_) if bytes.iter().take(8192).any(|b| *b == 0) => Content::Binary,
+        Ok(_) => Content::Text(String::from_utf8_lossy(&bytes).into_owned()),
     }
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The text files of `files` that `wanted` selects; one too large to read is a problem.
+fn texts<'a>(
+    files: &'a [(ManifestFile, std::path::PathBuf)],
+    wanted: fn(&str) -> bool,
+    problems: &mut Vec<String>,
+) -> Vec<(&'a str, String)> {
+    let mut out = Vec::new();
+    for (f, p) in files.iter().filter(|(f, _)| wanted(&f.path)) {
+        match read(p, f.size) {
+            Content::Text(t) => out.push((f.path.as_str(), t)),
+            Content::Binary => {}
+            Content::Unread(why) => problems.push(format!("{}: {why}", f.path)),
+        }
+    }
+    out
 }
 
 fn is_script(path: &str) -> bool {
@@ -83,10 +132,6 @@ static DEBUGGER: LazyLock<Regex> =
 static SOURCE_MAP_COMMENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?m)^\s*(?://|/\*)[#@]\s*sourceMappingURL=").expect("the pattern compiles"));
 
-fn line_of(text: &str, at: usize) -> usize {
-    text[..at].matches('\n').count() + 1
-}
-
 /// Runs the checks that look at the build output (`files`: each output file with where it
 /// is); `script` checks are not among them (they run in `check`).
 pub fn check_output(checks: &[MandatoryCheck], files: &[(ManifestFile, std::path::PathBuf)]) -> Vec<CheckResult> {
@@ -97,7 +142,6 @@ fn check_one(check: &MandatoryCheck, files: &[(ManifestFile, std::path::PathBuf)
     let started = Instant::now();
     let mut problems = Vec::new();
     let mut summary = count(files.len() as u64, "file", "files");
-    let texts = || files.iter().filter_map(|(f, p)| read_text(p, f.size).map(|t| (f.path.as_str(), t)));
     match check {
         MandatoryCheck::Script { .. } => {}
         MandatoryCheck::NoSourceMaps => {
@@ -107,24 +151,35 @@ fn check_one(check: &MandatoryCheck, files: &[(ManifestFile, std::path::PathBuf)
                     .filter(|(f, _)| f.path.ends_with(".map"))
                     .map(|(f, _)| format!("{}: a source map", f.path)),
             );
-            for (path, text) in texts().filter(|(p, _)| is_script(p) || p.ends_with(".css")) {
+            for (path, text) in texts(files, |p| is_script(p) || p.ends_with(".css"), &mut problems) {
                 if let Some(m) = SOURCE_MAP_COMMENT.find(&text) {
-                    problems.push(format!("{path}:{}: a sourceMappingURL comment", line_of(&text, m.start())));
+                    let (line, _) = Lines::of(&text).line(&text, m.start());
+                    problems.push(format!("{path}:{line}: a sourceMappingURL comment"));
                 }
             }
         }
         MandatoryCheck::NoDebugCode => {
-            for (path, text) in texts().filter(|(p, _)| is_script(p)) {
-                for m in DEBUGGER.find_iter(&text) {
+            for (path, text) in texts(files, is_script, &mut problems) {
+                let lines = Lines::of(&text);
+                for m in DEBUGGER.find_iter(&text).take(MAX_PROBLEMS) {
                     // The match may begin with the character before the keyword (a newline).
                     let at = m.start() + m.as_str().find("debugger").unwrap_or(0);
-                    problems.push(format!("{path}:{}: a debugger statement", line_of(&text, at)));
+                    problems.push(format!("{path}:{}: a debugger statement", lines.line(&text, at).0));
+                }
+                if problems.len() >= MAX_PROBLEMS {
+                    break;
                 }
             }
         }
         MandatoryCheck::SecretsScan => {
-            let (found, scanned) = scan_texts(texts());
-            problems = found;
+            let mut scanned = 0u64;
+            for (path, text) in texts(files, |_| true, &mut problems) {
+                scanned += 1;
+                scan_text(path, &text, false, &mut problems);
+                if problems.len() >= MAX_PROBLEMS {
+                    break;
+                }
+            }
             summary =
                 format!("{} scanned with {} gitleaks rules", count(scanned, "file", "files"), secrets::GITLEAKS.len());
         }
@@ -163,17 +218,13 @@ fn check_one(check: &MandatoryCheck, files: &[(ManifestFile, std::path::PathBuf)
     CheckResult { name: check.name(), duration: started.elapsed(), summary, problems }
 }
 
-fn scan_texts<'a>(texts: impl Iterator<Item = (&'a str, String)>) -> (Vec<String>, u64) {
-    let mut problems = Vec::new();
-    let mut scanned = 0;
-    for (path, text) in texts {
-        scanned += 1;
-        for f in secrets::GITLEAKS.scan(path, &text) {
-            // The rule and where, never the value: the log is read by many.
-            problems.push(format!("{path}:{}: a secret ({})", f.line, f.rule));
-        }
+/// Adds the secrets of one file to `problems`: the rule and where, never the value (the log
+/// is read by many).
+fn scan_text(path: &str, text: &str, repository: bool, problems: &mut Vec<String>) {
+    let room = MAX_PROBLEMS.saturating_sub(problems.len());
+    for f in secrets::GITLEAKS.scan(path, text, repository, room) {
+        problems.push(format!("{path}:{}: a secret ({})", f.line, f.rule));
     }
-    (problems, scanned)
 }
 
 /// The size of the file gzip-compressed (the default level, as size-limit and most CDNs).
@@ -197,28 +248,34 @@ impl Write for Counter {
     }
 }
 
-/// The `secrets-scan` of the repository's files (not `.git`, not `node_modules`, not symlinks).
+/// The `secrets-scan` of the repository's files (not `.git`, not `node_modules`, not symlinks,
+/// not what gitleaks' global allowlist names), one file in memory at a time.
 pub fn scan_checkout(root: &Path) -> CheckResult {
     let started = Instant::now();
-    let mut texts = Vec::new();
+    let (mut problems, mut scanned) = (Vec::new(), 0u64);
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
             let rel = format!("{prefix}{name}");
             let Ok(meta) = entry.path().symlink_metadata() else { continue };
             if meta.is_dir() && name != ".git" && name != "node_modules" {
                 stack.push((entry.path(), format!("{rel}/")));
-            } else if meta.is_file() && !secrets::GITLEAKS.skips_path(&rel) {
-                if let Some(text) = read_text(&entry.path(), meta.len()) {
-                    texts.push((rel, text));
+            } else if meta.is_file() && !secrets::GITLEAKS.skips_path(&rel) && problems.len() < MAX_PROBLEMS {
+                match read(&entry.path(), meta.len()) {
+                    Content::Text(text) => {
+                        scanned += 1;
+                        scan_text(&rel, &text, true, &mut problems);
+                    }
+                    Content::Binary => {}
+                    Content::Unread(why) => problems.push(format!("{rel}: {why}")),
                 }
             }
         }
     }
-    texts.sort();
-    let (problems, scanned) = scan_texts(texts.iter().map(|(p, t)| (p.as_str(), t.clone())));
     CheckResult {
         name: "secrets-scan".into(),
         duration: started.elapsed(),

@@ -89,7 +89,7 @@ pub struct RuleSet {
 }
 
 fn compile(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(&from_go(pattern)).size_limit(64 << 20).dfa_size_limit(64 << 20).build()
+    RegexBuilder::new(&from_go(pattern)).size_limit(64 << 20).dfa_size_limit(8 << 20).build()
 }
 
 /// A Go (RE2) expression as this regex engine reads it: Go takes a `{` that starts no
@@ -191,7 +191,8 @@ fn entropy(s: &str) -> f64 {
 }
 
 impl Allowlist {
-    fn allows(&self, path: &str, secret: &str, matched: &str, line: &str) -> bool {
+    /// `path`: the file's path when path allowlists apply (a repository's files), else `None`.
+    fn allows(&self, path: Option<&str>, secret: &str, matched: &str, line: &str) -> bool {
         let target = match self.target {
             Target::Secret => secret,
             Target::Match => matched,
@@ -200,7 +201,7 @@ impl Allowlist {
         let regex = !self.regexes.is_empty() && self.regexes.iter().any(|r| r.is_match(target));
         let lower = secret.to_lowercase();
         let stopword = !self.stopwords.is_empty() && self.stopwords.iter().any(|w| lower.contains(w.as_str()));
-        let path_ok = !self.paths.is_empty() && self.paths.iter().any(|r| r.is_match(path));
+        let path_ok = path.is_some_and(|p| self.paths.iter().any(|r| r.is_match(p)));
         if self.all {
             let checks = [
                 (!self.regexes.is_empty()).then_some(regex),
@@ -230,11 +231,14 @@ impl RuleSet {
         self.global.paths.iter().any(|r| r.is_match(path))
     }
 
-    /// The secrets in `text`, a file at `path` (relative, `/`-separated).
-    pub fn scan(&self, path: &str, text: &str) -> Vec<Finding> {
-        if self.skips_path(path) {
+    /// The secrets in `text`, a file at `path` (relative, `/`-separated), at most `limit` of
+    /// them. Files the global allowlist names (lockfiles, images, `node_modules`) are skipped
+    /// when `repository` (a build output's file names are the bundler's, not the project's).
+    pub fn scan(&self, path: &str, text: &str, repository: bool, limit: usize) -> Vec<Finding> {
+        if repository && self.skips_path(path) {
             return Vec::new();
         }
+        let lines = super::Lines::of(text);
         let lower = text.to_lowercase();
         let mut found = Vec::new();
         for rule in &self.rules {
@@ -252,6 +256,9 @@ impl RuleSet {
                 continue;
             }
             for caps in regex.captures_iter(text) {
+                if found.len() >= limit {
+                    break;
+                }
                 let Some(whole) = caps.get(0) else { continue };
                 let secret = match rule.secret_group {
                     0 => caps.iter().skip(1).flatten().find(|m| !m.as_str().is_empty()).unwrap_or(whole),
@@ -263,14 +270,11 @@ impl RuleSet {
                 if rule.entropy.is_some_and(|min| entropy(secret.as_str()) <= min) {
                     continue;
                 }
-                let line_start = text[..whole.start()].rfind('\n').map_or(0, |i| i + 1);
-                let line_end = text[whole.start()..].find('\n').map_or(text.len(), |i| whole.start() + i);
-                let line = &text[line_start..line_end];
+                let (number, line) = lines.line(text, whole.start());
                 let allowed = std::iter::once(&self.global)
                     .chain(rule.allowlists.iter())
-                    .any(|a| a.allows(path, secret.as_str(), whole.as_str(), line));
+                    .any(|a| a.allows(repository.then_some(path), secret.as_str(), whole.as_str(), line));
                 if !allowed {
-                    let number = text[..whole.start()].matches('\n').count() + 1;
                     found.push(Finding { rule: rule.id.clone(), line: number });
                 }
             }
@@ -300,7 +304,7 @@ mod tests {
         let pem = format!("-----BEGIN RSA {}-----\n{}\n-----END RSA {}-----", "PRIVATE KEY", "MIIEowIBAAKCAQEAv3kQ9m2L8xTnP0s7Yc4Vb1Nw6Zr5Hj2Kd9Fg3Ae8Uq1Wi7Ox4Cl0Tm6Sy2Rp5Jn9Gb3Lh8Dk1Mf4Qz7Xv0Bc2Ew5Tu9Iy", "PRIVATE KEY");
         let slack = format!("SLACK=xoxb-{}-{}-{}", "263594206564", "2667636498016", "aB3dE5gH7jK9mN1pQ3sT5vW7");
         let text = format!("// config\n{aws}\n{github}\n{pem}\n{slack}\n");
-        let found = GITLEAKS.scan("src/config.js", &text);
+        let found = GITLEAKS.scan("src/config.js", &text, true, 100);
         let rules: Vec<&str> = found.iter().map(|f| f.rule.as_str()).collect();
         assert!(rules.contains(&"aws-access-token"), "{found:?}");
         assert!(rules.contains(&"github-pat"), "{found:?}");
@@ -308,7 +312,10 @@ mod tests {
         assert!(rules.contains(&"slack-bot-token"), "{found:?}");
         assert_eq!(found.iter().find(|f| f.rule == "aws-access-token").unwrap().line, 2);
         let generic = format!("const apiSecret = \"{}\";", "q8Zr3Lk9Vw2Xb7Nm4Pt6Hs1Jd5Fg0Cy");
-        assert!(GITLEAKS.scan("src/a.ts", &generic).iter().any(|f| f.rule == "generic-api-key"), "high entropy");
+        assert!(
+            GITLEAKS.scan("src/a.ts", &generic, true, 100).iter().any(|f| f.rule == "generic-api-key"),
+            "high entropy"
+        );
     }
 
     #[test]
@@ -316,16 +323,18 @@ mod tests {
         let ordinary = "const password = process.env.PASSWORD;\nconst apiKey = '${API_KEY}';\n\
                         const secret = 'xxxxxxxxxxxxxxxxxxxxxxxx';\nconst token = \"{{ token }}\";\n\
                         // see https://docs.example.com/api-key-rotation\nconst key = 'example';\n";
-        assert_eq!(GITLEAKS.scan("src/app.js", ordinary), Vec::new());
+        assert_eq!(GITLEAKS.scan("src/app.js", ordinary, true, 100), Vec::new());
         // A well-formed key in a lockfile or an image is not looked at.
         let aws = format!("\"AKIA{}\"", "Z7QH2KXB4N5PLR3M");
-        assert!(GITLEAKS.scan("package-lock.json", &aws).is_empty());
-        assert!(GITLEAKS.scan("node_modules/x/index.js", &aws).is_empty());
+        assert!(GITLEAKS.scan("package-lock.json", &aws, true, 100).is_empty());
+        assert!(GITLEAKS.scan("node_modules/x/index.js", &aws, true, 100).is_empty());
+        // A build output's names are the bundler's: its `bootstrap.js` or `logo.svg` is read.
+        assert!(!GITLEAKS.scan("assets/bootstrap.3f2a.js", &aws, false, 100).is_empty());
         // gitleaks' own documented example key is allowlisted by the rule.
-        assert!(GITLEAKS.scan("a.js", "AKIAIOSFODNN7EXAMPLE").is_empty());
+        assert!(GITLEAKS.scan("a.js", "AKIAIOSFODNN7EXAMPLE", true, 100).is_empty());
         // A `gitleaks:allow` comment does not hide a secret from the server's check.
         let hidden = format!("const k = \"AKIA{}\"; // gitleaks:allow", "Z7QH2KXB4N5PLR3M");
-        assert!(!GITLEAKS.scan("a.js", &hidden).is_empty());
+        assert!(!GITLEAKS.scan("a.js", &hidden, true, 100).is_empty());
     }
 
     #[test]

@@ -101,3 +101,25 @@ fn the_repository_scan_skips_git_node_modules_and_symlinks() {
     let r = scan_checkout(dir.path());
     assert_eq!(r.problems, ["src/settings.py:2: a secret (aws-access-token)"]);
 }
+
+#[test]
+fn many_findings_stop_at_a_hundred_and_a_file_too_large_to_read_fails_closed() {
+    let many = "debugger;\n".repeat(200_000);
+    let r = run(MandatoryCheck::NoDebugCode, &[("a.js", &many)]);
+    assert_eq!(r.problems.len(), 100);
+    assert_eq!(r.problems[99], "a.js:100: a debugger statement");
+    assert!(r.failure().ends_with("and 90 more"), "{}", r.failure());
+    let big = "x".repeat((32 << 20) + 1);
+    let r = run(MandatoryCheck::SecretsScan, &[("index.html", "<p>hi</p>"), ("huge.js", &big)]);
+    assert_eq!(r.problems, ["huge.js: over 32 MiB, too large to check"]);
+    let lines = Lines::of("a\nbc\n\nd");
+    assert_eq!(
+        [
+            lines.line("a\nbc\n\nd", 0),
+            lines.line("a\nbc\n\nd", 3),
+            lines.line("a\nbc\n\nd", 5),
+            lines.line("a\nbc\n\nd", 6)
+        ],
+        [(1, "a"), (2, "bc"), (3, ""), (4, "d")]
+    );
+}

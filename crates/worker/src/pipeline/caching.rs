@@ -219,10 +219,10 @@ impl Run<'_> {
             }
             return;
         };
-        // A reused output skips `check`, where the server's required scripts run: it is saved,
-        // never reused, while the server requires any.
-        if self.has_mandatory_scripts() {
-            self.reporter.note("output cache: not reused (the server requires scripts to pass in `check`)");
+        // A reused output skips `check`, where the server's required scripts and repository
+        // scan run: it is saved, never reused, while the server requires any.
+        if self.has_mandatory_checks() {
+            self.reporter.note("output cache: not reused (the server's mandatory checks run in `check`)");
             return;
         }
         let (project, branch) = (self.a.name.clone(), self.a.branch.clone());

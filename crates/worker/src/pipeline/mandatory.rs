@@ -13,15 +13,10 @@ use super::{Run, StageError};
 use crate::checks::{self, CheckResult};
 
 impl Run<'_> {
-    /// Whether the server asked for checks that run in `check` (scripts, the repository scan).
+    /// Whether the server asked for checks that run in `check` (scripts, the repository scan):
+    /// then a saved build output (which skips `check`) may not be reused.
     pub(super) fn has_mandatory_checks(&self) -> bool {
         self.a.checks.iter().any(|c| matches!(c, MandatoryCheck::Script { .. } | MandatoryCheck::SecretsScan))
-    }
-
-    /// Whether a required script must run, so a saved build output (which skips `check`)
-    /// may not be reused.
-    pub(super) fn has_mandatory_scripts(&self) -> bool {
-        self.a.checks.iter().any(|c| matches!(c, MandatoryCheck::Script { .. }))
     }
 
     fn report(&self, result: &CheckResult) -> Result<(), StageError> {

@@ -306,7 +306,8 @@ async fn a_window_begun_after_a_task_was_queued_holds_it_unless_overridden_for_t
     let api = world().await;
     let (_, queued) = api.call("POST", "/api/v1/tasks", Some("cbp_max"), Some(publish("prod"))).await;
     let queued = queued["id"].as_i64().unwrap();
-    let (_, a) = api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("window a", 60, json!({})))).await;
+    let (_, a) =
+        api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("window a", 60, json!({})))).await;
     let mut overridden = publish("prod");
     overridden["override"] = json!("ship the fix");
     let (_, through) = api.call("POST", "/api/v1/tasks", Some("cbp_root"), Some(overridden)).await;
@@ -317,7 +318,8 @@ async fn a_window_begun_after_a_task_was_queued_holds_it_unless_overridden_for_t
     assert!(actions(&api, queued).await.iter().any(|(a, m)| a == "gated" && m.contains("began before it started")));
     assert_eq!(api.store.get_task(through).await.unwrap().state.as_str(), "queued", "overridden for window a");
     // A stricter window added afterwards is not covered by that override.
-    let (_, b) = api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("window b", 90, json!({})))).await;
+    let (_, b) =
+        api.call("POST", "/api/v1/freeze", Some("cbp_root"), Some(window_until("window b", 90, json!({})))).await;
     freeze::release_open(&api.state, Timestamp::now()).await.unwrap();
     assert_eq!(api.store.get_task(through).await.unwrap().state.as_str(), "gated");
     let later = Timestamp::parse(b["active_until"].as_str().unwrap()).unwrap();

@@ -175,7 +175,12 @@ async fn start(
     // One run waits for a freeze window, not one per due time: a newer run supersedes the
     // schedule's older one still gated (or awaiting its approval).
     for waiting in ["gated", "awaiting_approval"] {
-        let query = tasks::ListQuery { name: Some(project.name.clone()), state: Some(waiting.into()), before: None, limit: Some(200) };
+        let query = tasks::ListQuery {
+            name: Some(project.name.clone()),
+            state: Some(waiting.into()),
+            before: None,
+            limit: Some(200),
+        };
         for old in tasks::list(state, caller, query).await?.tasks {
             if old.trigger == Trigger::Schedule && old.branch == new.branch && old.env == new.env {
                 let _ = tasks::cancel_if_queued(state, caller, old.id).await;

@@ -15,19 +15,24 @@ use crate::server;
 use crate::socketio::{ensure_clients, node_dir};
 
 /// A build printing a line every 100 ms for 4 s (one of them markup, one coloured, one a burst
-/// of 6,000 lines: more than the page keeps), then its site.
-const SLOW_BUILD: &str = "const fs=require('fs');let i=0;const t=setInterval(()=>{i++;\
+/// of 6,000 lines: more than the page keeps), then its site. It starts printing once the file
+/// named by its first argument exists: the browser has the page open (however long Chromium
+/// took to start on a loaded machine).
+const SLOW_BUILD: &str =
+    "const fs=require('fs');let i=0;const go=()=>{if(!fs.existsSync(process.argv[2]))return setTimeout(go,50);\
+    const t=setInterval(()=>{i++;\
     if(i===5)console.log('<script>alert(1)</script>');else if(i===6)console.log('\\x1b[32mgreen line\\x1b[0m');\
     else if(i===8){let b='';for(let k=1;k<=6000;k++)b+='burst '+k+'\\n';process.stdout.write(b);}\
     else console.log('line '+i);if(i===40){clearInterval(t);fs.mkdirSync('dist',{recursive:true});\
-    fs.writeFileSync('dist/index.html','<h1>ok</h1>');}},100);";
+    fs.writeFileSync('dist/index.html','<h1>ok</h1>');}},100);};go();";
 
 #[test]
 fn a_builds_log_grows_live_in_the_browser_and_ends_equal_to_cloudbuild_logs() {
     ensure_clients();
     let srv = server(crate::EVERY_BUILD_RUNS);
+    let open = srv.probe.path().join("page-open");
     let repo = Repo::new(&[
-        ("package.json", &package_json("live-page", &[("build", "node build.js")])),
+        ("package.json", &package_json("live-page", &[("build", &format!("node build.js {}", open.display()))])),
         ("build.js", SLOW_BUILD),
     ]);
     let (status, task) = srv.create(&repo.task_body("live-page"));
@@ -36,6 +41,7 @@ fn a_builds_log_grows_live_in_the_browser_and_ends_equal_to_cloudbuild_logs() {
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screens");
     std::fs::create_dir_all(&shots).unwrap();
     let out = Command::new("node")
+        .env("READY_FILE", &open)
         .arg("dashboard.js")
         .arg(format!("{}/tasks/{id}", srv.url))
         .arg(&shots)

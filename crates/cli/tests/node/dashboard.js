@@ -19,6 +19,8 @@ const [url, shots] = process.argv.slice(2);
     page.on('dialog', async (d) => { out.scriptRan = true; await d.dismiss(); });
     await page.goto(url);
     if (scheme === 'light') {
+      // The build starts printing once the page is open (see SLOW_BUILD).
+      if (process.env.READY_FILE) require('fs').writeFileSync(process.env.READY_FILE, '1');
       // Sample the number of log lines until the page says the build ended (live over SSE,
       // without reloading).
       const deadline = Date.now() + 90000;

@@ -59,19 +59,10 @@ pub async fn requested(state: &AppState, caller: &Caller, task: &Task, rule: &Ap
          cloudbuild approve {} / cloudbuild reject {} --reason TEXT",
         task.name, task.requested_by, task.id, task.id
     );
-    note(state, task.id, actions::AWAITING_APPROVAL, message).await;
+    super::tasks::stage_event(state, task.id, actions::AWAITING_APPROVAL, message).await;
     let target = format!("task {}", task.id);
     super::audit::record(state, caller, "approval.request", target, Some(&task.name), &Ok::<(), ApprovalError>(()))
         .await;
-}
-
-async fn note(state: &AppState, id: TaskId, action: &str, message: String) {
-    let body = EventBody::Stage { action: action.into(), message };
-    if let Ok(cloudbuild_store::Appended::Events(events)) =
-        state.store.append_event(id, cloudbuild_store::Fence::Server, body).await
-    {
-        state.hub.published(id, &events);
-    }
 }
 
 /// The task if `caller` may decide on it (those who may publish to its environment) and it

@@ -215,7 +215,7 @@ pub async fn admitted(state: &AppState, caller: &Caller, task: &Task, admission:
             (actions::GATE_OVERRIDE, "gate.override", format!("{} overridden by {}: {reason}", ids(hold), caller.name))
         }
     };
-    note(state, task.id, action, message.clone()).await;
+    super::tasks::stage_event(state, task.id, action, message.clone()).await;
     let target = format!("task {}: {message}", task.id);
     super::audit::record(state, caller, audit_action, target, Some(&task.name), &Ok::<(), FreezeError>(())).await;
 }
@@ -223,15 +223,6 @@ pub async fn admitted(state: &AppState, caller: &Caller, task: &Task, admission:
 fn ids(hold: &Hold) -> String {
     let ids: Vec<&str> = hold.windows.iter().map(|w| w.id.as_str()).collect();
     format!("freeze window{} {}", if ids.len() == 1 { "" } else { "s" }, ids.join(", "))
-}
-
-async fn note(state: &AppState, id: TaskId, action: &str, message: String) {
-    let body = EventBody::Stage { action: action.into(), message };
-    if let Ok(cloudbuild_store::Appended::Events(events)) =
-        state.store.append_event(id, cloudbuild_store::Fence::Server, body).await
-    {
-        state.hub.published(id, &events);
-    }
 }
 
 /// Refuses to switch an environment a window holds now to a task let in before the window

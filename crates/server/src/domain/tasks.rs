@@ -228,6 +228,15 @@ async fn say_if_no_worker_fits(state: &AppState, task: &Task) {
     }
 }
 
+/// Appends a stage event of the server's own to a task's log (`gated`, `approved`, …) and
+/// wakes its followers. Best effort: a store failure only costs the event.
+pub async fn stage_event(state: &AppState, id: TaskId, action: &str, message: String) {
+    let body = EventBody::Stage { action: action.into(), message };
+    if let Ok(Appended::Events(events)) = state.store.append_event(id, Fence::Server, body).await {
+        state.hub.published(id, &events);
+    }
+}
+
 /// Adds a line from the server itself to a task's output (`[cloudbuild] note: …`, on stderr):
 /// what a client should know about how its request was taken. Best effort: a store failure
 /// only costs the note.
